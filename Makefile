@@ -1,0 +1,47 @@
+# sessionsync: the two commands a new user needs are `make run` and `make test`.
+# Both install what they need (virtualenvs, LocalStack) and start services.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PIP_QUIET := -q --disable-pip-version-check
+
+.PHONY: run test venv services localstack bootstrap lint bench clean stop
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_QUIET) -r requirements-dev.txt -e . 2> >(grep -v '^WARNING: Location' >&2)
+	touch $@
+
+venv: $(BIN)/.installed
+
+services:
+	scripts/services.sh
+
+localstack:
+	scripts/localstack.sh
+
+# Queues, DLQ, API-key secret and database migrations for the local stage.
+bootstrap: venv services localstack
+	$(BIN)/sessionsync bootstrap
+
+# Serve the API on http://127.0.0.1:8000 with the SQS worker and the relay.
+run: bootstrap
+	$(BIN)/sessionsync serve
+
+# The whole test suite against real Redis, a local Redis Cluster, PostgreSQL
+# and LocalStack.  CI runs exactly this.
+test: venv services localstack
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check app.py chalicelib tests
+
+bench: bootstrap
+	$(BIN)/sessionsync bench
+
+stop:
+	scripts/localstack.sh stop
+
+clean: stop
+	rm -rf $(VENV) .localstack-venv .run

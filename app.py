@@ -1,0 +1,74 @@
+"""sessionsync: the Chalice app.  A routing table, nothing more.
+
+Each route parses its input with ``chalicelib.validation``, calls one
+``SessionService`` method and returns through ``chalicelib.web``, which maps
+every domain error to the one JSON error shape.  No Redis, SQL or boto3 here.
+"""
+from chalice import AuthResponse, Chalice
+
+from chalicelib import auth, health, runtime, validation, web
+
+app = Chalice(app_name="sessionsync")
+
+
+@app.authorizer(ttl_seconds=300)
+def api_key(auth_request):
+    """Bearer API key; a wrong key is denied (403), a missing one is 401."""
+    if auth.accepts(runtime.api_keys, auth_request.token):
+        return AuthResponse(routes=["*"], principal_id="api-key")
+    return AuthResponse(routes=[], principal_id="anonymous")
+
+
+@app.route("/sessions", methods=["POST"], authorizer=api_key)
+@web.handles_errors
+def create_session():
+    request = validation.create_request(app.current_request.raw_body,
+                                        runtime.settings().max_state_bytes)
+    session = runtime.service().create(request)
+    return web.session_response(session, 201, Location=f"/sessions/{session.session_id}")
+
+
+@app.route("/sessions/{session_id}", methods=["GET"], authorizer=api_key)
+@web.handles_errors
+def get_session(session_id):
+    read = runtime.service().get(validation.session_id(session_id))
+    if read.recovered:
+        return web.session_response(read.session, **{"X-Session-Source": "postgresql"})
+    return web.session_response(read.session)
+
+
+@app.route("/sessions/{session_id}", methods=["PUT"], authorizer=api_key)
+@web.handles_errors
+def update_session(session_id):
+    request = app.current_request
+    update = validation.update_request(session_id, request.raw_body,
+                                       request.headers.get("if-match"),
+                                       runtime.settings().max_state_bytes)
+    return web.session_response(runtime.service().update(update))
+
+
+@app.route("/sessions/{session_id}", methods=["DELETE"], authorizer=api_key)
+@web.handles_errors
+def delete_session(session_id):
+    expected = validation.if_match_version(app.current_request.headers.get("if-match"))
+    runtime.service().delete(validation.session_id(session_id), expected)
+    return web.Response(body="", status_code=204)
+
+
+@app.route("/sessions/{session_id}/events", methods=["GET"], authorizer=api_key)
+@web.handles_errors
+def session_events(session_id):
+    params = app.current_request.query_params or {}
+    page = runtime.service().history(
+        validation.session_id(session_id),
+        limit=validation.page_limit(params.get("limit")),
+        before_version=validation.version_param(params.get("before_version"), "before_version"))
+    return web.json_response({"session_id": page.session_id, "events": page.events,
+                              "next_before_version": page.next_before_version})
+
+
+@app.route("/health", methods=["GET"])
+@web.handles_errors
+def health_check():
+    report = health.check(runtime.health_probes())
+    return web.json_response(report.to_dict(), 200 if report.healthy else 503)

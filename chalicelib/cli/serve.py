@@ -1,0 +1,80 @@
+"""``sessionsync serve``: the API on http://127.0.0.1:8000, as ``chalice local``
+runs it, with the fixes a local stack needs:
+
+* a listen backlog of 128 (``chalice local`` keeps http.server's 5, so a
+  burst of a few dozen clients gets connection resets);
+* an unknown route answers 404 in the API's error shape instead of a 403
+  that echoes the Authorization header back;
+* an API key is generated and printed when SESSIONSYNC_API_KEYS is unset;
+* the SQS worker and the outbox relay run beside it (``--no-pipeline`` to
+  leave them out), as the event source mapping and the schedule would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+
+import click
+
+from chalicelib.cli._common import PROJECT_DIR
+from chalicelib.config import API_KEYS
+
+BACKLOG = 128
+
+
+def build_server(host: str, port: int, stage: str = "local"):
+    """A chalice LocalDevServer for app.py with the fixes above."""
+    from chalice.cli.factory import CLIFactory
+    from chalice.local import (ChaliceRequestHandler, CustomLocalChalice, ForbiddenError,
+                               LocalChalice, LocalDevServer, ThreadedHTTPServer)
+
+    class Server(ThreadedHTTPServer):
+        request_queue_size = BACKLOG
+
+    class Handler(ChaliceRequestHandler):
+        def _send_error_response(self, error):  # noqa: N802 (chalice's name)
+            if isinstance(error, ForbiddenError) and \
+                    error.headers.get("x-amzn-ErrorType") == "UnauthorizedException":
+                # chalice's "route not found" (API Gateway's, too): no echo.
+                body = json.dumps({"error": {"code": "RouteNotFound",
+                                             "message": f"no route for {self.command} {self.path}"}})
+                self._send_http_response(404, {"Content-Type": "application/json"}, body.encode())
+                return
+            super()._send_error_response(error)
+
+    factory = CLIFactory(project_dir=str(PROJECT_DIR))
+    # chalice's factory copies the stage's variables over os.environ; keep
+    # what the shell (or the CLI's stage defaults) already set.
+    saved = dict(os.environ)
+    config = factory.create_config_obj(chalice_stage_name=stage)
+    os.environ.clear()
+    os.environ.update(saved)
+    app_obj = config.chalice_app
+    CustomLocalChalice.__bases__ = (LocalChalice, app_obj.__class__)
+    app_obj.__class__ = CustomLocalChalice
+    return LocalDevServer(app_obj, config, host, port, handler_cls=Handler, server_cls=Server)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, type=int, show_default=True)
+@click.option("--pipeline/--no-pipeline", default=True, show_default=True,
+              help="Run the SQS worker and the outbox relay beside the API.")
+def serve(host: str, port: int, pipeline: bool) -> None:
+    """Serve the API locally (chalice local, hardened) with the pipeline beside it."""
+    if not os.environ.get(API_KEYS):
+        os.environ[API_KEYS] = secrets.token_urlsafe(24)
+        click.echo(f"API key (set {API_KEYS} to choose your own): {os.environ[API_KEYS]}")
+    stop = threading.Event()
+    if pipeline:
+        from chalicelib.cli.pipeline import start_pipeline_threads
+        start_pipeline_threads(stop)
+    server = build_server(host, port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()

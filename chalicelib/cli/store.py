@@ -1,0 +1,33 @@
+"""Commands that talk to the session store directly."""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from chalicelib import runtime
+
+
+@click.command()
+@click.option("--seconds", type=float, default=None,
+              help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("--count", type=int, default=None, help="Stop after this many updates.")
+def watch(seconds: float | None, count: int | None) -> None:
+    """Print every session change published on Pub/Sub, one JSON line each."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    seen = 0
+    updates = runtime.store().subscribe(timeout=0.5)
+    try:
+        for event in updates:
+            if event is not None:
+                click.echo(json.dumps(event, separators=(",", ":")))
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+    except KeyboardInterrupt:
+        pass
+    finally:
+        updates.close()

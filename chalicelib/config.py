@@ -1,0 +1,223 @@
+"""Configuration: every environment variable sessionsync reads, in one place.
+
+Names are constants here; values are read at call time (``load_settings``),
+never at import time, into a typed, validated ``Settings``.  A missing or
+malformed value raises ``ConfigurationError`` naming the variable.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import quote, urlsplit
+
+from chalicelib.errors import ConfigurationError
+
+REDIS_URL = "REDIS_URL"
+REDIS_CLUSTER = "REDIS_CLUSTER"
+REDIS_TIMEOUT = "REDIS_TIMEOUT"
+DATABASE_URL = "DATABASE_URL"
+DB_SECRET_ARN = "DB_SECRET_ARN"
+SESSION_QUEUE_URL = "SESSION_QUEUE_URL"
+SESSION_QUEUE_NAME = "SESSION_QUEUE_NAME"
+SESSION_DLQ_URL = "SESSION_DLQ_URL"
+SESSION_DLQ_NAME = "SESSION_DLQ_NAME"
+SESSION_TTL = "SESSION_TTL"
+SESSION_MARKER_TTL = "SESSION_MARKER_TTL"
+MAX_STATE_BYTES = "MAX_STATE_BYTES"
+LOG_LEVEL = "LOG_LEVEL"
+AWS_ENDPOINT_URL = "AWS_ENDPOINT_URL"
+AWS_REGION = "AWS_REGION"
+AWS_DEFAULT_REGION = "AWS_DEFAULT_REGION"
+API_KEYS = "SESSIONSYNC_API_KEYS"
+API_KEYS_SECRET_ARN = "SESSIONSYNC_API_KEYS_SECRET_ARN"
+OUTBOX_RELAY_AGE = "OUTBOX_RELAY_AGE_SECONDS"
+PUBSUB_CHANNEL = "SESSIONSYNC_CHANNEL"
+
+# SQS caps a message at 1 MiB; the event carries the state plus ~300 bytes.
+SQS_MESSAGE_LIMIT = 1024 * 1024
+DEFAULT_MAX_STATE_BYTES = 256 * 1024
+DEFAULT_SESSION_TTL = 3600
+# The version marker outlives the session so that recovery never serves a
+# version older than the last acknowledged one and a deleted id is never
+# reused.  30 days by default.
+DEFAULT_MARKER_TTL = 30 * 24 * 3600
+MIN_TTL_SECONDS = 1
+MAX_TTL_SECONDS = 30 * 24 * 3600
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+_PG_SCHEMES = ("postgres", "postgresql")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    redis_timeout: float = 1.0
+    database_url: str | None = None
+    db_secret_arn: str | None = None
+    queue_url: str | None = None
+    queue_name: str | None = None
+    dlq_url: str | None = None
+    dlq_name: str | None = None
+    session_ttl: int = DEFAULT_SESSION_TTL
+    marker_ttl: int = DEFAULT_MARKER_TTL
+    max_state_bytes: int = DEFAULT_MAX_STATE_BYTES
+    log_level: str = "INFO"
+    aws_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_keys_secret_arn: str | None = None
+    outbox_relay_age: float = 5.0
+    channel: str = "session-updates"
+
+    @property
+    def has_database(self) -> bool:
+        return bool(self.database_url or self.db_secret_arn)
+
+    @property
+    def has_queue(self) -> bool:
+        return bool(self.queue_url or self.queue_name)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigurationError(name, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigurationError(name, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(name, f"must be true or false, got {raw!r}")
+
+
+def _opt(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def check_redis_url(url: str, setting: str = REDIS_URL) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise ConfigurationError(
+            setting, f"scheme must be redis://, rediss:// or unix://, got {parts.scheme or 'none'!r}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigurationError(setting, "has no host")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigurationError(setting, "has a port that is not a number") from None
+    return url
+
+
+def check_database_url(url: str, setting: str = DATABASE_URL) -> str:
+    """Validate a PostgreSQL URL; explain the unescaped-password mistake.
+
+    ``postgresql://app:p@ss/word@db:5432/app`` splits at the wrong ``@`` or
+    ``/``: the password must be percent-encoded (``p%40ss%2Fword``).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in _PG_SCHEMES:
+        raise ConfigurationError(
+            setting, f"scheme must be postgresql://, got {parts.scheme or 'none'!r}")
+    bad = None
+    if parts.netloc.count("@") > 1:
+        bad = "@"
+    elif "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        bad = "/ or ? or #"  # the password was cut at one of them
+    if bad is not None:
+        suggestion = _escaped_suggestion(url)
+        raise ConfigurationError(
+            setting,
+            f"the password contains an unescaped {bad!s}: percent-encode it"
+            + (f", e.g. {suggestion}" if suggestion else ""),
+            suggestion=suggestion)
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigurationError(
+            setting, "port is not a number (an unescaped ':' in the password?)") from None
+    if not parts.hostname and not parts.path.strip("/") and "host=" not in parts.query:
+        raise ConfigurationError(setting, "has neither host nor database")
+    return url
+
+
+def _escaped_suggestion(url: str) -> str | None:
+    """Rebuild ``url`` with its password percent-encoded, password masked."""
+    m = re.match(r"^(?P<scheme>[a-z]+)://(?P<user>[^:@/]*):(?P<password>.*)@(?P<rest>[^@]*)$", url)
+    if not m:
+        return None
+    escaped = quote(m["password"], safe="")
+    # show where the escapes go without printing the secret itself
+    masked = re.sub(r"%[0-9A-F]{2}|.", lambda c: c[0] if len(c[0]) == 3 else "*", escaped)
+    return f"{m['scheme']}://{m['user']}:{masked}@{m['rest']}"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the environment (``os.environ`` by default).
+
+    Raises ConfigurationError naming the first bad setting.
+    """
+    env = os.environ if env is None else env
+    redis_url = check_redis_url(env.get(REDIS_URL, "").strip() or Settings.redis_url)
+    database_url = _opt(env, DATABASE_URL)
+    if database_url:
+        check_database_url(database_url)
+    level = env.get(LOG_LEVEL, "INFO").strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise ConfigurationError(LOG_LEVEL, f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    max_state = _int(env, MAX_STATE_BYTES, DEFAULT_MAX_STATE_BYTES, 1, SQS_MESSAGE_LIMIT - 16 * 1024)
+    api_keys = tuple(k.strip() for k in env.get(API_KEYS, "").split(",") if k.strip())
+    for key in api_keys:
+        if len(key) < 16:
+            raise ConfigurationError(API_KEYS, "every key must have at least 16 characters")
+    endpoint = _opt(env, AWS_ENDPOINT_URL)
+    if endpoint and not urlsplit(endpoint).scheme.startswith("http"):
+        raise ConfigurationError(AWS_ENDPOINT_URL, f"must be an http(s) URL, got {endpoint!r}")
+    return Settings(
+        redis_url=redis_url,
+        redis_cluster=_bool(env, REDIS_CLUSTER),
+        redis_timeout=_float(env, REDIS_TIMEOUT, 1.0, 0.05, 30.0),
+        database_url=database_url,
+        db_secret_arn=_opt(env, DB_SECRET_ARN),
+        queue_url=_opt(env, SESSION_QUEUE_URL),
+        queue_name=_opt(env, SESSION_QUEUE_NAME),
+        dlq_url=_opt(env, SESSION_DLQ_URL),
+        dlq_name=_opt(env, SESSION_DLQ_NAME),
+        session_ttl=_int(env, SESSION_TTL, DEFAULT_SESSION_TTL, MIN_TTL_SECONDS, MAX_TTL_SECONDS),
+        marker_ttl=_int(env, SESSION_MARKER_TTL, DEFAULT_MARKER_TTL, 60, 10 * 365 * 24 * 3600),
+        max_state_bytes=max_state,
+        log_level=level,
+        aws_endpoint_url=endpoint,
+        aws_region=(env.get(AWS_REGION) or env.get(AWS_DEFAULT_REGION) or "us-east-1").strip(),
+        api_keys=api_keys,
+        api_keys_secret_arn=_opt(env, API_KEYS_SECRET_ARN),
+        outbox_relay_age=_float(env, OUTBOX_RELAY_AGE, 5.0, 0.0, 3600.0),
+        channel=env.get(PUBSUB_CHANNEL, "").strip() or "session-updates",
+    )

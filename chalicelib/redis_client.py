@@ -1,0 +1,41 @@
+"""Build the redis-py client sessionsync uses, single node or cluster.
+
+Timeouts are short on purpose: an unreachable Redis must turn into a 503
+within about a second, not a Lambda that hangs until its own timeout.
+``rediss://`` (TLS) and ``redis://user:password@`` (RBAC / AUTH) URLs are
+passed to redis-py unchanged, as ElastiCache in-transit encryption needs.
+"""
+from __future__ import annotations
+
+from typing import Any, Union
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from chalicelib.config import Settings
+
+RedisClient = Union[redis.Redis, RedisCluster]
+
+
+def connect_redis(settings: Settings, **overrides: Any) -> RedisClient:
+    """Return a lazily connecting client for ``settings.redis_url``.
+
+    Nothing is sent until the first command, so building it costs no round
+    trip at cold start.  ``overrides`` go to redis-py (tests use them).
+    """
+    options: dict[str, Any] = {
+        "socket_connect_timeout": settings.redis_timeout,
+        "socket_timeout": settings.redis_timeout,
+        "health_check_interval": 30,
+        "client_name": "sessionsync",
+    }
+    options.update(overrides)
+    if settings.redis_cluster:
+        # One quick retry covers a MOVED after failover; more would blow the
+        # one-second budget of guarantee 5.
+        options.setdefault("retry", Retry(NoBackoff(), 1))
+        return RedisCluster.from_url(settings.redis_url, **options)
+    options.setdefault("retry", Retry(NoBackoff(), 1))
+    return redis.Redis.from_url(settings.redis_url, **options)

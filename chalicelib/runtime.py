@@ -1,0 +1,120 @@
+"""Composition root: builds the clients and services once per process.
+
+Lambda reuses a warm process, so the Redis client, its registered scripts,
+the SQS client and the PostgreSQL connection are built on first use and
+kept.  Nothing connects at import time (cold start), and nothing else in
+chalicelib reads this module: domain code takes its clients as arguments.
+``reset()`` drops everything (tests, and the CLI after changing settings).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, TypeVar
+
+from chalicelib.config import SESSION_QUEUE_URL, Settings, load_settings
+
+T = TypeVar("T")
+_lock = threading.RLock()
+_cache: dict[str, Any] = {}
+
+
+def _once(name: str, build: Callable[[], T]) -> T:
+    try:
+        return _cache[name]
+    except KeyError:
+        with _lock:
+            if name not in _cache:
+                _cache[name] = build()
+            return _cache[name]
+
+
+def reset() -> None:
+    with _lock:
+        db = _cache.pop("database", None)
+        if db is not None:
+            db.close()
+        _cache.clear()
+
+
+def install(**objects: Any) -> None:
+    """Use these objects instead of building them (``settings=``, ``redis=``...).
+
+    For tests and the CLI: e.g. ``install(settings=Settings(...))`` before the
+    first request makes every later builder use those settings.
+    """
+    with _lock:
+        _cache.update(objects)
+
+
+def settings() -> Settings:
+    return _once("settings", load_settings)
+
+
+def redis() -> Any:
+    from chalicelib.redis_client import connect_redis
+    return _once("redis", lambda: connect_redis(settings()))
+
+
+def store() -> Any:
+    from chalicelib.store import SessionStore
+    s = settings()
+    return _once("store", lambda: SessionStore(redis(), marker_ttl=s.marker_ttl, channel=s.channel))
+
+
+def sqs() -> Any:
+    from chalicelib import aws
+    return _once("sqs", lambda: aws.client("sqs", settings()))
+
+
+def queue_url() -> str:
+    from chalicelib import aws
+    s = settings()
+    return _once("queue_url", lambda: aws.queue_url(sqs(), s.queue_url, s.queue_name,
+                                                     SESSION_QUEUE_URL))
+
+
+def dlq_url() -> str:
+    from chalicelib import aws
+    from chalicelib.config import SESSION_DLQ_URL
+    s = settings()
+    return _once("dlq_url", lambda: aws.queue_url(sqs(), s.dlq_url, s.dlq_name, SESSION_DLQ_URL))
+
+
+def producer() -> Any:
+    from chalicelib.producer import SqsProducer
+    return _once("producer", lambda: SqsProducer(sqs(), queue_url(), store()))
+
+
+def database() -> Any:
+    """The PostgreSQL adapter (one connection, reused while warm), or None."""
+    if not settings().has_database:
+        return None
+    from chalicelib import persistence
+    return _once("database", lambda: persistence.Database.from_settings(settings(), secrets_client))
+
+
+def secrets_client() -> Any:
+    from chalicelib import aws
+    return _once("secretsmanager", lambda: aws.client("secretsmanager", settings()))
+
+
+def api_keys() -> Any:
+    from chalicelib.auth import ApiKeys
+    s = settings()
+    return _once("api_keys", lambda: ApiKeys(
+        s.api_keys, secret_arn=s.api_keys_secret_arn,
+        secrets_client=secrets_client() if s.api_keys_secret_arn else None))
+
+
+def service() -> Any:
+    from chalicelib.sessions import SessionService
+    s = settings()
+    return _once("service", lambda: SessionService(
+        store(), publisher=producer() if s.has_queue else None,
+        durable=database(), default_ttl=s.session_ttl))
+
+
+def health_probes() -> dict[str, Any]:
+    """name -> probe for every configured dependency."""
+    probes: dict[str, Any] = {"redis": lambda: {"ping_ms": round(store().ping(), 3)}}
+    return probes

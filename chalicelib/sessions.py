@@ -1,0 +1,143 @@
+"""The session service: what every route and CLI command calls.
+
+It composes the Redis store, the SQS producer and (when configured) the
+durable PostgreSQL copy used for recovery and history.  It owns the
+recovery rule: a session whose Redis key is gone is served from
+PostgreSQL only if PostgreSQL is not behind the version Redis last
+acknowledged (the long-lived marker); otherwise the client gets a
+retryable ``RecoveryPending`` (503) instead of an older version.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+from chalicelib.errors import RecoveryPending, SessionNotFound
+from chalicelib.store import KeyBehind, KeyMissing, Session, SessionStore, WriteResult
+from chalicelib.validation import CreateRequest, UpdateRequest
+
+
+class Publisher(Protocol):
+    def publish(self, result: WriteResult) -> bool: ...
+
+
+class DurableSessions(Protocol):
+    """The read side of PostgreSQL that the service needs."""
+
+    def latest(self, session_id: str) -> Session | None:
+        """Latest persisted state (deleted ones included), or None."""
+
+    def history(self, session_id: str, *, limit: int,
+                before_version: int | None) -> Sequence[dict[str, Any]]:
+        """Persisted events, newest first, versions below ``before_version``."""
+
+
+@dataclass(frozen=True)
+class Read:
+    session: Session
+    #: served from PostgreSQL after the Redis key was gone
+    recovered: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    session_id: str
+    events: Sequence[dict[str, Any]]
+    next_before_version: int | None
+
+
+class SessionService:
+    def __init__(self, store: SessionStore, *, publisher: Publisher | None = None,
+                 durable: DurableSessions | None = None, default_ttl: int = 3600) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.durable = durable
+        self.default_ttl = default_ttl
+
+    def create(self, request: CreateRequest) -> Session:
+        """Raises SessionExists, ServiceUnavailable."""
+        result = self.store.create(request.session_id, request.state_json,
+                                   request.ttl_seconds or self.default_ttl)
+        self._ship(result)
+        return result.session
+
+    def get(self, session_id: str) -> Read:
+        """Raises SessionNotFound, RecoveryPending, ServiceUnavailable."""
+        session = self.store.get(session_id)
+        if session is not None:
+            return Read(session)
+        return Read(self._recover(session_id), recovered=True)
+
+    def update(self, request: UpdateRequest) -> Session:
+        """Compare-and-set.  Raises ConcurrencyError, SessionNotFound,
+        RecoveryPending, ServiceUnavailable."""
+        try:
+            result = self.store.update(request.session_id, request.state_json,
+                                       request.expected_version)
+        except KeyMissing:
+            self._recover(request.session_id)
+            result = self.store.update(request.session_id, request.state_json,
+                                       request.expected_version)
+        self._ship(result)
+        return result.session
+
+    def delete(self, session_id: str, expected_version: int | None = None) -> Session:
+        """Tombstone the session.  Raises as ``update``."""
+        try:
+            result = self.store.delete(session_id, expected_version)
+        except KeyMissing:
+            self._recover(session_id)
+            result = self.store.delete(session_id, expected_version)
+        self._ship(result)
+        return result.session
+
+    def history(self, session_id: str, *, limit: int, before_version: int | None) -> HistoryPage:
+        """Persisted events newest first.  Raises SessionNotFound when none."""
+        if self.durable is None:
+            raise SessionNotFound(session_id)
+        events = list(self.durable.history(session_id, limit=limit + 1,
+                                           before_version=before_version))
+        if not events and before_version is None:
+            raise SessionNotFound(session_id)
+        more = len(events) > limit
+        events = events[:limit]
+        return HistoryPage(session_id, events, events[-1]["version"] if more else None)
+
+    def _ship(self, result: WriteResult) -> None:
+        if self.publisher is not None:
+            self.publisher.publish(result)
+
+    def _recover(self, session_id: str) -> Session:
+        """Bring a session whose Redis key is gone back from PostgreSQL.
+
+        Timeline of the race this guards against::
+
+            t0  PUT v7 acknowledged (Redis v7, marker 7, event queued)
+            t1  Redis key expires / is evicted
+            t2  GET: PostgreSQL still has v6 (consumer behind)  -> 503, not v6
+            t3  consumer persists v7
+            t4  GET: PostgreSQL v7 >= marker 7  -> restored, served
+        """
+        marker = self.store.marker(session_id)
+        if marker is not None and marker[1]:
+            raise SessionNotFound(session_id, deleted=True)
+        if self.durable is None:
+            raise SessionNotFound(session_id)
+        persisted = self.durable.latest(session_id)
+        acknowledged = marker[0] if marker else 0
+        persisted_version = persisted.version if persisted else 0
+        if acknowledged > persisted_version:
+            raise RecoveryPending(session_id, acknowledged_version=acknowledged,
+                                  persisted_version=persisted_version)
+        if persisted is None:
+            raise SessionNotFound(session_id)
+        if persisted.deleted:
+            raise SessionNotFound(session_id, deleted=True)
+        try:
+            restored = self.store.restore(persisted)
+        except KeyBehind as exc:
+            raise RecoveryPending(session_id, acknowledged_version=exc.marker_version,
+                                  persisted_version=persisted.version) from None
+        if restored is None:
+            raise SessionNotFound(session_id)
+        return restored

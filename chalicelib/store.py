@@ -1,0 +1,472 @@
+"""The session store: hot session state in Redis with atomic compare-and-set.
+
+Key layout (every key of a session shares one hash tag, so each script
+touches one hash slot and runs unchanged on Redis Cluster)::
+
+    ss:{NNNN}:s:<id>   the session: "<version>|<created>|<updated>|<ttl>|<L|D>|<state JSON>"
+                       (one string: one GET to read it, no per-field overhead)
+    ss:{NNNN}:m:<id>   version marker "<version>|<L|D>", outlives the session
+                       (recovery never serves an older version; ids are not reused)
+    ss:{NNNN}:ob       outbox index: ZSET event id -> enqueue time (ms)
+    ss:{NNNN}:od       outbox data:  HASH event id -> event JSON
+
+``NNNN`` is a bucket, crc32(id) mod ``BUCKETS``: the outbox of a bucket lives
+beside its sessions, so the write and its outbox entry are one atomic script,
+and the relay scans a fixed set of ``BUCKETS`` outboxes instead of KEYS/SCAN.
+``BUCKETS`` is part of the data format: changing it orphans existing keys.
+
+Each mutation is ONE Lua script: it checks the version, writes the state,
+bumps the version, refreshes the TTL, updates the marker, records the outbox
+entry and publishes the change on Pub/Sub.  The script builds the change
+event itself (the same bytes go to Pub/Sub, the outbox and SQS).
+"""
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Iterator, Sequence
+
+import redis
+
+from chalicelib.errors import (ConcurrencyError, ServiceUnavailable,
+                               SessionExists, SessionNotFound)
+from chalicelib.redis_client import RedisClient
+
+BUCKETS = 1024
+EVENT_SCHEMA_VERSION = 1
+CREATED, UPDATED, DELETED = "session_created", "session_updated", "session_deleted"
+
+Clock = Callable[[], float]
+
+# Shared by every script: parse a stored session value.
+_LUA_PARSE = r"""
+local function parse(raw)
+  local v, c, u, t, f = string.match(raw, '^(%d+)|([^|]*)|([^|]*)|(%d+)|(%u)|')
+  return tonumber(v), c, u, tonumber(t), f, #v + #c + #u + #t + #f + 5
+end
+local function event(kind, sid, version, created, now_iso, ttl, state)
+  return '{"schema_version":1,"event_id":"' .. sid .. ':' .. version ..
+    '","event_type":"' .. kind .. '","session_id":"' .. sid ..
+    '","version":' .. version .. ',"created_at":"' .. created ..
+    '","occurred_at":"' .. now_iso .. '","ttl_seconds":' .. ttl ..
+    ',"state":' .. state .. '}'
+end
+local function emit(ev, sid, version, now_ms, channel)
+  local eid = sid .. ':' .. version
+  redis.call('ZADD', KEYS[3], now_ms, eid)
+  redis.call('HSET', KEYS[4], eid, ev)
+  redis.call('PUBLISH', channel, ev)
+end
+"""
+
+# KEYS[1] session  KEYS[2] marker  KEYS[3] outbox index  KEYS[4] outbox data
+# ARGV[1] session id  ARGV[2] state JSON  ARGV[3] now ISO  ARGV[4] now ms
+# ARGV[5] ttl seconds  ARGV[6] marker ttl seconds  ARGV[7] channel
+# returns {'ok', event} | {'exists', version, deleted 0/1}
+CREATE_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local v, _, _, _, flag = parse(raw)
+  return {'exists', v, flag == 'D' and 1 or 0}
+end
+local m = redis.call('GET', KEYS[2])
+if m then
+  return {'exists', tonumber(string.match(m, '^(%d+)')), string.sub(m, -2) == '|D' and 1 or 0}
+end
+local ttl = tonumber(ARGV[5])
+redis.call('SET', KEYS[1], '1|' .. ARGV[3] .. '|' .. ARGV[3] .. '|' .. ttl .. '|L|' .. ARGV[2], 'EX', ttl)
+redis.call('SET', KEYS[2], '1|L', 'EX', ARGV[6])
+local ev = event('session_created', ARGV[1], 1, ARGV[3], ARGV[3], ttl, ARGV[2])
+emit(ev, ARGV[1], 1, ARGV[4], ARGV[7])
+return {'ok', ev}
+"""
+
+# KEYS as CREATE_SCRIPT
+# ARGV[1] session id  ARGV[2] state JSON  ARGV[3] expected version
+# ARGV[4] now ISO  ARGV[5] now ms  ARGV[6] marker ttl seconds  ARGV[7] channel
+# returns {'ok', event, created} | {'conflict', actual} | {'deleted', version}
+#       | {'missing', marker version or 0}
+UPDATE_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+  local m = redis.call('GET', KEYS[2])
+  if m and string.sub(m, -2) == '|D' then return {'deleted', tonumber(string.match(m, '^(%d+)'))} end
+  return {'missing', m and tonumber(string.match(m, '^(%d+)')) or 0}
+end
+local v, created, _, ttl, flag = parse(raw)
+if flag == 'D' then return {'deleted', v} end
+if v ~= tonumber(ARGV[3]) then return {'conflict', v} end
+v = v + 1
+redis.call('SET', KEYS[1], v .. '|' .. created .. '|' .. ARGV[4] .. '|' .. ttl .. '|L|' .. ARGV[2], 'EX', ttl)
+redis.call('SET', KEYS[2], v .. '|L', 'EX', ARGV[6])
+local ev = event('session_updated', ARGV[1], v, created, ARGV[4], ttl, ARGV[2])
+emit(ev, ARGV[1], v, ARGV[5], ARGV[7])
+return {'ok', ev, created}
+"""
+
+# KEYS as CREATE_SCRIPT
+# ARGV[1] session id  ARGV[2] expected version or '' (unconditional)
+# ARGV[3] now ISO  ARGV[4] now ms  ARGV[5] marker ttl seconds  ARGV[6] channel
+# returns {'ok', event, version} | {'conflict', actual} | {'deleted', version}
+#       | {'missing', marker version or 0}
+# The tombstone keeps the session's TTL (at least the session TTL): a write
+# still in flight with an old version fails its check instead of recreating.
+DELETE_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+  local m = redis.call('GET', KEYS[2])
+  if m and string.sub(m, -2) == '|D' then return {'deleted', tonumber(string.match(m, '^(%d+)'))} end
+  return {'missing', m and tonumber(string.match(m, '^(%d+)')) or 0}
+end
+local v, created, _, ttl, flag = parse(raw)
+if flag == 'D' then return {'deleted', v} end
+if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end
+v = v + 1
+redis.call('SET', KEYS[1], v .. '|' .. created .. '|' .. ARGV[3] .. '|' .. ttl .. '|D|null', 'EX', ttl)
+redis.call('SET', KEYS[2], v .. '|D', 'EX', ARGV[5])
+local ev = event('session_deleted', ARGV[1], v, created, ARGV[3], ttl, 'null')
+emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
+return {'ok', ev, v}
+"""
+
+# KEYS[1] session  KEYS[2] marker
+# ARGV[1] stored value  ARGV[2] its version  ARGV[3] ttl seconds  ARGV[4] marker ttl
+# returns {'restored'} | {'exists'} | {'behind', marker version}
+# Writes a session recovered from PostgreSQL back without clobbering a
+# concurrent create or update (the key must still be absent) and without
+# going back in time (the marker must not be ahead of the recovered version).
+RESTORE_SCRIPT = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+local m = redis.call('GET', KEYS[2])
+if m then
+  local mv = tonumber(string.match(m, '^(%d+)'))
+  if mv > tonumber(ARGV[2]) then return {'behind', mv} end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+if not m then redis.call('SET', KEYS[2], ARGV[2] .. '|L', 'EX', ARGV[4]) end
+return {'restored'}
+"""
+
+
+@dataclass(frozen=True)
+class Session:
+    """One session as stored.  ``state_json`` is kept raw so that a read can
+    be served without decoding and re-encoding the document."""
+
+    session_id: str
+    version: int
+    state_json: str
+    created_at: str
+    updated_at: str
+    ttl_seconds: int
+    deleted: bool = False
+
+    @property
+    def state(self) -> dict:
+        return json.loads(self.state_json)
+
+    def to_json(self) -> str:
+        """The API representation, built around the raw state JSON."""
+        return ('{"session_id":"%s","version":%d,"created_at":"%s","updated_at":"%s",'
+                '"ttl_seconds":%d,"state":%s}' % (
+                    self.session_id, self.version, self.created_at, self.updated_at,
+                    self.ttl_seconds, self.state_json))
+
+    def encode(self) -> str:
+        """The stored Redis value (see the module docstring)."""
+        return "%d|%s|%s|%d|%s|%s" % (self.version, self.created_at, self.updated_at,
+                                      self.ttl_seconds, "D" if self.deleted else "L",
+                                      self.state_json)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """A committed write: the new session and the change event to ship."""
+
+    session: Session
+    event_id: str
+    event_json: str
+
+
+def bucket_of(session_id: str) -> int:
+    return zlib.crc32(session_id.encode()) % BUCKETS
+
+
+def bucket_tag(bucket: int) -> str:
+    return "ss:{%04d}" % bucket
+
+
+def session_keys(session_id: str) -> list[str]:
+    """KEYS for the mutation scripts: session, marker, outbox index, outbox data."""
+    tag = bucket_tag(bucket_of(session_id))
+    return [f"{tag}:s:{session_id}", f"{tag}:m:{session_id}", f"{tag}:ob", f"{tag}:od"]
+
+
+def outbox_keys(bucket: int) -> tuple[str, str]:
+    tag = bucket_tag(bucket)
+    return f"{tag}:ob", f"{tag}:od"
+
+
+def iso_utc(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def decode_session(session_id: str, raw: bytes | str) -> Session:
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    version, created, updated, ttl, flag, state = raw.split("|", 5)
+    return Session(session_id, int(version), state, created, updated, int(ttl), flag == "D")
+
+
+class SessionStore:
+    """Create, read, compare-and-set and delete sessions in Redis.
+
+    Takes its Redis client (single node or cluster) from outside.  Every
+    method raises ``ServiceUnavailable`` when Redis cannot be reached in
+    time, and the domain errors its docstring names.
+    """
+
+    def __init__(self, client: RedisClient, *, marker_ttl: int = 30 * 24 * 3600,
+                 channel: str = "session-updates", clock: Clock = time.time) -> None:
+        self.client = client
+        self.marker_ttl = marker_ttl
+        self.channel = channel
+        self.clock = clock
+        self._create = client.register_script(CREATE_SCRIPT)
+        self._update = client.register_script(UPDATE_SCRIPT)
+        self._delete = client.register_script(DELETE_SCRIPT)
+        self._restore = client.register_script(RESTORE_SCRIPT)
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, session_id: str) -> Session | None:
+        """The live session, or None when Redis has no key for it.
+
+        Raises SessionNotFound(deleted=True) for a tombstone.
+        """
+        with _redis_errors():
+            raw = self.client.get(session_keys(session_id)[0])
+        if raw is None:
+            return None
+        session = decode_session(session_id, raw)
+        if session.deleted:
+            raise SessionNotFound(session_id, deleted=True)
+        return session
+
+    def marker(self, session_id: str) -> tuple[int, bool] | None:
+        """(last acknowledged version, deleted) from the long-lived marker."""
+        with _redis_errors():
+            raw = self.client.get(session_keys(session_id)[1])
+        if raw is None:
+            return None
+        version, flag = raw.decode().split("|")
+        return int(version), flag == "D"
+
+    # -- writes -------------------------------------------------------------
+
+    def create(self, session_id: str, state_json: str, ttl_seconds: int) -> WriteResult:
+        """Create version 1.  Raises SessionExists (also for a deleted id)."""
+        now = self.clock()
+        now_iso = iso_utc(now)
+        with _redis_errors():
+            reply = self._create(session_keys(session_id), [
+                session_id, state_json, now_iso, int(now * 1000), ttl_seconds,
+                self.marker_ttl, self.channel])
+        if reply[0] == b"exists":
+            raise SessionExists(session_id, version=int(reply[1]), deleted=bool(reply[2]))
+        session = Session(session_id, 1, state_json, now_iso, now_iso, ttl_seconds)
+        return WriteResult(session, f"{session_id}:1", reply[1].decode())
+
+    def update(self, session_id: str, state_json: str, expected_version: int) -> WriteResult:
+        """Replace the state if the session is at ``expected_version``.
+
+        Raises ConcurrencyError (with the actual version), SessionNotFound
+        (deleted, or absent everywhere Redis knows of), or ``KeyMissing``
+        when only the marker remains (the caller may recover and retry).
+        """
+        now = self.clock()
+        now_iso = iso_utc(now)
+        with _redis_errors():
+            reply = self._update(session_keys(session_id), [
+                session_id, state_json, expected_version, now_iso, int(now * 1000),
+                self.marker_ttl, self.channel])
+        self._raise_for(session_id, reply, expected_version)
+        version = expected_version + 1
+        ttl = _ttl_from_event(reply[1])
+        session = Session(session_id, version, state_json, reply[2].decode(), now_iso, ttl)
+        return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
+
+    def delete(self, session_id: str, expected_version: int | None = None) -> WriteResult:
+        """Replace the session with a versioned tombstone.
+
+        Raises as ``update``; an absent ``expected_version`` deletes
+        whatever version is current.
+        """
+        now = self.clock()
+        now_iso = iso_utc(now)
+        with _redis_errors():
+            reply = self._delete(session_keys(session_id), [
+                session_id, "" if expected_version is None else expected_version,
+                now_iso, int(now * 1000), self.marker_ttl, self.channel])
+        self._raise_for(session_id, reply, expected_version)
+        version = int(reply[2])
+        event = json.loads(reply[1])
+        session = Session(session_id, version, "null", event["created_at"], now_iso,
+                          event["ttl_seconds"], deleted=True)
+        return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
+
+    def restore(self, session: Session) -> Session | None:
+        """Write a session recovered from PostgreSQL back if its key is absent.
+
+        Returns the session now in Redis (the restored one, or the one a
+        concurrent writer put there first), or None if that one vanished too.
+        Raises KeyBehind when the marker says Redis acknowledged a newer
+        version than ``session`` (PostgreSQL lags the queue).
+        """
+        keys = session_keys(session.session_id)
+        with _redis_errors():
+            reply = self._restore(keys[:2], [session.encode(), session.version,
+                                            session.ttl_seconds, self.marker_ttl])
+        if reply[0] == b"behind":
+            raise KeyBehind(session.session_id, int(reply[1]))
+        if reply[0] == b"restored":
+            return session
+        return self.get(session.session_id)
+
+    @staticmethod
+    def _raise_for(session_id: str, reply: Sequence, expected: int | None) -> None:
+        status = reply[0]
+        if status == b"ok":
+            return
+        if status == b"conflict":
+            raise ConcurrencyError(session_id, expected_version=expected,
+                                   actual_version=int(reply[1]))
+        if status == b"deleted":
+            raise SessionNotFound(session_id, deleted=True)
+        if status == b"missing":
+            raise KeyMissing(session_id, int(reply[1]))
+        raise AssertionError(f"unexpected script reply {reply!r}")
+
+    # -- outbox ---------------------------------------------------------------
+
+    def outbox_ack(self, event_ids: Sequence[str]) -> None:
+        """Remove outbox entries once SQS accepted their messages."""
+        if not event_ids:
+            return
+        with _redis_errors():
+            by_bucket: dict[int, list[str]] = {}
+            for eid in event_ids:
+                by_bucket.setdefault(bucket_of(eid.rsplit(":", 1)[0]), []).append(eid)
+            pipe = self.client.pipeline(transaction=False)
+            for bucket, ids in by_bucket.items():
+                index, data = outbox_keys(bucket)
+                pipe.zrem(index, *ids)
+                pipe.hdel(data, *ids)
+            pipe.execute()
+
+    def outbox_pending(self, older_than_s: float, limit: int = 500) -> Iterator[tuple[str, str]]:
+        """(event id, event JSON) of outbox entries enqueued before now - older_than_s."""
+        cutoff = int((self.clock() - older_than_s) * 1000)
+        with _redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for bucket in range(BUCKETS):
+                pipe.zrangebyscore(outbox_keys(bucket)[0], "-inf", cutoff, start=0, num=limit)
+            per_bucket = pipe.execute()
+        found = 0
+        for bucket, ids in enumerate(per_bucket):
+            if not ids:
+                continue
+            with _redis_errors():
+                bodies = self.client.hmget(outbox_keys(bucket)[1], ids)
+            for eid, body in zip(ids, bodies):
+                if body is None:  # acked between the two reads
+                    continue
+                yield eid.decode(), body.decode()
+                found += 1
+                if found >= limit:
+                    return
+
+    def outbox_depth(self) -> int:
+        with _redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for bucket in range(BUCKETS):
+                pipe.zcard(outbox_keys(bucket)[0])
+            return sum(pipe.execute())
+
+    # -- pub/sub --------------------------------------------------------------
+
+    def subscribe(self, *, timeout: float = 1.0) -> Iterator[dict | None]:
+        """Yield each change event published on the channel, decoded.
+
+        Yields None every ``timeout`` seconds without a message so that a
+        caller can stop; the generator unsubscribes when closed.
+        """
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        with _redis_errors():
+            pubsub.subscribe(self.channel)
+        try:
+            while True:
+                with _redis_errors():
+                    message = pubsub.get_message(timeout=timeout)
+                yield None if message is None else json.loads(message["data"])
+        finally:
+            pubsub.close()
+
+    def ping(self) -> float:
+        """Round trip in milliseconds."""
+        start = time.perf_counter()
+        with _redis_errors():
+            self.client.ping()
+        return (time.perf_counter() - start) * 1000
+
+
+class KeyMissing(SessionNotFound):
+    """Redis has no key but its marker says the session existed at ``version``.
+
+    It expired (or was evicted) and may be recovered from PostgreSQL.
+    """
+
+    def __init__(self, session_id: str, marker_version: int) -> None:
+        super().__init__(session_id)
+        self.marker_version = marker_version
+
+
+class KeyBehind(Exception):
+    """A restore was refused: Redis acknowledged ``marker_version`` already."""
+
+    def __init__(self, session_id: str, marker_version: int) -> None:
+        super().__init__(session_id, marker_version)
+        self.session_id = session_id
+        self.marker_version = marker_version
+
+
+def _ttl_from_event(event_json: bytes) -> int:
+    # "ttl_seconds":N sits before "state" in the event the script built;
+    # find it without decoding the whole (possibly 256 KiB) document.
+    head = event_json[:event_json.index(b',"state":')]
+    return int(head.rsplit(b":", 1)[1])
+
+
+class _redis_errors:
+    """Translate redis-py connection trouble into ServiceUnavailable."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError,
+                            redis.exceptions.ClusterDownError,
+                            redis.exceptions.TryAgainError)):
+            raise ServiceUnavailable(f"Redis is unavailable: {type(exc).__name__}",
+                                     dependency="redis") from exc
+        if isinstance(exc, redis.ResponseError) and str(exc).startswith(
+                ("LOADING", "MASTERDOWN", "READONLY", "BUSY", "OOM", "CLUSTERDOWN")):
+            raise ServiceUnavailable(f"Redis refused the command: {str(exc).split()[0]}",
+                                     dependency="redis") from exc
+        return False

@@ -1,0 +1,204 @@
+"""Parse and check client input before anything is written.
+
+Everything here is pure (no I/O) and raises ``ValidationError`` (400),
+``PayloadTooLarge`` (413) or ``PreconditionRequired`` (428) with a message
+that says what to fix.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import unquote
+
+from chalicelib.config import MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from chalicelib.errors import PayloadTooLarge, PreconditionRequired, ValidationError
+
+SESSION_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,128}"
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+MAX_DEPTH = 64
+# Room for the envelope ({"state": ..., "expected_version": ...}) around a
+# state of the maximum size, before the exact check on the state itself.
+_ENVELOPE_SLACK = 4096
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    session_id: str
+    state_json: str
+    ttl_seconds: int | None
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    session_id: str
+    state_json: str
+    expected_version: int
+
+
+def session_id(raw: str) -> str:
+    """A path or body session id, percent-decoded as API Gateway would."""
+    value = unquote(raw) if "%" in raw else raw
+    if not _SESSION_ID.fullmatch(value):
+        raise ValidationError(
+            f"session id must match {SESSION_ID_PATTERN}", field="session_id")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValidationError(f"{name} is not valid JSON (PostgreSQL jsonb cannot store it)")
+
+
+def parse_body(raw: bytes | None, max_state_bytes: int) -> dict[str, Any]:
+    """Decode a request body that must be a JSON object.
+
+    Parses the raw bytes itself (Chalice's json_body turns deep nesting into
+    a 500) and caps nesting depth at ``MAX_DEPTH``.
+    """
+    if not raw:
+        raise ValidationError("request body is empty; send a JSON object")
+    if len(raw) > max_state_bytes * 6 + _ENVELOPE_SLACK:
+        # 6x: a state of max size may be escaped (\u00e9) in the body.
+        raise PayloadTooLarge(f"request body is over the limit of {max_state_bytes} bytes of state",
+                              limit=max_state_bytes)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError("request body is not UTF-8") from None
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ValidationError(f"JSON is nested deeper than {MAX_DEPTH} levels") from None
+    if not isinstance(body, dict):
+        raise ValidationError("request body must be a JSON object")
+    return body
+
+
+def check_state(state: Any, max_state_bytes: int) -> str:
+    """Validate a state document and return its compact JSON encoding."""
+    if not isinstance(state, dict):
+        raise ValidationError("state must be a JSON object", field="state")
+    _walk(state)
+    encoded = json.dumps(state, ensure_ascii=False, separators=(",", ":"))
+    size = len(encoded.encode("utf-8"))
+    if size > max_state_bytes:
+        raise PayloadTooLarge(f"state is {size} bytes, over the limit of {max_state_bytes}",
+                              field="state", size=size, limit=max_state_bytes)
+    return encoded
+
+
+def _walk(doc: Any) -> None:
+    """Reject NUL characters (jsonb cannot hold them) and deep nesting."""
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValidationError(f"state is nested deeper than {MAX_DEPTH} levels", field="state")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if "\x00" in key:
+                    raise ValidationError("state contains \\u0000 in a key; PostgreSQL cannot store it",
+                                          field="state")
+                stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1) for item in node)
+        elif isinstance(node, str) and "\x00" in node:
+            raise ValidationError("state contains \\u0000; PostgreSQL cannot store it", field="state")
+
+
+def version(value: Any, field: str) -> int:
+    # bool is an int in Python; a JSON true is not a version.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{field} must be an integer", field=field)
+    if value < 1 or value > 2 ** 63 - 1:
+        raise ValidationError(f"{field} must be a positive integer", field=field)
+    return value
+
+
+def if_match_version(header: str | None) -> int | None:
+    """The version in an If-Match header ("3" or the ETag form "\\"3\\"")."""
+    if header is None:
+        return None
+    value = header.strip()
+    if value.startswith("W/"):
+        raise ValidationError("If-Match must be a strong ETag", field="If-Match")
+    value = value.strip('"')
+    if not value.isdigit():
+        raise ValidationError("If-Match must be a session version (the ETag of a GET)", field="If-Match")
+    return version(int(value), "If-Match")
+
+
+def ttl_seconds(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError("ttl_seconds must be an integer", field="ttl_seconds")
+    if not MIN_TTL_SECONDS <= value <= MAX_TTL_SECONDS:
+        raise ValidationError(f"ttl_seconds must be between {MIN_TTL_SECONDS} and {MAX_TTL_SECONDS}",
+                              field="ttl_seconds")
+    return value
+
+
+def _reject_unknown(body: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ValidationError(f"unknown field(s): {', '.join(unknown)}", fields=unknown)
+
+
+def create_request(raw: bytes | None, max_state_bytes: int) -> CreateRequest:
+    body = parse_body(raw, max_state_bytes)
+    _reject_unknown(body, {"session_id", "state", "ttl_seconds"})
+    if "state" not in body:
+        raise ValidationError("state is required", field="state")
+    sid = body.get("session_id")
+    if sid is None:
+        sid = str(uuid.uuid4())
+    elif not isinstance(sid, str):
+        raise ValidationError("session_id must be a string", field="session_id")
+    else:
+        sid = session_id(sid)
+    return CreateRequest(sid, check_state(body["state"], max_state_bytes),
+                         ttl_seconds(body.get("ttl_seconds")))
+
+
+def update_request(path_id: str, raw: bytes | None, if_match: str | None,
+                   max_state_bytes: int) -> UpdateRequest:
+    sid = session_id(path_id)
+    body = parse_body(raw, max_state_bytes)
+    _reject_unknown(body, {"state", "expected_version"})
+    if "state" not in body:
+        raise ValidationError("state is required", field="state")
+    header_version = if_match_version(if_match)
+    body_version = body.get("expected_version")
+    if body_version is not None:
+        body_version = version(body_version, "expected_version")
+    if body_version is None and header_version is None:
+        raise PreconditionRequired(
+            "send expected_version in the body or an If-Match header; "
+            "updates are compare-and-set")
+    if body_version is not None and header_version is not None and body_version != header_version:
+        raise ValidationError("expected_version and If-Match disagree",
+                              expected_version=body_version, if_match=header_version)
+    expected = body_version if body_version is not None else header_version
+    return UpdateRequest(sid, check_state(body["state"], max_state_bytes), expected)
+
+
+def page_limit(raw: str | None, default: int = 50, maximum: int = 500) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ValidationError(f"limit must be an integer between 1 and {maximum}", field="limit")
+    return int(raw)
+
+
+def version_param(raw: str | None, field: str) -> int | None:
+    """An optional version in a query string."""
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise ValidationError(f"{field} must be a positive integer", field=field)
+    return version(int(raw), field)

@@ -1,0 +1,55 @@
+"""HTTP mapping: domain results and errors to Chalice responses, in one place.
+
+Every error leaves as ``{"error": {"code": ..., "message": ..., "details": ...}}``
+with the status the error class names.  An unexpected exception is logged
+with its traceback and answered as a 500 ``InternalError`` in the same shape.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from typing import Any, Callable
+
+from chalice import Response
+
+from chalicelib.errors import ServiceUnavailable, SessionSyncError
+from chalicelib.store import Session
+
+log = logging.getLogger("sessionsync.web")
+JSON = {"Content-Type": "application/json"}
+
+
+def session_response(session: Session, status: int = 200, **headers: str) -> Response:
+    return Response(body=session.to_json(), status_code=status,
+                    headers={**JSON, "ETag": f'"{session.version}"', **headers})
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(body=json.dumps(body, separators=(",", ":")), status_code=status, headers=JSON)
+
+
+def error_response(exc: SessionSyncError) -> Response:
+    headers = dict(JSON)
+    if isinstance(exc, ServiceUnavailable):
+        headers["Retry-After"] = "1"
+    return Response(body=json.dumps({"error": exc.to_dict()}), status_code=exc.status,
+                    headers=headers)
+
+
+def handles_errors(view: Callable[..., Response]) -> Callable[..., Response]:
+    """Decorate a route so that domain errors become the JSON error shape."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return view(*args, **kwargs)
+        except SessionSyncError as exc:
+            if exc.status >= 500:
+                log.error("request failed", extra={"code": exc.code, "error": exc.message})
+            return error_response(exc)
+        except Exception:
+            log.exception("unhandled error")
+            return error_response(SessionSyncError("an internal error occurred"))
+
+    return wrapper

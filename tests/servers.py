@@ -1,0 +1,129 @@
+"""Throwaway servers for tests that must stop or break a dependency.
+
+Each starts its own process on a free loopback port and stops it by PID in a
+finalizer, so the machine's shared Redis and PostgreSQL are never touched.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    """A free loopback port below 45000 (a cluster node also needs port+10000)."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        with socket.socket() as sock, socket.socket() as bus:
+            try:
+                sock.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port found")
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready within {timeout}s")
+
+
+class RedisServer:
+    """A redis-server of the test's own on 127.0.0.1:<port>."""
+
+    def __init__(self, workdir: Path, port: int | None = None, *extra: str) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(lambda: redis.Redis(port=self.port, socket_timeout=0.2).ping(), 10,
+                 f"redis-server on {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its port but answers nothing (a hang)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+class RedisClusterServers:
+    """A real 3-master Redis Cluster on loopback, joined by redis-cli."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = [RedisServer(workdir / f"node{i}", None, "--cluster-enabled", "yes",
+                                  "--cluster-config-file", f"nodes-{i}.conf",
+                                  "--cluster-node-timeout", "2000")
+                      for i in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url.rsplit("/", 1)[0]
+
+    def start(self) -> "RedisClusterServers":
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(["redis-cli", "--cluster", "create", *addresses,
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, timeout=60)
+
+        def ready() -> bool:
+            return all(b"cluster_state:ok" in redis.Redis(port=n.port).execute_command(
+                "CLUSTER", "INFO") for n in self.nodes)
+        wait_for(ready, 30, "redis cluster")
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def postgres_bin(name: str) -> str:
+    """Path of a PostgreSQL server binary (initdb, pg_ctl) on this machine."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if not candidates:
+        raise FileNotFoundError(f"{name} not found: install PostgreSQL's server binaries")
+    return str(candidates[-1])
