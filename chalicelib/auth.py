@@ -9,10 +9,11 @@ taken says nothing about which key, or how much of it, matched.
 from __future__ import annotations
 
 import hmac
-import logging
 import json
+import logging
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from chalicelib.config import API_KEYS, API_KEYS_SECRET_ARN
 from chalicelib.errors import ConfigurationError

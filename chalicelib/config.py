@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 from urllib.parse import quote, urlsplit
 
 from chalicelib.errors import ConfigurationError
@@ -130,7 +130,7 @@ def check_redis_url(url: str, setting: str = REDIS_URL) -> str:
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigurationError(setting, "has no host")
     try:
-        parts.port
+        _ = parts.port  # urlsplit parses the port lazily
     except ValueError:
         raise ConfigurationError(setting, "has a port that is not a number") from None
     return url
@@ -159,7 +159,7 @@ def check_database_url(url: str, setting: str = DATABASE_URL) -> str:
             + (f", e.g. {suggestion}" if suggestion else ""),
             suggestion=suggestion)
     try:
-        parts.port
+        _ = parts.port  # urlsplit parses the port lazily
     except ValueError:
         raise ConfigurationError(
             setting, "port is not a number (an unescaped ':' in the password?)") from None

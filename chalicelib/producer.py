@@ -10,7 +10,8 @@ acknowledged write: it only delays it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from chalicelib.store import SessionStore, WriteResult
 

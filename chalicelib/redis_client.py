@@ -7,7 +7,7 @@ passed to redis-py unchanged, as ElastiCache in-transit encryption needs.
 """
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -16,7 +16,7 @@ from redis.retry import Retry
 
 from chalicelib.config import Settings
 
-RedisClient = Union[redis.Redis, RedisCluster]
+RedisClient = redis.Redis | RedisCluster
 
 
 def connect_redis(settings: Settings, **overrides: Any) -> RedisClient:

@@ -9,8 +9,9 @@ retryable ``RecoveryPending`` (503) instead of an older version.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from chalicelib.errors import RecoveryPending, SessionNotFound
 from chalicelib.store import KeyBehind, KeyMissing, Session, SessionStore, WriteResult

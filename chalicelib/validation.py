@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import unquote
 
 from chalicelib.config import MAX_TTL_SECONDS, MIN_TTL_SECONDS

@@ -27,14 +27,20 @@ BACKLOG = 128
 def build_server(host: str, port: int, stage: str = "local"):
     """A chalice LocalDevServer for app.py with the fixes above."""
     from chalice.cli.factory import CLIFactory
-    from chalice.local import (ChaliceRequestHandler, CustomLocalChalice, ForbiddenError,
-                               LocalChalice, LocalDevServer, ThreadedHTTPServer)
+    from chalice.local import (
+        ChaliceRequestHandler,
+        CustomLocalChalice,
+        ForbiddenError,
+        LocalChalice,
+        LocalDevServer,
+        ThreadedHTTPServer,
+    )
 
     class Server(ThreadedHTTPServer):
         request_queue_size = BACKLOG
 
     class Handler(ChaliceRequestHandler):
-        def _send_error_response(self, error):  # noqa: N802 (chalice's name)
+        def _send_error_response(self, error):
             if isinstance(error, ForbiddenError) and \
                     error.headers.get("x-amzn-ErrorType") == "UnauthorizedException":
                 # chalice's "route not found" (API Gateway's, too): no echo.
