@@ -399,22 +399,15 @@ class SessionStore:
 
     # -- pub/sub --------------------------------------------------------------
 
-    def subscribe(self, *, timeout: float = 1.0) -> Iterator[dict | None]:
-        """Yield each change event published on the channel, decoded.
+    def subscribe(self, *, timeout: float = 1.0) -> Subscription:
+        """Subscribe to the change events on the channel, now.
 
-        Yields None every ``timeout`` seconds without a message so that a
-        caller can stop; the generator unsubscribes when closed.
+        Returns once Redis confirmed the subscription, so every change
+        committed after this call is seen.  Iterating yields each event
+        decoded, or None every ``timeout`` seconds without one so that a
+        caller can stop; ``close()`` (or leaving a ``with`` block) unsubscribes.
         """
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        with _redis_errors():
-            pubsub.subscribe(self.channel)
-        try:
-            while True:
-                with _redis_errors():
-                    message = pubsub.get_message(timeout=timeout)
-                yield None if message is None else json.loads(message["data"])
-        finally:
-            pubsub.close()
+        return Subscription(self.client.pubsub(), self.channel, timeout)
 
     def ping(self) -> float:
         """Round trip in milliseconds."""
@@ -422,6 +415,48 @@ class SessionStore:
         with _redis_errors():
             self.client.ping()
         return (time.perf_counter() - start) * 1000
+
+
+class Subscription:
+    """An open Pub/Sub subscription to the change events (see ``subscribe``)."""
+
+    def __init__(self, pubsub: redis.client.PubSub, channel: str, timeout: float) -> None:
+        self.timeout = timeout
+        self._pubsub = pubsub
+        try:
+            with _redis_errors():
+                pubsub.subscribe(channel)
+                # SUBSCRIBE is not acknowledged by subscribe(): wait for the
+                # server's confirmation, or an event published meanwhile is lost.
+                deadline = time.monotonic() + max(timeout, 1.0)
+                while True:
+                    reply = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                    if reply is not None and reply["type"] == "subscribe":
+                        break
+                    if time.monotonic() >= deadline:
+                        raise redis.TimeoutError(f"no confirmation of SUBSCRIBE {channel}")
+        except BaseException:
+            pubsub.close()
+            raise
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> dict | None:
+        with _redis_errors():
+            message = self._pubsub.get_message(timeout=self.timeout)
+        if message is None or message["type"] != "message":
+            return None
+        return json.loads(message["data"])
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class KeyMissing(SessionNotFound):
