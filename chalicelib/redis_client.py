@@ -32,10 +32,20 @@ def connect_redis(settings: Settings, **overrides: Any) -> RedisClient:
         "client_name": "sessionsync",
     }
     options.update(overrides)
+    # One immediate retry on a connection error covers a pooled connection
+    # that died (Redis restarted, failover).  A timeout is never retried: a
+    # second wait would double the one-second budget of guarantee 5, and the
+    # command may have run (a re-sent write would then answer 409 or 404 for
+    # a change that succeeded).  The caller gets a 503: outcome unknown.
+    options.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
     if settings.redis_cluster:
-        # One quick retry covers a MOVED after failover; more would blow the
-        # one-second budget of guarantee 5.
-        options.setdefault("retry", Retry(NoBackoff(), 1))
-        return RedisCluster.from_url(settings.redis_url, **options)
-    options.setdefault("retry", Retry(NoBackoff(), 1))
+        return _Cluster.from_url(settings.redis_url, **options)
     return redis.Redis.from_url(settings.redis_url, **options)
+
+
+class _Cluster(RedisCluster):
+    """RedisCluster that does not re-send a command after a timeout (see above);
+    it still retries connection errors, MOVED/ASK and CLUSTERDOWN."""
+
+    ERRORS_ALLOW_RETRY = tuple(e for e in RedisCluster.ERRORS_ALLOW_RETRY
+                               if e is not redis.TimeoutError)

@@ -1,0 +1,156 @@
+"""Guarantee 5 for Redis: an outage is a fast, clear 503, and the service
+recovers by itself when Redis returns.
+
+Each test breaks a redis-server of its own (``throwaway_redis``): stopped
+(connections refused) or paused with SIGSTOP (it keeps its port and answers
+nothing: the hang a network partition or an overloaded node gives).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from chalice.test import Client
+
+from app import app
+from chalicelib.config import Settings
+from chalicelib.errors import ServiceUnavailable
+from chalicelib.redis_client import connect_redis
+from chalicelib.store import SessionStore
+from tests.conftest import API_KEY
+
+PROJECT_DIR = str(Path(__file__).resolve().parents[2])
+AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+# REDIS_TIMEOUT is 1.0 s; the answer must come within it plus overhead.
+BUDGET_SECONDS = 1.5
+
+
+@pytest.fixture
+def outage_store(throwaway_redis) -> SessionStore:
+    client = connect_redis(Settings(redis_url=throwaway_redis.url))
+    yield SessionStore(client)
+    client.close()
+
+
+@pytest.fixture
+def outage_api(throwaway_redis, use_settings):
+    use_settings(Settings(redis_url=throwaway_redis.url, api_keys=(API_KEY,)))
+    with Client(app, stage_name="local", project_dir=PROJECT_DIR) as client:
+        yield client.http
+
+
+def timed(call):
+    """(result or raised exception, seconds taken)."""
+    start = time.monotonic()
+    try:
+        result = call()
+    except Exception as exc:
+        result = exc
+    return result, time.monotonic() - start
+
+
+def assert_unavailable_in_time(outcome) -> None:
+    error, seconds = outcome
+    assert isinstance(error, ServiceUnavailable), error
+    assert error.dependency == "redis"
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
+
+
+def assert_503_in_time(outcome) -> None:
+    response, seconds = outcome
+    assert response.status_code == 503, response.body
+    assert response.json_body["error"]["code"] == "ServiceUnavailable"
+    assert response.headers["Retry-After"] == "1"
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
+
+
+def create(api, session_id: str, state: dict):
+    return api.post("/sessions", headers=AUTH,
+                    body=json.dumps({"session_id": session_id, "state": state}))
+
+
+def test_a_stopped_redis_makes_the_store_raise_service_unavailable_at_once(
+        throwaway_redis, outage_store, session_id):
+    outage_store.create(session_id, '{"a":1}', 60)  # a pooled connection exists
+    throwaway_redis.stop()
+
+    assert_unavailable_in_time(timed(lambda: outage_store.get(session_id)))
+    assert_unavailable_in_time(timed(lambda: outage_store.update(session_id, '{"a":2}', 1)))
+    assert_unavailable_in_time(timed(lambda: outage_store.create("other", "{}", 60)))
+
+
+def test_a_hung_redis_makes_the_store_raise_service_unavailable_within_the_timeout(
+        throwaway_redis, outage_store, session_id):
+    outage_store.create(session_id, '{"a":1}', 60)
+    throwaway_redis.pause()
+
+    assert_unavailable_in_time(timed(lambda: outage_store.get(session_id)))
+    # a write is not re-sent after a timeout: one wait, not two
+    assert_unavailable_in_time(timed(lambda: outage_store.update(session_id, '{"a":2}', 1)))
+
+
+def test_the_store_recovers_by_itself_when_a_stopped_redis_restarts(
+        throwaway_redis, outage_store, session_id):
+    outage_store.create(session_id, '{"a":1}', 60)
+    throwaway_redis.stop()
+    with pytest.raises(ServiceUnavailable):
+        outage_store.get(session_id)
+
+    throwaway_redis.start()  # same port, empty (the server keeps no data)
+    assert outage_store.get(session_id) is None
+    outage_store.create(session_id, '{"a":"again"}', 60)
+    assert outage_store.get(session_id).state == {"a": "again"}
+
+
+def test_the_store_recovers_by_itself_when_a_hung_redis_resumes(
+        throwaway_redis, outage_store, session_id):
+    outage_store.create(session_id, '{"a":1}', 60)
+    throwaway_redis.pause()
+    with pytest.raises(ServiceUnavailable):
+        outage_store.update(session_id, '{"a":2}', 1)
+
+    throwaway_redis.resume()
+    session = outage_store.get(session_id)
+    # The timed-out update reached the server's socket before the hang ended:
+    # its outcome was unknown to the client (hence the 503), but the session
+    # is whole: version 1 with the old state, or version 2 with the new one.
+    assert (session.version, session.state) in [(1, {"a": 1}), (2, {"a": 2})]
+
+
+def test_the_api_answers_503_within_a_second_while_redis_is_stopped_and_recovers(
+        throwaway_redis, outage_api, session_id):
+    assert create(outage_api, session_id, {"a": 1}).status_code == 201
+    throwaway_redis.stop()
+
+    assert_503_in_time(timed(lambda: outage_api.get(f"/sessions/{session_id}", headers=AUTH)))
+    assert_503_in_time(timed(lambda: outage_api.put(
+        f"/sessions/{session_id}", headers={**AUTH, "If-Match": '"1"'}, body='{"state":{"a":2}}')))
+    assert_503_in_time(timed(lambda: create(outage_api, "another-one", {})))
+    assert_503_in_time(timed(lambda: outage_api.delete(f"/sessions/{session_id}", headers=AUTH)))
+    health, seconds = timed(lambda: outage_api.get("/health"))
+    assert health.status_code == 503 and seconds < BUDGET_SECONDS
+    assert health.json_body["checks"]["redis"]["status"] == "down"
+
+    throwaway_redis.start()
+    assert create(outage_api, session_id, {"a": "again"}).status_code == 201
+    assert outage_api.get(f"/sessions/{session_id}", headers=AUTH).json_body["state"] == {"a": "again"}
+    assert outage_api.get("/health").status_code == 200
+
+
+def test_the_api_answers_503_within_a_second_while_redis_hangs_and_recovers(
+        throwaway_redis, outage_api, session_id):
+    assert create(outage_api, session_id, {"a": 1}).status_code == 201
+    throwaway_redis.pause()
+
+    assert_503_in_time(timed(lambda: outage_api.get(f"/sessions/{session_id}", headers=AUTH)))
+    assert_503_in_time(timed(lambda: create(outage_api, "another-one", {})))
+    health, seconds = timed(lambda: outage_api.get("/health"))
+    assert health.status_code == 503 and seconds < BUDGET_SECONDS
+    assert health.json_body["checks"]["redis"]["status"] == "down"
+
+    throwaway_redis.resume()
+    response = outage_api.get(f"/sessions/{session_id}", headers=AUTH)
+    assert response.status_code == 200 and response.json_body["state"] == {"a": 1}
+    assert outage_api.get("/health").status_code == 200
