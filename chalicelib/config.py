@@ -34,6 +34,22 @@ API_KEYS = "SESSIONSYNC_API_KEYS"
 API_KEYS_SECRET_ARN = "SESSIONSYNC_API_KEYS_SECRET_ARN"
 OUTBOX_RELAY_AGE = "OUTBOX_RELAY_AGE_SECONDS"
 PUBSUB_CHANNEL = "SESSIONSYNC_CHANNEL"
+# libpq's own variables: any of them means "connect with the PG* environment".
+PG_ENVIRONMENT = ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE")
+
+# The queue the consumer Lambda subscribes to (see ``trigger_queue_name``).
+DEFAULT_QUEUE_NAME = "sessionsync-events"
+# The event source mapping: up to 10 messages per invocation, and at most
+# CONSUMER_MAX_CONCURRENCY invocations at once so that the consumer cannot
+# open more PostgreSQL connections than that (one per warm Lambda).
+CONSUMER_BATCH_SIZE = 10
+CONSUMER_MAX_CONCURRENCY = 5
+# The consumer Lambda's timeout (.chalice/config.json: persist_changes); the
+# queue's visibility timeout is six times it, as AWS recommends, so that a
+# batch still being retried by Lambda is not delivered a second time.
+CONSUMER_TIMEOUT_SECONDS = 30
+QUEUE_VISIBILITY_TIMEOUT = 6 * CONSUMER_TIMEOUT_SECONDS
+QUEUE_MAX_RECEIVE_COUNT = 5
 
 # SQS caps a message at 1 MiB; the event carries the state plus ~300 bytes.
 SQS_MESSAGE_LIMIT = 1024 * 1024
@@ -72,10 +88,12 @@ class Settings:
     api_keys_secret_arn: str | None = None
     outbox_relay_age: float = 5.0
     channel: str = "session-updates"
+    #: PGHOST / PGDATABASE / PGSERVICE is set: libpq's environment names the database
+    pg_environment: bool = False
 
     @property
     def has_database(self) -> bool:
-        return bool(self.database_url or self.db_secret_arn)
+        return bool(self.database_url or self.db_secret_arn or self.pg_environment)
 
     @property
     def has_queue(self) -> bool:
@@ -220,4 +238,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_keys_secret_arn=_opt(env, API_KEYS_SECRET_ARN),
         outbox_relay_age=_float(env, OUTBOX_RELAY_AGE, 5.0, 0.0, 3600.0),
         channel=env.get(PUBSUB_CHANNEL, "").strip() or "session-updates",
+        pg_environment=any(_opt(env, name) for name in PG_ENVIRONMENT),
     )
+
+
+def trigger_queue_name(env: Mapping[str, str] | None = None) -> str:
+    """The queue name for app.py's ``@app.on_sqs_message`` decorator.
+
+    The one setting read when app.py is imported: Chalice builds the event
+    source mapping from the decorator when it packages the app, with the
+    stage's environment variables already applied (SESSION_QUEUE_NAME).
+    """
+    env = os.environ if env is None else env
+    return _opt(env, SESSION_QUEUE_NAME) or DEFAULT_QUEUE_NAME
