@@ -4,11 +4,16 @@ Each route parses its input with ``chalicelib.validation``, calls one
 ``SessionService`` method and returns through ``chalicelib.web``, which maps
 every domain error to the one JSON error shape.  No Redis, SQL or boto3 here.
 """
-from chalice import AuthResponse, Chalice
+from chalice import AuthResponse, Chalice, Rate
 
-from chalicelib import auth, health, runtime, validation, web
+from chalicelib import auth, config, health, runtime, validation, web
 
 app = Chalice(app_name="sessionsync")
+
+
+@app.middleware("http")
+def one_error_shape(event, get_response):
+    return web.chalice_errors_in_api_shape(get_response(event))
 
 
 @app.authorizer(ttl_seconds=300)
@@ -72,3 +77,21 @@ def session_events(session_id):
 def health_check():
     report = health.check(runtime.health_probes())
     return web.json_response(report.to_dict(), 200 if report.healthy else 503)
+
+
+# --- the durable pipeline -----------------------------------------------------
+
+@app.on_sqs_message(queue=config.trigger_queue_name(), batch_size=config.CONSUMER_BATCH_SIZE,
+                    maximum_concurrency=config.CONSUMER_MAX_CONCURRENCY)
+def persist_changes(event):
+    """SQS -> PostgreSQL.  Returns batch item failures (the event source
+    mapping must have ReportBatchItemFailures on); poison goes to the DLQ."""
+    return runtime.consumer().handle(event.to_dict())
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def relay_outbox(event):
+    """Re-send outbox entries that never reached SQS, until 5 s before the timeout."""
+    remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
+    result = runtime.relay().drain(budget_seconds=max(1.0, remaining - 5.0))
+    return {"found": result.found, "sent": result.sent}

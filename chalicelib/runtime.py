@@ -93,6 +93,28 @@ def database() -> Any:
     return _once("database", lambda: persistence.Database.from_settings(settings(), secrets_client))
 
 
+def consumer() -> Any:
+    """The SQS consumer (database + DLQ sender) the Lambda handler calls."""
+    from chalicelib.config import DATABASE_URL
+    from chalicelib.consumer import Consumer, DeadLetterQueue
+    from chalicelib.errors import ConfigurationError
+
+    def build() -> Any:
+        db = database()
+        if db is None:
+            raise ConfigurationError(DATABASE_URL, "the consumer needs a database "
+                                     "(DATABASE_URL, DB_SECRET_ARN or PG* variables)")
+        return Consumer(db, DeadLetterQueue(sqs(), dlq_url()))
+    return _once("consumer", build)
+
+
+def relay() -> Any:
+    """The outbox relay (store + producer) the scheduled function calls."""
+    from chalicelib.outbox import OutboxRelay
+    s = settings()
+    return _once("relay", lambda: OutboxRelay(store(), producer(), age_seconds=s.outbox_relay_age))
+
+
 def secrets_client() -> Any:
     from chalicelib import aws
     return _once("secretsmanager", lambda: aws.client("secretsmanager", settings()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from chalicelib.cli import _common
+from chalicelib.cli.pipeline import bootstrap, migrate, relay, worker
 from chalicelib.cli.serve import serve
 from chalicelib.cli.store import watch
 
@@ -24,5 +25,5 @@ def main(stage: str | None) -> None:
     _common.apply_stage_environment(stage)
 
 
-for command in (serve, watch):
+for command in (serve, watch, bootstrap, migrate, worker, relay):
     main.add_command(command)

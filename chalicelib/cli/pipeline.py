@@ -1,0 +1,188 @@
+"""Pipeline commands: ``bootstrap``, ``migrate``, ``worker``, ``relay``; and
+``start_pipeline_threads`` for ``sessionsync serve``.
+
+Each command only parses options; the work is in chalicelib (provisioning,
+worker, outbox), built from the settings through ``chalicelib.runtime``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from chalicelib import runtime
+from chalicelib.cli._common import config_error_exit, fail
+from chalicelib.config import CONSUMER_BATCH_SIZE, QUEUE_VISIBILITY_TIMEOUT
+from chalicelib.errors import ConfigurationError, SessionSyncError
+
+log = logging.getLogger("sessionsync.pipeline")
+
+
+def _database_dsn() -> str:
+    from chalicelib import persistence
+    settings = runtime.settings()
+    if not settings.has_database:
+        raise ConfigurationError("DATABASE_URL", "is not set (nor DB_SECRET_ARN, nor PG* variables)")
+    return persistence.resolve_dsn(settings, runtime.secrets_client)
+
+
+def build_worker(*, batch_size: int = CONSUMER_BATCH_SIZE, wait_seconds: int = 10,
+                 visibility_timeout: int = QUEUE_VISIBILITY_TIMEOUT, retry_delay: float = 2.0) -> Any:
+    """A worker with its own database connection (the API threads keep theirs).
+
+    Raises ConfigurationError, ServiceUnavailable (queue lookup).
+    """
+    from chalicelib.consumer import Consumer, DeadLetterQueue
+    from chalicelib.persistence import Database
+    from chalicelib.worker import Worker
+
+    settings = runtime.settings()
+    if not settings.has_database:
+        raise ConfigurationError("DATABASE_URL", "the worker needs a database")
+    database = Database.from_settings(settings, runtime.secrets_client)
+    consumer = Consumer(database, DeadLetterQueue(runtime.sqs(), runtime.dlq_url()))
+    return Worker(runtime.sqs(), runtime.queue_url(), consumer.handle, batch_size=batch_size,
+                  wait_seconds=wait_seconds, visibility_timeout=visibility_timeout,
+                  retry_delay=retry_delay)
+
+
+def _retrying(name: str, build: Callable[[], Any], run: Callable[[Any], None],
+              stop: threading.Event) -> None:
+    """Build (retrying while LocalStack or the queues are not there yet), then run."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            target = build()
+        except SessionSyncError as exc:
+            log.warning("%s not started yet: %s (run `sessionsync bootstrap`?)", name, exc.message)
+            stop.wait(delay)
+            delay = min(delay * 2, 15.0)
+            continue
+        run(target)
+        return
+
+
+def start_pipeline_threads(stop: threading.Event) -> list[threading.Thread]:
+    """Run the SQS worker and the outbox relay in daemon threads until
+    ``stop`` is set (``sessionsync serve``: what the event source mapping
+    and the schedule do in AWS)."""
+    settings = runtime.settings()
+    threads = []
+    if settings.has_queue and settings.has_database:
+        threads.append(threading.Thread(
+            target=_retrying, name="sqs-worker", daemon=True,
+            args=("worker", lambda: build_worker(wait_seconds=2), lambda w: w.run(stop), stop)))
+    if settings.has_queue:
+        threads.append(threading.Thread(
+            target=_retrying, name="outbox-relay", daemon=True,
+            args=("relay", runtime.relay, lambda r: r.run(stop, interval=1.0), stop)))
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+@click.command()
+@click.option("--queues/--no-queues", default=True, show_default=True,
+              help="Create the SQS queue and its DLQ.")
+@click.option("--database/--no-database", default=True, show_default=True,
+              help="Create the database if missing and run the migrations.")
+def bootstrap(queues: bool, database: bool) -> None:
+    """Create the queue, the DLQ, the database and its schema (idempotent)."""
+    from chalicelib import provisioning
+    try:
+        settings = runtime.settings()
+        report = provisioning.bootstrap(settings, runtime.sqs() if queues else None,
+                                        _database_dsn() if database else None)
+    except ConfigurationError as exc:
+        config_error_exit(exc)
+    except SessionSyncError as exc:
+        fail(f"bootstrap failed: {exc.message}")
+    except Exception as exc:  # psycopg.Error: say what, not a traceback
+        fail(f"bootstrap failed: {type(exc).__name__}: {exc}")
+    if report.queues:
+        click.echo(f"queue {report.queues.url} (DLQ {report.queues.dlq_url})")
+    if database:
+        click.echo("database created" if report.database_created else "database exists")
+        click.echo(f"migrations applied: {', '.join(report.migrations_applied) or 'none (up to date)'}")
+
+
+@click.command()
+def migrate() -> None:
+    """Apply pending SQL migrations (safe to run twice, or twice at once)."""
+    from chalicelib import provisioning
+    try:
+        applied = provisioning.migrate(_database_dsn())
+    except ConfigurationError as exc:
+        config_error_exit(exc)
+    except SessionSyncError as exc:
+        fail(f"migrate failed: {exc.message}")
+    except Exception as exc:  # psycopg.Error
+        fail(f"migrate failed: {type(exc).__name__}: {exc}")
+    click.echo(f"applied: {', '.join(m.filename for m in applied)}" if applied else "up to date")
+
+
+@click.command()
+@click.option("--batch-size", type=click.IntRange(1, 10), default=CONSUMER_BATCH_SIZE, show_default=True)
+@click.option("--wait-seconds", type=click.IntRange(0, 20), default=10, show_default=True,
+              help="Long-poll wait.")
+@click.option("--visibility-timeout", type=click.IntRange(1, 43200), default=QUEUE_VISIBILITY_TIMEOUT,
+              show_default=True)
+@click.option("--retry-delay", type=click.FloatRange(0), default=2.0, show_default=True,
+              help="First retry delay of a failed message, doubling per receive; 0 waits the "
+                   "whole visibility timeout, as Lambda does.")
+@click.option("--once", is_flag=True, help="Process one batch and exit.")
+def worker(batch_size: int, wait_seconds: int, visibility_timeout: int, retry_delay: float,
+           once: bool) -> None:
+    """Long-poll the queue and run the consumer, as the Lambda event source mapping would."""
+    try:
+        w = build_worker(batch_size=batch_size, wait_seconds=wait_seconds,
+                         visibility_timeout=visibility_timeout, retry_delay=retry_delay)
+    except ConfigurationError as exc:
+        config_error_exit(exc)
+    except SessionSyncError as exc:
+        fail(f"worker cannot start: {exc.message}")
+    if once:
+        try:
+            result = w.poll_once()
+        except SessionSyncError as exc:
+            fail(f"worker failed: {exc.message}")
+        click.echo(f"received {result.received}, deleted {result.deleted}, retried {result.retried}")
+        return
+    stop = threading.Event()
+    click.echo(f"worker polling {w.queue_url} (Ctrl-C to stop)")
+    try:
+        w.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Relay what is pending now and exit.")
+@click.option("--age", type=click.FloatRange(0), default=None,
+              help="Only entries older than this many seconds (default OUTBOX_RELAY_AGE_SECONDS).")
+@click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True)
+def relay(once: bool, age: float | None, interval: float) -> None:
+    """Re-send outbox entries that never reached SQS."""
+    try:
+        r = runtime.relay()
+        if age is not None:
+            r.age_seconds = age
+        if once:
+            result = r.drain(budget_seconds=300)
+            click.echo(f"found {result.found}, sent {result.sent}")
+            if result.sent < result.found:
+                fail("some entries could not be sent (SQS unavailable?)")
+            return
+    except ConfigurationError as exc:
+        config_error_exit(exc)
+    except SessionSyncError as exc:
+        fail(f"relay failed: {exc.message}")
+    stop = threading.Event()
+    click.echo(f"relaying entries older than {r.age_seconds:g} s every {interval:g} s (Ctrl-C to stop)")
+    try:
+        r.run(stop, interval=interval)
+    except KeyboardInterrupt:
+        stop.set()
