@@ -70,6 +70,11 @@ class RouteNotFound(SessionSyncError):
     status = 404
 
 
+class MethodNotAllowed(SessionSyncError):
+    code = "MethodNotAllowed"
+    status = 405
+
+
 class SessionNotFound(SessionSyncError):
     code = "SessionNotFound"
     status = 404

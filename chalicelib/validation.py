@@ -23,6 +23,9 @@ MAX_DEPTH = 64
 # Room for the envelope ({"state": ..., "expected_version": ...}) around a
 # state of the maximum size, before the exact check on the state itself.
 _ENVELOPE_SLACK = 4096
+# A version in a header or query string: ASCII digits only (str.isdigit()
+# accepts "²", which int() refuses) and no longer than 2**63 - 1.
+_VERSION_TEXT = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ def parse_body(raw: bytes | None, max_state_bytes: int) -> dict[str, Any]:
         raise ValidationError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise ValidationError(f"JSON is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:
+        # the one ValueError json.loads raises besides JSONDecodeError: an
+        # integer longer than Python converts (sys.get_int_max_str_digits())
+        raise ValidationError("malformed JSON: a number has too many digits") from None
     if not isinstance(body, dict):
         raise ValidationError("request body must be a JSON object")
     return body
@@ -84,8 +91,20 @@ def check_state(state: Any, max_state_bytes: int) -> str:
     if not isinstance(state, dict):
         raise ValidationError("state must be a JSON object", field="state")
     _walk(state)
-    encoded = json.dumps(state, ensure_ascii=False, separators=(",", ":"))
-    size = len(encoded.encode("utf-8"))
+    try:
+        # allow_nan=False: 1e999 parses to inf, which would be written out as
+        # the non-JSON token Infinity (unreadable by clients and by jsonb).
+        encoded = json.dumps(state, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise ValidationError("state holds a number out of range (it overflows to infinity)",
+                              field="state") from None
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:
+        # "\ud800" without its pair decodes to a lone surrogate: not Unicode,
+        # and neither Redis (UTF-8) nor jsonb can hold it
+        raise ValidationError("state contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)",
+                              field="state") from None
     if size > max_state_bytes:
         raise PayloadTooLarge(f"state is {size} bytes, over the limit of {max_state_bytes}",
                               field="state", size=size, limit=max_state_bytes)
@@ -128,7 +147,7 @@ def if_match_version(header: str | None) -> int | None:
     if value.startswith("W/"):
         raise ValidationError("If-Match must be a strong ETag", field="If-Match")
     value = value.strip('"')
-    if not value.isdigit():
+    if not _VERSION_TEXT.fullmatch(value):
         raise ValidationError("If-Match must be a session version (the ETag of a GET)", field="If-Match")
     return version(int(value), "If-Match")
 
@@ -191,7 +210,7 @@ def update_request(path_id: str, raw: bytes | None, if_match: str | None,
 def page_limit(raw: str | None, default: int = 50, maximum: int = 500) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not _VERSION_TEXT.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise ValidationError(f"limit must be an integer between 1 and {maximum}", field="limit")
     return int(raw)
 
@@ -200,6 +219,6 @@ def version_param(raw: str | None, field: str) -> int | None:
     """An optional version in a query string."""
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not _VERSION_TEXT.fullmatch(raw):
         raise ValidationError(f"{field} must be a positive integer", field=field)
     return version(int(raw), field)

@@ -14,7 +14,7 @@ from typing import Any
 
 from chalice import Response
 
-from chalicelib.errors import ServiceUnavailable, SessionSyncError
+from chalicelib.errors import MethodNotAllowed, ServiceUnavailable, SessionSyncError
 from chalicelib.store import Session
 
 log = logging.getLogger("sessionsync.web")
@@ -36,6 +36,20 @@ def error_response(exc: SessionSyncError) -> Response:
         headers["Retry-After"] = "1"
     return Response(body=json.dumps({"error": exc.to_dict()}), status_code=exc.status,
                     headers=headers)
+
+
+def chalice_errors_in_api_shape(response: Response) -> Response:
+    """Chalice's own 405 (a method the route does not have) in the one error
+    shape, keeping its Allow header.  (Deployed, API Gateway answers those
+    itself; locally and in tests the app does.)"""
+    if response.status_code == 405 and isinstance(response.body, dict):
+        allowed = response.headers.get("Allow", "")
+        error = MethodNotAllowed(str(response.body.get("Message", "method not allowed")),
+                                 allowed=[m.strip() for m in allowed.split(",") if m.strip()])
+        reply = error_response(error)
+        reply.headers["Allow"] = allowed
+        return reply
+    return response
 
 
 def handles_errors(view: Callable[..., Response]) -> Callable[..., Response]:

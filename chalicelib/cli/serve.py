@@ -24,13 +24,35 @@ from chalicelib.config import API_KEYS
 BACKLOG = 128
 
 
+def gateway_error(error, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) for what API Gateway answers itself, in the
+    API's one error shape: no route (chalice says 403 and echoes the
+    Authorization header: here 404, no echo), missing credentials (401) and
+    refused ones (403).  Deployed, the template maps Gateway Responses alike."""
+    from chalice.local import ForbiddenError, NotAuthorizedError
+
+    from chalicelib.errors import Forbidden, RouteNotFound, Unauthorized
+
+    headers = {"Content-Type": "application/json"}
+    if isinstance(error, ForbiddenError) and \
+            error.headers.get("x-amzn-ErrorType") == "UnauthorizedException":
+        exc = RouteNotFound(f"no route for {method} {path.split('?', 1)[0]}")
+    elif isinstance(error, NotAuthorizedError):
+        exc = Unauthorized("credentials required: send Authorization: Bearer <API key>")
+        headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(error, ForbiddenError):
+        exc = Forbidden("the API key is not valid")
+    else:
+        return error.CODE, dict(error.headers), error.body
+    return exc.status, headers, json.dumps({"error": exc.to_dict()}).encode()
+
+
 def build_server(host: str, port: int, stage: str = "local"):
     """A chalice LocalDevServer for app.py with the fixes above."""
     from chalice.cli.factory import CLIFactory
     from chalice.local import (
         ChaliceRequestHandler,
         CustomLocalChalice,
-        ForbiddenError,
         LocalChalice,
         LocalDevServer,
         ThreadedHTTPServer,
@@ -41,14 +63,7 @@ def build_server(host: str, port: int, stage: str = "local"):
 
     class Handler(ChaliceRequestHandler):
         def _send_error_response(self, error):
-            if isinstance(error, ForbiddenError) and \
-                    error.headers.get("x-amzn-ErrorType") == "UnauthorizedException":
-                # chalice's "route not found" (API Gateway's, too): no echo.
-                body = json.dumps({"error": {"code": "RouteNotFound",
-                                             "message": f"no route for {self.command} {self.path}"}})
-                self._send_http_response(404, {"Content-Type": "application/json"}, body.encode())
-                return
-            super()._send_error_response(error)
+            self._send_http_response(*gateway_error(error, self.command, self.path))
 
     factory = CLIFactory(project_dir=str(PROJECT_DIR))
     # chalice's factory copies the stage's variables over os.environ; keep
