@@ -1,0 +1,106 @@
+"""Configuration: a missing or malformed setting fails with a message that
+names it, and never prints a secret.  Pure: ``load_settings`` takes the
+environment as a mapping."""
+from __future__ import annotations
+
+import pytest
+
+from chalicelib.config import (
+    DEFAULT_MAX_STATE_BYTES,
+    DEFAULT_SESSION_TTL,
+    check_database_url,
+    load_settings,
+)
+from chalicelib.errors import ConfigurationError
+
+PASSWORD_WITH_AT = "p@ssw0rd"
+PASSWORD_WITH_SLASH = "ab/cd3f"
+
+
+@pytest.mark.parametrize("url, password, escaped", [
+    (f"postgresql://app:{PASSWORD_WITH_AT}@db.internal:5432/sessions", PASSWORD_WITH_AT, "%40"),
+    (f"postgresql://app:{PASSWORD_WITH_SLASH}@db.internal:5432/sessions", PASSWORD_WITH_SLASH, "%2F"),
+    ("postgres://app:x/y@z@db.internal/sessions", "x/y@z", "%2F"),
+    ("postgresql://app:q#w@db.internal/sessions", "q#w", "%23"),
+    ("postgresql://app:q?w@db.internal/sessions", "q?w", "%3F"),
+])
+def test_an_unescaped_password_in_database_url_is_explained_without_printing_it(url, password, escaped):
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({"DATABASE_URL": url})
+    error = caught.value
+    assert error.setting == "DATABASE_URL"
+    assert error.message.startswith("DATABASE_URL: ")
+    assert "percent-encode" in error.message
+    suggestion = error.details["suggestion"]
+    assert escaped in suggestion and suggestion in error.message
+    assert suggestion.startswith(url.split(":", 1)[0] + "://app:")
+    assert suggestion.endswith("@" + url.rsplit("@", 1)[1])
+    # neither the password nor a recognisable piece of it is shown
+    for text in (error.message, str(error), repr(error), str(error.to_dict())):
+        assert password not in text
+        assert all(part not in text for part in password.replace("#", "@").replace("?", "@")
+                   .replace("/", "@").split("@") if len(part) > 1)
+
+
+def test_a_percent_encoded_password_is_accepted():
+    url = "postgresql://app:p%40ss%2Fw0rd@db.internal:5432/sessions"
+    assert load_settings({"DATABASE_URL": url}).database_url == url
+    assert check_database_url("postgresql://app@localhost/sessions")
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("mysql://app:pw@db/sessions", "scheme must be postgresql://"),
+    ("postgresql://app:pw@db:54x2/sessions", "port is not a number"),
+    ("postgresql://", "neither host nor database"),
+])
+def test_a_malformed_database_url_names_the_setting(url, fragment):
+    with pytest.raises(ConfigurationError, match=fragment) as caught:
+        load_settings({"DATABASE_URL": url})
+    assert caught.value.setting == "DATABASE_URL"
+    assert "pw" not in caught.value.message
+
+
+@pytest.mark.parametrize("env, setting", [
+    ({"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://h:port/0"}, "REDIS_URL"),
+    ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
+    ({"REDIS_TIMEOUT": "fast"}, "REDIS_TIMEOUT"),
+    ({"REDIS_TIMEOUT": "0"}, "REDIS_TIMEOUT"),
+    ({"SESSION_TTL": "an hour"}, "SESSION_TTL"),
+    ({"SESSION_TTL": "0"}, "SESSION_TTL"),
+    ({"MAX_STATE_BYTES": str(1024 * 1024)}, "MAX_STATE_BYTES"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"SESSIONSYNC_API_KEYS": "short"}, "SESSIONSYNC_API_KEYS"),
+    ({"AWS_ENDPOINT_URL": "127.0.0.1:4566"}, "AWS_ENDPOINT_URL"),
+])
+def test_a_malformed_setting_fails_with_a_message_naming_it(env, setting):
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(env)
+    assert caught.value.setting == setting
+    assert caught.value.message.startswith(f"{setting}: ")
+
+
+def test_an_api_key_is_never_part_of_a_message_or_repr():
+    key = "a-long-secret-api-key-0123456789"
+    settings = load_settings({"SESSIONSYNC_API_KEYS": f"{key}, another-secret-key-9876543210"})
+    assert settings.api_keys == (key, "another-secret-key-9876543210")
+    assert key not in repr(settings)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({"SESSIONSYNC_API_KEYS": f"{key},tiny"})
+    assert key not in caught.value.message and "tiny" not in caught.value.message
+
+
+def test_an_empty_environment_gives_the_documented_defaults():
+    settings = load_settings({})
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.session_ttl == DEFAULT_SESSION_TTL == 3600
+    assert settings.max_state_bytes == DEFAULT_MAX_STATE_BYTES == 256 * 1024
+    assert settings.redis_timeout == 1.0
+    assert not settings.has_database and not settings.has_queue
+
+
+def test_rediss_urls_with_credentials_and_query_options_are_accepted():
+    url = "rediss://sessionsync:p%40ss@cache.example.com:6379/0?ssl_ca_certs=%2Fetc%2Fca.pem"
+    settings = load_settings({"REDIS_URL": url, "REDIS_CLUSTER": "true"})
+    assert settings.redis_url == url and settings.redis_cluster
