@@ -96,3 +96,122 @@ def use_settings():
         runtime.install(settings=settings, **objects)
     yield install
     runtime.reset()
+
+
+# --- the durable pipeline: PostgreSQL, LocalStack SQS -------------------------
+
+PG_TEST_ADMIN_URL = os.environ.get("PG_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+LOCALSTACK_URL = os.environ.get("LOCALSTACK_URL", "http://127.0.0.1:4566")
+
+
+def _database_url(admin_url: str, name: str) -> str:
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def pg_test_dsn() -> str:
+    """A fresh database sessionsync_test_<random>, migrated; dropped at the end."""
+    import psycopg
+
+    from chalicelib import provisioning
+    dsn = _database_url(PG_TEST_ADMIN_URL, f"sessionsync_test_{uuid.uuid4().hex[:10]}")
+    try:
+        provisioning.ensure_database(dsn)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_TEST_ADMIN_URL}: {exc} (run scripts/services.sh)")
+    try:
+        provisioning.migrate(dsn)
+        yield dsn
+    finally:
+        provisioning.drop_database(dsn)
+
+
+@pytest.fixture
+def database(pg_test_dsn):
+    from chalicelib.persistence import Database
+    db = Database.from_dsn(pg_test_dsn)
+    yield db
+    db.close()
+
+
+@pytest.fixture(scope="session")
+def aws_test_environment():
+    """LocalStack accepts any credentials; boto3 needs some to sign."""
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def localstack_settings(aws_test_environment) -> Settings:
+    return Settings(aws_endpoint_url=LOCALSTACK_URL, aws_region="us-east-1")
+
+
+@pytest.fixture(scope="session")
+def sqs(localstack_settings):
+    """A boto3 SQS client on LocalStack (fails the run when it does not answer)."""
+    from botocore.exceptions import BotoCoreError
+
+    from chalicelib import aws
+    client = aws.client("sqs", localstack_settings)
+    try:
+        client.list_queues(MaxResults=1)
+    except BotoCoreError as exc:
+        pytest.fail(f"LocalStack is not reachable at {LOCALSTACK_URL}: {exc} (run scripts/localstack.sh)")
+    return client
+
+
+@pytest.fixture
+def queue_pair(sqs):
+    """A main queue + DLQ (redrive after 5 receives) with unique names; deleted after."""
+    from chalicelib import provisioning
+    name = f"sessionsync-test-{uuid.uuid4().hex[:10]}"
+    pair = provisioning.ensure_queues(sqs, name, provisioning.dlq_name_for(name))
+    yield pair
+    provisioning.delete_queues(sqs, pair)
+
+
+@pytest.fixture(scope="module")
+def pipeline_redis(tmp_path_factory):
+    """A redis-server of the module's own: its outboxes hold only the module's events."""
+    server = RedisServer(tmp_path_factory.mktemp("pipeline-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pipeline(pipeline_redis, pg_test_dsn, sqs, queue_pair, database):
+    """Store, producer, queues, database, consumer and relay, all real (tests/pipeline_support.py)."""
+    from tests.pipeline_support import Pipeline
+    client = redis.Redis.from_url(pipeline_redis.url, socket_timeout=5)
+    yield Pipeline(sqs, queue_pair, SessionStore(client), database, pg_test_dsn)
+    client.close()
+
+
+@pytest.fixture
+def pipeline_settings(pipeline, pipeline_redis, localstack_settings) -> Settings:
+    """App settings wired to ``pipeline`` (Redis, PostgreSQL, queues)."""
+    return Settings(redis_url=pipeline_redis.url, api_keys=(API_KEY,), database_url=pipeline.dsn,
+                    queue_url=pipeline.queues.url, dlq_url=pipeline.queues.dlq_url,
+                    aws_endpoint_url=LOCALSTACK_URL, aws_region="us-east-1")
+
+
+@pytest.fixture
+def throwaway_postgres():
+    """A PostgreSQL server of the test's own (tests/servers.PostgresServer); the
+    test may stop and start it.  Removed, data directory included, after."""
+    from tests.servers import PostgresServer
+    server = PostgresServer()
+    try:
+        server.start()
+    except BaseException:
+        server.destroy()
+        raise
+    yield server
+    server.destroy()

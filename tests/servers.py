@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,3 +128,65 @@ def postgres_bin(name: str) -> str:
     if not candidates:
         raise FileNotFoundError(f"{name} not found: install PostgreSQL's server binaries")
     return str(candidates[-1])
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of the test's own (initdb + pg_ctl) on a free
+    loopback port, in a temporary directory; the test may stop and start it.
+
+    As root, initdb refuses to run: the cluster then belongs to the
+    ``postgres`` user and the commands run as that user (runuser).  The
+    directory is created outside pytest's tmp_path, whose parents are private
+    to root.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir: Path | None = None
+
+    @property
+    def datadir(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "data"
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        command = list(args)
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       timeout=timeout)
+
+    def init(self) -> PostgresServer:
+        self.workdir = Path(tempfile.mkdtemp(prefix="sessionsync-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres", "postgres")
+        # --no-sync and fsync=off: a throwaway cluster, stopped cleanly
+        self._run(postgres_bin("initdb"), "-D", str(self.datadir), "-U", "postgres",
+                  "--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C")
+        return self
+
+    def start(self) -> PostgresServer:
+        if self.workdir is None:
+            self.init()
+        options = (f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 "
+                   "-c fsync=off -c max_connections=30")
+        self._run(postgres_bin("pg_ctl"), "-D", str(self.datadir), "-l",
+                  str(self.workdir / "server.log"), "-o", options, "-w", "-t", "30", "start")
+        return self
+
+    def stop(self) -> None:
+        """Fast shutdown: sessions get 57P01 admin_shutdown, as in a restart."""
+        if self.workdir is not None and (self.datadir / "postmaster.pid").exists():
+            self._run(postgres_bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w",
+                      "-t", "30", "stop")
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        finally:
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.workdir = None
