@@ -18,14 +18,23 @@ _lock = threading.RLock()
 _cache: dict[str, Any] = {}
 
 
+_building: dict[str, threading.RLock] = {}
+
+
 def _once(name: str, build: Callable[[], T]) -> T:
     try:
         return _cache[name]
     except KeyError:
-        with _lock:
-            if name not in _cache:
-                _cache[name] = build()
-            return _cache[name]
+        pass
+    # One lock per object, so that a builder doing I/O (a queue URL lookup,
+    # a secret) does not hold up building the others (health probes build
+    # their clients in parallel threads against a one-second deadline).
+    with _lock:
+        lock = _building.setdefault(name, threading.RLock())
+    with lock:
+        if name not in _cache:
+            _cache[name] = build()
+        return _cache[name]
 
 
 def reset() -> None:
@@ -51,8 +60,10 @@ def settings() -> Settings:
 
 
 def redis() -> Any:
+    from chalicelib.logs import instrument_redis
     from chalicelib.redis_client import connect_redis
-    return _once("redis", lambda: connect_redis(settings()))
+    # instrument_redis is a no-op unless LOG_LEVEL=DEBUG (each command timed)
+    return _once("redis", lambda: instrument_redis(connect_redis(settings())))
 
 
 def store() -> Any:
@@ -137,6 +148,19 @@ def service() -> Any:
 
 
 def health_probes() -> dict[str, Any]:
-    """name -> probe for every configured dependency."""
-    probes: dict[str, Any] = {"redis": lambda: {"ping_ms": round(store().ping(), 3)}}
+    """name -> probe for every configured dependency (chalicelib.health).
+
+    The store is built here, before the probes run in parallel: building
+    it does no I/O, and a probe thread blocked on another builder's I/O
+    (a queue URL lookup) must not hold up the Redis probe.
+    """
+    from chalicelib import health
+    s = settings()
+    probes: dict[str, Any] = {"redis": health.redis_probe(store())}
+    if s.has_database:
+        probes["postgresql"] = health.postgres_probe(database)
+    if s.has_queue:
+        probes["queue"] = health.queue_probe(sqs, queue_url)
+    if s.dlq_url or s.dlq_name:
+        probes["dlq"] = health.dlq_probe(sqs, dlq_url)
     return probes

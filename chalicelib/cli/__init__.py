@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import click
 
-from chalicelib.cli import _common
+from chalicelib import logs
+from chalicelib.cli import _common, ops
 from chalicelib.cli.pipeline import bootstrap, migrate, relay, worker
 from chalicelib.cli.serve import serve
 from chalicelib.cli.store import watch
@@ -23,7 +24,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def main(stage: str | None) -> None:
     """sessionsync: serverless session state on Redis, SQS and PostgreSQL."""
     _common.apply_stage_environment(stage)
+    logs.configure()  # JSON lines on stderr at LOG_LEVEL; stdout stays the command's output
 
 
-for command in (serve, watch, bootstrap, migrate, worker, relay):
+for command in (serve, watch, bootstrap, migrate, worker, relay, *ops.COMMANDS):
     main.add_command(command)
