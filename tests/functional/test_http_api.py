@@ -1,0 +1,409 @@
+"""The HTTP API through Chalice's test client (API Gateway event in, response
+out), on the real Redis (db 1).  Every bad input gets a 4xx in the one error
+shape and writes nothing: the tests look at the Redis keys themselves."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from chalice.test import Client
+
+from app import app
+from chalicelib.store import bucket_of, outbox_keys, session_keys
+from tests.conftest import API_KEY
+
+PROJECT_DIR = str(Path(__file__).resolve().parents[2])
+AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+LIMIT = 256 * 1024  # MAX_STATE_BYTES default
+
+
+@pytest.fixture
+def api(use_settings, app_settings, redis_single):
+    use_settings(app_settings)  # Redis db 1, no queue, no PostgreSQL
+    with Client(app, stage_name="local", project_dir=PROJECT_DIR) as client:
+        yield client.http
+
+
+def body(doc) -> str:
+    return json.dumps(doc)
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.body
+    assert response.headers["Content-Type"] == "application/json"
+    doc = response.json_body
+    assert set(doc) == {"error"}
+    assert doc["error"]["code"] == code
+    assert isinstance(doc["error"]["message"], str) and doc["error"]["message"]
+    return doc["error"]
+
+
+class RedisView:
+    """What Redis holds for a session: the proof that nothing was written."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def raw(self, sid: str) -> bytes | None:
+        return self.client.get(session_keys(sid)[0])
+
+    def marker(self, sid: str) -> bytes | None:
+        return self.client.get(session_keys(sid)[1])
+
+    def outbox(self, sid: str) -> list[bytes]:
+        data = outbox_keys(bucket_of(sid))[1]
+        return sorted(k for k in self.client.hkeys(data) if k.decode().rsplit(":", 1)[0] == sid)
+
+    def snapshot(self, sid: str) -> tuple:
+        return self.raw(sid), self.marker(sid), self.outbox(sid)
+
+    def assert_untouched(self, sid: str) -> None:
+        assert self.snapshot(sid) == (None, None, [])
+
+
+@pytest.fixture
+def redis_view(redis_single) -> RedisView:
+    return RedisView(redis_single)
+
+
+@pytest.fixture
+def existing(api, session_id) -> str:
+    """A session at version 1 with state {"n": 1}."""
+    response = api.post("/sessions", headers=AUTH,
+                        body=body({"session_id": session_id, "state": {"n": 1}}))
+    assert response.status_code == 201
+    return session_id
+
+
+# -- every route, the happy paths ----------------------------------------------
+
+def test_post_creates_version_1_with_201_etag_and_location(api, redis_view, session_id):
+    response = api.post("/sessions", headers=AUTH,
+                        body=body({"session_id": session_id, "state": {"cart": ["book"]},
+                                   "ttl_seconds": 120}))
+    assert response.status_code == 201
+    doc = response.json_body
+    assert doc["session_id"] == session_id and doc["version"] == 1
+    assert doc["state"] == {"cart": ["book"]} and doc["ttl_seconds"] == 120
+    assert doc["created_at"] == doc["updated_at"] and doc["created_at"].endswith("Z")
+    assert response.headers["ETag"] == '"1"'
+    assert response.headers["Location"] == f"/sessions/{session_id}"
+    assert redis_view.raw(session_id) is not None
+    assert 115 <= redis_view.client.ttl(session_keys(session_id)[0]) <= 120
+
+
+def test_post_without_an_id_generates_one(api):
+    response = api.post("/sessions", headers=AUTH, body=body({"state": {}}))
+    assert response.status_code == 201
+    sid = response.json_body["session_id"]
+    assert api.get(f"/sessions/{sid}", headers=AUTH).json_body["session_id"] == sid
+
+
+def test_post_with_an_existing_id_is_409_and_keeps_the_session(api, redis_view, existing):
+    before = redis_view.snapshot(existing)
+    response = api.post("/sessions", headers=AUTH, body=body({"session_id": existing, "state": {}}))
+    error = assert_error(response, 409, "SessionExists")
+    assert error["details"]["version"] == 1
+    assert redis_view.snapshot(existing) == before
+
+
+def test_get_returns_the_session_with_its_version_as_etag(api, existing):
+    response = api.get(f"/sessions/{existing}", headers=AUTH)
+    assert response.status_code == 200
+    assert response.headers["ETag"] == '"1"'
+    assert response.json_body["state"] == {"n": 1} and response.json_body["version"] == 1
+
+
+def test_get_of_an_unknown_session_is_404(api, redis_view, session_id):
+    error = assert_error(api.get(f"/sessions/{session_id}", headers=AUTH), 404, "SessionNotFound")
+    assert error["details"] == {"session_id": session_id, "deleted": False}
+    redis_view.assert_untouched(session_id)
+
+
+def test_a_percent_encoded_path_id_addresses_the_decoded_session(api):
+    api.post("/sessions", headers=AUTH, body=body({"session_id": "cart:42-enc", "state": {}}))
+    response = api.get("/sessions/cart%3A42-enc", headers=AUTH)
+    assert response.status_code == 200 and response.json_body["session_id"] == "cart:42-enc"
+
+
+def test_put_with_expected_version_in_the_body_returns_the_new_version(api, existing):
+    response = api.put(f"/sessions/{existing}", headers=AUTH,
+                       body=body({"state": {"n": 2}, "expected_version": 1}))
+    assert response.status_code == 200
+    assert response.json_body["version"] == 2 and response.json_body["state"] == {"n": 2}
+    assert response.headers["ETag"] == '"2"'
+
+
+def test_the_etag_of_a_get_is_the_if_match_of_the_next_put(api, existing):
+    etag = api.get(f"/sessions/{existing}", headers=AUTH).headers["ETag"]
+    first = api.put(f"/sessions/{existing}", headers={**AUTH, "If-Match": etag},
+                    body=body({"state": {"n": 2}}))
+    assert first.status_code == 200 and first.headers["ETag"] == '"2"'
+    # a second writer holding the same ETag loses, and learns the current version
+    second = api.put(f"/sessions/{existing}", headers={**AUTH, "If-Match": etag},
+                     body=body({"state": {"n": "lost"}}))
+    error = assert_error(second, 409, "ConcurrencyError")
+    assert error["details"]["expected_version"] == 1 and error["details"]["actual_version"] == 2
+    third = api.put(f"/sessions/{existing}", headers={**AUTH, "If-Match": first.headers["ETag"]},
+                    body=body({"state": {"n": 3}}))
+    assert third.status_code == 200 and third.json_body["version"] == 3
+    assert api.get(f"/sessions/{existing}", headers=AUTH).json_body["state"] == {"n": 3}
+
+
+def test_a_put_with_a_stale_version_is_409_and_changes_nothing(api, redis_view, existing):
+    api.put(f"/sessions/{existing}", headers=AUTH, body=body({"state": {"n": 2}, "expected_version": 1}))
+    before = redis_view.snapshot(existing)
+    response = api.put(f"/sessions/{existing}", headers=AUTH,
+                       body=body({"state": {"n": 9}, "expected_version": 1}))
+    assert_error(response, 409, "ConcurrencyError")
+    assert redis_view.snapshot(existing) == before
+
+
+def test_a_put_on_an_unknown_session_is_404_and_creates_nothing(api, redis_view, session_id):
+    response = api.put(f"/sessions/{session_id}", headers=AUTH,
+                       body=body({"state": {}, "expected_version": 1}))
+    assert_error(response, 404, "SessionNotFound")
+    redis_view.assert_untouched(session_id)
+
+
+def test_delete_answers_204_and_the_session_stays_deleted(api, existing):
+    response = api.delete(f"/sessions/{existing}", headers=AUTH)
+    assert response.status_code == 204 and response.body == b""
+    error = assert_error(api.get(f"/sessions/{existing}", headers=AUTH), 404, "SessionNotFound")
+    assert error["details"]["deleted"] is True
+    assert_error(api.put(f"/sessions/{existing}", headers=AUTH,
+                         body=body({"state": {}, "expected_version": 1})), 404, "SessionNotFound")
+    recreate = api.post("/sessions", headers=AUTH, body=body({"session_id": existing, "state": {}}))
+    assert assert_error(recreate, 409, "SessionExists")["details"]["deleted"] is True
+    assert_error(api.delete(f"/sessions/{existing}", headers=AUTH), 404, "SessionNotFound")
+
+
+def test_delete_with_if_match_is_conditional(api, redis_view, existing):
+    before = redis_view.snapshot(existing)
+    stale = api.delete(f"/sessions/{existing}", headers={**AUTH, "If-Match": '"7"'})
+    assert assert_error(stale, 409, "ConcurrencyError")["details"]["actual_version"] == 1
+    assert redis_view.snapshot(existing) == before
+    assert api.delete(f"/sessions/{existing}", headers={**AUTH, "If-Match": '"1"'}).status_code == 204
+
+
+def test_delete_of_an_unknown_session_is_404_and_writes_no_tombstone(api, redis_view, session_id):
+    assert_error(api.delete(f"/sessions/{session_id}", headers=AUTH), 404, "SessionNotFound")
+    redis_view.assert_untouched(session_id)
+
+
+def test_events_of_a_session_without_persisted_history_is_404(api, existing):
+    # this app has no PostgreSQL configured: there is no persisted history
+    assert_error(api.get(f"/sessions/{existing}/events", headers=AUTH), 404, "SessionNotFound")
+
+
+def test_health_needs_no_key_and_shows_no_secret(api):
+    response = api.get("/health")
+    assert response.status_code == 200
+    doc = response.json_body
+    assert doc["status"] == "ok" and doc["checks"]["redis"]["status"] == "ok"
+    assert isinstance(doc["checks"]["redis"]["latency_ms"], (int, float))
+    assert API_KEY not in response.body.decode() and "redis://" not in response.body.decode()
+
+
+# -- bad input: a 4xx in the one shape, and nothing written ---------------------
+
+NESTED_65 = "{}"
+for _ in range(65):
+    NESTED_65 = '{"k":' + NESTED_65 + "}"
+
+BAD_CREATES = [
+    pytest.param('{{"session_id":"{sid}","state":', 400, "ValidationError", id="malformed JSON"),
+    pytest.param('{{"session_id":"{sid}","state":{{}}}} x', 400, "ValidationError", id="trailing garbage"),
+    pytest.param("", 400, "ValidationError", id="empty body"),
+    pytest.param('["{sid}"]', 400, "ValidationError", id="body is an array"),
+    pytest.param('{{"session_id":"{sid}","state":[1]}}', 400, "ValidationError", id="state is an array"),
+    pytest.param('{{"session_id":"{sid}","state":"x"}}', 400, "ValidationError", id="state is a string"),
+    pytest.param('{{"session_id":"{sid}","state":null}}', 400, "ValidationError", id="state is null"),
+    pytest.param('{{"session_id":"{sid}"}}', 400, "ValidationError", id="state missing"),
+    pytest.param('{{"session_id":"{sid}","state":{{}},"owner":"x"}}', 400, "ValidationError",
+                 id="unknown field"),
+    pytest.param('{{"session_id":"{sid}","state":{{}},"ttl_seconds":"60"}}', 400, "ValidationError",
+                 id="ttl is a string"),
+    pytest.param('{{"session_id":"{sid}","state":{{}},"ttl_seconds":0}}', 400, "ValidationError",
+                 id="ttl is zero"),
+    pytest.param('{{"session_id":"{sid}","state":{{"a":"x\\u0000y"}}}}', 400, "ValidationError",
+                 id="NUL in a value"),
+    pytest.param('{{"session_id":"{sid}","state":{{"a\\u0000":1}}}}', 400, "ValidationError",
+                 id="NUL in a key"),
+    pytest.param('{{"session_id":"{sid}","state":{{"a":[{{"b":["\\u0000"]}}]}}}}', 400,
+                 "ValidationError", id="NUL deep inside"),
+    pytest.param('{{"session_id":"{sid}","state":{{"a":NaN}}}}', 400, "ValidationError", id="NaN"),
+    pytest.param('{{"session_id":"{sid}","state":{{"a":Infinity}}}}', 400, "ValidationError",
+                 id="Infinity"),
+    pytest.param('{{"session_id":"{sid}","state":{{"a":1e999}}}}', 400, "ValidationError",
+                 id="number overflowing to infinity"),
+    pytest.param('{{"session_id":"{sid}","state":{{"a":' + "9" * 5000 + "}}}}", 400, "ValidationError",
+                 id="5000-digit integer"),
+    pytest.param('{{"session_id":"{sid}","state":{{"a":"\\ud800"}}}}', 400, "ValidationError",
+                 id="lone surrogate"),
+    pytest.param('{{"session_id":"{sid}","state":' + NESTED_65.replace("{", "{{").replace("}", "}}")
+                 + "}}", 400, "ValidationError", id="65 levels deep"),
+    pytest.param('{{"session_id":"{sid}","state":{{"a":' + "[" * 50_000 + "]" * 50_000 + "}}}}",
+                 400, "ValidationError", id="50000 levels deep"),
+    pytest.param('{{"session_id":"{sid}","state":{{"s":"' + "x" * LIMIT + '"}}}}', 413,
+                 "PayloadTooLarge", id="state over MAX_STATE_BYTES"),
+    pytest.param('{{"session_id":"{sid}","state":{{}},"pad":"' + "x" * (6 * LIMIT + 4096) + '"}}', 413,
+                 "PayloadTooLarge", id="body far over the limit"),
+    pytest.param('{{"session_id":"{sid}/x","state":{{}}}}', 400, "ValidationError", id="id with a slash"),
+    pytest.param('{{"session_id":"{sid}' + "x" * 128 + '","state":{{}}}}', 400, "ValidationError",
+                 id="id over 128 characters"),
+    pytest.param('{{"session_id":"{sid} ","state":{{}}}}', 400, "ValidationError", id="id with a space"),
+    pytest.param('{{"session_id":["{sid}"],"state":{{}}}}', 400, "ValidationError", id="id is a list"),
+]
+
+
+@pytest.mark.parametrize("template, status, code", BAD_CREATES)
+def test_a_bad_create_gets_a_4xx_and_writes_nothing(api, redis_view, session_id, template, status, code):
+    response = api.post("/sessions", headers=AUTH, body=template.format(sid=session_id))
+    assert_error(response, status, code)
+    redis_view.assert_untouched(session_id)
+    redis_view.assert_untouched(session_id + "/x")
+
+
+def test_a_body_that_is_not_utf8_gets_a_400(api, redis_view, session_id):
+    raw = b'{"session_id":"' + session_id.encode() + b'","state":{"a":"\xff"}}'
+    assert_error(api.post("/sessions", headers=AUTH, body=raw), 400, "ValidationError")
+    redis_view.assert_untouched(session_id)
+
+
+def test_a_state_of_exactly_max_state_bytes_is_accepted(api, session_id):
+    state = {"s": "x" * (LIMIT - len('{"s":""}'))}
+    response = api.post("/sessions", headers=AUTH, body=body({"session_id": session_id, "state": state}))
+    assert response.status_code == 201
+
+
+BAD_UPDATES = [
+    pytest.param({}, '{"state":{"n":2}}', 428, "PreconditionRequired", id="no precondition"),
+    pytest.param({}, '{"state":{"n":2},"expected_version":null}', 428, "PreconditionRequired",
+                 id="null expected_version"),
+    pytest.param({"If-Match": '"2"'}, '{"state":{"n":2},"expected_version":1}', 400, "ValidationError",
+                 id="If-Match disagrees with the body"),
+    pytest.param({}, '{"state":{"n":2},"expected_version":"1"}', 400, "ValidationError",
+                 id="version is a string"),
+    pytest.param({}, '{"state":{"n":2},"expected_version":1.0}', 400, "ValidationError",
+                 id="version is a float"),
+    pytest.param({}, '{"state":{"n":2},"expected_version":true}', 400, "ValidationError",
+                 id="version is a boolean"),
+    pytest.param({}, '{"state":{"n":2},"expected_version":0}', 400, "ValidationError", id="version 0"),
+    pytest.param({}, '{"state":{"n":2},"expected_version":-1}', 400, "ValidationError",
+                 id="negative version"),
+    pytest.param({}, '{"state":{"n":2},"expected_version":[1]}', 400, "ValidationError",
+                 id="version is a list"),
+    pytest.param({"If-Match": 'W/"1"'}, '{"state":{"n":2}}', 400, "ValidationError", id="weak ETag"),
+    pytest.param({"If-Match": "*"}, '{"state":{"n":2}}', 400, "ValidationError", id="If-Match star"),
+    pytest.param({"If-Match": '"one"'}, '{"state":{"n":2}}', 400, "ValidationError", id="If-Match text"),
+    pytest.param({"If-Match": "\u00b2"}, '{"state":{"n":2}}', 400, "ValidationError",
+                 id="If-Match superscript two"),
+    pytest.param({"If-Match": "9" * 5000}, '{"state":{"n":2}}', 400, "ValidationError",
+                 id="If-Match 5000 digits"),
+    pytest.param({}, '{"state":{"n":2},"expected_version":1,"x":1}', 400, "ValidationError",
+                 id="unknown field"),
+    pytest.param({}, '{"expected_version":1}', 400, "ValidationError", id="state missing"),
+    pytest.param({}, '{"state":[],"expected_version":1}', 400, "ValidationError", id="state is an array"),
+    pytest.param({}, '{"state":{"n":NaN},"expected_version":1}', 400, "ValidationError", id="NaN"),
+    pytest.param({}, '{"state":{"\\u0000":1},"expected_version":1}', 400, "ValidationError",
+                 id="NUL in a key"),
+    pytest.param({}, '{"state":' + NESTED_65 + ',"expected_version":1}', 400, "ValidationError",
+                 id="65 levels deep"),
+    pytest.param({}, '{"state":{"s":"' + "x" * LIMIT + '"},"expected_version":1}', 413,
+                 "PayloadTooLarge", id="state over MAX_STATE_BYTES"),
+    pytest.param({}, '{"state":{"n":2},"expected_version":1', 400, "ValidationError",
+                 id="malformed JSON"),
+    pytest.param({}, "", 400, "ValidationError", id="empty body"),
+]
+
+
+@pytest.mark.parametrize("headers, raw, status, code", BAD_UPDATES)
+def test_a_bad_update_gets_a_4xx_and_changes_nothing(api, redis_view, existing, headers, raw, status, code):
+    before = redis_view.snapshot(existing)
+    response = api.put(f"/sessions/{existing}", headers={**AUTH, **headers}, body=raw)
+    assert_error(response, status, code)
+    assert redis_view.snapshot(existing) == before
+
+
+@pytest.mark.parametrize("bad_id", ["a%2Fb", "%00", "a%20b", "%C3%BC", "%FF", "x" * 129, "a%25", "a%7Bb%7D"])
+def test_a_bad_id_in_the_path_gets_a_400_on_every_route(api, redis_view, bad_id):
+    for response in (
+        api.get(f"/sessions/{bad_id}", headers=AUTH),
+        api.put(f"/sessions/{bad_id}", headers=AUTH, body=body({"state": {}, "expected_version": 1})),
+        api.delete(f"/sessions/{bad_id}", headers=AUTH),
+        api.get(f"/sessions/{bad_id}/events", headers=AUTH),
+    ):
+        assert assert_error(response, 400, "ValidationError")["details"] == {"field": "session_id"}
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=ten", "limit=%C2%B2",
+                                   "before_version=0", "before_version=x", "before_version=" + "9" * 30])
+def test_bad_paging_parameters_get_a_400(api, existing, query):
+    assert_error(api.get(f"/sessions/{existing}/events?{query}", headers=AUTH), 400, "ValidationError")
+
+
+def test_a_bad_if_match_on_delete_gets_a_400_and_deletes_nothing(api, redis_view, existing):
+    before = redis_view.snapshot(existing)
+    assert_error(api.delete(f"/sessions/{existing}", headers={**AUTH, "If-Match": "soon"}),
+                 400, "ValidationError")
+    assert redis_view.snapshot(existing) == before
+
+
+@pytest.mark.parametrize("method, path", [
+    ("PATCH", "/sessions/some-id"), ("POST", "/sessions/some-id"), ("DELETE", "/sessions"),
+    ("GET", "/sessions"), ("PUT", "/health"), ("POST", "/sessions/some-id/events"),
+])
+def test_a_method_a_route_does_not_have_gets_405_in_the_error_shape(api, method, path):
+    response = api.request(method, path, headers=AUTH, body=b"{}")
+    error = assert_error(response, 405, "MethodNotAllowed")
+    assert method not in error["details"]["allowed"]
+    assert response.headers["Allow"]
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/sessions/a/b", "/sessions/a/events/1"])
+def test_an_unknown_route_gets_a_4xx(api, path):
+    # API Gateway's (and chalice's) answer; `sessionsync serve` makes it a 404
+    assert 400 <= api.get(path, headers=AUTH).status_code < 500
+
+
+# -- authentication -------------------------------------------------------------
+
+ROUTES = [
+    ("POST", "/sessions", lambda sid: body({"session_id": sid, "state": {"n": "intruder"}})),
+    ("GET", "/sessions/{sid}", lambda sid: b""),
+    ("PUT", "/sessions/{sid}", lambda sid: body({"state": {"n": "intruder"}, "expected_version": 1})),
+    ("DELETE", "/sessions/{sid}", lambda sid: b""),
+    ("GET", "/sessions/{sid}/events", lambda sid: b""),
+]
+
+
+@pytest.mark.parametrize("method, path, make_body", ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
+@pytest.mark.parametrize("authorization, status", [
+    (None, 401),
+    (f"Bearer {API_KEY}x", 403),
+    (f"Bearer {API_KEY[:-1]}", 403),
+    ("Bearer wrong-key-0123456789abcdef", 403),
+    (f"Basic {API_KEY}", 403),
+    ("Bearer", 403),
+])
+def test_missing_or_wrong_credentials_are_refused_and_touch_nothing(
+        api, redis_view, existing, method, path, make_body, authorization, status):
+    other = existing + "-new"
+    before = redis_view.snapshot(existing)
+    headers = {"Content-Type": "application/json"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    response = api.request(method, path.format(sid=existing), headers=headers,
+                           body=make_body(other if method == "POST" else existing))
+    assert response.status_code == status
+    assert API_KEY not in response.body.decode()
+    assert redis_view.snapshot(existing) == before
+    redis_view.assert_untouched(other)
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_right_key_is_accepted_whatever_the_scheme_case(api, existing, scheme):
+    response = api.get(f"/sessions/{existing}", headers={"Authorization": f"{scheme} {API_KEY}"})
+    assert response.status_code == 200
