@@ -16,11 +16,6 @@ def one_error_shape(event, get_response):
     return web.chalice_errors_in_api_shape(get_response(event))
 
 
-@app.middleware("http")
-def one_error_shape(event, get_response):
-    return web.chalice_errors_in_api_shape(get_response(event))
-
-
 @app.authorizer(ttl_seconds=300)
 def api_key(auth_request):
     """Bearer API key; a wrong key is denied (403), a missing one is 401."""
