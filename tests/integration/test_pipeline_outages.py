@@ -1,0 +1,186 @@
+"""Guarantee 2 across failures: PostgreSQL down mid-load, SQS unreachable,
+and the process dying between the Redis write and the SQS send.  The shared
+PostgreSQL and LocalStack are never stopped: the database outage uses a
+throwaway server, the SQS outage a client whose endpoint is a closed port."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from chalice.test import Client
+
+from app import app
+from chalicelib import provisioning
+from chalicelib.outbox import OutboxRelay
+from chalicelib.persistence import Database
+from chalicelib.producer import SqsProducer
+from chalicelib.sessions import SessionService
+from chalicelib.validation import CreateRequest, UpdateRequest
+from tests.conftest import API_KEY
+from tests.pipeline_support import Pipeline, wait_until
+from tests.servers import free_port
+
+pytestmark = [pytest.mark.localstack, pytest.mark.slow]
+
+HEADERS = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+OUTAGE_SECONDS = 20
+
+
+def test_postgresql_stopped_for_twenty_seconds_mid_load_loses_nothing_and_dead_letters_nothing(
+        pipeline, throwaway_postgres):
+    provisioning.migrate(throwaway_postgres.dsn())
+    db = Database.from_dsn(throwaway_postgres.dsn())
+    line = Pipeline(pipeline.sqs, pipeline.queues, pipeline.store, db, throwaway_postgres.dsn())
+    service = SessionService(line.store, publisher=line.producer)
+    sessions = [f"pg-outage-{uuid.uuid4().hex[:8]}-{i}" for i in range(20)]
+    acknowledged: set[tuple[str, int]] = set()
+    versions: dict[str, int] = {}
+    stop_writing, stop_worker = threading.Event(), threading.Event()
+
+    def write() -> None:
+        for sid in sessions:
+            service.create(CreateRequest(sid, '{"n":0}', 600))
+            versions[sid] = 1
+            acknowledged.add((sid, 1))
+        i = 0
+        while not stop_writing.is_set():
+            sid = sessions[i % len(sessions)]
+            session = service.update(UpdateRequest(sid, json.dumps({"n": i}), versions[sid]))
+            versions[sid] = session.version
+            acknowledged.add((sid, session.version))
+            i += 1
+            time.sleep(0.04)
+
+    writer = threading.Thread(target=write, daemon=True)
+    worker = line.run_worker_in_thread(stop_worker)
+    writer.start()
+    try:
+        time.sleep(3)
+        throwaway_postgres.stop()  # fast shutdown: sessions get 57P01, then connections are refused
+        stopped_at = time.monotonic()
+        time.sleep(OUTAGE_SECONDS)
+        retried_during_outage = line.totals()["retry"]
+        throwaway_postgres.start()
+        down_for = time.monotonic() - stopped_at
+        time.sleep(3)
+        stop_writing.set()
+        writer.join(10)
+        assert not writer.is_alive()
+        wait_until(lambda: len(line.event_rows(sessions)) >= len(acknowledged), timeout=90,
+                   what=f"{len(acknowledged)} rows after the restart")
+        line.drain(timeout=30)
+    finally:
+        stop_writing.set()
+        stop_worker.set()
+        worker.join(5)
+        db.close()
+
+    assert down_for >= OUTAGE_SECONDS
+    assert retried_during_outage > 0, "the outage did not hit the consumer"
+    rows = line.event_rows(sessions)
+    assert len(rows) == len(acknowledged) and set(rows) == acknowledged
+    assert {sid: row[0] for sid, row in line.session_rows(sessions).items()} == versions
+    assert line.dlq_messages() == []
+    assert line.totals()["dead_lettered"] == 0
+
+
+def test_writes_succeed_while_sqs_is_unreachable_and_the_relay_delivers_them_afterwards(
+        pipeline, pipeline_settings, use_settings):
+    # The app's SQS client points at a closed loopback port: every send fails
+    # (connection refused), exactly as with SQS down, without stopping LocalStack.
+    use_settings(dataclasses.replace(pipeline_settings,
+                                     aws_endpoint_url=f"http://127.0.0.1:{free_port()}"))
+    sessions = [f"sqs-down-{uuid.uuid4().hex[:8]}-{i}" for i in range(10)]
+    acknowledged = set()
+    slowest = 0.0
+    with Client(app, stage_name="local") as client:
+        for sid in sessions:
+            for version in range(1, 7):
+                start = time.perf_counter()
+                if version == 1:
+                    reply = client.http.post("/sessions", headers=HEADERS, body=json.dumps(
+                        {"session_id": sid, "state": {"v": 1}}))
+                else:
+                    reply = client.http.put(f"/sessions/{sid}", headers=HEADERS, body=json.dumps(
+                        {"state": {"v": version}, "expected_version": version - 1}))
+                slowest = max(slowest, time.perf_counter() - start)
+                assert reply.status_code in (200, 201), reply.body
+                acknowledged.add((sid, version))
+
+    assert slowest < 1.5, f"a write took {slowest:.2f}s while SQS was down"
+    assert pipeline.store.outbox_depth() == 60
+    assert pipeline.queue_depth(pipeline.queues.url) == (0, 0)
+    # a relay that still cannot reach SQS keeps everything for later
+    broken = OutboxRelay(pipeline.store, SqsProducer(
+        _client_to_closed_port(pipeline_settings), pipeline.queues.url, pipeline.store), age_seconds=0)
+    assert (broken.run_once().found, broken.run_once().sent) == (60, 0)
+    assert pipeline.store.outbox_depth() == 60
+
+    result = pipeline.relay.drain(budget_seconds=30)  # SQS is back (the real endpoint)
+    pipeline.drain(timeout=20)
+
+    assert (result.found, result.sent) == (60, 60)
+    assert pipeline.store.outbox_depth() == 0
+    rows = pipeline.event_rows(sessions)
+    assert len(rows) == 60 and set(rows) == acknowledged
+    assert {sid: row[0] for sid, row in pipeline.session_rows(sessions).items()} == dict.fromkeys(sessions, 6)
+
+
+def _client_to_closed_port(settings):
+    from chalicelib import aws
+    return aws.client("sqs", dataclasses.replace(
+        settings, aws_endpoint_url=f"http://127.0.0.1:{free_port()}"))
+
+
+# Runs in a child process: the real SessionService writes to Redis (the Lua
+# script records the outbox entry), then the process dies where the SQS send
+# would start, as a Lambda killed by its timeout or an OOM would.
+_DIE_BEFORE_SQS = """
+import os, sys
+import redis
+from chalicelib.sessions import SessionService
+from chalicelib.store import SessionStore
+from chalicelib.validation import CreateRequest, UpdateRequest
+
+class DiesBeforeSqs:
+    def publish(self, result):
+        print(result.event_id, flush=True)
+        os._exit(137)
+
+url, sid, step = sys.argv[1:4]
+service = SessionService(SessionStore(redis.Redis.from_url(url)), publisher=DiesBeforeSqs())
+if step == "1":
+    service.create(CreateRequest(sid, '{"step":1}', 600))
+else:
+    service.update(UpdateRequest(sid, '{"step":%s}' % step, int(step) - 1))
+print("survived", flush=True)
+"""
+
+
+def test_a_process_that_dies_between_the_redis_write_and_sqs_is_covered_by_the_relay(
+        pipeline, pipeline_redis):
+    sid = f"died-{uuid.uuid4().hex[:8]}"
+    for step in ("1", "2"):
+        child = subprocess.run([sys.executable, "-c", _DIE_BEFORE_SQS, pipeline_redis.url, sid, step],
+                               capture_output=True, text=True, timeout=30)
+        assert child.returncode == 137, child.stderr
+        assert child.stdout.split() == [f"{sid}:{step}"]
+
+    assert pipeline.store.get(sid).version == 2  # acknowledged by Redis
+    assert pipeline.queue_depth(pipeline.queues.url) == (0, 0)  # never reached SQS
+    young = OutboxRelay(pipeline.store, pipeline.producer, age_seconds=60)
+    assert young.run_once().found == 0  # entries younger than the age are left to the request
+
+    result = pipeline.relay.drain(budget_seconds=30)
+    pipeline.drain(timeout=20)
+
+    assert (result.found, result.sent) == (2, 2)
+    assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2)]
+    assert pipeline.session_rows([sid]) == {sid: (2, {"step": 2}, False)}
+    assert pipeline.store.outbox_depth() == 0
