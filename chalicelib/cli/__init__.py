@@ -10,6 +10,7 @@ import click
 
 from chalicelib import logs
 from chalicelib.cli import _common, ops
+from chalicelib.cli.bench import bench
 from chalicelib.cli.pipeline import bootstrap, migrate, relay, worker
 from chalicelib.cli.serve import serve
 from chalicelib.cli.store import watch
@@ -27,5 +28,5 @@ def main(stage: str | None) -> None:
     logs.configure()  # JSON lines on stderr at LOG_LEVEL; stdout stays the command's output
 
 
-for command in (serve, watch, bootstrap, migrate, worker, relay, *ops.COMMANDS):
+for command in (serve, watch, bootstrap, migrate, worker, relay, bench, *ops.COMMANDS):
     main.add_command(command)

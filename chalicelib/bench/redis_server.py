@@ -1,0 +1,114 @@
+"""A throwaway redis-server of the benchmark's own.
+
+The scale section loads a million sessions and the memory section reads
+MEMORY USAGE of a known keyspace: neither may touch the machine's shared
+Redis.  This starts ``redis-server`` on a free loopback port with
+persistence off and a temporary working directory, and stops exactly that
+process (by its PID) afterwards.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+import redis
+
+
+class RedisServerUnavailable(RuntimeError):
+    """No redis-server binary, or it did not come up."""
+
+
+def redis_server_binary() -> str | None:
+    return shutil.which("redis-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ThrowawayRedis:
+    """``with ThrowawayRedis() as server: server.url`` -- a private redis-server."""
+
+    def __init__(self, *extra_args: str, start_timeout: float = 10.0) -> None:
+        self.extra_args = extra_args
+        self.start_timeout = start_timeout
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self._workdir: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RedisServerUnavailable("server not started")
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis.from_url(self.url, **options)
+
+    def start(self) -> ThrowawayRedis:
+        binary = redis_server_binary()
+        if binary is None:
+            raise RedisServerUnavailable("redis-server is not on PATH")
+        self._workdir = tempfile.mkdtemp(prefix="sessionsync-bench-redis-")
+        last_error: Exception | None = None
+        for _ in range(3):  # another process may grab the port between probe and bind
+            self.port = _free_port()
+            self.proc = subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                 "--appendonly", "no", "--dir", self._workdir, "--daemonize", "no",
+                 *self.extra_args],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            try:
+                self._wait_ready()
+                return self
+            except RedisServerUnavailable as exc:
+                last_error = exc
+                self._stop_process()
+        self.stop()
+        raise RedisServerUnavailable(f"redis-server did not start: {last_error}")
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5,
+                            socket_connect_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RedisServerUnavailable(f"exited with {self.proc.returncode}")
+                try:
+                    if probe.ping():
+                        return
+                except redis.RedisError:
+                    time.sleep(0.02)
+            raise RedisServerUnavailable(f"no answer on port {self.port} in {self.start_timeout}s")
+        finally:
+            probe.close()
+
+    def _stop_process(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def stop(self) -> None:
+        self._stop_process()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> ThrowawayRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,131 @@
+"""Run the chosen benchmark sections and write the results and the chart."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chalicelib.bench.context import PROFILES, BenchContext
+
+# Cheap and noise-sensitive sections first, while the machine is quietest;
+# the heavy loads (a million sessions, 16 writer processes) last.
+SECTION_ORDER = ("store", "handler", "coldstart", "consumer", "memory", "scale", "contention")
+SCHEMA_VERSION = 1
+
+
+def _section(name: str) -> Callable[[BenchContext], dict[str, Any]]:
+    from importlib import import_module
+    module = {"store": "store_ops"}.get(name, name)
+    return import_module(f"chalicelib.bench.{module}").run
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    profile: str = "full"
+    output_dir: Path = Path("bench-results")
+    sections: Sequence[str] = SECTION_ORDER
+    redis_url: str | None = None           # None: start a redis-server of our own
+    database_url: str | None = None        # None: consumer.DEFAULT_DATABASE_URL
+    aws_endpoint_url: str | None = None    # LocalStack, for the SQS figures
+    chart: bool = True
+
+
+def run_bench(options: BenchOptions, log: Callable[[str], None] = print
+              ) -> tuple[dict[str, Any], Path, Path | None]:
+    """Run, write ``bench-<profile>-<time>.json`` (+ ``.png``); return both paths.
+
+    A section that fails is recorded with its error and the others still
+    run; the caller decides the exit code from ``results["errors"]``.
+    """
+    from chalicelib import logs, runtime
+    from chalicelib.bench import machine, targets
+    from chalicelib.bench.redis_server import ThrowawayRedis
+
+    unknown = [s for s in options.sections if s not in SECTION_ORDER]
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown}; choose from {', '.join(SECTION_ORDER)}")
+    sections = [s for s in SECTION_ORDER if s in options.sections]
+    profile = PROFILES[options.profile]
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        if options.redis_url:
+            redis_url, own = options.redis_url, False
+        else:
+            server = stack.enter_context(ThrowawayRedis())
+            redis_url, own = server.url, True
+            log(f"redis-server of the bench's own on {server.url} (pid {server.proc.pid})")
+        ctx = BenchContext(profile=profile, redis_url=redis_url, redis_is_own=own,
+                           database_url=options.database_url,
+                           aws_endpoint_url=options.aws_endpoint_url, log=log)
+        results: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "profile": profile.name,
+            "machine": machine.describe(_redis_server_info(redis_url)),
+            "settings": {"redis": "own throwaway server" if own else "given --redis-url",
+                         "sections": sections, "iterations": profile.__dict__},
+            "sections": {},
+        }
+        # Log lines are formatted as in production (their cost is part of
+        # the figures) but go to /dev/null instead of flooding the terminal.
+        devnull = stack.enter_context(open(os.devnull, "w"))
+        logs.configure(os.environ.get("LOG_LEVEL", "INFO"), stream=devnull)
+        stack.callback(logs.configure)
+        stack.callback(runtime.reset)
+        for number, name in enumerate(sections, 1):
+            log(f"[{number}/{len(sections)}] {name} ...")
+            t0 = time.perf_counter()
+            try:
+                data = _section(name)(ctx)
+            except Exception as exc:
+                logging.getLogger("sessionsync.bench").debug("section failed", exc_info=True)
+                data = {"error": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc(limit=8)}
+                log(f"    FAILED: {data['error']}")
+            data["elapsed_seconds"] = round(time.perf_counter() - t0, 2)
+            results["sections"][name] = data
+            log(f"    done in {data['elapsed_seconds']} s")
+    results["targets"] = targets.evaluate(results["sections"])
+    results["errors"] = sorted(n for n, d in results["sections"].items() if "error" in d)
+    results["machine"]["load_average_at_end"] = machine.load_average()
+    results["duration_seconds"] = round(time.perf_counter() - started, 1)
+
+    options.output_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    json_path = options.output_dir / f"{stem}.json"
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    png_path = None
+    if options.chart:
+        from chalicelib.bench import chart
+        png_path = chart.render(results, options.output_dir / f"{stem}.png")
+    return results, json_path, png_path
+
+
+def _redis_server_info(url: str) -> dict[str, Any]:
+    import redis
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        info = client.info("server")
+        return {k: info.get(k) for k in ("redis_version", "redis_mode", "os", "arch_bits",
+                                         "multiplexing_api", "io_threads_active")}
+    finally:
+        client.close()
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """The human summary the CLI prints: every target, met or not."""
+    lines = [f"sessionsync bench ({results['profile']}) in {results['duration_seconds']} s "
+             f"on {results['machine']['cpu_model']} x{results['machine']['cpu_count']}"]
+    for check in results["targets"]:
+        mark = {True: "met   ", False: "MISSED", None: "info  "}[check["met"]]
+        limit = "" if check["limit"] is None else f" (limit {check['limit']} {check['unit']})"
+        lines.append(f"  [{mark}] {check['target']}: {check['measured']} {check['unit']}{limit}")
+    for name in results["errors"]:
+        lines.append(f"  [ERROR ] {name}: {results['sections'][name]['error']}")
+    return lines

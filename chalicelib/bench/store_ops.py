@@ -1,0 +1,144 @@
+"""Store operations against their floor, measured in the same run.
+
+The floor is what raw redis-py does with the same payload on the same
+server: a GET of the very string the store keeps for a session, an HGETALL
+of a hash holding the same fields (the layout a hash-based store would
+use, for reference), and an EVALSHA of ``return 1`` with one key (the least
+any one-script compare-and-set can cost).  The sessionsync operations run
+through ``SessionStore`` on the client the service builds
+(``connect_redis``), with a 1 KB state.  All of them run interleaved
+(``stats.interleaved``), so the ratios are not skewed by drift.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from chalicelib.bench.context import STATE_BYTES, BenchContext, delete_session_keys, state_json
+from chalicelib.bench.stats import interleaved, ratio, summarize_ns
+from chalicelib.config import Settings
+from chalicelib.redis_client import connect_redis
+from chalicelib.store import SessionStore, decode_session, session_keys
+
+TRIVIAL_SCRIPT = "return 1"
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    profile = ctx.profile
+    prefix = ctx.session_prefix("store")
+    state = state_json(STATE_BYTES)
+    raw_client = redis.Redis.from_url(ctx.redis_url)
+    app_client = connect_redis(Settings(redis_url=ctx.redis_url))
+    store = SessionStore(app_client, channel=f"{prefix}-updates")
+    used: list[str] = []
+
+    # What the reads read: one session as the store keeps it, and the same
+    # fields in a hash.
+    read_id = f"{prefix}-read"
+    store.create(read_id, state, 3600)
+    used.append(read_id)
+    read_key = session_keys(read_id)[0]
+    stored_value = raw_client.get(read_key)
+    stored = decode_session(read_id, stored_value)
+    hash_key = f"{prefix}-hash"
+    raw_client.hset(hash_key, mapping={
+        "version": stored.version, "created_at": stored.created_at,
+        "updated_at": stored.updated_at, "ttl_seconds": stored.ttl_seconds,
+        "deleted": 0, "state": stored.state_json})
+    trivial_sha = raw_client.script_load(TRIVIAL_SCRIPT)
+
+    update_id = f"{prefix}-update"
+    store.create(update_id, state, 3600)
+    used.append(update_id)
+    version = 1
+    pending_acks: list[str] = []
+    created: list[str] = []
+    to_delete: list[str] = []
+    counter = 0
+
+    def floor_get() -> Any:
+        return raw_client.get(read_key)
+
+    def floor_hgetall() -> Any:
+        return raw_client.hgetall(hash_key)
+
+    def floor_evalsha() -> Any:
+        return raw_client.evalsha(trivial_sha, 1, read_key)
+
+    def get() -> Any:
+        return store.get(read_id)
+
+    def create() -> Any:
+        nonlocal counter
+        counter += 1
+        sid = f"{prefix}-c{counter}"
+        result = store.create(sid, state, 3600)
+        created.append(sid)
+        to_delete.append(sid)
+        return result
+
+    def update() -> Any:
+        nonlocal version
+        result = store.update(update_id, state, version)
+        version += 1
+        pending_acks.append(result.event_id)
+        return result
+
+    def outbox_ack() -> Any:
+        # The third step of the write path (after the script and the SQS
+        # send): drop the outbox entry of one update.
+        return store.outbox_ack([pending_acks.pop()])
+
+    def delete() -> Any:
+        return store.delete(to_delete.pop(), 1)
+
+    def housekeeping() -> None:
+        # Keep the outbox at its steady-state size (the producer acks every
+        # event it sends): drain what create/delete left, untimed.
+        acks = [f"{sid}:{v}" for sid in created for v in (1, 2)] + pending_acks
+        for i in range(0, len(acks), 1000):
+            store.outbox_ack(acks[i:i + 1000])
+        used.extend(created)
+        created.clear()
+        pending_acks.clear()
+
+    ops = {
+        "floor_get": floor_get,
+        "floor_hgetall": floor_hgetall,
+        "floor_evalsha": floor_evalsha,
+        "get": get,
+        "create": create,
+        "update": update,
+        "outbox_ack": outbox_ack,
+        "delete": delete,
+    }
+    try:
+        samples = interleaved(ops, profile.store_iterations, warmup=profile.store_warmup,
+                              between_rounds=housekeeping)
+        if store.get(update_id).version != version:
+            raise AssertionError("update count and stored version disagree")
+    finally:
+        if not ctx.redis_is_own:
+            delete_session_keys(raw_client, used + created)
+            raw_client.unlink(hash_key)
+        raw_client.close()
+        app_client.close()
+
+    latency = {name: summarize_ns(values) for name, values in samples.items()}
+    ratios = {}
+    for op, floor in (("get", "floor_get"), ("update", "floor_evalsha"),
+                      ("create", "floor_evalsha"), ("delete", "floor_evalsha"),
+                      ("floor_hgetall", "floor_get")):
+        ratios[f"{op}/{floor}"] = {q: ratio(latency[op][f"{q}_us"], latency[floor][f"{q}_us"])
+                                   for q in ("p50", "p95", "p99")}
+    return {
+        "state_bytes": STATE_BYTES,
+        "stored_value_bytes": len(stored_value),
+        "iterations": profile.store_iterations,
+        "latency": latency,
+        "ratios": ratios,
+        "notes": "floor_* = raw redis-py (default options) on the same server and payload; "
+                 "get/create/update/delete = SessionStore on connect_redis(); outbox_ack = the "
+                 "write path's third round trip (ZREM+HDEL pipeline) after the SQS send.",
+    }

@@ -1,0 +1,85 @@
+"""The brief's performance targets, checked against one run's results.
+
+Each check says what was measured, the limit, whether it was met, and
+``met: None`` where the brief sets no number (cold start: "as low as
+possible"; memory: "close to the payload size", read here as at most 1.5x).
+The Node design's figures from the brief are kept beside ours.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+NODE = {"read_p50_ms": 0.12, "update_p50_ms": (0.34, 0.38), "queue_events_per_s": (306, 765),
+        "lost_updates_with_20_writers": "85-90%"}
+MEMORY_CLOSE = 1.5
+
+
+def _check(name: str, measured: Any, limit: Any, met: bool | None, unit: str, how: str
+           ) -> dict[str, Any]:
+    return {"target": name, "measured": measured, "limit": limit, "unit": unit,
+            "met": met, "how": how}
+
+
+def _ok(section: dict[str, Any] | None) -> bool:
+    return bool(section) and "error" not in section and "skipped" not in section
+
+
+def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+    store = sections.get("store")
+    if _ok(store):
+        get_ratio = store["ratios"]["get/floor_get"]["p50"]
+        upd_ratio = store["ratios"]["update/floor_evalsha"]["p50"]
+        checks.append(_check("get <= 1.3x raw GET (p50)", get_ratio, 1.3, get_ratio <= 1.3, "x",
+                             "SessionStore.get p50 / redis-py GET p50, same run, same value"))
+        checks.append(_check("CAS update <= 1.5x bare EVALSHA (p50)", upd_ratio, 1.5,
+                             upd_ratio <= 1.5, "x",
+                             "SessionStore.update p50 / EVALSHA 'return 1' p50, same run"))
+        worst = max(store["latency"][op]["p99_us"] for op in ("get", "update"))
+        checks.append(_check("get and update p99 < 1 ms", worst, 1000, worst < 1000, "us",
+                             "the larger of get p99 and update p99"))
+        checks.append(_check("read p50 vs Node design (0.12 ms)",
+                             store["latency"]["get"]["p50_us"], 120,
+                             store["latency"]["get"]["p50_us"] < 120, "us", "store get p50"))
+        checks.append(_check("CAS update p50 vs Node design (0.34-0.38 ms)",
+                             store["latency"]["update"]["p50_us"], 340,
+                             store["latency"]["update"]["p50_us"] < 340, "us", "store update p50"))
+    handler = sections.get("handler")
+    if _ok(handler):
+        p50 = handler["latency"]["handler_get"]["p50_us"]
+        checks.append(_check("warm handler GET p50 <= 0.5 ms", p50, 500, p50 <= 500, "us",
+                             "app(API Gateway event, context) in-process"))
+    cold = sections.get("coldstart")
+    if _ok(cold):
+        checks.append(_check("cold start: import + first GET (median)",
+                             cold["first_get"]["median"]["import_plus_first_ms"], None, None, "ms",
+                             "fresh interpreter; no number in the brief ('as low as possible')"))
+    consumer = sections.get("consumer")
+    if _ok(consumer):
+        batched = [r for r in consumer["handler"] if r["batch_size"] >= 10]
+        worst = min(r["events_per_second"] for r in batched)
+        checks.append(_check("consumer >= 3,800 events/s per worker at batch >= 10", worst, 3800,
+                             worst >= 3800, "events/s", "the lower of batch 10 and batch 100"))
+    memory = sections.get("memory")
+    if _ok(memory):
+        for size, data in memory["by_state_bytes"].items():
+            value = data["ratios"]["used_memory_per_session/payload"]
+            checks.append(_check(f"memory per session close to payload ({size} B state)", value,
+                                 MEMORY_CLOSE, value <= MEMORY_CLOSE, "x",
+                                 "used_memory growth per session (key, marker, keyspace) / state bytes"))
+    scale = sections.get("scale")
+    if _ok(scale):
+        flat = scale["flatness"]
+        for op in ("get", "update"):
+            value = flat[f"{op}_p99"]
+            checks.append(_check(
+                f"{op} p99 flat from {flat['from_sessions']:,} to {flat['to_sessions']:,} sessions",
+                value, 1.2, value <= 1.2, "x", "p99 at the largest keyspace / at the smallest"))
+    contention = sections.get("contention")
+    if _ok(contention):
+        for mode, data in contention["modes"].items():
+            checks.append(_check(f"no lost update, {data['writers']} writers ({mode})",
+                                 data["lost_updates"], 0, data["no_lost_update"], "updates",
+                                 f"{data['updates_per_second']} updates/s, conflict rate "
+                                 f"{data['conflict_rate']:.0%}"))
+    return checks
