@@ -1,0 +1,279 @@
+"""Pipeline pieces without servers: event parsing, SQLSTATE classification,
+DLQ attributes, the Lambda record shape, secret DSNs; the worker and the
+consumer against moto's in-process SQS."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import boto3
+import psycopg
+import pytest
+from moto import mock_aws
+from psycopg import conninfo
+
+from chalicelib import config
+from chalicelib.consumer import Consumer, DeadLetter, DeadLetterQueue, dead_letter_attributes
+from chalicelib.errors import (
+    ConfigurationError,
+    MalformedMessage,
+    PermanentPersistenceError,
+    RetryablePersistenceError,
+)
+from chalicelib.events import parse_event
+from chalicelib.persistence import ApplyResult, classify, dsn_from_secret
+from chalicelib.worker import Worker, lambda_record
+from tests.pipeline_support import event_body
+
+# --- events ---------------------------------------------------------------------
+
+
+def test_a_change_event_parses_into_its_fields_with_the_state_re_encoded_compactly():
+    event = parse_event(event_body("s-1", 2, {"b": [1, 2], "é": "ü"}))
+
+    assert (event.event_id, event.session_id, event.version, event.event_type) == (
+        "s-1:2", "s-1", 2, "session_updated")
+    assert event.state_json == '{"b":[1,2],"é":"ü"}'
+    assert not event.deleted
+    deleted = parse_event(event_body("s-1", 3, event_type="session_deleted"))
+    assert deleted.deleted and deleted.state_json is None
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("{not json", "invalid_json"),
+    (b"\xff\xfe", "invalid_json"),
+    ("[1, 2]", "not_an_object"),
+    ('{"schema_version": 2}', "unsupported_schema"),
+    ('{"schema_version": true}', "unsupported_schema"),
+    (json.dumps({**json.loads(event_body("s", 1)), "version": "1"}), "wrong_type"),
+    (json.dumps({**json.loads(event_body("s", 1)), "version": True}), "wrong_type"),
+    (json.dumps({k: v for k, v in json.loads(event_body("s", 1)).items() if k != "occurred_at"}),
+     "missing_field"),
+    (json.dumps({k: v for k, v in json.loads(event_body("s", 1)).items() if k != "state"}),
+     "missing_field"),
+    (json.dumps({**json.loads(event_body("s", 1)), "state": [1]}), "wrong_type"),
+    (json.dumps({**json.loads(event_body("s", 1)), "event_id": "other:1"}), "inconsistent_event_id"),
+    (event_body("s", 1).replace('"v":1', '"v":"\\ud800"'), "invalid_json"),
+    ("[" * 100_000, "invalid_json"),
+])
+def test_a_malformed_message_is_rejected_with_its_reason(body, reason):
+    with pytest.raises(MalformedMessage) as caught:
+        parse_event(body)
+    assert caught.value.details["reason"] == reason
+    assert isinstance(caught.value, PermanentPersistenceError)
+
+
+# --- SQLSTATE classification -----------------------------------------------------------
+
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01", "57014", "57P01", "57P02", "57P03",
+                                      "08006", "08001", "53300", "55P03", "42P01"])
+def test_transient_and_unknown_sqlstates_are_retryable(sqlstate):
+    error = classify(psycopg.errors.lookup(sqlstate)("boom"))
+    assert isinstance(error, RetryablePersistenceError) and error.retryable
+    assert error.sqlstate == sqlstate
+
+
+@pytest.mark.parametrize("sqlstate", ["23505", "23514", "23502", "22P05", "22P02", "22007", "54000"])
+def test_constraint_and_data_errors_are_permanent(sqlstate):
+    exc = psycopg.errors.lookup(sqlstate)("bad row")
+    error = classify(exc)
+    assert isinstance(error, PermanentPersistenceError) and not error.retryable
+    assert (error.sqlstate, error.__cause__) == (sqlstate, exc)
+    assert error.details["error_class"] == type(exc).__name__
+
+
+def test_an_error_without_sqlstate_is_a_lost_connection_and_retryable():
+    error = classify(psycopg.OperationalError("connection refused"))
+    assert isinstance(error, RetryablePersistenceError) and error.sqlstate is None
+    assert error.message == "connection refused"
+
+
+# --- DSN from a secret ---------------------------------------------------------------
+
+def test_a_secret_becomes_a_url_whose_awkward_password_survives_the_round_trip():
+    dsn = dsn_from_secret({"username": "app user", "password": "p@ss/w:rd%?#&=", "host": "db.local",
+                           "port": 6432, "dbname": "sessions"})
+    parsed = conninfo.conninfo_to_dict(dsn)
+    assert parsed == {"user": "app user", "password": "p@ss/w:rd%?#&=", "host": "db.local",
+                      "port": "6432", "dbname": "sessions"}
+    assert "p@ss" not in dsn  # percent-encoded
+
+
+def test_a_secret_without_a_host_names_the_setting():
+    with pytest.raises(ConfigurationError) as caught:
+        dsn_from_secret({"username": "u", "password": "p"})
+    assert caught.value.setting == "DB_SECRET_ARN" and "host" in caught.value.message
+
+
+def test_the_trigger_queue_name_and_the_pg_environment_come_from_the_environment():
+    assert config.trigger_queue_name({}) == config.DEFAULT_QUEUE_NAME
+    assert config.trigger_queue_name({"SESSION_QUEUE_NAME": " q-prod "}) == "q-prod"
+    assert config.load_settings({"PGHOST": "db"}).has_database
+    assert not config.load_settings({}).has_database
+    assert config.QUEUE_VISIBILITY_TIMEOUT >= 6 * config.CONSUMER_TIMEOUT_SECONDS
+
+
+# --- DLQ attributes and the Lambda record shape ---------------------------------------------------
+
+def _record(body="x", message_id="m-1", receive_count="3"):
+    return {"messageId": message_id, "body": body, "eventSourceARN": "arn:aws:sqs:us-east-1:1:q",
+            "attributes": {"ApproximateReceiveCount": receive_count},
+            "messageAttributes": {"event_id": {"stringValue": "s:1", "dataType": "String"}}}
+
+
+def test_dead_letter_attributes_say_why_and_fit_the_sqs_limits():
+    error = PermanentPersistenceError("bad\x00 row " + "x" * 5000, sqlstate="23514",
+                                      constraint="sync_events_version_positive")
+    attrs = dead_letter_attributes(DeadLetter(_record(), error), now=0)
+
+    values = {k: v["StringValue"] for k, v in attrs.items()}
+    assert values["error_class"] == "PermanentPersistenceError"
+    assert values["error_code"] == values["sqlstate"] == "23514"
+    assert values["constraint"] == "sync_events_version_positive"
+    assert values["original_message_id"] == "m-1" and values["receive_count"] == "3"
+    assert values["event_id"] == "s:1" and values["source_queue"] == "arn:aws:sqs:us-east-1:1:q"
+    assert values["failed_at"] == "1970-01-01T00:00:00Z"
+    assert len(values["error_message"]) == 1000 and "\x00" not in values["error_message"]
+    assert len(attrs) <= 10 and all(v for v in values.values())
+    assert attrs["receive_count"]["DataType"] == "Number"
+
+
+def test_a_malformed_message_has_its_reason_as_error_code_and_no_empty_attributes():
+    attrs = dead_letter_attributes(DeadLetter(
+        {"messageId": "m"}, MalformedMessage("no", reason="invalid_json")), now=0)
+    assert attrs["error_code"]["StringValue"] == "invalid_json"
+    assert "sqlstate" not in attrs and "constraint" not in attrs and "receive_count" not in attrs
+
+
+def test_a_received_message_becomes_a_lambda_sqs_record():
+    message = {"MessageId": "id-1", "ReceiptHandle": "rh", "Body": "{}", "MD5OfBody": "md5",
+               "Attributes": {"ApproximateReceiveCount": "2", "SentTimestamp": "1"},
+               "MD5OfMessageAttributes": "md5a",
+               "MessageAttributes": {"event_id": {"DataType": "String", "StringValue": "s:1"},
+                                     "blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01"}}}
+
+    record = lambda_record(message, queue_arn="arn:aws:sqs:us-east-1:1:q", region="us-east-1")
+
+    assert record == {
+        "messageId": "id-1", "receiptHandle": "rh", "body": "{}", "md5OfBody": "md5",
+        "md5OfMessageAttributes": "md5a",
+        "attributes": {"ApproximateReceiveCount": "2", "SentTimestamp": "1"},
+        "messageAttributes": {
+            "event_id": {"stringValue": "s:1", "stringListValues": [], "binaryListValues": [],
+                         "dataType": "String"},
+            "blob": {"binaryValue": "AAE=", "stringListValues": [], "binaryListValues": [],
+                     "dataType": "Binary"}},
+        "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:1:q", "awsRegion": "us-east-1"}
+
+
+# --- worker and consumer on moto's SQS ---------------------------------------------------------------
+
+@pytest.fixture
+def moto_sqs(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with mock_aws():
+        client = boto3.client("sqs", region_name="us-east-1")
+        queue = client.create_queue(QueueName="main")["QueueUrl"]
+        dlq = client.create_queue(QueueName="dead")["QueueUrl"]
+        yield SimpleNamespace(client=client, queue=queue, dlq=dlq)
+
+
+def _depth(sqs, url):
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_the_worker_deletes_only_the_records_the_handler_did_not_report(moto_sqs):
+    sqs = moto_sqs.client
+    for i in range(4):
+        sqs.send_message(QueueUrl=moto_sqs.queue, MessageBody=f"m{i}",
+                         MessageAttributes={"event_id": {"DataType": "String", "StringValue": f"s:{i}"}})
+    seen = []
+
+    def handler(event):
+        seen.append(event)
+        failed = [r["messageId"] for r in event["Records"] if r["body"] in ("m1", "m3")]
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in failed]}
+
+    worker = Worker(sqs, moto_sqs.queue, handler, batch_size=10, wait_seconds=0, retry_delay=0)
+    result = worker.poll_once()
+
+    assert (result.received, result.deleted, result.retried) == (4, 2, 2)
+    record = seen[0]["Records"][0]
+    assert record["eventSource"] == "aws:sqs" and record["eventSourceARN"].endswith(":main")
+    assert record["attributes"]["ApproximateReceiveCount"] == "1"
+    assert record["messageAttributes"]["event_id"]["stringValue"].startswith("s:")
+    assert _depth(sqs, moto_sqs.queue) == (0, 2)  # the failed two wait for their visibility timeout
+
+
+def test_the_worker_honours_the_batch_size_and_keeps_everything_when_the_handler_raises(moto_sqs):
+    sqs = moto_sqs.client
+    for i in range(5):
+        sqs.send_message(QueueUrl=moto_sqs.queue, MessageBody=f"m{i}")
+    sizes = []
+
+    def crashing(event):
+        sizes.append(len(event["Records"]))
+        raise RuntimeError("bug")
+
+    result = Worker(sqs, moto_sqs.queue, crashing, batch_size=3, wait_seconds=0).poll_once()
+
+    assert sizes == [3] and (result.received, result.deleted, result.retried) == (3, 0, 3)
+    assert sum(_depth(sqs, moto_sqs.queue)) == 5
+
+
+def test_a_failed_record_comes_back_after_the_backoff_not_the_whole_visibility_timeout(moto_sqs):
+    sqs = moto_sqs.client
+    sqs.send_message(QueueUrl=moto_sqs.queue, MessageBody="m")
+    calls = []
+
+    def failing(event):
+        calls.append(event["Records"][0]["attributes"]["ApproximateReceiveCount"])
+        return {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+
+    worker = Worker(sqs, moto_sqs.queue, failing, wait_seconds=0, visibility_timeout=600,
+                    retry_delay=0.4)  # receive 1 -> int(0.4) = 0 s: visible again at once
+    worker.poll_once()
+    assert worker.poll_once().received == 1
+    assert calls == ["1", "2"]
+
+
+class _FakeDatabase:
+    def __init__(self, failures=None):
+        self.batches = []
+        self.failures = failures or {}
+
+    def apply_events(self, events):
+        self.batches.append([e.event_id for e in events])
+        return ApplyResult(inserted=len(events) - len(self.failures), failures=self.failures)
+
+
+def test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones(moto_sqs):
+    retryable = RetryablePersistenceError("deadlock", sqlstate="40P01")
+    permanent = PermanentPersistenceError("check", sqlstate="23514", constraint="c")
+    db = _FakeDatabase({0: retryable, 2: permanent})
+    consumer = Consumer(db, DeadLetterQueue(moto_sqs.client, moto_sqs.dlq))
+    records = [_record(event_body("s", v), f"m{v}", "1") for v in (1, 2, 3)]
+    records.insert(1, _record("garbage", "bad", "1"))
+
+    reply = consumer.handle({"Records": records})
+
+    assert db.batches == [["s:1", "s:2", "s:3"]]  # one call: the malformed one never reaches it
+    assert reply == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    dead = moto_sqs.client.receive_message(QueueUrl=moto_sqs.dlq, MaxNumberOfMessages=10,
+                                           MessageAttributeNames=["All"])["Messages"]
+    assert sorted(m["MessageAttributes"]["original_message_id"]["StringValue"] for m in dead) == [
+        "bad", "m3"]
+
+
+def test_the_consumer_keeps_poison_on_the_main_queue_when_the_dlq_refuses_it(moto_sqs):
+    consumer = Consumer(_FakeDatabase(), DeadLetterQueue(moto_sqs.client, moto_sqs.queue + "-missing"))
+
+    reply = consumer.handle({"Records": [_record("garbage", "bad"), _record(event_body("s", 1), "ok")]})
+
+    assert reply == {"batchItemFailures": [{"itemIdentifier": "bad"}]}
+
+
+def test_an_empty_event_is_an_empty_success():
+    assert Consumer(_FakeDatabase(), DeadLetterQueue(None, "")).handle({}) == {"batchItemFailures": []}
