@@ -6,9 +6,19 @@ every domain error to the one JSON error shape.  No Redis, SQL or boto3 here.
 """
 from chalice import AuthResponse, Chalice, Rate
 
-from chalicelib import auth, config, health, runtime, validation, web
+from chalicelib import auth, config, health, logs, runtime, validation, web
 
-app = Chalice(app_name="sessionsync")
+# Chalice's own log handler prints plain text; logs.configure() makes every
+# sessionsync logger write JSON lines at LOG_LEVEL instead.
+app = Chalice(app_name="sessionsync", configure_logs=False)
+logs.configure()
+
+
+@app.middleware("all")
+def request_context(event, get_response):
+    """Every log and EMF line of an invocation (HTTP, SQS, schedule) carries
+    its request id; HTTP responses return it as X-Request-Id."""
+    return logs.around_invocation(event, get_response)
 
 
 @app.middleware("http")

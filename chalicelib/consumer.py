@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from chalicelib import metrics
 from chalicelib.errors import MalformedMessage, PermanentPersistenceError, PersistenceError
 from chalicelib.events import ChangeEvent, parse_event
 
@@ -234,6 +235,8 @@ class Consumer:
                         "error_class": letter.error.code, "sqlstate": letter.error.sqlstate,
                         "constraint": letter.error.constraint, "error": letter.error.message})
 
+        metrics.emit({"ConsumerBatchSize": report.received, "PersistedEvents": report.inserted,
+                      "DlqSends": report.dead_lettered})
         log.info("batch processed", extra={
             "received": report.received, "inserted": report.inserted,
             "duplicates": report.duplicates, "dead_lettered": report.dead_lettered,

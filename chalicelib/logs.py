@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -66,6 +67,63 @@ def request_context(request_id: str | None, **fields: Any) -> Iterator[Mapping[s
         yield bound
     finally:
         _context.reset(token)
+
+
+def invocation_ids(event: Any) -> tuple[str, dict[str, Any]]:
+    """(request id, fields to bind) for a Chalice event object.
+
+    HTTP: API Gateway's ``requestContext.requestId`` (the id a client sees as
+    ``x-amzn-RequestId``), plus Lambda's ``aws_request_id`` and the route.
+    Any other event (SQS, schedule): Lambda's ``aws_request_id``.  Neither
+    exists under ``chalice local`` or a local worker's fake context: a
+    random id then, so lines of one invocation still group together.
+    """
+    fields: dict[str, Any] = {}
+    request_context = getattr(event, "context", None)
+    lambda_context = getattr(event, "lambda_context", None)
+    if isinstance(request_context, Mapping):  # an HTTP request
+        api_id = request_context.get("requestId")
+        aws_id = getattr(lambda_context, "aws_request_id", None)
+        method = request_context.get("httpMethod")
+        if method:
+            fields["route"] = f"{method} {request_context.get('resourcePath', '')}"
+    else:
+        api_id = None
+        aws_id = getattr(request_context, "aws_request_id", None)
+    if aws_id:
+        fields["aws_request_id"] = aws_id
+    return str(api_id or aws_id or uuid.uuid4()), fields
+
+
+_invocation_log = logging.getLogger(f"{ROOT_LOGGER}.invocation")
+
+
+def around_invocation(event: Any, handle: Any) -> Any:
+    """The body of app.py's middleware: run ``handle(event)`` inside the
+    invocation's request context.
+
+    HTTP responses get an ``X-Request-Id`` header with the id the lines
+    carry.  At DEBUG one line per invocation gives its duration and status.
+    An exception escaping the handler (a bug: routes answer errors
+    themselves) is logged with the id, then re-raised for Lambda to report.
+    """
+    request_id, fields = invocation_ids(event)
+    http = isinstance(getattr(event, "context", None), Mapping)
+    with request_context(request_id, **fields):
+        debug = _invocation_log.isEnabledFor(logging.DEBUG)
+        start = time.perf_counter() if debug else 0.0
+        try:
+            response = handle(event)
+        except Exception:
+            _invocation_log.exception("invocation failed")
+            raise
+        if debug:
+            _invocation_log.debug("invocation done", extra={
+                "ms": round((time.perf_counter() - start) * 1000, 3),
+                "status": getattr(response, "status_code", None)})
+    if http and isinstance(getattr(response, "headers", None), dict):
+        response.headers["X-Request-Id"] = request_id
+    return response
 
 
 class JsonFormatter(logging.Formatter):

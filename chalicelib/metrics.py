@@ -25,6 +25,7 @@ start (see ``chalicelib.logs``) and 11 us per add+flush; this writer is a
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -32,9 +33,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from chalicelib import logs
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 CATALOGUE: Mapping[str, str] = {
     "WriteLatency": "Milliseconds",
@@ -112,6 +115,30 @@ class EmfWriter:
 
 
 _writer = EmfWriter()
+
+
+def timed_write(operation: str) -> Callable[[F], F]:
+    """Decorate a write: WriteLatency (ms) when it returns, Conflicts when it
+    raises ConcurrencyError; both with the dimension ``operation``.  Other
+    errors emit nothing (they are logged where they are handled)."""
+    from chalicelib.errors import ConcurrencyError
+
+    dimensions = {"operation": operation}
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                result = func(*args, **kwargs)
+            except ConcurrencyError:
+                _writer.emit({"Conflicts": 1}, dimensions=dimensions)
+                raise
+            _writer.emit({"WriteLatency": round((time.perf_counter() - start) * 1000, 3)},
+                         dimensions=dimensions)
+            return result
+        return wrapper  # type: ignore[return-value]
+    return decorate
 
 
 def configure(*, stream: TextIO | None = None, enabled: bool = True,

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from chalicelib import metrics
 from chalicelib.errors import ServiceUnavailable
 
 log = logging.getLogger("sessionsync.outbox")
@@ -83,6 +84,7 @@ class OutboxRelay:
             return RelayResult()
         sent = self.sender.send_many(pending)
         result = RelayResult(found=len(pending), sent=len(sent))
+        metrics.emit({"OutboxRelayed": result.sent})
         log.info("outbox relayed", extra={"found": result.found, "sent": result.sent})
         if result.sent < result.found:
             log.warning("outbox entries not sent; will retry",

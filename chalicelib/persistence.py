@@ -49,6 +49,7 @@ from chalicelib.errors import (
     ServiceUnavailable,
 )
 from chalicelib.events import ChangeEvent
+from chalicelib.logs import instrument_psycopg
 from chalicelib.store import Session
 
 log = logging.getLogger("sessionsync.persistence")
@@ -207,12 +208,14 @@ def connect(dsn: str, *, statement_timeout_ms: int | None = STATEMENT_TIMEOUT_MS
     given = conninfo.conninfo_to_dict(dsn).get("options") if dsn else None
     if given:
         options.insert(0, str(given))
-    return psycopg.connect(
+    conn = psycopg.connect(
         dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_SECONDS,
         application_name=application_name, options=" ".join(options),
         # a server that vanished without closing the socket (failover, a
         # cut network) is noticed in about 45 s instead of two hours
         keepalives=1, keepalives_idle=30, keepalives_interval=5, keepalives_count=3)
+    # at LOG_LEVEL=DEBUG each statement is logged with its duration; a no-op otherwise
+    return instrument_psycopg(conn)
 
 
 # --- error classification --------------------------------------------------

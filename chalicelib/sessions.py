@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chalicelib import metrics
 from chalicelib.errors import RecoveryPending, SessionNotFound
 from chalicelib.store import KeyBehind, KeyMissing, Session, SessionStore, WriteResult
 from chalicelib.validation import CreateRequest, UpdateRequest
@@ -55,6 +56,7 @@ class SessionService:
         self.durable = durable
         self.default_ttl = default_ttl
 
+    @metrics.timed_write("create")
     def create(self, request: CreateRequest) -> Session:
         """Raises SessionExists, ServiceUnavailable."""
         result = self.store.create(request.session_id, request.state_json,
@@ -69,6 +71,7 @@ class SessionService:
             return Read(session)
         return Read(self._recover(session_id), recovered=True)
 
+    @metrics.timed_write("update")
     def update(self, request: UpdateRequest) -> Session:
         """Compare-and-set.  Raises ConcurrencyError, SessionNotFound,
         RecoveryPending, ServiceUnavailable."""
@@ -82,6 +85,7 @@ class SessionService:
         self._ship(result)
         return result.session
 
+    @metrics.timed_write("delete")
     def delete(self, session_id: str, expected_version: int | None = None) -> Session:
         """Tombstone the session.  Raises as ``update``."""
         try:
@@ -141,4 +145,5 @@ class SessionService:
                                   persisted_version=persisted.version) from None
         if restored is None:
             raise SessionNotFound(session_id)
+        metrics.emit({"RecoveryReads": 1})
         return restored

@@ -42,7 +42,9 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.installed" ] || \
 fi
 
 echo "Starting LocalStack (log: $LOG)"
-GATEWAY_LISTEN=127.0.0.1:4566 SERVICES=sqs,secretsmanager DNS_ADDRESS=0 \
+# CloudFormation and CloudWatch: infra/cloudformation/queues.yaml can be applied
+# here (infra/README.md); loaded lazily, they cost nothing until used.
+GATEWAY_LISTEN=127.0.0.1:4566 SERVICES=sqs,secretsmanager,cloudformation,cloudwatch DNS_ADDRESS=0 \
 SQS_ENDPOINT_STRATEGY=path LOCALSTACK_HOST=127.0.0.1:4566 \
 DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 \
   nohup "$VENV/bin/python" -m localstack.runtime.main >"$LOG" 2>&1 &
