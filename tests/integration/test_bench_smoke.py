@@ -1,0 +1,124 @@
+"""``sessionsync bench --smoke`` runs every section and writes well-formed results.
+
+This is not a timed test: it asserts the shape of the results (every
+section present, every figure positive, every ratio computed, the chart
+written), never a speed.  The one behavioural assertion is the contention
+section's invariant (no lost update), which is a guarantee, not a figure.
+It runs the real command in a subprocess, as a user would, so that the
+CLI's stage defaults do not leak into this test process's environment.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chalicelib.bench.runner import SECTION_ORDER
+
+pytestmark = [pytest.mark.slow, pytest.mark.localstack]
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+LATENCY_KEYS = ("p50_us", "p95_us", "p99_us")
+POSITIVE = (*LATENCY_KEYS, "events_per_second", "updates_per_second", "import_plus_first_ms",
+            "session_key_bytes")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[dict, list[Path]]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-c", "from chalicelib.cli import main; main()", "bench", "--smoke",
+         "--output-dir", str(out)],
+        cwd=out, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(out.iterdir())
+    results = json.loads(next(p for p in files if p.suffix == ".json").read_text())
+    return results, files
+
+
+def _numbers(node, path=""):
+    """Every (path, number) in a JSON document."""
+    if isinstance(node, bool):
+        return
+    if isinstance(node, (int, float)):
+        yield path, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _numbers(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _numbers(value, f"{path}[{i}]")
+
+
+def test_every_section_ran_without_error(smoke):
+    results, _ = smoke
+    assert results["schema_version"] == 1
+    assert results["profile"] == "smoke"
+    assert set(results["sections"]) == set(SECTION_ORDER)
+    assert results["errors"] == []
+    for name, section in results["sections"].items():
+        assert "error" not in section and "skipped" not in section, name
+
+
+def test_machine_and_versions_are_recorded(smoke):
+    machine = smoke[0]["machine"]
+    assert machine["cpu_model"] and machine["cpu_count"] >= 1
+    assert machine["python"].count(".") == 2
+    assert machine["redis_server"]["redis_version"]
+    assert machine["packages"]["redis"] and machine["packages"]["chalice"]
+    assert len(machine["git"]["commit"]) == 40
+
+
+def test_every_figure_is_a_finite_non_negative_number_and_latencies_are_positive(smoke):
+    results, _ = smoke
+    for path, value in _numbers(results["sections"]):
+        assert math.isfinite(value), path
+        assert value >= 0, path
+        if path.endswith(POSITIVE):
+            assert value > 0, path
+
+
+def test_ratios_to_the_floor_are_computed(smoke):
+    sections = smoke[0]["sections"]
+    store = sections["store"]
+    for op in ("floor_get", "floor_hgetall", "floor_evalsha", "get", "create", "update",
+               "delete", "outbox_ack"):
+        assert all(store["latency"][op][k] > 0 for k in LATENCY_KEYS), op
+    for key in ("get/floor_get", "update/floor_evalsha"):
+        assert set(store["ratios"][key]) == {"p50", "p95", "p99"}
+        assert all(v > 0 for v in store["ratios"][key].values())
+    assert sections["handler"]["ratios"]["handler_get/store_get"] > 0
+    assert sections["handler"]["sqs"]["send_message"]["p50_us"] > 0
+    assert sections["scale"]["flatness"]["get_p99"] > 0
+    assert len(sections["scale"]["steps"]) == 2
+    for size in ("1024", "16384"):
+        assert sections["memory"]["by_state_bytes"][size]["ratios"]["session_key/payload"] > 1
+    assert [r["batch_size"] for r in sections["consumer"]["handler"]] == [1, 10, 100]
+    cold = sections["coldstart"]
+    assert cold["first_get"]["median"]["import_ms"] > 0
+    assert cold["imports"]["top_cumulative"]
+
+
+def test_consumer_persisted_every_event_and_contention_lost_nothing(smoke):
+    sections = smoke[0]["sections"]
+    for run in sections["consumer"]["handler"]:
+        assert run["events_persisted"] == run["events"]
+    for mode in sections["contention"]["modes"].values():
+        assert mode["no_lost_update"] and mode["lost_updates"] == 0
+        assert mode["final_version"] == mode["successful_updates"] + 1
+
+
+def test_targets_are_evaluated_and_the_chart_is_a_png(smoke):
+    results, files = smoke
+    targets = results["targets"]
+    assert len(targets) >= 10
+    for check in targets:
+        assert check["met"] in (True, False, None)
+        assert isinstance(check["measured"], (int, float))
+    png = next(p for p in files if p.suffix == ".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000
