@@ -4,7 +4,9 @@ runs it, with the fixes a local stack needs:
 * a listen backlog of 128 (``chalice local`` keeps http.server's 5, so a
   burst of a few dozen clients gets connection resets);
 * an unknown route answers 404 in the API's error shape instead of a 403
-  that echoes the Authorization header back;
+  that echoes the Authorization header back; missing and refused
+  credentials (401, 403) use that shape too, and any method http.server
+  does not know (TRACE...) gets the API's 405 instead of a 501;
 * an API key is generated and printed when SESSIONSYNC_API_KEYS is unset;
 * the SQS worker and the outbox relay run beside it (``--no-pipeline`` to
   leave them out), as the event source mapping and the schedule would.
@@ -64,6 +66,14 @@ def build_server(host: str, port: int, stage: str = "local"):
     class Handler(ChaliceRequestHandler):
         def _send_error_response(self, error):
             self._send_http_response(*gateway_error(error, self.command, self.path))
+
+        def __getattr__(self, name):
+            # http.server answers 501 (a 5xx) for a method without a do_X
+            # (TRACE, CONNECT, any token): let the gateway answer those like
+            # PATCH, with the API's 405 or 404.
+            if name.startswith("do_"):
+                return self._generic_handle
+            raise AttributeError(name)
 
     factory = CLIFactory(project_dir=str(PROJECT_DIR))
     # chalice's factory copies the stage's variables over os.environ; keep
