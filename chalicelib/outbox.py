@@ -36,6 +36,9 @@ log = logging.getLogger("sessionsync.outbox")
 
 DEFAULT_AGE_SECONDS = 5.0
 PAGE = 500
+# a local relay pass ends after this long even if entries keep coming, so
+# that a stop request is seen
+RUN_BUDGET_SECONDS = 30.0
 
 
 class Outbox(Protocol):
@@ -114,7 +117,7 @@ class OutboxRelay:
         """
         while not stop.is_set():
             try:
-                self.drain(budget_seconds=max(interval, 1.0) * 10)
+                self.drain(budget_seconds=RUN_BUDGET_SECONDS)
             except ServiceUnavailable as exc:
                 log.warning("relay cannot read the outbox", extra={"error": exc.message})
             except Exception:  # a thread must not die silently: log, go on
