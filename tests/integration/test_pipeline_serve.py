@@ -1,0 +1,74 @@
+"""`sessionsync serve` runs the worker and the relay beside the API: a write
+is in PostgreSQL within a second or two, with nothing else started."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.conftest import API_KEY, LOCALSTACK_URL
+from tests.pipeline_support import wait_until
+from tests.servers import free_port, wait_for
+
+pytestmark = [pytest.mark.localstack, pytest.mark.slow]
+
+
+@pytest.fixture
+def served(pipeline, pipeline_redis):
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": pipeline_redis.url, "DATABASE_URL": pipeline.dsn,
+           "SESSION_QUEUE_URL": pipeline.queues.url, "SESSION_DLQ_URL": pipeline.queues.dlq_url,
+           "AWS_ENDPOINT_URL": LOCALSTACK_URL, "SESSIONSYNC_API_KEYS": API_KEY,
+           "OUTBOX_RELAY_AGE_SECONDS": "1", "LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-c", "from chalicelib.cli import main; main()",
+                             "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), 30, "sessionsync serve")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _answers(url):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+    except urllib.error.HTTPError:
+        pass  # an answer all the same (503 while a dependency warms up)
+    return True
+
+
+def _send(method, url, body):
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode(), headers={
+        "Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        return reply.status
+
+
+def test_a_write_through_sessionsync_serve_is_in_postgresql_within_two_seconds(served, pipeline):
+    sid = f"served-{uuid.uuid4().hex[:8]}"
+
+    assert _send("POST", f"{served}/sessions", {"session_id": sid, "state": {"a": 1}}) == 201
+    written = time.monotonic()
+    wait_until(lambda: pipeline.event_rows([sid]), timeout=10, what="the row in sync_events",
+               interval=0.02)
+    latency = time.monotonic() - written
+
+    assert latency < 2.0, f"persisted after {latency:.2f}s"
+    # an entry that never reached SQS is picked up by the relay thread (age 1 s)
+    pipeline.store.update(sid, '{"a":2}', 1)
+    wait_until(lambda: (sid, 2) in pipeline.event_rows([sid]), timeout=15,
+               what="the relayed version 2", interval=0.05)
+    assert pipeline.store.outbox_depth() == 0
