@@ -500,8 +500,11 @@ class _redis_errors:
                             redis.exceptions.TryAgainError)):
             raise ServiceUnavailable(f"Redis is unavailable: {type(exc).__name__}",
                                      dependency="redis") from exc
-        if isinstance(exc, redis.ResponseError) and str(exc).startswith(
-                ("LOADING", "MASTERDOWN", "READONLY", "BUSY", "OOM", "CLUSTERDOWN")):
-            raise ServiceUnavailable(f"Redis refused the command: {str(exc).split()[0]}",
-                                     dependency="redis") from exc
+        if isinstance(exc, redis.ResponseError):
+            # redis-py strips the code off the errors it has classes for
+            # (OutOfMemoryError, ReadOnlyError...) and keeps it in status_code
+            code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+            if code in ("LOADING", "MASTERDOWN", "READONLY", "BUSY", "OOM", "CLUSTERDOWN"):
+                raise ServiceUnavailable(f"Redis refused the command: {code}",
+                                         dependency="redis") from exc
         return False

@@ -3,7 +3,8 @@ recovers by itself when Redis returns.
 
 Each test breaks a redis-server of its own (``throwaway_redis``): stopped
 (connections refused) or paused with SIGSTOP (it keeps its port and answers
-nothing: the hang a network partition or an overloaded node gives).
+nothing: the hang a network partition or an overloaded node gives), or full
+(maxmemory reached with noeviction: writes refused with OOM).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 from chalice.test import Client
 
 from app import app
@@ -20,6 +22,7 @@ from chalicelib.errors import ServiceUnavailable
 from chalicelib.redis_client import connect_redis
 from chalicelib.store import SessionStore
 from tests.conftest import API_KEY
+from tests.servers import RedisServer
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
@@ -154,3 +157,36 @@ def test_the_api_answers_503_within_a_second_while_redis_hangs_and_recovers(
     response = outage_api.get(f"/sessions/{session_id}", headers=AUTH)
     assert response.status_code == 200 and response.json_body["state"] == {"a": 1}
     assert outage_api.get("/health").status_code == 200
+
+
+@pytest.fixture
+def full_redis(tmp_path):
+    """A redis-server of the test's own that refuses writes when full."""
+    server = RedisServer(tmp_path / "full", None, "--maxmemory-policy", "noeviction").start()
+    admin = redis.Redis(port=server.port, socket_timeout=5)
+    yield admin
+    admin.close()
+    server.stop()
+
+
+def test_a_full_redis_answers_writes_with_503_and_still_serves_reads(full_redis, use_settings, session_id):
+    port = full_redis.connection_pool.connection_kwargs["port"]
+    use_settings(Settings(redis_url=f"redis://127.0.0.1:{port}/0", api_keys=(API_KEY,)))
+    with Client(app, stage_name="local", project_dir=PROJECT_DIR) as client:
+        api = client.http
+        assert create(api, session_id, {"a": 1}).status_code == 201
+        full_redis.config_set("maxmemory", 1)  # every write is now over the limit
+
+        for response in (create(api, "another-one", {}),
+                         api.put(f"/sessions/{session_id}", headers={**AUTH, "If-Match": '"1"'},
+                                 body='{"state":{"a":2}}'),
+                         api.delete(f"/sessions/{session_id}", headers=AUTH)):
+            assert response.status_code == 503, response.body
+            error = response.json_body["error"]
+            assert error["code"] == "ServiceUnavailable" and "OOM" in error["message"]
+        assert api.get(f"/sessions/{session_id}", headers=AUTH).json_body["state"] == {"a": 1}
+
+        full_redis.config_set("maxmemory", 0)
+        response = api.put(f"/sessions/{session_id}", headers={**AUTH, "If-Match": '"1"'},
+                           body='{"state":{"a":2}}')
+        assert response.status_code == 200 and response.json_body["version"] == 2
