@@ -64,7 +64,12 @@ class DeadLetter:
 
     @property
     def sqlstate(self) -> str | None:
-        return self.attributes.get("sqlstate") or self.attributes.get("error_code")
+        return self.attributes.get("sqlstate")
+
+    @property
+    def error_code(self) -> str | None:
+        """The SQLSTATE, or for a malformed message the reason (e.g. not_json)."""
+        return self.attributes.get("error_code") or self.sqlstate
 
     @property
     def constraint(self) -> str | None:
@@ -72,7 +77,7 @@ class DeadLetter:
 
     @property
     def reason(self) -> tuple[str, str | None, str | None]:
-        return self.error_class, self.sqlstate, self.constraint
+        return self.error_class, self.error_code, self.constraint
 
     @property
     def event(self) -> Mapping[str, Any] | None:
@@ -95,7 +100,8 @@ class DeadLetter:
     def summary(self) -> dict[str, Any]:
         event = self.event or {}
         return {"message_id": self.message_id, "error_class": self.error_class,
-                "sqlstate": self.sqlstate, "constraint": self.constraint,
+                "error_code": self.error_code, "sqlstate": self.sqlstate,
+                "constraint": self.constraint,
                 "error_message": self.attributes.get("error_message"),
                 "session_id": self.session_id, "version": event.get("version"),
                 "event_type": event.get("event_type"), "failed_at": self.attributes.get("failed_at"),
@@ -104,17 +110,18 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class ReasonGroup:
-    """Messages that failed for the same reason."""
+    """Messages that failed for the same reason: error class, error code
+    (the SQLSTATE, or a malformed message's reason) and constraint."""
 
     error_class: str
-    sqlstate: str | None
+    error_code: str | None
     constraint: str | None
     count: int
     example_message: str | None
     session_ids: Sequence[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error_class": self.error_class, "sqlstate": self.sqlstate,
+        return {"error_class": self.error_class, "error_code": self.error_code,
                 "constraint": self.constraint, "count": self.count,
                 "example_message": self.example_message, "session_ids": list(self.session_ids)}
 
@@ -229,17 +236,17 @@ def group_reasons(messages: Sequence[DeadLetter], *, sessions_per_group: int = 5
     return groups
 
 
-def matcher(*, error_class: str | None = None, sqlstate: str | None = None,
+def matcher(*, error_class: str | None = None, error_code: str | None = None,
             constraint: str | None = None, session_id: str | None = None
             ) -> Callable[[DeadLetter], bool] | None:
     """A filter for ``redrive`` (all given criteria must match), or None
     when no criterion is given (move everything)."""
-    if not any((error_class, sqlstate, constraint, session_id)):
+    if not any((error_class, error_code, constraint, session_id)):
         return None
 
     def matches(message: DeadLetter) -> bool:
         return ((error_class is None or message.error_class == error_class)
-                and (sqlstate is None or message.sqlstate == sqlstate)
+                and (error_code is None or message.error_code == error_code)
                 and (constraint is None or message.constraint == constraint)
                 and (session_id is None or message.session_id == session_id))
     return matches

@@ -47,13 +47,25 @@ WARNING = "warning"
 #: a probe may return the dependency's own round trip (ms) under this key
 LATENCY = "latency_ms"
 
-_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
-_CREDENTIAL = re.compile(r"(password|passwd|pwd|secret|token)\s*[=:]\s*\S+", re.IGNORECASE)
+# /health answers without credentials: an error must not tell a stranger
+# where the dependencies are or how to log in to them.
+_REDACTIONS = (
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE), "<url>"),
+    (re.compile(r"\b(password|passwd|pwd|secret|token|user)\s*[=:]\s*\S+", re.IGNORECASE),
+     r"\1=<redacted>"),
+    (re.compile(r'"[^"]*"'), '"<redacted>"'),  # libpq quotes host names and addresses
+    (re.compile(r"\(?\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b\)?"), "<address>"),
+    (re.compile(r"\[[0-9a-fA-F:]+\](?::\d+)?"), "<address>"),
+    (re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z]{2,}(?::\d+)?\b"), "<host>"),
+    (re.compile(r"\bport \d+"), "port <redacted>"),
+)
 
 
 def safe_message(message: str) -> str:
-    """``message`` without URLs or ``password=...`` style fragments."""
-    return _CREDENTIAL.sub(r"\1=<redacted>", _URL.sub("<url>", message))
+    """``message`` without URLs, credentials, host names, addresses or ports."""
+    for pattern, replacement in _REDACTIONS:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 @dataclass(frozen=True)

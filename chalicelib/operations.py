@@ -99,10 +99,10 @@ def check_configuration(env: Mapping[str, str]) -> tuple[Settings | None, list[F
         suggestion = exc.details.get("suggestion")
         fix = f"set {exc.setting} correctly and run again"
         if suggestion:
-            fix = (f"percent-encode the password in {exc.setting}, e.g. {suggestion} "
-                   "(stars hide the unchanged characters; encode yours with "
-                   "python3 -c \"import urllib.parse,sys; print(urllib.parse.quote(sys.argv[1], safe=''))\" "
-                   "'<password>')")
+            fix = (f"percent-encode the password in {exc.setting} as shown (the stars stand "
+                   "for its other characters, unchanged); to encode yours: python3 -c "
+                   "\"import urllib.parse,sys; print(urllib.parse.quote(sys.argv[1], safe=''))\" "
+                   "'<password>'")
         details = {"setting": exc.setting}
         if suggestion:
             details["suggestion"] = suggestion

@@ -181,7 +181,7 @@ def dlq() -> None:
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 @_exits
 def dlq_list(limit: int, show_messages: bool, fmt: str) -> None:
-    """Why messages are in the DLQ, grouped by error class, SQLSTATE and constraint.
+    """Why messages are in the DLQ, grouped by error class, code (SQLSTATE) and constraint.
 
     Peeks: every message read is made visible again at once, nothing is
     deleted.  MaxReceiveCountExceeded means the queue's redrive policy moved
@@ -200,8 +200,8 @@ def dlq_list(limit: int, show_messages: bool, fmt: str) -> None:
     if not messages:
         click.echo("the DLQ is empty")
         return
-    click.echo(_table(("COUNT", "ERROR_CLASS", "SQLSTATE", "CONSTRAINT", "EXAMPLE"),
-                      [(g.count, g.error_class, g.sqlstate or "-", g.constraint or "-",
+    click.echo(_table(("COUNT", "ERROR_CLASS", "CODE", "CONSTRAINT", "EXAMPLE"),
+                      [(g.count, g.error_class, g.error_code or "-", g.constraint or "-",
                         (g.example_message or "")[:80]) for g in groups]))
     if show_messages:
         click.echo("")
@@ -214,14 +214,15 @@ def dlq_list(limit: int, show_messages: bool, fmt: str) -> None:
 @dlq.command("redrive")
 @click.option("--error-class", help="Only messages with this error_class (e.g. PermanentPersistenceError, "
                                     "MalformedMessage, MaxReceiveCountExceeded).")
-@click.option("--sqlstate", help="Only messages with this SQLSTATE (e.g. 23514).")
+@click.option("--code", "error_code", help="Only messages with this error code: a SQLSTATE "
+                                           "(e.g. 23514) or a malformed message's reason.")
 @click.option("--constraint", help="Only messages that violated this constraint.")
 @click.option("--session-id", help="Only this session's messages.")
 @click.option("--max", "limit", type=click.IntRange(1, 1_000_000), default=None,
               help="Move at most this many.")
 @click.option("--dry-run", is_flag=True, help="Show what would move; move nothing.")
 @_exits
-def dlq_redrive(error_class: str | None, sqlstate: str | None, constraint: str | None,
+def dlq_redrive(error_class: str | None, error_code: str | None, constraint: str | None,
                 session_id: str | None, limit: int | None, dry_run: bool) -> None:
     """Send DLQ messages back to the main queue, once their cause is fixed.
 
@@ -233,14 +234,14 @@ def dlq_redrive(error_class: str | None, sqlstate: str | None, constraint: str |
     from chalicelib import queue_metrics as metrics
 
     sqs, dlq_url = runtime.sqs(), runtime.dlq_url()
-    match = dead_letters.matcher(error_class=error_class, sqlstate=sqlstate,
+    match = dead_letters.matcher(error_class=error_class, error_code=error_code,
                                  constraint=constraint, session_id=session_id)
     if dry_run:
         messages = dead_letters.peek(sqs, dlq_url, limit=100_000)
         chosen = [m for m in messages if match is None or match(m)][:limit]
         click.echo(f"would move {len(chosen)} of {len(messages)} message(s)")
         for group in dead_letters.group_reasons(chosen):
-            click.echo(f"  {group.count:>6}  {group.error_class} {group.sqlstate or ''} "
+            click.echo(f"  {group.count:>6}  {group.error_class} {group.error_code or ''} "
                        f"{group.constraint or ''}".rstrip())
         return
     queue_url = runtime.queue_url()

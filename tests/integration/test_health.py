@@ -1,0 +1,188 @@
+"""GET /health and ``sessionsync health``: CloudWatch-style status of Redis,
+PostgreSQL, the queue and the DLQ; 200/exit 0 when all answer, 503/exit 1
+within about a second naming the one that does not.
+
+Outages use servers of the test's own (throwaway Redis, throwaway
+PostgreSQL), stopped or paused; the shared ones are never touched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+from chalice.test import Client
+
+from app import app
+from chalicelib.config import Settings
+from tests.conftest import API_KEY, LOCALSTACK_URL, REDIS_TEST_URL
+from tests.ops_support import cli_env, run_cli
+from tests.servers import free_port
+
+PROJECT_DIR = str(Path(__file__).resolve().parents[2])
+# health.DEADLINE_SECONDS is 1.0; the answer must come within it plus overhead.
+BUDGET_SECONDS = 1.5
+# the CLI also starts an interpreter and imports boto3 (about 0.3 s of it)
+CLI_BUDGET_SECONDS = 1.5
+
+
+@pytest.fixture
+def stack_settings(pg_test_dsn, queue_pair, localstack_settings) -> Settings:
+    """Every dependency configured and up: test Redis, test database, a queue pair."""
+    return Settings(redis_url=REDIS_TEST_URL, database_url=pg_test_dsn, queue_url=queue_pair.url,
+                    dlq_url=queue_pair.dlq_url, aws_endpoint_url=LOCALSTACK_URL,
+                    aws_region="us-east-1", api_keys=(API_KEY,))
+
+
+def get_health(use_settings, settings: Settings):
+    """(response, seconds) of GET /health through the app with ``settings``."""
+    use_settings(settings)
+    with Client(app, stage_name="local", project_dir=PROJECT_DIR) as client:
+        start = time.monotonic()
+        response = client.http.get("/health")
+        return response, time.monotonic() - start
+
+
+def test_health_is_200_with_every_dependency_up_and_a_latency_for_each(use_settings, stack_settings):
+    response, seconds = get_health(use_settings, stack_settings)
+
+    assert response.status_code == 200, response.body
+    body = response.json_body
+    assert body["status"] == "ok" and "warnings" not in body
+    assert set(body["checks"]) == {"redis", "postgresql", "queue", "dlq"}
+    for name, check in body["checks"].items():
+        assert check["status"] == "ok", (name, check)
+        assert check["latency_ms"] >= 0
+    assert body["checks"]["queue"] | {"waiting": 0, "in_flight": 0, "delayed": 0} == body["checks"]["queue"]
+    assert body["checks"]["dlq"]["depth"] == 0
+    assert seconds < BUDGET_SECONDS
+
+
+def test_sessionsync_health_exits_0_with_every_dependency_up(stack_settings):
+    result = run_cli("health", "--format", "json", env=cli_env(stack_settings))
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "ok"
+    assert {name: check["status"] for name, check in report["checks"].items()} == {
+        "redis": "ok", "postgresql": "ok", "queue": "ok", "dlq": "ok"}
+
+    table = run_cli("health", env=cli_env(stack_settings))
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0].split() == ["DEPENDENCY", "STATUS", "LATENCY_MS", "DETAILS"]
+    assert table.stdout.rstrip().endswith("overall: ok")
+
+
+def test_a_stopped_redis_gives_503_and_exit_1_within_a_second_naming_redis(
+        use_settings, stack_settings, throwaway_redis):
+    settings = dataclasses.replace(stack_settings, redis_url=throwaway_redis.url)
+    throwaway_redis.stop()
+
+    response, seconds = get_health(use_settings, settings)
+    assert response.status_code == 503
+    body = response.json_body
+    assert body["status"] == "down"
+    assert body["checks"]["redis"]["status"] == "down"
+    assert "Redis" in body["checks"]["redis"]["error"]
+    assert all(body["checks"][name]["status"] == "ok" for name in ("postgresql", "queue", "dlq"))
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
+
+    result = run_cli("health", env=cli_env(settings))
+    assert result.returncode == 1
+    redis_row = next(line for line in result.stdout.splitlines() if line.startswith("redis"))
+    assert redis_row.split()[1] == "down"
+    assert result.seconds < CLI_BUDGET_SECONDS, f"took {result.seconds:.2f}s"
+
+
+def test_a_hung_redis_gives_503_within_the_deadline(use_settings, stack_settings, throwaway_redis):
+    settings = dataclasses.replace(stack_settings, redis_url=throwaway_redis.url)
+    throwaway_redis.pause()  # keeps its port, answers nothing
+
+    response, seconds = get_health(use_settings, settings)
+    assert response.status_code == 503
+    assert response.json_body["checks"]["redis"]["status"] == "down"
+    assert response.json_body["checks"]["postgresql"]["status"] == "ok"
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
+
+
+def test_a_stopped_postgresql_gives_503_and_exit_1_naming_postgresql(
+        use_settings, stack_settings, throwaway_postgres):
+    settings = dataclasses.replace(stack_settings, database_url=throwaway_postgres.dsn())
+    response, _ = get_health(use_settings, settings)
+    assert response.status_code == 200, response.body  # up first: the outage is what changes
+
+    throwaway_postgres.stop()
+    response, seconds = get_health(use_settings, settings)
+    assert response.status_code == 503
+    checks = response.json_body["checks"]
+    assert checks["postgresql"]["status"] == "down"
+    assert "PostgreSQL" in checks["postgresql"]["error"]
+    assert checks["redis"]["status"] == "ok"
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
+
+    result = run_cli("health", "--format", "json", env=cli_env(settings))
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["checks"]["postgresql"]["status"] == "down"
+    assert result.seconds < CLI_BUDGET_SECONDS, f"took {result.seconds:.2f}s"
+
+
+def test_an_unreachable_sqs_gives_503_naming_the_queues(use_settings, stack_settings):
+    settings = dataclasses.replace(stack_settings, aws_endpoint_url=f"http://127.0.0.1:{free_port()}")
+
+    response, seconds = get_health(use_settings, settings)
+    assert response.status_code == 503
+    checks = response.json_body["checks"]
+    assert checks["queue"]["status"] == checks["dlq"]["status"] == "down"
+    assert "SQS" in checks["queue"]["error"]
+    assert checks["redis"]["status"] == checks["postgresql"]["status"] == "ok"
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
+
+
+def test_a_non_empty_dlq_is_a_warning_and_health_stays_200(use_settings, stack_settings, sqs, queue_pair):
+    sqs.send_message(QueueUrl=queue_pair.dlq_url, MessageBody="{}")
+
+    def dlq_depth_shows():
+        response, _ = get_health(use_settings, stack_settings)
+        return response if response.json_body["checks"]["dlq"].get("depth") else None
+
+    response = dlq_depth_shows()
+    assert response is not None, "SQS reports the DLQ depth at once on LocalStack"
+    assert response.status_code == 200
+    body = response.json_body
+    assert body["status"] == "ok"
+    assert body["checks"]["dlq"]["status"] == "ok" and body["checks"]["dlq"]["depth"] == 1
+    assert "dlq list" in body["checks"]["dlq"]["warning"]
+    assert body["warnings"] == [f"dlq: {body['checks']['dlq']['warning']}"]
+
+
+def test_only_configured_dependencies_are_probed(use_settings):
+    response, _ = get_health(use_settings, Settings(redis_url=REDIS_TEST_URL, api_keys=(API_KEY,)))
+    assert response.status_code == 200
+    assert set(response.json_body["checks"]) == {"redis"}
+
+
+def test_health_never_shows_connection_strings_or_passwords(use_settings, throwaway_redis):
+    password = "s3cret-Pa55word"
+    throwaway_redis.stop()
+    settings = Settings(
+        redis_url=f"redis://app:{password}@127.0.0.1:{throwaway_redis.port}/0",
+        database_url=f"postgresql://app:{password}@127.0.0.1:{free_port()}/app",
+        queue_url="http://127.0.0.1:4566/000000000000/missing-queue",
+        aws_endpoint_url=f"http://127.0.0.1:{free_port()}", api_keys=(API_KEY,))
+
+    response, _ = get_health(use_settings, settings)
+    assert response.status_code == 503
+    text = response.body.decode() if isinstance(response.body, bytes) else str(response.body)
+    assert password not in text
+    assert "://" not in text
+    assert "127.0.0.1" not in text
+
+
+def test_sessionsync_health_exits_2_on_a_configuration_error(stack_settings):
+    env = cli_env(stack_settings)
+    env["REDIS_URL"] = "http://127.0.0.1:6379"
+    result = run_cli("health", env=env)
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr
