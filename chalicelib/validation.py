@@ -42,9 +42,11 @@ class UpdateRequest:
     expected_version: int
 
 
-def session_id(raw: str) -> str:
-    """A path or body session id, percent-decoded as API Gateway would."""
-    value = unquote(raw) if "%" in raw else raw
+def session_id(raw: str, *, percent_encoded: bool = True) -> str:
+    """A session id from a path, percent-decoded as API Gateway would; with
+    ``percent_encoded=False`` (a JSON body) taken exactly as written, so that
+    "a%3Ab" is refused rather than silently becoming "a:b"."""
+    value = unquote(raw) if percent_encoded and "%" in raw else raw
     if not _SESSION_ID.fullmatch(value):
         raise ValidationError(
             f"session id must match {SESSION_ID_PATTERN}", field="session_id")
@@ -180,7 +182,7 @@ def create_request(raw: bytes | None, max_state_bytes: int) -> CreateRequest:
     elif not isinstance(sid, str):
         raise ValidationError("session_id must be a string", field="session_id")
     else:
-        sid = session_id(sid)
+        sid = session_id(sid, percent_encoded=False)
     return CreateRequest(sid, check_state(body["state"], max_state_bytes),
                          ttl_seconds(body.get("ttl_seconds")))
 

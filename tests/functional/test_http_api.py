@@ -255,6 +255,8 @@ BAD_CREATES = [
                  id="id over 128 characters"),
     pytest.param('{{"session_id":"{sid} ","state":{{}}}}', 400, "ValidationError", id="id with a space"),
     pytest.param('{{"session_id":["{sid}"],"state":{{}}}}', 400, "ValidationError", id="id is a list"),
+    pytest.param('{{"session_id":"{sid}%3Ax","state":{{}}}}', 400, "ValidationError",
+                 id="percent-encoded id in the body"),
 ]
 
 
@@ -262,8 +264,8 @@ BAD_CREATES = [
 def test_a_bad_create_gets_a_4xx_and_writes_nothing(api, redis_view, session_id, template, status, code):
     response = api.post("/sessions", headers=AUTH, body=template.format(sid=session_id))
     assert_error(response, status, code)
-    redis_view.assert_untouched(session_id)
-    redis_view.assert_untouched(session_id + "/x")
+    for written in (session_id, session_id + "/x", session_id + ":x"):
+        redis_view.assert_untouched(written)
 
 
 def test_a_body_that_is_not_utf8_gets_a_400(api, redis_view, session_id):

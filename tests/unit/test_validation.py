@@ -232,3 +232,9 @@ def test_page_limit_and_before_version_parse_plain_integers():
     for raw in ("0", "x", "\u00b2", "9" * 5000):
         with pytest.raises(ValidationError):
             validation.version_param(raw, "before_version")
+
+
+def test_a_body_session_id_is_taken_as_written_not_percent_decoded():
+    with pytest.raises(ValidationError, match="session id must match"):
+        validation.create_request(b'{"session_id":"cart%3A42","state":{}}', LIMIT)
+    assert validation.create_request(b'{"session_id":"cart:42","state":{}}', LIMIT).session_id == "cart:42"
