@@ -1,0 +1,223 @@
+"""The deploy templates: cfn-lint on infra/ and on what `chalice package`
+produces with infra/chalice-merge.json, and the settings that matter
+checked in the packaged template itself (not in the merge file: the merge
+could silently not apply)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from cfnlint.decode import cfn_yaml
+
+from chalicelib import config, provisioning
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+INFRA = PROJECT_DIR / "infra"
+QUEUES_TEMPLATE = INFRA / "cloudformation" / "queues.yaml"
+MERGE_TEMPLATE = INFRA / "chalice-merge.json"
+BIN = Path(sys.executable).parent
+QUEUE_RESOURCES = ("SessionQueue", "SessionDeadLetterQueue", "DeadLetterQueueNotEmptyAlarm", "QueueAgeAlarm")
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    assert found, f"{name} is not installed (requirements-dev.txt)"
+    return found
+
+
+def cfn_lint(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("cfn-lint"), str(path)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def packaged_path(tmp_path_factory) -> Path:
+    """`chalice package --stage dev --merge-template infra/chalice-merge.json`
+    of a copy of the project (the repository's .chalice/ stays untouched),
+    with fake credentials and no network."""
+    project = tmp_path_factory.mktemp("project")
+    shutil.copy(PROJECT_DIR / "app.py", project)
+    shutil.copy(PROJECT_DIR / "requirements.txt", project)
+    shutil.copytree(PROJECT_DIR / "chalicelib", project / "chalicelib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (project / ".chalice").mkdir()
+    shutil.copy(PROJECT_DIR / ".chalice" / "config.json", project / ".chalice")
+    out = tmp_path_factory.mktemp("packaged")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "SESSION_", "REDIS_", "DATABASE_", "DB_"))}
+    env.update(AWS_ACCESS_KEY_ID="fake", AWS_SECRET_ACCESS_KEY="fake", AWS_DEFAULT_REGION="us-east-1")
+    result = subprocess.run(
+        [tool("chalice"), "--project-dir", str(project), "package", "--stage", "dev",
+         "--merge-template", str(MERGE_TEMPLATE), str(out)],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out / "sam.json"
+
+
+@pytest.fixture(scope="module")
+def packaged(packaged_path) -> dict:
+    return json.loads(packaged_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def queues_template() -> dict:
+    return cfn_yaml.loads(QUEUES_TEMPLATE.read_text())
+
+
+def functions(template: dict) -> dict[str, dict]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+
+
+def default(template: dict, parameter: str):
+    return template["Parameters"][parameter]["Default"]
+
+
+def test_the_queue_template_passes_cfn_lint():
+    result = cfn_lint(QUEUES_TEMPLATE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_chalice_package_with_the_merge_template_passes_cfn_lint(packaged_path):
+    result = cfn_lint(packaged_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_packaged_consumer_reports_batch_item_failures_from_the_template_s_queue(packaged):
+    consumer = packaged["Resources"]["PersistChanges"]["Properties"]
+    (source,) = consumer["Events"].values()
+    assert source["Type"] == "SQS"
+    assert source["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    # the merged Fn::Sub replaced Chalice's name-based ARN: one key, the template's queue
+    assert source["Properties"]["Queue"] == {"Fn::Sub": "${SessionQueue.Arn}"}
+    assert source["Properties"]["BatchSize"] == config.CONSUMER_BATCH_SIZE
+
+
+def test_the_consumer_cannot_open_more_database_connections_than_its_cap(packaged):
+    consumer = packaged["Resources"]["PersistChanges"]["Properties"]
+    (source,) = consumer["Events"].values()
+    assert source["Properties"]["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "ConsumerMaxConcurrency"}}
+    cap = default(packaged, "ConsumerMaxConcurrency")
+    assert cap == config.CONSUMER_MAX_CONCURRENCY
+    assert 2 <= cap <= consumer["ReservedConcurrentExecutions"]
+
+
+def test_the_packaged_queue_redrives_to_the_dlq_after_five_receives_and_hides_for_six_timeouts(packaged):
+    resources = packaged["Resources"]
+    queue = resources["SessionQueue"]["Properties"]
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["SessionDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": {"Ref": "MaxReceiveCount"}}
+    assert default(packaged, "MaxReceiveCount") == 5
+    assert packaged["Parameters"]["MaxReceiveCount"]["MinValue"] == 5
+    consumer_timeout = resources["PersistChanges"]["Properties"]["Timeout"]
+    assert queue["VisibilityTimeout"] == {"Ref": "VisibilityTimeoutSeconds"}
+    assert packaged["Parameters"]["VisibilityTimeoutSeconds"]["MinValue"] >= 6 * consumer_timeout
+    for name in ("SessionQueue", "SessionDeadLetterQueue"):
+        assert resources[name]["Properties"]["MaximumMessageSize"] == 1048576
+    dlq = resources["SessionDeadLetterQueue"]["Properties"]
+    assert dlq["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]
+
+
+def test_alarms_fire_on_any_dlq_message_and_on_an_old_message_in_the_queue(packaged):
+    resources = packaged["Resources"]
+    dlq_alarm = resources["DeadLetterQueueNotEmptyAlarm"]["Properties"]
+    assert (dlq_alarm["MetricName"], dlq_alarm["ComparisonOperator"], dlq_alarm["Threshold"]) == (
+        "ApproximateNumberOfMessagesVisible", "GreaterThanThreshold", 0)
+    assert dlq_alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["SessionDeadLetterQueue", "QueueName"]}
+    age_alarm = resources["QueueAgeAlarm"]["Properties"]
+    assert age_alarm["MetricName"] == "ApproximateAgeOfOldestMessage"
+    assert age_alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["SessionQueue", "QueueName"]}
+    assert age_alarm["Threshold"] == {"Ref": "QueueAgeAlarmSeconds"}
+
+
+def test_every_function_gets_tls_redis_the_secrets_the_queue_urls_and_the_vpc(packaged):
+    found = functions(packaged)
+    assert set(found) >= {"APIHandler", "ApiKey", "PersistChanges", "RelayOutbox"}
+    for name, function in found.items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        condition, with_auth, without_auth = variables["REDIS_URL"]["Fn::If"]
+        assert condition == "HasRedisAuth", name
+        assert with_auth["Fn::Sub"].startswith("rediss://") and without_auth["Fn::Sub"].startswith("rediss://")
+        assert "{{resolve:secretsmanager:${RedisAuthSecretArn}" in with_auth["Fn::Sub"]
+        assert variables["DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}, name
+        assert variables["SESSIONSYNC_API_KEYS_SECRET_ARN"] == {"Ref": "ApiKeysSecretArn"}, name
+        assert variables["SESSION_QUEUE_URL"] == {"Ref": "SessionQueue"}, name
+        assert variables["SESSION_DLQ_URL"] == {"Ref": "SessionDeadLetterQueue"}, name
+        assert function["Properties"]["VpcConfig"]["Fn::If"][0] == "HasVpc", name
+    policy = packaged["Resources"]["SessionSyncAccessPolicy"]["Properties"]
+    assert policy["Roles"] == [{"Ref": "DefaultRole"}]
+
+
+def _gateway_responses(packaged: dict) -> dict:
+    body = packaged["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]
+    return body["x-amazon-apigateway-gateway-responses"]
+
+
+def test_the_gateway_answers_an_unknown_route_with_a_404_that_echoes_nothing(packaged):
+    responses = _gateway_responses(packaged)
+    for response_type, (status, code) in {"MISSING_AUTHENTICATION_TOKEN": ("404", "RouteNotFound"),
+                                          "UNAUTHORIZED": ("401", "Unauthorized"),
+                                          "ACCESS_DENIED": ("403", "Forbidden")}.items():
+        response = responses[response_type]
+        assert response["statusCode"] == status
+        template = response["responseTemplates"]["application/json"]
+        # only the request id may be substituted: never the message API Gateway
+        # builds (it can quote the Authorization header), the input or headers
+        assert re.findall(r"\$[a-zA-Z.]+", template) == ["$context.requestId"], template
+        error = json.loads(template.replace("$context.requestId", "r-1"))["error"]
+        assert error["code"] == code and error["message"]
+    for response in responses.values():
+        template = response["responseTemplates"]["application/json"]
+        assert "$context.error.message" not in template and "$input" not in template
+        assert "header" not in template
+        json.loads(re.sub(r"\$[a-zA-Z.]+", "x", template))  # the API's JSON error shape
+
+
+def test_the_standalone_queue_template_defines_the_same_queues_and_alarms(queues_template, packaged):
+    for name in QUEUE_RESOURCES:
+        assert queues_template["Resources"][name] == packaged["Resources"][name], name
+    for name, parameter in queues_template["Parameters"].items():
+        assert packaged["Parameters"][name] == parameter, name
+
+
+def test_the_queue_settings_agree_with_bootstrap_and_the_chalice_config(queues_template):
+    chalice = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())
+    for stage in ("dev", "prod"):
+        assert chalice["stages"][stage]["lambda_functions"]["persist_changes"]["lambda_timeout"] == \
+            config.CONSUMER_TIMEOUT_SECONDS, stage
+    resources = queues_template["Resources"]
+    assert default(queues_template, "VisibilityTimeoutSeconds") == config.QUEUE_VISIBILITY_TIMEOUT
+    assert config.QUEUE_VISIBILITY_TIMEOUT >= 6 * config.CONSUMER_TIMEOUT_SECONDS
+    assert default(queues_template, "MaxReceiveCount") == config.QUEUE_MAX_RECEIVE_COUNT
+    assert resources["SessionQueue"]["Properties"]["MaximumMessageSize"] == provisioning.MAX_MESSAGE_SIZE
+    assert resources["SessionQueue"]["Properties"]["MessageRetentionPeriod"] == \
+        provisioning.MAIN_RETENTION_SECONDS
+    assert resources["SessionDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] == \
+        provisioning.DLQ_RETENTION_SECONDS
+    assert default(queues_template, "QueueName") == config.DEFAULT_QUEUE_NAME
+    assert default(queues_template, "DeadLetterQueueName") == \
+        provisioning.dlq_name_for(config.DEFAULT_QUEUE_NAME)
+
+
+def test_localstack_compose_parses_and_serves_the_local_stage_ports():
+    compose = yaml.safe_load((PROJECT_DIR / "localstack-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"localstack", "redis", "postgres"}
+    ports = {name: [p.rsplit(":", 1)[-1] for p in service["ports"]] for name, service in services.items()}
+    assert ports == {"localstack": ["4566"], "redis": ["6379"], "postgres": ["5432"]}
+    lock = (INFRA / "localstack" / "requirements-py311.lock").read_text()
+    version = re.search(r"^localstack-core==(\S+)", lock, re.MULTILINE).group(1)
+    assert services["localstack"]["image"] == f"localstack/localstack:{version}"
+    assert {"sqs", "secretsmanager"} <= set(services["localstack"]["environment"]["SERVICES"].split(","))
+    local = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]["local"]
+    assert local["environment_variables"]["REDIS_URL"].startswith("redis://127.0.0.1:6379")
+    assert "@127.0.0.1:5432/" + services["postgres"]["environment"]["POSTGRES_DB"] in \
+        local["environment_variables"]["DATABASE_URL"]
+    assert all("healthcheck" in service for service in services.values())
