@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psycopg
 
-from chalicelib.errors import SessionSyncError
+from chalicelib.errors import PersistenceError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "infra" / "migrations"
 # pg_advisory_lock key: any bigint that no other tool on the database uses
@@ -46,8 +46,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-class MigrationError(SessionSyncError):
-    """The migrations on disk and in the database disagree, or one failed."""
+class MigrationError(PersistenceError):
+    """The migrations on disk and in the database disagree, or the lock was
+    not obtained.  An operator's error (``sessionsync migrate``), never an
+    HTTP response: hence on the PostgreSQL side of the error tree."""
 
     code = "MigrationError"
 
