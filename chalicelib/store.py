@@ -26,8 +26,7 @@ import json
 import time
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import redis
 
@@ -210,9 +209,26 @@ def outbox_keys(bucket: int) -> tuple[str, str]:
     return f"{tag}:ob", f"{tag}:od"
 
 
+# (epoch second, its "YYYY-MM-DDTHH:MM:SS"): iso_utc formats each second once
+_second: tuple[int | None, str] = (None, "")
+
+
 def iso_utc(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """``2026-11-28T16:33:30.405Z``, exactly what
+    ``datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"``
+    gives (half-even to the microsecond, then milliseconds truncated), with
+    the date and time formatted once per second: 0.5 us instead of 1.8 us
+    on every write (``sessionsync bench``).
+    """
+    global _second
+    whole = int(epoch_seconds // 1)
+    micro = round((epoch_seconds - whole) * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    cached = _second
+    if cached[0] != whole:
+        cached = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return "%s.%03dZ" % (cached[1], micro // 1000)
 
 
 def decode_session(session_id: str, raw: bytes | str) -> Session:
@@ -273,7 +289,7 @@ class SessionStore:
         now = self.clock()
         now_iso = iso_utc(now)
         with _redis_errors():
-            reply = self._create(session_keys(session_id), [
+            reply = self._run(self._create, session_keys(session_id), [
                 session_id, state_json, now_iso, int(now * 1000), ttl_seconds,
                 self.marker_ttl, self.channel])
         if reply[0] == b"exists":
@@ -291,7 +307,7 @@ class SessionStore:
         now = self.clock()
         now_iso = iso_utc(now)
         with _redis_errors():
-            reply = self._update(session_keys(session_id), [
+            reply = self._run(self._update, session_keys(session_id), [
                 session_id, state_json, expected_version, now_iso, int(now * 1000),
                 self.marker_ttl, self.channel])
         self._raise_for(session_id, reply, expected_version)
@@ -309,7 +325,7 @@ class SessionStore:
         now = self.clock()
         now_iso = iso_utc(now)
         with _redis_errors():
-            reply = self._delete(session_keys(session_id), [
+            reply = self._run(self._delete, session_keys(session_id), [
                 session_id, "" if expected_version is None else expected_version,
                 now_iso, int(now * 1000), self.marker_ttl, self.channel])
         self._raise_for(session_id, reply, expected_version)
@@ -329,13 +345,24 @@ class SessionStore:
         """
         keys = session_keys(session.session_id)
         with _redis_errors():
-            reply = self._restore(keys[:2], [session.encode(), session.version,
-                                            session.ttl_seconds, self.marker_ttl])
+            reply = self._run(self._restore, keys[:2], [
+                session.encode(), session.version, session.ttl_seconds, self.marker_ttl])
         if reply[0] == b"behind":
             raise KeyBehind(session.session_id, int(reply[1]))
         if reply[0] == b"restored":
             return session
         return self.get(session.session_id)
+
+    def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA ``script``, loading it first if the server lost it (a
+        restart, a failover, SCRIPT FLUSH), as redis-py's ``Script.__call__``
+        does, without its per-call import and pipeline check: 3 us of every
+        write (``sessionsync bench``)."""
+        try:
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            script.sha = self.client.script_load(script.script)
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
 
     @staticmethod
     def _raise_for(session_id: str, reply: Sequence, expected: int | None) -> None:
