@@ -75,6 +75,13 @@ class MethodNotAllowed(SessionSyncError):
     status = 405
 
 
+class UnsupportedMediaType(SessionSyncError):
+    """The request body is not declared as application/json."""
+
+    code = "UnsupportedMediaType"
+    status = 415
+
+
 class SessionNotFound(SessionSyncError):
     code = "SessionNotFound"
     status = 404

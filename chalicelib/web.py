@@ -14,7 +14,12 @@ from typing import Any
 
 from chalice import Response
 
-from chalicelib.errors import MethodNotAllowed, ServiceUnavailable, SessionSyncError
+from chalicelib.errors import (
+    MethodNotAllowed,
+    ServiceUnavailable,
+    SessionSyncError,
+    UnsupportedMediaType,
+)
 from chalicelib.store import Session
 
 log = logging.getLogger("sessionsync.web")
@@ -39,16 +44,24 @@ def error_response(exc: SessionSyncError) -> Response:
 
 
 def chalice_errors_in_api_shape(response: Response) -> Response:
-    """Chalice's own 405 (a method the route does not have) in the one error
-    shape, keeping its Allow header.  (Deployed, API Gateway answers those
-    itself; locally and in tests the app does.)"""
-    if response.status_code == 405 and isinstance(response.body, dict):
+    """The errors Chalice answers itself, before any view runs, in the one
+    error shape: 405 for a method the route does not have (keeping its Allow
+    header; deployed, API Gateway answers those itself) and 415 for a body
+    that is not declared as JSON (deployed too: ``curl -d`` sends a form)."""
+    body = response.body
+    if response.status_code < 400 or not isinstance(body, dict):
+        return response
+    if response.status_code == 405:
         allowed = response.headers.get("Allow", "")
-        error = MethodNotAllowed(str(response.body.get("Message", "method not allowed")),
-                                 allowed=[m.strip() for m in allowed.split(",") if m.strip()])
-        reply = error_response(error)
+        reply = error_response(MethodNotAllowed(
+            str(body.get("Message", "method not allowed")),
+            allowed=[m.strip() for m in allowed.split(",") if m.strip()]))
         reply.headers["Allow"] = allowed
         return reply
+    if response.status_code == 415:
+        return error_response(UnsupportedMediaType(
+            f"{body.get('Message', 'unsupported media type')}; "
+            "send the body with Content-Type: application/json"))
     return response
 
 

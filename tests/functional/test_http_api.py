@@ -274,6 +274,15 @@ def test_a_body_that_is_not_utf8_gets_a_400(api, redis_view, session_id):
     redis_view.assert_untouched(session_id)
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_not_sent_as_json_gets_a_415_in_the_error_shape(api, redis_view, session_id, content_type):
+    # curl -d without -H sends a form: chalice refuses it before any view runs
+    response = api.post("/sessions", headers={**AUTH, "Content-Type": content_type},
+                        body=body({"session_id": session_id, "state": {}}))
+    assert "application/json" in assert_error(response, 415, "UnsupportedMediaType")["message"]
+    redis_view.assert_untouched(session_id)
+
+
 def test_a_state_of_exactly_max_state_bytes_is_accepted(api, session_id):
     state = {"s": "x" * (LIMIT - len('{"s":""}'))}
     response = api.post("/sessions", headers=AUTH, body=body({"session_id": session_id, "state": state}))

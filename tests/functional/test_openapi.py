@@ -163,6 +163,8 @@ def test_responses_of_the_session_routes_conform_to_the_spec(api, documented, se
     check("POST", route, api.post(route, headers=AUTH, body=json.dumps(
         {"session_id": session_id, "state": {}})), 409)
     check("POST", route, api.post(route, headers=AUTH, body='{"state": [1]}'), 400)
+    check("POST", route, api.post(route, headers={**AUTH, "Content-Type": "text/plain"},
+                                  body='{"state": {}}'), 415)
     check("POST", route, api.post(route, headers=AUTH, body=json.dumps(
         {"state": {"s": "x" * 300_000}})), 413)
     check("GET", item, api.get(path, headers=AUTH), 200)
