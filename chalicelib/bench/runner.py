@@ -44,7 +44,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
     A section that fails is recorded with its error and the others still
     run; the caller decides the exit code from ``results["errors"]``.
     """
-    from chalicelib import logs, runtime
+    from chalicelib import runtime
     from chalicelib.bench import machine, targets
     from chalicelib.bench.redis_server import ThrowawayRedis
 
@@ -72,11 +72,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
                          "sections": sections, "iterations": profile.__dict__},
             "sections": {},
         }
-        # Log lines are formatted as in production (their cost is part of
-        # the figures) but go to /dev/null instead of flooding the terminal.
-        devnull = stack.enter_context(open(os.devnull, "w"))
-        logs.configure(os.environ.get("LOG_LEVEL", "INFO"), stream=devnull)
-        stack.callback(logs.configure)
+        _quiet_telemetry(stack)
         stack.callback(runtime.reset)
         for number, name in enumerate(sections, 1):
             log(f"[{number}/{len(sections)}] {name} ...")
@@ -105,6 +101,25 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
         from chalicelib.bench import chart
         png_path = chart.render(results, options.output_dir / f"{stem}.png")
     return results, json_path, png_path
+
+
+def _quiet_telemetry(stack: ExitStack) -> None:
+    """Send log and EMF lines to /dev/null for the run, formatted as ever.
+
+    Their cost (a JSON encoding and a write per line, as in Lambda) stays in
+    the figures; only the thousands of lines stay out of the terminal.
+    ``app`` is imported first because its import configures logging itself.
+    """
+    import app  # noqa: F401  (its import calls logs.configure())
+    from chalicelib import logs, metrics
+
+    devnull = stack.enter_context(open(os.devnull, "w"))
+    previous = metrics.writer()
+    logs.configure(os.environ.get("LOG_LEVEL", "INFO"), stream=devnull)
+    metrics.configure(stream=devnull, namespace=previous.namespace, service=previous.service)
+    stack.callback(logs.configure)
+    stack.callback(metrics.configure, namespace=previous.namespace, service=previous.service,
+                   enabled=previous.enabled)
 
 
 def _redis_server_info(url: str) -> dict[str, Any]:

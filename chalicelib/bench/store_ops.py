@@ -24,6 +24,23 @@ from chalicelib.store import SessionStore, decode_session, session_keys
 TRIVIAL_SCRIPT = "return 1"
 
 
+def _server_usec(client: redis.Redis, command: str, op: Any, n: int) -> float:
+    """Redis's own microseconds per call of ``op`` (INFO commandstats delta).
+
+    Untimed on the client side; on a shared server other clients' calls of
+    the same command would be counted too (the bench's own server has none).
+    """
+    def stats() -> tuple[int, int]:
+        entry = client.info("commandstats").get(f"cmdstat_{command}", {})
+        return entry.get("calls", 0), entry.get("usec", 0)
+
+    calls0, usec0 = stats()
+    for _ in range(max(1, n)):
+        op()
+    calls1, usec1 = stats()
+    return round((usec1 - usec0) / max(1, calls1 - calls0), 2)
+
+
 def run(ctx: BenchContext) -> dict[str, Any]:
     profile = ctx.profile
     prefix = ctx.session_prefix("store")
@@ -118,6 +135,13 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                               between_rounds=housekeeping)
         if store.get(update_id).version != version:
             raise AssertionError("update count and stored version disagree")
+        server = {
+            "get": _server_usec(raw_client, "get", get, profile.store_iterations // 5),
+            "floor_evalsha": _server_usec(raw_client, "evalsha", floor_evalsha,
+                                          profile.store_iterations // 5),
+            "update": _server_usec(raw_client, "evalsha", update, profile.store_iterations // 5),
+        }
+        housekeeping()
     finally:
         if not ctx.redis_is_own:
             delete_session_keys(raw_client, used + created)
@@ -132,13 +156,20 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                       ("floor_hgetall", "floor_get")):
         ratios[f"{op}/{floor}"] = {q: ratio(latency[op][f"{q}_us"], latency[floor][f"{q}_us"])
                                    for q in ("p50", "p95", "p99")}
+    # What the round trip adds to the server's own time: network, kernel,
+    # redis-py and sessionsync's Python (the part that depends on the host).
+    client_side = {op: round(latency[op]["p50_us"] - server[op], 2) for op in server}
     return {
         "state_bytes": STATE_BYTES,
         "stored_value_bytes": len(stored_value),
         "iterations": profile.store_iterations,
         "latency": latency,
         "ratios": ratios,
+        "server_usec_per_call": server,
+        "p50_minus_server_us": client_side,
         "notes": "floor_* = raw redis-py (default options) on the same server and payload; "
                  "get/create/update/delete = SessionStore on connect_redis(); outbox_ack = the "
-                 "write path's third round trip (ZREM+HDEL pipeline) after the SQS send.",
+                 "write path's third round trip (ZREM+HDEL pipeline) after the SQS send; "
+                 "server_usec_per_call = Redis's own execution time (INFO commandstats), so "
+                 "p50 minus it is network + client.",
     }
