@@ -34,7 +34,7 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile("full", store_iterations=10_000, store_warmup=500, handler_iterations=5_000,
+    "full": Profile("full", store_iterations=20_000, store_warmup=1_000, handler_iterations=5_000,
                     sqs_iterations=300, coldstart_runs=7, consumer_events=20_000,
                     memory_sessions=1_000, scale_sizes=(10_000, 100_000, 1_000_000),
                     scale_samples=10_000, contention_writers=16, contention_seconds=5.0,
