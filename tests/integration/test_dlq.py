@@ -199,3 +199,24 @@ def test_poison_messages_persist_after_the_cause_is_fixed_and_they_are_redriven(
     assert pipeline.event_rows(blocked) == [(sid, v) for sid in sorted(blocked) for v in (1, 2)]
     assert {sid: row[0] for sid, row in pipeline.session_rows(blocked).items()} == dict.fromkeys(blocked, 2)
     assert depth(pipeline.sqs, pipeline.queues.dlq_url) == (0, 0)
+
+
+def test_queue_metrics_shows_waiting_in_flight_and_delayed_for_the_queue_and_the_dlq(
+        sqs, queue_pair, queue_settings):
+    for body in ("a", "b", "c"):
+        send(sqs, queue_pair.url, body)
+    sqs.send_message(QueueUrl=queue_pair.url, MessageBody="later", DelaySeconds=60)
+    sqs.receive_message(QueueUrl=queue_pair.url, MaxNumberOfMessages=1, VisibilityTimeout=60)
+    send(sqs, queue_pair.dlq_url, "dead")
+
+    def counted():
+        result = run_cli("queue-metrics", "--format", "json", env=cli_env(queue_settings))
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        return doc if doc["queue"] == {"waiting": 2, "in_flight": 1, "delayed": 1} else None
+
+    doc = wait_until(counted, timeout=10, what="the queue's counts")
+    assert doc["dlq"] == {"waiting": 1, "in_flight": 0, "delayed": 0}
+    table = run_cli("queue-metrics", env=cli_env(queue_settings)).stdout.splitlines()
+    assert table[0].split() == ["QUEUE", "WAITING", "IN_FLIGHT", "DELAYED"]
+    assert table[1].split() == ["queue", "2", "1", "1"] and table[2].split() == ["dlq", "1", "0", "0"]
