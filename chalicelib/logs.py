@@ -14,11 +14,12 @@ text only: never values, parameters or credentials).  Below DEBUG they
 return the client untouched, so the hot path pays nothing.
 
 Why the standard library and not ``aws_lambda_powertools.Logger`` (measured
-on this machine, Python 3.11, medians of 9 fresh processes): importing
-powertools' Logger and Metrics on top of what app.py already imports costs
-8-10 ms of cold start (app.py itself imports in about 95 ms), and a log line
-costs 19 us against 8 us with the formatter below.  What we need from it
-(JSON lines, a level, a correlation id) is this module.
+on this machine, Python 3.11, fresh processes, after importing chalice and
+redis as app.py does): powertools' Logger and Metrics import in 7.6-8.2 ms,
+this module and ``chalicelib.metrics`` in 0.6 ms, out of about 77 ms for the
+whole of app.py; an INFO line costs 19 us with powertools against 8 us with
+the formatter below, a suppressed DEBUG call 0.7 us against 0.15 us.  What
+we need from it (JSON lines, a level, a correlation id) is this module.
 """
 from __future__ import annotations
 
