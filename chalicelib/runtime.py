@@ -9,7 +9,8 @@ chalicelib reads this module: domain code takes its clients as arguments.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from chalicelib.config import SESSION_QUEUE_URL, Settings, load_settings
 
