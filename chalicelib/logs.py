@@ -24,13 +24,14 @@ we need from it (JSON lines, a level, a correlation id) is this module.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -125,6 +126,16 @@ def around_invocation(event: Any, handle: Any) -> Any:
     if http and isinstance(getattr(response, "headers", None), dict):
         response.headers["X-Request-Id"] = request_id
     return response
+
+
+def per_invocation(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap a handler so that each call binds a fresh request id, as each
+    Lambda invocation has one (the local worker calls the consumer so)."""
+    @functools.wraps(handler)
+    def invoke(event: Any) -> Any:
+        with request_context(str(uuid.uuid4())):
+            return handler(event)
+    return invoke
 
 
 class JsonFormatter(logging.Formatter):

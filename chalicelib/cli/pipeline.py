@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from chalicelib import runtime
+from chalicelib import logs, runtime
 from chalicelib.cli._common import config_error_exit, fail
 from chalicelib.config import CONSUMER_BATCH_SIZE, CONSUMER_MAX_CONCURRENCY, QUEUE_VISIBILITY_TIMEOUT
 from chalicelib.errors import ConfigurationError, SessionSyncError
@@ -49,7 +49,9 @@ def build_worker(*, batch_size: int = CONSUMER_BATCH_SIZE, wait_seconds: int = 1
         raise ConfigurationError("DATABASE_URL", "the worker needs a database")
     database = Database.from_settings(settings, runtime.secrets_client)
     consumer = Consumer(database, DeadLetterQueue(runtime.sqs(), runtime.dlq_url()))
-    return Worker(runtime.sqs(), runtime.queue_url(), consumer.handle, batch_size=batch_size,
+    # each batch's log lines share a request id, as a Lambda invocation's do
+    return Worker(runtime.sqs(), runtime.queue_url(), logs.per_invocation(consumer.handle),
+                  batch_size=batch_size,
                   wait_seconds=wait_seconds, visibility_timeout=visibility_timeout,
                   retry_delay=retry_delay)
 

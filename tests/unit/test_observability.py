@@ -211,3 +211,12 @@ def test_writes_conflicts_and_recovery_reads_emit_their_metrics(emf_lines, redis
     conflicts = [line for line in lines if "Conflicts" in line]
     assert len(conflicts) == 1 and conflicts[0]["operation"] == "update"
 
+
+
+def test_each_call_of_a_per_invocation_handler_gets_its_own_request_id(log_lines):
+    log = logging.getLogger("sessionsync.consumer")
+    handler = logs.per_invocation(lambda event: log.info("batch processed", extra=event))
+    handler({"received": 1})
+    handler({"received": 2})
+    first, second = [line for line in log_lines() if line["message"] == "batch processed"]
+    assert first["request_id"] and second["request_id"] and first["request_id"] != second["request_id"]
