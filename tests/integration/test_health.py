@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -186,3 +188,19 @@ def test_sessionsync_health_exits_2_on_a_configuration_error(stack_settings):
     result = run_cli("health", env=env)
     assert result.returncode == 2
     assert "REDIS_URL" in result.stderr
+
+
+def test_a_hung_postgresql_gives_503_within_the_deadline(use_settings, stack_settings, throwaway_postgres):
+    settings = dataclasses.replace(stack_settings, database_url=throwaway_postgres.dsn())
+    postmaster = int((throwaway_postgres.datadir / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        response, seconds = get_health(use_settings, settings)
+    finally:
+        os.kill(postmaster, signal.SIGCONT)  # the fixture's stop needs it awake
+
+    assert response.status_code == 503
+    checks = response.json_body["checks"]
+    assert checks["postgresql"] == {"status": "down", "latency_ms": None, "error": "no answer within 1.0s"}
+    assert checks["redis"]["status"] == "ok"
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
