@@ -71,6 +71,10 @@ _ISO_MS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 #
 # * ``incoming`` turns the parallel arrays into rows; it is referenced twice,
 #   so PostgreSQL materializes it and parses each state into jsonb once.
+#   The arrays go in binary format (``%b``): in text format psycopg escapes
+#   every quote of every state JSON with a regex substitution, a third of
+#   the consumer's time (``sessionsync bench``: 7,000 -> 9,700 events/s at
+#   batch 10).  Casts and errors (22003, 22P05...) are the same either way.
 # * ``inserted``: one row per (session, version).  A redelivered or
 #   duplicated message conflicts on the primary key and is skipped: that is
 #   what makes the consumer idempotent.  Rows go in key order so that two
@@ -88,7 +92,7 @@ WITH incoming AS (
     SELECT t.session_id, t.version, t.event_type, t.state::jsonb AS state,
            t.created_at::timestamptz AS created_at, t.occurred_at::timestamptz AS occurred_at,
            t.ttl_seconds
-    FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[])
+    FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int[])
          AS t(session_id, version, event_type, state, created_at, occurred_at, ttl_seconds)
 ), inserted AS (
     INSERT INTO sync_events (session_id, version, event_type, state, occurred_at)
