@@ -53,6 +53,11 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
         raise ValueError(f"unknown section(s) {unknown}; choose from {', '.join(SECTION_ORDER)}")
     sections = [s for s in SECTION_ORDER if s in options.sections]
     profile = PROFILES[options.profile]
+    load = machine.load_average()
+    cpus = os.cpu_count() or 1
+    if load and load[0] > cpus / 2:
+        log(f"warning: the machine is busy (load {load[0]} on {cpus} CPUs): latencies will be "
+            "noisier and throughput lower than on a quiet machine")
     started = time.perf_counter()
     with ExitStack() as stack:
         if options.redis_url:
