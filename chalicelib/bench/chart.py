@@ -148,6 +148,7 @@ def render(results: dict[str, Any], path: Path) -> Path:
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(),
                     f"conflicts {d['conflict_rate']:.0%}\nlost {d['lost_updates']}",
                     ha="center", va="bottom", fontsize=8)
+        ax.margins(y=0.2)
         writers = next(iter(contention["modes"].values()))["writers"]
         ax.set_title(f"One hot session, {writers} CAS writers (updates/s)")
         ax.grid(axis="y", alpha=0.3)
