@@ -21,7 +21,7 @@ services:
 localstack:
 	scripts/localstack.sh
 
-# Queues, DLQ, API-key secret and database migrations for the local stage.
+# Queues, DLQ, database and migrations for the local stage (idempotent).
 bootstrap: venv services localstack
 	$(BIN)/sessionsync bootstrap
 

@@ -7,6 +7,8 @@ import time
 import click
 
 from chalicelib import runtime
+from chalicelib.cli._common import fail
+from chalicelib.errors import ServiceUnavailable
 
 
 @click.command()
@@ -17,7 +19,10 @@ def watch(seconds: float | None, count: int | None) -> None:
     """Print every session change published on Pub/Sub, one JSON line each."""
     deadline = None if seconds is None else time.monotonic() + seconds
     seen = 0
-    updates = runtime.store().subscribe(timeout=0.5)
+    try:
+        updates = runtime.store().subscribe(timeout=0.5)
+    except ServiceUnavailable as exc:
+        fail(f"cannot subscribe: {exc.message}")
     try:
         for event in updates:
             if event is not None:
@@ -29,5 +34,9 @@ def watch(seconds: float | None, count: int | None) -> None:
                 return
     except KeyboardInterrupt:
         pass
+    except ServiceUnavailable as exc:
+        # Pub/Sub is fire-and-forget: what was published while we were
+        # disconnected is gone, so say so instead of silently resubscribing.
+        fail(f"lost the subscription after {seen} updates: {exc.message}")
     finally:
         updates.close()
