@@ -77,7 +77,7 @@ if m then
 end
 local ttl = tonumber(ARGV[5])
 redis.call('SET', KEYS[1], '1|' .. ARGV[3] .. '|' .. ARGV[3] .. '|' .. ttl .. '|L|' .. ARGV[2], 'EX', ttl)
-redis.call('SET', KEYS[2], '1|L', 'EX', ARGV[6])
+redis.call('SET', KEYS[2], '1|L', 'EX', math.max(tonumber(ARGV[6]), ttl))
 local ev = event('session_created', ARGV[1], 1, ARGV[3], ARGV[3], ttl, ARGV[2])
 emit(ev, ARGV[1], 1, ARGV[4], ARGV[7])
 return {'ok', ev}
@@ -100,7 +100,7 @@ if flag == 'D' then return {'deleted', v} end
 if v ~= tonumber(ARGV[3]) then return {'conflict', v} end
 v = v + 1
 redis.call('SET', KEYS[1], v .. '|' .. created .. '|' .. ARGV[4] .. '|' .. ttl .. '|L|' .. ARGV[2], 'EX', ttl)
-redis.call('SET', KEYS[2], v .. '|L', 'EX', ARGV[6])
+redis.call('SET', KEYS[2], v .. '|L', 'EX', math.max(tonumber(ARGV[6]), ttl))
 local ev = event('session_updated', ARGV[1], v, created, ARGV[4], ttl, ARGV[2])
 emit(ev, ARGV[1], v, ARGV[5], ARGV[7])
 return {'ok', ev, created}
@@ -125,7 +125,7 @@ if flag == 'D' then return {'deleted', v} end
 if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end
 v = v + 1
 redis.call('SET', KEYS[1], v .. '|' .. created .. '|' .. ARGV[3] .. '|' .. ttl .. '|D|null', 'EX', ttl)
-redis.call('SET', KEYS[2], v .. '|D', 'EX', ARGV[5])
+redis.call('SET', KEYS[2], v .. '|D', 'EX', math.max(tonumber(ARGV[5]), ttl))
 local ev = event('session_deleted', ARGV[1], v, created, ARGV[3], ttl, 'null')
 emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
 return {'ok', ev, v}
@@ -145,7 +145,9 @@ if m then
   if mv > tonumber(ARGV[2]) then return {'behind', mv} end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-if not m then redis.call('SET', KEYS[2], ARGV[2] .. '|L', 'EX', ARGV[4]) end
+if not m then
+  redis.call('SET', KEYS[2], ARGV[2] .. '|L', 'EX', math.max(tonumber(ARGV[4]), tonumber(ARGV[3])))
+end
 return {'restored'}
 """
 

@@ -190,6 +190,17 @@ def test_an_expired_session_reads_as_not_found(store, session_id):
     assert missing.value.marker_version == 1
 
 
+def test_the_version_marker_outlives_its_session_even_when_configured_shorter(any_redis, session_id):
+    store = SessionStore(any_redis, marker_ttl=60)
+    marker = session_keys(session_id)[1]
+    store.create(session_id, "{}", 3600)
+    assert any_redis.ttl(marker) >= 3600
+    store.update(session_id, "{}", 1)
+    assert any_redis.ttl(marker) >= 3600
+    store.delete(session_id)
+    assert any_redis.ttl(marker) >= 3600
+
+
 # -- Pub/Sub -----------------------------------------------------------------
 
 def test_a_subscriber_receives_create_update_and_delete_in_version_order(store, session_id):
