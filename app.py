@@ -4,7 +4,7 @@ Each route parses its input with ``chalicelib.validation``, calls one
 ``SessionService`` method and returns through ``chalicelib.web``, which maps
 every domain error to the one JSON error shape.  No Redis, SQL or boto3 here.
 """
-from chalice import AuthResponse, Chalice, Rate
+from chalice import AuthResponse, Chalice, IAMAuthorizer, Rate
 
 from chalicelib import auth, config, health, logs, runtime, validation, web
 
@@ -34,7 +34,11 @@ def api_key(auth_request):
     return AuthResponse(routes=[], principal_id="anonymous")
 
 
-@app.route("/sessions", methods=["POST"], authorizer=api_key)
+# SESSIONSYNC_AUTH=iam (a deploy option) puts API Gateway's SigV4 check in front instead.
+session_auth = IAMAuthorizer() if config.auth_mode() == "iam" else api_key
+
+
+@app.route("/sessions", methods=["POST"], authorizer=session_auth)
 @web.handles_errors
 def create_session():
     request = validation.create_request(app.current_request.raw_body,
@@ -43,7 +47,7 @@ def create_session():
     return web.session_response(session, 201, Location=f"/sessions/{session.session_id}")
 
 
-@app.route("/sessions/{session_id}", methods=["GET"], authorizer=api_key)
+@app.route("/sessions/{session_id}", methods=["GET"], authorizer=session_auth)
 @web.handles_errors
 def get_session(session_id):
     read = runtime.service().get(validation.session_id(session_id))
@@ -52,7 +56,7 @@ def get_session(session_id):
     return web.session_response(read.session)
 
 
-@app.route("/sessions/{session_id}", methods=["PUT"], authorizer=api_key)
+@app.route("/sessions/{session_id}", methods=["PUT"], authorizer=session_auth)
 @web.handles_errors
 def update_session(session_id):
     request = app.current_request
@@ -62,7 +66,7 @@ def update_session(session_id):
     return web.session_response(runtime.service().update(update))
 
 
-@app.route("/sessions/{session_id}", methods=["DELETE"], authorizer=api_key)
+@app.route("/sessions/{session_id}", methods=["DELETE"], authorizer=session_auth)
 @web.handles_errors
 def delete_session(session_id):
     expected = validation.if_match_version(app.current_request.headers.get("if-match"))
@@ -70,7 +74,7 @@ def delete_session(session_id):
     return web.Response(body="", status_code=204)
 
 
-@app.route("/sessions/{session_id}/events", methods=["GET"], authorizer=api_key)
+@app.route("/sessions/{session_id}/events", methods=["GET"], authorizer=session_auth)
 @web.handles_errors
 def session_events(session_id):
     params = app.current_request.query_params or {}

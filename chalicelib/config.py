@@ -34,6 +34,8 @@ API_KEYS = "SESSIONSYNC_API_KEYS"
 API_KEYS_SECRET_ARN = "SESSIONSYNC_API_KEYS_SECRET_ARN"
 OUTBOX_RELAY_AGE = "OUTBOX_RELAY_AGE_SECONDS"
 PUBSUB_CHANNEL = "SESSIONSYNC_CHANNEL"
+AUTH_MODE = "SESSIONSYNC_AUTH"
+AUTH_MODES = ("api-key", "iam")
 # libpq's own variables: any of them means "connect with the PG* environment".
 PG_ENVIRONMENT = ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE")
 
@@ -251,3 +253,15 @@ def trigger_queue_name(env: Mapping[str, str] | None = None) -> str:
     """
     env = os.environ if env is None else env
     return _opt(env, SESSION_QUEUE_NAME) or DEFAULT_QUEUE_NAME
+
+
+def auth_mode(env: Mapping[str, str] | None = None) -> str:
+    """How the session routes authenticate: ``api-key`` (default; the Bearer
+    key authorizer) or ``iam`` (API Gateway SigV4, for callers with AWS
+    credentials).  Read when app.py is imported, like ``trigger_queue_name``:
+    the authorizer is part of the deployed API."""
+    env = os.environ if env is None else env
+    mode = (_opt(env, AUTH_MODE) or "api-key").lower()
+    if mode not in AUTH_MODES:
+        raise ConfigurationError(AUTH_MODE, f"must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
+    return mode
