@@ -43,9 +43,14 @@ def time_calls(op: Op, n: int, out: list[int] | None = None) -> list[int]:
     return samples
 
 
-def interleaved(ops: Mapping[str, Op], iterations: int, *, warmup: int, rounds: int = 10,
+def interleaved(ops: Mapping[str, Op], iterations: int, *, warmup: int, rounds: int = 50,
                 between_rounds: Callable[[], object] | None = None) -> dict[str, list[int]]:
     """Time every op ``iterations`` times, in ``rounds`` round-robin blocks.
+
+    Many short rounds rather than a few long ones: on a VM the loopback
+    round trip switches between regimes (here about 27 us while the CPUs
+    are kept busy, about 65 us when they go idle between requests) for
+    seconds at a time, and short blocks spread each regime over every op.
 
     Within a round the ops run in the mapping's order, each for one block;
     an op may rely on the ones before it in the same round (a delete can
