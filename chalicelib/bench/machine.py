@@ -36,6 +36,25 @@ def _memory_gb() -> float | None:
     return None
 
 
+def _cpuidle() -> dict[str, str] | None:
+    """The idle driver, and guest halt-polling if the VM has it: it decides
+    whether a loopback round trip wakes a polling CPU (fast) or a halted
+    one (tens of microseconds slower), so it explains two latency regimes."""
+    base = Path("/sys/devices/system/cpu/cpuidle")
+    found: dict[str, str] = {}
+    for name in ("current_driver", "current_governor"):
+        try:
+            found[name] = (base / name).read_text().strip()
+        except OSError:
+            pass
+    for param in Path("/sys/module/haltpoll/parameters").glob("*"):
+        try:
+            found[f"haltpoll.{param.name}"] = param.read_text().strip()
+        except OSError:
+            pass
+    return found or None
+
+
 def _run(*args: str) -> str | None:
     try:
         out = subprocess.run(args, capture_output=True, text=True, timeout=10, cwd=PROJECT_DIR)
@@ -75,6 +94,7 @@ def describe(redis_info: dict[str, Any] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gb": _memory_gb(),
+        "cpuidle": _cpuidle(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
