@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -53,6 +54,33 @@ PROFILES = {
 }
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which CPUs the bench's redis-servers and the bench itself run on.
+
+    On a VM a loopback round trip costs ~27 us when the peer wakes on the
+    same or a busy CPU and ~65 us when it wakes a halted one, and the
+    scheduler moves processes between the two cases at will: one run's
+    floor and another's, or two servers in one run, would then not be
+    comparable.  Pinning the servers to the last CPU and the bench to the
+    others makes every round trip cross CPUs, as a client and a server on
+    different machines always do.  ``None`` (one CPU, or ``--no-pin``): no
+    pinning.
+    """
+
+    server_cpus: frozenset[int]
+    client_cpus: frozenset[int]
+
+    @classmethod
+    def split(cls) -> Placement | None:
+        if not hasattr(os, "sched_getaffinity"):
+            return None
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return None
+        return cls(frozenset(cpus[-1:]), frozenset(cpus[:-1]))
+
+
 @dataclass
 class BenchContext:
     """Shared by the sections of one run."""
@@ -64,7 +92,12 @@ class BenchContext:
     database_url: str | None
     aws_endpoint_url: str | None
     log: Callable[[str], None] = print
+    placement: Placement | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def server_cpus(self) -> frozenset[int] | None:
+        return self.placement.server_cpus if self.placement else None
 
     def session_prefix(self, section: str) -> str:
         """Session ids of a section: recognisable, and unique per run."""

@@ -74,7 +74,7 @@ def _measure(client: redis.Redis, prefix: str, size: int, count: int) -> dict[st
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     count = ctx.profile.memory_sessions
-    with ThrowawayRedis() as server:
+    with ThrowawayRedis(cpus=ctx.server_cpus) as server:
         client = server.client()
         try:
             info = client.info("server")

@@ -8,6 +8,7 @@ process (by its PID) afterwards.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -35,8 +36,11 @@ def _free_port() -> int:
 class ThrowawayRedis:
     """``with ThrowawayRedis() as server: server.url`` -- a private redis-server."""
 
-    def __init__(self, *extra_args: str, start_timeout: float = 10.0) -> None:
+    def __init__(self, *extra_args: str, cpus: frozenset[int] | None = None,
+                 start_timeout: float = 10.0) -> None:
+        """``cpus``: pin the server to these CPUs (see ``context.Placement``)."""
         self.extra_args = extra_args
+        self.cpus = cpus
         self.start_timeout = start_timeout
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
@@ -65,6 +69,8 @@ class ThrowawayRedis:
                  *self.extra_args],
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             try:
+                if self.cpus:
+                    os.sched_setaffinity(self.proc.pid, self.cpus)
                 self._wait_ready()
                 return self
             except RedisServerUnavailable as exc:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chalicelib.bench.context import PROFILES, BenchContext
+from chalicelib.bench.context import PROFILES, BenchContext, Placement
 
 # Cheap and noise-sensitive sections first, while the machine is quietest;
 # the heavy loads (a million sessions, 16 writer processes) last.
@@ -35,6 +35,7 @@ class BenchOptions:
     database_url: str | None = None        # None: consumer.DEFAULT_DATABASE_URL
     aws_endpoint_url: str | None = None    # LocalStack, for the SQS figures
     chart: bool = True
+    pin_cpus: bool = True                  # see context.Placement
 
 
 def run_bench(options: BenchOptions, log: Callable[[str], None] = print
@@ -59,21 +60,33 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
         log(f"warning: the machine is busy (load {load[0]} on {cpus} CPUs): latencies will be "
             "noisier and throughput lower than on a quiet machine")
     started = time.perf_counter()
+    placement = Placement.split() if options.pin_cpus else None
     with ExitStack() as stack:
+        if placement is not None:
+            previous = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, placement.client_cpus)
+            stack.callback(os.sched_setaffinity, 0, previous)
+            log(f"CPUs: redis-servers on {sorted(placement.server_cpus)}, "
+                f"the bench on {sorted(placement.client_cpus)}")
         if options.redis_url:
             redis_url, own = options.redis_url, False
         else:
-            server = stack.enter_context(ThrowawayRedis())
+            server = stack.enter_context(ThrowawayRedis(
+                cpus=placement.server_cpus if placement else None))
             redis_url, own = server.url, True
             log(f"redis-server of the bench's own on {server.url} (pid {server.proc.pid})")
         ctx = BenchContext(profile=profile, redis_url=redis_url, redis_is_own=own,
                            database_url=options.database_url,
-                           aws_endpoint_url=options.aws_endpoint_url, log=log)
+                           aws_endpoint_url=options.aws_endpoint_url, log=log,
+                           placement=placement)
         results: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "profile": profile.name,
             "machine": machine.describe(_redis_server_info(redis_url)),
             "settings": {"redis": "own throwaway server" if own else "given --redis-url",
+                         "cpu_placement": None if placement is None else {
+                             "redis_servers": sorted(placement.server_cpus),
+                             "bench": sorted(placement.client_cpus)},
                          "sections": sections, "iterations": profile.__dict__},
             "sections": {},
         }

@@ -135,7 +135,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         ops: dict[str, Callable[[], Any]] = {}
         housekeeping: list[Callable[[], None]] = []
         for size in sizes:
-            server = stack.enter_context(ThrowawayRedis("--enable-debug-command", "local"))
+            server = stack.enter_context(ThrowawayRedis("--enable-debug-command", "local",
+                                                        cpus=ctx.server_cpus))
             client = connect_redis(Settings(redis_url=server.url))
             stack.callback(client.close)
             started = time.perf_counter()

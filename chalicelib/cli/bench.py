@@ -40,8 +40,11 @@ def _sections(value: str | None) -> tuple[str, ...]:
               help="LocalStack for the SQS figures (default: AWS_ENDPOINT_URL, else "
                    "http://127.0.0.1:4566).")
 @click.option("--chart/--no-chart", default=True, show_default=True, help="Write the PNG chart.")
+@click.option("--pin/--no-pin", default=True, show_default=True,
+              help="Pin the bench's redis-servers to the last CPU and the bench to the others, "
+                   "so that every round trip crosses CPUs (reproducible on VMs).")
 def bench(profile: str, output_dir: Path, sections: str | None, redis_url: str | None,
-          database_url: str | None, aws_endpoint_url: str | None, chart: bool) -> None:
+          database_url: str | None, aws_endpoint_url: str | None, chart: bool, pin: bool) -> None:
     """Benchmark the store, handler, cold start, consumer, memory, scale and contention.
 
     Writes bench-<profile>-<time>.json and .png to --output-dir and prints
@@ -52,7 +55,7 @@ def bench(profile: str, output_dir: Path, sections: str | None, redis_url: str |
         sections=_sections(sections), redis_url=redis_url, database_url=database_url,
         aws_endpoint_url=aws_endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
         or "http://127.0.0.1:4566",
-        chart=chart)
+        chart=chart, pin_cpus=pin)
     results, json_path, png_path = run_bench(options, log=click.echo)
     for line in summary_lines(results):
         click.echo(line)
