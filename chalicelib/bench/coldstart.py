@@ -64,26 +64,28 @@ print(json.dumps({"import_ms": (t1 - t0) / 1e6, "first_request_ms": (t3 - t2) / 
 
 
 def child_environment(ctx: BenchContext, queue_url: str) -> dict[str, str]:
-    """A deployed function's configuration, pointed at the bench's services."""
-    env = {
+    """A deployed function's configuration, pointed at the bench's services
+    (and a Pub/Sub channel of the run's own)."""
+    from chalicelib import config
+
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
         "LANG": "C.UTF-8",
         "PYTHONHASHSEED": "0",
-        "REDIS_URL": ctx.redis_url,
-        "SESSIONSYNC_API_KEYS": API_KEY,
-        "SESSION_QUEUE_URL": queue_url,
-        "AWS_DEFAULT_REGION": "us-east-1",
+        config.REDIS_URL: ctx.redis_url,
+        config.DATABASE_URL: ctx.database_url or DEFAULT_DATABASE_URL,
+        config.SESSION_QUEUE_URL: queue_url,
+        config.API_KEYS: API_KEY,
+        config.PUBSUB_CHANNEL: f"{ctx.session_prefix('cold')}-updates",
+        config.LOG_LEVEL: "INFO",
+        config.AWS_ENDPOINT_URL: ctx.aws_endpoint_url or "http://127.0.0.1:4566",
+        config.AWS_DEFAULT_REGION: "us-east-1",
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
-        "LOG_LEVEL": "INFO",
         "POWERTOOLS_SERVICE_NAME": "sessionsync",
         "POWERTOOLS_METRICS_NAMESPACE": "sessionsync",
     }
-    if ctx.aws_endpoint_url:
-        env["AWS_ENDPOINT_URL"] = ctx.aws_endpoint_url
-    env["DATABASE_URL"] = ctx.database_url or DEFAULT_DATABASE_URL
-    return env
 
 
 def _run_child(event: dict[str, Any], env: dict[str, str], *, importtime: bool = False

@@ -31,7 +31,7 @@ from chalicelib.store import SessionStore
 def cas_loop(redis_url: str, session_id: str, stop_at: float) -> dict[str, int]:
     """One writer until ``stop_at`` (time.monotonic): successes and conflicts."""
     client = connect_redis(Settings(redis_url=redis_url))
-    store = SessionStore(client)
+    store = SessionStore(client, channel=f"{session_id}-updates")  # not the app's channel
     successes = conflicts = 0
     acks: list[str] = []
     try:
@@ -124,7 +124,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     writers = ctx.profile.contention_writers
     seconds = ctx.profile.contention_seconds
     client = connect_redis(Settings(redis_url=ctx.redis_url))
-    store = SessionStore(client)
+    store = SessionStore(client, channel=f"{ctx.session_prefix('hot')}-updates")
     doc = state_document(STATE_BYTES)
     doc["counter"] = 0
     modes: dict[str, Any] = {}

@@ -53,7 +53,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     read_id, write_id = f"{prefix}-read", f"{prefix}-write"
 
     runtime.reset()
-    runtime.install(settings=Settings(redis_url=ctx.redis_url, api_keys=(API_KEY,)))
+    # A channel of the run's own: a --redis-url Redis may have `watch`ers.
+    channel = f"{prefix}-updates"
+    runtime.install(settings=Settings(redis_url=ctx.redis_url, api_keys=(API_KEY,), channel=channel))
     store = runtime.store()
     try:
         store.create(read_id, state, 3600)
@@ -116,7 +118,8 @@ def _sqs(ctx: BenchContext, app: Any, context: LambdaContext, state: str,
         # The same app, now with a queue: the service sends every change.
         runtime.reset()
         runtime.install(settings=Settings(redis_url=ctx.redis_url, api_keys=(API_KEY,),
-                                          queue_url=queue_url), sqs=client)
+                                          queue_url=queue_url, channel=f"{session_id}-updates"),
+                        sqs=client)
         store = runtime.store()
         created = store.create(session_id, state, 3600)
         store.outbox_ack([created.event_id])  # created directly, not through the producer
