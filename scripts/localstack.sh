@@ -26,19 +26,21 @@ if [ "${1:-start}" = "stop" ]; then
   exit 0
 fi
 
-if answers; then
-  echo "LocalStack already answers on 127.0.0.1:4566"
-  exit 0
-fi
-
+# Installed even when one already answers: a test may start a LocalStack of
+# its own (with other services) from this environment.
 if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.installed" ] || \
    ! cmp -s infra/localstack/requirements-py311.lock "$VENV/.installed"; then
   echo "Installing LocalStack into $VENV (about 90 s, once)..."
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
-      -r infra/localstack/requirements-py311.lock
+      -r infra/localstack/requirements-py311.lock 2> >(grep -v '^WARNING: Location' >&2)
   cp infra/localstack/requirements-py311.lock "$VENV/.installed"
+fi
+
+if answers; then
+  echo "LocalStack already answers on 127.0.0.1:4566"
+  exit 0
 fi
 
 echo "Starting LocalStack (log: $LOG)"
