@@ -5,14 +5,19 @@ finalizer, so the machine's shared Redis and PostgreSQL are never touched.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -44,6 +49,53 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> No
     raise TimeoutError(f"{what} not ready within {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a process this test started: SIGTERM, then SIGKILL after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+@contextlib.contextmanager
+def serve_process(env: dict[str, str], workdir: Path, *args: str) -> Iterator[tuple[int, Path]]:
+    """``sessionsync serve --port <free> *args`` in its own process.
+
+    Yields (port, log file) once /health answers at all (a 503 while a
+    dependency warms up counts); stops the process by PID on exit.
+    """
+    executable = Path(sys.executable).parent / "sessionsync"
+    if not executable.exists():
+        raise FileNotFoundError(f"{executable} missing: install the project (pip install -e .)")
+    port = free_port()
+    log = workdir / f"serve-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(executable), "serve", "--port", str(port), *args],
+                                cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sessionsync serve exited:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+        except urllib.error.HTTPError:
+            pass  # an answer all the same
+        return True
+
+    try:
+        try:
+            wait_for(answers, 30, f"sessionsync serve on {port}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}:\n{log.read_text()[-3000:]}") from None
+        yield port, log
+    finally:
+        stop_process(proc)
+
+
 class RedisServer:
     """A redis-server of the test's own on 127.0.0.1:<port>."""
 
@@ -57,7 +109,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
@@ -68,13 +120,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def pause(self) -> None:
@@ -100,7 +147,7 @@ class RedisClusterServers:
     def url(self) -> str:
         return self.nodes[0].url.rsplit("/", 1)[0]
 
-    def start(self) -> "RedisClusterServers":
+    def start(self) -> RedisClusterServers:
         for node in self.nodes:
             node.start()
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,39 +13,19 @@ import pytest
 
 from tests.conftest import API_KEY, LOCALSTACK_URL
 from tests.pipeline_support import wait_until
-from tests.servers import free_port, wait_for
+from tests.servers import serve_process
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow]
 
 
 @pytest.fixture
-def served(pipeline, pipeline_redis):
-    port = free_port()
+def served(pipeline, pipeline_redis, tmp_path):
     env = {**os.environ, "REDIS_URL": pipeline_redis.url, "DATABASE_URL": pipeline.dsn,
            "SESSION_QUEUE_URL": pipeline.queues.url, "SESSION_DLQ_URL": pipeline.queues.dlq_url,
            "AWS_ENDPOINT_URL": LOCALSTACK_URL, "SESSIONSYNC_API_KEYS": API_KEY,
            "OUTBOX_RELAY_AGE_SECONDS": "1", "LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-c", "from chalicelib.cli import main; main()",
-                             "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), 30, "sessionsync serve")
+    with serve_process(env, tmp_path) as (port, _log):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def _answers(url):
-    try:
-        urllib.request.urlopen(url, timeout=1)
-    except urllib.error.HTTPError:
-        pass  # an answer all the same (503 while a dependency warms up)
-    return True
 
 
 def _send(method, url, body):

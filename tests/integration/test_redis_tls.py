@@ -27,7 +27,7 @@ from chalicelib.config import load_settings
 from chalicelib.errors import ServiceUnavailable
 from chalicelib.redis_client import connect_redis
 from chalicelib.store import SessionStore
-from tests.servers import free_port, wait_for
+from tests.servers import free_port, stop_process, wait_for
 
 USER = "sessionsync"
 # an RBAC password as generated ones look: characters a URL must escape
@@ -116,13 +116,7 @@ def tls_redis(tmp_path_factory) -> TlsRedis:
             pytest.fail(f"redis-server with TLS did not start (built without TLS?):\n{output[-2000:]}")
         yield TlsRedis(port, ca_file)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
 
 
 def test_a_rediss_url_with_user_and_password_works_through_connect_redis(tls_redis, session_id):

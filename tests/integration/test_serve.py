@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY, REDIS_TEST_URL
-from tests.servers import free_port, wait_for
+from tests.servers import serve_process
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -64,32 +64,9 @@ def serve_environment() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, redis_single) -> Server:
-    executable = BIN / "sessionsync"
-    assert executable.exists(), f"{executable} missing: install the project (pip install -e .)"
-    workdir = tmp_path_factory.mktemp("serve")
-    log = workdir / "serve.log"
-    port = free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(executable), "serve", "--no-pipeline", "--port", str(port)],
-                                cwd=workdir, env=serve_environment(), stdout=out, stderr=subprocess.STDOUT)
-    served = Server(port, log)
-    try:
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError("exited")
-            return served.request("GET", "/health")[0] == 200
-        try:
-            wait_for(ready, 30, f"sessionsync serve on {port}")
-        except TimeoutError:
-            pytest.fail(f"sessionsync serve did not come up:\n{log.read_text()[-3000:]}")
-        yield served
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with serve_process(serve_environment(), tmp_path_factory.mktemp("serve"),
+                       "--no-pipeline") as (port, log):
+        yield Server(port, log)
 
 
 def test_schemathesis_finds_no_server_error_and_no_deviation_from_the_spec(server, tmp_path):
