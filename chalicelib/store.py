@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import redis
 
-from chalicelib.errors import (ConcurrencyError, ServiceUnavailable,
-                               SessionExists, SessionNotFound)
+from chalicelib.errors import ConcurrencyError, ServiceUnavailable, SessionExists, SessionNotFound
 from chalicelib.redis_client import RedisClient
 
 BUCKETS = 1024
@@ -411,7 +411,7 @@ class SessionStore:
                 continue
             with _redis_errors():
                 bodies = self.client.hmget(outbox_keys(bucket)[1], ids)
-            for eid, body in zip(ids, bodies):
+            for eid, body in zip(ids, bodies, strict=True):
                 if body is None:  # acked between the two reads
                     continue
                 yield eid.decode(), body.decode()
