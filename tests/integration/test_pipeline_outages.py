@@ -23,7 +23,7 @@ from chalicelib.producer import SqsProducer
 from chalicelib.sessions import SessionService
 from chalicelib.validation import CreateRequest, UpdateRequest
 from tests.conftest import API_KEY
-from tests.pipeline_support import Pipeline, wait_until
+from tests.pipeline_support import Pipeline, event_body, wait_until
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow]
@@ -184,3 +184,49 @@ def test_a_process_that_dies_between_the_redis_write_and_sqs_is_covered_by_the_r
     assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2)]
     assert pipeline.session_rows([sid]) == {sid: (2, {"step": 2}, False)}
     assert pipeline.store.outbox_depth() == 0
+
+
+_DIE_AFTER_COMMIT = r"""
+import os, sys
+import boto3
+from chalicelib.consumer import Consumer, DeadLetterQueue
+from chalicelib.persistence import Database
+from chalicelib.worker import Worker
+
+queue_url, dlq_url, dsn, endpoint = sys.argv[1:5]
+sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1",
+                   aws_access_key_id="test", aws_secret_access_key="test")
+consumer = Consumer(Database.from_dsn(dsn), DeadLetterQueue(sqs, dlq_url))
+
+def handler(event):
+    response = consumer.handle(event)           # committed in PostgreSQL
+    print(len(event["Records"]), len(response["batchItemFailures"]), flush=True)
+    os._exit(137)                               # ... and the worker dies before deleting
+
+Worker(sqs, queue_url, handler, wait_seconds=5, visibility_timeout=2).poll_once()
+"""
+
+
+def test_a_consumer_that_dies_after_its_commit_leaves_exactly_one_row_per_version(pipeline):
+    """Timeline: the batch is committed, the process dies before the SQS
+    delete, SQS redelivers after the visibility timeout, the next consumer
+    finds every (session, version) already there: no extra row, no DLQ."""
+    sid = f"crash-{uuid.uuid4().hex[:8]}"
+    pipeline.send_bodies([event_body(sid, v) for v in range(1, 11)])
+
+    child = subprocess.run(
+        [sys.executable, "-c", _DIE_AFTER_COMMIT, pipeline.queues.url, pipeline.queues.dlq_url,
+         pipeline.dsn, pipeline.sqs.meta.endpoint_url],
+        capture_output=True, text=True, timeout=60)
+    assert child.returncode == 137, child.stderr
+    # stdout also carries the consumer's EMF metric lines: ours is the last
+    persisted, failed = map(int, child.stdout.strip().splitlines()[-1].split())
+    assert persisted >= 1 and failed == 0
+    assert len(pipeline.event_rows([sid])) == persisted  # committed before the crash
+
+    pipeline.drain(timeout=30)  # the undeleted batch reappears after 2 s
+
+    assert pipeline.event_rows([sid]) == [(sid, v) for v in range(1, 11)]
+    assert pipeline.session_rows([sid])[sid][0] == 10
+    assert pipeline.totals()["duplicates"] >= persisted
+    assert pipeline.dlq_messages() == []
