@@ -32,6 +32,7 @@ run: bootstrap
 # The whole test suite against real Redis, a local Redis Cluster, PostgreSQL
 # and LocalStack.  CI runs exactly this.
 test: venv services localstack
+	$(BIN)/ruff check app.py chalicelib tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
