@@ -8,9 +8,12 @@ routes that never call AWS.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from chalicelib.config import Settings
+
+T = TypeVar("T")
 
 
 def client(service: str, settings: Settings, *, connect_timeout: float = 1.0,
@@ -41,3 +44,26 @@ def queue_url(sqs: Any, url: str | None, name: str | None, setting: str) -> str:
     except BotoCoreError as exc:
         from chalicelib.errors import ServiceUnavailable
         raise ServiceUnavailable(f"SQS is unavailable: {exc}", dependency="sqs") from exc
+
+
+# SendMessageBatch takes at most 10 entries and 1 MiB in all (bodies and
+# attributes); the margin covers ids, attribute names and types.
+SQS_BATCH_ENTRIES = 10
+SQS_BATCH_BYTES = 1024 * 1024 - 16 * 1024
+
+
+def sqs_batches(items: Iterable[T], size_of: Callable[[T], int]) -> Iterator[list[T]]:
+    """Split ``items`` into SendMessageBatch-sized lists (``size_of`` gives an
+    item's body plus attributes in bytes).  An item too big for any batch
+    still gets a list of its own: SQS then refuses that one entry alone."""
+    batch: list[T] = []
+    size = 0
+    for item in items:
+        n = size_of(item)
+        if batch and (len(batch) == SQS_BATCH_ENTRIES or size + n > SQS_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += n
+    if batch:
+        yield batch

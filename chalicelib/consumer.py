@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chalicelib import metrics
+from chalicelib.aws import sqs_batches
 from chalicelib.errors import MalformedMessage, PermanentPersistenceError, PersistenceError
 from chalicelib.events import ChangeEvent, parse_event
 
@@ -47,7 +48,6 @@ log = logging.getLogger("sessionsync.consumer")
 # SQS: at most 10 message attributes; values are non-empty strings of
 # allowed XML characters.  An error message is cut to this many characters.
 MAX_ERROR_MESSAGE = 1000
-_DLQ_BATCH = 10
 # the characters SQS accepts: #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -163,8 +163,7 @@ class DeadLetterQueue:
 
         unsent: set[str] = set()
         now = self.clock()
-        for start in range(0, len(letters), _DLQ_BATCH):
-            chunk = letters[start:start + _DLQ_BATCH]
+        for chunk in sqs_batches(letters, _letter_size):
             entries = [{"Id": str(i), "MessageBody": _body(letter.record),
                         "MessageAttributes": dead_letter_attributes(letter, now=now)}
                        for i, letter in enumerate(chunk)]
@@ -181,6 +180,12 @@ class DeadLetterQueue:
                           extra={"message_id": letter.record["messageId"], "code": failed.get("Code")})
                 unsent.add(letter.record["messageId"])
         return unsent
+
+
+def _letter_size(letter: DeadLetter) -> int:
+    # the body as sent, plus the reason attributes (the message is cut at
+    # MAX_ERROR_MESSAGE characters, up to 4 bytes each)
+    return len(_body(letter.record).encode()) + 4 * MAX_ERROR_MESSAGE + 1024
 
 
 class Consumer:

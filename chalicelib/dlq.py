@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chalicelib.aws import sqs_batches
 from chalicelib.errors import ServiceUnavailable
 
 #: attributes the consumer adds when it dead-letters a message; stripped on
@@ -41,7 +42,6 @@ _RECEIVE_BATCH = 10
 # Long enough to walk a large DLQ without the first messages reappearing;
 # every message not deleted is made visible again explicitly at the end.
 _WALK_VISIBILITY_SECONDS = 60
-_SEND_BATCH_BYTES = 900 * 1024  # under SQS's 1 MiB per SendMessageBatch
 
 Progress = Callable[[int], None]
 
@@ -304,7 +304,7 @@ def _move(sqs: Any, dlq_url: str, queue_url: str, messages: Sequence[DeadLetter]
           progress: Progress) -> int:
     """Send ``messages`` to the main queue, then delete those sent from the DLQ."""
     moved = 0
-    for chunk in _send_chunks(messages):
+    for chunk in sqs_batches(messages, lambda m: len(m.body.encode()) + 4096):
         entries = [{"Id": str(i), "MessageBody": m.body,
                     "MessageAttributes": {k: _clean(v) for k, v in m.message_attributes.items()
                                           if k not in ERROR_ATTRIBUTES}}
@@ -328,20 +328,6 @@ def _move(sqs: Any, dlq_url: str, queue_url: str, messages: Sequence[DeadLetter]
 def _clean(attribute: Mapping[str, Any]) -> dict[str, Any]:
     # ReceiveMessage returns empty list fields SendMessage refuses
     return {k: v for k, v in attribute.items() if k in ("DataType", "StringValue", "BinaryValue")}
-
-
-def _send_chunks(messages: Sequence[DeadLetter]) -> Iterator[list[DeadLetter]]:
-    chunk: list[DeadLetter] = []
-    size = 0
-    for message in messages:
-        n = len(message.body.encode()) + 1024  # attributes, ids
-        if chunk and size + n > _SEND_BATCH_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(message)
-        size += n
-    if chunk:
-        yield chunk
 
 
 def _move_task(sqs: Any, dlq_url: str, queue_url: str, progress: Progress,

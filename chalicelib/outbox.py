@@ -31,6 +31,7 @@ from typing import Protocol
 
 from chalicelib import metrics
 from chalicelib.errors import ServiceUnavailable
+from chalicelib.store import BUCKETS, bucket_of
 
 log = logging.getLogger("sessionsync.outbox")
 
@@ -44,7 +45,8 @@ RUN_BUDGET_SECONDS = 30.0
 class Outbox(Protocol):
     """What the relay reads (``store.SessionStore``)."""
 
-    def outbox_pending(self, older_than_s: float, limit: int = ...) -> Iterable[tuple[str, str]]: ...
+    def outbox_pending(self, older_than_s: float, limit: int = ...,
+                       start_bucket: int = ...) -> Iterable[tuple[str, str]]: ...
 
 
 class Sender(Protocol):
@@ -75,6 +77,7 @@ class OutboxRelay:
         self.age_seconds = age_seconds
         self.page = page
         self.clock = clock
+        self._start_bucket = 0
 
     def run_once(self) -> RelayResult:
         """One page: up to ``page`` old entries, sent in SQS batches.
@@ -82,9 +85,13 @@ class OutboxRelay:
         Raises ServiceUnavailable when Redis cannot be read; SQS failures
         are not raised (the entries stay and the next run tries again).
         """
-        pending = list(self.outbox.outbox_pending(self.age_seconds, self.page))
+        pending = list(self.outbox.outbox_pending(self.age_seconds, self.page,
+                                                  start_bucket=self._start_bucket))
         if not pending:
             return RelayResult()
+        # next time, start after the last bucket read: entries SQS keeps
+        # refusing cannot fill every page and starve the other buckets
+        self._start_bucket = (bucket_of(pending[-1][0].rsplit(":", 1)[0]) + 1) % BUCKETS
         sent = self.sender.send_many(pending)
         result = RelayResult(found=len(pending), sent=len(sent))
         metrics.emit({"OutboxRelayed": result.sent})

@@ -85,8 +85,13 @@ _ISO_MS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 #   so delivery order does not matter.  A duplicate event's version is never
 #   newer than what its first delivery stored, so re-running it is a no-op.
 #
+# * ``conflicting``: a (session, version) already stored with other content
+#   is not a duplicate but a second write under the same version number:
+#   its event fails permanently (the DLQ says why) instead of vanishing.
+#
 # Data-modifying CTEs always run to completion, whether or not the final
-# SELECT reads them; it returns (new events, sessions moved forward).
+# SELECT reads them; it returns (new events, sessions moved forward, and the
+# conflicting events' session ids and versions).
 APPLY_SQL = """
 WITH incoming AS (
     SELECT t.session_id, t.version, t.event_type, t.state::jsonb AS state,
@@ -99,7 +104,18 @@ WITH incoming AS (
     SELECT session_id, version, event_type, state, occurred_at
     FROM incoming ORDER BY session_id, version
     ON CONFLICT (session_id, version) DO NOTHING
-    RETURNING 1
+    RETURNING session_id, version
+), conflicting AS (
+    -- skipped as already there, but not the same event: another write got
+    -- this version number (the id was reused after Redis lost its marker,
+    -- or a failover lost the last write).  Reported, never silently dropped.
+    -- ``e`` is the table as it was before this statement.
+    SELECT i.session_id, i.version
+    FROM incoming i JOIN sync_events e USING (session_id, version)
+    WHERE NOT EXISTS (SELECT 1 FROM inserted n
+                      WHERE n.session_id = i.session_id AND n.version = i.version)
+      AND (e.event_type <> i.event_type OR e.occurred_at <> i.occurred_at
+           OR e.state IS DISTINCT FROM i.state)
 ), latest AS (
     INSERT INTO sync_sessions AS s
         (session_id, version, state, deleted, created_at, updated_at, ttl_seconds)
@@ -114,7 +130,8 @@ WITH incoming AS (
         WHERE s.version < EXCLUDED.version
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM latest)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM latest),
+       (SELECT array_agg(session_id) FROM conflicting), (SELECT array_agg(version) FROM conflicting)
 """
 
 LATEST_SQL = f"""
@@ -362,7 +379,7 @@ class Database:
             return ApplyResult()
         with self._lock:
             try:
-                inserted = self._apply(events)
+                inserted, conflicts = self._apply(events)
             except psycopg.Error as exc:
                 error = classify(exc)
                 if isinstance(error, PermanentPersistenceError) and len(events) > 1 and self._alive():
@@ -373,7 +390,9 @@ class Database:
                 error = RetryablePersistenceError(exc.message, error_class=type(exc).__name__)
                 error.__cause__ = exc
                 return self._failed(events, error)
-            return ApplyResult(inserted=inserted, duplicates=len(events) - inserted)
+            failures = self._conflict_failures(events, conflicts)
+            return ApplyResult(inserted=inserted, duplicates=len(events) - inserted - len(failures),
+                               failures=failures)
 
     @staticmethod
     def _failed(events: Sequence[ChangeEvent], error: PersistenceError) -> ApplyResult:
@@ -382,7 +401,8 @@ class Database:
             "error": error.message})
         return ApplyResult(failures={i: error for i in range(len(events))})
 
-    def _apply(self, events: Sequence[ChangeEvent]) -> int:
+    def _apply(self, events: Sequence[ChangeEvent]) -> tuple[int, set[tuple[str, int]]]:
+        """(rows inserted, (session id, version) of conflicting events)."""
         # parallel arrays, in APPLY_SQL's unnest order
         columns = ([e.session_id for e in events], [e.version for e in events],
                    [e.event_type for e in events], [e.state_json for e in events],
@@ -390,7 +410,17 @@ class Database:
                    [e.ttl_seconds for e in events])
         row = self._connection().execute(APPLY_SQL, columns).fetchone()
         assert row is not None
-        return int(row[0])
+        conflicts = set(zip(row[2], map(int, row[3]), strict=True)) if row[2] else set()
+        return int(row[0]), conflicts
+
+    @staticmethod
+    def _conflict_failures(events: Sequence[ChangeEvent], conflicts: set[tuple[str, int]],
+                           offset: int = 0) -> dict[int, PersistenceError]:
+        return {offset + i: PermanentPersistenceError(
+                    f"version {e.version} of session {e.session_id!r} is already persisted with "
+                    "different content: two writes got the same version number",
+                    constraint="sync_events_pkey", reason="version_conflict")
+                for i, e in enumerate(events) if (e.session_id, e.version) in conflicts}
 
     def _alive(self) -> bool:
         conn = self._conn
@@ -400,7 +430,7 @@ class Database:
         result = ApplyResult()
         for index, event in enumerate(events):
             try:
-                inserted = self._apply([event])
+                inserted, conflicts = self._apply([event])
             except psycopg.Error as exc:
                 error = classify(exc)
                 result.failures[index] = error
@@ -410,6 +440,9 @@ class Database:
                     for rest in range(index + 1, len(events)):
                         result.failures[rest] = error
                     break
+                continue
+            if conflicts:
+                result.failures.update(self._conflict_failures([event], conflicts, index))
                 continue
             result.inserted += inserted
             result.duplicates += 1 - inserted

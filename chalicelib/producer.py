@@ -10,16 +10,18 @@ acknowledged write: it only delays it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from chalicelib.aws import sqs_batches
 from chalicelib.store import SessionStore, WriteResult
 
 log = logging.getLogger("sessionsync.producer")
 
-# SQS accepts at most 10 entries and 1 MiB per SendMessageBatch call.
-BATCH_ENTRIES = 10
-BATCH_BYTES = 1024 * 1024
+# After an inline send failed, skip inline sends for this long: the relay
+# delivers those events, and a hung SQS cannot add its timeout to every write.
+PAUSE_AFTER_FAILURE_SECONDS = 5.0
 
 
 def message_attributes(event_id: str) -> dict[str, Any]:
@@ -29,10 +31,13 @@ def message_attributes(event_id: str) -> dict[str, Any]:
 class SqsProducer:
     """Send change events to the session queue (boto3 SQS client given)."""
 
-    def __init__(self, sqs: Any, queue_url: str, store: SessionStore) -> None:
+    def __init__(self, sqs: Any, queue_url: str, store: SessionStore, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
         self.store = store
+        self.clock = clock
+        self._paused_until = float("-inf")
 
     def publish(self, result: WriteResult) -> bool:
         """Send one event and ack its outbox entry; False if SQS failed.
@@ -41,10 +46,13 @@ class SqsProducer:
         in the outbox, and the relay will retry it.
         """
         from botocore.exceptions import BotoCoreError, ClientError
+        if self.clock() < self._paused_until:
+            return False  # SQS failed a moment ago: leave this one to the relay
         try:
             self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=result.event_json,
                                   MessageAttributes=message_attributes(result.event_id))
         except (BotoCoreError, ClientError) as exc:
+            self._paused_until = self.clock() + PAUSE_AFTER_FAILURE_SECONDS
             log.warning("SQS send failed; the outbox relay will retry",
                         extra={"event_id": result.event_id, "error": repr(exc)})
             return False
@@ -55,7 +63,7 @@ class SqsProducer:
         """Send (event id, body) pairs in SQS batches; ack and return the sent ids."""
         from botocore.exceptions import BotoCoreError, ClientError
         sent: list[str] = []
-        for batch in _batches(events):
+        for batch in sqs_batches(events, _entry_size):
             entries = [{"Id": str(i), "MessageBody": body,
                         "MessageAttributes": message_attributes(eid)}
                        for i, (eid, body) in enumerate(batch)]
@@ -79,15 +87,6 @@ class SqsProducer:
             log.warning("outbox ack failed; a duplicate will be sent", extra={"event_ids": list(event_ids)})
 
 
-def _batches(events: Iterable[tuple[str, str]]) -> Iterable[list[tuple[str, str]]]:
-    batch: list[tuple[str, str]] = []
-    size = 0
-    for eid, body in events:
-        n = len(body.encode()) + 200  # attributes and id
-        if batch and (len(batch) == BATCH_ENTRIES or size + n > BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append((eid, body))
-        size += n
-    if batch:
-        yield batch
+def _entry_size(item: tuple[str, str]) -> int:
+    event_id, body = item
+    return len(body.encode()) + len(event_id) + 100  # attribute name and type, entry id

@@ -32,20 +32,26 @@ def connect_redis(settings: Settings, **overrides: Any) -> RedisClient:
         "client_name": "sessionsync",
     }
     options.update(overrides)
-    # One immediate retry on a connection error covers a pooled connection
-    # that died (Redis restarted, failover).  A timeout is never retried: a
-    # second wait would double the one-second budget of guarantee 5, and the
-    # command may have run (a re-sent write would then answer 409 or 404 for
-    # a change that succeeded).  The caller gets a 503: outcome unknown.
-    options.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+    # redis-py does not re-send a command (no retry).  A command that failed
+    # with a connection error or a timeout may have run: the connection can
+    # break after Redis executed a CAS script and before its reply arrived,
+    # and a re-sent script would then answer ConcurrencyError (or
+    # SessionExists) for a write that succeeded, which a client's retry loop
+    # would apply twice.  The caller gets a 503, outcome unknown, within the
+    # one-second budget of guarantee 5.  Reads, which are safe to repeat,
+    # retry a broken connection themselves (SessionStore.get).
+    options.setdefault("retry", Retry(NoBackoff(), 0))
     if settings.redis_cluster:
         return _Cluster.from_url(settings.redis_url, **options)
     return redis.Redis.from_url(settings.redis_url, **options)
 
 
 class _Cluster(RedisCluster):
-    """RedisCluster that does not re-send a command after a timeout (see above);
-    it still retries connection errors, MOVED/ASK and CLUSTERDOWN."""
+    """RedisCluster that does not re-send a command after a timeout or a
+    connection error (see above).  It still follows MOVED/ASK and retries
+    CLUSTERDOWN (the command did not run), and after a connection error it
+    has already reloaded the topology, so the next command finds the new
+    primary."""
 
     ERRORS_ALLOW_RETRY = tuple(e for e in RedisCluster.ERRORS_ALLOW_RETRY
-                               if e is not redis.TimeoutError)
+                               if not issubclass(e, (redis.TimeoutError, redis.ConnectionError)))

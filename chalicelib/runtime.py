@@ -93,8 +93,19 @@ def dlq_url() -> str:
 
 
 def producer() -> Any:
+    """The request path's producer: one attempt with short timeouts, so a
+    hung SQS adds at most about a second to a write (the relay catches up)."""
+    from chalicelib import aws
     from chalicelib.producer import SqsProducer
-    return _once("producer", lambda: SqsProducer(sqs(), queue_url(), store()))
+
+    def build() -> Any:
+        s = settings()
+        fast = aws.client("sqs", s, connect_timeout=0.5, read_timeout=0.5, attempts=1)
+        # a cold Lambda looks the queue URL up here, on the fast client too
+        url = _once("queue_url", lambda: aws.queue_url(fast, s.queue_url, s.queue_name,
+                                                        SESSION_QUEUE_URL))
+        return SqsProducer(fast, url, store())
+    return _once("producer", build)
 
 
 def database() -> Any:
@@ -124,7 +135,11 @@ def relay() -> Any:
     """The outbox relay (store + producer) the scheduled function calls."""
     from chalicelib.outbox import OutboxRelay
     s = settings()
-    return _once("relay", lambda: OutboxRelay(store(), producer(), age_seconds=s.outbox_relay_age))
+    from chalicelib.producer import SqsProducer
+    # the relay's own producer, on the patient client: it sends batches of
+    # up to 1 MiB and has a schedule's time, not a request's
+    return _once("relay", lambda: OutboxRelay(
+        store(), SqsProducer(sqs(), queue_url(), store()), age_seconds=s.outbox_relay_age))
 
 
 def secrets_client() -> Any:

@@ -9,14 +9,17 @@ retryable ``RecoveryPending`` (503) instead of an older version.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chalicelib import metrics
-from chalicelib.errors import RecoveryPending, SessionNotFound
+from chalicelib.errors import RecoveryPending, SessionNotFound, SessionSyncError
 from chalicelib.store import KeyBehind, KeyMissing, Session, SessionStore, WriteResult
 from chalicelib.validation import CreateRequest, UpdateRequest
+
+log = logging.getLogger("sessionsync.sessions")
 
 
 class Publisher(Protocol):
@@ -109,8 +112,20 @@ class SessionService:
         return HistoryPage(session_id, events, events[-1]["version"] if more else None)
 
     def _ship(self, result: WriteResult) -> None:
-        if self.publisher is not None:
+        """Send the committed change on; never fails the (acknowledged) write.
+
+        The publisher is built on first use (a cold Lambda looks its queue URL
+        up here, after the Redis commit): if that fails, answering 503 would
+        make the client retry a write that succeeded (409 SessionExists or
+        ConcurrencyError).  The outbox entry stays and the relay sends it.
+        """
+        if self.publisher is None:
+            return
+        try:
             self.publisher.publish(result)
+        except SessionSyncError as exc:
+            log.error("cannot reach the queue; the outbox relay will send the change",
+                      extra={"event_id": result.event_id, "code": exc.code, "error": exc.message})
 
     def _recover(self, session_id: str) -> Session:
         """Bring a session whose Redis key is gone back from PostgreSQL.

@@ -266,8 +266,14 @@ class SessionStore:
 
         Raises SessionNotFound(deleted=True) for a tombstone.
         """
+        key = session_keys(session_id)[0]
         with _redis_errors():
-            raw = self.client.get(session_keys(session_id)[0])
+            try:
+                raw = self.client.get(key)
+            except redis.ConnectionError:
+                # a pooled connection that broke (failover, restart): a read
+                # is safe to repeat, once, on a fresh connection
+                raw = self.client.get(key)
         if raw is None:
             return None
         session = decode_session(session_id, raw)
@@ -397,16 +403,23 @@ class SessionStore:
                 pipe.hdel(data, *ids)
             pipe.execute()
 
-    def outbox_pending(self, older_than_s: float, limit: int = 500) -> Iterator[tuple[str, str]]:
-        """(event id, event JSON) of outbox entries enqueued before now - older_than_s."""
+    def outbox_pending(self, older_than_s: float, limit: int = 500,
+                       start_bucket: int = 0) -> Iterator[tuple[str, str]]:
+        """(event id, event JSON) of outbox entries enqueued before now - older_than_s.
+
+        Buckets are read from ``start_bucket`` on, wrapping around: a relay
+        that moves its start past what it got last time cannot be held on
+        the first buckets by entries it fails to send.
+        """
         cutoff = int((self.clock() - older_than_s) * 1000)
+        order = [(start_bucket + i) % BUCKETS for i in range(BUCKETS)]
         with _redis_errors():
             pipe = self.client.pipeline(transaction=False)
-            for bucket in range(BUCKETS):
+            for bucket in order:
                 pipe.zrangebyscore(outbox_keys(bucket)[0], "-inf", cutoff, start=0, num=limit)
             per_bucket = pipe.execute()
         found = 0
-        for bucket, ids in enumerate(per_bucket):
+        for bucket, ids in zip(order, per_bucket, strict=True):
             if not ids:
                 continue
             with _redis_errors():

@@ -20,6 +20,7 @@ from chalicelib.errors import PayloadTooLarge, PreconditionRequired, ValidationE
 SESSION_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,128}"
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 MAX_DEPTH = 64
+_SQS_UNSAFE = {0xFFFE: "\\ufffe", 0xFFFF: "\\uffff"}
 # Room for the envelope ({"state": ..., "expected_version": ...}) around a
 # state of the maximum size, before the exact check on the state itself.
 _ENVELOPE_SLACK = 4096
@@ -100,6 +101,11 @@ def check_state(state: Any, max_state_bytes: int) -> str:
     except ValueError:
         raise ValidationError("state holds a number out of range (it overflows to infinity)",
                               field="state") from None
+    if "\ufffe" in encoded or "\uffff" in encoded:
+        # Unicode noncharacters: valid JSON, but outside the characters an
+        # SQS message may hold, so the change event could never be sent.
+        # Written as escapes they are the same JSON value and SQS takes them.
+        encoded = encoded.translate(_SQS_UNSAFE)
     try:
         size = len(encoded.encode("utf-8"))
     except UnicodeEncodeError:
