@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -62,6 +64,9 @@ LOCK_TIMEOUT_MS = 2000
 SECRET_REFRESH_SECONDS = 30.0
 
 PERMANENT_CLASSES = ("22", "23", "54")
+
+# A read serves an HTTP request: past this, 503 (guarantee 5), not a hang.
+READ_DEADLINE_SECONDS = 1.0
 
 # The timestamp format of the API and the events (store.iso_utc).
 _ISO_MS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
@@ -96,9 +101,10 @@ APPLY_SQL = """
 WITH incoming AS (
     SELECT t.session_id, t.version, t.event_type, t.state::jsonb AS state,
            t.created_at::timestamptz AS created_at, t.occurred_at::timestamptz AS occurred_at,
-           t.ttl_seconds
+           t.ttl_seconds, t.idx
     FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int[])
-         AS t(session_id, version, event_type, state, created_at, occurred_at, ttl_seconds)
+         WITH ORDINALITY
+         AS t(session_id, version, event_type, state, created_at, occurred_at, ttl_seconds, idx)
 ), inserted AS (
     INSERT INTO sync_events (session_id, version, event_type, state, occurred_at)
     SELECT session_id, version, event_type, state, occurred_at
@@ -110,7 +116,7 @@ WITH incoming AS (
     -- this version number (the id was reused after Redis lost its marker,
     -- or a failover lost the last write).  Reported, never silently dropped.
     -- ``e`` is the table as it was before this statement.
-    SELECT i.session_id, i.version
+    SELECT i.idx
     FROM incoming i JOIN sync_events e USING (session_id, version)
     WHERE NOT EXISTS (SELECT 1 FROM inserted n
                       WHERE n.session_id = i.session_id AND n.version = i.version)
@@ -131,7 +137,7 @@ WITH incoming AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM latest),
-       (SELECT array_agg(session_id) FROM conflicting), (SELECT array_agg(version) FROM conflicting)
+       (SELECT array_agg(idx) FROM conflicting)
 """
 
 LATEST_SQL = f"""
@@ -262,6 +268,22 @@ def classify(exc: psycopg.Error) -> PersistenceError:
 
 # --- the adapter -------------------------------------------------------------
 
+def _sever(conn: psycopg.Connection) -> None:
+    """Shut down ``conn``'s socket (from the watchdog thread) so that a read
+    blocked on a hung server fails now.  The fd stays owned by libpq."""
+    try:
+        fd = conn.fileno()
+    except psycopg.Error:  # already closed
+        return
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # not connected any more
+        pass
+    finally:
+        sock.close()
+
+
 @dataclass
 class ApplyResult:
     """What ``apply_events`` did with a batch.
@@ -346,18 +368,37 @@ class Database:
         with self._lock:
             self._drop()
 
-    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple]:
-        """Run a read; retryable trouble becomes ServiceUnavailable (503)."""
-        with self._lock:
+    def _fetch(self, sql: str, params: Sequence[Any],
+               deadline: float = READ_DEADLINE_SECONDS) -> list[tuple]:
+        """Run a read; retryable trouble becomes ServiceUnavailable (503).
+
+        A read serves an HTTP request, so it has a client-side deadline:
+        ``statement_timeout`` is enforced by the server and keepalives are
+        answered by its kernel, so neither ends the wait when the server
+        process hangs.  Past ``deadline`` a watchdog shuts the socket down,
+        the blocked read fails at once, and the next call reconnects.
+        """
+        if not self._lock.acquire(timeout=deadline):
+            raise ServiceUnavailable(f"PostgreSQL did not answer within {deadline:g}s (busy)",
+                                     dependency="postgresql")
+        try:
+            conn = self._connection()
+            watchdog = threading.Timer(deadline, _sever, args=(conn,))
+            watchdog.daemon = True
+            watchdog.start()
             try:
-                return self._connection().execute(sql, params).fetchall()
-            except psycopg.Error as exc:
-                error = classify(exc)
-                if isinstance(error, RetryablePersistenceError):
-                    raise ServiceUnavailable(f"PostgreSQL is unavailable: {error.message}",
-                                             dependency="postgresql",
-                                             sqlstate=error.sqlstate) from exc
-                raise error from exc
+                return conn.execute(sql, params).fetchall()
+            finally:
+                watchdog.cancel()
+        except psycopg.Error as exc:
+            error = classify(exc)
+            if isinstance(error, RetryablePersistenceError):
+                raise ServiceUnavailable(f"PostgreSQL is unavailable: {error.message}",
+                                         dependency="postgresql",
+                                         sqlstate=error.sqlstate) from exc
+            raise error from exc
+        finally:
+            self._lock.release()
 
     # -- writes (the consumer) ------------------------------------------------
 
@@ -401,8 +442,8 @@ class Database:
             "error": error.message})
         return ApplyResult(failures={i: error for i in range(len(events))})
 
-    def _apply(self, events: Sequence[ChangeEvent]) -> tuple[int, set[tuple[str, int]]]:
-        """(rows inserted, (session id, version) of conflicting events)."""
+    def _apply(self, events: Sequence[ChangeEvent]) -> tuple[int, set[int]]:
+        """(rows inserted, indexes in ``events`` of the conflicting ones)."""
         # parallel arrays, in APPLY_SQL's unnest order
         columns = ([e.session_id for e in events], [e.version for e in events],
                    [e.event_type for e in events], [e.state_json for e in events],
@@ -410,17 +451,17 @@ class Database:
                    [e.ttl_seconds for e in events])
         row = self._connection().execute(APPLY_SQL, columns).fetchone()
         assert row is not None
-        conflicts = set(zip(row[2], map(int, row[3]), strict=True)) if row[2] else set()
-        return int(row[0]), conflicts
+        # WITH ORDINALITY counts from 1
+        return int(row[0]), {int(i) - 1 for i in row[2] or ()}
 
     @staticmethod
-    def _conflict_failures(events: Sequence[ChangeEvent], conflicts: set[tuple[str, int]],
+    def _conflict_failures(events: Sequence[ChangeEvent], conflicts: set[int],
                            offset: int = 0) -> dict[int, PersistenceError]:
         return {offset + i: PermanentPersistenceError(
                     f"version {e.version} of session {e.session_id!r} is already persisted with "
                     "different content: two writes got the same version number",
                     constraint="sync_events_pkey", reason="version_conflict")
-                for i, e in enumerate(events) if (e.session_id, e.version) in conflicts}
+                for i, e in enumerate(events) if i in conflicts}
 
     def _alive(self) -> bool:
         conn = self._conn
@@ -503,7 +544,6 @@ class Database:
 
         Raises ServiceUnavailable.
         """
-        with self._lock:
-            start = time.perf_counter()
-            self._fetch("SELECT 1", ())
-            return (time.perf_counter() - start) * 1000
+        start = time.perf_counter()
+        self._fetch("SELECT 1", ())
+        return (time.perf_counter() - start) * 1000

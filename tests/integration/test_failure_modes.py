@@ -1,0 +1,196 @@
+"""Failure modes found in review, each a test that fails without its fix:
+a hung (not stopped) PostgreSQL or SQS, a connection that breaks after Redis
+ran a write, a queue lookup that fails after the commit, a second write
+under an existing version, an event SQS would refuse, DLQ batches over
+1 MiB, and an outbox whose first buckets hold entries SQS keeps refusing.
+
+Hangs are made with tests/servers.TcpProxy in front of the real server,
+so the shared servers are never stopped."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import redis
+
+from chalicelib import aws
+from chalicelib.errors import ServiceUnavailable
+from chalicelib.outbox import OutboxRelay
+from chalicelib.persistence import Database
+from chalicelib.producer import SqsProducer
+from chalicelib.sessions import SessionService
+from chalicelib.store import BUCKETS, SessionStore, bucket_of
+from chalicelib.validation import UpdateRequest, create_request
+from tests.pipeline_support import event_body
+from tests.servers import TcpProxy
+
+pytestmark = [pytest.mark.localstack]
+
+
+@pytest.fixture
+def proxy_factory():
+    proxies = []
+
+    def make(port: int, host: str = "127.0.0.1") -> TcpProxy:
+        proxies.append(TcpProxy(port, host))
+        return proxies[-1]
+    yield make
+    for p in proxies:
+        p.close()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def test_a_recovery_read_from_a_hung_postgresql_answers_503_within_a_second_and_a_half(
+        pipeline, proxy_factory, pg_test_dsn):
+    proxy = proxy_factory(5432)
+    dsn = pg_test_dsn.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    assert dsn != pg_test_dsn
+    db = Database.from_dsn(dsn)
+    try:
+        db.ping()  # a warm connection, then the server stops answering
+        proxy.freeze()
+        service = SessionService(pipeline.store, durable=db)
+        start = time.monotonic()
+        with pytest.raises(ServiceUnavailable) as caught:
+            service.get(new_id("gone"))  # not in Redis: recovery reads PostgreSQL
+        assert time.monotonic() - start < 1.5
+        assert caught.value.dependency == "postgresql"
+        proxy.thaw()
+        assert db.ping() > 0  # reconnects by itself
+    finally:
+        db.close()
+
+
+def test_writes_stay_fast_while_sqs_hangs_and_the_relay_delivers_them_later(
+        pipeline, proxy_factory, localstack_settings):
+    port = int(localstack_settings.aws_endpoint_url.rsplit(":", 1)[1])
+    proxy = proxy_factory(port)
+    hung = aws.client("sqs", localstack_settings.__class__(
+        **{**localstack_settings.__dict__, "aws_endpoint_url": f"http://127.0.0.1:{proxy.port}"}),
+        connect_timeout=0.5, read_timeout=0.5, attempts=1)
+    proxy.freeze()
+    service = SessionService(pipeline.store, publisher=SqsProducer(hung, pipeline.queues.url,
+                                                                    pipeline.store))
+    sid = new_id("hung-sqs")
+    timings = []
+    for step in range(1, 4):
+        start = time.monotonic()
+        if step == 1:
+            service.create(create_request(json.dumps({"session_id": sid, "state": {"n": 1}}).encode(),
+                                          1024))
+        else:
+            service.update(UpdateRequest(sid, json.dumps({"n": step}), step - 1))
+        timings.append(time.monotonic() - start)
+    assert timings[0] < 1.5, timings  # one short attempt
+    assert max(timings[1:]) < 0.2, timings  # then paused: the relay's job
+
+    result = pipeline.relay.drain(budget_seconds=20)
+    pipeline.drain(timeout=20)
+    assert result.sent == 3
+    assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2), (sid, 3)]
+
+
+def test_a_connection_cut_after_redis_ran_a_write_is_a_503_never_a_false_conflict(
+        redis_single, proxy_factory, session_id):
+    proxy = proxy_factory(6379)
+    from chalicelib.config import Settings
+    from chalicelib.redis_client import connect_redis
+    db = redis_single.connection_pool.connection_kwargs["db"]
+    client = connect_redis(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/{db}"))
+    store = SessionStore(client)
+    store.create(session_id, '{"n":0}', 60)
+
+    proxy.cut_after_request()  # the script runs; its reply never arrives
+    with pytest.raises(ServiceUnavailable):
+        store.update(session_id, '{"n":1}', 1)
+
+    # applied exactly once: not re-sent (that would answer ConcurrencyError
+    # for a write that succeeded, and a retry loop would apply it twice)
+    assert SessionStore(redis_single).get(session_id).version == 2
+    assert store.get(session_id).state == {"n": 1}  # reads recover on a new connection
+
+
+def test_a_queue_lookup_failing_after_the_commit_does_not_fail_the_write(redis_single, session_id):
+    class Unreachable:
+        def publish(self, result):
+            raise ServiceUnavailable("SQS GetQueueUrl failed", dependency="sqs")
+
+    store = SessionStore(redis_single)
+    service = SessionService(store, publisher=Unreachable())
+    session = service.create(create_request(
+        json.dumps({"session_id": session_id, "state": {}}).encode(), 1024))
+    assert session.version == 1
+    assert f"{session_id}:1" in dict(store.outbox_pending(-60, 100_000))  # for the relay
+
+
+def test_a_second_write_under_a_persisted_version_goes_to_the_dlq_as_a_version_conflict(pipeline):
+    sid = new_id("reused")
+    pipeline.send_bodies([event_body(sid, 1, {"owner": "alice"}, occurred_at="2026-11-28T10:00:00.000Z")])
+    pipeline.drain(timeout=20)
+    # the id is created again after Redis lost its marker: version 1 again
+    pipeline.send_bodies([event_body(sid, 1, {"owner": "bob"}, occurred_at="2026-11-28T11:00:00.000Z"),
+                          event_body(sid, 1, {"owner": "alice"}, occurred_at="2026-11-28T10:00:00.000Z")])
+    pipeline.drain(timeout=20)
+
+    assert pipeline.event_rows([sid]) == [(sid, 1)]
+    letters = pipeline.dlq_messages(expected=1)
+    assert len(letters) == 1  # bob's; alice's redelivery is a plain duplicate
+    assert json.loads(letters[0]["body"])["state"] == {"owner": "bob"}
+    assert letters[0]["error_code"] == "version_conflict"
+
+
+def test_a_state_with_unicode_noncharacters_reaches_postgresql(pipeline):
+    sid = new_id("nonchar")
+    state = {"a": "x\ufffe\uffff", "\uffff": 1}
+    service = SessionService(pipeline.store, publisher=pipeline.producer)
+    service.create(create_request(json.dumps({"session_id": sid, "state": state}).encode(), 4096))
+    assert pipeline.store.outbox_depth() == 0  # SQS took it
+    pipeline.drain(timeout=20)
+    assert pipeline.session_rows([sid])[sid][1] == state
+
+
+def test_poison_messages_too_big_to_dead_letter_in_one_batch_all_reach_the_dlq_with_a_reason(pipeline):
+    bodies = [("not json " + str(i)) * 20_000 for i in range(6)]  # ~200 KB each, ~1.2 MB in all
+    for body in bodies:
+        pipeline.sqs.send_message(QueueUrl=pipeline.queues.url, MessageBody=body)
+    pipeline.drain(timeout=30)
+    letters = pipeline.dlq_messages(expected=6, timeout=10)
+    assert len(letters) == 6
+    assert {m["error_class"] for m in letters} == {"MalformedMessage"}
+    assert all(m["receive_count"] == "1" for m in letters)  # at once, not after five receives
+
+
+def test_entries_the_queue_keeps_refusing_do_not_starve_the_other_buckets(pipeline_redis):
+    store = SessionStore(redis.Redis.from_url(pipeline_redis.url))
+    refused = set()
+    # a full page of entries in the first buckets, which the sender refuses
+    while len(refused) < 20:
+        sid = new_id("stuck")
+        if bucket_of(sid) < 10:
+            refused.add(store.create(sid, "{}", 60).event_id)
+    healthy = None
+    while healthy is None:
+        sid = new_id("healthy")
+        if bucket_of(sid) > BUCKETS - 10:
+            healthy = store.create(sid, "{}", 60).event_id
+
+    class Refusing:
+        def __init__(self):
+            self.sent = []
+
+        def send_many(self, events):
+            ok = [eid for eid, _ in events if eid not in refused]
+            self.sent += ok
+            store.outbox_ack(ok)
+            return ok
+
+    sender = Refusing()
+    relay = OutboxRelay(store, sender, age_seconds=0, page=20)
+    for _ in range(3):
+        relay.run_once()
+    assert healthy in sender.sent
