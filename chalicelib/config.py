@@ -153,6 +153,9 @@ def check_redis_url(url: str, setting: str = REDIS_URL) -> str:
         _ = parts.port  # urlsplit parses the port lazily
     except ValueError:
         raise ConfigurationError(setting, "has a port that is not a number") from None
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ConfigurationError(setting, f"database must be a number (redis://host:6379/0), got {db!r}")
     return url
 
 
@@ -206,6 +209,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """
     env = os.environ if env is None else env
     redis_url = check_redis_url(env.get(REDIS_URL, "").strip() or Settings.redis_url)
+    redis_cluster = _bool(env, REDIS_CLUSTER)
+    if redis_cluster and urlsplit(redis_url).path.strip("/") not in ("", "0"):
+        raise ConfigurationError(REDIS_URL, "Redis Cluster has only database 0; "
+                                            f"remove the /db from the URL (or unset {REDIS_CLUSTER})")
     database_url = _opt(env, DATABASE_URL)
     if database_url:
         check_database_url(database_url)
@@ -222,7 +229,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigurationError(AWS_ENDPOINT_URL, f"must be an http(s) URL, got {endpoint!r}")
     return Settings(
         redis_url=redis_url,
-        redis_cluster=_bool(env, REDIS_CLUSTER),
+        redis_cluster=redis_cluster,
         redis_timeout=_float(env, REDIS_TIMEOUT, 1.0, 0.05, 30.0),
         database_url=database_url,
         db_secret_arn=_opt(env, DB_SECRET_ARN),

@@ -84,7 +84,7 @@ class DeadLetter:
         """The change event in the body, or None when the body is not one."""
         try:
             doc = json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # poison can be nested 100k deep
             return None
         return doc if isinstance(doc, dict) else None
 

@@ -154,10 +154,14 @@ def check(probes: Mapping[str, Probe], deadline: float = DEADLINE_SECONDS) -> He
 
 # --- the probes (each takes its client; chalicelib.runtime wires them) -----
 
-def redis_probe(store: Any) -> Probe:
-    """PING through the session store (``SessionStore.ping``)."""
+def redis_probe(store: Callable[[], Any]) -> Probe:
+    """PING through the session store (``SessionStore.ping``).
+
+    ``store`` is a callable: a cluster client connects as it is built, so
+    building it belongs inside the deadline (and reports "down", not a 500).
+    """
     def probe() -> Mapping[str, Any]:
-        return {LATENCY: store.ping()}
+        return {LATENCY: store().ping()}
     return probe
 
 

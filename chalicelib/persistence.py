@@ -67,6 +67,9 @@ PERMANENT_CLASSES = ("22", "23", "54")
 
 # A read serves an HTTP request: past this, 503 (guarantee 5), not a hang.
 READ_DEADLINE_SECONDS = 1.0
+# After a failed connect, calls fail at once for this long instead of
+# each trying (and timing out) again.
+RECONNECT_PAUSE_SECONDS = 1.0
 
 # The timestamp format of the API and the events (store.iso_utc).
 _ISO_MS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
@@ -322,6 +325,7 @@ class Database:
         self._clock = clock
         self._conn: psycopg.Connection | None = None
         self._connect_failed = False
+        self._connect_failed_at = float("-inf")
         self._lock = threading.RLock()
 
     @classmethod
@@ -343,6 +347,10 @@ class Database:
             return conn
         self._drop()
         now = self._clock()
+        if self._connect_failed and now - self._connect_failed_at < RECONNECT_PAUSE_SECONDS:
+            # Requests queued behind a connect that just failed would each
+            # wait out their own connect timeout in turn: fail them now.
+            raise psycopg.OperationalError("PostgreSQL could not be reached a moment ago")
         stale = (self._refreshable and self._connect_failed
                  and now - self._dsn_fetched_at > SECRET_REFRESH_SECONDS)
         if self._dsn is None or stale:
@@ -352,6 +360,7 @@ class Database:
             self._conn = connect(self._dsn, statement_timeout_ms=self._statement_timeout_ms)
         except psycopg.Error:
             self._connect_failed = True
+            self._connect_failed_at = self._clock()
             raise
         self._connect_failed = False
         return self._conn

@@ -12,18 +12,21 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from chalicelib.config import Settings
+from chalicelib.errors import ServiceUnavailable
 
 RedisClient = redis.Redis | RedisCluster
 
 
 def connect_redis(settings: Settings, **overrides: Any) -> RedisClient:
-    """Return a lazily connecting client for ``settings.redis_url``.
+    """Return a client for ``settings.redis_url``.
 
-    Nothing is sent until the first command, so building it costs no round
-    trip at cold start.  ``overrides`` go to redis-py (tests use them).
+    A single-node client connects lazily (no round trip at cold start); a
+    cluster client reads the slot map now.  Raises ServiceUnavailable when
+    a cluster cannot be reached.  ``overrides`` go to redis-py (tests use them).
     """
     options: dict[str, Any] = {
         "socket_connect_timeout": settings.redis_timeout,
@@ -41,9 +44,15 @@ def connect_redis(settings: Settings, **overrides: Any) -> RedisClient:
     # one-second budget of guarantee 5.  Reads, which are safe to repeat,
     # retry a broken connection themselves (SessionStore.get).
     options.setdefault("retry", Retry(NoBackoff(), 0))
-    if settings.redis_cluster:
+    if not settings.redis_cluster:
+        return redis.Redis.from_url(settings.redis_url, **options)
+    # Unlike redis.Redis, a cluster client connects as it is built (it reads
+    # the slot map): an unreachable or non-cluster Redis must be a 503.
+    try:
         return _Cluster.from_url(settings.redis_url, **options)
-    return redis.Redis.from_url(settings.redis_url, **options)
+    except (RedisClusterException, redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ServiceUnavailable(f"Redis Cluster is unavailable: {type(exc).__name__}",
+                                 dependency="redis") from exc
 
 
 class _Cluster(RedisCluster):

@@ -184,13 +184,13 @@ def service() -> Any:
 def health_probes() -> dict[str, Any]:
     """name -> probe for every configured dependency (chalicelib.health).
 
-    The store is built here, before the probes run in parallel: building
-    it does no I/O, and a probe thread blocked on another builder's I/O
-    (a queue URL lookup) must not hold up the Redis probe.
+    Each probe builds its client inside the deadline (a cluster client
+    connects as it is built); one lock per object (``_once``) keeps a
+    probe blocked on another builder's I/O from holding up the others.
     """
     from chalicelib import health
     s = settings()
-    probes: dict[str, Any] = {"redis": health.redis_probe(store())}
+    probes: dict[str, Any] = {"redis": health.redis_probe(store)}
     if s.has_database:
         probes["postgresql"] = health.postgres_probe(database)
     if s.has_queue:

@@ -100,12 +100,17 @@ class SessionService:
         return result.session
 
     def history(self, session_id: str, *, limit: int, before_version: int | None) -> HistoryPage:
-        """Persisted events newest first.  Raises SessionNotFound when none."""
+        """Persisted events newest first.
+
+        Raises SessionNotFound when nothing is persisted and Redis does not
+        know the session either (a session created a moment ago has an
+        empty history until the pipeline persisted its first event).
+        """
         if self.durable is None:
             raise SessionNotFound(session_id)
         events = list(self.durable.history(session_id, limit=limit + 1,
                                            before_version=before_version))
-        if not events and before_version is None:
+        if not events and self.store.marker(session_id) is None:
             raise SessionNotFound(session_id)
         more = len(events) > limit
         events = events[:limit]

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Make sure Redis and PostgreSQL answer at REDIS_URL / DATABASE_URL (default
-# 127.0.0.1:6379 and 127.0.0.1:5432, as on the CI machine).  When one does
-# not answer and its server binaries are installed, start a private one
-# under .run/ on that port; otherwise say exactly what is missing.
+# Make sure Redis and PostgreSQL answer on 127.0.0.1:$REDIS_PORT and
+# 127.0.0.1:$PG_PORT (default 6379 and 5432, as on the CI machine, and as
+# the local stage's REDIS_URL / DATABASE_URL expect).  When one does not
+# answer and its server binaries are installed, start a private one under
+# .run/ on that port; otherwise say exactly what is missing.  (Pointing
+# REDIS_URL / DATABASE_URL elsewhere needs nothing from this script.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=$PWD/.run

@@ -20,8 +20,9 @@ import threading
 
 import click
 
-from chalicelib.cli._common import PROJECT_DIR
-from chalicelib.config import API_KEYS
+from chalicelib.cli._common import PROJECT_DIR, config_error_exit
+from chalicelib.config import API_KEYS, load_settings
+from chalicelib.errors import ConfigurationError
 
 BACKLOG = 128
 
@@ -98,6 +99,12 @@ def serve(host: str, port: int, pipeline: bool) -> None:
     if not os.environ.get(API_KEYS):
         os.environ[API_KEYS] = secrets.token_urlsafe(24)
         click.echo(f"API key (set {API_KEYS} to choose your own): {os.environ[API_KEYS]}")
+    try:
+        # the app reads the same settings on its first request: fail now,
+        # with the setting's name, rather than answer every request with it
+        load_settings()
+    except ConfigurationError as exc:
+        config_error_exit(exc)
     stop = threading.Event()
     if pipeline:
         from chalicelib.cli.pipeline import start_pipeline_threads

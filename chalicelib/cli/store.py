@@ -7,20 +7,23 @@ import time
 import click
 
 from chalicelib import runtime
-from chalicelib.cli._common import fail
-from chalicelib.errors import ServiceUnavailable
+from chalicelib.cli._common import config_error_exit, fail
+from chalicelib.errors import ConfigurationError, ServiceUnavailable
 
 
 @click.command()
-@click.option("--seconds", type=float, default=None,
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after this many seconds (default: until Ctrl-C).")
-@click.option("--count", type=int, default=None, help="Stop after this many updates.")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Stop after this many updates.")
 def watch(seconds: float | None, count: int | None) -> None:
     """Print every session change published on Pub/Sub, one JSON line each."""
     deadline = None if seconds is None else time.monotonic() + seconds
     seen = 0
     try:
         updates = runtime.store().subscribe(timeout=0.5)
+    except ConfigurationError as exc:
+        config_error_exit(exc)
     except ServiceUnavailable as exc:
         fail(f"cannot subscribe: {exc.message}")
     try:

@@ -131,3 +131,14 @@ def test_the_history_lists_persisted_events_newest_first_one_page_at_a_time(clie
     assert all(e["occurred_at"].endswith("Z") and e["persisted_at"] >= e["occurred_at"] for e in events)
     missing = client.http.get("/sessions/never-written/events", headers=HEADERS)
     assert missing.status_code == 404
+
+
+def test_a_session_not_yet_persisted_has_an_empty_history_and_an_unknown_one_is_404(client):
+    sid = f"fresh-{uuid.uuid4().hex[:8]}"
+    _create(client, sid, {"v": 1})  # the worker has not run: nothing in PostgreSQL yet
+    reply = client.http.get(f"/sessions/{sid}/events", headers=HEADERS)
+    assert reply.status_code == 200, reply.body
+    assert json.loads(reply.body) == {"session_id": sid, "events": [], "next_before_version": None}
+    for query in ("", "?before_version=5"):
+        unknown = client.http.get(f"/sessions/never-{sid}/events{query}", headers=HEADERS)
+        assert unknown.status_code == 404, query

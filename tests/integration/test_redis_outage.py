@@ -22,7 +22,7 @@ from chalicelib.errors import ServiceUnavailable
 from chalicelib.redis_client import connect_redis
 from chalicelib.store import SessionStore
 from tests.conftest import API_KEY
-from tests.servers import RedisServer
+from tests.servers import RedisServer, free_port
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
@@ -190,3 +190,18 @@ def test_a_full_redis_answers_writes_with_503_and_still_serves_reads(full_redis,
         response = api.put(f"/sessions/{session_id}", headers={**AUTH, "If-Match": '"1"'},
                            body='{"state":{"a":2}}')
         assert response.status_code == 200 and response.json_body["version"] == 2
+
+
+def test_an_unreachable_redis_cluster_is_a_503_on_health_and_on_every_route_not_a_500(use_settings):
+    # a cluster client reads the slot map as it is built: that must fail as a 503 too
+    use_settings(Settings(redis_url=f"redis://127.0.0.1:{free_port()}", redis_cluster=True,
+                          api_keys=(API_KEY,)))
+    with Client(app, stage_name="local", project_dir=PROJECT_DIR) as client:
+        start = time.monotonic()
+        health = client.http.get("/health")
+        assert health.status_code == 503
+        assert json.loads(health.body)["checks"]["redis"]["status"] == "down"
+        reply = client.http.get("/sessions/anything", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert reply.status_code == 503
+        assert json.loads(reply.body)["error"]["code"] == "ServiceUnavailable"
+        assert time.monotonic() - start < 3

@@ -104,3 +104,16 @@ def test_rediss_urls_with_credentials_and_query_options_are_accepted():
     url = "rediss://sessionsync:p%40ss@cache.example.com:6379/0?ssl_ca_certs=%2Fetc%2Fca.pem"
     settings = load_settings({"REDIS_URL": url, "REDIS_CLUSTER": "true"})
     assert settings.redis_url == url and settings.redis_cluster
+
+
+def test_a_redis_url_with_a_database_that_is_not_a_number_names_redis_url():
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({"REDIS_URL": "redis://127.0.0.1:6379/abc"})
+    assert caught.value.setting == "REDIS_URL"
+
+
+def test_redis_cluster_with_a_database_other_than_0_names_redis_url():
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({"REDIS_URL": "redis://127.0.0.1:6379/3", "REDIS_CLUSTER": "true"})
+    assert caught.value.setting == "REDIS_URL"
+    assert load_settings({"REDIS_URL": "redis://127.0.0.1:6379/0", "REDIS_CLUSTER": "true"}).redis_cluster
