@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import threading
+from http import HTTPStatus
 
 import click
 
@@ -25,6 +26,8 @@ from chalicelib.config import API_KEYS, load_settings
 from chalicelib.errors import ConfigurationError
 
 BACKLOG = 128
+# API Gateway's own payload limit
+MAX_BODY_BYTES = 10 * 1024 * 1024
 
 
 def gateway_error(error, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -67,6 +70,40 @@ def build_server(host: str, port: int, stage: str = "local"):
     class Handler(ChaliceRequestHandler):
         def _send_error_response(self, error):
             self._send_http_response(*gateway_error(error, self.command, self.path))
+
+        def send_error(self, code, message=None, explain=None):
+            # http.server's own refusals (bad request line, URI or headers
+            # too long) in the API's JSON error shape, not an HTML page
+            status = HTTPStatus(code)
+            body = json.dumps({"error": {"code": status.phrase.title().replace(" ", "").replace("-", ""),
+                                         "message": message or status.description}}).encode()
+            self.close_connection = True
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(body)
+
+        def _generic_handle(self):
+            # chalice local reads Content-Length blindly: garbage raised in
+            # the handler thread (connection dropped, no answer) and a huge
+            # value was read into memory
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                self.send_error(411, "send the body with a Content-Length (no chunked encoding)")
+                return
+            length = (self.headers.get("Content-Length") or "0").strip()
+            if not length.isdigit():
+                self.send_error(400, "Content-Length must be a number")
+                return
+            if int(length) > MAX_BODY_BYTES:
+                self.send_error(413, f"request body over {MAX_BODY_BYTES} bytes")
+                return
+            super()._generic_handle()
+
+        # chalice binds its handler to each do_X; rebind them to the check above
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = _generic_handle
 
         def __getattr__(self, name):
             # http.server answers 501 (a 5xx) for a method without a do_X

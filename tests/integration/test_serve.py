@@ -168,3 +168,28 @@ def test_the_walk_through_works_over_http(server, session_id):
     assert status == 409 and json.loads(body)["error"]["details"]["actual_version"] == 2
     assert server.request("DELETE", f"/sessions/{session_id}", AUTH)[0] == 204
     assert server.request("GET", f"/sessions/{session_id}", AUTH)[0] == 404
+
+
+@pytest.mark.parametrize(("request_head", "status", "code"), [
+    (b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, "BadRequest"),
+    (b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413,
+     "RequestEntityTooLarge"),
+    (b"POST /sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+     411, "LengthRequired"),
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "RequestUriTooLong"),
+    (b"garbage\r\n\r\n", 400, "BadRequest"),
+])
+def test_requests_http_server_refuses_get_the_json_error_shape(server, request_head, status, code):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(request_head)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    if reply.startswith(b"{"):
+        # no HTTP version in the request line: http.server answers HTTP/0.9
+        # style, the body alone
+        body = reply
+    else:
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.split()[1] == str(status).encode(), head[:200]
+    assert json.loads(body)["error"]["code"] == code
