@@ -27,6 +27,8 @@ _ENVELOPE_SLACK = 4096
 # A version in a header or query string: ASCII digits only (str.isdigit()
 # accepts "²", which int() refuses) and no longer than 2**63 - 1.
 _VERSION_TEXT = re.compile(r"[0-9]{1,19}")
+# docs/openapi.yaml's If-Match pattern, with the quotes balanced: "3" or 3
+_IF_MATCH = re.compile(r'(?P<q>"?)(?P<version>[1-9][0-9]{0,17})(?P=q)')
 
 
 @dataclass(frozen=True)
@@ -154,10 +156,11 @@ def if_match_version(header: str | None) -> int | None:
     value = header.strip()
     if value.startswith("W/"):
         raise ValidationError("If-Match must be a strong ETag", field="If-Match")
-    value = value.strip('"')
-    if not _VERSION_TEXT.fullmatch(value):
-        raise ValidationError("If-Match must be a session version (the ETag of a GET)", field="If-Match")
-    return version(int(value), "If-Match")
+    match = _IF_MATCH.fullmatch(value)
+    if match is None:
+        raise ValidationError('If-Match must be a session version: the ETag of a GET ("3") or 3',
+                              field="If-Match")
+    return version(int(match["version"]), "If-Match")
 
 
 def ttl_seconds(value: Any) -> int | None:

@@ -238,3 +238,14 @@ def test_a_body_session_id_is_taken_as_written_not_percent_decoded():
     with pytest.raises(ValidationError, match="session id must match"):
         validation.create_request(b'{"session_id":"cart%3A42","state":{}}', LIMIT)
     assert validation.create_request(b'{"session_id":"cart:42","state":{}}', LIMIT).session_id == "cart:42"
+
+
+@pytest.mark.parametrize("header", ['"1', '1"', '""1""', "01", '"0"', "1" * 19, '"1", "2"'])
+def test_an_if_match_outside_the_documented_pattern_is_refused(header):
+    with pytest.raises(ValidationError):
+        validation.if_match_version(header)
+
+
+@pytest.mark.parametrize(("header", "expected"), [('"3"', 3), ("3", 3), (' "12" ', 12)])
+def test_an_if_match_in_either_documented_form_gives_its_version(header, expected):
+    assert validation.if_match_version(header) == expected
