@@ -1,15 +1,18 @@
 """Helpers shared by the CLI commands."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from chalicelib.errors import ConfigurationError
+from chalicelib.errors import ConfigurationError, SessionSyncError
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 CHALICE_CONFIG = PROJECT_DIR / ".chalice" / "config.json"
@@ -46,6 +49,34 @@ def fail(message: str, code: int = 1) -> None:
 
 def config_error_exit(exc: ConfigurationError) -> None:
     fail(f"configuration error: {exc.message}", 2)
+
+
+@contextlib.contextmanager
+def exit_on_errors(what: str = "error", *, unexpected: bool = False) -> Iterator[None]:
+    """Turn errors into the CLI's exit codes with a one-line message:
+    ConfigurationError -> 2, any other SessionSyncError -> 1 ("<what>: ...").
+    With ``unexpected``, any other exception too (a psycopg error during a
+    migration deserves a sentence, not a traceback)."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        config_error_exit(exc)
+    except SessionSyncError as exc:
+        fail(f"{what}: {exc.message}")
+    except Exception as exc:
+        if not unexpected:
+            raise
+        fail(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def exits_on_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``exit_on_errors()`` around a whole command."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with exit_on_errors():
+            return command(*args, **kwargs)
+    return wrapper
 
 
 def echo_json(doc: Any) -> None:

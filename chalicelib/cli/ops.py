@@ -8,41 +8,20 @@ configuration (or usage) error.
 """
 from __future__ import annotations
 
-import functools
-import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import click
 
 from chalicelib import runtime
+from chalicelib.cli._common import echo_json, exits_on_errors
 from chalicelib.config import SESSION_DLQ_URL, SESSION_QUEUE_URL
-from chalicelib.errors import ConfigurationError, SessionSyncError
+from chalicelib.errors import ConfigurationError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 FORMATS = click.Choice(["table", "json"])
-
-
-def _exits(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Map sessionsync errors to the exit codes, with a one-line message."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except ConfigurationError as exc:
-            click.echo(f"configuration error: {exc.message}", err=True)
-            sys.exit(EXIT_CONFIG)
-        except SessionSyncError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            sys.exit(EXIT_FAILED)
-    return wrapper
-
-
-def _echo_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2, default=str))
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -58,7 +37,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 @click.option("--timeout", type=click.FloatRange(0.1, 30), default=None,
               help="Seconds to wait for the slowest dependency (default: as /health, 1 s).")
-@_exits
+@exits_on_errors
 def health(fmt: str, timeout: float | None) -> None:
     """Check Redis, PostgreSQL, the queue and the DLQ, as GET /health does.
 
@@ -71,7 +50,7 @@ def health(fmt: str, timeout: float | None) -> None:
     report = health_checks.check(runtime.health_probes(),
                                  timeout if timeout is not None else health_checks.DEADLINE_SECONDS)
     if fmt == "json":
-        _echo_json(report.to_dict())
+        echo_json(report.to_dict())
     else:
         rows = []
         for check in report.checks:
@@ -102,7 +81,7 @@ _MARKS = {"ok": "[ok]  ", "info": "[info]", "warn": "[warn]", "fail": "[FAIL]"}
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too.")
-@_exits
+@exits_on_errors
 def diagnose(pings: int, sample: int, fmt: str, strict: bool) -> None:
     """Check the configuration and every dependency in depth.
 
@@ -124,7 +103,7 @@ def diagnose(pings: int, sample: int, fmt: str, strict: bool) -> None:
         report.findings.extend(operations.diagnose(settings, runtime, pings=pings,
                                                    sample=sample).findings)
     if fmt == "json":
-        _echo_json(report.to_dict())
+        echo_json(report.to_dict())
     else:
         section = None
         for finding in report.findings:
@@ -145,7 +124,7 @@ def diagnose(pings: int, sample: int, fmt: str, strict: bool) -> None:
 
 @click.command("queue-metrics")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-@_exits
+@exits_on_errors
 def queue_metrics(fmt: str) -> None:
     """Messages waiting, in flight and delayed on the queue and the DLQ.
 
@@ -161,7 +140,7 @@ def queue_metrics(fmt: str) -> None:
                           runtime.queue_url() if settings.has_queue else None,
                           runtime.dlq_url() if (settings.dlq_url or settings.dlq_name) else None)
     if fmt == "json":
-        _echo_json(doc)
+        echo_json(doc)
         return
     click.echo(_table(("QUEUE", "WAITING", "IN_FLIGHT", "DELAYED"),
                       [(name, d["waiting"], d["in_flight"], d["delayed"]) for name, d in doc.items()]))
@@ -179,7 +158,7 @@ def dlq() -> None:
               help="Read at most this many messages.")
 @click.option("--messages", "show_messages", is_flag=True, help="List each message, not only the reasons.")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-@_exits
+@exits_on_errors
 def dlq_list(limit: int, show_messages: bool, fmt: str) -> None:
     """Why messages are in the DLQ, grouped by error class, code (SQLSTATE) and constraint.
 
@@ -195,7 +174,7 @@ def dlq_list(limit: int, show_messages: bool, fmt: str) -> None:
         doc: dict[str, Any] = {"read": len(messages), "reasons": [g.to_dict() for g in groups]}
         if show_messages:
             doc["messages"] = [m.summary() for m in messages]
-        _echo_json(doc)
+        echo_json(doc)
         return
     if not messages:
         click.echo("the DLQ is empty")
@@ -221,7 +200,7 @@ def dlq_list(limit: int, show_messages: bool, fmt: str) -> None:
 @click.option("--max", "limit", type=click.IntRange(1, 1_000_000), default=None,
               help="Move at most this many.")
 @click.option("--dry-run", is_flag=True, help="Show what would move; move nothing.")
-@_exits
+@exits_on_errors
 def dlq_redrive(error_class: str | None, error_code: str | None, constraint: str | None,
                 session_id: str | None, limit: int | None, dry_run: bool) -> None:
     """Send DLQ messages back to the main queue, once their cause is fixed.

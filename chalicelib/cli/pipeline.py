@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from chalicelib import logs, runtime
-from chalicelib.cli._common import config_error_exit, fail
+from chalicelib.cli._common import exit_on_errors, fail
 from chalicelib.config import CONSUMER_BATCH_SIZE, CONSUMER_MAX_CONCURRENCY, QUEUE_VISIBILITY_TIMEOUT
 from chalicelib.errors import ConfigurationError, SessionSyncError
 
@@ -100,16 +100,10 @@ def start_pipeline_threads(stop: threading.Event) -> list[threading.Thread]:
 def bootstrap(queues: bool, database: bool) -> None:
     """Create the queue, the DLQ, the database and its schema (idempotent)."""
     from chalicelib import provisioning
-    try:
+    with exit_on_errors("bootstrap failed", unexpected=True):  # psycopg.Error too
         settings = runtime.settings()
         report = provisioning.bootstrap(settings, runtime.sqs() if queues else None,
                                         _database_dsn() if database else None)
-    except ConfigurationError as exc:
-        config_error_exit(exc)
-    except SessionSyncError as exc:
-        fail(f"bootstrap failed: {exc.message}")
-    except Exception as exc:  # psycopg.Error: say what, not a traceback
-        fail(f"bootstrap failed: {type(exc).__name__}: {exc}")
     if report.queues:
         click.echo(f"queue {report.queues.url} (DLQ {report.queues.dlq_url})")
     if database:
@@ -121,14 +115,8 @@ def bootstrap(queues: bool, database: bool) -> None:
 def migrate() -> None:
     """Apply pending SQL migrations (safe to run twice, or twice at once)."""
     from chalicelib import provisioning
-    try:
+    with exit_on_errors("migrate failed", unexpected=True):  # psycopg.Error too
         applied = provisioning.migrate(_database_dsn())
-    except ConfigurationError as exc:
-        config_error_exit(exc)
-    except SessionSyncError as exc:
-        fail(f"migrate failed: {exc.message}")
-    except Exception as exc:  # psycopg.Error
-        fail(f"migrate failed: {type(exc).__name__}: {exc}")
     click.echo(f"applied: {', '.join(m.filename for m in applied)}" if applied else "up to date")
 
 
@@ -148,19 +136,13 @@ def migrate() -> None:
 def worker(batch_size: int, wait_seconds: int, visibility_timeout: int, retry_delay: float,
            concurrency: int, once: bool) -> None:
     """Long-poll the queue and run the consumer, as the Lambda event source mapping would."""
-    try:
+    with exit_on_errors("worker cannot start"):
         workers = [build_worker(batch_size=batch_size, wait_seconds=wait_seconds,
                                 visibility_timeout=visibility_timeout, retry_delay=retry_delay)
                    for _ in range(1 if once else concurrency)]
-    except ConfigurationError as exc:
-        config_error_exit(exc)
-    except SessionSyncError as exc:
-        fail(f"worker cannot start: {exc.message}")
     if once:
-        try:
+        with exit_on_errors("worker failed"):
             result = workers[0].poll_once()
-        except SessionSyncError as exc:
-            fail(f"worker failed: {exc.message}")
         click.echo(f"received {result.received}, deleted {result.deleted}, retried {result.retried}")
         return
     stop = threading.Event()
@@ -183,7 +165,7 @@ def worker(batch_size: int, wait_seconds: int, visibility_timeout: int, retry_de
 @click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True)
 def relay(once: bool, age: float | None, interval: float) -> None:
     """Re-send outbox entries that never reached SQS."""
-    try:
+    with exit_on_errors("relay failed"):
         r = runtime.relay()
         if age is not None:
             r.age_seconds = age
@@ -193,10 +175,6 @@ def relay(once: bool, age: float | None, interval: float) -> None:
             if result.sent < result.found:
                 fail("some entries could not be sent (SQS unavailable?)")
             return
-    except ConfigurationError as exc:
-        config_error_exit(exc)
-    except SessionSyncError as exc:
-        fail(f"relay failed: {exc.message}")
     stop = threading.Event()
     click.echo(f"relaying entries older than {r.age_seconds:g} s every {interval:g} s (Ctrl-C to stop)")
     try:

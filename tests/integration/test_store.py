@@ -32,6 +32,7 @@ from chalicelib.store import (
     outbox_keys,
     session_keys,
 )
+from tests.pipeline_support import wait_until
 
 
 def settings_for(client) -> Settings:
@@ -43,13 +44,6 @@ def settings_for(client) -> Settings:
     kwargs = client.connection_pool.connection_kwargs
     return Settings(redis_url=f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}",
                     redis_timeout=5.0)
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} within {timeout}s"
-        time.sleep(interval)
 
 
 # -- compare-and-set ---------------------------------------------------------
@@ -181,7 +175,8 @@ def test_a_write_refreshes_the_sliding_ttl(store, any_redis, session_id):
 
 def test_an_expired_session_reads_as_not_found(store, session_id):
     store.create(session_id, '{"a":1}', 1)
-    wait_until(lambda: store.get(session_id) is None, 3, "the session did not expire")
+    wait_until(lambda: store.get(session_id) is None, timeout=3, what="the session to expire",
+               interval=0.02)
     with pytest.raises(SessionNotFound) as caught:
         SessionService(store).get(session_id)  # no PostgreSQL configured: nothing to recover
     assert not caught.value.deleted
@@ -260,8 +255,8 @@ def test_a_delete_leaves_a_tombstone_an_in_flight_update_cannot_pass(store, any_
 def test_a_deleted_id_stays_unusable_after_its_tombstone_expired(store, any_redis, session_id):
     store.create(session_id, '{"a":1}', 1)
     store.delete(session_id, 1)
-    wait_until(lambda: not any_redis.exists(session_keys(session_id)[0]), 3,
-               "the tombstone did not expire")
+    wait_until(lambda: not any_redis.exists(session_keys(session_id)[0]), timeout=3,
+               what="the tombstone to expire", interval=0.02)
     with pytest.raises(SessionExists) as recreate:
         store.create(session_id, "{}", 60)
     assert recreate.value.deleted
