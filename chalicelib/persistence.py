@@ -93,13 +93,28 @@ _ISO_MS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 #   so delivery order does not matter.  A duplicate event's version is never
 #   newer than what its first delivery stored, so re-running it is a no-op.
 #
-# * ``conflicting``: a (session, version) already stored with other content
-#   is not a duplicate but a second write under the same version number:
-#   its event fails permanently (the DLQ says why) instead of vanishing.
+# A (session, version) that is skipped as already there may be a duplicate
+# (the same event delivered again) or a conflict (another write got the same
+# version number: the id was reused after Redis forgot it, or a failover lost
+# the last write).  The statement cannot tell: its snapshot predates rows
+# that a concurrent batch committed while this one waited on their index
+# entries.  So it returns the skipped rows (``skipped``) and CONFLICTS_SQL,
+# a statement of its own with a fresh snapshot, compares them with what is
+# stored now::
+#
+#     consumer A                          consumer B
+#     INSERT (s, 7, X) ... (uncommitted)
+#                                         APPLY_SQL snapshot taken
+#                                         INSERT (s, 7, Y) waits on A's entry
+#     COMMIT
+#                                         ON CONFLICT: skipped; its snapshot
+#                                         has no (s, 7): a same-statement
+#                                         check would call Y a duplicate
+#                                         CONFLICTS_SQL: sees X <> Y -> DLQ
 #
 # Data-modifying CTEs always run to completion, whether or not the final
 # SELECT reads them; it returns (new events, sessions moved forward, and the
-# conflicting events' session ids and versions).
+# ordinal of each skipped event).
 APPLY_SQL = """
 WITH incoming AS (
     SELECT t.session_id, t.version, t.event_type, t.state::jsonb AS state,
@@ -114,17 +129,6 @@ WITH incoming AS (
     FROM incoming ORDER BY session_id, version
     ON CONFLICT (session_id, version) DO NOTHING
     RETURNING session_id, version
-), conflicting AS (
-    -- skipped as already there, but not the same event: another write got
-    -- this version number (the id was reused after Redis lost its marker,
-    -- or a failover lost the last write).  Reported, never silently dropped.
-    -- ``e`` is the table as it was before this statement.
-    SELECT i.idx
-    FROM incoming i JOIN sync_events e USING (session_id, version)
-    WHERE NOT EXISTS (SELECT 1 FROM inserted n
-                      WHERE n.session_id = i.session_id AND n.version = i.version)
-      AND (e.event_type <> i.event_type OR e.occurred_at <> i.occurred_at
-           OR e.state IS DISTINCT FROM i.state)
 ), latest AS (
     INSERT INTO sync_sessions AS s
         (session_id, version, state, deleted, created_at, updated_at, ttl_seconds)
@@ -140,7 +144,22 @@ WITH incoming AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM latest),
-       (SELECT array_agg(idx) FROM conflicting)
+       (SELECT array_agg(i.idx) FROM incoming i
+        WHERE NOT EXISTS (SELECT 1 FROM inserted n
+                          WHERE n.session_id = i.session_id AND n.version = i.version))
+"""
+
+# The skipped events whose (session, version) is stored with other content:
+# the ordinals (from 1) of the conflicting ones.  Compares every part of the
+# event that a duplicate delivery repeats: type, time and state.
+CONFLICTS_SQL = """
+SELECT t.idx
+FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[])
+     WITH ORDINALITY AS t(session_id, version, event_type, state, occurred_at, idx)
+JOIN sync_events e USING (session_id, version)
+WHERE e.event_type <> t.event_type
+   OR e.occurred_at <> t.occurred_at::timestamptz
+   OR e.state IS DISTINCT FROM t.state::jsonb
 """
 
 LATEST_SQL = f"""
@@ -305,6 +324,46 @@ class ApplyResult:
         return self.inserted + self.duplicates
 
 
+def _first_of_each_version(events: Sequence[ChangeEvent]) -> tuple[list[int], set[int]]:
+    """Split a batch by (session, version): (indexes of the first event of
+    each, indexes of later ones with other content).  Later identical ones
+    are in neither: duplicates.
+
+    One statement cannot insert a key twice, and a second event under a
+    key is either the same event delivered twice (a duplicate) or another
+    write that got the same version (a conflict, never silently dropped).
+    """
+    first: dict[tuple[str, int], int] = {}
+    clashes: set[int] = set()
+    for index, event in enumerate(events):
+        key = (event.session_id, event.version)
+        seen = first.setdefault(key, index)
+        if seen == index:
+            continue
+        if not _same_change(events[seen], event):
+            clashes.add(index)
+    return sorted(first.values()), clashes
+
+
+def _same_change(a: ChangeEvent, b: ChangeEvent) -> bool:
+    if (a.event_type, a.occurred_at) != (b.event_type, b.occurred_at):
+        return False
+    if a.state_json == b.state_json:
+        return True
+    # the same document may be spelled differently; jsonb compares values
+    return a.state_json is not None and b.state_json is not None and \
+        json.loads(a.state_json) == json.loads(b.state_json)
+
+
+def _conflict_failures(events: Sequence[ChangeEvent],
+                       conflicts: Iterable[int]) -> dict[int, PersistenceError]:
+    return {i: PermanentPersistenceError(
+                f"version {events[i].version} of session {events[i].session_id!r} is already "
+                "persisted with different content: two writes got the same version number",
+                constraint="sync_events_pkey", reason="version_conflict")
+            for i in conflicts}
+
+
 class Database:
     """The PostgreSQL side of sessionsync (``sync_sessions``, ``sync_events``).
 
@@ -416,8 +475,11 @@ class Database:
 
         Idempotent (an event already in ``sync_events`` counts as a
         duplicate: success) and order-insensitive (``sync_sessions`` only
-        moves forward).  Never raises for database trouble: it returns the
-        errors per event in ``ApplyResult.failures``.
+        moves forward).  An event whose (session, version) is stored, or
+        earlier in the batch, with other content fails permanently
+        (``reason=version_conflict``), whatever the batching and however
+        many consumers run at once.  Never raises for database trouble: it
+        returns the errors per event in ``ApplyResult.failures``.
 
         When the batch fails with a permanent error (a constraint or data
         error of some event), each event is retried in its own transaction,
@@ -427,9 +489,10 @@ class Database:
         """
         if not events:
             return ApplyResult()
+        unique, clashes = _first_of_each_version(events)
         with self._lock:
             try:
-                inserted, conflicts = self._apply(events)
+                inserted, conflicts = self._apply([events[i] for i in unique])
             except psycopg.Error as exc:
                 error = classify(exc)
                 if isinstance(error, PermanentPersistenceError) and len(events) > 1 and self._alive():
@@ -440,9 +503,9 @@ class Database:
                 error = RetryablePersistenceError(exc.message, error_class=type(exc).__name__)
                 error.__cause__ = exc
                 return self._failed(events, error)
-            failures = self._conflict_failures(events, conflicts)
-            return ApplyResult(inserted=inserted, duplicates=len(events) - inserted - len(failures),
-                               failures=failures)
+        failures = _conflict_failures(events, {unique[i] for i in conflicts} | clashes)
+        return ApplyResult(inserted=inserted, duplicates=len(events) - inserted - len(failures),
+                           failures=failures)
 
     @staticmethod
     def _failed(events: Sequence[ChangeEvent], error: PersistenceError) -> ApplyResult:
@@ -452,25 +515,28 @@ class Database:
         return ApplyResult(failures={i: error for i in range(len(events))})
 
     def _apply(self, events: Sequence[ChangeEvent]) -> tuple[int, set[int]]:
-        """(rows inserted, indexes in ``events`` of the conflicting ones)."""
+        """(rows inserted, indexes in ``events`` of the conflicting ones).
+
+        ``events`` holds at most one event per (session, version).
+        """
+        conn = self._connection()
         # parallel arrays, in APPLY_SQL's unnest order
         columns = ([e.session_id for e in events], [e.version for e in events],
                    [e.event_type for e in events], [e.state_json for e in events],
                    [e.created_at for e in events], [e.occurred_at for e in events],
                    [e.ttl_seconds for e in events])
-        row = self._connection().execute(APPLY_SQL, columns).fetchone()
+        row = conn.execute(APPLY_SQL, columns).fetchone()
         assert row is not None
+        if not row[2]:
+            return int(row[0]), set()
         # WITH ORDINALITY counts from 1
-        return int(row[0]), {int(i) - 1 for i in row[2] or ()}
-
-    @staticmethod
-    def _conflict_failures(events: Sequence[ChangeEvent], conflicts: set[int],
-                           offset: int = 0) -> dict[int, PersistenceError]:
-        return {offset + i: PermanentPersistenceError(
-                    f"version {e.version} of session {e.session_id!r} is already persisted with "
-                    "different content: two writes got the same version number",
-                    constraint="sync_events_pkey", reason="version_conflict")
-                for i, e in enumerate(events) if i in conflicts}
+        skipped = [int(i) - 1 for i in row[2]]
+        others = [events[i] for i in skipped]
+        clashing = conn.execute(CONFLICTS_SQL, (
+            [e.session_id for e in others], [e.version for e in others],
+            [e.event_type for e in others], [e.state_json for e in others],
+            [e.occurred_at for e in others])).fetchall()
+        return int(row[0]), {skipped[int(i) - 1] for (i,) in clashing}
 
     def _alive(self) -> bool:
         conn = self._conn
@@ -478,7 +544,10 @@ class Database:
 
     def _apply_one_by_one(self, events: Sequence[ChangeEvent]) -> ApplyResult:
         result = ApplyResult()
-        for index, event in enumerate(events):
+        unique, clashes = _first_of_each_version(events)
+        result.failures.update(_conflict_failures(events, clashes))
+        for index in unique:
+            event = events[index]
             try:
                 inserted, conflicts = self._apply([event])
             except psycopg.Error as exc:
@@ -487,15 +556,15 @@ class Database:
                 if isinstance(error, RetryablePersistenceError):
                     # not this event's fault (the connection went away, a
                     # timeout): the rest would fail the same way
-                    for rest in range(index + 1, len(events)):
+                    for rest in unique[unique.index(index) + 1:]:
                         result.failures[rest] = error
                     break
                 continue
             if conflicts:
-                result.failures.update(self._conflict_failures([event], conflicts, index))
+                result.failures.update(_conflict_failures(events, {index}))
                 continue
             result.inserted += inserted
-            result.duplicates += 1 - inserted
+        result.duplicates = len(events) - result.inserted - len(result.failures)
         return result
 
     def apply_event(self, event: ChangeEvent) -> bool:
