@@ -98,8 +98,9 @@ def health_check():
 @app.on_sqs_message(queue=config.trigger_queue_name(), batch_size=config.CONSUMER_BATCH_SIZE,
                     maximum_concurrency=config.CONSUMER_MAX_CONCURRENCY)
 def persist_changes(event):
-    """SQS -> PostgreSQL.  Returns batch item failures (the event source
-    mapping must have ReportBatchItemFailures on); poison goes to the DLQ."""
+    """SQS -> PostgreSQL; poison goes to the DLQ.  Safe with or without
+    ReportBatchItemFailures on the mapping: when a record must be retried,
+    the handled ones are deleted and the handler raises (chalicelib.consumer)."""
     return runtime.consumer().handle(event.to_dict())
 
 

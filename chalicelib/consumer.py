@@ -1,11 +1,17 @@
 """The SQS consumer: persist a batch of change events, report what failed.
 
-Same contract as the Lambda event source mapping with
-``ReportBatchItemFailures``: the handler gets ``{"Records": [...]}`` and
-returns ``{"batchItemFailures": [{"itemIdentifier": messageId}, ...]}``.
-SQS deletes every record not listed; the listed ones come back after the
-visibility timeout, and after maxReceiveCount receives the queue's redrive
-policy moves them to the DLQ.
+Safe whatever the event source mapping says.  With
+``ReportBatchItemFailures`` the mapping deletes every record not listed in
+``{"batchItemFailures": [...]}``; without it (what ``chalice deploy``
+creates: Chalice cannot set it) it deletes the whole batch whenever the
+handler returns.  So when any record must be retried, the handler deletes
+the records it did handle itself and then raises ``BatchIncomplete``: in
+both modes Lambda then deletes nothing, and only the records that were not
+persisted come back after the visibility timeout (after maxReceiveCount
+receives the queue's redrive policy moves them to the DLQ).  A handled
+record whose delete fails comes back too and is skipped as a duplicate.
+When nothing must be retried, it returns normally and the mapping deletes
+the batch.
 
 What happens to a record:
 
@@ -20,6 +26,9 @@ class 22 / 23 / 54)                         in message attributes; deleted from
                                             the main queue (not a failure)
 permanent, but the DLQ send failed          batch item failure (never dropped)
 ==========================================  ===================================
+
+and "batch item failure" means: listed in the response, and the handler
+raises after deleting the others (see above).
 
 Structure, as powertools' batch utility has it: a per-record function
 (``parse_record``) and one loop over the batch collecting failures.  The
@@ -188,19 +197,82 @@ def _letter_size(letter: DeadLetter) -> int:
     return len(_body(letter.record).encode()) + 4 * MAX_ERROR_MESSAGE + 1024
 
 
+class BatchIncomplete(Exception):
+    """Some records of the batch must be retried; the others were deleted.
+
+    Raised by ``Consumer.handle`` so that an event source mapping without
+    ``ReportBatchItemFailures`` does not delete the whole batch.
+    """
+
+    def __init__(self, report: BatchReport) -> None:
+        super().__init__(f"{len(report.retry)} of {report.received} records must be retried "
+                         "(the others were persisted or dead-lettered, and deleted)")
+        self.report = report
+
+
+class RecordSource(Protocol):
+    """Deletes handled records from the queue they came from."""
+
+    def delete(self, records: Sequence[Mapping[str, Any]]) -> int:
+        """Delete ``records``; return how many could not be (never raises)."""
+
+
+class SqsRecordSource:
+    """The session queue (boto3 SQS client given): deletes by receipt handle."""
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+
+    def delete(self, records: Sequence[Mapping[str, Any]]) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+        failed = 0
+        for start in range(0, len(records), 10):  # DeleteMessageBatch takes 10
+            chunk = records[start:start + 10]
+            entries = [{"Id": str(i), "ReceiptHandle": r["receiptHandle"]} for i, r in enumerate(chunk)]
+            try:
+                reply = self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            except (BotoCoreError, ClientError) as exc:
+                log.warning("delete of handled records failed; they will be delivered again "
+                            "and skipped as duplicates", extra={"error": repr(exc), "records": len(chunk)})
+                failed += len(chunk)
+                continue
+            failed += len(reply.get("Failed") or [])
+        return failed
+
+
 class Consumer:
     """Handles one SQS batch (the Lambda handler's body, and the local worker's).
 
-    Takes the database (``apply_events``) and the DLQ sender as arguments.
+    Takes the database (``apply_events``), the DLQ sender and the queue the
+    records come from (to delete handled records itself) as arguments.
     """
 
-    def __init__(self, database: EventSink, dead_letters: DeadLetterQueue) -> None:
+    def __init__(self, database: EventSink, dead_letters: DeadLetterQueue,
+                 source: RecordSource) -> None:
         self.database = database
         self.dead_letters = dead_letters
+        self.source = source
 
     def handle(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        """The Lambda handler contract: SQS event in, batch item failures out."""
-        return self.process(event.get("Records") or []).response()
+        """The Lambda handler: SQS event in, batch item failures out.
+
+        Raises BatchIncomplete, after deleting the handled records, when any
+        record must be retried (see the module docstring).
+        """
+        records = event.get("Records") or []
+        return self.respond(records, self.process(records))
+
+    def respond(self, records: Sequence[Mapping[str, Any]], report: BatchReport) -> dict[str, Any]:
+        """The response for a processed batch, or BatchIncomplete raised
+        after deleting the handled records (see the module docstring)."""
+        if report.retry:
+            retry = set(report.retry)
+            handled = [r for r in records if r.get("messageId") not in retry]
+            if handled:
+                self.source.delete(handled)
+            raise BatchIncomplete(report)
+        return report.response()
 
     def process(self, records: Sequence[Mapping[str, Any]]) -> BatchReport:
         """Persist ``records``; say which ones SQS must keep.

@@ -119,7 +119,7 @@ def database() -> Any:
 def consumer() -> Any:
     """The SQS consumer (database + DLQ sender) the Lambda handler calls."""
     from chalicelib.config import DATABASE_URL
-    from chalicelib.consumer import Consumer, DeadLetterQueue
+    from chalicelib.consumer import Consumer, DeadLetterQueue, SqsRecordSource
     from chalicelib.errors import ConfigurationError
 
     def build() -> Any:
@@ -127,7 +127,7 @@ def consumer() -> Any:
         if db is None:
             raise ConfigurationError(DATABASE_URL, "the consumer needs a database "
                                      "(DATABASE_URL, DB_SECRET_ARN or PG* variables)")
-        return Consumer(db, DeadLetterQueue(sqs(), dlq_url()))
+        return Consumer(db, DeadLetterQueue(sqs(), dlq_url()), SqsRecordSource(sqs(), queue_url()))
     return _once("consumer", build)
 
 

@@ -9,9 +9,13 @@ process takes the mapping's place and calls the very same handler:
    messageId, receiptHandle, body, attributes incl. ApproximateReceiveCount,
    messageAttributes in Lambda's lowercase ``stringValue`` form,
    eventSource ``aws:sqs``, eventSourceARN, awsRegion);
-3. call the handler and delete every record that is not in its
-   ``batchItemFailures`` (``DeleteMessageBatch``); if the handler raises,
-   delete nothing (Lambda retries the whole batch).
+3. call the handler; when it returns, delete every record that is not in
+   its ``batchItemFailures`` (``DeleteMessageBatch``) if the mapping has
+   ``ReportBatchItemFailures`` (``report_batch_item_failures=True``, what
+   ``chalice package`` + infra/chalice-merge.json deploys), or the whole
+   batch if it has not (``False``: what ``chalice deploy`` creates); if the
+   handler raises, delete nothing (Lambda retries the whole batch).  Both
+   modes are tested: the consumer must be safe under either.
 
 One deliberate difference: Lambda leaves a failed record invisible for the
 whole visibility timeout (180 s here), which would make a local retry take
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.config import CONSUMER_BATCH_SIZE, QUEUE_VISIBILITY_TIMEOUT
+from chalicelib.consumer import BatchIncomplete
 from chalicelib.errors import ServiceUnavailable
 
 log = logging.getLogger("sessionsync.worker")
@@ -91,7 +96,8 @@ class Worker:
     def __init__(self, sqs: Any, queue_url: str, handler: Handler, *,
                  batch_size: int = CONSUMER_BATCH_SIZE, wait_seconds: int = DEFAULT_WAIT_SECONDS,
                  visibility_timeout: int = QUEUE_VISIBILITY_TIMEOUT,
-                 retry_delay: float = DEFAULT_RETRY_DELAY) -> None:
+                 retry_delay: float = DEFAULT_RETRY_DELAY,
+                 report_batch_item_failures: bool = True) -> None:
         if not 1 <= batch_size <= 10:
             raise ValueError("batch_size must be between 1 and 10 (SQS ReceiveMessage)")
         if not 0 <= wait_seconds <= 20:
@@ -103,6 +109,7 @@ class Worker:
         self.wait_seconds = wait_seconds
         self.visibility_timeout = visibility_timeout
         self.retry_delay = retry_delay
+        self.report_batch_item_failures = report_batch_item_failures
         self._queue_arn: str | None = None
 
     @property
@@ -140,7 +147,19 @@ class Worker:
         records = [lambda_record(m, queue_arn=arn, region=region) for m in messages]
         try:
             response = self.handler({"Records": records})
-            failed = {item["itemIdentifier"] for item in response.get("batchItemFailures") or []}
+            # without ReportBatchItemFailures, Lambda ignores the response:
+            # a handler that returns succeeded with its whole batch
+            failed = ({item["itemIdentifier"] for item in response.get("batchItemFailures") or []}
+                      if self.report_batch_item_failures else set())
+        except BatchIncomplete as exc:
+            # As Lambda: a handler that raises fails the whole batch; this
+            # one deleted the records it handled before raising.
+            log.warning("some records will be retried", extra={"retry": len(exc.report.retry)})
+            retry_ids = set(exc.report.retry)
+            retry = [r for r in records if r["messageId"] in retry_ids]
+            self._schedule_retry(retry)
+            return PollResult(received=len(records), deleted=len(records) - len(retry),
+                              retried=len(retry))
         except Exception:
             # As Lambda: a handler that raises fails the whole batch.
             log.exception("consumer handler raised; the whole batch will be retried")

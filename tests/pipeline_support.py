@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from chalicelib.consumer import BatchReport, Consumer, DeadLetterQueue
+from chalicelib.consumer import BatchReport, Consumer, DeadLetterQueue, SqsRecordSource
 from chalicelib.outbox import OutboxRelay
 from chalicelib.persistence import Database
 from chalicelib.producer import SqsProducer
@@ -63,7 +63,8 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.producer = SqsProducer(self.sqs, self.queues.url, self.store)
-        self.consumer = Consumer(self.database, DeadLetterQueue(self.sqs, self.queues.dlq_url))
+        self.consumer = Consumer(self.database, DeadLetterQueue(self.sqs, self.queues.dlq_url),
+                                 SqsRecordSource(self.sqs, self.queues.url))
         self.relay = OutboxRelay(self.store, self.producer, age_seconds=0)
         self._lock = threading.Lock()
 
@@ -74,7 +75,7 @@ class Pipeline:
         report = self.consumer.process(event["Records"])
         with self._lock:
             self.reports.append(report)
-        return report.response()
+        return self.consumer.respond(event["Records"], report)
 
     def worker(self, **options: Any) -> Worker:
         options.setdefault("wait_seconds", 1)

@@ -35,12 +35,13 @@ def _database_dsn() -> str:
 
 
 def build_worker(*, batch_size: int = CONSUMER_BATCH_SIZE, wait_seconds: int = 10,
-                 visibility_timeout: int = QUEUE_VISIBILITY_TIMEOUT, retry_delay: float = 2.0) -> Any:
+                 visibility_timeout: int = QUEUE_VISIBILITY_TIMEOUT, retry_delay: float = 2.0,
+                 report_batch_item_failures: bool = True) -> Any:
     """A worker with its own database connection (the API threads keep theirs).
 
     Raises ConfigurationError, ServiceUnavailable (queue lookup).
     """
-    from chalicelib.consumer import Consumer, DeadLetterQueue
+    from chalicelib.consumer import Consumer, DeadLetterQueue, SqsRecordSource
     from chalicelib.persistence import Database
     from chalicelib.worker import Worker
 
@@ -48,12 +49,13 @@ def build_worker(*, batch_size: int = CONSUMER_BATCH_SIZE, wait_seconds: int = 1
     if not settings.has_database:
         raise ConfigurationError("DATABASE_URL", "the worker needs a database")
     database = Database.from_settings(settings, runtime.secrets_client)
-    consumer = Consumer(database, DeadLetterQueue(runtime.sqs(), runtime.dlq_url()))
+    consumer = Consumer(database, DeadLetterQueue(runtime.sqs(), runtime.dlq_url()),
+                        SqsRecordSource(runtime.sqs(), runtime.queue_url()))
     # each batch's log lines share a request id, as a Lambda invocation's do
     return Worker(runtime.sqs(), runtime.queue_url(), logs.per_invocation(consumer.handle),
                   batch_size=batch_size,
                   wait_seconds=wait_seconds, visibility_timeout=visibility_timeout,
-                  retry_delay=retry_delay)
+                  retry_delay=retry_delay, report_batch_item_failures=report_batch_item_failures)
 
 
 def _retrying(name: str, build: Callable[[], Any], run: Callable[[Any], None],
@@ -132,13 +134,18 @@ def migrate() -> None:
 @click.option("--concurrency", type=click.IntRange(1, CONSUMER_MAX_CONCURRENCY),
               default=LOCAL_CONCURRENCY, show_default=True,
               help="Batches in flight at once (pollers, each with its own database connection).")
+@click.option("--report-batch-item-failures/--no-report-batch-item-failures", default=True,
+              show_default=True,
+              help="Play a mapping with ReportBatchItemFailures (chalice package + "
+                   "infra/chalice-merge.json), or one without it (chalice deploy).")
 @click.option("--once", is_flag=True, help="Process one batch and exit.")
 def worker(batch_size: int, wait_seconds: int, visibility_timeout: int, retry_delay: float,
-           concurrency: int, once: bool) -> None:
+           concurrency: int, report_batch_item_failures: bool, once: bool) -> None:
     """Long-poll the queue and run the consumer, as the Lambda event source mapping would."""
     with exit_on_errors("worker cannot start"):
         workers = [build_worker(batch_size=batch_size, wait_seconds=wait_seconds,
-                                visibility_timeout=visibility_timeout, retry_delay=retry_delay)
+                                visibility_timeout=visibility_timeout, retry_delay=retry_delay,
+                                report_batch_item_failures=report_batch_item_failures)
                    for _ in range(1 if once else concurrency)]
     if once:
         with exit_on_errors("worker failed"):

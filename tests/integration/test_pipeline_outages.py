@@ -189,14 +189,14 @@ def test_a_process_that_dies_between_the_redis_write_and_sqs_is_covered_by_the_r
 _DIE_AFTER_COMMIT = r"""
 import os, sys
 import boto3
-from chalicelib.consumer import Consumer, DeadLetterQueue
+from chalicelib.consumer import Consumer, DeadLetterQueue, SqsRecordSource
 from chalicelib.persistence import Database
 from chalicelib.worker import Worker
 
 queue_url, dlq_url, dsn, endpoint = sys.argv[1:5]
 sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1",
                    aws_access_key_id="test", aws_secret_access_key="test")
-consumer = Consumer(Database.from_dsn(dsn), DeadLetterQueue(sqs, dlq_url))
+consumer = Consumer(Database.from_dsn(dsn), DeadLetterQueue(sqs, dlq_url), SqsRecordSource(sqs, queue_url))
 
 def handler(event):
     response = consumer.handle(event)           # committed in PostgreSQL

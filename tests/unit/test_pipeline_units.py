@@ -13,7 +13,13 @@ from moto import mock_aws
 from psycopg import conninfo
 
 from chalicelib import config
-from chalicelib.consumer import Consumer, DeadLetter, DeadLetterQueue, dead_letter_attributes
+from chalicelib.consumer import (
+    BatchIncomplete,
+    Consumer,
+    DeadLetter,
+    DeadLetterQueue,
+    dead_letter_attributes,
+)
 from chalicelib.errors import (
     ConfigurationError,
     MalformedMessage,
@@ -253,14 +259,18 @@ def test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones
     retryable = RetryablePersistenceError("deadlock", sqlstate="40P01")
     permanent = PermanentPersistenceError("check", sqlstate="23514", constraint="c")
     db = _FakeDatabase({0: retryable, 2: permanent})
-    consumer = Consumer(db, DeadLetterQueue(moto_sqs.client, moto_sqs.dlq))
+    source = _Source()
+    consumer = Consumer(db, DeadLetterQueue(moto_sqs.client, moto_sqs.dlq), source)
     records = [_record(event_body("s", v), f"m{v}", "1") for v in (1, 2, 3)]
     records.insert(1, _record("garbage", "bad", "1"))
 
-    reply = consumer.handle({"Records": records})
+    with pytest.raises(BatchIncomplete) as raised:
+        consumer.handle({"Records": records})
 
     assert db.batches == [["s:1", "s:2", "s:3"]]  # one call: the malformed one never reaches it
-    assert reply == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    assert raised.value.report.response() == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    # whatever the mapping does with a raising handler, the handled records are gone
+    assert source.deleted == ["bad", "m2", "m3"]
     dead = moto_sqs.client.receive_message(QueueUrl=moto_sqs.dlq, MaxNumberOfMessages=10,
                                            MessageAttributeNames=["All"])["Messages"]
     assert sorted(m["MessageAttributes"]["original_message_id"]["StringValue"] for m in dead) == [
@@ -268,12 +278,36 @@ def test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones
 
 
 def test_the_consumer_keeps_poison_on_the_main_queue_when_the_dlq_refuses_it(moto_sqs):
-    consumer = Consumer(_FakeDatabase(), DeadLetterQueue(moto_sqs.client, moto_sqs.queue + "-missing"))
+    source = _Source()
+    consumer = Consumer(_FakeDatabase(), DeadLetterQueue(moto_sqs.client, moto_sqs.queue + "-missing"),
+                        source)
 
-    reply = consumer.handle({"Records": [_record("garbage", "bad"), _record(event_body("s", 1), "ok")]})
+    with pytest.raises(BatchIncomplete) as raised:
+        consumer.handle({"Records": [_record("garbage", "bad"), _record(event_body("s", 1), "ok")]})
 
-    assert reply == {"batchItemFailures": [{"itemIdentifier": "bad"}]}
+    assert raised.value.report.retry == ["bad"]
+    assert source.deleted == ["ok"]
+
+
+def test_a_batch_with_nothing_to_retry_returns_and_deletes_nothing_itself():
+    source = _Source()
+    consumer = Consumer(_FakeDatabase(), DeadLetterQueue(None, ""), source)
+
+    reply = consumer.handle({"Records": [_record(event_body("s", 1), "ok")]})
+
+    assert reply == {"batchItemFailures": []}
+    assert source.deleted == []  # the mapping deletes a batch whose handler returned
 
 
 def test_an_empty_event_is_an_empty_success():
-    assert Consumer(_FakeDatabase(), DeadLetterQueue(None, "")).handle({}) == {"batchItemFailures": []}
+    assert Consumer(_FakeDatabase(), DeadLetterQueue(None, ""), _Source()).handle({}) == {
+        "batchItemFailures": []}
+
+
+class _Source:
+    def __init__(self):
+        self.deleted = []
+
+    def delete(self, records):
+        self.deleted.extend(r["messageId"] for r in records)
+        return 0
