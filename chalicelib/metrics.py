@@ -17,6 +17,7 @@ ConsumerBatchSize  Count         SQS consumer: records in the batch
 PersistedEvents    Count         SQS consumer: events written to PostgreSQL
 DlqSends           Count         SQS consumer: poison messages sent to the DLQ
 OutboxRelayed      Count         outbox relay: entries re-sent to SQS
+ShipFailures       Count         SessionService: a committed change not sent inline (the relay sends it)
 =================  ============  =============================================
 
 Why not ``aws_lambda_powertools.Metrics``: about 8 ms of import at cold start
@@ -48,6 +49,7 @@ CATALOGUE: Mapping[str, str] = {
     "PersistedEvents": "Count",
     "DlqSends": "Count",
     "OutboxRelayed": "Count",
+    "ShipFailures": "Count",
 }
 
 # The environment names powertools uses, so that .chalice/config.json and

@@ -78,13 +78,17 @@ class SqsProducer:
         return sent
 
     def _ack(self, event_ids: Sequence[str]) -> None:
-        from chalicelib.errors import ServiceUnavailable
+        import redis
+
+        from chalicelib.errors import SessionSyncError
         try:
             self.store.outbox_ack(event_ids)
-        except ServiceUnavailable:
-            # Sent but not acked: the relay will send it again, and the
-            # consumer treats the duplicate as already applied.
-            log.warning("outbox ack failed; a duplicate will be sent", extra={"event_ids": list(event_ids)})
+        except (SessionSyncError, redis.RedisError) as exc:
+            # Sent but not acked (Redis gone, or an ACL refusing ZREM/HDEL):
+            # the relay will send it again, and the consumer treats the
+            # duplicate as already applied.
+            log.warning("outbox ack failed; a duplicate will be sent",
+                        extra={"event_ids": list(event_ids), "error": repr(exc)})
 
 
 def _entry_size(item: tuple[str, str]) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chalicelib import metrics
-from chalicelib.errors import RecoveryPending, SessionNotFound, SessionSyncError
+from chalicelib.errors import RecoveryPending, SessionNotFound
 from chalicelib.store import KeyBehind, KeyMissing, Session, SessionStore, WriteResult
 from chalicelib.validation import CreateRequest, UpdateRequest
 
@@ -119,18 +119,23 @@ class SessionService:
     def _ship(self, result: WriteResult) -> None:
         """Send the committed change on; never fails the (acknowledged) write.
 
-        The publisher is built on first use (a cold Lambda looks its queue URL
-        up here, after the Redis commit): if that fails, answering 503 would
-        make the client retry a write that succeeded (409 SessionExists or
-        ConcurrencyError).  The outbox entry stays and the relay sends it.
+        The write is committed in Redis, outbox entry included: any error
+        from here on (the publisher built on first use, as a cold Lambda looks
+        its queue URL up; SQS; the outbox acknowledgement, e.g. refused by a
+        Redis ACL) would make the client retry a write that succeeded (409
+        SessionExists or ConcurrencyError).  So nothing here fails the
+        response: the entry stays and the relay sends it; the failure is
+        logged and counted (``ShipFailures``).
         """
         if self.publisher is None:
             return
         try:
             self.publisher.publish(result)
-        except SessionSyncError as exc:
-            log.error("cannot reach the queue; the outbox relay will send the change",
-                      extra={"event_id": result.event_id, "code": exc.code, "error": exc.message})
+        except Exception as exc:  # deliberately broad: see the docstring
+            metrics.emit({"ShipFailures": 1})
+            log.error("could not ship a committed change; the outbox relay will send it",
+                      extra={"event_id": result.event_id, "code": getattr(exc, "code", type(exc).__name__),
+                             "error": getattr(exc, "message", str(exc))})
 
     def _recover(self, session_id: str) -> Session:
         """Bring a session whose Redis key is gone back from PostgreSQL.
