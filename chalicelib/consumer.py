@@ -49,7 +49,12 @@ from typing import Any, Protocol
 
 from chalicelib import metrics
 from chalicelib.aws import sqs_batches
-from chalicelib.errors import MalformedMessage, PermanentPersistenceError, PersistenceError
+from chalicelib.errors import (
+    MalformedMessage,
+    PermanentPersistenceError,
+    PersistenceError,
+    SessionSyncError,
+)
 from chalicelib.events import ChangeEvent, parse_event
 
 log = logging.getLogger("sessionsync.consumer")
@@ -218,20 +223,34 @@ class RecordSource(Protocol):
 
 
 class SqsRecordSource:
-    """The session queue (boto3 SQS client given): deletes by receipt handle."""
+    """The session queue (boto3 SQS client given): deletes by receipt handle.
 
-    def __init__(self, sqs: Any, queue_url: str) -> None:
+    ``queue_url`` may be a function: a warm consumer that never needs to
+    delete never looks the URL up.
+    """
+
+    def __init__(self, sqs: Any, queue_url: str | Callable[[], str]) -> None:
         self.sqs = sqs
-        self.queue_url = queue_url
+        self._queue_url = queue_url
+
+    @property
+    def queue_url(self) -> str:
+        return self._queue_url() if callable(self._queue_url) else self._queue_url
 
     def delete(self, records: Sequence[Mapping[str, Any]]) -> int:
         from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            queue_url = self.queue_url
+        except SessionSyncError as exc:
+            log.warning("cannot look the queue up to delete handled records; they will be "
+                        "delivered again and skipped as duplicates", extra={"error": exc.message})
+            return len(records)
         failed = 0
         for start in range(0, len(records), 10):  # DeleteMessageBatch takes 10
             chunk = records[start:start + 10]
             entries = [{"Id": str(i), "ReceiptHandle": r["receiptHandle"]} for i, r in enumerate(chunk)]
             try:
-                reply = self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+                reply = self.sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
             except (BotoCoreError, ClientError) as exc:
                 log.warning("delete of handled records failed; they will be delivered again "
                             "and skipped as duplicates", extra={"error": repr(exc), "records": len(chunk)})

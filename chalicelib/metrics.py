@@ -18,6 +18,7 @@ PersistedEvents    Count         SQS consumer: events written to PostgreSQL
 DlqSends           Count         SQS consumer: poison messages sent to the DLQ
 OutboxRelayed      Count         outbox relay: entries re-sent to SQS
 ShipFailures       Count         SessionService: a committed change not sent inline (the relay sends it)
+RedisRepairs       Count         SessionService: Redis was behind PostgreSQL (failover, restart): repaired
 =================  ============  =============================================
 
 Why not ``aws_lambda_powertools.Metrics``: about 8 ms of import at cold start
@@ -50,6 +51,7 @@ CATALOGUE: Mapping[str, str] = {
     "DlqSends": "Count",
     "OutboxRelayed": "Count",
     "ShipFailures": "Count",
+    "RedisRepairs": "Count",
 }
 
 # The environment names powertools uses, so that .chalice/config.json and

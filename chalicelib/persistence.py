@@ -324,40 +324,22 @@ class ApplyResult:
         return self.inserted + self.duplicates
 
 
-def _first_of_each_version(events: Sequence[ChangeEvent]) -> tuple[list[int], set[int]]:
+def _first_of_each_version(events: Sequence[ChangeEvent]) -> tuple[list[int], list[int]]:
     """Split a batch by (session, version): (indexes of the first event of
-    each, indexes of later ones with other content).  Later identical ones
-    are in neither: duplicates.
-
-    One statement cannot insert a key twice, and a second event under a
-    key is either the same event delivered twice (a duplicate) or another
-    write that got the same version (a conflict, never silently dropped).
-    """
+    each, indexes of the later ones).  One statement cannot insert a key
+    twice; a later one is compared with what is stored once the first is
+    (a duplicate, or a conflict: never silently dropped)."""
     first: dict[tuple[str, int], int] = {}
-    clashes: set[int] = set()
+    later: list[int] = []
     for index, event in enumerate(events):
-        key = (event.session_id, event.version)
-        seen = first.setdefault(key, index)
-        if seen == index:
-            continue
-        if not _same_change(events[seen], event):
-            clashes.add(index)
-    return sorted(first.values()), clashes
+        if first.setdefault((event.session_id, event.version), index) != index:
+            later.append(index)
+    return sorted(first.values()), later
 
 
-def _same_change(a: ChangeEvent, b: ChangeEvent) -> bool:
-    if (a.event_type, a.occurred_at) != (b.event_type, b.occurred_at):
-        return False
-    if a.state_json == b.state_json:
-        return True
-    # the same document may be spelled differently; jsonb compares values
-    return a.state_json is not None and b.state_json is not None and \
-        json.loads(a.state_json) == json.loads(b.state_json)
-
-
-def _conflict_failures(events: Sequence[ChangeEvent],
-                       conflicts: Iterable[int]) -> dict[int, PersistenceError]:
-    return {i: PermanentPersistenceError(
+def _conflict_failures(events: Sequence[ChangeEvent], conflicts: Iterable[int],
+                       offset: int = 0) -> dict[int, PersistenceError]:
+    return {offset + i: PermanentPersistenceError(
                 f"version {events[i].version} of session {events[i].session_id!r} is already "
                 "persisted with different content: two writes got the same version number",
                 constraint="sync_events_pkey", reason="version_conflict")
@@ -489,10 +471,9 @@ class Database:
         """
         if not events:
             return ApplyResult()
-        unique, clashes = _first_of_each_version(events)
         with self._lock:
             try:
-                inserted, conflicts = self._apply([events[i] for i in unique])
+                inserted, conflicts = self._apply(events)
             except psycopg.Error as exc:
                 error = classify(exc)
                 if isinstance(error, PermanentPersistenceError) and len(events) > 1 and self._alive():
@@ -503,7 +484,7 @@ class Database:
                 error = RetryablePersistenceError(exc.message, error_class=type(exc).__name__)
                 error.__cause__ = exc
                 return self._failed(events, error)
-        failures = _conflict_failures(events, {unique[i] for i in conflicts} | clashes)
+        failures = _conflict_failures(events, conflicts)
         return ApplyResult(inserted=inserted, duplicates=len(events) - inserted - len(failures),
                            failures=failures)
 
@@ -515,28 +496,27 @@ class Database:
         return ApplyResult(failures={i: error for i in range(len(events))})
 
     def _apply(self, events: Sequence[ChangeEvent]) -> tuple[int, set[int]]:
-        """(rows inserted, indexes in ``events`` of the conflicting ones).
-
-        ``events`` holds at most one event per (session, version).
-        """
+        """(rows inserted, indexes in ``events`` of the conflicting ones)."""
         conn = self._connection()
+        unique, later = _first_of_each_version(events)
+        batch = [events[i] for i in unique]
         # parallel arrays, in APPLY_SQL's unnest order
-        columns = ([e.session_id for e in events], [e.version for e in events],
-                   [e.event_type for e in events], [e.state_json for e in events],
-                   [e.created_at for e in events], [e.occurred_at for e in events],
-                   [e.ttl_seconds for e in events])
+        columns = ([e.session_id for e in batch], [e.version for e in batch],
+                   [e.event_type for e in batch], [e.state_json for e in batch],
+                   [e.created_at for e in batch], [e.occurred_at for e in batch],
+                   [e.ttl_seconds for e in batch])
         row = conn.execute(APPLY_SQL, columns).fetchone()
         assert row is not None
-        if not row[2]:
-            return int(row[0]), set()
         # WITH ORDINALITY counts from 1
-        skipped = [int(i) - 1 for i in row[2]]
-        others = [events[i] for i in skipped]
+        compare = [unique[int(i) - 1] for i in row[2] or ()] + later
+        if not compare:
+            return int(row[0]), set()
+        others = [events[i] for i in compare]
         clashing = conn.execute(CONFLICTS_SQL, (
             [e.session_id for e in others], [e.version for e in others],
             [e.event_type for e in others], [e.state_json for e in others],
             [e.occurred_at for e in others])).fetchall()
-        return int(row[0]), {skipped[int(i) - 1] for (i,) in clashing}
+        return int(row[0]), {compare[int(i) - 1] for (i,) in clashing}
 
     def _alive(self) -> bool:
         conn = self._conn
@@ -544,10 +524,7 @@ class Database:
 
     def _apply_one_by_one(self, events: Sequence[ChangeEvent]) -> ApplyResult:
         result = ApplyResult()
-        unique, clashes = _first_of_each_version(events)
-        result.failures.update(_conflict_failures(events, clashes))
-        for index in unique:
-            event = events[index]
+        for index, event in enumerate(events):
             try:
                 inserted, conflicts = self._apply([event])
             except psycopg.Error as exc:
@@ -556,15 +533,15 @@ class Database:
                 if isinstance(error, RetryablePersistenceError):
                     # not this event's fault (the connection went away, a
                     # timeout): the rest would fail the same way
-                    for rest in unique[unique.index(index) + 1:]:
+                    for rest in range(index + 1, len(events)):
                         result.failures[rest] = error
                     break
                 continue
             if conflicts:
-                result.failures.update(_conflict_failures(events, {index}))
+                result.failures.update(_conflict_failures([event], conflicts, index))
                 continue
             result.inserted += inserted
-        result.duplicates = len(events) - result.inserted - len(result.failures)
+            result.duplicates += 1 - inserted
         return result
 
     def apply_event(self, event: ChangeEvent) -> bool:

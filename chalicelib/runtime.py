@@ -127,7 +127,7 @@ def consumer() -> Any:
         if db is None:
             raise ConfigurationError(DATABASE_URL, "the consumer needs a database "
                                      "(DATABASE_URL, DB_SECRET_ARN or PG* variables)")
-        return Consumer(db, DeadLetterQueue(sqs(), dlq_url()), SqsRecordSource(sqs(), queue_url()))
+        return Consumer(db, DeadLetterQueue(sqs(), dlq_url()), SqsRecordSource(sqs(), queue_url))
     return _once("consumer", build)
 
 

@@ -1,25 +1,47 @@
 """The session service: what every route and CLI command calls.
 
 It composes the Redis store, the SQS producer and (when configured) the
-durable PostgreSQL copy used for recovery and history.  It owns the
-recovery rule: a session whose Redis key is gone is served from
-PostgreSQL only if PostgreSQL is not behind the version Redis last
-acknowledged (the long-lived marker); otherwise the client gets a
-retryable ``RecoveryPending`` (503) instead of an older version.
+durable PostgreSQL copy used for recovery and history.  It owns the rules
+for a Redis that forgot, so that Redis never serves, or accepts a write
+on, a version older than PostgreSQL's, and never reuses an id:
+
+* a key gone, its marker left (expired, evicted): served from PostgreSQL
+  only if PostgreSQL is not behind the version Redis last acknowledged
+  (the marker); otherwise a retryable ``RecoveryPending`` (503) instead of
+  an older version;
+* a create of an id Redis has no trace of (``IdUnknown``): PostgreSQL says
+  whether it existed (409) before Redis creates it;
+* a value from before Redis's data went back in time (``EpochChanged``: a
+  failover, a restart): PostgreSQL's version is read once; if it is newer,
+  Redis is repaired from it first (``RedisBehind``), so a stale client's
+  compare-and-set fails with the real current version.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chalicelib import metrics
-from chalicelib.errors import RecoveryPending, SessionNotFound
-from chalicelib.store import KeyBehind, KeyMissing, Session, SessionStore, WriteResult
+from chalicelib.errors import RecoveryPending, ServiceUnavailable, SessionExists, SessionNotFound
+from chalicelib.store import (
+    EpochChanged,
+    IdUnknown,
+    KeyBehind,
+    KeyMissing,
+    RedisBehind,
+    Session,
+    SessionStore,
+    WriteResult,
+)
 from chalicelib.validation import CreateRequest, UpdateRequest
 
 log = logging.getLogger("sessionsync.sessions")
+
+# A write retried after recovering or reconciling with PostgreSQL; more
+# attempts than this means Redis and PostgreSQL keep moving under it.
+WRITE_ATTEMPTS = 3
 
 
 class Publisher(Protocol):
@@ -62,14 +84,26 @@ class SessionService:
     @metrics.timed_write("create")
     def create(self, request: CreateRequest) -> Session:
         """Raises SessionExists, ServiceUnavailable."""
-        result = self.store.create(request.session_id, request.state_json,
-                                   request.ttl_seconds or self.default_ttl)
+        ttl = request.ttl_seconds or self.default_ttl
+        try:
+            result = self.store.create(request.session_id, request.state_json, ttl,
+                                       known_absent=self.durable is None)
+        except IdUnknown:
+            # ids are never reused, and Redis may have forgotten this one
+            persisted = self.durable.latest(request.session_id)
+            if persisted is not None:
+                raise SessionExists(request.session_id, version=persisted.version,
+                                    deleted=persisted.deleted) from None
+            result = self.store.create(request.session_id, request.state_json, ttl)
         self._ship(result)
         return result.session
 
     def get(self, session_id: str) -> Read:
         """Raises SessionNotFound, RecoveryPending, ServiceUnavailable."""
-        session = self.store.get(session_id)
+        try:
+            session = self.store.get(session_id, verify=self.durable is not None)
+        except EpochChanged as exc:
+            return self._confirm(exc.session)
         if session is not None:
             return Read(session)
         return Read(self._recover(session_id), recovered=True)
@@ -78,26 +112,32 @@ class SessionService:
     def update(self, request: UpdateRequest) -> Session:
         """Compare-and-set.  Raises ConcurrencyError, SessionNotFound,
         RecoveryPending, ServiceUnavailable."""
-        try:
-            result = self.store.update(request.session_id, request.state_json,
-                                       request.expected_version)
-        except KeyMissing:
-            self._recover(request.session_id)
-            result = self.store.update(request.session_id, request.state_json,
-                                       request.expected_version)
+        result = self._write(request.session_id, lambda floor: self.store.update(
+            request.session_id, request.state_json, request.expected_version, floor=floor))
         self._ship(result)
         return result.session
 
     @metrics.timed_write("delete")
     def delete(self, session_id: str, expected_version: int | None = None) -> Session:
         """Tombstone the session.  Raises as ``update``."""
-        try:
-            result = self.store.delete(session_id, expected_version)
-        except KeyMissing:
-            self._recover(session_id)
-            result = self.store.delete(session_id, expected_version)
+        result = self._write(session_id, lambda floor: self.store.delete(
+            session_id, expected_version, floor=floor))
         self._ship(result)
         return result.session
+
+    def _write(self, session_id: str, write: Callable[[int | None], WriteResult]) -> WriteResult:
+        """Run a store write, recovering a missing key or reconciling a value
+        of another epoch with PostgreSQL first when the store asks."""
+        floor = None if self.durable is not None else 0
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                return write(floor)
+            except KeyMissing:
+                self._recover(session_id)
+            except (EpochChanged, RedisBehind) as exc:
+                floor = self._reconcile(session_id, exc.version)
+        raise ServiceUnavailable(f"session {session_id!r} kept changing while Redis was being "
+                                 "reconciled with PostgreSQL; retry", dependency="redis")
 
     def history(self, session_id: str, *, limit: int, before_version: int | None) -> HistoryPage:
         """Persisted events newest first.
@@ -136,6 +176,46 @@ class SessionService:
             log.error("could not ship a committed change; the outbox relay will send it",
                       extra={"event_id": result.event_id, "code": getattr(exc, "code", type(exc).__name__),
                              "error": getattr(exc, "message", str(exc))})
+
+    def _reconcile(self, session_id: str, redis_version: int) -> int:
+        """PostgreSQL's version of a session whose Redis value predates Redis's
+        last jump back in time; Redis is repaired from PostgreSQL first when
+        it is behind.
+
+        Timeline of the failover this guards against::
+
+            t0  PUT v7 acknowledged on the primary, persisted; not replicated
+            t1  failover: the replica (v6) is promoted; the epoch changes
+            t2  PUT expected 6: the script sees a v6 of the old epoch -> here
+                PostgreSQL has v7 > 6: Redis is repaired to v7, the PUT gets
+                ConcurrencyError (actual 7) instead of writing a second v7
+        """
+        persisted = self.durable.latest(session_id)
+        if persisted is None:
+            return 0
+        if persisted.version > redis_version:
+            metrics.emit({"RedisRepairs": 1})
+            log.warning("Redis was behind PostgreSQL; repaired", extra={
+                "session_id": session_id, "redis_version": redis_version,
+                "persisted_version": persisted.version})
+            try:
+                self.store.restore(persisted, repair=True)
+            except KeyBehind as exc:  # Redis acknowledged a newer one meanwhile
+                return exc.marker_version
+        return persisted.version
+
+    def _confirm(self, session: Session) -> Read:
+        """Serve a value of another epoch once PostgreSQL confirmed it (or
+        PostgreSQL's newer version, after repairing Redis with it)."""
+        floor = self._reconcile(session.session_id, session.version)
+        if floor > session.version:
+            return self.get(session.session_id)  # repaired: the current epoch now
+        try:
+            self.store.vouch(session, floor)
+        except RedisBehind as exc:
+            raise RecoveryPending(session.session_id, acknowledged_version=floor,
+                                  persisted_version=exc.version) from None
+        return Read(session)
 
     def _recover(self, session_id: str) -> Session:
         """Bring a session whose Redis key is gone back from PostgreSQL.

@@ -3,8 +3,9 @@
 Key layout (every key of a session shares one hash tag, so each script
 touches one hash slot and runs unchanged on Redis Cluster)::
 
-    ss:{NNNN}:s:<id>   the session: "<version>|<created>|<updated>|<ttl>|<L|D>|<state JSON>"
-                       (one string: one GET to read it, no per-field overhead)
+    ss:{NNNN}:s:<id>   the session: "<version>|<created>|<updated>|<ttl>|<L|D><epoch>|<state JSON>"
+                       (one string: one GET to read it, no per-field overhead;
+                       the epoch is 8 hex digits, see _LUA_PARSE)
     ss:{NNNN}:m:<id>   version marker "<version>|<L|D>", outlives the session
                        (recovery never serves an older version; ids are not reused)
     ss:{NNNN}:ob       outbox index: ZSET event id -> enqueue time (ms)
@@ -19,6 +20,15 @@ Each mutation is ONE Lua script: it checks the version, writes the state,
 bumps the version, refreshes the TTL, updates the marker, records the outbox
 entry and publishes the change on Pub/Sub.  The script builds the change
 event itself (the same bytes go to Pub/Sub, the outbox and SQS).
+
+Redis may forget (eviction, a failover to a replica that lacked the last
+writes, a restart without persistence, a flush) while PostgreSQL remembers.
+The store never decides alone what that means: it reports it, and the
+service (``chalicelib.sessions``) asks PostgreSQL.  ``IdUnknown``: a create
+of an id Redis has no trace of; ``EpochChanged``: a value written before
+Redis's data last went back in time; ``KeyMissing``: a key gone, its marker
+left.  Store methods take ``floor`` / ``known_absent`` with what PostgreSQL
+said; their defaults trust Redis (a store without PostgreSQL behind it).
 """
 from __future__ import annotations
 
@@ -35,16 +45,36 @@ from chalicelib.errors import ConcurrencyError, ServiceUnavailable, SessionExist
 from chalicelib.redis_client import RedisClient
 
 BUCKETS = 1024
+# how long a read trusts the epoch it read from a node (see _LUA_PARSE)
+EPOCH_CACHE_SECONDS = 1.0
 EVENT_SCHEMA_VERSION = 1
 CREATED, UPDATED, DELETED = "session_created", "session_updated", "session_deleted"
 
 Clock = Callable[[], float]
 
-# Shared by every script: parse a stored session value.
+# Shared by every script.
+#
+# epoch(): the first 8 hex digits of the node's replication id.  Redis
+# changes it when its data may have gone back in time: a replica promoted
+# by a failover (its copy may lack the primary's last writes), a restart
+# without persistence, a node that resynchronised from another primary.
+# Every session value carries the epoch it was written or verified in
+# (after its L/D flag); a value from another epoch may be older than what
+# PostgreSQL holds, so it is served or written again only once PostgreSQL
+# confirmed it (``floor``: the version PostgreSQL holds).
 _LUA_PARSE = r"""
+local function epoch()
+  return string.sub(string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)'), 1, 8)
+end
 local function parse(raw)
-  local v, c, u, t, f = string.match(raw, '^(%d+)|([^|]*)|([^|]*)|(%d+)|(%u)|')
-  return tonumber(v), c, u, tonumber(t), f, #v + #c + #u + #t + #f + 5
+  local v, c, u, t, f, e = string.match(raw, '^(%d+)|([^|]*)|([^|]*)|(%d+)|(%u)(%x*)|')
+  return tonumber(v), c, u, tonumber(t), f, e
+end
+local function head(v, c, u, t, f)
+  return v .. '|' .. c .. '|' .. u .. '|' .. t .. '|' .. f
+end
+local function marker_of(m)
+  return tonumber(string.match(m, '^(%d+)')), string.sub(m, -2) == '|D'
 end
 local function event(kind, sid, version, created, now_iso, ttl, state)
   return '{"schema_version":1,"event_id":"' .. sid .. ':' .. version ..
@@ -59,12 +89,32 @@ local function emit(ev, sid, version, now_ms, channel)
   redis.call('HSET', KEYS[4], eid, ev)
   redis.call('PUBLISH', channel, ev)
 end
+-- nil when the session may be written; else the reply that refuses it.
+-- A value from another epoch needs the floor PostgreSQL gave ('' = not
+-- asked yet) and must not be behind it.
+local function check_epoch(v, e, ep, floor)
+  if e == ep then return nil end
+  if floor == '' then return {'unverified', v} end
+  if v < tonumber(floor) then return {'behind', v} end
+  return nil
+end
+-- the missing-key replies of update and delete
+local function missing()
+  local m = redis.call('GET', KEYS[2])
+  if not m then return {'missing', 0} end
+  local mv, deleted = marker_of(m)
+  if deleted then return {'deleted', mv} end
+  return {'missing', mv}
+end
 """
 
 # KEYS[1] session  KEYS[2] marker  KEYS[3] outbox index  KEYS[4] outbox data
 # ARGV[1] session id  ARGV[2] state JSON  ARGV[3] now ISO  ARGV[4] now ms
 # ARGV[5] ttl seconds  ARGV[6] marker ttl seconds  ARGV[7] channel
+# ARGV[8] '1' when PostgreSQL has no such session (or there is none), '0' not asked
 # returns {'ok', event} | {'exists', version, deleted 0/1}
+#       | {'unknown'}: Redis knows nothing of the id; ask PostgreSQL (ids are
+#         never reused, and Redis may have forgotten one: eviction, failover)
 CREATE_SCRIPT = _LUA_PARSE + r"""
 local raw = redis.call('GET', KEYS[1])
 if raw then
@@ -73,10 +123,12 @@ if raw then
 end
 local m = redis.call('GET', KEYS[2])
 if m then
-  return {'exists', tonumber(string.match(m, '^(%d+)')), string.sub(m, -2) == '|D' and 1 or 0}
+  local mv, deleted = marker_of(m)
+  return {'exists', mv, deleted and 1 or 0}
 end
+if ARGV[8] ~= '1' then return {'unknown'} end
 local ttl = tonumber(ARGV[5])
-redis.call('SET', KEYS[1], '1|' .. ARGV[3] .. '|' .. ARGV[3] .. '|' .. ttl .. '|L|' .. ARGV[2], 'EX', ttl)
+redis.call('SET', KEYS[1], head(1, ARGV[3], ARGV[3], ttl, 'L') .. epoch() .. '|' .. ARGV[2], 'EX', ttl)
 redis.call('SET', KEYS[2], '1|L', 'EX', math.max(tonumber(ARGV[6]), ttl))
 local ev = event('session_created', ARGV[1], 1, ARGV[3], ARGV[3], ttl, ARGV[2])
 emit(ev, ARGV[1], 1, ARGV[4], ARGV[7])
@@ -86,20 +138,20 @@ return {'ok', ev}
 # KEYS as CREATE_SCRIPT
 # ARGV[1] session id  ARGV[2] state JSON  ARGV[3] expected version
 # ARGV[4] now ISO  ARGV[5] now ms  ARGV[6] marker ttl seconds  ARGV[7] channel
+# ARGV[8] floor: the version PostgreSQL holds, or '' (not asked)
 # returns {'ok', event, created} | {'conflict', actual} | {'deleted', version}
-#       | {'missing', marker version or 0}
+#       | {'missing', marker version or 0} | {'unverified', version} | {'behind', version}
 UPDATE_SCRIPT = _LUA_PARSE + r"""
 local raw = redis.call('GET', KEYS[1])
-if not raw then
-  local m = redis.call('GET', KEYS[2])
-  if m and string.sub(m, -2) == '|D' then return {'deleted', tonumber(string.match(m, '^(%d+)'))} end
-  return {'missing', m and tonumber(string.match(m, '^(%d+)')) or 0}
-end
-local v, created, _, ttl, flag = parse(raw)
+if not raw then return missing() end
+local v, created, _, ttl, flag, e = parse(raw)
 if flag == 'D' then return {'deleted', v} end
+local ep = epoch()
+local refused = check_epoch(v, e, ep, ARGV[8])
+if refused then return refused end
 if v ~= tonumber(ARGV[3]) then return {'conflict', v} end
 v = v + 1
-redis.call('SET', KEYS[1], v .. '|' .. created .. '|' .. ARGV[4] .. '|' .. ttl .. '|L|' .. ARGV[2], 'EX', ttl)
+redis.call('SET', KEYS[1], head(v, created, ARGV[4], ttl, 'L') .. ep .. '|' .. ARGV[2], 'EX', ttl)
 redis.call('SET', KEYS[2], v .. '|L', 'EX', math.max(tonumber(ARGV[6]), ttl))
 local ev = event('session_updated', ARGV[1], v, created, ARGV[4], ttl, ARGV[2])
 emit(ev, ARGV[1], v, ARGV[5], ARGV[7])
@@ -109,22 +161,22 @@ return {'ok', ev, created}
 # KEYS as CREATE_SCRIPT
 # ARGV[1] session id  ARGV[2] expected version or '' (unconditional)
 # ARGV[3] now ISO  ARGV[4] now ms  ARGV[5] marker ttl seconds  ARGV[6] channel
-# returns {'ok', event, version} | {'conflict', actual} | {'deleted', version}
-#       | {'missing', marker version or 0}
+# ARGV[7] floor, as UPDATE_SCRIPT's ARGV[8]
+# returns {'ok', event, version} | as UPDATE_SCRIPT
 # The tombstone keeps the session's TTL (at least the session TTL): a write
 # still in flight with an old version fails its check instead of recreating.
+# A tombstone is trusted whatever its epoch: a deletion is final.
 DELETE_SCRIPT = _LUA_PARSE + r"""
 local raw = redis.call('GET', KEYS[1])
-if not raw then
-  local m = redis.call('GET', KEYS[2])
-  if m and string.sub(m, -2) == '|D' then return {'deleted', tonumber(string.match(m, '^(%d+)'))} end
-  return {'missing', m and tonumber(string.match(m, '^(%d+)')) or 0}
-end
-local v, created, _, ttl, flag = parse(raw)
+if not raw then return missing() end
+local v, created, _, ttl, flag, e = parse(raw)
 if flag == 'D' then return {'deleted', v} end
+local ep = epoch()
+local refused = check_epoch(v, e, ep, ARGV[7])
+if refused then return refused end
 if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end
 v = v + 1
-redis.call('SET', KEYS[1], v .. '|' .. created .. '|' .. ARGV[3] .. '|' .. ttl .. '|D|null', 'EX', ttl)
+redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'D') .. ep .. '|null', 'EX', ttl)
 redis.call('SET', KEYS[2], v .. '|D', 'EX', math.max(tonumber(ARGV[5]), ttl))
 local ev = event('session_deleted', ARGV[1], v, created, ARGV[3], ttl, 'null')
 emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
@@ -132,23 +184,55 @@ return {'ok', ev, v}
 """
 
 # KEYS[1] session  KEYS[2] marker
-# ARGV[1] stored value  ARGV[2] its version  ARGV[3] ttl seconds  ARGV[4] marker ttl
+# ARGV[1] the stored value's head (version to flag)  ARGV[2] its version
+# ARGV[3] ttl seconds  ARGV[4] marker ttl  ARGV[5] '|' .. state JSON
+# ARGV[6] 'absent': only into an absent key | 'repair': also over an older version
 # returns {'restored'} | {'exists'} | {'behind', marker version}
 # Writes a session recovered from PostgreSQL back without clobbering a
-# concurrent create or update (the key must still be absent) and without
-# going back in time (the marker must not be ahead of the recovered version).
-RESTORE_SCRIPT = r"""
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+# concurrent create or update (the key must still be absent, or, to repair a
+# Redis that went back in time, hold an older version) and without going
+# back in time (the marker must not be ahead of the recovered version).
+RESTORE_SCRIPT = _LUA_PARSE + r"""
+local version = tonumber(ARGV[2])
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local v = parse(raw)
+  if ARGV[6] ~= 'repair' or v >= version then return {'exists'} end
+end
 local m = redis.call('GET', KEYS[2])
 if m then
-  local mv = tonumber(string.match(m, '^(%d+)'))
-  if mv > tonumber(ARGV[2]) then return {'behind', mv} end
+  local mv = marker_of(m)
+  if mv > version then return {'behind', mv} end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-if not m then
-  redis.call('SET', KEYS[2], ARGV[2] .. '|L', 'EX', math.max(tonumber(ARGV[4]), tonumber(ARGV[3])))
-end
+redis.call('SET', KEYS[1], ARGV[1] .. epoch() .. ARGV[5], 'EX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2] .. '|' .. string.sub(ARGV[1], -1), 'EX',
+           math.max(tonumber(ARGV[4]), tonumber(ARGV[3])))
 return {'restored'}
+"""
+
+# KEYS[1] session
+# ARGV[1] the version the caller read  ARGV[2] floor (the version PostgreSQL holds)
+# returns {'ok'} | {'changed'} (another write came first: it carries the
+#         epoch already) | {'behind', version}
+# Marks a value of another epoch as confirmed by PostgreSQL, keeping its TTL.
+VOUCH_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'changed'} end
+local v, c, u, t, f, e = parse(raw)
+if v < tonumber(ARGV[2]) then return {'behind', v} end
+if v ~= tonumber(ARGV[1]) then return {'changed'} end
+local ep = epoch()
+if e ~= ep then
+  local h = head(v, c, u, t, f)
+  redis.call('SET', KEYS[1], h .. ep .. string.sub(raw, #h + #e + 1), 'KEEPTTL')
+end
+return {'ok'}
+"""
+
+# KEYS[1] any key of the slot whose node is asked
+# returns the node's epoch (see _LUA_PARSE)
+EPOCH_SCRIPT = _LUA_PARSE + r"""
+return epoch()
 """
 
 
@@ -176,11 +260,6 @@ class Session:
                     self.session_id, self.version, self.created_at, self.updated_at,
                     self.ttl_seconds, self.state_json))
 
-    def encode(self) -> str:
-        """The stored Redis value (see the module docstring)."""
-        return "%d|%s|%s|%d|%s|%s" % (self.version, self.created_at, self.updated_at,
-                                      self.ttl_seconds, "D" if self.deleted else "L",
-                                      self.state_json)
 
 
 @dataclass(frozen=True)
@@ -234,10 +313,24 @@ def iso_utc(epoch_seconds: float) -> str:
 
 
 def decode_session(session_id: str, raw: bytes | str) -> Session:
+    return _decode(session_id, raw)[0]
+
+
+def _decode(session_id: str, raw: bytes | str) -> tuple[Session, str]:
+    """(the session, the epoch it was written or verified in; '' for a value
+    written before values carried one)."""
     if isinstance(raw, bytes):
         raw = raw.decode()
     version, created, updated, ttl, flag, state = raw.split("|", 5)
-    return Session(session_id, int(version), state, created, updated, int(ttl), flag == "D")
+    session = Session(session_id, int(version), state, created, updated, int(ttl), flag[0] == "D")
+    return session, flag[1:]
+
+
+def _encode_head(session: Session) -> str:
+    """The stored value up to its flag; the script appends the epoch and
+    ``|`` + state (see the module docstring)."""
+    return "%d|%s|%s|%d|%s" % (session.version, session.created_at, session.updated_at,
+                               session.ttl_seconds, "D" if session.deleted else "L")
 
 
 class SessionStore:
@@ -258,32 +351,72 @@ class SessionStore:
         self._update = client.register_script(UPDATE_SCRIPT)
         self._delete = client.register_script(DELETE_SCRIPT)
         self._restore = client.register_script(RESTORE_SCRIPT)
+        self._vouch = client.register_script(VOUCH_SCRIPT)
+        self._epoch_script = client.register_script(EPOCH_SCRIPT)
+        # node (slot owner) -> (its epoch, when read): reads compare values
+        # with it; read at most once a second, and again after any error
+        self._epochs: dict[str, tuple[str, float]] = {}
 
     # -- reads --------------------------------------------------------------
 
-    def get(self, session_id: str) -> Session | None:
+    def get(self, session_id: str, *, verify: bool = False) -> Session | None:
         """The live session, or None when Redis has no key for it.
 
-        Raises SessionNotFound(deleted=True) for a tombstone.
+        Raises SessionNotFound(deleted=True) for a tombstone, and, with
+        ``verify``, EpochChanged for a value written before Redis's data
+        last went back in time (PostgreSQL must confirm it: ``vouch``).
         """
         key = session_keys(session_id)[0]
-        with _redis_errors():
+        with _redis_errors(self):
             try:
                 raw = self.client.get(key)
             except redis.ConnectionError:
                 # a pooled connection that broke (failover, restart): a read
                 # is safe to repeat, once, on a fresh connection
                 raw = self.client.get(key)
-        if raw is None:
-            return None
-        session = decode_session(session_id, raw)
-        if session.deleted:
-            raise SessionNotFound(session_id, deleted=True)
+            if raw is None:
+                return None
+            session, epoch = _decode(session_id, raw)
+            if session.deleted:  # a deletion is final, whatever the epoch
+                raise SessionNotFound(session_id, deleted=True)
+            if verify and epoch != self._epoch_of(key):
+                raise EpochChanged(session_id, session.version, session)
         return session
+
+    def _epoch_of(self, key: str) -> str:
+        """The epoch of the node that owns ``key``'s slot (cached a second)."""
+        node = self._node_name(key)
+        now = time.monotonic()
+        cached = self._epochs.get(node)
+        if cached is not None and now - cached[1] < EPOCH_CACHE_SECONDS:
+            return cached[0]
+        epoch = self._run(self._epoch_script, [key], []).decode()
+        self._epochs[node] = (epoch, now)
+        return epoch
+
+    def _node_name(self, key: str) -> str:
+        get_node = getattr(self.client, "get_node_from_key", None)
+        return get_node(key).name if get_node is not None else ""
+
+    def forget_epochs(self) -> None:
+        """Read every node's epoch again on next use (after an error: the
+        endpoint may now lead to another node)."""
+        self._epochs.clear()
+
+    def vouch(self, session: Session, floor: int) -> bool:
+        """Mark ``session`` (read from Redis) as confirmed by PostgreSQL,
+        which holds ``floor`` <= its version.  False when another write came
+        first.  Raises RedisBehind when Redis is below ``floor`` after all."""
+        with _redis_errors(self):
+            reply = self._run(self._vouch, session_keys(session.session_id)[:1],
+                              [session.version, floor])
+        if reply[0] == b"behind":
+            raise RedisBehind(session.session_id, int(reply[1]))
+        return reply[0] == b"ok"
 
     def marker(self, session_id: str) -> tuple[int, bool] | None:
         """(last acknowledged version, deleted) from the long-lived marker."""
-        with _redis_errors():
+        with _redis_errors(self):
             raw = self.client.get(session_keys(session_id)[1])
         if raw is None:
             return None
@@ -292,39 +425,53 @@ class SessionStore:
 
     # -- writes -------------------------------------------------------------
 
-    def create(self, session_id: str, state_json: str, ttl_seconds: int) -> WriteResult:
-        """Create version 1.  Raises SessionExists (also for a deleted id)."""
-        now = self.clock()
-        now_iso = iso_utc(now)
-        with _redis_errors():
-            reply = self._run(self._create, session_keys(session_id), [
-                session_id, state_json, now_iso, int(now * 1000), ttl_seconds,
-                self.marker_ttl, self.channel])
-        if reply[0] == b"exists":
-            raise SessionExists(session_id, version=int(reply[1]), deleted=bool(reply[2]))
-        session = Session(session_id, 1, state_json, now_iso, now_iso, ttl_seconds)
-        return WriteResult(session, f"{session_id}:1", reply[1].decode())
+    def create(self, session_id: str, state_json: str, ttl_seconds: int, *,
+               known_absent: bool = True) -> WriteResult:
+        """Create version 1.  Raises SessionExists (also for a deleted id).
 
-    def update(self, session_id: str, state_json: str, expected_version: int) -> WriteResult:
-        """Replace the state if the session is at ``expected_version``.
-
-        Raises ConcurrencyError (with the actual version), SessionNotFound
-        (deleted, or absent everywhere Redis knows of), or ``KeyMissing``
-        when only the marker remains (the caller may recover and retry).
+        With ``known_absent=False`` an id that Redis has no trace of raises
+        IdUnknown instead of being created: the caller asks PostgreSQL
+        whether it existed, then calls again with ``known_absent=True``.
         """
         now = self.clock()
         now_iso = iso_utc(now)
-        with _redis_errors():
+        with _redis_errors(self):
+            reply = self._run(self._create, session_keys(session_id), [
+                session_id, state_json, now_iso, int(now * 1000), ttl_seconds,
+                self.marker_ttl, self.channel, "1" if known_absent else "0"])
+        if reply[0] == b"exists":
+            raise SessionExists(session_id, version=int(reply[1]), deleted=bool(reply[2]))
+        if reply[0] == b"unknown":
+            raise IdUnknown(session_id)
+        session = Session(session_id, 1, state_json, now_iso, now_iso, ttl_seconds)
+        return WriteResult(session, f"{session_id}:1", reply[1].decode())
+
+    def update(self, session_id: str, state_json: str, expected_version: int, *,
+               floor: int | None = 0) -> WriteResult:
+        """Replace the state if the session is at ``expected_version``.
+
+        ``floor`` is the version PostgreSQL holds (0: trust Redis), or None
+        when PostgreSQL was not asked.  Raises ConcurrencyError (with the
+        actual version), SessionNotFound (deleted, or absent everywhere Redis
+        knows of), ``KeyMissing`` when only the marker remains (the caller
+        may recover and retry), ``EpochChanged`` (``floor`` None and a value
+        of another epoch: ask PostgreSQL, retry with its version) and
+        ``RedisBehind`` (the value is older than ``floor``: repair it).
+        """
+        now = self.clock()
+        now_iso = iso_utc(now)
+        with _redis_errors(self):
             reply = self._run(self._update, session_keys(session_id), [
                 session_id, state_json, expected_version, now_iso, int(now * 1000),
-                self.marker_ttl, self.channel])
+                self.marker_ttl, self.channel, "" if floor is None else floor])
         self._raise_for(session_id, reply, expected_version)
         version = expected_version + 1
         ttl = _ttl_from_event(reply[1])
         session = Session(session_id, version, state_json, reply[2].decode(), now_iso, ttl)
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
 
-    def delete(self, session_id: str, expected_version: int | None = None) -> WriteResult:
+    def delete(self, session_id: str, expected_version: int | None = None, *,
+               floor: int | None = 0) -> WriteResult:
         """Replace the session with a versioned tombstone.
 
         Raises as ``update``; an absent ``expected_version`` deletes
@@ -332,10 +479,11 @@ class SessionStore:
         """
         now = self.clock()
         now_iso = iso_utc(now)
-        with _redis_errors():
+        with _redis_errors(self):
             reply = self._run(self._delete, session_keys(session_id), [
                 session_id, "" if expected_version is None else expected_version,
-                now_iso, int(now * 1000), self.marker_ttl, self.channel])
+                now_iso, int(now * 1000), self.marker_ttl, self.channel,
+                "" if floor is None else floor])
         self._raise_for(session_id, reply, expected_version)
         version = int(reply[2])
         event = json.loads(reply[1])
@@ -343,8 +491,10 @@ class SessionStore:
                           event["ttl_seconds"], deleted=True)
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
 
-    def restore(self, session: Session) -> Session | None:
-        """Write a session recovered from PostgreSQL back if its key is absent.
+    def restore(self, session: Session, *, repair: bool = False) -> Session | None:
+        """Write a session recovered from PostgreSQL back if its key is
+        absent, or, with ``repair``, also over an older version (a Redis that
+        went back in time).
 
         Returns the session now in Redis (the restored one, or the one a
         concurrent writer put there first), or None if that one vanished too.
@@ -352,14 +502,20 @@ class SessionStore:
         version than ``session`` (PostgreSQL lags the queue).
         """
         keys = session_keys(session.session_id)
-        with _redis_errors():
+        with _redis_errors(self):
             reply = self._run(self._restore, keys[:2], [
-                session.encode(), session.version, session.ttl_seconds, self.marker_ttl])
+                _encode_head(session), session.version, session.ttl_seconds, self.marker_ttl,
+                "|" + session.state_json, "repair" if repair else "absent"])
         if reply[0] == b"behind":
             raise KeyBehind(session.session_id, int(reply[1]))
         if reply[0] == b"restored":
             return session
-        return self.get(session.session_id)
+        try:
+            return self.get(session.session_id)
+        except SessionNotFound:
+            if session.deleted:
+                raise
+            return None
 
     def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA ``script``, loading it first if the server lost it (a
@@ -384,6 +540,10 @@ class SessionStore:
             raise SessionNotFound(session_id, deleted=True)
         if status == b"missing":
             raise KeyMissing(session_id, int(reply[1]))
+        if status == b"unverified":
+            raise EpochChanged(session_id, int(reply[1]))
+        if status == b"behind":
+            raise RedisBehind(session_id, int(reply[1]))
         raise AssertionError(f"unexpected script reply {reply!r}")
 
     # -- outbox ---------------------------------------------------------------
@@ -392,7 +552,7 @@ class SessionStore:
         """Remove outbox entries once SQS accepted their messages."""
         if not event_ids:
             return
-        with _redis_errors():
+        with _redis_errors(self):
             by_bucket: dict[int, list[str]] = {}
             for eid in event_ids:
                 by_bucket.setdefault(bucket_of(eid.rsplit(":", 1)[0]), []).append(eid)
@@ -454,7 +614,7 @@ class SessionStore:
     def ping(self) -> float:
         """Round trip in milliseconds."""
         start = time.perf_counter()
-        with _redis_errors():
+        with _redis_errors(self):
             self.client.ping()
         return (time.perf_counter() - start) * 1000
 
@@ -512,6 +672,36 @@ class KeyMissing(SessionNotFound):
         self.marker_version = marker_version
 
 
+class IdUnknown(Exception):
+    """Redis has no trace of the id (no key, no marker): it may have existed
+    and been forgotten (eviction, failover, flush); PostgreSQL knows."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+
+class EpochChanged(Exception):
+    """The session's value was written before Redis's data last went back in
+    time (a failover, a restart): PostgreSQL may hold a newer version."""
+
+    def __init__(self, session_id: str, version: int, session: Session | None = None) -> None:
+        super().__init__(session_id, version)
+        self.session_id = session_id
+        self.version = version
+        #: the value read, for ``get`` (scripts refuse without returning it)
+        self.session = session
+
+
+class RedisBehind(Exception):
+    """Redis holds ``version``, older than what PostgreSQL holds."""
+
+    def __init__(self, session_id: str, version: int) -> None:
+        super().__init__(session_id, version)
+        self.session_id = session_id
+        self.version = version
+
+
 class KeyBehind(Exception):
     """A restore was refused: Redis acknowledged ``marker_version`` already."""
 
@@ -529,7 +719,12 @@ def _ttl_from_event(event_json: bytes) -> int:
 
 
 class _redis_errors:
-    """Translate redis-py connection trouble into ServiceUnavailable."""
+    """Translate redis-py connection trouble into ServiceUnavailable; after
+    any Redis error, ``store`` reads the nodes' epochs again (the endpoint
+    may lead to another node now)."""
+
+    def __init__(self, store: SessionStore | None = None) -> None:
+        self.store = store
 
     def __enter__(self) -> None:
         return None
@@ -537,6 +732,8 @@ class _redis_errors:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None:
             return False
+        if self.store is not None and isinstance(exc, redis.RedisError):
+            self.store.forget_epochs()
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError,
                             redis.exceptions.ClusterDownError,
                             redis.exceptions.TryAgainError)):

@@ -9,6 +9,7 @@ import pytest
 from chalice.test import Client
 
 from app import app
+from chalicelib.consumer import BatchIncomplete
 from tests.pipeline_support import event_body
 from tests.servers import free_port
 
@@ -24,6 +25,28 @@ def _sqs_event(client, bodies):
 
 def _ids(event, *indexes):
     return [event["Records"][i]["messageId"] for i in indexes]
+
+
+def _received_event(pipeline, bodies):
+    """``bodies`` sent to the real queue and received, as Lambda's event
+    (real receipt handles: the handler's own deletes are real)."""
+    from chalicelib.worker import lambda_record
+    pipeline.send_bodies(bodies)
+    arn = pipeline.sqs.get_queue_attributes(QueueUrl=pipeline.queues.url,
+                                            AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    messages: dict[str, dict] = {}
+    for _ in range(20):
+        reply = pipeline.sqs.receive_message(QueueUrl=pipeline.queues.url, MaxNumberOfMessages=10,
+                                             VisibilityTimeout=60, WaitTimeSeconds=1,
+                                             MessageSystemAttributeNames=["All"])
+        messages.update((m["MessageId"], m) for m in reply.get("Messages", []))
+        if len(messages) == len(bodies):
+            break
+    order = {body: i for i, body in enumerate(bodies)}
+    records = [lambda_record(m, queue_arn=arn, region="us-east-1")
+               for m in sorted(messages.values(), key=lambda m: order[m["Body"]])]
+    assert len(records) == len(bodies)
+    return {"Records": records}
 
 
 def test_the_sqs_handler_persists_a_batch_and_reports_no_failures(pipeline, pipeline_settings, use_settings):
@@ -58,17 +81,19 @@ def test_the_sqs_handler_dead_letters_poison_without_failing_the_batch(
     assert all(m["source_queue"].endswith(":sessionsync-events") for m in dead.values())
 
 
-def test_poison_that_cannot_reach_the_dlq_is_reported_as_a_batch_item_failure(
+def test_poison_that_cannot_reach_the_dlq_stays_on_the_queue_alone(
         pipeline, pipeline_settings, use_settings):
     use_settings(dataclasses.replace(
         pipeline_settings, dlq_url=pipeline.queues.dlq_url.rsplit("/", 1)[0] + "/no-such-queue"))
     sid = f"fn-{uuid.uuid4().hex[:8]}"
-    with Client(app, stage_name="local") as client:
-        event = _sqs_event(client, [event_body(sid, 1), "{broken"])
-        reply = client.lambda_.invoke("persist_changes", event).payload
+    event = _received_event(pipeline, [event_body(sid, 1), "{broken"])
+    with Client(app, stage_name="local") as client, pytest.raises(BatchIncomplete) as raised:
+        client.lambda_.invoke("persist_changes", event)
 
-    assert reply == {"batchItemFailures": [{"itemIdentifier": _ids(event, 1)[0]}]}
+    # whatever the mapping does with a failed invocation, only the poison is left
+    assert raised.value.report.response() == {"batchItemFailures": [{"itemIdentifier": _ids(event, 1)[0]}]}
     assert pipeline.event_rows([sid]) == [(sid, 1)]
+    assert pipeline.queue_depth(pipeline.queues.url) == (0, 1)
 
 
 def test_every_record_is_reported_for_retry_when_postgresql_is_unreachable(
@@ -76,13 +101,14 @@ def test_every_record_is_reported_for_retry_when_postgresql_is_unreachable(
     use_settings(dataclasses.replace(
         pipeline_settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"))
     sid = f"fn-{uuid.uuid4().hex[:8]}"
-    with Client(app, stage_name="local") as client:
-        event = _sqs_event(client, [event_body(sid, 1), event_body(sid, 2), "{broken"])
-        reply = client.lambda_.invoke("persist_changes", event).payload
+    event = _received_event(pipeline, [event_body(sid, 1), event_body(sid, 2), "{broken"])
+    with Client(app, stage_name="local") as client, pytest.raises(BatchIncomplete) as raised:
+        client.lambda_.invoke("persist_changes", event)
 
     # the poison still goes to the DLQ: its fate does not depend on the database
-    assert reply == {"batchItemFailures": [{"itemIdentifier": i} for i in _ids(event, 0, 1)]}
+    assert raised.value.report.retry == _ids(event, 0, 1)
     assert [m["original_message_id"] for m in pipeline.dlq_messages(expected=1)] == _ids(event, 2)
+    assert pipeline.queue_depth(pipeline.queues.url) == (0, 2)
 
 
 def test_the_scheduled_relay_sends_outbox_entries_that_never_reached_sqs(

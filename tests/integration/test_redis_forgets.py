@@ -1,0 +1,156 @@
+"""Redis forgetting never forks a session.
+
+Redis loses keys (eviction, FLUSHALL, an expired marker, a restart without
+persistence) or goes back in time (a failover to a replica that lacked the
+last writes) while PostgreSQL remembers.  Whatever it forgot, Redis never
+serves, or accepts a write on, a version older than PostgreSQL's, an id is
+never created twice, and no acknowledged write ends in the DLQ because of it.
+
+A failover is played here by what it leaves behind: a value written by
+another primary (another epoch) at an older version.  The chaos suite does
+it with a real replica.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from chalicelib.errors import ConcurrencyError, SessionExists, SessionNotFound
+from chalicelib.sessions import SessionService
+from chalicelib.store import session_keys
+from chalicelib.validation import CreateRequest, UpdateRequest
+
+
+@pytest.fixture
+def service(pipeline) -> SessionService:
+    return SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database)
+
+
+def _sid() -> str:
+    return f"forget-{uuid.uuid4().hex[:10]}"
+
+
+def _persisted(pipeline, service, sid, versions):
+    service.create(CreateRequest(sid, '{"owner":"alice","n":1}', None))
+    for v in range(1, versions):
+        service.update(UpdateRequest(sid, '{"owner":"alice","n":%d}' % (v + 1), v))
+    pipeline.drain(timeout=30)
+    assert pipeline.session_rows([sid])[sid][0] == versions
+
+
+def _forget(pipeline, sid):
+    key, marker = session_keys(sid)[:2]
+    pipeline.store.client.delete(key, marker)
+
+
+def _go_back_in_time(pipeline, sid, version, state):
+    """What a promoted replica that lacked the last writes holds: an older
+    version, written by the previous primary (a value of another epoch; the
+    format before epochs existed is such a value too)."""
+    key, marker = session_keys(sid)[:2]
+    old = pipeline.store.client.get(key).decode().split("|")
+    pipeline.store.client.set(key, f"{version}|{old[1]}|{old[2]}|{old[3]}|L|{state}", ex=600)
+    pipeline.store.client.set(marker, f"{version}|L", ex=600)
+
+
+def test_a_create_of_a_persisted_id_that_redis_forgot_is_refused(pipeline, service):
+    sid = _sid()
+    _persisted(pipeline, service, sid, 2)
+    _forget(pipeline, sid)
+
+    with pytest.raises(SessionExists) as exists:
+        service.create(CreateRequest(sid, '{"owner":"bob"}', None))
+
+    assert exists.value.details["version"] == 2
+    pipeline.drain(timeout=30)
+    assert pipeline.dlq_messages() == []
+
+
+def test_a_create_of_a_deleted_id_that_redis_forgot_is_refused(pipeline, service):
+    sid = _sid()
+    _persisted(pipeline, service, sid, 1)
+    service.delete(sid)
+    pipeline.drain(timeout=30)
+    _forget(pipeline, sid)
+
+    with pytest.raises(SessionExists) as exists:
+        service.create(CreateRequest(sid, '{"owner":"bob"}', None))
+
+    assert exists.value.details.get("deleted") is True
+    with pytest.raises(SessionNotFound):
+        service.get(sid)
+
+
+def test_a_forgotten_session_is_recovered_with_its_own_state_not_a_newcomer_s(pipeline, service):
+    sid = _sid()
+    _persisted(pipeline, service, sid, 3)
+    _forget(pipeline, sid)
+
+    read = service.get(sid)
+
+    assert (read.session.version, read.session.state) == (3, {"owner": "alice", "n": 3})
+
+
+def test_after_a_failover_lost_a_persisted_write_a_stale_update_conflicts_instead_of_forking(
+        pipeline, service):
+    sid = _sid()
+    _persisted(pipeline, service, sid, 7)
+    _go_back_in_time(pipeline, sid, 6, '{"owner":"alice","n":6}')
+
+    with pytest.raises(ConcurrencyError) as conflict:
+        service.update(UpdateRequest(sid, '{"owner":"mallory"}', 6))
+
+    assert conflict.value.details["actual_version"] == 7
+    assert service.get(sid).session.state == {"owner": "alice", "n": 7}
+    after = service.update(UpdateRequest(sid, '{"owner":"alice","n":8}', 7))
+    assert after.version == 8
+    pipeline.drain(timeout=30)
+    assert pipeline.event_rows([sid]) == [(sid, v) for v in range(1, 9)]
+    assert pipeline.dlq_messages() == []
+
+
+def test_after_a_failover_lost_a_persisted_write_a_read_serves_postgresql_s_version(pipeline, service):
+    sid = _sid()
+    _persisted(pipeline, service, sid, 4)
+    _go_back_in_time(pipeline, sid, 3, '{"owner":"alice","n":3}')
+
+    read = service.get(sid)
+
+    assert (read.session.version, read.session.state) == (4, {"owner": "alice", "n": 4})
+    # and Redis was repaired: the next read is a plain Redis read
+    assert pipeline.store.get(sid, verify=True).version == 4
+
+
+def test_a_deletion_lost_by_a_failover_is_not_undone(pipeline, service):
+    sid = _sid()
+    _persisted(pipeline, service, sid, 2)
+    service.delete(sid)
+    pipeline.drain(timeout=30)
+    _go_back_in_time(pipeline, sid, 2, '{"owner":"alice","n":2}')
+
+    with pytest.raises(SessionNotFound):
+        service.get(sid)
+    with pytest.raises(SessionNotFound):
+        service.update(UpdateRequest(sid, '{"owner":"mallory"}', 3))
+
+
+def test_a_value_of_another_epoch_that_postgresql_confirms_is_served_and_vouched_for(pipeline, service):
+    """PostgreSQL lags (or matches): the old value is right, and is marked
+    so; PostgreSQL is asked once, not on every read."""
+    sid = _sid()
+    _persisted(pipeline, service, sid, 2)
+    _go_back_in_time(pipeline, sid, 2, '{"owner":"alice","n":2}')
+    asked = []
+    latest = pipeline.database.latest
+    pipeline.database.latest = lambda s: asked.append(s) or latest(s)
+    try:
+        first = service.get(sid)
+        second = service.get(sid)
+        updated = service.update(UpdateRequest(sid, '{"owner":"alice","n":3}', 2))
+    finally:
+        pipeline.database.latest = latest
+
+    assert first.session.version == second.session.version == 2
+    assert updated.version == 3
+    assert asked == [sid]
