@@ -537,8 +537,11 @@ class _redis_errors:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None:
             return False
+        # ClusterError: still refused after the cluster client's own retries
+        # (CLUSTERDOWN, or MOVED/ASK/TRYAGAIN until its "TTL exhausted").
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError,
-                            redis.exceptions.ClusterDownError,
+                            redis.exceptions.ClusterError,
+                            redis.exceptions.SlotNotCoveredError,
                             redis.exceptions.TryAgainError)):
             raise ServiceUnavailable(f"Redis is unavailable: {type(exc).__name__}",
                                      dependency="redis") from exc
