@@ -12,8 +12,7 @@ from typing import Any
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterPipeline, RedisCluster
-from redis.exceptions import (BusyLoadingError, MasterDownError, ReadOnlyError,
-                              RedisClusterException)
+from redis.exceptions import BusyLoadingError, MasterDownError, ReadOnlyError, RedisClusterException
 from redis.retry import Retry
 
 from chalicelib.config import Settings
