@@ -734,8 +734,11 @@ class _redis_errors:
             return False
         if self.store is not None and isinstance(exc, redis.RedisError):
             self.store.forget_epochs()
+        # ClusterError: still refused after the cluster client's own retries
+        # (CLUSTERDOWN, or MOVED/ASK/TRYAGAIN until its "TTL exhausted").
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError,
-                            redis.exceptions.ClusterDownError,
+                            redis.exceptions.ClusterError,
+                            redis.exceptions.SlotNotCoveredError,
                             redis.exceptions.TryAgainError)):
             raise ServiceUnavailable(f"Redis is unavailable: {type(exc).__name__}",
                                      dependency="redis") from exc

@@ -14,7 +14,7 @@ from redis.cluster import RedisCluster
 from chalicelib import runtime
 from chalicelib.config import Settings
 from chalicelib.store import SessionStore
-from tests.servers import RedisClusterServers, RedisServer
+from tests.servers import RedisClusterServers, RedisServer, ReplicatedRedis
 
 # Tests use database 1 of the machine's Redis so that `make run` (db 0) and
 # the test suite can share a machine.
@@ -75,6 +75,21 @@ def throwaway_redis(tmp_path):
     if server.proc:
         server.resume()  # a paused server would ignore SIGTERM
     server.stop()
+
+
+@pytest.fixture
+def replicated_redis(tmp_path):
+    """A primary + replica of the test's own behind a proxy standing in for
+    the endpoint's DNS name (tests/servers.ReplicatedRedis); the test may
+    fail it over."""
+    pair = ReplicatedRedis(tmp_path / "replicated")
+    try:
+        pair.start()
+    except BaseException:
+        pair.stop()
+        raise
+    yield pair
+    pair.stop()
 
 
 @pytest.fixture

@@ -246,7 +246,9 @@ class TcpProxy:
     stopped server cannot show: ``freeze()`` stops forwarding (the server
     looks hung: connected, silent), ``cut_after_request()`` lets the next
     request through and then resets the client's connection before the reply
-    reaches it (the command ran; the caller cannot know)."""
+    reaches it (the command ran; the caller cannot know), ``retarget(port)``
+    sends new connections to another server while the open ones stay where
+    they are (a DNS name that moved)."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
@@ -270,6 +272,9 @@ class TcpProxy:
     def cut_after_request(self) -> None:
         self._cut.set()
 
+    def retarget(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+
     def close(self) -> None:
         self._closed.set()
         self._listener.close()
@@ -281,9 +286,13 @@ class TcpProxy:
         while not self._closed.is_set():
             try:
                 client, _ = self._listener.accept()
-                upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
                 return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()  # the target is down: refuse this one, keep listening
+                continue
             upstream.settimeout(None)
             self._sockets += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
@@ -310,3 +319,99 @@ class TcpProxy:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+class ReplicatedRedis:
+    """A real primary and an asynchronous replica (two RedisServers) behind a
+    TcpProxy that stands in for the primary endpoint's DNS name, as on a
+    non-cluster ElastiCache replication group.
+
+    ``failover()`` promotes the replica, demotes the old primary to a replica
+    of the new one (so it answers READONLY to writes, as a demoted node does)
+    and points the proxy at the new primary for NEW connections only: the open
+    ones stay attached to the old node, as after a DNS switch.
+    ``stop_replication()`` first cuts the replica's link, so what is written
+    afterwards exists only on the primary and is lost by the next failover, as
+    an asynchronous replica can lose its primary's last writes.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.nodes = [RedisServer(workdir / "a"), RedisServer(workdir / "b")]
+        self.primary, self.replica = self.nodes
+        self.proxy: TcpProxy | None = None
+        self.replicating = False
+        self.failovers = 0
+
+    @property
+    def proxy_url(self) -> str:
+        """The endpoint clients use: db 0 through the proxy."""
+        assert self.proxy is not None
+        return f"redis://127.0.0.1:{self.proxy.port}/0"
+
+    @staticmethod
+    def admin(server: RedisServer) -> redis.Redis:
+        """A direct connection to one node, bypassing the proxy."""
+        return redis.Redis(port=server.port, socket_timeout=5)
+
+    def start(self) -> ReplicatedRedis:
+        for node in self.nodes:
+            node.start()
+        self._follow(self.replica, self.primary)
+        self.replicating = True
+        self.proxy = TcpProxy(self.primary.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
+        for node in self.nodes:
+            node.stop()
+
+    def stop_replication(self) -> None:
+        """The replica stops copying the primary (and keeps what it has)."""
+        with self.admin(self.replica) as replica:
+            replica.execute_command("REPLICAOF", "NO", "ONE")
+        self.replicating = False
+
+    def failover(self, *, lose_unreplicated: bool = False, move_endpoint: bool = True) -> None:
+        """Promote the replica; demote the primary; move the endpoint.
+
+        Unless ``lose_unreplicated`` (or ``stop_replication()`` came first),
+        the replica first catches up with the primary: a failover that loses
+        nothing.  Otherwise the primary's writes not yet on the replica are
+        lost: the demoted node resynchronises from the new primary.
+        ``move_endpoint=False`` leaves the proxy on the demoted node until
+        ``move_endpoint()``: the window in which the DNS name lags the roles.
+        """
+        old, new = self.primary, self.replica
+        if self.replicating and not lose_unreplicated:
+            self._catch_up(new, old)
+        with self.admin(new) as client:
+            client.execute_command("REPLICAOF", "NO", "ONE")
+        self._follow(old, new)
+        self.replicating = True
+        self.primary, self.replica = new, old
+        self.failovers += 1
+        if move_endpoint:
+            self.move_endpoint()
+
+    def move_endpoint(self) -> None:
+        """New connections through the proxy reach the current primary."""
+        assert self.proxy is not None
+        self.proxy.retarget(self.primary.port)
+
+    def _follow(self, follower: RedisServer, leader: RedisServer) -> None:
+        with self.admin(follower) as client:
+            client.execute_command("REPLICAOF", "127.0.0.1", str(leader.port))
+
+            def linked() -> bool:
+                info = client.info("replication")
+                return info["role"] == "slave" and info["master_link_status"] == "up"
+            wait_for(linked, 20, f"replication {leader.port} -> {follower.port}")
+
+    def _catch_up(self, follower: RedisServer, leader: RedisServer) -> None:
+        with self.admin(leader) as lead, self.admin(follower) as follow:
+            target = lead.info("replication")["master_repl_offset"]
+            wait_for(lambda: follow.info("replication")["master_repl_offset"] >= target, 20,
+                     f"replica {follower.port} catching up")
