@@ -139,7 +139,10 @@ def test_an_unreachable_sqs_gives_503_naming_the_queues(use_settings, stack_sett
     assert response.status_code == 503
     checks = response.json_body["checks"]
     assert checks["queue"]["status"] == checks["dlq"]["status"] == "down"
-    assert checks["queue"]["error"] == checks["dlq"]["error"] == "SQS unreachable"
+    # connection refused, or (a cold client built on a loaded machine, and
+    # botocore's retry) the deadline came first: both say SQS, in fixed words
+    for name in ("queue", "dlq"):
+        assert checks[name]["error"] in ("SQS unreachable", "SQS timed out (no answer within 1.0s)"), checks
     assert checks["redis"]["status"] == checks["postgresql"]["status"] == "ok"
     assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
 
