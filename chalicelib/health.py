@@ -314,12 +314,15 @@ def _down(name: str, exc: Exception, latency_ms: float | None) -> CheckResult:
                        error_code=exc.code if isinstance(exc, SessionSyncError) else None)
 
 
-def check(probes: Mapping[str, Probe], deadline: float = DEADLINE_SECONDS) -> HealthReport:
-    """Run every probe at once; one that misses the deadline is "down".
+def check(probes: Mapping[str, Probe], deadline: float | None = None) -> HealthReport:
+    """Run every probe at once; one that misses the deadline (by default
+    ``DEADLINE_SECONDS``) is "down".
 
     Never raises.  Each probe runs in a copy of the caller's context, so
     its log lines carry the caller's request id.
     """
+    if deadline is None:
+        deadline = DEADLINE_SECONDS
     futures = {name: _pool.submit(contextvars.copy_context().run, _run, name, probe)
                for name, probe in probes.items()}
     wait(futures.values(), timeout=deadline)
@@ -335,7 +338,7 @@ def check(probes: Mapping[str, Probe], deadline: float = DEADLINE_SECONDS) -> He
 
 
 def check_configured(probes: Callable[[], Mapping[str, Probe]],
-                     deadline: float = DEADLINE_SECONDS) -> HealthReport:
+                     deadline: float | None = None) -> HealthReport:
     """``check(probes())``; settings that cannot be loaded (a malformed
     DATABASE_URL) are a "down" report naming the setting, not an error
     response carrying the setting's value.  Never raises."""
