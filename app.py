@@ -89,7 +89,7 @@ def session_events(session_id):
 @app.route("/health", methods=["GET"])
 @web.handles_errors
 def health_check():
-    report = health.check(runtime.health_probes())
+    report = health.check_configured(runtime.health_probes)
     return web.json_response(report.to_dict(), 200 if report.healthy else 503)
 
 

@@ -40,10 +40,16 @@ def queue_url(sqs: Any, url: str | None, name: str | None, setting: str) -> str:
     try:
         return sqs.get_queue_url(QueueName=name)["QueueUrl"]
     except ClientError as exc:
-        raise ConfigurationError(setting, f"queue {name!r} not found: {exc}") from exc
+        # the code only: the error's text carries the account id; and an
+        # AccessDenied is not a missing queue
+        code = exc.response.get("Error", {}).get("Code", "")
+        if "NonExistentQueue" in code or code == "QueueDoesNotExist":
+            raise ConfigurationError(setting, f"queue {name!r} does not exist") from exc
+        raise ConfigurationError(setting, f"cannot look up queue {name!r}: SQS answered "
+                                          f"{code or 'an error'}") from exc
     except BotoCoreError as exc:
         from chalicelib.errors import ServiceUnavailable
-        raise ServiceUnavailable(f"SQS is unavailable: {exc}", dependency="sqs") from exc
+        raise ServiceUnavailable(f"SQS is unavailable: {type(exc).__name__}", dependency="sqs") from exc
 
 
 # SendMessageBatch takes at most 10 entries and 1 MiB in all (bodies and

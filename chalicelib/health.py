@@ -18,22 +18,30 @@ the alarm on the DLQ depth is what pages someone.
 
 Probes run in parallel threads with one deadline, so a hung dependency
 makes the report say "down" within about a second instead of hanging the
-Lambda.  Reports never contain connection strings or secrets: errors are
-the domain error's message with anything URL-like removed, or only the
-exception's type name for anything unexpected.
+Lambda.
+
+``/health`` answers without credentials, so a report says which dependency
+is down and why in words chosen here, never in the error's own text (which
+carries host names, users, database names, account ids, ARNs and queue
+URLs): ``describe`` maps the error's class or code to a fixed phrase, such
+as "PostgreSQL unreachable", "SQS access denied", "SQS queue does not
+exist" or "configuration error: DATABASE_URL is malformed", and anything
+it does not know to "<dependency> failed".  The full error goes to the log.
 """
 from __future__ import annotations
 
 import contextvars
+import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from chalicelib import config
 from chalicelib.config import SESSION_DLQ_URL
-from chalicelib.errors import SessionSyncError
+from chalicelib.errors import ConfigurationError, ServiceUnavailable, SessionSyncError
 
 Probe = Callable[[], Mapping[str, Any]]
 DEADLINE_SECONDS = 1.0
@@ -47,25 +55,192 @@ WARNING = "warning"
 #: a probe may return the dependency's own round trip (ms) under this key
 LATENCY = "latency_ms"
 
-# /health answers without credentials: an error must not tell a stranger
-# where the dependencies are or how to log in to them.
-_REDACTIONS = (
-    (re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE), "<url>"),
-    (re.compile(r"\b(password|passwd|pwd|secret|token|user)\s*[=:]\s*\S+", re.IGNORECASE),
-     r"\1=<redacted>"),
-    (re.compile(r'"[^"]*"'), '"<redacted>"'),  # libpq quotes host names and addresses
-    (re.compile(r"\(?\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b\)?"), "<address>"),
-    (re.compile(r"\[[0-9a-fA-F:]+\](?::\d+)?"), "<address>"),
-    (re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z]{2,}(?::\d+)?\b"), "<host>"),
-    (re.compile(r"\bport \d+"), "port <redacted>"),
+log = logging.getLogger("sessionsync.health")
+
+# --- what a report may say about an error ------------------------------------
+
+_LABELS = {"redis": "Redis", "postgresql": "PostgreSQL", "sqs": "SQS",
+           "secretsmanager": "Secrets Manager"}
+#: the dependency behind each check, when the check is not named after it
+_CHECK_DEPENDENCY = {"queue": "sqs", "dlq": "sqs"}
+#: the settings a ConfigurationError may name in a report: config's names
+_SETTINGS = frozenset(value for name, value in vars(config).items()
+                      if name.isupper() and isinstance(value, str)
+                      and re.fullmatch(r"[A-Z][A-Z0-9_]*", value))
+#: the check a broken setting stops (when the settings cannot even be loaded)
+_SETTING_CHECK = {config.REDIS_URL: "redis", config.REDIS_CLUSTER: "redis",
+                  config.REDIS_TIMEOUT: "redis", config.DATABASE_URL: "postgresql",
+                  config.DB_SECRET_ARN: "postgresql", config.SESSION_QUEUE_URL: "queue",
+                  config.SESSION_QUEUE_NAME: "queue", config.SESSION_DLQ_URL: "dlq",
+                  config.SESSION_DLQ_NAME: "dlq"}
+
+_ACCESS_DENIED = "access denied"
+_AWS_CODES = {
+    **dict.fromkeys(("AccessDenied", "AccessDeniedException", "AuthorizationError",
+                     "UnauthorizedOperation", "KMSAccessDeniedException"), _ACCESS_DENIED),
+    **dict.fromkeys(("InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
+                     "InvalidSignatureException", "IncompleteSignature", "ExpiredToken",
+                     "ExpiredTokenException", "MissingAuthenticationToken"),
+                    "refused the credentials"),
+    **dict.fromkeys(("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
+                     "NonExistentQueue"), "queue does not exist"),
+    "ResourceNotFoundException": "secret does not exist",
+    "DecryptionFailure": "cannot decrypt the secret",
+    **dict.fromkeys(("Throttling", "ThrottlingException", "RequestThrottled",
+                     "TooManyRequestsException", "RequestLimitExceeded"), "throttled"),
+    **dict.fromkeys(("ServiceUnavailable", "InternalFailure", "InternalError",
+                     "InternalServiceError"), "unavailable"),
+}
+_AWS_STATUS = {403: _ACCESS_DENIED, 404: "does not exist", 429: "throttled"}
+#: the service behind an AWS operation, when it is not the check's own
+_AWS_OPERATION_DEPENDENCY = {"GetSecretValue": "secretsmanager"}
+
+_REDIS_RESPONSES = (  # (redis-py class name, phrase), most specific first
+    ("NoPermissionError", "permission denied (ACL)"),
+    ("AuthenticationWrongNumberOfArgsError", "refused the credentials"),
+    ("ReadOnlyError", "read-only (a replica)"),
+    ("OutOfMemoryError", "out of memory"),
+    ("MasterDownError", "primary down"),
+    ("ClusterDownError", "cluster down"),
+    ("TryAgainError", "cluster resharding"),
+    ("ResponseError", "refused the command"),
 )
+# libpq reports a failed connection without a SQLSTATE; its message is
+# matched here only to choose one of these phrases, never shown
+_LIBPQ_FAILURES = (
+    ("timeout expired", "timed out"),
+    ("authentication failed", "refused the credentials"),
+    ("no pg_hba.conf entry", "refused the credentials"),
+    ("does not exist", "database does not exist"),
+    ("starting up", "starting up"),
+    ("shutting down", "shutting down"),
+    ("too many clients", "too many connections"),
+    ("remaining connection slots", "too many connections"),
+)
+_PG_SQLSTATES = {"28P01": "refused the credentials", "28000": "refused the credentials",
+                 "3D000": "database does not exist", "57P01": "shutting down",
+                 "57P02": "shutting down", "57P03": "starting up",
+                 "53300": "too many connections", "57014": "timed out",
+                 "25006": "read-only (a standby)"}
 
 
-def safe_message(message: str) -> str:
-    """``message`` without URLs, credentials, host names, addresses or ports."""
-    for pattern, replacement in _REDACTIONS:
-        message = pattern.sub(replacement, message)
-    return message
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it, then what caused that..."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+
+
+def _aws_reason(exc: BaseException) -> tuple[str, str | None] | None:
+    from botocore import exceptions as boto
+
+    if isinstance(exc, boto.ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        reason = _AWS_CODES.get(str(error.get("Code", ""))) or _AWS_STATUS.get(status)
+        if reason is None:
+            reason = "unavailable" if isinstance(status, int) and status >= 500 else "refused the request"
+        return reason, _AWS_OPERATION_DEPENDENCY.get(exc.operation_name)
+    if isinstance(exc, (boto.ConnectTimeoutError, boto.ReadTimeoutError)):
+        return "timed out", None
+    if isinstance(exc, (boto.EndpointConnectionError, boto.ConnectionClosedError)):
+        return "unreachable", None
+    if isinstance(exc, (boto.NoCredentialsError, boto.PartialCredentialsError)):
+        return "no AWS credentials", None
+    if isinstance(exc, boto.BotoCoreError):
+        return "unavailable", None
+    return None
+
+
+def _redis_reason(exc: BaseException) -> str | None:
+    from redis import exceptions as r
+
+    if isinstance(exc, r.TimeoutError):
+        return "timed out"
+    if isinstance(exc, r.AuthenticationError):
+        return "refused the credentials"
+    if isinstance(exc, r.BusyLoadingError):
+        return "loading its data"
+    if isinstance(exc, r.ConnectionError):
+        return "unreachable"
+    if isinstance(exc, r.RedisClusterException):
+        return "unreachable"
+    for name, phrase in _REDIS_RESPONSES:
+        if isinstance(exc, getattr(r, name)):
+            return phrase
+    return "failed" if isinstance(exc, r.RedisError) else None
+
+
+def _postgres_reason(exc: BaseException) -> str | None:
+    import psycopg
+
+    if isinstance(exc, psycopg.errors.ConnectionTimeout):
+        return "timed out"
+    if not isinstance(exc, psycopg.Error):
+        return None
+    if exc.sqlstate in _PG_SQLSTATES:
+        return _PG_SQLSTATES[exc.sqlstate]
+    if isinstance(exc, psycopg.OperationalError) and not exc.sqlstate:
+        text = str(exc)
+        for fragment, phrase in _LIBPQ_FAILURES:
+            if fragment in text:
+                return phrase
+        return "unreachable"
+    if isinstance(exc, psycopg.ProgrammingError) and not exc.sqlstate:
+        return "connection settings are malformed"  # libpq refused the conninfo
+    return "refused the query"
+
+
+def _vendor_reason(exc: BaseException) -> tuple[str, str | None] | None:
+    """(phrase, dependency or None) for a vendor error sessionsync knows."""
+    module = type(exc).__module__.split(".", 1)[0]
+    if module == "botocore":
+        return _aws_reason(exc)
+    if module == "redis":
+        reason = _redis_reason(exc)
+    elif module == "psycopg":
+        reason = _postgres_reason(exc)
+    else:
+        return None
+    return (reason, None) if reason else None
+
+
+def _config_phrase(exc: ConfigurationError) -> str:
+    if exc.setting in _SETTINGS:
+        return f"configuration error: {exc.setting} is malformed"
+    return "configuration error"
+
+
+def describe(exc: BaseException, dependency: str) -> str:
+    """Why ``dependency`` is down, in a fixed phrase (see the module doc).
+
+    ``dependency`` is the check's own ("redis", "postgresql", "sqs"...); an
+    error that names another one (PostgreSQL's password read from Secrets
+    Manager) is reported under that one's name.
+    """
+    chain = list(_chain(exc))
+    for error in chain:
+        if isinstance(error, ServiceUnavailable) and error.dependency in _LABELS:
+            dependency = error.dependency
+            break
+    for error in chain:
+        found = _vendor_reason(error)
+        if found is None:
+            continue
+        reason, owner = found
+        phrase = f"{_LABELS.get(owner or dependency, 'dependency')} {reason}"
+        if isinstance(exc, ConfigurationError) and exc.setting in _SETTINGS:
+            phrase += f" (check {exc.setting})"
+        return phrase
+    label = _LABELS.get(dependency, "dependency")
+    if isinstance(exc, ConfigurationError):
+        return _config_phrase(exc)
+    if isinstance(exc, ServiceUnavailable):
+        return f"{label} unavailable"
+    return f"{label} failed"
 
 
 @dataclass(frozen=True)
@@ -118,12 +293,8 @@ def _run(name: str, probe: Probe) -> CheckResult:
     start = time.perf_counter()
     try:
         details = dict(probe() or {})
-    except SessionSyncError as exc:
-        return CheckResult(name, "down", (time.perf_counter() - start) * 1000,
-                           error=safe_message(exc.message), error_code=exc.code)
     except Exception as exc:  # a probe must report, never raise
-        return CheckResult(name, "down", (time.perf_counter() - start) * 1000,
-                           error=type(exc).__name__)
+        return _down(name, exc, (time.perf_counter() - start) * 1000)
     warning = details.pop(WARNING, None)
     # A probe that timed the dependency's own round trip reports it; the
     # wall time would also count building the client on a cold process.
@@ -133,12 +304,25 @@ def _run(name: str, probe: Probe) -> CheckResult:
     return CheckResult(name, "ok", latency, details, warning=warning)
 
 
-def check(probes: Mapping[str, Probe], deadline: float = DEADLINE_SECONDS) -> HealthReport:
-    """Run every probe at once; one that misses the deadline is "down".
+def _down(name: str, exc: Exception, latency_ms: float | None) -> CheckResult:
+    reason = describe(exc, _CHECK_DEPENDENCY.get(name, name))
+    # the operator's copy, with the error's own words (the log is private)
+    log.warning("health check failed", extra={
+        "check": name, "reason": reason, "error_type": type(exc).__name__,
+        "error": exc.message if isinstance(exc, SessionSyncError) else str(exc)})
+    return CheckResult(name, "down", latency_ms, error=reason,
+                       error_code=exc.code if isinstance(exc, SessionSyncError) else None)
+
+
+def check(probes: Mapping[str, Probe], deadline: float | None = None) -> HealthReport:
+    """Run every probe at once; one that misses the deadline (by default
+    ``DEADLINE_SECONDS``) is "down".
 
     Never raises.  Each probe runs in a copy of the caller's context, so
     its log lines carry the caller's request id.
     """
+    if deadline is None:
+        deadline = DEADLINE_SECONDS
     futures = {name: _pool.submit(contextvars.copy_context().run, _run, name, probe)
                for name, probe in probes.items()}
     wait(futures.values(), timeout=deadline)
@@ -147,9 +331,23 @@ def check(probes: Mapping[str, Probe], deadline: float = DEADLINE_SECONDS) -> He
         if future.done():
             results.append(future.result())
         else:
+            label = _LABELS.get(_CHECK_DEPENDENCY.get(name, name), "dependency")
             results.append(CheckResult(name, "down", None,
-                                       error=f"no answer within {deadline:.1f}s"))
+                                       error=f"{label} timed out (no answer within {deadline:.1f}s)"))
     return HealthReport(tuple(results))
+
+
+def check_configured(probes: Callable[[], Mapping[str, Probe]],
+                     deadline: float | None = None) -> HealthReport:
+    """``check(probes())``; settings that cannot be loaded (a malformed
+    DATABASE_URL) are a "down" report naming the setting, not an error
+    response carrying the setting's value.  Never raises."""
+    try:
+        built = probes()
+    except ConfigurationError as exc:
+        name = _SETTING_CHECK.get(exc.setting, "configuration")
+        return HealthReport((_down(name, exc, None),))
+    return check(built, deadline)
 
 
 # --- the probes (each takes its client; chalicelib.runtime wires them) -----

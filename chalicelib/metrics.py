@@ -9,17 +9,18 @@ The catalogue below is the complete list of metrics; a name outside it is
 a programming error (``KeyError``), so that dashboards and alarms can rely
 on the names.  Where each is emitted:
 
-=================  ============  =============================================
-WriteLatency       Milliseconds  SessionService create/update/delete (dim: operation)
-Conflicts          Count         SessionService: a compare-and-set lost
-RecoveryReads      Count         SessionService: a session served from PostgreSQL
-ConsumerBatchSize  Count         SQS consumer: records in the batch
-PersistedEvents    Count         SQS consumer: events written to PostgreSQL
-DlqSends           Count         SQS consumer: poison messages sent to the DLQ
-OutboxRelayed      Count         outbox relay: entries re-sent to SQS
-ShipFailures       Count         SessionService: a committed change not sent inline (the relay sends it)
-RedisRepairs       Count         SessionService: Redis was behind PostgreSQL (failover, restart): repaired
-=================  ============  =============================================
+=====================  ============  =============================================
+WriteLatency           Milliseconds  SessionService create/update/delete (dim: operation)
+Conflicts              Count         SessionService: a compare-and-set lost
+RecoveryReads          Count         SessionService: a session served from PostgreSQL
+ConsumerBatchSize      Count         SQS consumer: records in the batch
+PersistedEvents        Count         SQS consumer: events written to PostgreSQL
+DlqSends               Count         SQS consumer: poison messages sent to the DLQ
+OutboxRelayed          Count         outbox relay: entries re-sent to SQS
+ApiKeyRefreshFailures  Count         API key authorizer: reading the keys secret failed
+ShipFailures           Count         SessionService: a committed change not sent inline (relay sends it)
+RedisRepairs           Count         SessionService: Redis was behind PostgreSQL (failover): repaired
+=====================  ============  =============================================
 
 Why not ``aws_lambda_powertools.Metrics``: about 8 ms of import at cold start
 (see ``chalicelib.logs`` for the measurements) and 11 us per add + flush;
@@ -50,6 +51,7 @@ CATALOGUE: Mapping[str, str] = {
     "PersistedEvents": "Count",
     "DlqSends": "Count",
     "OutboxRelayed": "Count",
+    "ApiKeyRefreshFailures": "Count",
     "ShipFailures": "Count",
     "RedisRepairs": "Count",
 }

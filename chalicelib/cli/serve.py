@@ -8,13 +8,21 @@ runs it, with the fixes a local stack needs:
   credentials (401, 403) use that shape too, and any method http.server
   does not know (TRACE...) gets the API's 405 instead of a 501;
 * an API key is generated and printed when SESSIONSYNC_API_KEYS is unset;
+* ``SESSIONSYNC_AUTH=iam`` is refused: API Gateway enforces IAM, chalice
+  local does not, so that mode would serve every session unauthenticated;
+* a warning (log line and stderr) when it listens beyond the loopback;
+* a per-connection socket timeout, so that a client that sends half a
+  request and stalls is disconnected instead of holding a thread forever;
 * the SQS worker and the outbox relay run beside it (``--no-pipeline`` to
   leave them out), as the event source mapping and the schedule would.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import os
+import re
 import secrets
 import threading
 from http import HTTPStatus
@@ -22,12 +30,19 @@ from http import HTTPStatus
 import click
 
 from chalicelib.cli._common import PROJECT_DIR, config_error_exit
-from chalicelib.config import API_KEYS, load_settings
+from chalicelib.config import API_KEYS, AUTH_MODE, auth_mode, load_settings
 from chalicelib.errors import ConfigurationError
 
 BACKLOG = 128
 # API Gateway's own payload limit
 MAX_BODY_BYTES = 10 * 1024 * 1024
+# Seconds a connection may stay silent (mid-request, or idle between
+# keep-alive requests) before it is closed and its thread freed.
+SOCKET_TIMEOUT_SECONDS = 30.0
+# Content-Length is 1*DIGIT in ASCII: str.isdigit() also takes "²" (which
+# int() then refuses, and the connection was dropped without an answer)
+_DIGITS = re.compile(r"[0-9]+")
+log = logging.getLogger("sessionsync.serve")
 
 
 def gateway_error(error, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -53,7 +68,28 @@ def gateway_error(error, method: str, path: str) -> tuple[int, dict[str, str], b
     return exc.status, headers, json.dumps({"error": exc.to_dict()}).encode()
 
 
-def build_server(host: str, port: int, stage: str = "local"):
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
+
+
+def refuse_iam_mode() -> None:
+    """Raise ConfigurationError (naming SESSIONSYNC_AUTH) when the session
+    routes would be left without any authentication."""
+    if auth_mode() == "iam":
+        raise ConfigurationError(
+            AUTH_MODE, "iam is enforced by API Gateway, and chalice local does not check "
+                       "SigV4: sessionsync serve would answer every request unauthenticated. "
+                       f"Unset {AUTH_MODE} (or set it to api-key) to serve locally with API keys")
+
+
+def build_server(host: str, port: int, stage: str = "local", *,
+                 socket_timeout: float | None = SOCKET_TIMEOUT_SECONDS):
     """A chalice LocalDevServer for app.py with the fixes above."""
     from chalice.cli.factory import CLIFactory
     from chalice.local import (
@@ -68,6 +104,10 @@ def build_server(host: str, port: int, stage: str = "local"):
         request_queue_size = BACKLOG
 
     class Handler(ChaliceRequestHandler):
+        # socketserver sets it on each connection; http.server then closes
+        # a connection whose read times out (request line, headers or body)
+        timeout = socket_timeout
+
         def _send_error_response(self, error):
             self._send_http_response(*gateway_error(error, self.command, self.path))
 
@@ -94,7 +134,7 @@ def build_server(host: str, port: int, stage: str = "local"):
                 self.send_error(411, "send the body with a Content-Length (no chunked encoding)")
                 return
             length = (self.headers.get("Content-Length") or "0").strip()
-            if not length.isdigit():
+            if not _DIGITS.fullmatch(length):
                 self.send_error(400, "Content-Length must be a number")
                 return
             if int(length) > MAX_BODY_BYTES:
@@ -140,6 +180,7 @@ def serve(host: str, port: int, pipeline: bool) -> None:
         # the app reads the same settings on its first request: fail now,
         # with the setting's name, rather than answer every request with it
         load_settings()
+        refuse_iam_mode()
     except ConfigurationError as exc:
         config_error_exit(exc)
     stop = threading.Event()
@@ -147,6 +188,11 @@ def serve(host: str, port: int, pipeline: bool) -> None:
         from chalicelib.cli.pipeline import start_pipeline_threads
         start_pipeline_threads(stop)
     server = build_server(host, port)
+    if not is_loopback(host):
+        warning = (f"serving on {host}, beyond this machine: anyone who can reach port {port} "
+                   "can call the API (keep the API keys secret; the local server has no TLS)")
+        log.warning(warning, extra={"host": host, "port": port})
+        click.echo(f"warning: {warning}", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

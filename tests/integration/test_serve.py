@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY, REDIS_TEST_URL
-from tests.servers import serve_process
+from tests.servers import free_port, serve_process, stop_process, wait_for
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -193,3 +193,95 @@ def test_requests_http_server_refuses_get_the_json_error_shape(server, request_h
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.split()[1] == str(status).encode(), head[:200]
     assert json.loads(body)["error"]["code"] == code
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 10) -> bytes:
+    """Send ``request`` on a fresh connection; everything the server sent
+    back until it closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+# Latin-1 (how http.server decodes headers) has three characters that
+# str.isdigit() takes and int() refuses: superscript one, two and three.
+@pytest.mark.parametrize("value", [b"\xb2", b"\xb3", b"1\xb9"])
+def test_a_content_length_in_superscript_digits_is_a_400_not_a_dropped_connection(server, value):
+    reply = raw_exchange(server.port, b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                         + value + b"\r\n\r\n{}")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split()[1:2] == [b"400"], reply[:200]
+    assert json.loads(body)["error"] == {"code": "BadRequest", "message": "Content-Length must be a number"}
+
+
+def test_serving_on_the_loopback_prints_no_exposure_warning(server):
+    assert "beyond this machine" not in server.log.read_text()
+
+
+def test_serving_beyond_the_loopback_warns_on_stderr_and_in_the_log(tmp_path, redis_single):
+    with serve_process(serve_environment(), tmp_path, "--no-pipeline", "--host", "0.0.0.0") as (port, log):
+        text = log.read_text()
+    assert "warning: serving on 0.0.0.0, beyond this machine" in text
+    logged = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert any(line["logger"] == "sessionsync.serve" and line["level"] == "WARNING"
+               and line["host"] == "0.0.0.0" and line["port"] == port for line in logged), text[-2000:]
+
+
+# --- slow clients: a short socket timeout, set in code ------------------------
+
+SHORT_TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def short_timeout_server(tmp_path_factory, redis_single) -> Server:
+    """``build_server(socket_timeout=SHORT_TIMEOUT)`` in a process of its own."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve-timeout") / "serve.log"
+    script = ("import sys; from chalicelib.cli.serve import build_server; "
+              "build_server('127.0.0.1', int(sys.argv[1]), "
+              "socket_timeout=float(sys.argv[2])).serve_forever()")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script, str(port), str(SHORT_TIMEOUT)],
+                                cwd=PROJECT_DIR, env=serve_environment(), stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        def answers() -> bool:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            return raw_exchange(port, b"GET /health HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.")
+        wait_for(answers, 30, f"build_server on {port}")
+        yield Server(port, log)
+    finally:
+        stop_process(proc)
+
+
+def seconds_until_closed(port: int, sent: bytes, limit: float = 15) -> float:
+    """Send ``sent``, then stall; seconds until the server closes the
+    connection (``limit`` when it never does)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as sock:
+        sock.sendall(sent)
+        start = time.monotonic()
+        try:
+            while sock.recv(65536):
+                pass  # an answer (e.g. a 408) is fine; the close is what counts
+        except TimeoutError:
+            return limit
+        return time.monotonic() - start
+
+
+@pytest.mark.parametrize("sent", [
+    b"",                                               # connected, said nothing
+    b"POST /sess",                                     # half a request line
+    b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-",  # half the headers
+    b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 100\r\n\r\n{\"session_id\"",       # half the body
+], ids=["nothing", "request-line", "headers", "body"])
+def test_a_client_that_sends_half_a_request_and_stalls_is_disconnected(short_timeout_server, sent):
+    seconds = seconds_until_closed(short_timeout_server.port, sent)
+    # the margin is for a loaded machine: without a timeout it never closes
+    assert SHORT_TIMEOUT * 0.5 <= seconds < SHORT_TIMEOUT + 8, f"closed after {seconds:.1f}s"
+    reply = raw_exchange(short_timeout_server.port, b"GET /health HTTP/1.0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]  # and the server carries on
+

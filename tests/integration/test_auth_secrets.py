@@ -1,0 +1,82 @@
+"""The API key authorizer against LocalStack's Secrets Manager: the keys
+secret disappears, or the endpoint stops answering, after the first read."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+
+import pytest
+
+from chalicelib import aws
+from chalicelib.auth import REFRESH_BACKOFF_SECONDS, SECRET_CACHE_SECONDS, ApiKeys
+from tests.servers import free_port
+
+KEY = "localstack-key-0123456789abcdef"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingClient:
+    """The real client; counts the reads and can be pointed elsewhere."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.calls = 0
+
+    def get_secret_value(self, **kwargs):
+        self.calls += 1
+        return self.client.get_secret_value(**kwargs)
+
+
+@pytest.fixture
+def keys_secret(localstack_settings):
+    client = aws.client("secretsmanager", localstack_settings)
+    arn = client.create_secret(Name=f"sessionsync-test-keys-{uuid.uuid4().hex[:8]}",
+                               SecretString=json.dumps({"api_keys": [KEY]}))["ARN"]
+    yield client, arn
+    try:
+        client.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+    except client.exceptions.ResourceNotFoundException:
+        pass  # the test deleted it
+
+
+@pytest.mark.localstack
+def test_a_deleted_keys_secret_keeps_the_last_good_keys_and_is_asked_again_after_a_pause(keys_secret):
+    client, arn = keys_secret
+    counting = CountingClient(client)
+    clock = FakeClock()
+    keys = ApiKeys((), secret_arn=arn, secrets_client=counting, clock=clock)
+    assert keys.accepts(f"Bearer {KEY}")
+
+    client.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+    clock.now += SECRET_CACHE_SECONDS + 1
+    for _ in range(20):
+        assert keys.accepts(f"Bearer {KEY}")
+    assert (counting.calls, keys.failures) == (2, 1)
+
+    clock.now += REFRESH_BACKOFF_SECONDS
+    assert keys.accepts(f"Bearer {KEY}")
+    assert (counting.calls, keys.failures) == (3, 2)
+
+
+@pytest.mark.localstack
+def test_an_unreachable_secrets_manager_keeps_the_last_good_keys(keys_secret, localstack_settings):
+    client, arn = keys_secret
+    counting = CountingClient(client)
+    clock = FakeClock()
+    keys = ApiKeys((), secret_arn=arn, secrets_client=counting, clock=clock)
+    assert keys.accepts(f"Bearer {KEY}")
+
+    nowhere = dataclasses.replace(localstack_settings, aws_endpoint_url=f"http://127.0.0.1:{free_port()}")
+    counting.client = aws.client("secretsmanager", nowhere, connect_timeout=0.5, attempts=1)
+    clock.now += SECRET_CACHE_SECONDS + 1
+    assert keys.accepts(f"Bearer {KEY}")
+    assert not keys.accepts("Bearer some-other-key-0123456789")
+    assert (counting.calls, keys.failures) == (2, 1)
