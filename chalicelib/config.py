@@ -33,6 +33,7 @@ AWS_DEFAULT_REGION = "AWS_DEFAULT_REGION"
 API_KEYS = "SESSIONSYNC_API_KEYS"
 API_KEYS_SECRET_ARN = "SESSIONSYNC_API_KEYS_SECRET_ARN"
 OUTBOX_RELAY_AGE = "OUTBOX_RELAY_AGE_SECONDS"
+REDIS_SETTLE = "REDIS_SETTLE_SECONDS"
 PUBSUB_CHANNEL = "SESSIONSYNC_CHANNEL"
 AUTH_MODE = "SESSIONSYNC_AUTH"
 AUTH_MODES = ("api-key", "iam")
@@ -57,6 +58,9 @@ QUEUE_MAX_RECEIVE_COUNT = 5
 SQS_MESSAGE_LIMIT = 1024 * 1024
 DEFAULT_MAX_STATE_BYTES = 256 * 1024
 DEFAULT_SESSION_TTL = 3600
+# Longer than the pipeline's usual lag (Redis -> SQS -> PostgreSQL): see
+# chalicelib/sessions.py, "settle".
+DEFAULT_REDIS_SETTLE_SECONDS = 10.0
 # The version marker outlives the session so that recovery never serves a
 # version older than the last acknowledged one and a deleted id is never
 # reused.  30 days by default.
@@ -89,6 +93,9 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_keys_secret_arn: str | None = None
     outbox_relay_age: float = 5.0
+    #: after Redis went back in time, how long sessions it may hold stale
+    #: wait (503) for changes still in the queue to reach PostgreSQL
+    redis_settle: float = DEFAULT_REDIS_SETTLE_SECONDS
     channel: str = "session-updates"
     #: PGHOST / PGDATABASE / PGSERVICE is set: libpq's environment names the database
     pg_environment: bool = False
@@ -246,6 +253,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_keys=api_keys,
         api_keys_secret_arn=_opt(env, API_KEYS_SECRET_ARN),
         outbox_relay_age=_float(env, OUTBOX_RELAY_AGE, 5.0, 0.0, 3600.0),
+        redis_settle=_float(env, REDIS_SETTLE, DEFAULT_REDIS_SETTLE_SECONDS, 0.0, 3600.0),
         channel=env.get(PUBSUB_CHANNEL, "").strip() or "session-updates",
         pg_environment=any(_opt(env, name) for name in PG_ENVIRONMENT),
     )

@@ -20,6 +20,7 @@ OutboxRelayed          Count         outbox relay: entries re-sent to SQS
 ApiKeyRefreshFailures  Count         API key authorizer: reading the keys secret failed
 ShipFailures           Count         SessionService: a committed change not sent inline (relay sends it)
 RedisRepairs           Count         SessionService: Redis was behind PostgreSQL (failover): repaired
+RedisEpochChanges      Count         SessionService: Redis went back in time (first sight, per bucket)
 =====================  ============  =============================================
 
 Why not ``aws_lambda_powertools.Metrics``: about 8 ms of import at cold start
@@ -54,6 +55,7 @@ CATALOGUE: Mapping[str, str] = {
     "ApiKeyRefreshFailures": "Count",
     "ShipFailures": "Count",
     "RedisRepairs": "Count",
+    "RedisEpochChanges": "Count",
 }
 
 # The environment names powertools uses, so that .chalice/config.json and

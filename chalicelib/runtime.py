@@ -178,7 +178,8 @@ def service() -> Any:
     s = settings()
     return _once("service", lambda: SessionService(
         store(), publisher=_OnFirstUse(producer) if s.has_queue else None,
-        durable=_OnFirstUse(database) if s.has_database else None, default_ttl=s.session_ttl))
+        durable=_OnFirstUse(database) if s.has_database else None, default_ttl=s.session_ttl,
+        settle_seconds=s.redis_settle))
 
 
 def health_probes() -> dict[str, Any]:

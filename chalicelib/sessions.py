@@ -15,6 +15,15 @@ on, a version older than PostgreSQL's, and never reuses an id:
   failover, a restart): PostgreSQL's version is read once; if it is newer,
   Redis is repaired from it first (``RedisBehind``), so a stale client's
   compare-and-set fails with the real current version.
+
+PostgreSQL is the judge only once the changes acknowledged before Redis
+went back in time had time to reach it through the queue: until then
+(``settle_seconds`` from the first sight of the new epoch in the bucket) a
+session Redis may hold stale answers 503 (``_settle``).  Changes slower
+than that, and changes whose outbox entry Redis lost before they reached
+SQS, cannot be saved: the first sight of a new epoch is logged as an error
+and counted (``RedisEpochChanges``), and a second write under a version
+reaches the DLQ as ``version_conflict``.  docs/guarantees.md has the table.
 """
 from __future__ import annotations
 
@@ -24,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chalicelib import metrics
+from chalicelib.config import DEFAULT_REDIS_SETTLE_SECONDS
 from chalicelib.errors import RecoveryPending, ServiceUnavailable, SessionExists, SessionNotFound
 from chalicelib.store import (
     EpochChanged,
@@ -75,11 +85,14 @@ class HistoryPage:
 
 class SessionService:
     def __init__(self, store: SessionStore, *, publisher: Publisher | None = None,
-                 durable: DurableSessions | None = None, default_ttl: int = 3600) -> None:
+                 durable: DurableSessions | None = None, default_ttl: int = 3600,
+                 settle_seconds: float = DEFAULT_REDIS_SETTLE_SECONDS) -> None:
         self.store = store
         self.publisher = publisher
         self.durable = durable
         self.default_ttl = default_ttl
+        self.settle_seconds = settle_seconds
+        self._epochs_reported: set[str] = set()
 
     @metrics.timed_write("create")
     def create(self, request: CreateRequest) -> Session:
@@ -190,6 +203,7 @@ class SessionService:
                 PostgreSQL has v7 > 6: Redis is repaired to v7, the PUT gets
                 ConcurrencyError (actual 7) instead of writing a second v7
         """
+        self._settle(session_id)
         persisted = self.durable.latest(session_id)
         if persisted is None:
             return 0
@@ -203,6 +217,38 @@ class SessionService:
             except KeyBehind as exc:  # Redis acknowledged a newer one meanwhile
                 return exc.marker_version
         return persisted.version
+
+    def _settle(self, session_id: str) -> None:
+        """Raise ServiceUnavailable (503, retry later) while the changes sent
+        before Redis went back in time may still be on their way to
+        PostgreSQL; see the module docstring.
+
+        Timeline::
+
+            t0  PUT v7 acknowledged (sent to SQS; not replicated)
+            t1  failover: the promoted replica holds v6
+            t2  PUT expected 6: PostgreSQL still at v6 (v7 in the queue);
+                judged now, a second v7 would be accepted -> 503 instead
+            t3  consumer persists v7
+            t4  (t1 + settle) PUT expected 6: PostgreSQL v7 -> Redis
+                repaired, ConcurrencyError (actual 7)
+        """
+        left, new_epoch = self.store.settle(session_id, self.settle_seconds)
+        if new_epoch is not None:
+            metrics.emit({"RedisEpochChanges": 1})
+        if new_epoch is not None and new_epoch not in self._epochs_reported:
+            # once per process and epoch, not once per bucket
+            self._epochs_reported.add(new_epoch)
+            log.error("Redis went back in time (a failover, a restart without persistence, a "
+                      "flush): sessions it may hold stale wait for PostgreSQL; acknowledged "
+                      "changes whose outbox entries it lost before they reached SQS are lost",
+                      extra={"session_id": session_id, "epoch": new_epoch,
+                             "settle_seconds": self.settle_seconds})
+        if left > 0:
+            raise ServiceUnavailable(
+                f"Redis failed over or restarted; session {session_id!r} is being reconciled "
+                f"with PostgreSQL: retry in {left:.1f}s", dependency="redis",
+                retry_after_seconds=round(left, 1))
 
     def _confirm(self, session: Session) -> Read:
         """Serve a value of another epoch once PostgreSQL confirmed it (or
@@ -234,6 +280,10 @@ class SessionService:
         if self.durable is None:
             raise SessionNotFound(session_id)
         persisted = self.durable.latest(session_id)
+        if marker is None and persisted is not None:
+            # Redis has no trace of a session PostgreSQL knows: it lost it
+            # (flush, restart, eviction), or the marker outlived its TTL
+            self._settle(session_id)
         acknowledged = marker[0] if marker else 0
         persisted_version = persisted.version if persisted else 0
         if acknowledged > persisted_version:

@@ -10,6 +10,7 @@ touches one hash slot and runs unchanged on Redis Cluster)::
                        (recovery never serves an older version; ids are not reused)
     ss:{NNNN}:ob       outbox index: ZSET event id -> enqueue time (ms)
     ss:{NNNN}:od       outbox data:  HASH event id -> event JSON
+    ss:{NNNN}:e        epoch record "<epoch>|<ms first seen>" (SETTLE_SCRIPT)
 
 ``NNNN`` is a bucket, crc32(id) mod ``BUCKETS``: the outbox of a bucket lives
 beside its sessions, so the write and its outbox entry are one atomic script,
@@ -229,6 +230,25 @@ end
 return {'ok'}
 """
 
+# KEYS[1] the bucket's epoch record "<epoch>|<ms when first seen>"
+# ARGV[1] settle time in ms
+# returns {ms left to wait, 1 if this call saw the epoch first else 0, epoch}
+# After Redis went back in time, a session it may hold stale waits until
+# the changes still in the queue had time to reach PostgreSQL.  The first
+# call in a new epoch starts the clock (Redis's own: one clock for all).
+SETTLE_SCRIPT = _LUA_PARSE + r"""
+local ep = epoch()
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rec = redis.call('GET', KEYS[1])
+if rec and string.sub(rec, 1, 8) == ep then
+  local left = tonumber(ARGV[1]) - (now_ms - tonumber(string.sub(rec, 10)))
+  return {math.max(0, left), 0, ep}
+end
+redis.call('SET', KEYS[1], ep .. '|' .. now_ms)
+return {tonumber(ARGV[1]), 1, ep}
+"""
+
 # KEYS[1] any key of the slot whose node is asked
 # returns the node's epoch (see _LUA_PARSE)
 EPOCH_SCRIPT = _LUA_PARSE + r"""
@@ -283,6 +303,11 @@ def session_keys(session_id: str) -> list[str]:
     """KEYS for the mutation scripts: session, marker, outbox index, outbox data."""
     tag = bucket_tag(bucket_of(session_id))
     return [f"{tag}:s:{session_id}", f"{tag}:m:{session_id}", f"{tag}:ob", f"{tag}:od"]
+
+
+def epoch_key(session_id: str) -> str:
+    """The epoch record of ``session_id``'s bucket (SETTLE_SCRIPT)."""
+    return f"{bucket_tag(bucket_of(session_id))}:e"
 
 
 def outbox_keys(bucket: int) -> tuple[str, str]:
@@ -353,6 +378,7 @@ class SessionStore:
         self._restore = client.register_script(RESTORE_SCRIPT)
         self._vouch = client.register_script(VOUCH_SCRIPT)
         self._epoch_script = client.register_script(EPOCH_SCRIPT)
+        self._settle = client.register_script(SETTLE_SCRIPT)
         # node (slot owner) -> (its epoch, when read): reads compare values
         # with it; read at most once a second, and again after any error
         self._epochs: dict[str, tuple[str, float]] = {}
@@ -402,6 +428,18 @@ class SessionStore:
         """Read every node's epoch again on next use (after an error: the
         endpoint may now lead to another node)."""
         self._epochs.clear()
+
+    def settle(self, session_id: str, seconds: float) -> tuple[float, str | None]:
+        """(seconds left before ``session_id``'s bucket has settled in Redis's
+        current epoch, that epoch if this call was the first to see it in the
+        bucket, else None).
+
+        See SETTLE_SCRIPT.  Raises ServiceUnavailable.
+        """
+        with _redis_errors(self):
+            left, first, epoch = self._run(self._settle, [epoch_key(session_id)],
+                                           [int(seconds * 1000)])
+        return int(left) / 1000, epoch.decode() if first else None
 
     def vouch(self, session: Session, floor: int) -> bool:
         """Mark ``session`` (read from Redis) as confirmed by PostgreSQL,

@@ -12,19 +12,23 @@ it with a real replica.
 """
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 
-from chalicelib.errors import ConcurrencyError, SessionExists, SessionNotFound
+from chalicelib.errors import ConcurrencyError, ServiceUnavailable, SessionExists, SessionNotFound
 from chalicelib.sessions import SessionService
-from chalicelib.store import session_keys
+from chalicelib.store import epoch_key, session_keys
 from chalicelib.validation import CreateRequest, UpdateRequest
 
 
 @pytest.fixture
 def service(pipeline) -> SessionService:
-    return SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database)
+    """No settle time: these tests drain the pipeline before Redis forgets
+    (the settle tests below wait for it)."""
+    return SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+                          settle_seconds=0)
 
 
 def _sid() -> str:
@@ -154,3 +158,74 @@ def test_a_value_of_another_epoch_that_postgresql_confirms_is_served_and_vouched
     assert first.session.version == second.session.version == 2
     assert updated.version == 3
     assert asked == [sid]
+
+
+def _until_settled(call, *, timeout: float = 30.0):
+    """Call until it stops answering 503 (the settle time); return what it
+    returned or raised, and how many 503s came first."""
+    refusals = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call(), refusals
+        except ServiceUnavailable as exc:
+            if "retry_after_seconds" not in exc.details or time.monotonic() > deadline:
+                raise
+            refusals += 1
+            time.sleep(0.2)
+        except Exception as exc:  # the answer once settled, e.g. ConcurrencyError
+            return exc, refusals
+
+
+def test_a_change_still_in_the_queue_when_redis_went_back_reaches_postgresql_before_it_judges(
+        pipeline, caplog):
+    """v7 is acknowledged and queued but not yet persisted when Redis goes
+    back to v6.  Judged at once, PostgreSQL (v6) would vouch for v6 and a
+    second v7 would be accepted; the settle time lets v7 arrive first."""
+    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+                             settle_seconds=2.0)
+    sid = _sid()
+    _persisted(pipeline, service, sid, 6)
+    service.update(UpdateRequest(sid, '{"owner":"alice","n":7}', 6))  # queued, not persisted
+    _go_back_in_time(pipeline, sid, 6, '{"owner":"alice","n":6}')
+
+    with pytest.raises(ServiceUnavailable) as settling:
+        service.update(UpdateRequest(sid, '{"owner":"mallory"}', 6))
+    assert settling.value.details["retry_after_seconds"] > 0
+    pipeline.drain(timeout=30)  # the consumer catches up meanwhile
+    outcome, _ = _until_settled(lambda: service.update(UpdateRequest(sid, '{"owner":"mallory"}', 6)))
+
+    assert isinstance(outcome, ConcurrencyError) and outcome.details["actual_version"] == 7
+    assert service.get(sid).session.state == {"owner": "alice", "n": 7}
+    pipeline.drain(timeout=30)
+    assert pipeline.event_rows([sid]) == [(sid, v) for v in range(1, 8)]
+    assert pipeline.dlq_messages() == []
+    reports = [r for r in caplog.records if r.name == "sessionsync.sessions" and r.levelname == "ERROR"]
+    assert len(reports) == 1 and "went back in time" in reports[0].getMessage()
+
+
+def test_a_read_of_a_session_redis_may_hold_stale_waits_for_the_settle_time(pipeline):
+    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+                             settle_seconds=1.0)
+    sid = _sid()
+    _persisted(pipeline, service, sid, 3)
+    _go_back_in_time(pipeline, sid, 2, '{"owner":"alice","n":2}')
+
+    read, refusals = _until_settled(lambda: service.get(sid))
+
+    assert refusals >= 1
+    assert (read.session.version, read.session.state) == (3, {"owner": "alice", "n": 3})
+
+
+def test_a_session_redis_lost_entirely_is_recovered_after_the_settle_time(pipeline):
+    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+                             settle_seconds=1.0)
+    sid = _sid()
+    _persisted(pipeline, service, sid, 2)
+    _forget(pipeline, sid)
+    pipeline.store.client.delete(epoch_key(sid))  # as after a restart without persistence
+
+    read, refusals = _until_settled(lambda: service.get(sid))
+
+    assert refusals >= 1
+    assert read.session.version == 2
