@@ -336,7 +336,9 @@ class ReplicatedRedis:
     """
 
     def __init__(self, workdir: Path) -> None:
-        self.nodes = [RedisServer(workdir / "a"), RedisServer(workdir / "b")]
+        # a primary starts a full sync at once, not after waiting for more replicas
+        self.nodes = [RedisServer(workdir / name, None, "--repl-diskless-sync-delay", "0")
+                      for name in ("a", "b")]
         self.primary, self.replica = self.nodes
         self.proxy: TcpProxy | None = None
         self.replicating = False

@@ -27,7 +27,7 @@ from chalicelib.redis_client import CLUSTER_RETRIES, NOT_RUN_RETRIES, connect_re
 from chalicelib.store import SessionStore, session_keys
 from tests.servers import RedisClusterServers, RedisServer, ReplicatedRedis, wait_for
 
-BUDGET_SECONDS = 1.0  # a Redis fault is a 503 within a second
+BUDGET_SECONDS = 1.5  # the one-second budget of a 503, with a margin for a busy machine
 
 
 def error_count(client: redis.Redis, code: str) -> int:
