@@ -63,8 +63,10 @@ DEFAULT_SESSION_TTL = 3600
 DEFAULT_REDIS_SETTLE_SECONDS = 10.0
 # The version marker outlives the session so that recovery never serves a
 # version older than the last acknowledged one and a deleted id is never
-# reused.  30 days by default.
-DEFAULT_MARKER_TTL = 30 * 24 * 3600
+# reused.  0 (the default): it never expires, so that a volatile-* eviction
+# policy cannot take it (about 70 bytes per session ever written); a number
+# of seconds bounds that memory where the eviction policy is noeviction.
+DEFAULT_MARKER_TTL = 0
 MIN_TTL_SECONDS = 1
 MAX_TTL_SECONDS = 30 * 24 * 3600
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -120,6 +122,12 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
     if not lo <= value <= hi:
         raise ConfigurationError(name, f"must be between {lo} and {hi}, got {value}")
     return value
+
+
+def _marker_ttl(env: Mapping[str, str]) -> int:
+    if env.get(SESSION_MARKER_TTL, "").strip() == "0":
+        return 0
+    return _int(env, SESSION_MARKER_TTL, DEFAULT_MARKER_TTL, 60, 10 * 365 * 24 * 3600)
 
 
 def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
@@ -245,7 +253,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dlq_url=_opt(env, SESSION_DLQ_URL),
         dlq_name=_opt(env, SESSION_DLQ_NAME),
         session_ttl=_int(env, SESSION_TTL, DEFAULT_SESSION_TTL, MIN_TTL_SECONDS, MAX_TTL_SECONDS),
-        marker_ttl=_int(env, SESSION_MARKER_TTL, DEFAULT_MARKER_TTL, 60, 10 * 365 * 24 * 3600),
+        marker_ttl=_marker_ttl(env),
         max_state_bytes=max_state,
         log_level=level,
         aws_endpoint_url=endpoint,

@@ -149,7 +149,7 @@ def _configuration_advice(s: Settings) -> list[Finding]:
         out.append(Finding("configuration", "warn", "no API keys configured: every session "
                            "request will be denied",
                            fix=f"set {config.API_KEYS} or {config.API_KEYS_SECRET_ARN}"))
-    if s.marker_ttl < s.session_ttl:
+    if 0 < s.marker_ttl < s.session_ttl:
         out.append(Finding("configuration", "warn", "SESSION_MARKER_TTL is shorter than SESSION_TTL",
                            fix="the version marker must outlive the session, or recovery can "
                                "serve an older version"))

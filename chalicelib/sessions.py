@@ -102,7 +102,9 @@ class SessionService:
             result = self.store.create(request.session_id, request.state_json, ttl,
                                        known_absent=self.durable is None)
         except IdUnknown:
-            # ids are never reused, and Redis may have forgotten this one
+            # ids are never reused, and Redis may have forgotten this one;
+            # after a failover, its creation may still be in the queue
+            self._settle(request.session_id, unrecorded_settled=True)
             persisted = self.durable.latest(request.session_id)
             if persisted is not None:
                 raise SessionExists(request.session_id, version=persisted.version,
@@ -218,7 +220,7 @@ class SessionService:
                 return exc.marker_version
         return persisted.version
 
-    def _settle(self, session_id: str) -> None:
+    def _settle(self, session_id: str, *, unrecorded_settled: bool = False) -> None:
         """Raise ServiceUnavailable (503, retry later) while the changes sent
         before Redis went back in time may still be on their way to
         PostgreSQL; see the module docstring.
@@ -233,7 +235,8 @@ class SessionService:
             t4  (t1 + settle) PUT expected 6: PostgreSQL v7 -> Redis
                 repaired, ConcurrencyError (actual 7)
         """
-        left, new_epoch = self.store.settle(session_id, self.settle_seconds)
+        left, new_epoch = self.store.settle(session_id, self.settle_seconds,
+                                            unrecorded_settled=unrecorded_settled)
         if new_epoch is not None:
             metrics.emit({"RedisEpochChanges": 1})
         if new_epoch is not None and new_epoch not in self._epochs_reported:
@@ -280,9 +283,10 @@ class SessionService:
         if self.durable is None:
             raise SessionNotFound(session_id)
         persisted = self.durable.latest(session_id)
-        if marker is None and persisted is not None:
+        if marker is None and persisted is not None and not persisted.deleted:
             # Redis has no trace of a session PostgreSQL knows: it lost it
-            # (flush, restart, eviction), or the marker outlived its TTL
+            # (flush, restart, eviction), or the marker outlived its TTL.
+            # (A deletion is final: it needs no wait.)
             self._settle(session_id)
         acknowledged = marker[0] if marker else 0
         persisted_version = persisted.version if persisted else 0

@@ -46,8 +46,6 @@ from chalicelib.errors import ConcurrencyError, ServiceUnavailable, SessionExist
 from chalicelib.redis_client import RedisClient
 
 BUCKETS = 1024
-# how long a read trusts the epoch it read from a node (see _LUA_PARSE)
-EPOCH_CACHE_SECONDS = 1.0
 EVENT_SCHEMA_VERSION = 1
 CREATED, UPDATED, DELETED = "session_created", "session_updated", "session_deleted"
 
@@ -99,6 +97,15 @@ local function check_epoch(v, e, ep, floor)
   if v < tonumber(floor) then return {'behind', v} end
   return nil
 end
+-- the version marker; a marker TTL of 0 means none: volatile-* eviction
+-- policies never take a key without one (SESSION_MARKER_TTL)
+local function set_marker(value, marker_ttl, ttl)
+  if marker_ttl > 0 then
+    redis.call('SET', KEYS[2], value, 'EX', math.max(marker_ttl, ttl))
+  else
+    redis.call('SET', KEYS[2], value)
+  end
+end
 -- the missing-key replies of update and delete
 local function missing()
   local m = redis.call('GET', KEYS[2])
@@ -130,7 +137,7 @@ end
 if ARGV[8] ~= '1' then return {'unknown'} end
 local ttl = tonumber(ARGV[5])
 redis.call('SET', KEYS[1], head(1, ARGV[3], ARGV[3], ttl, 'L') .. epoch() .. '|' .. ARGV[2], 'EX', ttl)
-redis.call('SET', KEYS[2], '1|L', 'EX', math.max(tonumber(ARGV[6]), ttl))
+set_marker('1|L', tonumber(ARGV[6]), ttl)
 local ev = event('session_created', ARGV[1], 1, ARGV[3], ARGV[3], ttl, ARGV[2])
 emit(ev, ARGV[1], 1, ARGV[4], ARGV[7])
 return {'ok', ev}
@@ -153,7 +160,7 @@ if refused then return refused end
 if v ~= tonumber(ARGV[3]) then return {'conflict', v} end
 v = v + 1
 redis.call('SET', KEYS[1], head(v, created, ARGV[4], ttl, 'L') .. ep .. '|' .. ARGV[2], 'EX', ttl)
-redis.call('SET', KEYS[2], v .. '|L', 'EX', math.max(tonumber(ARGV[6]), ttl))
+set_marker(v .. '|L', tonumber(ARGV[6]), ttl)
 local ev = event('session_updated', ARGV[1], v, created, ARGV[4], ttl, ARGV[2])
 emit(ev, ARGV[1], v, ARGV[5], ARGV[7])
 return {'ok', ev, created}
@@ -178,7 +185,7 @@ if refused then return refused end
 if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end
 v = v + 1
 redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'D') .. ep .. '|null', 'EX', ttl)
-redis.call('SET', KEYS[2], v .. '|D', 'EX', math.max(tonumber(ARGV[5]), ttl))
+set_marker(v .. '|D', tonumber(ARGV[5]), ttl)
 local ev = event('session_deleted', ARGV[1], v, created, ARGV[3], ttl, 'null')
 emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
 return {'ok', ev, v}
@@ -206,8 +213,7 @@ if m then
   if mv > version then return {'behind', mv} end
 end
 redis.call('SET', KEYS[1], ARGV[1] .. epoch() .. ARGV[5], 'EX', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2] .. '|' .. string.sub(ARGV[1], -1), 'EX',
-           math.max(tonumber(ARGV[4]), tonumber(ARGV[3])))
+set_marker(ARGV[2] .. '|' .. string.sub(ARGV[1], -1), tonumber(ARGV[4]), tonumber(ARGV[3]))
 return {'restored'}
 """
 
@@ -231,7 +237,8 @@ return {'ok'}
 """
 
 # KEYS[1] the bucket's epoch record "<epoch>|<ms when first seen>"
-# ARGV[1] settle time in ms
+# ARGV[1] settle time in ms  ARGV[2] '1': a bucket with no record has settled
+#   (nothing says Redis went back in time: a new deployment looks the same)
 # returns {ms left to wait, 1 if this call saw the epoch first else 0, epoch}
 # After Redis went back in time, a session it may hold stale waits until
 # the changes still in the queue had time to reach PostgreSQL.  The first
@@ -246,13 +253,21 @@ if rec and string.sub(rec, 1, 8) == ep then
   return {math.max(0, left), 0, ep}
 end
 redis.call('SET', KEYS[1], ep .. '|' .. now_ms)
+if not rec and ARGV[2] == '1' then return {0, 0, ep} end
 return {tonumber(ARGV[1]), 1, ep}
 """
 
-# KEYS[1] any key of the slot whose node is asked
-# returns the node's epoch (see _LUA_PARSE)
-EPOCH_SCRIPT = _LUA_PARSE + r"""
-return epoch()
+# KEYS[1] session
+# returns {} (no key) | {value, 1 if it carries the node's epoch else 0}
+# A read that must not serve a value from before Redis went back in time:
+# the epoch is compared on the node, in the same round trip (a cached epoch
+# would leave a window after a failover, and a read-only process sees no
+# error to tell it).
+GET_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {} end
+local _, _, _, _, _, e = parse(raw)
+return {raw, e == epoch() and 1 or 0}
 """
 
 
@@ -366,7 +381,7 @@ class SessionStore:
     time, and the domain errors its docstring names.
     """
 
-    def __init__(self, client: RedisClient, *, marker_ttl: int = 30 * 24 * 3600,
+    def __init__(self, client: RedisClient, *, marker_ttl: int = 0,
                  channel: str = "session-updates", clock: Clock = time.time) -> None:
         self.client = client
         self.marker_ttl = marker_ttl
@@ -377,11 +392,8 @@ class SessionStore:
         self._delete = client.register_script(DELETE_SCRIPT)
         self._restore = client.register_script(RESTORE_SCRIPT)
         self._vouch = client.register_script(VOUCH_SCRIPT)
-        self._epoch_script = client.register_script(EPOCH_SCRIPT)
+        self._get_verified = client.register_script(GET_SCRIPT)
         self._settle = client.register_script(SETTLE_SCRIPT)
-        # node (slot owner) -> (its epoch, when read): reads compare values
-        # with it; read at most once a second, and again after any error
-        self._epochs: dict[str, tuple[str, float]] = {}
 
     # -- reads --------------------------------------------------------------
 
@@ -393,59 +405,49 @@ class SessionStore:
         last went back in time (PostgreSQL must confirm it: ``vouch``).
         """
         key = session_keys(session_id)[0]
-        with _redis_errors(self):
+        with _redis_errors():
             try:
-                raw = self.client.get(key)
+                reply = self._read(key, verify)
             except redis.ConnectionError:
                 # a pooled connection that broke (failover, restart): a read
                 # is safe to repeat, once, on a fresh connection
-                raw = self.client.get(key)
-            if raw is None:
-                return None
-            session, epoch = _decode(session_id, raw)
-            if session.deleted:  # a deletion is final, whatever the epoch
-                raise SessionNotFound(session_id, deleted=True)
-            if verify and epoch != self._epoch_of(key):
-                raise EpochChanged(session_id, session.version, session)
+                reply = self._read(key, verify)
+        if reply is None:
+            return None
+        raw, current = reply
+        session, _ = _decode(session_id, raw)
+        if session.deleted:  # a deletion is final, whatever the epoch
+            raise SessionNotFound(session_id, deleted=True)
+        if not current:
+            raise EpochChanged(session_id, session.version, session)
         return session
 
-    def _epoch_of(self, key: str) -> str:
-        """The epoch of the node that owns ``key``'s slot (cached a second)."""
-        node = self._node_name(key)
-        now = time.monotonic()
-        cached = self._epochs.get(node)
-        if cached is not None and now - cached[1] < EPOCH_CACHE_SECONDS:
-            return cached[0]
-        epoch = self._run(self._epoch_script, [key], []).decode()
-        self._epochs[node] = (epoch, now)
-        return epoch
+    def _read(self, key: str, verify: bool) -> tuple[bytes, bool] | None:
+        """(value, whether it carries the node's epoch), or None."""
+        if not verify:
+            raw = self.client.get(key)
+            return None if raw is None else (raw, True)
+        reply = self._run(self._get_verified, [key], [])
+        return (reply[0], bool(reply[1])) if reply else None
 
-    def _node_name(self, key: str) -> str:
-        get_node = getattr(self.client, "get_node_from_key", None)
-        return get_node(key).name if get_node is not None else ""
-
-    def forget_epochs(self) -> None:
-        """Read every node's epoch again on next use (after an error: the
-        endpoint may now lead to another node)."""
-        self._epochs.clear()
-
-    def settle(self, session_id: str, seconds: float) -> tuple[float, str | None]:
+    def settle(self, session_id: str, seconds: float, *,
+               unrecorded_settled: bool = False) -> tuple[float, str | None]:
         """(seconds left before ``session_id``'s bucket has settled in Redis's
         current epoch, that epoch if this call was the first to see it in the
         bucket, else None).
 
         See SETTLE_SCRIPT.  Raises ServiceUnavailable.
         """
-        with _redis_errors(self):
+        with _redis_errors():
             left, first, epoch = self._run(self._settle, [epoch_key(session_id)],
-                                           [int(seconds * 1000)])
+                                           [int(seconds * 1000), "1" if unrecorded_settled else "0"])
         return int(left) / 1000, epoch.decode() if first else None
 
     def vouch(self, session: Session, floor: int) -> bool:
         """Mark ``session`` (read from Redis) as confirmed by PostgreSQL,
         which holds ``floor`` <= its version.  False when another write came
         first.  Raises RedisBehind when Redis is below ``floor`` after all."""
-        with _redis_errors(self):
+        with _redis_errors():
             reply = self._run(self._vouch, session_keys(session.session_id)[:1],
                               [session.version, floor])
         if reply[0] == b"behind":
@@ -454,7 +456,7 @@ class SessionStore:
 
     def marker(self, session_id: str) -> tuple[int, bool] | None:
         """(last acknowledged version, deleted) from the long-lived marker."""
-        with _redis_errors(self):
+        with _redis_errors():
             raw = self.client.get(session_keys(session_id)[1])
         if raw is None:
             return None
@@ -473,7 +475,7 @@ class SessionStore:
         """
         now = self.clock()
         now_iso = iso_utc(now)
-        with _redis_errors(self):
+        with _redis_errors():
             reply = self._run(self._create, session_keys(session_id), [
                 session_id, state_json, now_iso, int(now * 1000), ttl_seconds,
                 self.marker_ttl, self.channel, "1" if known_absent else "0"])
@@ -498,7 +500,7 @@ class SessionStore:
         """
         now = self.clock()
         now_iso = iso_utc(now)
-        with _redis_errors(self):
+        with _redis_errors():
             reply = self._run(self._update, session_keys(session_id), [
                 session_id, state_json, expected_version, now_iso, int(now * 1000),
                 self.marker_ttl, self.channel, "" if floor is None else floor])
@@ -517,7 +519,7 @@ class SessionStore:
         """
         now = self.clock()
         now_iso = iso_utc(now)
-        with _redis_errors(self):
+        with _redis_errors():
             reply = self._run(self._delete, session_keys(session_id), [
                 session_id, "" if expected_version is None else expected_version,
                 now_iso, int(now * 1000), self.marker_ttl, self.channel,
@@ -540,7 +542,7 @@ class SessionStore:
         version than ``session`` (PostgreSQL lags the queue).
         """
         keys = session_keys(session.session_id)
-        with _redis_errors(self):
+        with _redis_errors():
             reply = self._run(self._restore, keys[:2], [
                 _encode_head(session), session.version, session.ttl_seconds, self.marker_ttl,
                 "|" + session.state_json, "repair" if repair else "absent"])
@@ -590,7 +592,7 @@ class SessionStore:
         """Remove outbox entries once SQS accepted their messages."""
         if not event_ids:
             return
-        with _redis_errors(self):
+        with _redis_errors():
             by_bucket: dict[int, list[str]] = {}
             for eid in event_ids:
                 by_bucket.setdefault(bucket_of(eid.rsplit(":", 1)[0]), []).append(eid)
@@ -652,7 +654,7 @@ class SessionStore:
     def ping(self) -> float:
         """Round trip in milliseconds."""
         start = time.perf_counter()
-        with _redis_errors(self):
+        with _redis_errors():
             self.client.ping()
         return (time.perf_counter() - start) * 1000
 
@@ -757,12 +759,7 @@ def _ttl_from_event(event_json: bytes) -> int:
 
 
 class _redis_errors:
-    """Translate redis-py connection trouble into ServiceUnavailable; after
-    any Redis error, ``store`` reads the nodes' epochs again (the endpoint
-    may lead to another node now)."""
-
-    def __init__(self, store: SessionStore | None = None) -> None:
-        self.store = store
+    """Translate redis-py connection trouble into ServiceUnavailable."""
 
     def __enter__(self) -> None:
         return None
@@ -770,8 +767,6 @@ class _redis_errors:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None:
             return False
-        if self.store is not None and isinstance(exc, redis.RedisError):
-            self.store.forget_epochs()
         # ClusterError: still refused after the cluster client's own retries
         # (CLUSTERDOWN, or MOVED/ASK/TRYAGAIN until its "TTL exhausted").
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError,

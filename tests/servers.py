@@ -275,6 +275,15 @@ class TcpProxy:
     def retarget(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
 
+    def sever(self) -> None:
+        """Reset every open connection (the server went away); new ones still
+        go to the target, so ``retarget`` to a dead port first for an outage."""
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
     def close(self) -> None:
         self._closed.set()
         self._listener.close()

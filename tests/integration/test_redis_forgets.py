@@ -51,8 +51,10 @@ def _forget(pipeline, sid):
 def _go_back_in_time(pipeline, sid, version, state):
     """What a promoted replica that lacked the last writes holds: an older
     version, written by the previous primary (a value of another epoch; the
-    format before epochs existed is such a value too)."""
+    format before epochs existed is such a value too), and the bucket's
+    epoch record of that primary."""
     key, marker = session_keys(sid)[:2]
+    pipeline.store.client.set(epoch_key(sid), "deadbeef|0")
     old = pipeline.store.client.get(key).decode().split("|")
     pipeline.store.client.set(key, f"{version}|{old[1]}|{old[2]}|{old[3]}|L|{state}", ex=600)
     pipeline.store.client.set(marker, f"{version}|L", ex=600)

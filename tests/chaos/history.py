@@ -1,0 +1,227 @@
+"""The history of a chaos run and the checker that judges it.
+
+In the spirit of Jepsen's checkers for a versioned register: clients record
+every operation with its start and end time and its outcome (``ok``: the
+service acknowledged it; ``fail``: it certainly did not happen; ``info``:
+unknown, e.g. a 503 after the script may have run).  After the pipeline
+drained, the checker compares the history with everything the system left:
+the rows in PostgreSQL, the DLQ, the Pub/Sub messages.  Each rule returns
+human-readable violations; an empty list is a pass.
+
+Every write carries a unique token in its state (``"w"``), so that the
+content of a (session, version) identifies the write that made it.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+WRITES = ("create", "update", "delete")
+
+
+@dataclass(frozen=True)
+class Op:
+    process: int
+    kind: str  # create | update | delete | read
+    session_id: str
+    start: float
+    end: float
+    outcome: str  # ok | fail | info
+    #: the version written (ok writes) or read (ok reads)
+    version: int | None = None
+    #: the state written or read (None for a delete, or a read of nothing)
+    state: Any = None
+    #: a read that found nothing: "deleted" | "missing"
+    absent: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class History:
+    ops: list[Op] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, op: Op) -> None:
+        with self._lock:
+            self.ops.append(op)
+
+    def acknowledged_writes(self) -> list[Op]:
+        return [op for op in self.ops if op.kind in WRITES and op.outcome == "ok"]
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for op in self.ops:
+            counts[f"{op.kind}:{op.outcome}"] += 1
+        return dict(sorted(counts.items()))
+
+
+@dataclass
+class Observed:
+    """What the system left once drained."""
+
+    #: (session, version) -> (event_type, state) in sync_events
+    rows: Mapping[tuple[str, int], tuple[str, Any]]
+    #: session -> (version, deleted) in sync_sessions
+    sessions: Mapping[str, tuple[int, bool]]
+    #: every DLQ message: {"body": str, "error_code": ..., ...attributes}
+    dead_letters: list[Mapping[str, Any]]
+    #: every change event seen on Pub/Sub (decoded)
+    published: list[Mapping[str, Any]]
+    #: losses the system itself reported (log lines / metrics), each a dict
+    reported: list[Mapping[str, Any]] = field(default_factory=list)
+
+
+def _content(event_type: str, state: Any) -> tuple[str, str]:
+    kind = "delete" if event_type == "session_deleted" else "write"
+    return kind, json.dumps(state, sort_keys=True)
+
+
+def _op_content(op: Op) -> tuple[str, str]:
+    return ("delete" if op.kind == "delete" else "write"), json.dumps(op.state, sort_keys=True)
+
+
+def check(history: History, observed: Observed, *, allow_lost: Iterable[tuple[str, int]] = ()) -> list[str]:
+    """Every rule's violations.  ``allow_lost``: (session, version) pairs the
+    system reported as unavoidably lost (rule a skips them)."""
+    return (check_acknowledged_persisted(history, observed, set(allow_lost))
+            + check_no_stale_reads(history)
+            + check_no_resurrection(history, observed)
+            + check_one_content_per_version(history, observed)
+            + check_unpersisted_dead_lettered(observed, set(allow_lost)))
+
+
+def check_acknowledged_persisted(history: History, observed: Observed,
+                                 allow_lost: set[tuple[str, int]]) -> list[str]:
+    """(a) every acknowledged write is in sync_events exactly once (the primary
+    key makes "at most once" structural), with the acknowledged content."""
+    problems = []
+    for op in history.acknowledged_writes():
+        key = (op.session_id, op.version)
+        if key in allow_lost:
+            continue
+        row = observed.rows.get(key)
+        if row is None:
+            problems.append(f"(a) acknowledged {op.kind} {key} is not in sync_events")
+        elif _content(*row) != _op_content(op):
+            problems.append(f"(a) acknowledged {op.kind} {key} persisted with other content: "
+                            f"{row!r} != {op.state!r}")
+    return problems
+
+
+def check_no_stale_reads(history: History) -> list[str]:
+    """(b) no read returned a version older than one acknowledged to any
+    client before the read began (nor a live session after an acknowledged
+    delete: rule c)."""
+    acked: dict[str, list[Op]] = defaultdict(list)
+    for op in history.acknowledged_writes():
+        acked[op.session_id].append(op)
+    problems = []
+    for read in history.ops:
+        if read.kind != "read" or read.outcome != "ok":
+            continue
+        before = [w for w in acked[read.session_id] if w.end < read.start]
+        if not before:
+            continue
+        newest = max(before, key=lambda w: w.version)
+        if read.version is None:
+            if read.absent == "missing":
+                problems.append(f"(b) read of {read.session_id} at {read.start:.3f} found nothing; "
+                                f"v{newest.version} was acknowledged at {newest.end:.3f}")
+            continue
+        if read.version < newest.version:
+            problems.append(f"(b) read of {read.session_id} at {read.start:.3f} returned "
+                            f"v{read.version}; v{newest.version} was acknowledged at {newest.end:.3f}")
+    return problems
+
+
+def check_no_resurrection(history: History, observed: Observed) -> list[str]:
+    """(c) no deleted session comes back: after an acknowledged delete, no
+    read returns it, no write on it succeeds, and PostgreSQL keeps it deleted."""
+    deleted_at: dict[str, Op] = {}
+    for op in history.acknowledged_writes():
+        if op.kind == "delete":
+            deleted_at.setdefault(op.session_id, op)
+    problems = []
+    for op in history.ops:
+        gone = deleted_at.get(op.session_id)
+        if gone is None or op.start <= gone.end or op.outcome != "ok":
+            continue
+        if op.kind == "read" and op.version is not None:
+            problems.append(f"(c) {op.session_id} deleted at {gone.end:.3f}, read back as "
+                            f"v{op.version} at {op.start:.3f}")
+        if op.kind in ("create", "update"):
+            problems.append(f"(c) {op.session_id} deleted at {gone.end:.3f}, then {op.kind} "
+                            f"v{op.version} acknowledged")
+    for sid in deleted_at:
+        version, deleted = observed.sessions.get(sid, (0, False))
+        if not deleted:
+            problems.append(f"(c) {sid} is not deleted in sync_sessions (v{version})")
+    return problems
+
+
+def check_one_content_per_version(history: History, observed: Observed) -> list[str]:
+    """(d) no (session, version) has two different contents anywhere: the
+    writes acknowledged, the reads, Pub/Sub, sync_events and the DLQ."""
+    seen: dict[tuple[str, int], dict[tuple[str, str], str]] = defaultdict(dict)
+
+    def note(key: tuple[str, int], content: tuple[str, str], where: str) -> None:
+        seen[key].setdefault(content, where)
+
+    for op in history.ops:
+        if op.outcome != "ok" or op.version is None:
+            continue
+        if op.kind in WRITES:
+            note((op.session_id, op.version), _op_content(op), f"{op.kind} by client {op.process}")
+        elif op.kind == "read":
+            note((op.session_id, op.version), ("write", json.dumps(op.state, sort_keys=True)),
+                 f"read by client {op.process}")
+    for event in observed.published:
+        note((event["session_id"], event["version"]), _content(event["event_type"], event["state"]),
+             "Pub/Sub")
+    for key, row in observed.rows.items():
+        note(key, _content(*row), "sync_events")
+    for letter in observed.dead_letters:
+        try:
+            event = json.loads(letter["body"])
+            note((event["session_id"], event["version"]), _content(event["event_type"], event["state"]),
+                 f"DLQ ({letter.get('error_code')})")
+        except (ValueError, KeyError, TypeError):
+            continue  # not an event: rule e looks at it
+    return [f"(d) {key} has {len(contents)} contents: " + "; ".join(
+                f"{where}: {content[1][:80]}" for content, where in contents.items())
+            for key, contents in sorted(seen.items()) if len(contents) > 1]
+
+
+def check_unpersisted_dead_lettered(observed: Observed,
+                                    allow_lost: set[tuple[str, int]] = frozenset()) -> list[str]:
+    """(e) every change event published but not persisted is in the DLQ
+    with its reason."""
+    dead: dict[tuple[str, int], Mapping[str, Any]] = {}
+    problems = []
+    for letter in observed.dead_letters:
+        if not letter.get("error_code") or not letter.get("error_class"):
+            problems.append(f"(e) a DLQ message has no reason: {letter.get('body', '')[:80]}")
+        try:
+            event = json.loads(letter["body"])
+            dead[(event["session_id"], event["version"])] = letter
+        except (ValueError, KeyError, TypeError):
+            continue
+    for event in observed.published:
+        key = (event["session_id"], event["version"])
+        if key in observed.rows:
+            if _content(*observed.rows[key]) != _content(event["event_type"], event["state"]) \
+                    and key not in dead:
+                problems.append(f"(e) published {key} differs from its row and is not in the DLQ")
+            continue
+        if key not in dead and key not in allow_lost:
+            problems.append(f"(e) published {key} is neither persisted nor in the DLQ")
+    return problems
+
+
+def now() -> float:
+    return time.monotonic()

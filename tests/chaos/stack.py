@@ -1,0 +1,237 @@
+"""One whole sessionsync, all real, wired for fault injection.
+
+Redis (a server of the run's own, or a primary + replica behind a proxy),
+SQS on LocalStack behind a proxy (so that it can hang or go away), a
+PostgreSQL database, consumers (threads playing the event source mapping,
+with or without ReportBatchItemFailures), the outbox relay, and a Pub/Sub
+listener.  Everything the run builds it stops (``close``); every loop is
+bounded.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from chalicelib import aws
+from chalicelib.config import Settings
+from chalicelib.consumer import Consumer, DeadLetterQueue, SqsRecordSource
+from chalicelib.outbox import OutboxRelay
+from chalicelib.persistence import Database
+from chalicelib.producer import SqsProducer
+from chalicelib.provisioning import QueuePair
+from chalicelib.redis_client import connect_redis
+from chalicelib.sessions import SessionService
+from chalicelib.store import SessionStore, outbox_keys
+from chalicelib.worker import Worker
+from tests.chaos.history import Observed
+from tests.servers import TcpProxy, free_port
+
+
+class ReportCollector(logging.Handler):
+    """Collects the error reports the system makes about losses it detected."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append({"logger": record.name, "message": record.getMessage(),
+                             "epoch": getattr(record, "epoch", None)})
+
+
+@dataclass
+class ChaosStack:
+    redis_url: str
+    pg_dsn: str
+    localstack_url: str
+    queues: QueuePair
+    channel: str
+    #: the mapping played by the consumers
+    report_batch_item_failures: bool = True
+    consumers: int = 1
+    relay_age: float = 0.5
+    settle_seconds: float = 1.5
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    published: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sqs_proxy = TcpProxy(int(self.localstack_url.rsplit(":", 1)[1]))
+        proxied = Settings(aws_endpoint_url=f"http://127.0.0.1:{self.sqs_proxy.port}",
+                           aws_region="us-east-1")
+        # the request path's client, as runtime.producer builds it
+        self.fast_sqs = aws.client("sqs", proxied, connect_timeout=0.5, read_timeout=0.5, attempts=1)
+        self.sqs = aws.client("sqs", proxied, connect_timeout=1.0, read_timeout=3.0, attempts=2)
+        self.direct_sqs = aws.client("sqs", Settings(aws_endpoint_url=self.localstack_url,
+                                                     aws_region="us-east-1"))
+        self.store = SessionStore(connect_redis(Settings(redis_url=self.redis_url)), channel=self.channel)
+        self.database = Database.from_dsn(self.pg_dsn)
+        self.service = SessionService(self.store, publisher=SqsProducer(self.fast_sqs, self.queues.url,
+                                                                        self.store),
+                                      durable=self.database, settle_seconds=self.settle_seconds)
+        self.reports = ReportCollector()
+        logging.getLogger("sessionsync").addHandler(self.reports)
+
+    # -- running ------------------------------------------------------------------
+
+    def start(self) -> ChaosStack:
+        self._subscribe()
+        for i in range(self.consumers):
+            self._spawn(f"consumer-{i}", self._consumer_loop)
+        relay = OutboxRelay(self.store, SqsProducer(self.sqs, self.queues.url, self.store),
+                            age_seconds=self.relay_age)
+        self._spawn("relay", lambda: relay.run(self._stop, interval=0.3))
+        return self
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=f"chaos-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def consumer(self) -> Consumer:
+        database = Database.from_dsn(self.pg_dsn)
+        return Consumer(database, DeadLetterQueue(self.sqs, self.queues.dlq_url),
+                        SqsRecordSource(self.sqs, self.queues.url))
+
+    def worker(self) -> Worker:
+        return Worker(self.sqs, self.queues.url, self.consumer().handle, wait_seconds=1,
+                      visibility_timeout=10, retry_delay=1.0,
+                      report_batch_item_failures=self.report_batch_item_failures)
+
+    def _consumer_loop(self) -> None:
+        # a new worker after a crash, as Lambda starts a new instance
+        while not self._stop.is_set():
+            try:
+                self.worker().run(self._stop)
+            except Exception:  # the loop must survive whatever a fault does
+                time.sleep(0.2)
+
+    def _subscribe(self) -> None:
+        listener = SessionStore(connect_redis(Settings(redis_url=self.redis_url)), channel=self.channel)
+        ready = threading.Event()
+
+        def listen() -> None:
+            while not self._stop.is_set():
+                try:
+                    with listener.subscribe(timeout=0.2) as events:
+                        ready.set()
+                        for event in events:
+                            if self._stop.is_set():
+                                return
+                            if event is not None:
+                                self.published.append(event)
+                except Exception:  # Redis restarting or failing over: subscribe again
+                    time.sleep(0.1)
+        self._spawn("pubsub", listen)
+        assert ready.wait(10), "no Pub/Sub subscription"
+
+    # -- SQS faults --------------------------------------------------------------------
+
+    def sqs_down(self) -> None:
+        self.sqs_proxy.retarget(free_port())  # nothing listens there
+        self.sqs_proxy.sever()
+
+    def sqs_hung(self) -> None:
+        self.sqs_proxy.freeze()
+
+    def sqs_back(self) -> None:
+        self.sqs_proxy.thaw()
+        self.sqs_proxy.retarget(int(self.localstack_url.rsplit(":", 1)[1]))
+
+    # -- draining and observing -----------------------------------------------------------
+
+    def outbox_ids(self, session_ids: Iterable[str]) -> list[str]:
+        from chalicelib.store import bucket_of
+        ids = set(session_ids)
+        found = []
+        for bucket in sorted({bucket_of(s) for s in ids}):
+            for eid in self.store.client.zrange(outbox_keys(bucket)[0], 0, -1):
+                eid = eid.decode()
+                if eid.rsplit(":", 1)[0] in ids:
+                    found.append(eid)
+        return found
+
+    def queue_depth(self) -> int:
+        attrs = self.direct_sqs.get_queue_attributes(QueueUrl=self.queues.url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+    def drain(self, session_ids: Iterable[str], *, timeout: float = 120.0) -> None:
+        """Wait until the outbox holds nothing of these sessions and the queue
+        is empty, three checks in a row."""
+        ids = list(session_ids)
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        last: Any = None
+        while quiet < 3:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pipeline not drained within {timeout}s: {last}")
+            try:
+                last = (len(self.outbox_ids(ids)), self.queue_depth())
+            except Exception as exc:  # a dependency still coming back
+                last = repr(exc)
+            quiet = quiet + 1 if last == (0, 0) else 0
+            time.sleep(0.5)
+
+    def observe(self, session_ids: Iterable[str]) -> Observed:
+        ids = sorted(set(session_ids))
+        with psycopg.connect(self.pg_dsn) as conn:
+            rows = {(sid, int(v)): (t, s) for sid, v, t, s in conn.execute(
+                "SELECT session_id, version, event_type, state FROM sync_events "
+                "WHERE session_id = ANY(%s)", (ids,))}
+            sessions = {sid: (int(v), bool(d)) for sid, v, d in conn.execute(
+                "SELECT session_id, version, deleted FROM sync_sessions WHERE session_id = ANY(%s)",
+                (ids,))}
+        mine = set(ids)
+        published = [e for e in self.published if e.get("session_id") in mine]
+        letters = [m for m in self.dead_letters() if _session_of(m) in mine or _session_of(m) is None]
+        return Observed(rows, sessions, letters, published, list(self.reports.records))
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        messages: dict[str, dict[str, Any]] = {}
+        for _ in range(50):
+            reply = self.direct_sqs.receive_message(
+                QueueUrl=self.queues.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=60,
+                WaitTimeSeconds=0, MessageAttributeNames=["All"])
+            batch = reply.get("Messages", [])
+            if not batch:
+                break
+            for m in batch:
+                flat = {k: v.get("StringValue") for k, v in (m.get("MessageAttributes") or {}).items()}
+                messages[m["MessageId"]] = {"body": m["Body"], **flat}
+        return list(messages.values())
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+        logging.getLogger("sessionsync").removeHandler(self.reports)
+        self.sqs_proxy.close()
+        self.database.close()
+        self.store.client.close()
+
+
+def _session_of(letter: dict[str, Any]) -> str | None:
+    try:
+        return json.loads(letter["body"])["session_id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def consumer_process_main(argv: list[str]) -> None:
+    """A consumer in a process of its own, for the nemesis to SIGKILL:
+    ``queue_url dlq_url dsn endpoint report_batch_item_failures(1|0)``."""
+    queue_url, dlq_url, dsn, endpoint, rbif = argv
+    sqs = aws.client("sqs", Settings(aws_endpoint_url=endpoint, aws_region="us-east-1"))
+    consumer = Consumer(Database.from_dsn(dsn), DeadLetterQueue(sqs, dlq_url),
+                        SqsRecordSource(sqs, queue_url))
+    worker = Worker(sqs, queue_url, consumer.handle, wait_seconds=1, visibility_timeout=10,
+                    retry_delay=1.0, report_batch_item_failures=rbif == "1")
+    worker.run(threading.Event())

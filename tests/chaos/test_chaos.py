@@ -1,0 +1,254 @@
+"""The fault-injection suite: a workload of concurrent clients, one fault at a
+time (and some combined), with real servers, then the history checker
+(tests/chaos/history.py) over everything the system left once drained.
+
+Each scenario runs the workload for a few seconds while its nemesis injects
+the fault, heals everything, drains the pipeline and checks the rules:
+(a) acknowledged writes persisted exactly once with their content, (b) no
+stale read, (c) no resurrection, (d) one content per (session, version)
+everywhere, (e) whatever is not persisted is in the DLQ with its reason.
+Where a fault makes a loss unavoidable by design, the checker asserts that
+the system reported it.  docs/guarantees.md maps each fault to its test.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from chalicelib import provisioning
+from tests.chaos.history import History, check
+from tests.chaos.stack import ChaosStack
+from tests.chaos.workload import Workload
+from tests.servers import RedisServer
+
+pytestmark = [pytest.mark.chaos, pytest.mark.localstack]
+
+WORKLOAD_SECONDS = 8.0
+
+
+def run(stack: ChaosStack, nemesis: Callable[[], None] | None = None, *,
+        seconds: float = WORKLOAD_SECONDS, clients: int = 4) -> tuple[History, Workload]:
+    """Set up, run the workload with ``nemesis`` beside it, drain, and return
+    the history (the caller checks it)."""
+    history = History()
+    workload = Workload(lambda: stack.service, history, prefix=f"ch-{uuid.uuid4().hex[:6]}",
+                        clients=clients)
+    workload.setup()
+    fault = threading.Thread(target=nemesis, daemon=True) if nemesis else None
+    if fault:
+        fault.start()
+    workload.run(seconds=seconds)
+    if fault:
+        fault.join(timeout=120)
+        assert not fault.is_alive(), "the nemesis hung"
+    stack.drain(workload.ids)
+    return history, workload
+
+
+def assert_clean(stack: ChaosStack, history: History, workload: Workload) -> None:
+    observed = stack.observe(workload.ids)
+    violations = check(history, observed)
+    acknowledged = len(history.acknowledged_writes())
+    print(f"history: {history.summary()}; rows {len(observed.rows)}, published "
+          f"{len(observed.published)}, dead letters {len(observed.dead_letters)}, "
+          f"reports {len(observed.reported)}")
+    assert acknowledged >= 20, f"the workload hardly wrote: {history.summary()}"
+    assert not violations, "\n".join([str(history.summary()), *violations[:30]])
+
+
+def later(*steps: tuple[float, Callable[[], None]]) -> Callable[[], None]:
+    """A nemesis: each step runs ``delay`` seconds after the previous one."""
+    def nemesis() -> None:
+        for delay, action in steps:
+            time.sleep(delay)
+            action()
+    return nemesis
+
+
+# -- no fault, and the relay racing every inline send ---------------------------------
+
+@pytest.mark.parametrize("report_batch_item_failures", [True, False],
+                         ids=["ReportBatchItemFailures", "plain-mapping"])
+def test_without_faults_every_rule_holds(make_stack, throwaway_redis, pg_test_dsn,
+                                         report_batch_item_failures):
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn,
+                       report_batch_item_failures=report_batch_item_failures)
+    assert_clean(stack, *run(stack))
+
+
+def test_the_relay_racing_every_inline_send_makes_no_duplicate_and_loses_nothing(
+        make_stack, throwaway_redis, pg_test_dsn):
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn, relay_age=0.0,
+                       consumers=2)
+    assert_clean(stack, *run(stack))
+
+
+# -- SQS ------------------------------------------------------------------------------
+
+def test_sqs_down_for_seconds_delays_changes_and_loses_none(make_stack, throwaway_redis, pg_test_dsn):
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn)
+    assert_clean(stack, *run(stack, later((2.0, stack.sqs_down), (4.0, stack.sqs_back))))
+
+
+def test_sqs_hung_for_seconds_delays_changes_and_loses_none(make_stack, throwaway_redis, pg_test_dsn):
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn)
+    assert_clean(stack, *run(stack, later((2.0, stack.sqs_hung), (4.0, stack.sqs_back))))
+
+
+# -- PostgreSQL -----------------------------------------------------------------------
+
+@pytest.fixture
+def chaos_postgres(throwaway_postgres) -> str:
+    dsn = throwaway_postgres.dsn("chaos")
+    provisioning.ensure_database(dsn)
+    provisioning.migrate(dsn)
+    return dsn
+
+
+@pytest.mark.parametrize("report_batch_item_failures", [True, False],
+                         ids=["ReportBatchItemFailures", "plain-mapping"])
+def test_postgresql_stopped_for_seconds_loses_nothing_whatever_the_mapping(
+        make_stack, throwaway_redis, throwaway_postgres, chaos_postgres, report_batch_item_failures):
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=chaos_postgres,
+                       report_batch_item_failures=report_batch_item_failures)
+    assert_clean(stack, *run(stack, later((2.0, throwaway_postgres.stop),
+                                          (4.0, throwaway_postgres.start))))
+
+
+# -- consumers ------------------------------------------------------------------------
+
+_CONSUMER_PROCESS = r"""
+import sys, threading
+from tests.chaos.stack import consumer_process_main
+consumer_process_main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("report_batch_item_failures", [True, False],
+                         ids=["ReportBatchItemFailures", "plain-mapping"])
+def test_consumers_killed_mid_batch_and_two_at_once_leave_one_row_per_version(
+        make_stack, throwaway_redis, pg_test_dsn, report_batch_item_failures):
+    """Two consumer processes at once beside the stack's own, killed with
+    SIGKILL every second or so (mid-batch: between commit and delete, or
+    before the commit) and started again."""
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn,
+                       report_batch_item_failures=report_batch_item_failures)
+    args = [stack.queues.url, stack.queues.dlq_url, pg_test_dsn, stack.localstack_url,
+            "1" if report_batch_item_failures else "0"]
+    procs: list[subprocess.Popen] = []
+    stop = threading.Event()
+    kills = []
+
+    def killer() -> None:
+        while not stop.is_set():
+            while len(procs) < 2:
+                procs.append(subprocess.Popen([sys.executable, "-c", _CONSUMER_PROCESS, *args],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            stop.wait(1.2)
+            victim = procs.pop(0)
+            victim.kill()
+            victim.wait(10)
+            kills.append(time.monotonic())
+
+    nemesis = threading.Thread(target=killer, daemon=True)
+    nemesis.start()
+    try:
+        history, workload = run(stack)
+    finally:
+        stop.set()
+        nemesis.join(timeout=30)
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+    assert len(kills) >= 3
+    assert_clean(stack, history, workload)
+
+
+# -- Redis forgetting -----------------------------------------------------------------
+
+def test_a_failover_to_a_replica_that_lacked_the_last_writes_never_forks_a_session(
+        make_stack, replicated_redis, pg_test_dsn):
+    stack = make_stack(redis_url=replicated_redis.proxy_url, pg_dsn=pg_test_dsn)
+    history, workload = run(stack, later(
+        (2.0, replicated_redis.stop_replication),
+        (1.5, lambda: replicated_redis.failover(lose_unreplicated=True)),
+        (3.0, lambda: replicated_redis.failover())))
+    assert replicated_redis.failovers == 2
+    assert_clean(stack, history, workload)
+
+
+def test_redis_restarted_without_persistence_never_forks_a_session(make_stack, tmp_path, pg_test_dsn):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        stack = make_stack(redis_url=server.url, pg_dsn=pg_test_dsn)
+
+        def restart() -> None:
+            server.stop()
+            server.start()
+        assert_clean(stack, *run(stack, later((3.0, restart))))
+    finally:
+        server.stop()
+
+
+def test_keys_and_markers_lost_at_random_never_fork_a_session(make_stack, throwaway_redis, pg_test_dsn):
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn)
+    admin = redis.Redis.from_url(throwaway_redis.url)
+    stop = threading.Event()
+
+    def forget() -> None:
+        while not stop.wait(0.4):
+            keys = list(admin.scan_iter("ss:*:s:*", count=1000)) + list(admin.scan_iter("ss:*:m:*"))
+            doomed = keys[::3]
+            if doomed:
+                admin.delete(*doomed)
+
+    nemesis = threading.Thread(target=forget, daemon=True)
+    nemesis.start()
+    try:
+        history, workload = run(stack)
+    finally:
+        stop.set()
+        nemesis.join(timeout=10)
+        admin.close()
+    assert_clean(stack, history, workload)
+
+
+@pytest.mark.parametrize("policy", ["noeviction", "allkeys-lru", "volatile-lru", "volatile-ttl"])
+def test_eviction_under_maxmemory_never_forks_a_session(make_stack, throwaway_redis, pg_test_dsn, policy):
+    """Filler keys (half with a TTL) keep Redis at its maxmemory, so the
+    policy evicts, or refuses writes (noeviction: a 503, never a loss)."""
+    admin = redis.Redis.from_url(throwaway_redis.url)
+    used = admin.info("memory")["used_memory"]
+    admin.config_set("maxmemory", used + 3 * 1024 * 1024)
+    admin.config_set("maxmemory-policy", policy)
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn)
+    stop = threading.Event()
+
+    def fill() -> None:
+        n = 0
+        while not stop.wait(0.02):
+            n += 1
+            try:
+                admin.set(f"filler:{n}", "x" * 20_000, ex=600 if n % 2 else None)
+            except redis.ResponseError:  # OOM under noeviction
+                pass
+
+    nemesis = threading.Thread(target=fill, daemon=True)
+    nemesis.start()
+    try:
+        history, workload = run(stack)
+    finally:
+        stop.set()
+        nemesis.join(timeout=10)
+        evicted = admin.info("stats")["evicted_keys"]
+        admin.close()
+    if policy != "noeviction":
+        assert evicted > 0, "nothing was evicted: the test proved nothing"
+    assert_clean(stack, history, workload)

@@ -1,0 +1,140 @@
+"""Concurrent clients doing what users do: read-modify-write with CAS,
+creates (new ids, and now and then an id that exists), deletes and reads,
+through the session service, recording every request and its outcome.
+
+Bounded: each client stops at a deadline or after ``max_ops``.
+"""
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chalicelib.errors import (
+    ConcurrencyError,
+    RecoveryPending,
+    ServiceUnavailable,
+    SessionExists,
+    SessionNotFound,
+)
+from chalicelib.sessions import SessionService
+from chalicelib.validation import CreateRequest, UpdateRequest
+from tests.chaos.history import History, Op, now
+
+
+@dataclass
+class Workload:
+    service: Callable[[], SessionService]
+    history: History
+    prefix: str
+    sessions: int = 6
+    clients: int = 4
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        self.ids = [f"{self.prefix}-{i}" for i in range(self.sessions)]
+        # the last session is deleted at some point; the others live
+        self.deletable = self.ids[-1]
+        self._new = 0
+        self._lock = threading.Lock()
+
+    def setup(self) -> None:
+        """Create every session once, before the faults."""
+        for sid in self.ids:
+            self._create(0, sid)
+
+    def run(self, *, seconds: float, max_ops: int = 400) -> None:
+        stop_at = now() + seconds
+        threads = [threading.Thread(target=self._client, args=(p, stop_at, max_ops), daemon=True)
+                   for p in range(1, self.clients + 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=seconds + 60)
+        assert not any(t.is_alive() for t in threads), "a workload client hung"
+
+    # -- one client -------------------------------------------------------------
+
+    def _client(self, process: int, stop_at: float, max_ops: int) -> None:
+        rng = random.Random(self.seed * 1000 + process)
+        for _ in range(max_ops):
+            if now() >= stop_at:
+                return
+            roll = rng.random()
+            sid = rng.choice(self.ids)
+            if roll < 0.35:
+                self._read(process, sid)
+            elif roll < 0.85:
+                self._read_modify_write(process, sid, rng)
+            elif roll < 0.93:
+                self._create(process, self._fresh_id() if roll < 0.9 else sid)
+            elif sid == self.deletable and roll > 0.97:
+                self._delete(process, sid)
+            else:
+                self._read(process, sid)
+
+    def _fresh_id(self) -> str:
+        with self._lock:
+            self._new += 1
+            sid = f"{self.prefix}-n{self._new}"
+            self.ids.append(sid)
+            return sid
+
+    def _token(self, process: int) -> str:
+        with self._lock:
+            self._new += 1
+            return f"c{process}-{self._new}"
+
+    # -- operations ---------------------------------------------------------------
+
+    def _read(self, process: int, sid: str) -> Op | None:
+        start = now()
+        try:
+            read = self.service().get(sid)
+        except SessionNotFound as exc:
+            return self._add(Op(process, "read", sid, start, now(), "ok",
+                                absent="deleted" if exc.details.get("deleted") else "missing"))
+        except (ServiceUnavailable, RecoveryPending) as exc:
+            return self._add(Op(process, "read", sid, start, now(), "fail", error=exc.code))
+        return self._add(Op(process, "read", sid, start, now(), "ok", read.session.version,
+                            read.session.state))
+
+    def _read_modify_write(self, process: int, sid: str, rng: random.Random) -> None:
+        read = self._read(process, sid)
+        if read is None or read.outcome != "ok" or read.version is None:
+            return
+        state = {"n": int((read.state or {}).get("n", 0)) + 1, "w": self._token(process)}
+        self._write(process, "update", sid, state, lambda: self.service().update(
+            UpdateRequest(sid, _json(state), read.version)))
+
+    def _create(self, process: int, sid: str) -> None:
+        state = {"n": 0, "w": self._token(process)}
+        self._write(process, "create", sid, state, lambda: self.service().create(
+            CreateRequest(sid, _json(state), None)))
+
+    def _delete(self, process: int, sid: str) -> None:
+        self._write(process, "delete", sid, None, lambda: self.service().delete(sid))
+
+    def _write(self, process: int, kind: str, sid: str, state, call) -> None:
+        start = now()
+        try:
+            session = call()
+        except (ConcurrencyError, SessionNotFound, SessionExists, RecoveryPending) as exc:
+            # refused before anything was written
+            self._add(Op(process, kind, sid, start, now(), "fail", state=state, error=exc.code))
+            return
+        except ServiceUnavailable as exc:
+            # may have run (a connection cut after the script): unknown
+            self._add(Op(process, kind, sid, start, now(), "info", state=state, error=exc.code))
+            return
+        self._add(Op(process, kind, sid, start, now(), "ok", session.version, state))
+
+    def _add(self, op: Op) -> Op:
+        self.history.add(op)
+        return op
+
+
+def _json(state) -> str:
+    import json
+    return json.dumps(state, separators=(",", ":"))
