@@ -168,12 +168,39 @@ SELECT version, state::text, deleted, {_ISO_MS.format('created_at')},
 FROM sync_sessions WHERE session_id = %s
 """
 
+# What an event adds to a page besides its state, in the estimate below
+# (version, type, two timestamps, the keys and their quotes).
+HISTORY_EVENT_OVERHEAD_BYTES = 200
+
+# A page of history, newest first, bounded by count and by bytes.  The walk
+# goes down the primary key one event at a time, adding up the size of each
+# state as text, and stops after the first event that does not fit: so
+# PostgreSQL converts and ships no more than the page (memory stays bounded
+# whatever the limit).  The first event always fits (a page is never empty);
+# the one past the page comes back with fits = false and no state, and only
+# tells that there is more.
 HISTORY_SQL = f"""
-SELECT version, event_type, {_ISO_MS.format('occurred_at')}, {_ISO_MS.format('persisted_at')}, state
-FROM sync_events
-WHERE session_id = %s AND version < %s
-ORDER BY version DESC
-LIMIT %s
+WITH RECURSIVE walk (version, taken, total, fits) AS (
+    (SELECT version, 1, coalesce(octet_length(state::text), 4)::bigint + %(overhead)s, true
+     FROM sync_events
+     WHERE session_id = %(session_id)s AND version < %(before)s
+     ORDER BY version DESC
+     LIMIT 1)
+  UNION ALL
+    SELECT next.version, walk.taken + 1, walk.total + next.size,
+           walk.taken < %(limit)s AND walk.total + next.size <= %(max_bytes)s
+    FROM walk CROSS JOIN LATERAL (
+        SELECT version, coalesce(octet_length(state::text), 4)::bigint + %(overhead)s AS size
+        FROM sync_events
+        WHERE session_id = %(session_id)s AND version < walk.version
+        ORDER BY version DESC
+        LIMIT 1) next
+    WHERE walk.fits
+)
+SELECT e.version, e.event_type, {_ISO_MS.format('e.occurred_at')},
+       {_ISO_MS.format('e.persisted_at')}, CASE WHEN walk.fits THEN e.state END, walk.fits
+FROM walk JOIN sync_events e ON e.session_id = %(session_id)s AND e.version = walk.version
+ORDER BY e.version DESC
 """
 
 RECENT_SQL = f"""
@@ -418,7 +445,7 @@ class Database:
         with self._lock:
             self._drop()
 
-    def _fetch(self, sql: str, params: Sequence[Any],
+    def _fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any],
                deadline: float = READ_DEADLINE_SECONDS) -> list[tuple]:
         """Run a read; retryable trouble becomes ServiceUnavailable (503).
 
@@ -571,15 +598,32 @@ class Database:
     def history(self, session_id: str, *, limit: int,
                 before_version: int | None = None) -> list[dict[str, Any]]:
         """Persisted events of a session, newest first, versions below
-        ``before_version`` (the cursor of the next page).
+        ``before_version``: ``history_page`` without its byte bound.
 
+        Raises ServiceUnavailable.
+        """
+        return self.history_page(session_id, limit=limit, before_version=before_version,
+                                 max_bytes=2 ** 62)[0]
+
+    def history_page(self, session_id: str, *, limit: int, before_version: int | None,
+                     max_bytes: int) -> tuple[list[dict[str, Any]], bool]:
+        """A page of persisted events of a session, newest first, versions
+        below ``before_version`` (the cursor of the next page), and whether
+        older events remain.
+
+        The page holds at most ``limit`` events and stops before their
+        states, as text, pass ``max_bytes`` (an estimate of the response:
+        the caller measures exactly); it always holds the newest event.
         Each event: version, event_type, occurred_at, persisted_at, state
         (a dict, or None for a deletion).  Raises ServiceUnavailable.
         """
         cursor = before_version if before_version is not None else 2 ** 63 - 1
-        rows = self._fetch(HISTORY_SQL, (session_id, cursor, limit))
-        return [{"version": int(v), "event_type": t, "occurred_at": o, "persisted_at": p, "state": s}
-                for v, t, o, p, s in rows]
+        rows = self._fetch(HISTORY_SQL, {
+            "session_id": session_id, "before": cursor, "limit": limit,
+            "max_bytes": max_bytes, "overhead": HISTORY_EVENT_OVERHEAD_BYTES})
+        events = [{"version": int(v), "event_type": t, "occurred_at": o, "persisted_at": p, "state": s}
+                  for v, t, o, p, s, fits in rows if fits]
+        return events, len(events) < len(rows)
 
     def recent_events(self, limit: int = 10) -> list[dict[str, Any]]:
         """The last persisted events of any session (for operators)."""

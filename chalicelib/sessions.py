@@ -27,6 +27,7 @@ reaches the DLQ as ``version_conflict``.  docs/guarantees.md has the table.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,9 +65,11 @@ class DurableSessions(Protocol):
     def latest(self, session_id: str) -> Session | None:
         """Latest persisted state (deleted ones included), or None."""
 
-    def history(self, session_id: str, *, limit: int,
-                before_version: int | None) -> Sequence[dict[str, Any]]:
-        """Persisted events, newest first, versions below ``before_version``."""
+    def history_page(self, session_id: str, *, limit: int, before_version: int | None,
+                     max_bytes: int) -> tuple[Sequence[dict[str, Any]], bool]:
+        """Persisted events, newest first, versions below ``before_version``:
+        at most ``limit``, stopping before their states pass about
+        ``max_bytes`` (at least one), and whether older ones remain."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,22 @@ class Read:
     session: Session
     #: served from PostgreSQL after the Redis key was gone
     recovered: bool = False
+
+
+# A history page stops before its response passes this: a Lambda response
+# is capped at 6 MB, and the rest is headroom for the page's own fields and
+# the response's headers.  One event (a state of at most MAX_STATE_BYTES,
+# however escaped) is far below it.
+HISTORY_PAGE_BYTES = 5 * 1024 * 1024
+
+
+def _response_bytes(event: dict[str, Any]) -> int:
+    """What ``event`` adds to the Lambda response of its page: its JSON as
+    ``web.json_response`` writes it (compact, non-ASCII as \\u escapes),
+    written once more as a JSON string (the proxy response carries the body
+    as one, where a quote or a backslash takes two bytes), and a comma."""
+    text = json.dumps(event, separators=(",", ":"))
+    return len(text) + text.count('"') + text.count("\\") + 1
 
 
 @dataclass(frozen=True)
@@ -154,8 +173,12 @@ class SessionService:
         raise ServiceUnavailable(f"session {session_id!r} kept changing while Redis was being "
                                  "reconciled with PostgreSQL; retry", dependency="redis")
 
-    def history(self, session_id: str, *, limit: int, before_version: int | None) -> HistoryPage:
-        """Persisted events newest first.
+    def history(self, session_id: str, *, limit: int, before_version: int | None,
+                max_bytes: int = HISTORY_PAGE_BYTES) -> HistoryPage:
+        """Persisted events newest first: at most ``limit``, and a page stops
+        before its response passes ``max_bytes`` (a Lambda response is
+        capped), always holding at least one event; ``next_before_version``
+        says whether there is more, whatever the page's length.
 
         Raises SessionNotFound when nothing is persisted and Redis does not
         know the session either (a session created a moment ago has an
@@ -163,13 +186,22 @@ class SessionService:
         """
         if self.durable is None:
             raise SessionNotFound(session_id)
-        events = list(self.durable.history(session_id, limit=limit + 1,
-                                           before_version=before_version))
+        # PostgreSQL bounds the page by an estimate (the state as jsonb
+        # text), so it never ships much more than the budget; the exact
+        # bound is measured here, on what the response will carry.
+        events, more = self.durable.history_page(session_id, limit=limit, before_version=before_version,
+                                                 max_bytes=max_bytes)
         if not events and self.store.marker(session_id) is None:
             raise SessionNotFound(session_id)
-        more = len(events) > limit
-        events = events[:limit]
-        return HistoryPage(session_id, events, events[-1]["version"] if more else None)
+        kept, total = 0, 0
+        for event in events:
+            total += _response_bytes(event)
+            if kept and total > max_bytes:
+                break
+            kept += 1
+        more = more or kept < len(events)
+        page = list(events[:kept])
+        return HistoryPage(session_id, page, page[-1]["version"] if more else None)
 
     def _ship(self, result: WriteResult) -> None:
         """Send the committed change on; never fails the (acknowledged) write.

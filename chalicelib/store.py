@@ -330,6 +330,11 @@ def outbox_keys(bucket: int) -> tuple[str, str]:
     return f"{tag}:ob", f"{tag}:od"
 
 
+# outbox_pending counts this many buckets first: enough to cover a page
+# when a backlog is waiting, without counting every bucket for each page
+_OUTBOX_FIRST_WINDOW = 64
+
+
 # (epoch second, its "YYYY-MM-DDTHH:MM:SS"): iso_utc formats each second once
 _second: tuple[int | None, str] = (None, "")
 
@@ -605,32 +610,53 @@ class SessionStore:
 
     def outbox_pending(self, older_than_s: float, limit: int = 500,
                        start_bucket: int = 0) -> Iterator[tuple[str, str]]:
-        """(event id, event JSON) of outbox entries enqueued before now - older_than_s.
+        """(event id, event JSON) of up to ``limit`` outbox entries enqueued
+        before now - older_than_s.
 
         Buckets are read from ``start_bucket`` on, wrapping around: a relay
         that moves its start past what it got last time cannot be held on
         the first buckets by entries it fails to send.
+
+        A page costs what it returns, not what is waiting: the buckets are
+        counted first (a window at a time, until the page is covered), and
+        each is asked only for what the page still needs.  Asking every
+        bucket for a page's worth of ids made each page read the whole
+        backlog, and draining it quadratic.
         """
         cutoff = int((self.clock() - older_than_s) * 1000)
         order = [(start_bucket + i) % BUCKETS for i in range(BUCKETS)]
+        take: list[tuple[int, int]] = []  # (bucket, how many ids to read from it)
+        need, done, window = limit, 0, _OUTBOX_FIRST_WINDOW
         with _redis_errors():
+            while need > 0 and done < BUCKETS:
+                buckets = order[done:done + window]
+                pipe = self.client.pipeline(transaction=False)
+                for bucket in buckets:
+                    pipe.zcount(outbox_keys(bucket)[0], "-inf", cutoff)
+                for bucket, count in zip(buckets, pipe.execute(), strict=True):
+                    if count and need > 0:
+                        take.append((bucket, min(count, need)))
+                        need -= take[-1][1]
+                done += len(buckets)
+                # the first window did not cover the page: the outbox is
+                # sparse, so count the rest in one round trip
+                window = BUCKETS
+            if not take:
+                return
             pipe = self.client.pipeline(transaction=False)
-            for bucket in order:
-                pipe.zrangebyscore(outbox_keys(bucket)[0], "-inf", cutoff, start=0, num=limit)
-            per_bucket = pipe.execute()
-        found = 0
-        for bucket, ids in zip(order, per_bucket, strict=True):
-            if not ids:
-                continue
-            with _redis_errors():
-                bodies = self.client.hmget(outbox_keys(bucket)[1], ids)
-            for eid, body in zip(ids, bodies, strict=True):
+            for bucket, count in take:
+                pipe.zrangebyscore(outbox_keys(bucket)[0], "-inf", cutoff, start=0, num=count)
+            per_bucket = [(bucket, ids) for (bucket, _), ids in zip(take, pipe.execute(), strict=True)
+                          if ids]
+            pipe = self.client.pipeline(transaction=False)
+            for bucket, ids in per_bucket:
+                pipe.hmget(outbox_keys(bucket)[1], ids)
+            bodies = pipe.execute() if per_bucket else []
+        for (_, ids), values in zip(per_bucket, bodies, strict=True):
+            for eid, body in zip(ids, values, strict=True):
                 if body is None:  # acked between the two reads
                     continue
                 yield eid.decode(), body.decode()
-                found += 1
-                if found >= limit:
-                    return
 
     def outbox_depth(self) -> int:
         with _redis_errors():

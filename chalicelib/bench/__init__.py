@@ -8,6 +8,7 @@ one go, by ``chalicelib.bench.runner.run_bench``:
 * ``coldstart``  fresh interpreters: import app.py and serve the first GET
 * ``consumer``   events/s persisted by one consumer at batch 1, 10, 100
 * ``memory``     Redis bytes per session against the state size
+* ``relay``      entries/s the outbox relay drains, at two backlog sizes (linearity)
 * ``scale``      get/update latency with 10k, 100k and 1M sessions
 * ``contention`` 16 CAS writers on one hot session; no update may be lost
 

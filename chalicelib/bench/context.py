@@ -32,6 +32,7 @@ class Profile:
     contention_writers: int
     contention_seconds: float
     contention_modes: tuple[str, ...]
+    relay_backlogs: tuple[int, int]   # outbox backlogs drained (small, large)
 
 
 PROFILES = {
@@ -39,18 +40,20 @@ PROFILES = {
                     sqs_iterations=300, coldstart_runs=7, consumer_events=20_000,
                     memory_sessions=1_000, scale_sizes=(10_000, 100_000, 1_000_000),
                     scale_samples=10_000, contention_writers=16, contention_seconds=5.0,
-                    contention_modes=("threads", "processes")),
+                    contention_modes=("threads", "processes"),
+                    relay_backlogs=(100_000, 1_000_000)),
     "quick": Profile("quick", store_iterations=2_000, store_warmup=200, handler_iterations=1_000,
                      sqs_iterations=100, coldstart_runs=3, consumer_events=3_000,
                      memory_sessions=200, scale_sizes=(10_000, 100_000), scale_samples=2_000,
                      contention_writers=16, contention_seconds=2.0,
-                     contention_modes=("threads", "processes")),
+                     contention_modes=("threads", "processes"),
+                     relay_backlogs=(10_000, 100_000)),
     # The test suite's mode: proves every section runs and reports, in seconds.
     "smoke": Profile("smoke", store_iterations=200, store_warmup=20, handler_iterations=100,
                      sqs_iterations=10, coldstart_runs=1, consumer_events=200,
                      memory_sessions=20, scale_sizes=(1_000, 5_000), scale_samples=200,
                      contention_writers=16, contention_seconds=0.5,
-                     contention_modes=("threads",)),
+                     contention_modes=("threads",), relay_backlogs=(1_000, 10_000)),
 }
 
 

@@ -16,7 +16,8 @@ from chalicelib.bench.context import PROFILES, BenchContext, Placement
 
 # Cheap and noise-sensitive sections first, while the machine is quietest;
 # the heavy loads (a million sessions, 16 writer processes) last.
-SECTION_ORDER = ("store", "handler", "coldstart", "consumer", "memory", "scale", "contention")
+SECTION_ORDER = ("store", "handler", "coldstart", "consumer", "memory", "relay", "scale",
+                 "contention")
 SCHEMA_VERSION = 1
 
 

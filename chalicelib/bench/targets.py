@@ -12,6 +12,9 @@ from typing import Any
 NODE = {"read_p50_ms": 0.12, "update_p50_ms": (0.34, 0.38), "queue_events_per_s": (306, 765),
         "lost_updates_with_20_writers": "85-90%"}
 MEMORY_CLOSE = 1.5
+# a drain whose per-entry cost grows with the backlog is not linear; the
+# margin is for noise, far below the backlog ratio a quadratic relay shows
+RELAY_LINEAR = 2.0
 
 
 def _check(name: str, measured: Any, limit: Any, met: bool | None, unit: str, how: str
@@ -67,6 +70,15 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
             checks.append(_check(f"memory per session close to payload ({size} B state)", value,
                                  MEMORY_CLOSE, value <= MEMORY_CLOSE, "x",
                                  "used_memory growth per session (key, marker, keyspace) / state bytes"))
+    relay = sections.get("relay")
+    if _ok(relay):
+        value = relay["linearity"]["per_entry_cost_ratio"]
+        small, large = relay["drains"][0], relay["drains"][-1]
+        checks.append(_check(
+            f"relay drains linearly ({small['backlog']:,} -> {large['backlog']:,} entries)",
+            value, RELAY_LINEAR, value <= RELAY_LINEAR, "x",
+            f"per-entry drain cost at the larger backlog / at the smaller; "
+            f"{large['entries_per_second']:,} entries/s at {large['backlog']:,}"))
     scale = sections.get("scale")
     if _ok(scale):
         flat = scale["flatness"]

@@ -209,11 +209,11 @@ class History:
     def latest(self, session_id):
         return None
 
-    def history(self, session_id, *, limit, before_version):
+    def history_page(self, session_id, *, limit, before_version, max_bytes):
         if session_id != self.session_id:
-            return []
+            return [], False
         below = [e for e in self.events if before_version is None or e["version"] < before_version]
-        return below[:limit]
+        return below[:limit], len(below) > limit
 
 
 def test_an_events_page_conforms_to_the_spec_and_pages_to_the_end(
