@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,6 +54,9 @@ log = logging.getLogger("sessionsync.sessions")
 # A write retried after recovering or reconciling with PostgreSQL; more
 # attempts than this means Redis and PostgreSQL keep moving under it.
 WRITE_ATTEMPTS = 3
+# Redis going back in time is logged at most this often per process (every
+# bucket that sees it counts RedisEpochChanges).
+REPORT_INTERVAL_SECONDS = 60.0
 
 
 class Publisher(Protocol):
@@ -111,7 +115,7 @@ class SessionService:
         self.durable = durable
         self.default_ttl = default_ttl
         self.settle_seconds = settle_seconds
-        self._epochs_reported: set[str] = set()
+        self._reported_at = float("-inf")
 
     @metrics.timed_write("create")
     def create(self, request: CreateRequest) -> Session:
@@ -267,18 +271,17 @@ class SessionService:
             t4  (t1 + settle) PUT expected 6: PostgreSQL v7 -> Redis
                 repaired, ConcurrencyError (actual 7)
         """
-        left, new_epoch = self.store.settle(session_id, self.settle_seconds,
+        left, went_back = self.store.settle(session_id, self.settle_seconds,
                                             unrecorded_settled=unrecorded_settled)
-        if new_epoch is not None:
+        if went_back:
             metrics.emit({"RedisEpochChanges": 1})
-        if new_epoch is not None and new_epoch not in self._epochs_reported:
-            # once per process and epoch, not once per bucket
-            self._epochs_reported.add(new_epoch)
+        if went_back and not self._reported_at + REPORT_INTERVAL_SECONDS > time.monotonic():
+            # once in a while, not once per bucket
+            self._reported_at = time.monotonic()
             log.error("Redis went back in time (a failover, a restart without persistence, a "
                       "flush): sessions it may hold stale wait for PostgreSQL; acknowledged "
                       "changes whose outbox entries it lost before they reached SQS are lost",
-                      extra={"session_id": session_id, "epoch": new_epoch,
-                             "settle_seconds": self.settle_seconds})
+                      extra={"session_id": session_id, "settle_seconds": self.settle_seconds})
         if left > 0:
             raise ServiceUnavailable(
                 f"Redis failed over or restarted; session {session_id!r} is being reconciled "
@@ -322,6 +325,10 @@ class SessionService:
             self._settle(session_id)
         acknowledged = marker[0] if marker else 0
         persisted_version = persisted.version if persisted else 0
+        if marker is None and persisted is None:
+            # a new id; or, if Redis just went back in time, one whose
+            # creation is still in the queue
+            self._settle(session_id, unrecorded_settled=True)
         if acknowledged > persisted_version:
             raise RecoveryPending(session_id, acknowledged_version=acknowledged,
                                   persisted_version=persisted_version)

@@ -237,9 +237,9 @@ return {'ok'}
 """
 
 # KEYS[1] the bucket's epoch record "<epoch>|<ms when first seen>"
-# ARGV[1] settle time in ms  ARGV[2] '1': a bucket with no record has settled
-#   (nothing says Redis went back in time: a new deployment looks the same)
-# returns {ms left to wait, 1 if this call saw the epoch first else 0, epoch}
+# ARGV[1] settle time in ms
+# returns {ms left to wait, 0 | 1 (the record was of another epoch) | 2 (no
+#          record: Redis lost it, or a new deployment), the node's epoch}
 # After Redis went back in time, a session it may hold stale waits until
 # the changes still in the queue had time to reach PostgreSQL.  The first
 # call in a new epoch starts the clock (Redis's own: one clock for all).
@@ -253,8 +253,7 @@ if rec and string.sub(rec, 1, 8) == ep then
   return {math.max(0, left), 0, ep}
 end
 redis.call('SET', KEYS[1], ep .. '|' .. now_ms)
-if not rec and ARGV[2] == '1' then return {0, 0, ep} end
-return {tonumber(ARGV[1]), 1, ep}
+return {tonumber(ARGV[1]), rec and 1 or 2, ep}
 """
 
 # KEYS[1] session
@@ -399,6 +398,8 @@ class SessionStore:
         self._vouch = client.register_script(VOUCH_SCRIPT)
         self._get_verified = client.register_script(GET_SCRIPT)
         self._settle = client.register_script(SETTLE_SCRIPT)
+        # node -> the epoch this process last saw it in (SETTLE_SCRIPT)
+        self._epochs_seen: dict[str, str] = {}
 
     # -- reads --------------------------------------------------------------
 
@@ -436,17 +437,31 @@ class SessionStore:
         return (reply[0], bool(reply[1])) if reply else None
 
     def settle(self, session_id: str, seconds: float, *,
-               unrecorded_settled: bool = False) -> tuple[float, str | None]:
+               unrecorded_settled: bool = False) -> tuple[float, bool]:
         """(seconds left before ``session_id``'s bucket has settled in Redis's
-        current epoch, that epoch if this call was the first to see it in the
-        bucket, else None).
+        current epoch, whether this shows Redis went back in time).
 
-        See SETTLE_SCRIPT.  Raises ServiceUnavailable.
+        See SETTLE_SCRIPT.  A bucket with no record is a new deployment or a
+        Redis that lost everything: with ``unrecorded_settled`` it counts as
+        settled, unless this process saw the node in another epoch before.
+        Raises ServiceUnavailable.
         """
+        key = epoch_key(session_id)
         with _redis_errors():
-            left, first, epoch = self._run(self._settle, [epoch_key(session_id)],
-                                           [int(seconds * 1000), "1" if unrecorded_settled else "0"])
-        return int(left) / 1000, epoch.decode() if first else None
+            left, status, epoch = self._run(self._settle, [key], [int(seconds * 1000)])
+        moved = self._note_epoch(key, epoch.decode())
+        left = int(left) / 1000
+        if status == 2 and unrecorded_settled and not moved:
+            return 0.0, False
+        return left, bool(status) or moved
+
+    def _note_epoch(self, key: str, epoch: str) -> bool:
+        """Remember the epoch of ``key``'s node; True if it was another one."""
+        get_node = getattr(self.client, "get_node_from_key", None)
+        node = get_node(key).name if get_node is not None else ""
+        before = self._epochs_seen.get(node)
+        self._epochs_seen[node] = epoch
+        return before is not None and before != epoch
 
     def vouch(self, session: Session, floor: int) -> bool:
         """Mark ``session`` (read from Redis) as confirmed by PostgreSQL,

@@ -88,11 +88,12 @@ def _op_content(op: Op) -> tuple[str, str]:
 def check(history: History, observed: Observed, *, allow_lost: Iterable[tuple[str, int]] = ()) -> list[str]:
     """Every rule's violations.  ``allow_lost``: (session, version) pairs the
     system reported as unavoidably lost (rule a skips them)."""
-    return (check_acknowledged_persisted(history, observed, set(allow_lost))
-            + check_no_stale_reads(history)
-            + check_no_resurrection(history, observed)
-            + check_one_content_per_version(history, observed)
-            + check_unpersisted_dead_lettered(observed, set(allow_lost)))
+    lost = set(allow_lost)
+    return (check_acknowledged_persisted(history, observed, lost)
+            + check_no_stale_reads(history, lost)
+            + check_no_resurrection(history, observed, lost)
+            + check_one_content_per_version(history, observed, lost)
+            + check_unpersisted_dead_lettered(observed, lost))
 
 
 def check_acknowledged_persisted(history: History, observed: Observed,
@@ -113,13 +114,15 @@ def check_acknowledged_persisted(history: History, observed: Observed,
     return problems
 
 
-def check_no_stale_reads(history: History) -> list[str]:
+def check_no_stale_reads(history: History,
+                         allow_lost: set[tuple[str, int]] = frozenset()) -> list[str]:
     """(b) no read returned a version older than one acknowledged to any
     client before the read began (nor a live session after an acknowledged
-    delete: rule c)."""
+    delete: rule c).  A write reported lost does not count."""
     acked: dict[str, list[Op]] = defaultdict(list)
     for op in history.acknowledged_writes():
-        acked[op.session_id].append(op)
+        if (op.session_id, op.version) not in allow_lost:
+            acked[op.session_id].append(op)
     problems = []
     for read in history.ops:
         if read.kind != "read" or read.outcome != "ok":
@@ -139,12 +142,13 @@ def check_no_stale_reads(history: History) -> list[str]:
     return problems
 
 
-def check_no_resurrection(history: History, observed: Observed) -> list[str]:
+def check_no_resurrection(history: History, observed: Observed,
+                          allow_lost: set[tuple[str, int]] = frozenset()) -> list[str]:
     """(c) no deleted session comes back: after an acknowledged delete, no
     read returns it, no write on it succeeds, and PostgreSQL keeps it deleted."""
     deleted_at: dict[str, Op] = {}
     for op in history.acknowledged_writes():
-        if op.kind == "delete":
+        if op.kind == "delete" and (op.session_id, op.version) not in allow_lost:
             deleted_at.setdefault(op.session_id, op)
     problems = []
     for op in history.ops:
@@ -164,9 +168,11 @@ def check_no_resurrection(history: History, observed: Observed) -> list[str]:
     return problems
 
 
-def check_one_content_per_version(history: History, observed: Observed) -> list[str]:
+def check_one_content_per_version(history: History, observed: Observed,
+                                  allow_lost: set[tuple[str, int]] = frozenset()) -> list[str]:
     """(d) no (session, version) has two different contents anywhere: the
-    writes acknowledged, the reads, Pub/Sub, sync_events and the DLQ."""
+    writes acknowledged, the reads, Pub/Sub, sync_events and the DLQ (a
+    version reported lost was written again: it is left out)."""
     seen: dict[tuple[str, int], dict[tuple[str, str], str]] = defaultdict(dict)
 
     def note(key: tuple[str, int], content: tuple[str, str], where: str) -> None:
@@ -194,7 +200,7 @@ def check_one_content_per_version(history: History, observed: Observed) -> list[
             continue  # not an event: rule e looks at it
     return [f"(d) {key} has {len(contents)} contents: " + "; ".join(
                 f"{where}: {content[1][:80]}" for content, where in contents.items())
-            for key, contents in sorted(seen.items()) if len(contents) > 1]
+            for key, contents in sorted(seen.items()) if len(contents) > 1 and key not in allow_lost]
 
 
 def check_unpersisted_dead_lettered(observed: Observed,

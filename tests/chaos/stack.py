@@ -57,7 +57,8 @@ class ChaosStack:
     report_batch_item_failures: bool = True
     consumers: int = 1
     relay_age: float = 0.5
-    settle_seconds: float = 1.5
+    #: longer than the pipeline's lag under the workload (see Workload.think_seconds)
+    settle_seconds: float = 5.0
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     published: list[dict[str, Any]] = field(default_factory=list)
@@ -83,12 +84,15 @@ class ChaosStack:
 
     def start(self) -> ChaosStack:
         self._subscribe()
-        for i in range(self.consumers):
-            self._spawn(f"consumer-{i}", self._consumer_loop)
+        for _ in range(self.consumers):
+            self.add_consumer()
         relay = OutboxRelay(self.store, SqsProducer(self.sqs, self.queues.url, self.store),
                             age_seconds=self.relay_age)
         self._spawn("relay", lambda: relay.run(self._stop, interval=0.3))
         return self
+
+    def add_consumer(self) -> None:
+        self._spawn(f"consumer-{len(self._threads)}", self._consumer_loop)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=f"chaos-{name}", daemon=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,10 @@ class Workload:
     sessions: int = 6
     clients: int = 4
     seed: int = 7
+    #: a pause between a client's operations: keeps the write rate (about
+    #: 150/s) within what LocalStack and one consumer carry on a busy 2-core
+    #: machine, so that the pipeline's lag stays under the settle time
+    think_seconds: float = 0.02
 
     def __post_init__(self) -> None:
         self.ids = [f"{self.prefix}-{i}" for i in range(self.sessions)]
@@ -44,7 +49,7 @@ class Workload:
         for sid in self.ids:
             self._create(0, sid)
 
-    def run(self, *, seconds: float, max_ops: int = 400) -> None:
+    def run(self, *, seconds: float, max_ops: int = 5000) -> None:
         stop_at = now() + seconds
         threads = [threading.Thread(target=self._client, args=(p, stop_at, max_ops), daemon=True)
                    for p in range(1, self.clients + 1)]
@@ -61,6 +66,7 @@ class Workload:
         for _ in range(max_ops):
             if now() >= stop_at:
                 return
+            time.sleep(self.think_seconds)
             roll = rng.random()
             sid = rng.choice(self.ids)
             if roll < 0.35:
