@@ -1,0 +1,137 @@
+"""The checker catches what it is for: each rule is fed a small history
+with exactly its anomaly (and a clean one), so that a green chaos run
+means the rules held, not that the checker looked away.  No servers."""
+from __future__ import annotations
+
+import json
+
+from tests.chaos.history import History, Observed, Op, check
+
+SID = "s"
+
+
+def _write(kind, version, state, start, end, outcome="ok", sid=SID, process=1):
+    return Op(process, kind, sid, start, end, outcome, version, state)
+
+
+def _read(version, state, start, end, absent=None, sid=SID):
+    return Op(9, "read", sid, start, end, "ok", version, state, absent=absent)
+
+
+def _observed(rows=None, sessions=None, dead=(), published=None):
+    rows = rows if rows is not None else {}
+    if published is None:
+        published = [{"session_id": sid, "version": v, "event_type": t, "state": s}
+                     for (sid, v), (t, s) in rows.items()]
+    return Observed(rows, sessions or {}, list(dead), published)
+
+
+def _clean():
+    history = History([_write("create", 1, {"w": "a"}, 0, 1), _write("update", 2, {"w": "b"}, 2, 3),
+                       _read(2, {"w": "b"}, 4, 5)])
+    rows = {(SID, 1): ("session_created", {"w": "a"}), (SID, 2): ("session_updated", {"w": "b"})}
+    return history, _observed(rows, {SID: (2, False)})
+
+
+def _rules(violations):
+    return sorted({v[:3] for v in violations})
+
+
+def test_a_clean_history_passes():
+    assert check(*_clean()) == []
+
+
+def test_a_lost_acknowledged_write_breaks_rule_a():
+    history, observed = _clean()
+    del observed.rows[(SID, 2)]
+    observed.published.pop()
+
+    assert "(a)" in _rules(check(history, observed))
+
+
+def test_an_acknowledged_write_persisted_with_other_content_breaks_rules_a_and_d():
+    history, observed = _clean()
+    observed.rows[(SID, 2)] = ("session_updated", {"w": "other"})
+
+    assert _rules(check(history, observed)) == ["(a)", "(d)", "(e)"]
+
+
+def test_a_read_older_than_an_earlier_acknowledged_write_breaks_rule_b():
+    history, observed = _clean()
+    history.add(_read(1, {"w": "a"}, 6, 7))
+
+    assert _rules(check(history, observed)) == ["(b)"]
+
+
+def test_a_read_that_finds_nothing_after_an_acknowledged_create_breaks_rule_b():
+    history, observed = _clean()
+    history.add(_read(None, None, 6, 7, absent="missing"))
+
+    assert _rules(check(history, observed)) == ["(b)"]
+
+
+def test_a_read_overlapping_a_write_may_see_either_version():
+    history, observed = _clean()
+    history.add(_read(1, {"w": "a"}, 2.5, 3.5))  # began before v2 was acknowledged
+
+    assert check(history, observed) == []
+
+
+def test_a_session_back_after_its_acknowledged_delete_breaks_rule_c():
+    history, observed = _clean()
+    history.add(_write("delete", 3, None, 6, 7))
+    observed.rows[(SID, 3)] = ("session_deleted", None)
+    observed.published.append({"session_id": SID, "version": 3, "event_type": "session_deleted",
+                               "state": None})
+    observed.sessions[SID] = (3, True)
+    assert check(history, observed) == []
+
+    history.add(_read(4, {"w": "zombie"}, 8, 9))
+    observed.sessions[SID] = (4, False)
+
+    assert _rules(check(history, observed)) == ["(c)"]
+
+
+def test_two_contents_for_one_version_anywhere_break_rule_d():
+    history, observed = _clean()
+    observed.published.append({"session_id": SID, "version": 2, "event_type": "session_updated",
+                               "state": {"w": "fork"}})
+
+    assert "(d)" in _rules(check(history, observed))
+
+
+def test_a_published_change_neither_persisted_nor_dead_lettered_breaks_rule_e():
+    history, observed = _clean()
+    observed.published.append({"session_id": SID, "version": 3, "event_type": "session_updated",
+                               "state": {"w": "unacknowledged"}})
+
+    assert _rules(check(history, observed)) == ["(e)"]
+
+    letter = {"body": json.dumps({"session_id": SID, "version": 3, "event_type": "session_updated",
+                                  "state": {"w": "unacknowledged"}}),
+              "error_code": "version_conflict", "error_class": "PermanentPersistenceError"}
+    observed.dead_letters.append(letter)
+    assert check(history, observed) == []
+
+
+def test_a_dead_letter_without_its_reason_breaks_rule_e():
+    history, observed = _clean()
+    observed.dead_letters.append({"body": "garbage"})
+
+    assert _rules(check(history, observed)) == ["(e)"]
+
+
+def test_a_write_of_unknown_outcome_may_or_may_not_be_persisted():
+    history, observed = _clean()
+    history.add(_write("update", 3, {"w": "maybe"}, 6, 7, outcome="info"))
+
+    assert check(history, observed) == []
+
+
+def test_a_loss_the_system_reported_is_left_out_of_rules_a_b_d():
+    history, observed = _clean()
+    del observed.rows[(SID, 2)]
+    observed.published.pop()
+    history.add(_read(1, {"w": "a"}, 6, 7))
+
+    assert check(history, observed, allow_lost={(SID, 2)}) == []
