@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test venv services localstack bootstrap lint bench clean stop
+.PHONY: run test chaos venv services localstack bootstrap lint bench clean stop
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ run: bootstrap
 test: venv services localstack
 	$(BIN)/ruff check app.py chalicelib tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fault-injection suite alone (also part of `make test`): docs/guarantees.md.
+chaos: venv services localstack
+	$(BIN)/python -m pytest -m chaos $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check app.py chalicelib tests

@@ -64,7 +64,7 @@ DEFAULT_REDIS_SETTLE_SECONDS = 10.0
 # The version marker outlives the session so that recovery never serves a
 # version older than the last acknowledged one and a deleted id is never
 # reused.  0 (the default): it never expires, so that a volatile-* eviction
-# policy cannot take it (about 70 bytes per session ever written); a number
+# policy cannot take it (its memory: docs/troubleshooting.md); a number
 # of seconds bounds that memory where the eviction policy is noeviction.
 DEFAULT_MARKER_TTL = 0
 MIN_TTL_SECONDS = 1

@@ -214,12 +214,17 @@ def redis_latency(node: Any, pings: int) -> dict[str, float]:
     return percentiles(samples)
 
 
-def eviction_risk(policy: str) -> tuple[str, str]:
+def eviction_risk(policy: str, marker_ttl: int = 0) -> tuple[str, str]:
     """(level, explanation) for a maxmemory-policy, given sessionsync's keys:
-    sessions and version markers carry a TTL, the outbox (ss:{N}:ob/od) does not."""
+    sessions carry a TTL; the outbox (ss:{N}:ob/od), the epoch records and,
+    unless SESSION_MARKER_TTL is set, the version markers do not."""
     if policy == "noeviction":
         return "ok", ("nothing is evicted; when memory is full writes fail with OOM (503 to "
                       "clients), which is loud and loses nothing")
+    if policy.startswith("volatile-") and marker_ttl == 0:
+        return "ok", ("evicts keys with a TTL: only sessions (version markers, the outbox and "
+                      "the epoch records have none); an evicted session is recovered from "
+                      "PostgreSQL on its next read, never older than the marker says")
     if policy == "volatile-ttl":
         return "info", ("evicts keys with a TTL, nearest expiry first: sessions go before the "
                         "30-day version markers and the outbox (no TTL) is never evicted; an evicted "
@@ -270,7 +275,7 @@ def check_redis(client: Any, settings: Settings, *, pings: int = 100) -> list[Fi
                                     f"({used / 2**20:.1f} MiB used)",
                                     {"node": name, "used": used},
                                     "without a limit the host's memory is the limit (the OOM killer)"))
-        risk, why = eviction_risk(policy)
+        risk, why = eviction_risk(policy, settings.marker_ttl)
         findings.append(Finding("redis", risk, f"{name}: maxmemory-policy {policy}",
                                 {"node": name, "policy": policy}, why if risk != "ok" else None))
         if cluster_enabled and not settings.redis_cluster:

@@ -55,7 +55,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     runtime.reset()
     # A channel of the run's own: a --redis-url Redis may have `watch`ers.
     channel = f"{prefix}-updates"
-    runtime.install(settings=Settings(redis_url=ctx.redis_url, api_keys=(API_KEY,), channel=channel))
+    # With a database configured, as deployed: reads check the epoch
+    # (docs/guarantees.md); PostgreSQL itself is only touched on a miss.
+    runtime.install(settings=Settings(redis_url=ctx.redis_url, api_keys=(API_KEY,), channel=channel,
+                                      database_url=ctx.database_url))
     store = runtime.store()
     try:
         store.create(read_id, state, 3600)
@@ -73,7 +76,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
         n, warmup = profile.handler_iterations, max(10, profile.handler_iterations // 10)
         ops = {
-            "store_get": lambda: store.get(read_id),
+            "store_get": lambda: store.get(read_id, verify=ctx.database_url is not None),
             "handler_get": handler_get,
             "handler_put": _put_sequence(app, context, write_id, state, 1, n + warmup),
         }

@@ -86,6 +86,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     def get() -> Any:
         return store.get(read_id)
 
+    def get_verified() -> Any:
+        # what the API does when PostgreSQL is configured: the GET and the
+        # epoch check on the node, one script call (docs/guarantees.md)
+        return store.get(read_id, verify=True)
+
     def create() -> Any:
         nonlocal counter
         counter += 1
@@ -125,6 +130,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "floor_hgetall": floor_hgetall,
         "floor_evalsha": floor_evalsha,
         "get": get,
+        "get_verified": get_verified,
         "create": create,
         "update": update,
         "outbox_ack": outbox_ack,
@@ -137,6 +143,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             raise AssertionError("update count and stored version disagree")
         server = {
             "get": _server_usec(raw_client, "get", get, profile.store_iterations // 5),
+            "get_verified": _server_usec(raw_client, "evalsha", get_verified,
+                                         profile.store_iterations // 5),
             "floor_evalsha": _server_usec(raw_client, "evalsha", floor_evalsha,
                                           profile.store_iterations // 5),
             "update": _server_usec(raw_client, "evalsha", update, profile.store_iterations // 5),
@@ -151,7 +159,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
     latency = {name: summarize_ns(values) for name, values in samples.items()}
     ratios = {}
-    for op, floor in (("get", "floor_get"), ("update", "floor_evalsha"),
+    for op, floor in (("get", "floor_get"), ("get_verified", "floor_get"),
+                      ("get_verified", "get"), ("update", "floor_evalsha"),
                       ("create", "floor_evalsha"), ("delete", "floor_evalsha"),
                       ("floor_hgetall", "floor_get")):
         ratios[f"{op}/{floor}"] = {q: ratio(latency[op][f"{q}_us"], latency[floor][f"{q}_us"])
@@ -168,7 +177,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "server_usec_per_call": server,
         "p50_minus_server_us": client_side,
         "notes": "floor_* = raw redis-py (default options) on the same server and payload; "
-                 "get/create/update/delete = SessionStore on connect_redis(); outbox_ack = the "
+                 "get/create/update/delete = SessionStore on connect_redis(); get_verified = the "
+                 "API's read with PostgreSQL configured (GET + epoch check in one script); "
+                 "outbox_ack = the "
                  "write path's third round trip (ZREM+HDEL pipeline) after the SQS send; "
                  "server_usec_per_call = Redis's own execution time (INFO commandstats), so "
                  "p50 minus it is network + client.",

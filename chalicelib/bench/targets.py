@@ -35,6 +35,12 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
         upd_ratio = store["ratios"]["update/floor_evalsha"]["p50"]
         checks.append(_check("get <= 1.3x raw GET (p50)", get_ratio, 1.3, get_ratio <= 1.3, "x",
                              "SessionStore.get p50 / redis-py GET p50, same run, same value"))
+        if "get_verified/floor_get" in store["ratios"]:
+            verified = store["ratios"]["get_verified/floor_get"]["p50"]
+            checks.append(_check("verified get (the API's read with PostgreSQL) <= 1.3x raw GET (p50)",
+                                 verified, 1.3, verified <= 1.3, "x",
+                                 "SessionStore.get(verify=True) p50 / redis-py GET p50: GET and "
+                                 "the epoch check in one script (docs/guarantees.md)"))
         checks.append(_check("CAS update <= 1.5x bare EVALSHA (p50)", upd_ratio, 1.5,
                              upd_ratio <= 1.5, "x",
                              "SessionStore.update p50 / EVALSHA 'return 1' p50, same run"))

@@ -129,14 +129,17 @@ def test_diagnose_reports_a_dependency_that_is_down_and_still_checks_the_others(
     assert report.level == "fail"
 
 
-@pytest.mark.parametrize("policy, level", [
-    ("noeviction", "ok"), ("volatile-ttl", "info"), ("volatile-lru", "warn"), ("allkeys-lru", "fail")])
-def test_the_eviction_policy_is_judged_by_what_it_can_evict(throwaway_redis, policy, level):
+@pytest.mark.parametrize("policy, marker_ttl, level", [
+    ("noeviction", 0, "ok"), ("volatile-lru", 0, "ok"), ("volatile-ttl", 3600 * 24, "info"),
+    ("volatile-lru", 3600 * 24, "warn"), ("allkeys-lru", 0, "fail")])
+def test_the_eviction_policy_is_judged_by_what_it_can_evict(throwaway_redis, policy, marker_ttl, level):
+    """Markers without a TTL (the default) cannot be taken by volatile-*."""
     client = redis.Redis.from_url(throwaway_redis.url)
     client.config_set("maxmemory-policy", policy)
     client.config_set("maxmemory", str(64 * 1024 * 1024))
 
-    found = operations.check_redis(client, Settings(redis_url=throwaway_redis.url), pings=5)
+    found = operations.check_redis(client, Settings(redis_url=throwaway_redis.url,
+                                                    marker_ttl=marker_ttl), pings=5)
 
     verdict = next(f for f in found if "maxmemory-policy" in f.summary)
     assert verdict.level == level
