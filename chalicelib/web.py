@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +39,9 @@ def json_response(body: Any, status: int = 200) -> Response:
 def error_response(exc: SessionSyncError) -> Response:
     headers = dict(JSON)
     if isinstance(exc, ServiceUnavailable):
-        headers["Retry-After"] = "1"
+        # whole seconds (RFC 9110); a settle time says how long is left
+        wait = exc.details.get("retry_after_seconds", 1)
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return Response(body=json.dumps({"error": exc.to_dict()}), status_code=exc.status,
                     headers=headers)
 
