@@ -256,6 +256,13 @@ redis.call('SET', KEYS[1], ep .. '|' .. now_ms)
 return {tonumber(ARGV[1]), rec and 1 or 2, ep}
 """
 
+# KEYS[1] any key of the slot whose node is asked
+# returns the node's epoch: the step every write script and verified read
+# carries (``sessionsync bench`` times it alone)
+EPOCH_SCRIPT = _LUA_PARSE + r"""
+return epoch()
+"""
+
 # KEYS[1] session
 # returns {} (no key) | {value, 1 if it carries the node's epoch else 0}
 # A read that must not serve a value from before Redis went back in time:

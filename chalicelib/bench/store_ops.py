@@ -19,7 +19,7 @@ from chalicelib.bench.context import STATE_BYTES, BenchContext, delete_session_k
 from chalicelib.bench.stats import interleaved, ratio, summarize_ns
 from chalicelib.config import Settings
 from chalicelib.redis_client import connect_redis
-from chalicelib.store import SessionStore, decode_session, session_keys
+from chalicelib.store import EPOCH_SCRIPT, SessionStore, decode_session, session_keys
 
 TRIVIAL_SCRIPT = "return 1"
 
@@ -64,6 +64,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "updated_at": stored.updated_at, "ttl_seconds": stored.ttl_seconds,
         "deleted": 0, "state": stored.state_json})
     trivial_sha = raw_client.script_load(TRIVIAL_SCRIPT)
+    # the step every write script and verified read took on (the node's
+    # epoch, docs/guarantees.md), alone: what it adds to a script call
+    epoch_sha = raw_client.script_load(EPOCH_SCRIPT)
 
     update_id = f"{prefix}-update"
     store.create(update_id, state, 3600)
@@ -82,6 +85,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
     def floor_evalsha() -> Any:
         return raw_client.evalsha(trivial_sha, 1, read_key)
+
+    def epoch_only() -> Any:
+        return raw_client.evalsha(epoch_sha, 1, read_key)
 
     def get() -> Any:
         return store.get(read_id)
@@ -129,6 +135,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "floor_get": floor_get,
         "floor_hgetall": floor_hgetall,
         "floor_evalsha": floor_evalsha,
+        "epoch_only": epoch_only,
         "get": get,
         "get_verified": get_verified,
         "create": create,
@@ -148,6 +155,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             "floor_evalsha": _server_usec(raw_client, "evalsha", floor_evalsha,
                                           profile.store_iterations // 5),
             "update": _server_usec(raw_client, "evalsha", update, profile.store_iterations // 5),
+            "epoch_only": _server_usec(raw_client, "evalsha", epoch_only,
+                                       profile.store_iterations // 5),
         }
         housekeeping()
     finally:
@@ -162,7 +171,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     for op, floor in (("get", "floor_get"), ("get_verified", "floor_get"),
                       ("get_verified", "get"), ("update", "floor_evalsha"),
                       ("create", "floor_evalsha"), ("delete", "floor_evalsha"),
-                      ("floor_hgetall", "floor_get")):
+                      ("floor_hgetall", "floor_get"), ("epoch_only", "floor_evalsha")):
         ratios[f"{op}/{floor}"] = {q: ratio(latency[op][f"{q}_us"], latency[floor][f"{q}_us"])
                                    for q in ("p50", "p95", "p99")}
     # What the round trip adds to the server's own time: network, kernel,
@@ -179,6 +188,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "notes": "floor_* = raw redis-py (default options) on the same server and payload; "
                  "get/create/update/delete = SessionStore on connect_redis(); get_verified = the "
                  "API's read with PostgreSQL configured (GET + epoch check in one script); "
+                 "epoch_only = a script doing only that check (INFO replication), the step "
+                 "every write script carries: its cost on top of floor_evalsha; "
                  "outbox_ack = the "
                  "write path's third round trip (ZREM+HDEL pipeline) after the SQS send; "
                  "server_usec_per_call = Redis's own execution time (INFO commandstats), so "

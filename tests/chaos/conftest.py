@@ -6,28 +6,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from chalicelib import provisioning
 from tests.chaos.stack import ChaosStack
 from tests.conftest import LOCALSTACK_URL
 
 
 @pytest.fixture
-def chaos_queues(sqs):
-    """A queue pair of the test's own; the DLQ gets what cannot be persisted."""
-    name = f"sessionsync-chaos-{uuid.uuid4().hex[:10]}"
-    pair = provisioning.ensure_queues(sqs, name, provisioning.dlq_name_for(name))
-    yield pair
-    provisioning.delete_queues(sqs, pair)
-
-
-@pytest.fixture
-def make_stack(chaos_queues) -> Iterator[Callable[..., ChaosStack]]:
+def make_stack(queue_pair) -> Iterator[Callable[..., ChaosStack]]:
     """``make_stack(redis_url=..., pg_dsn=..., **options)``: a started stack."""
     stacks: list[ChaosStack] = []
 
     def make(*, redis_url: str, pg_dsn: str, **options) -> ChaosStack:
         stack = ChaosStack(redis_url=redis_url, pg_dsn=pg_dsn, localstack_url=LOCALSTACK_URL,
-                           queues=chaos_queues, channel=f"chaos-{uuid.uuid4().hex[:8]}", **options)
+                           queues=queue_pair, channel=f"chaos-{uuid.uuid4().hex[:8]}", **options)
         stacks.append(stack)
         return stack.start()
 

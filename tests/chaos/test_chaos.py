@@ -34,21 +34,26 @@ pytestmark = [pytest.mark.chaos, pytest.mark.localstack]
 WORKLOAD_SECONDS = 8.0
 
 
-def run(stack: ChaosStack, nemesis: Callable[[], None] | None = None, *,
+def run(stack: ChaosStack, nemesis: Callable[[threading.Event], None] | None = None, *,
         seconds: float = WORKLOAD_SECONDS, clients: int = 4) -> tuple[History, Workload]:
-    """Set up, run the workload with ``nemesis`` beside it, drain, and return
-    the history (the caller checks it)."""
+    """Set up, run the workload with ``nemesis(stop)`` beside it (``stop`` is
+    set when the workload ends: a looping nemesis stops then), drain, and
+    return the history (the caller checks it)."""
     history = History()
     workload = Workload(lambda: stack.service, history, prefix=f"ch-{uuid.uuid4().hex[:6]}",
                         clients=clients)
     workload.setup()
-    fault = threading.Thread(target=nemesis, daemon=True) if nemesis else None
+    stop = threading.Event()
+    fault = threading.Thread(target=nemesis, args=(stop,), daemon=True) if nemesis else None
     if fault:
         fault.start()
-    workload.run(seconds=seconds)
-    if fault:
-        fault.join(timeout=120)
-        assert not fault.is_alive(), "the nemesis hung"
+    try:
+        workload.run(seconds=seconds)
+    finally:
+        stop.set()
+        if fault:
+            fault.join(timeout=120)
+    assert not (fault and fault.is_alive()), "the nemesis hung"
     stack.drain(workload.ids)
     return history, workload
 
@@ -64,9 +69,9 @@ def assert_clean(stack: ChaosStack, history: History, workload: Workload) -> Non
     assert not violations, "\n".join([str(history.summary()), *violations[:30]])
 
 
-def later(*steps: tuple[float, Callable[[], None]]) -> Callable[[], None]:
+def later(*steps: tuple[float, Callable[[], None]]) -> Callable[[threading.Event], None]:
     """A nemesis: each step runs ``delay`` seconds after the previous one."""
-    def nemesis() -> None:
+    def nemesis(stop: threading.Event) -> None:
         for delay, action in steps:
             time.sleep(delay)
             action()
@@ -144,30 +149,25 @@ def test_consumers_killed_mid_batch_and_two_at_once_leave_one_row_per_version(
     args = [stack.queues.url, stack.queues.dlq_url, pg_test_dsn, stack.localstack_url,
             "1" if report_batch_item_failures else "0"]
     procs: list[subprocess.Popen] = []
-    stop = threading.Event()
     kills = []
 
-    def killer() -> None:
-        while not stop.is_set():
-            while len(procs) < 2:
-                procs.append(subprocess.Popen([sys.executable, "-c", _CONSUMER_PROCESS, *args],
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            stop.wait(1.2)
-            victim = procs.pop(0)
-            victim.kill()
-            victim.wait(10)
-            kills.append(time.monotonic())
+    def killer(stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                while len(procs) < 2:
+                    procs.append(subprocess.Popen([sys.executable, "-c", _CONSUMER_PROCESS, *args],
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stop.wait(1.2)
+                victim = procs.pop(0)
+                victim.kill()
+                victim.wait(10)
+                kills.append(time.monotonic())
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait(10)
 
-    nemesis = threading.Thread(target=killer, daemon=True)
-    nemesis.start()
-    try:
-        history, workload = run(stack)
-    finally:
-        stop.set()
-        nemesis.join(timeout=30)
-        for proc in procs:
-            proc.kill()
-            proc.wait(10)
+    history, workload = run(stack, killer)
     assert len(kills) >= 3
     assert_clean(stack, history, workload)
 
@@ -201,22 +201,17 @@ def test_redis_restarted_without_persistence_never_forks_a_session(make_stack, t
 def test_keys_and_markers_lost_at_random_never_fork_a_session(make_stack, throwaway_redis, pg_test_dsn):
     stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn)
     admin = redis.Redis.from_url(throwaway_redis.url)
-    stop = threading.Event()
 
-    def forget() -> None:
+    def forget(stop: threading.Event) -> None:
         while not stop.wait(0.4):
             keys = list(admin.scan_iter("ss:*:s:*", count=1000)) + list(admin.scan_iter("ss:*:m:*"))
             doomed = keys[::3]
             if doomed:
                 admin.delete(*doomed)
 
-    nemesis = threading.Thread(target=forget, daemon=True)
-    nemesis.start()
     try:
-        history, workload = run(stack)
+        history, workload = run(stack, forget)
     finally:
-        stop.set()
-        nemesis.join(timeout=10)
         admin.close()
     assert_clean(stack, history, workload)
 
@@ -230,9 +225,8 @@ def test_eviction_under_maxmemory_never_forks_a_session(make_stack, throwaway_re
     admin.config_set("maxmemory", used + 3 * 1024 * 1024)
     admin.config_set("maxmemory-policy", policy)
     stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn)
-    stop = threading.Event()
 
-    def fill() -> None:
+    def fill(stop: threading.Event) -> None:
         n = 0
         while not stop.wait(0.02):
             n += 1
@@ -241,13 +235,9 @@ def test_eviction_under_maxmemory_never_forks_a_session(make_stack, throwaway_re
             except redis.ResponseError:  # OOM under noeviction
                 pass
 
-    nemesis = threading.Thread(target=fill, daemon=True)
-    nemesis.start()
     try:
-        history, workload = run(stack)
+        history, workload = run(stack, fill)
     finally:
-        stop.set()
-        nemesis.join(timeout=10)
         evicted = admin.info("stats")["evicted_keys"]
         admin.close()
     if policy != "noeviction":
