@@ -21,7 +21,7 @@ from chalicelib.outbox import OutboxRelay
 from chalicelib.persistence import Database
 from chalicelib.producer import SqsProducer
 from chalicelib.provisioning import QueuePair
-from chalicelib.store import SessionStore
+from chalicelib.store import SessionStore, bucket_of, outbox_keys
 from chalicelib.worker import Worker
 
 CREATED_AT = "2026-11-28T16:33:30.405Z"
@@ -50,6 +50,24 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str,
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def outbox_entries_of(store: SessionStore, session_ids: Iterable[str]) -> list[str]:
+    """Event ids of the outbox entries of these sessions, in (session, version) order.
+
+    Reads only the buckets of the given sessions and keeps only their
+    entries: a test asserts on its own entries, never on the depth of an
+    outbox that other tests, or a developer's `make run`, also write to.
+    """
+    wanted = set(session_ids)
+    found = []
+    for bucket in sorted({bucket_of(sid) for sid in wanted}):
+        for raw in store.client.zrange(outbox_keys(bucket)[0], 0, -1):
+            event_id = raw.decode()
+            sid, version = event_id.rsplit(":", 1)
+            if sid in wanted:
+                found.append((sid, int(version), event_id))
+    return [event_id for _, _, event_id in sorted(found)]
 
 
 @dataclass
@@ -118,7 +136,7 @@ class Pipeline:
             "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
         return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
-    def dlq_messages(self, expected: int | None = None, timeout: float = 5.0) -> list[dict[str, Any]]:
+    def dlq_messages(self, expected: int | None = None, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Every DLQ message, with its attributes flattened to strings."""
         messages: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + timeout
