@@ -19,15 +19,18 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.config import Settings
+from chalicelib.health import DEADLINE_SECONDS
 from tests.conftest import API_KEY, LOCALSTACK_URL, REDIS_TEST_URL
 from tests.ops_support import cli_env, run_cli
 from tests.servers import free_port
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])
-# health.DEADLINE_SECONDS is 1.0; the answer must come within it plus overhead.
-BUDGET_SECONDS = 1.5
-# the CLI also starts an interpreter and imports boto3 (about 0.3 s of it)
-CLI_BUDGET_SECONDS = 1.5
+# The report comes within health.DEADLINE_SECONDS plus overhead; the bounds
+# below are several times that, for a busy machine: they catch a hang, and
+# the "no answer within" errors show that the deadline is what cut a probe.
+BUDGET_SECONDS = 5 * DEADLINE_SECONDS
+# the CLI also starts an interpreter and imports boto3
+CLI_BUDGET_SECONDS = 10 * DEADLINE_SECONDS
 
 
 @pytest.fixture
@@ -77,7 +80,7 @@ def test_sessionsync_health_exits_0_with_every_dependency_up(stack_settings):
     assert table.stdout.rstrip().endswith("overall: ok")
 
 
-def test_a_stopped_redis_gives_503_and_exit_1_within_a_second_naming_redis(
+def test_a_stopped_redis_gives_503_and_exit_1_naming_redis(
         use_settings, stack_settings, throwaway_redis):
     settings = dataclasses.replace(stack_settings, redis_url=throwaway_redis.url)
     throwaway_redis.stop()
@@ -105,6 +108,9 @@ def test_a_hung_redis_gives_503_within_the_deadline(use_settings, stack_settings
     response, seconds = get_health(use_settings, settings)
     assert response.status_code == 503
     assert response.json_body["checks"]["redis"]["status"] == "down"
+    # cut by the client's one-second timeout or by the deadline, whichever came first
+    assert response.json_body["checks"]["redis"]["error"] in (
+        "Redis is unavailable: TimeoutError", f"no answer within {DEADLINE_SECONDS:.1f}s")
     assert response.json_body["checks"]["postgresql"]["status"] == "ok"
     assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
 
