@@ -106,13 +106,15 @@ def create(api, session_id: str, state: dict):
 
 
 def test_a_stopped_redis_makes_the_store_raise_service_unavailable_at_once(
-        throwaway_redis, outage_store, session_id):
+        throwaway_redis, outage_store, session_id, wire):
     outage_store.create(session_id, '{"a":1}', 60)  # a pooled connection exists
     throwaway_redis.stop()
 
+    wire.clear()
     assert_unavailable_in_time(timed(lambda: outage_store.get(session_id)))
     assert_unavailable_in_time(timed(lambda: outage_store.update(session_id, '{"a":2}', 1)))
     assert_unavailable_in_time(timed(lambda: outage_store.create("other", "{}", 60)))
+    assert wire.waits == 0, wire  # refused: nothing waited for a timeout
 
 
 def test_a_hung_redis_makes_the_store_raise_service_unavailable_after_one_timeout(
