@@ -98,7 +98,7 @@ class Pipeline:
         options.setdefault("wait_seconds", 1)
         return Worker(self.sqs, self.queues.url, self.handler, **options)
 
-    def drain(self, *, timeout: float = 30.0, **worker_options: Any) -> None:
+    def drain(self, *, timeout: float = 60.0, **worker_options: Any) -> None:
         """Run a worker until the main queue is empty (nothing visible, nothing in flight)."""
         worker = self.worker(**worker_options)
         deadline = time.monotonic() + timeout
