@@ -16,7 +16,7 @@ from chalicelib import dlq
 from chalicelib.config import Settings
 from chalicelib.sessions import SessionService
 from chalicelib.validation import CreateRequest, UpdateRequest
-from tests.conftest import LOCALSTACK_URL, REDIS_TEST_URL
+from tests.conftest import LOCALSTACK_URL, REDIS_TEST_URL, TEST_CHANNEL
 from tests.ops_support import cli_env, run_cli
 from tests.pipeline_support import event_body, wait_until
 
@@ -55,7 +55,7 @@ def receive_all(sqs, url: str, expected: int) -> list[dict]:
 @pytest.fixture
 def queue_settings(queue_pair, localstack_settings) -> Settings:
     return Settings(redis_url=REDIS_TEST_URL, queue_url=queue_pair.url, dlq_url=queue_pair.dlq_url,
-                    aws_endpoint_url=LOCALSTACK_URL, aws_region="us-east-1")
+                    aws_endpoint_url=LOCALSTACK_URL, aws_region="us-east-1", channel=TEST_CHANNEL)
 
 
 @pytest.fixture

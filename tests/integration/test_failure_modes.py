@@ -23,6 +23,7 @@ from chalicelib.producer import SqsProducer
 from chalicelib.sessions import SessionService
 from chalicelib.store import BUCKETS, SessionStore, bucket_of
 from chalicelib.validation import UpdateRequest, create_request
+from tests.conftest import TEST_CHANNEL
 from tests.pipeline_support import event_body, outbox_entries_of
 from tests.servers import TcpProxy
 
@@ -115,7 +116,7 @@ def test_a_connection_cut_after_redis_ran_a_write_is_a_503_never_a_false_conflic
     from chalicelib.redis_client import connect_redis
     db = redis_single.connection_pool.connection_kwargs["db"]
     client = connect_redis(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/{db}"))
-    store = SessionStore(client)
+    store = SessionStore(client, channel=TEST_CHANNEL)
     store.create(session_id, '{"n":0}', 60)
 
     proxy.cut_after_request()  # the script runs; its reply never arrives
@@ -133,7 +134,7 @@ def test_a_queue_lookup_failing_after_the_commit_does_not_fail_the_write(redis_s
         def publish(self, result):
             raise ServiceUnavailable("SQS GetQueueUrl failed", dependency="sqs")
 
-    store = SessionStore(redis_single)
+    store = SessionStore(redis_single, channel=TEST_CHANNEL)
     service = SessionService(store, publisher=Unreachable())
     session = service.create(create_request(
         json.dumps({"session_id": session_id, "state": {}}).encode(), 1024))

@@ -20,7 +20,7 @@ from chalice.test import Client
 from app import app
 from chalicelib.config import Settings
 from chalicelib.health import DEADLINE_SECONDS
-from tests.conftest import API_KEY, LOCALSTACK_URL, REDIS_TEST_URL
+from tests.conftest import API_KEY, LOCALSTACK_URL, REDIS_TEST_URL, TEST_CHANNEL
 from tests.ops_support import cli_env, run_cli
 from tests.servers import free_port
 
@@ -38,7 +38,7 @@ def stack_settings(pg_test_dsn, queue_pair, localstack_settings) -> Settings:
     """Every dependency configured and up: test Redis, test database, a queue pair."""
     return Settings(redis_url=REDIS_TEST_URL, database_url=pg_test_dsn, queue_url=queue_pair.url,
                     dlq_url=queue_pair.dlq_url, aws_endpoint_url=LOCALSTACK_URL,
-                    aws_region="us-east-1", api_keys=(API_KEY,))
+                    aws_region="us-east-1", api_keys=(API_KEY,), channel=TEST_CHANNEL)
 
 
 def get_health(use_settings, settings: Settings):
@@ -166,7 +166,8 @@ def test_a_non_empty_dlq_is_a_warning_and_health_stays_200(use_settings, stack_s
 
 
 def test_only_configured_dependencies_are_probed(use_settings):
-    response, _ = get_health(use_settings, Settings(redis_url=REDIS_TEST_URL, api_keys=(API_KEY,)))
+    response, _ = get_health(use_settings, Settings(redis_url=REDIS_TEST_URL, api_keys=(API_KEY,),
+                                                             channel=TEST_CHANNEL))
     assert response.status_code == 200
     assert set(response.json_body["checks"]) == {"redis"}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY, REDIS_TEST_URL
+from tests.conftest import API_KEY, REDIS_TEST_URL, TEST_CHANNEL
 from tests.servers import serve_process
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -53,7 +53,8 @@ def serve_environment() -> dict[str, str]:
     configured" to the settings, so the server needs only Redis.
     """
     env = dict(os.environ)
-    env.update({"REDIS_URL": REDIS_TEST_URL, "SESSIONSYNC_API_KEYS": API_KEY, "LOG_LEVEL": "WARNING",
+    env.update({"REDIS_URL": REDIS_TEST_URL, "SESSIONSYNC_CHANNEL": TEST_CHANNEL,
+                "SESSIONSYNC_API_KEYS": API_KEY, "LOG_LEVEL": "WARNING",
                 "PYTHONUNBUFFERED": "1"})
     for name in ("DATABASE_URL", "DB_SECRET_ARN", "SESSION_QUEUE_URL", "SESSION_QUEUE_NAME",
                  "SESSION_DLQ_URL", "SESSION_DLQ_NAME", "SESSIONSYNC_API_KEYS_SECRET_ARN",

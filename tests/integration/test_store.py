@@ -32,6 +32,7 @@ from chalicelib.store import (
     outbox_keys,
     session_keys,
 )
+from tests.conftest import TEST_CHANNEL
 from tests.pipeline_support import wait_until
 
 
@@ -186,7 +187,7 @@ def test_an_expired_session_reads_as_not_found(store, session_id):
 
 
 def test_the_version_marker_outlives_its_session_even_when_configured_shorter(any_redis, session_id):
-    store = SessionStore(any_redis, marker_ttl=60)
+    store = SessionStore(any_redis, marker_ttl=60, channel=TEST_CHANNEL)
     marker = session_keys(session_id)[1]
     store.create(session_id, "{}", 3600)
     assert any_redis.ttl(marker) >= 3600
