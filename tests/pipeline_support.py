@@ -108,6 +108,21 @@ class Pipeline:
                 return
         raise AssertionError(f"queue not drained within {timeout}s: {self.queue_depth(self.queues.url)}")
 
+    def deliver(self, *, timeout: float = 60.0) -> None:
+        """Relay what the outbox holds, then drain the queue: the pipeline
+        catching up after writes through the app.  Its request-path producer
+        gives SQS half a second, which a busy machine's LocalStack may miss;
+        the write then stays in the outbox for the relay, as in production."""
+        self.relay.drain(budget_seconds=timeout)
+        self.drain(timeout=timeout)
+
+    def run_relay_in_thread(self, stop: threading.Event, *, age_seconds: float = 1.0) -> threading.Thread:
+        """The relay beside the writes, as `sessionsync serve` runs it."""
+        relay = OutboxRelay(self.store, self.producer, age_seconds=age_seconds)
+        thread = threading.Thread(target=relay.run, args=(stop,), kwargs={"interval": 0.5}, daemon=True)
+        thread.start()
+        return thread
+
     def run_worker_in_thread(self, stop: threading.Event, **options: Any) -> threading.Thread:
         thread = threading.Thread(target=self.worker(**options).run, args=(stop,), daemon=True)
         thread.start()

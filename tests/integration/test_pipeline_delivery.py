@@ -31,6 +31,8 @@ def test_a_thousand_http_writes_across_fifty_sessions_land_once_each_in_postgres
     acknowledged: set[tuple[str, int]] = set()
     stop = threading.Event()
     worker = pipeline.run_worker_in_thread(stop)  # consuming while the writes go on
+    # and relaying what an inline send (half a second for SQS) left behind
+    relay = pipeline.run_relay_in_thread(stop)
     try:
         with Client(app, stage_name="local") as client:
             for sid in sessions:
@@ -53,13 +55,14 @@ def test_a_thousand_http_writes_across_fifty_sessions_land_once_each_in_postgres
     finally:
         stop.set()
         worker.join(5)
+        relay.join(5)
 
     rows = pipeline.event_rows(sessions)
     assert len(rows) == 1000 and set(rows) == acknowledged  # exactly once each
     assert pipeline.session_rows(sessions) == {
         sid: (versions[sid], states[sid], False) for sid in sessions}
     assert pipeline.dlq_messages() == []
-    assert outbox_entries_of(pipeline.store, sessions) == []  # every send was acknowledged by SQS
+    assert outbox_entries_of(pipeline.store, sessions) == []  # nothing left behind
 
 
 def test_every_message_delivered_twice_adds_no_rows_and_nothing_to_the_dlq(pipeline):
