@@ -21,8 +21,10 @@ def client(service: str, settings: Settings, *, connect_timeout: float = 1.0,
     import boto3
     from botocore.config import Config
 
+    # total_max_attempts counts the first request; botocore's max_attempts
+    # counts only the retries (attempts=1 would make two requests)
     config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
-                    retries={"max_attempts": attempts, "mode": "standard"},
+                    retries={"total_max_attempts": attempts, "mode": "standard"},
                     region_name=settings.aws_region)
     return boto3.session.Session().client(
         service, endpoint_url=settings.aws_endpoint_url, config=config)

@@ -19,6 +19,10 @@ from tests.servers import RedisClusterServers, RedisServer, ReplicatedRedis
 # Tests use database 1 of the machine's Redis so that `make run` (db 0) and
 # the test suite can share a machine.
 REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/1")
+# Pub/Sub channels belong to the server, not to a database: writes on the
+# machine's Redis publish on a channel of the test run's own, never on the
+# one a developer's `sessionsync watch` reads.
+TEST_CHANNEL = f"sessionsync-test-{uuid.uuid4().hex[:8]}"
 API_KEY = "test-key-0123456789abcdef"
 
 
@@ -100,7 +104,7 @@ def session_id() -> str:
 @pytest.fixture
 def app_settings() -> Settings:
     """Settings for in-process app tests: test Redis, no pipeline."""
-    return Settings(redis_url=REDIS_TEST_URL, api_keys=(API_KEY,))
+    return Settings(redis_url=REDIS_TEST_URL, api_keys=(API_KEY,), channel=TEST_CHANNEL)
 
 
 @pytest.fixture

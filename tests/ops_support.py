@@ -38,6 +38,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
         "AWS_DEFAULT_REGION": settings.aws_region,
         "SESSIONSYNC_API_KEYS": ",".join(settings.api_keys),
+        "SESSIONSYNC_CHANNEL": settings.channel,
         "LOG_LEVEL": "WARNING",
     })
     # an empty value counts as unset for the settings loader, and keeps the

@@ -21,7 +21,7 @@ from chalicelib.outbox import OutboxRelay
 from chalicelib.persistence import Database
 from chalicelib.producer import SqsProducer
 from chalicelib.provisioning import QueuePair
-from chalicelib.store import SessionStore
+from chalicelib.store import SessionStore, bucket_of, outbox_keys
 from chalicelib.worker import Worker
 
 CREATED_AT = "2026-11-28T16:33:30.405Z"
@@ -50,6 +50,24 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str,
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def outbox_entries_of(store: SessionStore, session_ids: Iterable[str]) -> list[str]:
+    """Event ids of the outbox entries of these sessions, in (session, version) order.
+
+    Reads only the buckets of the given sessions and keeps only their
+    entries: a test asserts on its own entries, never on the depth of an
+    outbox that other tests, or a developer's `make run`, also write to.
+    """
+    wanted = set(session_ids)
+    found = []
+    for bucket in sorted({bucket_of(sid) for sid in wanted}):
+        for raw in store.client.zrange(outbox_keys(bucket)[0], 0, -1):
+            event_id = raw.decode()
+            sid, version = event_id.rsplit(":", 1)
+            if sid in wanted:
+                found.append((sid, int(version), event_id))
+    return [event_id for _, _, event_id in sorted(found)]
 
 
 @dataclass
@@ -81,7 +99,7 @@ class Pipeline:
         options.setdefault("wait_seconds", 1)
         return Worker(self.sqs, self.queues.url, self.handler, **options)
 
-    def drain(self, *, timeout: float = 30.0, **worker_options: Any) -> None:
+    def drain(self, *, timeout: float = 60.0, **worker_options: Any) -> None:
         """Run a worker until the main queue is empty (nothing visible, nothing in flight)."""
         worker = self.worker(**worker_options)
         deadline = time.monotonic() + timeout
@@ -90,6 +108,21 @@ class Pipeline:
             if self.queue_depth(self.queues.url) == (0, 0):
                 return
         raise AssertionError(f"queue not drained within {timeout}s: {self.queue_depth(self.queues.url)}")
+
+    def deliver(self, *, timeout: float = 60.0) -> None:
+        """Relay what the outbox holds, then drain the queue: the pipeline
+        catching up after writes through the app.  Its request-path producer
+        gives SQS half a second, which a busy machine's LocalStack may miss;
+        the write then stays in the outbox for the relay, as in production."""
+        self.relay.drain(budget_seconds=timeout)
+        self.drain(timeout=timeout)
+
+    def run_relay_in_thread(self, stop: threading.Event, *, age_seconds: float = 1.0) -> threading.Thread:
+        """The relay beside the writes, as `sessionsync serve` runs it."""
+        relay = OutboxRelay(self.store, self.producer, age_seconds=age_seconds)
+        thread = threading.Thread(target=relay.run, args=(stop,), kwargs={"interval": 0.5}, daemon=True)
+        thread.start()
+        return thread
 
     def run_worker_in_thread(self, stop: threading.Event, **options: Any) -> threading.Thread:
         thread = threading.Thread(target=self.worker(**options).run, args=(stop,), daemon=True)
@@ -119,7 +152,7 @@ class Pipeline:
             "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
         return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
-    def dlq_messages(self, expected: int | None = None, timeout: float = 5.0) -> list[dict[str, Any]]:
+    def dlq_messages(self, expected: int | None = None, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Every DLQ message, with its attributes flattened to strings."""
         messages: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + timeout

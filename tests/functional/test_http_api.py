@@ -121,10 +121,11 @@ def test_get_of_an_unknown_session_is_404(api, redis_view, session_id):
     redis_view.assert_untouched(session_id)
 
 
-def test_a_percent_encoded_path_id_addresses_the_decoded_session(api):
-    api.post("/sessions", headers=AUTH, body=body({"session_id": "cart:42-enc", "state": {}}))
-    response = api.get("/sessions/cart%3A42-enc", headers=AUTH)
-    assert response.status_code == 200 and response.json_body["session_id"] == "cart:42-enc"
+def test_a_percent_encoded_path_id_addresses_the_decoded_session(api, session_id):
+    sid = f"{session_id}:enc"
+    assert api.post("/sessions", headers=AUTH, body=body({"session_id": sid, "state": {}})).status_code == 201
+    response = api.get(f"/sessions/{sid.replace(':', '%3A')}", headers=AUTH)
+    assert response.status_code == 200 and response.json_body["session_id"] == sid
 
 
 def test_put_with_expected_version_in_the_body_returns_the_new_version(api, existing):

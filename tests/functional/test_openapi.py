@@ -219,7 +219,8 @@ class History:
 def test_an_events_page_conforms_to_the_spec_and_pages_to_the_end(
         use_settings, app_settings, redis_single, documented, session_id):
     # the service takes its durable history as an argument: here a fixed one
-    service = SessionService(SessionStore(redis_single), durable=History(session_id, 5))
+    service = SessionService(SessionStore(redis_single, channel=app_settings.channel),
+                             durable=History(session_id, 5))
     use_settings(app_settings, service=service)
     with Client(app, stage_name="local", project_dir=str(PROJECT_DIR)) as client:
         seen, cursor = [], None

@@ -10,7 +10,7 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.consumer import BatchIncomplete
-from tests.pipeline_support import event_body
+from tests.pipeline_support import event_body, outbox_entries_of
 from tests.servers import free_port
 
 pytestmark = pytest.mark.localstack
@@ -121,8 +121,10 @@ def test_the_scheduled_relay_sends_outbox_entries_that_never_reached_sqs(
         cron = client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event",
                                                detail={}, resources=[])
         reply = client.lambda_.invoke("relay_outbox", cron).payload
-    pipeline.drain()
+    pipeline.drain(timeout=60)
 
-    assert reply == {"found": 2, "sent": 2}
+    # the relay pages through the whole outbox, which other tests of this
+    # module's Redis may have left entries in: judge it by these two
+    assert reply["sent"] == reply["found"] >= 2
     assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2)]
-    assert pipeline.store.outbox_depth() == 0
+    assert outbox_entries_of(pipeline.store, [sid]) == []

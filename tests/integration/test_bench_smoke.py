@@ -28,12 +28,14 @@ POSITIVE = (*LATENCY_KEYS, "events_per_second", "updates_per_second", "import_pl
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> tuple[dict, list[Path]]:
+def smoke(tmp_path_factory, pg_test_dsn) -> tuple[dict, list[Path]]:
     out = tmp_path_factory.mktemp("bench")
+    # the consumer section writes to the test session's database, not to the
+    # machine's shared bench database (another run may be using it)
     proc = subprocess.run(
         [sys.executable, "-c", "from chalicelib.cli import main; main()", "bench", "--smoke",
-         "--output-dir", str(out)],
-        cwd=out, capture_output=True, text=True, timeout=120)
+         "--output-dir", str(out), "--database-url", pg_test_dsn],
+        cwd=out, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(out.iterdir())
     results = json.loads(next(p for p in files if p.suffix == ".json").read_text())

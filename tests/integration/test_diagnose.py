@@ -12,6 +12,7 @@ import redis
 
 from chalicelib import operations
 from chalicelib.config import Settings
+from chalicelib.producer import SqsProducer
 from chalicelib.sessions import SessionService
 from chalicelib.store import SessionStore, session_keys
 from chalicelib.validation import CreateRequest, UpdateRequest
@@ -19,8 +20,10 @@ from tests.ops_support import cli_env, run_cli
 
 
 def clients_for(pipeline, redis_client) -> SimpleNamespace:
-    """The ``operations.Clients`` provider over a test pipeline's objects."""
-    return SimpleNamespace(redis=lambda: redis_client, store=lambda: pipeline.store,
+    """The ``operations.Clients`` provider over a test pipeline's queues and
+    database, and ``redis_client``."""
+    store = SessionStore(redis_client)
+    return SimpleNamespace(redis=lambda: redis_client, store=lambda: store,
                            sqs=lambda: pipeline.sqs, queue_url=lambda: pipeline.queues.url,
                            dlq_url=lambda: pipeline.queues.dlq_url, database=lambda: pipeline.database)
 
@@ -29,15 +32,27 @@ def findings(report: dict, section: str) -> list[dict]:
     return [f for f in report["findings"] if f["section"] == section]
 
 
-def test_diagnose_on_a_healthy_stack_reports_every_section_and_exits_0(pipeline, pipeline_settings):
-    service = SessionService(pipeline.store, publisher=pipeline.producer)
+@pytest.fixture
+def own_redis(throwaway_redis):
+    """A Redis of the test's own: diagnose reports on a whole server (its
+    keys, outbox depth and sessions), which must hold only the test's data."""
+    client = redis.Redis.from_url(throwaway_redis.url)
+    yield client
+    client.close()
+
+
+def test_diagnose_on_a_healthy_stack_reports_every_section_and_exits_0(
+        pipeline, pipeline_settings, throwaway_redis, own_redis):
+    store = SessionStore(own_redis)
+    service = SessionService(store, publisher=SqsProducer(pipeline.sqs, pipeline.queues.url, store))
     ids = [f"diag-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
     for sid in ids:
         service.create(CreateRequest(sid, '{"step":1}', 600))
         service.update(UpdateRequest(sid, '{"step":2}', 1))
-    pipeline.drain()
+    pipeline.drain(timeout=60)
+    settings = dataclasses.replace(pipeline_settings, redis_url=throwaway_redis.url)
 
-    result = run_cli("diagnose", "--format", "json", "--pings", "50", env=cli_env(pipeline_settings))
+    result = run_cli("diagnose", "--format", "json", "--pings", "50", env=cli_env(settings))
 
     assert result.returncode == 0, (result.stdout, result.stderr)
     report = json.loads(result.stdout)
@@ -59,7 +74,7 @@ def test_diagnose_on_a_healthy_stack_reports_every_section_and_exits_0(pipeline,
     lag = findings(report, "lag")[0]
     assert lag["level"] == "ok" and lag["details"]["behind"] == 0 and lag["details"]["checked"] >= 3
 
-    text = run_cli("diagnose", "--pings", "5", env=cli_env(pipeline_settings))
+    text = run_cli("diagnose", "--pings", "5", env=cli_env(settings))
     assert text.returncode == 0
     assert "[ok]   reachable, SELECT 1 in" in text.stdout
     assert text.stdout.rstrip().splitlines()[-1] in ("overall: ok", "overall: info", "overall: warn")
@@ -95,16 +110,16 @@ def test_diagnose_names_every_bad_setting_it_can(pipeline_settings):
     assert settings == ["REDIS_URL", "DATABASE_URL"]
 
 
-def test_a_session_persisted_behind_redis_with_nothing_in_flight_points_at_the_dlq(pipeline):
-    client = pipeline.store.client
+def test_a_session_persisted_behind_redis_with_nothing_in_flight_points_at_the_dlq(pipeline, own_redis):
+    store = SessionStore(own_redis)
     sid = f"lost-{uuid.uuid4().hex[:8]}"
-    written = pipeline.store.create(sid, '{"a":1}', 600)
+    written = store.create(sid, '{"a":1}', 600)
     # a change that left the outbox but never reached PostgreSQL (dead-lettered)
-    pipeline.store.outbox_ack([written.event_id])
+    store.outbox_ack([written.event_id])
     settings = Settings(queue_url=pipeline.queues.url, dlq_url=pipeline.queues.dlq_url,
                         database_url=pipeline.dsn, api_keys=("k" * 16,))
 
-    report = operations.diagnose(settings, clients_for(pipeline, client), pings=5).to_dict()
+    report = operations.diagnose(settings, clients_for(pipeline, own_redis), pings=5).to_dict()
 
     lag = findings(report, "lag")[0]
     assert lag["level"] == "warn"
@@ -118,7 +133,6 @@ def test_diagnose_reports_a_dependency_that_is_down_and_still_checks_the_others(
     settings = Settings(redis_url=throwaway_redis.url, queue_url=pipeline.queues.url,
                         dlq_url=pipeline.queues.dlq_url, database_url=pipeline.dsn)
     clients = clients_for(pipeline, dead)
-    clients.store = lambda: SessionStore(dead)
 
     report = operations.diagnose(settings, clients, pings=5)
 

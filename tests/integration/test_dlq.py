@@ -16,7 +16,7 @@ from chalicelib import dlq
 from chalicelib.config import Settings
 from chalicelib.sessions import SessionService
 from chalicelib.validation import CreateRequest, UpdateRequest
-from tests.conftest import LOCALSTACK_URL, REDIS_TEST_URL
+from tests.conftest import LOCALSTACK_URL, REDIS_TEST_URL, TEST_CHANNEL
 from tests.ops_support import cli_env, run_cli
 from tests.pipeline_support import event_body, wait_until
 
@@ -48,14 +48,14 @@ def receive_all(sqs, url: str, expected: int) -> list[dict]:
         for m in reply.get("Messages", []):
             found[m["MessageId"]] = m
         return len(found) >= expected
-    wait_until(more, timeout=10, what=f"{expected} messages on {url}")
+    wait_until(more, timeout=30, what=f"{expected} messages on {url}")
     return list(found.values())
 
 
 @pytest.fixture
 def queue_settings(queue_pair, localstack_settings) -> Settings:
     return Settings(redis_url=REDIS_TEST_URL, queue_url=queue_pair.url, dlq_url=queue_pair.dlq_url,
-                    aws_endpoint_url=LOCALSTACK_URL, aws_region="us-east-1")
+                    aws_endpoint_url=LOCALSTACK_URL, aws_region="us-east-1", channel=TEST_CHANNEL)
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def mixed_dlq(sqs, queue_pair) -> dict[str, list[str]]:
     sid = f"ex-{uuid.uuid4().hex[:6]}"
     send(sqs, queue_pair.dlq_url, event_body(sid, 1), {"event_id": f"{sid}:1"})
     kinds["exhausted"].append(sid)
-    wait_until(lambda: depth(sqs, queue_pair.dlq_url)[0] == 6, timeout=5, what="6 DLQ messages")
+    wait_until(lambda: depth(sqs, queue_pair.dlq_url)[0] == 6, timeout=30, what="6 DLQ messages")
     return kinds
 
 
@@ -133,7 +133,7 @@ def test_dlq_redrive_without_a_filter_lets_sqs_move_everything(sqs, queue_pair, 
 
     assert result.returncode == 0, result.stderr
     assert "moved 6 message(s) to the main queue (SQS move task)" in result.stdout
-    wait_until(lambda: depth(sqs, queue_pair.url)[0] == 6, timeout=5, what="6 messages moved")
+    wait_until(lambda: depth(sqs, queue_pair.url)[0] == 6, timeout=30, what="6 messages moved")
     assert depth(sqs, queue_pair.dlq_url) == (0, 0)
 
 
@@ -183,7 +183,7 @@ def test_poison_messages_persist_after_the_cause_is_fixed_and_they_are_redriven(
     # the good sessions are in; each blocked change is in the DLQ with its reason
     assert pipeline.event_rows(good) == [(sid, v) for sid in sorted(good) for v in (1, 2)]
     assert pipeline.event_rows(blocked) == []
-    wait_until(lambda: depth(pipeline.sqs, pipeline.queues.dlq_url)[0] == 6, timeout=5,
+    wait_until(lambda: depth(pipeline.sqs, pipeline.queues.dlq_url)[0] == 6, timeout=30,
                what="six blocked changes in the DLQ")
     listed = json.loads(run_cli("dlq", "list", "--format", "json", env=cli_env(pipeline_settings)).stdout)
     assert [(g["error_class"], g["error_code"], g["constraint"], g["count"]) for g in listed["reasons"]] == [
@@ -215,7 +215,7 @@ def test_queue_metrics_shows_waiting_in_flight_and_delayed_for_the_queue_and_the
         doc = json.loads(result.stdout)
         return doc if doc["queue"] == {"waiting": 2, "in_flight": 1, "delayed": 1} else None
 
-    doc = wait_until(counted, timeout=10, what="the queue's counts")
+    doc = wait_until(counted, timeout=30, what="the queue's counts")
     assert doc["dlq"] == {"waiting": 1, "in_flight": 0, "delayed": 0}
     table = run_cli("queue-metrics", env=cli_env(queue_settings)).stdout.splitlines()
     assert table[0].split() == ["QUEUE", "WAITING", "IN_FLIGHT", "DELAYED"]

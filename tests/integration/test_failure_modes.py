@@ -23,10 +23,15 @@ from chalicelib.producer import SqsProducer
 from chalicelib.sessions import SessionService
 from chalicelib.store import BUCKETS, SessionStore, bucket_of
 from chalicelib.validation import UpdateRequest, create_request
-from tests.pipeline_support import event_body
+from tests.conftest import TEST_CHANNEL
+from tests.pipeline_support import event_body, outbox_entries_of
 from tests.servers import TcpProxy
 
 pytestmark = [pytest.mark.localstack]
+
+# A call that must not hang gets several times the one-second budget it is
+# built with (guarantee 5): a busy machine is slow, a hang never ends.
+HANG_BOUND_SECONDS = 5.0
 
 
 @pytest.fixture
@@ -45,7 +50,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def test_a_recovery_read_from_a_hung_postgresql_answers_503_within_a_second_and_a_half(
+def test_a_recovery_read_from_a_hung_postgresql_answers_503_at_its_deadline_instead_of_hanging(
         pipeline, proxy_factory, pg_test_dsn):
     proxy = proxy_factory(5432)
     dsn = pg_test_dsn.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
@@ -58,7 +63,9 @@ def test_a_recovery_read_from_a_hung_postgresql_answers_503_within_a_second_and_
         start = time.monotonic()
         with pytest.raises(ServiceUnavailable) as caught:
             service.get(new_id("gone"))  # not in Redis: recovery reads PostgreSQL
-        assert time.monotonic() - start < 1.5
+        # without the read deadline the frozen socket waits forever; the
+        # margin is for a busy machine, not for the code
+        assert time.monotonic() - start < HANG_BOUND_SECONDS
         assert caught.value.dependency == "postgresql"
         proxy.thaw()
         assert db.ping() > 0  # reconnects by itself
@@ -66,32 +73,39 @@ def test_a_recovery_read_from_a_hung_postgresql_answers_503_within_a_second_and_
         db.close()
 
 
-def test_writes_stay_fast_while_sqs_hangs_and_the_relay_delivers_them_later(
+def test_a_hung_sqs_costs_one_short_attempt_then_writes_leave_their_events_to_the_relay(
         pipeline, proxy_factory, localstack_settings):
     port = int(localstack_settings.aws_endpoint_url.rsplit(":", 1)[1])
     proxy = proxy_factory(port)
     hung = aws.client("sqs", localstack_settings.__class__(
         **{**localstack_settings.__dict__, "aws_endpoint_url": f"http://127.0.0.1:{proxy.port}"}),
         connect_timeout=0.5, read_timeout=0.5, attempts=1)
+    attempts = []
+    hung.meta.events.register("before-send.sqs.SendMessage", lambda **_: attempts.append(1))
     proxy.freeze()
-    service = SessionService(pipeline.store, publisher=SqsProducer(hung, pipeline.queues.url,
-                                                                    pipeline.store))
+    # a clock that stands still: the pause after the failure cannot run out
+    # between the writes, however slow the machine is
+    now = 1000.0
+    producer = SqsProducer(hung, pipeline.queues.url, pipeline.store, clock=lambda: now)
+    service = SessionService(pipeline.store, publisher=producer)
     sid = new_id("hung-sqs")
-    timings = []
-    for step in range(1, 4):
-        start = time.monotonic()
-        if step == 1:
-            service.create(create_request(json.dumps({"session_id": sid, "state": {"n": 1}}).encode(),
-                                          1024))
-        else:
-            service.update(UpdateRequest(sid, json.dumps({"n": step}), step - 1))
-        timings.append(time.monotonic() - start)
-    assert timings[0] < 1.5, timings  # one short attempt
-    assert max(timings[1:]) < 0.2, timings  # then paused: the relay's job
 
-    result = pipeline.relay.drain(budget_seconds=20)
-    pipeline.drain(timeout=20)
-    assert result.sent == 3
+    start = time.monotonic()
+    service.create(create_request(json.dumps({"session_id": sid, "state": {"n": 1}}).encode(), 1024))
+    first = time.monotonic() - start
+    for step in (2, 3):
+        service.update(UpdateRequest(sid, json.dumps({"n": step}), step - 1))
+
+    # one attempt with short timeouts (the SDK's default would wait a minute
+    # and retry), then inline sends are paused: the later writes never try
+    assert len(attempts) == 1, attempts
+    assert first < HANG_BOUND_SECONDS, f"the first write took {first:.2f}s"
+    assert producer._paused_until > now
+    assert outbox_entries_of(pipeline.store, [sid]) == [f"{sid}:{v}" for v in (1, 2, 3)]
+
+    pipeline.relay.drain(budget_seconds=60)
+    pipeline.drain(timeout=60)
+    assert outbox_entries_of(pipeline.store, [sid]) == []
     assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2), (sid, 3)]
 
 
@@ -102,7 +116,7 @@ def test_a_connection_cut_after_redis_ran_a_write_is_a_503_never_a_false_conflic
     from chalicelib.redis_client import connect_redis
     db = redis_single.connection_pool.connection_kwargs["db"]
     client = connect_redis(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/{db}"))
-    store = SessionStore(client)
+    store = SessionStore(client, channel=TEST_CHANNEL)
     store.create(session_id, '{"n":0}', 60)
 
     proxy.cut_after_request()  # the script runs; its reply never arrives
@@ -120,22 +134,22 @@ def test_a_queue_lookup_failing_after_the_commit_does_not_fail_the_write(redis_s
         def publish(self, result):
             raise ServiceUnavailable("SQS GetQueueUrl failed", dependency="sqs")
 
-    store = SessionStore(redis_single)
+    store = SessionStore(redis_single, channel=TEST_CHANNEL)
     service = SessionService(store, publisher=Unreachable())
     session = service.create(create_request(
         json.dumps({"session_id": session_id, "state": {}}).encode(), 1024))
     assert session.version == 1
-    assert f"{session_id}:1" in dict(store.outbox_pending(-60, 100_000))  # for the relay
+    assert outbox_entries_of(store, [session_id]) == [f"{session_id}:1"]  # for the relay
 
 
 def test_a_second_write_under_a_persisted_version_goes_to_the_dlq_as_a_version_conflict(pipeline):
     sid = new_id("reused")
     pipeline.send_bodies([event_body(sid, 1, {"owner": "alice"}, occurred_at="2026-11-28T10:00:00.000Z")])
-    pipeline.drain(timeout=20)
+    pipeline.drain(timeout=60)
     # the id is created again after Redis lost its marker: version 1 again
     pipeline.send_bodies([event_body(sid, 1, {"owner": "bob"}, occurred_at="2026-11-28T11:00:00.000Z"),
                           event_body(sid, 1, {"owner": "alice"}, occurred_at="2026-11-28T10:00:00.000Z")])
-    pipeline.drain(timeout=20)
+    pipeline.drain(timeout=60)
 
     assert pipeline.event_rows([sid]) == [(sid, 1)]
     letters = pipeline.dlq_messages(expected=1)
@@ -149,8 +163,8 @@ def test_a_state_with_unicode_noncharacters_reaches_postgresql(pipeline):
     state = {"a": "x\ufffe\uffff", "\uffff": 1}
     service = SessionService(pipeline.store, publisher=pipeline.producer)
     service.create(create_request(json.dumps({"session_id": sid, "state": state}).encode(), 4096))
-    assert pipeline.store.outbox_depth() == 0  # SQS took it
-    pipeline.drain(timeout=20)
+    assert outbox_entries_of(pipeline.store, [sid]) == []  # SQS took it
+    pipeline.drain(timeout=60)
     assert pipeline.session_rows([sid])[sid][1] == state
 
 
@@ -158,15 +172,17 @@ def test_poison_messages_too_big_to_dead_letter_in_one_batch_all_reach_the_dlq_w
     bodies = [("not json " + str(i)) * 20_000 for i in range(6)]  # ~200 KB each, ~1.2 MB in all
     for body in bodies:
         pipeline.sqs.send_message(QueueUrl=pipeline.queues.url, MessageBody=body)
-    pipeline.drain(timeout=30)
-    letters = pipeline.dlq_messages(expected=6, timeout=10)
+    pipeline.drain(timeout=60)
+    letters = pipeline.dlq_messages(expected=6)
     assert len(letters) == 6
     assert {m["error_class"] for m in letters} == {"MalformedMessage"}
     assert all(m["receive_count"] == "1" for m in letters)  # at once, not after five receives
 
 
-def test_entries_the_queue_keeps_refusing_do_not_starve_the_other_buckets(pipeline_redis):
-    store = SessionStore(redis.Redis.from_url(pipeline_redis.url))
+def test_entries_the_queue_keeps_refusing_do_not_starve_the_other_buckets(throwaway_redis):
+    # a Redis of the test's own: the relay pages through every entry it
+    # holds, and another test's leftovers would change what a page is
+    store = SessionStore(redis.Redis.from_url(throwaway_redis.url))
     refused = set()
     # a full page of entries in the first buckets, which the sender refuses
     while len(refused) < 20:

@@ -63,7 +63,7 @@ class LocalStack:
             with urllib.request.urlopen(f"{self.url}/_localstack/health", timeout=1) as reply:
                 return json.load(reply)["services"].get("cloudformation") in ("available", "running")
         try:
-            wait_for(ready, 60, f"LocalStack on {self.port}", interval=0.2)
+            wait_for(ready, 180, f"LocalStack on {self.port}", interval=0.2)  # a busy machine
         except TimeoutError:
             self.stop()
             tail = (self.workdir / "localstack.log").read_text(errors="replace")[-2000:]
@@ -90,7 +90,7 @@ def localstack_with_cloudformation(tmp_path_factory, aws_test_environment):
         server.stop()
 
 
-def wait_for_stack(cfn, name: str, timeout: float = 60) -> dict:
+def wait_for_stack(cfn, name: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
@@ -101,7 +101,7 @@ def wait_for_stack(cfn, name: str, timeout: float = 60) -> dict:
         time.sleep(0.2)
 
 
-def wait_for_deletion(cfn, name: str, timeout: float = 60) -> None:
+def wait_for_deletion(cfn, name: str, timeout: float = 120) -> None:
     from botocore.exceptions import ClientError
 
     def gone() -> bool:

@@ -169,7 +169,7 @@ def test_a_change_with_a_state_at_the_size_limit_fits_in_one_sqs_message_and_is_
     assert len(result.event_json.encode()) > 256 * 1024
 
     assert SqsProducer(pipeline.sqs, pipeline.queues.url, pipeline.store).publish(result) is True
-    pipeline.drain(timeout=20)
+    pipeline.drain(timeout=60)
 
     assert pipeline.session_rows([sid]) == {sid: (1, state, False)}
     assert pipeline.dlq_messages() == []

@@ -102,7 +102,9 @@ def test_a_statement_timeout_is_retryable_and_fails_the_whole_batch(pg_test_dsn)
         blocker.rollback()
         blocker.close()
 
-    assert elapsed < 1.5
+    # the 200 ms statement timeout, not the 2 s lock timeout (55P03), ended
+    # the wait: the SQLSTATE says which; the bound only rules out a hang
+    assert elapsed < 5, f"took {elapsed:.2f}s"
     assert sorted(result.failures) == [0, 1]
     assert {(type(e), e.sqlstate) for e in result.failures.values()} == {
         (RetryablePersistenceError, "57014")}
@@ -134,7 +136,7 @@ def test_an_unreachable_server_fails_fast_as_retryable_for_writes_and_503_for_re
     with pytest.raises(ServiceUnavailable) as caught:
         db.latest("anything")
 
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 5  # refused at once; the margin is for a busy machine
     assert isinstance(result.failures[0], RetryablePersistenceError)
     assert caught.value.dependency == "postgresql" and caught.value.status == 503
     with pytest.raises(ServiceUnavailable):

@@ -47,7 +47,7 @@ def test_a_session_whose_redis_key_is_gone_is_served_from_postgresql_and_written
     _create(client, sid, {"cart": [1]})
     _update(client, sid, {"cart": [1, 2]}, 1)
     _update(client, sid, {"cart": [1, 2, 3]}, 2)
-    pipeline.drain()
+    pipeline.deliver()
     pipeline.store.client.delete(session_keys(sid)[0])  # expired or evicted
 
     reply = _get(client, sid)
@@ -69,7 +69,7 @@ def test_a_deleted_session_is_not_resurrected_from_postgresql(client, pipeline):
     _create(client, sid, {"a": 1})
     _update(client, sid, {"a": 2}, 1)
     assert client.http.delete(f"/sessions/{sid}", headers=HEADERS).status_code == 204
-    pipeline.drain()
+    pipeline.deliver()
     assert pipeline.session_rows([sid]) == {sid: (3, None, True)}
     assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2), (sid, 3)]
 
@@ -87,7 +87,7 @@ def test_a_deleted_session_is_not_resurrected_from_postgresql(client, pipeline):
 def test_recovery_answers_503_while_postgresql_is_behind_the_last_acknowledged_version(client, pipeline):
     sid = f"behind-{uuid.uuid4().hex[:8]}"
     _create(client, sid, {"v": 1})
-    pipeline.drain()
+    pipeline.deliver()
     _update(client, sid, {"v": 2}, 1)  # acknowledged, still on the queue
     pipeline.store.client.delete(session_keys(sid)[0])
 
@@ -98,7 +98,7 @@ def test_recovery_answers_503_while_postgresql_is_behind_the_last_acknowledged_v
     assert error["code"] == "RecoveryPending"
     assert (error["details"]["acknowledged_version"], error["details"]["persisted_version"]) == (2, 1)
     assert reply.headers["Retry-After"] == "1"
-    pipeline.drain()  # the consumer catches up
+    pipeline.deliver()  # the consumer catches up
     reply = _get(client, sid)
     assert reply.status_code == 200
     assert (json.loads(reply.body)["version"], reply.headers["X-Session-Source"]) == (2, "postgresql")
@@ -110,7 +110,7 @@ def test_the_history_lists_persisted_events_newest_first_one_page_at_a_time(clie
     for version in range(1, 5):
         _update(client, sid, {"v": version + 1}, version)
     assert client.http.delete(f"/sessions/{sid}", headers=HEADERS).status_code == 204
-    pipeline.drain()
+    pipeline.deliver()
 
     pages, cursor = [], None
     for _ in range(5):  # bounded: 6 events, 2 per page

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -26,13 +27,43 @@ from tests.servers import RedisServer, free_port
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
-# REDIS_TIMEOUT is 1.0 s; the answer must come within it plus overhead.
-BUDGET_SECONDS = 1.5
+# REDIS_TIMEOUT is 1.0 s: the answer comes within it plus overhead.  The
+# bound is several times that, for a busy machine; it catches a hang, and
+# the waits counted below show how many timeouts a call sat through.
+BUDGET_SECONDS = 5 * Settings().redis_timeout
+
+
+@dataclass
+class Wire:
+    """What the store's connections did: commands sent, replies that timed out."""
+    sent: list[str] = field(default_factory=list)
+    waits: int = 0
+
+    def clear(self) -> None:
+        self.sent.clear()
+        self.waits = 0
 
 
 @pytest.fixture
-def outage_store(throwaway_redis) -> SessionStore:
-    client = connect_redis(Settings(redis_url=throwaway_redis.url))
+def wire() -> Wire:
+    return Wire()
+
+
+@pytest.fixture
+def outage_store(throwaway_redis, wire) -> SessionStore:
+    class Recording(redis.Connection):
+        def send_command(self, *args, **kwargs):
+            wire.sent.append(str(args[0]).upper())
+            return super().send_command(*args, **kwargs)
+
+        def read_response(self, *args, **kwargs):
+            try:
+                return super().read_response(*args, **kwargs)
+            except redis.TimeoutError:
+                wire.waits += 1
+                raise
+
+    client = connect_redis(Settings(redis_url=throwaway_redis.url), connection_class=Recording)
     yield SessionStore(client)
     client.close()
 
@@ -75,23 +106,29 @@ def create(api, session_id: str, state: dict):
 
 
 def test_a_stopped_redis_makes_the_store_raise_service_unavailable_at_once(
-        throwaway_redis, outage_store, session_id):
+        throwaway_redis, outage_store, session_id, wire):
     outage_store.create(session_id, '{"a":1}', 60)  # a pooled connection exists
     throwaway_redis.stop()
 
+    wire.clear()
     assert_unavailable_in_time(timed(lambda: outage_store.get(session_id)))
     assert_unavailable_in_time(timed(lambda: outage_store.update(session_id, '{"a":2}', 1)))
     assert_unavailable_in_time(timed(lambda: outage_store.create("other", "{}", 60)))
+    assert wire.waits == 0, wire  # refused: nothing waited for a timeout
 
 
-def test_a_hung_redis_makes_the_store_raise_service_unavailable_within_the_timeout(
-        throwaway_redis, outage_store, session_id):
+def test_a_hung_redis_makes_the_store_raise_service_unavailable_after_one_timeout(
+        throwaway_redis, outage_store, session_id, wire):
     outage_store.create(session_id, '{"a":1}', 60)
     throwaway_redis.pause()
 
-    assert_unavailable_in_time(timed(lambda: outage_store.get(session_id)))
-    # a write is not re-sent after a timeout: one wait, not two
+    wire.clear()
     assert_unavailable_in_time(timed(lambda: outage_store.update(session_id, '{"a":2}', 1)))
+    # a write is not re-sent after a timeout: one wait, not two
+    assert (wire.sent.count("EVALSHA"), wire.waits) == (1, 1), wire
+    wire.clear()
+    assert_unavailable_in_time(timed(lambda: outage_store.get(session_id)))
+    assert wire.waits == 1, wire
 
 
 def test_the_store_recovers_by_itself_when_a_stopped_redis_restarts(
@@ -122,7 +159,7 @@ def test_the_store_recovers_by_itself_when_a_hung_redis_resumes(
     assert (session.version, session.state) in [(1, {"a": 1}), (2, {"a": 2})]
 
 
-def test_the_api_answers_503_within_a_second_while_redis_is_stopped_and_recovers(
+def test_the_api_answers_503_while_redis_is_stopped_and_recovers_by_itself(
         throwaway_redis, outage_api, session_id):
     assert create(outage_api, session_id, {"a": 1}).status_code == 201
     throwaway_redis.stop()
@@ -142,7 +179,7 @@ def test_the_api_answers_503_within_a_second_while_redis_is_stopped_and_recovers
     assert outage_api.get("/health").status_code == 200
 
 
-def test_the_api_answers_503_within_a_second_while_redis_hangs_and_recovers(
+def test_the_api_answers_503_while_redis_hangs_and_recovers_by_itself(
         throwaway_redis, outage_api, session_id):
     assert create(outage_api, session_id, {"a": 1}).status_code == 201
     throwaway_redis.pause()
@@ -204,4 +241,4 @@ def test_an_unreachable_redis_cluster_is_a_503_on_health_and_on_every_route_not_
         reply = client.http.get("/sessions/anything", headers={"Authorization": f"Bearer {API_KEY}"})
         assert reply.status_code == 503
         assert json.loads(reply.body)["error"]["code"] == "ServiceUnavailable"
-        assert time.monotonic() - start < 3
+        assert time.monotonic() - start < 2 * BUDGET_SECONDS  # two requests, neither hangs

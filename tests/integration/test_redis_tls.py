@@ -107,9 +107,9 @@ def tls_redis(tmp_path_factory) -> TlsRedis:
             if proc.poll() is not None:
                 raise RuntimeError("exited")
             return redis.Redis(port=port, ssl=True, ssl_ca_certs=str(ca_file), username=USER,
-                               password=PASSWORD, socket_timeout=0.5).ping()
+                               password=PASSWORD, socket_timeout=2).ping()
         try:
-            wait_for(ready, 10, f"TLS redis-server on {port}")
+            wait_for(ready, 30, f"TLS redis-server on {port}")
         except TimeoutError:
             proc.kill()
             output = proc.communicate(timeout=5)[0].decode(errors="replace")

@@ -20,7 +20,7 @@ def increment(store, session_id: str) -> None:
 
 
 def test_concurrent_increments_through_retry_on_conflict_lose_no_update(store, session_id):
-    store.create(session_id, '{"n":0}', 60)
+    store.create(session_id, '{"n":0}', 600)
     writers, each = 8, 25
     errors: list[BaseException] = []
 

@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY, REDIS_TEST_URL
+from tests.conftest import API_KEY, REDIS_TEST_URL, TEST_CHANNEL
 from tests.servers import free_port, serve_process, stop_process, wait_for
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -53,7 +54,8 @@ def serve_environment() -> dict[str, str]:
     configured" to the settings, so the server needs only Redis.
     """
     env = dict(os.environ)
-    env.update({"REDIS_URL": REDIS_TEST_URL, "SESSIONSYNC_API_KEYS": API_KEY, "LOG_LEVEL": "WARNING",
+    env.update({"REDIS_URL": REDIS_TEST_URL, "SESSIONSYNC_CHANNEL": TEST_CHANNEL,
+                "SESSIONSYNC_API_KEYS": API_KEY, "LOG_LEVEL": "WARNING",
                 "PYTHONUNBUFFERED": "1"})
     for name in ("DATABASE_URL", "DB_SECRET_ARN", "SESSION_QUEUE_URL", "SESSION_QUEUE_NAME",
                  "SESSION_DLQ_URL", "SESSION_DLQ_NAME", "SESSIONSYNC_API_KEYS_SECRET_ARN",
@@ -89,39 +91,48 @@ def test_schemathesis_finds_no_server_error_and_no_deviation_from_the_spec(serve
     assert " passed" in output.split("SUMMARY")[-1], output[-3000:]  # it did run cases
 
 
-def test_64_concurrent_clients_are_all_served_without_a_reset(server):
+def syn_and_data_retransmissions(sock: socket.socket) -> int:
+    """tcpi_total_retrans of a connected socket (Linux struct tcp_info): the
+    segments, SYN included, that the kernel had to send again."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("I", info, 100)[0]
+
+
+def test_64_concurrent_clients_are_all_served_without_a_reset_or_a_dropped_syn(server):
     # chalice local listens with a backlog of 5: a burst like this one gets
-    # dropped SYNs (seconds of delay, timeouts) or connection resets
+    # dropped SYNs (retransmitted after a second, then two...) or resets
     clients = 64
     start = threading.Barrier(clients)
-    outcomes: list[tuple[str, float]] = []
+    outcomes: list[tuple[str, int]] = []
     lock = threading.Lock()
 
     def client() -> None:
-        start.wait(timeout=10)
-        began = time.monotonic()
+        start.wait(timeout=30)
+        retransmitted = -1
         try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
                 sock.sendall(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
                 reply = b""
                 while chunk := sock.recv(65536):
                     reply += chunk
+                retransmitted = syn_and_data_retransmissions(sock)
             outcome = reply.split(b"\r\n", 1)[0].decode()
         except OSError as exc:
             outcome = repr(exc)
         with lock:
-            outcomes.append((outcome, time.monotonic() - began))
+            outcomes.append((outcome, retransmitted))
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=30)
+        thread.join(timeout=60)
 
     statuses = [status for status, _ in outcomes]
     assert statuses == ["HTTP/1.1 200 OK"] * clients, sorted(set(statuses))
-    slowest = max(seconds for _, seconds in outcomes)
-    assert slowest < 3.0, f"slowest client took {slowest:.1f}s: a dropped SYN was retransmitted"
+    # what the kernel did, not how long a busy machine took: on loopback a
+    # segment is sent again only when the listener's queue dropped it
+    assert [n for _, n in outcomes] == [0] * clients, sorted(n for _, n in outcomes)
 
 
 def test_an_unknown_route_is_a_404_in_the_error_shape_that_does_not_echo_the_key(server):

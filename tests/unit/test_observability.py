@@ -24,7 +24,7 @@ from chalicelib.errors import ConcurrencyError
 from chalicelib.sessions import SessionService
 from chalicelib.store import SessionStore
 from chalicelib.validation import CreateRequest, UpdateRequest
-from tests.conftest import API_KEY, PG_TEST_ADMIN_URL, REDIS_TEST_URL
+from tests.conftest import API_KEY, PG_TEST_ADMIN_URL, REDIS_TEST_URL, TEST_CHANNEL
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
@@ -196,7 +196,7 @@ def test_a_metric_outside_the_catalogue_or_not_a_number_is_refused(emf_lines):
 
 
 def test_writes_conflicts_and_recovery_reads_emit_their_metrics(emf_lines, redis_single, session_id):
-    service = SessionService(SessionStore(redis_single))
+    service = SessionService(SessionStore(redis_single, channel=TEST_CHANNEL))
     service.create(CreateRequest(session_id, '{"n":0}', 60))
     service.update(UpdateRequest(session_id, '{"n":1}', 1))
     with pytest.raises(ConcurrencyError):
