@@ -276,12 +276,11 @@ def test_redis_restarted_without_persistence_while_sqs_is_down_loses_only_what_i
 
     # lost: not persisted as acknowledged (absent, or its version taken by a
     # write made after Redis forgot the session)
-    lost = {(op.session_id, op.version) for op in history.acknowledged_writes()
-            if check_acknowledged_persisted(History([op]), observed, set())}
-    unexplained = [key for key in lost
-                   if not any(op.end >= window["down"] and op.start <= window["restart"]
-                              for op in history.acknowledged_writes()
-                              if (op.session_id, op.version) == key)]
+    lost_ops = [op for op in history.acknowledged_writes()
+                if check_acknowledged_persisted(History([op]), observed, set())]
+    lost = {(op.session_id, op.version) for op in lost_ops}
+    unexplained = [op for op in lost_ops
+                   if not (op.end >= window["down"] and op.start <= window["restart"])]
     assert not unexplained, f"lost outside the outage window: {unexplained[:10]}"
     assert lost, "nothing was lost: the scenario did not make the loss it is about"
     assert any("went back in time" in r["message"] for r in observed.reported), observed.reported
