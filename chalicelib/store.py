@@ -238,11 +238,15 @@ return {'ok'}
 
 # KEYS[1] the bucket's epoch record "<epoch>|<ms when first seen>"
 # ARGV[1] settle time in ms
+# ARGV[2] '1': a missing record means a new deployment, already settled,
+#         unless the caller saw the node in another epoch (ARGV[3]) before
+# ARGV[3] the epoch the caller last saw this node in, or ''
 # returns {ms left to wait, 0 | 1 (the record was of another epoch) | 2 (no
 #          record: Redis lost it, or a new deployment), the node's epoch}
 # After Redis went back in time, a session it may hold stale waits until
 # the changes still in the queue had time to reach PostgreSQL.  The first
-# call in a new epoch starts the clock (Redis's own: one clock for all).
+# call in a new epoch starts the clock (Redis's own: one clock for all); a
+# record of a new deployment is written as settled long ago.
 SETTLE_SCRIPT = _LUA_PARSE + r"""
 local ep = epoch()
 local t = redis.call('TIME')
@@ -251,6 +255,10 @@ local rec = redis.call('GET', KEYS[1])
 if rec and string.sub(rec, 1, 8) == ep then
   local left = tonumber(ARGV[1]) - (now_ms - tonumber(string.sub(rec, 10)))
   return {math.max(0, left), 0, ep}
+end
+if not rec and ARGV[2] == '1' and (ARGV[3] == '' or ARGV[3] == ep) then
+  redis.call('SET', KEYS[1], ep .. '|0')
+  return {0, 2, ep}
 end
 redis.call('SET', KEYS[1], ep .. '|' .. now_ms)
 return {tonumber(ARGV[1]), rec and 1 or 2, ep}
@@ -454,21 +462,21 @@ class SessionStore:
         Raises ServiceUnavailable.
         """
         key = epoch_key(session_id)
+        node = self._node_name(key)
+        seen = self._epochs_seen.get(node, "")
         with _redis_errors():
-            left, status, epoch = self._run(self._settle, [key], [int(seconds * 1000)])
-        moved = self._note_epoch(key, epoch.decode())
-        left = int(left) / 1000
+            left, status, epoch = self._run(self._settle, [key], [
+                int(seconds * 1000), "1" if unrecorded_settled else "0", seen])
+        epoch = epoch.decode()
+        self._epochs_seen[node] = epoch
+        moved = bool(seen) and seen != epoch
         if status == 2 and unrecorded_settled and not moved:
             return 0.0, False
-        return left, bool(status) or moved
+        return int(left) / 1000, bool(status) or moved
 
-    def _note_epoch(self, key: str, epoch: str) -> bool:
-        """Remember the epoch of ``key``'s node; True if it was another one."""
+    def _node_name(self, key: str) -> str:
         get_node = getattr(self.client, "get_node_from_key", None)
-        node = get_node(key).name if get_node is not None else ""
-        before = self._epochs_seen.get(node)
-        self._epochs_seen[node] = epoch
-        return before is not None and before != epoch
+        return get_node(key).name if get_node is not None else ""
 
     def vouch(self, session: Session, floor: int) -> bool:
         """Mark ``session`` (read from Redis) as confirmed by PostgreSQL,

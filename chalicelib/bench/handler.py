@@ -16,7 +16,13 @@ from typing import Any
 
 from chalicelib import runtime
 from chalicelib.bench.aws_local import localstack_sqs_unavailable, sqs_client, temporary_queue
-from chalicelib.bench.context import STATE_BYTES, BenchContext, delete_session_keys, state_json
+from chalicelib.bench.context import (
+    DEFAULT_DATABASE_URL,
+    STATE_BYTES,
+    BenchContext,
+    delete_session_keys,
+    state_json,
+)
 from chalicelib.bench.events import LambdaContext, session_get_event, session_put_event
 from chalicelib.bench.stats import interleaved, ratio, summarize_ns, time_calls
 from chalicelib.config import Settings
@@ -58,7 +64,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     # With a database configured, as deployed: reads check the epoch
     # (docs/guarantees.md); PostgreSQL itself is only touched on a miss.
     runtime.install(settings=Settings(redis_url=ctx.redis_url, api_keys=(API_KEY,), channel=channel,
-                                      database_url=ctx.database_url))
+                                      database_url=ctx.database_url or DEFAULT_DATABASE_URL))
     store = runtime.store()
     try:
         store.create(read_id, state, 3600)
@@ -76,7 +82,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
         n, warmup = profile.handler_iterations, max(10, profile.handler_iterations // 10)
         ops = {
-            "store_get": lambda: store.get(read_id, verify=ctx.database_url is not None),
+            "store_get": lambda: store.get(read_id, verify=True),
             "handler_get": handler_get,
             "handler_put": _put_sequence(app, context, write_id, state, 1, n + warmup),
         }

@@ -19,7 +19,9 @@ from chalicelib.bench.context import STATE_BYTES, BenchContext, delete_session_k
 from chalicelib.bench.stats import interleaved, ratio, summarize_ns
 from chalicelib.config import Settings
 from chalicelib.redis_client import connect_redis
+from chalicelib.sessions import SessionService
 from chalicelib.store import EPOCH_SCRIPT, SessionStore, decode_session, session_keys
+from chalicelib.validation import CreateRequest
 
 TRIVIAL_SCRIPT = "return 1"
 
@@ -121,6 +123,19 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     def delete() -> Any:
         return store.delete(to_delete.pop(), 1)
 
+    # What the API's create of a new id costs with PostgreSQL behind it: the
+    # script finds no trace of the id, PostgreSQL is asked (ids are never
+    # reused), then the create (docs/guarantees.md).
+    checked = _checked_service(ctx, store)
+
+    def create_checked() -> Any:
+        nonlocal counter
+        counter += 1
+        sid = f"{prefix}-k{counter}"
+        session = checked.create(CreateRequest(sid, state, 3600))
+        created.append(sid)
+        return session
+
     def housekeeping() -> None:
         # Keep the outbox at its steady-state size (the producer acks every
         # event it sends): drain what create/delete left, untimed.
@@ -143,6 +158,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "outbox_ack": outbox_ack,
         "delete": delete,
     }
+    if checked is not None:
+        ops["create_checked"] = create_checked
     try:
         samples = interleaved(ops, profile.store_iterations, warmup=profile.store_warmup,
                               between_rounds=housekeeping)
@@ -165,13 +182,16 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             raw_client.unlink(hash_key)
         raw_client.close()
         app_client.close()
+        if checked is not None:
+            checked.durable.close()
 
     latency = {name: summarize_ns(values) for name, values in samples.items()}
     ratios = {}
     for op, floor in (("get", "floor_get"), ("get_verified", "floor_get"),
                       ("get_verified", "get"), ("update", "floor_evalsha"),
                       ("create", "floor_evalsha"), ("delete", "floor_evalsha"),
-                      ("floor_hgetall", "floor_get"), ("epoch_only", "floor_evalsha")):
+                      ("floor_hgetall", "floor_get"), ("epoch_only", "floor_evalsha"),
+                      *((("create_checked", "create"),) if checked is not None else ())):
         ratios[f"{op}/{floor}"] = {q: ratio(latency[op][f"{q}_us"], latency[floor][f"{q}_us"])
                                    for q in ("p50", "p95", "p99")}
     # What the round trip adds to the server's own time: network, kernel,
@@ -188,6 +208,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "notes": "floor_* = raw redis-py (default options) on the same server and payload; "
                  "get/create/update/delete = SessionStore on connect_redis(); get_verified = the "
                  "API's read with PostgreSQL configured (GET + epoch check in one script); "
+                 "create_checked = the API's create of a new id with PostgreSQL behind it (the "
+                 "script finds no trace, PostgreSQL is asked, then the create); "
                  "epoch_only = a script doing only that check (INFO replication), the step "
                  "every write script carries: its cost on top of floor_evalsha; "
                  "outbox_ack = the "
@@ -195,3 +217,21 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                  "server_usec_per_call = Redis's own execution time (INFO commandstats), so "
                  "p50 minus it is network + client.",
     }
+
+
+def _checked_service(ctx: BenchContext, store: SessionStore) -> SessionService | None:
+    """A service with the bench's database behind it, or None when PostgreSQL
+    cannot be reached (the create_checked row is then left out)."""
+    import psycopg
+
+    from chalicelib import provisioning
+    from chalicelib.bench.context import DEFAULT_DATABASE_URL
+    from chalicelib.persistence import Database
+    dsn = ctx.database_url or DEFAULT_DATABASE_URL
+    try:
+        provisioning.ensure_database(dsn)
+        provisioning.migrate(dsn)
+    except psycopg.Error as exc:
+        ctx.log(f"store: no create_checked row (PostgreSQL: {type(exc).__name__})")
+        return None
+    return SessionService(store, durable=Database.from_dsn(dsn))

@@ -231,3 +231,52 @@ def test_a_session_redis_lost_entirely_is_recovered_after_the_settle_time(pipeli
 
     assert refusals >= 1
     assert read.session.version == 2
+
+
+def test_on_a_new_deployment_creates_never_wait_for_a_settle_time(throwaway_redis, database):
+    """A bucket with no epoch record is a new deployment (or a Redis that lost
+    everything, which a process that saw it before can tell): creates of new
+    ids, however many in one bucket, go straight through."""
+    import redis as redis_py
+
+    from chalicelib.store import SessionStore, bucket_of
+    store = SessionStore(redis_py.Redis.from_url(throwaway_redis.url, socket_timeout=5))
+    service = SessionService(store, durable=database, settle_seconds=30)
+    first = _sid()
+    same_bucket = [s for s in (f"{first}-{i}" for i in range(5000))
+                   if bucket_of(s) == bucket_of(first)][:3]
+
+    for sid in [first, *same_bucket]:
+        assert service.create(CreateRequest(sid, "{}", None)).version == 1
+    store.client.close()
+
+
+def test_a_process_that_saw_redis_before_it_lost_everything_waits_before_creating(
+        throwaway_redis, database):
+    """The epoch records went with the data; the process's memory of the
+    node's epoch tells a restart from a new deployment."""
+    import redis as redis_py
+
+    from chalicelib.store import SessionStore
+    store = SessionStore(redis_py.Redis.from_url(throwaway_redis.url, socket_timeout=5))
+    service = SessionService(store, durable=database, settle_seconds=30)
+    service.create(CreateRequest(_sid(), "{}", None))
+    throwaway_redis.stop()
+    throwaway_redis.start()  # no persistence: a new epoch, no records
+
+    with pytest.raises(ServiceUnavailable) as settling:
+        _until_reachable(lambda: service.create(CreateRequest(_sid(), "{}", None)))
+    assert settling.value.details["retry_after_seconds"] > 20
+    store.client.close()
+
+
+def _until_reachable(call, timeout: float = 10.0):
+    """Call until Redis answers again after a restart (connection errors)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except ServiceUnavailable as exc:
+            if "retry_after_seconds" in exc.details or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
