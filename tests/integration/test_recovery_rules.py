@@ -94,7 +94,7 @@ def test_a_create_of_an_id_only_postgresql_remembers_is_refused(store, database,
 
 
 def test_a_session_redis_may_hold_stale_waits_for_the_settle_time_before_postgresql_judges(
-        store, database, session_id):
+        store, database, session_id, caplog):
     """Redis went back to v2 (a failover) while PostgreSQL has v3: judged at
     once, fine here; but v3 could as well still be in the queue, so the
     service waits out the settle time first, then serves v3 and repairs."""
@@ -124,3 +124,6 @@ def test_a_session_redis_may_hold_stale_waits_for_the_settle_time_before_postgre
 
     assert (read.session.version, read.session.state) == (3, {"n": 3})
     assert store.get(session_id, verify=True).version == 3  # repaired in the current epoch
+    # what may have lost acknowledged changes is reported, once
+    reports = [r for r in caplog.records if r.name == "sessionsync.sessions" and r.levelname == "ERROR"]
+    assert len(reports) == 1 and "went back in time" in reports[0].getMessage()

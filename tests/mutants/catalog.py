@@ -49,6 +49,7 @@ SESSIONS = "chalicelib/sessions.py"
 PERSISTENCE = "chalicelib/persistence.py"
 CONSUMER = "chalicelib/consumer.py"
 PRODUCER = "chalicelib/producer.py"
+REDIS_CLIENT = "chalicelib/redis_client.py"
 
 T_STORE = "tests/integration/test_store.py"
 T_EPOCHS = "tests/integration/test_store_epochs.py"
@@ -59,6 +60,8 @@ T_PERSISTENCE = "tests/integration/test_persistence.py"
 T_UNITS = "tests/unit/test_pipeline_units.py"
 T_SHIP = "tests/integration/test_producer_acks.py"
 T_AFTER = "tests/integration/test_after_commit.py"
+T_OUTAGE = "tests/integration/test_redis_outage.py"
+T_FAILOVER = "tests/integration/test_redis_failover.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
@@ -83,7 +86,10 @@ MUTANTS: tuple[Mutant, ...] = (
           "                                   actual_version=current.version)\n"
           "        now = self.clock()\n        now_iso = iso_utc(now)\n        with _redis_errors():\n"
           "            reply = self._run(self._update,")),
-        (f"{T_STORE}::test_of_32_threads_updating_the_same_version_exactly_one_wins[single]",),
+        # a race: three chances to lose it
+        (f"{T_STORE}::test_of_32_threads_updating_the_same_version_exactly_one_wins[single]",
+         f"{T_STORE}::test_16_workers_doing_200_read_modify_write_increments_lose_no_update[single]",
+         f"{T_STORE}::test_of_8_processes_updating_the_same_version_exactly_one_wins[single]"),
         "the version is checked by a GET before the script writes: racing writers both win"),
     # -- 8: Redis forgetting never forks a session --------------------------------
     mutant(
@@ -178,6 +184,37 @@ MUTANTS: tuple[Mutant, ...] = (
         (("known_absent=self.durable is None)", "known_absent=True)"),),
         (f"{T_RULES}::test_a_create_of_an_id_only_postgresql_remembers_is_refused",),
         "a create of an id Redis forgot is accepted without asking PostgreSQL: the id is reused"),
+    mutant(
+        "epoch-change-not-reported", 11, SESSIONS,
+        (("        if went_back and not self._reported_at + REPORT_INTERVAL_SECONDS > time.monotonic():\n",
+          "        if False:\n"),),
+        (f"{T_RULES}::test_a_session_redis_may_hold_stale_waits_for_the_settle_time_before_postgresql_judges",),
+        "Redis going back in time (what may have lost acknowledged changes) is not logged"),
+    # -- 5: a dependency outage is a fast 503 ------------------------------------
+    mutant(
+        "redis-connection-errors-not-503", 5, STORE,
+        (("        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError,\n",
+          "        if isinstance(exc, (redis.TimeoutError,\n"),),
+        (f"{T_OUTAGE}::test_a_stopped_redis_makes_the_store_raise_service_unavailable_at_once",),
+        "a refused Redis connection escapes as a 500"),
+    mutant(
+        "write-resent-after-a-connection-error", 5, REDIS_CLIENT,
+        (("supported_errors=NOT_RUN_ERRORS))",
+          "supported_errors=(*NOT_RUN_ERRORS, redis.ConnectionError, redis.TimeoutError)))"),),
+        (f"{T_OUTAGE}::test_a_hung_redis_makes_the_store_raise_service_unavailable_after_one_timeout",),
+        "a script that timed out is sent again: a write may apply twice, and the 503 waits twice"),
+    # -- 6: one hash slot per script -------------------------------------------------
+    mutant(
+        "hash-tag-dropped", 6, STORE,
+        (("return \"ss:{%04d}\" % bucket", "return \"ss:%04d\" % bucket"),),
+        (f"{T_STORE}::test_every_key_of_a_script_is_in_one_hash_slot",),
+        "a session's keys spread over hash slots: its scripts fail on a cluster (CROSSSLOT)"),
+    # -- 9: a failover heals by itself ------------------------------------------------
+    mutant(
+        "not-run-replies-not-retried", 9, REDIS_CLIENT,
+        (("supported_errors=NOT_RUN_ERRORS))", "supported_errors=()))"),),
+        (f"{T_FAILOVER}::test_a_warm_store_writes_at_once_on_the_new_primary_after_a_failover",),
+        "a pooled connection stuck on the demoted node answers READONLY until it is dropped"),
     # -- 3: sync_sessions holds the highest version ------------------------------
     mutant(
         "upsert-version-guard-removed", 3, PERSISTENCE,
