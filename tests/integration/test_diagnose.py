@@ -215,3 +215,17 @@ def test_diagnose_checks_every_cluster_node_and_catches_a_cluster_setting_left_o
     with_setting = operations.check_redis(redis_cluster, dataclasses.replace(Settings(), redis_cluster=True),
                                           pings=5)
     assert not [f for f in with_setting if "REDIS_CLUSTER" in (f.fix or "")]
+
+
+def test_the_session_sample_tells_tombstones_from_live_sessions(own_redis):
+    store = SessionStore(own_redis)
+    store.create("diag-live", "{}", 600)
+    store.create("diag-gone", "{}", 600)
+    store.delete("diag-gone")
+
+    samples = {s.session_id: s for s in operations.sample_sessions(own_redis)}
+
+    assert {sid: (s.version, s.deleted) for sid, s in samples.items()} == {
+        "diag-live": (1, False), "diag-gone": (2, True)}
+    details = operations.check_ttls(list(samples.values()), Settings())[0].details
+    assert (details["sampled"], details["tombstones"]) == (2, 1)
