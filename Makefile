@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test chaos venv services localstack bootstrap lint bench clean stop
+.PHONY: run test chaos mutants perfdoc-check venv services localstack bootstrap lint bench clean stop
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ test: venv services localstack
 # The fault-injection suite alone (also part of `make test`): docs/guarantees.md.
 chaos: venv services localstack
 	$(BIN)/python -m pytest -m chaos $(PYTEST_ARGS)
+
+# Named mutants: each breaks one guarantee on purpose in a scratch copy of the
+# tree, and its tests must catch it (docs/guarantees.md, "Mutants").
+# MUTANTS_ARGS="--only NAME" runs one; "--list" lists them.
+mutants: venv services
+	$(BIN)/python -m tests.mutants $(MUTANTS_ARGS)
+
+# Whether docs/performance.* were measured at the code they describe.  Not in
+# `make test`: the figures are regenerated once the code has landed.
+perfdoc-check:
+	python3 scripts/perfdoc_check.py
 
 lint: venv
 	$(BIN)/ruff check app.py chalicelib tests

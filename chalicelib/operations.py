@@ -330,7 +330,8 @@ def sample_sessions(client: Any, *, limit: int = 200, max_scan_calls: int = 50) 
             if len(parts) < 5:
                 continue  # vanished between SCAN and the read, or not a session value
             session_id = key.decode().split(":s:", 1)[1]
-            samples.append(SessionSample(session_id, int(parts[0]), parts[4] == b"D",
+            # the flag is followed by the epoch ("D1a2b3c4d"; bare in older values)
+            samples.append(SessionSample(session_id, int(parts[0]), parts[4][:1] == b"D",
                                          int(parts[3]), int(ttl_left)))
     return samples
 

@@ -248,7 +248,8 @@ class TcpProxy:
     request through and then resets the client's connection before the reply
     reaches it (the command ran; the caller cannot know), ``retarget(port)``
     sends new connections to another server while the open ones stay where
-    they are (a DNS name that moved)."""
+    they are (a DNS name that moved), ``reply_delay`` holds every reply back
+    that many seconds (a slow network: each round trip takes at least that)."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
@@ -261,6 +262,7 @@ class TcpProxy:
         self._cut = threading.Event()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
+        self.reply_delay = 0.0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def freeze(self) -> None:
@@ -315,6 +317,8 @@ class TcpProxy:
                     break
                 while self._frozen.is_set() and not self._closed.is_set():
                     time.sleep(0.02)
+                if is_reply and self.reply_delay:
+                    time.sleep(self.reply_delay)
                 if is_reply and self._cut.is_set():
                     self._cut.clear()
                     # RST, not FIN: the client sees its connection reset

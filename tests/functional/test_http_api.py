@@ -121,11 +121,23 @@ def test_get_of_an_unknown_session_is_404(api, redis_view, session_id):
     redis_view.assert_untouched(session_id)
 
 
-def test_a_percent_encoded_path_id_addresses_the_decoded_session(api, session_id):
+def test_a_percent_encoded_path_id_addresses_the_decoded_session(api, redis_view, session_id):
     sid = f"{session_id}:enc"
-    assert api.post("/sessions", headers=AUTH, body=body({"session_id": sid, "state": {}})).status_code == 201
-    response = api.get(f"/sessions/{sid.replace(':', '%3A')}", headers=AUTH)
-    assert response.status_code == 200 and response.json_body["session_id"] == sid
+    encoded = sid.replace(":", "%3A")
+    created = api.post("/sessions", headers=AUTH, body=body({"session_id": sid, "state": {"n": 1}}))
+    assert created.status_code == 201 and created.json_body["session_id"] == sid
+
+    read = api.get(f"/sessions/{encoded}", headers=AUTH)
+    updated = api.put(f"/sessions/{encoded}", headers=AUTH,
+                      body=body({"state": {"n": 2}, "expected_version": 1}))
+    deleted = api.delete(f"/sessions/{encoded}", headers={**AUTH, "If-Match": '"2"'})
+
+    assert read.status_code == 200 and read.json_body["session_id"] == sid
+    assert updated.status_code == 200 and (updated.json_body["session_id"], updated.json_body["version"]) == (
+        sid, 2)
+    assert deleted.status_code == 204
+    assert redis_view.marker(sid) == b"3|D"  # all three addressed the decoded id
+    redis_view.assert_untouched(encoded)
 
 
 def test_put_with_expected_version_in_the_body_returns_the_new_version(api, existing):

@@ -58,7 +58,16 @@ def test_diagnose_on_a_healthy_stack_reports_every_section_and_exits_0(
     report = json.loads(result.stdout)
     assert {f["section"] for f in report["findings"]} == {
         "configuration", "redis", "sessions", "outbox", "queue", "postgresql", "lag"}
-    assert not [f for f in report["findings"] if f["level"] == "fail"]
+    # every verdict of a healthy stack, but one: a PING p99 above 5 ms is a
+    # warning on a loaded machine (what the noisy neighbour costs, not a fault)
+    ping = [f for f in findings(report, "redis") if "PING" in f["summary"]]
+    assert len(ping) == 1 and ping[0]["level"] in ("ok", "warn")
+    assert [(f["section"], f["level"]) for f in report["findings"] if f not in ping] == [
+        ("configuration", "ok"), ("redis", "info"), ("redis", "ok"), ("sessions", "ok"),
+        ("outbox", "ok"), ("queue", "ok"), ("queue", "ok"), ("postgresql", "ok"),
+        ("postgresql", "ok"), ("lag", "ok")]
+    assert "no maxmemory limit" in findings(report, "redis")[1]["summary"]  # the throwaway server's
+    assert report["level"] == ("warn" if ping[0]["level"] == "warn" else "info")
     latency = findings(report, "redis")[0]["details"]["latency_ms"]
     assert set(latency) == {"p50", "p95", "p99", "max"} and latency["p50"] <= latency["p99"]
     assert findings(report, "redis")[0]["details"]["keys"] >= 6  # 3 sessions + markers
@@ -77,7 +86,12 @@ def test_diagnose_on_a_healthy_stack_reports_every_section_and_exits_0(
     text = run_cli("diagnose", "--pings", "5", env=cli_env(settings))
     assert text.returncode == 0
     assert "[ok]   reachable, SELECT 1 in" in text.stdout
-    assert text.stdout.rstrip().splitlines()[-1] in ("overall: ok", "overall: info", "overall: warn")
+    lines = text.stdout.rstrip().splitlines()
+    verdicts = [line.split()[0] for line in lines if line.startswith("  [") and "PING" not in line]
+    assert sorted(verdicts) == ["[info]"] + ["[ok]"] * 9
+    ping_mark = next(line for line in lines if "PING" in line).split()[0]
+    assert ping_mark in ("[ok]", "[warn]")
+    assert lines[-1] == "overall: " + ("warn" if ping_mark == "[warn]" else "info")
 
 
 @pytest.mark.parametrize("password, escaped", [("p@ssw0rd", "*%40******"), ("pa/ss@1", "**%2F**%40*")])
@@ -201,3 +215,17 @@ def test_diagnose_checks_every_cluster_node_and_catches_a_cluster_setting_left_o
     with_setting = operations.check_redis(redis_cluster, dataclasses.replace(Settings(), redis_cluster=True),
                                           pings=5)
     assert not [f for f in with_setting if "REDIS_CLUSTER" in (f.fix or "")]
+
+
+def test_the_session_sample_tells_tombstones_from_live_sessions(own_redis):
+    store = SessionStore(own_redis)
+    store.create("diag-live", "{}", 600)
+    store.create("diag-gone", "{}", 600)
+    store.delete("diag-gone")
+
+    samples = {s.session_id: s for s in operations.sample_sessions(own_redis)}
+
+    assert {sid: (s.version, s.deleted) for sid, s in samples.items()} == {
+        "diag-live": (1, False), "diag-gone": (2, True)}
+    details = operations.check_ttls(list(samples.values()), Settings())[0].details
+    assert (details["sampled"], details["tombstones"]) == (2, 1)

@@ -21,8 +21,9 @@ from chalice.test import Client
 from app import app, persist_changes
 from chalicelib import logs, metrics
 from chalicelib.errors import ConcurrencyError
+from chalicelib.events import parse_event
 from chalicelib.sessions import SessionService
-from chalicelib.store import SessionStore
+from chalicelib.store import SessionStore, bucket_of, outbox_keys, session_keys
 from chalicelib.validation import CreateRequest, UpdateRequest
 from tests.conftest import API_KEY, PG_TEST_ADMIN_URL, REDIS_TEST_URL, TEST_CHANNEL
 
@@ -195,12 +196,19 @@ def test_a_metric_outside_the_catalogue_or_not_a_number_is_refused(emf_lines):
     assert emf_lines() == []
 
 
-def test_writes_conflicts_and_recovery_reads_emit_their_metrics(emf_lines, redis_single, session_id):
-    service = SessionService(SessionStore(redis_single, channel=TEST_CHANNEL))
+def test_writes_conflicts_and_recovery_reads_emit_their_metrics(emf_lines, redis_single, database,
+                                                                 session_id):
+    store = SessionStore(redis_single, channel=TEST_CHANNEL)
+    service = SessionService(store, durable=database, settle_seconds=0)
     service.create(CreateRequest(session_id, '{"n":0}', 60))
     service.update(UpdateRequest(session_id, '{"n":1}', 1))
     with pytest.raises(ConcurrencyError):
         service.update(UpdateRequest(session_id, '{"n":2}', 1))
+    # the consumer persisted version 2 (its event, from the outbox), then Redis lost the key
+    event = store.client.hget(outbox_keys(bucket_of(session_id))[1], f"{session_id}:2")
+    assert database.apply_events([parse_event(event)]).inserted == 1
+    store.client.delete(session_keys(session_id)[0])
+    assert service.get(session_id).recovered
 
     lines = emf_lines()
     latencies = [line for line in lines if "WriteLatency" in line]
@@ -210,6 +218,7 @@ def test_writes_conflicts_and_recovery_reads_emit_their_metrics(emf_lines, redis
     assert all(line["WriteLatency"] >= 0 for line in latencies)
     conflicts = [line for line in lines if "Conflicts" in line]
     assert len(conflicts) == 1 and conflicts[0]["operation"] == "update"
+    assert [line["RecoveryReads"] for line in lines if "RecoveryReads" in line] == [1]
 
 
 

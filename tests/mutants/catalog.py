@@ -1,0 +1,298 @@
+"""The named mutants.
+
+Each breaks one guarantee (its number in docs/guarantees.md) with exact text
+replacements in one file, and names the tests that must fail on it: pytest
+node ids, kept few so that a mutant costs seconds.  A replacement whose
+``old`` text is not in the file exactly once is an error, never a skip: a
+refactor cannot silently disarm a mutant (tests/unit/test_mutant_catalog.py
+checks this in every ``make test``).
+
+Add one with every new guarantee.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace ``old`` (which must occur exactly once) with ``new`` in ``file``."""
+
+    file: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    guarantee: int
+    #: applied in order, each to the file as the previous edits left it
+    edits: tuple[Edit, ...]
+    #: pytest node ids that must catch it (at least one must fail)
+    tests: tuple[str, ...]
+    what: str
+
+    @property
+    def files(self) -> list[str]:
+        return sorted({edit.file for edit in self.edits})
+
+
+def mutant(name: str, guarantee: int, file: str, replacements: tuple[tuple[str, str], ...],
+           tests: tuple[str, ...], what: str) -> Mutant:
+    """A mutant of one file: (old, new) pairs."""
+    return Mutant(name, guarantee, tuple(Edit(file, old, new) for old, new in replacements), tests, what)
+
+
+STORE = "chalicelib/store.py"
+SESSIONS = "chalicelib/sessions.py"
+PERSISTENCE = "chalicelib/persistence.py"
+CONSUMER = "chalicelib/consumer.py"
+PRODUCER = "chalicelib/producer.py"
+REDIS_CLIENT = "chalicelib/redis_client.py"
+
+T_STORE = "tests/integration/test_store.py"
+T_CAS_LATENCY = "tests/integration/test_cas_latency.py"
+T_EPOCHS = "tests/integration/test_store_epochs.py"
+T_MARKERS = "tests/integration/test_markers.py"
+T_RULES = "tests/integration/test_recovery_rules.py"
+T_CONFLICTS = "tests/integration/test_version_conflicts.py"
+T_PERSISTENCE = "tests/integration/test_persistence.py"
+T_UNITS = "tests/unit/test_pipeline_units.py"
+T_SHIP = "tests/integration/test_producer_acks.py"
+T_AFTER = "tests/integration/test_after_commit.py"
+T_OUTAGE = "tests/integration/test_redis_outage.py"
+T_FAILOVER = "tests/integration/test_redis_failover.py"
+
+MUTANTS: tuple[Mutant, ...] = (
+    # -- 1: compare-and-set -----------------------------------------------------
+    mutant(
+        "cas-version-check-removed", 1, STORE,
+        (("if v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),),
+        (f"{T_STORE}::test_an_update_with_a_stale_version_changes_nothing[single]",),
+        "the update script writes whatever version the caller expected"),
+    mutant(
+        "delete-version-check-removed", 1, STORE,
+        (("if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end\n", ""),),
+        (f"{T_STORE}::test_a_delete_with_a_stale_version_is_refused[single]",),
+        "a conditional delete ignores its expected version"),
+    mutant(
+        "cas-check-then-write-in-python", 1, STORE,
+        (("if v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),
+         ("        now = self.clock()\n        now_iso = iso_utc(now)\n        with _redis_errors():\n"
+          "            reply = self._run(self._update,",
+          "        current = self.get(session_id)\n"
+          "        if current is not None and current.version != expected_version:\n"
+          "            raise ConcurrencyError(session_id, expected_version=expected_version,\n"
+          "                                   actual_version=current.version)\n"
+          "        now = self.clock()\n        now_iso = iso_utc(now)\n        with _redis_errors():\n"
+          "            reply = self._run(self._update,")),
+        # on a fast loopback a busy machine may run the racers one after
+        # another; the slow network makes the window wide on purpose
+        (f"{T_CAS_LATENCY}::test_of_8_writers_on_a_slow_network_updating_the_same_version_exactly_one_wins",
+         f"{T_STORE}::test_of_32_threads_updating_the_same_version_exactly_one_wins[single]"),
+        "the version is checked by a GET before the script writes: racing writers both win"),
+    # -- 8: Redis forgetting never forks a session --------------------------------
+    mutant(
+        "marker-not-written-on-create", 8, STORE,
+        (("set_marker('1|L', tonumber(ARGV[6]), ttl)\n", ""),),
+        (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
+        "a create leaves no version marker"),
+    mutant(
+        "marker-not-written-on-update", 8, STORE,
+        (("set_marker(v .. '|L', tonumber(ARGV[6]), ttl)\n", ""),),
+        (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
+        "an update leaves the marker at the previous version"),
+    mutant(
+        "marker-not-written-on-delete", 8, STORE,
+        (("set_marker(v .. '|D', tonumber(ARGV[5]), ttl)\n", ""),),
+        (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
+        "a delete leaves the marker live: the id could come back"),
+    mutant(
+        "marker-ttl-shorter-than-the-session", 8, STORE,
+        (("redis.call('SET', KEYS[2], value, 'EX', math.max(marker_ttl, ttl))",
+          "redis.call('SET', KEYS[2], value, 'EX', marker_ttl)"),),
+        (f"{T_STORE}::test_the_version_marker_outlives_its_session_even_when_configured_shorter[single]",),
+        "a configured marker TTL shorter than the session's is used as is"),
+    mutant(
+        "marker-ttl-set-by-default", 8, STORE,
+        (("if marker_ttl > 0 then", "if true then"),),
+        (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
+        "markers get a TTL even with SESSION_MARKER_TTL=0: volatile-* eviction may take them"),
+    mutant(
+        "create-ignores-the-marker", 8, STORE,
+        (("local m = redis.call('GET', KEYS[2])\nif m then\n  local mv, deleted = marker_of(m)\n"
+          "  return {'exists', mv, deleted and 1 or 0}\nend\n", ""),),
+        (f"{T_STORE}::test_a_deleted_id_stays_unusable_after_its_tombstone_expired[single]",),
+        "a create of an id whose key is gone but whose marker remains succeeds: the id is reused"),
+    mutant(
+        "restore-behind-check-removed", 8, STORE,
+        (("  if mv > version then return {'behind', mv} end\n", ""),),
+        (f"{T_MARKERS}::test_a_restore_behind_the_marker_is_refused_and_writes_nothing[single]",),
+        "the restore script writes back a version older than the marker"),
+    mutant(
+        "recovery-python-check-removed", 8, SESSIONS,
+        (("        if acknowledged > persisted_version:\n"
+          "            raise RecoveryPending(session_id, acknowledged_version=acknowledged,\n"
+          "                                  persisted_version=persisted_version)\n", ""),),
+        (f"{T_RULES}::test_a_session_whose_creation_is_not_yet_persisted_is_a_503_not_a_404"
+         "_when_its_key_is_gone",),
+        "recovery does not compare the marker with PostgreSQL before reading it"),
+    Mutant(
+        "both-recovery-checks-removed", 8,
+        (Edit(SESSIONS, "        if acknowledged > persisted_version:\n"
+              "            raise RecoveryPending(session_id, acknowledged_version=acknowledged,\n"
+              "                                  persisted_version=persisted_version)\n", ""),
+         Edit(STORE, "  if mv > version then return {'behind', mv} end\n", "")),
+        (f"{T_RULES}::test_a_read_while_postgresql_is_behind_the_marker_is_a_503_until_it_catches_up",),
+        "recovery serves PostgreSQL's version even when Redis acknowledged a newer one"),
+    mutant(
+        "recovery-ignores-the-deleted-flag", 8, SESSIONS,
+        (("        if marker is not None and marker[1]:\n"
+          "            raise SessionNotFound(session_id, deleted=True)\n", ""),),
+        (f"{T_RULES}::test_a_deletion_not_yet_persisted_is_a_404_not_a_503_when_its_tombstone_is_gone",),
+        "recovery looks a deleted session up in PostgreSQL instead of trusting the tombstone marker"),
+    mutant(
+        "epoch-check-skipped", 8, STORE,
+        (("local function check_epoch(v, e, ep, floor)\n  if e == ep then return nil end",
+          "local function check_epoch(v, e, ep, floor)\n  if true then return nil end"),),
+        (f"{T_EPOCHS}::test_a_write_on_a_value_of_another_epoch_needs_postgresql_s_version[single]",),
+        "the write scripts accept a value of another epoch without PostgreSQL's version"),
+    mutant(
+        "verified-read-ignores-the-epoch", 8, STORE,
+        (("return {raw, e == epoch() and 1 or 0}", "return {raw, 1}"),),
+        (f"{T_EPOCHS}::test_a_value_of_another_epoch_is_reported_to_a_verifying_read[single]",),
+        "a verified read serves a value from before Redis went back in time"),
+    mutant(
+        "repair-overwrites-a-newer-version", 8, STORE,
+        (("if ARGV[6] ~= 'repair' or v >= version then return {'exists'} end",
+          "if ARGV[6] ~= 'repair' then return {'exists'} end"),),
+        (f"{T_EPOCHS}::test_a_repair_overwrites_an_older_version_but_never_a_newer_one[single]",),
+        "a repair replaces a newer version with PostgreSQL's older one"),
+    mutant(
+        "vouch-ignores-the-floor", 8, STORE,
+        (("if v < tonumber(ARGV[2]) then return {'behind', v} end\n", ""),),
+        (f"{T_EPOCHS}::test_vouching_stamps_the_current_epoch_and_keeps_the_ttl[single]",),
+        "a value behind PostgreSQL is vouched for"),
+    mutant(
+        "settle-wait-removed", 8, SESSIONS,
+        (("        if left > 0:\n            raise ServiceUnavailable(",
+          "        if False:\n            raise ServiceUnavailable("),),
+        (f"{T_RULES}::test_a_session_redis_may_hold_stale_waits_for_the_settle_time_before_postgresql_judges",),
+        "PostgreSQL judges a stale value at once, before the queue had time to deliver"),
+    mutant(
+        "create-does-not-ask-postgresql", 8, SESSIONS,
+        (("known_absent=self.durable is None)", "known_absent=True)"),),
+        (f"{T_RULES}::test_a_create_of_an_id_only_postgresql_remembers_is_refused",),
+        "a create of an id Redis forgot is accepted without asking PostgreSQL: the id is reused"),
+    mutant(
+        "epoch-change-not-reported", 11, SESSIONS,
+        (("        if went_back and not self._reported_at + REPORT_INTERVAL_SECONDS > time.monotonic():\n",
+          "        if False:\n"),),
+        (f"{T_RULES}::test_a_session_redis_may_hold_stale_waits_for_the_settle_time_before_postgresql_judges",),
+        "Redis going back in time (what may have lost acknowledged changes) is not logged"),
+    # -- 5: a dependency outage is a fast 503 ------------------------------------
+    mutant(
+        "redis-connection-errors-not-503", 5, STORE,
+        (("        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError,\n",
+          "        if isinstance(exc, (redis.TimeoutError,\n"),),
+        (f"{T_OUTAGE}::test_a_stopped_redis_makes_the_store_raise_service_unavailable_at_once",),
+        "a refused Redis connection escapes as a 500"),
+    mutant(
+        "write-resent-after-a-connection-error", 5, REDIS_CLIENT,
+        (("supported_errors=NOT_RUN_ERRORS))",
+          "supported_errors=(*NOT_RUN_ERRORS, redis.ConnectionError, redis.TimeoutError)))"),),
+        (f"{T_OUTAGE}::test_a_hung_redis_makes_the_store_raise_service_unavailable_after_one_timeout",),
+        "a script that timed out is sent again: a write may apply twice, and the 503 waits twice"),
+    # -- 6: one hash slot per script -------------------------------------------------
+    mutant(
+        "hash-tag-dropped", 6, STORE,
+        (("return \"ss:{%04d}\" % bucket", "return \"ss:%04d\" % bucket"),),
+        (f"{T_STORE}::test_every_key_of_a_script_is_in_one_hash_slot",),
+        "a session's keys spread over hash slots: its scripts fail on a cluster (CROSSSLOT)"),
+    # -- 9: a failover heals by itself ------------------------------------------------
+    mutant(
+        "not-run-replies-not-retried", 9, REDIS_CLIENT,
+        (("supported_errors=NOT_RUN_ERRORS))", "supported_errors=()))"),),
+        (f"{T_FAILOVER}::test_a_warm_store_writes_at_once_on_the_new_primary_after_a_failover",),
+        "a pooled connection stuck on the demoted node answers READONLY until it is dropped"),
+    # -- 3: sync_sessions holds the highest version ------------------------------
+    mutant(
+        "upsert-version-guard-removed", 3, PERSISTENCE,
+        (("        WHERE s.version < EXCLUDED.version\n", ""),),
+        (f"{T_PERSISTENCE}::test_a_deletion_is_final_even_when_older_versions_arrive_after_it",),
+        "an older event delivered late overwrites sync_sessions"),
+    # -- 2: every acknowledged write exactly once in sync_events -------------------
+    mutant(
+        "conflicts-counted-as-duplicates", 2, PERSISTENCE,
+        (("        failures = _conflict_failures(events, conflicts)\n",
+          "        failures = {}\n"),),
+        (f"{T_CONFLICTS}::test_two_different_events_for_one_version_in_one_batch_make_one_row"
+         "_and_one_conflict",
+         f"{T_CONFLICTS}::test_an_event_that_differs_only_in_its_state_is_a_conflict_not_a_duplicate"),
+        "a second write under a persisted version vanishes as a duplicate"),
+    mutant(
+        "conflict-check-ignores-the-state", 2, PERSISTENCE,
+        (("   OR e.state IS DISTINCT FROM t.state::jsonb\n", ""),),
+        (f"{T_CONFLICTS}::test_an_event_that_differs_only_in_its_state_is_a_conflict_not_a_duplicate",),
+        "CONFLICTS_SQL compares type and time only: same time, other state is a 'duplicate'"),
+    mutant(
+        "first-of-each-version-dropped", 2, PERSISTENCE,
+        (("        unique, later = _first_of_each_version(events)\n",
+          "        unique, later = list(range(len(events))), []\n"),),
+        (f"{T_CONFLICTS}::test_two_different_events_for_one_version_in_one_batch_make_one_row"
+         "_and_one_conflict",),
+        "two events of one (session, version) in one batch go into one statement"),
+    mutant(
+        "outbox-entry-removed-before-the-send", 2, PRODUCER,
+        (("        try:\n            self.sqs.send_message(",
+          "        self._ack([result.event_id])\n        try:\n            self.sqs.send_message("),),
+        (f"{T_SHIP}::test_a_send_sqs_refuses_leaves_the_outbox_entry_for_the_relay",),
+        "the outbox entry is acknowledged before SQS took the message: a failed send is lost"),
+    mutant(
+        "outbox-ack-error-escapes", 2, PRODUCER,
+        (("            log.warning(\"outbox ack failed; a duplicate will be sent\",",
+          "            raise\n            log.warning(\"outbox ack failed; a duplicate will be sent\","),),
+        (f"{T_SHIP}::test_an_outbox_ack_that_fails_after_sqs_took_the_message_is_not_an_error",),
+        "an outbox ack that fails after SQS took the message raises from the producer"),
+    mutant(
+        "ship-errors-fail-the-write", 2, SESSIONS,
+        (("            metrics.emit({\"ShipFailures\": 1})\n", "            raise\n"),),
+        (f"{T_AFTER}::test_a_publisher_that_cannot_even_be_built_does_not_fail_the_write",),
+        "an error after the Redis commit fails a write that succeeded: the client retries it"),
+    # -- 4: nothing silently dropped: the DLQ with its reason -------------------------
+    mutant(
+        "dlq-messages-without-their-reasons", 4, CONSUMER,
+        (("\"MessageAttributes\": dead_letter_attributes(letter, now=now)", "\"MessageAttributes\": {}"),),
+        (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
+        "dead letters are sent without the attributes that say why"),
+    mutant(
+        "dlq-reason-code-dropped", 4, CONSUMER,
+        (("\"error_code\": error.sqlstate or reason or error.code,",
+          "\"error_code\": error.sqlstate or error.code,"),),
+        (f"{T_UNITS}::test_a_malformed_message_has_its_reason_as_error_code_and_no_empty_attributes",),
+        "a malformed message's reason is missing from its dead letter"),
+    mutant(
+        "retryable-failures-not-retried", 4, CONSUMER,
+        (("                else:\n                    report.retry.append(record[\"messageId\"])\n",
+          "                else:\n                    pass\n"),),
+        (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
+        "a record PostgreSQL failed for a passing reason is deleted as if persisted"),
+    mutant(
+        "unsent-dead-letters-dropped", 4, CONSUMER,
+        (("                if message_id in unsent:\n", "                if False:\n"),),
+        (f"{T_UNITS}::test_the_consumer_keeps_poison_on_the_main_queue_when_the_dlq_refuses_it",),
+        "poison the DLQ refused is counted as dead-lettered and deleted"),
+    # -- 10: safe with or without ReportBatchItemFailures --------------------------------
+    mutant(
+        "handled-records-not-deleted-before-raising", 10, CONSUMER,
+        (("            if handled:\n                self.source.delete(handled)\n",
+          "            if handled:\n                pass\n"),),
+        (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
+        "a raising consumer leaves its handled records on the queue"),
+    mutant(
+        "consumer-returns-instead-of-raising", 10, CONSUMER,
+        (("            raise BatchIncomplete(report)\n", "            return report.response()\n"),),
+        (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
+        "without ReportBatchItemFailures the mapping deletes records that must be retried"),
+)

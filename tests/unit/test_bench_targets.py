@@ -1,0 +1,85 @@
+"""The benchmark's targets, checked on known inputs: each at its limit and just
+past it, so that a flipped comparison or a wrong figure shows."""
+from __future__ import annotations
+
+from chalicelib.bench import targets
+
+
+def _sections(*, get=1.0, verified=1.0, update=1.0, p99=500.0, get_p50=100.0, update_p50=300.0,
+              handler=400.0, consumer=5000.0, memory=1.2, relay=1.5, flat=1.1, lost=0) -> dict:
+    return {
+        "store": {"ratios": {"get/floor_get": {"p50": get}, "get_verified/floor_get": {"p50": verified},
+                             "update/floor_evalsha": {"p50": update}},
+                  "latency": {"get": {"p50_us": get_p50, "p99_us": p99 - 1},
+                              "update": {"p50_us": update_p50, "p99_us": p99}}},
+        "handler": {"latency": {"handler_get": {"p50_us": handler}}},
+        "coldstart": {"first_get": {"median": {"import_plus_first_ms": 80.0}}},
+        # batch 1 pays a commit per event: not part of the target
+        "consumer": {"handler": [{"batch_size": 1, "events_per_second": 10.0},
+                                 {"batch_size": 10, "events_per_second": consumer},
+                                 {"batch_size": 100, "events_per_second": consumer + 1000}]},
+        "memory": {"by_state_bytes": {"1024": {"ratios": {"used_memory_per_session/payload": memory}}}},
+        "relay": {"linearity": {"per_entry_cost_ratio": relay},
+                  "drains": [{"backlog": 1000, "entries_per_second": 50_000},
+                             {"backlog": 100_000, "entries_per_second": 40_000}]},
+        "scale": {"flatness": {"from_sessions": 10_000, "to_sessions": 1_000_000,
+                               "get_p99": flat, "update_p99": flat}},
+        "contention": {"modes": {"threads": {"writers": 16, "lost_updates": lost,
+                                             "no_lost_update": lost == 0, "updates_per_second": 900,
+                                             "conflict_rate": 0.4}}},
+    }
+
+
+def _verdicts(sections) -> dict[str, tuple]:
+    return {c["target"]: (c["measured"], c["limit"], c["met"]) for c in targets.evaluate(sections)}
+
+
+def test_each_target_at_its_limit_is_met_or_missed_as_its_wording_says():
+    verdicts = _verdicts(_sections(get=1.3, verified=1.3, update=1.5, p99=1000.0, get_p50=120.0,
+                                   update_p50=340.0, handler=500.0, consumer=3800.0, memory=1.5,
+                                   relay=2.0, flat=1.2))
+
+    assert verdicts == {
+        "get <= 1.3x raw GET (p50)": (1.3, 1.3, True),
+        "verified get (the API's read with PostgreSQL) <= 1.3x raw GET (p50)": (1.3, 1.3, True),
+        "CAS update <= 1.5x bare EVALSHA (p50)": (1.5, 1.5, True),
+        "get and update p99 < 1 ms": (1000.0, 1000, False),
+        "read p50 vs Node design (0.12 ms)": (120.0, 120, False),
+        "CAS update p50 vs Node design (0.34-0.38 ms)": (340.0, 340, False),
+        "warm handler GET p50 <= 0.5 ms": (500.0, 500, True),
+        "cold start: import + first GET (median)": (80.0, None, None),
+        "consumer >= 3,800 events/s per worker at batch >= 10": (3800.0, 3800, True),
+        "memory per session close to payload (1024 B state)": (1.5, 1.5, True),
+        "relay drains linearly (1,000 -> 100,000 entries)": (2.0, 2.0, True),
+        "get p99 flat from 10,000 to 1,000,000 sessions": (1.2, 1.2, True),
+        "update p99 flat from 10,000 to 1,000,000 sessions": (1.2, 1.2, True),
+        "no lost update, 16 writers (threads)": (0, 0, True),
+    }
+
+
+def test_every_target_just_past_its_limit_is_missed():
+    verdicts = _verdicts(_sections(get=1.31, verified=1.31, update=1.51, p99=1000.5, get_p50=120.5,
+                                   update_p50=340.5, handler=500.5, consumer=3799.0, memory=1.51,
+                                   relay=2.01, flat=1.21, lost=1))
+
+    assert {name: met for name, (_, _, met) in verdicts.items() if met is not False} == {
+        "cold start: import + first GET (median)": None}
+    assert len(verdicts) == 14
+
+
+def test_every_target_well_within_its_limit_is_met():
+    verdicts = _verdicts(_sections())
+
+    assert {name for name, (_, _, met) in verdicts.items() if met is not True} == {
+        "cold start: import + first GET (median)"}
+
+
+def test_a_failed_or_skipped_section_yields_no_verdict():
+    sections = _sections()
+    sections["store"] = {"error": "ConnectionError: refused"}
+    sections["relay"] = {"skipped": "no --redis-url"}
+
+    names = set(_verdicts(sections))
+
+    assert not [n for n in names if "GET (p50)" in n or "EVALSHA" in n or n.startswith("relay")]
+    assert "warm handler GET p50 <= 0.5 ms" in names
