@@ -320,9 +320,17 @@ class SessionService:
         persisted = self.durable.latest(session_id)
         if marker is None and persisted is not None and not persisted.deleted:
             # Redis has no trace of a session PostgreSQL knows: it lost it
-            # (flush, restart, eviction), or the marker outlived its TTL.
+            # (flush, restart, eviction, a key deleted by hand), or the
+            # marker outlived its TTL.  PostgreSQL may lack changes still in
+            # the queue: wait as after a jump back in time, for the bucket
+            # (and its report) and for this session, lost on its own.
             # (A deletion is final: it needs no wait.)
             self._settle(session_id)
+            left = self.store.hold(session_id, self.settle_seconds)
+            if left > 0:
+                raise ServiceUnavailable(
+                    f"Redis lost session {session_id!r}; it is being recovered from PostgreSQL: "
+                    f"retry in {left:.1f}s", dependency="redis", retry_after_seconds=round(left, 1))
         acknowledged = marker[0] if marker else 0
         persisted_version = persisted.version if persisted else 0
         if marker is None and persisted is None:

@@ -11,6 +11,7 @@ touches one hash slot and runs unchanged on Redis Cluster)::
     ss:{NNNN}:ob       outbox index: ZSET event id -> enqueue time (ms)
     ss:{NNNN}:od       outbox data:  HASH event id -> event JSON
     ss:{NNNN}:e        epoch record "<epoch>|<ms first seen>" (SETTLE_SCRIPT)
+    ss:{NNNN}:h:<id>   hold record of a session Redis lost (HOLD_SCRIPT), short-lived
 
 ``NNNN`` is a bucket, crc32(id) mod ``BUCKETS``: the outbox of a bucket lives
 beside its sessions, so the write and its outbox entry are one atomic script,
@@ -264,6 +265,25 @@ redis.call('SET', KEYS[1], ep .. '|' .. now_ms)
 return {tonumber(ARGV[1]), rec and 1 or 2, ep}
 """
 
+# KEYS[1] the session's hold record "<ms when first seen>"
+# ARGV[1] settle time in ms
+# returns ms left to wait
+# Redis has no trace of a session PostgreSQL knows (its key and marker were
+# lost): the same wait as SETTLE_SCRIPT's, for this one session, from the
+# first time it is noticed.  The record expires well after the wait.
+HOLD_SCRIPT = r"""
+local settle = tonumber(ARGV[1])
+if settle <= 0 then return 0 end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local since = redis.call('GET', KEYS[1])
+if not since then
+  redis.call('SET', KEYS[1], now_ms, 'PX', 3 * settle + 60000)
+  return settle
+end
+return math.max(0, settle - (now_ms - tonumber(since)))
+"""
+
 # KEYS[1] any key of the slot whose node is asked
 # returns the node's epoch: the step every write script and verified read
 # carries (``sessionsync bench`` times it alone)
@@ -332,6 +352,11 @@ def session_keys(session_id: str) -> list[str]:
     """KEYS for the mutation scripts: session, marker, outbox index, outbox data."""
     tag = bucket_tag(bucket_of(session_id))
     return [f"{tag}:s:{session_id}", f"{tag}:m:{session_id}", f"{tag}:ob", f"{tag}:od"]
+
+
+def hold_key(session_id: str) -> str:
+    """The hold record of a session Redis lost (HOLD_SCRIPT)."""
+    return f"{bucket_tag(bucket_of(session_id))}:h:{session_id}"
 
 
 def epoch_key(session_id: str) -> str:
@@ -413,6 +438,7 @@ class SessionStore:
         self._vouch = client.register_script(VOUCH_SCRIPT)
         self._get_verified = client.register_script(GET_SCRIPT)
         self._settle = client.register_script(SETTLE_SCRIPT)
+        self._hold = client.register_script(HOLD_SCRIPT)
         # node -> the epoch this process last saw it in (SETTLE_SCRIPT)
         self._epochs_seen: dict[str, str] = {}
 
@@ -473,6 +499,13 @@ class SessionStore:
         if status == 2 and unrecorded_settled and not moved:
             return 0.0, False
         return int(left) / 1000, bool(status) or moved
+
+    def hold(self, session_id: str, seconds: float) -> float:
+        """Seconds left before a session Redis lost (key and marker) may be
+        recovered from PostgreSQL: see HOLD_SCRIPT.  Raises ServiceUnavailable."""
+        with _redis_errors():
+            left = self._run(self._hold, [hold_key(session_id)], [int(seconds * 1000)])
+        return int(left) / 1000
 
     def _node_name(self, key: str) -> str:
         get_node = getattr(self.client, "get_node_from_key", None)

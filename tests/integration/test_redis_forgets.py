@@ -280,3 +280,25 @@ def _until_reachable(call, timeout: float = 10.0):
             if "retry_after_seconds" in exc.details or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_a_session_whose_key_and_marker_were_lost_waits_for_its_change_still_in_the_queue(pipeline):
+    """No failover, no restart: only this session's key and marker are gone
+    (a hand-made DEL, an allkeys-* eviction) while its last change is still
+    queued.  Recovered at once, it would be served, and written, a version
+    behind; it is held for the settle time, counted from when the loss is
+    first noticed."""
+    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+                             settle_seconds=2.0)
+    sid = _sid()
+    _persisted(pipeline, service, sid, 3)
+    service.update(UpdateRequest(sid, '{"owner":"alice","n":4}', 3))  # queued, not persisted
+    _forget(pipeline, sid)
+
+    with pytest.raises(ServiceUnavailable) as held:
+        service.get(sid)
+    assert held.value.details["retry_after_seconds"] > 0
+    pipeline.drain(timeout=30)
+    read, _ = _until_settled(lambda: service.get(sid))
+
+    assert (read.session.version, read.session.state) == (4, {"owner": "alice", "n": 4})

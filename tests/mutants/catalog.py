@@ -181,6 +181,15 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_RULES}::test_a_session_redis_may_hold_stale_waits_for_the_settle_time_before_postgresql_judges",),
         "PostgreSQL judges a stale value at once, before the queue had time to deliver"),
     mutant(
+        "lost-session-hold-removed", 8, SESSIONS,
+        (("            if left > 0:\n                raise ServiceUnavailable(\n"
+          "                    f\"Redis lost session",
+          "            if False:\n                raise ServiceUnavailable(\n"
+          "                    f\"Redis lost session"),),
+        ("tests/integration/test_redis_forgets.py::"
+         "test_a_session_whose_key_and_marker_were_lost_waits_for_its_change_still_in_the_queue",),
+        "a session whose key and marker were lost is recovered before its queued change arrives"),
+    mutant(
         "create-does-not-ask-postgresql", 8, SESSIONS,
         (("known_absent=self.durable is None)", "known_absent=True)"),),
         (f"{T_RULES}::test_a_create_of_an_id_only_postgresql_remembers_is_refused",),
