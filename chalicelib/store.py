@@ -241,7 +241,7 @@ return {'ok'}
 # ARGV[1] settle time in ms
 # ARGV[2] '1': a missing record means a new deployment, already settled,
 #         unless the caller saw the node in another epoch (ARGV[3]) before
-# ARGV[3] the epoch the caller last saw this node in, or ''
+# ARGV[3] the first epoch the caller saw this node in, or ''
 # returns {ms left to wait, 0 | 1 (the record was of another epoch) | 2 (no
 #          record: Redis lost it, or a new deployment), the node's epoch}
 # After Redis went back in time, a session it may hold stale waits until
@@ -439,7 +439,7 @@ class SessionStore:
         self._get_verified = client.register_script(GET_SCRIPT)
         self._settle = client.register_script(SETTLE_SCRIPT)
         self._hold = client.register_script(HOLD_SCRIPT)
-        # node -> the epoch this process last saw it in (SETTLE_SCRIPT)
+        # node -> the first epoch this process saw it in (SETTLE_SCRIPT)
         self._epochs_seen: dict[str, str] = {}
 
     # -- reads --------------------------------------------------------------
@@ -489,12 +489,15 @@ class SessionStore:
         """
         key = epoch_key(session_id)
         node = self._node_name(key)
+        # the FIRST epoch this process saw the node in: once it moved on, a
+        # bucket without a record is one Redis lost, in every bucket (not
+        # only the one where the move was noticed first)
         seen = self._epochs_seen.get(node, "")
         with _redis_errors():
             left, status, epoch = self._run(self._settle, [key], [
                 int(seconds * 1000), "1" if unrecorded_settled else "0", seen])
         epoch = epoch.decode()
-        self._epochs_seen[node] = epoch
+        self._epochs_seen.setdefault(node, epoch)
         moved = bool(seen) and seen != epoch
         if status == 2 and unrecorded_settled and not moved:
             return 0.0, False

@@ -100,7 +100,8 @@ class Workload:
             read = self.service().get(sid)
         except SessionNotFound as exc:
             return self._add(Op(process, "read", sid, start, now(), "ok",
-                                absent="deleted" if exc.details.get("deleted") else "missing"))
+                                absent="deleted" if exc.details.get("deleted") else "missing",
+                                error=exc.message))
         except (ServiceUnavailable, RecoveryPending) as exc:
             return self._add(Op(process, "read", sid, start, now(), "fail", error=exc.code))
         return self._add(Op(process, "read", sid, start, now(), "ok", read.session.version,

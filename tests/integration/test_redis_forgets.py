@@ -257,16 +257,22 @@ def test_a_process_that_saw_redis_before_it_lost_everything_waits_before_creatin
     node's epoch tells a restart from a new deployment."""
     import redis as redis_py
 
-    from chalicelib.store import SessionStore
+    from chalicelib.store import SessionStore, bucket_of
     store = SessionStore(redis_py.Redis.from_url(throwaway_redis.url, socket_timeout=5))
     service = SessionService(store, durable=database, settle_seconds=30)
     service.create(CreateRequest(_sid(), "{}", None))
     throwaway_redis.stop()
     throwaway_redis.start()  # no persistence: a new epoch, no records
 
+    first = _sid()
     with pytest.raises(ServiceUnavailable) as settling:
-        _until_reachable(lambda: service.create(CreateRequest(_sid(), "{}", None)))
+        _until_reachable(lambda: service.create(CreateRequest(first, "{}", None)))
     assert settling.value.details["retry_after_seconds"] > 20
+    # and in every other bucket too, not only where the move was noticed
+    others = [sid for sid in (_sid() for _ in range(50)) if bucket_of(sid) != bucket_of(first)][:3]
+    for sid in others:
+        with pytest.raises(ServiceUnavailable):
+            service.create(CreateRequest(sid, "{}", None))
     store.client.close()
 
 
