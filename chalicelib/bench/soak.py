@@ -45,6 +45,8 @@ from chalicelib.bench.stats import percentile
 OPERATIONS = ("read", "update", "create", "delete")
 DEFAULT_MIX = "read=60,update=30,create=5,delete=5"
 EVENT_TYPES = {"create": "session_created", "update": "session_updated", "delete": "session_deleted"}
+# A 503 with Retry-After is waited out and sent again, at most this many times.
+UNAVAILABLE_RETRIES = 10
 # In the server's log: the relay's metric line, and the inline send's failure.
 RELAYED_METRIC = "OutboxRelayed"
 INLINE_FAILURE_MESSAGE = "SQS send failed; the outbox relay will retry"
@@ -111,8 +113,10 @@ class ThreadStats:
     gave_up: int = 0
     gone: int = 0
     stale_reads: int = 0
-    #: writes whose answer never came: applied or not, nobody knows
+    #: writes whose answer never came, or was a 503: applied or not, nobody knows
     unknown_writes: int = 0
+    #: 503s with Retry-After, waited out and sent again (the API's "retry later")
+    unavailable: Counter = field(default_factory=Counter)
     ops: Counter = field(default_factory=Counter)
 
 
@@ -140,7 +144,22 @@ class Client:
 
     def call(self, route: str, method: str, path: str, body: Any = None,
              headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        """Raises TransportError (recorded as an error) when no answer came."""
+        """One request, sent again after a 503 with Retry-After (as the API
+        asks, a bounded number of times).  Raises TransportError (recorded
+        as an error) when no answer came."""
+        for _ in range(UNAVAILABLE_RETRIES):
+            status, reply_headers, data = self._once(route, method, path, body, headers)
+            retry_after = reply_headers.get("retry-after", "")
+            if status != 503 or not retry_after.isdigit():
+                break
+            self.stats.unavailable[route] += 1
+            # a write refused with a 503 may have been applied all the same
+            self.stats.unknown_writes += method != "GET"
+            time.sleep(min(float(retry_after), self.timeout))
+        return status, reply_headers, data
+
+    def _once(self, route: str, method: str, path: str, body: Any,
+              headers: Mapping[str, str] | None) -> tuple[int, dict[str, str], bytes]:
         all_headers = {**self.auth, **(headers or {})}
         payload = None
         if body is not None:
@@ -660,6 +679,7 @@ def run_soak(options: SoakOptions, *, connect: Callable[[], Any],
                    "conflicts_retried": sum(s.conflicts for s in stats),
                    "gave_up_after_retries": sum(s.gave_up for s in stats),
                    "gone_404": sum(s.gone for s in stats),
+                   "unavailable_503_retried": dict(sum((s.unavailable for s in stats), Counter())),
                    "unknown_outcome": unknown},
         "errors": {"count": len(errors), "stale_reads": sum(s.stale_reads for s in stats),
                    "examples": errors[:10]},
@@ -684,6 +704,8 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     lines.append(f"writes acknowledged: {w['acknowledged']} {w['by_kind']} "
                  f"({w['acknowledged_per_second_under_load']}/s under load; "
                  f"{w['conflicts_retried']} conflicts retried, {w['unknown_outcome']} unknown outcome)")
+    if w["unavailable_503_retried"]:
+        lines.append(f"503 with Retry-After, waited out and sent again: {w['unavailable_503_retried']}")
     for route, r in report["routes"].items():
         lines.append(f"  {route:<24} n={r['n']:<7} p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>8.2f} ms  "
                      f"max {r['max_ms']:>8.2f} ms  {r['statuses']}")
