@@ -20,10 +20,12 @@ from chalicelib.errors import ConfigurationError, SessionSyncError
 
 log = logging.getLogger("sessionsync.pipeline")
 
-# Pollers the local server runs: the event source mapping also runs several
-# batches at once (up to CONSUMER_MAX_CONCURRENCY); with LocalStack's round
-# trips one poller moves ~1,500 events/s on this machine, two ~2,100.
-LOCAL_CONCURRENCY = 2
+# Pollers the local server runs: as many batches at once as the event source
+# mapping may run (CONSUMER_MAX_CONCURRENCY).  A poller spends most of its
+# time waiting on LocalStack's and PostgreSQL's round trips, which stretch
+# when the API is loading the same machine: with fewer pollers the worker
+# fell behind what the API accepted (docs/performance.md, "Soak").
+LOCAL_CONCURRENCY = CONSUMER_MAX_CONCURRENCY
 
 
 def _database_dsn() -> str:
