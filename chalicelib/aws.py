@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 
 def client(service: str, settings: Settings, *, connect_timeout: float = 1.0,
-           read_timeout: float = 3.0, attempts: int = 2) -> Any:
+           read_timeout: float = 3.0, attempts: int = 2, max_pool_connections: int = 10) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -25,7 +25,7 @@ def client(service: str, settings: Settings, *, connect_timeout: float = 1.0,
     # counts only the retries (attempts=1 would make two requests)
     config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
                     retries={"total_max_attempts": attempts, "mode": "standard"},
-                    region_name=settings.aws_region)
+                    region_name=settings.aws_region, max_pool_connections=max_pool_connections)
     return boto3.session.Session().client(
         service, endpoint_url=settings.aws_endpoint_url, config=config)
 

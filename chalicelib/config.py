@@ -33,6 +33,7 @@ AWS_DEFAULT_REGION = "AWS_DEFAULT_REGION"
 API_KEYS = "SESSIONSYNC_API_KEYS"
 API_KEYS_SECRET_ARN = "SESSIONSYNC_API_KEYS_SECRET_ARN"
 OUTBOX_RELAY_AGE = "OUTBOX_RELAY_AGE_SECONDS"
+SQS_SEND_TIMEOUT = "SQS_SEND_TIMEOUT_SECONDS"
 REDIS_SETTLE = "REDIS_SETTLE_SECONDS"
 PUBSUB_CHANNEL = "SESSIONSYNC_CHANNEL"
 AUTH_MODE = "SESSIONSYNC_AUTH"
@@ -67,6 +68,15 @@ DEFAULT_REDIS_SETTLE_SECONDS = 10.0
 # policy cannot take it (its memory: docs/troubleshooting.md); a number
 # of seconds bounds that memory where the eviction policy is noeviction.
 DEFAULT_MARKER_TTL = 0
+# The request path's one SQS attempt: connect and read timeout, seconds.  A
+# hung SQS costs a write at most this once, then inline sends pause and the
+# outbox relay delivers (chalicelib/producer.py).  Short for AWS, whose
+# SendMessage answers in milliseconds; the local stage sets it higher,
+# because LocalStack on a busy machine stalls for longer than that, and
+# every stall that outlasts it sends the next seconds of events the slow
+# way, through the relay.  Bounded by what a write may cost.
+DEFAULT_SQS_SEND_TIMEOUT_SECONDS = 0.5
+MAX_SQS_SEND_TIMEOUT_SECONDS = 5.0
 MIN_TTL_SECONDS = 1
 MAX_TTL_SECONDS = 30 * 24 * 3600
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -95,6 +105,8 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_keys_secret_arn: str | None = None
     outbox_relay_age: float = 5.0
+    #: the request path's SQS attempt (connect and read timeout), seconds
+    sqs_send_timeout: float = DEFAULT_SQS_SEND_TIMEOUT_SECONDS
     #: after Redis went back in time, how long sessions it may hold stale
     #: wait (503) for changes still in the queue to reach PostgreSQL
     redis_settle: float = DEFAULT_REDIS_SETTLE_SECONDS
@@ -261,6 +273,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_keys=api_keys,
         api_keys_secret_arn=_opt(env, API_KEYS_SECRET_ARN),
         outbox_relay_age=_float(env, OUTBOX_RELAY_AGE, 5.0, 0.0, 3600.0),
+        sqs_send_timeout=_float(env, SQS_SEND_TIMEOUT, DEFAULT_SQS_SEND_TIMEOUT_SECONDS, 0.05,
+                                MAX_SQS_SEND_TIMEOUT_SECONDS),
         redis_settle=_float(env, REDIS_SETTLE, DEFAULT_REDIS_SETTLE_SECONDS, 0.0, 3600.0),
         channel=env.get(PUBSUB_CHANNEL, "").strip() or "session-updates",
         pg_environment=any(_opt(env, name) for name in PG_ENVIRONMENT),

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 from chalicelib.config import SESSION_QUEUE_URL, Settings, load_settings
 
 T = TypeVar("T")
+# SQS connections the request path's client keeps open (see ``producer``)
+PRODUCER_POOL_CONNECTIONS = 64
 _lock = threading.RLock()
 _cache: dict[str, Any] = {}
 
@@ -93,14 +95,20 @@ def dlq_url() -> str:
 
 
 def producer() -> Any:
-    """The request path's producer: one attempt with short timeouts, so a
-    hung SQS adds at most about a second to a write (the relay catches up)."""
+    """The request path's producer: one attempt with short timeouts
+    (SQS_SEND_TIMEOUT_SECONDS each), so a hung SQS adds at most that once
+    to a write, then pauses inline sends (the relay catches up)."""
     from chalicelib import aws
     from chalicelib.producer import SqsProducer
 
     def build() -> Any:
         s = settings()
-        fast = aws.client("sqs", s, connect_timeout=0.5, read_timeout=0.5, attempts=1)
+        # a pool as large as the local server's request threads may be: a
+        # connection beyond the pool is closed after its send, and the next
+        # send pays a new one (a Lambda has one request at a time)
+        fast = aws.client("sqs", s, connect_timeout=s.sqs_send_timeout,
+                          read_timeout=s.sqs_send_timeout, attempts=1,
+                          max_pool_connections=PRODUCER_POOL_CONNECTIONS)
         # a cold Lambda looks the queue URL up here, on the fast client too
         url = _once("queue_url", lambda: aws.queue_url(fast, s.queue_url, s.queue_name,
                                                         SESSION_QUEUE_URL))

@@ -13,6 +13,7 @@ from chalicelib.cli import _common, ops
 from chalicelib.cli.bench import bench
 from chalicelib.cli.pipeline import bootstrap, migrate, relay, worker
 from chalicelib.cli.serve import serve
+from chalicelib.cli.soak import soak
 from chalicelib.cli.store import watch
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -28,5 +29,5 @@ def main(stage: str | None) -> None:
     logs.configure()  # JSON lines on stderr at LOG_LEVEL; stdout stays the command's output
 
 
-for command in (serve, watch, bootstrap, migrate, worker, relay, bench, *ops.COMMANDS):
+for command in (serve, watch, bootstrap, migrate, worker, relay, bench, soak, *ops.COMMANDS):
     main.add_command(command)

@@ -20,10 +20,17 @@ from chalicelib.errors import ConfigurationError, SessionSyncError
 
 log = logging.getLogger("sessionsync.pipeline")
 
-# Pollers the local server runs: the event source mapping also runs several
-# batches at once (up to CONSUMER_MAX_CONCURRENCY); with LocalStack's round
-# trips one poller moves ~1,500 events/s on this machine, two ~2,100.
-LOCAL_CONCURRENCY = 2
+# Pollers the local server runs: as many batches at once as the event source
+# mapping may run (CONSUMER_MAX_CONCURRENCY).  A poller spends most of its
+# time waiting on LocalStack's and PostgreSQL's round trips, which stretch
+# when the API is loading the same machine: with fewer pollers the worker
+# fell behind what the API accepted (docs/performance.md, "Soak").
+LOCAL_CONCURRENCY = CONSUMER_MAX_CONCURRENCY
+# A poller's SQS read timeout is its long poll's wait plus this.  A reply
+# given up on has taken its messages all the same: they stay invisible for
+# the whole visibility timeout while the client polls again, and LocalStack
+# under load answers seconds late.  A poller is no request: it can wait.
+RECEIVE_READ_MARGIN_SECONDS = 20.0
 
 
 def _database_dsn() -> str:
@@ -41,6 +48,7 @@ def build_worker(*, batch_size: int = CONSUMER_BATCH_SIZE, wait_seconds: int = 1
 
     Raises ConfigurationError, ServiceUnavailable (queue lookup).
     """
+    from chalicelib import aws
     from chalicelib.consumer import Consumer, DeadLetterQueue, SqsRecordSource
     from chalicelib.persistence import Database
     from chalicelib.worker import Worker
@@ -51,8 +59,9 @@ def build_worker(*, batch_size: int = CONSUMER_BATCH_SIZE, wait_seconds: int = 1
     database = Database.from_settings(settings, runtime.secrets_client)
     consumer = Consumer(database, DeadLetterQueue(runtime.sqs(), runtime.dlq_url()),
                         SqsRecordSource(runtime.sqs(), runtime.queue_url()))
+    receiver = aws.client("sqs", settings, read_timeout=wait_seconds + RECEIVE_READ_MARGIN_SECONDS)
     # each batch's log lines share a request id, as a Lambda invocation's do
-    return Worker(runtime.sqs(), runtime.queue_url(), logs.per_invocation(consumer.handle),
+    return Worker(receiver, runtime.queue_url(), logs.per_invocation(consumer.handle),
                   batch_size=batch_size,
                   wait_seconds=wait_seconds, visibility_timeout=visibility_timeout,
                   retry_delay=retry_delay, report_batch_item_failures=report_batch_item_failures)

@@ -13,6 +13,10 @@ runs it, with the fixes a local stack needs:
 * a warning (log line and stderr) when it listens beyond the loopback;
 * a per-connection socket timeout, so that a client that sends half a
   request and stalls is disconnected instead of holding a thread forever;
+* a response leaves in one send, on a socket with TCP_NODELAY: chalice
+  local sends the headers, then the body, with Nagle's algorithm on, so on
+  a reused keep-alive connection the body waited for the client's delayed
+  ACK of the headers (a stall of about 40 ms on every request);
 * the SQS worker and the outbox relay run beside it (``--no-pipeline`` to
   leave them out), as the event source mapping and the schedule would.
 """
@@ -107,6 +111,13 @@ def build_server(host: str, port: int, stage: str = "local", *,
         # socketserver sets it on each connection; http.server then closes
         # a connection whose read times out (request line, headers or body)
         timeout = socket_timeout
+        # Headers and body into one buffer, sent when http.server flushes it
+        # after each request: one send per response, not two.  And
+        # TCP_NODELAY on each accepted socket, so that no send (a body too
+        # big for the buffer, a send_error) waits for the client to ACK the
+        # previous one: clients delay that ACK on a keep-alive connection.
+        wbufsize = -1
+        disable_nagle_algorithm = True
 
         def _send_error_response(self, error):
             self._send_http_response(*gateway_error(error, self.command, self.path))

@@ -109,6 +109,71 @@ def test_a_hung_sqs_costs_one_short_attempt_then_writes_leave_their_events_to_th
     assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2), (sid, 3)]
 
 
+def _request_path_producer(use_settings, pipeline, settings, proxy):
+    """runtime.producer() as the app builds it, with SQS behind ``proxy``."""
+    import dataclasses
+
+    from chalicelib import runtime
+    use_settings(dataclasses.replace(settings, aws_endpoint_url=f"http://127.0.0.1:{proxy.port}",
+                                     queue_url=pipeline.queues.url), store=pipeline.store)
+    producer = runtime.producer()
+    attempts = []
+    producer.sqs.meta.events.register("before-send.sqs.SendMessage", lambda **_: attempts.append(1))
+    return producer, attempts
+
+
+def test_the_request_path_producer_tries_once_within_its_configured_timeout_then_pauses(
+        pipeline, proxy_factory, localstack_settings, use_settings):
+    import dataclasses
+
+    from chalicelib import runtime
+    proxy = proxy_factory(int(localstack_settings.aws_endpoint_url.rsplit(":", 1)[1]))
+    producer, attempts = _request_path_producer(
+        use_settings, pipeline, dataclasses.replace(localstack_settings, sqs_send_timeout=1.0), proxy)
+    assert (producer.sqs.meta.config.connect_timeout, producer.sqs.meta.config.read_timeout) == (1.0, 1.0)
+    # one kept connection per concurrent request of the local server, not a
+    # new one per send beyond botocore's default pool of 10
+    assert producer.sqs.meta.config.max_pool_connections == runtime.PRODUCER_POOL_CONNECTIONS
+    proxy.freeze()
+    sid = new_id("hung-configured")
+
+    start = time.monotonic()
+    assert producer.publish(pipeline.store.create(sid, '{"n":1}', 60)) is False
+    took = time.monotonic() - start
+    assert producer.publish(pipeline.store.update(sid, '{"n":2}', 1)) is False
+
+    assert len(attempts) == 1, attempts  # the second write did not try: paused
+    assert took < 1.0 + HANG_BOUND_SECONDS, f"the hung send took {took:.2f}s"
+    assert outbox_entries_of(pipeline.store, [sid]) == [f"{sid}:1", f"{sid}:2"]  # for the relay
+
+
+def test_with_the_local_stage_s_timeout_an_inline_send_outlasts_a_localstack_stall(
+        pipeline, proxy_factory, localstack_settings, use_settings):
+    # LocalStack on a busy machine stalls for a second or two now and then;
+    # with the AWS stages' short timeout, every such stall failed the sends
+    # in flight, paused inline sends, and left seconds of events to the relay.
+    import dataclasses
+    import threading
+
+    from chalicelib.cli._common import stage_environment
+    from chalicelib.config import load_settings
+    local = load_settings(stage_environment("local"))
+    proxy = proxy_factory(int(localstack_settings.aws_endpoint_url.rsplit(":", 1)[1]))
+    producer, attempts = _request_path_producer(
+        use_settings, pipeline, dataclasses.replace(localstack_settings,
+                                                    sqs_send_timeout=local.sqs_send_timeout), proxy)
+    sid = new_id("stalled")
+    result = pipeline.store.create(sid, '{"n":1}', 60)
+    proxy.freeze()
+    threading.Timer(1.0, proxy.thaw).start()  # a one-second stall, then answers
+
+    assert producer.publish(result) is True
+    assert attempts == [1]
+    assert outbox_entries_of(pipeline.store, [sid]) == []  # sent inline and acked
+    pipeline.drain(timeout=60)
+    assert pipeline.event_rows([sid]) == [(sid, 1)]
+
+
 def test_a_connection_cut_after_redis_ran_a_write_is_a_503_never_a_false_conflict(
         redis_single, proxy_factory, session_id):
     proxy = proxy_factory(6379)

@@ -296,3 +296,45 @@ def test_a_client_that_sends_half_a_request_and_stalls_is_disconnected(short_tim
     reply = raw_exchange(short_timeout_server.port, b"GET /health HTTP/1.0\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]  # and the server carries on
 
+
+
+# --- keep-alive: a reused connection is as fast as a fresh one -----------------
+
+def median_get_seconds(port: int, path: str, requests: int, *, keep_alive: bool) -> float:
+    """Median seconds of ``requests`` GETs of ``path``: all on one keep-alive
+    connection (after a first one that opens it), or each on a new one."""
+    times = []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        if keep_alive:
+            conn.request("GET", path, headers=AUTH)
+            conn.getresponse().read()
+        for _ in range(requests):
+            if not keep_alive:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            start = time.perf_counter()
+            conn.request("GET", path, headers=AUTH)
+            response = conn.getresponse()
+            body = response.read()
+            times.append(time.perf_counter() - start)
+            assert response.status == 200, body[:200]
+            assert not response.will_close or not keep_alive  # it did stay open
+    finally:
+        conn.close()
+    return sorted(times)[len(times) // 2]
+
+
+def test_a_get_on_a_reused_keep_alive_connection_is_no_slower_than_on_a_fresh_one(server, session_id):
+    # The response was two sends (headers, then body) without TCP_NODELAY:
+    # Nagle holds the body until the client ACKs the headers, and a client
+    # on a connection past its first exchanges delays that ACK (about 40 ms
+    # on Linux).  A fresh connection is still in quick-ACK mode, so it hid it.
+    status, _, body = server.request("POST", "/sessions", {**AUTH, "Content-Type": "application/json"},
+                                     json.dumps({"session_id": session_id, "state": {"n": 1}}))
+    assert status == 201, body
+    path = f"/sessions/{session_id}"
+    fresh = median_get_seconds(server.port, path, 30, keep_alive=False)
+    reused = median_get_seconds(server.port, path, 30, keep_alive=True)
+    # a ratio, not a time: a busy machine slows both alike; the stall made it ~30x
+    assert reused <= 2 * fresh, f"keep-alive median {reused * 1000:.1f} ms, fresh {fresh * 1000:.1f} ms"
