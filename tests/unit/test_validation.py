@@ -180,13 +180,14 @@ def test_the_largest_64_bit_version_is_accepted():
     assert validation.version(2 ** 63 - 1, "v") == 2 ** 63 - 1
 
 
-@pytest.mark.parametrize("header, expected", [(None, None), ('"3"', 3), ("3", 3), (' "12" ', 12)])
+@pytest.mark.parametrize("header, expected", [(None, None), ('"3"', 3), ("3", 3), (' "12" ', 12),
+                                              ('\t"7" \t', 7)])
 def test_if_match_takes_a_version_or_its_etag(header, expected):
     assert validation.if_match_version(header) == expected
 
 
 @pytest.mark.parametrize("header", ['W/"3"', "*", '"abc"', '"0"', '"-1"', '"1", "2"', "\u00b2",
-                                    "\u0663", "9" * 20, "9" * 5000, ""])
+                                    "\u0663", "9" * 20, "9" * 5000, "", "\u00a03", '"3"\x85', "\x1c3"])
 def test_a_malformed_if_match_is_a_validation_error(header):
     with pytest.raises(ValidationError) as caught:
         validation.if_match_version(header)
