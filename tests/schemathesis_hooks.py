@@ -11,14 +11,13 @@ use_after_free (ST301) takes any 200 under a deleted path for a use after
 free.  Dropped for that operation only: a session read after its deletion is
 still a failure.
 
-2. A PUT names the version
-it expects in ``expected_version`` (body), in ``If-Match`` (header), or both,
-and then the two must agree.  A request that breaks it is schema-valid, so
-schemathesis counts its refusal as ST202 "schema-valid request rejected".
-This hook drops exactly those failures: the request really broke the rule,
-and the answer is the documented one for it (428 ``PreconditionRequired``, or
-400 ``ValidationError`` naming the two versions).  Every other ST202 of a PUT
-stays a failure.
+2. A PUT names the version it expects in ``expected_version`` (body), in
+``If-Match`` (header), or both, and then the two must agree.  A request that
+breaks this is schema-valid, so schemathesis counts its refusal as ST202
+"schema-valid request rejected".  Dropped when the request really broke the
+rule and the answer is the documented one for it (428
+``PreconditionRequired``, or 400 ``ValidationError`` naming the two
+versions): every other ST202 of a PUT stays a failure.
 
 It reads the request as it was sent, and parses If-Match on its own (not with
 chalicelib.validation), so that a parsing bug of the server is not copied.
@@ -33,7 +32,7 @@ import schemathesis
 
 PUT_SESSION = "PUT /sessions/{session_id}"
 SESSION_EVENTS = "GET /sessions/{session_id}/events"
-_IF_MATCH = re.compile(r'\s*("?)([1-9][0-9]*)\1\s*')
+_IF_MATCH = re.compile(r'[ \t]*("?)([1-9][0-9]*)\1[ \t]*')
 
 
 def _error(response: Any) -> dict:
