@@ -29,6 +29,10 @@ _ENVELOPE_SLACK = 4096
 _VERSION_TEXT = re.compile(r"[0-9]{1,19}")
 # docs/openapi.yaml's If-Match pattern, with the quotes balanced: "3" or 3
 _IF_MATCH = re.compile(r'(?P<q>"?)(?P<version>[1-9][0-9]{0,17})(?P=q)')
+# JSON does not tell 3 from 3.0, nor does JSON Schema (an "integer" is any
+# whole number): a whole float is the integer it spells, up to 2**53, past
+# which a float no longer spells one integer exactly.
+_EXACT_FLOAT_LIMIT = 2 ** 53
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,15 @@ def _walk(doc: Any) -> None:
             raise ValidationError("state contains \\u0000; PostgreSQL cannot store it", field="state")
 
 
+def _whole(value: Any) -> Any:
+    """``value``, or the int a whole float (3.0, 3e2) spells exactly."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_LIMIT:
+        return int(value)
+    return value
+
+
 def version(value: Any, field: str) -> int:
+    value = _whole(value)
     # bool is an int in Python; a JSON true is not a version.
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(f"{field} must be an integer", field=field)
@@ -153,7 +165,9 @@ def if_match_version(header: str | None) -> int | None:
     """The version in an If-Match header ("3" or the ETag form "\\"3\\"")."""
     if header is None:
         return None
-    value = header.strip()
+    # spaces and tabs only, as docs/openapi.yaml's pattern says: str.strip()
+    # also takes \x85, \xa0 and \x1c-\x1f, which a client's regex may not
+    value = header.strip(" \t")
     if value.startswith("W/"):
         raise ValidationError("If-Match must be a strong ETag", field="If-Match")
     match = _IF_MATCH.fullmatch(value)
@@ -166,6 +180,7 @@ def if_match_version(header: str | None) -> int | None:
 def ttl_seconds(value: Any) -> int | None:
     if value is None:
         return None
+    value = _whole(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError("ttl_seconds must be an integer", field="ttl_seconds")
     if not MIN_TTL_SECONDS <= value <= MAX_TTL_SECONDS:

@@ -1,15 +1,20 @@
-"""docs/openapi.yaml stays true: it documents exactly the app's routes, and
-real responses (Chalice test client, real Redis) match what it says about
-them: the status is documented for the operation, the body validates against
-the documented schema, and documented headers match their patterns.
+"""docs/openapi.yaml stays true: it documents exactly the app's routes; what
+its request schemas allow, the server's validation accepts, and what they
+refuse, it refuses (keys, strings, ids, If-Match, integers); and real
+responses (Chalice test client, real Redis) match what it says about them:
+the status is documented for the operation, the body validates against the
+documented schema, and documented headers are there when required and match
+their patterns.
 
-The schemathesis run against a live server is in
-tests/integration/test_serve.py.
+schemathesis against a live server, and a client generated from the file,
+are in tests/integration/test_contract.py.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +22,15 @@ import jsonschema_rs
 import pytest
 import yaml
 from chalice.test import Client
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app import app
-from chalicelib import errors
+from chalicelib import errors, validation
 from chalicelib.sessions import SessionService
-from chalicelib.store import SessionStore
+from chalicelib.store import SessionStore, epoch_key
 from tests.conftest import API_KEY
+from tests.schemathesis_hooks import breaks_the_precondition_rule
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 SPEC_PATH = PROJECT_DIR / "docs" / "openapi.yaml"
@@ -83,12 +91,19 @@ class Spec:
             assert not errors_found, f"{method} {route} {status}: {errors_found}"
         for name, header in documented.get("headers", {}).items():
             header = deref(self.doc, header)
+            if header.get("required"):
+                assert name in response.headers, f"{method} {route} {status}: no {name} header"
             pattern = header["schema"].get("pattern")
             if name in response.headers and pattern:
                 assert re.search(pattern, response.headers[name]), (name, response.headers[name])
 
+    def validator(self, name: str):
+        """A validator of the schema ``components/schemas/<name>``."""
+        return jsonschema_rs.validator_for({"$ref": f"#/components/schemas/{name}",
+                                            "components": self.components})
 
-@pytest.fixture
+
+@pytest.fixture(scope="module")
 def documented(spec) -> Spec:
     return Spec(spec)
 
@@ -145,6 +160,87 @@ def test_the_session_id_pattern_is_the_one_validation_enforces(spec):
     from chalicelib.validation import SESSION_ID_PATTERN
 
     assert spec["components"]["schemas"]["SessionId"]["pattern"] == f"^{SESSION_ID_PATTERN}$"
+
+
+# -- what the request schemas allow, the server accepts ----------------------------
+
+def _accepts(parse, *args, **kwargs) -> bool:
+    try:
+        parse(*args, **kwargs)
+    except errors.ValidationError:
+        return False
+    return True
+
+
+# NUL, noncharacters and astral characters turn up often, not once in a while;
+# no lone surrogates: not Unicode, so no schema's business (a 400, documented)
+TEXT = st.text(st.sampled_from("a\x00 \u00e9\ufffe\U0001f600") | st.characters(codec="utf-8"),
+               max_size=6)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | TEXT,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(TEXT, children, max_size=3),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(state=st.dictionaries(TEXT, JSON_VALUES, max_size=4))
+def test_a_state_is_accepted_exactly_when_the_state_schema_allows_it(documented, state):
+    # within the two rules the schema cannot state (64 levels, MAX_STATE_BYTES)
+    allowed = documented.validator("State").is_valid(state)
+    assert allowed == _accepts(validation.check_state, state, 1 << 20), state
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(st.characters(codec="utf-8"), max_size=130)
+       | st.from_regex(validation.SESSION_ID_PATTERN, fullmatch=True))
+def test_a_session_id_in_a_body_is_accepted_exactly_when_its_schema_allows_it(documented, value):
+    allowed = documented.validator("SessionId").is_valid(value)
+    assert allowed == _accepts(validation.session_id, value, percent_encoded=False), value
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(st.sampled_from(' \t"0123W/*,\u00a0\u0085\x1c'), max_size=8)
+       | st.from_regex(r'[ \t]*("[1-9][0-9]{0,17}"|[1-9][0-9]{0,17})[ \t]*', fullmatch=True))
+def test_an_if_match_is_accepted_exactly_when_its_pattern_allows_it(spec, value):
+    schema = spec["components"]["parameters"]["IfMatch"]["schema"]
+    allowed = jsonschema_rs.validator_for(schema).is_valid(value)
+    assert allowed == _accepts(validation.if_match_version, value), repr(value)
+
+
+INTEGERS = (st.integers(min_value=-5, max_value=2 ** 63 + 5) | st.booleans() | st.none()
+            # JSON Schema's integer is any whole number: 3600.0 is one; past 2**53 a
+            # float spells no single integer, and the server refuses it (documented)
+            | st.floats(min_value=-(2 ** 53), max_value=2 ** 53) | st.integers(1, 2 ** 53).map(float))
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=INTEGERS)
+def test_integers_in_a_body_are_accepted_exactly_when_their_schema_allows_them(spec, value):
+    components = to_json_schema(spec["components"])
+    for schema, field in (("CreateSession", "ttl_seconds"), ("UpdateSession", "expected_version")):
+        property_schema = {**components["schemas"][schema]["properties"][field], "components": components}
+        allowed = jsonschema_rs.validator_for(property_schema).is_valid(value)
+        parse = validation.ttl_seconds if field == "ttl_seconds" else (
+            lambda v: v is None or validation.version(v, "expected_version"))
+        assert allowed == _accepts(parse, value), (field, value)
+
+
+def test_the_hooks_drop_only_refusals_of_the_precondition_rule_with_the_documented_answer():
+    breaks = breaks_the_precondition_rule
+    required = {"code": "PreconditionRequired", "message": "send expected_version..."}
+    disagree = {"code": "ValidationError", "message": "expected_version and If-Match disagree",
+                "details": {"expected_version": 1, "if_match": 3}}
+    assert breaks(428, required, None, None, False)
+    assert breaks(400, disagree, 1, 3, True)
+    # a PUT that kept the rule was wrongly refused: a failure all the same
+    assert not breaks(428, required, 2, None, False)
+    assert not breaks(428, required, None, 2, True)
+    assert not breaks(400, disagree, 3, 3, True)
+    assert not breaks(400, {**disagree, "details": {"field": "state"}}, 1, 3, True)
+    assert not breaks(400, {"code": "ValidationError", "details": {"field": "state"}}, None, 3, True)
+    assert not breaks(409, required, None, None, False)
+
+
 
 
 # -- real responses conform ----------------------------------------------------
@@ -235,3 +331,41 @@ def test_an_events_page_conforms_to_the_spec_and_pages_to_the_end(
             if cursor is None:
                 break
     assert seen == [5, 4, 3, 2, 1]
+
+
+class NothingPersisted:
+    """A durable read side that has no session at all."""
+
+    def latest(self, session_id):
+        return None
+
+    def history_page(self, session_id, *, limit, before_version, max_bytes):
+        return [], False
+
+
+def test_a_503_of_the_settle_time_conforms_to_the_spec_and_says_when_to_come_back(
+        use_settings, app_settings, redis_single, documented, session_id):
+    # Redis went back in time: the bucket's record is of another epoch than the node's
+    key = epoch_key(session_id)
+    before = redis_single.get(key)
+    node = redis_single.info("replication")["master_replid"][:8]
+    other = "0" * 8 if node != "0" * 8 else "1" * 8
+    redis_single.set(key, f"{other}|{int(time.time() * 1000)}")
+    service = SessionService(SessionStore(redis_single, channel=app_settings.channel),
+                             durable=NothingPersisted(), settle_seconds=30)
+    use_settings(app_settings, service=service)
+    try:
+        with Client(app, stage_name="local", project_dir=str(PROJECT_DIR)) as client:
+            response = client.http.get(f"/sessions/{session_id}", headers=AUTH)
+    finally:
+        # the bucket now settles for 30 s: give it back as it was, for the
+        # other tests' sessions that share it
+        if before is None:
+            redis_single.delete(key)
+        else:
+            redis_single.set(key, before)
+    assert response.status_code == 503, response.body
+    documented.assert_conforms("GET", "/sessions/{session_id}", response)
+    left = response.json_body["error"]["details"]["retry_after_seconds"]
+    assert 20 < left <= 30
+    assert response.headers["Retry-After"] == str(math.ceil(left))

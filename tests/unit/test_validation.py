@@ -154,30 +154,47 @@ def test_check_state_accepts_and_round_trips_or_rejects_with_a_validation_error(
 
 # -- versions and preconditions ------------------------------------------------
 
-@pytest.mark.parametrize("value", [True, False, 1.0, "1", None, [1], 0, -1, 2 ** 63])
+@pytest.mark.parametrize("value", [True, False, 1.5, 0.0, "1", None, [1], 0, -1, 2 ** 63,
+                                   float(2 ** 53 + 2)])
 def test_a_version_must_be_a_positive_64_bit_integer(value):
     with pytest.raises(ValidationError):
         validation.version(value, "expected_version")
+
+
+@pytest.mark.parametrize(("value", "expected"), [(1.0, 1), (3e2, 300), (float(2 ** 53), 2 ** 53)])
+def test_a_whole_number_written_as_a_float_is_the_version_it_spells(value, expected):
+    # JSON Schema's "integer" is any whole number: 1.0 is one (a schema-valid
+    # request), and a float spells an integer exactly only up to 2**53
+    assert validation.version(value, "expected_version") == expected
+    assert type(validation.version(value, "expected_version")) is int
+
+
+def test_a_whole_float_ttl_and_expected_version_are_accepted_in_requests():
+    request = validation.create_request(b'{"state":{},"ttl_seconds":3600.0}', LIMIT)
+    assert request.ttl_seconds == 3600 and type(request.ttl_seconds) is int
+    update = validation.update_request("a", b'{"state":{},"expected_version":4.0}', '"4"', LIMIT)
+    assert update.expected_version == 4
 
 
 def test_the_largest_64_bit_version_is_accepted():
     assert validation.version(2 ** 63 - 1, "v") == 2 ** 63 - 1
 
 
-@pytest.mark.parametrize("header, expected", [(None, None), ('"3"', 3), ("3", 3), (' "12" ', 12)])
+@pytest.mark.parametrize("header, expected", [(None, None), ('"3"', 3), ("3", 3), (' "12" ', 12),
+                                              ('\t"7" \t', 7)])
 def test_if_match_takes_a_version_or_its_etag(header, expected):
     assert validation.if_match_version(header) == expected
 
 
 @pytest.mark.parametrize("header", ['W/"3"', "*", '"abc"', '"0"', '"-1"', '"1", "2"', "\u00b2",
-                                    "\u0663", "9" * 20, "9" * 5000, ""])
+                                    "\u0663", "9" * 20, "9" * 5000, "", "\u00a03", '"3"\x85', "\x1c3"])
 def test_a_malformed_if_match_is_a_validation_error(header):
     with pytest.raises(ValidationError) as caught:
         validation.if_match_version(header)
     assert type(caught.value) is ValidationError
 
 
-@pytest.mark.parametrize("value", [True, "60", 0, 30 * 24 * 3600 + 1, 1.5])
+@pytest.mark.parametrize("value", [True, "60", 0, 30 * 24 * 3600 + 1, 1.5, 0.0, float(2 ** 60)])
 def test_ttl_seconds_must_be_an_integer_within_bounds(value):
     with pytest.raises(ValidationError):
         validation.ttl_seconds(value)
