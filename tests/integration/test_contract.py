@@ -52,14 +52,7 @@ def contract_server(tmp_path_factory, sqs):
         env = {**os.environ, "REDIS_URL": redis_server.url, "DATABASE_URL": dsn,
                "SESSION_QUEUE_URL": queues.url, "SESSION_DLQ_URL": queues.dlq_url,
                "AWS_ENDPOINT_URL": LOCALSTACK_URL, "SESSIONSYNC_API_KEYS": API_KEY,
-               "OUTBOX_RELAY_AGE_SECONDS": "1", "LOG_LEVEL": "WARNING",
-               # A fresh Redis has no epoch records, and a new deployment
-               # cannot be told from a Redis that lost everything: the first
-               # access to an unknown id starts its bucket's settle clock, and
-               # unknown ids of that bucket answer 503 until it runs out.  The
-               # contract is checked here, not the failover rules (those have
-               # tests/integration/test_store_epochs.py and tests/chaos).
-               "REDIS_SETTLE_SECONDS": "0"}
+               "OUTBOX_RELAY_AGE_SECONDS": "1", "LOG_LEVEL": "WARNING"}
         with serve_process(env, workdir) as (port, log):
             yield f"http://127.0.0.1:{port}", log
     finally:
