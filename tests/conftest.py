@@ -4,6 +4,8 @@ here skips.  Every fixture that creates something removes it in a finalizer.
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 import uuid
 
@@ -11,10 +13,10 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from chalicelib import runtime
+from chalicelib import metrics, runtime
 from chalicelib.config import Settings
 from chalicelib.store import SessionStore
-from tests.servers import RedisClusterServers, RedisServer, ReplicatedRedis
+from tests.servers import RedisClusterServers, RedisServer, ReplicatedRedis, running
 
 # Tests use database 1 of the machine's Redis so that `make run` (db 0) and
 # the test suite can share a machine.
@@ -41,14 +43,8 @@ def redis_single() -> redis.Redis:
 
 @pytest.fixture(scope="session")
 def redis_cluster_servers(tmp_path_factory) -> RedisClusterServers:
-    servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
-    try:
-        servers.start()
-    except BaseException:
-        servers.stop()
-        raise
-    yield servers
-    servers.stop()
+    with running(RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="session")
@@ -86,14 +82,8 @@ def replicated_redis(tmp_path):
     """A primary + replica of the test's own behind a proxy standing in for
     the endpoint's DNS name (tests/servers.ReplicatedRedis); the test may
     fail it over."""
-    pair = ReplicatedRedis(tmp_path / "replicated")
-    try:
-        pair.start()
-    except BaseException:
-        pair.stop()
-        raise
-    yield pair
-    pair.stop()
+    with running(ReplicatedRedis(tmp_path / "replicated")) as pair:
+        yield pair
 
 
 @pytest.fixture
@@ -234,3 +224,12 @@ def throwaway_postgres():
         raise
     yield server
     server.destroy()
+
+
+@pytest.fixture
+def emf_lines():
+    """The EMF metric lines written during the test, decoded."""
+    stream = io.StringIO()
+    metrics.configure(stream=stream)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    metrics.configure()

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -61,6 +62,21 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout)
+
+
+@contextlib.contextmanager
+def running(server: Any) -> Iterator[Any]:
+    """Start ``server`` (anything with start() and stop()); stop it on exit,
+    and also when it failed half-way through starting."""
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from chalicelib.config import Settings
 from chalicelib.errors import ServiceUnavailable
 from chalicelib.redis_client import CLUSTER_RETRIES, NOT_RUN_RETRIES, connect_redis
 from chalicelib.store import SessionStore, session_keys
-from tests.servers import RedisClusterServers, RedisServer, ReplicatedRedis, wait_for
+from tests.servers import RedisClusterServers, RedisServer, ReplicatedRedis, running, wait_for
 
 BUDGET_SECONDS = 1.5  # the one-second budget of a 503, with a margin for a busy machine
 
@@ -142,14 +142,8 @@ def test_a_failover_after_replication_stopped_loses_the_writes_made_since(replic
 @pytest.fixture(scope="module")
 def own_cluster(tmp_path_factory) -> RedisClusterServers:
     """A cluster whose slots these tests may unassign or migrate."""
-    servers = RedisClusterServers(tmp_path_factory.mktemp("failover-cluster"))
-    try:
-        servers.start()
-    except BaseException:
-        servers.stop()
-        raise
-    yield servers
-    servers.stop()
+    with running(RedisClusterServers(tmp_path_factory.mktemp("failover-cluster"))) as servers:
+        yield servers
 
 
 @pytest.fixture

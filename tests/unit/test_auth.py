@@ -10,7 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib import auth, logs, metrics
+from chalicelib import auth, logs
 from chalicelib.auth import (
     REFRESH_BACKOFF_MAX_SECONDS,
     REFRESH_BACKOFF_SECONDS,
@@ -164,13 +164,6 @@ def flaky():
     keys = ApiKeys((), secret_arn=SECRET_ARN, secrets_client=secrets, clock=clock)
     return keys, secrets, clock
 
-
-@pytest.fixture
-def emf_lines():
-    stream = io.StringIO()
-    metrics.configure(stream=stream)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    metrics.configure()
 
 
 @pytest.fixture

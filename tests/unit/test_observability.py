@@ -40,13 +40,6 @@ def log_lines():
     logs.configure()
 
 
-@pytest.fixture
-def emf_lines():
-    stream = io.StringIO()
-    metrics.configure(stream=stream)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    metrics.configure()
-
 
 def test_every_log_line_of_a_request_is_json_and_carries_that_request_s_id(
         log_lines, use_settings, app_settings, session_id):
