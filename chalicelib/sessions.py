@@ -282,11 +282,8 @@ class SessionService:
                       "flush): sessions it may hold stale wait for PostgreSQL; acknowledged "
                       "changes whose outbox entries it lost before they reached SQS are lost",
                       extra={"session_id": session_id, "settle_seconds": self.settle_seconds})
-        if left > 0:
-            raise ServiceUnavailable(
-                f"Redis failed over or restarted; session {session_id!r} is being reconciled "
-                f"with PostgreSQL: retry in {left:.1f}s", dependency="redis",
-                retry_after_seconds=round(left, 1))
+        _retry_later(left, f"Redis failed over or restarted; session {session_id!r} is being "
+                           "reconciled with PostgreSQL")
 
     def _confirm(self, session: Session) -> Read:
         """Serve a value of another epoch once PostgreSQL confirmed it (or
@@ -326,11 +323,8 @@ class SessionService:
             # (and its report) and for this session, lost on its own.
             # (A deletion is final: it needs no wait.)
             self._settle(session_id)
-            left = self.store.hold(session_id, self.settle_seconds)
-            if left > 0:
-                raise ServiceUnavailable(
-                    f"Redis lost session {session_id!r}; it is being recovered from PostgreSQL: "
-                    f"retry in {left:.1f}s", dependency="redis", retry_after_seconds=round(left, 1))
+            _retry_later(self.store.hold(session_id, self.settle_seconds),
+                         f"Redis lost session {session_id!r}; it is being recovered from PostgreSQL")
         acknowledged = marker[0] if marker else 0
         persisted_version = persisted.version if persisted else 0
         if marker is None and persisted is None:
@@ -353,3 +347,11 @@ class SessionService:
             raise SessionNotFound(session_id)
         metrics.emit({"RecoveryReads": 1})
         return restored
+
+
+def _retry_later(left: float, why: str) -> None:
+    """Raise ServiceUnavailable (503) saying when to come back, while ``left``
+    seconds of a settle time or a hold remain."""
+    if left > 0:
+        raise ServiceUnavailable(f"{why}: retry in {left:.1f}s", dependency="redis",
+                                 retry_after_seconds=round(left, 1))

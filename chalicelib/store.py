@@ -70,6 +70,11 @@ local function parse(raw)
   local v, c, u, t, f, e = string.match(raw, '^(%d+)|([^|]*)|([^|]*)|(%d+)|(%u)(%x*)|')
   return tonumber(v), c, u, tonumber(t), f, e
 end
+-- Redis's own clock, in ms: one clock for every client
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function head(v, c, u, t, f)
   return v .. '|' .. c .. '|' .. u .. '|' .. t .. '|' .. f
 end
@@ -250,18 +255,17 @@ return {'ok'}
 # record of a new deployment is written as settled long ago.
 SETTLE_SCRIPT = _LUA_PARSE + r"""
 local ep = epoch()
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local rec = redis.call('GET', KEYS[1])
 if rec and string.sub(rec, 1, 8) == ep then
-  local left = tonumber(ARGV[1]) - (now_ms - tonumber(string.sub(rec, 10)))
+  local left = tonumber(ARGV[1]) - (now - tonumber(string.sub(rec, 10)))
   return {math.max(0, left), 0, ep}
 end
 if not rec and ARGV[2] == '1' and (ARGV[3] == '' or ARGV[3] == ep) then
   redis.call('SET', KEYS[1], ep .. '|0')
   return {0, 2, ep}
 end
-redis.call('SET', KEYS[1], ep .. '|' .. now_ms)
+redis.call('SET', KEYS[1], ep .. '|' .. now)
 return {tonumber(ARGV[1]), rec and 1 or 2, ep}
 """
 
@@ -271,17 +275,16 @@ return {tonumber(ARGV[1]), rec and 1 or 2, ep}
 # Redis has no trace of a session PostgreSQL knows (its key and marker were
 # lost): the same wait as SETTLE_SCRIPT's, for this one session, from the
 # first time it is noticed.  The record expires well after the wait.
-HOLD_SCRIPT = r"""
+HOLD_SCRIPT = _LUA_PARSE + r"""
 local settle = tonumber(ARGV[1])
 if settle <= 0 then return 0 end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local since = redis.call('GET', KEYS[1])
 if not since then
-  redis.call('SET', KEYS[1], now_ms, 'PX', 3 * settle + 60000)
+  redis.call('SET', KEYS[1], now, 'PX', 3 * settle + 60000)
   return settle
 end
-return math.max(0, settle - (now_ms - tonumber(since)))
+return math.max(0, settle - (now - tonumber(since)))
 """
 
 # KEYS[1] any key of the slot whose node is asked
@@ -397,17 +400,12 @@ def iso_utc(epoch_seconds: float) -> str:
 
 
 def decode_session(session_id: str, raw: bytes | str) -> Session:
-    return _decode(session_id, raw)[0]
-
-
-def _decode(session_id: str, raw: bytes | str) -> tuple[Session, str]:
-    """(the session, the epoch it was written or verified in; '' for a value
-    written before values carried one)."""
+    """The stored value as a Session (its flag field is L or D, then the
+    epoch, which only the scripts compare)."""
     if isinstance(raw, bytes):
         raw = raw.decode()
     version, created, updated, ttl, flag, state = raw.split("|", 5)
-    session = Session(session_id, int(version), state, created, updated, int(ttl), flag[0] == "D")
-    return session, flag[1:]
+    return Session(session_id, int(version), state, created, updated, int(ttl), flag[0] == "D")
 
 
 def _encode_head(session: Session) -> str:
@@ -462,7 +460,7 @@ class SessionStore:
         if reply is None:
             return None
         raw, current = reply
-        session, _ = _decode(session_id, raw)
+        session = decode_session(session_id, raw)
         if session.deleted:  # a deletion is final, whatever the epoch
             raise SessionNotFound(session_id, deleted=True)
         if not current:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import uuid
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -233,3 +234,17 @@ def emf_lines():
     metrics.configure(stream=stream)
     yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
     metrics.configure()
+
+
+@pytest.fixture
+def moto_sqs(monkeypatch):
+    """moto's in-process SQS with a main queue and a DLQ (fast unit tests of SQS calls)."""
+    import boto3
+    from moto import mock_aws
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with mock_aws():
+        client = boto3.client("sqs", region_name="us-east-1")
+        queue = client.create_queue(QueueName="main")["QueueUrl"]
+        dlq = client.create_queue(QueueName="dead")["QueueUrl"]
+        yield SimpleNamespace(client=client, queue=queue, dlq=dlq)

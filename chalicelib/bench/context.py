@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-#: Payload of the latency sections: the brief's "1 KB state".
+#: Payload of the latency sections: a 1 KB state, as the targets assume.
 STATE_BYTES = 1024
 #: The consumer section's own database (never the app's), created and migrated.
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/sessionsync_bench"

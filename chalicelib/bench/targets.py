@@ -1,9 +1,9 @@
-"""The brief's performance targets, checked against one run's results.
+"""The product's performance targets (docs/performance.md), checked against one run's results.
 
 Each check says what was measured, the limit, whether it was met, and
-``met: None`` where the brief sets no number (cold start: "as low as
+``met: None`` where the target has no number (cold start: "as low as
 possible"; memory: "close to the payload size", read here as at most 1.5x).
-The Node design's figures from the brief are kept beside ours.
+The figures of the Node design it replaces are kept beside ours.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
     if _ok(cold):
         checks.append(_check("cold start: import + first GET (median)",
                              cold["first_get"]["median"]["import_plus_first_ms"], None, None, "ms",
-                             "fresh interpreter; no number in the brief ('as low as possible')"))
+                             "fresh interpreter; the target has no number ('as low as possible')"))
     consumer = sections.get("consumer")
     if _ok(consumer):
         batched = [r for r in consumer["handler"] if r["batch_size"] >= 10]

@@ -48,7 +48,7 @@ def bench(profile: str, output_dir: Path, sections: str | None, redis_url: str |
     """Benchmark the store, handler, cold start, consumer, memory, scale and contention.
 
     Writes bench-<profile>-<time>.json and .png to --output-dir and prints
-    every target of the brief, met or missed.  Exit code 1 if a section failed.
+    every performance target (docs/performance.md), met or missed.  Exit code 1 if a section failed.
     """
     options = BenchOptions(
         profile=profile if profile in PROFILES else "full", output_dir=output_dir,

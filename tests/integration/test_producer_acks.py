@@ -5,10 +5,7 @@ process.  docs/guarantees.md, guarantee 2.
 """
 from __future__ import annotations
 
-import boto3
-import pytest
 import redis
-from moto import mock_aws
 
 from chalicelib.producer import SqsProducer
 from chalicelib.store import SessionStore
@@ -16,22 +13,13 @@ from tests.conftest import TEST_CHANNEL
 from tests.pipeline_support import outbox_entries_of
 
 
-@pytest.fixture
-def sqs(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    with mock_aws():
-        client = boto3.client("sqs", region_name="us-east-1")
-        yield client, client.create_queue(QueueName="sessions")["QueueUrl"]
-
-
 def _bodies(client, url):
     reply = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
     return [m["Body"] for m in reply.get("Messages", [])]
 
 
-def test_a_send_sqs_refuses_leaves_the_outbox_entry_for_the_relay(sqs, redis_single, session_id):
-    client, url = sqs
+def test_a_send_sqs_refuses_leaves_the_outbox_entry_for_the_relay(moto_sqs, redis_single, session_id):
+    client, url = moto_sqs.client, moto_sqs.queue
     store = SessionStore(redis_single, channel=TEST_CHANNEL)
     written = store.create(session_id, '{"a":1}', 60)
     producer = SqsProducer(client, url + "-deleted", store)  # the queue is gone: refused
@@ -47,8 +35,8 @@ def test_a_send_sqs_refuses_leaves_the_outbox_entry_for_the_relay(sqs, redis_sin
 
 
 def test_an_outbox_ack_that_fails_after_sqs_took_the_message_is_not_an_error(
-        sqs, throwaway_redis, session_id):
-    client, url = sqs
+        moto_sqs, throwaway_redis, session_id):
+    client, url = moto_sqs.client, moto_sqs.queue
     admin = redis.Redis.from_url(throwaway_redis.url)
     # a user that may run the scripts but not ZREM/HDEL, which the ack uses
     admin.acl_setuser("app", enabled=True, passwords=["+app-password-1"], keys=["*"],

@@ -176,16 +176,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "a value behind PostgreSQL is vouched for"),
     mutant(
         "settle-wait-removed", 8, SESSIONS,
-        (("        if left > 0:\n            raise ServiceUnavailable(",
-          "        if False:\n            raise ServiceUnavailable("),),
+        (("        _retry_later(left, f\"Redis failed over or restarted",
+          "        _retry_later(0, f\"Redis failed over or restarted"),),
         (f"{T_RULES}::test_a_session_redis_may_hold_stale_waits_for_the_settle_time_before_postgresql_judges",),
         "PostgreSQL judges a stale value at once, before the queue had time to deliver"),
     mutant(
         "lost-session-hold-removed", 8, SESSIONS,
-        (("            if left > 0:\n                raise ServiceUnavailable(\n"
-          "                    f\"Redis lost session",
-          "            if False:\n                raise ServiceUnavailable(\n"
-          "                    f\"Redis lost session"),),
+        (("            _retry_later(self.store.hold(session_id, self.settle_seconds),",
+          "            _retry_later(0,"),),
         ("tests/integration/test_redis_forgets.py::"
          "test_a_session_whose_key_and_marker_were_lost_waits_for_its_change_still_in_the_queue",),
         "a session whose key and marker were lost is recovered before its queued change arrives"),

@@ -4,12 +4,9 @@ consumer against moto's in-process SQS."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
-import boto3
 import psycopg
 import pytest
-from moto import mock_aws
 from psycopg import conninfo
 
 from chalicelib import config
@@ -174,15 +171,6 @@ def test_a_received_message_becomes_a_lambda_sqs_record():
 
 # --- worker and consumer on moto's SQS ---------------------------------------------------------------
 
-@pytest.fixture
-def moto_sqs(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    with mock_aws():
-        client = boto3.client("sqs", region_name="us-east-1")
-        queue = client.create_queue(QueueName="main")["QueueUrl"]
-        dlq = client.create_queue(QueueName="dead")["QueueUrl"]
-        yield SimpleNamespace(client=client, queue=queue, dlq=dlq)
 
 
 def _depth(sqs, url):
