@@ -1,12 +1,15 @@
 """sessionsync: the Chalice app.  A routing table, nothing more.
 
-Each route parses its input with ``chalicelib.validation``, calls one
-``SessionService`` method and returns through ``chalicelib.web``, which maps
+Each route parses its input with ``chalicelib.domain.validation``, calls one
+``SessionService`` method and returns through ``chalicelib.api.web``, which maps
 every domain error to the one JSON error shape.  No Redis, SQL or boto3 here.
 """
 from chalice import AuthResponse, Chalice, IAMAuthorizer, Rate
 
-from chalicelib import auth, config, health, logs, runtime, validation, web
+from chalicelib import config, runtime
+from chalicelib.api import auth, health, web
+from chalicelib.domain import validation
+from chalicelib.observability import logs
 
 # Chalice's own log handler prints plain text; logs.configure() makes every
 # sessionsync logger write JSON lines at LOG_LEVEL instead.
@@ -100,7 +103,7 @@ def health_check():
 def persist_changes(event):
     """SQS -> PostgreSQL; poison goes to the DLQ.  Safe with or without
     ReportBatchItemFailures on the mapping: when a record must be retried,
-    the handled ones are deleted and the handler raises (chalicelib.consumer)."""
+    the handled ones are deleted and the handler raises (chalicelib.pipeline.consumer)."""
     return runtime.consumer().handle(event.to_dict())
 
 

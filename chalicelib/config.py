@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
-from chalicelib.errors import ConfigurationError
+from chalicelib.domain.errors import ConfigurationError
 
 REDIS_URL = "REDIS_URL"
 REDIS_CLUSTER = "REDIS_CLUSTER"
@@ -60,7 +60,7 @@ SQS_MESSAGE_LIMIT = 1024 * 1024
 DEFAULT_MAX_STATE_BYTES = 256 * 1024
 DEFAULT_SESSION_TTL = 3600
 # Longer than the pipeline's usual lag (Redis -> SQS -> PostgreSQL): see
-# chalicelib/sessions.py, "settle".
+# chalicelib/service/sessions.py, "settle".
 DEFAULT_REDIS_SETTLE_SECONDS = 10.0
 # The version marker outlives the session so that recovery never serves a
 # version older than the last acknowledged one and a deleted id is never
@@ -70,7 +70,7 @@ DEFAULT_REDIS_SETTLE_SECONDS = 10.0
 DEFAULT_MARKER_TTL = 0
 # The request path's one SQS attempt: connect and read timeout, seconds.  A
 # hung SQS costs a write at most this once, then inline sends pause and the
-# outbox relay delivers (chalicelib/producer.py).  Short for AWS, whose
+# outbox relay delivers (chalicelib/pipeline/producer.py).  Short for AWS, whose
 # SendMessage answers in milliseconds; the local stage sets it higher,
 # because LocalStack on a busy machine stalls for longer than that, and
 # every stall that outlasts it sends the next seconds of events the slow

@@ -63,32 +63,32 @@ def settings() -> Settings:
 
 
 def redis() -> Any:
-    from chalicelib.logs import instrument_redis
-    from chalicelib.redis_client import connect_redis
+    from chalicelib.adapters.redis.client import connect_redis
+    from chalicelib.observability.logs import instrument_redis
     # instrument_redis is a no-op unless LOG_LEVEL=DEBUG (each command timed)
     return _once("redis", lambda: instrument_redis(connect_redis(settings())))
 
 
 def store() -> Any:
-    from chalicelib.store import SessionStore
+    from chalicelib.adapters.redis.store import SessionStore
     s = settings()
     return _once("store", lambda: SessionStore(redis(), marker_ttl=s.marker_ttl, channel=s.channel))
 
 
 def sqs() -> Any:
-    from chalicelib import aws
+    from chalicelib.adapters import aws
     return _once("sqs", lambda: aws.client("sqs", settings()))
 
 
 def queue_url() -> str:
-    from chalicelib import aws
+    from chalicelib.adapters import aws
     s = settings()
     return _once("queue_url", lambda: aws.queue_url(sqs(), s.queue_url, s.queue_name,
                                                      SESSION_QUEUE_URL))
 
 
 def dlq_url() -> str:
-    from chalicelib import aws
+    from chalicelib.adapters import aws
     from chalicelib.config import SESSION_DLQ_URL
     s = settings()
     return _once("dlq_url", lambda: aws.queue_url(sqs(), s.dlq_url, s.dlq_name, SESSION_DLQ_URL))
@@ -98,8 +98,8 @@ def producer() -> Any:
     """The request path's producer: one attempt with short timeouts
     (SQS_SEND_TIMEOUT_SECONDS each), so a hung SQS adds at most that once
     to a write, then pauses inline sends (the relay catches up)."""
-    from chalicelib import aws
-    from chalicelib.producer import SqsProducer
+    from chalicelib.adapters import aws
+    from chalicelib.pipeline.producer import SqsProducer
 
     def build() -> Any:
         s = settings()
@@ -120,15 +120,15 @@ def database() -> Any:
     """The PostgreSQL adapter (one connection, reused while warm), or None."""
     if not settings().has_database:
         return None
-    from chalicelib import persistence
+    from chalicelib.adapters.postgres import database as persistence
     return _once("database", lambda: persistence.Database.from_settings(settings(), secrets_client))
 
 
 def consumer() -> Any:
     """The SQS consumer (database + DLQ sender) the Lambda handler calls."""
     from chalicelib.config import DATABASE_URL
-    from chalicelib.consumer import Consumer, DeadLetterQueue, SqsRecordSource
-    from chalicelib.errors import ConfigurationError
+    from chalicelib.domain.errors import ConfigurationError
+    from chalicelib.pipeline.consumer import Consumer, DeadLetterQueue, SqsRecordSource
 
     def build() -> Any:
         db = database()
@@ -141,9 +141,9 @@ def consumer() -> Any:
 
 def relay() -> Any:
     """The outbox relay (store + producer) the scheduled function calls."""
-    from chalicelib.outbox import OutboxRelay
+    from chalicelib.pipeline.outbox import OutboxRelay
     s = settings()
-    from chalicelib.producer import SqsProducer
+    from chalicelib.pipeline.producer import SqsProducer
     # the relay's own producer, on the patient client: it sends batches of
     # up to 1 MiB and has a schedule's time, not a request's
     return _once("relay", lambda: OutboxRelay(
@@ -151,12 +151,12 @@ def relay() -> Any:
 
 
 def secrets_client() -> Any:
-    from chalicelib import aws
+    from chalicelib.adapters import aws
     return _once("secretsmanager", lambda: aws.client("secretsmanager", settings()))
 
 
 def api_keys() -> Any:
-    from chalicelib.auth import ApiKeys
+    from chalicelib.api.auth import ApiKeys
     s = settings()
     return _once("api_keys", lambda: ApiKeys(
         s.api_keys, secret_arn=s.api_keys_secret_arn,
@@ -182,7 +182,7 @@ class _OnFirstUse:
 
 
 def service() -> Any:
-    from chalicelib.sessions import SessionService
+    from chalicelib.service.sessions import SessionService
     s = settings()
     return _once("service", lambda: SessionService(
         store(), publisher=_OnFirstUse(producer) if s.has_queue else None,
@@ -191,13 +191,13 @@ def service() -> Any:
 
 
 def health_probes() -> dict[str, Any]:
-    """name -> probe for every configured dependency (chalicelib.health).
+    """name -> probe for every configured dependency (chalicelib.api.health).
 
     Each probe builds its client inside the deadline (a cluster client
     connects as it is built); one lock per object (``_once``) keeps a
     probe blocked on another builder's I/O from holding up the others.
     """
-    from chalicelib import health
+    from chalicelib.api import health
     s = settings()
     probes: dict[str, Any] = {"redis": health.redis_probe(store)}
     if s.has_database:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 # What the figures depend on: the service code, the bench itself, and the
 # pinned dependencies.  Docs, tests and infrastructure templates do not move them.
-MEASURED = ("app.py", "chalicelib", "requirements.txt")
+MEASURED = ("app.py", "chalicelib", "sessionsync/bench", "requirements.txt")
 # commits listed in a report (the newest)
 SHOWN = 10
 

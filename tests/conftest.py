@@ -14,9 +14,10 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from chalicelib import metrics, runtime
+from chalicelib import runtime
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
-from chalicelib.store import SessionStore
+from chalicelib.observability import metrics
 from tests.servers import RedisClusterServers, RedisServer, ReplicatedRedis, running
 
 # Tests use database 1 of the machine's Redis so that `make run` (db 0) and
@@ -123,7 +124,7 @@ def pg_test_dsn() -> str:
     """A fresh database sessionsync_test_<random>, migrated; dropped at the end."""
     import psycopg
 
-    from chalicelib import provisioning
+    from sessionsync import provisioning
     dsn = _database_url(PG_TEST_ADMIN_URL, f"sessionsync_test_{uuid.uuid4().hex[:10]}")
     try:
         provisioning.ensure_database(dsn)
@@ -138,7 +139,7 @@ def pg_test_dsn() -> str:
 
 @pytest.fixture
 def database(pg_test_dsn):
-    from chalicelib.persistence import Database
+    from chalicelib.adapters.postgres.database import Database
     db = Database.from_dsn(pg_test_dsn)
     yield db
     db.close()
@@ -168,7 +169,7 @@ def sqs(localstack_settings):
     """A boto3 SQS client on LocalStack (fails the run when it does not answer)."""
     from botocore.exceptions import BotoCoreError
 
-    from chalicelib import aws
+    from chalicelib.adapters import aws
     client = aws.client("sqs", localstack_settings)
     try:
         client.list_queues(MaxResults=1)
@@ -180,7 +181,7 @@ def sqs(localstack_settings):
 @pytest.fixture
 def queue_pair(sqs):
     """A main queue + DLQ (redrive after 5 receives) with unique names; deleted after."""
-    from chalicelib import provisioning
+    from sessionsync import provisioning
     name = f"sessionsync-test-{uuid.uuid4().hex[:10]}"
     pair = provisioning.ensure_queues(sqs, name, provisioning.dlq_name_for(name))
     yield pair

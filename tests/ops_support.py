@@ -57,6 +57,6 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
 def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> CliResult:
     """``sessionsync ARGS`` in a new interpreter; its exit code, output and duration."""
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", "from chalicelib.cli import main; main()", *args],
+    proc = subprocess.run([sys.executable, "-c", "from sessionsync.cli import main; main()", *args],
                           env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout)
     return CliResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)

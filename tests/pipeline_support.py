@@ -16,13 +16,13 @@ from typing import Any
 
 import psycopg
 
-from chalicelib.consumer import BatchReport, Consumer, DeadLetterQueue, SqsRecordSource
-from chalicelib.outbox import OutboxRelay
-from chalicelib.persistence import Database
-from chalicelib.producer import SqsProducer
-from chalicelib.provisioning import QueuePair
-from chalicelib.store import SessionStore, bucket_of, outbox_keys
-from chalicelib.worker import Worker
+from chalicelib.adapters.postgres.database import Database
+from chalicelib.adapters.redis.store import SessionStore, bucket_of, outbox_keys
+from chalicelib.pipeline.consumer import BatchReport, Consumer, DeadLetterQueue, SqsRecordSource
+from chalicelib.pipeline.outbox import OutboxRelay
+from chalicelib.pipeline.producer import SqsProducer
+from sessionsync.provisioning import QueuePair
+from sessionsync.worker import Worker
 
 CREATED_AT = "2026-11-28T16:33:30.405Z"
 

@@ -20,7 +20,7 @@ rule and the answer is the documented one for it (428
 versions): every other ST202 of a PUT stays a failure.
 
 It reads the request as it was sent, and parses If-Match on its own (not with
-chalicelib.validation), so that a parsing bug of the server is not copied.
+chalicelib.domain.validation), so that a parsing bug of the server is not copied.
 """
 from __future__ import annotations
 

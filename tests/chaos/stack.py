@@ -19,17 +19,17 @@ from typing import Any
 
 import psycopg
 
-from chalicelib import aws
+from chalicelib.adapters import aws
+from chalicelib.adapters.postgres.database import Database
+from chalicelib.adapters.redis.client import connect_redis
+from chalicelib.adapters.redis.store import SessionStore, outbox_keys
 from chalicelib.config import Settings
-from chalicelib.consumer import Consumer, DeadLetterQueue, SqsRecordSource
-from chalicelib.outbox import OutboxRelay
-from chalicelib.persistence import Database
-from chalicelib.producer import SqsProducer
-from chalicelib.provisioning import QueuePair
-from chalicelib.redis_client import connect_redis
-from chalicelib.sessions import SessionService
-from chalicelib.store import SessionStore, outbox_keys
-from chalicelib.worker import Worker
+from chalicelib.pipeline.consumer import Consumer, DeadLetterQueue, SqsRecordSource
+from chalicelib.pipeline.outbox import OutboxRelay
+from chalicelib.pipeline.producer import SqsProducer
+from chalicelib.service.sessions import SessionService
+from sessionsync.provisioning import QueuePair
+from sessionsync.worker import Worker
 from tests.chaos.history import Observed
 from tests.servers import TcpProxy, free_port
 
@@ -152,7 +152,7 @@ class ChaosStack:
     # -- draining and observing -----------------------------------------------------------
 
     def outbox_ids(self, session_ids: Iterable[str]) -> list[str]:
-        from chalicelib.store import bucket_of
+        from chalicelib.adapters.redis.store import bucket_of
         ids = set(session_ids)
         found = []
         for bucket in sorted({bucket_of(s) for s in ids}):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from chalicelib import provisioning
+from sessionsync import provisioning
 from tests.chaos.history import History, check, check_acknowledged_persisted
 from tests.chaos.stack import ChaosStack
 from tests.chaos.workload import Workload

@@ -12,15 +12,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chalicelib.errors import (
+from chalicelib.domain.errors import (
     ConcurrencyError,
     RecoveryPending,
     ServiceUnavailable,
     SessionExists,
     SessionNotFound,
 )
-from chalicelib.sessions import SessionService
-from chalicelib.validation import CreateRequest, UpdateRequest
+from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.service.sessions import SessionService
 from tests.chaos.history import History, Op, now
 
 

@@ -10,7 +10,7 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.store import bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.store import bucket_of, outbox_keys, session_keys
 from tests.conftest import API_KEY
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])

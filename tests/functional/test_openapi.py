@@ -26,9 +26,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app import app
-from chalicelib import errors, validation
-from chalicelib.sessions import SessionService
-from chalicelib.store import SessionStore, epoch_key
+from chalicelib.adapters.redis.store import SessionStore, epoch_key
+from chalicelib.domain import errors, validation
+from chalicelib.service.sessions import SessionService
 from tests.conftest import API_KEY
 from tests.schemathesis_hooks import breaks_the_precondition_rule
 
@@ -157,7 +157,7 @@ def test_the_error_codes_in_the_spec_are_the_codes_of_real_errors(spec):
 
 
 def test_the_session_id_pattern_is_the_one_validation_enforces(spec):
-    from chalicelib.validation import SESSION_ID_PATTERN
+    from chalicelib.domain.validation import SESSION_ID_PATTERN
 
     assert spec["components"]["schemas"]["SessionId"]["pattern"] == f"^{SESSION_ID_PATTERN}$"
 

@@ -9,7 +9,7 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.consumer import BatchIncomplete
+from chalicelib.pipeline.consumer import BatchIncomplete
 from tests.pipeline_support import event_body, outbox_entries_of
 from tests.servers import free_port
 
@@ -30,7 +30,7 @@ def _ids(event, *indexes):
 def _received_event(pipeline, bodies):
     """``bodies`` sent to the real queue and received, as Lambda's event
     (real receipt handles: the handler's own deletes are real)."""
-    from chalicelib.worker import lambda_record
+    from sessionsync.worker import lambda_record
     pipeline.send_bodies(bodies)
     arn = pipeline.sqs.get_queue_attributes(QueueUrl=pipeline.queues.url,
                                             AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]

@@ -11,10 +11,10 @@ import uuid
 
 import redis
 
-from chalicelib.producer import SqsProducer
-from chalicelib.sessions import SessionService
-from chalicelib.store import SessionStore, session_keys
-from chalicelib.validation import CreateRequest, UpdateRequest
+from chalicelib.adapters.redis.store import SessionStore, session_keys
+from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.pipeline.producer import SqsProducer
+from chalicelib.service.sessions import SessionService
 
 
 def _restricted_store(server) -> SessionStore:

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from chalicelib import aws
-from chalicelib.auth import REFRESH_BACKOFF_SECONDS, SECRET_CACHE_SECONDS, ApiKeys
+from chalicelib.adapters import aws
+from chalicelib.api.auth import REFRESH_BACKOFF_SECONDS, SECRET_CACHE_SECONDS, ApiKeys
 from tests.servers import free_port
 
 KEY = "localstack-key-0123456789abcdef"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.bench import targets
-from chalicelib.bench.runner import SECTION_ORDER
+from sessionsync.bench import targets
+from sessionsync.bench.runner import SECTION_ORDER
 
 pytestmark = [pytest.mark.slow, pytest.mark.localstack]
 
@@ -34,7 +34,7 @@ def smoke(tmp_path_factory, pg_test_dsn) -> tuple[dict, list[Path]]:
     # the consumer section writes to the test session's database, not to the
     # machine's shared bench database (another run may be using it)
     proc = subprocess.run(
-        [sys.executable, "-c", "from chalicelib.cli import main; main()", "bench", "--smoke",
+        [sys.executable, "-c", "from sessionsync.cli import main; main()", "bench", "--smoke",
          "--output-dir", str(out), "--database-url", pg_test_dsn],
         cwd=out, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

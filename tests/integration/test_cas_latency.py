@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from chalicelib.errors import ConcurrencyError
-from chalicelib.store import SessionStore
+from chalicelib.adapters.redis.store import SessionStore
+from chalicelib.domain.errors import ConcurrencyError
 from tests.conftest import TEST_CHANNEL
 from tests.servers import TcpProxy
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.store import SessionStore
+from chalicelib.adapters.redis.store import SessionStore
 from tests.conftest import REDIS_TEST_URL
 
 SESSIONSYNC = Path(sys.executable).parent / "sessionsync"

@@ -38,7 +38,7 @@ PHASES = ("Examples", "Coverage", "Fuzzing", "Stateful")
 def contract_server(tmp_path_factory, sqs):
     """`sessionsync serve` with the pipeline on a fresh Redis, database and
     queue pair of its own (what schemathesis writes stays here)."""
-    from chalicelib import provisioning
+    from sessionsync import provisioning
 
     workdir = tmp_path_factory.mktemp("contract")
     redis_server = RedisServer(workdir / "redis").start()

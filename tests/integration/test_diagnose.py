@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from chalicelib import operations
+from chalicelib.adapters.redis.store import SessionStore, session_keys
 from chalicelib.config import Settings
-from chalicelib.producer import SqsProducer
-from chalicelib.sessions import SessionService
-from chalicelib.store import SessionStore, session_keys
-from chalicelib.validation import CreateRequest, UpdateRequest
+from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.pipeline.producer import SqsProducer
+from chalicelib.service.sessions import SessionService
+from sessionsync import operations
 from tests.ops_support import cli_env, run_cli
 
 

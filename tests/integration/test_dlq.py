@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from chalicelib import dlq
 from chalicelib.config import Settings
-from chalicelib.sessions import SessionService
-from chalicelib.validation import CreateRequest, UpdateRequest
+from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.service.sessions import SessionService
+from sessionsync import dlq
 from tests.conftest import LOCALSTACK_URL, REDIS_TEST_URL, TEST_CHANNEL
 from tests.ops_support import cli_env, run_cli
 from tests.pipeline_support import event_body, wait_until

@@ -15,14 +15,14 @@ import uuid
 import pytest
 import redis
 
-from chalicelib import aws
-from chalicelib.errors import ServiceUnavailable
-from chalicelib.outbox import OutboxRelay
-from chalicelib.persistence import Database
-from chalicelib.producer import SqsProducer
-from chalicelib.sessions import SessionService
-from chalicelib.store import BUCKETS, SessionStore, bucket_of
-from chalicelib.validation import UpdateRequest, create_request
+from chalicelib.adapters import aws
+from chalicelib.adapters.postgres.database import Database
+from chalicelib.adapters.redis.store import BUCKETS, SessionStore, bucket_of
+from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.validation import UpdateRequest, create_request
+from chalicelib.pipeline.outbox import OutboxRelay
+from chalicelib.pipeline.producer import SqsProducer
+from chalicelib.service.sessions import SessionService
 from tests.conftest import TEST_CHANNEL
 from tests.pipeline_support import event_body, outbox_entries_of
 from tests.servers import TcpProxy
@@ -155,8 +155,8 @@ def test_with_the_local_stage_s_timeout_an_inline_send_outlasts_a_localstack_sta
     import dataclasses
     import threading
 
-    from chalicelib.cli._common import stage_environment
     from chalicelib.config import load_settings
+    from sessionsync.cli._common import stage_environment
     local = load_settings(stage_environment("local"))
     proxy = proxy_factory(int(localstack_settings.aws_endpoint_url.rsplit(":", 1)[1]))
     producer, attempts = _request_path_producer(
@@ -177,8 +177,8 @@ def test_with_the_local_stage_s_timeout_an_inline_send_outlasts_a_localstack_sta
 def test_a_connection_cut_after_redis_ran_a_write_is_a_503_never_a_false_conflict(
         redis_single, proxy_factory, session_id):
     proxy = proxy_factory(6379)
+    from chalicelib.adapters.redis.client import connect_redis
     from chalicelib.config import Settings
-    from chalicelib.redis_client import connect_redis
     db = redis_single.connection_pool.connection_kwargs["db"]
     client = connect_redis(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/{db}"))
     store = SessionStore(client, channel=TEST_CHANNEL)

@@ -19,8 +19,8 @@ from chalice.test import Client
 
 from app import app
 from chalicelib import runtime
+from chalicelib.api.health import DEADLINE_SECONDS
 from chalicelib.config import Settings
-from chalicelib.health import DEADLINE_SECONDS
 from tests.conftest import API_KEY, LOCALSTACK_URL, PG_TEST_ADMIN_URL, REDIS_TEST_URL, TEST_CHANNEL
 from tests.ops_support import cli_env, run_cli
 from tests.servers import free_port
@@ -324,7 +324,7 @@ def test_an_access_denied_from_sqs_is_access_denied_not_a_missing_queue_and_show
 @pytest.fixture
 def patient_health(monkeypatch):
     """A deadline no loaded machine misses: these tests are about the words."""
-    from chalicelib import health
+    from chalicelib.api import health
     monkeypatch.setattr(health, "DEADLINE_SECONDS", 10.0)
 
 

@@ -11,8 +11,8 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.sessions import HISTORY_PAGE_BYTES, SessionService
-from chalicelib.store import SessionStore
+from chalicelib.adapters.redis.store import SessionStore
+from chalicelib.service.sessions import HISTORY_PAGE_BYTES, SessionService
 from tests.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

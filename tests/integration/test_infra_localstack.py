@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib import aws
+from chalicelib.adapters import aws
 from chalicelib.config import Settings
 from tests.servers import free_port, wait_for
 

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from chalicelib.persistence import Database
+from chalicelib.adapters.postgres.database import Database
 from tests.pipeline_support import event_body
 from tests.servers import free_port
 

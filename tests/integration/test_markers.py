@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.errors import ConcurrencyError, SessionNotFound
-from chalicelib.store import KeyBehind, Session, session_keys
+from chalicelib.adapters.redis.store import KeyBehind, session_keys
+from chalicelib.domain.errors import ConcurrencyError, SessionNotFound
+from chalicelib.domain.session import Session
 
 
 def _marker(store, sid):

@@ -10,13 +10,14 @@ import uuid
 import psycopg
 import pytest
 
-from chalicelib import migrations, persistence, provisioning
+from chalicelib.adapters.postgres import database as persistence
 from chalicelib.config import Settings
-from chalicelib.migrations import Migration, MigrationError
-from chalicelib.producer import SqsProducer
+from chalicelib.pipeline.producer import SqsProducer
+from sessionsync import migrations, provisioning
+from sessionsync.migrations import Migration, MigrationError
 from tests.conftest import PG_TEST_ADMIN_URL, _database_url
 
-CLI = "from chalicelib.cli import main; main()"  # the sessionsync console script
+CLI = "from sessionsync.cli import main; main()"  # the sessionsync console script
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chalicelib.adapters.postgres.database import Database
 from chalicelib.config import Settings
-from chalicelib.errors import PermanentPersistenceError, RetryablePersistenceError, ServiceUnavailable
-from chalicelib.events import parse_event
-from chalicelib.persistence import Database
+from chalicelib.domain.errors import PermanentPersistenceError, RetryablePersistenceError, ServiceUnavailable
+from chalicelib.domain.events import parse_event
 from tests.pipeline_support import event_body
 from tests.servers import free_port
 
@@ -184,7 +184,7 @@ def test_reads_for_operators_report_recent_events_and_a_ping(database):
 @pytest.mark.localstack
 def test_the_database_secret_is_read_from_secrets_manager_with_an_awkward_password(
         pg_test_dsn, localstack_settings):
-    from chalicelib import aws
+    from chalicelib.adapters import aws
     client = aws.client("secretsmanager", localstack_settings)
     dbname = pg_test_dsn.rsplit("/", 1)[1]
     secret = {"username": "postgres", "password": "p@ss/w:rd%?#", "host": "127.0.0.1",

@@ -12,7 +12,7 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.worker import Worker
+from sessionsync.worker import Worker
 from tests.conftest import API_KEY
 from tests.pipeline_support import event_body, outbox_entries_of, wait_until
 

@@ -16,12 +16,13 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib import provisioning, runtime
-from chalicelib.outbox import OutboxRelay
-from chalicelib.persistence import Database
-from chalicelib.producer import SqsProducer
-from chalicelib.sessions import SessionService
-from chalicelib.validation import CreateRequest, UpdateRequest
+from chalicelib import runtime
+from chalicelib.adapters.postgres.database import Database
+from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.pipeline.outbox import OutboxRelay
+from chalicelib.pipeline.producer import SqsProducer
+from chalicelib.service.sessions import SessionService
+from sessionsync import provisioning
 from tests.conftest import API_KEY
 from tests.pipeline_support import Pipeline, event_body, outbox_entries_of, wait_until
 from tests.servers import free_port
@@ -145,7 +146,7 @@ def test_writes_succeed_while_sqs_is_unreachable_and_the_relay_delivers_them_aft
 
 
 def _client_to_closed_port(settings):
-    from chalicelib import aws
+    from chalicelib.adapters import aws
     return aws.client("sqs", dataclasses.replace(
         settings, aws_endpoint_url=f"http://127.0.0.1:{free_port()}"))
 
@@ -156,9 +157,9 @@ def _client_to_closed_port(settings):
 _DIE_BEFORE_SQS = """
 import os, sys
 import redis
-from chalicelib.sessions import SessionService
-from chalicelib.store import SessionStore
-from chalicelib.validation import CreateRequest, UpdateRequest
+from chalicelib.service.sessions import SessionService
+from chalicelib.adapters.redis.store import SessionStore
+from chalicelib.domain.validation import CreateRequest, UpdateRequest
 
 class DiesBeforeSqs:
     def publish(self, result):
@@ -201,9 +202,9 @@ def test_a_process_that_dies_between_the_redis_write_and_sqs_is_covered_by_the_r
 _DIE_AFTER_COMMIT = r"""
 import os, sys
 import boto3
-from chalicelib.consumer import Consumer, DeadLetterQueue, SqsRecordSource
-from chalicelib.persistence import Database
-from chalicelib.worker import Worker
+from chalicelib.pipeline.consumer import Consumer, DeadLetterQueue, SqsRecordSource
+from chalicelib.adapters.postgres.database import Database
+from sessionsync.worker import Worker
 
 queue_url, dlq_url, dsn, endpoint = sys.argv[1:5]
 sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1",

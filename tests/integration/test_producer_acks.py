@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import redis
 
-from chalicelib.producer import SqsProducer
-from chalicelib.store import SessionStore
+from chalicelib.adapters.redis.store import SessionStore
+from chalicelib.pipeline.producer import SqsProducer
 from tests.conftest import TEST_CHANNEL
 from tests.pipeline_support import outbox_entries_of
 

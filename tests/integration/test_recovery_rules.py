@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from chalicelib.errors import RecoveryPending, ServiceUnavailable, SessionExists, SessionNotFound
-from chalicelib.events import parse_event
-from chalicelib.sessions import SessionService
-from chalicelib.store import SessionStore, epoch_key, session_keys
-from chalicelib.validation import CreateRequest
+from chalicelib.adapters.redis.store import SessionStore, epoch_key, session_keys
+from chalicelib.domain.errors import RecoveryPending, ServiceUnavailable, SessionExists, SessionNotFound
+from chalicelib.domain.events import parse_event
+from chalicelib.domain.validation import CreateRequest
+from chalicelib.service.sessions import SessionService
 from tests.conftest import TEST_CHANNEL
 
 

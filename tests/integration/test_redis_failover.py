@@ -21,10 +21,10 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from chalicelib.adapters.redis.client import CLUSTER_RETRIES, NOT_RUN_RETRIES, connect_redis
+from chalicelib.adapters.redis.store import SessionStore, session_keys
 from chalicelib.config import Settings
-from chalicelib.errors import ServiceUnavailable
-from chalicelib.redis_client import CLUSTER_RETRIES, NOT_RUN_RETRIES, connect_redis
-from chalicelib.store import SessionStore, session_keys
+from chalicelib.domain.errors import ServiceUnavailable
 from tests.servers import RedisClusterServers, RedisServer, ReplicatedRedis, running, wait_for
 
 BUDGET_SECONDS = 1.5  # the one-second budget of a 503, with a margin for a busy machine

@@ -18,10 +18,10 @@ import redis
 from chalice.test import Client
 
 from app import app
+from chalicelib.adapters.redis.client import connect_redis
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
-from chalicelib.errors import ServiceUnavailable
-from chalicelib.redis_client import connect_redis
-from chalicelib.store import SessionStore
+from chalicelib.domain.errors import ServiceUnavailable
 from tests.conftest import API_KEY
 from tests.servers import RedisServer, free_port
 

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from chalicelib.adapters.redis.client import connect_redis
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import load_settings
-from chalicelib.errors import ServiceUnavailable
-from chalicelib.redis_client import connect_redis
-from chalicelib.store import SessionStore
+from chalicelib.domain.errors import ServiceUnavailable
 from tests.servers import free_port, stop_process, wait_for
 
 USER = "sessionsync"

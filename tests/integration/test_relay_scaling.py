@@ -9,8 +9,8 @@ import uuid
 import redis
 from redis.client import Pipeline
 
-from chalicelib.outbox import OutboxRelay
-from chalicelib.store import BUCKETS, SessionStore, bucket_of, outbox_keys
+from chalicelib.adapters.redis.store import BUCKETS, SessionStore, bucket_of, outbox_keys
+from chalicelib.pipeline.outbox import OutboxRelay
 
 BACKLOG = 20_000
 PAGE = 200

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from chalicelib.errors import ConcurrencyError, SessionNotFound
-from chalicelib.retry import retry_on_conflict
+from chalicelib.domain.errors import ConcurrencyError, SessionNotFound
+from sessionsync.retry import retry_on_conflict
 
 
 def increment(store, session_id: str) -> None:

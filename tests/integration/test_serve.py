@@ -231,7 +231,7 @@ def short_timeout_server(tmp_path_factory, redis_single) -> Server:
     """``build_server(socket_timeout=SHORT_TIMEOUT)`` in a process of its own."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve-timeout") / "serve.log"
-    script = ("import sys; from chalicelib.cli.serve import build_server; "
+    script = ("import sys; from sessionsync.cli.serve import build_server; "
               "build_server('127.0.0.1', int(sys.argv[1]), "
               "socket_timeout=float(sys.argv[2])).serve_forever()")
     with log.open("wb") as out:

@@ -1,7 +1,7 @@
 """`sessionsync soak` against a `sessionsync serve` with its pipeline (worker
 and relay threads), both started here as a user would run them, on the test's
 own Redis, database and queues: no request fails, and every acknowledged
-write is in PostgreSQL exactly (chalicelib/bench/soak.py says what exactly)."""
+write is in PostgreSQL exactly (sessionsync/bench/soak.py says what exactly)."""
 from __future__ import annotations
 
 import json

@@ -18,11 +18,8 @@ import pytest
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from chalicelib.config import Settings
-from chalicelib.errors import ConcurrencyError, SessionExists, SessionNotFound
-from chalicelib.redis_client import connect_redis
-from chalicelib.sessions import SessionService
-from chalicelib.store import (
+from chalicelib.adapters.redis.client import connect_redis
+from chalicelib.adapters.redis.store import (
     CREATED,
     DELETED,
     UPDATED,
@@ -32,6 +29,9 @@ from chalicelib.store import (
     outbox_keys,
     session_keys,
 )
+from chalicelib.config import Settings
+from chalicelib.domain.errors import ConcurrencyError, SessionExists, SessionNotFound
+from chalicelib.service.sessions import SessionService
 from tests.conftest import TEST_CHANNEL
 from tests.pipeline_support import wait_until
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.store import EpochChanged, IdUnknown, RedisBehind, session_keys
+from chalicelib.adapters.redis.store import EpochChanged, IdUnknown, RedisBehind, session_keys
 
 
 def _stale(store, sid, version, stamp="deadbeef"):

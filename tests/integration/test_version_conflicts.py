@@ -12,8 +12,8 @@ import uuid
 import psycopg
 import pytest
 
-from chalicelib.errors import PermanentPersistenceError
-from chalicelib.events import parse_event
+from chalicelib.domain.errors import PermanentPersistenceError
+from chalicelib.domain.events import parse_event
 from tests.pipeline_support import event_body
 
 
@@ -111,7 +111,7 @@ def test_a_conflict_committed_by_a_concurrent_batch_is_seen_after_waiting_for_it
 
 def test_two_consumers_racing_on_the_same_versions_leave_one_row_and_one_conflict_per_version(
         pg_test_dsn, sid):
-    from chalicelib.persistence import Database
+    from chalicelib.adapters.postgres.database import Database
     consumers = [Database.from_dsn(pg_test_dsn) for _ in range(2)]
     versions = range(1, 41)
     batches = [[_event(sid, v, {"writer": w, "v": v}) for v in versions] for w in ("a", "b")]

@@ -44,12 +44,12 @@ def mutant(name: str, guarantee: int, file: str, replacements: tuple[tuple[str, 
     return Mutant(name, guarantee, tuple(Edit(file, old, new) for old, new in replacements), tests, what)
 
 
-STORE = "chalicelib/store.py"
-SESSIONS = "chalicelib/sessions.py"
-PERSISTENCE = "chalicelib/persistence.py"
-CONSUMER = "chalicelib/consumer.py"
-PRODUCER = "chalicelib/producer.py"
-REDIS_CLIENT = "chalicelib/redis_client.py"
+STORE = "chalicelib/adapters/redis/store.py"
+SESSIONS = "chalicelib/service/sessions.py"
+PERSISTENCE = "chalicelib/adapters/postgres/database.py"
+CONSUMER = "chalicelib/pipeline/consumer.py"
+PRODUCER = "chalicelib/pipeline/producer.py"
+REDIS_CLIENT = "chalicelib/adapters/redis/client.py"
 
 T_STORE = "tests/integration/test_store.py"
 T_CAS_LATENCY = "tests/integration/test_cas_latency.py"

@@ -95,7 +95,7 @@ def _pytest(tree: Path, tests: Sequence[str], timeout: float, log: Path) -> tupl
 def _check_imports(tree: Path) -> None:
     probe = subprocess.run(
         [sys.executable, "-c",
-         "import app, chalicelib.store; print(chalicelib.store.__file__); print(app.__file__)"],
+         "import app, chalicelib.adapters.redis.store as s; print(s.__file__); print(app.__file__)"],
         cwd=tree, env=_environment(tree), capture_output=True, text=True, timeout=60)
     paths = probe.stdout.split()
     if probe.returncode != 0 or len(paths) != 2 or not all(Path(p).is_relative_to(tree) for p in paths):

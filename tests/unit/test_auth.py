@@ -10,14 +10,15 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib import auth, logs
-from chalicelib.auth import (
+from chalicelib.api import auth
+from chalicelib.api.auth import (
     REFRESH_BACKOFF_MAX_SECONDS,
     REFRESH_BACKOFF_SECONDS,
     SECRET_CACHE_SECONDS,
     ApiKeys,
 )
-from chalicelib.errors import ConfigurationError
+from chalicelib.domain.errors import ConfigurationError
+from chalicelib.observability import logs
 
 KEYS = ("first-key-0123456789abcdef", "second-key-0123456789abcdef", "third-key-0123456789abcdef")
 

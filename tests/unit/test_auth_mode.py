@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.config import AUTH_MODE, auth_mode
-from chalicelib.errors import ConfigurationError
+from chalicelib.domain.errors import ConfigurationError
 
 PROJECT = Path(__file__).resolve().parents[2]
 PROBE = ("import json, app; print(json.dumps({p: {m: type(e.authorizer).__name__ "

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from chalicelib.bench import coldstart, consumer, stats
-from chalicelib.bench.context import state_json
-from chalicelib.bench.events import sqs_record
-from chalicelib.consumer import parse_record
+from chalicelib.pipeline.consumer import parse_record
+from sessionsync.bench import coldstart, consumer, stats
+from sessionsync.bench.context import state_json
+from sessionsync.bench.events import sqs_record
 
 
 def test_nearest_rank_percentiles():

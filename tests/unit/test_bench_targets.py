@@ -2,7 +2,7 @@
 past it, so that a flipped comparison or a wrong figure shows."""
 from __future__ import annotations
 
-from chalicelib.bench import targets
+from sessionsync.bench import targets
 
 
 def _sections(*, get=1.0, verified=1.0, update=1.0, p99=500.0, get_p50=100.0, update_p50=300.0,

@@ -11,7 +11,7 @@ from chalicelib.config import (
     check_database_url,
     load_settings,
 )
-from chalicelib.errors import ConfigurationError
+from chalicelib.domain.errors import ConfigurationError
 
 PASSWORD_WITH_AT = "p@ssw0rd"
 PASSWORD_WITH_SLASH = "ab/cd3f"
@@ -123,8 +123,8 @@ def test_redis_cluster_with_a_database_other_than_0_names_redis_url():
 
 
 def test_the_request_path_s_sqs_timeout_is_short_unless_a_stage_sets_it():
-    from chalicelib.cli._common import stage_environment
     from chalicelib.config import DEFAULT_SQS_SEND_TIMEOUT_SECONDS
+    from sessionsync.cli._common import stage_environment
     assert load_settings({}).sqs_send_timeout == DEFAULT_SQS_SEND_TIMEOUT_SECONDS == 0.5
     assert load_settings({"SQS_SEND_TIMEOUT_SECONDS": "2.5"}).sqs_send_timeout == 2.5
     # the local stage waits out LocalStack's stalls; the AWS stages keep the default

@@ -15,10 +15,10 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from chalicelib import health
+from chalicelib.adapters.postgres.database import fetch_secret_dsn
+from chalicelib.api import health
 from chalicelib.config import DB_SECRET_ARN, SESSION_QUEUE_URL
-from chalicelib.errors import ConfigurationError, ServiceUnavailable
-from chalicelib.persistence import fetch_secret_dsn
+from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
 
 ACCOUNT = "123456789012"
 ARN = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:sessionsync/prod/db-AbCdEf"

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from cfnlint.decode import cfn_yaml
 
-from chalicelib import config, provisioning
+from chalicelib import config
+from sessionsync import provisioning
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 INFRA = PROJECT_DIR / "infra"

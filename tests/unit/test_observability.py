@@ -19,12 +19,12 @@ import redis
 from chalice.test import Client
 
 from app import app, persist_changes
-from chalicelib import logs, metrics
-from chalicelib.errors import ConcurrencyError
-from chalicelib.events import parse_event
-from chalicelib.sessions import SessionService
-from chalicelib.store import SessionStore, bucket_of, outbox_keys, session_keys
-from chalicelib.validation import CreateRequest, UpdateRequest
+from chalicelib.adapters.redis.store import SessionStore, bucket_of, outbox_keys, session_keys
+from chalicelib.domain.errors import ConcurrencyError
+from chalicelib.domain.events import parse_event
+from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.observability import logs, metrics
+from chalicelib.service.sessions import SessionService
 from tests.conftest import API_KEY, PG_TEST_ADMIN_URL, REDIS_TEST_URL, TEST_CHANNEL
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])

@@ -41,7 +41,7 @@ def _check(root: Path) -> subprocess.CompletedProcess:
 @pytest.fixture
 def repo(tmp_path) -> tuple[Path, str]:
     _git(tmp_path, "init", "-q")
-    measured = _commit(tmp_path, {"app.py": "app = 1\n", "chalicelib/store.py": "x = 1\n",
+    measured = _commit(tmp_path, {"app.py": "app = 1\n", "chalicelib/adapters/redis/store.py": "x = 1\n",
                                   "requirements.txt": "redis==8.1.0\n", "tests/test_x.py": ""})
     return tmp_path, measured
 
@@ -56,8 +56,8 @@ def test_figures_measured_at_the_last_change_to_the_code_are_current(repo):
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("changed", ["chalicelib/store.py", "app.py", "requirements.txt",
-                                     "chalicelib/bench/runner.py"])
+@pytest.mark.parametrize("changed", ["chalicelib/adapters/redis/store.py", "app.py", "requirements.txt",
+                                     "sessionsync/bench/runner.py"])
 def test_a_change_to_the_measured_code_after_the_run_makes_them_stale(repo, changed):
     root, measured = repo
     _commit(root, {changed: "changed = True\n"})  # landed after the run, before the docs

@@ -10,22 +10,22 @@ import pytest
 from psycopg import conninfo
 
 from chalicelib import config
-from chalicelib.consumer import (
+from chalicelib.adapters.postgres.database import ApplyResult, classify, dsn_from_secret
+from chalicelib.domain.errors import (
+    ConfigurationError,
+    MalformedMessage,
+    PermanentPersistenceError,
+    RetryablePersistenceError,
+)
+from chalicelib.domain.events import parse_event
+from chalicelib.pipeline.consumer import (
     BatchIncomplete,
     Consumer,
     DeadLetter,
     DeadLetterQueue,
     dead_letter_attributes,
 )
-from chalicelib.errors import (
-    ConfigurationError,
-    MalformedMessage,
-    PermanentPersistenceError,
-    RetryablePersistenceError,
-)
-from chalicelib.events import parse_event
-from chalicelib.persistence import ApplyResult, classify, dsn_from_secret
-from chalicelib.worker import Worker, lambda_record
+from sessionsync.worker import Worker, lambda_record
 from tests.pipeline_support import event_body
 
 # --- events ---------------------------------------------------------------------
@@ -305,7 +305,7 @@ class _Source:
 def test_an_aws_client_makes_exactly_the_attempts_it_was_built_with(attempts, monkeypatch):
     from botocore.exceptions import EndpointConnectionError
 
-    from chalicelib import aws
+    from chalicelib.adapters import aws
     from chalicelib.config import Settings
     from tests.servers import free_port
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")

@@ -1,7 +1,7 @@
 """A 503 says when to come back: one second by default, the time left when
 the service knows it (the settle time after Redis went back in time)."""
-from chalicelib.errors import ServiceUnavailable
-from chalicelib.web import error_response
+from chalicelib.api.web import error_response
+from chalicelib.domain.errors import ServiceUnavailable
 
 
 def test_a_503_asks_for_a_retry_after_one_second_by_default():

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from chalicelib.bench.soak import Ack, Pool, check_durability, parse_mix
+from sessionsync.bench.soak import Ack, Pool, check_durability, parse_mix
 
 
 class FakeRows:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chalicelib import validation
-from chalicelib.errors import PayloadTooLarge, PreconditionRequired, ValidationError
-from chalicelib.validation import MAX_DEPTH, SESSION_ID_PATTERN
+from chalicelib.domain import validation
+from chalicelib.domain.errors import PayloadTooLarge, PreconditionRequired, ValidationError
+from chalicelib.domain.validation import MAX_DEPTH, SESSION_ID_PATTERN
 
 LIMIT = 256 * 1024
 

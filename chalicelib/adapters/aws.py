@@ -1,0 +1,77 @@
+"""boto3 clients with the timeouts a request path needs.
+
+botocore's defaults (60 s connect and read, 4-5 attempts) would hang a
+Lambda for minutes when SQS or Secrets Manager is unreachable; these give
+up within a couple of seconds and let the outbox relay catch up later.
+boto3 is imported here only, lazily, to keep it off the cold-start path of
+routes that never call AWS.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from chalicelib.config import Settings
+
+T = TypeVar("T")
+
+
+def client(service: str, settings: Settings, *, connect_timeout: float = 1.0,
+           read_timeout: float = 3.0, attempts: int = 2, max_pool_connections: int = 10) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    # total_max_attempts counts the first request; botocore's max_attempts
+    # counts only the retries (attempts=1 would make two requests)
+    config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                    retries={"total_max_attempts": attempts, "mode": "standard"},
+                    region_name=settings.aws_region, max_pool_connections=max_pool_connections)
+    return boto3.session.Session().client(
+        service, endpoint_url=settings.aws_endpoint_url, config=config)
+
+
+def queue_url(sqs: Any, url: str | None, name: str | None, setting: str) -> str:
+    """The queue URL given, or looked up by name.  Raises ConfigurationError."""
+    from chalicelib.domain.errors import ConfigurationError
+
+    if url:
+        return url
+    if not name:
+        raise ConfigurationError(setting, "is not set (give the queue URL or its name)")
+    from botocore.exceptions import BotoCoreError, ClientError
+    try:
+        return sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except ClientError as exc:
+        # the code only: the error's text carries the account id; and an
+        # AccessDenied is not a missing queue
+        code = exc.response.get("Error", {}).get("Code", "")
+        if "NonExistentQueue" in code or code == "QueueDoesNotExist":
+            raise ConfigurationError(setting, f"queue {name!r} does not exist") from exc
+        raise ConfigurationError(setting, f"cannot look up queue {name!r}: SQS answered "
+                                          f"{code or 'an error'}") from exc
+    except BotoCoreError as exc:
+        from chalicelib.domain.errors import ServiceUnavailable
+        raise ServiceUnavailable(f"SQS is unavailable: {type(exc).__name__}", dependency="sqs") from exc
+
+
+# SendMessageBatch takes at most 10 entries and 1 MiB in all (bodies and
+# attributes); the margin covers ids, attribute names and types.
+SQS_BATCH_ENTRIES = 10
+SQS_BATCH_BYTES = 1024 * 1024 - 16 * 1024
+
+
+def sqs_batches(items: Iterable[T], size_of: Callable[[T], int]) -> Iterator[list[T]]:
+    """Split ``items`` into SendMessageBatch-sized lists (``size_of`` gives an
+    item's body plus attributes in bytes).  An item too big for any batch
+    still gets a list of its own: SQS then refuses that one entry alone."""
+    batch: list[T] = []
+    size = 0
+    for item in items:
+        n = size_of(item)
+        if batch and (len(batch) == SQS_BATCH_ENTRIES or size + n > SQS_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += n
+    if batch:
+        yield batch

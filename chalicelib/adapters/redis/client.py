@@ -1,0 +1,102 @@
+"""Build the redis-py client sessionsync uses, single node or cluster.
+
+Timeouts are short on purpose: an unreachable Redis must turn into a 503
+within about a second, not a Lambda that hangs until its own timeout.
+``rediss://`` (TLS) and ``redis://user:password@`` (RBAC / AUTH) URLs are
+passed to redis-py unchanged, as ElastiCache in-transit encryption needs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import BusyLoadingError, MasterDownError, ReadOnlyError, RedisClusterException
+from redis.retry import Retry
+
+from chalicelib.config import Settings
+from chalicelib.domain.errors import ServiceUnavailable
+
+RedisClient = redis.Redis | RedisCluster
+
+# Replies after which the command did not run, so sending it again cannot
+# apply a write twice.  READONLY and MASTERDOWN come from a node that is a
+# replica now: after a failover the endpoint's name points at the promoted
+# node, but a pooled connection stays attached to the demoted one.  LOADING
+# comes from a node reading its data set after a restart.
+NOT_RUN_ERRORS = (ReadOnlyError, MasterDownError, BusyLoadingError)
+# Attempts after the first, each on a new connection (so the endpoint's name
+# is resolved again), with pauses that keep the whole under the one-second
+# budget of a 503.
+NOT_RUN_RETRIES = 3
+NOT_RUN_BACKOFF = ExponentialBackoff(cap=0.1, base=0.025)
+# A cluster command refused with CLUSTERDOWN is sent once more, after
+# redis-py's own pause and a reload of the slot map.
+CLUSTER_RETRIES = 1
+
+
+def connect_redis(settings: Settings, **overrides: Any) -> RedisClient:
+    """Return a client for ``settings.redis_url``.
+
+    A single-node client connects lazily (no round trip at cold start); a
+    cluster client reads the slot map now.  Raises ServiceUnavailable when
+    a cluster cannot be reached.  ``overrides`` go to redis-py (tests use them).
+    """
+    options: dict[str, Any] = {
+        "socket_connect_timeout": settings.redis_timeout,
+        "socket_timeout": settings.redis_timeout,
+        "health_check_interval": 30,
+        "client_name": "sessionsync",
+    }
+    options.update(overrides)
+    # redis-py never re-sends a command after a connection error or a
+    # timeout.  Such a command may have run: the connection can break after
+    # Redis executed a CAS script and before its reply arrived, and a re-sent
+    # script would then answer ConcurrencyError (or SessionExists) for a write
+    # that succeeded, which a client's retry loop would apply twice.  The
+    # caller gets a 503, outcome unknown, within the one-second budget of
+    # guarantee 5.  Reads, which are safe to repeat, retry a broken connection
+    # themselves (SessionStore.get).  Only the replies of NOT_RUN_ERRORS are
+    # retried: redis-py then drops the connection and opens a new one.
+    if not settings.redis_cluster:
+        options.setdefault("retry", Retry(NOT_RUN_BACKOFF, NOT_RUN_RETRIES,
+                                          supported_errors=NOT_RUN_ERRORS))
+        return redis.Redis.from_url(settings.redis_url, **options)
+    # The cluster client retries by itself (MOVED, ASK, TRYAGAIN: see
+    # _Cluster); its ``retry`` only says how often a whole command is tried
+    # again after CLUSTERDOWN.
+    options.setdefault("retry", Retry(NoBackoff(), CLUSTER_RETRIES))
+    # Unlike redis.Redis, a cluster client connects as it is built (it reads
+    # the slot map): an unreachable or non-cluster Redis must be a 503.
+    try:
+        return _Cluster.from_url(settings.redis_url, **options)
+    except (RedisClusterException, redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ServiceUnavailable(f"Redis Cluster is unavailable: {type(exc).__name__}",
+                                 dependency="redis") from exc
+
+
+class _Cluster(RedisCluster):
+    """RedisCluster that does not re-send a command after a timeout or a
+    connection error (see above).
+
+    What it does retry, as redis-py does, since the command did not run:
+    MOVED and ASK are followed at once; TRYAGAIN (a slot migrating) is tried
+    again with short pauses for under half a second; CLUSTERDOWN and a slot
+    missing from the map reload the map and try CLUSTER_RETRIES more times;
+    LOADING too.  After a connection error redis-py has already reloaded the
+    map, so the next command finds a new primary.  What is still refused
+    after that is a 503 (store._redis_errors).
+    """
+
+    ERRORS_ALLOW_RETRY = (*(e for e in RedisCluster.ERRORS_ALLOW_RETRY
+                            if not issubclass(e, (redis.TimeoutError, redis.ConnectionError))),
+                          BusyLoadingError)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        # A pipeline retries with its own, wider list (timeouts included) and
+        # re-sends the whole batch: give it no retries, as before, so that a
+        # hung node costs one timeout, not two.
+        pipe = super().pipeline(transaction, shard_hint)
+        pipe.set_retry(Retry(NoBackoff(), 0))
+        return pipe

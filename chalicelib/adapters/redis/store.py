@@ -1,0 +1,850 @@
+"""The session store: hot session state in Redis with atomic compare-and-set.
+
+Key layout (every key of a session shares one hash tag, so each script
+touches one hash slot and runs unchanged on Redis Cluster)::
+
+    ss:{NNNN}:s:<id>   the session: "<version>|<created>|<updated>|<ttl>|<L|D><epoch>|<state JSON>"
+                       (one string: one GET to read it, no per-field overhead;
+                       the epoch is 8 hex digits, see _LUA_PARSE)
+    ss:{NNNN}:m:<id>   version marker "<version>|<L|D>", outlives the session
+                       (recovery never serves an older version; ids are not reused)
+    ss:{NNNN}:ob       outbox index: ZSET event id -> enqueue time (ms)
+    ss:{NNNN}:od       outbox data:  HASH event id -> event JSON
+    ss:{NNNN}:e        epoch record "<epoch>|<ms first seen>" (SETTLE_SCRIPT)
+    ss:{NNNN}:h:<id>   hold record of a session Redis lost (HOLD_SCRIPT), short-lived
+
+``NNNN`` is a bucket, crc32(id) mod ``BUCKETS``: the outbox of a bucket lives
+beside its sessions, so the write and its outbox entry are one atomic script,
+and the relay scans a fixed set of ``BUCKETS`` outboxes instead of KEYS/SCAN.
+``BUCKETS`` is part of the data format: changing it orphans existing keys.
+
+Each mutation is ONE Lua script: it checks the version, writes the state,
+bumps the version, refreshes the TTL, updates the marker, records the outbox
+entry and publishes the change on Pub/Sub.  The script builds the change
+event itself (the same bytes go to Pub/Sub, the outbox and SQS).
+
+Redis may forget (eviction, a failover to a replica that lacked the last
+writes, a restart without persistence, a flush) while PostgreSQL remembers.
+The store never decides alone what that means: it reports it, and the
+service (``chalicelib.service.sessions``) asks PostgreSQL.  ``IdUnknown``: a create
+of an id Redis has no trace of; ``EpochChanged``: a value written before
+Redis's data last went back in time; ``KeyMissing``: a key gone, its marker
+left.  Store methods take ``floor`` / ``known_absent`` with what PostgreSQL
+said; their defaults trust Redis (a store without PostgreSQL behind it).
+"""
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from chalicelib.adapters.redis.client import RedisClient
+from chalicelib.domain.errors import ConcurrencyError, ServiceUnavailable, SessionExists, SessionNotFound
+from chalicelib.domain.session import Session
+
+BUCKETS = 1024
+EVENT_SCHEMA_VERSION = 1
+CREATED, UPDATED, DELETED = "session_created", "session_updated", "session_deleted"
+
+Clock = Callable[[], float]
+
+# Shared by every script.
+#
+# epoch(): the first 8 hex digits of the node's replication id.  Redis
+# changes it when its data may have gone back in time: a replica promoted
+# by a failover (its copy may lack the primary's last writes), a restart
+# without persistence, a node that resynchronised from another primary.
+# Every session value carries the epoch it was written or verified in
+# (after its L/D flag); a value from another epoch may be older than what
+# PostgreSQL holds, so it is served or written again only once PostgreSQL
+# confirmed it (``floor``: the version PostgreSQL holds).
+_LUA_PARSE = r"""
+local function epoch()
+  return string.sub(string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)'), 1, 8)
+end
+local function parse(raw)
+  local v, c, u, t, f, e = string.match(raw, '^(%d+)|([^|]*)|([^|]*)|(%d+)|(%u)(%x*)|')
+  return tonumber(v), c, u, tonumber(t), f, e
+end
+-- Redis's own clock, in ms: one clock for every client
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function head(v, c, u, t, f)
+  return v .. '|' .. c .. '|' .. u .. '|' .. t .. '|' .. f
+end
+local function marker_of(m)
+  return tonumber(string.match(m, '^(%d+)')), string.sub(m, -2) == '|D'
+end
+local function event(kind, sid, version, created, now_iso, ttl, state)
+  return '{"schema_version":1,"event_id":"' .. sid .. ':' .. version ..
+    '","event_type":"' .. kind .. '","session_id":"' .. sid ..
+    '","version":' .. version .. ',"created_at":"' .. created ..
+    '","occurred_at":"' .. now_iso .. '","ttl_seconds":' .. ttl ..
+    ',"state":' .. state .. '}'
+end
+local function emit(ev, sid, version, now_ms, channel)
+  local eid = sid .. ':' .. version
+  redis.call('ZADD', KEYS[3], now_ms, eid)
+  redis.call('HSET', KEYS[4], eid, ev)
+  redis.call('PUBLISH', channel, ev)
+end
+-- nil when the session may be written; else the reply that refuses it.
+-- A value from another epoch needs the floor PostgreSQL gave ('' = not
+-- asked yet) and must not be behind it.
+local function check_epoch(v, e, ep, floor)
+  if e == ep then return nil end
+  if floor == '' then return {'unverified', v} end
+  if v < tonumber(floor) then return {'behind', v} end
+  return nil
+end
+-- the version marker; a marker TTL of 0 means none: volatile-* eviction
+-- policies never take a key without one (SESSION_MARKER_TTL)
+local function set_marker(value, marker_ttl, ttl)
+  if marker_ttl > 0 then
+    redis.call('SET', KEYS[2], value, 'EX', math.max(marker_ttl, ttl))
+  else
+    redis.call('SET', KEYS[2], value)
+  end
+end
+-- the missing-key replies of update and delete
+local function missing()
+  local m = redis.call('GET', KEYS[2])
+  if not m then return {'missing', 0} end
+  local mv, deleted = marker_of(m)
+  if deleted then return {'deleted', mv} end
+  return {'missing', mv}
+end
+"""
+
+# KEYS[1] session  KEYS[2] marker  KEYS[3] outbox index  KEYS[4] outbox data
+# ARGV[1] session id  ARGV[2] state JSON  ARGV[3] now ISO  ARGV[4] now ms
+# ARGV[5] ttl seconds  ARGV[6] marker ttl seconds  ARGV[7] channel
+# ARGV[8] '1' when PostgreSQL has no such session (or there is none), '0' not asked
+# returns {'ok', event} | {'exists', version, deleted 0/1}
+#       | {'unknown'}: Redis knows nothing of the id; ask PostgreSQL (ids are
+#         never reused, and Redis may have forgotten one: eviction, failover)
+CREATE_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local v, _, _, _, flag = parse(raw)
+  return {'exists', v, flag == 'D' and 1 or 0}
+end
+local m = redis.call('GET', KEYS[2])
+if m then
+  local mv, deleted = marker_of(m)
+  return {'exists', mv, deleted and 1 or 0}
+end
+if ARGV[8] ~= '1' then return {'unknown'} end
+local ttl = tonumber(ARGV[5])
+redis.call('SET', KEYS[1], head(1, ARGV[3], ARGV[3], ttl, 'L') .. epoch() .. '|' .. ARGV[2], 'EX', ttl)
+set_marker('1|L', tonumber(ARGV[6]), ttl)
+local ev = event('session_created', ARGV[1], 1, ARGV[3], ARGV[3], ttl, ARGV[2])
+emit(ev, ARGV[1], 1, ARGV[4], ARGV[7])
+return {'ok', ev}
+"""
+
+# KEYS as CREATE_SCRIPT
+# ARGV[1] session id  ARGV[2] state JSON  ARGV[3] expected version
+# ARGV[4] now ISO  ARGV[5] now ms  ARGV[6] marker ttl seconds  ARGV[7] channel
+# ARGV[8] floor: the version PostgreSQL holds, or '' (not asked)
+# returns {'ok', event, created} | {'conflict', actual} | {'deleted', version}
+#       | {'missing', marker version or 0} | {'unverified', version} | {'behind', version}
+UPDATE_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return missing() end
+local v, created, _, ttl, flag, e = parse(raw)
+if flag == 'D' then return {'deleted', v} end
+local ep = epoch()
+local refused = check_epoch(v, e, ep, ARGV[8])
+if refused then return refused end
+if v ~= tonumber(ARGV[3]) then return {'conflict', v} end
+v = v + 1
+redis.call('SET', KEYS[1], head(v, created, ARGV[4], ttl, 'L') .. ep .. '|' .. ARGV[2], 'EX', ttl)
+set_marker(v .. '|L', tonumber(ARGV[6]), ttl)
+local ev = event('session_updated', ARGV[1], v, created, ARGV[4], ttl, ARGV[2])
+emit(ev, ARGV[1], v, ARGV[5], ARGV[7])
+return {'ok', ev, created}
+"""
+
+# KEYS as CREATE_SCRIPT
+# ARGV[1] session id  ARGV[2] expected version or '' (unconditional)
+# ARGV[3] now ISO  ARGV[4] now ms  ARGV[5] marker ttl seconds  ARGV[6] channel
+# ARGV[7] floor, as UPDATE_SCRIPT's ARGV[8]
+# returns {'ok', event, version} | as UPDATE_SCRIPT
+# The tombstone keeps the session's TTL (at least the session TTL): a write
+# still in flight with an old version fails its check instead of recreating.
+# A tombstone is trusted whatever its epoch: a deletion is final.
+DELETE_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return missing() end
+local v, created, _, ttl, flag, e = parse(raw)
+if flag == 'D' then return {'deleted', v} end
+local ep = epoch()
+local refused = check_epoch(v, e, ep, ARGV[7])
+if refused then return refused end
+if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end
+v = v + 1
+redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'D') .. ep .. '|null', 'EX', ttl)
+set_marker(v .. '|D', tonumber(ARGV[5]), ttl)
+local ev = event('session_deleted', ARGV[1], v, created, ARGV[3], ttl, 'null')
+emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
+return {'ok', ev, v}
+"""
+
+# KEYS[1] session  KEYS[2] marker
+# ARGV[1] the stored value's head (version to flag)  ARGV[2] its version
+# ARGV[3] ttl seconds  ARGV[4] marker ttl  ARGV[5] '|' .. state JSON
+# ARGV[6] 'absent': only into an absent key | 'repair': also over an older version
+# returns {'restored'} | {'exists'} | {'behind', marker version}
+# Writes a session recovered from PostgreSQL back without clobbering a
+# concurrent create or update (the key must still be absent, or, to repair a
+# Redis that went back in time, hold an older version) and without going
+# back in time (the marker must not be ahead of the recovered version).
+RESTORE_SCRIPT = _LUA_PARSE + r"""
+local version = tonumber(ARGV[2])
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local v = parse(raw)
+  if ARGV[6] ~= 'repair' or v >= version then return {'exists'} end
+end
+local m = redis.call('GET', KEYS[2])
+if m then
+  local mv = marker_of(m)
+  if mv > version then return {'behind', mv} end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. epoch() .. ARGV[5], 'EX', ARGV[3])
+set_marker(ARGV[2] .. '|' .. string.sub(ARGV[1], -1), tonumber(ARGV[4]), tonumber(ARGV[3]))
+return {'restored'}
+"""
+
+# KEYS[1] session
+# ARGV[1] the version the caller read  ARGV[2] floor (the version PostgreSQL holds)
+# returns {'ok'} | {'changed'} (another write came first: it carries the
+#         epoch already) | {'behind', version}
+# Marks a value of another epoch as confirmed by PostgreSQL, keeping its TTL.
+VOUCH_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'changed'} end
+local v, c, u, t, f, e = parse(raw)
+if v < tonumber(ARGV[2]) then return {'behind', v} end
+if v ~= tonumber(ARGV[1]) then return {'changed'} end
+local ep = epoch()
+if e ~= ep then
+  local h = head(v, c, u, t, f)
+  redis.call('SET', KEYS[1], h .. ep .. string.sub(raw, #h + #e + 1), 'KEEPTTL')
+end
+return {'ok'}
+"""
+
+# KEYS[1] the bucket's epoch record "<epoch>|<ms when first seen>"
+# ARGV[1] settle time in ms
+# ARGV[2] '1': a missing record means a new deployment, already settled,
+#         unless the caller saw the node in another epoch (ARGV[3]) before
+# ARGV[3] the first epoch the caller saw this node in, or ''
+# returns {ms left to wait, 0 | 1 (the record was of another epoch) | 2 (no
+#          record: Redis lost it, or a new deployment), the node's epoch}
+# After Redis went back in time, a session it may hold stale waits until
+# the changes still in the queue had time to reach PostgreSQL.  The first
+# call in a new epoch starts the clock (Redis's own: one clock for all); a
+# record of a new deployment is written as settled long ago.
+SETTLE_SCRIPT = _LUA_PARSE + r"""
+local ep = epoch()
+local now = now_ms()
+local rec = redis.call('GET', KEYS[1])
+if rec and string.sub(rec, 1, 8) == ep then
+  local left = tonumber(ARGV[1]) - (now - tonumber(string.sub(rec, 10)))
+  return {math.max(0, left), 0, ep}
+end
+if not rec and ARGV[2] == '1' and (ARGV[3] == '' or ARGV[3] == ep) then
+  redis.call('SET', KEYS[1], ep .. '|0')
+  return {0, 2, ep}
+end
+redis.call('SET', KEYS[1], ep .. '|' .. now)
+return {tonumber(ARGV[1]), rec and 1 or 2, ep}
+"""
+
+# KEYS[1] the session's hold record "<ms when first seen>"
+# ARGV[1] settle time in ms
+# returns ms left to wait
+# Redis has no trace of a session PostgreSQL knows (its key and marker were
+# lost): the same wait as SETTLE_SCRIPT's, for this one session, from the
+# first time it is noticed.  The record expires well after the wait.
+HOLD_SCRIPT = _LUA_PARSE + r"""
+local settle = tonumber(ARGV[1])
+if settle <= 0 then return 0 end
+local now = now_ms()
+local since = redis.call('GET', KEYS[1])
+if not since then
+  redis.call('SET', KEYS[1], now, 'PX', 3 * settle + 60000)
+  return settle
+end
+return math.max(0, settle - (now - tonumber(since)))
+"""
+
+# KEYS[1] any key of the slot whose node is asked
+# returns the node's epoch: the step every write script and verified read
+# carries (``sessionsync bench`` times it alone)
+EPOCH_SCRIPT = _LUA_PARSE + r"""
+return epoch()
+"""
+
+# KEYS[1] session
+# returns {} (no key) | {value, 1 if it carries the node's epoch else 0}
+# A read that must not serve a value from before Redis went back in time:
+# the epoch is compared on the node, in the same round trip (a cached epoch
+# would leave a window after a failover, and a read-only process sees no
+# error to tell it).
+GET_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {} end
+local _, _, _, _, _, e = parse(raw)
+return {raw, e == epoch() and 1 or 0}
+"""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """A committed write: the new session and the change event to ship."""
+
+    session: Session
+    event_id: str
+    event_json: str
+
+
+def bucket_of(session_id: str) -> int:
+    return zlib.crc32(session_id.encode()) % BUCKETS
+
+
+def bucket_tag(bucket: int) -> str:
+    return "ss:{%04d}" % bucket
+
+
+def session_keys(session_id: str) -> list[str]:
+    """KEYS for the mutation scripts: session, marker, outbox index, outbox data."""
+    tag = bucket_tag(bucket_of(session_id))
+    return [f"{tag}:s:{session_id}", f"{tag}:m:{session_id}", f"{tag}:ob", f"{tag}:od"]
+
+
+def hold_key(session_id: str) -> str:
+    """The hold record of a session Redis lost (HOLD_SCRIPT)."""
+    return f"{bucket_tag(bucket_of(session_id))}:h:{session_id}"
+
+
+def epoch_key(session_id: str) -> str:
+    """The epoch record of ``session_id``'s bucket (SETTLE_SCRIPT)."""
+    return f"{bucket_tag(bucket_of(session_id))}:e"
+
+
+def outbox_keys(bucket: int) -> tuple[str, str]:
+    tag = bucket_tag(bucket)
+    return f"{tag}:ob", f"{tag}:od"
+
+
+# outbox_pending counts this many buckets first: enough to cover a page
+# when a backlog is waiting, without counting every bucket for each page
+_OUTBOX_FIRST_WINDOW = 64
+
+
+# (epoch second, its "YYYY-MM-DDTHH:MM:SS"): iso_utc formats each second once
+_second: tuple[int | None, str] = (None, "")
+
+
+def iso_utc(epoch_seconds: float) -> str:
+    """``2026-11-28T16:33:30.405Z``, exactly what
+    ``datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"``
+    gives (half-even to the microsecond, then milliseconds truncated), with
+    the date and time formatted once per second: 0.5 us instead of 1.8 us
+    on every write (``sessionsync bench``).
+    """
+    global _second
+    whole = int(epoch_seconds // 1)
+    micro = round((epoch_seconds - whole) * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    cached = _second
+    if cached[0] != whole:
+        cached = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return "%s.%03dZ" % (cached[1], micro // 1000)
+
+
+def decode_session(session_id: str, raw: bytes | str) -> Session:
+    """The stored value as a Session (its flag field is L or D, then the
+    epoch, which only the scripts compare)."""
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    version, created, updated, ttl, flag, state = raw.split("|", 5)
+    return Session(session_id, int(version), state, created, updated, int(ttl), flag[0] == "D")
+
+
+def _encode_head(session: Session) -> str:
+    """The stored value up to its flag; the script appends the epoch and
+    ``|`` + state (see the module docstring)."""
+    return "%d|%s|%s|%d|%s" % (session.version, session.created_at, session.updated_at,
+                               session.ttl_seconds, "D" if session.deleted else "L")
+
+
+class SessionStore:
+    """Create, read, compare-and-set and delete sessions in Redis.
+
+    Takes its Redis client (single node or cluster) from outside.  Every
+    method raises ``ServiceUnavailable`` when Redis cannot be reached in
+    time, and the domain errors its docstring names.
+    """
+
+    def __init__(self, client: RedisClient, *, marker_ttl: int = 0,
+                 channel: str = "session-updates", clock: Clock = time.time) -> None:
+        self.client = client
+        self.marker_ttl = marker_ttl
+        self.channel = channel
+        self.clock = clock
+        self._create = client.register_script(CREATE_SCRIPT)
+        self._update = client.register_script(UPDATE_SCRIPT)
+        self._delete = client.register_script(DELETE_SCRIPT)
+        self._restore = client.register_script(RESTORE_SCRIPT)
+        self._vouch = client.register_script(VOUCH_SCRIPT)
+        self._get_verified = client.register_script(GET_SCRIPT)
+        self._settle = client.register_script(SETTLE_SCRIPT)
+        self._hold = client.register_script(HOLD_SCRIPT)
+        # node -> the first epoch this process saw it in (SETTLE_SCRIPT)
+        self._epochs_seen: dict[str, str] = {}
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, session_id: str, *, verify: bool = False) -> Session | None:
+        """The live session, or None when Redis has no key for it.
+
+        Raises SessionNotFound(deleted=True) for a tombstone, and, with
+        ``verify``, EpochChanged for a value written before Redis's data
+        last went back in time (PostgreSQL must confirm it: ``vouch``).
+        """
+        key = session_keys(session_id)[0]
+        with _redis_errors():
+            try:
+                reply = self._read(key, verify)
+            except redis.ConnectionError:
+                # a pooled connection that broke (failover, restart): a read
+                # is safe to repeat, once, on a fresh connection
+                reply = self._read(key, verify)
+        if reply is None:
+            return None
+        raw, current = reply
+        session = decode_session(session_id, raw)
+        if session.deleted:  # a deletion is final, whatever the epoch
+            raise SessionNotFound(session_id, deleted=True)
+        if not current:
+            raise EpochChanged(session_id, session.version, session)
+        return session
+
+    def _read(self, key: str, verify: bool) -> tuple[bytes, bool] | None:
+        """(value, whether it carries the node's epoch), or None."""
+        if not verify:
+            raw = self.client.get(key)
+            return None if raw is None else (raw, True)
+        reply = self._run(self._get_verified, [key], [])
+        return (reply[0], bool(reply[1])) if reply else None
+
+    def settle(self, session_id: str, seconds: float, *,
+               unrecorded_settled: bool = False) -> tuple[float, bool]:
+        """(seconds left before ``session_id``'s bucket has settled in Redis's
+        current epoch, whether this shows Redis went back in time).
+
+        See SETTLE_SCRIPT.  A bucket with no record is a new deployment or a
+        Redis that lost everything: with ``unrecorded_settled`` it counts as
+        settled, unless this process saw the node in another epoch before.
+        Raises ServiceUnavailable.
+        """
+        key = epoch_key(session_id)
+        node = self._node_name(key)
+        # the FIRST epoch this process saw the node in: once it moved on, a
+        # bucket without a record is one Redis lost, in every bucket (not
+        # only the one where the move was noticed first)
+        seen = self._epochs_seen.get(node, "")
+        with _redis_errors():
+            left, status, epoch = self._run(self._settle, [key], [
+                int(seconds * 1000), "1" if unrecorded_settled else "0", seen])
+        epoch = epoch.decode()
+        self._epochs_seen.setdefault(node, epoch)
+        moved = bool(seen) and seen != epoch
+        if status == 2 and unrecorded_settled and not moved:
+            return 0.0, False
+        return int(left) / 1000, bool(status) or moved
+
+    def hold(self, session_id: str, seconds: float) -> float:
+        """Seconds left before a session Redis lost (key and marker) may be
+        recovered from PostgreSQL: see HOLD_SCRIPT.  Raises ServiceUnavailable."""
+        with _redis_errors():
+            left = self._run(self._hold, [hold_key(session_id)], [int(seconds * 1000)])
+        return int(left) / 1000
+
+    def _node_name(self, key: str) -> str:
+        get_node = getattr(self.client, "get_node_from_key", None)
+        return get_node(key).name if get_node is not None else ""
+
+    def vouch(self, session: Session, floor: int) -> bool:
+        """Mark ``session`` (read from Redis) as confirmed by PostgreSQL,
+        which holds ``floor`` <= its version.  False when another write came
+        first.  Raises RedisBehind when Redis is below ``floor`` after all."""
+        with _redis_errors():
+            reply = self._run(self._vouch, session_keys(session.session_id)[:1],
+                              [session.version, floor])
+        if reply[0] == b"behind":
+            raise RedisBehind(session.session_id, int(reply[1]))
+        return reply[0] == b"ok"
+
+    def marker(self, session_id: str) -> tuple[int, bool] | None:
+        """(last acknowledged version, deleted) from the long-lived marker."""
+        with _redis_errors():
+            raw = self.client.get(session_keys(session_id)[1])
+        if raw is None:
+            return None
+        version, flag = raw.decode().split("|")
+        return int(version), flag == "D"
+
+    # -- writes -------------------------------------------------------------
+
+    def create(self, session_id: str, state_json: str, ttl_seconds: int, *,
+               known_absent: bool = True) -> WriteResult:
+        """Create version 1.  Raises SessionExists (also for a deleted id).
+
+        With ``known_absent=False`` an id that Redis has no trace of raises
+        IdUnknown instead of being created: the caller asks PostgreSQL
+        whether it existed, then calls again with ``known_absent=True``.
+        """
+        now = self.clock()
+        now_iso = iso_utc(now)
+        with _redis_errors():
+            reply = self._run(self._create, session_keys(session_id), [
+                session_id, state_json, now_iso, int(now * 1000), ttl_seconds,
+                self.marker_ttl, self.channel, "1" if known_absent else "0"])
+        if reply[0] == b"exists":
+            raise SessionExists(session_id, version=int(reply[1]), deleted=bool(reply[2]))
+        if reply[0] == b"unknown":
+            raise IdUnknown(session_id)
+        session = Session(session_id, 1, state_json, now_iso, now_iso, ttl_seconds)
+        return WriteResult(session, f"{session_id}:1", reply[1].decode())
+
+    def update(self, session_id: str, state_json: str, expected_version: int, *,
+               floor: int | None = 0) -> WriteResult:
+        """Replace the state if the session is at ``expected_version``.
+
+        ``floor`` is the version PostgreSQL holds (0: trust Redis), or None
+        when PostgreSQL was not asked.  Raises ConcurrencyError (with the
+        actual version), SessionNotFound (deleted, or absent everywhere Redis
+        knows of), ``KeyMissing`` when only the marker remains (the caller
+        may recover and retry), ``EpochChanged`` (``floor`` None and a value
+        of another epoch: ask PostgreSQL, retry with its version) and
+        ``RedisBehind`` (the value is older than ``floor``: repair it).
+        """
+        now = self.clock()
+        now_iso = iso_utc(now)
+        with _redis_errors():
+            reply = self._run(self._update, session_keys(session_id), [
+                session_id, state_json, expected_version, now_iso, int(now * 1000),
+                self.marker_ttl, self.channel, "" if floor is None else floor])
+        self._raise_for(session_id, reply, expected_version)
+        version = expected_version + 1
+        ttl = _ttl_from_event(reply[1])
+        session = Session(session_id, version, state_json, reply[2].decode(), now_iso, ttl)
+        return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
+
+    def delete(self, session_id: str, expected_version: int | None = None, *,
+               floor: int | None = 0) -> WriteResult:
+        """Replace the session with a versioned tombstone.
+
+        Raises as ``update``; an absent ``expected_version`` deletes
+        whatever version is current.
+        """
+        now = self.clock()
+        now_iso = iso_utc(now)
+        with _redis_errors():
+            reply = self._run(self._delete, session_keys(session_id), [
+                session_id, "" if expected_version is None else expected_version,
+                now_iso, int(now * 1000), self.marker_ttl, self.channel,
+                "" if floor is None else floor])
+        self._raise_for(session_id, reply, expected_version)
+        version = int(reply[2])
+        event = json.loads(reply[1])
+        session = Session(session_id, version, "null", event["created_at"], now_iso,
+                          event["ttl_seconds"], deleted=True)
+        return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
+
+    def restore(self, session: Session, *, repair: bool = False) -> Session | None:
+        """Write a session recovered from PostgreSQL back if its key is
+        absent, or, with ``repair``, also over an older version (a Redis that
+        went back in time).
+
+        Returns the session now in Redis (the restored one, or the one a
+        concurrent writer put there first), or None if that one vanished too.
+        Raises KeyBehind when the marker says Redis acknowledged a newer
+        version than ``session`` (PostgreSQL lags the queue).
+        """
+        keys = session_keys(session.session_id)
+        with _redis_errors():
+            reply = self._run(self._restore, keys[:2], [
+                _encode_head(session), session.version, session.ttl_seconds, self.marker_ttl,
+                "|" + session.state_json, "repair" if repair else "absent"])
+        if reply[0] == b"behind":
+            raise KeyBehind(session.session_id, int(reply[1]))
+        if reply[0] == b"restored":
+            return session
+        try:
+            return self.get(session.session_id)
+        except SessionNotFound:
+            if session.deleted:
+                raise
+            return None
+
+    def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA ``script``, loading it first if the server lost it (a
+        restart, a failover, SCRIPT FLUSH), as redis-py's ``Script.__call__``
+        does, without its per-call import and pipeline check: 3 us of every
+        write (``sessionsync bench``)."""
+        try:
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            script.sha = self.client.script_load(script.script)
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    @staticmethod
+    def _raise_for(session_id: str, reply: Sequence, expected: int | None) -> None:
+        status = reply[0]
+        if status == b"ok":
+            return
+        if status == b"conflict":
+            raise ConcurrencyError(session_id, expected_version=expected,
+                                   actual_version=int(reply[1]))
+        if status == b"deleted":
+            raise SessionNotFound(session_id, deleted=True)
+        if status == b"missing":
+            raise KeyMissing(session_id, int(reply[1]))
+        if status == b"unverified":
+            raise EpochChanged(session_id, int(reply[1]))
+        if status == b"behind":
+            raise RedisBehind(session_id, int(reply[1]))
+        raise AssertionError(f"unexpected script reply {reply!r}")
+
+    # -- outbox ---------------------------------------------------------------
+
+    def outbox_ack(self, event_ids: Sequence[str]) -> None:
+        """Remove outbox entries once SQS accepted their messages."""
+        if not event_ids:
+            return
+        with _redis_errors():
+            by_bucket: dict[int, list[str]] = {}
+            for eid in event_ids:
+                by_bucket.setdefault(bucket_of(eid.rsplit(":", 1)[0]), []).append(eid)
+            pipe = self.client.pipeline(transaction=False)
+            for bucket, ids in by_bucket.items():
+                index, data = outbox_keys(bucket)
+                pipe.zrem(index, *ids)
+                pipe.hdel(data, *ids)
+            pipe.execute()
+
+    def outbox_pending(self, older_than_s: float, limit: int = 500,
+                       start_bucket: int = 0) -> Iterator[tuple[str, str]]:
+        """(event id, event JSON) of up to ``limit`` outbox entries enqueued
+        before now - older_than_s.
+
+        Buckets are read from ``start_bucket`` on, wrapping around: a relay
+        that moves its start past what it got last time cannot be held on
+        the first buckets by entries it fails to send.
+
+        A page costs what it returns, not what is waiting: the buckets are
+        counted first (a window at a time, until the page is covered), and
+        each is asked only for what the page still needs.  Asking every
+        bucket for a page's worth of ids made each page read the whole
+        backlog, and draining it quadratic.
+        """
+        cutoff = int((self.clock() - older_than_s) * 1000)
+        order = [(start_bucket + i) % BUCKETS for i in range(BUCKETS)]
+        take: list[tuple[int, int]] = []  # (bucket, how many ids to read from it)
+        need, done, window = limit, 0, _OUTBOX_FIRST_WINDOW
+        with _redis_errors():
+            while need > 0 and done < BUCKETS:
+                buckets = order[done:done + window]
+                pipe = self.client.pipeline(transaction=False)
+                for bucket in buckets:
+                    pipe.zcount(outbox_keys(bucket)[0], "-inf", cutoff)
+                for bucket, count in zip(buckets, pipe.execute(), strict=True):
+                    if count and need > 0:
+                        take.append((bucket, min(count, need)))
+                        need -= take[-1][1]
+                done += len(buckets)
+                # the first window did not cover the page: the outbox is
+                # sparse, so count the rest in one round trip
+                window = BUCKETS
+            if not take:
+                return
+            pipe = self.client.pipeline(transaction=False)
+            for bucket, count in take:
+                pipe.zrangebyscore(outbox_keys(bucket)[0], "-inf", cutoff, start=0, num=count)
+            per_bucket = [(bucket, ids) for (bucket, _), ids in zip(take, pipe.execute(), strict=True)
+                          if ids]
+            pipe = self.client.pipeline(transaction=False)
+            for bucket, ids in per_bucket:
+                pipe.hmget(outbox_keys(bucket)[1], ids)
+            bodies = pipe.execute() if per_bucket else []
+        for (_, ids), values in zip(per_bucket, bodies, strict=True):
+            for eid, body in zip(ids, values, strict=True):
+                if body is None:  # acked between the two reads
+                    continue
+                yield eid.decode(), body.decode()
+
+    def outbox_depth(self) -> int:
+        with _redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for bucket in range(BUCKETS):
+                pipe.zcard(outbox_keys(bucket)[0])
+            return sum(pipe.execute())
+
+    # -- pub/sub --------------------------------------------------------------
+
+    def subscribe(self, *, timeout: float = 1.0) -> Subscription:
+        """Subscribe to the change events on the channel, now.
+
+        Returns once Redis confirmed the subscription, so every change
+        committed after this call is seen.  Iterating yields each event
+        decoded, or None every ``timeout`` seconds without one so that a
+        caller can stop; ``close()`` (or leaving a ``with`` block) unsubscribes.
+        """
+        return Subscription(self.client.pubsub(), self.channel, timeout)
+
+    def ping(self) -> float:
+        """Round trip in milliseconds."""
+        start = time.perf_counter()
+        with _redis_errors():
+            self.client.ping()
+        return (time.perf_counter() - start) * 1000
+
+
+class Subscription:
+    """An open Pub/Sub subscription to the change events (see ``subscribe``)."""
+
+    def __init__(self, pubsub: redis.client.PubSub, channel: str, timeout: float) -> None:
+        self.timeout = timeout
+        self._pubsub = pubsub
+        try:
+            with _redis_errors():
+                pubsub.subscribe(channel)
+                # SUBSCRIBE is not acknowledged by subscribe(): wait for the
+                # server's confirmation, or an event published meanwhile is lost.
+                deadline = time.monotonic() + max(timeout, 1.0)
+                while True:
+                    reply = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                    if reply is not None and reply["type"] == "subscribe":
+                        break
+                    if time.monotonic() >= deadline:
+                        raise redis.TimeoutError(f"no confirmation of SUBSCRIBE {channel}")
+        except BaseException:
+            pubsub.close()
+            raise
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> dict | None:
+        with _redis_errors():
+            message = self._pubsub.get_message(timeout=self.timeout)
+        if message is None or message["type"] != "message":
+            return None
+        return json.loads(message["data"])
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class KeyMissing(SessionNotFound):
+    """Redis has no key but its marker says the session existed at ``version``.
+
+    It expired (or was evicted) and may be recovered from PostgreSQL.
+    """
+
+    def __init__(self, session_id: str, marker_version: int) -> None:
+        super().__init__(session_id)
+        self.marker_version = marker_version
+
+
+class IdUnknown(Exception):
+    """Redis has no trace of the id (no key, no marker): it may have existed
+    and been forgotten (eviction, failover, flush); PostgreSQL knows."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+
+class EpochChanged(Exception):
+    """The session's value was written before Redis's data last went back in
+    time (a failover, a restart): PostgreSQL may hold a newer version."""
+
+    def __init__(self, session_id: str, version: int, session: Session | None = None) -> None:
+        super().__init__(session_id, version)
+        self.session_id = session_id
+        self.version = version
+        #: the value read, for ``get`` (scripts refuse without returning it)
+        self.session = session
+
+
+class RedisBehind(Exception):
+    """Redis holds ``version``, older than what PostgreSQL holds."""
+
+    def __init__(self, session_id: str, version: int) -> None:
+        super().__init__(session_id, version)
+        self.session_id = session_id
+        self.version = version
+
+
+class KeyBehind(Exception):
+    """A restore was refused: Redis acknowledged ``marker_version`` already."""
+
+    def __init__(self, session_id: str, marker_version: int) -> None:
+        super().__init__(session_id, marker_version)
+        self.session_id = session_id
+        self.marker_version = marker_version
+
+
+def _ttl_from_event(event_json: bytes) -> int:
+    # "ttl_seconds":N sits before "state" in the event the script built;
+    # find it without decoding the whole (possibly 256 KiB) document.
+    head = event_json[:event_json.index(b',"state":')]
+    return int(head.rsplit(b":", 1)[1])
+
+
+class _redis_errors:
+    """Translate redis-py connection trouble into ServiceUnavailable."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            return False
+        # ClusterError: still refused after the cluster client's own retries
+        # (CLUSTERDOWN, or MOVED/ASK/TRYAGAIN until its "TTL exhausted").
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError,
+                            redis.exceptions.ClusterError,
+                            redis.exceptions.SlotNotCoveredError,
+                            redis.exceptions.TryAgainError)):
+            raise ServiceUnavailable(f"Redis is unavailable: {type(exc).__name__}",
+                                     dependency="redis") from exc
+        if isinstance(exc, redis.ResponseError):
+            # redis-py strips the code off the errors it has classes for
+            # (OutOfMemoryError, ReadOnlyError...) and keeps it in status_code
+            code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+            if code in ("LOADING", "MASTERDOWN", "READONLY", "BUSY", "OOM", "CLUSTERDOWN"):
+                raise ServiceUnavailable(f"Redis refused the command: {code}",
+                                         dependency="redis") from exc
+        return False

@@ -1,0 +1,207 @@
+"""One error tree for sessionsync.
+
+Every error a client or an operator can see is a ``SessionSyncError`` with a
+stable machine-readable ``code`` (never renamed: clients switch on it), the
+HTTP ``status`` it maps to, and its data as attributes (for example the
+expected and actual version of a ``ConcurrencyError``).  ``app.py`` turns
+them into the one JSON error shape in one place (``chalicelib.api.web``).
+
+Adapters (Redis, SQS, PostgreSQL) translate vendor exceptions into these with
+``raise ... from exc`` so that domain code never catches a vendor type.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class SessionSyncError(Exception):
+    """Base of every sessionsync error."""
+
+    code = "InternalError"
+    status = 500
+    #: a client may retry the same request later and expect it to succeed
+    retryable = False
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+# --- client errors ---------------------------------------------------------
+
+class ValidationError(SessionSyncError):
+    """The request is malformed: bad JSON, wrong type, bad id, NUL in state..."""
+
+    code = "ValidationError"
+    status = 400
+
+
+class PayloadTooLarge(ValidationError):
+    code = "PayloadTooLarge"
+    status = 413
+
+
+class PreconditionRequired(ValidationError):
+    """An update or delete came without expected_version / If-Match."""
+
+    code = "PreconditionRequired"
+    status = 428
+
+
+class Unauthorized(SessionSyncError):
+    code = "Unauthorized"
+    status = 401
+
+
+class Forbidden(SessionSyncError):
+    code = "Forbidden"
+    status = 403
+
+
+class RouteNotFound(SessionSyncError):
+    code = "RouteNotFound"
+    status = 404
+
+
+class MethodNotAllowed(SessionSyncError):
+    code = "MethodNotAllowed"
+    status = 405
+
+
+class UnsupportedMediaType(SessionSyncError):
+    """The request body is not declared as application/json."""
+
+    code = "UnsupportedMediaType"
+    status = 415
+
+
+class SessionNotFound(SessionSyncError):
+    code = "SessionNotFound"
+    status = 404
+
+    def __init__(self, session_id: str, *, deleted: bool = False) -> None:
+        message = (f"session {session_id!r} was deleted" if deleted
+                   else f"session {session_id!r} does not exist")
+        super().__init__(message, session_id=session_id, deleted=deleted)
+        self.session_id = session_id
+        self.deleted = deleted
+
+
+class SessionExists(SessionSyncError):
+    code = "SessionExists"
+    status = 409
+
+    def __init__(self, session_id: str, *, version: int, deleted: bool = False) -> None:
+        super().__init__(
+            f"session {session_id!r} already exists"
+            + (" (deleted; ids are never reused)" if deleted else ""),
+            session_id=session_id, version=version, deleted=deleted)
+        self.session_id = session_id
+        self.version = version
+        self.deleted = deleted
+
+
+class ConcurrencyError(SessionSyncError):
+    """The compare-and-set lost: the session is at another version."""
+
+    code = "ConcurrencyError"
+    status = 409
+
+    def __init__(self, session_id: str, *, expected_version: int, actual_version: int) -> None:
+        super().__init__(
+            f"session {session_id!r} is at version {actual_version}, "
+            f"not the expected {expected_version}",
+            session_id=session_id, expected_version=expected_version,
+            actual_version=actual_version)
+        self.session_id = session_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+
+
+# --- dependency errors -----------------------------------------------------
+
+class ServiceUnavailable(SessionSyncError):
+    """A dependency (Redis, PostgreSQL, SQS) cannot be reached in time."""
+
+    code = "ServiceUnavailable"
+    status = 503
+    retryable = True
+
+    def __init__(self, message: str, *, dependency: str, **details: Any) -> None:
+        super().__init__(message, dependency=dependency, **details)
+        self.dependency = dependency
+
+
+class RecoveryPending(ServiceUnavailable):
+    """PostgreSQL has not yet persisted the last acknowledged version.
+
+    Raised when a session's Redis key is gone and the durable copy is older
+    than the version Redis last acknowledged: serving it would go back in
+    time, so the client is told to retry once the pipeline caught up.
+    """
+
+    code = "RecoveryPending"
+
+    def __init__(self, session_id: str, *, acknowledged_version: int, persisted_version: int) -> None:
+        super().__init__(
+            f"session {session_id!r} is being recovered: version "
+            f"{acknowledged_version} is not persisted yet (have {persisted_version})",
+            dependency="postgresql", session_id=session_id,
+            acknowledged_version=acknowledged_version,
+            persisted_version=persisted_version)
+
+
+# --- configuration ---------------------------------------------------------
+
+class ConfigurationError(SessionSyncError):
+    """A setting is missing or malformed; ``setting`` names it."""
+
+    code = "ConfigurationError"
+    status = 500
+
+    def __init__(self, setting: str, message: str, **details: Any) -> None:
+        super().__init__(f"{setting}: {message}", setting=setting, **details)
+        self.setting = setting
+
+
+# --- persistence (consumer side) -------------------------------------------
+
+class PersistenceError(SessionSyncError):
+    """A change could not be written to PostgreSQL.
+
+    ``sqlstate`` and ``constraint`` come from the server when it gave them.
+    """
+
+    code = "PersistenceError"
+
+    def __init__(self, message: str, *, sqlstate: str | None = None,
+                 constraint: str | None = None, **details: Any) -> None:
+        super().__init__(message, sqlstate=sqlstate, constraint=constraint, **details)
+        self.sqlstate = sqlstate
+        self.constraint = constraint
+
+
+class RetryablePersistenceError(PersistenceError):
+    """Connection lost, timeout, deadlock, serialization failure, shutdown."""
+
+    code = "RetryablePersistenceError"
+    retryable = True
+
+
+class PermanentPersistenceError(PersistenceError):
+    """Constraint violation (class 23), data exception (22): retrying cannot help."""
+
+    code = "PermanentPersistenceError"
+
+
+class MalformedMessage(PermanentPersistenceError):
+    """An SQS message that is not a valid sessionsync change event."""
+
+    code = "MalformedMessage"

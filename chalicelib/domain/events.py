@@ -1,0 +1,115 @@
+"""The change event: the SQS message body that carries one session change.
+
+The store's Lua scripts write the event (``chalicelib.adapters.redis.store``); this module
+reads it back on the consumer side.  Schema version 1::
+
+    {"schema_version": 1, "event_id": "<session_id>:<version>",
+     "event_type": "session_created" | "session_updated" | "session_deleted",
+     "session_id": "...", "version": 7,
+     "created_at": "2026-11-28T16:33:30.405Z", "occurred_at": "...",
+     "ttl_seconds": 3600, "state": {...} | null}
+
+``parse_event`` checks the *shape* (JSON object, field types, a known
+schema version, an event id that matches session and version).  Domain
+rules (id format, version > 0, known event type, state present unless
+deleted) are checked by PostgreSQL's constraints, so that a message that
+breaks them fails loudly there with a named constraint and SQLSTATE.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib.domain.errors import MalformedMessage
+
+SCHEMA_VERSION = 1
+EVENT_TYPES = ("session_created", "session_updated", "session_deleted")
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "schema_version": int,
+    "event_id": str,
+    "event_type": str,
+    "session_id": str,
+    "version": int,
+    "created_at": str,
+    "occurred_at": str,
+    "ttl_seconds": int,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One session change, as persisted to ``sync_events``.
+
+    ``state_json`` is the state re-encoded compactly (what PostgreSQL parses
+    into jsonb), or None for a deletion.
+    """
+
+    event_id: str
+    event_type: str
+    session_id: str
+    version: int
+    created_at: str
+    occurred_at: str
+    ttl_seconds: int
+    state_json: str | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.event_type == "session_deleted"
+
+
+def _malformed(reason: str, message: str) -> MalformedMessage:
+    return MalformedMessage(message, reason=reason)
+
+
+def parse_event(body: str | bytes) -> ChangeEvent:
+    """Decode and shape-check one message body.
+
+    Raises MalformedMessage (``details["reason"]`` is ``invalid_json``,
+    ``not_an_object``, ``unsupported_schema``, ``missing_field``,
+    ``wrong_type`` or ``inconsistent_event_id``); it is permanent: the same
+    bytes can never be persisted, so the consumer dead-letters them at once.
+    """
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and undecodable bytes
+        raise _malformed("invalid_json", f"message body is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise _malformed("not_an_object", "message body is not a JSON object")
+    schema = doc.get("schema_version")
+    if schema != SCHEMA_VERSION or isinstance(schema, bool):
+        raise _malformed("unsupported_schema",
+                         f"schema_version must be {SCHEMA_VERSION}, got {schema!r}")
+    for name, kind in _REQUIRED.items():
+        if name not in doc:
+            raise _malformed("missing_field", f"{name} is missing")
+        value = doc[name]
+        # bool is an int in Python; a JSON true is never a version or a TTL
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _malformed("wrong_type", f"{name} must be of type {_type_name(kind)}")
+    if "state" not in doc:
+        raise _malformed("missing_field", "state is missing")
+    state: Any = doc["state"]
+    if state is not None and not isinstance(state, dict):
+        raise _malformed("wrong_type", "state must be an object or null")
+    if doc["event_id"] != f"{doc['session_id']}:{doc['version']}":
+        raise _malformed("inconsistent_event_id",
+                         "event_id must be '<session_id>:<version>' of this event")
+    state_json = None
+    if state is not None:
+        state_json = json.dumps(state, ensure_ascii=False, separators=(",", ":"))
+        try:
+            # A lone surrogate ("\ud800") decodes into a str that cannot be
+            # sent as UTF-8: reject it here, not as a driver crash later.
+            state_json.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _malformed("invalid_json", "state holds a lone UTF-16 surrogate") from exc
+    return ChangeEvent(doc["event_id"], doc["event_type"], doc["session_id"], doc["version"],
+                       doc["created_at"], doc["occurred_at"], doc["ttl_seconds"], state_json)
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    return {int: "integer", str: "string"}.get(kind, str(kind))  # type: ignore[arg-type]

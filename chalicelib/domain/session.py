@@ -1,0 +1,28 @@
+"""A session: the unit the API serves, the store keeps and PostgreSQL records."""
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Session:
+    """One session as stored.  ``state_json`` is kept raw so that a read can
+    be served without decoding and re-encoding the document."""
+
+    session_id: str
+    version: int
+    state_json: str
+    created_at: str
+    updated_at: str
+    ttl_seconds: int
+    deleted: bool = False
+
+    @property
+    def state(self) -> dict:
+        return json.loads(self.state_json)
+
+    def to_json(self) -> str:
+        """The API representation, built around the raw state JSON."""
+        return ('{"session_id":"%s","version":%d,"created_at":"%s","updated_at":"%s",'
+                '"ttl_seconds":%d,"state":%s}' % (
+                    self.session_id, self.version, self.created_at, self.updated_at,
+                    self.ttl_seconds, self.state_json))

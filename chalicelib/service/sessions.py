@@ -1,0 +1,357 @@
+"""The session service: what every route and CLI command calls.
+
+It composes the Redis store, the SQS producer and (when configured) the
+durable PostgreSQL copy used for recovery and history.  It owns the rules
+for a Redis that forgot, so that Redis never serves, or accepts a write
+on, a version older than PostgreSQL's, and never reuses an id:
+
+* a key gone, its marker left (expired, evicted): served from PostgreSQL
+  only if PostgreSQL is not behind the version Redis last acknowledged
+  (the marker); otherwise a retryable ``RecoveryPending`` (503) instead of
+  an older version;
+* a create of an id Redis has no trace of (``IdUnknown``): PostgreSQL says
+  whether it existed (409) before Redis creates it;
+* a value from before Redis's data went back in time (``EpochChanged``: a
+  failover, a restart): PostgreSQL's version is read once; if it is newer,
+  Redis is repaired from it first (``RedisBehind``), so a stale client's
+  compare-and-set fails with the real current version.
+
+PostgreSQL is the judge only once the changes acknowledged before Redis
+went back in time had time to reach it through the queue: until then
+(``settle_seconds`` from the first sight of the new epoch in the bucket) a
+session Redis may hold stale answers 503 (``_settle``).  Changes slower
+than that, and changes whose outbox entry Redis lost before they reached
+SQS, cannot be saved: the first sight of a new epoch is logged as an error
+and counted (``RedisEpochChanges``), and a second write under a version
+reaches the DLQ as ``version_conflict``.  docs/guarantees.md has the table.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chalicelib.adapters.redis.store import (
+    EpochChanged,
+    IdUnknown,
+    KeyBehind,
+    KeyMissing,
+    RedisBehind,
+    SessionStore,
+    WriteResult,
+)
+from chalicelib.config import DEFAULT_REDIS_SETTLE_SECONDS
+from chalicelib.domain.errors import RecoveryPending, ServiceUnavailable, SessionExists, SessionNotFound
+from chalicelib.domain.session import Session
+from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.observability import metrics
+
+log = logging.getLogger("sessionsync.sessions")
+
+# A write retried after recovering or reconciling with PostgreSQL; more
+# attempts than this means Redis and PostgreSQL keep moving under it.
+WRITE_ATTEMPTS = 3
+# Redis going back in time is logged at most this often per process (every
+# bucket that sees it counts RedisEpochChanges).
+REPORT_INTERVAL_SECONDS = 60.0
+
+
+class Publisher(Protocol):
+    def publish(self, result: WriteResult) -> bool: ...
+
+
+class DurableSessions(Protocol):
+    """The read side of PostgreSQL that the service needs."""
+
+    def latest(self, session_id: str) -> Session | None:
+        """Latest persisted state (deleted ones included), or None."""
+
+    def history_page(self, session_id: str, *, limit: int, before_version: int | None,
+                     max_bytes: int) -> tuple[Sequence[dict[str, Any]], bool]:
+        """Persisted events, newest first, versions below ``before_version``:
+        at most ``limit``, stopping before their states pass about
+        ``max_bytes`` (at least one), and whether older ones remain."""
+
+
+@dataclass(frozen=True)
+class Read:
+    session: Session
+    #: served from PostgreSQL after the Redis key was gone
+    recovered: bool = False
+
+
+# A history page stops before its response passes this: a Lambda response
+# is capped at 6 MB, and the rest is headroom for the page's own fields and
+# the response's headers.  One event (a state of at most MAX_STATE_BYTES,
+# however escaped) is far below it.
+HISTORY_PAGE_BYTES = 5 * 1024 * 1024
+
+
+def _response_bytes(event: dict[str, Any]) -> int:
+    """What ``event`` adds to the Lambda response of its page: its JSON as
+    ``web.json_response`` writes it (compact, non-ASCII as \\u escapes),
+    written once more as a JSON string (the proxy response carries the body
+    as one, where a quote or a backslash takes two bytes), and a comma."""
+    text = json.dumps(event, separators=(",", ":"))
+    return len(text) + text.count('"') + text.count("\\") + 1
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    session_id: str
+    events: Sequence[dict[str, Any]]
+    next_before_version: int | None
+
+
+class SessionService:
+    def __init__(self, store: SessionStore, *, publisher: Publisher | None = None,
+                 durable: DurableSessions | None = None, default_ttl: int = 3600,
+                 settle_seconds: float = DEFAULT_REDIS_SETTLE_SECONDS) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.durable = durable
+        self.default_ttl = default_ttl
+        self.settle_seconds = settle_seconds
+        self._reported_at = float("-inf")
+
+    @metrics.timed_write("create")
+    def create(self, request: CreateRequest) -> Session:
+        """Raises SessionExists, ServiceUnavailable."""
+        ttl = request.ttl_seconds or self.default_ttl
+        try:
+            result = self.store.create(request.session_id, request.state_json, ttl,
+                                       known_absent=self.durable is None)
+        except IdUnknown:
+            # ids are never reused, and Redis may have forgotten this one;
+            # after a failover, its creation may still be in the queue
+            self._settle(request.session_id, unrecorded_settled=True)
+            persisted = self.durable.latest(request.session_id)
+            if persisted is not None:
+                raise SessionExists(request.session_id, version=persisted.version,
+                                    deleted=persisted.deleted) from None
+            result = self.store.create(request.session_id, request.state_json, ttl)
+        self._ship(result)
+        return result.session
+
+    def get(self, session_id: str) -> Read:
+        """Raises SessionNotFound, RecoveryPending, ServiceUnavailable."""
+        try:
+            session = self.store.get(session_id, verify=self.durable is not None)
+        except EpochChanged as exc:
+            return self._confirm(exc.session)
+        if session is not None:
+            return Read(session)
+        return Read(self._recover(session_id), recovered=True)
+
+    @metrics.timed_write("update")
+    def update(self, request: UpdateRequest) -> Session:
+        """Compare-and-set.  Raises ConcurrencyError, SessionNotFound,
+        RecoveryPending, ServiceUnavailable."""
+        result = self._write(request.session_id, lambda floor: self.store.update(
+            request.session_id, request.state_json, request.expected_version, floor=floor))
+        self._ship(result)
+        return result.session
+
+    @metrics.timed_write("delete")
+    def delete(self, session_id: str, expected_version: int | None = None) -> Session:
+        """Tombstone the session.  Raises as ``update``."""
+        result = self._write(session_id, lambda floor: self.store.delete(
+            session_id, expected_version, floor=floor))
+        self._ship(result)
+        return result.session
+
+    def _write(self, session_id: str, write: Callable[[int | None], WriteResult]) -> WriteResult:
+        """Run a store write, recovering a missing key or reconciling a value
+        of another epoch with PostgreSQL first when the store asks."""
+        floor = None if self.durable is not None else 0
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                return write(floor)
+            except KeyMissing:
+                self._recover(session_id)
+            except (EpochChanged, RedisBehind) as exc:
+                floor = self._reconcile(session_id, exc.version)
+        raise ServiceUnavailable(f"session {session_id!r} kept changing while Redis was being "
+                                 "reconciled with PostgreSQL; retry", dependency="redis")
+
+    def history(self, session_id: str, *, limit: int, before_version: int | None,
+                max_bytes: int = HISTORY_PAGE_BYTES) -> HistoryPage:
+        """Persisted events newest first: at most ``limit``, and a page stops
+        before its response passes ``max_bytes`` (a Lambda response is
+        capped), always holding at least one event; ``next_before_version``
+        says whether there is more, whatever the page's length.
+
+        Raises SessionNotFound when nothing is persisted and Redis does not
+        know the session either (a session created a moment ago has an
+        empty history until the pipeline persisted its first event).
+        """
+        if self.durable is None:
+            raise SessionNotFound(session_id)
+        # PostgreSQL bounds the page by an estimate (the state as jsonb
+        # text), so it never ships much more than the budget; the exact
+        # bound is measured here, on what the response will carry.
+        events, more = self.durable.history_page(session_id, limit=limit, before_version=before_version,
+                                                 max_bytes=max_bytes)
+        if not events and self.store.marker(session_id) is None:
+            raise SessionNotFound(session_id)
+        kept, total = 0, 0
+        for event in events:
+            total += _response_bytes(event)
+            if kept and total > max_bytes:
+                break
+            kept += 1
+        more = more or kept < len(events)
+        page = list(events[:kept])
+        return HistoryPage(session_id, page, page[-1]["version"] if more else None)
+
+    def _ship(self, result: WriteResult) -> None:
+        """Send the committed change on; never fails the (acknowledged) write.
+
+        The write is committed in Redis, outbox entry included: any error
+        from here on (the publisher built on first use, as a cold Lambda looks
+        its queue URL up; SQS; the outbox acknowledgement, e.g. refused by a
+        Redis ACL) would make the client retry a write that succeeded (409
+        SessionExists or ConcurrencyError).  So nothing here fails the
+        response: the entry stays and the relay sends it; the failure is
+        logged and counted (``ShipFailures``).
+        """
+        if self.publisher is None:
+            return
+        try:
+            self.publisher.publish(result)
+        except Exception as exc:  # deliberately broad: see the docstring
+            metrics.emit({"ShipFailures": 1})
+            log.error("could not ship a committed change; the outbox relay will send it",
+                      extra={"event_id": result.event_id, "code": getattr(exc, "code", type(exc).__name__),
+                             "error": getattr(exc, "message", str(exc))})
+
+    def _reconcile(self, session_id: str, redis_version: int) -> int:
+        """PostgreSQL's version of a session whose Redis value predates Redis's
+        last jump back in time; Redis is repaired from PostgreSQL first when
+        it is behind.
+
+        Timeline of the failover this guards against::
+
+            t0  PUT v7 acknowledged on the primary, persisted; not replicated
+            t1  failover: the replica (v6) is promoted; the epoch changes
+            t2  PUT expected 6: the script sees a v6 of the old epoch -> here
+                PostgreSQL has v7 > 6: Redis is repaired to v7, the PUT gets
+                ConcurrencyError (actual 7) instead of writing a second v7
+        """
+        self._settle(session_id)
+        persisted = self.durable.latest(session_id)
+        if persisted is None:
+            return 0
+        if persisted.version > redis_version:
+            metrics.emit({"RedisRepairs": 1})
+            log.warning("Redis was behind PostgreSQL; repaired", extra={
+                "session_id": session_id, "redis_version": redis_version,
+                "persisted_version": persisted.version})
+            try:
+                self.store.restore(persisted, repair=True)
+            except KeyBehind as exc:  # Redis acknowledged a newer one meanwhile
+                return exc.marker_version
+        return persisted.version
+
+    def _settle(self, session_id: str, *, unrecorded_settled: bool = False) -> None:
+        """Raise ServiceUnavailable (503, retry later) while the changes sent
+        before Redis went back in time may still be on their way to
+        PostgreSQL; see the module docstring.
+
+        Timeline::
+
+            t0  PUT v7 acknowledged (sent to SQS; not replicated)
+            t1  failover: the promoted replica holds v6
+            t2  PUT expected 6: PostgreSQL still at v6 (v7 in the queue);
+                judged now, a second v7 would be accepted -> 503 instead
+            t3  consumer persists v7
+            t4  (t1 + settle) PUT expected 6: PostgreSQL v7 -> Redis
+                repaired, ConcurrencyError (actual 7)
+        """
+        left, went_back = self.store.settle(session_id, self.settle_seconds,
+                                            unrecorded_settled=unrecorded_settled)
+        if went_back:
+            metrics.emit({"RedisEpochChanges": 1})
+        if went_back and not self._reported_at + REPORT_INTERVAL_SECONDS > time.monotonic():
+            # once in a while, not once per bucket
+            self._reported_at = time.monotonic()
+            log.error("Redis went back in time (a failover, a restart without persistence, a "
+                      "flush): sessions it may hold stale wait for PostgreSQL; acknowledged "
+                      "changes whose outbox entries it lost before they reached SQS are lost",
+                      extra={"session_id": session_id, "settle_seconds": self.settle_seconds})
+        _retry_later(left, f"Redis failed over or restarted; session {session_id!r} is being "
+                           "reconciled with PostgreSQL")
+
+    def _confirm(self, session: Session) -> Read:
+        """Serve a value of another epoch once PostgreSQL confirmed it (or
+        PostgreSQL's newer version, after repairing Redis with it)."""
+        floor = self._reconcile(session.session_id, session.version)
+        if floor > session.version:
+            return self.get(session.session_id)  # repaired: the current epoch now
+        try:
+            self.store.vouch(session, floor)
+        except RedisBehind as exc:
+            raise RecoveryPending(session.session_id, acknowledged_version=floor,
+                                  persisted_version=exc.version) from None
+        return Read(session)
+
+    def _recover(self, session_id: str) -> Session:
+        """Bring a session whose Redis key is gone back from PostgreSQL.
+
+        Timeline of the race this guards against::
+
+            t0  PUT v7 acknowledged (Redis v7, marker 7, event queued)
+            t1  Redis key expires / is evicted
+            t2  GET: PostgreSQL still has v6 (consumer behind)  -> 503, not v6
+            t3  consumer persists v7
+            t4  GET: PostgreSQL v7 >= marker 7  -> restored, served
+        """
+        marker = self.store.marker(session_id)
+        if marker is not None and marker[1]:
+            raise SessionNotFound(session_id, deleted=True)
+        if self.durable is None:
+            raise SessionNotFound(session_id)
+        persisted = self.durable.latest(session_id)
+        if marker is None and persisted is not None and not persisted.deleted:
+            # Redis has no trace of a session PostgreSQL knows: it lost it
+            # (flush, restart, eviction, a key deleted by hand), or the
+            # marker outlived its TTL.  PostgreSQL may lack changes still in
+            # the queue: wait as after a jump back in time, for the bucket
+            # (and its report) and for this session, lost on its own.
+            # (A deletion is final: it needs no wait.)
+            self._settle(session_id)
+            _retry_later(self.store.hold(session_id, self.settle_seconds),
+                         f"Redis lost session {session_id!r}; it is being recovered from PostgreSQL")
+        acknowledged = marker[0] if marker else 0
+        persisted_version = persisted.version if persisted else 0
+        if marker is None and persisted is None:
+            # a new id; or, if Redis just went back in time, one whose
+            # creation is still in the queue
+            self._settle(session_id, unrecorded_settled=True)
+        if acknowledged > persisted_version:
+            raise RecoveryPending(session_id, acknowledged_version=acknowledged,
+                                  persisted_version=persisted_version)
+        if persisted is None:
+            raise SessionNotFound(session_id)
+        if persisted.deleted:
+            raise SessionNotFound(session_id, deleted=True)
+        try:
+            restored = self.store.restore(persisted)
+        except KeyBehind as exc:
+            raise RecoveryPending(session_id, acknowledged_version=exc.marker_version,
+                                  persisted_version=persisted.version) from None
+        if restored is None:
+            raise SessionNotFound(session_id)
+        metrics.emit({"RecoveryReads": 1})
+        return restored
+
+
+def _retry_later(left: float, why: str) -> None:
+    """Raise ServiceUnavailable (503) saying when to come back, while ``left``
+    seconds of a settle time or a hold remain."""
+    if left > 0:
+        raise ServiceUnavailable(f"{why}: retry in {left:.1f}s", dependency="redis",
+                                 retry_after_seconds=round(left, 1))

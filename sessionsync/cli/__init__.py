@@ -1,0 +1,33 @@
+"""The ``sessionsync`` command line: operators' and developers' tools.
+
+Each command parses its options and calls the same chalicelib services the
+Lambda functions use (through ``chalicelib.runtime``).  Exit codes: 0 ok,
+1 the check failed / something is unhealthy, 2 usage or configuration error.
+"""
+from __future__ import annotations
+
+import click
+
+from chalicelib.observability import logs
+from sessionsync.cli import _common, ops
+from sessionsync.cli.bench import bench
+from sessionsync.cli.pipeline import bootstrap, migrate, relay, worker
+from sessionsync.cli.serve import serve
+from sessionsync.cli.soak import soak
+from sessionsync.cli.store import watch
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--stage", default=None, envvar="SESSIONSYNC_STAGE",
+              help="Take unset settings from this .chalice/config.json stage (default: local "
+                   "when run from a checkout).")
+def main(stage: str | None) -> None:
+    """sessionsync: serverless session state on Redis, SQS and PostgreSQL."""
+    _common.apply_stage_environment(stage)
+    logs.configure()  # JSON lines on stderr at LOG_LEVEL; stdout stays the command's output
+
+
+for command in (serve, watch, bootstrap, migrate, worker, relay, bench, soak, *ops.COMMANDS):
+    main.add_command(command)

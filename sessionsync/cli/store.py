@@ -1,0 +1,45 @@
+"""Commands that talk to the session store directly."""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from chalicelib import runtime
+from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
+from sessionsync.cli._common import config_error_exit, fail
+
+
+@click.command()
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Stop after this many updates.")
+def watch(seconds: float | None, count: int | None) -> None:
+    """Print every session change published on Pub/Sub, one JSON line each."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    seen = 0
+    try:
+        updates = runtime.store().subscribe(timeout=0.5)
+    except ConfigurationError as exc:
+        config_error_exit(exc)
+    except ServiceUnavailable as exc:
+        fail(f"cannot subscribe: {exc.message}")
+    try:
+        for event in updates:
+            if event is not None:
+                click.echo(json.dumps(event, separators=(",", ":")))
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+    except KeyboardInterrupt:
+        pass
+    except ServiceUnavailable as exc:
+        # Pub/Sub is fire-and-forget: what was published while we were
+        # disconnected is gone, so say so instead of silently resubscribing.
+        fail(f"lost the subscription after {seen} updates: {exc.message}")
+    finally:
+        updates.close()
