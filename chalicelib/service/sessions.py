@@ -344,7 +344,15 @@ class SessionService:
             raise RecoveryPending(session_id, acknowledged_version=exc.marker_version,
                                   persisted_version=persisted.version) from None
         if restored is None:
-            raise SessionNotFound(session_id)
+            # Two readers of a session Redis lost, under eviction:
+            #   t0  A and B miss; both read PostgreSQL v19 (not behind the marker)
+            #   t1  A restores v19
+            #   t2  B's restore finds A's key ('exists')
+            #   t3  the key is evicted again before B reads it
+            # B knows the session exists, not which version is current (a
+            # write may have followed A's restore): a 503, never a 404.
+            raise ServiceUnavailable(f"session {session_id!r} changed while it was being recovered; "
+                                     "retry", dependency="redis", retry_after_seconds=1)
         metrics.emit({"RecoveryReads": 1})
         return restored
 

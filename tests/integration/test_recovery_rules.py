@@ -127,3 +127,34 @@ def test_a_session_redis_may_hold_stale_waits_for_the_settle_time_before_postgre
     # what may have lost acknowledged changes is reported, once
     reports = [r for r in caplog.records if r.name == "sessionsync.sessions" and r.levelname == "ERROR"]
     assert len(reports) == 1 and "went back in time" in reports[0].getMessage()
+
+
+def test_a_session_evicted_again_while_another_reader_restored_it_is_a_503_not_a_404(
+        store, database, session_id):
+    service = _service(store, database)
+    _persist(database, store.create(session_id, '{"n":1}', 600))
+    key = session_keys(session_id)[0]
+    store.client.delete(key)  # evicted
+    restore = store.restore
+
+    def restored_by_another_reader_then_evicted_again(session, **kwargs):
+        restore(session)  # the other reader (t1)
+        get = store.get
+
+        def evicted_again_first(*args, **kw):  # t3, between this restore's script and its read
+            store.client.delete(key)
+            return get(*args, **kw)
+
+        store.get = evicted_again_first
+        try:
+            return restore(session, **kwargs)  # finds the other reader's key (t2)
+        finally:
+            store.get = get
+
+    store.restore = restored_by_another_reader_then_evicted_again
+
+    with pytest.raises(ServiceUnavailable) as unavailable:
+        service.get(session_id)
+
+    assert not isinstance(unavailable.value, SessionNotFound)
+    assert unavailable.value.details["retry_after_seconds"] == 1
