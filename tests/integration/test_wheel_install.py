@@ -15,6 +15,8 @@ import pytest
 
 from tests.packaging_support import PROJECT_DIR
 
+pytestmark = pytest.mark.slow  # builds a wheel and a virtualenv
+
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
@@ -25,8 +27,8 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subp
 def installed(tmp_path_factory) -> Path:
     """A fresh virtualenv with the project's wheel installed; returns its bin/.
 
-    Offline: the wheel is built with this virtualenv's setuptools (no build
-    isolation) from a copy of the sources, and the dependencies are this
+    Offline: the wheel is built with this virtualenv's setuptools and wheel
+    (chalice depends on both; no build isolation) from a copy of the sources, and the dependencies are this
     virtualenv's site-packages, put on the new one's path by a .pth line (a
     directory listed there is not scanned for .pth files, so the editable
     install of the checkout stays out)."""
