@@ -14,6 +14,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from sessionsync import cli, project
 from tests.packaging_support import PROJECT_DIR, closure, requirement_pins
 
 PYPROJECT = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
@@ -106,3 +107,22 @@ def test_the_lambda_package_holds_app_chalicelib_and_the_pinned_dependencies_and
              "pytest", "moto"}
     assert not tops & tools, sorted(tops & tools)
     assert not [n for n in shipped if "bench" in n.split("/") or n.startswith("sessionsync")]
+
+
+def test_the_project_directory_is_the_variable_s_else_the_checkout_else_the_cwd(monkeypatch, tmp_path):
+    monkeypatch.setenv(project.PROJECT_DIR_ENV, str(tmp_path))
+    assert project.project_dir() == tmp_path.resolve()
+    monkeypatch.delenv(project.PROJECT_DIR_ENV)
+    assert project.project_dir() == PROJECT_DIR
+    # installed from a wheel: the package's parent is site-packages, without app.py
+    monkeypatch.setattr(project, "_CHECKOUT", tmp_path / "site-packages")
+    monkeypatch.chdir(tmp_path)
+    assert project.project_dir() == tmp_path
+
+
+def test_the_version_says_so_when_the_package_is_not_installed(monkeypatch):
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert cli.version() == "unknown (not installed)"
