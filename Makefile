@@ -10,7 +10,7 @@ PIP_QUIET := -q --disable-pip-version-check
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_QUIET) -r requirements-dev.txt -e . 2> >(grep -v '^WARNING: Location' >&2)
+	$(BIN)/pip install $(PIP_QUIET) -r requirements-dev.txt -e '.[cli,bench,dev]' 2> >(grep -v '^WARNING: Location' >&2)
 	touch $@
 
 venv: $(BIN)/.installed
@@ -32,7 +32,7 @@ run: bootstrap
 # The whole test suite against real Redis, a local Redis Cluster, PostgreSQL
 # and LocalStack.  CI runs exactly this.
 test: venv services localstack
-	$(BIN)/ruff check app.py chalicelib tests
+	$(BIN)/ruff check app.py chalicelib sessionsync tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fault-injection suite alone (also part of `make test`): docs/guarantees.md.
@@ -51,7 +51,7 @@ perfdoc-check:
 	python3 scripts/perfdoc_check.py
 
 lint: venv
-	$(BIN)/ruff check app.py chalicelib tests
+	$(BIN)/ruff check app.py chalicelib sessionsync tests
 
 bench: bootstrap
 	$(BIN)/sessionsync bench

@@ -1,4 +1,4 @@
-"""Versioned SQL migrations for the PostgreSQL schema (infra/migrations).
+"""Versioned SQL migrations for the PostgreSQL schema (sessionsync/sql).
 
 A migration is a file ``NNNN_name.sql``; it runs once, in its own
 transaction together with its row in ``schema_migrations`` (version, name,
@@ -14,9 +14,9 @@ pending::
     A: lock ───── 0001 (tx) ── 0002 (tx) ── unlock
     B: lock ........ waits ....................... got it: nothing pending
 
-The directory is resolved from the package location (the repository's
-``infra/migrations`` beside ``chalicelib``): migrations run from a
-checkout or an editable install (CI, ``make bootstrap``), never inside a
+The files are package data of ``sessionsync.sql``, read through
+importlib.resources, so ``sessionsync migrate`` works the same from a
+checkout, an editable install or an installed wheel; never inside a
 Lambda, whose package holds ``chalicelib`` only.
 """
 from __future__ import annotations
@@ -25,13 +25,14 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 import psycopg
 
 from chalicelib.domain.errors import PersistenceError
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "infra" / "migrations"
+MIGRATIONS_DIR: Traversable = resources.files("sessionsync.sql")
 # pg_advisory_lock key: any bigint that no other tool on the database uses
 LOCK_KEY = 0x5E55_1045_E7C0_0001
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -69,7 +70,7 @@ class Migration:
         return f"{self.version:04d}_{self.name}.sql"
 
 
-def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def discover(directory: Traversable = MIGRATIONS_DIR) -> list[Migration]:
     """Every migration in ``directory``, in version order.
 
     Raises MigrationError for a .sql file with a bad name or a version used
@@ -78,7 +79,9 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     if not directory.is_dir():
         raise MigrationError(f"migrations directory {directory} does not exist")
     found: dict[int, Migration] = {}
-    for path in sorted(directory.glob("*.sql")):
+    # a Traversable (a pathlib.Path, or a file inside an installed package)
+    # has iterdir() but no glob()
+    for path in sorted((p for p in directory.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
         match = _FILE.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: a migration must be named NNNN_name.sql")

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -135,6 +136,27 @@ def pg_test_dsn() -> str:
         yield dsn
     finally:
         provisioning.drop_database(dsn)
+
+
+@pytest.fixture
+def empty_dsn():
+    """A database of its own, created empty (no migrations); dropped after the test."""
+    from sessionsync import provisioning
+    dsn = _database_url(PG_TEST_ADMIN_URL, f"sessionsync_mig_{uuid.uuid4().hex[:10]}")
+    assert provisioning.ensure_database(dsn) is True
+    yield dsn
+    provisioning.drop_database(dsn)
+
+
+@pytest.fixture(scope="session")
+def chalice_packaged(tmp_path_factory) -> Path:
+    """The directory `chalice package --stage dev --merge-template
+    infra/chalice-merge.json` wrote (sam.json, deployment.zip), for a copy of
+    the project and without the network (tests/packaging_support.py)."""
+    from tests.packaging_support import PROJECT_DIR, chalice_package
+    return chalice_package(tmp_path_factory.mktemp("packaged"), tmp_path_factory.mktemp("packaging"),
+                           "--stage", "dev", "--merge-template",
+                           str(PROJECT_DIR / "infra" / "chalice-merge.json"))
 
 
 @pytest.fixture

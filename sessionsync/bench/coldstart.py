@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from sessionsync.bench.context import (
@@ -33,8 +32,8 @@ from sessionsync.bench.context import (
 )
 from sessionsync.bench.events import session_get_event, session_put_event
 from sessionsync.bench.stats import median
+from sessionsync.project import project_dir
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 API_KEY = "bench-api-key-0123456789abcdef"
 #: Modules that should stay off the GET path (they matter only elsewhere).
 HEAVY = ("boto3", "botocore", "psycopg", "aws_lambda_powertools", "matplotlib", "click")
@@ -93,7 +92,7 @@ def _run_child(event: dict[str, Any], env: dict[str, str], *, importtime: bool =
     args = [sys.executable, *(["-X", "importtime"] if importtime else []), "-c", CHILD]
     start = time.perf_counter()
     proc = subprocess.run(args, input=json.dumps(event), capture_output=True, text=True,
-                          cwd=PROJECT_DIR, env=env, timeout=120)
+                          cwd=project_dir(), env=env, timeout=120)
     wall_ms = (time.perf_counter() - start) * 1000
     if proc.returncode != 0:
         raise RuntimeError(f"cold-start child failed ({proc.returncode}): {proc.stderr[-2000:]}")

@@ -26,6 +26,7 @@ from sessionsync.bench.aws_local import localstack_sqs_unavailable, sqs_client, 
 from sessionsync.bench.context import DEFAULT_DATABASE_URL, STATE_BYTES, BenchContext, state_document
 from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record
 from sessionsync.bench.stats import summarize_ns
+from sessionsync.project import import_app
 
 BATCH_SIZES = (1, 10, 100)
 VERSIONS_PER_SESSION = 5
@@ -147,7 +148,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     dsn = ctx.database_url or DEFAULT_DATABASE_URL
     created = provisioning.ensure_database(dsn)
     applied = provisioning.migrate(dsn)
-    import app as app_module
+    app_module = import_app()
 
     runtime.reset()
     # The DLQ is never used here (no poison); its URL only has to exist.

@@ -26,13 +26,13 @@ from sessionsync.bench.context import (
 )
 from sessionsync.bench.events import LambdaContext, session_get_event, session_put_event
 from sessionsync.bench.stats import interleaved, ratio, summarize_ns, time_calls
+from sessionsync.project import import_app
 
 API_KEY = "bench-api-key-0123456789abcdef"
 
 
 def _app() -> Any:
-    import app as app_module  # the deployed entry point, imported as Lambda does
-    return app_module.app
+    return import_app().app  # the deployed entry point, imported as Lambda does
 
 
 def _put_sequence(app: Any, context: LambdaContext, session_id: str, state: str,

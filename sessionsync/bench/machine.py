@@ -11,7 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+from sessionsync.project import project_dir
+
 PACKAGES = ("redis", "hiredis", "chalice", "boto3", "botocore", "psycopg", "psycopg-binary",
             "aws-lambda-powertools", "click", "matplotlib")
 
@@ -57,7 +58,7 @@ def _cpuidle() -> dict[str, str] | None:
 
 def _run(*args: str) -> str | None:
     try:
-        out = subprocess.run(args, capture_output=True, text=True, timeout=10, cwd=PROJECT_DIR)
+        out = subprocess.run(args, capture_output=True, text=True, timeout=10, cwd=project_dir())
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

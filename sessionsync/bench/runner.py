@@ -129,8 +129,10 @@ def _quiet_telemetry(stack: ExitStack) -> None:
     the figures; only the thousands of lines stay out of the terminal.
     ``app`` is imported first because its import configures logging itself.
     """
-    import app  # noqa: F401  (its import calls logs.configure())
     from chalicelib.observability import logs, metrics
+    from sessionsync.project import import_app
+
+    import_app()  # its import calls logs.configure()
 
     devnull = stack.enter_context(open(os.devnull, "w"))
     previous = metrics.writer()

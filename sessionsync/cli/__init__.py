@@ -6,6 +6,9 @@ Lambda functions use (through ``chalicelib.runtime``).  Exit codes: 0 ok,
 """
 from __future__ import annotations
 
+import os
+from importlib import metadata
+
 import click
 
 from chalicelib.observability import logs
@@ -15,16 +18,32 @@ from sessionsync.cli.pipeline import bootstrap, migrate, relay, worker
 from sessionsync.cli.serve import serve
 from sessionsync.cli.soak import soak
 from sessionsync.cli.store import watch
+from sessionsync.project import PROJECT_DIR_ENV
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def version() -> str:
+    try:
+        return metadata.version("sessionsync")
+    except metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        return "unknown (not installed)"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version(), prog_name="sessionsync")
 @click.option("--stage", default=None, envvar="SESSIONSYNC_STAGE",
               help="Take unset settings from this .chalice/config.json stage (default: local "
                    "when run from a checkout).")
-def main(stage: str | None) -> None:
+@click.option("--project-dir", default=None, envvar=PROJECT_DIR_ENV,
+              type=click.Path(exists=True, file_okay=False),
+              help="The directory holding app.py and .chalice/ (default: the checkout this "
+                   "package runs from, else the current directory).")
+def main(stage: str | None, project_dir: str | None) -> None:
     """sessionsync: serverless session state on Redis, SQS and PostgreSQL."""
+    if project_dir:
+        # in the environment, so that the processes the commands start see it too
+        os.environ[PROJECT_DIR_ENV] = os.path.abspath(project_dir)
     _common.apply_stage_environment(stage)
     logs.configure()  # JSON lines on stderr at LOG_LEVEL; stdout stays the command's output
 

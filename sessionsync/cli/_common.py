@@ -13,13 +13,13 @@ from typing import Any
 import click
 
 from chalicelib.domain.errors import ConfigurationError, SessionSyncError
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-CHALICE_CONFIG = PROJECT_DIR / ".chalice" / "config.json"
+from sessionsync.project import chalice_config
 
 
-def stage_environment(stage: str, config_path: Path = CHALICE_CONFIG) -> dict[str, str]:
-    """The environment a .chalice/config.json stage sets (global, then stage)."""
+def stage_environment(stage: str, config_path: Path | None = None) -> dict[str, str]:
+    """The environment a .chalice/config.json stage sets (global, then stage);
+    by default the project directory's (sessionsync.project)."""
+    config_path = config_path or chalice_config()
     config = json.loads(config_path.read_text())
     if stage not in config.get("stages", {}):
         raise click.UsageError(f"stage {stage!r} is not in {config_path}")
@@ -35,7 +35,7 @@ def apply_stage_environment(stage: str | None) -> None:
     REDIS_URL or DATABASE_URL you exported must be the one used.)
     """
     if stage is None:
-        if not CHALICE_CONFIG.exists():
+        if not chalice_config().exists():
             return
         stage = "local"
     for name, value in stage_environment(stage).items():

@@ -35,7 +35,8 @@ import click
 
 from chalicelib.config import API_KEYS, AUTH_MODE, auth_mode, load_settings
 from chalicelib.domain.errors import ConfigurationError
-from sessionsync.cli._common import PROJECT_DIR, config_error_exit
+from sessionsync.cli._common import config_error_exit
+from sessionsync.project import project_dir
 
 BACKLOG = 128
 # API Gateway's own payload limit
@@ -164,7 +165,8 @@ def build_server(host: str, port: int, stage: str = "local", *,
                 return self._generic_handle
             raise AttributeError(name)
 
-    factory = CLIFactory(project_dir=str(PROJECT_DIR))
+    # chalice puts the project directory on sys.path and imports its app.py
+    factory = CLIFactory(project_dir=str(project_dir()))
     # chalice's factory copies the stage's variables over os.environ; keep
     # what the shell (or the CLI's stage defaults) already set.
     saved = dict(os.environ)

@@ -20,14 +20,6 @@ from tests.conftest import PG_TEST_ADMIN_URL, _database_url
 CLI = "from sessionsync.cli import main; main()"  # the sessionsync console script
 
 
-@pytest.fixture
-def empty_dsn():
-    dsn = _database_url(PG_TEST_ADMIN_URL, f"sessionsync_mig_{uuid.uuid4().hex[:10]}")
-    assert provisioning.ensure_database(dsn) is True
-    yield dsn
-    provisioning.drop_database(dsn)
-
-
 def _recorded(dsn):
     with psycopg.connect(dsn) as conn:
         return conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()

@@ -5,7 +5,6 @@ could silently not apply)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -39,27 +38,8 @@ def cfn_lint(path: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def packaged_path(tmp_path_factory) -> Path:
-    """`chalice package --stage dev --merge-template infra/chalice-merge.json`
-    of a copy of the project (the repository's .chalice/ stays untouched),
-    with fake credentials and no network."""
-    project = tmp_path_factory.mktemp("project")
-    shutil.copy(PROJECT_DIR / "app.py", project)
-    shutil.copy(PROJECT_DIR / "requirements.txt", project)
-    shutil.copytree(PROJECT_DIR / "chalicelib", project / "chalicelib",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (project / ".chalice").mkdir()
-    shutil.copy(PROJECT_DIR / ".chalice" / "config.json", project / ".chalice")
-    out = tmp_path_factory.mktemp("packaged")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "SESSION_", "REDIS_", "DATABASE_", "DB_"))}
-    env.update(AWS_ACCESS_KEY_ID="fake", AWS_SECRET_ACCESS_KEY="fake", AWS_DEFAULT_REGION="us-east-1")
-    result = subprocess.run(
-        [tool("chalice"), "--project-dir", str(project), "package", "--stage", "dev",
-         "--merge-template", str(MERGE_TEMPLATE), str(out)],
-        capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out / "sam.json"
+def packaged_path(chalice_packaged) -> Path:
+    return chalice_packaged / "sam.json"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,2 @@
+"""The PostgreSQL schema's migrations, ``NNNN_name.sql``: package data, read
+by ``sessionsync.migrations`` through importlib.resources."""

@@ -1,0 +1,128 @@
+"""What is declared and what ships: pyproject.toml's dependencies and extras
+against the pinned requirements files and against what the code imports, and
+the Lambda deployment package `chalice package` builds (the Lambda code and
+its runtime dependencies, none of the tools)."""
+from __future__ import annotations
+
+import ast
+import sys
+import tomllib
+import zipfile
+from importlib import metadata
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from sessionsync import cli, project
+from tests.packaging_support import PROJECT_DIR, closure, requirement_pins
+
+PYPROJECT = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
+RUNTIME = [Requirement(r) for r in PYPROJECT["dependencies"]]
+EXTRAS = {name: [Requirement(r) for r in reqs] for name, reqs in PYPROJECT["optional-dependencies"].items()}
+LAMBDA_PINS = requirement_pins(PROJECT_DIR / "requirements.txt")
+DEV_PINS = requirement_pins(PROJECT_DIR / "requirements-dev.txt")
+# `chalice package` puts its own runtime (chalice/app.py) into the deployment
+# package: chalice is pinned with the tools, in requirements-dev.txt.
+SHIPPED_BY_CHALICE = {"chalice"}
+FIRST_PARTY = {"app", "chalicelib", "sessionsync", "tests"}
+
+
+def names(requirements: list[Requirement]) -> set[str]:
+    return {canonicalize_name(r.name) for r in requirements}
+
+
+def assert_pinned_within_range(requirement: Requirement, pins: dict[str, Requirement]) -> None:
+    pin = pins.get(canonicalize_name(requirement.name))
+    assert pin is not None, f"{requirement.name} is not pinned"
+    (version,) = [s.version for s in pin.specifier if s.operator == "=="]
+    assert requirement.specifier.contains(version), f"{pin} is outside pyproject's {requirement}"
+    assert pin.extras == requirement.extras, f"{pin} and pyproject's {requirement} ask for other extras"
+
+
+def test_requirements_txt_pins_exactly_pyproject_s_runtime_dependencies_within_their_ranges():
+    for requirement in RUNTIME:
+        assert_pinned_within_range(requirement, DEV_PINS if requirement.name in SHIPPED_BY_CHALICE
+                                   else LAMBDA_PINS)
+    assert set(LAMBDA_PINS) == names(RUNTIME) - SHIPPED_BY_CHALICE
+
+
+@pytest.mark.parametrize("extra", sorted(EXTRAS))
+def test_requirements_dev_txt_pins_every_extra_within_its_range(extra):
+    for requirement in EXTRAS[extra]:
+        assert_pinned_within_range(requirement, DEV_PINS)
+
+
+def imported_distributions(*roots: str) -> dict[str, set[str]]:
+    """distribution -> the files that import it, for every third-party import
+    (at any depth: lazy imports inside functions count) under ``roots``."""
+    modules = metadata.packages_distributions()
+    found: dict[str, set[str]] = {}
+    for root in roots:
+        path = PROJECT_DIR / root
+        for file in [path] if path.is_file() else sorted(path.rglob("*.py")):
+            where = str(file.relative_to(PROJECT_DIR))
+            for node in ast.walk(ast.parse(file.read_text())):
+                if isinstance(node, ast.Import):
+                    tops = [alias.name.split(".")[0] for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    tops = [node.module.split(".")[0]]
+                else:
+                    continue
+                for top in tops:
+                    if top in FIRST_PARTY or top in sys.stdlib_module_names:
+                        continue
+                    for dist in modules.get(top, [top]):
+                        found.setdefault(canonicalize_name(dist), set()).add(where)
+    return found
+
+
+@pytest.mark.parametrize("roots, declared_in", [
+    (("app.py", "chalicelib"), ()),
+    (("sessionsync",), ("cli", "bench")),
+    (("tests", "scripts"), ("cli", "bench", "dev")),
+], ids=["lambda-code-runtime-only", "tools-cli-and-bench", "tests-every-extra"])
+def test_every_third_party_package_the_code_imports_is_declared(roots, declared_in):
+    declared = names(RUNTIME).union(*(names(EXTRAS[extra]) for extra in declared_in))
+    undeclared = {dist: files for dist, files in imported_distributions(*roots).items()
+                  if dist not in declared}
+    assert not undeclared, f"imported but not in pyproject.toml ({declared_in or 'runtime'}): {undeclared}"
+
+
+@pytest.mark.slow
+def test_the_lambda_package_holds_app_chalicelib_and_the_pinned_dependencies_and_no_tool(chalice_packaged):
+    with zipfile.ZipFile(chalice_packaged / "deployment.zip") as deployment:
+        shipped = set(deployment.namelist())
+
+    assert "app.py" in shipped
+    assert "chalice/app.py" in shipped  # the runtime `chalice package` adds
+    sources = {p.relative_to(PROJECT_DIR).as_posix() for p in (PROJECT_DIR / "chalicelib").rglob("*.py")}
+    assert sources <= shipped, sorted(sources - shipped)
+    for name, dist in closure(list(LAMBDA_PINS.values())).items():
+        dist_info = f"{name.replace('-', '_')}-{dist.version}.dist-info/METADATA"
+        assert dist_info in shipped, f"{name} {dist.version} is not in the deployment package"
+    tops = {name.split("/")[0] for name in shipped}
+    assert {"redis", "hiredis", "psycopg", "psycopg_binary", "boto3", "botocore"} <= tops
+    tools = {"sessionsync", "tests", "docs", "infra", "scripts", "bench-results", "click", "matplotlib",
+             "pytest", "moto"}
+    assert not tops & tools, sorted(tops & tools)
+    assert not [n for n in shipped if "bench" in n.split("/") or n.startswith("sessionsync")]
+
+
+def test_the_project_directory_is_the_variable_s_else_the_checkout_else_the_cwd(monkeypatch, tmp_path):
+    monkeypatch.setenv(project.PROJECT_DIR_ENV, str(tmp_path))
+    assert project.project_dir() == tmp_path.resolve()
+    monkeypatch.delenv(project.PROJECT_DIR_ENV)
+    assert project.project_dir() == PROJECT_DIR
+    # installed from a wheel: the package's parent is site-packages, without app.py
+    monkeypatch.setattr(project, "_CHECKOUT", tmp_path / "site-packages")
+    monkeypatch.chdir(tmp_path)
+    assert project.project_dir() == tmp_path
+
+
+def test_the_version_says_so_when_the_package_is_not_installed(monkeypatch):
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert cli.version() == "unknown (not installed)"
