@@ -46,6 +46,35 @@ class ReportCollector(logging.Handler):
                              "epoch": getattr(record, "epoch", None)})
 
 
+def _identity(event_json: str) -> tuple[str, int, str]:
+    event = json.loads(event_json)
+    return event["session_id"], event["version"], json.dumps(event.get("state"), sort_keys=True)
+
+
+class _Recorded(SqsProducer):
+    """The producer, remembering what SQS accepted: an acknowledged change
+    whose event never got there lived only in Redis's outbox, and a failover
+    that loses it is the documented limit, not a silent loss."""
+
+    def __init__(self, sqs: Any, queue_url: str, store: SessionStore,
+                 accepted: set[tuple[str, int, str]]) -> None:
+        super().__init__(sqs, queue_url, store)
+        self.accepted = accepted
+
+    def publish(self, result: Any) -> bool:
+        sent = super().publish(result)
+        if sent:
+            self.accepted.add(_identity(result.event_json))
+        return sent
+
+    def send_many(self, events: Iterable[tuple[str, str]]) -> list[str]:
+        events = list(events)
+        sent = super().send_many(events)
+        bodies = dict(events)
+        self.accepted.update(_identity(bodies[event_id]) for event_id in sent)
+        return sent
+
+
 @dataclass
 class ChaosStack:
     redis_url: str
@@ -62,6 +91,9 @@ class ChaosStack:
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     published: list[dict[str, Any]] = field(default_factory=list)
+    #: (session id, version, state) of every event SQS accepted (an answer
+    #: seen; a send that timed out may have been accepted too)
+    accepted: set[tuple[str, int, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.sqs_proxy = TcpProxy(int(self.localstack_url.rsplit(":", 1)[1]))
@@ -74,8 +106,8 @@ class ChaosStack:
                                                      aws_region="us-east-1"))
         self.store = SessionStore(connect_redis(Settings(redis_url=self.redis_url)), channel=self.channel)
         self.database = Database.from_dsn(self.pg_dsn)
-        self.service = SessionService(self.store, publisher=SqsProducer(self.fast_sqs, self.queues.url,
-                                                                        self.store),
+        self.service = SessionService(self.store, publisher=_Recorded(self.fast_sqs, self.queues.url,
+                                                                      self.store, self.accepted),
                                       durable=self.database, settle_seconds=self.settle_seconds)
         self.reports = ReportCollector()
         logging.getLogger("sessionsync").addHandler(self.reports)
@@ -86,7 +118,7 @@ class ChaosStack:
         self._subscribe()
         for _ in range(self.consumers):
             self.add_consumer()
-        relay = OutboxRelay(self.store, SqsProducer(self.sqs, self.queues.url, self.store),
+        relay = OutboxRelay(self.store, _Recorded(self.sqs, self.queues.url, self.store, self.accepted),
                             age_seconds=self.relay_age)
         self._spawn("relay", lambda: relay.run(self._stop, interval=0.3))
         return self
