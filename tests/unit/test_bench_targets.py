@@ -83,3 +83,21 @@ def test_a_failed_or_skipped_section_yields_no_verdict():
 
     assert not [n for n in names if "GET (p50)" in n or "EVALSHA" in n or n.startswith("relay")]
     assert "warm handler GET p50 <= 0.5 ms" in names
+
+
+def _cold(ms: float) -> dict:
+    return {"median": {"import_plus_first_ms": ms}}
+
+
+def test_each_function_s_cold_start_is_its_ratio_to_the_bare_app_and_has_no_verdict():
+    from sessionsync.bench.coldstart import with_ratios
+
+    functions = with_ratios({"api_first_get": _cold(80.0), "relay_first_drain": _cold(50.0)},
+                            _cold(20.0))
+    sections = _sections()
+    sections["coldstart"].update(bare_chalice=_cold(20.0), by_function=functions)
+
+    assert [f["ratio_to_bare"] for f in functions.values()] == [4.0, 2.5]
+    verdicts = _verdicts(sections)
+    assert verdicts["cold start of api first get, ratio to a bare Chalice app"] == (4.0, None, None)
+    assert verdicts["cold start of relay first drain, ratio to a bare Chalice app"] == (2.5, None, None)
