@@ -118,6 +118,7 @@ def test_cold_start_is_measured_for_each_function_as_a_ratio_to_a_bare_chalice_a
         ratio = data["ratio_to_bare"]
         assert isinstance(ratio, float) and ratio > 0, name
         assert ratio == round(data["median"]["import_plus_first_ms"] / bare, 2), name
+        assert isinstance(data["cpu_ratio_to_bare"], float) and data["cpu_ratio_to_bare"] > 0, name
     # the API's figure is the first GET's, not a second measurement
     assert functions["api_first_get"]["median"] == cold["first_get"]["median"]
 
