@@ -3,11 +3,17 @@
 Each route parses its input with ``chalicelib.domain.validation``, calls one
 ``SessionService`` method and returns through ``chalicelib.api.web``, which maps
 every domain error to the one JSON error shape.  No Redis, SQL or boto3 here.
+
+Every Lambda function (the API, the ``api_key`` authorizer, the
+``persist_changes`` consumer, the ``relay_outbox`` schedule) imports this
+whole module on its cold start, so it imports at the top only what several
+of them use; a module one function alone needs is imported in that
+function (``sessionsync bench --sections coldstart``, by_function).
 """
 from chalice import AuthResponse, Chalice, IAMAuthorizer, Rate
 
 from chalicelib import config, runtime
-from chalicelib.api import auth, health, web
+from chalicelib.api import web
 from chalicelib.domain import validation
 from chalicelib.observability import logs
 
@@ -32,6 +38,8 @@ def one_error_shape(event, get_response):
 @app.authorizer(ttl_seconds=300)
 def api_key(auth_request):
     """Bearer API key; a wrong key is denied (403), a missing one is 401."""
+    from chalicelib.api import auth  # hmac and the key cache: the authorizer's only
+
     if auth.accepts(runtime.api_keys, auth_request.token):
         return AuthResponse(routes=["*"], principal_id="api-key")
     return AuthResponse(routes=[], principal_id="anonymous")
@@ -92,6 +100,8 @@ def session_events(session_id):
 @app.route("/health", methods=["GET"])
 @web.handles_errors
 def health_check():
+    from chalicelib.api import health  # its thread pool: this route's only
+
     report = health.check_configured(runtime.health_probes)
     return web.json_response(report.to_dict(), 200 if report.healthy else 503)
 

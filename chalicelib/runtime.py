@@ -83,7 +83,7 @@ def sqs() -> Any:
 def queue_url() -> str:
     from chalicelib.adapters import aws
     s = settings()
-    return _once("queue_url", lambda: aws.queue_url(sqs(), s.queue_url, s.queue_name,
+    return _once("queue_url", lambda: aws.queue_url(_OnFirstUse(sqs), s.queue_url, s.queue_name,
                                                      SESSION_QUEUE_URL))
 
 
@@ -91,7 +91,9 @@ def dlq_url() -> str:
     from chalicelib.adapters import aws
     from chalicelib.config import SESSION_DLQ_URL
     s = settings()
-    return _once("dlq_url", lambda: aws.queue_url(sqs(), s.dlq_url, s.dlq_name, SESSION_DLQ_URL))
+    # the client is built only if the URL must be looked up by name
+    return _once("dlq_url", lambda: aws.queue_url(_OnFirstUse(sqs), s.dlq_url, s.dlq_name,
+                                                   SESSION_DLQ_URL))
 
 
 def producer() -> Any:
@@ -124,30 +126,54 @@ def database() -> Any:
     return _once("database", lambda: persistence.Database.from_settings(settings(), secrets_client))
 
 
+def dead_letters() -> Any:
+    """The DLQ sender: built when the first poison record needs it."""
+    from chalicelib.pipeline.consumer import DeadLetterQueue
+    return _once("dead_letters", lambda: DeadLetterQueue(sqs(), dlq_url()))
+
+
 def consumer() -> Any:
-    """The SQS consumer (database + DLQ sender) the Lambda handler calls."""
+    """The SQS consumer (database + DLQ sender) the Lambda handler calls.
+
+    A batch without poison needs neither the DLQ nor a delete, so their
+    SQS client (boto3's import and client, ~110 ms) is built on first use
+    (``sessionsync bench --sections coldstart``, consumer_first_batch).  A
+    missing DLQ setting still fails the first batch, as the DLQ's URL is
+    resolved here whenever that needs no SQS call.
+    """
     from chalicelib.config import DATABASE_URL
     from chalicelib.domain.errors import ConfigurationError
-    from chalicelib.pipeline.consumer import Consumer, DeadLetterQueue, SqsRecordSource
+    from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
 
     def build() -> Any:
         db = database()
         if db is None:
             raise ConfigurationError(DATABASE_URL, "the consumer needs a database "
                                      "(DATABASE_URL, DB_SECRET_ARN or PG* variables)")
-        return Consumer(db, DeadLetterQueue(sqs(), dlq_url()), SqsRecordSource(sqs(), queue_url))
+        s = settings()
+        if s.dlq_url or not s.dlq_name:
+            dlq_url()  # the URL given, or the ConfigurationError naming the setting
+        return Consumer(db, _OnFirstUse(dead_letters), SqsRecordSource(_OnFirstUse(sqs), queue_url))
     return _once("consumer", build)
 
 
 def relay() -> Any:
-    """The outbox relay (store + producer) the scheduled function calls."""
+    """The outbox relay (store + producer) the scheduled function calls.
+
+    Most drains find the outbox empty (writes send inline), so the relay's
+    producer, and with it boto3, is built when a drain first has entries to send.
+    """
     from chalicelib.pipeline.outbox import OutboxRelay
     s = settings()
+    return _once("relay", lambda: OutboxRelay(
+        store(), _OnFirstUse(relay_producer), age_seconds=s.outbox_relay_age))
+
+
+def relay_producer() -> Any:
     from chalicelib.pipeline.producer import SqsProducer
     # the relay's own producer, on the patient client: it sends batches of
     # up to 1 MiB and has a schedule's time, not a request's
-    return _once("relay", lambda: OutboxRelay(
-        store(), SqsProducer(sqs(), queue_url(), store()), age_seconds=s.outbox_relay_age))
+    return _once("relay_producer", lambda: SqsProducer(sqs(), queue_url(), store()))
 
 
 def secrets_client() -> Any:

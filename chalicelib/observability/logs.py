@@ -13,13 +13,10 @@ command and SQL statement with its duration (command names, keys and SQL
 text only: never values, parameters or credentials).  Below DEBUG they
 return the client untouched, so the hot path pays nothing.
 
-Why the standard library and not ``aws_lambda_powertools.Logger`` (measured
-on this machine, Python 3.11, fresh processes, after importing chalice and
-redis as app.py does): powertools' Logger and Metrics import in 7.6-8.2 ms,
-this module and ``chalicelib.observability.metrics`` in 0.6 ms, out of about 77 ms for the
-whole of app.py; an INFO line costs 19 us with powertools against 8 us with
-the formatter below, a suppressed DEBUG call 0.7 us against 0.15 us.  What
-we need from it (JSON lines, a level, a correlation id) is this module.
+Why the standard library and not ``aws_lambda_powertools.Logger``: its
+import cost at every cold start, for what this module does (JSON lines, a
+level, a correlation id); docs/decisions/no-powertools.md, figures in
+docs/performance.md ("Observability without Powertools").
 """
 from __future__ import annotations
 

@@ -67,14 +67,26 @@ def render(results: dict[str, Any], path: Path) -> Path:
         ax = axes[2]
         labels = ["first GET", "first PUT"]
         data = [cold["first_get"]["median"], cold["first_put"]["median"]]
+        # results from before the per-function figures have neither key
+        extra = {"authorizer_first_call": "authorizer", "consumer_first_batch": "consumer",
+                 "relay_first_drain": "relay"}
+        for key, label in extra.items():
+            if key in cold.get("by_function", {}):
+                labels.append(label)
+                data.append(cold["by_function"][key]["median"])
+        if "bare_chalice" in cold:
+            labels.append("bare Chalice")
+            data.append(cold["bare_chalice"]["median"])
         imports = [d["import_ms"] for d in data]
         first = [d["first_request_ms"] for d in data]
         ax.bar(labels, imports, label="import app")
-        ax.bar(labels, first, bottom=imports, label="first request")
+        ax.bar(labels, first, bottom=imports, label="first call")
         for x, d in enumerate(data):
             ax.text(x, d["import_ms"] + d["first_request_ms"], f"{d['import_plus_first_ms']:.0f} ms",
                     ha="center", va="bottom", fontsize=8)
-        ax.set_title(f"Cold start, median of {cold['runs']} fresh processes (ms)")
+        ax.set_title(f"Cold start: import app + first call, median of {cold['runs']} "
+                     "fresh processes (ms)")
+        ax.tick_params(axis="x", labelsize=7)
         ax.legend(fontsize=7)
         ax.grid(axis="y", alpha=0.3)
     else:

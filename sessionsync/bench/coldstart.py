@@ -1,13 +1,20 @@
-"""Cold start: a fresh interpreter imports app.py and serves its first request.
+"""Cold start: a fresh interpreter imports app.py and serves its first call.
 
 Each run is a new ``python`` process (as a new Lambda execution
 environment is), with the environment of a deployed function: Redis, the
-queue and the database are all configured, so the figure shows what the
-first GET really pulls in.  The child reports, from its own clock, the
-import of ``app`` and the first ``app(event, context)`` call (which builds
-the clients and opens the Redis connection); the parent adds the process's
-whole wall time (interpreter start and exit included).  One further run
-under ``python -X importtime`` gives the breakdown by module.
+queue, the DLQ and the database are all configured.  The child reports,
+from its own clock, the import of ``app`` and the first call of one of
+app.py's Lambda functions (which builds what that function needs); the
+parent adds the process's whole wall time (interpreter start and exit
+included).  One further run under ``python -X importtime`` gives the
+breakdown by module of ``import app``.
+
+Chalice deploys every function of app.py (the API, the ``api_key``
+authorizer, the ``persist_changes`` consumer, the ``relay_outbox``
+schedule) with the same app.py, so each imports all of it: the section
+measures each function's cold start, and the same for a bare one-route
+Chalice app generated in a temporary directory, so that each function is
+also given as a ratio to what Chalice itself costs on this machine and run.
 
 Sources are byte-compiled before the timed runs (a first untimed run
 writes ``__pycache__``); a Lambda package without .pyc files would pay
@@ -19,8 +26,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from sessionsync.bench.context import (
@@ -30,7 +39,15 @@ from sessionsync.bench.context import (
     delete_session_keys,
     state_json,
 )
-from sessionsync.bench.events import session_get_event, session_put_event
+from sessionsync.bench.events import (
+    api_gateway_event,
+    authorizer_event,
+    schedule_event,
+    session_get_event,
+    session_put_event,
+    sqs_event,
+    sqs_record,
+)
 from sessionsync.bench.stats import median
 from sessionsync.project import project_dir
 
@@ -38,14 +55,14 @@ API_KEY = "bench-api-key-0123456789abcdef"
 #: Modules that should stay off the GET path (they matter only elsewhere).
 HEAVY = ("boto3", "botocore", "psycopg", "aws_lambda_powertools", "matplotlib", "click")
 
-# Runs in the child.  The event arrives ready-made on stdin so that the
-# child imports nothing the real handler would not.
+# Runs in the child.  The function's name and its event arrive ready-made on
+# stdin so that the child imports nothing the real function would not.
 CHILD = r"""
 import json, sys, time
-t0 = time.perf_counter_ns()
+c0, t0 = time.process_time_ns(), time.perf_counter_ns()
 import app
 t1 = time.perf_counter_ns()
-event = json.loads(sys.stdin.read())
+call = json.loads(sys.stdin.read())
 class Context:
     function_name = "sessionsync-prod"
     aws_request_id = "00000000-0000-0000-0000-000000000000"
@@ -53,16 +70,29 @@ class Context:
     def get_remaining_time_in_millis(self):
         return 10000
 t2 = time.perf_counter_ns()
-response = app.app(event, Context())
-t3 = time.perf_counter_ns()
+response = getattr(app, call["function"])(call["event"], Context())
+t3, c3 = time.perf_counter_ns(), time.process_time_ns()
 heavy = sorted(m for m in %r if m in sys.modules)
 print(json.dumps({"import_ms": (t1 - t0) / 1e6, "first_request_ms": (t3 - t2) / 1e6,
-                  "status": response["statusCode"], "heavy_modules_loaded": heavy,
+                  "import_plus_first_cpu_ms": (c3 - c0) / 1e6,
+                  "response": response, "heavy_modules_loaded": heavy,
                   "modules_loaded": len(sys.modules)}))
 """ % (HEAVY,)
 
+#: The bare app the ratios divide by: Chalice and one route, nothing else.
+BARE_APP = """from chalice import Chalice
 
-def child_environment(ctx: BenchContext, queue_url: str) -> dict[str, str]:
+app = Chalice(app_name="bare")
+
+
+@app.route("/")
+def index():
+    return {}
+"""
+
+
+def child_environment(ctx: BenchContext, queue_url: str, database_url: str, dlq_url: str
+                      ) -> dict[str, str]:
     """A deployed function's configuration, pointed at the bench's services
     (and a Pub/Sub channel of the run's own)."""
     from chalicelib import config
@@ -73,8 +103,9 @@ def child_environment(ctx: BenchContext, queue_url: str) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "PYTHONHASHSEED": "0",
         config.REDIS_URL: ctx.redis_url,
-        config.DATABASE_URL: ctx.database_url or DEFAULT_DATABASE_URL,
+        config.DATABASE_URL: database_url,
         config.SESSION_QUEUE_URL: queue_url,
+        config.SESSION_DLQ_URL: dlq_url,
         config.API_KEYS: API_KEY,
         config.PUBSUB_CHANNEL: f"{ctx.session_prefix('cold')}-updates",
         config.LOG_LEVEL: "INFO",
@@ -87,19 +118,38 @@ def child_environment(ctx: BenchContext, queue_url: str) -> dict[str, str]:
     }
 
 
-def _run_child(event: dict[str, Any], env: dict[str, str], *, importtime: bool = False
+def _run_child(function: str, event: dict[str, Any], env: dict[str, str], *,
+               cwd: Path | None = None, importtime: bool = False
                ) -> tuple[dict[str, Any], float, str]:
     args = [sys.executable, *(["-X", "importtime"] if importtime else []), "-c", CHILD]
     start = time.perf_counter()
-    proc = subprocess.run(args, input=json.dumps(event), capture_output=True, text=True,
-                          cwd=project_dir(), env=env, timeout=120)
+    proc = subprocess.run(args, input=json.dumps({"function": function, "event": event}),
+                          capture_output=True, text=True, cwd=cwd or project_dir(), env=env,
+                          timeout=120)
     wall_ms = (time.perf_counter() - start) * 1000
     if proc.returncode != 0:
-        raise RuntimeError(f"cold-start child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(f"cold-start child {function} failed ({proc.returncode}): "
+                           f"{proc.stderr[-2000:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    if report["status"] != 200:
-        raise RuntimeError(f"cold-start child got HTTP {report['status']}")
+    wrong = _wrong_answer(function, report["response"])
+    if wrong:
+        raise RuntimeError(f"cold-start child {function}: {wrong}")
     return report, wall_ms, proc.stderr
+
+
+def _wrong_answer(function: str, response: Any) -> str | None:
+    """Why ``response`` is not the successful answer of ``function`` (None if it is):
+    a figure for a call that failed would measure the failure."""
+    if function == "app":
+        ok = response.get("statusCode") == 200
+    elif function == "api_key":
+        statements = response.get("policyDocument", {}).get("Statement", [])
+        ok = bool(statements) and statements[0].get("Effect") == "Allow"
+    elif function == "persist_changes":
+        ok = response == {"batchItemFailures": []}
+    else:
+        ok = isinstance(response, dict) and "found" in response
+    return None if ok else f"unexpected answer {json.dumps(response)[:500]}"
 
 
 def parse_importtime(stderr: str) -> list[dict[str, Any]]:
@@ -135,59 +185,121 @@ def import_breakdown(rows: list[dict[str, Any]], top: int = 15) -> dict[str, Any
     }
 
 
-def _scenario(events: list[dict[str, Any]], env: dict[str, str], runs: int) -> dict[str, Any]:
-    reports = []
-    for event in events[:runs]:
-        report, wall_ms, _ = _run_child(event, env)
-        reports.append({**report, "process_wall_ms": wall_ms,
-                        "import_plus_first_ms": report["import_ms"] + report["first_request_ms"]})
+def _scenarios(calls: dict[str, tuple[str, list[dict[str, Any]], Path]], env: dict[str, str]
+               ) -> dict[str, dict[str, Any]]:
+    """name -> (function, one event per run, directory of its app.py): each
+    measured in fresh processes, round-robin (run i of every call, then run
+    i + 1), so that a machine getting busier mid-section shifts them all
+    alike and their ratios stay fair."""
+    reports: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
+    for i in range(max(len(events) for _, events, _ in calls.values())):
+        for name, (function, events, cwd) in calls.items():
+            if i < len(events):
+                report, wall_ms, _ = _run_child(function, events[i], env, cwd=cwd)
+                reports[name].append({**report, "process_wall_ms": wall_ms, "import_plus_first_ms":
+                                      report["import_ms"] + report["first_request_ms"]})
+    return {name: _summary(runs) for name, runs in reports.items()}
+
+
+def _summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {key: round(median([r[key] for r in reports]), 1)
-               for key in ("import_ms", "first_request_ms", "import_plus_first_ms", "process_wall_ms")}
+               for key in ("import_ms", "first_request_ms", "import_plus_first_ms",
+                           "import_plus_first_cpu_ms", "process_wall_ms")}
     return {"runs": len(reports), "median": summary,
             "min_import_plus_first_ms": round(min(r["import_plus_first_ms"] for r in reports), 1),
             "heavy_modules_loaded": reports[-1]["heavy_modules_loaded"],
             "modules_loaded": reports[-1]["modules_loaded"]}
 
 
+def with_ratios(functions: dict[str, dict[str, Any]], bare: dict[str, Any]) -> dict[str, Any]:
+    """Each function's scenario with ``ratio_to_bare``: its median import + first
+    call over the bare app's, both measured in this run."""
+    floor, cpu_floor = (bare["median"][k] for k in ("import_plus_first_ms", "import_plus_first_cpu_ms"))
+    return {name: {**data,
+                   "ratio_to_bare": round(data["median"]["import_plus_first_ms"] / floor, 2),
+                   "cpu_ratio_to_bare": round(data["median"]["import_plus_first_cpu_ms"] / cpu_floor, 2)}
+            for name, data in functions.items()}
+
+
 def run(ctx: BenchContext) -> dict[str, Any]:
     import redis
 
+    from chalicelib.adapters.postgres import database as persistence
     from chalicelib.adapters.redis.store import SessionStore
+    from sessionsync import provisioning
+    from sessionsync.bench.consumer import _delete_rows, change_event
 
     runs = max(1, ctx.profile.coldstart_runs)
     prefix = ctx.session_prefix("cold")
     state = state_json(STATE_BYTES)
+    dsn = ctx.database_url or DEFAULT_DATABASE_URL
+    provisioning.ensure_database(dsn)
+    provisioning.migrate(dsn)
     client = redis.Redis.from_url(ctx.redis_url)
     store = SessionStore(client, channel=f"{prefix}-updates")
     read_id = f"{prefix}-read"
-    store.create(read_id, state, 3600)
+    # the setup's own events would be old outbox entries by the relay's
+    # turn: acked, so that its drain finds only what a real one would
+    store.outbox_ack([store.create(read_id, state, 3600).event_id])
     # The PUT scenario ships to a queue that exists when LocalStack runs;
     # without it the send fails fast and the outbox keeps the event, which
     # is the documented degraded mode (and still a fair cold-start figure).
-    queue_url = f"{(ctx.aws_endpoint_url or 'http://127.0.0.1:4566').rstrip('/')}" \
-                f"/000000000000/sessionsync-bench-cold-{ctx.run_id}"
-    env = child_environment(ctx, queue_url)
+    # The DLQ is never sent to (no poison), so it need not exist.
+    base = f"{(ctx.aws_endpoint_url or 'http://127.0.0.1:4566').rstrip('/')}/000000000000"
+    env = child_environment(ctx, f"{base}/sessionsync-bench-cold-{ctx.run_id}", dsn,
+                            f"{base}/sessionsync-bench-cold-dlq-{ctx.run_id}")
     write_ids = [f"{prefix}-w{i}" for i in range(runs)]
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    # one new session per consumer run: each first batch inserts, as a real one does
+    batches = [sqs_event([sqs_record(change_event(f"{prefix}-c{i}", 1, {"n": i}, stamp),
+                                     event_id=f"{prefix}-c{i}:1")]) for i in range(runs)]
     try:
         get_event = session_get_event(read_id, API_KEY)
-        _run_child(get_event, env)  # untimed: writes __pycache__
-        get = _scenario([get_event] * runs, env, runs)
-        _, _, importtime_err = _run_child(get_event, env, importtime=True)
+        _run_child("app", get_event, env)  # untimed: writes __pycache__
+        with tempfile.TemporaryDirectory(prefix="sessionsync-bare-") as bare_dir:
+            bare_event = api_gateway_event("GET", "/", "/", api_key=API_KEY)
+            (Path(bare_dir) / "app.py").write_text(BARE_APP)
+            _run_child("app", bare_event, env, cwd=Path(bare_dir))  # untimed: __pycache__
+            measured = _scenarios({
+                "bare_chalice": ("app", [bare_event] * runs, Path(bare_dir)),
+                "api_first_get": ("app", [get_event] * runs, project_dir()),
+                "authorizer_first_call": ("api_key", [authorizer_event(API_KEY)] * runs, project_dir()),
+                "consumer_first_batch": ("persist_changes", batches, project_dir()),
+                # before the PUTs: their events, unsent to a missing queue,
+                # would otherwise wait in the outbox for this drain
+                "relay_first_drain": ("relay_outbox", [schedule_event()] * runs, project_dir()),
+            }, env)
+        bare = measured.pop("bare_chalice")
+        get = measured["api_first_get"]
+        _, _, importtime_err = _run_child("app", get_event, env, importtime=True)
         breakdown = import_breakdown(parse_importtime(importtime_err))
-        for sid in write_ids:
-            store.create(sid, state, 3600)
-        put = _scenario([session_put_event(sid, state, 1, API_KEY) for sid in write_ids], env, runs)
+        store.outbox_ack([store.create(sid, state, 3600).event_id for sid in write_ids])
+        put = _scenarios({"put": ("app", [session_put_event(sid, state, 1, API_KEY)
+                                          for sid in write_ids], project_dir())}, env)["put"]
     finally:
         if not ctx.redis_is_own:
             delete_session_keys(client, [read_id, *write_ids])
         client.close()
+        with persistence.connect(dsn) as conn:
+            _delete_rows(conn, prefix)
     return {
         "runs": runs,
         "python": sys.version.split()[0],
         "first_get": get,
         "first_put": put,
+        "bare_chalice": bare,
+        "by_function": with_ratios(measured, bare),
         "imports": breakdown,
-        "notes": "import_plus_first_ms = import app + first app(event, context), from the child's "
-                 "clock; process_wall_ms adds interpreter start-up and exit. The PUT's first "
-                 "request includes building the boto3 SQS client and one SendMessage to LocalStack.",
+        "notes": "import_plus_first_ms = import app + the first call of one function of app.py "
+                 "(in the child, from its own clock); it excludes interpreter start-up and exit, "
+                 "which process_wall_ms adds. ratio_to_bare = a function's median "
+                 "import_plus_first_ms / that of bare_chalice (a one-route Chalice app and its "
+                 "first GET, this run, measured round-robin with the functions). "
+                 "cpu_ratio_to_bare: the same ratio of the child's CPU time (process_time), "
+                 "steadier on a busy machine but blind to waiting on Redis, PostgreSQL or SQS. "
+                 "by_function: the API's first GET (a session in Redis), the authorizer's first "
+                 "call (a valid key), the consumer's first batch (one new event into PostgreSQL), "
+                 "the relay's first drain (whatever old entries the outbox has, usually none). "
+                 "The PUT's first request includes building the boto3 SQS client and one "
+                 "SendMessage to LocalStack.",
     }

@@ -1,4 +1,4 @@
-"""Lambda events as AWS delivers them: API Gateway REST (v1) proxy and SQS.
+"""Lambda events as AWS delivers them: API Gateway REST (v1) proxy, TOKEN authorizer, SQS, schedule.
 
 Kept free of imports beyond the standard library: the cold-start child
 process builds nothing itself (the parent passes it a ready event), but the
@@ -110,6 +110,21 @@ def session_put_event(session_id: str, state_json: str, expected_version: int,
     return api_gateway_event("PUT", "/sessions/{session_id}", f"/sessions/{session_id}",
                              api_key=api_key, path_parameters={"session_id": session_id},
                              body=body)
+
+
+def authorizer_event(api_key: str) -> dict[str, Any]:
+    """What API Gateway sends a TOKEN authorizer (the Authorization header)."""
+    return {"type": "TOKEN", "authorizationToken": f"Bearer {api_key}",
+            "methodArn": f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/{STAGE}/GET/sessions/s1"}
+
+
+def schedule_event() -> dict[str, Any]:
+    """What EventBridge sends a scheduled function (``Rate``)."""
+    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event",
+            "source": "aws.events", "account": ACCOUNT,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "region": REGION,
+            "resources": [f"arn:aws:events:{REGION}:{ACCOUNT}:rule/sessionsync-relay_outbox"],
+            "detail": {}}
 
 
 def sqs_record(body: str, *, event_id: str | None = None, queue: str = "sessionsync-events",

@@ -63,6 +63,13 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append(_check("cold start: import + first GET (median)",
                              cold["first_get"]["median"]["import_plus_first_ms"], None, None, "ms",
                              "fresh interpreter; the target has no number ('as low as possible')"))
+        for name, data in cold.get("by_function", {}).items():
+            checks.append(_check(f"cold start of {name.replace('_', ' ')}, ratio to a bare Chalice app",
+                                 data["ratio_to_bare"], None, None, "x",
+                                 f"median import app + first call {data['median']['import_plus_first_ms']} "
+                                 f"ms / the bare one-route app's "
+                                 f"{cold['bare_chalice']['median']['import_plus_first_ms']} ms, "
+                                 "same run; no number in the target"))
     consumer = sections.get("consumer")
     if _ok(consumer):
         batched = [r for r in consumer["handler"] if r["batch_size"] >= 10]

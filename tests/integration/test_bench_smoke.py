@@ -106,6 +106,23 @@ def test_ratios_to_the_floor_are_computed(smoke):
     assert cold["imports"]["top_cumulative"]
 
 
+def test_cold_start_is_measured_for_each_function_as_a_ratio_to_a_bare_chalice_app(smoke):
+    cold = smoke[0]["sections"]["coldstart"]
+    bare = cold["bare_chalice"]["median"]["import_plus_first_ms"]
+    functions = cold["by_function"]
+
+    assert set(functions) == {"api_first_get", "authorizer_first_call", "consumer_first_batch",
+                              "relay_first_drain"}
+    assert bare > 0
+    for name, data in functions.items():
+        ratio = data["ratio_to_bare"]
+        assert isinstance(ratio, float) and ratio > 0, name
+        assert ratio == round(data["median"]["import_plus_first_ms"] / bare, 2), name
+        assert isinstance(data["cpu_ratio_to_bare"], float) and data["cpu_ratio_to_bare"] > 0, name
+    # the API's figure is the first GET's, not a second measurement
+    assert functions["api_first_get"]["median"] == cold["first_get"]["median"]
+
+
 def test_consumer_persisted_every_event_and_contention_lost_nothing(smoke):
     sections = smoke[0]["sections"]
     for run in sections["consumer"]["handler"]:

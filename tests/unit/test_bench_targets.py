@@ -83,3 +83,23 @@ def test_a_failed_or_skipped_section_yields_no_verdict():
 
     assert not [n for n in names if "GET (p50)" in n or "EVALSHA" in n or n.startswith("relay")]
     assert "warm handler GET p50 <= 0.5 ms" in names
+
+
+def _cold(ms: float, cpu_ms: float) -> dict:
+    return {"median": {"import_plus_first_ms": ms, "import_plus_first_cpu_ms": cpu_ms}}
+
+
+def test_each_function_s_cold_start_is_its_ratio_to_the_bare_app_and_has_no_verdict():
+    from sessionsync.bench.coldstart import with_ratios
+
+    bare = _cold(20.0, 10.0)
+    functions = with_ratios({"api_first_get": _cold(80.0, 20.0),
+                             "relay_first_drain": _cold(50.0, 10.0)}, bare)
+    sections = _sections()
+    sections["coldstart"].update(bare_chalice=bare, by_function=functions)
+
+    assert [f["ratio_to_bare"] for f in functions.values()] == [4.0, 2.5]
+    assert [f["cpu_ratio_to_bare"] for f in functions.values()] == [2.0, 1.0]
+    verdicts = _verdicts(sections)
+    assert verdicts["cold start of api first get, ratio to a bare Chalice app"] == (4.0, None, None)
+    assert verdicts["cold start of relay first drain, ratio to a bare Chalice app"] == (2.5, None, None)
