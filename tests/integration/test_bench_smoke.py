@@ -76,11 +76,17 @@ def test_machine_and_versions_are_recorded(smoke):
     assert len(machine["git"]["commit"]) == 40
 
 
+#: keys of figures that are differences of two measurements
+DIFFERENCES = ("_minus_", "overhead")
+
+
 def test_every_figure_is_a_finite_non_negative_number_and_latencies_are_positive(smoke):
     results, _ = smoke
     for path, value in _numbers(results["sections"]):
         assert math.isfinite(value), path
-        assert value >= 0, path
+        # a difference of two medians (client minus server time, handler
+        # minus store) can come out below zero on a busy machine
+        assert value >= 0 or any(part in path for part in DIFFERENCES), path
         if path.endswith(POSITIVE):
             assert value > 0, path
 
