@@ -230,8 +230,10 @@ DEPLOY_ARGS = ("STAGE=dev", "REGION=eu-west-1", "BUCKET=artifacts")
 
 def make_deploy(*args: str) -> subprocess.CompletedProcess:
     """`make -n deploy`: the commands, printed and not run."""
+    # not a parent make's flags or variables (`make test STAGE=...`)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "STAGE")}
     return subprocess.run(["make", "--no-print-directory", "-n", "deploy", *args], cwd=PROJECT_DIR,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_make_deploy_packages_with_the_merge_template_then_deploys_with_cloudformation():
