@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from chalicelib.adapters import aws
 from chalicelib.adapters.redis.client import (
@@ -21,7 +22,7 @@ from chalicelib.adapters.redis.client import (
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import load_settings
 from chalicelib.domain.errors import ServiceUnavailable
-from tests.servers import RedisServer
+from tests.servers import RedisClusterServers, RedisServer, running
 
 USER = "sessionsync"
 PASSWORD = "first-p@ss/word:1"
@@ -48,18 +49,20 @@ class CountingClient:
         return self.client.get_secret_value(**kwargs)
 
 
+def require_the_acl_user(server: RedisServer) -> None:
+    """One ACL user and no anonymous default user, as ElastiCache RBAC has it."""
+    admin = redis.Redis(port=server.port, socket_timeout=2)
+    admin.acl_setuser(USER, enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"],
+                      channels=["*"], commands=["+@all"])
+    admin.acl_setuser("default", enabled=False)
+    admin.close()
+
+
 @pytest.fixture
 def acl_redis(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        admin = redis.Redis(port=server.port, socket_timeout=2)
-        admin.acl_setuser(USER, enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"],
-                          channels=["*"], commands=["+@all"])
-        admin.acl_setuser("default", enabled=False)
-        admin.close()
+    with running(RedisServer(tmp_path / "redis")) as server:
+        require_the_acl_user(server)
         yield server
-    finally:
-        server.stop()
 
 
 def as_user(server: RedisServer, password: str) -> redis.Redis:
@@ -166,3 +169,24 @@ def test_a_secret_that_cannot_be_read_is_a_503_naming_the_setting_and_keeps_good
             missing.get_credentials()
     finally:
         app.close()
+
+
+@pytest.mark.localstack
+def test_a_cluster_client_authenticates_to_every_node_with_the_secret(tmp_path, redis_secret):
+    client, arn = redis_secret
+    with running(RedisClusterServers(tmp_path / "cluster")) as cluster:
+        for node in cluster.nodes:
+            require_the_acl_user(node)
+        settings = load_settings({"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true",
+                                  "REDIS_SECRET_ARN": arn})
+        app = connect_redis(settings, client)  # reads the slot map: authenticates now
+        try:
+            store = SessionStore(app)
+            ids = [f"secret-cluster-{uuid.uuid4().hex[:8]}-{i}" for i in range(12)]
+            for sid in ids:
+                store.create(sid, "{}", 60)
+            assert all(store.get(sid).version == 1 for sid in ids)
+            whoami = app.execute_command("ACL WHOAMI", target_nodes=RedisCluster.ALL_NODES)
+            assert set(whoami.values()) == {USER}
+        finally:
+            app.close()
