@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test chaos mutants perfdoc-check venv services localstack bootstrap lint bench clean stop
+.PHONY: run test chaos mutants perfdoc-check venv services localstack bootstrap lint bench clean stop deploy
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,39 @@ bench: bootstrap
 
 stop:
 	scripts/localstack.sh stop
+
+# Package a stage with the merge template and deploy it with CloudFormation
+# (infra/README.md).  Never `chalice deploy`: it ignores infra/chalice-merge.json
+# (no queues, no secrets wiring, no event source settings).
+#   make deploy STAGE=prod REGION=eu-west-1 BUCKET=my-artifacts \
+#        PARAMETERS="RedisEndpoint=... DbSecretArn=... ApiKeysSecretArn=..."
+# `make -n deploy ...` prints the commands without running them.  The
+# package is built afresh (chalice silently reuses a cached one) and the
+# deploy stops when chalice could not find a wheel for Lambda's platform
+# (it only warns, and the function would fail at import time).
+REGION ?= $(or $(AWS_REGION),$(AWS_DEFAULT_REGION))
+DEPLOY_DIR = .deploy/$(STAGE)
+STACK ?= sessionsync-$(STAGE)
+RDS_CA_BUNDLE := chalicelib/adapters/postgres/rds-ca-bundle.pem
+RDS_CA_BUNDLE_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+ifneq ($(filter deploy,$(MAKECMDGOALS)),)
+ifeq ($(filter dev prod,$(STAGE)),)
+$(error make deploy needs STAGE=dev or STAGE=prod (the local stage points at LocalStack))
+endif
+ifeq ($(REGION),)
+$(error make deploy needs REGION=... (or AWS_REGION): chalice package needs one)
+endif
+ifeq ($(BUCKET),)
+$(error make deploy needs BUCKET=...: the S3 bucket aws cloudformation package uploads the code to)
+endif
+endif
+deploy:
+	curl -fsS --retry 3 -o $(RDS_CA_BUNDLE) $(RDS_CA_BUNDLE_URL)
+	rm -rf .chalice/deployments $(DEPLOY_DIR) && mkdir -p $(DEPLOY_DIR)
+	set -o pipefail; AWS_DEFAULT_REGION=$(REGION) $(BIN)/chalice package --stage $(STAGE) --merge-template infra/chalice-merge.json $(DEPLOY_DIR)/out 2>&1 | tee $(DEPLOY_DIR)/package.log
+	! grep -q "Could not install dependencies" $(DEPLOY_DIR)/package.log
+	aws cloudformation package --region $(REGION) --template-file $(DEPLOY_DIR)/out/sam.json --s3-bucket $(BUCKET) --output-template-file $(DEPLOY_DIR)/packaged.yaml
+	aws cloudformation deploy --region $(REGION) --template-file $(DEPLOY_DIR)/packaged.yaml --stack-name $(STACK) --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset --parameter-overrides $(PARAMETERS)
 
 clean: stop
 	rm -rf $(VENV) .localstack-venv .run

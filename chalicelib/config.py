@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from chalicelib.domain.errors import ConfigurationError
@@ -17,8 +18,14 @@ from chalicelib.domain.errors import ConfigurationError
 REDIS_URL = "REDIS_URL"
 REDIS_CLUSTER = "REDIS_CLUSTER"
 REDIS_TIMEOUT = "REDIS_TIMEOUT"
+# A Secrets Manager secret holding the Redis password (and user name): read
+# at run time, so a rotated password is picked up on the next connection.
+REDIS_SECRET_ARN = "REDIS_SECRET_ARN"
 DATABASE_URL = "DATABASE_URL"
 DB_SECRET_ARN = "DB_SECRET_ARN"
+# The CA bundle that verifies the database server's certificate when the
+# connection comes from DB_SECRET_ARN (sslmode=verify-full).
+DB_SSL_ROOT_CERT = "DB_SSL_ROOT_CERT"
 SESSION_QUEUE_URL = "SESSION_QUEUE_URL"
 SESSION_QUEUE_NAME = "SESSION_QUEUE_NAME"
 SESSION_DLQ_URL = "SESSION_DLQ_URL"
@@ -81,6 +88,11 @@ MIN_TTL_SECONDS = 1
 MAX_TTL_SECONDS = 30 * 24 * 3600
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
+# The RDS CA bundle ships inside the package; `make deploy` fetches it before
+# `chalice package` (infra/README.md).  Not in the repository.
+DEFAULT_DB_SSL_ROOT_CERT = str(Path(__file__).resolve().parent / "adapters" / "postgres"
+                               / "rds-ca-bundle.pem")
+
 _PG_SCHEMES = ("postgres", "postgresql")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -90,8 +102,10 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False
     redis_timeout: float = 1.0
+    redis_secret_arn: str | None = None
     database_url: str | None = None
     db_secret_arn: str | None = None
+    db_ssl_root_cert: str = DEFAULT_DB_SSL_ROOT_CERT
     queue_url: str | None = None
     queue_name: str | None = None
     dlq_url: str | None = None
@@ -240,6 +254,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if redis_cluster and urlsplit(redis_url).path.strip("/") not in ("", "0"):
         raise ConfigurationError(REDIS_URL, "Redis Cluster has only database 0; "
                                             f"remove the /db from the URL (or unset {REDIS_CLUSTER})")
+    redis_secret_arn = _opt(env, REDIS_SECRET_ARN)
+    if redis_secret_arn and (urlsplit(redis_url).username or urlsplit(redis_url).password):
+        raise ConfigurationError(REDIS_SECRET_ARN, "the credentials come from the secret: "
+                                                   f"remove user and password from {REDIS_URL}")
     database_url = _opt(env, DATABASE_URL)
     if database_url:
         check_database_url(database_url)
@@ -258,8 +276,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=redis_url,
         redis_cluster=redis_cluster,
         redis_timeout=_float(env, REDIS_TIMEOUT, 1.0, 0.05, 30.0),
+        redis_secret_arn=redis_secret_arn,
         database_url=database_url,
         db_secret_arn=_opt(env, DB_SECRET_ARN),
+        db_ssl_root_cert=_opt(env, DB_SSL_ROOT_CERT) or DEFAULT_DB_SSL_ROOT_CERT,
         queue_url=_opt(env, SESSION_QUEUE_URL),
         queue_name=_opt(env, SESSION_QUEUE_NAME),
         dlq_url=_opt(env, SESSION_DLQ_URL),

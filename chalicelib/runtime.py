@@ -66,7 +66,9 @@ def redis() -> Any:
     from chalicelib.adapters.redis.client import connect_redis
     from chalicelib.observability.logs import instrument_redis
     # instrument_redis is a no-op unless LOG_LEVEL=DEBUG (each command timed)
-    return _once("redis", lambda: instrument_redis(connect_redis(settings())))
+    s = settings()
+    return _once("redis", lambda: instrument_redis(connect_redis(
+        s, secrets_client() if s.redis_secret_arn else None)))
 
 
 def store() -> Any:

@@ -76,6 +76,8 @@ def test_a_malformed_database_url_names_the_setting(url, fragment):
     ({"SQS_SEND_TIMEOUT_SECONDS": "soon"}, "SQS_SEND_TIMEOUT_SECONDS"),
     ({"SQS_SEND_TIMEOUT_SECONDS": "0"}, "SQS_SEND_TIMEOUT_SECONDS"),
     ({"SQS_SEND_TIMEOUT_SECONDS": "60"}, "SQS_SEND_TIMEOUT_SECONDS"),
+    ({"REDIS_URL": "rediss://app:pw@cache.example.com:6379", "REDIS_SECRET_ARN": "arn:x"},
+     "REDIS_SECRET_ARN"),
 ])
 def test_a_malformed_setting_fails_with_a_message_naming_it(env, setting):
     with pytest.raises(ConfigurationError) as caught:
@@ -107,6 +109,13 @@ def test_rediss_urls_with_credentials_and_query_options_are_accepted():
     url = "rediss://sessionsync:p%40ss@cache.example.com:6379/0?ssl_ca_certs=%2Fetc%2Fca.pem"
     settings = load_settings({"REDIS_URL": url, "REDIS_CLUSTER": "true"})
     assert settings.redis_url == url and settings.redis_cluster
+
+
+def test_the_redis_secret_arn_is_read_and_the_url_keeps_no_credentials_beside_it():
+    settings = load_settings({"REDIS_URL": "rediss://cache.example.com:6379",
+                              "REDIS_SECRET_ARN": " arn:aws:secretsmanager:eu-west-1:1:secret:redis "})
+    assert settings.redis_secret_arn == "arn:aws:secretsmanager:eu-west-1:1:secret:redis"
+    assert load_settings({}).redis_secret_arn is None
 
 
 def test_a_redis_url_with_a_database_that_is_not_a_number_names_redis_url():

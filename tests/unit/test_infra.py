@@ -123,10 +123,9 @@ def test_every_function_gets_tls_redis_the_secrets_the_queue_urls_and_the_vpc(pa
     assert set(found) >= {"APIHandler", "ApiKey", "PersistChanges", "RelayOutbox"}
     for name, function in found.items():
         variables = function["Properties"]["Environment"]["Variables"]
-        condition, with_auth, without_auth = variables["REDIS_URL"]["Fn::If"]
-        assert condition == "HasRedisAuth", name
-        assert with_auth["Fn::Sub"].startswith("rediss://") and without_auth["Fn::Sub"].startswith("rediss://")
-        assert "{{resolve:secretsmanager:${RedisAuthSecretArn}" in with_auth["Fn::Sub"]
+        # no password in the URL: the functions read REDIS_SECRET_ARN when they connect
+        assert variables["REDIS_URL"] == {"Fn::Sub": "rediss://${RedisEndpoint}:${RedisPort}"}, name
+        assert variables["REDIS_SECRET_ARN"] == {"Ref": "RedisAuthSecretArn"}, name
         assert variables["DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}, name
         assert variables["SESSIONSYNC_API_KEYS_SECRET_ARN"] == {"Ref": "ApiKeysSecretArn"}, name
         assert variables["SESSION_QUEUE_URL"] == {"Ref": "SessionQueue"}, name
@@ -202,3 +201,90 @@ def test_localstack_compose_parses_and_serves_the_local_stage_ports():
     assert "@127.0.0.1:5432/" + services["postgres"]["environment"]["POSTGRES_DB"] in \
         local["environment_variables"]["DATABASE_URL"]
     assert all("healthcheck" in service for service in services.values())
+
+
+# --- the deploy path ----------------------------------------------------------
+
+DEPLOY_ARGS = ("STAGE=dev", "REGION=eu-west-1", "BUCKET=artifacts")
+
+
+def make_deploy(*args: str) -> subprocess.CompletedProcess:
+    """`make -n deploy`: the commands, printed and not run."""
+    # not a parent make's flags or variables (`make test STAGE=...`)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "STAGE")}
+    return subprocess.run(["make", "--no-print-directory", "-n", "deploy", *args], cwd=PROJECT_DIR,
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_make_deploy_packages_with_the_merge_template_then_deploys_with_cloudformation():
+    result = make_deploy(*DEPLOY_ARGS, "PARAMETERS=RedisEndpoint=cache.example.com")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    (package,) = [line for line in lines if "chalice package" in line]
+    # the same arguments as the packaged_path fixture, whose output the tests above check
+    assert package.split("chalice package ", 1)[1].split(" 2>&1")[0].split() == [
+        "--stage", "dev", "--merge-template", "infra/chalice-merge.json", ".deploy/dev/out"]
+    assert "AWS_DEFAULT_REGION=eu-west-1" in package and "pipefail" in package
+    steps = [next(i for i, line in enumerate(lines) if marker in line)
+             for marker in ("rds-ca-bundle.pem", "rm -rf .chalice/deployments", "chalice package",
+                            "Could not install dependencies", "aws cloudformation package",
+                            "aws cloudformation deploy")]
+    assert steps == sorted(steps)
+    assert config.DEFAULT_DB_SSL_ROOT_CERT.endswith(lines[steps[0]].split(" -o ")[1].split()[0])
+    assert "--s3-bucket artifacts" in lines[steps[4]]
+    assert "--stack-name sessionsync-dev" in lines[steps[5]]
+    assert "RedisEndpoint=cache.example.com" in lines[steps[5]]
+    assert not any("chalice deploy" in line for line in lines)
+
+
+@pytest.mark.parametrize("args, needs", [
+    ((), "STAGE"), (("STAGE=local", "REGION=eu-west-1", "BUCKET=b"), "STAGE"),
+    (("STAGE=prod", "REGION=", "AWS_REGION=", "AWS_DEFAULT_REGION=", "BUCKET=b"), "REGION"),
+    (("STAGE=prod", "REGION=eu-west-1"), "BUCKET"),
+])
+def test_make_deploy_refuses_before_running_anything_without_a_stage_a_region_or_a_bucket(args, needs):
+    result = make_deploy(*args)
+    assert result.returncode != 0 and result.stdout == ""
+    assert f"needs {needs}=" in result.stderr
+
+
+def test_the_chalice_config_holds_no_secrets_no_account_and_no_unread_settings():
+    text = (PROJECT_DIR / ".chalice" / "config.json").read_text()
+    for absent in ("CHANGE_ME", "123456789012", "arn:aws", "POWERTOOLS_", "rediss://"):
+        assert absent not in text, absent
+    chalice = json.loads(text)
+    for stage in ("dev", "prod"):
+        variables = chalice["stages"][stage]["environment_variables"]
+        # connection settings and secrets come from the template's parameters
+        assert not set(variables) & {"REDIS_URL", "REDIS_CLUSTER", "REDIS_SECRET_ARN", "DB_SECRET_ARN",
+                                     "DATABASE_URL", config.API_KEYS_SECRET_ARN, config.API_KEYS}, stage
+
+
+def test_only_the_api_the_consumer_and_the_relay_reserve_concurrency(packaged):
+    found = functions(packaged)
+    reserved = {name: f["Properties"].get("ReservedConcurrentExecutions") for name, f in found.items()}
+    # one relay at a time is enough for a once-a-minute schedule; the
+    # authorizer draws from the account's unreserved pool
+    assert reserved["RelayOutbox"] == 1 and reserved["ApiKey"] is None
+    stages = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]
+    assert reserved["APIHandler"] == stages["dev"]["lambda_functions"]["api_handler"]["reserved_concurrency"]
+    assert reserved["PersistChanges"] >= default(packaged, "ConsumerMaxConcurrency")
+    for stage in ("dev", "prod"):
+        assert "reserved_concurrency" not in stages[stage], stage
+
+
+def test_every_function_s_log_group_is_kept_for_the_stage_s_retention_and_names_the_function(packaged):
+    stages = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]
+    groups = {name: r["Properties"] for name, r in packaged["Resources"].items()
+              if r["Type"] == "AWS::Logs::LogGroup"}
+    named = {props["LogGroupName"]["Fn::Sub"] for props in groups.values()}
+    assert named == {f"/aws/lambda/${{{name}}}" for name in functions(packaged)}
+    assert {props["RetentionInDays"] for props in groups.values()} == {stages["dev"]["log_retention_in_days"]}
+    assert stages["prod"]["log_retention_in_days"] >= stages["dev"]["log_retention_in_days"]
+
+
+def test_the_packaged_template_names_no_region(packaged_path):
+    # chalice package needs a region (AWS_DEFAULT_REGION) but, with the merge
+    # template's queue ARN, writes none: the template deploys to any region
+    # of the partition
+    assert "us-east-1" not in packaged_path.read_text()

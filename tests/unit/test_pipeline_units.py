@@ -10,7 +10,7 @@ import pytest
 from psycopg import conninfo
 
 from chalicelib import config
-from chalicelib.adapters.postgres.database import ApplyResult, classify, dsn_from_secret
+from chalicelib.adapters.postgres.database import ApplyResult, classify, dsn_from_secret, resolve_dsn
 from chalicelib.domain.errors import (
     ConfigurationError,
     MalformedMessage,
@@ -93,13 +93,46 @@ def test_an_error_without_sqlstate_is_a_lost_connection_and_retryable():
 
 # --- DSN from a secret ---------------------------------------------------------------
 
-def test_a_secret_becomes_a_url_whose_awkward_password_survives_the_round_trip():
+def test_a_secret_becomes_a_url_whose_awkward_password_survives_the_round_trip(tmp_path):
+    bundle = tmp_path / "ca bundle.pem"
+    bundle.write_text("")
     dsn = dsn_from_secret({"username": "app user", "password": "p@ss/w:rd%?#&=", "host": "db.local",
-                           "port": 6432, "dbname": "sessions"})
+                           "port": 6432, "dbname": "sessions"}, str(bundle))
     parsed = conninfo.conninfo_to_dict(dsn)
     assert parsed == {"user": "app user", "password": "p@ss/w:rd%?#&=", "host": "db.local",
-                      "port": "6432", "dbname": "sessions"}
+                      "port": "6432", "dbname": "sessions",
+                      "sslmode": "verify-full", "sslrootcert": str(bundle)}
     assert "p@ss" not in dsn  # percent-encoded
+
+
+def test_a_database_from_a_secret_is_reached_over_tls_that_checks_the_rds_certificate(tmp_path):
+    bundle = tmp_path / "rds-ca-bundle.pem"
+    bundle.write_text("")
+    settings = config.load_settings({"DB_SECRET_ARN": "arn:aws:secretsmanager:eu-west-1:1:secret:db",
+                                     "DB_SSL_ROOT_CERT": str(bundle)})
+
+    class Secrets:
+        def get_secret_value(self, SecretId):
+            return {"SecretString": '{"username": "u", "password": "p", "host": "db.rds.amazonaws.com"}'}
+
+    parsed = conninfo.conninfo_to_dict(resolve_dsn(settings, Secrets))
+    assert (parsed["sslmode"], parsed["sslrootcert"]) == ("verify-full", str(bundle))
+    assert config.load_settings({}).db_ssl_root_cert == config.DEFAULT_DB_SSL_ROOT_CERT
+    assert config.DEFAULT_DB_SSL_ROOT_CERT.endswith("chalicelib/adapters/postgres/rds-ca-bundle.pem")
+
+
+def test_a_secret_s_own_sslmode_wins_and_database_url_is_used_as_given():
+    dsn = dsn_from_secret({"username": "u", "password": "p", "host": "127.0.0.1", "sslmode": "disable"},
+                          "/nonexistent/bundle.pem")
+    assert conninfo.conninfo_to_dict(dsn)["sslmode"] == "disable" and "sslrootcert" not in dsn
+    local = "postgresql://postgres@127.0.0.1:5432/sessionsync"
+    assert resolve_dsn(config.Settings(database_url=local, db_secret_arn="arn:x"), dict) == local
+
+
+def test_a_missing_ca_bundle_names_its_setting_instead_of_failing_every_connect(tmp_path):
+    with pytest.raises(ConfigurationError) as caught:
+        dsn_from_secret({"username": "u", "password": "p", "host": "db"}, str(tmp_path / "absent.pem"))
+    assert caught.value.setting == "DB_SSL_ROOT_CERT" and "absent.pem" in caught.value.message
 
 
 def test_a_secret_without_a_host_names_the_setting():

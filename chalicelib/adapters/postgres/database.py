@@ -42,7 +42,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import conninfo
 
-from chalicelib.config import DB_SECRET_ARN, Settings
+from chalicelib.config import DB_SECRET_ARN, DB_SSL_ROOT_CERT, DEFAULT_DB_SSL_ROOT_CERT, Settings
 from chalicelib.domain.errors import (
     ConfigurationError,
     PermanentPersistenceError,
@@ -214,12 +214,18 @@ VERSIONS_SQL = "SELECT session_id, version FROM sync_sessions WHERE session_id =
 
 # --- DSN -------------------------------------------------------------------
 
-def dsn_from_secret(secret: Mapping[str, Any]) -> str:
+def dsn_from_secret(secret: Mapping[str, Any], sslrootcert: str = DEFAULT_DB_SSL_ROOT_CERT) -> str:
     """A PostgreSQL URL from a Secrets Manager secret in the RDS JSON format.
 
-    ``{"username", "password", "host", "port"?, "dbname"?}``; user and
-    password are percent-encoded (a password with ``@`` or ``/`` is common).
-    Raises ConfigurationError naming DB_SECRET_ARN when a field is missing.
+    ``{"username", "password", "host", "port"?, "dbname"?, "sslmode"?}``;
+    user and password are percent-encoded (a password with ``@`` or ``/`` is
+    common).  The secret names a deployed database, so the connection uses
+    TLS and checks the server's certificate and host name
+    (``sslmode=verify-full``) against ``sslrootcert`` (DB_SSL_ROOT_CERT, the
+    RDS CA bundle); a secret's own ``sslmode`` wins (a local database
+    without TLS: ``"disable"``).  Raises ConfigurationError naming
+    DB_SECRET_ARN when a field is missing, DB_SSL_ROOT_CERT when the bundle
+    a verifying mode needs is not there.
     """
     missing = [k for k in ("username", "password", "host") if not secret.get(k)]
     if missing:
@@ -229,11 +235,21 @@ def dsn_from_secret(secret: Mapping[str, Any]) -> str:
         host = f"[{host}]"  # IPv6 literal
     port = f":{int(secret['port'])}" if secret.get("port") else ""
     dbname = quote(str(secret["dbname"]), safe="") if secret.get("dbname") else ""
+    sslmode = str(secret.get("sslmode") or "verify-full")
+    query = f"?sslmode={quote(sslmode, safe='')}"
+    if sslmode.startswith("verify"):
+        # checked here: libpq's own error would come at every connect, as
+        # a retryable connection failure rather than a setting to fix
+        if not os.path.isfile(sslrootcert):
+            raise ConfigurationError(DB_SSL_ROOT_CERT, f"the CA bundle {sslrootcert} does not exist "
+                                                       "(`make deploy` fetches the RDS bundle)")
+        query += f"&sslrootcert={quote(sslrootcert, safe='/')}"
     return (f"postgresql://{quote(str(secret['username']), safe='')}:"
-            f"{quote(str(secret['password']), safe='')}@{host}{port}/{dbname}")
+            f"{quote(str(secret['password']), safe='')}@{host}{port}/{dbname}{query}")
 
 
-def fetch_secret_dsn(secrets_client: Any, secret_arn: str) -> str:
+def fetch_secret_dsn(secrets_client: Any, secret_arn: str,
+                     sslrootcert: str = DEFAULT_DB_SSL_ROOT_CERT) -> str:
     """Read the database secret.  Raises ConfigurationError (no such secret,
     not JSON) or ServiceUnavailable (Secrets Manager unreachable)."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -251,7 +267,7 @@ def fetch_secret_dsn(secrets_client: Any, secret_arn: str) -> str:
         raise ConfigurationError(DB_SECRET_ARN, "the secret is not a JSON SecretString") from exc
     if not isinstance(secret, dict):
         raise ConfigurationError(DB_SECRET_ARN, "the secret is not a JSON object")
-    return dsn_from_secret(secret)
+    return dsn_from_secret(secret, sslrootcert)
 
 
 def resolve_dsn(settings: Settings, secrets_client_factory: Callable[[], Any]) -> str:
@@ -263,7 +279,8 @@ def resolve_dsn(settings: Settings, secrets_client_factory: Callable[[], Any]) -
     if settings.database_url:
         return settings.database_url
     if settings.db_secret_arn:
-        return fetch_secret_dsn(secrets_client_factory(), settings.db_secret_arn)
+        return fetch_secret_dsn(secrets_client_factory(), settings.db_secret_arn,
+                                settings.db_ssl_root_cert)
     return ""
 
 

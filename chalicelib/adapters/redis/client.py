@@ -4,19 +4,27 @@ Timeouts are short on purpose: an unreachable Redis must turn into a 503
 within about a second, not a Lambda that hangs until its own timeout.
 ``rediss://`` (TLS) and ``redis://user:password@`` (RBAC / AUTH) URLs are
 passed to redis-py unchanged, as ElastiCache in-transit encryption needs.
+With REDIS_SECRET_ARN the user name and password come from Secrets Manager
+instead, read when a connection authenticates (``SecretCredentials``).
 """
 from __future__ import annotations
 
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterPipeline, RedisCluster
+from redis.credentials import CredentialProvider
 from redis.exceptions import BusyLoadingError, MasterDownError, ReadOnlyError, RedisClusterException
 from redis.retry import Retry
 
-from chalicelib.config import Settings
-from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.config import REDIS_SECRET_ARN, Settings
+from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
 
 RedisClient = redis.Redis | RedisCluster
 
@@ -34,14 +42,87 @@ NOT_RUN_BACKOFF = ExponentialBackoff(cap=0.1, base=0.025)
 # A cluster command refused with CLUSTERDOWN is sent once more, after
 # redis-py's own pause and a reload of the slot map.
 CLUSTER_RETRIES = 1
+# How long the Redis secret read for one connection is reused for the next
+# ones.  A rotation must keep the old password valid for longer than this
+# (ElastiCache RBAC users accept two passwords at once: infra/README.md).
+SECRET_REFRESH_SECONDS = 60.0
+# After a failed read, the next connection asks again this much later (the
+# last good credentials are used meanwhile).
+SECRET_RETRY_SECONDS = 5.0
+log = logging.getLogger("sessionsync.redis")
 
 
-def connect_redis(settings: Settings, **overrides: Any) -> RedisClient:
+class RedisSecretUnavailable(redis.ConnectionError):
+    """The Redis secret could not be read and there are no credentials yet.
+    A ConnectionError, so that redis-py closes the half-open connection and
+    the store answers 503 as for any unreachable Redis."""
+
+
+def parse_redis_secret(secret_string: str) -> tuple[str] | tuple[str, str]:
+    """``{"password": ..., "username"?: ...}`` or the bare password, as
+    redis-py's credentials: (password,) authenticates the default user."""
+    try:
+        doc = json.loads(secret_string)
+    except ValueError:
+        doc = {"password": secret_string}
+    if not isinstance(doc, dict) or not doc.get("password"):
+        raise ConfigurationError(REDIS_SECRET_ARN, "the secret has no password")
+    if doc.get("username"):
+        return str(doc["username"]), str(doc["password"])
+    return (str(doc["password"]),)
+
+
+class SecretCredentials(CredentialProvider):
+    """redis-py asks ``get_credentials`` each time a connection authenticates
+    (the first one, and every reconnect): the secret is read then, reused for
+    SECRET_REFRESH_SECONDS, so a rotated password reaches new connections
+    without a deploy.  A failed read keeps the last good credentials."""
+
+    def __init__(self, secrets_client: Any, secret_arn: str, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._secrets = secrets_client
+        self._arn = secret_arn
+        self._clock = clock
+        self._credentials: tuple[str] | tuple[str, str] | None = None
+        self._error = "not read yet"
+        self._refresh_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        with self._lock:
+            if self._clock() >= self._refresh_at:
+                self._refresh()
+            if self._credentials is None:
+                raise RedisSecretUnavailable(f"cannot read the Redis secret: {self._error}")
+            return self._credentials
+
+    def _refresh(self) -> None:
+        try:
+            reply = self._secrets.get_secret_value(SecretId=self._arn)
+            self._credentials = parse_redis_secret(reply["SecretString"])
+        except Exception as exc:  # any failure: keep what we have, ask again later
+            # the AWS error code or the type: never the text (it names the
+            # secret's ARN, and so the account id)
+            response = getattr(exc, "response", None)
+            code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+            self._error = exc.message if isinstance(exc, ConfigurationError) \
+                else f"{REDIS_SECRET_ARN}: {code or type(exc).__name__}"
+            self._refresh_at = self._clock() + SECRET_RETRY_SECONDS
+            log.warning("cannot read the Redis secret; %s",
+                        "keeping the last good credentials" if self._credentials else "no credentials",
+                        extra={"error": self._error})
+            return
+        self._refresh_at = self._clock() + SECRET_REFRESH_SECONDS
+
+
+def connect_redis(settings: Settings, secrets_client: Any = None, **overrides: Any) -> RedisClient:
     """Return a client for ``settings.redis_url``.
 
     A single-node client connects lazily (no round trip at cold start); a
     cluster client reads the slot map now.  Raises ServiceUnavailable when
-    a cluster cannot be reached.  ``overrides`` go to redis-py (tests use them).
+    a cluster cannot be reached.  With ``settings.redis_secret_arn`` the
+    credentials are read from that secret through ``secrets_client``.
+    ``overrides`` go to redis-py (tests use them).
     """
     options: dict[str, Any] = {
         "socket_connect_timeout": settings.redis_timeout,
@@ -49,6 +130,10 @@ def connect_redis(settings: Settings, **overrides: Any) -> RedisClient:
         "health_check_interval": 30,
         "client_name": "sessionsync",
     }
+    if settings.redis_secret_arn:
+        if secrets_client is None:
+            raise ConfigurationError(REDIS_SECRET_ARN, "is set but no Secrets Manager client was given")
+        options["credential_provider"] = SecretCredentials(secrets_client, settings.redis_secret_arn)
     options.update(overrides)
     # redis-py never re-sends a command after a connection error or a
     # timeout.  Such a command may have run: the connection can break after
