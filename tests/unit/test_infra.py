@@ -5,6 +5,7 @@ could silently not apply)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
