@@ -58,9 +58,27 @@ def run(stack: ChaosStack, nemesis: Callable[[threading.Event], None] | None = N
     return history, workload
 
 
-def assert_clean(stack: ChaosStack, history: History, workload: Workload) -> None:
+def unsent(stack: ChaosStack, history: History, since: float = float("-inf")) -> set[tuple[str, int]]:
+    """Acknowledged writes since ``since`` whose event SQS never accepted
+    (their inline send failed, on a busy machine, and the relay had not run):
+    they lived only in Redis's outbox, so a fault that makes Redis forget
+    loses them.  The documented limit (docs/guarantees.md, "Changes that
+    never reached SQS"), reported as Redis's jump back in time."""
+    return {(op.session_id, op.version) for op in history.acknowledged_writes()
+            if op.start >= since
+            and (op.session_id, op.version, json.dumps(op.state, sort_keys=True)) not in stack.accepted}
+
+
+def assert_clean(stack: ChaosStack, history: History, workload: Workload, *,
+                 forgets_from: float | None = None) -> None:
+    """Every rule holds.  ``forgets_from``: Redis forgot what was written
+    from then on; of that, only what never reached SQS may be lost, and
+    only with the jump back in time reported."""
     observed = stack.observe(workload.ids)
-    violations = check(history, observed)
+    lost = unsent(stack, history, forgets_from) if forgets_from is not None else set()
+    if lost:
+        assert any("went back in time" in r["message"] for r in observed.reported), observed.reported
+    violations = check(history, observed, allow_lost=lost)
     acknowledged = len(history.acknowledged_writes())
     print(f"history: {history.summary()}; rows {len(observed.rows)}, published "
           f"{len(observed.published)}, dead letters {len(observed.dead_letters)}, "
@@ -177,12 +195,18 @@ def test_consumers_killed_mid_batch_and_two_at_once_leave_one_row_per_version(
 def test_a_failover_to_a_replica_that_lacked_the_last_writes_never_forks_a_session(
         make_stack, replicated_redis, pg_test_dsn):
     stack = make_stack(redis_url=replicated_redis.proxy_url, pg_dsn=pg_test_dsn)
+    unreplicated: dict[str, float] = {}
+
+    def stop_replication() -> None:
+        unreplicated["from"] = time.monotonic()
+        replicated_redis.stop_replication()
+
     history, workload = run(stack, later(
-        (2.0, replicated_redis.stop_replication),
+        (2.0, stop_replication),
         (1.5, lambda: replicated_redis.failover(lose_unreplicated=True)),
         (3.0, lambda: replicated_redis.failover())))
     assert replicated_redis.failovers == 2
-    assert_clean(stack, history, workload)
+    assert_clean(stack, history, workload, forgets_from=unreplicated["from"])
 
 
 def test_redis_restarted_without_persistence_never_forks_a_session(make_stack, tmp_path, pg_test_dsn):
@@ -193,7 +217,8 @@ def test_redis_restarted_without_persistence_never_forks_a_session(make_stack, t
         def restart() -> None:
             server.stop()
             server.start()
-        assert_clean(stack, *run(stack, later((3.0, restart))))
+        # a restart without persistence forgets everything written before it
+        assert_clean(stack, *run(stack, later((3.0, restart))), forgets_from=float("-inf"))
     finally:
         server.stop()
 
@@ -324,9 +349,10 @@ def test_a_pipeline_slower_than_the_settle_time_makes_forks_that_are_dead_letter
     # persisted as acknowledged is in the DLQ.  (One whose send failed lived
     # only in the outbox the failover lost: the limit that the jump back in
     # time, logged below, reports.)
+    never_sent = unsent(stack, history)
     silent = [op for op in history.acknowledged_writes()
               if (op.session_id, op.version) in lost and (op.session_id, op.version) not in dead
-              and (op.session_id, op.version, json.dumps(op.state, sort_keys=True)) in stack.accepted
+              and (op.session_id, op.version) not in never_sent
               and check_acknowledged_persisted(History([op]), observed, set())]
     assert not silent, silent[:5]
     assert any("went back in time" in r["message"] for r in observed.reported), observed.reported
