@@ -141,7 +141,7 @@ def _worker_run(ctx: BenchContext, handler: Any, conn: Any, count: int) -> dict[
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    from chalicelib.adapters.postgres import database as persistence
+    from chalicelib.adapters.postgres import connection
     from sessionsync import provisioning
 
     dsn = ctx.database_url or DEFAULT_DATABASE_URL
@@ -157,7 +157,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         aws_endpoint_url=ctx.aws_endpoint_url or "http://127.0.0.1:4566"))
     handler = app_module.persist_changes
     count = ctx.profile.consumer_events - ctx.profile.consumer_events % VERSIONS_PER_SESSION
-    with persistence.connect(dsn) as conn:
+    with connection.connect(dsn) as conn:
         try:
             server = {name: conn.execute(f"SHOW {name}").fetchone()[0]
                       for name in ("server_version", "synchronous_commit", "fsync")}

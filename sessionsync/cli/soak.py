@@ -92,7 +92,7 @@ def soak(url: str, api_key: str | None, threads: int, duration: float, sessions:
 
     Exit code 1 if any request failed or durability is not exact.
     """
-    from chalicelib.adapters.postgres import database as persistence
+    from chalicelib.adapters.postgres import connection
     from sessionsync.cli.pipeline import _database_dsn
 
     try:
@@ -111,7 +111,7 @@ def soak(url: str, api_key: str | None, threads: int, duration: float, sessions:
             request_timeout=request_timeout, settle_timeout=settle_timeout,
             server_log=server_log, pids=_pids(url, pids), seed=seed)
         report = soak_module.run_soak(
-            options, connect=lambda: persistence.connect(dsn, statement_timeout_ms=10_000),
+            options, connect=lambda: connection.connect(dsn, statement_timeout_ms=10_000),
             probes=_probes(), log=lambda line: click.echo(line, err=True))
     for line in soak_module.summary_lines(report):
         click.echo(line)

@@ -10,7 +10,9 @@ import pytest
 from psycopg import conninfo
 
 from chalicelib import config
-from chalicelib.adapters.postgres.database import ApplyResult, classify, dsn_from_secret
+from chalicelib.adapters.postgres.connection import dsn_from_secret
+from chalicelib.adapters.postgres.database import ApplyResult
+from chalicelib.adapters.postgres.sqlstate import classify
 from chalicelib.domain.errors import (
     ConfigurationError,
     MalformedMessage,
