@@ -64,7 +64,7 @@ def settings() -> Settings:
 
 def redis() -> Any:
     from chalicelib.adapters.redis.client import connect_redis
-    from chalicelib.observability.logs import instrument_redis
+    from chalicelib.observability.tracing import instrument_redis
     # instrument_redis is a no-op unless LOG_LEVEL=DEBUG (each command timed)
     return _once("redis", lambda: instrument_redis(connect_redis(settings())))
 

@@ -23,9 +23,9 @@ RedisRepairs           Count         SessionService: Redis was behind PostgreSQL
 RedisEpochChanges      Count         SessionService: Redis went back in time (first sight, per bucket)
 =====================  ============  =============================================
 
-Why not ``aws_lambda_powertools.Metrics``: about 8 ms of import at cold start
-(see ``chalicelib.observability.logs`` for the measurements) and 11 us per add + flush;
-this writer is a ``json.dumps`` and one write (about 6 us), and nothing to
+Why not ``aws_lambda_powertools.Metrics``: its import at every cold start
+and its cost per add + flush (figures in docs/performance.md, "Cold
+start"); this writer is a ``json.dumps`` and one write, and nothing to
 import.
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ from psycopg import conninfo
 
 from chalicelib.config import DB_SECRET_ARN, Settings
 from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
-from chalicelib.observability.logs import instrument_psycopg
+from chalicelib.observability.tracing import instrument_psycopg
 
 CONNECT_TIMEOUT_SECONDS = 2  # libpq's minimum that is honoured exactly
 STATEMENT_TIMEOUT_MS = 5000
