@@ -128,7 +128,8 @@ def consumer() -> Any:
     """The SQS consumer (database + DLQ sender) the Lambda handler calls."""
     from chalicelib.config import DATABASE_URL
     from chalicelib.domain.errors import ConfigurationError
-    from chalicelib.pipeline.consumer import Consumer, DeadLetterQueue, SqsRecordSource
+    from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
+    from chalicelib.pipeline.dead_letters import DeadLetterQueue
 
     def build() -> Any:
         db = database()
@@ -204,6 +205,6 @@ def health_probes() -> dict[str, Any]:
         probes["postgresql"] = health.postgres_probe(database)
     if s.has_queue:
         probes["queue"] = health.queue_probe(sqs, queue_url)
-    if s.dlq_url or s.dlq_name:
+    if s.has_dlq:
         probes["dlq"] = health.dlq_probe(sqs, dlq_url)
     return probes

@@ -133,12 +133,12 @@ def queue_metrics(fmt: str) -> None:
     from chalicelib.adapters import queue_metrics as metrics
 
     settings = runtime.settings()
-    if not settings.has_queue and not (settings.dlq_url or settings.dlq_name):
+    if not settings.has_queue and not settings.has_dlq:
         raise ConfigurationError(SESSION_QUEUE_URL, "no queue is configured (set the queue and "
                                  "DLQ URLs or names)")
     doc = metrics.collect(runtime.sqs(),
                           runtime.queue_url() if settings.has_queue else None,
-                          runtime.dlq_url() if (settings.dlq_url or settings.dlq_name) else None)
+                          runtime.dlq_url() if settings.has_dlq else None)
     if fmt == "json":
         echo_json(doc)
         return

@@ -51,7 +51,8 @@ def build_worker(*, batch_size: int = CONSUMER_BATCH_SIZE, wait_seconds: int = 1
     """
     from chalicelib.adapters import aws
     from chalicelib.adapters.postgres.database import Database
-    from chalicelib.pipeline.consumer import Consumer, DeadLetterQueue, SqsRecordSource
+    from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
+    from chalicelib.pipeline.dead_letters import DeadLetterQueue
     from sessionsync.worker import Worker
 
     settings = runtime.settings()
