@@ -16,8 +16,6 @@ from sessionsync.cli.serve import serve
 from sessionsync.cli.soak import soak
 from sessionsync.cli.store import watch
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--stage", default=None, envvar="SESSIONSYNC_STAGE",

@@ -18,9 +18,8 @@ import click
 from chalicelib import runtime
 from chalicelib.config import SESSION_DLQ_URL, SESSION_QUEUE_URL
 from chalicelib.domain.errors import ConfigurationError
-from sessionsync.cli._common import echo_json, exits_on_errors
+from sessionsync.cli._common import EXIT_CONFIG, EXIT_FAILED, echo_json, exits_on_errors
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 FORMATS = click.Choice(["table", "json"])
 
 

@@ -35,7 +35,7 @@ import click
 
 from chalicelib.config import API_KEYS, AUTH_MODE, auth_mode, load_settings
 from chalicelib.domain.errors import ConfigurationError
-from sessionsync.cli._common import PROJECT_DIR, config_error_exit
+from sessionsync.cli._common import PROJECT_DIR, exit_on_errors
 
 BACKLOG = 128
 # API Gateway's own payload limit
@@ -187,13 +187,11 @@ def serve(host: str, port: int, pipeline: bool) -> None:
     if not os.environ.get(API_KEYS):
         os.environ[API_KEYS] = secrets.token_urlsafe(24)
         click.echo(f"API key (set {API_KEYS} to choose your own): {os.environ[API_KEYS]}")
-    try:
+    with exit_on_errors():
         # the app reads the same settings on its first request: fail now,
         # with the setting's name, rather than answer every request with it
         load_settings()
         refuse_iam_mode()
-    except ConfigurationError as exc:
-        config_error_exit(exc)
     stop = threading.Event()
     if pipeline:
         from sessionsync.cli.pipeline import start_pipeline_threads

@@ -376,16 +376,6 @@ class Database:
             result.duplicates += 1 - inserted
         return result
 
-    def apply_event(self, event: ChangeEvent) -> bool:
-        """Persist one event; True if new, False if already there.
-
-        Raises RetryablePersistenceError or PermanentPersistenceError.
-        """
-        result = self.apply_events([event])
-        if result.failures:
-            raise result.failures[0]  # its __cause__ is the psycopg error
-        return result.inserted == 1
-
     # -- reads ------------------------------------------------------------------
 
     def latest(self, session_id: str) -> Session | None:
