@@ -169,8 +169,8 @@ class _OnFirstUse:
 
     The service needs its SQS producer only when it writes and PostgreSQL
     only to recover or list history; building them with the service put
-    boto3 (import + client) and psycopg on every cold GET, about 150 ms of
-    a 220 ms cold start (``sessionsync bench --sections coldstart``).
+    boto3 (import + client) and psycopg on every cold GET, most of its cold
+    start (docs/performance.md, "Cold start").
     """
 
     __slots__ = ("_build",)

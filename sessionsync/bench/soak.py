@@ -730,15 +730,6 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def outbox_depth(client: Any) -> int:
-    """Entries in every outbox bucket (a Redis client given)."""
-    from chalicelib.adapters.redis.store import BUCKETS, outbox_keys
-    pipe = client.pipeline(transaction=False)
-    for bucket in range(BUCKETS):
-        pipe.zcard(outbox_keys(bucket)[0])
-    return sum(pipe.execute())
-
-
 def queue_depth(sqs: Any, queue_url: str) -> int:
     """Messages waiting or in flight in the queue (SQS's approximations)."""
     names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]

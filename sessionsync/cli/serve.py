@@ -16,7 +16,7 @@ runs it, with the fixes a local stack needs:
 * a response leaves in one send, on a socket with TCP_NODELAY: chalice
   local sends the headers, then the body, with Nagle's algorithm on, so on
   a reused keep-alive connection the body waited for the client's delayed
-  ACK of the headers (a stall of about 40 ms on every request);
+  ACK of the headers (a stall on every request: docs/performance.md);
 * the SQS worker and the outbox relay run beside it (``--no-pipeline`` to
   leave them out), as the event source mapping and the schedule would.
 """

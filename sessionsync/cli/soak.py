@@ -50,7 +50,7 @@ def _pids(url: str, given: tuple[str, ...]) -> dict[str, int]:
 def _probes() -> dict[str, Any]:
     """Outbox and queue depth, from the settings the server also reads."""
     settings = runtime.settings()
-    probes: dict[str, Any] = {"outbox": lambda: soak_module.outbox_depth(runtime.redis())}
+    probes: dict[str, Any] = {"outbox": lambda: runtime.store().outbox_depth()}
     if settings.has_queue:
         probes["queue"] = lambda: soak_module.queue_depth(runtime.sqs(), runtime.queue_url())
     return probes

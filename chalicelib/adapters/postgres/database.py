@@ -51,8 +51,8 @@ _ISO_MS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 #   so PostgreSQL materializes it and parses each state into jsonb once.
 #   The arrays go in binary format (``%b``): in text format psycopg escapes
 #   every quote of every state JSON with a regex substitution, a third of
-#   the consumer's time (``sessionsync bench``: 7,000 -> 9,700 events/s at
-#   batch 10).  Casts and errors (22003, 22P05...) are the same either way.
+#   the consumer's time (docs/performance.md).  Casts and errors (22003,
+#   22P05...) are the same either way.
 # * ``inserted``: one row per (session, version).  A redelivered or
 #   duplicated message conflicts on the primary key and is skipped: that is
 #   what makes the consumer idempotent.  Rows go in key order so that two

@@ -380,8 +380,8 @@ def iso_utc(epoch_seconds: float) -> str:
     """``2026-11-28T16:33:30.405Z``, exactly what
     ``datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"``
     gives (half-even to the microsecond, then milliseconds truncated), with
-    the date and time formatted once per second: 0.5 us instead of 1.8 us
-    on every write (``sessionsync bench``).
+    the date and time formatted once per second instead of on every write
+    (the gain is in docs/performance.md).
     """
     global _second
     whole = int(epoch_seconds // 1)
@@ -624,8 +624,8 @@ class SessionStore:
     def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA ``script``, loading it first if the server lost it (a
         restart, a failover, SCRIPT FLUSH), as redis-py's ``Script.__call__``
-        does, without its per-call import and pipeline check: 3 us of every
-        write (``sessionsync bench``)."""
+        does, without its per-call import and pipeline check (what that
+        saves on every write: docs/performance.md)."""
         try:
             return self.client.evalsha(script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
