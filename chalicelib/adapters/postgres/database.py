@@ -33,7 +33,7 @@ from chalicelib.domain.errors import (
     RetryablePersistenceError,
     ServiceUnavailable,
 )
-from chalicelib.domain.events import ChangeEvent
+from chalicelib.domain.events import DELETED, ChangeEvent
 from chalicelib.domain.session import Session
 
 log = logging.getLogger("sessionsync.persistence")
@@ -85,7 +85,7 @@ _ISO_MS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 # Data-modifying CTEs always run to completion, whether or not the final
 # SELECT reads them; it returns (new events, sessions moved forward, and the
 # ordinal of each skipped event).
-APPLY_SQL = """
+APPLY_SQL = f"""
 WITH incoming AS (
     SELECT t.session_id, t.version, t.event_type, t.state::jsonb AS state,
            t.created_at::timestamptz AS created_at, t.occurred_at::timestamptz AS occurred_at,
@@ -103,7 +103,7 @@ WITH incoming AS (
     INSERT INTO sync_sessions AS s
         (session_id, version, state, deleted, created_at, updated_at, ttl_seconds)
     SELECT DISTINCT ON (session_id)
-           session_id, version, state, event_type = 'session_deleted', created_at, occurred_at,
+           session_id, version, state, event_type = '{DELETED}', created_at, occurred_at,
            ttl_seconds
     FROM incoming ORDER BY session_id, version DESC
     ON CONFLICT (session_id) DO UPDATE
