@@ -136,6 +136,10 @@ class Settings:
     def has_queue(self) -> bool:
         return bool(self.queue_url or self.queue_name)
 
+    @property
+    def has_dlq(self) -> bool:
+        return bool(self.dlq_url or self.dlq_name)
+
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
     raw = env.get(name, "").strip()

@@ -64,7 +64,7 @@ def settings() -> Settings:
 
 def redis() -> Any:
     from chalicelib.adapters.redis.client import connect_redis
-    from chalicelib.observability.logs import instrument_redis
+    from chalicelib.observability.tracing import instrument_redis
     # instrument_redis is a no-op unless LOG_LEVEL=DEBUG (each command timed)
     s = settings()
     return _once("redis", lambda: instrument_redis(connect_redis(
@@ -130,7 +130,7 @@ def database() -> Any:
 
 def dead_letters() -> Any:
     """The DLQ sender: built when the first poison record needs it."""
-    from chalicelib.pipeline.consumer import DeadLetterQueue
+    from chalicelib.pipeline.dead_letters import DeadLetterQueue
     return _once("dead_letters", lambda: DeadLetterQueue(sqs(), dlq_url()))
 
 
@@ -138,7 +138,7 @@ def consumer() -> Any:
     """The SQS consumer (database + DLQ sender) the Lambda handler calls.
 
     A batch without poison needs neither the DLQ nor a delete, so their
-    SQS client (boto3's import and client, ~110 ms) is built on first use
+    SQS client (boto3's import and a client) is built on first use
     (``sessionsync bench --sections coldstart``, consumer_first_batch).  A
     missing DLQ setting still fails the first batch, as the DLQ's URL is
     resolved here whenever that needs no SQS call.
@@ -196,8 +196,8 @@ class _OnFirstUse:
 
     The service needs its SQS producer only when it writes and PostgreSQL
     only to recover or list history; building them with the service put
-    boto3 (import + client) and psycopg on every cold GET, about 150 ms of
-    a 220 ms cold start (``sessionsync bench --sections coldstart``).
+    boto3 (import + client) and psycopg on every cold GET, most of its cold
+    start (docs/performance.md, "Cold start").
     """
 
     __slots__ = ("_build",)
@@ -232,6 +232,6 @@ def health_probes() -> dict[str, Any]:
         probes["postgresql"] = health.postgres_probe(database)
     if s.has_queue:
         probes["queue"] = health.queue_probe(sqs, queue_url)
-    if s.dlq_url or s.dlq_name:
+    if s.has_dlq:
         probes["dlq"] = health.dlq_probe(sqs, dlq_url)
     return probes

@@ -1,6 +1,7 @@
 """The dead-letter queue: look at what is in it, and send it back.
 
-Two ways a message reaches the DLQ (see ``chalicelib.pipeline.consumer``):
+Two ways a message reaches the DLQ (see ``chalicelib.pipeline.consumer``
+and ``chalicelib.pipeline.dead_letters``):
 
 * the consumer sent it at once because it can never be persisted as it is
   (malformed body, SQLSTATE class 22/23/54); its message attributes say why:
@@ -31,12 +32,17 @@ from typing import Any
 
 from chalicelib.adapters.aws import sqs_batches
 from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.pipeline.dead_letters import (
+    CONSTRAINT,
+    ERROR_ATTRIBUTES,
+    ERROR_CLASS,
+    ERROR_CODE,
+    ERROR_MESSAGE,
+    EVENT_ID,
+    FAILED_AT,
+    SQLSTATE,
+)
 
-#: attributes the consumer adds when it dead-letters a message; stripped on
-#: redrive so that a second failure records its own reason, not a stale one
-ERROR_ATTRIBUTES = frozenset({"error_class", "error_code", "sqlstate", "constraint",
-                              "error_message", "original_message_id", "receive_count",
-                              "source_queue", "failed_at"})
 REDRIVE_POLICY_CLASS = "MaxReceiveCountExceeded"
 _RECEIVE_BATCH = 10
 # Long enough to walk a large DLQ without the first messages reappearing;
@@ -47,7 +53,7 @@ Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class DeadLetterMessage:
     """One message in the DLQ, decoded as far as it can be."""
 
     message_id: str
@@ -60,20 +66,20 @@ class DeadLetter:
 
     @property
     def error_class(self) -> str:
-        return self.attributes.get("error_class") or REDRIVE_POLICY_CLASS
+        return self.attributes.get(ERROR_CLASS) or REDRIVE_POLICY_CLASS
 
     @property
     def sqlstate(self) -> str | None:
-        return self.attributes.get("sqlstate")
+        return self.attributes.get(SQLSTATE)
 
     @property
     def error_code(self) -> str | None:
         """The SQLSTATE, or for a malformed message the reason (e.g. not_json)."""
-        return self.attributes.get("error_code") or self.sqlstate
+        return self.attributes.get(ERROR_CODE) or self.sqlstate
 
     @property
     def constraint(self) -> str | None:
-        return self.attributes.get("constraint")
+        return self.attributes.get(CONSTRAINT)
 
     @property
     def reason(self) -> tuple[str, str | None, str | None]:
@@ -94,7 +100,7 @@ class DeadLetter:
         value = event.get("session_id") if event else None
         if isinstance(value, str):
             return value
-        event_id = self.attributes.get("event_id", "")
+        event_id = self.attributes.get(EVENT_ID, "")
         return event_id.rsplit(":", 1)[0] if ":" in event_id else None
 
     def summary(self) -> dict[str, Any]:
@@ -102,9 +108,9 @@ class DeadLetter:
         return {"message_id": self.message_id, "error_class": self.error_class,
                 "error_code": self.error_code, "sqlstate": self.sqlstate,
                 "constraint": self.constraint,
-                "error_message": self.attributes.get("error_message"),
+                "error_message": self.attributes.get(ERROR_MESSAGE),
                 "session_id": self.session_id, "version": event.get("version"),
-                "event_type": event.get("event_type"), "failed_at": self.attributes.get("failed_at"),
+                "event_type": event.get("event_type"), "failed_at": self.attributes.get(FAILED_AT),
                 "receive_count": self.system.get("ApproximateReceiveCount")}
 
 
@@ -154,16 +160,16 @@ def _sqs_errors(action: str):
     return translate()
 
 
-def _decode(message: Mapping[str, Any]) -> DeadLetter:
+def _decode(message: Mapping[str, Any]) -> DeadLetterMessage:
     raw = message.get("MessageAttributes") or {}
-    return DeadLetter(
+    return DeadLetterMessage(
         message_id=message["MessageId"], receipt_handle=message["ReceiptHandle"],
         body=message.get("Body", ""),
         attributes={k: v.get("StringValue", "") for k, v in raw.items() if "StringValue" in v},
         message_attributes=raw, system=message.get("Attributes") or {})
 
 
-def _receive(sqs: Any, queue_url: str, visibility: int) -> list[DeadLetter]:
+def _receive(sqs: Any, queue_url: str, visibility: int) -> list[DeadLetterMessage]:
     with _sqs_errors("ReceiveMessage"):
         reply = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=_RECEIVE_BATCH,
                                     VisibilityTimeout=visibility, WaitTimeSeconds=0,
@@ -172,7 +178,7 @@ def _receive(sqs: Any, queue_url: str, visibility: int) -> list[DeadLetter]:
     return [_decode(m) for m in reply.get("Messages", [])]
 
 
-def _walk(sqs: Any, queue_url: str, limit: int | None) -> Iterator[DeadLetter]:
+def _walk(sqs: Any, queue_url: str, limit: int | None) -> Iterator[DeadLetterMessage]:
     """Receive every message once (up to ``limit``), hiding each for the walk.
 
     Stops when a receive returns nothing new: the queue is exhausted, or
@@ -193,7 +199,7 @@ def _walk(sqs: Any, queue_url: str, limit: int | None) -> Iterator[DeadLetter]:
             yield message
 
 
-def release(sqs: Any, queue_url: str, messages: Sequence[DeadLetter]) -> None:
+def release(sqs: Any, queue_url: str, messages: Sequence[DeadLetterMessage]) -> None:
     """Make received messages visible again now (visibility timeout 0)."""
     for start in range(0, len(messages), _RECEIVE_BATCH):
         chunk = messages[start:start + _RECEIVE_BATCH]
@@ -203,13 +209,13 @@ def release(sqs: Any, queue_url: str, messages: Sequence[DeadLetter]) -> None:
                 for i, m in enumerate(chunk)])
 
 
-def peek(sqs: Any, dlq_url: str, *, limit: int = 100) -> list[DeadLetter]:
+def peek(sqs: Any, dlq_url: str, *, limit: int = 100) -> list[DeadLetterMessage]:
     """Up to ``limit`` messages of the DLQ, left in it and visible again.
 
     Receiving raises each message's ApproximateReceiveCount (harmless: the
     DLQ has no redrive policy of its own).  Raises ServiceUnavailable.
     """
-    messages: list[DeadLetter] = []
+    messages: list[DeadLetterMessage] = []
     try:
         for message in _walk(sqs, dlq_url, limit):
             messages.append(message)
@@ -219,7 +225,7 @@ def peek(sqs: Any, dlq_url: str, *, limit: int = 100) -> list[DeadLetter]:
     return messages
 
 
-def group_reasons(messages: Sequence[DeadLetter], *, sessions_per_group: int = 5) -> list[ReasonGroup]:
+def group_reasons(messages: Sequence[DeadLetterMessage], *, sessions_per_group: int = 5) -> list[ReasonGroup]:
     """Messages grouped by (error class, SQLSTATE, constraint), largest first."""
     counts: Counter[tuple[str, str | None, str | None]] = Counter(m.reason for m in messages)
     groups = []
@@ -230,21 +236,21 @@ def group_reasons(messages: Sequence[DeadLetter], *, sessions_per_group: int = 5
             sid = m.session_id
             if sid and sid not in sessions and len(sessions) < sessions_per_group:
                 sessions.append(sid)
-        example = next((m.attributes.get("error_message") for m in members
-                        if m.attributes.get("error_message")), None)
+        example = next((m.attributes.get(ERROR_MESSAGE) for m in members
+                        if m.attributes.get(ERROR_MESSAGE)), None)
         groups.append(ReasonGroup(reason[0], reason[1], reason[2], count, example, sessions))
     return groups
 
 
 def matcher(*, error_class: str | None = None, error_code: str | None = None,
             constraint: str | None = None, session_id: str | None = None
-            ) -> Callable[[DeadLetter], bool] | None:
+            ) -> Callable[[DeadLetterMessage], bool] | None:
     """A filter for ``redrive`` (all given criteria must match), or None
     when no criterion is given (move everything)."""
     if not any((error_class, error_code, constraint, session_id)):
         return None
 
-    def matches(message: DeadLetter) -> bool:
+    def matches(message: DeadLetterMessage) -> bool:
         return ((error_class is None or message.error_class == error_class)
                 and (error_code is None or message.error_code == error_code)
                 and (constraint is None or message.constraint == constraint)
@@ -259,7 +265,7 @@ def queue_arn(sqs: Any, queue_url: str) -> str:
 
 
 def redrive(sqs: Any, dlq_url: str, queue_url: str, *,
-            match: Callable[[DeadLetter], bool] | None = None, limit: int | None = None,
+            match: Callable[[DeadLetterMessage], bool] | None = None, limit: int | None = None,
             progress: Progress = lambda n: None, poll_seconds: float = 0.5,
             timeout_seconds: float = 600.0) -> RedriveResult:
     """Move DLQ messages back to the main queue; call ``progress(n)`` as n more move.
@@ -276,8 +282,8 @@ def redrive(sqs: Any, dlq_url: str, queue_url: str, *,
     if match is None and limit is None:
         return _move_task(sqs, dlq_url, queue_url, progress, poll_seconds, timeout_seconds)
     result = RedriveResult()
-    keep: list[DeadLetter] = []
-    selected: list[DeadLetter] = []
+    keep: list[DeadLetterMessage] = []
+    selected: list[DeadLetterMessage] = []
     try:
         for message in _walk(sqs, dlq_url, None):
             if (match is None or match(message)) and (limit is None or result.moved + len(selected) < limit):
@@ -300,7 +306,7 @@ def redrive(sqs: Any, dlq_url: str, queue_url: str, *,
     return result
 
 
-def _move(sqs: Any, dlq_url: str, queue_url: str, messages: Sequence[DeadLetter],
+def _move(sqs: Any, dlq_url: str, queue_url: str, messages: Sequence[DeadLetterMessage],
           progress: Progress) -> int:
     """Send ``messages`` to the main queue, then delete those sent from the DLQ."""
     moved = 0

@@ -12,7 +12,6 @@ GetQueueAttributes and SELECTs only.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,15 +21,13 @@ from urllib.parse import urlsplit
 
 from chalicelib import config
 from chalicelib.adapters import queue_metrics
-from chalicelib.adapters.redis.store import BUCKETS, outbox_keys
+from chalicelib.adapters.redis.client import primaries
+from chalicelib.adapters.redis.store import SessionSample
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ConfigurationError, SessionSyncError
+from sessionsync.bench.stats import percentile
 
 LEVELS = ("ok", "info", "warn", "fail")
-SESSION_KEY_PATTERN = "ss:*:s:*"
-# A stored session starts "<version>|<created>|<updated>|<ttl>|<L|D>|":
-# 128 bytes always cover that prefix, so the state itself is never read.
-_HEADER_BYTES = 128
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -138,7 +135,7 @@ def _configuration_advice(s: Settings) -> list[Finding]:
         out.append(Finding("configuration", "warn", "no session queue configured",
                            fix=f"set {config.SESSION_QUEUE_URL} or {config.SESSION_QUEUE_NAME}: "
                                "without it no change reaches PostgreSQL"))
-    if s.has_queue and not (s.dlq_url or s.dlq_name):
+    if s.has_queue and not s.has_dlq:
         out.append(Finding("configuration", "info", "no DLQ configured for the CLI",
                            fix=f"set {config.SESSION_DLQ_URL} or {config.SESSION_DLQ_NAME} "
                                "to see its depth and use `sessionsync dlq`"))
@@ -186,23 +183,9 @@ def describe_settings(s: Settings) -> dict[str, Any]:
 def percentiles(samples: Sequence[float], points: Iterable[int] = (50, 95, 99)) -> dict[str, float]:
     """Nearest-rank percentiles (and max) of ``samples``, rounded to µs."""
     ordered = sorted(samples)
-    out = {}
-    for p in points:
-        rank = max(1, math.ceil(p / 100 * len(ordered)))
-        out[f"p{p}"] = round(ordered[rank - 1], 3)
+    out = {f"p{p}": round(percentile(ordered, p), 3) for p in points}
     out["max"] = round(ordered[-1], 3)
     return out
-
-
-def redis_nodes(client: Any) -> list[tuple[str, Any]]:
-    """(name, plain client) of each primary: one node, or every cluster primary."""
-    from redis.cluster import RedisCluster
-
-    if isinstance(client, RedisCluster):
-        return [(node.name, client.get_redis_connection(node)) for node in client.get_primaries()]
-    kwargs = client.connection_pool.connection_kwargs
-    name = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
-    return [(str(name), client)]
 
 
 def redis_latency(node: Any, pings: int) -> dict[str, float]:
@@ -246,8 +229,7 @@ def check_redis(client: Any, settings: Settings, *, pings: int = 100) -> list[Fi
     """Per node: latency percentiles, key count, memory and eviction policy;
     and whether the cluster setting matches the server."""
     findings = []
-    nodes = redis_nodes(client)
-    for name, node in nodes:
+    for name, node in primaries(client):
         latency = redis_latency(node, pings)
         memory = node.info("memory")
         cluster_enabled = bool(node.info("cluster").get("cluster_enabled"))
@@ -286,57 +268,6 @@ def check_redis(client: Any, settings: Settings, *, pings: int = 100) -> list[Fi
     return findings
 
 
-def _scan_session_keys(node: Any, limit: int, max_calls: int) -> list[bytes]:
-    keys: list[bytes] = []
-    cursor = 0
-    for _ in range(max_calls):
-        cursor, batch = node.scan(cursor=cursor, match=SESSION_KEY_PATTERN, count=1000)
-        keys.extend(batch)
-        if cursor == 0 or len(keys) >= limit:
-            break
-    return keys[:limit]
-
-
-@dataclass(frozen=True)
-class SessionSample:
-    session_id: str
-    version: int
-    deleted: bool
-    ttl_setting: int
-    ttl_left: int  # -1: no expiry, -2: gone
-
-
-def sample_sessions(client: Any, *, limit: int = 200, max_scan_calls: int = 50) -> list[SessionSample]:
-    """Up to ``limit`` sessions (spread over the nodes) with version and TTL.
-
-    SCAN is bounded by ``max_scan_calls`` per node, so a huge keyspace
-    costs at most that many round trips; the state is never read (GETRANGE
-    of the header only).
-    """
-    samples: list[SessionSample] = []
-    nodes = redis_nodes(client)
-    per_node = max(1, limit // len(nodes))
-    for _, node in nodes:
-        keys = _scan_session_keys(node, per_node, max_scan_calls)
-        if not keys:
-            continue
-        pipe = node.pipeline(transaction=False)
-        for key in keys:
-            pipe.ttl(key)
-            pipe.getrange(key, 0, _HEADER_BYTES - 1)
-        replies = pipe.execute()
-        for i, key in enumerate(keys):
-            ttl_left, header = replies[2 * i], replies[2 * i + 1]
-            parts = header.split(b"|", 5) if header else []
-            if len(parts) < 5:
-                continue  # vanished between SCAN and the read, or not a session value
-            session_id = key.decode().split(":s:", 1)[1]
-            # the flag is followed by the epoch ("D1a2b3c4d"; bare in older values)
-            samples.append(SessionSample(session_id, int(parts[0]), parts[4][:1] == b"D",
-                                         int(parts[3]), int(ttl_left)))
-    return samples
-
-
 def check_ttls(samples: Sequence[SessionSample], settings: Settings) -> list[Finding]:
     """TTL sanity: every session key must expire, within its own ttl_seconds."""
     if not samples:
@@ -370,10 +301,7 @@ def check_ttls(samples: Sequence[SessionSample], settings: Settings) -> list[Fin
 def check_outbox(store: Any, settings: Settings, *, clock: Callable[[], float] = time.time) -> list[Finding]:
     """Outbox depth and the age of its oldest entry (a stuck relay shows here)."""
     depth = store.outbox_depth()
-    pipe = store.client.pipeline(transaction=False)
-    for bucket in range(BUCKETS):
-        pipe.zrange(outbox_keys(bucket)[0], 0, 0, withscores=True)
-    oldest_ms = min((entries[0][1] for entries in pipe.execute() if entries), default=None)
+    oldest_ms = store.outbox_oldest_ms()
     age = None if oldest_ms is None else max(0.0, clock() - oldest_ms / 1000)
     details = {"depth": depth, "oldest_age_s": None if age is None else round(age, 1)}
     stuck_after = max(60.0, settings.outbox_relay_age * 6)
@@ -502,7 +430,7 @@ def diagnose(settings: Settings, clients: Clients, *, pings: int = 100, sample: 
     _section(report, "redis", lambda: check_redis(clients.redis(), settings, pings=pings))
 
     def sessions() -> list[Finding]:
-        samples.extend(sample_sessions(clients.redis(), limit=sample))
+        samples.extend(clients.store().sample(limit=sample))
         return check_ttls(samples, settings)
     _section(report, "sessions", sessions)
 
@@ -512,10 +440,10 @@ def diagnose(settings: Settings, clients: Clients, *, pings: int = 100, sample: 
         return found
     _section(report, "outbox", outbox)
 
-    if settings.has_queue or settings.dlq_url or settings.dlq_name:
+    if settings.has_queue or settings.has_dlq:
         def queues() -> list[Finding]:
             queue_url = clients.queue_url() if settings.has_queue else None
-            dlq_url = clients.dlq_url() if (settings.dlq_url or settings.dlq_name) else None
+            dlq_url = clients.dlq_url() if settings.has_dlq else None
             found = check_queues(clients.sqs(), queue_url, dlq_url)
             if queue_url:
                 busy["queue"] = found[0].details["waiting"] + found[0].details["in_flight"] + \

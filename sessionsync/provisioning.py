@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo, sql
 
-from chalicelib.adapters.postgres import database as persistence
+from chalicelib.adapters.postgres import connection
 from chalicelib.config import (
     DEFAULT_QUEUE_NAME,
     QUEUE_MAX_RECEIVE_COUNT,
@@ -107,7 +107,7 @@ def ensure_database(dsn: str, *, maintenance_db: str = "postgres") -> bool:
     if not name:
         return False  # the default database (the user's): it exists or libpq says so
     params["dbname"] = maintenance_db
-    with persistence.connect(conninfo.make_conninfo(**params), statement_timeout_ms=None) as admin:
+    with connection.connect(conninfo.make_conninfo(**params), statement_timeout_ms=None) as admin:
         if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             return False
         try:
@@ -122,13 +122,13 @@ def drop_database(dsn: str, *, maintenance_db: str = "postgres") -> None:
     params = conninfo.conninfo_to_dict(dsn)
     name = params["dbname"]
     params["dbname"] = maintenance_db
-    with persistence.connect(conninfo.make_conninfo(**params), statement_timeout_ms=None) as admin:
+    with connection.connect(conninfo.make_conninfo(**params), statement_timeout_ms=None) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def migrate(dsn: str) -> list[migrations.Migration]:
     """Apply pending migrations to ``dsn``; return those applied."""
-    with persistence.connect(dsn, statement_timeout_ms=None, lock_timeout_ms=None,
+    with connection.connect(dsn, statement_timeout_ms=None, lock_timeout_ms=None,
                              application_name="sessionsync-migrate") as conn:
         return migrations.migrate(conn)
 

@@ -18,7 +18,8 @@ import psycopg
 
 from chalicelib.adapters.postgres.database import Database
 from chalicelib.adapters.redis.store import SessionStore, bucket_of, outbox_keys
-from chalicelib.pipeline.consumer import BatchReport, Consumer, DeadLetterQueue, SqsRecordSource
+from chalicelib.pipeline.consumer import BatchReport, Consumer, SqsRecordSource
+from chalicelib.pipeline.dead_letters import DeadLetterQueue
 from chalicelib.pipeline.outbox import OutboxRelay
 from chalicelib.pipeline.producer import SqsProducer
 from sessionsync.provisioning import QueuePair

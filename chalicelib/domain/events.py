@@ -23,9 +23,12 @@ from typing import Any
 
 from chalicelib.domain.errors import MalformedMessage
 
-SCHEMA_VERSION = 1
-EVENT_TYPES = ("session_created", "session_updated", "session_deleted")
+EVENT_SCHEMA_VERSION = 1
+CREATED, UPDATED, DELETED = "session_created", "session_updated", "session_deleted"
+EVENT_TYPES = (CREATED, UPDATED, DELETED)
 
+# Every field but ``state``, with its type, in the order the store's scripts
+# write them (``state`` comes last: see store._ttl_from_event).
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "schema_version": int,
     "event_id": str,
@@ -36,6 +39,8 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "occurred_at": str,
     "ttl_seconds": int,
 }
+#: the fields of an event, in the order the store writes them
+EVENT_FIELDS = (*_REQUIRED, "state")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +62,7 @@ class ChangeEvent:
 
     @property
     def deleted(self) -> bool:
-        return self.event_type == "session_deleted"
+        return self.event_type == DELETED
 
 
 def _malformed(reason: str, message: str) -> MalformedMessage:
@@ -80,9 +85,9 @@ def parse_event(body: str | bytes) -> ChangeEvent:
     if not isinstance(doc, dict):
         raise _malformed("not_an_object", "message body is not a JSON object")
     schema = doc.get("schema_version")
-    if schema != SCHEMA_VERSION or isinstance(schema, bool):
+    if schema != EVENT_SCHEMA_VERSION or isinstance(schema, bool):
         raise _malformed("unsupported_schema",
-                         f"schema_version must be {SCHEMA_VERSION}, got {schema!r}")
+                         f"schema_version must be {EVENT_SCHEMA_VERSION}, got {schema!r}")
     for name, kind in _REQUIRED.items():
         if name not in doc:
             raise _malformed("missing_field", f"{name} is missing")

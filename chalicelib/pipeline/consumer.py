@@ -34,20 +34,17 @@ Structure, as powertools' batch utility has it: a per-record function
 (``parse_record``) and one loop over the batch collecting failures.  The
 utility itself is not used because it persists record by record; here the
 whole batch goes to PostgreSQL in one statement (one round trip, one
-commit), which is what makes >= 3,800 events/s per worker possible, and
-the database falls back to one transaction per record only when the batch
-holds a poison message.
+commit), which is what the consumer's throughput rests on (figures in
+docs/performance.md, "Consumer throughput"), and the database falls back
+to one transaction per record only when the batch holds a poison message.
 """
 from __future__ import annotations
 
 import logging
-import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from chalicelib.adapters.aws import sqs_batches
 from chalicelib.domain.errors import (
     MalformedMessage,
     PermanentPersistenceError,
@@ -56,15 +53,9 @@ from chalicelib.domain.errors import (
 )
 from chalicelib.domain.events import ChangeEvent, parse_event
 from chalicelib.observability import metrics
+from chalicelib.pipeline.dead_letters import DeadLetter, DeadLetterQueue
 
 log = logging.getLogger("sessionsync.consumer")
-
-# SQS: at most 10 message attributes; values are non-empty strings of
-# allowed XML characters.  An error message is cut to this many characters.
-MAX_ERROR_MESSAGE = 1000
-# the characters SQS accepts: #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
 
 class ApplyResultLike(Protocol):
     inserted: int
@@ -73,18 +64,9 @@ class ApplyResultLike(Protocol):
 
 
 class EventSink(Protocol):
-    """What the consumer needs from the database (``persistence.Database``)."""
+    """What the consumer needs from the database (``database.Database``)."""
 
     def apply_events(self, events: Sequence[ChangeEvent]) -> ApplyResultLike: ...
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A record that can never be persisted, and why."""
-
-    record: Mapping[str, Any]
-    error: PermanentPersistenceError
-    event_id: str | None = None
 
 
 @dataclass
@@ -108,98 +90,6 @@ def parse_record(record: Mapping[str, Any]) -> ChangeEvent:
     if not isinstance(body, str):
         raise MalformedMessage("the SQS record has no body", reason="no_body")
     return parse_event(body)
-
-
-def dead_letter_attributes(letter: DeadLetter, *, now: float) -> dict[str, dict[str, str]]:
-    """Message attributes saying why ``letter`` is in the DLQ (at most 10).
-
-    error_class (MalformedMessage | PermanentPersistenceError), error_code
-    (the SQLSTATE, or the malformed reason), sqlstate and constraint when
-    the database gave them, error_message (cut), and where it came from:
-    original_message_id, receive_count, event_id, source_queue, failed_at.
-    """
-    error = letter.error
-    record = letter.record
-    reason = error.details.get("reason")
-    values = {
-        "error_class": error.code,
-        "error_code": error.sqlstate or reason or error.code,
-        "sqlstate": error.sqlstate,
-        "constraint": error.constraint,
-        "error_message": _xml_safe(error.message)[:MAX_ERROR_MESSAGE],
-        "original_message_id": record.get("messageId"),
-        "receive_count": (record.get("attributes") or {}).get("ApproximateReceiveCount"),
-        "event_id": letter.event_id or _attribute(record, "event_id"),
-        "source_queue": record.get("eventSourceARN"),
-        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-    }
-    attributes: dict[str, dict[str, str]] = {}
-    for name, value in values.items():
-        if value:  # SQS rejects an empty attribute value
-            data_type = "Number" if name == "receive_count" else "String"
-            attributes[name] = {"DataType": data_type, "StringValue": str(value)}
-    return attributes
-
-
-def _attribute(record: Mapping[str, Any], name: str) -> str | None:
-    # Lambda's record shape: {"event_id": {"stringValue": ..., "dataType": ...}}
-    attribute = (record.get("messageAttributes") or {}).get(name) or {}
-    return attribute.get("stringValue")
-
-
-def _xml_safe(text: str) -> str:
-    """Drop characters SQS refuses in attribute values (NUL, other controls)."""
-    return _NOT_XML.sub("", text)
-
-
-def _body(record: Mapping[str, Any]) -> str:
-    # The original bytes, unchanged, so that a redrive can replay them; SQS
-    # refuses an empty body, which only a hand-made record can have.
-    body = record.get("body")
-    return body if isinstance(body, str) and body else "(no body)"
-
-
-class DeadLetterQueue:
-    """Sends poison records to the DLQ with their reason (boto3 SQS client given)."""
-
-    def __init__(self, sqs: Any, queue_url: str, *, clock: Callable[[], float] = time.time) -> None:
-        self.sqs = sqs
-        self.queue_url = queue_url
-        self.clock = clock
-
-    def send(self, letters: Sequence[DeadLetter]) -> set[str]:
-        """Send every letter; return the message ids that could NOT be sent.
-
-        Never raises for SQS trouble: the caller reports the unsent records
-        as batch item failures, so SQS keeps them (never a silent loss).
-        """
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        unsent: set[str] = set()
-        now = self.clock()
-        for chunk in sqs_batches(letters, _letter_size):
-            entries = [{"Id": str(i), "MessageBody": _body(letter.record),
-                        "MessageAttributes": dead_letter_attributes(letter, now=now)}
-                       for i, letter in enumerate(chunk)]
-            try:
-                reply = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
-            except (BotoCoreError, ClientError) as exc:
-                log.error("DLQ send failed; the records stay on the main queue",
-                          extra={"error": repr(exc), "records": len(chunk)})
-                unsent.update(letter.record["messageId"] for letter in chunk)
-                continue
-            for failed in reply.get("Failed", []):
-                letter = chunk[int(failed["Id"])]
-                log.error("DLQ refused a record; it stays on the main queue",
-                          extra={"message_id": letter.record["messageId"], "code": failed.get("Code")})
-                unsent.add(letter.record["messageId"])
-        return unsent
-
-
-def _letter_size(letter: DeadLetter) -> int:
-    # the body as sent, plus the reason attributes (the message is cut at
-    # MAX_ERROR_MESSAGE characters, up to 4 bytes each)
-    return len(_body(letter.record).encode()) + 4 * MAX_ERROR_MESSAGE + 1024
 
 
 class BatchIncomplete(Exception):

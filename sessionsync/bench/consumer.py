@@ -22,6 +22,7 @@ from typing import Any
 
 from chalicelib import runtime
 from chalicelib.config import Settings
+from chalicelib.domain.events import CREATED, EVENT_SCHEMA_VERSION, UPDATED
 from sessionsync.bench.aws_local import localstack_sqs_unavailable, sqs_client, temporary_queue
 from sessionsync.bench.context import DEFAULT_DATABASE_URL, STATE_BYTES, BenchContext, state_document
 from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record
@@ -34,10 +35,10 @@ VERSIONS_PER_SESSION = 5
 
 def change_event(session_id: str, version: int, state: dict[str, Any], stamp: str) -> str:
     """A change event body, field for field as the store's Lua scripts build it."""
-    kind = "session_created" if version == 1 else "session_updated"
-    return ('{"schema_version":1,"event_id":"%s:%d","event_type":"%s","session_id":"%s",'
+    kind = CREATED if version == 1 else UPDATED
+    return ('{"schema_version":%d,"event_id":"%s:%d","event_type":"%s","session_id":"%s",'
             '"version":%d,"created_at":"%s","occurred_at":"%s","ttl_seconds":3600,"state":%s}' % (
-                session_id, version, kind, session_id, version, stamp, stamp,
+                EVENT_SCHEMA_VERSION, session_id, version, kind, session_id, version, stamp, stamp,
                 json.dumps(state, separators=(",", ":"))))
 
 
@@ -142,7 +143,7 @@ def _worker_run(ctx: BenchContext, handler: Any, conn: Any, count: int) -> dict[
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    from chalicelib.adapters.postgres import database as persistence
+    from chalicelib.adapters.postgres import connection
     from sessionsync import provisioning
 
     dsn = ctx.database_url or DEFAULT_DATABASE_URL
@@ -158,7 +159,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         aws_endpoint_url=ctx.aws_endpoint_url or "http://127.0.0.1:4566"))
     handler = app_module.persist_changes
     count = ctx.profile.consumer_events - ctx.profile.consumer_events % VERSIONS_PER_SESSION
-    with persistence.connect(dsn) as conn:
+    with connection.connect(dsn) as conn:
         try:
             server = {name: conn.execute(f"SHOW {name}").fetchone()[0]
                       for name in ("server_version", "synchronous_commit", "fsync")}

@@ -61,9 +61,10 @@ PROFILES = {
 class Placement:
     """Which CPUs the bench's redis-servers and the bench itself run on.
 
-    On a VM a loopback round trip costs ~27 us when the peer wakes on the
-    same or a busy CPU and ~65 us when it wakes a halted one, and the
-    scheduler moves processes between the two cases at will: one run's
+    On a VM a loopback round trip is faster when the peer wakes on the
+    same or a busy CPU than when it wakes a halted one (docs/performance.md
+    has the two figures), and the scheduler moves processes between the
+    two cases at will: one run's
     floor and another's, or two servers in one run, would then not be
     comparable.  Pinning the servers to the last CPU and the bench to the
     others makes every round trip cross CPUs, as a client and a server on

@@ -40,7 +40,7 @@ def _memory_gb() -> float | None:
 def _cpuidle() -> dict[str, str] | None:
     """The idle driver, and guest halt-polling if the VM has it: it decides
     whether a loopback round trip wakes a polling CPU (fast) or a halted
-    one (tens of microseconds slower), so it explains two latency regimes."""
+    one (slower), so it explains two latency regimes."""
     base = Path("/sys/devices/system/cpu/cpuidle")
     found: dict[str, str] = {}
     for name in ("current_driver", "current_governor"):

@@ -17,14 +17,15 @@ from typing import Any
 import redis
 
 from chalicelib.adapters.redis.store import SessionStore, bucket_of, outbox_keys
+from chalicelib.domain.events import EVENT_SCHEMA_VERSION, UPDATED
 from chalicelib.pipeline.outbox import PAGE, OutboxRelay
 from sessionsync.bench.context import BenchContext
 from sessionsync.bench.redis_server import ThrowawayRedis
 from sessionsync.bench.stats import ratio
 
 # an event of a small state: the relay's work per entry does not depend on it
-EVENT_TEMPLATE = ('{"schema_version":1,"event_type":"session_updated","session_id":"%s",'
-                  '"version":1,"occurred_at":"2026-01-01T00:00:00.000Z","ttl_seconds":3600,'
+EVENT_TEMPLATE = (f'{{"schema_version":{EVENT_SCHEMA_VERSION},"event_type":"{UPDATED}",'
+                  '"session_id":"%s","version":1,"occurred_at":"2026-01-01T00:00:00.000Z","ttl_seconds":3600,'
                   '"state":{"cart":[1,2,3],"pad":"%s"}}')
 FILL_CHUNK = 50_000
 

@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from chalicelib.domain.events import CREATED, DELETED, UPDATED
 from sessionsync.bench.stats import percentile
 
 OPERATIONS = ("read", "update", "create", "delete")
 DEFAULT_MIX = "read=60,update=30,create=5,delete=5"
-EVENT_TYPES = {"create": "session_created", "update": "session_updated", "delete": "session_deleted"}
+EVENT_TYPES = {"create": CREATED, "update": UPDATED, "delete": DELETED}
 # A 503 with Retry-After is waited out and sent again, at most this many times.
 UNAVAILABLE_RETRIES = 10
 # In the server's log: the relay's metric line, and the inline send's failure.
@@ -728,15 +729,6 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     e = report["errors"]
     lines.append(f"errors: {e['count']}" + (f" e.g. {e['examples'][:3]}" if e["count"] else ""))
     return lines
-
-
-def outbox_depth(client: Any) -> int:
-    """Entries in every outbox bucket (a Redis client given)."""
-    from chalicelib.adapters.redis.store import BUCKETS, outbox_keys
-    pipe = client.pipeline(transaction=False)
-    for bucket in range(BUCKETS):
-        pipe.zcard(outbox_keys(bucket)[0])
-    return sum(pipe.execute())
 
 
 def queue_depth(sqs: Any, queue_url: str) -> int:

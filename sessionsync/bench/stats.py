@@ -48,9 +48,9 @@ def interleaved(ops: Mapping[str, Op], iterations: int, *, warmup: int, rounds: 
     """Time every op ``iterations`` times, in ``rounds`` round-robin blocks.
 
     Many short rounds rather than a few long ones: on a VM the loopback
-    round trip switches between regimes (here about 27 us while the CPUs
-    are kept busy, about 65 us when they go idle between requests) for
-    seconds at a time, and short blocks spread each regime over every op.
+    round trip switches between regimes (faster while the CPUs are kept
+    busy, slower when they go idle between requests: docs/performance.md)
+    for seconds at a time, and short blocks spread each regime over every op.
 
     Within a round the ops run in the mapping's order, each for one block;
     an op may rely on the ones before it in the same round (a delete can

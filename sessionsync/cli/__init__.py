@@ -20,8 +20,6 @@ from sessionsync.cli.soak import soak
 from sessionsync.cli.store import watch
 from sessionsync.project import PROJECT_DIR_ENV
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
 
 def version() -> str:
     try:

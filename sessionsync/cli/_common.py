@@ -15,6 +15,10 @@ import click
 from chalicelib.domain.errors import ConfigurationError, SessionSyncError
 from sessionsync.project import chalice_config
 
+# 0 ok; 1 the check failed / something is unhealthy; 2 a configuration
+# error (click uses 2 for usage errors too)
+EXIT_FAILED, EXIT_CONFIG = 1, 2
+
 
 def stage_environment(stage: str, config_path: Path | None = None) -> dict[str, str]:
     """The environment a .chalice/config.json stage sets (global, then stage);
@@ -42,13 +46,13 @@ def apply_stage_environment(stage: str | None) -> None:
         os.environ.setdefault(name, value)
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = EXIT_FAILED) -> None:
     click.echo(message, err=True)
     sys.exit(code)
 
 
 def config_error_exit(exc: ConfigurationError) -> None:
-    fail(f"configuration error: {exc.message}", 2)
+    fail(f"configuration error: {exc.message}", EXIT_CONFIG)
 
 
 @contextlib.contextmanager

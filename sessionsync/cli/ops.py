@@ -18,9 +18,8 @@ import click
 from chalicelib import runtime
 from chalicelib.config import SESSION_DLQ_URL, SESSION_QUEUE_URL
 from chalicelib.domain.errors import ConfigurationError
-from sessionsync.cli._common import echo_json, exits_on_errors
+from sessionsync.cli._common import EXIT_CONFIG, EXIT_FAILED, echo_json, exits_on_errors
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 FORMATS = click.Choice(["table", "json"])
 
 
@@ -133,12 +132,12 @@ def queue_metrics(fmt: str) -> None:
     from chalicelib.adapters import queue_metrics as metrics
 
     settings = runtime.settings()
-    if not settings.has_queue and not (settings.dlq_url or settings.dlq_name):
+    if not settings.has_queue and not settings.has_dlq:
         raise ConfigurationError(SESSION_QUEUE_URL, "no queue is configured (set the queue and "
                                  "DLQ URLs or names)")
     doc = metrics.collect(runtime.sqs(),
                           runtime.queue_url() if settings.has_queue else None,
-                          runtime.dlq_url() if (settings.dlq_url or settings.dlq_name) else None)
+                          runtime.dlq_url() if settings.has_dlq else None)
     if fmt == "json":
         echo_json(doc)
         return

@@ -35,11 +35,11 @@ RECEIVE_READ_MARGIN_SECONDS = 20.0
 
 
 def _database_dsn() -> str:
-    from chalicelib.adapters.postgres import database as persistence
+    from chalicelib.adapters.postgres import connection
     settings = runtime.settings()
     if not settings.has_database:
         raise ConfigurationError("DATABASE_URL", "is not set (nor DB_SECRET_ARN, nor PG* variables)")
-    return persistence.resolve_dsn(settings, runtime.secrets_client)
+    return connection.resolve_dsn(settings, runtime.secrets_client)
 
 
 def build_worker(*, batch_size: int = CONSUMER_BATCH_SIZE, wait_seconds: int = 10,
@@ -51,7 +51,8 @@ def build_worker(*, batch_size: int = CONSUMER_BATCH_SIZE, wait_seconds: int = 1
     """
     from chalicelib.adapters import aws
     from chalicelib.adapters.postgres.database import Database
-    from chalicelib.pipeline.consumer import Consumer, DeadLetterQueue, SqsRecordSource
+    from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
+    from chalicelib.pipeline.dead_letters import DeadLetterQueue
     from sessionsync.worker import Worker
 
     settings = runtime.settings()

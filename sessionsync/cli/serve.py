@@ -16,7 +16,7 @@ runs it, with the fixes a local stack needs:
 * a response leaves in one send, on a socket with TCP_NODELAY: chalice
   local sends the headers, then the body, with Nagle's algorithm on, so on
   a reused keep-alive connection the body waited for the client's delayed
-  ACK of the headers (a stall of about 40 ms on every request);
+  ACK of the headers (a stall on every request: docs/performance.md);
 * the SQS worker and the outbox relay run beside it (``--no-pipeline`` to
   leave them out), as the event source mapping and the schedule would.
 """
@@ -35,7 +35,7 @@ import click
 
 from chalicelib.config import API_KEYS, AUTH_MODE, auth_mode, load_settings
 from chalicelib.domain.errors import ConfigurationError
-from sessionsync.cli._common import config_error_exit
+from sessionsync.cli._common import exit_on_errors
 from sessionsync.project import project_dir
 
 BACKLOG = 128
@@ -189,13 +189,11 @@ def serve(host: str, port: int, pipeline: bool) -> None:
     if not os.environ.get(API_KEYS):
         os.environ[API_KEYS] = secrets.token_urlsafe(24)
         click.echo(f"API key (set {API_KEYS} to choose your own): {os.environ[API_KEYS]}")
-    try:
+    with exit_on_errors():
         # the app reads the same settings on its first request: fail now,
         # with the setting's name, rather than answer every request with it
         load_settings()
         refuse_iam_mode()
-    except ConfigurationError as exc:
-        config_error_exit(exc)
     stop = threading.Event()
     if pipeline:
         from sessionsync.cli.pipeline import start_pipeline_threads

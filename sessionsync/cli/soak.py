@@ -50,7 +50,7 @@ def _pids(url: str, given: tuple[str, ...]) -> dict[str, int]:
 def _probes() -> dict[str, Any]:
     """Outbox and queue depth, from the settings the server also reads."""
     settings = runtime.settings()
-    probes: dict[str, Any] = {"outbox": lambda: soak_module.outbox_depth(runtime.redis())}
+    probes: dict[str, Any] = {"outbox": lambda: runtime.store().outbox_depth()}
     if settings.has_queue:
         probes["queue"] = lambda: soak_module.queue_depth(runtime.sqs(), runtime.queue_url())
     return probes
@@ -92,7 +92,7 @@ def soak(url: str, api_key: str | None, threads: int, duration: float, sessions:
 
     Exit code 1 if any request failed or durability is not exact.
     """
-    from chalicelib.adapters.postgres import database as persistence
+    from chalicelib.adapters.postgres import connection
     from sessionsync.cli.pipeline import _database_dsn
 
     try:
@@ -111,7 +111,7 @@ def soak(url: str, api_key: str | None, threads: int, duration: float, sessions:
             request_timeout=request_timeout, settle_timeout=settle_timeout,
             server_log=server_log, pids=_pids(url, pids), seed=seed)
         report = soak_module.run_soak(
-            options, connect=lambda: persistence.connect(dsn, statement_timeout_ms=10_000),
+            options, connect=lambda: connection.connect(dsn, statement_timeout_ms=10_000),
             probes=_probes(), log=lambda line: click.echo(line, err=True))
     for line in soak_module.summary_lines(report):
         click.echo(line)

@@ -7,8 +7,8 @@ import time
 import click
 
 from chalicelib import runtime
-from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
-from sessionsync.cli._common import config_error_exit, fail
+from chalicelib.domain.errors import ServiceUnavailable
+from sessionsync.cli._common import exit_on_errors, fail
 
 
 @click.command()
@@ -20,12 +20,8 @@ def watch(seconds: float | None, count: int | None) -> None:
     """Print every session change published on Pub/Sub, one JSON line each."""
     deadline = None if seconds is None else time.monotonic() + seconds
     seen = 0
-    try:
+    with exit_on_errors("cannot subscribe"):
         updates = runtime.store().subscribe(timeout=0.5)
-    except ConfigurationError as exc:
-        config_error_exit(exc)
-    except ServiceUnavailable as exc:
-        fail(f"cannot subscribe: {exc.message}")
     try:
         for event in updates:
             if event is not None:

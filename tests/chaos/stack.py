@@ -24,7 +24,8 @@ from chalicelib.adapters.postgres.database import Database
 from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.store import SessionStore, outbox_keys
 from chalicelib.config import Settings
-from chalicelib.pipeline.consumer import Consumer, DeadLetterQueue, SqsRecordSource
+from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
+from chalicelib.pipeline.dead_letters import DeadLetterQueue
 from chalicelib.pipeline.outbox import OutboxRelay
 from chalicelib.pipeline.producer import SqsProducer
 from chalicelib.service.sessions import SessionService

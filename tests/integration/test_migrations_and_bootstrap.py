@@ -10,7 +10,7 @@ import uuid
 import psycopg
 import pytest
 
-from chalicelib.adapters.postgres import database as persistence
+from chalicelib.adapters.postgres import connection
 from chalicelib.config import Settings
 from chalicelib.pipeline.producer import SqsProducer
 from sessionsync import migrations, provisioning
@@ -52,7 +52,7 @@ def test_three_processes_migrating_at_once_apply_each_migration_exactly_once(emp
 def test_a_new_migration_is_applied_on_top_and_an_edited_one_is_refused(empty_dsn):
     base = migrations.discover()
     extra = Migration(9001, "test_extra", "CREATE TABLE test_extra (id int)")
-    with persistence.connect(empty_dsn, statement_timeout_ms=None) as conn:
+    with connection.connect(empty_dsn, statement_timeout_ms=None) as conn:
         migrations.migrate(conn, base)
         assert [m.version for m in migrations.migrate(conn, [*base, extra])] == [9001]
         edited = Migration(9001, "test_extra", "CREATE TABLE test_extra (id bigint)")
@@ -64,7 +64,7 @@ def test_a_new_migration_is_applied_on_top_and_an_edited_one_is_refused(empty_ds
 
 def test_a_failing_migration_leaves_no_trace_and_is_retried_whole(empty_dsn):
     broken = Migration(1, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")
-    with persistence.connect(empty_dsn, statement_timeout_ms=None) as conn:
+    with connection.connect(empty_dsn, statement_timeout_ms=None) as conn:
         with pytest.raises(psycopg.errors.DivisionByZero):
             migrations.migrate(conn, [broken])
         assert conn.execute("SELECT to_regclass('half_done')").fetchone()[0] is None

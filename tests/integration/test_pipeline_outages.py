@@ -202,7 +202,8 @@ def test_a_process_that_dies_between_the_redis_write_and_sqs_is_covered_by_the_r
 _DIE_AFTER_COMMIT = r"""
 import os, sys
 import boto3
-from chalicelib.pipeline.consumer import Consumer, DeadLetterQueue, SqsRecordSource
+from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
+from chalicelib.pipeline.dead_letters import DeadLetterQueue
 from chalicelib.adapters.postgres.database import Database
 from sessionsync.worker import Worker
 

@@ -48,6 +48,7 @@ STORE = "chalicelib/adapters/redis/store.py"
 SESSIONS = "chalicelib/service/sessions.py"
 PERSISTENCE = "chalicelib/adapters/postgres/database.py"
 CONSUMER = "chalicelib/pipeline/consumer.py"
+DEAD_LETTERS = "chalicelib/pipeline/dead_letters.py"
 PRODUCER = "chalicelib/pipeline/producer.py"
 REDIS_CLIENT = "chalicelib/adapters/redis/client.py"
 
@@ -121,13 +122,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "markers get a TTL even with SESSION_MARKER_TTL=0: volatile-* eviction may take them"),
     mutant(
         "create-ignores-the-marker", 8, STORE,
-        (("local m = redis.call('GET', KEYS[2])\nif m then\n  local mv, deleted = marker_of(m)\n"
-          "  return {'exists', mv, deleted and 1 or 0}\nend\n", ""),),
+        (("local mv, deleted = marker()\nif mv then return {'exists', mv, deleted and 1 or 0} end\n", ""),),
         (f"{T_STORE}::test_a_deleted_id_stays_unusable_after_its_tombstone_expired[single]",),
         "a create of an id whose key is gone but whose marker remains succeeds: the id is reused"),
     mutant(
         "restore-behind-check-removed", 8, STORE,
-        (("  if mv > version then return {'behind', mv} end\n", ""),),
+        (("if mv and mv > version then return {'behind', mv} end\n", ""),),
         (f"{T_MARKERS}::test_a_restore_behind_the_marker_is_refused_and_writes_nothing[single]",),
         "the restore script writes back a version older than the marker"),
     mutant(
@@ -143,7 +143,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (Edit(SESSIONS, "        if acknowledged > persisted_version:\n"
               "            raise RecoveryPending(session_id, acknowledged_version=acknowledged,\n"
               "                                  persisted_version=persisted_version)\n", ""),
-         Edit(STORE, "  if mv > version then return {'behind', mv} end\n", "")),
+         Edit(STORE, "if mv and mv > version then return {'behind', mv} end\n", "")),
         (f"{T_RULES}::test_a_read_while_postgresql_is_behind_the_marker_is_a_503_until_it_catches_up",),
         "recovery serves PostgreSQL's version even when Redis acknowledged a newer one"),
     mutant(
@@ -269,14 +269,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "an error after the Redis commit fails a write that succeeded: the client retries it"),
     # -- 4: nothing silently dropped: the DLQ with its reason -------------------------
     mutant(
-        "dlq-messages-without-their-reasons", 4, CONSUMER,
+        "dlq-messages-without-their-reasons", 4, DEAD_LETTERS,
         (("\"MessageAttributes\": dead_letter_attributes(letter, now=now)", "\"MessageAttributes\": {}"),),
         (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
         "dead letters are sent without the attributes that say why"),
     mutant(
-        "dlq-reason-code-dropped", 4, CONSUMER,
-        (("\"error_code\": error.sqlstate or reason or error.code,",
-          "\"error_code\": error.sqlstate or error.code,"),),
+        "dlq-reason-code-dropped", 4, DEAD_LETTERS,
+        (("ERROR_CODE: error.sqlstate or reason or error.code,",
+          "ERROR_CODE: error.sqlstate or error.code,"),),
         (f"{T_UNITS}::test_a_malformed_message_has_its_reason_as_error_code_and_no_empty_attributes",),
         "a malformed message's reason is missing from its dead letter"),
     mutant(

@@ -15,7 +15,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from chalicelib.adapters.postgres.database import fetch_secret_dsn
+from chalicelib.adapters.postgres.connection import fetch_secret_dsn
 from chalicelib.api import health
 from chalicelib.config import DB_SECRET_ARN, SESSION_QUEUE_URL
 from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable

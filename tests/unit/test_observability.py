@@ -23,7 +23,7 @@ from chalicelib.adapters.redis.store import SessionStore, bucket_of, outbox_keys
 from chalicelib.domain.errors import ConcurrencyError
 from chalicelib.domain.events import parse_event
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
-from chalicelib.observability import logs, metrics
+from chalicelib.observability import logs, metrics, tracing
 from chalicelib.service.sessions import SessionService
 from tests.conftest import API_KEY, PG_TEST_ADMIN_URL, REDIS_TEST_URL, TEST_CHANNEL
 
@@ -105,8 +105,8 @@ def test_an_sqs_invocation_logs_lambda_s_request_id_on_every_line(log_lines, use
 
 def test_debug_logs_each_redis_command_and_sql_statement_with_timings_but_no_values(log_lines):
     secret_state = f"state-{uuid.uuid4().hex}"
-    client = logs.instrument_redis(redis.Redis.from_url(REDIS_TEST_URL))
-    conn = logs.instrument_psycopg(psycopg.connect(PG_TEST_ADMIN_URL, autocommit=False))
+    client = tracing.instrument_redis(redis.Redis.from_url(REDIS_TEST_URL))
+    conn = tracing.instrument_psycopg(psycopg.connect(PG_TEST_ADMIN_URL, autocommit=False))
     try:
         key = f"t:{uuid.uuid4().hex}"
         client.set(key, secret_state, ex=30)
@@ -136,11 +136,11 @@ def test_below_debug_the_clients_are_returned_untouched():
     logs.configure("INFO", stream=io.StringIO())
     try:
         client = redis.Redis.from_url(REDIS_TEST_URL)
-        assert logs.instrument_redis(client) is client
+        assert tracing.instrument_redis(client) is client
         assert "execute_command" not in vars(client)
         conn = psycopg.connect(PG_TEST_ADMIN_URL)
         try:
-            assert logs.instrument_psycopg(conn).cursor_factory is psycopg.Cursor
+            assert tracing.instrument_psycopg(conn).cursor_factory is psycopg.Cursor
         finally:
             conn.close()
     finally:

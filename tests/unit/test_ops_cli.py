@@ -47,6 +47,7 @@ def test_an_unknown_option_is_a_usage_error_with_exit_code_2():
 
 
 def test_a_dlq_message_nested_too_deep_to_decode_is_listed_without_its_event():
-    from sessionsync.dlq import DeadLetter
-    letter = DeadLetter("m1", "r1", '{"a":' * 5000 + "1" + "}" * 5000, {"error_class": "MalformedMessage"})
+    from sessionsync.dlq import DeadLetterMessage
+    letter = DeadLetterMessage("m1", "r1", '{"a":' * 5000 + "1" + "}" * 5000,
+                               {"error_class": "MalformedMessage"})
     assert letter.event is None and letter.session_id is None

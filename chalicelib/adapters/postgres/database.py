@@ -1,48 +1,31 @@
 """PostgreSQL adapter: the durable copy of every session change.
 
-One connection per process, opened on first use and reused across warm
-Lambda invocations (a pool would only multiply connections: a Lambda runs
-one invocation at a time).  A broken connection is dropped and the next
-call reconnects, so the service recovers by itself after a restart of the
-server.  Timeouts are short so that an unreachable server is an error
-within seconds, not a Lambda hanging until its own timeout.
-
-Errors are classified by SQLSTATE (the psycopg error class), never by
-message text:
-
-* retryable -> ``RetryablePersistenceError``: connection failures (class
-  08, or no SQLSTATE at all: the socket is gone), query_canceled 57014
-  (statement_timeout), admin/crash shutdown and cannot-connect-now
-  57P01-57P03, serialization failure 40001, deadlock 40P01, lock timeout
-  55P03, insufficient resources (class 53, e.g. too many connections).
-  Anything not known to be permanent is retryable: SQS retries it and the
-  redrive policy moves it to the DLQ after maxReceiveCount, so nothing is
-  lost and a transient error never dead-letters a good change.
-* permanent -> ``PermanentPersistenceError`` with ``sqlstate`` and
-  ``constraint``: integrity constraint violation (class 23), data exception
-  (class 22, e.g. ``\\u0000`` in jsonb: 22P05), program limit exceeded
-  (class 54: a row that can never fit).
+The SQL text and the ``Database`` reads and writes.  Its connection (where
+the DSN comes from, reconnecting, the read watchdog) is in ``connection``;
+what an error means for the change (retry or dead-letter) in ``sqlstate``.
 
 Read methods used by HTTP routes raise ``ServiceUnavailable`` (503) for
 retryable errors instead, as every other dependency adapter does.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
-from psycopg import conninfo
 
-from chalicelib.config import DB_SECRET_ARN, DB_SSL_ROOT_CERT, DEFAULT_DB_SSL_ROOT_CERT, Settings
+from chalicelib.adapters.postgres.connection import (
+    STATEMENT_TIMEOUT_MS,
+    Connector,
+    resolve_dsn,
+    severed_after,
+)
+from chalicelib.adapters.postgres.sqlstate import classify
+from chalicelib.config import Settings
 from chalicelib.domain.errors import (
     ConfigurationError,
     PermanentPersistenceError,
@@ -50,26 +33,13 @@ from chalicelib.domain.errors import (
     RetryablePersistenceError,
     ServiceUnavailable,
 )
-from chalicelib.domain.events import ChangeEvent
+from chalicelib.domain.events import DELETED, ChangeEvent
 from chalicelib.domain.session import Session
-from chalicelib.observability.logs import instrument_psycopg
 
 log = logging.getLogger("sessionsync.persistence")
 
-CONNECT_TIMEOUT_SECONDS = 2  # libpq's minimum that is honoured exactly
-STATEMENT_TIMEOUT_MS = 5000
-LOCK_TIMEOUT_MS = 2000
-# A secret fetched for a DSN that then failed to connect is fetched again
-# (the password may have been rotated), but at most this often.
-SECRET_REFRESH_SECONDS = 30.0
-
-PERMANENT_CLASSES = ("22", "23", "54")
-
 # A read serves an HTTP request: past this, 503 (guarantee 5), not a hang.
 READ_DEADLINE_SECONDS = 1.0
-# After a failed connect, calls fail at once for this long instead of
-# each trying (and timing out) again.
-RECONNECT_PAUSE_SECONDS = 1.0
 
 # The timestamp format of the API and the events (store.iso_utc).
 _ISO_MS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
@@ -81,8 +51,8 @@ _ISO_MS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 #   so PostgreSQL materializes it and parses each state into jsonb once.
 #   The arrays go in binary format (``%b``): in text format psycopg escapes
 #   every quote of every state JSON with a regex substitution, a third of
-#   the consumer's time (``sessionsync bench``: 7,000 -> 9,700 events/s at
-#   batch 10).  Casts and errors (22003, 22P05...) are the same either way.
+#   the consumer's time (docs/performance.md).  Casts and errors (22003,
+#   22P05...) are the same either way.
 # * ``inserted``: one row per (session, version).  A redelivered or
 #   duplicated message conflicts on the primary key and is skipped: that is
 #   what makes the consumer idempotent.  Rows go in key order so that two
@@ -115,7 +85,7 @@ _ISO_MS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 # Data-modifying CTEs always run to completion, whether or not the final
 # SELECT reads them; it returns (new events, sessions moved forward, and the
 # ordinal of each skipped event).
-APPLY_SQL = """
+APPLY_SQL = f"""
 WITH incoming AS (
     SELECT t.session_id, t.version, t.event_type, t.state::jsonb AS state,
            t.created_at::timestamptz AS created_at, t.occurred_at::timestamptz AS occurred_at,
@@ -133,7 +103,7 @@ WITH incoming AS (
     INSERT INTO sync_sessions AS s
         (session_id, version, state, deleted, created_at, updated_at, ttl_seconds)
     SELECT DISTINCT ON (session_id)
-           session_id, version, state, event_type = 'session_deleted', created_at, occurred_at,
+           session_id, version, state, event_type = '{DELETED}', created_at, occurred_at,
            ttl_seconds
     FROM incoming ORDER BY session_id, version DESC
     ON CONFLICT (session_id) DO UPDATE
@@ -212,143 +182,7 @@ FROM sync_events ORDER BY persisted_at DESC LIMIT %s
 VERSIONS_SQL = "SELECT session_id, version FROM sync_sessions WHERE session_id = ANY(%s::text[])"
 
 
-# --- DSN -------------------------------------------------------------------
-
-def dsn_from_secret(secret: Mapping[str, Any], sslrootcert: str = DEFAULT_DB_SSL_ROOT_CERT) -> str:
-    """A PostgreSQL URL from a Secrets Manager secret in the RDS JSON format.
-
-    ``{"username", "password", "host", "port"?, "dbname"?, "sslmode"?}``;
-    user and password are percent-encoded (a password with ``@`` or ``/`` is
-    common).  The secret names a deployed database, so the connection uses
-    TLS and checks the server's certificate and host name
-    (``sslmode=verify-full``) against ``sslrootcert`` (DB_SSL_ROOT_CERT, the
-    RDS CA bundle); a secret's own ``sslmode`` wins (a local database
-    without TLS: ``"disable"``).  Raises ConfigurationError naming
-    DB_SECRET_ARN when a field is missing, DB_SSL_ROOT_CERT when the bundle
-    a verifying mode needs is not there.
-    """
-    missing = [k for k in ("username", "password", "host") if not secret.get(k)]
-    if missing:
-        raise ConfigurationError(DB_SECRET_ARN, f"the secret has no {', '.join(missing)}")
-    host = str(secret["host"])
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # IPv6 literal
-    port = f":{int(secret['port'])}" if secret.get("port") else ""
-    dbname = quote(str(secret["dbname"]), safe="") if secret.get("dbname") else ""
-    sslmode = str(secret.get("sslmode") or "verify-full")
-    query = f"?sslmode={quote(sslmode, safe='')}"
-    if sslmode.startswith("verify"):
-        # checked here: libpq's own error would come at every connect, as
-        # a retryable connection failure rather than a setting to fix
-        if not os.path.isfile(sslrootcert):
-            raise ConfigurationError(DB_SSL_ROOT_CERT, f"the CA bundle {sslrootcert} does not exist "
-                                                       "(`make deploy` fetches the RDS bundle)")
-        query += f"&sslrootcert={quote(sslrootcert, safe='/')}"
-    return (f"postgresql://{quote(str(secret['username']), safe='')}:"
-            f"{quote(str(secret['password']), safe='')}@{host}{port}/{dbname}{query}")
-
-
-def fetch_secret_dsn(secrets_client: Any, secret_arn: str,
-                     sslrootcert: str = DEFAULT_DB_SSL_ROOT_CERT) -> str:
-    """Read the database secret.  Raises ConfigurationError (no such secret,
-    not JSON) or ServiceUnavailable (Secrets Manager unreachable)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-    try:
-        reply = secrets_client.get_secret_value(SecretId=secret_arn)
-    except ClientError as exc:
-        raise ConfigurationError(
-            DB_SECRET_ARN, f"cannot read the secret: {exc.response['Error'].get('Code')}") from exc
-    except BotoCoreError as exc:
-        raise ServiceUnavailable(f"Secrets Manager is unavailable: {type(exc).__name__}",
-                                 dependency="secretsmanager") from exc
-    try:
-        secret = json.loads(reply["SecretString"])
-    except (KeyError, ValueError) as exc:
-        raise ConfigurationError(DB_SECRET_ARN, "the secret is not a JSON SecretString") from exc
-    if not isinstance(secret, dict):
-        raise ConfigurationError(DB_SECRET_ARN, "the secret is not a JSON object")
-    return dsn_from_secret(secret, sslrootcert)
-
-
-def resolve_dsn(settings: Settings, secrets_client_factory: Callable[[], Any]) -> str:
-    """The connection string: DATABASE_URL, else the DB_SECRET_ARN secret
-    (read now), else "" (libpq's PGHOST, PGDATABASE... variables).
-
-    Raises ConfigurationError, ServiceUnavailable (Secrets Manager).
-    """
-    if settings.database_url:
-        return settings.database_url
-    if settings.db_secret_arn:
-        return fetch_secret_dsn(secrets_client_factory(), settings.db_secret_arn,
-                                settings.db_ssl_root_cert)
-    return ""
-
-
-def connect(dsn: str, *, statement_timeout_ms: int | None = STATEMENT_TIMEOUT_MS,
-            lock_timeout_ms: int | None = LOCK_TIMEOUT_MS, autocommit: bool = True,
-            application_name: str = "sessionsync") -> psycopg.Connection:
-    """Open a connection with sessionsync's timeouts (None: the server's).
-
-    ``dsn`` may be a URL, key=value pairs, or "" for libpq's PG* variables.
-    Sessions run in UTC so that a timestamp without a zone is read as UTC.
-    Raises psycopg.OperationalError when the server cannot be reached.
-    """
-    options = ["-c TimeZone=UTC"]
-    if statement_timeout_ms is not None:
-        options.append(f"-c statement_timeout={int(statement_timeout_ms)}")
-    if lock_timeout_ms is not None:
-        options.append(f"-c lock_timeout={int(lock_timeout_ms)}")
-    given = conninfo.conninfo_to_dict(dsn).get("options") if dsn else None
-    if given:
-        options.insert(0, str(given))
-    conn = psycopg.connect(
-        dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        application_name=application_name, options=" ".join(options),
-        # a server that vanished without closing the socket (failover, a
-        # cut network) is noticed in about 45 s instead of two hours
-        keepalives=1, keepalives_idle=30, keepalives_interval=5, keepalives_count=3)
-    # at LOG_LEVEL=DEBUG each statement is logged with its duration; a no-op otherwise
-    return instrument_psycopg(conn)
-
-
-# --- error classification --------------------------------------------------
-
-def classify(exc: psycopg.Error) -> PersistenceError:
-    """Map a psycopg error to Retryable- or PermanentPersistenceError.
-
-    Decided by SQLSTATE only; the result's ``__cause__`` is ``exc`` and its
-    ``details["error_class"]`` the psycopg class name (e.g. CheckViolation).
-    """
-    sqlstate = exc.sqlstate
-    constraint = exc.diag.constraint_name
-    message = exc.diag.message_primary
-    if not message:
-        text = str(exc).strip()
-        message = text.splitlines()[0] if text else type(exc).__name__
-    cls = (PermanentPersistenceError if sqlstate and sqlstate[:2] in PERMANENT_CLASSES
-           else RetryablePersistenceError)
-    error = cls(message, sqlstate=sqlstate, constraint=constraint, error_class=type(exc).__name__)
-    error.__cause__ = exc  # kept when the caller raises it later
-    return error
-
-
 # --- the adapter -------------------------------------------------------------
-
-def _sever(conn: psycopg.Connection) -> None:
-    """Shut down ``conn``'s socket (from the watchdog thread) so that a read
-    blocked on a hung server fails now.  The fd stays owned by libpq."""
-    try:
-        fd = conn.fileno()
-    except psycopg.Error:  # already closed
-        return
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:  # not connected any more
-        pass
-    finally:
-        sock.close()
-
 
 @dataclass
 class ApplyResult:
@@ -402,15 +236,8 @@ class Database:
                  refreshable: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         """``dsn_provider`` is called on (re)connect; with ``refreshable`` its
         answer is forgotten after a failed connect (rotated secret)."""
-        self._dsn_provider = dsn_provider
-        self._dsn: str | None = None
-        self._dsn_fetched_at = 0.0
-        self._refreshable = refreshable
-        self._statement_timeout_ms = statement_timeout_ms
-        self._clock = clock
-        self._conn: psycopg.Connection | None = None
-        self._connect_failed = False
-        self._connect_failed_at = float("-inf")
+        self._connector = Connector(dsn_provider, statement_timeout_ms=statement_timeout_ms,
+                                    refreshable=refreshable, clock=clock)
         self._lock = threading.RLock()
 
     @classmethod
@@ -427,63 +254,27 @@ class Database:
     # -- connection -----------------------------------------------------------
 
     def _connection(self) -> psycopg.Connection:
-        conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
-            return conn
-        self._drop()
-        now = self._clock()
-        if self._connect_failed and now - self._connect_failed_at < RECONNECT_PAUSE_SECONDS:
-            # Requests queued behind a connect that just failed would each
-            # wait out their own connect timeout in turn: fail them now.
-            raise psycopg.OperationalError("PostgreSQL could not be reached a moment ago")
-        stale = (self._refreshable and self._connect_failed
-                 and now - self._dsn_fetched_at > SECRET_REFRESH_SECONDS)
-        if self._dsn is None or stale:
-            self._dsn = self._dsn_provider()
-            self._dsn_fetched_at = now
-        try:
-            self._conn = connect(self._dsn, statement_timeout_ms=self._statement_timeout_ms)
-        except psycopg.Error:
-            self._connect_failed = True
-            self._connect_failed_at = self._clock()
-            raise
-        self._connect_failed = False
-        return self._conn
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:  # already gone; nothing to release
-                pass
-            self._conn = None
+        return self._connector.connection()
 
     def close(self) -> None:
         with self._lock:
-            self._drop()
+            self._connector.drop()
 
     def _fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any],
                deadline: float = READ_DEADLINE_SECONDS) -> list[tuple]:
         """Run a read; retryable trouble becomes ServiceUnavailable (503).
 
         A read serves an HTTP request, so it has a client-side deadline:
-        ``statement_timeout`` is enforced by the server and keepalives are
-        answered by its kernel, so neither ends the wait when the server
-        process hangs.  Past ``deadline`` a watchdog shuts the socket down,
-        the blocked read fails at once, and the next call reconnects.
+        past ``deadline`` the connection is severed (``severed_after``), the
+        blocked read fails at once, and the next call reconnects.
         """
         if not self._lock.acquire(timeout=deadline):
             raise ServiceUnavailable(f"PostgreSQL did not answer within {deadline:g}s (busy)",
                                      dependency="postgresql")
         try:
             conn = self._connection()
-            watchdog = threading.Timer(deadline, _sever, args=(conn,))
-            watchdog.daemon = True
-            watchdog.start()
-            try:
+            with severed_after(conn, deadline):
                 return conn.execute(sql, params).fetchall()
-            finally:
-                watchdog.cancel()
         except psycopg.Error as exc:
             error = classify(exc)
             if isinstance(error, RetryablePersistenceError):
@@ -520,7 +311,8 @@ class Database:
                 inserted, conflicts = self._apply(events)
             except psycopg.Error as exc:
                 error = classify(exc)
-                if isinstance(error, PermanentPersistenceError) and len(events) > 1 and self._alive():
+                if (isinstance(error, PermanentPersistenceError) and len(events) > 1
+                        and self._connector.alive()):
                     return self._apply_one_by_one(events)
                 return self._failed(events, error)
             except (ServiceUnavailable, ConfigurationError) as exc:
@@ -562,10 +354,6 @@ class Database:
             [e.occurred_at for e in others])).fetchall()
         return int(row[0]), {compare[int(i) - 1] for (i,) in clashing}
 
-    def _alive(self) -> bool:
-        conn = self._conn
-        return conn is not None and not conn.closed and not conn.broken
-
     def _apply_one_by_one(self, events: Sequence[ChangeEvent]) -> ApplyResult:
         result = ApplyResult()
         for index, event in enumerate(events):
@@ -587,16 +375,6 @@ class Database:
             result.inserted += inserted
             result.duplicates += 1 - inserted
         return result
-
-    def apply_event(self, event: ChangeEvent) -> bool:
-        """Persist one event; True if new, False if already there.
-
-        Raises RetryablePersistenceError or PermanentPersistenceError.
-        """
-        result = self.apply_events([event])
-        if result.failures:
-            raise result.failures[0]  # its __cause__ is the psycopg error
-        return result.inserted == 1
 
     # -- reads ------------------------------------------------------------------
 

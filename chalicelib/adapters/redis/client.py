@@ -185,3 +185,14 @@ class _Cluster(RedisCluster):
         pipe = super().pipeline(transaction, shard_hint)
         pipe.set_retry(Retry(NoBackoff(), 0))
         return pipe
+
+
+def primaries(client: RedisClient) -> list[tuple[str, redis.Redis]]:
+    """(name, plain client) of each primary: the one node, or every primary
+    of a cluster (where a command that must see every key, SCAN or DBSIZE,
+    is sent to each)."""
+    if isinstance(client, RedisCluster):
+        return [(node.name, client.get_redis_connection(node)) for node in client.get_primaries()]
+    kwargs = client.connection_pool.connection_kwargs
+    name = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+    return [(str(name), client)]

@@ -43,13 +43,12 @@ from typing import Any
 
 import redis
 
-from chalicelib.adapters.redis.client import RedisClient
+from chalicelib.adapters.redis.client import RedisClient, primaries
 from chalicelib.domain.errors import ConcurrencyError, ServiceUnavailable, SessionExists, SessionNotFound
+from chalicelib.domain.events import CREATED, DELETED, EVENT_SCHEMA_VERSION, UPDATED
 from chalicelib.domain.session import Session
 
 BUCKETS = 1024
-EVENT_SCHEMA_VERSION = 1
-CREATED, UPDATED, DELETED = "session_created", "session_updated", "session_deleted"
 
 Clock = Callable[[], float]
 
@@ -63,7 +62,13 @@ Clock = Callable[[], float]
 # (after its L/D flag); a value from another epoch may be older than what
 # PostgreSQL holds, so it is served or written again only once PostgreSQL
 # confirmed it (``floor``: the version PostgreSQL holds).
-_LUA_PARSE = r"""
+#
+# The event's schema version and type names come from the domain
+# (chalicelib.domain.events), so the scripts cannot drift from the reader.
+_LUA_PARSE = f"""
+local EVENT_SCHEMA_VERSION = {EVENT_SCHEMA_VERSION}
+local CREATED, UPDATED, DELETED = '{CREATED}', '{UPDATED}', '{DELETED}'
+""" + r"""
 local function epoch()
   return string.sub(string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)'), 1, 8)
 end
@@ -79,11 +84,15 @@ end
 local function head(v, c, u, t, f)
   return v .. '|' .. c .. '|' .. u .. '|' .. t .. '|' .. f
 end
-local function marker_of(m)
+-- the version marker "<version>|<L|D>": its version and whether it is a
+-- deletion's, or nil when there is none
+local function marker()
+  local m = redis.call('GET', KEYS[2])
+  if not m then return nil end
   return tonumber(string.match(m, '^(%d+)')), string.sub(m, -2) == '|D'
 end
 local function event(kind, sid, version, created, now_iso, ttl, state)
-  return '{"schema_version":1,"event_id":"' .. sid .. ':' .. version ..
+  return '{"schema_version":' .. EVENT_SCHEMA_VERSION .. ',"event_id":"' .. sid .. ':' .. version ..
     '","event_type":"' .. kind .. '","session_id":"' .. sid ..
     '","version":' .. version .. ',"created_at":"' .. created ..
     '","occurred_at":"' .. now_iso .. '","ttl_seconds":' .. ttl ..
@@ -115,9 +124,8 @@ local function set_marker(value, marker_ttl, ttl)
 end
 -- the missing-key replies of update and delete
 local function missing()
-  local m = redis.call('GET', KEYS[2])
-  if not m then return {'missing', 0} end
-  local mv, deleted = marker_of(m)
+  local mv, deleted = marker()
+  if not mv then return {'missing', 0} end
   if deleted then return {'deleted', mv} end
   return {'missing', mv}
 end
@@ -136,16 +144,13 @@ if raw then
   local v, _, _, _, flag = parse(raw)
   return {'exists', v, flag == 'D' and 1 or 0}
 end
-local m = redis.call('GET', KEYS[2])
-if m then
-  local mv, deleted = marker_of(m)
-  return {'exists', mv, deleted and 1 or 0}
-end
+local mv, deleted = marker()
+if mv then return {'exists', mv, deleted and 1 or 0} end
 if ARGV[8] ~= '1' then return {'unknown'} end
 local ttl = tonumber(ARGV[5])
 redis.call('SET', KEYS[1], head(1, ARGV[3], ARGV[3], ttl, 'L') .. epoch() .. '|' .. ARGV[2], 'EX', ttl)
 set_marker('1|L', tonumber(ARGV[6]), ttl)
-local ev = event('session_created', ARGV[1], 1, ARGV[3], ARGV[3], ttl, ARGV[2])
+local ev = event(CREATED, ARGV[1], 1, ARGV[3], ARGV[3], ttl, ARGV[2])
 emit(ev, ARGV[1], 1, ARGV[4], ARGV[7])
 return {'ok', ev}
 """
@@ -168,7 +173,7 @@ if v ~= tonumber(ARGV[3]) then return {'conflict', v} end
 v = v + 1
 redis.call('SET', KEYS[1], head(v, created, ARGV[4], ttl, 'L') .. ep .. '|' .. ARGV[2], 'EX', ttl)
 set_marker(v .. '|L', tonumber(ARGV[6]), ttl)
-local ev = event('session_updated', ARGV[1], v, created, ARGV[4], ttl, ARGV[2])
+local ev = event(UPDATED, ARGV[1], v, created, ARGV[4], ttl, ARGV[2])
 emit(ev, ARGV[1], v, ARGV[5], ARGV[7])
 return {'ok', ev, created}
 """
@@ -193,7 +198,7 @@ if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end
 v = v + 1
 redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'D') .. ep .. '|null', 'EX', ttl)
 set_marker(v .. '|D', tonumber(ARGV[5]), ttl)
-local ev = event('session_deleted', ARGV[1], v, created, ARGV[3], ttl, 'null')
+local ev = event(DELETED, ARGV[1], v, created, ARGV[3], ttl, 'null')
 emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
 return {'ok', ev, v}
 """
@@ -214,11 +219,8 @@ if raw then
   local v = parse(raw)
   if ARGV[6] ~= 'repair' or v >= version then return {'exists'} end
 end
-local m = redis.call('GET', KEYS[2])
-if m then
-  local mv = marker_of(m)
-  if mv > version then return {'behind', mv} end
-end
+local mv = marker()
+if mv and mv > version then return {'behind', mv} end
 redis.call('SET', KEYS[1], ARGV[1] .. epoch() .. ARGV[5], 'EX', ARGV[3])
 set_marker(ARGV[2] .. '|' .. string.sub(ARGV[1], -1), tonumber(ARGV[4]), tonumber(ARGV[3]))
 return {'restored'}
@@ -310,6 +312,17 @@ return {raw, e == epoch() and 1 or 0}
 
 
 @dataclass(frozen=True)
+class SessionSample:
+    """A session as a diagnosis sees it: its head and its TTL, not its state."""
+
+    session_id: str
+    version: int
+    deleted: bool
+    ttl_setting: int
+    ttl_left: int  # -1: no expiry, -2: gone
+
+
+@dataclass(frozen=True)
 class WriteResult:
     """A committed write: the new session and the change event to ship."""
 
@@ -324,6 +337,13 @@ def bucket_of(session_id: str) -> int:
 
 def bucket_tag(bucket: int) -> str:
     return "ss:{%04d}" % bucket
+
+
+# every session key, on whichever node (SessionStore.sample)
+SESSION_KEY_PATTERN = "ss:*:s:*"
+# A stored session starts "<version>|<created>|<updated>|<ttl>|<L|D><epoch>|":
+# 128 bytes always cover that head, so a sample never reads the state.
+_HEAD_BYTES = 128
 
 
 def session_keys(session_id: str) -> list[str]:
@@ -360,8 +380,8 @@ def iso_utc(epoch_seconds: float) -> str:
     """``2026-11-28T16:33:30.405Z``, exactly what
     ``datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"``
     gives (half-even to the microsecond, then milliseconds truncated), with
-    the date and time formatted once per second: 0.5 us instead of 1.8 us
-    on every write (``sessionsync bench``).
+    the date and time formatted once per second instead of on every write
+    (the gain is in docs/performance.md).
     """
     global _second
     whole = int(epoch_seconds // 1)
@@ -604,8 +624,8 @@ class SessionStore:
     def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA ``script``, loading it first if the server lost it (a
         restart, a failover, SCRIPT FLUSH), as redis-py's ``Script.__call__``
-        does, without its per-call import and pipeline check: 3 us of every
-        write (``sessionsync bench``)."""
+        does, without its per-call import and pipeline check (what that
+        saves on every write: docs/performance.md)."""
         try:
             return self.client.evalsha(script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
@@ -703,6 +723,48 @@ class SessionStore:
             for bucket in range(BUCKETS):
                 pipe.zcard(outbox_keys(bucket)[0])
             return sum(pipe.execute())
+
+    def outbox_oldest_ms(self) -> float | None:
+        """When the oldest outbox entry was enqueued (ms since the epoch), or
+        None when the outbox is empty.  Raises ServiceUnavailable."""
+        with _redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for bucket in range(BUCKETS):
+                pipe.zrange(outbox_keys(bucket)[0], 0, 0, withscores=True)
+            return min((entries[0][1] for entries in pipe.execute() if entries), default=None)
+
+    # -- diagnosis (reads only) -------------------------------------------------
+
+    def sample(self, limit: int = 200, max_scan_calls: int = 50) -> list[SessionSample]:
+        """Up to ``limit`` sessions (spread over the primaries) with version and TTL.
+
+        SCAN is bounded by ``max_scan_calls`` per node, so a huge keyspace
+        costs at most that many round trips; the state is never read
+        (GETRANGE of the head only).  Raises ServiceUnavailable.
+        """
+        samples: list[SessionSample] = []
+        with _redis_errors():
+            nodes = primaries(self.client)
+            per_node = max(1, limit // len(nodes))
+            for _, node in nodes:
+                keys = _scan_session_keys(node, per_node, max_scan_calls)
+                if not keys:
+                    continue
+                pipe = node.pipeline(transaction=False)
+                for key in keys:
+                    pipe.ttl(key)
+                    pipe.getrange(key, 0, _HEAD_BYTES - 1)
+                replies = pipe.execute()
+                for i, key in enumerate(keys):
+                    ttl_left, head = replies[2 * i], replies[2 * i + 1]
+                    parts = head.split(b"|", 5) if head else []
+                    if len(parts) < 5:
+                        continue  # vanished between SCAN and the read, or not a session value
+                    session_id = key.decode().split(":s:", 1)[1]
+                    # the flag is followed by the epoch ("D1a2b3c4d"; bare in older values)
+                    samples.append(SessionSample(session_id, int(parts[0]), parts[4][:1] == b"D",
+                                                 int(parts[3]), int(ttl_left)))
+        return samples
 
     # -- pub/sub --------------------------------------------------------------
 
@@ -814,6 +876,17 @@ class KeyBehind(Exception):
         super().__init__(session_id, marker_version)
         self.session_id = session_id
         self.marker_version = marker_version
+
+
+def _scan_session_keys(node: redis.Redis, limit: int, max_calls: int) -> list[bytes]:
+    keys: list[bytes] = []
+    cursor = 0
+    for _ in range(max_calls):
+        cursor, batch = node.scan(cursor=cursor, match=SESSION_KEY_PATTERN, count=1000)
+        keys.extend(batch)
+        if cursor == 0 or len(keys) >= limit:
+            break
+    return keys[:limit]
 
 
 def _ttl_from_event(event_json: bytes) -> int:
