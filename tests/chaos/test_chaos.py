@@ -70,13 +70,13 @@ def unsent(stack: ChaosStack, history: History, since: float = float("-inf")) ->
 
 
 def assert_clean(stack: ChaosStack, history: History, workload: Workload, *,
-                 forgets_from: float | None = None) -> None:
+                 forgets_from: float | None = None, reported: bool = True) -> None:
     """Every rule holds.  ``forgets_from``: Redis forgot what was written
     from then on; of that, only what never reached SQS may be lost, and
-    only with the jump back in time reported."""
+    (``reported``) only with the jump back in time reported."""
     observed = stack.observe(workload.ids)
     lost = unsent(stack, history, forgets_from) if forgets_from is not None else set()
-    if lost:
+    if lost and reported:
         assert any("went back in time" in r["message"] for r in observed.reported), observed.reported
     violations = check(history, observed, allow_lost=lost)
     acknowledged = len(history.acknowledged_writes())
@@ -270,7 +270,10 @@ def test_eviction_under_maxmemory_never_forks_a_session(make_stack, throwaway_re
         admin.close()
     if policy != "noeviction":
         assert evicted > 0, "nothing was evicted: the test proved nothing"
-    assert_clean(stack, history, workload)
+    # allkeys-* may evict an outbox entry whose send failed (under load):
+    # the documented limit that `sessionsync diagnose` fails the policy for
+    forgets = float("-inf") if policy.startswith("allkeys") else None
+    assert_clean(stack, history, workload, forgets_from=forgets, reported=False)
 
 
 # -- a loss by design: detected and reported ------------------------------------------
