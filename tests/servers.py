@@ -400,7 +400,11 @@ class ReplicatedRedis:
             node.stop()
 
     def stop_replication(self) -> None:
-        """The replica stops copying the primary (and keeps what it has)."""
+        """The replica stops copying the primary, from now on: it first
+        catches up with what the primary acknowledged before this call (a
+        busy machine can leave the last write in flight), then keeps it."""
+        if self.replicating:
+            self._catch_up(self.replica, self.primary)
         with self.admin(self.replica) as replica:
             replica.execute_command("REPLICAOF", "NO", "ONE")
         self.replicating = False
