@@ -224,7 +224,7 @@ def with_ratios(functions: dict[str, dict[str, Any]], bare: dict[str, Any]) -> d
 def run(ctx: BenchContext) -> dict[str, Any]:
     import redis
 
-    from chalicelib.adapters.postgres import database as persistence
+    from chalicelib.adapters.postgres import connection
     from chalicelib.adapters.redis.store import SessionStore
     from sessionsync import provisioning
     from sessionsync.bench.consumer import _delete_rows, change_event
@@ -280,7 +280,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         if not ctx.redis_is_own:
             delete_session_keys(client, [read_id, *write_ids])
         client.close()
-        with persistence.connect(dsn) as conn:
+        with connection.connect(dsn) as conn:
             _delete_rows(conn, prefix)
     return {
         "runs": runs,
