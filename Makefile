@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test chaos mutants perfdoc-check venv services localstack bootstrap lint bench clean stop
+.PHONY: run test unit chaos mutants perfdoc-check venv services localstack bootstrap lint bench clean stop
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ run: bootstrap
 test: venv services localstack
 	$(BIN)/ruff check app.py chalicelib tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tier alone, in seconds, with no services: tests/unit does no I/O
+# (its conftest fails a test that opens a network connection).
+unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # The fault-injection suite alone (also part of `make test`): docs/guarantees.md.
 chaos: venv services localstack

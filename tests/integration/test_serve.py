@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.config import AUTH_MODE
 from tests.conftest import API_KEY, REDIS_TEST_URL, TEST_CHANNEL
 from tests.servers import free_port, serve_process, stop_process, wait_for
 
@@ -318,3 +319,21 @@ def test_a_get_on_a_reused_keep_alive_connection_is_no_slower_than_on_a_fresh_on
     reused = median_get_seconds(server.port, path, 30, keep_alive=True)
     # a ratio, not a time: a busy machine slows both alike; the stall made it ~30x
     assert reused <= 2 * fresh, f"keep-alive median {reused * 1000:.1f} ms, fresh {fresh * 1000:.1f} ms"
+
+
+def test_sessionsync_serve_refuses_iam_mode_naming_the_setting_because_nothing_would_check_it():
+    """chalice local does not enforce IAM: serving in that mode would answer
+    every session route without any authentication."""
+    env = {k: v for k, v in os.environ.items() if k != AUTH_MODE}
+    env.update({AUTH_MODE: "iam", "REDIS_URL": "redis://127.0.0.1:6379/0",
+                "SESSIONSYNC_API_KEYS": "unused-key-0123456789abcdef"})
+    port = free_port()
+    try:
+        result = subprocess.run([str(Path(sys.executable).parent / "sessionsync"), "serve", "--no-pipeline",
+                                 "--port", str(port)], cwd=PROJECT_DIR, env=env, capture_output=True,
+                                text=True, timeout=30)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"serve started in iam mode, with no authentication: {exc.stdout!r}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"configuration error: {AUTH_MODE}: "), result.stderr
+    assert "unauthenticated" in result.stderr and "api-key" in result.stderr

@@ -1,0 +1,69 @@
+"""The unit tier does no I/O: a test here that opens a network connection
+(Python sockets, or libpq under psycopg) fails with the address it tried,
+so that a test needing Redis, PostgreSQL, LocalStack or a server of its own
+lands in tests/integration instead of slowing `make unit` down.  Unix
+sockets stay allowed; moto intercepts boto3 before any socket is opened.
+
+The guard wraps setup, call and teardown (not an autouse fixture) so that
+it also covers session fixtures such as ``redis_single``, which pytest
+would set up before any function-scoped fixture.
+"""
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+
+def _refuse(address: object) -> None:
+    pytest.fail(f"unit tests do no network I/O: this one connected to {address!r}; "
+                "it belongs in tests/integration", pytrace=False)
+
+
+def _guarded_socket(real):
+    def connect(sock: socket.socket, address):
+        if sock.family != socket.AF_UNIX:
+            _refuse(address)
+        return real(sock, address)
+    return connect
+
+
+def _guarded_psycopg(*args, **kwargs):
+    _refuse(args[1] if len(args) > 1 else kwargs.get("conninfo", kwargs))
+
+
+def _no_network() -> pytest.MonkeyPatch:
+    patch = pytest.MonkeyPatch()
+    patch.setattr(socket.socket, "connect", _guarded_socket(socket.socket.connect))
+    patch.setattr(socket.socket, "connect_ex", _guarded_socket(socket.socket.connect_ex))
+    patch.setattr(psycopg.Connection, "connect", classmethod(_guarded_psycopg))
+    return patch
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item) -> Iterator[None]:
+    patch = _no_network()
+    try:
+        return (yield)
+    finally:
+        patch.undo()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item) -> Iterator[None]:
+    patch = _no_network()
+    try:
+        return (yield)
+    finally:
+        patch.undo()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem) -> Iterator[None]:
+    patch = _no_network()
+    try:
+        return (yield)
+    finally:
+        patch.undo()
