@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test unit chaos mutants perfdoc-check venv services localstack bootstrap lint bench clean stop
+.PHONY: run test unit chaos mutants perfdoc-check venv services localstack bootstrap lint ruff typecheck bench clean stop
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,10 @@ bootstrap: venv services localstack
 run: bootstrap
 	$(BIN)/sessionsync serve
 
-# The whole test suite against real Redis, a local Redis Cluster, PostgreSQL
-# and LocalStack.  CI runs exactly this.
-test: venv services localstack
-	$(BIN)/ruff check app.py chalicelib tests
+# Ruff and mypy first (before any service starts), then the whole test
+# suite against real Redis, a local Redis Cluster, PostgreSQL and
+# LocalStack.  CI runs exactly this.
+test: lint services localstack
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The unit tier alone, in seconds, with no services: tests/unit does no I/O
@@ -55,8 +55,15 @@ mutants: venv services
 perfdoc-check:
 	python3 scripts/perfdoc_check.py
 
-lint: venv
-	$(BIN)/ruff check app.py chalicelib tests
+# The static checks `make test` starts with.
+lint: ruff typecheck
+
+ruff: venv
+	$(BIN)/ruff check app.py chalicelib sessionsync tests scripts
+
+# mypy over app.py, chalicelib and sessionsync ([tool.mypy] in pyproject.toml).
+typecheck: venv
+	$(BIN)/mypy
 
 bench: bootstrap
 	$(BIN)/sessionsync bench

@@ -10,9 +10,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chalicelib.config import SESSION_QUEUE_URL, Settings, load_settings
+
+if TYPE_CHECKING:  # the builders import these on first use (cold start)
+    from chalicelib.adapters.postgres.database import Database
+    from chalicelib.adapters.redis.client import RedisClient
+    from chalicelib.adapters.redis.store import SessionStore
+    from chalicelib.api.auth import ApiKeys
+    from chalicelib.api.health import Probe
+    from chalicelib.pipeline.consumer import Consumer
+    from chalicelib.pipeline.outbox import OutboxRelay
+    from chalicelib.pipeline.producer import SqsProducer
+    from chalicelib.service.sessions import SessionService
 
 T = TypeVar("T")
 # SQS connections the request path's client keeps open (see ``producer``)
@@ -62,14 +73,14 @@ def settings() -> Settings:
     return _once("settings", load_settings)
 
 
-def redis() -> Any:
+def redis() -> RedisClient:
     from chalicelib.adapters.redis.client import connect_redis
     from chalicelib.observability.logs import instrument_redis
     # instrument_redis is a no-op unless LOG_LEVEL=DEBUG (each command timed)
     return _once("redis", lambda: instrument_redis(connect_redis(settings())))
 
 
-def store() -> Any:
+def store() -> SessionStore:
     from chalicelib.adapters.redis.store import SessionStore
     s = settings()
     return _once("store", lambda: SessionStore(redis(), marker_ttl=s.marker_ttl, channel=s.channel))
@@ -94,14 +105,14 @@ def dlq_url() -> str:
     return _once("dlq_url", lambda: aws.queue_url(sqs(), s.dlq_url, s.dlq_name, SESSION_DLQ_URL))
 
 
-def producer() -> Any:
+def producer() -> SqsProducer:
     """The request path's producer: one attempt with short timeouts
     (SQS_SEND_TIMEOUT_SECONDS each), so a hung SQS adds at most that once
     to a write, then pauses inline sends (the relay catches up)."""
     from chalicelib.adapters import aws
     from chalicelib.pipeline.producer import SqsProducer
 
-    def build() -> Any:
+    def build() -> SqsProducer:
         s = settings()
         # a pool as large as the local server's request threads may be: a
         # connection beyond the pool is closed after its send, and the next
@@ -116,7 +127,7 @@ def producer() -> Any:
     return _once("producer", build)
 
 
-def database() -> Any:
+def database() -> Database | None:
     """The PostgreSQL adapter (one connection, reused while warm), or None."""
     if not settings().has_database:
         return None
@@ -124,13 +135,13 @@ def database() -> Any:
     return _once("database", lambda: persistence.Database.from_settings(settings(), secrets_client))
 
 
-def consumer() -> Any:
+def consumer() -> Consumer:
     """The SQS consumer (database + DLQ sender) the Lambda handler calls."""
     from chalicelib.config import DATABASE_URL
     from chalicelib.domain.errors import ConfigurationError
     from chalicelib.pipeline.consumer import Consumer, DeadLetterQueue, SqsRecordSource
 
-    def build() -> Any:
+    def build() -> Consumer:
         db = database()
         if db is None:
             raise ConfigurationError(DATABASE_URL, "the consumer needs a database "
@@ -139,7 +150,7 @@ def consumer() -> Any:
     return _once("consumer", build)
 
 
-def relay() -> Any:
+def relay() -> OutboxRelay:
     """The outbox relay (store + producer) the scheduled function calls."""
     from chalicelib.pipeline.outbox import OutboxRelay
     s = settings()
@@ -155,7 +166,7 @@ def secrets_client() -> Any:
     return _once("secretsmanager", lambda: aws.client("secretsmanager", settings()))
 
 
-def api_keys() -> Any:
+def api_keys() -> ApiKeys:
     from chalicelib.api.auth import ApiKeys
     s = settings()
     return _once("api_keys", lambda: ApiKeys(
@@ -181,7 +192,7 @@ class _OnFirstUse:
         return getattr(self._build(), name)
 
 
-def service() -> Any:
+def service() -> SessionService:
     from chalicelib.service.sessions import SessionService
     s = settings()
     return _once("service", lambda: SessionService(
@@ -190,7 +201,7 @@ def service() -> Any:
         settle_seconds=s.redis_settle))
 
 
-def health_probes() -> dict[str, Any]:
+def health_probes() -> dict[str, Probe]:
     """name -> probe for every configured dependency (chalicelib.api.health).
 
     Each probe builds its client inside the deadline (a cluster client
@@ -199,7 +210,7 @@ def health_probes() -> dict[str, Any]:
     """
     from chalicelib.api import health
     s = settings()
-    probes: dict[str, Any] = {"redis": health.redis_probe(store)}
+    probes: dict[str, Probe] = {"redis": health.redis_probe(store)}
     if s.has_database:
         probes["postgresql"] = health.postgres_probe(database)
     if s.has_queue:

@@ -67,9 +67,12 @@ _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class ApplyResultLike(Protocol):
-    inserted: int
-    duplicates: int
-    failures: Mapping[int, PersistenceError]
+    @property
+    def inserted(self) -> int: ...
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def failures(self) -> Mapping[int, PersistenceError]: ...
 
 
 class EventSink(Protocol):
