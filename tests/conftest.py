@@ -30,8 +30,9 @@ REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/1")
 # one a developer's `sessionsync watch` reads.
 TEST_CHANNEL = f"sessionsync-test-{uuid.uuid4().hex[:8]}"
 API_KEY = "test-key-0123456789abcdef"
-# The headers of an authenticated JSON call to the app.
-AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+# The headers of an authenticated call to the app, and of one with a JSON body.
+BEARER = {"Authorization": f"Bearer {API_KEY}"}
+AUTH = {**BEARER, "Content-Type": "application/json"}
 # The repository: chalice.test reads .chalice/config.json from here.
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -31,39 +32,32 @@ def _guarded_socket(real):
 
 
 def _guarded_psycopg(*args, **kwargs):
-    _refuse(args[1] if len(args) > 1 else kwargs.get("conninfo", kwargs))
+    _refuse(next((a for a in args if isinstance(a, str)), kwargs.get("conninfo", "")))
 
 
-def _no_network() -> pytest.MonkeyPatch:
-    patch = pytest.MonkeyPatch()
-    patch.setattr(socket.socket, "connect", _guarded_socket(socket.socket.connect))
-    patch.setattr(socket.socket, "connect_ex", _guarded_socket(socket.socket.connect_ex))
-    patch.setattr(psycopg.Connection, "connect", classmethod(_guarded_psycopg))
-    return patch
+@contextmanager
+def _no_network() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", _guarded_socket(socket.socket.connect))
+        patch.setattr(socket.socket, "connect_ex", _guarded_socket(socket.socket.connect_ex))
+        patch.setattr(psycopg.Connection, "connect", classmethod(_guarded_psycopg))
+        patch.setattr(psycopg, "connect", _guarded_psycopg)
+        yield
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item) -> Iterator[None]:
-    patch = _no_network()
-    try:
+    with _no_network():
         return (yield)
-    finally:
-        patch.undo()
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item) -> Iterator[None]:
-    patch = _no_network()
-    try:
+    with _no_network():
         return (yield)
-    finally:
-        patch.undo()
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem) -> Iterator[None]:
-    patch = _no_network()
-    try:
+    with _no_network():
         return (yield)
-    finally:
-        patch.undo()

@@ -5,14 +5,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from chalicelib.config import AUTH_MODE, auth_mode
 from chalicelib.domain.errors import ConfigurationError
+from tests.conftest import PROJECT_DIR
 
-PROJECT = Path(__file__).resolve().parents[2]
 PROBE = ("import json, app; print(json.dumps({p: {m: type(e.authorizer).__name__ "
          "for m, e in v.items()} for p, v in app.app.routes.items()}))")
 
@@ -21,7 +20,7 @@ def route_authorizers(mode: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != AUTH_MODE}
     if mode is not None:
         env[AUTH_MODE] = mode
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=PROJECT, env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=PROJECT_DIR, env=env, check=True,
                          capture_output=True, text=True, timeout=60).stdout
     return json.loads(out.strip().splitlines()[-1])
 
