@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.config import BEARER_MODE
-from tests.conftest import API_KEY, BEARER, PROJECT_DIR, REDIS_TEST_URL, TEST_CHANNEL
+from chalicelib.config import AUTH_MODE
+from tests.conftest import API_KEY, AUTH, BEARER, PROJECT_DIR, REDIS_TEST_URL, TEST_CHANNEL
 from tests.servers import free_port, serve_process, stop_process, wait_for
 
 
@@ -143,14 +143,13 @@ def test_a_huge_header_is_refused_with_a_4xx(server):
 
 
 def test_the_walk_through_works_over_http(server, session_id):
-    json_auth = {**BEARER, "Content-Type": "application/json"}
     status, headers, body = server.request(
-        "POST", "/sessions", json_auth, json.dumps({"session_id": session_id, "state": {"items": []}}))
+        "POST", "/sessions", AUTH, json.dumps({"session_id": session_id, "state": {"items": []}}))
     assert status == 201 and headers["ETag"] == '"1"'
     status, headers, _ = server.request("GET", f"/sessions/{session_id}", BEARER)
     assert status == 200
     etag = headers["ETag"]
-    put = {**json_auth, "If-Match": etag}
+    put = {**AUTH, "If-Match": etag}
     status, _, body = server.request("PUT", f"/sessions/{session_id}", put, '{"state":{"items":["book"]}}')
     assert status == 200 and json.loads(body)["version"] == 2
     status, _, body = server.request("PUT", f"/sessions/{session_id}", put, '{"state":{"items":[]}}')
@@ -308,7 +307,7 @@ def test_a_get_on_a_reused_keep_alive_connection_is_no_slower_than_on_a_fresh_on
     # Nagle holds the body until the client ACKs the headers, and a client
     # on a connection past its first exchanges delays that ACK (about 40 ms
     # on Linux).  A fresh connection is still in quick-ACK mode, so it hid it.
-    status, _, body = server.request("POST", "/sessions", {**BEARER, "Content-Type": "application/json"},
+    status, _, body = server.request("POST", "/sessions", AUTH,
                                      json.dumps({"session_id": session_id, "state": {"n": 1}}))
     assert status == 201, body
     path = f"/sessions/{session_id}"
@@ -321,8 +320,8 @@ def test_a_get_on_a_reused_keep_alive_connection_is_no_slower_than_on_a_fresh_on
 def test_sessionsync_serve_refuses_iam_mode_naming_the_setting_because_nothing_would_check_it():
     """chalice local does not enforce IAM: serving in that mode would answer
     every session route without any authentication."""
-    env = {k: v for k, v in os.environ.items() if k != BEARER_MODE}
-    env.update({BEARER_MODE: "iam", "REDIS_URL": "redis://127.0.0.1:6379/0",
+    env = {k: v for k, v in os.environ.items() if k != AUTH_MODE}
+    env.update({AUTH_MODE: "iam", "REDIS_URL": "redis://127.0.0.1:6379/0",
                 "SESSIONSYNC_API_KEYS": "unused-key-0123456789abcdef"})
     port = free_port()
     try:
@@ -332,5 +331,5 @@ def test_sessionsync_serve_refuses_iam_mode_naming_the_setting_because_nothing_w
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"serve started in iam mode, with no authentication: {exc.stdout!r}")
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(f"configuration error: {BEARER_MODE}: "), result.stderr
+    assert result.stderr.startswith(f"configuration error: {AUTH_MODE}: "), result.stderr
     assert "unauthenticated" in result.stderr and "api-key" in result.stderr
