@@ -4,9 +4,11 @@ so that a test needing Redis, PostgreSQL, LocalStack or a server of its own
 lands in tests/integration instead of slowing `make unit` down.  Unix
 sockets stay allowed; moto intercepts boto3 before any socket is opened.
 
-The guard wraps setup, call and teardown (not an autouse fixture) so that
-it also covers session fixtures such as ``redis_single``, which pytest
-would set up before any function-scoped fixture.
+The guard wraps setup and call (not an autouse fixture) so that it also
+covers session fixtures such as ``redis_single``, which pytest would set up
+before any function-scoped fixture.  Not teardown: in a whole-suite run the
+last unit test's teardown is where the integration tests' session fixtures
+(the test database) are finalized.
 """
 from __future__ import annotations
 
@@ -53,11 +55,5 @@ def pytest_runtest_setup(item) -> Iterator[None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item) -> Iterator[None]:
-    with _no_network():
-        return (yield)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item, nextitem) -> Iterator[None]:
     with _no_network():
         return (yield)
