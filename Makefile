@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test chaos mutants perfdoc-check venv services localstack bootstrap lint bench clean stop deploy
+.PHONY: run test unit chaos mutants perfdoc-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,11 +29,16 @@ bootstrap: venv services localstack
 run: bootstrap
 	$(BIN)/sessionsync serve
 
-# The whole test suite against real Redis, a local Redis Cluster, PostgreSQL
-# and LocalStack.  CI runs exactly this.
-test: venv services localstack
-	$(BIN)/ruff check app.py chalicelib sessionsync tests
+# Ruff and mypy first (before any service starts), then the whole test
+# suite against real Redis, a local Redis Cluster, PostgreSQL and
+# LocalStack.  CI runs exactly this.
+test: lint services localstack
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tier alone, in seconds, with no services: tests/unit does no I/O
+# (its conftest fails a test that opens a network connection).
+unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # The fault-injection suite alone (also part of `make test`): docs/guarantees.md.
 chaos: venv services localstack
@@ -50,8 +55,15 @@ mutants: venv services
 perfdoc-check:
 	python3 scripts/perfdoc_check.py
 
-lint: venv
-	$(BIN)/ruff check app.py chalicelib sessionsync tests
+# The static checks `make test` starts with.
+lint: ruff typecheck
+
+ruff: venv
+	$(BIN)/ruff check app.py chalicelib sessionsync tests scripts
+
+# mypy over app.py, chalicelib and sessionsync ([tool.mypy] in pyproject.toml).
+typecheck: venv
+	$(BIN)/mypy
 
 bench: bootstrap
 	$(BIN)/sessionsync bench

@@ -10,9 +10,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from chalicelib.config import SESSION_QUEUE_URL, Settings, load_settings
+
+if TYPE_CHECKING:  # the builders import these on first use (cold start)
+    from chalicelib.adapters.postgres.database import Database
+    from chalicelib.adapters.redis.client import RedisClient
+    from chalicelib.adapters.redis.store import SessionStore
+    from chalicelib.api.auth import ApiKeys
+    from chalicelib.api.health import Probe
+    from chalicelib.pipeline.consumer import Consumer
+    from chalicelib.pipeline.dead_letters import DeadLetterQueue
+    from chalicelib.pipeline.outbox import OutboxRelay
+    from chalicelib.pipeline.producer import SqsProducer
+    from chalicelib.service.sessions import SessionService
 
 T = TypeVar("T")
 # SQS connections the request path's client keeps open (see ``producer``)
@@ -62,7 +74,7 @@ def settings() -> Settings:
     return _once("settings", load_settings)
 
 
-def redis() -> Any:
+def redis() -> RedisClient:
     from chalicelib.adapters.redis.client import connect_redis
     from chalicelib.observability.tracing import instrument_redis
     # instrument_redis is a no-op unless LOG_LEVEL=DEBUG (each command timed)
@@ -71,7 +83,7 @@ def redis() -> Any:
         s, secrets_client() if s.redis_secret_arn else None)))
 
 
-def store() -> Any:
+def store() -> SessionStore:
     from chalicelib.adapters.redis.store import SessionStore
     s = settings()
     return _once("store", lambda: SessionStore(redis(), marker_ttl=s.marker_ttl, channel=s.channel))
@@ -98,14 +110,14 @@ def dlq_url() -> str:
                                                    SESSION_DLQ_URL))
 
 
-def producer() -> Any:
+def producer() -> SqsProducer:
     """The request path's producer: one attempt with short timeouts
     (SQS_SEND_TIMEOUT_SECONDS each), so a hung SQS adds at most that once
     to a write, then pauses inline sends (the relay catches up)."""
     from chalicelib.adapters import aws
     from chalicelib.pipeline.producer import SqsProducer
 
-    def build() -> Any:
+    def build() -> SqsProducer:
         s = settings()
         # a pool as large as the local server's request threads may be: a
         # connection beyond the pool is closed after its send, and the next
@@ -120,7 +132,7 @@ def producer() -> Any:
     return _once("producer", build)
 
 
-def database() -> Any:
+def database() -> Database | None:
     """The PostgreSQL adapter (one connection, reused while warm), or None."""
     if not settings().has_database:
         return None
@@ -128,13 +140,13 @@ def database() -> Any:
     return _once("database", lambda: persistence.Database.from_settings(settings(), secrets_client))
 
 
-def dead_letters() -> Any:
+def dead_letters() -> DeadLetterQueue:
     """The DLQ sender: built when the first poison record needs it."""
     from chalicelib.pipeline.dead_letters import DeadLetterQueue
     return _once("dead_letters", lambda: DeadLetterQueue(sqs(), dlq_url()))
 
 
-def consumer() -> Any:
+def consumer() -> Consumer:
     """The SQS consumer (database + DLQ sender) the Lambda handler calls.
 
     A batch without poison needs neither the DLQ nor a delete, so their
@@ -147,7 +159,7 @@ def consumer() -> Any:
     from chalicelib.domain.errors import ConfigurationError
     from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
 
-    def build() -> Any:
+    def build() -> Consumer:
         db = database()
         if db is None:
             raise ConfigurationError(DATABASE_URL, "the consumer needs a database "
@@ -155,11 +167,12 @@ def consumer() -> Any:
         s = settings()
         if s.dlq_url or not s.dlq_name:
             dlq_url()  # the URL given, or the ConfigurationError naming the setting
-        return Consumer(db, _OnFirstUse(dead_letters), SqsRecordSource(_OnFirstUse(sqs), queue_url))
+        return Consumer(db, cast("DeadLetterQueue", _OnFirstUse(dead_letters)),
+                        SqsRecordSource(_OnFirstUse(sqs), queue_url))
     return _once("consumer", build)
 
 
-def relay() -> Any:
+def relay() -> OutboxRelay:
     """The outbox relay (store + producer) the scheduled function calls.
 
     Most drains find the outbox empty (writes send inline), so the relay's
@@ -171,7 +184,7 @@ def relay() -> Any:
         store(), _OnFirstUse(relay_producer), age_seconds=s.outbox_relay_age))
 
 
-def relay_producer() -> Any:
+def relay_producer() -> SqsProducer:
     from chalicelib.pipeline.producer import SqsProducer
     # the relay's own producer, on the patient client: it sends batches of
     # up to 1 MiB and has a schedule's time, not a request's
@@ -183,7 +196,7 @@ def secrets_client() -> Any:
     return _once("secretsmanager", lambda: aws.client("secretsmanager", settings()))
 
 
-def api_keys() -> Any:
+def api_keys() -> ApiKeys:
     from chalicelib.api.auth import ApiKeys
     s = settings()
     return _once("api_keys", lambda: ApiKeys(
@@ -209,7 +222,7 @@ class _OnFirstUse:
         return getattr(self._build(), name)
 
 
-def service() -> Any:
+def service() -> SessionService:
     from chalicelib.service.sessions import SessionService
     s = settings()
     return _once("service", lambda: SessionService(
@@ -218,7 +231,7 @@ def service() -> Any:
         settle_seconds=s.redis_settle))
 
 
-def health_probes() -> dict[str, Any]:
+def health_probes() -> dict[str, Probe]:
     """name -> probe for every configured dependency (chalicelib.api.health).
 
     Each probe builds its client inside the deadline (a cluster client
@@ -227,7 +240,7 @@ def health_probes() -> dict[str, Any]:
     """
     from chalicelib.api import health
     s = settings()
-    probes: dict[str, Any] = {"redis": health.redis_probe(store)}
+    probes: dict[str, Probe] = {"redis": health.redis_probe(store)}
     if s.has_database:
         probes["postgresql"] = health.postgres_probe(database)
     if s.has_queue:

@@ -27,6 +27,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +141,7 @@ class RedriveResult:
     task_handle: str | None = None
 
 
-def _sqs_errors(action: str):
+def _sqs_errors(action: str) -> AbstractContextManager[None]:
     """Context manager: botocore errors -> ServiceUnavailable("sqs")."""
     from contextlib import contextmanager
 

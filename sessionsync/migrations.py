@@ -142,7 +142,7 @@ def _lock(conn: psycopg.Connection, timeout: float) -> None:
     # pg_try_advisory_lock in a loop rather than pg_advisory_lock: the wait is
     # bounded and a statement_timeout on the connection cannot cut it short.
     deadline = time.monotonic() + timeout
-    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
+    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
         if time.monotonic() >= deadline:
             raise MigrationError(f"another migration holds the lock for over {timeout:.0f} s")
         time.sleep(0.1)

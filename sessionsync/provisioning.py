@@ -107,11 +107,11 @@ def ensure_database(dsn: str, *, maintenance_db: str = "postgres") -> bool:
     if not name:
         return False  # the default database (the user's): it exists or libpq says so
     params["dbname"] = maintenance_db
-    with connection.connect(conninfo.make_conninfo(**params), statement_timeout_ms=None) as admin:
+    with connection.connect(conninfo.make_conninfo("", **params), statement_timeout_ms=None) as admin:
         if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             return False
         try:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
         except psycopg.errors.DuplicateDatabase:
             return False  # created by a concurrent bootstrap
         return True
@@ -122,8 +122,8 @@ def drop_database(dsn: str, *, maintenance_db: str = "postgres") -> None:
     params = conninfo.conninfo_to_dict(dsn)
     name = params["dbname"]
     params["dbname"] = maintenance_db
-    with connection.connect(conninfo.make_conninfo(**params), statement_timeout_ms=None) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with connection.connect(conninfo.make_conninfo("", **params), statement_timeout_ms=None) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name))))
 
 
 def migrate(dsn: str) -> list[migrations.Migration]:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from redis.cluster import RedisCluster
 from chalicelib import runtime
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
-from chalicelib.observability import metrics
+from chalicelib.observability import logs, metrics
 from tests.servers import RedisClusterServers, RedisServer, ReplicatedRedis, running
 
 # Tests use database 1 of the machine's Redis so that `make run` (db 0) and
@@ -29,6 +30,11 @@ REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/1")
 # one a developer's `sessionsync watch` reads.
 TEST_CHANNEL = f"sessionsync-test-{uuid.uuid4().hex[:8]}"
 API_KEY = "test-key-0123456789abcdef"
+# The headers of an authenticated call to the app, and of one with a JSON body.
+BEARER = {"Authorization": f"Bearer {API_KEY}"}
+AUTH = {**BEARER, "Content-Type": "application/json"}
+# The repository: chalice.test reads .chalice/config.json from here.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +104,25 @@ def session_id() -> str:
 def app_settings() -> Settings:
     """Settings for in-process app tests: test Redis, no pipeline."""
     return Settings(redis_url=REDIS_TEST_URL, api_keys=(API_KEY,), channel=TEST_CHANNEL)
+
+
+@contextmanager
+def app_client(stage_name: str = "local", project_dir: Path = PROJECT_DIR):
+    """The app in process (chalice.test), its HTTP side, with the stage's
+    config; the runtime is whatever the test installed."""
+    from chalice.test import Client
+
+    from app import app
+    with Client(app, stage_name=stage_name, project_dir=str(project_dir)) as client:
+        yield client.http
+
+
+@pytest.fixture
+def api(use_settings, app_settings, redis_single):
+    """The app in process on the test Redis, without the pipeline."""
+    use_settings(app_settings)
+    with app_client() as http:
+        yield http
 
 
 @pytest.fixture
@@ -248,6 +273,15 @@ def throwaway_postgres():
         raise
     yield server
     server.destroy()
+
+
+@pytest.fixture
+def log_lines():
+    """Every sessionsync log line, at DEBUG, parsed; logging restored after."""
+    stream = io.StringIO()
+    logs.configure("DEBUG", stream=stream)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    logs.configure()
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from chalicelib.config import Settings
-
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+from tests.conftest import PROJECT_DIR
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from chalice import Response
 
@@ -24,7 +24,7 @@ from chalicelib.domain.errors import (
 from chalicelib.domain.session import Session
 
 log = logging.getLogger("sessionsync.web")
-JSON = {"Content-Type": "application/json"}
+JSON: dict[str, str | list[str]] = {"Content-Type": "application/json"}
 
 
 def session_response(session: Session, status: int = 200, **headers: str) -> Response:
@@ -55,7 +55,7 @@ def chalice_errors_in_api_shape(response: Response) -> Response:
     if response.status_code < 400 or not isinstance(body, dict):
         return response
     if response.status_code == 405:
-        allowed = response.headers.get("Allow", "")
+        allowed = cast(str, response.headers.get("Allow", ""))
         reply = error_response(MethodNotAllowed(
             str(body.get("Message", "method not allowed")),
             allowed=[m.strip() for m in allowed.split(",") if m.strip()]))

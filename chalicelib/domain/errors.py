@@ -114,7 +114,7 @@ class ConcurrencyError(SessionSyncError):
     code = "ConcurrencyError"
     status = 409
 
-    def __init__(self, session_id: str, *, expected_version: int, actual_version: int) -> None:
+    def __init__(self, session_id: str, *, expected_version: int | None, actual_version: int) -> None:
         super().__init__(
             f"session {session_id!r} is at version {actual_version}, "
             f"not the expected {expected_version}",

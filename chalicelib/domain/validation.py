@@ -230,6 +230,7 @@ def update_request(path_id: str, raw: bytes | None, if_match: str | None,
         raise ValidationError("expected_version and If-Match disagree",
                               expected_version=body_version, if_match=header_version)
     expected = body_version if body_version is not None else header_version
+    assert expected is not None  # one of the two, checked above
     return UpdateRequest(sid, check_state(body["state"], max_state_bytes), expected)
 
 

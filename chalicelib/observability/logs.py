@@ -134,11 +134,11 @@ class _StdStream(logging.StreamHandler):
         self._name = name
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self) -> Any:
         return getattr(sys, self._name)
 
     @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it
         pass
 
 

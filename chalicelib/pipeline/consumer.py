@@ -58,9 +58,12 @@ from chalicelib.pipeline.dead_letters import DeadLetter, DeadLetterQueue
 log = logging.getLogger("sessionsync.consumer")
 
 class ApplyResultLike(Protocol):
-    inserted: int
-    duplicates: int
-    failures: Mapping[int, PersistenceError]
+    @property
+    def inserted(self) -> int: ...
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def failures(self) -> Mapping[int, PersistenceError]: ...
 
 
 class EventSink(Protocol):

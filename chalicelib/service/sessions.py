@@ -128,6 +128,7 @@ class SessionService:
             # ids are never reused, and Redis may have forgotten this one;
             # after a failover, its creation may still be in the queue
             self._settle(request.session_id, unrecorded_settled=True)
+            assert self.durable is not None  # known_absent above: IdUnknown only with one
             persisted = self.durable.latest(request.session_id)
             if persisted is not None:
                 raise SessionExists(request.session_id, version=persisted.version,
@@ -141,6 +142,7 @@ class SessionService:
         try:
             session = self.store.get(session_id, verify=self.durable is not None)
         except EpochChanged as exc:
+            assert exc.session is not None  # store.get raises it with the value it read
             return self._confirm(exc.session)
         if session is not None:
             return Read(session)
@@ -242,6 +244,7 @@ class SessionService:
                 ConcurrencyError (actual 7) instead of writing a second v7
         """
         self._settle(session_id)
+        assert self.durable is not None  # reconciling is only done with PostgreSQL
         persisted = self.durable.latest(session_id)
         if persisted is None:
             return 0

@@ -30,7 +30,7 @@ def localstack_sqs_unavailable(endpoint: str | None) -> str | None:
     return None
 
 
-def sqs_client(endpoint: str) -> Any:
+def sqs_client(endpoint: str | None) -> Any:
     """A boto3 SQS client for LocalStack (it accepts any credentials)."""
     import boto3
     from botocore.config import Config

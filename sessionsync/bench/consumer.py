@@ -161,7 +161,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     count = ctx.profile.consumer_events - ctx.profile.consumer_events % VERSIONS_PER_SESSION
     with connection.connect(dsn) as conn:
         try:
-            server = {name: conn.execute(f"SHOW {name}").fetchone()[0]
+            server = {name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
                       for name in ("server_version", "synchronous_commit", "fsync")}
             # warm up: the handler's connection, its imports, the server's plans
             _handler_run(ctx, handler, conn, 10, 200)

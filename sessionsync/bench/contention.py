@@ -19,12 +19,13 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ConcurrencyError
+from chalicelib.domain.session import Session
 from sessionsync.bench.context import STATE_BYTES, BenchContext, delete_session_keys, state_document
 
 
@@ -36,7 +37,7 @@ def cas_loop(redis_url: str, session_id: str, stop_at: float) -> dict[str, int]:
     acks: list[str] = []
     try:
         while time.monotonic() < stop_at:
-            session = store.get(session_id)
+            session = cast(Session, store.get(session_id))  # the writers never delete it
             doc = json.loads(session.state_json)
             doc["counter"] += 1
             try:
@@ -97,9 +98,9 @@ def _run_threads(url: str, session_id: str, writers: int, seconds: float) -> tup
 
 def _run_processes(url: str, session_id: str, writers: int, seconds: float) -> tuple[list, float]:
     code = "from sessionsync.bench.contention import child_main; child_main()"
-    procs = [subprocess.Popen([sys.executable, "-c", code, url, session_id], text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-             for _ in range(writers)]
+    procs: list[Any] = [subprocess.Popen([sys.executable, "-c", code, url, session_id], text=True,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                        for _ in range(writers)]  # Any: both pipes are set (PIPE)
     try:
         for proc in procs:
             if proc.stdout.readline().strip() != "ready":
@@ -139,7 +140,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             results, elapsed = runner(ctx.redis_url, session_id, writers, seconds)
             successes = sum(r["successes"] for r in results)
             conflicts = sum(r["conflicts"] for r in results)
-            final = store.get(session_id)
+            final = cast(Session, store.get(session_id))
             final_counter = final.state["counter"]
             modes[mode] = {
                 "writers": writers,

@@ -6,8 +6,10 @@ import os
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
-import redis
+if TYPE_CHECKING:
+    from chalicelib.adapters.redis.client import RedisClient
 
 #: Payload of the latency sections: a 1 KB state, as the targets assume.
 STATE_BYTES = 1024
@@ -129,7 +131,7 @@ def state_json(size: int = STATE_BYTES) -> str:
     return encoded
 
 
-def delete_session_keys(client: redis.Redis, session_ids: Iterable[str]) -> None:
+def delete_session_keys(client: RedisClient, session_ids: Iterable[str]) -> None:
     """Remove a section's sessions, markers and outbox entries.
 
     Only needed on a Redis the run does not own (``--redis-url``).
@@ -145,7 +147,7 @@ def delete_session_keys(client: redis.Redis, session_ids: Iterable[str]) -> None
     # outbox entries are named "<id>:<version>"; drop every version of ours
     for bucket in {bucket_of(sid) for sid in session_ids}:
         index, data = outbox_keys(bucket)
-        ours = [eid for eid in client.zrange(index, 0, -1)
+        ours = [eid for eid in cast(list[bytes], client.zrange(index, 0, -1))
                 if eid.decode().rsplit(":", 1)[0] in session_ids]
         if ours:
             client.zrem(index, *ours)

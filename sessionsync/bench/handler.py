@@ -12,10 +12,11 @@ SQS (typically a few ms inside a region).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from chalicelib import runtime
 from chalicelib.config import Settings
+from chalicelib.domain.session import Session
 from sessionsync.bench.aws_local import localstack_sqs_unavailable, sqs_client, temporary_queue
 from sessionsync.bench.context import (
     DEFAULT_DATABASE_URL,
@@ -132,7 +133,7 @@ def _sqs(ctx: BenchContext, app: Any, context: LambdaContext, state: str,
         store = runtime.store()
         created = store.create(session_id, state, 3600)
         store.outbox_ack([created.event_id])  # created directly, not through the producer
-        body = store.get(session_id).to_json()
+        body = cast(Session, store.get(session_id)).to_json()
         send = summarize_ns(time_calls(
             lambda: client.send_message(QueueUrl=queue_url, MessageBody=body), n))
         put = _put_sequence(app, context, session_id, state, 1, n + 5)

@@ -11,7 +11,7 @@ holding only the state JSON under the same key name.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -48,11 +48,11 @@ def _measure(client: redis.Redis, prefix: str, size: int, count: int) -> dict[st
     after = client.info("memory")["used_memory"]
     session_key = _mean_usage(client, [session_keys(sid)[0] for sid in ids])
     marker_key = _mean_usage(client, [session_keys(sid)[1] for sid in ids])
-    stored_value = len(client.get(session_keys(ids[0])[0]))
+    stored_value = len(cast(bytes, client.get(session_keys(ids[0])[0])))
     # The floor: just the state, under the same key name.
     floor_key = session_keys(ids[0])[0] + "-floor"
     client.set(floor_key, state, ex=3600)
-    floor = client.memory_usage(floor_key, samples=0)
+    floor = cast(int, client.memory_usage(floor_key, samples=0))  # the key was just set
     per_session = (after - before) / count
     return {
         "sessions": count,

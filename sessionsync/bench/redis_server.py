@@ -81,6 +81,7 @@ class ThrowawayRedis:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
+        assert self.port is not None  # chosen by start()
         probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5,
                             socket_connect_timeout=0.5)
         try:

@@ -49,7 +49,7 @@ def _fill(client: redis.Redis, prefix: str, count: int) -> None:
     and one HSET per bucket per chunk: filling is not what is measured)."""
     pad = "x" * 100
     for first in range(0, count, FILL_CHUNK):
-        by_bucket: dict[int, tuple[dict[str, int], dict[str, str]]] = {}
+        by_bucket: dict[int, tuple[dict[Any, int], dict[Any, str]]] = {}  # redis-py's key types
         for n in range(first, min(first + FILL_CHUNK, count)):
             sid = f"{prefix}-{n}"
             index, data = by_bucket.setdefault(bucket_of(sid), ({}, {}))

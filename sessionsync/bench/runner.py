@@ -75,7 +75,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
             server = stack.enter_context(ThrowawayRedis(
                 cpus=placement.server_cpus if placement else None))
             redis_url, own = server.url, True
-            log(f"redis-server of the bench's own on {server.url} (pid {server.proc.pid})")
+            log(f"redis-server of the bench's own on {server.url} (pid {server.proc.pid})")  # type: ignore[union-attr]
         ctx = BenchContext(profile=profile, redis_url=redis_url, redis_is_own=own,
                            database_url=options.database_url,
                            aws_endpoint_url=options.aws_endpoint_url, log=log,

@@ -17,7 +17,7 @@ import time
 import zlib
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, cast
 
 from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.store import BUCKETS, SessionStore, iso_utc
@@ -140,7 +140,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             client = connect_redis(Settings(redis_url=server.url))
             stack.callback(client.close)
             started = time.perf_counter()
-            load_sessions("127.0.0.1", server.port, prefix, 0, size, value)
+            load_sessions("127.0.0.1", cast(int, server.port), prefix, 0, size, value)
             load_s = time.perf_counter() - started
             keys = client.dbsize()
             if keys != 2 * size:

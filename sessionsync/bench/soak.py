@@ -495,10 +495,10 @@ def check_durability(conn: Any, acks: Sequence[Ack], unknown_writes: int) -> Dur
     found = set()
     for session_id, version, event_type, state in rows:
         found.add((session_id, version))
-        ack = by_key.get((session_id, version))
-        if ack is None:
+        acked = by_key.get((session_id, version))
+        if acked is None:
             result.unacknowledged_rows.append(f"{session_id}:{version}")
-        elif event_type != EVENT_TYPES[ack.kind] or state != ack.state:
+        elif event_type != EVENT_TYPES[acked.kind] or state != acked.state:
             result.wrong_content.append(f"{session_id}:{version} is {event_type} {state!r}")
     result.missing = [f"{sid}:{v}" for sid, v in sorted(by_key) if (sid, v) not in found]
     sessions = {sid: (version, deleted, state) for sid, version, deleted, state in conn.execute(
@@ -534,7 +534,7 @@ def log_offset(path: Path | None) -> int:
         return 0
 
 
-def relay_counts(path: Path, offset: int) -> dict[str, int]:
+def relay_counts(path: Path, offset: int) -> dict[str, float]:  # counts; the caller adds a share
     """Entries the relay sent and inline sends that failed, in the lines the
     server wrote after ``offset``."""
     relayed = failures = 0
@@ -620,7 +620,7 @@ def run_soak(options: SoakOptions, *, connect: Callable[[], Any],
     def acked() -> int:
         return sum(len(s.acks) for s in stats)
 
-    def in_threads(target: Callable[[Soaker], None], timeout: float) -> None:
+    def in_threads(target: Callable[[Soaker], object], timeout: float) -> None:
         threads = [threading.Thread(target=target, args=(s,), name=f"soak-{s.index}", daemon=True)
                    for s in soakers]
         for thread in threads:
@@ -635,7 +635,7 @@ def run_soak(options: SoakOptions, *, connect: Callable[[], Any],
     with Sampler(options, acked, probes or {}, connect, started_at) as sampler:
         log(f"creating {options.sessions} sessions ({options.prefix}-*) with {options.threads} threads")
         initial = [pool.new_id() for _ in range(options.sessions)]
-        in_threads(lambda s: [s.create(sid) for sid in initial[s.index::options.threads]],
+        in_threads(lambda s: [s.create(sid) for sid in initial[s.index::options.threads]],  # type: ignore[func-returns-value]
                    timeout=bound + 2 * options.request_timeout * (options.sessions // options.threads))
         load_start = time.time() - started_at
         acked_before_load = acked()
@@ -662,7 +662,7 @@ def run_soak(options: SoakOptions, *, connect: Callable[[], Any],
     samples = sampler.samples
     load_acked = acked() - acked_before_load
     writes = Counter(a.kind for a in all_acks)
-    relay = None
+    relay: dict[str, float] | None = None
     if options.server_log is not None and options.server_log.exists():
         relay = relay_counts(options.server_log, offset)
         relay["share"] = round(relay["relayed"] / len(all_acks), 4) if all_acks else 0.0

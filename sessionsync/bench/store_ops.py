@@ -11,13 +11,14 @@ through ``SessionStore`` on the client the service builds
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.store import EPOCH_SCRIPT, SessionStore, decode_session, session_keys
 from chalicelib.config import Settings
+from chalicelib.domain.session import Session
 from chalicelib.domain.validation import CreateRequest
 from chalicelib.service.sessions import SessionService
 from sessionsync.bench.context import STATE_BYTES, BenchContext, delete_session_keys, state_json
@@ -58,7 +59,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     store.create(read_id, state, 3600)
     used.append(read_id)
     read_key = session_keys(read_id)[0]
-    stored_value = raw_client.get(read_key)
+    stored_value = cast(bytes, raw_client.get(read_key))
     stored = decode_session(read_id, stored_value)
     hash_key = f"{prefix}-hash"
     raw_client.hset(hash_key, mapping={
@@ -132,7 +133,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         nonlocal counter
         counter += 1
         sid = f"{prefix}-k{counter}"
-        session = checked.create(CreateRequest(sid, state, 3600))
+        session = checked.create(CreateRequest(sid, state, 3600))  # type: ignore[union-attr]  # run only with one
         created.append(sid)
         return session
 
@@ -163,7 +164,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     try:
         samples = interleaved(ops, profile.store_iterations, warmup=profile.store_warmup,
                               between_rounds=housekeeping)
-        if store.get(update_id).version != version:
+        if cast(Session, store.get(update_id)).version != version:
             raise AssertionError("update count and stored version disagree")
         server = {
             "get": _server_usec(raw_client, "get", get, profile.store_iterations // 5),
@@ -183,7 +184,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         raw_client.close()
         app_client.close()
         if checked is not None:
-            checked.durable.close()
+            checked.durable.close()  # type: ignore[union-attr]  # the bench's Database
 
     latency = {name: summarize_ns(values) for name, values in samples.items()}
     ratios = {}

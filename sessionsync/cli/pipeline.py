@@ -90,7 +90,7 @@ def start_pipeline_threads(stop: threading.Event) -> list[threading.Thread]:
     ``stop`` is set (``sessionsync serve``: what the event source mapping
     and the schedule do in AWS)."""
     settings = runtime.settings()
-    threads = []
+    threads: list[threading.Thread] = []
     if settings.has_queue and settings.has_database:
         threads.extend(threading.Thread(
             target=_retrying, name=f"sqs-worker-{i}", daemon=True,

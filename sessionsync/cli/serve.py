@@ -30,6 +30,7 @@ import re
 import secrets
 import threading
 from http import HTTPStatus
+from typing import Any
 
 import click
 
@@ -50,15 +51,16 @@ _DIGITS = re.compile(r"[0-9]+")
 log = logging.getLogger("sessionsync.serve")
 
 
-def gateway_error(error, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+def gateway_error(error: Any, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) for what API Gateway answers itself, in the
     API's one error shape: no route (chalice says 403 and echoes the
     Authorization header: here 404, no echo), missing credentials (401) and
     refused ones (403).  Deployed, the template maps Gateway Responses alike."""
     from chalice.local import ForbiddenError, NotAuthorizedError
 
-    from chalicelib.domain.errors import Forbidden, RouteNotFound, Unauthorized
+    from chalicelib.domain.errors import Forbidden, RouteNotFound, SessionSyncError, Unauthorized
 
+    exc: SessionSyncError
     headers = {"Content-Type": "application/json"}
     if isinstance(error, ForbiddenError) and \
             error.headers.get("x-amzn-ErrorType") == "UnauthorizedException":
@@ -94,7 +96,7 @@ def refuse_iam_mode() -> None:
 
 
 def build_server(host: str, port: int, stage: str = "local", *,
-                 socket_timeout: float | None = SOCKET_TIMEOUT_SECONDS):
+                 socket_timeout: float | None = SOCKET_TIMEOUT_SECONDS) -> Any:
     """A chalice LocalDevServer for app.py with the fixes above."""
     from chalice.cli.factory import CLIFactory
     from chalice.local import (

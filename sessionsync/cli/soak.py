@@ -40,10 +40,10 @@ def _pids(url: str, given: tuple[str, ...]) -> dict[str, int]:
         if pid is not None:
             pids[label] = pid
     for item in given:
-        label, _, pid = item.partition("=")
-        if not pid.isdigit():
+        label, _, given_pid = item.partition("=")
+        if not given_pid.isdigit():
             raise click.BadParameter(f"expected LABEL=PID, got {item!r}", param_hint="--pid")
-        pids[label] = int(pid)
+        pids[label] = int(given_pid)
     return pids
 
 

@@ -4,25 +4,12 @@ shape and writes nothing: the tests look at the Redis keys themselves."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from chalice.test import Client
 
-from app import app
 from chalicelib.adapters.redis.store import bucket_of, outbox_keys, session_keys
-from tests.conftest import API_KEY
-
-PROJECT_DIR = str(Path(__file__).resolve().parents[2])
-AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
-LIMIT = 256 * 1024  # MAX_STATE_BYTES default
-
-
-@pytest.fixture
-def api(use_settings, app_settings, redis_single):
-    use_settings(app_settings)  # Redis db 1, no queue, no PostgreSQL
-    with Client(app, stage_name="local", project_dir=PROJECT_DIR) as client:
-        yield client.http
+from chalicelib.config import DEFAULT_MAX_STATE_BYTES as LIMIT  # what app_settings enforces
+from tests.conftest import API_KEY, AUTH
 
 
 def body(doc) -> str:

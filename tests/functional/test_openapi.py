@@ -15,13 +15,11 @@ import json
 import math
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
 import pytest
 import yaml
-from chalice.test import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,12 +27,10 @@ from app import app
 from chalicelib.adapters.redis.store import SessionStore, epoch_key
 from chalicelib.domain import errors, validation
 from chalicelib.service.sessions import SessionService
-from tests.conftest import API_KEY
+from tests.conftest import AUTH, PROJECT_DIR, app_client
 from tests.schemathesis_hooks import breaks_the_precondition_rule
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 SPEC_PATH = PROJECT_DIR / "docs" / "openapi.yaml"
-AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
@@ -106,13 +102,6 @@ class Spec:
 @pytest.fixture(scope="module")
 def documented(spec) -> Spec:
     return Spec(spec)
-
-
-@pytest.fixture
-def api(use_settings, app_settings, redis_single):
-    use_settings(app_settings)
-    with Client(app, stage_name="local", project_dir=str(PROJECT_DIR)) as client:
-        yield client.http
 
 
 # -- the spec and the routes ---------------------------------------------------
@@ -318,11 +307,11 @@ def test_an_events_page_conforms_to_the_spec_and_pages_to_the_end(
     service = SessionService(SessionStore(redis_single, channel=app_settings.channel),
                              durable=History(session_id, 5))
     use_settings(app_settings, service=service)
-    with Client(app, stage_name="local", project_dir=str(PROJECT_DIR)) as client:
+    with app_client() as http:
         seen, cursor = [], None
         for _ in range(5):  # bounded: 5 events, 2 per page
             query = "limit=2" + (f"&before_version={cursor}" if cursor else "")
-            response = client.http.get(f"/sessions/{session_id}/events?{query}", headers=AUTH)
+            response = http.get(f"/sessions/{session_id}/events?{query}", headers=AUTH)
             assert response.status_code == 200
             documented.assert_conforms("GET", "/sessions/{session_id}/events", response)
             page = response.json_body
@@ -355,8 +344,8 @@ def test_a_503_of_the_settle_time_conforms_to_the_spec_and_says_when_to_come_bac
                              durable=NothingPersisted(), settle_seconds=30)
     use_settings(app_settings, service=service)
     try:
-        with Client(app, stage_name="local", project_dir=str(PROJECT_DIR)) as client:
-            response = client.http.get(f"/sessions/{session_id}", headers=AUTH)
+        with app_client() as http:
+            response = http.get(f"/sessions/{session_id}", headers=AUTH)
     finally:
         # the bucket now settles for 30 s: give it back as it was, for the
         # other tests' sessions that share it

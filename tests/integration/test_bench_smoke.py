@@ -22,7 +22,6 @@ from sessionsync.bench.runner import SECTION_ORDER
 
 pytestmark = [pytest.mark.slow, pytest.mark.localstack]
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 LATENCY_KEYS = ("p50_us", "p95_us", "p99_us")
 POSITIVE = (*LATENCY_KEYS, "events_per_second", "updates_per_second", "import_plus_first_ms",
             "session_key_bytes")

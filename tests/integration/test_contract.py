@@ -22,13 +22,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import API_KEY, LOCALSTACK_URL, PG_TEST_ADMIN_URL, _database_url
+from tests.conftest import API_KEY, LOCALSTACK_URL, PG_TEST_ADMIN_URL, PROJECT_DIR, _database_url
 from tests.pipeline_support import wait_until
 from tests.servers import RedisServer, serve_process
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow]
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 SPEC = PROJECT_DIR / "docs" / "openapi.yaml"
 BIN = Path(sys.executable).parent
 PHASES = ("Examples", "Coverage", "Fuzzing", "Stateful")

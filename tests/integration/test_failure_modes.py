@@ -14,10 +14,12 @@ import uuid
 
 import pytest
 import redis
+from botocore.exceptions import EndpointConnectionError
 
 from chalicelib.adapters import aws
 from chalicelib.adapters.postgres.database import Database
 from chalicelib.adapters.redis.store import BUCKETS, SessionStore, bucket_of
+from chalicelib.config import Settings
 from chalicelib.domain.errors import ServiceUnavailable
 from chalicelib.domain.validation import UpdateRequest, create_request
 from chalicelib.pipeline.outbox import OutboxRelay
@@ -25,7 +27,7 @@ from chalicelib.pipeline.producer import SqsProducer
 from chalicelib.service.sessions import SessionService
 from tests.conftest import TEST_CHANNEL
 from tests.pipeline_support import event_body, outbox_entries_of
-from tests.servers import TcpProxy
+from tests.servers import TcpProxy, free_port
 
 pytestmark = [pytest.mark.localstack]
 
@@ -275,3 +277,16 @@ def test_entries_the_queue_keeps_refusing_do_not_starve_the_other_buckets(throwa
     for _ in range(3):
         relay.run_once()
     assert healthy in sender.sent
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_an_aws_client_makes_exactly_the_attempts_it_was_built_with(attempts, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    client = aws.client("sqs", Settings(aws_endpoint_url=f"http://127.0.0.1:{free_port()}",
+                                        aws_region="us-east-1"), attempts=attempts)
+    sent = []
+    client.meta.events.register("before-send.sqs.SendMessage", lambda **_: sent.append(1))
+    with pytest.raises(EndpointConnectionError):  # a closed port: refused at once
+        client.send_message(QueueUrl="http://127.0.0.1/000000000000/q", MessageBody="x")
+    assert len(sent) == attempts

@@ -12,20 +12,23 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
-from chalice.test import Client
 
-from app import app
 from chalicelib import runtime
 from chalicelib.api.health import DEADLINE_SECONDS
 from chalicelib.config import Settings
-from tests.conftest import API_KEY, LOCALSTACK_URL, PG_TEST_ADMIN_URL, REDIS_TEST_URL, TEST_CHANNEL
+from tests.conftest import (
+    API_KEY,
+    LOCALSTACK_URL,
+    PG_TEST_ADMIN_URL,
+    REDIS_TEST_URL,
+    TEST_CHANNEL,
+    app_client,
+)
 from tests.ops_support import cli_env, run_cli
 from tests.servers import free_port
 
-PROJECT_DIR = str(Path(__file__).resolve().parents[2])
 # The report comes within health.DEADLINE_SECONDS plus overhead; the bounds
 # below are several times that, for a busy machine: they catch a hang, and
 # the "no answer within" errors show that the deadline is what cut a probe.
@@ -58,10 +61,10 @@ def get_health(use_settings, settings: Settings, *, up: tuple[str, ...] = ()):
     """
     use_settings(settings)
     give_up = time.monotonic() + UP_WITHIN_SECONDS
-    with Client(app, stage_name="local", project_dir=PROJECT_DIR) as client:
+    with app_client() as http:
         while True:
             start = time.monotonic()
-            response = client.http.get("/health")
+            response = http.get("/health")
             seconds = time.monotonic() - start
             checks = response.json_body["checks"]
             if all(checks[name]["status"] == "ok" for name in up) or time.monotonic() > give_up:
@@ -265,8 +268,8 @@ def test_a_malformed_database_url_is_named_without_its_user_host_database_or_pas
             "REDIS_URL": REDIS_TEST_URL, "DATABASE_URL": url, "SESSIONSYNC_API_KEYS": API_KEY}}}}))
     runtime.reset()  # settings read from the stage's environment, not installed
     try:
-        with Client(app, stage_name="leaky", project_dir=str(tmp_path)) as client:
-            response = client.http.get("/health")
+        with app_client("leaky", tmp_path) as http:
+            response = http.get("/health")
     finally:
         runtime.reset()
 
@@ -305,8 +308,8 @@ def test_an_access_denied_from_sqs_is_access_denied_not_a_missing_queue_and_show
                         queue_url=f"https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/orders-events",
                         dlq_name="orders-events-dlq")
     use_settings(settings, sqs=DeniedSqs())
-    with Client(app, stage_name="local", project_dir=PROJECT_DIR) as client:
-        response = client.http.get("/health")
+    with app_client() as http:
+        response = http.get("/health")
 
     assert response.status_code == 503
     checks = response.json_body["checks"]

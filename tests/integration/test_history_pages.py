@@ -8,14 +8,11 @@ import json
 import uuid
 
 import pytest
-from chalice.test import Client
 
-from app import app
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.service.sessions import HISTORY_PAGE_BYTES, SessionService
-from tests.conftest import API_KEY
+from tests.conftest import BEARER, app_client
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024
 STATE_BYTES = 250 * 1024
 EVENTS = 30
@@ -58,10 +55,10 @@ def test_a_page_of_large_events_stays_under_the_byte_budget_and_the_pages_chain_
     use_settings(app_settings, service=service)
 
     seen, sizes, cursor = [], [], None
-    with Client(app, stage_name="local") as client:
+    with app_client() as http:
         for _ in range(EVENTS + 2):  # bounded
             query = "limit=500" + (f"&before_version={cursor}" if cursor else "")
-            reply = client.http.get(f"/sessions/{sid}/events?{query}", headers=AUTH)
+            reply = http.get(f"/sessions/{sid}/events?{query}", headers=BEARER)
             assert reply.status_code == 200, reply.body[:200]
             # what the Lambda returns: the body as a JSON string in the proxy response
             envelope = json.dumps({"statusCode": 200, "headers": dict(reply.headers),

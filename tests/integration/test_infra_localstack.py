@@ -20,9 +20,9 @@ import pytest
 
 from chalicelib.adapters import aws
 from chalicelib.config import Settings
+from tests.conftest import PROJECT_DIR
 from tests.servers import free_port, wait_for
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 TEMPLATE = PROJECT_DIR / "infra" / "cloudformation" / "queues.yaml"
 
 

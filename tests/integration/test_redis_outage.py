@@ -11,22 +11,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import redis
-from chalice.test import Client
 
-from app import app
 from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ServiceUnavailable
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, AUTH, app_client
 from tests.servers import RedisServer, free_port
 
-PROJECT_DIR = str(Path(__file__).resolve().parents[2])
-AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 # REDIS_TIMEOUT is 1.0 s: the answer comes within it plus overhead.  The
 # bound is several times that, for a busy machine; it catches a hang, and
 # the waits counted below show how many timeouts a call sat through.
@@ -71,8 +66,8 @@ def outage_store(throwaway_redis, wire) -> SessionStore:
 @pytest.fixture
 def outage_api(throwaway_redis, use_settings):
     use_settings(Settings(redis_url=throwaway_redis.url, api_keys=(API_KEY,)))
-    with Client(app, stage_name="local", project_dir=PROJECT_DIR) as client:
-        yield client.http
+    with app_client() as http:
+        yield http
 
 
 def timed(call):
@@ -209,8 +204,7 @@ def full_redis(tmp_path):
 def test_a_full_redis_answers_writes_with_503_and_still_serves_reads(full_redis, use_settings, session_id):
     port = full_redis.connection_pool.connection_kwargs["port"]
     use_settings(Settings(redis_url=f"redis://127.0.0.1:{port}/0", api_keys=(API_KEY,)))
-    with Client(app, stage_name="local", project_dir=PROJECT_DIR) as client:
-        api = client.http
+    with app_client() as api:
         assert create(api, session_id, {"a": 1}).status_code == 201
         full_redis.config_set("maxmemory", 1)  # every write is now over the limit
 
@@ -233,12 +227,12 @@ def test_an_unreachable_redis_cluster_is_a_503_on_health_and_on_every_route_not_
     # a cluster client reads the slot map as it is built: that must fail as a 503 too
     use_settings(Settings(redis_url=f"redis://127.0.0.1:{free_port()}", redis_cluster=True,
                           api_keys=(API_KEY,)))
-    with Client(app, stage_name="local", project_dir=PROJECT_DIR) as client:
+    with app_client() as http:
         start = time.monotonic()
-        health = client.http.get("/health")
+        health = http.get("/health")
         assert health.status_code == 503
         assert json.loads(health.body)["checks"]["redis"]["status"] == "down"
-        reply = client.http.get("/sessions/anything", headers={"Authorization": f"Bearer {API_KEY}"})
+        reply = http.get("/sessions/anything", headers={"Authorization": f"Bearer {API_KEY}"})
         assert reply.status_code == 503
         assert json.loads(reply.body)["error"]["code"] == "ServiceUnavailable"
         assert time.monotonic() - start < 2 * BUDGET_SECONDS  # two requests, neither hangs

@@ -19,11 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY, REDIS_TEST_URL, TEST_CHANNEL
+from chalicelib.config import AUTH_MODE
+from tests.conftest import API_KEY, AUTH, BEARER, PROJECT_DIR, REDIS_TEST_URL, TEST_CHANNEL
 from tests.servers import free_port, serve_process, stop_process, wait_for
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,7 @@ def test_64_concurrent_clients_are_all_served_without_a_reset_or_a_dropped_syn(s
 
 
 def test_an_unknown_route_is_a_404_in_the_error_shape_that_does_not_echo_the_key(server):
-    status, headers, body = server.request("GET", "/nope/x?y=1", headers=AUTH)
+    status, headers, body = server.request("GET", "/nope/x?y=1", headers=BEARER)
     assert status == 404 and headers["Content-Type"] == "application/json"
     assert json.loads(body)["error"]["code"] == "RouteNotFound"
     assert API_KEY.encode() not in body
@@ -133,7 +131,7 @@ def test_missing_and_refused_credentials_are_401_and_403_in_the_error_shape(serv
 
 @pytest.mark.parametrize("method", ["PATCH", "TRACE", "CONNECT", "BREW"])
 def test_a_method_no_route_has_is_a_405_not_a_5xx(server, method):
-    status, headers, body = server.request(method, "/sessions/x", headers=AUTH)
+    status, headers, body = server.request(method, "/sessions/x", headers=BEARER)
     assert status == 405 and headers["Allow"] == "GET, PUT, DELETE"
     assert json.loads(body)["error"]["code"] == "MethodNotAllowed"
 
@@ -145,20 +143,19 @@ def test_a_huge_header_is_refused_with_a_4xx(server):
 
 
 def test_the_walk_through_works_over_http(server, session_id):
-    json_auth = {**AUTH, "Content-Type": "application/json"}
     status, headers, body = server.request(
-        "POST", "/sessions", json_auth, json.dumps({"session_id": session_id, "state": {"items": []}}))
+        "POST", "/sessions", AUTH, json.dumps({"session_id": session_id, "state": {"items": []}}))
     assert status == 201 and headers["ETag"] == '"1"'
-    status, headers, _ = server.request("GET", f"/sessions/{session_id}", AUTH)
+    status, headers, _ = server.request("GET", f"/sessions/{session_id}", BEARER)
     assert status == 200
     etag = headers["ETag"]
-    put = {**json_auth, "If-Match": etag}
+    put = {**AUTH, "If-Match": etag}
     status, _, body = server.request("PUT", f"/sessions/{session_id}", put, '{"state":{"items":["book"]}}')
     assert status == 200 and json.loads(body)["version"] == 2
     status, _, body = server.request("PUT", f"/sessions/{session_id}", put, '{"state":{"items":[]}}')
     assert status == 409 and json.loads(body)["error"]["details"]["actual_version"] == 2
-    assert server.request("DELETE", f"/sessions/{session_id}", AUTH)[0] == 204
-    assert server.request("GET", f"/sessions/{session_id}", AUTH)[0] == 404
+    assert server.request("DELETE", f"/sessions/{session_id}", BEARER)[0] == 204
+    assert server.request("GET", f"/sessions/{session_id}", BEARER)[0] == 404
 
 
 @pytest.mark.parametrize(("request_head", "status", "code"), [
@@ -287,14 +284,14 @@ def median_get_seconds(port: int, path: str, requests: int, *, keep_alive: bool)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         if keep_alive:
-            conn.request("GET", path, headers=AUTH)
+            conn.request("GET", path, headers=BEARER)
             conn.getresponse().read()
         for _ in range(requests):
             if not keep_alive:
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             start = time.perf_counter()
-            conn.request("GET", path, headers=AUTH)
+            conn.request("GET", path, headers=BEARER)
             response = conn.getresponse()
             body = response.read()
             times.append(time.perf_counter() - start)
@@ -310,7 +307,7 @@ def test_a_get_on_a_reused_keep_alive_connection_is_no_slower_than_on_a_fresh_on
     # Nagle holds the body until the client ACKs the headers, and a client
     # on a connection past its first exchanges delays that ACK (about 40 ms
     # on Linux).  A fresh connection is still in quick-ACK mode, so it hid it.
-    status, _, body = server.request("POST", "/sessions", {**AUTH, "Content-Type": "application/json"},
+    status, _, body = server.request("POST", "/sessions", AUTH,
                                      json.dumps({"session_id": session_id, "state": {"n": 1}}))
     assert status == 201, body
     path = f"/sessions/{session_id}"
@@ -318,3 +315,21 @@ def test_a_get_on_a_reused_keep_alive_connection_is_no_slower_than_on_a_fresh_on
     reused = median_get_seconds(server.port, path, 30, keep_alive=True)
     # a ratio, not a time: a busy machine slows both alike; the stall made it ~30x
     assert reused <= 2 * fresh, f"keep-alive median {reused * 1000:.1f} ms, fresh {fresh * 1000:.1f} ms"
+
+
+def test_sessionsync_serve_refuses_iam_mode_naming_the_setting_because_nothing_would_check_it():
+    """chalice local does not enforce IAM: serving in that mode would answer
+    every session route without any authentication."""
+    env = {k: v for k, v in os.environ.items() if k != AUTH_MODE}
+    env.update({AUTH_MODE: "iam", "REDIS_URL": "redis://127.0.0.1:6379/0",
+                "SESSIONSYNC_API_KEYS": "unused-key-0123456789abcdef"})
+    port = free_port()
+    try:
+        result = subprocess.run([str(Path(sys.executable).parent / "sessionsync"), "serve", "--no-pipeline",
+                                 "--port", str(port)], cwd=PROJECT_DIR, env=env, capture_output=True,
+                                text=True, timeout=30)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"serve started in iam mode, with no authentication: {exc.stdout!r}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"configuration error: {AUTH_MODE}: "), result.stderr
+    assert "unauthenticated" in result.stderr and "api-key" in result.stderr

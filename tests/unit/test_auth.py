@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hmac
-import io
 import itertools
 import json
 
@@ -18,7 +17,6 @@ from chalicelib.api.auth import (
     ApiKeys,
 )
 from chalicelib.domain.errors import ConfigurationError
-from chalicelib.observability import logs
 
 KEYS = ("first-key-0123456789abcdef", "second-key-0123456789abcdef", "third-key-0123456789abcdef")
 
@@ -165,14 +163,6 @@ def flaky():
     keys = ApiKeys((), secret_arn=SECRET_ARN, secrets_client=secrets, clock=clock)
     return keys, secrets, clock
 
-
-
-@pytest.fixture
-def log_lines():
-    stream = io.StringIO()
-    logs.configure("INFO", stream=stream)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    logs.configure()
 
 
 def test_a_failed_refresh_keeps_serving_the_last_good_keys(flaky):

@@ -5,14 +5,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from chalicelib.config import AUTH_MODE, auth_mode
 from chalicelib.domain.errors import ConfigurationError
+from tests.conftest import PROJECT_DIR
 
-PROJECT = Path(__file__).resolve().parents[2]
 PROBE = ("import json, app; print(json.dumps({p: {m: type(e.authorizer).__name__ "
          "for m, e in v.items()} for p, v in app.app.routes.items()}))")
 
@@ -21,7 +20,7 @@ def route_authorizers(mode: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != AUTH_MODE}
     if mode is not None:
         env[AUTH_MODE] = mode
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=PROJECT, env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=PROJECT_DIR, env=env, check=True,
                          capture_output=True, text=True, timeout=60).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -45,21 +44,3 @@ def test_an_unknown_auth_mode_names_the_setting():
     assert caught.value.setting == AUTH_MODE
 
 
-def test_sessionsync_serve_refuses_iam_mode_naming_the_setting_because_nothing_would_check_it():
-    """chalice local does not enforce IAM: serving in that mode would answer
-    every session route without any authentication."""
-    from tests.servers import free_port
-
-    env = {k: v for k, v in os.environ.items() if k != AUTH_MODE}
-    env.update({AUTH_MODE: "iam", "REDIS_URL": "redis://127.0.0.1:6379/0",
-                "SESSIONSYNC_API_KEYS": "unused-key-0123456789abcdef"})
-    port = free_port()
-    try:
-        result = subprocess.run([str(Path(sys.executable).parent / "sessionsync"), "serve", "--no-pipeline",
-                                 "--port", str(port)], cwd=PROJECT, env=env, capture_output=True,
-                                text=True, timeout=30)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"serve started in iam mode, with no authentication: {exc.stdout!r}")
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(f"configuration error: {AUTH_MODE}: "), result.stderr
-    assert "unauthenticated" in result.stderr and "api-key" in result.stderr

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import PROJECT_DIR
 from tests.mutants.catalog import MUTANTS, Edit, Mutant
 from tests.mutants.runner import HarnessError, apply, restore
 
-ROOT = Path(__file__).resolve().parents[2]
-GUARANTEES = (ROOT / "docs" / "guarantees.md").read_text()
+GUARANTEES = (PROJECT_DIR / "docs" / "guarantees.md").read_text()
 
 
 def _copy(mutant: Mutant, tmp_path: Path) -> Path:
     for name in mutant.files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, tmp_path / name)
+        shutil.copy(PROJECT_DIR / name, tmp_path / name)
     return tmp_path
 
 
@@ -32,7 +32,7 @@ def test_every_mutant_still_applies_to_today_s_code_and_changes_it(mutant, tmp_p
     assert {p.relative_to(tree).as_posix() for p in originals} == set(mutant.files)
     assert all(path.read_text() != text for path, text in originals.items())
     restore(originals)
-    assert all((ROOT / name).read_text() == (tree / name).read_text() for name in mutant.files)
+    assert all((PROJECT_DIR / name).read_text() == (tree / name).read_text() for name in mutant.files)
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
@@ -41,7 +41,7 @@ def test_every_test_that_must_kill_a_mutant_exists(mutant):
     for node in mutant.tests:
         path, name = node.split("::")
         function = re.sub(r"\[.*\]$", "", name)
-        assert re.search(rf"^def {function}\(", (ROOT / path).read_text(), re.MULTILINE), node
+        assert re.search(rf"^def {function}\(", (PROJECT_DIR / path).read_text(), re.MULTILINE), node
 
 
 def test_mutants_have_unique_names_and_attack_a_numbered_guarantee():

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "perfdoc_check.py"
+from tests.conftest import PROJECT_DIR
+
+SCRIPT = PROJECT_DIR / "scripts" / "perfdoc_check.py"
 
 
 def _git(root: Path, *args: str) -> str:

@@ -348,19 +348,3 @@ class _Source:
         return 0
 
 
-@pytest.mark.parametrize("attempts", [1, 2])
-def test_an_aws_client_makes_exactly_the_attempts_it_was_built_with(attempts, monkeypatch):
-    from botocore.exceptions import EndpointConnectionError
-
-    from chalicelib.adapters import aws
-    from chalicelib.config import Settings
-    from tests.servers import free_port
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    client = aws.client("sqs", Settings(aws_endpoint_url=f"http://127.0.0.1:{free_port()}",
-                                        aws_region="us-east-1"), attempts=attempts)
-    sent = []
-    client.meta.events.register("before-send.sqs.SendMessage", lambda **_: sent.append(1))
-    with pytest.raises(EndpointConnectionError):  # a closed port: refused at once
-        client.send_message(QueueUrl="http://127.0.0.1/000000000000/q", MessageBody="x")
-    assert len(sent) == attempts

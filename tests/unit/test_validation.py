@@ -9,11 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chalicelib.config import DEFAULT_MAX_STATE_BYTES as LIMIT
 from chalicelib.domain import validation
 from chalicelib.domain.errors import PayloadTooLarge, PreconditionRequired, ValidationError
 from chalicelib.domain.validation import MAX_DEPTH, SESSION_ID_PATTERN
-
-LIMIT = 256 * 1024
 
 
 def nested(depth: int, leaf: object = 1) -> object:

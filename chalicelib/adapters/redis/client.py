@@ -176,7 +176,7 @@ class _Cluster(RedisCluster):
 
     ERRORS_ALLOW_RETRY = (*(e for e in RedisCluster.ERRORS_ALLOW_RETRY
                             if not issubclass(e, (redis.TimeoutError, redis.ConnectionError))),
-                          BusyLoadingError)
+                          BusyLoadingError)  # type: ignore[assignment]  # redis-py types it as its own four
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         # A pipeline retries with its own, wider list (timeouts included) and

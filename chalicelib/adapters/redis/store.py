@@ -39,7 +39,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import redis
 
@@ -462,7 +462,7 @@ class SessionStore:
             raise EpochChanged(session_id, session.version, session)
         return session
 
-    def _read(self, key: str, verify: bool) -> tuple[bytes, bool] | None:
+    def _read(self, key: str, verify: bool) -> tuple[bytes | str, bool] | None:
         """(value, whether it carries the node's epoch), or None."""
         if not verify:
             raw = self.client.get(key)
@@ -521,7 +521,7 @@ class SessionStore:
     def marker(self, session_id: str) -> tuple[int, bool] | None:
         """(last acknowledged version, deleted) from the long-lived marker."""
         with _redis_errors():
-            raw = self.client.get(session_keys(session_id)[1])
+            raw = cast("bytes | None", self.client.get(session_keys(session_id)[1]))
         if raw is None:
             return None
         version, flag = raw.decode().split("|")
@@ -883,7 +883,7 @@ def _scan_session_keys(node: redis.Redis, limit: int, max_calls: int) -> list[by
     cursor = 0
     for _ in range(max_calls):
         cursor, batch = node.scan(cursor=cursor, match=SESSION_KEY_PATTERN, count=1000)
-        keys.extend(batch)
+        keys.extend(cast("list[bytes]", batch))  # the client does not decode responses
         if cursor == 0 or len(keys) >= limit:
             break
     return keys[:limit]
@@ -902,7 +902,7 @@ class _redis_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> Literal[False]:
         if exc is None:
             return False
         # ClusterError: still refused after the cluster client's own retries

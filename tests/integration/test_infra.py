@@ -18,8 +18,8 @@ from cfnlint.decode import cfn_yaml
 
 from chalicelib import config
 from sessionsync import provisioning
+from tests.conftest import PROJECT_DIR
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 INFRA = PROJECT_DIR / "infra"
 QUEUES_TEMPLATE = INFRA / "cloudformation" / "queues.yaml"
 MERGE_TEMPLATE = INFRA / "chalice-merge.json"
