@@ -219,3 +219,27 @@ def test_queue_metrics_reports_completed_from_postgresql_and_failed_from_the_dlq
     assert table.returncode == 0
     assert "failed     1  messages in the DLQ" in table.stdout
     assert "events persisted in the last 5 min (PostgreSQL)" in table.stdout
+
+
+def test_stored_reads_one_sessions_value_marker_and_outbox_entries_only(store, session_id):
+    """On the single node and on the cluster: the bucket's outbox is shared,
+    and only this session's entries come back."""
+    neighbour = next(f"{session_id}-{n}" for n in range(10_000)
+                     if session_keys(f"{session_id}-{n}")[2] == session_keys(session_id)[2])
+    store.create(session_id, '{"a":1}', 120)
+    store.update(session_id, '{"a":2}', 1)
+    store.create(neighbour, '{"b":1}', 120)
+
+    stored = store.stored(session_id)
+
+    assert (stored.session.version, stored.session.state) == (2, {"a": 2})
+    assert 0 < stored.ttl_left <= 120 and stored.epoch_current is True
+    assert stored.value_bytes == len(store.client.get(session_keys(session_id)[0]))
+    assert stored.memory_bytes >= stored.value_bytes
+    assert (stored.marker, stored.marker_ttl_left) == ((2, False), -1)
+    assert [(eid, v) for eid, v, _ in stored.outbox] == [(f"{session_id}:1", 1), (f"{session_id}:2", 2)]
+    store.outbox_ack([f"{session_id}:1", f"{session_id}:2", f"{neighbour}:1"])
+    store.client.delete(session_keys(session_id)[0])
+    gone = store.stored(session_id)
+    assert (gone.session, gone.ttl_left, gone.value_bytes, gone.outbox) == (None, None, 0, ())
+    assert gone.marker == (2, False)

@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
@@ -87,6 +88,21 @@ def test_the_table_has_every_step_of_the_old_guide_with_the_saved_queries_unchan
         assert f"`{query}`" == rows[number - 1].old
         assert any(query in command for command in rows[number - 1].commands)
 
+
+def test_sync_events_timestamp_is_the_time_of_the_change_indexed_and_read_only(pg_test_dsn):
+    import psycopg
+    sid = f"guide-ts-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_test_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO sync_events (session_id, version, event_type, state, occurred_at) "
+                     "VALUES (%s, 1, 'session_created', '{}', '2026-01-02T03:04:05.678Z')", (sid,))
+        stamp, occurred = conn.execute("SELECT timestamp, occurred_at FROM sync_events "
+                                       "WHERE session_id = %s", (sid,)).fetchone()
+        index = conn.execute("SELECT indexdef FROM pg_indexes "
+                             "WHERE indexname = 'sync_events_timestamp_idx'").fetchone()
+        with pytest.raises(psycopg.errors.GeneratedAlways):
+            conn.execute("UPDATE sync_events SET timestamp = now() WHERE session_id = %s", (sid,))
+    assert stamp == occurred == datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    assert index is not None and index[0].endswith('("timestamp" DESC)')
 
 def run_in_terminal(command: str, env: dict[str, str], cwd, *, ready: Callable[[str], bool],
                     during: Callable[[], None], done: Callable[[str], bool], timeout: float = 30) -> Ran:
