@@ -1,4 +1,5 @@
-"""Operators' commands: ``health``, ``diagnose``, ``queue-metrics``, ``dlq``.
+"""Operators' commands: ``health``, ``diagnose``, ``queue-metrics``, ``key``,
+``inspect``, ``dlq``.
 
 Each parses its options, gets its clients from ``chalicelib.runtime`` and
 calls one chalicelib function (``health``, ``operations``,
@@ -17,8 +18,8 @@ import click
 
 from chalicelib import runtime
 from chalicelib.config import SESSION_DLQ_URL, SESSION_QUEUE_URL
-from chalicelib.domain.errors import ConfigurationError
-from sessionsync.cli._common import EXIT_CONFIG, EXIT_FAILED, echo_json, exits_on_errors
+from chalicelib.domain.errors import ConfigurationError, SessionSyncError
+from sessionsync.cli._common import EXIT_CONFIG, EXIT_FAILED, echo_json, exits_on_errors, fail
 
 FORMATS = click.Choice(["table", "json"])
 
@@ -123,26 +124,170 @@ def diagnose(pings: int, sample: int, fmt: str, strict: bool) -> None:
 
 @click.command("queue-metrics")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--minutes", type=click.IntRange(1, 7 * 24 * 60), default=5, show_default=True,
+              help="The window of `completed`: events persisted in the last N minutes.")
 @exits_on_errors
-def queue_metrics(fmt: str) -> None:
-    """Messages waiting, in flight and delayed on the queue and the DLQ.
+def queue_metrics(fmt: str, as_json: bool, minutes: int) -> None:
+    """Messages waiting, in flight and delayed on the queue and the DLQ;
+    completed (events persisted in PostgreSQL in the last --minutes) and
+    failed (messages in the DLQ).
 
-    SQS's numbers are approximate (they can lag by a minute on AWS).
+    SQS keeps no count of completed or failed messages: completed is
+    counted in sync_events, failed is the DLQ's depth.  SQS's numbers are
+    approximate (they can lag by a minute on AWS).  Exit 1 when SQS or
+    PostgreSQL cannot be read (what could be read is still shown).
     """
     from chalicelib.adapters import queue_metrics as metrics
 
     settings = runtime.settings()
-    if not settings.has_queue and not settings.has_dlq:
+    has_dlq = settings.has_dlq
+    if not settings.has_queue and not has_dlq:
         raise ConfigurationError(SESSION_QUEUE_URL, "no queue is configured (set the queue and "
                                  "DLQ URLs or names)")
-    doc = metrics.collect(runtime.sqs(),
-                          runtime.queue_url() if settings.has_queue else None,
-                          runtime.dlq_url() if settings.has_dlq else None)
-    if fmt == "json":
+    doc: dict[str, Any] = metrics.collect(runtime.sqs(),
+                                          runtime.queue_url() if settings.has_queue else None,
+                                          runtime.dlq_url() if has_dlq else None)
+    doc["failed"] = sum(doc["dlq"].values()) if has_dlq else None
+    doc["completed"], doc["completed_minutes"], problem = None, minutes, None
+    database = runtime.database()
+    if database is not None:
+        try:
+            doc["completed"] = database.persisted_since(minutes * 60)
+        except SessionSyncError as exc:
+            problem = f"completed: PostgreSQL could not be read: {exc.message}"
+    if as_json or fmt == "json":
         echo_json(doc)
+    else:
+        click.echo(_table(("QUEUE", "WAITING", "IN_FLIGHT", "DELAYED"),
+                          [(name, doc[name]["waiting"], doc[name]["in_flight"], doc[name]["delayed"])
+                           for name in ("queue", "dlq") if name in doc]))
+        click.echo("")
+        click.echo(f"completed  {'-' if doc['completed'] is None else doc['completed']}  events "
+                   f"persisted in the last {minutes} min (PostgreSQL)")
+        click.echo(f"failed     {'-' if doc['failed'] is None else doc['failed']}  messages in the "
+                   "DLQ (`sessionsync dlq list`)")
+    if problem:
+        fail(problem)
+
+
+# --- key, inspect ----------------------------------------------------------------------
+
+SESSION_ID = click.argument("session_id", callback=lambda ctx, param, value: _session_id(value))
+
+
+def _session_id(value: str) -> str:
+    from chalicelib.domain.errors import ValidationError
+    from chalicelib.domain.validation import session_id
+    try:
+        return session_id(value, percent_encoded=False)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.message) from exc
+
+
+@click.command()
+@SESSION_ID
+@click.option("--all", "show_all", is_flag=True,
+              help="Every key of the session, by role: session, marker, outbox index and data, "
+                   "epoch, hold.")
+def key(session_id: str, show_all: bool) -> None:
+    """The Redis key of a session: redis-cli TTL "$(sessionsync key ID)".
+
+    Keys are ss:{NNNN}:s:<id>, where NNNN is the session's bucket
+    (crc32 of the id mod 1024): a hash tag that keeps every key of a session
+    on one cluster slot.  Nothing is read from Redis.
+    """
+    from chalicelib.adapters.redis.store import key_names
+
+    names = key_names(session_id)
+    if not show_all:
+        click.echo(names["session"])
         return
-    click.echo(_table(("QUEUE", "WAITING", "IN_FLIGHT", "DELAYED"),
-                      [(name, d["waiting"], d["in_flight"], d["delayed"]) for name, d in doc.items()]))
+    click.echo(_table(("ROLE", "KEY"), names.items()))
+
+
+@click.command("inspect")
+@SESSION_ID
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--events", type=click.IntRange(1, 500), default=5, show_default=True,
+              help="How many of the last persisted events to show.")
+@click.option("--dlq-max", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+              help="Read at most this many DLQ messages, looking for the session's.")
+@exits_on_errors
+def inspect_command(session_id: str, fmt: str, as_json: bool, events: int, dlq_max: int) -> None:
+    """Everything about one session, and what is wrong with it, in words.
+
+    Redis key, TTL, version and size; the version marker; outbox entries
+    still waiting; the version in PostgreSQL and the lag behind Redis; the
+    DLQ messages that name it (peeked, left in place); the last events.
+    Read-only.  Exit 0 nothing wrong, 1 something is (a warning, a failure,
+    or a source that could not be read), 2 configuration error.
+    """
+    from sessionsync import inspect as inspection
+
+    settings = runtime.settings()
+    has_dlq = bool(settings.dlq_url or settings.dlq_name)
+    found = inspection.inspect(session_id, store=runtime.store(), database=runtime.database(),
+                               sqs=runtime.sqs() if has_dlq else None,
+                               dlq_url=runtime.dlq_url if has_dlq else None,
+                               events=events, dlq_limit=dlq_max)
+    doc = found.to_dict()
+    if as_json or fmt == "json":
+        echo_json(doc)
+    else:
+        click.echo(_inspection_text(doc))
+    if doc["level"] in ("warn", "fail"):
+        sys.exit(EXIT_FAILED)
+
+
+def _inspection_text(doc: dict[str, Any]) -> str:
+    lines = [f"session     {doc['session_id']}"]
+    r = doc["redis"]
+    if r is None:
+        lines.append(f"redis       {doc['keys']['session']}  (not read)")
+    else:
+        if r["present"]:
+            ttl = "no TTL" if r["ttl_left_s"] == -1 else f"TTL {r['ttl_left_s']} s of {r['ttl_seconds']} s"
+            lines.append(f"redis       {r['key']}  v{r['version']}{' deleted' if r['deleted'] else ''}  "
+                         f"{ttl}  {r['value_bytes']} bytes (memory {r['memory_bytes']})  "
+                         f"updated {r['updated_at']}")
+        else:
+            lines.append(f"redis       {r['key']}  no key")
+        m = r["marker"]
+        lines.append(f"marker      {doc['keys']['marker']}  " + (
+            "none" if m is None else f"v{m['version']}{' deleted' if m['deleted'] else ''}  "
+            + ("no TTL" if m["ttl_left_s"] == -1 else f"TTL {m['ttl_left_s']} s")))
+        lines.append("outbox      " + (", ".join(f"v{e['version']} ({e['age_s']} s old)" for e in r["outbox"])
+                                       or "nothing waiting"))
+    pg = doc["postgresql"]
+    if "postgresql" in doc["not_configured"]:
+        lines.append("postgresql  not configured")
+    elif "postgresql" not in doc["errors"]:
+        s = pg["session"]
+        lines.append("postgresql  " + ("no row in sync_sessions" if s is None else
+                                       f"v{s['version']}{' deleted' if s['deleted'] else ''}  "
+                                       f"updated {s['updated_at']}")
+                     + ("" if pg["lag_versions"] is None else f"  lag {pg['lag_versions']} version(s)"))
+        for e in pg["events"]:
+            lines.append(f"  event     v{e['version']} {e['event_type']}  at {e['occurred_at']}  "
+                         f"persisted {e['persisted_at']}")
+    d = doc["dlq"]
+    if "dlq" in doc["not_configured"]:
+        lines.append("dlq         not configured")
+    elif d is not None:
+        lines.append(f"dlq         {len(d['messages'])} message(s) for this session "
+                     f"(of {d['read']} read, left in place)")
+        for m in d["messages"]:
+            lines.append(f"  message   v{m['version']} {m['error_class']} {m['error_code'] or ''} "
+                         f"{m['constraint'] or ''}".rstrip())
+    lines.append("")
+    for f in doc["findings"]:
+        lines.append(f"{_MARKS[f['level']]} {f['summary']}")
+        if f.get("fix") and f["level"] != "ok":
+            lines.append(f"         fix: {f['fix']}")
+    lines.append(f"overall: {doc['level']}")
+    return "\n".join(lines)
 
 
 # --- dlq ----------------------------------------------------------------------------------
@@ -235,4 +380,4 @@ def dlq_redrive(error_class: str | None, error_code: str | None, constraint: str
                + (" (SQS move task)" if result.task_handle else ""))
 
 
-COMMANDS = (health, diagnose, queue_metrics, dlq)
+COMMANDS = (health, diagnose, queue_metrics, key, inspect_command, dlq)

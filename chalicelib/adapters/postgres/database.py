@@ -181,6 +181,12 @@ FROM sync_events ORDER BY persisted_at DESC LIMIT %s
 
 VERSIONS_SQL = "SELECT session_id, version FROM sync_sessions WHERE session_id = ANY(%s::text[])"
 
+# events persisted in the last N seconds (sync_events_persisted_at_idx):
+# the queue's "completed" count, which SQS does not keep
+PERSISTED_SINCE_SQL = """
+SELECT count(*) FROM sync_events WHERE persisted_at > now() - make_interval(secs => %s)
+"""
+
 
 # --- the adapter -------------------------------------------------------------
 
@@ -425,6 +431,10 @@ class Database:
         rows = self._fetch(RECENT_SQL, (limit,))
         return [{"session_id": sid, "version": int(v), "event_type": t, "occurred_at": o,
                  "persisted_at": p} for sid, v, t, o, p in rows]
+
+    def persisted_since(self, seconds: float) -> int:
+        """How many events were persisted in the last ``seconds`` (for operators)."""
+        return int(self._fetch(PERSISTED_SINCE_SQL, (seconds,))[0][0])
 
     def persisted_versions(self, session_ids: Iterable[str]) -> dict[str, int]:
         """session id -> version in ``sync_sessions`` (absent ids are left out)."""

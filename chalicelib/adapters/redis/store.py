@@ -367,6 +367,16 @@ def outbox_keys(bucket: int) -> tuple[str, str]:
     return f"{tag}:ob", f"{tag}:od"
 
 
+def key_names(session_id: str) -> dict[str, str]:
+    """Every Redis key that concerns a session, by role, for operators
+    (``sessionsync key --all``): its own session, marker and hold keys, and
+    its bucket's outbox index and data and epoch record (shared with the
+    other sessions of the bucket)."""
+    session, marker, outbox_index, outbox_data = session_keys(session_id)
+    return {"session": session, "marker": marker, "outbox_index": outbox_index,
+            "outbox_data": outbox_data, "epoch": epoch_key(session_id), "hold": hold_key(session_id)}
+
+
 # outbox_pending counts this many buckets first: enough to cover a page
 # when a backlog is waiting, without counting every bucket for each page
 _OUTBOX_FIRST_WINDOW = 64
@@ -401,6 +411,12 @@ def decode_session(session_id: str, raw: bytes | str) -> Session:
         raw = raw.decode()
     version, created, updated, ttl, flag, state = raw.split("|", 5)
     return Session(session_id, int(version), state, created, updated, int(ttl), flag[0] == "D")
+
+
+def _decode_marker(raw: bytes) -> tuple[int, bool]:
+    """(version, deleted) from a marker "<version>|<L|D>"."""
+    version, flag = raw.decode().split("|")
+    return int(version), flag == "D"
 
 
 def _encode_head(session: Session) -> str:
@@ -522,10 +538,7 @@ class SessionStore:
         """(last acknowledged version, deleted) from the long-lived marker."""
         with _redis_errors():
             raw = cast("bytes | None", self.client.get(session_keys(session_id)[1]))
-        if raw is None:
-            return None
-        version, flag = raw.decode().split("|")
-        return int(version), flag == "D"
+        return None if raw is None else _decode_marker(raw)
 
     # -- writes -------------------------------------------------------------
 
@@ -784,6 +797,61 @@ class SessionStore:
         with _redis_errors():
             self.client.ping()
         return (time.perf_counter() - start) * 1000
+
+    # -- one session as stored, for operators (sessionsync inspect) -------------
+
+    def stored(self, session_id: str) -> StoredSession:
+        """Everything Redis holds for one session, read without changing
+        anything: the value (a tombstone too) with its TTL, size and epoch,
+        the marker, and the session's outbox entries still waiting.
+
+        Raises ServiceUnavailable.
+        """
+        session_key, marker_key, index_key, _ = session_keys(session_id)
+        with _redis_errors():
+            reply = self._run(self._get_verified, [session_key], [])
+            pipe = self.client.pipeline(transaction=False)
+            pipe.ttl(session_key)
+            pipe.memory_usage(session_key)
+            pipe.get(marker_key)
+            pipe.ttl(marker_key)
+            ttl, memory, marker_raw, marker_ttl = pipe.execute()
+            # the bucket's outbox is shared: only this session's entries
+            # ("<id>:<version>"; ids have no glob characters)
+            found = [(member.decode(), int(score)) for member, score
+                     in self.client.zscan_iter(index_key, match=f"{session_id}:*", count=1000)]
+        outbox = sorted((eid, int(eid.rsplit(":", 1)[1]), ms) for eid, ms in found
+                        if eid.rsplit(":", 1)[0] == session_id)
+        marker = None if marker_raw is None else _decode_marker(marker_raw)
+        return StoredSession(
+            session=decode_session(session_id, reply[0]) if reply else None,
+            ttl_left=int(ttl) if reply else None, value_bytes=len(reply[0]) if reply else 0,
+            memory_bytes=int(memory) if reply and memory is not None else None,
+            epoch_current=bool(reply[1]) if reply else None, marker=marker,
+            marker_ttl_left=int(marker_ttl) if marker is not None else None,
+            outbox=tuple(sorted(outbox, key=lambda entry: entry[1])))
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """What Redis holds for one session (``SessionStore.stored``)."""
+
+    #: the decoded value, a tombstone too; None when there is no key
+    session: Session | None
+    #: seconds the key has left, -1 for none (None: no key)
+    ttl_left: int | None
+    #: length of the stored value, and what Redis counts for the key (MEMORY USAGE)
+    value_bytes: int
+    memory_bytes: int | None
+    #: False: written before Redis's data last went back in time, so a read
+    #: asks PostgreSQL to confirm it (None: no key)
+    epoch_current: bool | None
+    #: (last acknowledged version, deleted) from the marker, and its TTL left
+    marker: tuple[int, bool] | None
+    marker_ttl_left: int | None
+    #: (event id, version, enqueued at in epoch ms) of the outbox entries not
+    #: yet acknowledged by SQS, by version
+    outbox: tuple[tuple[str, int, int], ...]
 
 
 class Subscription:
