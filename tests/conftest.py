@@ -15,6 +15,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from chalicelib import runtime
+from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.observability import metrics
@@ -32,7 +33,9 @@ API_KEY = "test-key-0123456789abcdef"
 
 @pytest.fixture(scope="session")
 def redis_single() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_TEST_URL, socket_timeout=5)
+    # the client the service builds (its hot path included), so that every
+    # store test runs on it; with a patient timeout for a busy machine
+    client = connect_redis(Settings(redis_url=REDIS_TEST_URL, redis_timeout=5.0))
     try:
         client.ping()
     except redis.ConnectionError as exc:

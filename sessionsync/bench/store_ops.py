@@ -158,7 +158,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         created.append(sid)
         return session
 
-    floors = _CFloors(ctx, store, raw_client, read_key, state, prefix)
+    floors = CFloors(ctx, store, raw_client, read_key, state, prefix)
     used.append(floors.update_id)
     rounds_done = 0
     rounds = min(50, profile.store_iterations)
@@ -264,7 +264,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     }
 
 
-class _CFloors:
+class CFloors:
     """The C client's floors (module docstring), measured in slices."""
 
     def __init__(self, ctx: BenchContext, store: SessionStore, raw_client: redis.Redis,
