@@ -8,6 +8,7 @@ must not fail, or be sent twice, because a warm connection went stale).
 """
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 
@@ -117,3 +118,33 @@ def test_a_write_after_the_server_closed_the_warm_connection_goes_through_on_a_n
     [fresh] = connections_named(redis_single, client_name)
     assert fresh["id"] != warm["id"]
     store.outbox_ack([f"{session_id}:1", f"{session_id}:2"])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_forked_child_talks_on_a_connection_of_its_own(redis_single, hot_client, client_name):
+    key = f"hot-fork-{uuid.uuid4().hex}"
+    redis_single.set(key, b"value")
+    assert hot_client.get(key) == b"value"  # the parent's connection exists
+    to_parent, from_child = os.pipe()
+    to_child, from_parent = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one GET, then wait until the parent counted
+        try:
+            answer = "ok" if hot_client.get(key) == b"value" else "wrong reply"
+        except BaseException as exc:  # never back into pytest from the child
+            answer = repr(exc)
+        finally:
+            os.write(from_child, answer.encode())
+            os.read(to_child, 1)
+            os._exit(0)
+    try:
+        child_answer = os.read(to_parent, 200).decode()
+        # sharing the parent's socket, the two would read each other's replies
+        connections = len(connections_named(redis_single, client_name))
+        os.write(from_parent, b"1")
+    finally:
+        os.waitpid(pid, 0)
+        redis_single.delete(key)
+
+    assert (child_answer, connections) == ("ok", 2)
+    assert hot_client.get(key) is None

@@ -238,6 +238,12 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_HOT}::test_threads_sharing_one_client_each_get_their_own_replies",),
         "threads of the local server interleave commands on one connection and read each "
         "other's replies"),
+    mutant(
+        "hot-connection-kept-across-fork", 9, REDIS_CLIENT,
+        (("        os.register_at_fork(after_in_child=lambda: (forget := after_fork()) and forget())\n",
+          "        del after_fork\n"),),
+        (f"{T_HOT}::test_a_forked_child_talks_on_a_connection_of_its_own",),
+        "a forked child sends on its parent's socket: the two read each other's replies"),
     # -- 3: sync_sessions holds the highest version ------------------------------
     mutant(
         "upsert-version-guard-removed", 3, PERSISTENCE,

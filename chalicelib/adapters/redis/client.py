@@ -7,7 +7,9 @@ passed to redis-py unchanged, as ElastiCache in-transit encryption needs.
 """
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,13 +111,20 @@ class _Redis(redis.Redis):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._hot_lock = threading.Lock()
-        self._hot_connection: Any = None
+        self._forget_hot_connection()
+        # a forked child must not talk on its parent's socket (the pool
+        # resets itself likewise); the weak reference lets the client go
+        after_fork = weakref.WeakMethod(self._forget_hot_connection)
+        os.register_at_fork(after_in_child=lambda: (forget := after_fork()) and forget())
         # the packing below is redis-py's for UTF-8 (its default encoder);
         # a client-side cache answers GETs itself: leave those to redis-py
         encoder = self.get_encoder()
         self._hot = (encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
                      and self.get_cache() is None)
+
+    def _forget_hot_connection(self) -> None:
+        self._hot_lock = threading.Lock()
+        self._hot_connection: Any = None
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         # options other than "keys" (which only a client-side cache reads)
