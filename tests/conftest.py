@@ -17,6 +17,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from chalicelib import runtime
+from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.observability import logs, metrics
@@ -39,7 +40,9 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def redis_single() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_TEST_URL, socket_timeout=5)
+    # the client the service builds (its hot path included), so that every
+    # store test runs on it; with a patient timeout for a busy machine
+    client = connect_redis(Settings(redis_url=REDIS_TEST_URL, redis_timeout=5.0))
     try:
         client.ping()
     except redis.ConnectionError as exc:

@@ -8,23 +8,45 @@ any one-script compare-and-set can cost).  The sessionsync operations run
 through ``SessionStore`` on the client the service builds
 (``connect_redis``), with a 1 KB state.  All of them run interleaved
 (``stats.interleaved``), so the ratios are not skewed by drift.
+
+The C client's floors (``c_client``: redis-benchmark, one connection, one
+call at a time) are the same GET, the same EVALSHA of GET_SCRIPT and of
+UPDATE_SCRIPT with the same keys and arguments, run in three slices spread
+over the interleaved rounds; each floor is the median of its slices' p50.
+The update floor's script is UPDATE_SCRIPT without its version check (a C
+client cannot send the next version on each call): every call commits, as
+the store's updates do, and the run checks that it did.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 import redis
 
 from chalicelib.adapters.redis.client import connect_redis
-from chalicelib.adapters.redis.store import EPOCH_SCRIPT, SessionStore, decode_session, session_keys
+from chalicelib.adapters.redis.store import (
+    EPOCH_SCRIPT,
+    GET_SCRIPT,
+    UPDATE_SCRIPT,
+    SessionStore,
+    decode_session,
+    iso_utc,
+    session_keys,
+)
 from chalicelib.config import Settings
 from chalicelib.domain.session import Session
 from chalicelib.domain.validation import CreateRequest
 from chalicelib.service.sessions import SessionService
+from sessionsync.bench import c_client
 from sessionsync.bench.context import STATE_BYTES, BenchContext, delete_session_keys, state_json
-from sessionsync.bench.stats import interleaved, ratio, summarize_ns
+from sessionsync.bench.stats import interleaved, median, ratio, summarize_ns
 
 TRIVIAL_SCRIPT = "return 1"
+# UPDATE_SCRIPT's version check, taken out for the C client's floor
+VERSION_CHECK = "if v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n"
+# slices of each C-client floor, spread over the interleaved rounds
+C_SLICES = 3
 
 
 def _server_usec(client: redis.Redis, command: str, op: Any, n: int) -> float:
@@ -137,7 +159,17 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         created.append(sid)
         return session
 
+    floors = CFloors(ctx, store, raw_client, read_key, state, prefix)
+    used.append(floors.update_id)
+    rounds_done = 0
+    rounds = min(50, profile.store_iterations)
+
     def housekeeping() -> None:
+        nonlocal rounds_done
+        # the C client's slices: before the first round, halfway, after the last
+        if rounds_done in (0, rounds // 2, rounds):
+            floors.measure(max(100, profile.store_iterations // 2))
+        rounds_done += 1
         # Keep the outbox at its steady-state size (the producer acks every
         # event it sends): drain what create/delete left, untimed.
         acks = [f"{sid}:{v}" for sid in created for v in (1, 2)] + pending_acks
@@ -163,7 +195,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         ops["create_checked"] = create_checked
     try:
         samples = interleaved(ops, profile.store_iterations, warmup=profile.store_warmup,
-                              between_rounds=housekeeping)
+                              rounds=rounds, between_rounds=housekeeping)
+        c_floors = floors.summary()
         if cast(Session, store.get(update_id)).version != version:
             raise AssertionError("update count and stored version disagree")
         server = {
@@ -195,6 +228,13 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                       *((("create_checked", "create"),) if checked is not None else ())):
         ratios[f"{op}/{floor}"] = {q: ratio(latency[op][f"{q}_us"], latency[floor][f"{q}_us"])
                                    for q in ("p50", "p95", "p99")}
+    # against the C client, p50 only (its slices are merged by their p50)
+    for op, floor in (("get", "c_get"), ("get_verified", "c_get"),
+                      ("get_verified", "c_get_verified"), ("update", "c_update"),
+                      ("floor_get", "c_get")):
+        if floor in c_floors:
+            ratios[f"{op}/{floor}"] = {"p50": ratio(latency[op]["p50_us"],
+                                                    c_floors[floor]["p50_us"])}
     # What the round trip adds to the server's own time: network, kernel,
     # redis-py and sessionsync's Python (the part that depends on the host).
     client_side = {op: round(latency[op]["p50_us"] - server[op], 2) for op in server}
@@ -203,6 +243,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "stored_value_bytes": len(stored_value),
         "iterations": profile.store_iterations,
         "latency": latency,
+        "c_client": c_floors,
         "ratios": ratios,
         "server_usec_per_call": server,
         "p50_minus_server_us": client_side,
@@ -216,8 +257,74 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                  "outbox_ack = the "
                  "write path's third round trip (ZREM+HDEL pipeline) after the SQS send; "
                  "server_usec_per_call = Redis's own execution time (INFO commandstats), so "
-                 "p50 minus it is network + client.",
+                 "p50 minus it is network + client; "
+                 "c_client = redis-benchmark -c 1 (C, hiredis) on the same server: c_get the same "
+                 "GET, c_get_verified EVALSHA of GET_SCRIPT on the same key, c_update EVALSHA of "
+                 "UPDATE_SCRIPT minus its version check with the store's keys and arguments; "
+                 "p50 = median of the slices' p50 (whole microseconds).",
     }
+
+
+class CFloors:
+    """The C client's floors (module docstring), measured in slices."""
+
+    def __init__(self, ctx: BenchContext, store: SessionStore, raw_client: redis.Redis,
+                 read_key: str, state: str, prefix: str) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.raw = raw_client
+        self.update_id = f"{prefix}-c-update"
+        store.create(self.update_id, state, 3600)
+        if VERSION_CHECK not in UPDATE_SCRIPT:
+            raise AssertionError("UPDATE_SCRIPT's version check changed: update VERSION_CHECK")
+        get_sha = raw_client.script_load(GET_SCRIPT)
+        update_sha = raw_client.script_load(UPDATE_SCRIPT.replace(VERSION_CHECK, ""))
+        now = time.time()
+        keys = session_keys(self.update_id)
+        # UPDATE_SCRIPT's ARGV, as SessionStore.update sends them (floor 0)
+        update_args: list[str | bytes | int] = [self.update_id, state, 1, iso_utc(now), int(now * 1000),
+                       store.marker_ttl, store.channel, 0]
+        self.commands: dict[str, list[str | bytes | int]] = {
+            "c_get": ["GET", read_key],
+            "c_get_verified": ["EVALSHA", get_sha, 1, read_key],
+            "c_update": ["EVALSHA", update_sha, len(keys), *keys, *update_args],
+        }
+        self.slices: dict[str, list[dict[str, Any]]] = {name: [] for name in self.commands}
+        self.error: str | None = None
+
+    def measure(self, requests: int) -> None:
+        if self.error is not None:
+            return
+        try:
+            for name, command in self.commands.items():
+                before = self._version() if name == "c_update" else 0
+                self.slices[name].append(c_client.latency(self.ctx.redis_url, command, requests))
+                if name == "c_update":
+                    self._drain(before, requests)
+        except c_client.CClientUnavailable as exc:
+            self.error = str(exc)
+            self.ctx.log(f"store: no C-client floors ({exc})")
+
+    def _version(self) -> int:
+        return cast(Session, self.store.get(self.update_id)).version
+
+    def _drain(self, before: int, requests: int) -> None:
+        after = self._version()
+        if after != before + requests:
+            raise AssertionError(f"the C client's updates did not all commit: {before} -> {after}")
+        acks = [f"{self.update_id}:{v}" for v in range(before + 1, after + 1)]
+        for i in range(0, len(acks), 1000):
+            self.store.outbox_ack(acks[i:i + 1000])
+
+    def summary(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        out: dict[str, Any] = {}
+        for name, slices in self.slices.items():
+            out[name] = {"p50_us": median([s["p50_us"] for s in slices]),
+                         "p99_us": median([s["p99_us"] for s in slices]),
+                         "slices": slices}
+        return out
 
 
 def _checked_service(ctx: BenchContext, store: SessionStore) -> SessionService | None:

@@ -47,9 +47,14 @@ def wire() -> Wire:
 @pytest.fixture
 def outage_store(throwaway_redis, wire) -> SessionStore:
     class Recording(redis.Connection):
-        def send_command(self, *args, **kwargs):
-            wire.sent.append(str(args[0]).upper())
-            return super().send_command(*args, **kwargs)
+        def send_packed_command(self, command, *args, **kwargs):
+            # every command reaches the socket here, through the pool or the
+            # client's own connection: its name is the RESP array's first bulk
+            head = bytes(command if isinstance(command, (bytes, str)) else command[0])
+            if not (isinstance(command, str) or head.startswith(b"*")):
+                raise AssertionError(f"unexpected packing {head[:40]!r}")
+            wire.sent.append(head.split(b"\r\n")[2].decode().upper())
+            return super().send_packed_command(command, *args, **kwargs)
 
         def read_response(self, *args, **kwargs):
             try:

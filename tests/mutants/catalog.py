@@ -64,6 +64,7 @@ T_SHIP = "tests/integration/test_producer_acks.py"
 T_AFTER = "tests/integration/test_after_commit.py"
 T_OUTAGE = "tests/integration/test_redis_outage.py"
 T_FAILOVER = "tests/integration/test_redis_failover.py"
+T_HOT = "tests/integration/test_redis_hot_path.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
@@ -223,6 +224,26 @@ MUTANTS: tuple[Mutant, ...] = (
         (("supported_errors=NOT_RUN_ERRORS))", "supported_errors=()))"),),
         (f"{T_FAILOVER}::test_a_warm_store_writes_at_once_on_the_new_primary_after_a_failover",),
         "a pooled connection stuck on the demoted node answers READONLY until it is dropped"),
+    mutant(
+        "stale-hot-connection-kept", 9, REDIS_CLIENT,
+        (("                _drop_if_dead(conn)\n", "                pass\n"),),
+        (f"{T_HOT}::test_a_write_after_the_server_closed_the_warm_connection_goes_through_on_a_new_one",),
+        "a warm connection the server closed (restart, failover, idle timeout) fails the next "
+        "write with a 503, outcome unknown, instead of reconnecting first"),
+    mutant(
+        "hot-connection-shared-between-threads", 9, REDIS_CLIENT,
+        (("self._hot_lock.acquire(blocking=False))", "(self._hot_lock.acquire(blocking=False) or True))"),
+         ("            self._hot_lock.release()\n",
+          "            if self._hot_lock.locked():\n                self._hot_lock.release()\n")),
+        (f"{T_HOT}::test_threads_sharing_one_client_each_get_their_own_replies",),
+        "threads of the local server interleave commands on one connection and read each "
+        "other's replies"),
+    mutant(
+        "hot-connection-kept-across-fork", 9, REDIS_CLIENT,
+        (("        os.register_at_fork(after_in_child=lambda: (forget := after_fork()) and forget())\n",
+          "        del after_fork\n"),),
+        (f"{T_HOT}::test_a_forked_child_talks_on_a_connection_of_its_own",),
+        "a forked child sends on its parent's socket: the two read each other's replies"),
     # -- 3: sync_sessions holds the highest version ------------------------------
     mutant(
         "upsert-version-guard-removed", 3, PERSISTENCE,

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -147,7 +149,7 @@ def connect_redis(settings: Settings, secrets_client: Any = None, **overrides: A
     if not settings.redis_cluster:
         options.setdefault("retry", Retry(NOT_RUN_BACKOFF, NOT_RUN_RETRIES,
                                           supported_errors=NOT_RUN_ERRORS))
-        return redis.Redis.from_url(settings.redis_url, **options)
+        return _Redis.from_url(settings.redis_url, **options)
     # The cluster client retries by itself (MOVED, ASK, TRYAGAIN: see
     # _Cluster); its ``retry`` only says how often a whole command is tried
     # again after CLUSTERDOWN.
@@ -159,6 +161,114 @@ def connect_redis(settings: Settings, secrets_client: Any = None, **overrides: A
     except (RedisClusterException, redis.ConnectionError, redis.TimeoutError) as exc:
         raise ServiceUnavailable(f"Redis Cluster is unavailable: {type(exc).__name__}",
                                  dependency="redis") from exc
+
+
+# The commands of the hot path: a read (GET, EVALSHA of GET_SCRIPT) and the
+# compare-and-set (EVALSHA of UPDATE_SCRIPT), sent on _Redis's own
+# connection; SCRIPT LOAD too, so that a script a node lost (NOSCRIPT: a
+# restart, a failover) is loaded on the node that will run it, not on the
+# one a pooled connection may still point at.
+HOT_COMMANDS = frozenset({"GET", "EVALSHA", "SCRIPT LOAD"})
+_KEYS_ONLY = frozenset({"keys"})
+
+
+class _Redis(redis.Redis):
+    """redis.Redis that sends GET and EVALSHA on one connection of its own.
+
+    A warm Lambda serves one request at a time, so checking a connection out
+    of the pool and back in, with redis-py's bookkeeping around each command,
+    buys nothing there: it cost half the round trip of a read (sessionsync
+    bench, docs/performance.md "The hot path at wire speed").  The hot
+    commands go straight to the connection (redis-py still connects it, with
+    TLS, AUTH and the client name, runs the health check after an idle
+    spell, parses the reply and raises its errors); everything else
+    (pipelines, Pub/Sub, INFO...) goes through the pool as before.
+
+    The retries are the client's, with the same rule: only NOT_RUN_ERRORS
+    are sent again, on a new connection; after a connection error or a
+    timeout redis-py has dropped the connection, the error goes up (a write
+    is never re-sent) and the next command connects again, resolving the
+    endpoint's name again.  A thread that finds the connection busy (the
+    threaded local server) takes the pool's path instead of waiting.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._forget_hot_connection()
+        # a forked child must not talk on its parent's socket (the pool
+        # resets itself likewise); the weak reference lets the client go
+        after_fork = weakref.WeakMethod(self._forget_hot_connection)
+        os.register_at_fork(after_in_child=lambda: (forget := after_fork()) and forget())
+        # the packing below is redis-py's for UTF-8 (its default encoder);
+        # a client-side cache answers GETs itself: leave those to redis-py
+        encoder = self.get_encoder()
+        self._hot = (encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
+                     and self.get_cache() is None)
+
+    def _forget_hot_connection(self) -> None:
+        self._hot_lock = threading.Lock()
+        self._hot_connection: Any = None
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        # options other than "keys" (which only a client-side cache reads)
+        # change how redis-py reads the reply: its path then
+        if not (self._hot and args[0] in HOT_COMMANDS and options.keys() <= _KEYS_ONLY
+                and self._hot_lock.acquire(blocking=False)):
+            return super().execute_command(*args, **options)
+        try:
+            packed = _pack(args)
+            if packed is None:  # an argument only redis-py's encoder knows (or refuses)
+                return super().execute_command(*args, **options)
+            conn = self._hot_connection
+            if conn is None:
+                # from the pool, so that closing the client closes it too
+                conn = self._hot_connection = self.connection_pool.get_connection()
+            else:
+                _drop_if_dead(conn)
+            reply = conn.retry.call_with_retry(lambda: _send_and_read(conn, packed),
+                                               lambda _error: conn.disconnect())
+            callback = self.response_callbacks.get(args[0])
+            return reply if callback is None else callback(reply)
+        finally:
+            self._hot_lock.release()
+
+
+def _drop_if_dead(conn: Any) -> None:
+    """Disconnect ``conn`` if the server closed it (a restart, a failover,
+    an idle timeout) or it holds a stray reply, as the pool checks each
+    connection it hands out: the command then goes on a new connection
+    instead of failing, which for a write would be a 503 with its outcome
+    unknown.  One poll of the socket (about 1 us)."""
+    try:
+        if conn.is_connected and conn.can_read():
+            conn.disconnect()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        conn.disconnect()
+
+
+def _send_and_read(conn: Any, packed: list[bytes]) -> Any:
+    # both disconnect on a socket error or a timeout and raise redis-py's
+    # ConnectionError / TimeoutError; an error reply is raised as its class
+    # (NoScriptError, ReadOnlyError...) and leaves the connection usable
+    conn.send_packed_command(packed)
+    return conn.read_response()
+
+
+def _pack(args: Sequence[Any]) -> list[bytes] | None:
+    """RESP for ``args`` (str, bytes, int) in one buffer, as redis-py's
+    packer writes it, for a third of its cost; None for any other type."""
+    if " " in args[0]:  # a command with a subcommand, "SCRIPT LOAD"
+        args = (*args[0].split(), *args[1:])
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            arg = b"%d" % arg
+        elif not isinstance(arg, bytes):
+            return None
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return [b"".join(parts)]
 
 
 class _Cluster(RedisCluster):
