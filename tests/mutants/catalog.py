@@ -154,6 +154,14 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_RULES}::test_a_deletion_not_yet_persisted_is_a_404_not_a_503_when_its_tombstone_is_gone",),
         "recovery looks a deleted session up in PostgreSQL instead of trusting the tombstone marker"),
     mutant(
+        "evicted-again-is-a-404", 8, SESSIONS,
+        (("            raise ServiceUnavailable(f\"session {session_id!r} changed while it was being "
+          "recovered; \"\n"
+          "                                     \"retry\", dependency=\"redis\", retry_after_seconds=1)\n",
+          "            raise SessionNotFound(session_id)\n"),),
+        (f"{T_RULES}::test_a_session_evicted_again_while_another_reader_restored_it_is_a_503_not_a_404",),
+        "a session evicted again while another reader restored it is reported as not found"),
+    mutant(
         "epoch-check-skipped", 8, STORE,
         (("local function check_epoch(v, e, ep, floor)\n  if e == ep then return nil end",
           "local function check_epoch(v, e, ep, floor)\n  if true then return nil end"),),
