@@ -10,29 +10,10 @@ import pytest
 
 from chalicelib.adapters import aws
 from chalicelib.api.auth import REFRESH_BACKOFF_SECONDS, SECRET_CACHE_SECONDS, ApiKeys
+from tests.secrets_support import CountingClient, FakeClock
 from tests.servers import free_port
 
 KEY = "localstack-key-0123456789abcdef"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class CountingClient:
-    """The real client; counts the reads and can be pointed elsewhere."""
-
-    def __init__(self, client) -> None:
-        self.client = client
-        self.calls = 0
-
-    def get_secret_value(self, **kwargs):
-        self.calls += 1
-        return self.client.get_secret_value(**kwargs)
 
 
 @pytest.fixture

@@ -22,31 +22,12 @@ from chalicelib.adapters.redis.client import (
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import load_settings
 from chalicelib.domain.errors import ServiceUnavailable
+from tests.secrets_support import CountingClient, FakeClock
 from tests.servers import RedisClusterServers, RedisServer, running
 
 USER = "sessionsync"
 PASSWORD = "first-p@ss/word:1"
 ROTATED = "second-p@ss/word:2"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class CountingClient:
-    """The real Secrets Manager client; counts the reads."""
-
-    def __init__(self, client) -> None:
-        self.client = client
-        self.calls = 0
-
-    def get_secret_value(self, **kwargs):
-        self.calls += 1
-        return self.client.get_secret_value(**kwargs)
 
 
 def require_the_acl_user(server: RedisServer) -> None:

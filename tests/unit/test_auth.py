@@ -17,6 +17,7 @@ from chalicelib.api.auth import (
     ApiKeys,
 )
 from chalicelib.domain.errors import ConfigurationError
+from tests.secrets_support import FakeClock
 
 KEYS = ("first-key-0123456789abcdef", "second-key-0123456789abcdef", "third-key-0123456789abcdef")
 
@@ -88,14 +89,6 @@ def secretsmanager():
     with mock_aws():
         yield boto3.client("secretsmanager", region_name="us-east-1",
                            aws_access_key_id="test", aws_secret_access_key="test")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_keys_from_secrets_manager_are_accepted_and_cached_until_rotation(secretsmanager):
