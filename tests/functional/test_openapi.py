@@ -28,7 +28,7 @@ from chalicelib.adapters.redis.store import SessionStore, epoch_key
 from chalicelib.domain import errors, validation
 from chalicelib.service.sessions import SessionService
 from tests.conftest import AUTH, PROJECT_DIR, app_client
-from tests.schemathesis_hooks import breaks_the_precondition_rule
+from tests.schemathesis_hooks import breaks_the_precondition_rule, sent_outside_the_if_none_match_pattern
 
 SPEC_PATH = PROJECT_DIR / "docs" / "openapi.yaml"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -228,6 +228,22 @@ def test_the_hooks_drop_only_refusals_of_the_precondition_rule_with_the_document
     assert not breaks(400, {**disagree, "details": {"field": "state"}}, 1, 3, True)
     assert not breaks(400, {"code": "ValidationError", "details": {"field": "state"}}, None, 3, True)
     assert not breaks(409, required, None, None, False)
+    # the conditional headers' rules: If-None-Match: * alone, If-Match: * without a version
+    field = {"code": "ValidationError", "details": {"field": "If-None-Match"}}
+    assert breaks(400, field, None, 3, True, frozenset({"If-None-Match"}))
+    assert breaks(400, {**field, "details": {"field": "expected_version"}}, 1, None, True,
+                  frozenset({"If-Match"}))
+    assert not breaks(400, field, None, None, False, frozenset({"If-None-Match"}))
+    assert not breaks(400, field, None, 3, True, frozenset())
+
+
+def test_the_hooks_drop_only_an_if_none_match_outside_its_documented_pattern():
+    put, get = "PUT /sessions/{session_id}", "GET /sessions/{session_id}"
+    assert sent_outside_the_if_none_match_pattern(put, {"If-None-Match": "0"})
+    assert sent_outside_the_if_none_match_pattern(get, {"If-None-Match": "0"})
+    assert not sent_outside_the_if_none_match_pattern(put, {"If-None-Match": " * "})
+    assert not sent_outside_the_if_none_match_pattern(get, {"If-None-Match": 'W/"1", "x"'})
+    assert not sent_outside_the_if_none_match_pattern(get, {})
 
 
 
