@@ -13,6 +13,7 @@ runs it, with the fixes a local stack needs:
 * a warning (log line and stderr) when it listens beyond the loopback;
 * a per-connection socket timeout, so that a client that sends half a
   request and stalls is disconnected instead of holding a thread forever;
+* a 204 or 304 leaves without Content-Type (chalice local adds one);
 * a response leaves in one send, on a socket with TCP_NODELAY: chalice
   local sends the headers, then the body, with Nagle's algorithm on, so on
   a reused keep-alive connection the body waited for the client's delayed
@@ -121,6 +122,16 @@ def build_server(host: str, port: int, stage: str = "local", *,
         # previous one: clients delay that ACK on a keep-alive connection.
         wbufsize = -1
         disable_nagle_algorithm = True
+
+        def _send_http_response(self, code, headers, body):
+            # A 204 and a 304 have no body, so no Content-Type (chalice
+            # local adds application/json to any body, an empty one too),
+            # and a 204 no Content-Length either (RFC 9110 section 8.6)
+            if code in (204, 304):
+                self.send_response(code)
+                self._send_headers(headers)
+                return
+            super()._send_http_response(code, headers, body)
 
         def _send_error_response(self, error):
             self._send_http_response(*gateway_error(error, self.command, self.path))
