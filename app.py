@@ -2,7 +2,8 @@
 
 Each route parses its input with ``chalicelib.domain.validation``, calls one
 ``SessionService`` method and returns through ``chalicelib.api.web``, which maps
-every domain error to the one JSON error shape.  No Redis, SQL or boto3 here.
+every domain error to one error shape (RFC 9457 problem details).
+No Redis, SQL or boto3 here.
 
 Every Lambda function (the API, the ``api_key`` authorizer, the
 ``persist_changes`` consumer, the ``relay_outbox`` schedule) imports this

@@ -1,7 +1,7 @@
 """HTTP mapping: domain results and errors to Chalice responses, in one place.
 
-Every error leaves as ``{"error": {"code": ..., "message": ..., "details": ...}}``
-with the status the error class names.  An unexpected exception is logged
+Every error leaves as RFC 9457 problem details (``problem``), with the
+status the error class names.  An unexpected exception is logged
 with its traceback and answered as a 500 ``InternalError`` in the same shape.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from http import HTTPStatus
 from typing import Any, cast
 
 from chalice import Response
@@ -31,6 +32,17 @@ from chalicelib.domain.validation import IfMatch
 
 log = logging.getLogger("sessionsync.web")
 JSON: dict[str, str | list[str]] = {"Content-Type": "application/json"}
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(status: int, error: Mapping[str, Any]) -> dict[str, Any]:
+    """The body of every error (RFC 9457): ``type`` about:blank, as the
+    status says all a client needs besides ``code``, and ``title`` its
+    phrase; and, as extension members, the shape clients read before
+    problem details: ``code`` and ``error`` (``code``, ``message``,
+    ``details``), so that a client reading ``error.code`` keeps working."""
+    return {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status,
+            "detail": error["message"], "code": error["code"], "error": dict(error)}
 
 
 def session_response(session: Session, status: int = 200, **headers: str) -> Response:
@@ -106,12 +118,12 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def error_response(exc: SessionSyncError) -> Response:
-    headers = dict(JSON)
+    headers: dict[str, str | list[str]] = {"Content-Type": PROBLEM_JSON}
     if isinstance(exc, ServiceUnavailable):
         # whole seconds (RFC 9110); a settle time says how long is left
         wait = exc.details.get("retry_after_seconds", 1)
         headers["Retry-After"] = str(max(1, math.ceil(wait)))
-    return Response(body=json.dumps({"error": exc.to_dict()}), status_code=exc.status,
+    return Response(body=json.dumps(problem(exc.status, exc.to_dict())), status_code=exc.status,
                     headers=headers)
 
 
@@ -138,7 +150,7 @@ def chalice_errors_in_api_shape(response: Response) -> Response:
 
 
 def handles_errors(view: Callable[..., Response]) -> Callable[..., Response]:
-    """Decorate a route so that domain errors become the JSON error shape."""
+    """Decorate a route so that domain errors become problem details."""
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Response:

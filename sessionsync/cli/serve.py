@@ -59,10 +59,11 @@ def gateway_error(error: Any, method: str, path: str) -> tuple[int, dict[str, st
     refused ones (403).  Deployed, the template maps Gateway Responses alike."""
     from chalice.local import ForbiddenError, NotAuthorizedError
 
+    from chalicelib.api.web import PROBLEM_JSON, problem
     from chalicelib.domain.errors import Forbidden, RouteNotFound, SessionSyncError, Unauthorized
 
     exc: SessionSyncError
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": PROBLEM_JSON}
     if isinstance(error, ForbiddenError) and \
             error.headers.get("x-amzn-ErrorType") == "UnauthorizedException":
         exc = RouteNotFound(f"no route for {method} {path.split('?', 1)[0]}")
@@ -73,7 +74,7 @@ def gateway_error(error: Any, method: str, path: str) -> tuple[int, dict[str, st
         exc = Forbidden("the API key is not valid")
     else:
         return error.CODE, dict(error.headers), error.body
-    return exc.status, headers, json.dumps({"error": exc.to_dict()}).encode()
+    return exc.status, headers, json.dumps(problem(exc.status, exc.to_dict())).encode()
 
 
 def is_loopback(host: str) -> bool:
@@ -138,13 +139,16 @@ def build_server(host: str, port: int, stage: str = "local", *,
 
         def send_error(self, code, message=None, explain=None):
             # http.server's own refusals (bad request line, URI or headers
-            # too long) in the API's JSON error shape, not an HTML page
+            # too long) in the API's error shape, not an HTML page
+            from chalicelib.api.web import PROBLEM_JSON, problem
+
             status = HTTPStatus(code)
-            body = json.dumps({"error": {"code": status.phrase.title().replace(" ", "").replace("-", ""),
-                                         "message": message or status.description}}).encode()
+            body = json.dumps(problem(code, {
+                "code": status.phrase.title().replace(" ", "").replace("-", ""),
+                "message": message or status.description})).encode()
             self.close_connection = True
             self.send_response(code, message)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", PROBLEM_JSON)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Connection", "close")
             self.end_headers()

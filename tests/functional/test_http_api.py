@@ -17,12 +17,15 @@ def body(doc) -> str:
 
 
 def assert_error(response, status: int, code: str) -> dict:
+    """An RFC 9457 problem that keeps today's ``code`` and ``error``; returns ``error``."""
     assert response.status_code == status, response.body
-    assert response.headers["Content-Type"] == "application/json"
-    doc = response.json_body
-    assert set(doc) == {"error"}
-    assert doc["error"]["code"] == code
+    assert response.headers["Content-Type"] == "application/problem+json"
+    doc = json.loads(response.body)
+    assert set(doc) == {"type", "title", "status", "detail", "code", "error"}
+    assert (doc["type"], doc["status"]) == ("about:blank", status) and doc["title"]
+    assert doc["code"] == doc["error"]["code"] == code
     assert isinstance(doc["error"]["message"], str) and doc["error"]["message"]
+    assert doc["detail"] == doc["error"]["message"]
     return doc["error"]
 
 

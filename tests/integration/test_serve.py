@@ -115,8 +115,10 @@ def test_64_concurrent_clients_are_all_served_without_a_reset_or_a_dropped_syn(s
 
 def test_an_unknown_route_is_a_404_in_the_error_shape_that_does_not_echo_the_key(server):
     status, headers, body = server.request("GET", "/nope/x?y=1", headers=BEARER)
-    assert status == 404 and headers["Content-Type"] == "application/json"
-    assert json.loads(body)["error"]["code"] == "RouteNotFound"
+    assert status == 404 and headers["Content-Type"] == "application/problem+json"
+    problem = json.loads(body)
+    assert problem["code"] == problem["error"]["code"] == "RouteNotFound"
+    assert (problem["type"], problem["status"], problem["title"]) == ("about:blank", 404, "Not Found")
     assert API_KEY.encode() not in body
 
 
