@@ -2,7 +2,8 @@
 
 Each route parses its input with ``chalicelib.domain.validation``, calls one
 ``SessionService`` method and returns through ``chalicelib.api.web``, which maps
-every domain error to the one JSON error shape.  No Redis, SQL or boto3 here.
+every domain error to one error shape (RFC 9457 problem details).
+No Redis, SQL or boto3 here.
 
 Every Lambda function (the API, the ``api_key`` authorizer, the
 ``persist_changes`` consumer, the ``relay_outbox`` schedule) imports this
@@ -52,37 +53,49 @@ session_auth = IAMAuthorizer() if config.auth_mode() == "iam" else api_key
 @app.route("/sessions", methods=["POST"], authorizer=session_auth)
 @web.handles_errors
 def create_session():
-    request = validation.create_request(app.current_request.raw_body,
-                                        runtime.settings().max_state_bytes)
-    session = runtime.service().create(request)
-    return web.session_response(session, 201, Location=f"/sessions/{session.session_id}")
+    request = app.current_request
+    create = validation.create_request(request.raw_body, runtime.settings().max_state_bytes)
+    session = runtime.service().create(create)
+    return web.session_response(session, 201,
+                                Location=web.session_url(request.context, 1, session.session_id))
 
 
 @app.route("/sessions/{session_id}", methods=["GET"], authorizer=session_auth)
 @web.handles_errors
 def get_session(session_id):
+    condition = validation.if_none_match(app.current_request.headers.get("if-none-match"))
     read = runtime.service().get(validation.session_id(session_id))
-    if read.recovered:
-        return web.session_response(read.session, **{"X-Session-Source": "postgresql"})
-    return web.session_response(read.session)
+    headers = {"X-Session-Source": "postgresql"} if read.recovered else {}
+    if condition is not None and condition.matches(read.session.version):
+        return web.not_modified(read.session, **headers)
+    return web.session_response(read.session, **headers)
 
 
 @app.route("/sessions/{session_id}", methods=["PUT"], authorizer=session_auth)
 @web.handles_errors
 def update_session(session_id):
     request = app.current_request
-    update = validation.update_request(session_id, request.raw_body,
-                                       request.headers.get("if-match"),
-                                       runtime.settings().max_state_bytes)
-    return web.session_response(runtime.service().update(update))
+    put = validation.put_request(session_id, request.raw_body,
+                                 if_match_header=request.headers.get("if-match"),
+                                 if_none_match_header=request.headers.get("if-none-match"),
+                                 max_state_bytes=runtime.settings().max_state_bytes)
+    if isinstance(put, validation.CreateRequest):  # If-None-Match: *
+        with web.precondition("If-None-Match: *", put.session_id, absent_fails=False):
+            session = runtime.service().create(put)
+        return web.session_response(session, 201,
+                                    Location=web.session_url(request.context, 2, session.session_id))
+    with web.if_match(put.if_match, put.session_id):
+        return web.session_response(runtime.service().update(put))
 
 
 @app.route("/sessions/{session_id}", methods=["DELETE"], authorizer=session_auth)
 @web.handles_errors
 def delete_session(session_id):
-    expected = validation.if_match_version(app.current_request.headers.get("if-match"))
-    runtime.service().delete(validation.session_id(session_id), expected)
-    return web.Response(body="", status_code=204)
+    sid = validation.session_id(session_id)
+    condition = validation.if_match(app.current_request.headers.get("if-match"))
+    with web.if_match(condition, sid):
+        runtime.service().delete(sid, condition.version if condition else None)
+    return web.no_content()
 
 
 @app.route("/sessions/{session_id}/events", methods=["GET"], authorizer=session_auth)

@@ -2,7 +2,8 @@
 
 An update carries the version it was computed from; when another writer
 got there first the service answers ``ConcurrencyError`` (HTTP 409, code
-``ConcurrencyError``, with ``actual_version``).  The right reaction is
+``ConcurrencyError``, with ``actual_version``; HTTP 412 ``PreconditionFailed``,
+a subclass, when the version came in ``If-Match``).  The right reaction is
 always the same: read the current session, re-apply the change to it, and
 try again with the new version.  ``retry_on_conflict`` does exactly that for
 Python clients (and the tests), with a bounded number of attempts and a

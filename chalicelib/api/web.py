@@ -1,7 +1,7 @@
 """HTTP mapping: domain results and errors to Chalice responses, in one place.
 
-Every error leaves as ``{"error": {"code": ..., "message": ..., "details": ...}}``
-with the status the error class names.  An unexpected exception is logged
+Every error leaves as RFC 9457 problem details (``problem``), with the
+status the error class names.  An unexpected exception is logged
 with its traceback and answered as a 500 ``InternalError`` in the same shape.
 """
 from __future__ import annotations
@@ -10,26 +10,107 @@ import functools
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from http import HTTPStatus
 from typing import Any, cast
 
 from chalice import Response
 
 from chalicelib.domain.errors import (
+    ConcurrencyError,
     MethodNotAllowed,
+    PreconditionFailed,
     ServiceUnavailable,
+    SessionExists,
+    SessionNotFound,
     SessionSyncError,
     UnsupportedMediaType,
 )
 from chalicelib.domain.session import Session
+from chalicelib.domain.validation import IfMatch
 
 log = logging.getLogger("sessionsync.web")
 JSON: dict[str, str | list[str]] = {"Content-Type": "application/json"}
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(status: int, error: Mapping[str, Any]) -> dict[str, Any]:
+    """The body of every error (RFC 9457): ``type`` about:blank, as the
+    status says all a client needs besides ``code``, and ``title`` its
+    phrase; and, as extension members, the shape clients read before
+    problem details: ``code`` and ``error`` (``code``, ``message``,
+    ``details``), so that a client reading ``error.code`` keeps working."""
+    return {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status,
+            "detail": error["message"], "code": error["code"], "error": dict(error)}
 
 
 def session_response(session: Session, status: int = 200, **headers: str) -> Response:
     return Response(body=session.to_json(), status_code=status,
-                    headers={**JSON, "ETag": f'"{session.version}"', **headers})
+                    headers={**JSON, "ETag": etag(session), **headers})
+
+
+def etag(session: Session) -> str:
+    return f'"{session.version}"'
+
+
+def not_modified(session: Session, **headers: str) -> Response:
+    """A 304 for a GET whose If-None-Match matched: the headers a 200 would
+    carry, no body and so no Content-Type (RFC 9110 section 15.4.5)."""
+    return Response(body="", status_code=304, headers={"ETag": etag(session), **headers})
+
+
+def no_content() -> Response:
+    """A 204: no body, so no Content-Type."""
+    return Response(body="", status_code=204)
+
+
+def session_url(context: Mapping[str, Any], route_segments: int, session_id: str) -> str:
+    """The URL path of a session as the client addressed this API: behind
+    API Gateway the request context's ``path`` carries what precedes the
+    route (the stage, ``/dev``, or a custom domain's base path), which the
+    route's own path does not; ``route_segments`` is how many segments of
+    that path are the route's (POST /sessions: 1).  Locally it is empty."""
+    segments = str(context.get("path") or "").rstrip("/").split("/")
+    prefix = "/".join(segments[:-route_segments]) if len(segments) > route_segments else ""
+    return f"{prefix}/sessions/{session_id}"
+
+
+@contextmanager
+def precondition(header: str | None, session_id: str, *, absent_fails: bool,
+                 expected_version: int | None = None) -> Iterator[None]:
+    """Turn the failure of a conditional header (``header``, e.g.
+    ``If-Match: "3"``) into a 412 PreconditionFailed (RFC 9110 section 13):
+    another current version, an existing session (``If-None-Match: *``),
+    and, with ``absent_fails`` (``If-Match: *``), no live session.  Without
+    a header (the body's ``expected_version``), errors pass unchanged."""
+    if header is None:
+        yield
+        return
+    try:
+        yield
+    except PreconditionFailed:
+        raise
+    except ConcurrencyError as exc:
+        raise PreconditionFailed(session_id, precondition=header, expected_version=expected_version,
+                                 actual_version=exc.actual_version) from None
+    except SessionExists as exc:
+        raise PreconditionFailed(session_id, precondition=header, expected_version=None,
+                                 actual_version=None if exc.deleted else exc.version,
+                                 deleted=exc.deleted) from None
+    except SessionNotFound as exc:
+        if not absent_fails:
+            raise
+        raise PreconditionFailed(session_id, precondition=header, expected_version=None,
+                                 actual_version=None, deleted=exc.deleted) from None
+
+
+def if_match(condition: IfMatch | None, session_id: str) -> AbstractContextManager[None]:
+    """``precondition`` for an If-Match (or none): ``*`` fails on no live session."""
+    if condition is None:
+        return precondition(None, session_id, absent_fails=False)
+    return precondition(f"If-Match: {condition.header}", session_id,
+                        absent_fails=condition.version is None, expected_version=condition.version)
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -37,12 +118,12 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def error_response(exc: SessionSyncError) -> Response:
-    headers = dict(JSON)
+    headers: dict[str, str | list[str]] = {"Content-Type": PROBLEM_JSON}
     if isinstance(exc, ServiceUnavailable):
         # whole seconds (RFC 9110); a settle time says how long is left
         wait = exc.details.get("retry_after_seconds", 1)
         headers["Retry-After"] = str(max(1, math.ceil(wait)))
-    return Response(body=json.dumps({"error": exc.to_dict()}), status_code=exc.status,
+    return Response(body=json.dumps(problem(exc.status, exc.to_dict())), status_code=exc.status,
                     headers=headers)
 
 
@@ -69,7 +150,7 @@ def chalice_errors_in_api_shape(response: Response) -> Response:
 
 
 def handles_errors(view: Callable[..., Response]) -> Callable[..., Response]:
-    """Decorate a route so that domain errors become the JSON error shape."""
+    """Decorate a route so that domain errors become problem details."""
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Response:

@@ -125,6 +125,31 @@ class ConcurrencyError(SessionSyncError):
         self.actual_version = actual_version
 
 
+class PreconditionFailed(ConcurrencyError):
+    """A conditional header (RFC 9110 section 13) failed: ``If-Match`` named
+    another version than the current one, ``If-Match: *`` found no live
+    session, or ``If-None-Match: *`` found one.  A 412, where a body's
+    ``expected_version`` that lost is a 409 ``ConcurrencyError``; a subclass
+    of it, so that whoever retries a lost compare-and-set retries this too.
+    ``actual_version`` is the current version, None when there is none."""
+
+    code = "PreconditionFailed"
+    status = 412
+
+    def __init__(self, session_id: str, *, precondition: str, expected_version: int | None,
+                 actual_version: int | None, deleted: bool = False) -> None:
+        current = (f"is at version {actual_version}" if actual_version is not None
+                   else "was deleted" if deleted else "does not exist")
+        SessionSyncError.__init__(
+            self, f"{precondition} failed: session {session_id!r} {current}",
+            session_id=session_id, precondition=precondition,
+            expected_version=expected_version, actual_version=actual_version)
+        self.session_id = session_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version  # type: ignore[assignment]
+        self.precondition = precondition
+
+
 # --- dependency errors -----------------------------------------------------
 
 class ServiceUnavailable(SessionSyncError):

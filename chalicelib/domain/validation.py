@@ -29,6 +29,12 @@ _ENVELOPE_SLACK = 4096
 _VERSION_TEXT = re.compile(r"[0-9]{1,19}")
 # docs/openapi.yaml's If-Match pattern, with the quotes balanced: "3" or 3
 _IF_MATCH = re.compile(r'(?P<q>"?)(?P<version>[1-9][0-9]{0,17})(?P=q)')
+# RFC 9110's entity-tag (an optional W/ and an opaque string in quotes; its
+# obs-text left out: visible ASCII) and a list of them: docs/openapi.yaml's
+# If-None-Match pattern
+_ENTITY_TAG = re.compile(r'(?:W/)?"(?P<opaque>[\x21\x23-\x7e]*)"')
+_ENTITY_TAGS = re.compile(rf"{_ENTITY_TAG.pattern}(?:[ \t]*,[ \t]*{_ENTITY_TAG.pattern})*"
+                          .replace("(?P<opaque>", "("))
 # JSON does not tell 3 from 3.0, nor does JSON Schema (an "integer" is any
 # whole number): a whole float is the integer it spells, up to 2**53, past
 # which a float no longer spells one integer exactly.
@@ -46,7 +52,11 @@ class CreateRequest:
 class UpdateRequest:
     session_id: str
     state_json: str
-    expected_version: int
+    #: None: If-Match ``*``, whatever version is current
+    expected_version: int | None
+    #: the If-Match header that named the version, if one did: its failure
+    #: is a 412 PreconditionFailed, where the body's is a 409
+    if_match: IfMatch | None = None
 
 
 def session_id(raw: str, *, percent_encoded: bool = True) -> str:
@@ -161,20 +171,66 @@ def version(value: Any, field: str) -> int:
     return value
 
 
-def if_match_version(header: str | None) -> int | None:
-    """The version in an If-Match header ("3" or the ETag form "\\"3\\"")."""
+@dataclass(frozen=True)
+class IfMatch:
+    """A parsed If-Match: a version, or ``*`` (``version`` None: whatever
+    version is current, as long as there is a live session)."""
+
+    #: as sent, spaces trimmed: a failure names it (412 PreconditionFailed)
+    header: str
+    version: int | None
+
+
+def if_match(header: str | None) -> IfMatch | None:
+    """An If-Match header: ``*``, or the version as the ETag of a GET
+    (``"3"``) or bare (``3``).  A weak tag is refused: If-Match compares
+    strongly (RFC 9110 section 13.1.1), and a weak tag never matches."""
     if header is None:
         return None
     # spaces and tabs only, as docs/openapi.yaml's pattern says: str.strip()
     # also takes \x85, \xa0 and \x1c-\x1f, which a client's regex may not
     value = header.strip(" \t")
+    if value == "*":
+        return IfMatch(value, None)
     if value.startswith("W/"):
-        raise ValidationError("If-Match must be a strong ETag", field="If-Match")
+        raise ValidationError(f'If-Match takes strong ETags only: send {value[2:]}, not {value} '
+                              "(a weak tag never matches, RFC 9110)", field="If-Match")
     match = _IF_MATCH.fullmatch(value)
     if match is None:
-        raise ValidationError('If-Match must be a session version: the ETag of a GET ("3") or 3',
+        raise ValidationError('If-Match must be a session version: the ETag of a GET ("3"), 3 or *',
                               field="If-Match")
-    return version(int(match["version"]), "If-Match")
+    return IfMatch(value, version(int(match["version"]), "If-Match"))
+
+
+@dataclass(frozen=True)
+class IfNoneMatch:
+    """A parsed If-None-Match: ``*`` or entity tags, compared weakly
+    (RFC 9110 section 13.1.2: ``W/"3"`` matches the ETag ``"3"``)."""
+
+    #: as sent, spaces trimmed: a failure names it (412 PreconditionFailed)
+    header: str
+    tags: frozenset[str]
+
+    @property
+    def any(self) -> bool:
+        return self.header == "*"
+
+    def matches(self, version: int) -> bool:
+        return self.any or str(version) in self.tags
+
+
+def if_none_match(header: str | None) -> IfNoneMatch | None:
+    """An If-None-Match header: ``*`` or a list of entity tags (any opaque
+    tag is taken; only a session's ETag can match)."""
+    if header is None:
+        return None
+    value = header.strip(" \t")
+    if value == "*":
+        return IfNoneMatch(value, frozenset())
+    if not _ENTITY_TAGS.fullmatch(value):
+        raise ValidationError('If-None-Match must be * or a list of ETags ("3", W/"3")',
+                              field="If-None-Match")
+    return IfNoneMatch(value, frozenset(tag["opaque"] for tag in _ENTITY_TAG.finditer(value)))
 
 
 def ttl_seconds(value: Any) -> int | None:
@@ -211,27 +267,56 @@ def create_request(raw: bytes | None, max_state_bytes: int) -> CreateRequest:
                          ttl_seconds(body.get("ttl_seconds")))
 
 
-def update_request(path_id: str, raw: bytes | None, if_match: str | None,
-                   max_state_bytes: int) -> UpdateRequest:
-    sid = session_id(path_id)
+def _put_body(raw: bytes | None, max_state_bytes: int) -> dict[str, Any]:
     body = parse_body(raw, max_state_bytes)
     _reject_unknown(body, {"state", "expected_version"})
     if "state" not in body:
         raise ValidationError("state is required", field="state")
-    header_version = if_match_version(if_match)
+    return body
+
+
+def update_request(path_id: str, raw: bytes | None, if_match_header: str | None,
+                   max_state_bytes: int) -> UpdateRequest:
+    sid = session_id(path_id)
+    body = _put_body(raw, max_state_bytes)
+    header = if_match(if_match_header)
     body_version = body.get("expected_version")
     if body_version is not None:
         body_version = version(body_version, "expected_version")
-    if body_version is None and header_version is None:
+    if body_version is None and header is None:
         raise PreconditionRequired(
             "send expected_version in the body or an If-Match header; "
             "updates are compare-and-set")
-    if body_version is not None and header_version is not None and body_version != header_version:
+    if body_version is not None and header is not None and header.version is None:
+        raise ValidationError("If-Match: * updates whatever version is current; "
+                              "leave expected_version out", field="expected_version")
+    if body_version is not None and header is not None and body_version != header.version:
         raise ValidationError("expected_version and If-Match disagree",
-                              expected_version=body_version, if_match=header_version)
-    expected = body_version if body_version is not None else header_version
-    assert expected is not None  # one of the two, checked above
-    return UpdateRequest(sid, check_state(body["state"], max_state_bytes), expected)
+                              expected_version=body_version, if_match=header.version)
+    expected = body_version if body_version is not None else header.version if header else None
+    return UpdateRequest(sid, check_state(body["state"], max_state_bytes), expected, header)
+
+
+def put_request(path_id: str, raw: bytes | None, *, if_match_header: str | None,
+                if_none_match_header: str | None,
+                max_state_bytes: int) -> UpdateRequest | CreateRequest:
+    """A PUT: an update, or with ``If-None-Match: *`` a create of this id if
+    it does not exist (RFC 9110 section 13.1.2), from the same body."""
+    condition = if_none_match(if_none_match_header)
+    if condition is None:
+        return update_request(path_id, raw, if_match_header, max_state_bytes)
+    if not condition.any:
+        raise ValidationError("If-None-Match on a PUT takes only * (create the session if it "
+                              "does not exist)", field="If-None-Match")
+    if if_match_header is not None:
+        raise ValidationError("send If-Match (update) or If-None-Match: * (create), not both",
+                              field="If-None-Match")
+    sid = session_id(path_id)
+    body = _put_body(raw, max_state_bytes)
+    if body.get("expected_version") is not None:
+        raise ValidationError("expected_version updates an existing session; "
+                              "If-None-Match: * creates one", field="expected_version")
+    return CreateRequest(sid, check_state(body["state"], max_state_bytes), None)
 
 
 def page_limit(raw: str | None, default: int = 50, maximum: int = 500) -> int:

@@ -3,7 +3,7 @@ durability check.
 
 Threads, each with one keep-alive connection (http.client), run a mix of
 reads, compare-and-set updates (GET, then PUT with If-Match, retried on a
-409), creates and deletes (If-Match) over a pool of sessions of the run's
+412), creates and deletes (If-Match) over a pool of sessions of the run's
 own (ids ``<prefix>-<n>``), for a fixed duration.  Every acknowledged write
 is recorded with its version and the state sent.  After the load, the
 check waits (bounded) for the pipeline to persist, then requires:
@@ -226,7 +226,8 @@ class Pool:
             return len(self._live)
 
 
-_EXPECTED = {"GET": {200, 404}, "PUT": {200, 404, 409}, "POST": {201}, "DELETE": {204, 404, 409}}
+# a lost If-Match is a 412 PreconditionFailed (RFC 9110), not the 409 of expected_version
+_EXPECTED = {"GET": {200, 404}, "PUT": {200, 404, 412}, "POST": {201}, "DELETE": {204, 404, 412}}
 
 
 class Soaker:
@@ -306,7 +307,7 @@ class Soaker:
             self.pool.add(session_id)
 
     def _compare_and_set(self, session_id: str, route: str, kind: str) -> bool:
-        """GET, then the write with If-Match, again on a 409 (bounded).
+        """GET, then the write with If-Match, again on a 412 (bounded).
         True when acknowledged."""
         method = route.split()[0]
         for _ in range(self.options.max_retries):
@@ -328,7 +329,7 @@ class Soaker:
                 new_version = json.loads(body)["version"] if status == 200 else version + 1
                 self._ack(session_id, new_version, kind, state)
                 return True
-            if status == 409:
+            if status == 412:
                 self.stats.conflicts += 1
                 continue
             if status == 404:

@@ -13,6 +13,7 @@ runs it, with the fixes a local stack needs:
 * a warning (log line and stderr) when it listens beyond the loopback;
 * a per-connection socket timeout, so that a client that sends half a
   request and stalls is disconnected instead of holding a thread forever;
+* a 204 or 304 leaves without Content-Type (chalice local adds one);
 * a response leaves in one send, on a socket with TCP_NODELAY: chalice
   local sends the headers, then the body, with Nagle's algorithm on, so on
   a reused keep-alive connection the body waited for the client's delayed
@@ -58,10 +59,11 @@ def gateway_error(error: Any, method: str, path: str) -> tuple[int, dict[str, st
     refused ones (403).  Deployed, the template maps Gateway Responses alike."""
     from chalice.local import ForbiddenError, NotAuthorizedError
 
+    from chalicelib.api.web import PROBLEM_JSON, problem
     from chalicelib.domain.errors import Forbidden, RouteNotFound, SessionSyncError, Unauthorized
 
     exc: SessionSyncError
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": PROBLEM_JSON}
     if isinstance(error, ForbiddenError) and \
             error.headers.get("x-amzn-ErrorType") == "UnauthorizedException":
         exc = RouteNotFound(f"no route for {method} {path.split('?', 1)[0]}")
@@ -72,7 +74,7 @@ def gateway_error(error: Any, method: str, path: str) -> tuple[int, dict[str, st
         exc = Forbidden("the API key is not valid")
     else:
         return error.CODE, dict(error.headers), error.body
-    return exc.status, headers, json.dumps({"error": exc.to_dict()}).encode()
+    return exc.status, headers, json.dumps(problem(exc.status, exc.to_dict())).encode()
 
 
 def is_loopback(host: str) -> bool:
@@ -122,18 +124,31 @@ def build_server(host: str, port: int, stage: str = "local", *,
         wbufsize = -1
         disable_nagle_algorithm = True
 
+        def _send_http_response(self, code, headers, body):
+            # A 204 and a 304 have no body, so no Content-Type (chalice
+            # local adds application/json to any body, an empty one too),
+            # and a 204 no Content-Length either (RFC 9110 section 8.6)
+            if code in (204, 304):
+                self.send_response(code)
+                self._send_headers(headers)
+                return
+            super()._send_http_response(code, headers, body)
+
         def _send_error_response(self, error):
             self._send_http_response(*gateway_error(error, self.command, self.path))
 
         def send_error(self, code, message=None, explain=None):
             # http.server's own refusals (bad request line, URI or headers
-            # too long) in the API's JSON error shape, not an HTML page
+            # too long) in the API's error shape, not an HTML page
+            from chalicelib.api.web import PROBLEM_JSON, problem
+
             status = HTTPStatus(code)
-            body = json.dumps({"error": {"code": status.phrase.title().replace(" ", "").replace("-", ""),
-                                         "message": message or status.description}}).encode()
+            body = json.dumps(problem(code, {
+                "code": status.phrase.title().replace(" ", "").replace("-", ""),
+                "message": message or status.description})).encode()
             self.close_connection = True
             self.send_response(code, message)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", PROBLEM_JSON)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Connection", "close")
             self.end_headers()

@@ -17,12 +17,15 @@ def body(doc) -> str:
 
 
 def assert_error(response, status: int, code: str) -> dict:
+    """An RFC 9457 problem that keeps today's ``code`` and ``error``; returns ``error``."""
     assert response.status_code == status, response.body
-    assert response.headers["Content-Type"] == "application/json"
-    doc = response.json_body
-    assert set(doc) == {"error"}
-    assert doc["error"]["code"] == code
+    assert response.headers["Content-Type"] == "application/problem+json"
+    doc = json.loads(response.body)
+    assert set(doc) == {"type", "title", "status", "detail", "code", "error"}
+    assert (doc["type"], doc["status"]) == ("about:blank", status) and doc["title"]
+    assert doc["code"] == doc["error"]["code"] == code
     assert isinstance(doc["error"]["message"], str) and doc["error"]["message"]
+    assert doc["detail"] == doc["error"]["message"]
     return doc["error"]
 
 
@@ -143,7 +146,7 @@ def test_the_etag_of_a_get_is_the_if_match_of_the_next_put(api, existing):
     # a second writer holding the same ETag loses, and learns the current version
     second = api.put(f"/sessions/{existing}", headers={**AUTH, "If-Match": etag},
                      body=body({"state": {"n": "lost"}}))
-    error = assert_error(second, 409, "ConcurrencyError")
+    error = assert_error(second, 412, "PreconditionFailed")
     assert error["details"]["expected_version"] == 1 and error["details"]["actual_version"] == 2
     third = api.put(f"/sessions/{existing}", headers={**AUTH, "If-Match": first.headers["ETag"]},
                     body=body({"state": {"n": 3}}))
@@ -182,9 +185,121 @@ def test_delete_answers_204_and_the_session_stays_deleted(api, existing):
 def test_delete_with_if_match_is_conditional(api, redis_view, existing):
     before = redis_view.snapshot(existing)
     stale = api.delete(f"/sessions/{existing}", headers={**AUTH, "If-Match": '"7"'})
-    assert assert_error(stale, 409, "ConcurrencyError")["details"]["actual_version"] == 1
+    assert assert_error(stale, 412, "PreconditionFailed")["details"]["actual_version"] == 1
     assert redis_view.snapshot(existing) == before
     assert api.delete(f"/sessions/{existing}", headers={**AUTH, "If-Match": '"1"'}).status_code == 204
+
+
+# -- conditional requests (RFC 9110 section 13) -----------------------------------
+
+def test_a_failed_if_match_is_a_412_and_a_failed_expected_version_a_409(api, redis_view, existing):
+    api.put(f"/sessions/{existing}", headers=AUTH, body=body({"state": {"n": 2}, "expected_version": 1}))
+    before = redis_view.snapshot(existing)
+
+    header = api.put(f"/sessions/{existing}", headers={**AUTH, "If-Match": '"1"'},
+                     body=body({"state": {"n": "lost"}}))
+    in_body = api.put(f"/sessions/{existing}", headers=AUTH,
+                      body=body({"state": {"n": "lost"}, "expected_version": 1}))
+
+    failed = assert_error(header, 412, "PreconditionFailed")
+    assert failed["details"] == {"session_id": existing, "precondition": 'If-Match: "1"',
+                                 "expected_version": 1, "actual_version": 2}
+    assert assert_error(in_body, 409, "ConcurrencyError")["details"]["actual_version"] == 2
+    assert redis_view.snapshot(existing) == before
+
+
+def test_if_match_star_updates_whatever_version_is_current(api, existing):
+    api.put(f"/sessions/{existing}", headers=AUTH, body=body({"state": {"n": 2}, "expected_version": 1}))
+
+    response = api.put(f"/sessions/{existing}", headers={**AUTH, "If-Match": "*"},
+                       body=body({"state": {"n": 3}}))
+
+    assert response.status_code == 200, response.body
+    assert response.json_body["version"] == 3 and response.headers["ETag"] == '"3"'
+    assert api.get(f"/sessions/{existing}", headers=AUTH).json_body["state"] == {"n": 3}
+
+
+@pytest.mark.parametrize("deleted", [False, True], ids=["never created", "deleted"])
+def test_if_match_star_without_a_live_session_is_a_412_and_writes_nothing(api, redis_view, session_id,
+                                                                          deleted):
+    if deleted:
+        api.post("/sessions", headers=AUTH, body=body({"session_id": session_id, "state": {}}))
+        api.delete(f"/sessions/{session_id}", headers=AUTH)
+    before = redis_view.snapshot(session_id)
+
+    put = api.put(f"/sessions/{session_id}", headers={**AUTH, "If-Match": "*"}, body=body({"state": {}}))
+    delete = api.delete(f"/sessions/{session_id}", headers={**AUTH, "If-Match": "*"})
+
+    for response in (put, delete):
+        details = assert_error(response, 412, "PreconditionFailed")["details"]
+        assert details["precondition"] == "If-Match: *" and details["actual_version"] is None
+    assert redis_view.snapshot(session_id) == before
+
+
+def test_if_match_star_deletes_whatever_version_is_current(api, redis_view, existing):
+    api.put(f"/sessions/{existing}", headers=AUTH, body=body({"state": {"n": 2}, "expected_version": 1}))
+    response = api.delete(f"/sessions/{existing}", headers={**AUTH, "If-Match": "*"})
+    assert response.status_code == 204
+    assert redis_view.marker(existing) == b"3|D"
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+def test_a_weak_if_match_is_a_400_that_says_so_and_writes_nothing(api, redis_view, existing, method):
+    before = redis_view.snapshot(existing)
+    response = api.request(method, f"/sessions/{existing}", headers={**AUTH, "If-Match": 'W/"1"'},
+                           body=body({"state": {"n": 2}}).encode())
+    error = assert_error(response, 400, "ValidationError")
+    assert "strong" in error["message"] and error["details"] == {"field": "If-Match"}
+    assert redis_view.snapshot(existing) == before
+
+
+@pytest.mark.parametrize("header", ['"1"', 'W/"1"', '"7", "1"', "*"])
+def test_a_get_with_a_matching_if_none_match_is_a_304_with_the_etag_and_no_body(api, existing, header):
+    response = api.get(f"/sessions/{existing}", headers={**AUTH, "If-None-Match": header})
+    assert response.status_code == 304
+    assert response.body == b"" and "Content-Type" not in response.headers
+    assert response.headers["ETag"] == '"1"'
+
+
+def test_a_get_with_an_if_none_match_of_another_version_gets_the_session(api, existing):
+    response = api.get(f"/sessions/{existing}", headers={**AUTH, "If-None-Match": '"2", W/"0"'})
+    assert response.status_code == 200 and response.json_body["version"] == 1
+
+
+@pytest.mark.parametrize("header", ["1", '"1', "", '"1";"2"'])
+def test_a_malformed_if_none_match_on_a_get_is_a_400(api, existing, header):
+    response = api.get(f"/sessions/{existing}", headers={**AUTH, "If-None-Match": header})
+    assert assert_error(response, 400, "ValidationError")["details"] == {"field": "If-None-Match"}
+
+
+def test_a_put_with_if_none_match_star_creates_an_absent_session(api, redis_view, session_id):
+    response = api.put(f"/sessions/{session_id}", headers={**AUTH, "If-None-Match": "*"},
+                       body=body({"state": {"cart": []}}))
+    assert response.status_code == 201, response.body
+    assert response.json_body["version"] == 1 and response.json_body["state"] == {"cart": []}
+    assert response.headers["ETag"] == '"1"'
+    assert response.headers["Location"] == f"/sessions/{session_id}"
+    # created as a POST creates: marker and outbox entry (the event) included
+    assert redis_view.marker(session_id) == b"1|L"
+    assert redis_view.outbox(session_id) == [f"{session_id}:1".encode()]
+
+
+@pytest.mark.parametrize("deleted", [False, True], ids=["live", "deleted"])
+def test_a_put_with_if_none_match_star_on_an_existing_session_is_a_412(api, redis_view, existing, deleted):
+    if deleted:
+        api.delete(f"/sessions/{existing}", headers=AUTH)
+    before = redis_view.snapshot(existing)
+    response = api.put(f"/sessions/{existing}", headers={**AUTH, "If-None-Match": "*"},
+                       body=body({"state": {"n": "again"}}))
+    details = assert_error(response, 412, "PreconditionFailed")["details"]
+    assert details["precondition"] == "If-None-Match: *"
+    assert details["actual_version"] == (None if deleted else 1)
+    assert redis_view.snapshot(existing) == before
+
+
+def test_a_204_has_no_content_type(api, existing):
+    response = api.delete(f"/sessions/{existing}", headers=AUTH)
+    assert response.status_code == 204 and "Content-Type" not in response.headers
 
 
 def test_delete_of_an_unknown_session_is_404_and_writes_no_tombstone(api, redis_view, session_id):
@@ -307,7 +422,18 @@ BAD_UPDATES = [
     pytest.param({}, '{"state":{"n":2},"expected_version":[1]}', 400, "ValidationError",
                  id="version is a list"),
     pytest.param({"If-Match": 'W/"1"'}, '{"state":{"n":2}}', 400, "ValidationError", id="weak ETag"),
-    pytest.param({"If-Match": "*"}, '{"state":{"n":2}}', 400, "ValidationError", id="If-Match star"),
+    pytest.param({"If-Match": "*"}, '{"state":{"n":2},"expected_version":1}', 400, "ValidationError",
+                 id="If-Match star and a version"),
+    pytest.param({"If-None-Match": '"1"'}, '{"state":{"n":2}}', 400, "ValidationError",
+                 id="If-None-Match a tag on a PUT"),
+    pytest.param({"If-None-Match": "*", "If-Match": '"1"'}, '{"state":{"n":2}}', 400, "ValidationError",
+                 id="If-None-Match and If-Match"),
+    pytest.param({"If-None-Match": "*"}, '{"state":{"n":2},"expected_version":1}', 400,
+                 "ValidationError", id="If-None-Match star and a version"),
+    pytest.param({"If-None-Match": "3"}, '{"state":{"n":2}}', 400, "ValidationError",
+                 id="If-None-Match without quotes"),
+    pytest.param({"If-None-Match": "*"}, '{"state":[]}', 400, "ValidationError",
+                 id="If-None-Match star and a bad state"),
     pytest.param({"If-Match": '"one"'}, '{"state":{"n":2}}', 400, "ValidationError", id="If-Match text"),
     pytest.param({"If-Match": "\u00b2"}, '{"state":{"n":2}}', 400, "ValidationError",
                  id="If-Match superscript two"),
@@ -418,3 +544,34 @@ def test_missing_or_wrong_credentials_are_refused_and_touch_nothing(
 def test_the_right_key_is_accepted_whatever_the_scheme_case(api, existing, scheme):
     response = api.get(f"/sessions/{existing}", headers={"Authorization": f"{scheme} {API_KEY}"})
     assert response.status_code == 200
+
+
+def _through_api_gateway(method: str, path: str, stage_path: str, raw: str, **headers: str) -> dict:
+    """The proxy event API Gateway sends for ``path`` called on a stage (or a
+    custom domain's base path), answered by the Lambda handler itself."""
+    from app import app
+    resource = "/sessions" if path == "/sessions" else "/sessions/{session_id}"
+    event = {
+        "resource": resource, "path": path, "httpMethod": method,
+        "headers": {"Content-Type": "application/json", **headers},
+        "multiValueHeaders": None, "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None if path == "/sessions" else {"session_id": path.rsplit("/", 1)[1]},
+        "stageVariables": None, "isBase64Encoded": False, "body": raw,
+        "requestContext": {"resourcePath": resource, "httpMethod": method, "stage": "dev",
+                           "path": stage_path + path, "requestId": "test-request"},
+    }
+    return app(event, None)
+
+
+@pytest.mark.parametrize("prefix", ["/dev", "/v1/api"], ids=["stage", "custom domain base path"])
+def test_location_keeps_the_stage_prefix_the_client_called(api, session_id, prefix):
+    posted = _through_api_gateway("POST", "/sessions", prefix,
+                                  body({"session_id": session_id, "state": {}}))
+    put = _through_api_gateway("PUT", f"/sessions/{session_id}-put", prefix, body({"state": {}}),
+                               **{"If-None-Match": "*"})
+
+    assert posted["statusCode"] == 201, posted["body"]
+    assert posted["headers"]["Location"] == f"{prefix}/sessions/{session_id}"
+    assert put["statusCode"] == 201, put["body"]
+    assert put["headers"]["Location"] == f"{prefix}/sessions/{session_id}-put"

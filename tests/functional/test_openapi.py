@@ -28,7 +28,7 @@ from chalicelib.adapters.redis.store import SessionStore, epoch_key
 from chalicelib.domain import errors, validation
 from chalicelib.service.sessions import SessionService
 from tests.conftest import AUTH, PROJECT_DIR, app_client
-from tests.schemathesis_hooks import breaks_the_precondition_rule
+from tests.schemathesis_hooks import breaks_the_precondition_rule, sent_outside_the_if_none_match_pattern
 
 SPEC_PATH = PROJECT_DIR / "docs" / "openapi.yaml"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -189,11 +189,11 @@ def test_a_session_id_in_a_body_is_accepted_exactly_when_its_schema_allows_it(do
 
 @settings(max_examples=300, deadline=None)
 @given(value=st.text(st.sampled_from(' \t"0123W/*,\u00a0\u0085\x1c'), max_size=8)
-       | st.from_regex(r'[ \t]*("[1-9][0-9]{0,17}"|[1-9][0-9]{0,17})[ \t]*', fullmatch=True))
+       | st.from_regex(r'[ \t]*(\*|"[1-9][0-9]{0,17}"|[1-9][0-9]{0,17})[ \t]*', fullmatch=True))
 def test_an_if_match_is_accepted_exactly_when_its_pattern_allows_it(spec, value):
     schema = spec["components"]["parameters"]["IfMatch"]["schema"]
     allowed = jsonschema_rs.validator_for(schema).is_valid(value)
-    assert allowed == _accepts(validation.if_match_version, value), repr(value)
+    assert allowed == _accepts(validation.if_match, value), repr(value)
 
 
 INTEGERS = (st.integers(min_value=-5, max_value=2 ** 63 + 5) | st.booleans() | st.none()
@@ -228,6 +228,22 @@ def test_the_hooks_drop_only_refusals_of_the_precondition_rule_with_the_document
     assert not breaks(400, {**disagree, "details": {"field": "state"}}, 1, 3, True)
     assert not breaks(400, {"code": "ValidationError", "details": {"field": "state"}}, None, 3, True)
     assert not breaks(409, required, None, None, False)
+    # the conditional headers' rules: If-None-Match: * alone, If-Match: * without a version
+    field = {"code": "ValidationError", "details": {"field": "If-None-Match"}}
+    assert breaks(400, field, None, 3, True, frozenset({"If-None-Match"}))
+    assert breaks(400, {**field, "details": {"field": "expected_version"}}, 1, None, True,
+                  frozenset({"If-Match"}))
+    assert not breaks(400, field, None, None, False, frozenset({"If-None-Match"}))
+    assert not breaks(400, field, None, 3, True, frozenset())
+
+
+def test_the_hooks_drop_only_an_if_none_match_outside_its_documented_pattern():
+    put, get = "PUT /sessions/{session_id}", "GET /sessions/{session_id}"
+    assert sent_outside_the_if_none_match_pattern(put, {"If-None-Match": "0"})
+    assert sent_outside_the_if_none_match_pattern(get, {"If-None-Match": "0"})
+    assert not sent_outside_the_if_none_match_pattern(put, {"If-None-Match": " * "})
+    assert not sent_outside_the_if_none_match_pattern(get, {"If-None-Match": 'W/"1", "x"'})
+    assert not sent_outside_the_if_none_match_pattern(get, {})
 
 
 
@@ -258,7 +274,12 @@ def test_responses_of_the_session_routes_conform_to_the_spec(api, documented, se
                                body='{"state": {"n": 2}}'), 200)
     check("PUT", item, api.put(path, headers=AUTH, body='{"state": {}, "expected_version": 1}'), 409)
     check("PUT", item, api.put(path, headers=AUTH, body='{"state": {}}'), 428)
-    check("DELETE", item, api.delete(path, headers={**AUTH, "If-Match": '"1"'}), 409)
+    check("GET", item, api.get(path, headers={**AUTH, "If-None-Match": '"2"'}), 304)
+    check("PUT", item, api.put(path, headers={**AUTH, "If-None-Match": "*"},
+                               body='{"state": {}}'), 412)
+    check("PUT", item, api.put(f"{path}-new", headers={**AUTH, "If-None-Match": "*"},
+                               body='{"state": {}}'), 201)
+    check("DELETE", item, api.delete(path, headers={**AUTH, "If-Match": '"1"'}), 412)
     check("DELETE", item, api.delete(path, headers=AUTH), 204)
     check("DELETE", item, api.delete(path, headers=AUTH), 404)
     check("GET", item + "/events", api.get(f"{path}/events?limit=0", headers=AUTH), 400)

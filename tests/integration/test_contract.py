@@ -134,6 +134,8 @@ def test_a_generated_client_drives_the_walk_through(contract_server, generated_c
     read = api.get_session.sync_detailed(sid, client=client)
     assert read.status_code == 200 and read.parsed.state.to_dict() == {"items": []}
     etag = read.headers["ETag"]
+    unchanged = api.get_session.sync_detailed(sid, client=client, if_none_match=etag)
+    assert unchanged.status_code == 304 and unchanged.content == b"" and unchanged.headers["ETag"] == etag
 
     book = models.UpdateSession(state=models.State.from_dict({"items": ["book"]}))
     updated = api.update_session.sync_detailed(sid, client=client, body=book, if_match=etag)
@@ -142,9 +144,20 @@ def test_a_generated_client_drives_the_walk_through(contract_server, generated_c
 
     # the same request again: another writer got there first
     conflict = api.update_session.sync_detailed(sid, client=client, body=book, if_match=etag)
-    assert conflict.status_code == 409 and isinstance(conflict.parsed, models.ConcurrencyErrorBody)
+    assert conflict.status_code == 412 and isinstance(conflict.parsed, models.PreconditionFailedError)
     details = conflict.parsed.error.details
     assert (details.expected_version, details.actual_version) == (1, 2)
+    # named in the body instead, the lost race is a 409
+    in_body = api.update_session.sync_detailed(sid, client=client, body=models.UpdateSession(
+        state=models.State.from_dict({"items": ["book"]}), expected_version=1))
+    assert in_body.status_code == 409 and isinstance(in_body.parsed, models.ConcurrencyErrorBody)
+
+    # create-if-absent: a PUT with If-None-Match: *
+    other = f"{sid}-put"
+    absent = api.update_session.sync_detailed(other, client=client, body=book, if_none_match="*")
+    assert absent.status_code == 201 and absent.headers["Location"] == f"/sessions/{other}"
+    present = api.update_session.sync_detailed(other, client=client, body=book, if_none_match="*")
+    assert present.status_code == 412 and present.parsed.error.details.actual_version == 1
 
     # the documented refusals of the precondition rule parse too
     unconditional = api.update_session.sync_detailed(sid, client=client, body=book)

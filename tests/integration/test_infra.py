@@ -152,13 +152,18 @@ def test_the_gateway_answers_an_unknown_route_with_a_404_that_echoes_nothing(pac
         # only the request id may be substituted: never the message API Gateway
         # builds (it can quote the Authorization header), the input or headers
         assert re.findall(r"\$[a-zA-Z.]+", template) == ["$context.requestId"], template
-        error = json.loads(template.replace("$context.requestId", "r-1"))["error"]
-        assert error["code"] == code and error["message"]
+        problem = json.loads(template.replace("$context.requestId", "r-1"))
+        assert problem["status"] == int(status) and problem["code"] == code
+        assert problem["error"]["code"] == code and problem["error"]["message"] == problem["detail"]
     for response in responses.values():
         template = response["responseTemplates"]["application/json"]
         assert "$context.error.message" not in template and "$input" not in template
         assert "header" not in template
-        json.loads(re.sub(r"\$[a-zA-Z.]+", "x", template))  # the API's JSON error shape
+        # the API's error shape: problem details (RFC 9457) that keep `error`
+        problem = json.loads(re.sub(r"\$[a-zA-Z.]+", "x", template))
+        assert problem["type"] == "about:blank" and problem["error"]["code"] == problem["code"]
+        assert response["responseParameters"]["gatewayresponse.header.Content-Type"] == \
+            "'application/problem+json'"
 
 
 def test_the_standalone_queue_template_defines_the_same_queues_and_alarms(queues_template, packaged):

@@ -76,7 +76,7 @@ def test_the_readme_loop_rereads_and_reapplies_after_losing_a_race(readme, loop)
 
     result = readme[loop](sid, "ours")
 
-    assert errors == [409]  # the first write lost, once
+    assert errors == [412]  # the first write (If-Match) lost, once
     assert result["version"] == 3
     assert result["state"] == {"items": ["theirs", "ours"]}  # both changes, none overwritten
 

@@ -115,8 +115,10 @@ def test_64_concurrent_clients_are_all_served_without_a_reset_or_a_dropped_syn(s
 
 def test_an_unknown_route_is_a_404_in_the_error_shape_that_does_not_echo_the_key(server):
     status, headers, body = server.request("GET", "/nope/x?y=1", headers=BEARER)
-    assert status == 404 and headers["Content-Type"] == "application/json"
-    assert json.loads(body)["error"]["code"] == "RouteNotFound"
+    assert status == 404 and headers["Content-Type"] == "application/problem+json"
+    problem = json.loads(body)
+    assert problem["code"] == problem["error"]["code"] == "RouteNotFound"
+    assert (problem["type"], problem["status"], problem["title"]) == ("about:blank", 404, "Not Found")
     assert API_KEY.encode() not in body
 
 
@@ -153,9 +155,32 @@ def test_the_walk_through_works_over_http(server, session_id):
     status, _, body = server.request("PUT", f"/sessions/{session_id}", put, '{"state":{"items":["book"]}}')
     assert status == 200 and json.loads(body)["version"] == 2
     status, _, body = server.request("PUT", f"/sessions/{session_id}", put, '{"state":{"items":[]}}')
-    assert status == 409 and json.loads(body)["error"]["details"]["actual_version"] == 2
+    assert status == 412 and json.loads(body)["error"]["details"]["actual_version"] == 2
     assert server.request("DELETE", f"/sessions/{session_id}", BEARER)[0] == 204
     assert server.request("GET", f"/sessions/{session_id}", BEARER)[0] == 404
+
+
+def test_conditional_requests_work_over_http(server, session_id):
+    create = {**AUTH, "If-None-Match": "*"}
+    status, headers, body = server.request("PUT", f"/sessions/{session_id}", create, '{"state":{}}')
+    assert status == 201 and headers["Location"] == f"/sessions/{session_id}"  # no stage locally
+    assert server.request("PUT", f"/sessions/{session_id}", create, '{"state":{}}')[0] == 412
+
+    status, headers, body = server.request("GET", f"/sessions/{session_id}",
+                                           {**BEARER, "If-None-Match": 'W/"1"'})
+    assert (status, body, headers["ETag"]) == (304, b"", '"1"') and "Content-Type" not in headers
+
+    status, _, _ = server.request("PUT", f"/sessions/{session_id}", {**AUTH, "If-Match": 'W/"1"'},
+                                  '{"state":{"n":1}}')
+    assert status == 400
+    status, _, body = server.request("PUT", f"/sessions/{session_id}", {**AUTH, "If-Match": "*"},
+                                     '{"state":{"n":1}}')
+    assert status == 200 and json.loads(body)["version"] == 2
+
+    status, headers, body = server.request("DELETE", f"/sessions/{session_id}",
+                                           {**BEARER, "If-Match": "*"})
+    assert (status, body) == (204, b"") and "Content-Type" not in headers
+    assert server.request("DELETE", f"/sessions/{session_id}", {**BEARER, "If-Match": "*"})[0] == 412
 
 
 @pytest.mark.parametrize(("request_head", "status", "code"), [

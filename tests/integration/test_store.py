@@ -155,6 +155,20 @@ def test_an_update_with_a_stale_version_changes_nothing(store, any_redis, sessio
     assert any_redis.get(session_keys(session_id)[0]) == before
 
 
+def test_an_update_without_an_expected_version_writes_over_whatever_version_is_current(store, session_id):
+    # If-Match: * -- the version check is skipped, nothing else is
+    store.create(session_id, '{"a":1}', 60)
+    store.update(session_id, '{"a":2}', 1)
+
+    result = store.update(session_id, '{"a":3}', None)
+
+    assert (result.session.version, result.event_id) == (3, f"{session_id}:3")
+    assert store.get(session_id).state == {"a": 3} and store.get(session_id).version == 3
+    store.delete(session_id)
+    with pytest.raises(SessionNotFound):
+        store.update(session_id, '{"a":4}', None)
+
+
 def test_a_create_with_an_existing_id_is_refused_and_keeps_the_session(store, session_id):
     store.create(session_id, '{"first":true}', 60)
     with pytest.raises(SessionExists) as caught:

@@ -70,7 +70,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
     mutant(
         "cas-version-check-removed", 1, STORE,
-        (("if v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),),
+        (("if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),),
         (f"{T_STORE}::test_an_update_with_a_stale_version_changes_nothing[single]",),
         "the update script writes whatever version the caller expected"),
     mutant(
@@ -80,7 +80,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "a conditional delete ignores its expected version"),
     mutant(
         "cas-check-then-write-in-python", 1, STORE,
-        (("if v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),
+        (("if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),
          ("        now = self.clock()\n        now_iso = iso_utc(now)\n        with _redis_errors():\n"
           "            reply = self._run(self._update,",
           "        current = self.get(session_id)\n"

@@ -182,14 +182,24 @@ def test_the_largest_64_bit_version_is_accepted():
 @pytest.mark.parametrize("header, expected", [(None, None), ('"3"', 3), ("3", 3), (' "12" ', 12),
                                               ('\t"7" \t', 7)])
 def test_if_match_takes_a_version_or_its_etag(header, expected):
-    assert validation.if_match_version(header) == expected
+    parsed = validation.if_match(header)
+    assert (parsed and parsed.version) == expected
 
 
-@pytest.mark.parametrize("header", ['W/"3"', "*", '"abc"', '"0"', '"-1"', '"1", "2"', "\u00b2",
+def test_if_match_star_is_any_version():
+    assert validation.if_match(" * ") == validation.IfMatch("*", None)
+
+
+def test_a_weak_if_match_is_refused_with_a_message_that_says_why():
+    with pytest.raises(ValidationError, match=r'strong ETags only: send "3", not W/"3"'):
+        validation.if_match('W/"3"')
+
+
+@pytest.mark.parametrize("header", ['W/"3"', "**", '"*"', '"abc"', '"0"', '"-1"', '"1", "2"', "\u00b2",
                                     "\u0663", "9" * 20, "9" * 5000, "", "\u00a03", '"3"\x85', "\x1c3"])
 def test_a_malformed_if_match_is_a_validation_error(header):
     with pytest.raises(ValidationError) as caught:
-        validation.if_match_version(header)
+        validation.if_match(header)
     assert type(caught.value) is ValidationError
 
 
@@ -259,9 +269,42 @@ def test_a_body_session_id_is_taken_as_written_not_percent_decoded():
 @pytest.mark.parametrize("header", ['"1', '1"', '""1""', "01", '"0"', "1" * 19, '"1", "2"'])
 def test_an_if_match_outside_the_documented_pattern_is_refused(header):
     with pytest.raises(ValidationError):
-        validation.if_match_version(header)
+        validation.if_match(header)
 
 
 @pytest.mark.parametrize(("header", "expected"), [('"3"', 3), ("3", 3), (' "12" ', 12)])
 def test_an_if_match_in_either_documented_form_gives_its_version(header, expected):
-    assert validation.if_match_version(header) == expected
+    assert validation.if_match(header) == validation.IfMatch(header.strip(), expected)
+
+
+@pytest.mark.parametrize(("header", "version", "matches"), [
+    ("*", 1, True), ('"3"', 3, True), ('W/"3"', 3, True), ('"1", W/"3"', 3, True),
+    ('"30"', 3, False), ('"abc"', 3, False), ('W/"4"', 3, False),
+])
+def test_if_none_match_compares_entity_tags_weakly(header, version, matches):
+    parsed = validation.if_none_match(header)
+    assert parsed is not None and parsed.matches(version) is matches
+
+
+@pytest.mark.parametrize("header", ["", "3", '"3', "W/3", '"3";"4"', '"3",', "**", '"a b"'])
+def test_a_malformed_if_none_match_is_a_validation_error(header):
+    with pytest.raises(ValidationError, match="If-None-Match"):
+        validation.if_none_match(header)
+
+
+def test_a_put_with_if_none_match_star_is_a_create_of_its_path_id():
+    put = validation.put_request("cart-1", b'{"state":{"a":1}}', if_match_header=None,
+                                 if_none_match_header="*", max_state_bytes=LIMIT)
+    assert put == validation.CreateRequest("cart-1", '{"a":1}', None)
+
+
+@pytest.mark.parametrize(("if_match", "if_none_match", "raw", "message"), [
+    (None, '"1"', b'{"state":{}}', "takes only"),
+    ('"1"', "*", b'{"state":{}}', "not both"),
+    (None, "*", b'{"state":{},"expected_version":1}', "creates one"),
+    ("*", None, b'{"state":{},"expected_version":1}', "leave expected_version out"),
+])
+def test_a_put_with_contradicting_preconditions_says_what_to_fix(if_match, if_none_match, raw, message):
+    with pytest.raises(ValidationError, match=message):
+        validation.put_request("a", raw, if_match_header=if_match, if_none_match_header=if_none_match,
+                               max_state_bytes=LIMIT)

@@ -156,7 +156,7 @@ return {'ok', ev}
 """
 
 # KEYS as CREATE_SCRIPT
-# ARGV[1] session id  ARGV[2] state JSON  ARGV[3] expected version
+# ARGV[1] session id  ARGV[2] state JSON  ARGV[3] expected version or '' (any: If-Match *)
 # ARGV[4] now ISO  ARGV[5] now ms  ARGV[6] marker ttl seconds  ARGV[7] channel
 # ARGV[8] floor: the version PostgreSQL holds, or '' (not asked)
 # returns {'ok', event, created} | {'conflict', actual} | {'deleted', version}
@@ -169,7 +169,7 @@ if flag == 'D' then return {'deleted', v} end
 local ep = epoch()
 local refused = check_epoch(v, e, ep, ARGV[8])
 if refused then return refused end
-if v ~= tonumber(ARGV[3]) then return {'conflict', v} end
+if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end
 v = v + 1
 redis.call('SET', KEYS[1], head(v, created, ARGV[4], ttl, 'L') .. ep .. '|' .. ARGV[2], 'EX', ttl)
 set_marker(v .. '|L', tonumber(ARGV[6]), ttl)
@@ -563,9 +563,10 @@ class SessionStore:
         session = Session(session_id, 1, state_json, now_iso, now_iso, ttl_seconds)
         return WriteResult(session, f"{session_id}:1", reply[1].decode())
 
-    def update(self, session_id: str, state_json: str, expected_version: int, *,
+    def update(self, session_id: str, state_json: str, expected_version: int | None, *,
                floor: int | None = 0) -> WriteResult:
-        """Replace the state if the session is at ``expected_version``.
+        """Replace the state if the session is at ``expected_version`` (None:
+        at whatever version is current).
 
         ``floor`` is the version PostgreSQL holds (0: trust Redis), or None
         when PostgreSQL was not asked.  Raises ConcurrencyError (with the
@@ -579,10 +580,12 @@ class SessionStore:
         now_iso = iso_utc(now)
         with _redis_errors():
             reply = self._run(self._update, session_keys(session_id), [
-                session_id, state_json, expected_version, now_iso, int(now * 1000),
-                self.marker_ttl, self.channel, "" if floor is None else floor])
+                session_id, state_json, "" if expected_version is None else expected_version,
+                now_iso, int(now * 1000), self.marker_ttl, self.channel,
+                "" if floor is None else floor])
         self._raise_for(session_id, reply, expected_version)
-        version = expected_version + 1
+        version = (expected_version + 1 if expected_version is not None
+                   else json.loads(reply[1])["version"])
         ttl = _ttl_from_event(reply[1])
         session = Session(session_id, version, state_json, reply[2].decode(), now_iso, ttl)
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
