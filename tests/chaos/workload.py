@@ -1,5 +1,6 @@
-"""Concurrent clients doing what users do: read-modify-write with CAS,
-creates (new ids, and now and then an id that exists), deletes and reads,
+"""Concurrent clients doing what users do: read-modify-write with CAS (and,
+now and then, unconditional with If-Match: *), creates (new ids, and now and
+then an id that exists), deletes and reads,
 through the session service, recording every request and its outcome.
 
 Bounded: each client stops at a deadline or after ``max_ops``.
@@ -112,8 +113,10 @@ class Workload:
         if read is None or read.outcome != "ok" or read.version is None:
             return
         state = {"n": int((read.state or {}).get("n", 0)) + 1, "w": self._token(process)}
+        # now and then If-Match: * (no version check: whatever is current)
+        expected = None if rng.random() < 0.15 else read.version
         self._write(process, "update", sid, state, lambda: self.service().update(
-            UpdateRequest(sid, _json(state), read.version)))
+            UpdateRequest(sid, _json(state), expected)))
 
     def _create(self, process: int, sid: str) -> None:
         state = {"n": 0, "w": self._token(process)}
