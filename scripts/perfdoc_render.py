@@ -14,6 +14,10 @@ drift from the run it names.  Placeholders, inside ``{{ }}``:
 ``bench/<file>.json:<path>[:<format spec>]``
     The same, into one of the before/after artifacts in docs/bench/ (from
     that file's top).
+``targets:table``
+    The whole ``targets`` list as a Markdown table (target, measured, limit,
+    status, how), one row per entry, so a target the bench adds is never
+    left out of the page.
 ``target:<name>|<field>[:<format spec>]``
     A field of the entry of the run's ``targets`` list whose ``target`` is
     ``<name>``; the field ``status`` says ``met``, ``missed`` or ``no number``.
@@ -112,6 +116,16 @@ def _target(results: dict, rest: str, placeholder: str) -> Any:
     return _walk(found[0], field, placeholder)
 
 
+def _targets_table(results: dict) -> str:
+    rows = ["| target | measured | limit | | how |", "|---|---:|---:|---|---|"]
+    for target in results.get("targets", []):
+        unit = target.get("unit", "")
+        limit = "(none)" if target.get("limit") is None else f"{target['limit']} {unit}"
+        rows.append(f"| {target['target']} | {target['measured']} {unit} | {limit} | "
+                    f"**{_status(target.get('met'))}** | {target.get('how', '')} |")
+    return "\n".join(rows)
+
+
 def _split_spec(text: str) -> tuple[str, str]:
     """``path:spec`` -> (path, spec); the spec is what follows the last colon."""
     path, sep, spec = text.rpartition(":")
@@ -120,6 +134,8 @@ def _split_spec(text: str) -> tuple[str, str]:
 
 def resolve(placeholder: str, results: dict, artifacts: Path) -> str:
     """The text one placeholder stands for."""
+    if placeholder == "targets:table":
+        return _targets_table(results)
     if placeholder.startswith("target:"):
         body = placeholder[len("target:"):]
         # a format spec follows the field: ``name|measured:.2f``

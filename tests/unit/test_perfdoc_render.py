@@ -54,6 +54,16 @@ def test_a_target_renders_its_status_and_fields_by_name_even_with_a_colon_in_it(
     assert page == "met at 1.08; no number; missed"
 
 
+def test_the_targets_table_has_a_row_for_every_target_of_the_run():
+    rows = _render("{{targets:table}}").splitlines()
+
+    assert rows[2:] == [
+        "| get <= 1.3x raw GET (p50) | 1.08  | 1.3  | **met** |  |",
+        "| cold start: import + first GET | 81.3  | (none) | **no number** |  |",
+        "| update p99 < 1 ms | 2.1  | 1.0  | **missed** |  |",
+    ]
+
+
 def test_a_bench_artifact_is_read_from_its_file_and_a_dotted_key_is_quoted(tmp_path):
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "steps.json").write_text(json.dumps({"latency": {"pool.get": {"p50_us": 79.93}}}))
