@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test unit chaos mutants perfdoc-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy
+.PHONY: run test unit chaos mutants perfdoc perfdoc-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ mutants: venv services
 
 # Whether docs/performance.* were measured at the code they describe.  Not in
 # `make test`: the figures are regenerated once the code has landed.
+# docs/performance.md from docs/performance.template.md and docs/performance.json
+# (after a bench: python3 scripts/perfdoc_render.py --json bench-results/<run>.json).
+perfdoc:
+	python3 scripts/perfdoc_render.py
+
 perfdoc-check:
 	python3 scripts/perfdoc_check.py
 

@@ -4,7 +4,10 @@
 docs/performance.json records the commit ``sessionsync bench`` ran at
 (``machine.git``).  This fails when that commit is not in the history, was
 measured on a dirty tree, is older than the last change to the code the
-bench measures, or is not the commit docs/performance.md names.
+bench measures, or is not the commit docs/performance.md names; and, when
+docs/performance.template.md exists, when docs/performance.md is not its
+rendering with docs/performance.json (scripts/perfdoc_render.py), so the
+page cannot be edited by hand away from the figures.
 
 ``make perfdoc-check``; not part of ``make test``: the figures are
 regenerated last, once the code has landed.  Exit 0 when current, 1 when
@@ -17,6 +20,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import perfdoc_render  # this script's directory is on sys.path when it runs
 
 # What the figures depend on: the service code, the bench itself, and the
 # pinned dependencies.  Docs, tests and infrastructure templates do not move them.
@@ -65,6 +70,15 @@ def problems(root: Path) -> list[str]:
         doc = ""
     if commit[:7] not in doc:
         found.append(f"docs/performance.md does not name the measured commit {commit[:7]}")
+    if (root / perfdoc_render.TEMPLATE).exists():
+        try:
+            rendered = perfdoc_render.render_repo(root)
+        except perfdoc_render.RenderError as exc:
+            found.append(f"docs/performance.template.md does not render: {exc}")
+        else:
+            if rendered != doc:
+                found.append("docs/performance.md is not the rendering of docs/performance.template.md "
+                             "with docs/performance.json (edit the template, then `make perfdoc`)")
     return found
 
 

@@ -25,7 +25,9 @@ DEV_PINS = requirement_pins(PROJECT_DIR / "requirements-dev.txt")
 # `chalice package` puts its own runtime (chalice/app.py) into the deployment
 # package: chalice is pinned with the tools, in requirements-dev.txt.
 SHIPPED_BY_CHALICE = {"chalice"}
-FIRST_PARTY = {"app", "chalicelib", "sessionsync", "tests"}
+# scripts/ import each other as top-level modules (their directory is on sys.path)
+FIRST_PARTY = {"app", "chalicelib", "sessionsync", "tests"} | {
+    script.stem for script in (PROJECT_DIR / "scripts").glob("*.py")}
 
 
 def names(requirements: list[Requirement]) -> set[str]:

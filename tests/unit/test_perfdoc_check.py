@@ -89,3 +89,34 @@ def test_a_commit_that_is_not_in_the_history_is_stale(repo):
     result = _check(root)
 
     assert result.returncode == 1 and "not in this repository's history" in result.stderr
+
+
+def test_a_page_that_is_not_the_rendering_of_its_template_is_stale(repo):
+    root, measured = repo
+    _publish(root, measured)
+    _commit(root, {"docs/performance.template.md": "| Commit | `{{machine.git.commit:.7}}` |\n"})
+
+    result = _check(root)
+
+    assert result.returncode == 1
+    assert "docs/performance.md is not the rendering of docs/performance.template.md" in result.stderr
+
+    _commit(root, {"docs/performance.md": _render(root)})
+    assert _check(root).returncode == 0, _check(root).stderr
+
+
+def test_a_template_placeholder_the_results_lack_is_reported_by_name(repo):
+    root, measured = repo
+    _publish(root, measured)
+    template = "`{{machine.git.commit:.7}}` {{store.latency.get.p50_us}}\n"
+    _commit(root, {"docs/performance.template.md": template})
+
+    result = _check(root)
+
+    assert result.returncode == 1 and "{{store.latency.get.p50_us}}" in result.stderr
+
+
+def _render(root: Path) -> str:
+    subprocess.run([sys.executable, str(SCRIPT.parent / "perfdoc_render.py"), "--root", str(root)],
+                   check=True, capture_output=True, text=True, timeout=60)
+    return (root / "docs" / "performance.md").read_text()
