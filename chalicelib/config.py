@@ -21,6 +21,14 @@ REDIS_TIMEOUT = "REDIS_TIMEOUT"
 # A Secrets Manager secret holding the Redis password (and user name): read
 # at run time, so a rotated password is picked up on the next connection.
 REDIS_SECRET_ARN = "REDIS_SECRET_ARN"
+# How the Redis connection authenticates: ``password`` (default: the URL's or
+# REDIS_SECRET_ARN's) or ``iam`` (ElastiCache IAM: a SigV4 token made from
+# the Lambda role's credentials, for the user named in REDIS_URL).
+REDIS_AUTH = "REDIS_AUTH"
+REDIS_AUTH_MODES = ("password", "iam")
+# The replication group (or serverless cache) id that IAM tokens are signed
+# for: not the endpoint's host name, which AWS does not accept there.
+REDIS_IAM_CACHE_NAME = "REDIS_IAM_CACHE_NAME"
 DATABASE_URL = "DATABASE_URL"
 DB_SECRET_ARN = "DB_SECRET_ARN"
 # The CA bundle that verifies the database server's certificate when the
@@ -103,6 +111,9 @@ class Settings:
     redis_cluster: bool = False
     redis_timeout: float = 1.0
     redis_secret_arn: str | None = None
+    #: ``password`` or ``iam`` (REDIS_AUTH)
+    redis_auth: str = "password"
+    redis_iam_cache_name: str | None = None
     database_url: str | None = None
     db_secret_arn: str | None = None
     db_ssl_root_cert: str = DEFAULT_DB_SSL_ROOT_CERT
@@ -204,6 +215,37 @@ def check_redis_url(url: str, setting: str = REDIS_URL) -> str:
     return url
 
 
+def _redis_auth(env: Mapping[str, str], redis_url: str,
+                redis_secret_arn: str | None) -> tuple[str, str | None]:
+    """REDIS_AUTH and, for ``iam``, the cache name; IAM tokens are only
+    accepted over TLS, and replace any password."""
+    mode = (_opt(env, REDIS_AUTH) or "password").lower()
+    if mode not in REDIS_AUTH_MODES:
+        raise ConfigurationError(REDIS_AUTH, f"must be one of {', '.join(REDIS_AUTH_MODES)}, "
+                                             f"got {mode!r}")
+    cache_name = _opt(env, REDIS_IAM_CACHE_NAME)
+    if mode != "iam":
+        return mode, None
+    parts = urlsplit(redis_url)
+    if parts.scheme != "rediss":
+        raise ConfigurationError(REDIS_URL, f"{REDIS_AUTH}=iam needs TLS: use a rediss:// URL "
+                                            "(ElastiCache accepts IAM tokens only with in-transit "
+                                            "encryption)")
+    if parts.password:
+        raise ConfigurationError(REDIS_URL, f"with {REDIS_AUTH}=iam the password is a token made at "
+                                            "run time: remove the password from the URL")
+    if not parts.username:
+        raise ConfigurationError(REDIS_URL, f"{REDIS_AUTH}=iam needs the ElastiCache user id as the "
+                                            "URL's user name (rediss://user-id@host:6379)")
+    if redis_secret_arn:
+        raise ConfigurationError(REDIS_SECRET_ARN, f"{REDIS_AUTH}=iam makes its own token: "
+                                                   "unset the secret")
+    if not cache_name:
+        raise ConfigurationError(REDIS_IAM_CACHE_NAME, f"{REDIS_AUTH}=iam needs the replication "
+                                                       "group (or serverless cache) id")
+    return mode, cache_name
+
+
 def check_database_url(url: str, setting: str = DATABASE_URL) -> str:
     """Validate a PostgreSQL URL; explain the unescaped-password mistake.
 
@@ -259,6 +301,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigurationError(REDIS_URL, "Redis Cluster has only database 0; "
                                             f"remove the /db from the URL (or unset {REDIS_CLUSTER})")
     redis_secret_arn = _opt(env, REDIS_SECRET_ARN)
+    redis_auth, redis_iam_cache_name = _redis_auth(env, redis_url, redis_secret_arn)
     if redis_secret_arn and (urlsplit(redis_url).username or urlsplit(redis_url).password):
         raise ConfigurationError(REDIS_SECRET_ARN, "the credentials come from the secret: "
                                                    f"remove user and password from {REDIS_URL}")
@@ -281,6 +324,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_cluster=redis_cluster,
         redis_timeout=_float(env, REDIS_TIMEOUT, 1.0, 0.05, 30.0),
         redis_secret_arn=redis_secret_arn,
+        redis_auth=redis_auth,
+        redis_iam_cache_name=redis_iam_cache_name,
         database_url=database_url,
         db_secret_arn=_opt(env, DB_SECRET_ARN),
         db_ssl_root_cert=_opt(env, DB_SSL_ROOT_CERT) or DEFAULT_DB_SSL_ROOT_CERT,

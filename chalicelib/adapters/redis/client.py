@@ -5,7 +5,8 @@ within about a second, not a Lambda that hangs until its own timeout.
 ``rediss://`` (TLS) and ``redis://user:password@`` (RBAC / AUTH) URLs are
 passed to redis-py unchanged, as ElastiCache in-transit encryption needs.
 With REDIS_SECRET_ARN the user name and password come from Secrets Manager
-instead, read when a connection authenticates (``SecretCredentials``).
+instead, read when a connection authenticates (``SecretCredentials``);
+with REDIS_AUTH=iam the password is an ElastiCache IAM token (``IamAuthToken``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -25,7 +27,7 @@ from redis.credentials import CredentialProvider
 from redis.exceptions import BusyLoadingError, MasterDownError, ReadOnlyError, RedisClusterException
 from redis.retry import Retry
 
-from chalicelib.config import REDIS_SECRET_ARN, Settings
+from chalicelib.config import REDIS_AUTH, REDIS_IAM_CACHE_NAME, REDIS_SECRET_ARN, Settings
 from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
 
 RedisClient = redis.Redis | RedisCluster
@@ -51,13 +53,22 @@ SECRET_REFRESH_SECONDS = 60.0
 # After a failed read, the next connection asks again this much later (the
 # last good credentials are used meanwhile).
 SECRET_RETRY_SECONDS = 5.0
+# An ElastiCache IAM token is accepted for 15 minutes after it is signed
+# (AWS's limit); a new one is made for connections opened once the cached
+# one is 10 minutes old, so no token is presented near its expiry.
+IAM_TOKEN_SECONDS = 900
+IAM_REFRESH_SECONDS = 600.0
 log = logging.getLogger("sessionsync.redis")
 
 
-class RedisSecretUnavailable(redis.ConnectionError):
-    """The Redis secret could not be read and there are no credentials yet.
-    A ConnectionError, so that redis-py closes the half-open connection and
+class RedisCredentialsUnavailable(redis.ConnectionError):
+    """There are no credentials to authenticate with (yet).  A
+    ConnectionError, so that redis-py closes the half-open connection and
     the store answers 503 as for any unreachable Redis."""
+
+
+class RedisSecretUnavailable(RedisCredentialsUnavailable):
+    """The Redis secret could not be read and there are no credentials yet."""
 
 
 def parse_redis_secret(secret_string: str) -> tuple[str] | tuple[str, str]:
@@ -74,19 +85,20 @@ def parse_redis_secret(secret_string: str) -> tuple[str] | tuple[str, str]:
     return (str(doc["password"]),)
 
 
-class SecretCredentials(CredentialProvider):
+class _RefreshedCredentials(CredentialProvider):
     """redis-py asks ``get_credentials`` each time a connection authenticates
-    (the first one, and every reconnect): the secret is read then, reused for
-    SECRET_REFRESH_SECONDS, so a rotated password reaches new connections
-    without a deploy.  A failed read keeps the last good credentials."""
+    (the first one, and every reconnect): the credentials are made or read
+    then, and reused until ``_refresh`` sets a later refresh time on
+    ``clock``.  A failed ``_refresh`` leaves the last good ones in place."""
 
-    def __init__(self, secrets_client: Any, secret_arn: str, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._secrets = secrets_client
-        self._arn = secret_arn
+    unavailable: type[RedisCredentialsUnavailable] = RedisCredentialsUnavailable
+    #: what failed, for the error: "cannot <what>: <error>"
+    what = "make the Redis credentials"
+
+    def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._credentials: tuple[str] | tuple[str, str] | None = None
-        self._error = "not read yet"
+        self._error = "not made yet"
         self._refresh_at = float("-inf")
         self._lock = threading.Lock()
 
@@ -95,8 +107,27 @@ class SecretCredentials(CredentialProvider):
             if self._clock() >= self._refresh_at:
                 self._refresh()
             if self._credentials is None:
-                raise RedisSecretUnavailable(f"cannot read the Redis secret: {self._error}")
+                raise self.unavailable(f"cannot {self.what}: {self._error}")
             return self._credentials
+
+    def _refresh(self) -> None:
+        raise NotImplementedError
+
+
+class SecretCredentials(_RefreshedCredentials):
+    """The secret is read when a connection authenticates, reused for
+    SECRET_REFRESH_SECONDS, so a rotated password reaches new connections
+    without a deploy.  A failed read keeps the last good credentials."""
+
+    unavailable = RedisSecretUnavailable
+    what = "read the Redis secret"
+
+    def __init__(self, secrets_client: Any, secret_arn: str, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
+        self._secrets = secrets_client
+        self._arn = secret_arn
+        self._error = "not read yet"
 
     def _refresh(self) -> None:
         try:
@@ -117,13 +148,85 @@ class SecretCredentials(CredentialProvider):
         self._refresh_at = self._clock() + SECRET_REFRESH_SECONDS
 
 
+class IamAuthToken(_RefreshedCredentials):
+    """ElastiCache IAM authentication (REDIS_AUTH=iam): the password is a
+    SigV4-presigned ``connect`` request for the cache and user, signed with
+    the Lambda role's credentials (botocore's default chain), without its
+    ``https://``.  ElastiCache accepts a token for IAM_TOKEN_SECONDS after it
+    was signed; connections opened once it is IAM_REFRESH_SECONDS old get a
+    new one.  An open connection stays authenticated past the token's expiry
+    (ElastiCache closes it after 12 hours; redis-py then reconnects).
+
+    botocore is imported here, not at module level: only REDIS_AUTH=iam
+    pays for it at cold start."""
+
+    what = "make the ElastiCache IAM token"
+
+    def __init__(self, user: str, cache_name: str, region: str, *, session: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
+        self._user, self._cache_name, self._region = user, cache_name, region
+        self._session = session
+        self._signer: Any = None
+
+    def _request_signer(self) -> Any:
+        # made with the first token, not when the client is built: finding
+        # the credentials may ask the instance metadata service
+        if self._signer is None:
+            import botocore.session
+            from botocore.exceptions import NoCredentialsError
+            from botocore.model import ServiceId
+            from botocore.signers import RequestSigner
+            session = self._session or botocore.session.get_session()
+            credentials = session.get_credentials()
+            if credentials is None:  # not kept: the next connection looks again
+                raise NoCredentialsError()
+            # a role's credentials object refreshes itself when signing
+            self._signer = RequestSigner(ServiceId("elasticache"), self._region, "elasticache",
+                                         "v4", credentials, session.get_component("event_emitter"))
+        return self._signer
+
+    def token(self) -> str:
+        query = urlencode({"Action": "connect", "User": self._user})
+        request = {"method": "GET", "url": f"https://{self._cache_name}/?{query}",
+                   "body": {}, "headers": {}, "context": {}}
+        url: str = self._request_signer().generate_presigned_url(
+            request, operation_name="connect", expires_in=IAM_TOKEN_SECONDS,
+            region_name=self._region)
+        return url.removeprefix("https://")
+
+    def _refresh(self) -> None:
+        try:
+            token = self.token()
+        except Exception as exc:  # e.g. no AWS credentials: a 503 naming the setting
+            self._error = f"{REDIS_AUTH}=iam: {type(exc).__name__}"
+            log.warning("cannot make the ElastiCache IAM token; %s",
+                        "keeping the last one" if self._credentials else "no credentials",
+                        extra={"error": self._error})
+            return  # tried again on the next connection: signing is local
+        self._credentials = (self._user, token)
+        self._refresh_at = self._clock() + IAM_REFRESH_SECONDS
+
+
+def iam_auth_token(settings: Settings, *,
+                   clock: Callable[[], float] = time.monotonic) -> IamAuthToken:
+    """The provider for REDIS_AUTH=iam: the user is REDIS_URL's user name,
+    the credentials botocore's default chain (the Lambda role's)."""
+    user = unquote(urlsplit(settings.redis_url).username or "")
+    if settings.redis_auth != "iam" or not user or not settings.redis_iam_cache_name:
+        raise ConfigurationError(REDIS_AUTH, "IAM authentication needs REDIS_AUTH=iam, a user in "
+                                             f"REDIS_URL and {REDIS_IAM_CACHE_NAME}")
+    return IamAuthToken(user, settings.redis_iam_cache_name, settings.aws_region, clock=clock)
+
+
 def connect_redis(settings: Settings, secrets_client: Any = None, **overrides: Any) -> RedisClient:
     """Return a client for ``settings.redis_url``.
 
     A single-node client connects lazily (no round trip at cold start); a
     cluster client reads the slot map now.  Raises ServiceUnavailable when
     a cluster cannot be reached.  With ``settings.redis_secret_arn`` the
-    credentials are read from that secret through ``secrets_client``.
+    credentials are read from that secret through ``secrets_client``; with
+    REDIS_AUTH=iam they are IAM tokens signed with the default AWS credentials.
     ``overrides`` go to redis-py (tests use them).
     """
     options: dict[str, Any] = {
@@ -136,6 +239,12 @@ def connect_redis(settings: Settings, secrets_client: Any = None, **overrides: A
         if secrets_client is None:
             raise ConfigurationError(REDIS_SECRET_ARN, "is set but no Secrets Manager client was given")
         options["credential_provider"] = SecretCredentials(secrets_client, settings.redis_secret_arn)
+    url = settings.redis_url
+    if settings.redis_auth == "iam":
+        options["credential_provider"] = iam_auth_token(settings)
+        # the user name goes to the provider: redis-py refuses one beside it
+        parts = urlsplit(url)
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     options.update(overrides)
     # redis-py never re-sends a command after a connection error or a
     # timeout.  Such a command may have run: the connection can break after
@@ -149,7 +258,7 @@ def connect_redis(settings: Settings, secrets_client: Any = None, **overrides: A
     if not settings.redis_cluster:
         options.setdefault("retry", Retry(NOT_RUN_BACKOFF, NOT_RUN_RETRIES,
                                           supported_errors=NOT_RUN_ERRORS))
-        return _Redis.from_url(settings.redis_url, **options)
+        return _Redis.from_url(url, **options)
     # The cluster client retries by itself (MOVED, ASK, TRYAGAIN: see
     # _Cluster); its ``retry`` only says how often a whole command is tried
     # again after CLUSTERDOWN.
@@ -157,7 +266,7 @@ def connect_redis(settings: Settings, secrets_client: Any = None, **overrides: A
     # Unlike redis.Redis, a cluster client connects as it is built (it reads
     # the slot map): an unreachable or non-cluster Redis must be a 503.
     try:
-        return _Cluster.from_url(settings.redis_url, **options)
+        return _Cluster.from_url(url, **options)
     except (RedisClusterException, redis.ConnectionError, redis.TimeoutError) as exc:
         raise ServiceUnavailable(f"Redis Cluster is unavailable: {type(exc).__name__}",
                                  dependency="redis") from exc
