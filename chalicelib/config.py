@@ -38,6 +38,9 @@ SESSION_QUEUE_URL = "SESSION_QUEUE_URL"
 SESSION_QUEUE_NAME = "SESSION_QUEUE_NAME"
 SESSION_DLQ_URL = "SESSION_DLQ_URL"
 SESSION_DLQ_NAME = "SESSION_DLQ_NAME"
+# FIFO queues: every message carries its session id as MessageGroupId and
+# its event id as deduplication id (chalicelib/pipeline/producer.py).
+SESSION_QUEUE_FIFO = "SESSION_QUEUE_FIFO"
 SESSION_TTL = "SESSION_TTL"
 SESSION_MARKER_TTL = "SESSION_MARKER_TTL"
 MAX_STATE_BYTES = "MAX_STATE_BYTES"
@@ -58,6 +61,8 @@ PG_ENVIRONMENT = ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE")
 
 # The queue the consumer Lambda subscribes to (see ``trigger_queue_name``).
 DEFAULT_QUEUE_NAME = "sessionsync-events"
+# SQS requires a FIFO queue's name to end in this suffix.
+FIFO_SUFFIX = ".fifo"
 # The event source mapping: up to 10 messages per invocation, and at most
 # CONSUMER_MAX_CONCURRENCY invocations at once so that the consumer cannot
 # open more PostgreSQL connections than that (one per warm Lambda).
@@ -121,6 +126,8 @@ class Settings:
     queue_name: str | None = None
     dlq_url: str | None = None
     dlq_name: str | None = None
+    #: SESSION_QUEUE_FIFO: the queue and the DLQ are FIFO queues
+    queue_fifo: bool = False
     session_ttl: int = DEFAULT_SESSION_TTL
     marker_ttl: int = DEFAULT_MARKER_TTL
     max_state_bytes: int = DEFAULT_MAX_STATE_BYTES
@@ -196,6 +203,25 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
 def _opt(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name, "").strip()
     return value or None
+
+
+def check_queue_names(env: Mapping[str, str], fifo: bool) -> None:
+    """A FIFO setting and the queue names given must agree: SQS refuses a
+    send without MessageGroupId to a FIFO queue, and one with it to a
+    standard queue, so a mismatch would fail every write's send."""
+    for name in (SESSION_QUEUE_URL, SESSION_QUEUE_NAME, SESSION_DLQ_URL, SESSION_DLQ_NAME):
+        value = _opt(env, name)
+        if value is None:
+            continue
+        if fifo and not value.endswith(FIFO_SUFFIX):
+            raise ConfigurationError(name, f"{SESSION_QUEUE_FIFO} is on: the queue's name must end "
+                                           f"in {FIFO_SUFFIX}, got {value!r}")
+        if not fifo and value.endswith(FIFO_SUFFIX):
+            raise ConfigurationError(name, f"names a FIFO queue ({value!r}): set {SESSION_QUEUE_FIFO}=true")
+
+
+def default_queue_name(fifo: bool) -> str:
+    return DEFAULT_QUEUE_NAME + FIFO_SUFFIX if fifo else DEFAULT_QUEUE_NAME
 
 
 def check_redis_url(url: str, setting: str = REDIS_URL) -> str:
@@ -316,6 +342,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for key in api_keys:
         if len(key) < 16:
             raise ConfigurationError(API_KEYS, "every key must have at least 16 characters")
+    queue_fifo = _bool(env, SESSION_QUEUE_FIFO)
+    check_queue_names(env, queue_fifo)
     endpoint = _opt(env, AWS_ENDPOINT_URL)
     if endpoint and not urlsplit(endpoint).scheme.startswith("http"):
         raise ConfigurationError(AWS_ENDPOINT_URL, f"must be an http(s) URL, got {endpoint!r}")
@@ -333,6 +361,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         queue_name=_opt(env, SESSION_QUEUE_NAME),
         dlq_url=_opt(env, SESSION_DLQ_URL),
         dlq_name=_opt(env, SESSION_DLQ_NAME),
+        queue_fifo=queue_fifo,
         session_ttl=_int(env, SESSION_TTL, DEFAULT_SESSION_TTL, MIN_TTL_SECONDS, MAX_TTL_SECONDS),
         marker_ttl=_marker_ttl(env),
         max_state_bytes=max_state,
@@ -355,10 +384,11 @@ def trigger_queue_name(env: Mapping[str, str] | None = None) -> str:
 
     The one setting read when app.py is imported: Chalice builds the event
     source mapping from the decorator when it packages the app, with the
-    stage's environment variables already applied (SESSION_QUEUE_NAME).
+    stage's environment variables already applied (SESSION_QUEUE_NAME, and
+    SESSION_QUEUE_FIFO for the default name).
     """
     env = os.environ if env is None else env
-    return _opt(env, SESSION_QUEUE_NAME) or DEFAULT_QUEUE_NAME
+    return _opt(env, SESSION_QUEUE_NAME) or default_queue_name(_bool(env, SESSION_QUEUE_FIFO))
 
 
 def auth_mode(env: Mapping[str, str] | None = None) -> str:

@@ -128,7 +128,7 @@ def producer() -> SqsProducer:
         # a cold Lambda looks the queue URL up here, on the fast client too
         url = _once("queue_url", lambda: aws.queue_url(fast, s.queue_url, s.queue_name,
                                                         SESSION_QUEUE_URL))
-        return SqsProducer(fast, url, store())
+        return SqsProducer(fast, url, store(), fifo=s.queue_fifo)
     return _once("producer", build)
 
 
@@ -143,7 +143,7 @@ def database() -> Database | None:
 def dead_letters() -> DeadLetterQueue:
     """The DLQ sender: built when the first poison record needs it."""
     from chalicelib.pipeline.dead_letters import DeadLetterQueue
-    return _once("dead_letters", lambda: DeadLetterQueue(sqs(), dlq_url()))
+    return _once("dead_letters", lambda: DeadLetterQueue(sqs(), dlq_url(), fifo=settings().queue_fifo))
 
 
 def consumer() -> Consumer:
@@ -188,7 +188,8 @@ def relay_producer() -> SqsProducer:
     from chalicelib.pipeline.producer import SqsProducer
     # the relay's own producer, on the patient client: it sends batches of
     # up to 1 MiB and has a schedule's time, not a request's
-    return _once("relay_producer", lambda: SqsProducer(sqs(), queue_url(), store()))
+    return _once("relay_producer", lambda: SqsProducer(sqs(), queue_url(), store(),
+                                                       fifo=settings().queue_fifo))
 
 
 def secrets_client() -> Any:

@@ -31,7 +31,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.adapters.aws import sqs_batches
+from chalicelib.adapters.aws import session_of, sqs_batches
+from chalicelib.config import FIFO_SUFFIX
 from chalicelib.domain.errors import ServiceUnavailable
 from chalicelib.pipeline.dead_letters import (
     CONSTRAINT,
@@ -280,7 +281,9 @@ def redrive(sqs: Any, dlq_url: str, queue_url: str, *,
     Raises ServiceUnavailable for SQS trouble, TimeoutError if the move
     task does not finish within ``timeout_seconds``.
     """
-    if match is None and limit is None:
+    # A FIFO DLQ is moved by hand: each message needs a deduplication id of
+    # its own (see _move), which a move task would not give it.
+    if match is None and limit is None and not queue_url.endswith(FIFO_SUFFIX):
         return _move_task(sqs, dlq_url, queue_url, progress, poll_seconds, timeout_seconds)
     result = RedriveResult()
     keep: list[DeadLetterMessage] = []
@@ -311,10 +314,12 @@ def _move(sqs: Any, dlq_url: str, queue_url: str, messages: Sequence[DeadLetterM
           progress: Progress) -> int:
     """Send ``messages`` to the main queue, then delete those sent from the DLQ."""
     moved = 0
+    fifo = queue_url.endswith(FIFO_SUFFIX)
     for chunk in sqs_batches(messages, lambda m: len(m.body.encode()) + 4096):
         entries = [{"Id": str(i), "MessageBody": m.body,
                     "MessageAttributes": {k: _clean(v) for k, v in m.message_attributes.items()
-                                          if k not in ERROR_ATTRIBUTES}}
+                                          if k not in ERROR_ATTRIBUTES},
+                    **(_fifo_fields(m) if fifo else {})}
                    for i, m in enumerate(chunk)]
         with _sqs_errors("SendMessageBatch"):
             reply = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
@@ -330,6 +335,17 @@ def _move(sqs: Any, dlq_url: str, queue_url: str, messages: Sequence[DeadLetterM
             raise ServiceUnavailable(f"SQS refused to send {len(reply['Failed'])} message(s): "
                                      f"{failed.get('Code')}", dependency="sqs")
     return moved
+
+
+def _fifo_fields(message: DeadLetterMessage) -> dict[str, str]:
+    """The main FIFO queue's ids for a redriven message: its session's group
+    (its own, without an event id), and the DLQ message's id for
+    deduplication, never the event id: the event may have been sent within
+    the last five minutes, and SQS would then accept the redrive, drop it as
+    a duplicate, and the message deleted from the DLQ would be lost."""
+    event_id = (message.message_attributes.get(EVENT_ID) or {}).get("StringValue")
+    group = session_of(event_id) if event_id else message.message_id
+    return {"MessageGroupId": group, "MessageDeduplicationId": message.message_id}
 
 
 def _clean(attribute: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,11 +28,12 @@ from psycopg import conninfo, sql
 
 from chalicelib.adapters.postgres import connection
 from chalicelib.config import (
-    DEFAULT_QUEUE_NAME,
+    FIFO_SUFFIX,
     QUEUE_MAX_RECEIVE_COUNT,
     QUEUE_VISIBILITY_TIMEOUT,
     SESSION_QUEUE_NAME,
     Settings,
+    default_queue_name,
 )
 from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
 from sessionsync import migrations
@@ -53,24 +54,33 @@ class QueuePair:
 
 
 def dlq_name_for(queue_name: str) -> str:
+    # a FIFO queue's DLQ must be FIFO too, and keep the .fifo suffix last
+    if queue_name.endswith(FIFO_SUFFIX):
+        return f"{queue_name.removesuffix(FIFO_SUFFIX)}-dlq{FIFO_SUFFIX}"
     return f"{queue_name}-dlq"
 
 
-def ensure_queues(sqs: Any, name: str, dlq_name: str, *,
+def ensure_queues(sqs: Any, name: str, dlq_name: str, *, fifo: bool = False,
                   visibility_timeout: int = QUEUE_VISIBILITY_TIMEOUT,
                   max_receive_count: int = QUEUE_MAX_RECEIVE_COUNT) -> QueuePair:
     """Create (or converge) the DLQ and the main queue with its redrive policy.
+
+    ``fifo``: both are FIFO queues (their names end in .fifo), with
+    deduplication by the producer's ids, never by content: two events
+    never share an id, and a resent event keeps its id.
 
     Raises ServiceUnavailable when SQS cannot be reached or refuses.
     """
     from botocore.exceptions import BotoCoreError, ClientError
     try:
-        dlq_url = sqs.create_queue(QueueName=dlq_name)["QueueUrl"]
+        # FifoQueue can only be set at creation
+        created = ({"FifoQueue": "true", "ContentBasedDeduplication": "false"} if fifo else {})
+        dlq_url = sqs.create_queue(QueueName=dlq_name, Attributes=created)["QueueUrl"]
         sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes={
             "MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS),
             "MaximumMessageSize": str(MAX_MESSAGE_SIZE)})
         dlq_arn = _arn(sqs, dlq_url)
-        url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        url = sqs.create_queue(QueueName=name, Attributes=created)["QueueUrl"]
         sqs.set_queue_attributes(QueueUrl=url, Attributes={
             "VisibilityTimeout": str(visibility_timeout),
             "MessageRetentionPeriod": str(MAIN_RETENTION_SECONDS),
@@ -144,7 +154,8 @@ def bootstrap(settings: Settings, sqs: Any | None, dsn: str | None) -> Bootstrap
     """Queues (when ``sqs`` is given), database and schema (when ``dsn`` is).
 
     Queue names come from SESSION_QUEUE_NAME / SESSION_DLQ_NAME (default
-    sessionsync-events and <name>-dlq).  Raises ServiceUnavailable,
+    sessionsync-events, or sessionsync-events.fifo with
+    SESSION_QUEUE_FIFO, and <name>-dlq).  Raises ServiceUnavailable,
     ConfigurationError, MigrationError, psycopg.Error.
     """
     queues = None
@@ -152,8 +163,9 @@ def bootstrap(settings: Settings, sqs: Any | None, dsn: str | None) -> Bootstrap
         if settings.queue_url and not settings.queue_name:
             raise ConfigurationError(SESSION_QUEUE_NAME, "bootstrap creates queues by name: set it "
                                      "(SESSION_QUEUE_URL alone names an existing queue)")
-        name = settings.queue_name or DEFAULT_QUEUE_NAME
-        queues = ensure_queues(sqs, name, settings.dlq_name or dlq_name_for(name))
+        name = settings.queue_name or default_queue_name(settings.queue_fifo)
+        queues = ensure_queues(sqs, name, settings.dlq_name or dlq_name_for(name),
+                               fifo=settings.queue_fifo)
     created, applied = False, []
     if dsn is not None:
         created = ensure_database(dsn)

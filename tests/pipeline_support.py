@@ -79,10 +79,13 @@ class Pipeline:
     database: Database
     dsn: str
     reports: list[BatchReport] = field(default_factory=list)
+    #: FIFO queues (SESSION_QUEUE_FIFO): the producer and the DLQ writer send FIFO ids
+    fifo: bool = False
 
     def __post_init__(self) -> None:
-        self.producer = SqsProducer(self.sqs, self.queues.url, self.store)
-        self.consumer = Consumer(self.database, DeadLetterQueue(self.sqs, self.queues.dlq_url),
+        self.producer = SqsProducer(self.sqs, self.queues.url, self.store, fifo=self.fifo)
+        self.consumer = Consumer(self.database,
+                                 DeadLetterQueue(self.sqs, self.queues.dlq_url, fifo=self.fifo),
                                  SqsRecordSource(self.sqs, self.queues.url))
         self.relay = OutboxRelay(self.store, self.producer, age_seconds=0)
         self._lock = threading.Lock()

@@ -8,6 +8,7 @@ routes that never call AWS.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -75,3 +76,31 @@ def sqs_batches(items: Iterable[T], size_of: Callable[[T], int]) -> Iterator[lis
         size += n
     if batch:
         yield batch
+
+
+# SQS caps MessageGroupId and MessageDeduplicationId at 128 characters.
+FIFO_ID_LIMIT = 128
+
+
+def session_of(event_id: str) -> str:
+    """The session id of an event id ``<session_id>:<version>``."""
+    return event_id.rpartition(":")[0] or event_id
+
+
+def deduplication_id(event_id: str) -> str:
+    """The FIFO deduplication id of an event: the event id itself, or its
+    sha256 (64 hex characters) when it would not fit.
+
+    A session id may have 128 characters, so ``<session_id>:<version>`` may
+    exceed SQS's 128.  The hash is deterministic, so the relay's resend of
+    an event the request path already sent gets the same id and SQS drops
+    it; hex has no ':', so a hash never equals a short event id.
+    """
+    if len(event_id) <= FIFO_ID_LIMIT:
+        return event_id
+    return hashlib.sha256(event_id.encode()).hexdigest()
+
+
+def fifo_fields(event_id: str) -> dict[str, str]:
+    """A FIFO message's ordering and deduplication: per session, per event."""
+    return {"MessageGroupId": session_of(event_id), "MessageDeduplicationId": deduplication_id(event_id)}

@@ -106,9 +106,11 @@ def _body(record: Mapping[str, Any]) -> str:
 class DeadLetterQueue:
     """Sends poison records to the DLQ with their reason (boto3 SQS client given)."""
 
-    def __init__(self, sqs: Any, queue_url: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, sqs: Any, queue_url: str, *, fifo: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
+        self.fifo = fifo
         self.clock = clock
 
     def send(self, letters: Sequence[DeadLetter]) -> set[str]:
@@ -123,7 +125,8 @@ class DeadLetterQueue:
         now = self.clock()
         for chunk in sqs_batches(letters, _letter_size):
             entries = [{"Id": str(i), "MessageBody": _body(letter.record),
-                        "MessageAttributes": dead_letter_attributes(letter, now=now)}
+                        "MessageAttributes": dead_letter_attributes(letter, now=now),
+                        **(_fifo_fields(letter) if self.fifo else {})}
                        for i, letter in enumerate(chunk)]
             try:
                 reply = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
@@ -138,6 +141,22 @@ class DeadLetterQueue:
                           extra={"message_id": letter.record["messageId"], "code": failed.get("Code")})
                 unsent.add(letter.record["messageId"])
         return unsent
+
+
+def _fifo_fields(letter: DeadLetter) -> dict[str, str]:
+    """A FIFO DLQ's group and deduplication ids for ``letter``: both the
+    original message's id.
+
+    One group per letter: the DLQ tool (sessionsync/dlq.py) holds the
+    messages it walks in flight, and in a FIFO queue a message in flight
+    hides the rest of its group, so a shared group would hide letters from
+    ``dlq list`` and ``dlq redrive``.  Not the event id for deduplication: a
+    redriven event that fails again within five minutes is a new message
+    and must reach the DLQ again, while the same record dead-lettered twice
+    (its batch retried) is kept once.
+    """
+    message_id = str(letter.record["messageId"])
+    return {"MessageGroupId": message_id, "MessageDeduplicationId": message_id}
 
 
 def _letter_size(letter: DeadLetter) -> int:

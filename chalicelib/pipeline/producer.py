@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from chalicelib.adapters.aws import sqs_batches
+from chalicelib.adapters.aws import fifo_fields, sqs_batches
 from chalicelib.adapters.redis.store import SessionStore, WriteResult
 
 log = logging.getLogger("sessionsync.producer")
@@ -31,11 +31,12 @@ def message_attributes(event_id: str) -> dict[str, Any]:
 class SqsProducer:
     """Send change events to the session queue (boto3 SQS client given)."""
 
-    def __init__(self, sqs: Any, queue_url: str, store: SessionStore, *,
+    def __init__(self, sqs: Any, queue_url: str, store: SessionStore, *, fifo: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
         self.store = store
+        self.fifo = fifo
         self.clock = clock
         self._paused_until = float("-inf")
 
@@ -50,7 +51,8 @@ class SqsProducer:
             return False  # SQS failed a moment ago: leave this one to the relay
         try:
             self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=result.event_json,
-                                  MessageAttributes=message_attributes(result.event_id))
+                                  MessageAttributes=message_attributes(result.event_id),
+                                  **self._fifo(result.event_id))
         except (BotoCoreError, ClientError) as exc:
             self._paused_until = self.clock() + PAUSE_AFTER_FAILURE_SECONDS
             log.warning("SQS send failed; the outbox relay will retry",
@@ -65,7 +67,7 @@ class SqsProducer:
         sent: list[str] = []
         for batch in sqs_batches(events, _entry_size):
             entries = [{"Id": str(i), "MessageBody": body,
-                        "MessageAttributes": message_attributes(eid)}
+                        "MessageAttributes": message_attributes(eid), **self._fifo(eid)}
                        for i, (eid, body) in enumerate(batch)]
             try:
                 reply = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
@@ -76,6 +78,9 @@ class SqsProducer:
             self._ack(ok)
             sent.extend(ok)
         return sent
+
+    def _fifo(self, event_id: str) -> dict[str, str]:
+        return fifo_fields(event_id) if self.fifo else {}
 
     def _ack(self, event_ids: Sequence[str]) -> None:
         import redis

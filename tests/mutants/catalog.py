@@ -303,6 +303,13 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
         "dead letters are sent without the attributes that say why"),
     mutant(
+        "fifo-redrive-deduplicated-by-event-id", 4, "sessionsync/dlq.py",
+        (('return {"MessageGroupId": group, "MessageDeduplicationId": message.message_id}',
+          'return {"MessageGroupId": group, "MessageDeduplicationId": event_id or message.message_id}'),),
+        ("tests/integration/test_fifo_queue.py::"
+         "test_a_redrive_to_the_fifo_queue_is_not_dropped_as_a_duplicate_of_the_original_send",),
+        "a FIFO redrive reuses the event id, which SQS drops as a duplicate of the first send"),
+    mutant(
         "dlq-reason-code-dropped", 4, DEAD_LETTERS,
         (("ERROR_CODE: error.sqlstate or reason or error.code,",
           "ERROR_CODE: error.sqlstate or error.code,"),),
