@@ -1,5 +1,5 @@
-"""The single-node client's hot path (client._Redis): GET, EVALSHA and
-SCRIPT LOAD on one connection of its own, everything else through the pool.
+"""The single-node client's hot path (client._Redis): GET, EVALSHA,
+EVAL and SCRIPT LOAD on one connection of its own, everything else through the pool.
 
 What must hold: the same bytes on the wire as redis-py sends, one
 connection per warm process, replies never crossed between threads, and a
@@ -68,7 +68,7 @@ def test_the_hot_commands_of_a_warm_process_share_one_connection_and_the_rest_us
     for version in range(1, 6):
         store.update(session_id, STATE, version)
         assert store.get(session_id, verify=True).version == version + 1
-    # the script loads went on that connection too (NOSCRIPT, then SCRIPT LOAD)
+    # the script loads went on that connection too (NOSCRIPT, then EVAL)
     assert len(connections_named(redis_single, client_name)) == 1
 
     store.outbox_ack([f"{session_id}:{v}" for v in range(1, 7)])  # a pipeline: the pool

@@ -274,10 +274,10 @@ def connect_redis(settings: Settings, secrets_client: Any = None, **overrides: A
 
 # The commands of the hot path: a read (GET, EVALSHA of GET_SCRIPT) and the
 # compare-and-set (EVALSHA of UPDATE_SCRIPT), sent on _Redis's own
-# connection; SCRIPT LOAD too, so that a script a node lost (NOSCRIPT: a
-# restart, a failover) is loaded on the node that will run it, not on the
-# one a pooled connection may still point at.
-HOT_COMMANDS = frozenset({"GET", "EVALSHA", "SCRIPT LOAD"})
+# connection; EVAL too, the store's answer to NOSCRIPT (a restart, a
+# failover), so that the script runs, and is cached, on the node that will
+# run the next EVALSHA, not on the one a pooled connection may still point at.
+HOT_COMMANDS = frozenset({"GET", "EVALSHA", "EVAL", "SCRIPT LOAD"})
 _KEYS_ONLY = frozenset({"keys"})
 
 

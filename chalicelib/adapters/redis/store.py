@@ -645,8 +645,11 @@ class SessionStore:
         try:
             return self.client.evalsha(script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            script.sha = self.client.script_load(script.script)
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+            # EVAL, not SCRIPT LOAD then EVALSHA: two commands may reach two
+            # nodes (after a failover, one connection on the new primary and
+            # one still on the old), so the load could miss the node that then
+            # runs the script.  EVAL runs it, and caches it, wherever it lands.
+            return self.client.eval(script.script, len(keys), *keys, *args)
 
     @staticmethod
     def _raise_for(session_id: str, reply: Sequence, expected: int | None) -> None:
