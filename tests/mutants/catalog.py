@@ -154,6 +154,13 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_RULES}::test_a_deletion_not_yet_persisted_is_a_404_not_a_503_when_its_tombstone_is_gone",),
         "recovery looks a deleted session up in PostgreSQL instead of trusting the tombstone marker"),
     mutant(
+        "lost-script-loaded-elsewhere", 8, STORE,
+        (("            return self.client.eval(script.script, len(keys), *keys, *args)",
+          "            script.sha = self.client.script_load(script.script)\n"
+          "            return self.client.evalsha(script.sha, len(keys), *keys, *args)"),),
+        (f"{T_STORE}::test_a_script_the_node_lost_runs_even_when_a_load_would_reach_another_node[single]",),
+        "a script a node lost is loaded by a second command, which may reach another node"),
+    mutant(
         "evicted-again-is-a-404", 8, SESSIONS,
         (("            raise ServiceUnavailable(f\"session {session_id!r} changed while it was being "
           "recovered; \"\n"
