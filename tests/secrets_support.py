@@ -2,6 +2,10 @@
 real client with its reads counted."""
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -23,3 +27,18 @@ class CountingClient:
     def get_secret_value(self, **kwargs: Any) -> Any:
         self.calls += 1
         return self.client.get_secret_value(**kwargs)
+
+
+@contextmanager
+def temporary_secret(client: Any, prefix: str, value: dict[str, Any]) -> Iterator[str]:
+    """A Secrets Manager secret of the test's own (its ARN), deleted after
+    (unless the test deleted it first)."""
+    arn = client.create_secret(Name=f"{prefix}-{uuid.uuid4().hex[:8]}",
+                               SecretString=json.dumps(value))["ARN"]
+    try:
+        yield arn
+    finally:
+        try:
+            client.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+        except client.exceptions.ResourceNotFoundException:
+            pass  # the test deleted it

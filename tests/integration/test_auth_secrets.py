@@ -3,14 +3,12 @@ secret disappears, or the endpoint stops answering, after the first read."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import uuid
 
 import pytest
 
 from chalicelib.adapters import aws
 from chalicelib.api.auth import REFRESH_BACKOFF_SECONDS, SECRET_CACHE_SECONDS, ApiKeys
-from tests.secrets_support import CountingClient, FakeClock
+from tests.secrets_support import CountingClient, FakeClock, temporary_secret
 from tests.servers import free_port
 
 KEY = "localstack-key-0123456789abcdef"
@@ -19,13 +17,8 @@ KEY = "localstack-key-0123456789abcdef"
 @pytest.fixture
 def keys_secret(localstack_settings):
     client = aws.client("secretsmanager", localstack_settings)
-    arn = client.create_secret(Name=f"sessionsync-test-keys-{uuid.uuid4().hex[:8]}",
-                               SecretString=json.dumps({"api_keys": [KEY]}))["ARN"]
-    yield client, arn
-    try:
-        client.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
-    except client.exceptions.ResourceNotFoundException:
-        pass  # the test deleted it
+    with temporary_secret(client, "sessionsync-test-keys", {"api_keys": [KEY]}) as arn:
+        yield client, arn
 
 
 @pytest.mark.localstack

@@ -7,6 +7,7 @@ IAM_REFRESH_SECONDS old, a new connection authenticates with a new one."""
 from __future__ import annotations
 
 import datetime
+from typing import Any
 from urllib.parse import quote
 
 import botocore.auth
@@ -49,15 +50,21 @@ def set_password(admin: redis.Redis, password: str) -> None:
     admin.acl_setuser(USER, enabled=True, reset_passwords=True, passwords=[f"+{password}"])
 
 
-def test_iam_tokens_authenticate_and_a_new_one_is_used_once_the_cached_one_is_old(
-        tls_redis, clock, session_id):
+def iam_setup(tls_redis: TlsRedis, clock: FakeClock) -> tuple[Any, Any, redis.Redis]:
+    """REDIS_AUTH=iam settings for the server, their token provider on
+    ``clock``, and an admin connection with the user's set-up password."""
     ca = quote(str(tls_redis.ca_file))
     settings = load_settings({
         "REDIS_AUTH": "iam", "REDIS_IAM_CACHE_NAME": CACHE,
         "REDIS_URL": f"rediss://{USER}@127.0.0.1:{tls_redis.port}/0?ssl_ca_certs={ca}"})
-    provider = iam_auth_token(settings, clock=clock)
     admin = redis.Redis(port=tls_redis.port, ssl=True, ssl_ca_certs=str(tls_redis.ca_file),
                         username=USER, password=PASSWORD, socket_timeout=2)
+    return settings, iam_auth_token(settings, clock=clock), admin
+
+
+def test_iam_tokens_authenticate_and_a_new_one_is_used_once_the_cached_one_is_old(
+        tls_redis, clock, session_id):
+    settings, provider, admin = iam_setup(tls_redis, clock)
     admin.ping()  # authenticated before the password changes, and stays so
     app = connect_redis(settings, credential_provider=provider)
     try:
@@ -88,13 +95,7 @@ def test_iam_tokens_authenticate_and_a_new_one_is_used_once_the_cached_one_is_ol
 
 
 def test_a_token_younger_than_the_refresh_age_is_not_made_again(tls_redis, clock, session_id):
-    ca = quote(str(tls_redis.ca_file))
-    settings = load_settings({
-        "REDIS_AUTH": "iam", "REDIS_IAM_CACHE_NAME": CACHE,
-        "REDIS_URL": f"rediss://{USER}@127.0.0.1:{tls_redis.port}/0?ssl_ca_certs={ca}"})
-    provider = iam_auth_token(settings, clock=clock)
-    admin = redis.Redis(port=tls_redis.port, ssl=True, ssl_ca_certs=str(tls_redis.ca_file),
-                        username=USER, password=PASSWORD, socket_timeout=2)
+    settings, provider, admin = iam_setup(tls_redis, clock)
     admin.ping()
     app = connect_redis(settings, credential_provider=provider)
     try:

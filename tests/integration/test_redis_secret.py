@@ -22,7 +22,7 @@ from chalicelib.adapters.redis.client import (
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import load_settings
 from chalicelib.domain.errors import ServiceUnavailable
-from tests.secrets_support import CountingClient, FakeClock
+from tests.secrets_support import CountingClient, FakeClock, temporary_secret
 from tests.servers import RedisClusterServers, RedisServer, running
 
 USER = "sessionsync"
@@ -53,13 +53,8 @@ def as_user(server: RedisServer, password: str) -> redis.Redis:
 @pytest.fixture
 def redis_secret(localstack_settings):
     client = aws.client("secretsmanager", localstack_settings)
-    arn = client.create_secret(Name=f"sessionsync-test-redis-{uuid.uuid4().hex[:8]}",
-                               SecretString=json.dumps({"username": USER, "password": PASSWORD}))["ARN"]
-    yield client, arn
-    try:
-        client.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
-    except client.exceptions.ResourceNotFoundException:
-        pass  # the test deleted it
+    with temporary_secret(client, "sessionsync-test-redis", {"username": USER, "password": PASSWORD}) as arn:
+        yield client, arn
 
 
 @pytest.mark.localstack
