@@ -150,7 +150,7 @@ def test_targets_are_evaluated_and_the_chart_is_a_png(smoke):
     assert checks == json.loads(json.dumps(targets.evaluate(results["sections"])))
     for check in checks:
         assert isinstance(check["measured"], (int, float)) and not isinstance(check["measured"], bool)
-        # a verdict exactly where the brief sets a number
+        # a verdict exactly where the target sets a number
         assert (check["met"] is None) == (check["limit"] is None), check["target"]
         assert check["met"] is None or isinstance(check["met"], bool)
     png = next(p for p in files if p.suffix == ".png")

@@ -32,7 +32,7 @@ from tests.servers import TcpProxy, free_port
 pytestmark = [pytest.mark.localstack]
 
 # A call that must not hang gets several times the one-second budget it is
-# built with (guarantee 5): a busy machine is slow, a hang never ends.
+# built with (docs/guarantees.md, 5): a busy machine is slow, a hang never ends.
 HANG_BOUND_SECONDS = 5.0
 
 

@@ -120,7 +120,6 @@ def test_a_write_after_the_server_closed_the_warm_connection_goes_through_on_a_n
     store.outbox_ack([f"{session_id}:1", f"{session_id}:2"])
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
 def test_a_forked_child_talks_on_a_connection_of_its_own(redis_single, hot_client, client_name):
     key = f"hot-fork-{uuid.uuid4().hex}"
     redis_single.set(key, b"value")
