@@ -177,7 +177,9 @@ class IamAuthToken(_RefreshedCredentials):
             from botocore.exceptions import NoCredentialsError
             from botocore.model import ServiceId
             from botocore.signers import RequestSigner
-            session = self._session or botocore.session.get_session()
+            # kept: the signer holds only a weak proxy of the session's event
+            # emitter, which a collected session would take with it
+            session = self._session = self._session or botocore.session.get_session()
             credentials = session.get_credentials()
             if credentials is None:  # not kept: the next connection looks again
                 raise NoCredentialsError()
