@@ -104,8 +104,9 @@ class SessionExpired(SessionNotFound):
 
     def __init__(self, session_id: str, *, expires_at: str | None = None) -> None:
         SessionSyncError.__init__(self, f"session {session_id!r} expired"
-                                  + (f" at {expires_at}" if expires_at else ""),
-                                  session_id=session_id, expires_at=expires_at)
+                                  + (f" at {expires_at}" if expires_at else "")
+                                  + " (its lifetime ended; ids are never reused)",
+                                  session_id=session_id, deleted=False, expires_at=expires_at)
         self.session_id = session_id
         self.deleted = False
         self.expires_at = expires_at

@@ -10,7 +10,7 @@ a programming error (``KeyError``), so that dashboards and alarms can rely
 on the names.  Where each is emitted:
 
 =====================  ============  =============================================
-WriteLatency           Milliseconds  SessionService create/update/delete (dim: operation)
+WriteLatency           Milliseconds  SessionService create/update/delete/touch (dim: operation)
 Conflicts              Count         SessionService: a compare-and-set lost
 RecoveryReads          Count         SessionService: a session served from PostgreSQL
 ConsumerBatchSize      Count         SQS consumer: records in the batch
@@ -21,6 +21,7 @@ ApiKeyRefreshFailures  Count         API key authorizer: reading the keys secret
 ShipFailures           Count         SessionService: a committed change not sent inline (relay sends it)
 RedisRepairs           Count         SessionService: Redis was behind PostgreSQL (failover): repaired
 RedisEpochChanges      Count         SessionService: Redis went back in time (first sight, per bucket)
+SessionsExpired        Count         expiry sweep: session_expired events written
 =====================  ============  =============================================
 
 Why not ``aws_lambda_powertools.Metrics``: docs/decisions/no-powertools.md
@@ -55,6 +56,7 @@ CATALOGUE: Mapping[str, str] = {
     "ShipFailures": "Count",
     "RedisRepairs": "Count",
     "RedisEpochChanges": "Count",
+    "SessionsExpired": "Count",
 }
 
 # The environment names powertools uses, so that .chalice/config.json and

@@ -347,11 +347,11 @@ class SessionService:
             t3  consumer persists v7; GET: v7 expired at 12:01:00 -> SessionExpired
         """
         flagged = self.store.marker_flag(session_id)
-        if flagged is not None and flagged[1] == "D":
+        marker = None if flagged is None else (flagged[0], flagged[1] == "D")
+        if marker is not None and marker[1]:
             raise SessionNotFound(session_id, deleted=True)
         if flagged is not None and flagged[1] == "E":  # the expiry sweep's final marker
             raise SessionExpired(session_id)
-        marker = None if flagged is None else (flagged[0], False)
         if self.durable is None:
             raise SessionNotFound(session_id)
         persisted = self.durable.latest(session_id)

@@ -269,7 +269,7 @@ if flag == 'D' then return {'deleted', v} end
 local ep = epoch()
 local refused = check_epoch(v, e, ep, ARGV[7])
 if refused then return refused end
-if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= v then return {'conflict', v} end
 local state = string.sub(raw, #head(v, created, u, ttl, flag) + #e + 2)
 if ARGV[8] ~= '' then ttl = tonumber(ARGV[8]) end
 v = v + 1
