@@ -1,6 +1,7 @@
 """Concurrent clients doing what users do: read-modify-write with CAS (and,
-now and then, unconditional with If-Match: *), creates (new ids, and now and
-then an id that exists), deletes and reads,
+now and then, unconditional with If-Match: *), touches (now and then, in
+place of a read-modify-write), creates (new ids, and now and then an id
+that exists), deletes and reads,
 through the session service, recording every request and its outcome.
 
 Bounded: each client stops at a deadline or after ``max_ops``.
@@ -18,6 +19,7 @@ from chalicelib.domain.errors import (
     RecoveryPending,
     ServiceUnavailable,
     SessionExists,
+    SessionExpired,
     SessionNotFound,
 )
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
@@ -72,8 +74,10 @@ class Workload:
             sid = rng.choice(self.ids)
             if roll < 0.35:
                 self._read(process, sid)
-            elif roll < 0.85:
+            elif roll < 0.82:
                 self._read_modify_write(process, sid, rng)
+            elif roll < 0.85:
+                self._touch(process, sid)
             elif roll < 0.93:
                 self._create(process, self._fresh_id() if roll < 0.9 else sid)
             elif sid == self.deletable and roll > 0.97:
@@ -100,8 +104,9 @@ class Workload:
         try:
             read = self.service().get(sid)
         except SessionNotFound as exc:
-            return self._add(Op(process, "read", sid, start, now(), "ok",
-                                absent="deleted" if exc.details.get("deleted") else "missing",
+            absent = ("expired" if isinstance(exc, SessionExpired)
+                      else "deleted" if exc.details.get("deleted") else "missing")
+            return self._add(Op(process, "read", sid, start, now(), "ok", absent=absent,
                                 error=exc.message))
         except (ServiceUnavailable, RecoveryPending) as exc:
             return self._add(Op(process, "read", sid, start, now(), "fail", error=exc.code))
@@ -126,6 +131,20 @@ class Workload:
     def _delete(self, process: int, sid: str) -> None:
         self._write(process, "delete", sid, None, lambda: self.service().delete(sid))
 
+    def _touch(self, process: int, sid: str) -> None:
+        """A touch keeps the state: the Op records what the service returned."""
+        start = now()
+        try:
+            session = self.service().touch(sid)
+        except (ConcurrencyError, SessionNotFound, RecoveryPending) as exc:
+            self._add(Op(process, "touch", sid, start, now(), "fail", error=exc.code))
+            return
+        except ServiceUnavailable as exc:
+            self._add(Op(process, "touch", sid, start, now(), "info", error=exc.code))
+            return
+        self._add(Op(process, "touch", sid, start, now(), "ok", session.version, session.state,
+                     ttl=session.ttl_seconds))
+
     def _write(self, process: int, kind: str, sid: str, state, call) -> None:
         start = now()
         try:
@@ -138,7 +157,8 @@ class Workload:
             # may have run (a connection cut after the script): unknown
             self._add(Op(process, kind, sid, start, now(), "info", state=state, error=exc.code))
             return
-        self._add(Op(process, kind, sid, start, now(), "ok", session.version, state))
+        self._add(Op(process, kind, sid, start, now(), "ok", session.version, state,
+                     ttl=session.ttl_seconds))
 
     def _add(self, op: Op) -> Op:
         self.history.add(op)
