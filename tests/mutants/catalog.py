@@ -365,7 +365,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "the sweep expires a session Redis still holds (kept alive by reads, or deleted)"),
     mutant(
         "sweep-final-marker-not-one-version-on", 12, STORE,
-        (("set_marker(v .. '|E', tonumber(ARGV[5]), ttl)\n", "set_marker(pg .. '|E', tonumber(ARGV[5]), ttl)\n"),),
+        (("set_marker(v .. '|E', tonumber(ARGV[5]), ttl)\n",
+          "set_marker(pg .. '|E', tonumber(ARGV[5]), ttl)\n"),),
         (f"{T_LIFE}::test_two_sweeps_at_once_record_exactly_one_session_expired_per_session",),
         "the sweep's final marker keeps PostgreSQL's version: a second sweep expires the session again"),
 )
