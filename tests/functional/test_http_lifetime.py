@@ -5,6 +5,7 @@ PostgreSQL where recovery is involved): ``expires_at`` in every session,
 writes nothing: the tests look at the Redis keys themselves."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -14,6 +15,8 @@ from chalicelib.adapters.redis.store import session_keys
 from chalicelib.config import Settings
 from chalicelib.domain.events import parse_event
 from chalicelib.domain.session import iso_plus_seconds
+from chalicelib.domain.validation import CreateRequest
+from chalicelib.service.sessions import SessionService
 from tests.conftest import API_KEY, AUTH, BEARER, REDIS_TEST_URL, TEST_CHANNEL, app_client
 from tests.functional.test_http_api import RedisView, assert_error, body
 from tests.pipeline_support import wait_until
@@ -159,3 +162,37 @@ def test_once_the_lifetime_ended_every_route_answers_404_session_expired(
             assert json.loads(api.get(f"/sessions/{session_id}/events", headers=AUTH).body)["events"]
     finally:
         database.close()
+
+
+def test_the_scheduled_sweep_records_session_expired_through_the_pipeline(
+        pipeline, pipeline_settings, use_settings, session_id):
+    """The ``sweep_expired`` function as its schedule invokes it, on the real
+    pipeline (LocalStack SQS, the consumer, PostgreSQL).  The settle time
+    stays at its default: sessions of other tests in the shared database,
+    which this module's Redis has no trace of, are held, never expired."""
+    from chalice.test import Client
+
+    from app import app
+    use_settings(dataclasses.replace(pipeline_settings, expiry_grace=0.0))
+    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database)
+    service.create(CreateRequest(session_id, '{"n":1}', 1))
+    pipeline.deliver(timeout=60)
+    wait_until(lambda: not pipeline.store.client.exists(session_keys(session_id)[0]), timeout=15,
+               what="Redis to expire the key")
+
+    with Client(app, stage_name="local") as client:
+        cron = client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event",
+                                               detail={}, resources=[])
+        first = client.lambda_.invoke("sweep_expired", cron).payload
+        second = client.lambda_.invoke("sweep_expired", cron).payload
+    pipeline.deliver(timeout=60)
+
+    assert first["expired"] >= 1 and first["candidates"] >= 1
+    # the second run came before the consumer persisted the expiry: PostgreSQL
+    # still named the session, and the final marker turned the sweep away
+    assert second["skipped"].get("final", 0) >= 1
+    assert pipeline.event_rows([session_id]) == [(session_id, 1), (session_id, 2)]
+    assert pipeline.query("SELECT event_type FROM sync_events WHERE session_id = %s AND version = 2",
+                          [session_id]) == [("session_expired",)]
+    assert pipeline.session_rows([session_id])[session_id] == (2, None, False)
+    assert pipeline.totals()["dead_lettered"] == 0
