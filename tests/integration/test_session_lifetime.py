@@ -147,6 +147,21 @@ def test_an_event_without_expires_at_is_persisted_with_its_time_plus_its_ttl(own
     assert expires_at.isoformat() == "2026-11-28T17:33:31+00:00"  # + ttl_seconds 3600
 
 
+def test_the_scripts_and_python_compute_the_same_expires_at(redis_single):
+    """The change event's expires_at (Lua) and the session's (Python) are
+    one value: month, year and leap-day boundaries, and random times."""
+    import random
+
+    from chalicelib.adapters.redis.store import _LUA_PARSE, iso_utc
+    plus = redis_single.register_script(_LUA_PARSE + "return iso_plus(ARGV[1], tonumber(ARGV[2]))")
+    rng = random.Random(12)
+    cases = [("2026-12-31T23:59:59.999Z", 1), ("2028-02-28T23:00:00.000Z", 3600),
+             ("2100-02-28T23:59:59.000Z", 1), ("2000-02-29T00:00:00.001Z", 30 * 24 * 3600)]
+    cases += [(iso_utc(rng.uniform(0, 4_102_444_800)), rng.randint(1, 30 * 24 * 3600)) for _ in range(500)]
+    for iso, seconds in cases:
+        assert plus(args=[iso, seconds]).decode() == iso_plus_seconds(iso, seconds), (iso, seconds)
+
+
 # --- recovery never serves an expired session ----------------------------------
 
 def test_a_session_whose_lifetime_ended_is_session_expired_on_get_put_delete_and_touch(

@@ -616,7 +616,9 @@ class SessionStore:
         """(value, whether it carries the node's epoch), or None."""
         if slide:
             reply = self._run(self._slide_get, [key], [])
-            return (reply[0], bool(reply[1])) if reply else None
+            # unverified, a value of another epoch is served as a plain GET
+            # would (it is not slid: only one PostgreSQL confirmed is)
+            return (reply[0], bool(reply[1]) or not verify) if reply else None
         if not verify:
             raw = self.client.get(key)
             return None if raw is None else (raw, True)
