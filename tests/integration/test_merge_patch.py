@@ -1,0 +1,133 @@
+"""Merge patches (PATCH, RFC 7396) racing on one session, on the real Redis
+single node and the real 3-master cluster, and through the real pipeline to
+PostgreSQL: every patch lands, each on exactly the version it read, and
+each one's change event carries the state it made.
+
+The proof that each patch was applied to the version it read: the event of
+version v must be the event of version v-1 with exactly the key of the
+patch that answered v added.  A patch written onto a stale read (the
+lost update) drops another patch's key from some version onwards.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from chalicelib.adapters.redis.store import UPDATED, bucket_of, outbox_keys
+from chalicelib.domain.errors import ConcurrencyError
+from chalicelib.domain.validation import CreateRequest, IfMatch, PatchRequest
+from chalicelib.service import sessions
+from chalicelib.service.sessions import SessionService
+from tests.pipeline_support import outbox_entries_of, wait_until
+
+PATCHES = 64
+LIMIT = 256 * 1024
+INITIAL = {"owner": "ada", "items": []}
+
+
+def key(i: int) -> str:
+    return f"k{i:02d}"
+
+
+def race(service: SessionService, sid: str, patches: int = PATCHES) -> dict[int, int]:
+    """``patches`` threads, released together, each merging {k<i>: i} into
+    the state; returns the version each patch answered, by i."""
+    start = threading.Barrier(patches)
+
+    def one(i: int) -> int:
+        start.wait(timeout=60)
+        return service.patch(PatchRequest(sid, {key(i): i}, LIMIT)).version
+
+    with ThreadPoolExecutor(max_workers=patches) as pool:
+        futures = {i: pool.submit(one, i) for i in range(patches)}
+        return {i: future.result(timeout=240) for i, future in futures.items()}
+
+
+def assert_each_patch_applied_to_the_version_it_read(answered: dict[int, int],
+                                                     states: dict[int, dict]) -> None:
+    """``states``: version -> the state its event carries, versions 1..N+1."""
+    by_version = {version: i for i, version in answered.items()}
+    assert sorted(by_version) == list(range(2, PATCHES + 2)), "two patches answered one version"
+    assert states[1] == INITIAL
+    for version in range(2, PATCHES + 2):
+        i = by_version[version]
+        assert states[version] == {**states[version - 1], key(i): i}, f"version {version}"
+
+
+@pytest.fixture
+def counted_pauses(monkeypatch):
+    """The retries the race caused (the pauses between attempts), counted."""
+    pauses: list[int] = []
+    pause = sessions._pause
+
+    def counting(attempt: int) -> None:
+        pauses.append(attempt)
+        pause(attempt)
+
+    monkeypatch.setattr(sessions, "_pause", counting)
+    return pauses
+
+
+def test_64_concurrent_patches_of_different_keys_all_land_each_on_the_version_it_read(
+        store, session_id, counted_pauses):
+    service = SessionService(store)  # no PostgreSQL behind it: Redis is trusted
+    store.create(session_id, json.dumps(INITIAL), 3600)
+
+    answered = race(service, session_id)
+
+    final = store.get(session_id)
+    assert final.version == 1 + PATCHES
+    assert final.state == {**INITIAL, **{key(i): i for i in range(PATCHES)}}
+    events = [json.loads(store.client.hget(outbox_data(session_id), eid))
+              for eid in outbox_entries_of(store, [session_id])]
+    assert [e["version"] for e in events] == list(range(1, PATCHES + 2))
+    assert {e["event_type"] for e in events[1:]} == {UPDATED}
+    assert_each_patch_applied_to_the_version_it_read(answered, {e["version"]: e["state"] for e in events})
+    assert counted_pauses, "the patches never raced; the test proved nothing"
+
+
+def outbox_data(sid: str) -> str:
+    return outbox_keys(bucket_of(sid))[1]
+
+
+def test_a_patch_with_if_match_is_not_retried_when_another_write_came_first(store, session_id):
+    service = SessionService(store)
+    store.create(session_id, json.dumps(INITIAL), 3600)
+    store.update(session_id, json.dumps({"owner": "bob"}), 1)
+    with pytest.raises(ConcurrencyError) as caught:
+        service.patch(PatchRequest(session_id, {"x": 1}, LIMIT, IfMatch('"1"', 1)))
+    assert caught.value.actual_version == 2
+    assert store.get(session_id).state == {"owner": "bob"}
+
+
+def test_64_concurrent_patches_reach_postgresql_as_64_update_events_with_their_states(pipeline):
+    sid = f"mp-{uuid.uuid4().hex[:12]}"
+    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database)
+    service.create(_create(sid))
+
+    answered = race(service, sid)
+    pipeline.deliver()
+
+    rows = wait_until(lambda: (lambda found: found if len(found) == PATCHES + 1 else None)(
+        _events(pipeline, sid)), timeout=60, what=f"{PATCHES + 1} events of {sid} in PostgreSQL")
+    assert [version for version, _, _ in rows] == list(range(1, PATCHES + 2))
+    assert {kind for _, kind, _ in rows[1:]} == {UPDATED}
+    assert_each_patch_applied_to_the_version_it_read(answered, {v: state for v, _, state in rows})
+    assert pipeline.session_rows([sid])[sid] == (
+        1 + PATCHES, {**INITIAL, **{key(i): i for i in range(PATCHES)}}, False)
+    assert pipeline.totals()["dead_lettered"] == 0
+
+
+def _create(sid: str) -> CreateRequest:
+    return CreateRequest(sid, json.dumps(INITIAL), None)
+
+
+def _events(pipeline, sid: str) -> list[tuple[int, str, dict]]:
+    return [(int(v), kind, state) for v, kind, state in pipeline.query(
+        "SELECT version, event_type, state FROM sync_events WHERE session_id = %s ORDER BY version",
+        [sid])]
+
