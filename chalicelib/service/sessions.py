@@ -196,7 +196,7 @@ class SessionService:
         lost), PayloadTooLarge / ValidationError (the merged state), and as
         ``update``."""
         pinned = request.if_match.version if request.if_match is not None else None
-        lost = 0
+        lost: ConcurrencyError | None = None
         for attempt in range(PATCH_ATTEMPTS):
             current = self.get(request.session_id).session
             if pinned is not None and current.version != pinned:
@@ -210,7 +210,7 @@ class SessionService:
             except ConcurrencyError as exc:
                 if pinned is not None:
                     raise
-                lost = exc.actual_version
+                lost = exc
                 if attempt + 1 < PATCH_ATTEMPTS:
                     _pause(attempt)
                 continue
@@ -218,7 +218,9 @@ class SessionService:
                 metrics.emit({"PatchRetries": attempt})
             self._ship(result)
             return result.session
-        raise KeptChanging(request.session_id, attempts=PATCH_ATTEMPTS, actual_version=lost)
+        assert lost is not None  # every attempt lost
+        raise KeptChanging(request.session_id, attempts=PATCH_ATTEMPTS,
+                           expected_version=current.version, actual_version=lost.actual_version)
 
     def _compare_and_set(self, session_id: str, state_json: str,
                          expected_version: int) -> Callable[[int | None], WriteResult]:

@@ -17,11 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from chalicelib.adapters.redis.store import UPDATED, bucket_of, outbox_keys
+from chalicelib.adapters.redis.store import UPDATED, SessionStore, bucket_of, outbox_keys
 from chalicelib.domain.errors import ConcurrencyError
 from chalicelib.domain.validation import CreateRequest, IfMatch, PatchRequest
 from chalicelib.service import sessions
 from chalicelib.service.sessions import SessionService
+from tests.conftest import AUTH, BEARER, app_client
 from tests.pipeline_support import outbox_entries_of, wait_until
 
 PATCHES = 64
@@ -131,3 +132,37 @@ def _events(pipeline, sid: str) -> list[tuple[int, str, dict]]:
         "SELECT version, event_type, state FROM sync_events WHERE session_id = %s ORDER BY version",
         [sid])]
 
+
+
+class AlwaysBeaten(SessionStore):
+    """A store on which another writer always commits between a patch's read
+    and its compare-and-set (a real write, on the real Redis)."""
+
+    def update(self, session_id, state_json, expected_version, *, floor=0):
+        if expected_version is not None:
+            super().update(session_id, '{"other":"writer"}', None)
+        return super().update(session_id, state_json, expected_version, floor=floor)
+
+
+@pytest.mark.parametrize("if_match", [None, "*"])
+def test_a_patch_that_loses_every_attempt_is_a_409_after_a_bounded_number_of_them(
+        use_settings, app_settings, redis_single, session_id, counted_pauses, if_match):
+    store = AlwaysBeaten(redis_single, channel=app_settings.channel)
+    use_settings(app_settings, service=SessionService(store))
+    store.create(session_id, json.dumps(INITIAL), 3600)
+    headers = {**BEARER, "Content-Type": "application/merge-patch+json"}
+    if if_match:
+        headers["If-Match"] = if_match
+    with app_client() as http:
+        response = http.patch(f"/sessions/{session_id}", headers=headers, body='{"state":{"mine":1}}')
+        final = http.get(f"/sessions/{session_id}", headers=AUTH).json_body
+
+    assert response.status_code == 409, response.body
+    error = response.json_body["error"]
+    assert error["code"] == "ConcurrencyError" and "kept changing" in error["message"]
+    attempts = sessions.PATCH_ATTEMPTS
+    # attempt k read version k, and the other writer made it k + 1
+    assert error["details"] == {"session_id": session_id, "expected_version": attempts,
+                                "actual_version": attempts + 1}
+    assert counted_pauses == list(range(attempts - 1))  # a pause between attempts, none after
+    assert final["version"] == 1 + attempts and "mine" not in final["state"]
