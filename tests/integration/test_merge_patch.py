@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from chalicelib.adapters.redis.store import UPDATED, SessionStore, bucket_of, outbox_keys
+from chalicelib.adapters.redis.store import UPDATED, SessionStore, bucket_of, outbox_keys, session_keys
 from chalicelib.domain.errors import ConcurrencyError
 from chalicelib.domain.validation import CreateRequest, IfMatch, PatchRequest
 from chalicelib.service import sessions
@@ -166,3 +166,22 @@ def test_a_patch_that_loses_every_attempt_is_a_409_after_a_bounded_number_of_the
                                 "actual_version": attempts + 1}
     assert counted_pauses == list(range(attempts - 1))  # a pause between attempts, none after
     assert final["version"] == 1 + attempts and "mine" not in final["state"]
+
+
+def test_a_patch_of_a_session_redis_lost_merges_into_the_state_recovered_from_postgresql(pipeline):
+    # the key expired or was evicted, its marker left: the patch's read
+    # recovers the session from PostgreSQL, as a GET would, then writes
+    sid = f"mp-{uuid.uuid4().hex[:12]}"
+    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database)
+    service.create(_create(sid))
+    pipeline.deliver()
+    wait_until(lambda: _events(pipeline, sid), timeout=60, what=f"the creation of {sid} in PostgreSQL")
+    pipeline.store.client.delete(session_keys(sid)[0])
+
+    patched = service.patch(PatchRequest(sid, {"owner": None, "coupon": "X1"}, LIMIT))
+
+    assert (patched.version, patched.state) == (2, {"items": [], "coupon": "X1"})
+    pipeline.deliver()
+    rows = wait_until(lambda: (lambda found: found if len(found) == 2 else None)(_events(pipeline, sid)),
+                      timeout=60, what=f"version 2 of {sid} in PostgreSQL")
+    assert rows[1] == (2, UPDATED, {"items": [], "coupon": "X1"})
