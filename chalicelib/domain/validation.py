@@ -374,7 +374,7 @@ def merge_patch_media_type(header: str | None) -> None:
     if header is None or not _MERGE_PATCH_TYPE.fullmatch(header):
         raise UnsupportedMediaType(
             f"PATCH takes Content-Type: {merge_patch.MEDIA_TYPE} (RFC 7396), not "
-            f"{header or 'none'}", accepted=[merge_patch.MEDIA_TYPE])
+            f"{(header or 'none')[:100]}", accepted=[merge_patch.MEDIA_TYPE])
 
 
 def patch_request(path_id: str, raw: bytes | None, *, content_type: str | None,
