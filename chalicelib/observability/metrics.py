@@ -57,6 +57,7 @@ CATALOGUE: Mapping[str, str] = {
     "RedisRepairs": "Count",
     "RedisEpochChanges": "Count",
     "SessionsExpired": "Count",
+    "PatchRetries": "Count",
 }
 
 # The environment names powertools uses, so that .chalice/config.json and

@@ -1,7 +1,8 @@
 """Concurrent clients doing what users do: read-modify-write with CAS (and,
-now and then, unconditional with If-Match: *), touches (now and then, in
-place of a read-modify-write), creates (new ids, and now and then an id
-that exists), deletes and reads,
+now and then, unconditional with If-Match: *), merge patches (PATCH, no
+version: the server reads, merges and writes with CAS), touches (now and
+then), creates (new ids, and now and then an id that exists), deletes and
+reads,
 through the session service, recording every request and its outcome.
 
 Bounded: each client stops at a deadline or after ``max_ops``.
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chalicelib.config import DEFAULT_MAX_STATE_BYTES
 from chalicelib.domain.errors import (
     ConcurrencyError,
     RecoveryPending,
@@ -22,7 +24,7 @@ from chalicelib.domain.errors import (
     SessionExpired,
     SessionNotFound,
 )
-from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.domain.validation import CreateRequest, PatchRequest, UpdateRequest
 from chalicelib.service.sessions import SessionService
 from tests.chaos.history import History, Op, now
 
@@ -74,8 +76,10 @@ class Workload:
             sid = rng.choice(self.ids)
             if roll < 0.35:
                 self._read(process, sid)
-            elif roll < 0.82:
+            elif roll < 0.72:
                 self._read_modify_write(process, sid, rng)
+            elif roll < 0.82:
+                self._patch(process, sid, rng)
             elif roll < 0.85:
                 self._touch(process, sid)
             elif roll < 0.93:
@@ -123,6 +127,16 @@ class Workload:
         self._write(process, "update", sid, state, lambda: self.service().update(
             UpdateRequest(sid, _json(state), expected)))
 
+    def _patch(self, process: int, sid: str, rng: random.Random) -> None:
+        """A merge patch: a new token, and now and then a member removed.
+        Acknowledged, it is recorded with the whole state it made (the
+        service's answer), which rules (a) and (d) compare with every copy."""
+        patch: dict = {"w": self._token(process), "patched_by": process}
+        if rng.random() < 0.3:
+            patch["patched_by"] = None
+        self._write(process, "patch", sid, patch, lambda: self.service().patch(
+            PatchRequest(sid, patch, DEFAULT_MAX_STATE_BYTES)), record_answer=True)
+
     def _create(self, process: int, sid: str) -> None:
         state = {"n": 0, "w": self._token(process)}
         self._write(process, "create", sid, state, lambda: self.service().create(
@@ -145,7 +159,8 @@ class Workload:
         self._add(Op(process, "touch", sid, start, now(), "ok", session.version, session.state,
                      ttl=session.ttl_seconds))
 
-    def _write(self, process: int, kind: str, sid: str, state, call) -> None:
+    def _write(self, process: int, kind: str, sid: str, state, call, *,
+               record_answer: bool = False) -> None:
         start = now()
         try:
             session = call()
@@ -157,8 +172,8 @@ class Workload:
             # may have run (a connection cut after the script): unknown
             self._add(Op(process, kind, sid, start, now(), "info", state=state, error=exc.code))
             return
-        self._add(Op(process, kind, sid, start, now(), "ok", session.version, state,
-                     ttl=session.ttl_seconds))
+        self._add(Op(process, kind, sid, start, now(), "ok", session.version,
+                     session.state if record_answer else state, ttl=session.ttl_seconds))
 
     def _add(self, op: Op) -> Op:
         self.history.add(op)
