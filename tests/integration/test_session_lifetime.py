@@ -453,3 +453,53 @@ def test_a_sweep_run_through_the_pipeline_persists_session_expired_once(
             service.get(sid)
     finally:
         client.close()
+
+
+# --- where the sweep runs: `sessionsync sweep`, `sessionsync serve`'s thread -------------
+
+def test_sessionsync_sweep_counts_in_a_dry_run_then_expires(store, own_database, own_dsn):
+    from chalicelib.config import Settings
+    from tests.conftest import REDIS_TEST_URL
+    from tests.ops_support import cli_env, run_cli
+    sid = _sid()
+    _persist(own_database, store.create(sid, '{"n":1}', 1))
+    _wait_expired(store, sid)
+    env = cli_env(Settings(redis_url=REDIS_TEST_URL, database_url=own_dsn, channel=TEST_CHANNEL),
+                  SESSION_EXPIRY_GRACE_SECONDS="0", REDIS_SETTLE_SECONDS="0")
+
+    dry = run_cli("sweep", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("candidates ") and "dry run" in dry.stdout
+    assert list(_outbox(store, sid)) == [1]  # nothing written
+
+    real = run_cli("sweep", env=env)
+    assert real.returncode == 0, real.stderr
+    assert "expired" in real.stdout and store.marker_flag(sid) == (2, "E")
+    assert _outbox(store, sid)[2]["event_type"] == "session_expired"
+
+
+def test_the_local_sweep_loop_runs_until_stopped_and_survives_a_failing_run(store, own_database):
+    from sessionsync.worker import run_sweeps
+    sid = _sid()
+    _persist(own_database, store.create(sid, '{"n":1}', 1))
+    _wait_expired(store, sid)
+    sweep = _sweep(store, own_database)
+    runs = []
+    real_run = sweep.run
+
+    def counted(**options):
+        runs.append(options)
+        if len(runs) == 1:
+            raise RuntimeError("a first run that fails")  # the loop must go on
+        return real_run(**options)
+
+    sweep.run = counted  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=run_sweeps, args=(sweep, stop), kwargs={"interval": 0.1})
+    thread.start()
+    try:
+        wait_until(lambda: store.marker_flag(sid) == (2, "E"), timeout=30, what="the loop to expire it")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive() and len(runs) >= 2
