@@ -63,9 +63,11 @@ def create_session():
 @app.route("/sessions/{session_id}", methods=["GET"], authorizer=session_auth)
 @web.handles_errors
 def get_session(session_id):
-    condition = validation.if_none_match(app.current_request.headers.get("if-none-match"))
-    read = runtime.service().get(validation.session_id(session_id))
-    headers = {"X-Session-Source": "postgresql"} if read.recovered else {}
+    request = app.current_request
+    condition = validation.if_none_match(request.headers.get("if-none-match"))
+    read = runtime.service().get_accepting_stale(
+        validation.session_id(session_id), validation.max_stale(request.headers.get("cache-control")))
+    headers = web.read_headers(read.recovered, read.stale_age)
     if condition is not None and condition.matches(read.session.version):
         return web.not_modified(read.session, **headers)
     return web.session_response(read.session, **headers)
@@ -116,7 +118,7 @@ def health_check():
     from chalicelib.api import health  # its thread pool: this route's only
 
     report = health.check_configured(runtime.health_probes)
-    return web.json_response(report.to_dict(), 200 if report.healthy else 503)
+    return web.json_response(report.to_dict(), report.http_status)
 
 
 # --- the durable pipeline -----------------------------------------------------

@@ -21,6 +21,7 @@ ApiKeyRefreshFailures  Count         API key authorizer: reading the keys secret
 ShipFailures           Count         SessionService: a committed change not sent inline (relay sends it)
 RedisRepairs           Count         SessionService: Redis was behind PostgreSQL (failover): repaired
 RedisEpochChanges      Count         SessionService: Redis went back in time (first sight, per bucket)
+StaleReads             Count         SessionService: Redis down, a max-stale read served from PostgreSQL
 =====================  ============  =============================================
 
 Why not ``aws_lambda_powertools.Metrics``: docs/decisions/no-powertools.md
@@ -55,6 +56,7 @@ CATALOGUE: Mapping[str, str] = {
     "ShipFailures": "Count",
     "RedisRepairs": "Count",
     "RedisEpochChanges": "Count",
+    "StaleReads": "Count",
 }
 
 # The environment names powertools uses, so that .chalice/config.json and
