@@ -138,3 +138,11 @@ def relay_outbox(event):
     remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
     result = runtime.relay().drain(budget_seconds=max(1.0, remaining - 5.0))
     return {"found": result.found, "sent": result.sent}
+
+
+@app.schedule(Rate(1, unit=Rate.HOURS))
+def purge_sync_events(event):
+    """SYNC_EVENTS_RETENTION_DAYS: delete older sync_events rows, never a
+    session's latest, in bounded batches, until 5 s before the timeout."""
+    remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
+    return runtime.purge_events(budget_seconds=max(1.0, remaining - 5.0)).to_dict()

@@ -22,6 +22,7 @@ ShipFailures           Count         SessionService: a committed change not sent
 RedisRepairs           Count         SessionService: Redis was behind PostgreSQL (failover): repaired
 RedisEpochChanges      Count         SessionService: Redis went back in time (first sight, per bucket)
 StaleReads             Count         SessionService: Redis down, a max-stale read served from PostgreSQL
+PurgedEvents           Count         retention purge: sync_events rows past SYNC_EVENTS_RETENTION_DAYS deleted
 =====================  ============  =============================================
 
 Why not ``aws_lambda_powertools.Metrics``: docs/decisions/no-powertools.md
@@ -57,6 +58,7 @@ CATALOGUE: Mapping[str, str] = {
     "RedisRepairs": "Count",
     "RedisEpochChanges": "Count",
     "StaleReads": "Count",
+    "PurgedEvents": "Count",
 }
 
 # The environment names powertools uses, so that .chalice/config.json and
