@@ -365,3 +365,21 @@ def test_sessionsync_retention_with_a_bad_setting_is_a_configuration_error_namin
     result = run_cli("retention", env=env)
     assert result.returncode == 2
     assert "SYNC_EVENTS_RETENTION_DAYS" in result.stderr
+
+
+def test_sessionsync_serve_s_pipeline_threads_purge_when_the_setting_is_set(db, admin, dsn, use_settings):
+    from sessionsync.cli.pipeline import start_pipeline_threads
+    from tests.servers import wait_for
+    persist(db, admin, "s", {1: OLD, 2: OLD})
+    use_settings(Settings(database_url=dsn, api_keys=(API_KEY,), channel=TEST_CHANNEL,
+                          events_retention_days=DAYS))
+    stop = threading.Event()
+    threads = start_pipeline_threads(stop)  # no queue configured: the purge thread alone
+    try:
+        assert [t.name for t in threads] == ["sync-events-retention"]
+        wait_for(lambda: versions(admin, "s") == [2], timeout=30, what="the serve thread's purge")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
