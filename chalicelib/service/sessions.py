@@ -156,8 +156,10 @@ class SessionService:
     def get_accepting_stale(self, session_id: str, max_stale: MaxStale | None,
                             now: float | None = None) -> Read:
         """``get``; but when Redis is unavailable (a ``ServiceUnavailable``
-        naming Redis) and the client said it accepts a stale copy
-        (``Cache-Control: max-stale``), the last state PostgreSQL persisted.
+        naming Redis: unreachable, timed out, or holding the session while
+        it is reconciled after a failover or a restart) and the client said
+        it accepts a stale copy (``Cache-Control: max-stale``), the last
+        state PostgreSQL persisted.
 
         The copy's age is ``now`` (seconds since the epoch; the clock by
         default) minus its ``updated_at``, the time the persisted version
