@@ -63,7 +63,8 @@ def event(session_id: str, version: int, state: dict | None = None, *, deleted: 
                        occurred_at, 3600, state_json)
 
 
-def persist(db: Database, admin, session_id: str, ages: dict[int, int], *, deleted_last: bool = False) -> None:
+def persist(db: Database, admin, session_id: str, ages: dict[int, int], *,
+            deleted_last: bool = False) -> None:
     """Versions 1..n of ``session_id`` through the consumer's statement,
     then each one's persisted_at moved ``ages[version]`` days back."""
     last = max(ages)
@@ -339,7 +340,8 @@ def test_sessionsync_retention_prints_its_progress_and_purges(db, admin, dsn):
 
     done = run_cli("retention", "--batch-size", "4", env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "done: 2 batches, scanned 6, purged 4, kept 2 (sessions' latest rows)"
+    assert done.stdout.splitlines()[-1] == \
+        "done: 2 batches, scanned 6, purged 4, kept 2 (sessions' latest rows)"
     assert versions(admin, "a") == [3] and versions(admin, "b") == [3]
 
 
