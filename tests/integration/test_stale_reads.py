@@ -218,3 +218,19 @@ def test_max_stale_does_not_serve_a_copy_behind_what_an_answering_redis_acknowle
     response = stale_api.get(f"/sessions/{session_id}", headers=STALE)
     assert response.status_code == 503, response.body
     assert response.json_body["code"] == "RecoveryPending"
+
+
+def test_with_max_stale_a_read_while_redis_hangs_is_the_persisted_copy_after_one_timeout(
+        throwaway_redis, stale_api, database, session_id):
+    create(stale_api, session_id, {"a": 1})
+    persist(database, session_id, 1, {"a": 1})
+    throwaway_redis.pause()  # keeps its port, answers nothing
+
+    start = time.monotonic()
+    response = stale_api.get(f"/sessions/{session_id}", headers=STALE)
+    seconds = time.monotonic() - start
+
+    assert response.status_code == 200, response.body
+    assert response.headers["X-Session-Source"] == "postgresql" and "Age" in response.headers
+    # REDIS_TIMEOUT (1 s) once, then PostgreSQL; the bound is wide for a busy machine
+    assert seconds < 5 * Settings().redis_timeout, f"took {seconds:.2f}s"
