@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -86,7 +87,39 @@ def all_rows(admin) -> list[tuple]:
                          "ORDER BY session_id, version").fetchall()
 
 
-def test_old_rows_are_purged_in_batches_of_the_size_given_and_each_session_keeps_its_latest(db, admin):
+class CountingConnection:
+    """The purge's connection, counting the statements sent through it."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.sent: list[str] = []
+
+    def execute(self, query, params=None):
+        self.sent.append("batch" if query in (sql.PURGE_BATCH_SQL, sql.COUNT_BATCH_SQL) else query)
+        return self.conn.execute(query, params)
+
+    def __getattr__(self, name):  # closed, broken...
+        return getattr(self.conn, name)
+
+
+@pytest.fixture
+def statements(db, monkeypatch) -> list[str]:
+    """Every statement the purge sends on ``db`` ("batch" for a batch)."""
+    sent: list[str] = []
+    held = db.held_connection
+
+    @contextmanager
+    def counting():
+        with held() as conn:
+            counted = CountingConnection(conn)
+            yield counted
+            sent.extend(counted.sent)
+    monkeypatch.setattr(db, "held_connection", counting)
+    return sent
+
+
+def test_old_rows_are_purged_in_batches_of_the_size_given_and_each_session_keeps_its_latest(
+        db, admin, statements):
     for name in ("a", "b", "c"):
         persist(db, admin, name, {v: OLD for v in range(1, 6)})
     seen: list[tuple[int, int, int]] = []
@@ -96,6 +129,10 @@ def test_old_rows_are_purged_in_batches_of_the_size_given_and_each_session_keeps
 
     # 15 old rows, 4 a statement: 4 + 4 + 4 + 3, the short one is the last
     assert report.batches == 4 and len(seen) == 4
+    assert statements.count("batch") == 4
+    # and besides them: the lock, the saved place read and cleared, the unlock
+    assert statements == [sql.LOCK_SQL, sql.READ_CURSOR_SQL, *["batch"] * 4, sql.CLEAR_CURSOR_SQL,
+                          sql.UNLOCK_SQL]
     assert [scanned for _, scanned, _ in seen] == [4, 8, 12, 15]
     assert (report.scanned, report.purged, report.kept, report.complete) == (15, 12, 3, True)
     assert {name: versions(admin, name) for name in ("a", "b", "c")} == {"a": [5], "b": [5], "c": [5]}
