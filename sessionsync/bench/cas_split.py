@@ -42,7 +42,7 @@ from chalicelib.adapters.redis.store import (
 )
 from chalicelib.config import Settings
 from sessionsync.bench.context import STATE_BYTES, BenchContext, delete_session_keys, state_json
-from sessionsync.bench.stats import interleaved, ratio, summarize_ns, time_calls
+from sessionsync.bench.stats import interleaved, ratio, summarize_ns
 
 TRIVIAL_SCRIPT = "return 1"
 # the update's keys and arguments in, a reply of the update's shape out

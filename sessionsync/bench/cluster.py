@@ -397,7 +397,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                    [node.client(socket_timeout=5) for node in cluster.nodes]),
         ]
         for target in targets:
-            stack.callback(lambda t=target: [n.close() for n in t.nodes])
+            for node in target.nodes:
+                stack.callback(node.close)
             _prepare(target, clients_max, state, prefix)
         layout = _cluster_layout(targets[1].nodes[0], targets[1].nodes)
         keys_per_master = [int(n.dbsize()) for n in targets[1].nodes]
