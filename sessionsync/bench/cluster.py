@@ -413,8 +413,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                         target, op, clients, plan.seconds, channel)
     bucket_owner = buckets_per_master(check["bucket_slots"], layout)
     slots_owned = {str(i): 0 for i in range(MASTERS)}
-    for start, end, node in layout:
-        slots_owned[node] += end - start + 1
+    for start, end, owner in layout:
+        slots_owned[owner] += end - start + 1
     placement = ctx.placement
     ceiling = {str(n): {"single": cpu_ceiling(n, 1, os.cpu_count() or 1,
                                                *_cpu_counts(placement)),
