@@ -72,7 +72,7 @@ class Plan:
     seconds: float
 
 
-PLANS = {"full": Plan((1, 2, 4), 3.0), "quick": Plan((1, 2, 4), 1.0), "smoke": Plan((1, 2), 0.3)}
+PLANS = {"full": Plan((1, 2, 4), 3.0), "quick": Plan((1, 2, 4), 1.0), "smoke": Plan((1, 2), 0.2)}
 
 
 # -- pure computations (tests/unit/test_bench_scale_out.py) ------------------

@@ -43,7 +43,7 @@ TTL = 3600
 MARKER = b"1|L"
 # markers per bucket hash at 1M sessions over BUCKETS buckets
 PRODUCTION_DENSITY = 1_000_000 // BUCKETS
-SESSIONS = {"full": 50_000, "quick": 10_000, "smoke": 2_000}
+SESSIONS = {"full": 50_000, "quick": 10_000, "smoke": 1_000}
 CHUNK = 1_000
 TARGET = 1.5
 # variants that are bounds, not levers (they drop the marker)
