@@ -20,7 +20,8 @@ assert _spec is not None and _spec.loader is not None
 capacity_render = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(capacity_render)
 
-SHARD = {"client_processes": 4, "ops_per_second": 8000.0, "server_cpu_utilisation": 0.4}
+SHARD = {"client_processes": 4, "ops_per_second": 8000.0, "server_cpu_utilisation": 0.4,
+         "best_ops_per_second": 9000.0}
 BENCH = {
     "profile": "full",
     "machine": {"git": {"commit": "abcdef0123456789", "dirty": False}, "started_at": "2026-11-29",
@@ -64,6 +65,7 @@ def test_inputs_are_extracted_from_the_bench_sections_that_measured_them():
     inputs = capacity_render.extract(BENCH)
 
     assert inputs["redis"]["update_ops_per_server_cpu_second"] == 20_000.0
+    assert inputs["redis"]["update_ops_per_second_measured"] == 9000.0
     assert inputs["redis"]["bytes_per_session"] == 1600.0
     assert inputs["redis"]["best_lever_bytes_per_session"] == 1490.0
     assert inputs["consumer"] == {"batch_size": 10, "events_per_second_per_worker": 6500.0,
