@@ -42,7 +42,7 @@ from chalicelib.adapters.redis.store import (
 )
 from chalicelib.config import Settings
 from sessionsync.bench.context import STATE_BYTES, BenchContext, delete_session_keys, state_json
-from sessionsync.bench.stats import interleaved, ratio, summarize_ns
+from sessionsync.bench.stats import interleaved, median, ratio, summarize_ns
 
 TRIVIAL_SCRIPT = "return 1"
 # the update's keys and arguments in, a reply of the update's shape out
@@ -205,9 +205,12 @@ def _resp(value: Any) -> bytes:
 
 
 def _server_usec(raw: redis.Redis, ops: dict[str, Callable[[], Any]], calls: int,
-                 rounds: int = 10) -> dict[str, float]:
-    """INFO commandstats usec per EVALSHA of each op, in alternating blocks."""
-    totals = {name: [0, 0] for name in ops}
+                 rounds: int = 20) -> dict[str, float]:
+    """INFO commandstats usec per EVALSHA of each op: alternating blocks, the
+    median of the blocks' figures (commandstats times a command by the wall
+    clock, so a block in which the server lost its CPU is an outlier, not a
+    shift of the mean)."""
+    per_block: dict[str, list[float]] = {name: [] for name in ops}
     block = max(1, calls // rounds)
     for _ in range(rounds):
         for name, op in ops.items():
@@ -215,9 +218,11 @@ def _server_usec(raw: redis.Redis, ops: dict[str, Callable[[], Any]], calls: int
             for _ in range(block):
                 op()
             after = raw.info("commandstats").get("cmdstat_evalsha", {})
-            totals[name][0] += after.get("calls", 0) - before.get("calls", 0)
-            totals[name][1] += after.get("usec", 0) - before.get("usec", 0)
-    return {name: round(usec / n, 2) if n else 0.0 for name, (n, usec) in totals.items()}
+            n = after.get("calls", 0) - before.get("calls", 0)
+            if n:
+                per_block[name].append((after.get("usec", 0) - before.get("usec", 0)) / n)
+    return {name: round(median(values), 2) if values else 0.0
+            for name, values in per_block.items()}
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -325,8 +330,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             "step_share_of_script": {name: ratio(cost, full) for name, cost in steps.items()},
         },
         "notes": "latency ops interleaved in rounds; server_usec_per_call from INFO commandstats "
-                 "deltas around blocks of one op at a time; variants = UPDATE_SCRIPT with one "
-                 "step taken out (step_cost = full - variant, server-side); client work = p50 of "
+                 "deltas around blocks of one op at a time, the median over the blocks; "
+                 "variants = UPDATE_SCRIPT with one step taken out (step_cost = full - "
+                 "variant, server-side); client work = p50 of "
                  "the same calls with no I/O (a stub client, redis-py's packer, hiredis's "
                  "parser); floors_us: the least an update could cost here with its script as it "
                  "is (a bare round trip + the script's own server time).",
