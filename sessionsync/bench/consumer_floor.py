@@ -221,7 +221,7 @@ def floor_ratios(writers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     the rest is parsing the records and its bookkeeping."""
     consumer = writers["consumer"]["events_per_second"]
     best = max(FLOORS, key=lambda f: writers[f]["events_per_second"])
-    out = {f"consumer/{f}": ratio(consumer, writers[f]["events_per_second"])
+    out: dict[str, Any] = {f"consumer/{f}": ratio(consumer, writers[f]["events_per_second"])
            for f in ("unnest", *FLOORS)}
     out["consumer/floor"] = ratio(consumer, writers[best]["events_per_second"])
     out["floor_is"] = best
