@@ -27,8 +27,9 @@ records, as it does deployed: what it costs beyond writing the rows is its
 own work.  ``ratios`` divide the consumer's events/s by each writer's, and
 by the faster of executemany and COPY (``consumer/floor``, the figure the
 target reads); ``consumer/unnest`` tells how much of the consumer's time
-goes to parsing and bookkeeping rather than to PostgreSQL.  The
-writers take turns in rounds, so that a busy neighbour slows all of them.
+goes to parsing and bookkeeping rather than to PostgreSQL.  The writers
+take turns in rounds, so that a busy neighbour slows all of them, and each
+ratio is the median of the ratios within a round.
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ WRITERS = ("consumer", "unnest", "executemany", "copy")
 FLOORS = ("executemany", "copy")
 #: rounds (each writer once per batch size per round) and events per round
 #: at batch >= 10 (batch 1 gets a fifth: one round trip per event is slow)
-SIZES = {"full": (3, 5_000), "quick": (2, 1_500), "smoke": (1, 500)}
+#: (many short rounds: on a busy machine the load changes within seconds)
+SIZES = {"full": (8, 2_500), "quick": (4, 1_000), "smoke": (1, 500)}
 
 EVENT_INSERT_SQL = """
 INSERT INTO sync_events (session_id, version, event_type, state, occurred_at)
@@ -216,15 +218,21 @@ def summarize_writer(count: int, seconds: Sequence[float], durations: Sequence[i
 
 def floor_ratios(writers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The consumer's events/s over each writer's, and over the faster floor's
-    (``consumer/floor``: executemany or COPY, whichever was faster).
-    ``consumer/unnest`` is the share of the consumer's time spent writing:
-    the rest is parsing the records and its bookkeeping."""
-    consumer = writers["consumer"]["events_per_second"]
-    best = max(FLOORS, key=lambda f: writers[f]["events_per_second"])
-    out: dict[str, Any] = {f"consumer/{f}": ratio(consumer, writers[f]["events_per_second"])
-           for f in ("unnest", *FLOORS)}
-    out["consumer/floor"] = ratio(consumer, writers[best]["events_per_second"])
-    out["floor_is"] = best
+    (``consumer/floor``: executemany or COPY, whichever was faster in that
+    round).  Each is the median over rounds of the ratio within a round:
+    the writers of a round ran back to back, under the same load from the
+    rest of the machine.  ``consumer/unnest`` is the share of the
+    consumer's time spent writing: the rest is parsing the records and its
+    bookkeeping."""
+    consumer = writers["consumer"]["events_per_second_by_round"]
+    by_round = {w: writers[w]["events_per_second_by_round"] for w in ("unnest", *FLOORS)}
+    rounds = range(len(consumer))
+    out: dict[str, Any] = {
+        f"consumer/{w}": round(statistics.median(consumer[r] / by_round[w][r] for r in rounds), 3)
+        for w in by_round}
+    out["consumer/floor"] = round(statistics.median(
+        consumer[r] / max(by_round[f][r] for f in FLOORS) for r in rounds), 3)
+    out["floor_is"] = max(FLOORS, key=lambda f: writers[f]["events_per_second"])
     return out
 
 
@@ -272,7 +280,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "database": dsn.rsplit("/", 1)[-1],
         "state_bytes": STATE_BYTES,
         "by_batch": by_batch,
-        "notes": "events/s = events / wall time of the writes, median over rounds; one process, "
+        "notes": "events/s = events / wall time of the writes, median over rounds (ratios: median "
+                 "of the ratios within a round); one process, "
                  "one connection each, one transaction per batch for every writer. "
                  "consumer/floor = consumer events/s / the faster floor's (executemany in pipeline "
                  "mode, or COPY to a staging table + INSERT ... SELECT); consumer/unnest = "

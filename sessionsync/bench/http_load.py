@@ -76,6 +76,8 @@ class ClientStats:
         self.latency_ns: dict[str, list[int]] = {}
         self.statuses: dict[str, Counter[int]] = {}
         self.errors: Counter[str] = Counter()
+        #: error kind -> the first answer of that kind (its problem detail)
+        self.error_samples: dict[str, str] = {}
         self.conflicts: Counter[str] = Counter()
         self.requests = 0
 
@@ -121,7 +123,9 @@ class Client:
         if conflict_ok and status in CONFLICT_STATUSES:
             self.stats.conflicts[f"{route} {status}"] += 1
         elif status not in EXPECTED[route]:
-            self.stats.errors[error_kind(route, status, data)] += 1
+            kind = error_kind(route, status, data)
+            self.stats.errors[kind] += 1
+            self.stats.error_samples.setdefault(kind, data[:300].decode("utf-8", "replace"))
         return status, {k.lower(): v for k, v in response.getheaders()}, data
 
 
@@ -186,6 +190,7 @@ def merge(all_stats: list[ClientStats], seconds: float) -> dict[str, Any]:
     latency: dict[str, list[int]] = {}
     statuses: dict[str, Counter[int]] = {}
     errors: Counter[str] = Counter()
+    samples: dict[str, str] = {}
     conflicts: Counter[str] = Counter()
     for s in all_stats:
         for route, values in s.latency_ns.items():
@@ -193,6 +198,8 @@ def merge(all_stats: list[ClientStats], seconds: float) -> dict[str, Any]:
         for route, counts in s.statuses.items():
             statuses.setdefault(route, Counter()).update(counts)
         errors.update(s.errors)
+        for kind, sample in s.error_samples.items():
+            samples.setdefault(kind, sample)
         conflicts.update(s.conflicts)
     requests = sum(s.requests for s in all_stats)
     return {
@@ -204,6 +211,7 @@ def merge(all_stats: list[ClientStats], seconds: float) -> dict[str, Any]:
                    for route, values in sorted(latency.items())},
         "errors": sum(errors.values()),
         "error_kinds": dict(errors.most_common()),
+        "error_samples": samples,
         "conflicts": sum(conflicts.values()),
         "conflict_kinds": dict(conflicts.most_common()),
     }

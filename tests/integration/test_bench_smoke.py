@@ -169,9 +169,9 @@ def test_the_consumer_is_measured_against_raw_psycopg_writing_the_same_rows(smok
         assert set(row["writers"]) == set(consumer_floor.WRITERS)
         assert all(w["events_per_second"] > 0 for w in row["writers"].values())
         assert row["ratios"]["floor_is"] in consumer_floor.FLOORS
-        floor = row["writers"][row["ratios"]["floor_is"]]["events_per_second"]
-        assert row["ratios"]["consumer/floor"] == round(
-            row["writers"]["consumer"]["events_per_second"] / floor, 3)
+        # round by round against the faster floor: never above either floor's ratio
+        assert 0 < row["ratios"]["consumer/floor"] <= min(
+            row["ratios"][f"consumer/{f}"] for f in consumer_floor.FLOORS)
 
 
 def test_parallel_consumers_persisted_every_event_without_a_deadlock(smoke):
