@@ -45,7 +45,7 @@ from chalicelib.domain.events import DELETED, ChangeEvent, parse_event
 from sessionsync.bench.consumer import VERSIONS_PER_SESSION, event_bodies
 from sessionsync.bench.context import DEFAULT_DATABASE_URL, STATE_BYTES, BenchContext
 from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record
-from sessionsync.bench.stats import ratio, summarize_ns
+from sessionsync.bench.stats import summarize_ns
 from sessionsync.project import import_app
 
 BATCH_SIZES = (1, 10, 100)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import pytest
-
 from chalicelib.domain.events import parse_event
 from sessionsync.bench import consumer_floor, consumers_parallel, http_load, relay, targets
 from sessionsync.bench.consumer import change_event
