@@ -1,7 +1,7 @@
 """The write path under load: many concurrent HTTP clients against ``sessionsync serve``.
 
 The bench starts ``sessionsync serve --no-pipeline`` on a free loopback
-port (its own Redis, the bench's database for reads; no queue: the SQS
+port (a redis-server of its own, the bench's database for reads; no queue: the SQS
 send is measured by the handler section, and LocalStack's latency would
 swamp the server's), then runs ``clients`` threads at once, each with one
 keep-alive connection, for a fixed time:
@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from sessionsync.bench.context import DEFAULT_DATABASE_URL, BenchContext
+from sessionsync.bench.redis_server import ThrowawayRedis
 from sessionsync.bench.stats import ratio, summarize_ns
 
 API_KEY = "bench-http-load-key-0123456789abcdef"
@@ -255,7 +256,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve_process(ctx: BenchContext, workdir: Path) -> Iterator[tuple[int, Path]]:
+def serve_process(ctx: BenchContext, workdir: Path, redis_url: str) -> Iterator[tuple[int, Path]]:
     """``sessionsync serve --no-pipeline`` on a free port; stopped by PID on exit."""
     from chalicelib import config
     from sessionsync.project import project_dir
@@ -264,7 +265,7 @@ def serve_process(ctx: BenchContext, workdir: Path) -> Iterator[tuple[int, Path]
     # empty, not absent: the CLI fills absent settings from the local stage,
     # whose queue name would make every write look a queue up in LocalStack
     env.update({config.SESSION_QUEUE_URL: "", config.SESSION_QUEUE_NAME: "",
-                config.REDIS_URL: ctx.redis_url,
+                config.REDIS_URL: redis_url,
                 config.DATABASE_URL: ctx.database_url or DEFAULT_DATABASE_URL,
                 config.API_KEYS: API_KEY,
                 config.PUBSUB_CHANNEL: f"{ctx.session_prefix('http')}-updates",
@@ -334,8 +335,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     counts, seconds = SIZES.get(ctx.profile.name, SIZES["quick"])
     prefix = ctx.session_prefix("http")
     by_clients: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="sessionsync-bench-http-") as tmp, \
-            serve_process(ctx, Path(tmp)) as (port, log):
+    # a redis-server of its own: the sessions, tombstones and outbox entries
+    # (no queue: nothing drains it) go away with it
+    with ThrowawayRedis(cpus=ctx.server_cpus) as redis_server, \
+            tempfile.TemporaryDirectory(prefix="sessionsync-bench-http-") as tmp, \
+            serve_process(ctx, Path(tmp), redis_server.url) as (port, log):
         # warm up: the server's imports, connections and first requests
         _load(port, 4, 0.3, lambda c, i, d: many_sessions_loop(c, f"{prefix}-warm-{i}", d))
         for clients in counts:
@@ -355,7 +359,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             })
         server_log_lines = sum(1 for _ in log.open("rb"))
     return {
-        "server": "sessionsync serve --no-pipeline (no queue configured), own process, every CPU",
+        "server": "sessionsync serve --no-pipeline (no queue configured), own process, every CPU; "
+                  "a redis-server of its own",
         "seconds_per_workload": seconds,
         "floor": "GET of an unknown path on the same server (404 from the server itself), "
                  "same clients",
