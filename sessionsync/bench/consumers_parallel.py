@@ -283,10 +283,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         base = runs[0]["events_per_second"]
         for r in runs:
             r["speedup_vs_2"] = ratio(r["events_per_second"], base)
-        workloads[workload] = {
-            "sessions": runs[0]["sessions"] if workload == "hot_sessions" else "per run",
-            "runs": runs,
-        }
+        workloads[workload] = {"runs": runs}
     return {
         "database": dsn.rsplit("/", 1)[-1],
         "batch_size": CONSUMER_BATCH_SIZE,
