@@ -121,9 +121,13 @@ def _consumer_main(index: int, dsn: str, redis_url: str,
     events = [sqs_event([sqs_record(body, event_id=eid) for eid, body in chunk])
               for chunk in batches]
     retried = 0
-    database = runtime.database()
-    assert database is not None
-    database.ping()  # connected before the start
+    try:
+        database = runtime.database()
+        assert database is not None
+        database.ping()  # connected before the start
+    except BaseException:
+        barrier.abort()  # the others, and the bench, stop waiting at once
+        raise
     barrier.wait(timeout=120)
     started = time.monotonic()
     try:

@@ -39,7 +39,7 @@ EVENT_TEMPLATE = (f'{{"schema_version":{EVENT_SCHEMA_VERSION},"event_type":"{UPD
 FILL_CHUNK = 50_000
 #: entries drained to LocalStack's SQS, by profile (LocalStack takes a few
 #: thousand a second: the relay's own cost is the null-sender figure)
-SQS_BACKLOG = {"full": 20_000, "quick": 3_000, "smoke": 300}
+SQS_BACKLOG = {"full": 10_000, "quick": 2_000, "smoke": 300}
 
 
 class _AckingSender:
