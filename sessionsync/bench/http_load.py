@@ -369,5 +369,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "server_log_lines": server_log_lines,
         "notes": "client threads with one keep-alive connection each, released together; "
                  "latency per request at the client; conflicts = 409/412 on the hot session "
-                 "(If-Match of the version read, another client wrote first), not errors.",
+                 "(If-Match of the version read, another client wrote first), not errors. "
+                 "The clients are a closed loop: a route's latency depends on the workload's "
+                 "mix (while most clients wait on slow POSTs the others find the server "
+                 "idle), so floor_rps/rps is the ratio to read; latency ratios are per mix.",
     }
