@@ -219,8 +219,8 @@ def serve(host: str, port: int, pipeline: bool) -> None:
         from chalicelib import runtime
         from chalicelib.adapters.postgres.database import Database
         from sessionsync.serve_database import SERVE_DB_CONNECTIONS, DatabaseConnections
-        runtime.install(database=DatabaseConnections.build(SERVE_DB_CONNECTIONS, lambda: Database.from_settings(
-            settings, runtime.secrets_client)))
+        runtime.install(database=DatabaseConnections.build(
+            SERVE_DB_CONNECTIONS, lambda: Database.from_settings(settings, runtime.secrets_client)))
     stop = threading.Event()
     if pipeline:
         from sessionsync.cli.pipeline import start_pipeline_threads
