@@ -503,3 +503,33 @@ def test_the_local_sweep_loop_runs_until_stopped_and_survives_a_failing_run(stor
         stop.set()
         thread.join(timeout=30)
     assert not thread.is_alive() and len(runs) >= 2
+
+
+def test_a_stale_read_while_redis_is_down_never_serves_a_session_whose_lifetime_ended(
+        throwaway_redis, own_database):
+    """Cache-Control: max-stale serves PostgreSQL's copy while Redis is down,
+    but not one whose lifetime ended: 404 SessionExpired once the sweep
+    recorded it, Redis's 503 while a write in the queue may still have slid it."""
+    from chalicelib.adapters.redis.client import connect_redis
+    from chalicelib.config import Settings
+    from chalicelib.domain.errors import ServiceUnavailable
+    from chalicelib.domain.validation import MaxStale
+    store = SessionStore(connect_redis(Settings(redis_url=throwaway_redis.url)), channel=TEST_CHANNEL)
+    service = _service(store, own_database)
+    live, ended, recorded = _sid(), _sid(), _sid()
+    _persist(own_database, store.create(live, '{"n":1}', 600))
+    for sid in (ended, recorded):
+        _persist(own_database, store.create(sid, '{"n":1}', 1))
+    for sid in (ended, recorded):
+        _wait_expired(store, sid)
+    status, write = store.expire(recorded, own_database.latest(recorded))
+    assert status == "expired" and write is not None
+    _persist(own_database, write)
+    throwaway_redis.stop()
+
+    assert service.get_accepting_stale(live, MaxStale(None)).session.state == {"n": 1}
+    with pytest.raises(SessionExpired):
+        service.get_accepting_stale(recorded, MaxStale(None))
+    with pytest.raises(ServiceUnavailable) as down:
+        service.get_accepting_stale(ended, MaxStale(None))
+    assert down.value.dependency == "redis"

@@ -363,25 +363,25 @@ MUTANTS: tuple[Mutant, ...] = (
         (("            raise BatchIncomplete(report)\n", "            return report.response()\n"),),
         (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
         "without ReportBatchItemFailures the mapping deletes records that must be retried"),
-    # -- 12: a session ends when its lifetime ends ----------------------------------------
+    # -- 14: a session ends when its lifetime ends ----------------------------------------
     mutant(
-        "recovery-serves-an-expired-session", 12, SESSIONS,
+        "recovery-serves-an-expired-session", 14, SESSIONS,
         (("        if persisted.expired_at(self.store.clock()):\n", "        if False:\n"),),
         (f"{T_LIFE}::test_a_session_whose_lifetime_ended_is_session_expired_on_get_put_delete_and_touch",),
         "recovery brings back a session whose lifetime ended, as if Redis had lost it"),
     mutant(
-        "sweep-expires-ahead-of-postgresql", 12, STORE,
+        "sweep-expires-ahead-of-postgresql", 14, STORE,
         (("  if mv > pg then return {'ahead', mv} end\n", ""),),
         (f"{T_LIFE}::test_a_write_racing_the_sweep_is_never_lost_and_never_forks_a_version",),
         "the sweep expires a session whose newer write is still in the queue"),
     mutant(
-        "sweep-expires-a-live-key", 12, STORE,
+        "sweep-expires-a-live-key", 14, STORE,
         (("if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end\n", ""),),
         (f"{T_LIFE}::test_a_session_kept_alive_only_by_reads_ends_when_redis_loses_it",
          f"{T_LIFE}::test_the_sweep_leaves_a_live_session_and_a_deleted_one_alone"),
         "the sweep expires a session Redis still holds (kept alive by reads, or deleted)"),
     mutant(
-        "sweep-final-marker-not-one-version-on", 12, STORE,
+        "sweep-final-marker-not-one-version-on", 14, STORE,
         (("set_marker(v .. '|E', tonumber(ARGV[5]), ttl)\n",
           "set_marker(pg .. '|E', tonumber(ARGV[5]), ttl)\n"),),
         (f"{T_LIFE}::test_two_sweeps_at_once_record_exactly_one_session_expired_per_session",),
