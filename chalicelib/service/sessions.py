@@ -45,6 +45,7 @@ from chalicelib.adapters.redis.store import (
 )
 from chalicelib.config import DEFAULT_REDIS_SETTLE_SECONDS
 from chalicelib.domain.errors import RecoveryPending, ServiceUnavailable, SessionExists, SessionNotFound
+from chalicelib.domain.idempotency import Idempotency
 from chalicelib.domain.session import Session
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.observability import metrics
@@ -118,12 +119,20 @@ class SessionService:
         self._reported_at = float("-inf")
 
     @metrics.timed_write("create")
-    def create(self, request: CreateRequest) -> Session:
-        """Raises SessionExists, ServiceUnavailable."""
+    def create(self, request: CreateRequest, idempotency: Idempotency | None = None) -> Session:
+        """Raises SessionExists, ServiceUnavailable.
+
+        Every write method takes ``idempotency`` (the request's
+        Idempotency-Key): a write already recorded under the key is returned
+        as it was (``Session.replayed``), and shipped no second time; the
+        store checks the record before anything else, so a replay needs
+        neither PostgreSQL nor a settled Redis.  IdempotencyKeyReused when
+        the key was recorded for another request.
+        """
         ttl = request.ttl_seconds or self.default_ttl
         try:
             result = self.store.create(request.session_id, request.state_json, ttl,
-                                       known_absent=self.durable is None)
+                                       known_absent=self.durable is None, idempotency=idempotency)
         except IdUnknown:
             # ids are never reused, and Redis may have forgotten this one;
             # after a failover, its creation may still be in the queue
@@ -133,7 +142,8 @@ class SessionService:
             if persisted is not None:
                 raise SessionExists(request.session_id, version=persisted.version,
                                     deleted=persisted.deleted) from None
-            result = self.store.create(request.session_id, request.state_json, ttl)
+            result = self.store.create(request.session_id, request.state_json, ttl,
+                                       idempotency=idempotency)
         self._ship(result)
         return result.session
 
@@ -149,19 +159,21 @@ class SessionService:
         return Read(self._recover(session_id), recovered=True)
 
     @metrics.timed_write("update")
-    def update(self, request: UpdateRequest) -> Session:
+    def update(self, request: UpdateRequest, idempotency: Idempotency | None = None) -> Session:
         """Compare-and-set.  Raises ConcurrencyError, SessionNotFound,
-        RecoveryPending, ServiceUnavailable."""
+        RecoveryPending, ServiceUnavailable; ``idempotency`` as ``create``."""
         result = self._write(request.session_id, lambda floor: self.store.update(
-            request.session_id, request.state_json, request.expected_version, floor=floor))
+            request.session_id, request.state_json, request.expected_version, floor=floor,
+            idempotency=idempotency))
         self._ship(result)
         return result.session
 
     @metrics.timed_write("delete")
-    def delete(self, session_id: str, expected_version: int | None = None) -> Session:
+    def delete(self, session_id: str, expected_version: int | None = None,
+               idempotency: Idempotency | None = None) -> Session:
         """Tombstone the session.  Raises as ``update``."""
         result = self._write(session_id, lambda floor: self.store.delete(
-            session_id, expected_version, floor=floor))
+            session_id, expected_version, floor=floor, idempotency=idempotency))
         self._ship(result)
         return result.session
 
@@ -220,7 +232,9 @@ class SessionService:
         response: the entry stays and the relay sends it; the failure is
         logged and counted (``ShipFailures``).
         """
-        if self.publisher is None:
+        if self.publisher is None or result.replayed:
+            # a replay wrote nothing: its event is the original write's,
+            # shipped by it (or by the relay, from the outbox)
             return
         try:
             self.publisher.publish(result)
