@@ -131,8 +131,8 @@ class SessionService:
         """
         ttl = request.ttl_seconds or self.default_ttl
         try:
-            result = self.store.create(request.session_id, request.state_json, ttl,
-                                       known_absent=self.durable is None, idempotency=idempotency)
+            result = self.store.create(request.session_id, request.state_json, ttl, idempotency=idempotency,
+                                       known_absent=self.durable is None)
         except IdUnknown:
             # ids are never reused, and Redis may have forgotten this one;
             # after a failover, its creation may still be in the queue

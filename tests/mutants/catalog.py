@@ -81,14 +81,16 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant(
         "cas-check-then-write-in-python", 1, STORE,
         (("if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),
-         ("        now = self.clock()\n        now_iso = iso_utc(now)\n        with _redis_errors():\n"
-          "            reply = self._run(self._update,",
+         ("        now = self.clock()\n        now_iso = iso_utc(now)\n"
+          "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
+          "            session_id, state_json, \"\" if expected_version",
           "        current = self.get(session_id)\n"
           "        if current is not None and current.version != expected_version:\n"
           "            raise ConcurrencyError(session_id, expected_version=expected_version,\n"
           "                                   actual_version=current.version)\n"
-          "        now = self.clock()\n        now_iso = iso_utc(now)\n        with _redis_errors():\n"
-          "            reply = self._run(self._update,")),
+          "        now = self.clock()\n        now_iso = iso_utc(now)\n"
+          "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
+          "            session_id, state_json, \"\" if expected_version")),
         # on a fast loopback a busy machine may run the racers one after
         # another; the slow network makes the window wide on purpose
         (f"{T_CAS_LATENCY}::test_of_8_writers_on_a_slow_network_updating_the_same_version_exactly_one_wins",
