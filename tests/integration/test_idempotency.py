@@ -173,6 +173,30 @@ def test_of_16_threads_retrying_the_same_keyed_write_exactly_one_writes(store, s
     assert outbox(store, session_id) == [f"{session_id}:1", f"{session_id}:2"]
 
 
+def test_a_keyed_update_whose_answer_was_cut_off_is_replayed_on_a_new_connection(redis_single, session_id):
+    """The record is committed with the write, not after the reply: the
+    reply never reaches the client, the record is there all the same."""
+    db = redis_single.connection_pool.connection_kwargs["db"]
+    proxy = TcpProxy(redis_single.connection_pool.connection_kwargs["port"])
+    client = connect_redis(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/{db}", redis_timeout=5.0))
+    try:
+        store = SessionStore(client, channel=TEST_CHANNEL)
+        store.create(session_id, '{"n":0}', 60)
+        store.update(session_id, '{"n":0}', 1, idempotency=keyed("warm", "PUT", "/s"))  # scripts loaded
+        key = keyed("cut", "PUT", "/s", '{"n":1}')
+
+        proxy.cut_after_request()  # the script runs; its reply never arrives
+        with pytest.raises(ServiceUnavailable):
+            store.update(session_id, '{"n":1}', 2, idempotency=key)
+        again = store.update(session_id, '{"n":1}', 2, idempotency=key)
+
+        assert again.replayed and (again.session.version, again.session.state) == (3, {"n": 1})
+        assert SessionStore(redis_single).get(session_id).version == 3
+    finally:
+        client.close()
+        proxy.close()
+
+
 # -- the service: a replay comes before every recovery path --------------------------
 
 class NoDurable:

@@ -65,6 +65,7 @@ T_AFTER = "tests/integration/test_after_commit.py"
 T_OUTAGE = "tests/integration/test_redis_outage.py"
 T_FAILOVER = "tests/integration/test_redis_failover.py"
 T_HOT = "tests/integration/test_redis_hot_path.py"
+T_IDEMPOTENCY = "tests/integration/test_idempotency.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
@@ -335,6 +336,29 @@ MUTANTS: tuple[Mutant, ...] = (
         (("                if message_id in unsent:\n", "                if False:\n"),),
         (f"{T_UNITS}::test_the_consumer_keeps_poison_on_the_main_queue_when_the_dlq_refuses_it",),
         "poison the DLQ refused is counted as dead-lettered and deleted"),
+    # -- 12: a retried keyed write is applied once and answered as it was ------------
+    mutant(
+        "idempotency-record-written-but-not-checked", 12, STORE,
+        (("  if not KEYS[5] then return nil end\n", "  if true then return nil end\n"),),
+        (f"{T_IDEMPOTENCY}::test_a_keyed_update_retried_after_another_write_returns_its_own_outcome"
+         "_not_a_conflict[single]",),
+        "the scripts record a keyed write but never look the key up: a retry gets a 409"),
+    mutant(
+        "idempotency-record-written-after-the-script", 12, STORE,
+        (("  if KEYS[5] then redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl) end\n", ""),
+         ("        ttl = _ttl_from_event(reply[1])\n",
+          "        ttl = _ttl_from_event(reply[1])\n"
+          "        if idempotency is not None:\n"
+          "            self.client.set(idempotency_key(session_id, idempotency.key),\n"
+          "                            idempotency.fingerprint + '|' + reply[1].decode(),\n"
+          "                            ex=self.idempotency_ttl)\n")),
+        (f"{T_IDEMPOTENCY}::test_a_keyed_update_whose_answer_was_cut_off_is_replayed_on_a_new_connection",),
+        "the record is written by the caller once the script answered: a lost answer leaves none"),
+    mutant(
+        "idempotency-record-without-ttl", 12, STORE,
+        (("redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl)", "redis.call('SET', KEYS[5], fp .. '|' .. ev)"),),
+        (f"{T_IDEMPOTENCY}::test_the_record_lives_in_the_sessions_slot_and_expires_after_a_day_at_least[single]",),
+        "records never expire: they pile up, and volatile-* eviction cannot take them"),
     # -- 10: safe with or without ReportBatchItemFailures --------------------------------
     mutant(
         "handled-records-not-deleted-before-raising", 10, CONSUMER,
