@@ -356,7 +356,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "the record is written by the caller once the script answered: a lost answer leaves none"),
     mutant(
         "idempotency-record-without-ttl", 12, STORE,
-        (("redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl)", "redis.call('SET', KEYS[5], fp .. '|' .. ev)"),),
+        (("redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl)",
+          "redis.call('SET', KEYS[5], fp .. '|' .. ev)"),),
         (f"{T_IDEMPOTENCY}::test_the_record_lives_in_the_sessions_slot_and_expires_after_a_day_at_least[single]",),
         "records never expire: they pile up, and volatile-* eviction cannot take them"),
     # -- 10: safe with or without ReportBatchItemFailures --------------------------------
