@@ -3,7 +3,7 @@ now and then, unconditional with If-Match: *), creates (new ids, and now and
 then an id that exists), deletes and reads,
 through the session service, recording every request and its outcome.
 
-Every other write carries an Idempotency-Key and, when it gets a 503 (its
+Every other write (``keyed_every``) carries an Idempotency-Key and, when it gets a 503 (its
 outcome unknown), is retried with it a few times: one operation from the
 first attempt to the answer, as a client sees it.  A retry that finds the
 write done gets its original outcome, which the checker holds to rules (a)
@@ -48,6 +48,8 @@ class Workload:
     #: 150/s) within what LocalStack and one consumer carry on a busy 2-core
     #: machine, so that the pipeline's lag stays under the settle time
     think_seconds: float = 0.02
+    #: one write in this many carries an Idempotency-Key (and retries a 503)
+    keyed_every: int = 2
 
     def __post_init__(self) -> None:
         self.ids = [f"{self.prefix}-{i}" for i in range(self.sessions)]
@@ -140,7 +142,7 @@ class Workload:
     def _key(self, process: int, kind: str, sid: str, state, expected: int | None) -> Idempotency | None:
         """A new Idempotency-Key for every other write (None for the others)."""
         token = self._token(process)
-        if int(token.rsplit("-", 1)[1]) % 2:
+        if int(token.rsplit("-", 1)[1]) % self.keyed_every:
             return None
         return Idempotency(token, fingerprint(kind, f"/sessions/{sid}", _json(state).encode(),
                                               if_match=None if expected is None else str(expected)))
