@@ -21,6 +21,7 @@ from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.store import (
     CREATE_SCRIPT,
     UPDATE_SCRIPT,
+    EpochChanged,
     SessionStore,
     hold_key,
     idempotency_key,
@@ -198,6 +199,22 @@ def test_a_keyed_update_whose_answer_was_cut_off_is_replayed_on_a_new_connection
 
 
 # -- the service: a replay comes before every recovery path --------------------------
+
+def test_a_replay_comes_before_the_epoch_check_of_a_value_from_before_a_failover(store, session_id):
+    store.create(session_id, '{"n":0}', 600)
+    key = keyed("k-epoch", "PUT", "/s", '{"n":1}')
+    first = store.update(session_id, '{"n":1}', 1, idempotency=key, floor=None)
+    # the value now looks written before Redis went back in time (another epoch)
+    raw = store.client.get(session_keys(session_id)[0]).split(b"|", 5)
+    raw[4] = raw[4][:1] + b"00000000"
+    store.client.set(session_keys(session_id)[0], b"|".join(raw), keepttl=True)
+
+    again = store.update(session_id, '{"n":1}', 1, idempotency=key, floor=None)
+
+    assert again.replayed and again.session == first.session
+    with pytest.raises(EpochChanged):  # the same write without its key asks PostgreSQL
+        store.update(session_id, '{"n":1}', 2, floor=None)
+
 
 class NoDurable:
     """PostgreSQL as the service sees it, for a session it never got: a
