@@ -21,13 +21,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-WRITES = ("create", "update", "delete")
+WRITES = ("create", "update", "patch", "delete")
 
 
 @dataclass(frozen=True)
 class Op:
     process: int
-    kind: str  # create | update | delete | read
+    kind: str  # create | update | patch | delete | read
     session_id: str
     start: float
     end: float
@@ -163,7 +163,7 @@ def check_no_resurrection(history: History, observed: Observed,
         if op.kind == "read" and op.version is not None:
             problems.append(f"(c) {op.session_id} deleted at {gone.end:.3f}, read back as "
                             f"v{op.version} at {op.start:.3f}")
-        if op.kind in ("create", "update"):
+        if op.kind in ("create", "update", "patch"):
             problems.append(f"(c) {op.session_id} deleted at {gone.end:.3f}, then {op.kind} "
                             f"v{op.version} acknowledged")
     for sid in deleted_at:

@@ -135,3 +135,25 @@ def test_a_loss_the_system_reported_is_left_out_of_rules_a_b_d():
     history.add(_read(1, {"w": "a"}, 6, 7))
 
     assert check(history, observed, allow_lost={(SID, 2)}) == []
+
+
+def test_a_patch_persisted_with_other_content_than_it_answered_breaks_rules_a_and_d():
+    # a patch is recorded with the whole state the service answered
+    history, observed = _clean()
+    history.add(_write("patch", 3, {"w": "c", "patched_by": 1}, 6, 7))
+    observed.rows[(SID, 3)] = ("session_updated", {"w": "c"})  # e.g. merged into a stale read
+    observed.published.append({"session_id": SID, "version": 3, "event_type": "session_updated",
+                               "state": {"w": "c"}})
+
+    assert _rules(check(history, observed)) == ["(a)", "(d)"]
+
+
+def test_a_patch_acknowledged_after_a_delete_breaks_rule_c():
+    history, observed = _clean()
+    history.add(_write("delete", 3, None, 6, 7))
+    history.add(_write("patch", 4, {"w": "c"}, 8, 9))
+    observed.rows[(SID, 3)] = ("session_deleted", None)
+    observed.rows[(SID, 4)] = ("session_updated", {"w": "c"})
+    observed.sessions[SID] = (4, False)
+
+    assert "(c)" in _rules(check(history, observed))

@@ -1,6 +1,7 @@
 """Concurrent clients doing what users do: read-modify-write with CAS (and,
-now and then, unconditional with If-Match: *), creates (new ids, and now and
-then an id that exists), deletes and reads,
+now and then, unconditional with If-Match: *), merge patches (PATCH, no
+version: the server reads, merges and writes with CAS), creates (new ids,
+and now and then an id that exists), deletes and reads,
 through the session service, recording every request and its outcome.
 
 Every other write (``keyed_every``) carries an Idempotency-Key and, when it gets a 503 (its
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chalicelib.config import DEFAULT_MAX_STATE_BYTES
 from chalicelib.domain.errors import (
     ConcurrencyError,
     RecoveryPending,
@@ -27,7 +29,7 @@ from chalicelib.domain.errors import (
     SessionNotFound,
 )
 from chalicelib.domain.idempotency import Idempotency, fingerprint
-from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.domain.validation import CreateRequest, PatchRequest, UpdateRequest
 from chalicelib.service.sessions import SessionService
 from tests.chaos.history import History, Op, now
 
@@ -85,8 +87,10 @@ class Workload:
             sid = rng.choice(self.ids)
             if roll < 0.35:
                 self._read(process, sid)
-            elif roll < 0.85:
+            elif roll < 0.75:
                 self._read_modify_write(process, sid, rng)
+            elif roll < 0.85:
+                self._patch(process, sid, rng)
             elif roll < 0.93:
                 self._create(process, self._fresh_id() if roll < 0.9 else sid)
             elif sid == self.deletable and roll > 0.97:
@@ -131,6 +135,16 @@ class Workload:
         self._write(process, "update", sid, state, lambda key: self.service().update(
             UpdateRequest(sid, _json(state), expected), key), expected)
 
+    def _patch(self, process: int, sid: str, rng: random.Random) -> None:
+        """A merge patch: a new token, and now and then a member removed.
+        Acknowledged, it is recorded with the whole state it made (the
+        service's answer), which rules (a) and (d) compare with every copy."""
+        patch: dict = {"w": self._token(process), "patched_by": process}
+        if rng.random() < 0.3:
+            patch["patched_by"] = None
+        self._write(process, "patch", sid, patch, lambda key: self.service().patch(
+            PatchRequest(sid, patch, DEFAULT_MAX_STATE_BYTES), key), record_answer=True)
+
     def _create(self, process: int, sid: str) -> None:
         state = {"n": 0, "w": self._token(process)}
         self._write(process, "create", sid, state, lambda key: self.service().create(
@@ -148,7 +162,7 @@ class Workload:
                                               if_match=None if expected is None else str(expected)))
 
     def _write(self, process: int, kind: str, sid: str, state, call,
-               expected: int | None = None) -> None:
+               expected: int | None = None, *, record_answer: bool = False) -> None:
         start = now()
         key = self._key(process, kind, sid, state, expected)
         attempts = 1 + (KEYED_RETRIES if key is not None else 0)
@@ -169,8 +183,8 @@ class Workload:
                 # unless a keyed retry finds out
                 error = exc.code
                 continue
-            self._add(Op(process, kind, sid, start, now(), "ok", session.version, state,
-                         replayed=session.replayed))
+            self._add(Op(process, kind, sid, start, now(), "ok", session.version,
+                         session.state if record_answer else state, replayed=session.replayed))
             return
         self._add(Op(process, kind, sid, start, now(), "info", state=state, error=error))
 

@@ -127,3 +127,31 @@ def test_the_longest_key_and_escaped_quotes_are_taken(api, redis_single, session
     assert (created.status_code, updated.status_code) == (201, 200)
     assert redis_single.exists(idempotency_key(session_id, longest),
                                idempotency_key(session_id, r'say "hi" \ bye')) == 2
+
+
+MERGE_PATCH = {**AUTH, "Content-Type": "application/merge-patch+json"}
+
+
+def test_a_patch_retried_with_its_key_is_not_merged_again_even_with_its_if_match_now_stale(
+        api, redis_single, session_id):
+    api.post("/sessions", headers=AUTH, body=body({"session_id": session_id, "state": {"n": 0}}))
+    headers = {**MERGE_PATCH, "Idempotency-Key": '"patch-1"', "If-Match": '"1"'}
+    unpinned = {**MERGE_PATCH, "Idempotency-Key": '"patch-2"'}
+    first = api.patch(f"/sessions/{session_id}", headers=headers, body=body({"state": {"a": 1}}))
+    second = api.patch(f"/sessions/{session_id}", headers=unpinned, body=body({"state": {"b": 2}}))
+
+    # the session is at v3: without its key the first patch's retry is a
+    # 412, and the second one's would merge again (v4)
+    again_first = api.patch(f"/sessions/{session_id}", headers=headers, body=body({"state": {"a": 1}}))
+    again_second = api.patch(f"/sessions/{session_id}", headers=unpinned, body=body({"state": {"b": 2}}))
+    reused = api.patch(f"/sessions/{session_id}", headers=unpinned, body=body({"state": {"b": 3}}))
+
+    same_outcome(first, again_first)
+    same_outcome(second, again_second)
+    assert json.loads(again_first.body)["state"] == {"n": 0, "a": 1}
+    assert_error(reused, 422, "IdempotencyKeyReused")
+    assert api.get(f"/sessions/{session_id}", headers=AUTH).headers["ETag"] == '"3"'
+    # after a delete too: the recorded outcome, not a 404
+    api.delete(f"/sessions/{session_id}", headers=AUTH)
+    same_outcome(second, api.patch(f"/sessions/{session_id}", headers=unpinned,
+                                   body=body({"state": {"b": 2}})))

@@ -705,6 +705,25 @@ class SessionStore:
                 raise
             return None
 
+    def recorded(self, session_id: str, idempotency: Idempotency) -> WriteResult | None:
+        """The write recorded under ``idempotency``'s key, as ``update``
+        returns a replay, or None when there is none.  Raises
+        IdempotencyKeyReused when the key was recorded for another request.
+
+        For a write that must find out before it reads (a PATCH reads, then
+        merges, then compares-and-sets: a replay after the session moved on
+        would otherwise fail its read or its If-Match first); the write's
+        script checks the record again, atomically with the write.
+        """
+        with _redis_errors():
+            raw = cast("bytes | None", self.client.get(idempotency_key(session_id, idempotency.key)))
+        if raw is None:
+            return None
+        fingerprint, event_json = raw.split(b"|", 1)
+        if fingerprint.decode() != idempotency.fingerprint:
+            return self._replayed(session_id, [b"reused"], idempotency)
+        return self._replayed(session_id, [b"replay", event_json], idempotency)
+
     def _keyed(self, session_id: str, idempotency: Idempotency | None, keys: list[str],
                args: list[Any]) -> tuple[list[str], list[Any]]:
         """A write script's KEYS and ARGV, with the idempotency record, its
