@@ -377,6 +377,15 @@ MUTANTS: tuple[Mutant, ...] = (
           "redis.call('SET', KEYS[5], fp .. '|' .. ev)"),),
         (f"{T_IDEMPOTENCY}::test_the_record_lives_in_the_sessions_slot_and_expires_after_a_day_at_least[single]",),
         "records never expire: they pile up, and volatile-* eviction cannot take them"),
+    mutant(
+        "patch-record-looked-up-after-the-read", 12, SESSIONS,
+        (("        if idempotency is not None:\n"
+          "            done = self.store.recorded(request.session_id, idempotency)\n",
+          "        if False:\n"
+          "            done = self.store.recorded(request.session_id, idempotency)\n"),),
+        ("tests/functional/test_idempotency_http.py::"
+         "test_a_patch_retried_with_its_key_is_not_merged_again_even_with_its_if_match_now_stale",),
+        "a keyed PATCH reads before it looks its record up: its retry fails its If-Match (412)"),
     # -- 10: safe with or without ReportBatchItemFailures --------------------------------
     mutant(
         "handled-records-not-deleted-before-raising", 10, CONSUMER,
