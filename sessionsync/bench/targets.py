@@ -128,6 +128,43 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
                                  data["lost_updates"], 0, data["no_lost_update"], "updates",
                                  f"{data['updates_per_second']} updates/s, conflict rate "
                                  f"{data['conflict_rate']:.0%}"))
+    checks.extend(_scale_out(sections))
+    return checks
+
+
+def _scale_out(sections: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cluster, CAS split and memory-lever sections (docs/capacity.md)."""
+    checks: list[dict[str, Any]] = []
+    cluster = sections.get("cluster")
+    if _ok(cluster):
+        slots = cluster["slots"]
+        crossing = slots["crossslot_errors"] + slots["buckets_crossing_slots"]
+        checks.append(_check(f"no script crosses a hash slot ({cluster['masters']}-master cluster)",
+                             crossing, 0, crossing == 0, "errors",
+                             "CROSSSLOT errors counted by every master (INFO errorstats) + buckets "
+                             "whose keys map to more than one slot"))
+        for op in ("get", "update"):
+            shard = cluster["per_shard_capacity"][op]
+            checks.append(_check(f"per-shard capacity, {op} (one Redis core)",
+                                 shard["ops_per_server_cpu_second"], None, None,
+                                 "ops/server-CPU-s",
+                                 f"{shard['ops_per_second']} ops/s measured at "
+                                 f"{shard['server_cpu_utilisation']:.0%} of the server's core"))
+    split = sections.get("cas_split")
+    if _ok(split):
+        checks.append(_check("CAS update over a bare round trip + its script's own server time "
+                             "(p50)", split["ratios"]["update/(floor_evalsha+script_server_time)"],
+                             None, None, "x",
+                             f"the script's own server time: "
+                             f"{split['server_usec_per_call']['update']} us per call"))
+    levers = sections.get("memory_levers")
+    if _ok(levers):
+        best = levers["best_lever"]
+        value = levers["best_lever_ratio_to_payload"]
+        checks.append(_check(f"memory per 1 KB session with the best lever ({best}), "
+                             "scratch server", value, MEMORY_CLOSE, value <= MEMORY_CLOSE, "x",
+                             "used_memory growth per session / state bytes; the production "
+                             "format is the memory section's"))
     return checks
 
 

@@ -353,15 +353,15 @@ MUTANTS: tuple[Mutant, ...] = (
         (("                if message_id in unsent:\n", "                if False:\n"),),
         (f"{T_UNITS}::test_the_consumer_keeps_poison_on_the_main_queue_when_the_dlq_refuses_it",),
         "poison the DLQ refused is counted as dead-lettered and deleted"),
-    # -- 12: a retried keyed write is applied once and answered as it was ------------
+    # -- 14: a retried keyed write is applied once and answered as it was ------------
     mutant(
-        "idempotency-record-written-but-not-checked", 12, STORE,
+        "idempotency-record-written-but-not-checked", 14, STORE,
         (("  if not KEYS[5] then return nil end\n", "  if true then return nil end\n"),),
         (f"{T_IDEMPOTENCY}::test_a_keyed_update_retried_after_another_write_returns_its_own_outcome"
          "_not_a_conflict[single]",),
         "the scripts record a keyed write but never look the key up: a retry gets a 409"),
     mutant(
-        "idempotency-record-written-after-the-script", 12, STORE,
+        "idempotency-record-written-after-the-script", 14, STORE,
         (("  if KEYS[5] then redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl) end\n", ""),
          ("        ttl = _ttl_from_event(reply[1])\n",
           "        ttl = _ttl_from_event(reply[1])\n"
@@ -372,13 +372,13 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_IDEMPOTENCY}::test_a_keyed_update_whose_answer_was_cut_off_is_replayed_on_a_new_connection",),
         "the record is written by the caller once the script answered: a lost answer leaves none"),
     mutant(
-        "idempotency-record-without-ttl", 12, STORE,
+        "idempotency-record-without-ttl", 14, STORE,
         (("redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl)",
           "redis.call('SET', KEYS[5], fp .. '|' .. ev)"),),
         (f"{T_IDEMPOTENCY}::test_the_record_lives_in_the_sessions_slot_and_expires_after_a_day_at_least[single]",),
         "records never expire: they pile up, and volatile-* eviction cannot take them"),
     mutant(
-        "patch-record-looked-up-after-the-read", 12, SESSIONS,
+        "patch-record-looked-up-after-the-read", 14, SESSIONS,
         (("        if idempotency is not None:\n"
           "            done = self.store.recorded(request.session_id, idempotency)\n",
           "        if False:\n"
