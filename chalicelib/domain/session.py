@@ -2,7 +2,7 @@
 import calendar
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def iso_to_ms(iso: str) -> int:
@@ -36,6 +36,9 @@ class Session:
     deleted: bool = False
     #: its lifetime ended (a ``session_expired`` event was recorded)
     expired: bool = False
+    #: the recorded outcome of an earlier request with the same
+    #: Idempotency-Key (chalicelib.domain.idempotency), not a new write
+    replayed: bool = field(default=False, compare=False)
 
     @property
     def expires_at(self) -> str:

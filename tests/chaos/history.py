@@ -39,6 +39,9 @@ class Op:
     #: a read that found nothing: "deleted" | "missing" | "expired"
     absent: str | None = None
     error: str | None = None
+    #: an acknowledged write whose answer was a replay of an earlier attempt
+    #: (Idempotency-Key): its outcome, recorded when that attempt ran
+    replayed: bool = False
     #: an acknowledged write's TTL (its lifetime ends no earlier than
     #: ``start + ttl``), when the client knows it
     ttl: float | None = None
@@ -60,6 +63,8 @@ class History:
         counts: dict[str, int] = defaultdict(int)
         for op in self.ops:
             counts[f"{op.kind}:{op.outcome}"] += 1
+            if op.replayed:
+                counts[f"{op.kind}:replayed"] += 1
         return dict(sorted(counts.items()))
 
 

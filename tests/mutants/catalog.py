@@ -65,6 +65,7 @@ T_AFTER = "tests/integration/test_after_commit.py"
 T_OUTAGE = "tests/integration/test_redis_outage.py"
 T_FAILOVER = "tests/integration/test_redis_failover.py"
 T_HOT = "tests/integration/test_redis_hot_path.py"
+T_IDEMPOTENCY = "tests/integration/test_idempotency.py"
 T_LIFE = "tests/integration/test_session_lifetime.py"
 T_PATCH = "tests/integration/test_merge_patch.py"
 
@@ -83,14 +84,16 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant(
         "cas-check-then-write-in-python", 1, STORE,
         (("if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),
-         ("        now = self.clock()\n        now_iso = iso_utc(now)\n        with _redis_errors():\n"
-          "            reply = self._run(self._update,",
+         ("        now = self.clock()\n        now_iso = iso_utc(now)\n"
+          "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
+          "            session_id, state_json, \"\" if expected_version",
           "        current = self.get(session_id)\n"
           "        if current is not None and current.version != expected_version:\n"
           "            raise ConcurrencyError(session_id, expected_version=expected_version,\n"
           "                                   actual_version=current.version)\n"
-          "        now = self.clock()\n        now_iso = iso_utc(now)\n        with _redis_errors():\n"
-          "            reply = self._run(self._update,")),
+          "        now = self.clock()\n        now_iso = iso_utc(now)\n"
+          "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
+          "            session_id, state_json, \"\" if expected_version")),
         # on a fast loopback a busy machine may run the racers one after
         # another; the slow network makes the window wide on purpose
         (f"{T_CAS_LATENCY}::test_of_8_writers_on_a_slow_network_updating_the_same_version_exactly_one_wins",
@@ -106,8 +109,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "the new version: another patch's change is lost"),
     mutant(
         "patch-written-without-expected-version", 1, SESSIONS,
-        (("self._compare_and_set(request.session_id, state_json, current.version)",
-          "self._compare_and_set(request.session_id, state_json, None)"),),
+        (("request.session_id, state_json, current.version, idempotency=idempotency)",
+          "request.session_id, state_json, None, idempotency=idempotency)"),),
         (f"{T_PATCH}::test_64_concurrent_patches_of_different_keys_all_land_each_on_the_version_it_read[single]",
          f"{T_PATCH}::test_a_patch_that_loses_every_attempt_is_a_409_after_a_bounded_number_of_them[None]"),
         "a PATCH writes its merged state over whatever version is current: a change made between "
@@ -351,6 +354,39 @@ MUTANTS: tuple[Mutant, ...] = (
         (("                if message_id in unsent:\n", "                if False:\n"),),
         (f"{T_UNITS}::test_the_consumer_keeps_poison_on_the_main_queue_when_the_dlq_refuses_it",),
         "poison the DLQ refused is counted as dead-lettered and deleted"),
+    # -- 14: a retried keyed write is applied once and answered as it was ------------
+    mutant(
+        "idempotency-record-written-but-not-checked", 14, STORE,
+        (("  if not KEYS[5] then return nil end\n", "  if true then return nil end\n"),),
+        (f"{T_IDEMPOTENCY}::test_a_keyed_update_retried_after_another_write_returns_its_own_outcome"
+         "_not_a_conflict[single]",),
+        "the scripts record a keyed write but never look the key up: a retry gets a 409"),
+    mutant(
+        "idempotency-record-written-after-the-script", 14, STORE,
+        (("  if KEYS[5] then redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl) end\n", ""),
+         ("        ttl = _ttl_from_event(reply[1])\n",
+          "        ttl = _ttl_from_event(reply[1])\n"
+          "        if idempotency is not None:\n"
+          "            self.client.set(idempotency_key(session_id, idempotency.key),\n"
+          "                            idempotency.fingerprint + '|' + reply[1].decode(),\n"
+          "                            ex=self.idempotency_ttl)\n")),
+        (f"{T_IDEMPOTENCY}::test_a_keyed_update_whose_answer_was_cut_off_is_replayed_on_a_new_connection",),
+        "the record is written by the caller once the script answered: a lost answer leaves none"),
+    mutant(
+        "idempotency-record-without-ttl", 14, STORE,
+        (("redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl)",
+          "redis.call('SET', KEYS[5], fp .. '|' .. ev)"),),
+        (f"{T_IDEMPOTENCY}::test_the_record_lives_in_the_sessions_slot_and_expires_after_a_day_at_least[single]",),
+        "records never expire: they pile up, and volatile-* eviction cannot take them"),
+    mutant(
+        "patch-record-looked-up-after-the-read", 14, SESSIONS,
+        (("        if idempotency is not None:\n"
+          "            done = self.store.recorded(request.session_id, idempotency)\n",
+          "        if False:\n"
+          "            done = self.store.recorded(request.session_id, idempotency)\n"),),
+        ("tests/functional/test_idempotency_http.py::"
+         "test_a_patch_retried_with_its_key_is_not_merged_again_even_with_its_if_match_now_stale",),
+        "a keyed PATCH reads before it looks its record up: its retry fails its If-Match (412)"),
     # -- 10: safe with or without ReportBatchItemFailures --------------------------------
     mutant(
         "handled-records-not-deleted-before-raising", 10, CONSUMER,
@@ -363,25 +399,25 @@ MUTANTS: tuple[Mutant, ...] = (
         (("            raise BatchIncomplete(report)\n", "            return report.response()\n"),),
         (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
         "without ReportBatchItemFailures the mapping deletes records that must be retried"),
-    # -- 14: a session ends when its lifetime ends ----------------------------------------
+    # -- 15: a session ends when its lifetime ends ----------------------------------------
     mutant(
-        "recovery-serves-an-expired-session", 14, SESSIONS,
+        "recovery-serves-an-expired-session", 15, SESSIONS,
         (("        if persisted.expired_at(self.store.clock()):\n", "        if False:\n"),),
         (f"{T_LIFE}::test_a_session_whose_lifetime_ended_is_session_expired_on_get_put_delete_and_touch",),
         "recovery brings back a session whose lifetime ended, as if Redis had lost it"),
     mutant(
-        "sweep-expires-ahead-of-postgresql", 14, STORE,
+        "sweep-expires-ahead-of-postgresql", 15, STORE,
         (("  if mv > pg then return {'ahead', mv} end\n", ""),),
         (f"{T_LIFE}::test_a_write_racing_the_sweep_is_never_lost_and_never_forks_a_version",),
         "the sweep expires a session whose newer write is still in the queue"),
     mutant(
-        "sweep-expires-a-live-key", 14, STORE,
+        "sweep-expires-a-live-key", 15, STORE,
         (("if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end\n", ""),),
         (f"{T_LIFE}::test_a_session_kept_alive_only_by_reads_ends_when_redis_loses_it",
          f"{T_LIFE}::test_the_sweep_leaves_a_live_session_and_a_deleted_one_alone"),
         "the sweep expires a session Redis still holds (kept alive by reads, or deleted)"),
     mutant(
-        "sweep-final-marker-not-one-version-on", 14, STORE,
+        "sweep-final-marker-not-one-version-on", 15, STORE,
         (("set_marker(v .. '|E', tonumber(ARGV[5]), ttl)\n",
           "set_marker(pg .. '|E', tonumber(ARGV[5]), ttl)\n"),),
         (f"{T_LIFE}::test_two_sweeps_at_once_record_exactly_one_session_expired_per_session",),
