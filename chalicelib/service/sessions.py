@@ -121,8 +121,13 @@ class SessionService:
     def create(self, request: CreateRequest) -> Session:
         """Raises SessionExists, ServiceUnavailable."""
         ttl = request.ttl_seconds or self.default_ttl
+        owner = request.owner_id
+        if owner is not None:
+            # BEFORE the create script: a revoke-all that reads the index
+            # from now on sees the id (the timeline above store.owner_index_key)
+            self.store.owner_register(owner, request.session_id)
         try:
-            result = self.store.create(request.session_id, request.state_json, ttl,
+            result = self.store.create(request.session_id, request.state_json, ttl, owner_id=owner,
                                        known_absent=self.durable is None)
         except IdUnknown:
             # ids are never reused, and Redis may have forgotten this one;
@@ -133,7 +138,7 @@ class SessionService:
             if persisted is not None:
                 raise SessionExists(request.session_id, version=persisted.version,
                                     deleted=persisted.deleted) from None
-            result = self.store.create(request.session_id, request.state_json, ttl)
+            result = self.store.create(request.session_id, request.state_json, ttl, owner_id=owner)
         self._ship(result)
         return result.session
 
@@ -208,6 +213,11 @@ class SessionService:
         more = more or kept < len(events)
         page = list(events[:kept])
         return HistoryPage(session_id, page, page[-1]["version"] if more else None)
+
+    def ship(self, result: WriteResult) -> None:
+        """Send on a change committed by a store write of another module's
+        (``chalicelib.service.owners``); as ``_ship``."""
+        self._ship(result)
 
     def _ship(self, result: WriteResult) -> None:
         """Send the committed change on; never fails the (acknowledged) write.

@@ -89,10 +89,12 @@ APPLY_SQL = f"""
 WITH incoming AS (
     SELECT t.session_id, t.version, t.event_type, t.state::jsonb AS state,
            t.created_at::timestamptz AS created_at, t.occurred_at::timestamptz AS occurred_at,
-           t.ttl_seconds, t.idx
-    FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int[])
+           t.ttl_seconds, t.owner_id, t.idx
+    FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int[],
+                %b::text[])
          WITH ORDINALITY
-         AS t(session_id, version, event_type, state, created_at, occurred_at, ttl_seconds, idx)
+         AS t(session_id, version, event_type, state, created_at, occurred_at, ttl_seconds, owner_id,
+              idx)
 ), inserted AS (
     INSERT INTO sync_events (session_id, version, event_type, state, occurred_at)
     SELECT session_id, version, event_type, state, occurred_at
@@ -101,14 +103,15 @@ WITH incoming AS (
     RETURNING session_id, version
 ), latest AS (
     INSERT INTO sync_sessions AS s
-        (session_id, version, state, deleted, created_at, updated_at, ttl_seconds)
+        (session_id, version, state, deleted, created_at, updated_at, ttl_seconds, owner_id)
     SELECT DISTINCT ON (session_id)
            session_id, version, state, event_type = '{DELETED}', created_at, occurred_at,
-           ttl_seconds
+           ttl_seconds, owner_id
     FROM incoming ORDER BY session_id, version DESC
     ON CONFLICT (session_id) DO UPDATE
         SET version = EXCLUDED.version, state = EXCLUDED.state, deleted = EXCLUDED.deleted,
             updated_at = EXCLUDED.updated_at, ttl_seconds = EXCLUDED.ttl_seconds,
+            owner_id = coalesce(EXCLUDED.owner_id, s.owner_id),
             persisted_at = now()
         WHERE s.version < EXCLUDED.version
     RETURNING 1
@@ -134,7 +137,7 @@ WHERE e.event_type <> t.event_type
 
 LATEST_SQL = f"""
 SELECT version, state::text, deleted, {_ISO_MS.format('created_at')},
-       {_ISO_MS.format('updated_at')}, ttl_seconds
+       {_ISO_MS.format('updated_at')}, ttl_seconds, owner_id
 FROM sync_sessions WHERE session_id = %s
 """
 
@@ -346,7 +349,7 @@ class Database:
         columns = ([e.session_id for e in batch], [e.version for e in batch],
                    [e.event_type for e in batch], [e.state_json for e in batch],
                    [e.created_at for e in batch], [e.occurred_at for e in batch],
-                   [e.ttl_seconds for e in batch])
+                   [e.ttl_seconds for e in batch], [e.owner_id for e in batch])
         row = conn.execute(APPLY_SQL, columns).fetchone()
         assert row is not None
         # WITH ORDINALITY counts from 1
@@ -392,9 +395,9 @@ class Database:
         rows = self._fetch(LATEST_SQL, (session_id,))
         if not rows:
             return None
-        version, state_json, deleted, created, updated, ttl = rows[0]
+        version, state_json, deleted, created, updated, ttl, owner = rows[0]
         return Session(session_id, int(version), state_json if state_json is not None else "null",
-                       created, updated, int(ttl), bool(deleted))
+                       created, updated, int(ttl), bool(deleted), owner)
 
     def history(self, session_id: str, *, limit: int,
                 before_version: int | None = None) -> list[dict[str, Any]]:
