@@ -17,7 +17,6 @@ from typing import Any
 from chalicelib.adapters.redis.store import IdUnknown
 from chalicelib.domain.errors import RecoveryPending, ServiceUnavailable, SessionNotFound
 from chalicelib.domain.session import Session
-from chalicelib.observability import metrics
 from chalicelib.service.sessions import SessionService
 
 # A page of the listing reads at most this many index entries per asked-for
@@ -154,7 +153,6 @@ def _delete(service: SessionService, session_id: str) -> str:
         service.delete(session_id)
     except SessionNotFound:
         return "gone"  # deleted meanwhile, or gone everywhere
-    metrics.emit({"OwnerSessionsRevoked": 1})
     return "deleted"
 
 
