@@ -65,6 +65,8 @@ T_AFTER = "tests/integration/test_after_commit.py"
 T_OUTAGE = "tests/integration/test_redis_outage.py"
 T_FAILOVER = "tests/integration/test_redis_failover.py"
 T_HOT = "tests/integration/test_redis_hot_path.py"
+T_OWNERS = "tests/integration/test_owners.py"
+OWNERS = "chalicelib/service/owners.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
@@ -345,4 +347,21 @@ MUTANTS: tuple[Mutant, ...] = (
         (("            raise BatchIncomplete(report)\n", "            return report.response()\n"),),
         (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
         "without ReportBatchItemFailures the mapping deletes records that must be retried"),
+    # -- 12: an owner's revoke-all leaves none of its sessions --------------------------
+    mutant(
+        "revoke-all-skips-ids-not-created-yet", 12, OWNERS,
+        (("        result = _block(service, owner_id, session_id)\n"
+          "        if result is not None:\n            return result\n",
+          "        return \"gone\"\n"),),
+        (f"{T_OWNERS}::test_an_id_registered_whose_create_has_not_run_is_tombstoned_and_its_create_then_fails"
+         "[cluster]",
+         f"{T_OWNERS}::test_no_session_registered_before_a_revoke_all_survives_creates_racing_it[cluster]"),
+        "a revoke-all passes over ids whose create has not run: the late create brings a session back"),
+    mutant(
+        "owner-listing-trusts-the-index", 12, OWNERS,
+        (("            if session.deleted or session.owner_id != owner_id:\n",
+          "            if session.deleted:\n"),),
+        (f"{T_OWNERS}::test_an_index_entry_of_an_id_another_owner_holds_is_neither_listed_nor_deleted"
+         "[cluster]",),
+        "the listing serves an id of the index without checking the session's owner"),
 )
