@@ -5,7 +5,10 @@ slots; no script spans the two.  The index is a superset of the owner's
 sessions (see the timeline above ``store.owner_index_key``): a create
 registers its id there first, so everything here checks each id's owner in
 the session's own value before counting it, and never drops an entry it
-cannot prove dead (a tombstone, or another owner's id).
+cannot prove dead (a tombstone, or another owner's id).  With PostgreSQL,
+a revoke-all also walks the sessions PostgreSQL holds as the owner's and
+not deleted (``sync_sessions.owner_id``): Redis may have forgotten a
+session together with its index entry, and would recover it from there.
 """
 from __future__ import annotations
 
@@ -106,7 +109,7 @@ def revoke_all(service: SessionService, owner_id: str, *, budget_seconds: float,
     while True:
         ids = store.owner_ids(owner_id, count=REVOKE_BATCH)
         if not ids:
-            return RevokeResult(owner_id, deleted, blocked, remaining=False)
+            break
         for sid in ids:
             outcome = _revoke_one(service, owner_id, sid)
             deleted += outcome == "deleted"
@@ -114,8 +117,24 @@ def revoke_all(service: SessionService, owner_id: str, *, budget_seconds: float,
             # one at a time: a crash leaves only dealt-with ids out
             store.owner_forget(owner_id, [sid])
         if clock() >= deadline:
-            remaining = bool(store.owner_ids(owner_id, count=1))
+            remaining = bool(store.owner_ids(owner_id, count=1)) or service.durable is not None
             return RevokeResult(owner_id, deleted, blocked, remaining=remaining)
+    # Then the sessions PostgreSQL holds as the owner's and not deleted: Redis
+    # may have forgotten one with its index entry (a restart without
+    # persistence, a failover) and bring it back from PostgreSQL later.
+    after = ""
+    while service.durable is not None:
+        ids = service.durable.owner_sessions(owner_id, after=after, limit=REVOKE_BATCH)
+        if not ids:
+            break
+        for sid in ids:
+            outcome = _revoke_one(service, owner_id, sid)
+            deleted += outcome == "deleted"
+            blocked += outcome == "blocked"
+        after = ids[-1]
+        if clock() >= deadline:
+            return RevokeResult(owner_id, deleted, blocked, remaining=True)
+    return RevokeResult(owner_id, deleted, blocked, remaining=False)
 
 
 def _revoke_one(service: SessionService, owner_id: str, session_id: str) -> str:

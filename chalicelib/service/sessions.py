@@ -75,6 +75,9 @@ class DurableSessions(Protocol):
         at most ``limit``, stopping before their states pass about
         ``max_bytes`` (at least one), and whether older ones remain."""
 
+    def owner_sessions(self, owner_id: str, *, after: str, limit: int) -> list[str]:
+        """Ids of the owner's sessions persisted as not deleted, by id, after ``after``."""
+
 
 @dataclass(frozen=True)
 class Read:

@@ -385,3 +385,26 @@ def test_postgresql_ends_with_a_tombstone_and_the_owner_for_each_revoked_session
                           [owner]) == [(0,)]
     with pytest.raises(SessionExists):  # the late create of the never-run id
         _create(service, never, owner)
+
+
+def test_a_session_redis_forgot_with_its_index_entry_is_found_in_postgresql_and_deleted(pipeline):
+    """Redis lost the session's key, marker and the owner's index (a restart
+    without persistence): PostgreSQL's owned rows are the second list a
+    revoke-all walks, so the session cannot come back from PostgreSQL later."""
+    store = pipeline.store
+    service = SessionService(store, publisher=pipeline.producer, durable=pipeline.database,
+                             settle_seconds=0.0)
+    owner = _owner()
+    mine = _ids(3)
+    for sid in mine:
+        _create(service, sid, owner)
+    pipeline.deliver()
+    store.client.delete(*session_keys(mine[1])[:2], owner_index_key(owner))
+
+    result = owners.revoke_all(service, owner, budget_seconds=30)
+    pipeline.deliver()
+
+    assert (result.deleted, result.remaining) == (3, False)
+    assert {sid: row[2] for sid, row in pipeline.session_rows(mine).items()} == dict.fromkeys(mine, True)
+    with pytest.raises(SessionNotFound):
+        service.get(mine[1])

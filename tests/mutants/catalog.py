@@ -364,4 +364,11 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_OWNERS}::test_an_index_entry_of_an_id_another_owner_holds_is_neither_listed_nor_deleted"
          "[cluster]",),
         "the listing serves an id of the index without checking the session's owner"),
+    mutant(
+        "revoke-all-trusts-redis-alone", 12, OWNERS,
+        (("    while service.durable is not None:\n        ids = service.durable.owner_sessions(",
+          "    while False:\n        ids = service.durable.owner_sessions("),),
+        (f"{T_OWNERS}::test_a_session_redis_forgot_with_its_index_entry_is_found_in_postgresql_and_deleted",),
+        "a revoke-all misses an owned session Redis forgot with its index entry: it comes back "
+        "from PostgreSQL"),
 )

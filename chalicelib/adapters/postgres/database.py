@@ -184,6 +184,13 @@ FROM sync_events ORDER BY persisted_at DESC LIMIT %s
 
 VERSIONS_SQL = "SELECT session_id, version FROM sync_sessions WHERE session_id = ANY(%s::text[])"
 
+# an owner's sessions not deleted, by id (sync_sessions_owner_id_idx)
+OWNER_SESSIONS_SQL = """
+SELECT session_id FROM sync_sessions
+WHERE owner_id = %s AND NOT deleted AND session_id > %s
+ORDER BY session_id LIMIT %s
+"""
+
 # events persisted in the last N seconds (sync_events_persisted_at_idx):
 # the queue's "completed" count, which SQS does not keep
 PERSISTED_SINCE_SQL = """
@@ -445,6 +452,11 @@ class Database:
         if not ids:
             return {}
         return {sid: int(v) for sid, v in self._fetch(VERSIONS_SQL, (ids,))}
+
+    def owner_sessions(self, owner_id: str, *, after: str, limit: int) -> list[str]:
+        """Ids of the owner's sessions PostgreSQL holds as not deleted, in
+        id order, after ``after`` ('' from the start).  Raises ServiceUnavailable."""
+        return [sid for (sid,) in self._fetch(OWNER_SESSIONS_SQL, (owner_id, after, limit))]
 
     def ping(self) -> float:
         """Round trip of ``SELECT 1`` in milliseconds (connecting if needed).
