@@ -1,6 +1,7 @@
 """Concurrent clients doing what users do: read-modify-write with CAS (and,
 now and then, unconditional with If-Match: *), creates (new ids, and now and
-then an id that exists), deletes and reads,
+then an id that exists), deletes and reads, and now and then a revoke-all of
+one of two owners (new sessions are created with one of them),
 through the session service, recording every request and its outcome.
 
 Bounded: each client stops at a deadline or after ``max_ops``.
@@ -21,6 +22,7 @@ from chalicelib.domain.errors import (
     SessionNotFound,
 )
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.service import owners
 from chalicelib.service.sessions import SessionService
 from tests.chaos.history import History, Op, now
 
@@ -42,6 +44,8 @@ class Workload:
         self.ids = [f"{self.prefix}-{i}" for i in range(self.sessions)]
         # the last session is deleted at some point; the others live
         self.deletable = self.ids[-1]
+        # the owners of the sessions created during the run
+        self.owners = [f"{self.prefix}-u{k}" for k in range(2)]
         self._new = 0
         self._lock = threading.Lock()
 
@@ -75,9 +79,14 @@ class Workload:
             elif roll < 0.85:
                 self._read_modify_write(process, sid, rng)
             elif roll < 0.93:
-                self._create(process, self._fresh_id() if roll < 0.9 else sid)
+                if roll < 0.9:
+                    self._create(process, self._fresh_id(), rng.choice(self.owners))
+                else:
+                    self._create(process, sid)
             elif sid == self.deletable and roll > 0.97:
                 self._delete(process, sid)
+            elif roll > 0.993:
+                self._revoke(process, rng.choice(self.owners))
             else:
                 self._read(process, sid)
 
@@ -118,27 +127,42 @@ class Workload:
         self._write(process, "update", sid, state, lambda: self.service().update(
             UpdateRequest(sid, _json(state), expected)))
 
-    def _create(self, process: int, sid: str) -> None:
+    def _create(self, process: int, sid: str, owner: str | None = None) -> None:
         state = {"n": 0, "w": self._token(process)}
         self._write(process, "create", sid, state, lambda: self.service().create(
-            CreateRequest(sid, _json(state), None)))
+            CreateRequest(sid, _json(state), None, owner)), owner)
+
+    def _revoke(self, process: int, owner: str) -> None:
+        """DELETE /owners/{owner}/sessions: its version is how many it
+        deleted, its state whether more remain (history rule f)."""
+        start = now()
+        try:
+            result = owners.revoke_all(self.service(), owner, budget_seconds=20)
+        except (ServiceUnavailable, RecoveryPending) as exc:
+            # some deletions may have run: unknown
+            self._add(Op(process, "revoke", owner, start, now(), "info", error=exc.code))
+            return
+        self._add(Op(process, "revoke", owner, start, now(), "ok", result.deleted,
+                     {"remaining": result.remaining}))
 
     def _delete(self, process: int, sid: str) -> None:
         self._write(process, "delete", sid, None, lambda: self.service().delete(sid))
 
-    def _write(self, process: int, kind: str, sid: str, state, call) -> None:
+    def _write(self, process: int, kind: str, sid: str, state, call, owner: str | None = None) -> None:
         start = now()
         try:
             session = call()
         except (ConcurrencyError, SessionNotFound, SessionExists, RecoveryPending) as exc:
             # refused before anything was written
-            self._add(Op(process, kind, sid, start, now(), "fail", state=state, error=exc.code))
+            self._add(Op(process, kind, sid, start, now(), "fail", state=state, error=exc.code,
+                         owner=owner))
             return
         except ServiceUnavailable as exc:
             # may have run (a connection cut after the script): unknown
-            self._add(Op(process, kind, sid, start, now(), "info", state=state, error=exc.code))
+            self._add(Op(process, kind, sid, start, now(), "info", state=state, error=exc.code,
+                         owner=owner))
             return
-        self._add(Op(process, kind, sid, start, now(), "ok", session.version, state))
+        self._add(Op(process, kind, sid, start, now(), "ok", session.version, state, owner=owner))
 
     def _add(self, op: Op) -> Op:
         self.history.add(op)
