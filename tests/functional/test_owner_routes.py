@@ -108,7 +108,7 @@ def test_a_bad_owner_id_is_a_400_for_both_methods(api, documented, path, redis_s
     assert redis_single.keys("so:*{o}*") == []
 
 
-@pytest.mark.parametrize("query", ["cursor=", "cursor=%24%24", "cursor=" + "A" * 300, "cursor=AA",
+@pytest.mark.parametrize("query", ["cursor=", "cursor=%24%24", "cursor=" + "A" * 300, "cursor=a%2Fb",
                                    "limit=0", "limit=501", "limit=x"])
 def test_a_bad_cursor_or_limit_is_a_400(api, documented, owner, query):
     response = api.get(f"/owners/{owner}/sessions?{query}", headers=AUTH)
@@ -137,6 +137,16 @@ def test_an_update_cannot_change_the_owner(api, owner):
 def test_an_owner_id_null_is_the_same_as_none(api, redis_single):
     created = _create(api, None, owner_id=None)
     assert "owner_id" not in created
+    updated = api.put(f"/sessions/{created['session_id']}", headers={**AUTH, "If-Match": '"1"'},
+                      body=json.dumps({"state": {}, "owner_id": None}))
+    assert updated.status_code == 200 and "owner_id" not in updated.json_body
+
+
+def test_any_cursor_of_the_documented_pattern_pages_on_from_there(api, owner):
+    ids = sorted(_create(api, owner)["session_id"] for _ in range(3))
+    response = api.get(f"/owners/{owner}/sessions?cursor={ids[0]}", headers=AUTH)
+    assert [s["session_id"] for s in response.json_body["sessions"]] == ids[1:]
+    assert api.get(f"/owners/{owner}/sessions?cursor=0", headers=AUTH).status_code == 200
 
 
 def test_the_owner_index_key_is_the_owner_s_own_hash_tag(owner):
