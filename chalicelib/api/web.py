@@ -19,6 +19,7 @@ from chalice import Response
 
 from chalicelib.domain.errors import (
     ConcurrencyError,
+    KeptChanging,
     MethodNotAllowed,
     PreconditionFailed,
     ServiceUnavailable,
@@ -27,6 +28,7 @@ from chalicelib.domain.errors import (
     SessionSyncError,
     UnsupportedMediaType,
 )
+from chalicelib.domain.merge_patch import MEDIA_TYPE as MERGE_PATCH_MEDIA_TYPE
 from chalicelib.domain.session import Session
 from chalicelib.domain.validation import IfMatch
 
@@ -89,7 +91,7 @@ def precondition(header: str | None, session_id: str, *, absent_fails: bool,
         return
     try:
         yield
-    except PreconditionFailed:
+    except (PreconditionFailed, KeptChanging):  # KeptChanging: no precondition failed
         raise
     except ConcurrencyError as exc:
         raise PreconditionFailed(session_id, precondition=header, expected_version=expected_version,
@@ -136,11 +138,16 @@ def error_response(exc: SessionSyncError) -> Response:
                     headers=headers)
 
 
-def chalice_errors_in_api_shape(response: Response) -> Response:
+# The media type each method's body must be declared as (Chalice's 415 names it)
+_BODY_MEDIA_TYPES = {"PATCH": MERGE_PATCH_MEDIA_TYPE}
+
+
+def chalice_errors_in_api_shape(response: Response, method: str | None = None) -> Response:
     """The errors Chalice answers itself, before any view runs, in the one
     error shape: 405 for a method the route does not have (keeping its Allow
     header; deployed, API Gateway answers those itself) and 415 for a body
-    that is not declared as JSON (deployed too: ``curl -d`` sends a form)."""
+    that is not declared as JSON (deployed too: ``curl -d`` sends a form),
+    or, for the ``method`` PATCH, as a merge patch."""
     body = response.body
     if response.status_code < 400 or not isinstance(body, dict):
         return response
@@ -152,9 +159,10 @@ def chalice_errors_in_api_shape(response: Response) -> Response:
         reply.headers["Allow"] = allowed
         return reply
     if response.status_code == 415:
+        accepted = _BODY_MEDIA_TYPES.get((method or "").upper(), "application/json")
         return error_response(UnsupportedMediaType(
             f"{body.get('Message', 'unsupported media type')}; "
-            "send the body with Content-Type: application/json"))
+            f"send the body with Content-Type: {accepted}", accepted=[accepted]))
     return response
 
 

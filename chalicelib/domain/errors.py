@@ -125,6 +125,27 @@ class ConcurrencyError(SessionSyncError):
         self.actual_version = actual_version
 
 
+class KeptChanging(ConcurrencyError):
+    """A write that applies to whatever version is current (a PATCH without
+    If-Match, or with ``If-Match: *``) lost every one of its bounded
+    compare-and-set attempts to other writers: still a 409
+    ``ConcurrencyError`` (RFC 5789 section 2.2) with the details of the
+    last attempt (the version it read, the version that beat it),
+    retryable as any lost race, but no precondition of the client's failed."""
+
+    def __init__(self, session_id: str, *, attempts: int, expected_version: int,
+                 actual_version: int) -> None:
+        SessionSyncError.__init__(
+            self, f"session {session_id!r} kept changing: each of {attempts} attempts to apply the "
+                  f"patch lost to another writer (the last read version {expected_version}, "
+                  f"then found {actual_version}); retry",
+            session_id=session_id, expected_version=expected_version, actual_version=actual_version)
+        self.session_id = session_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        self.attempts = attempts
+
+
 class PreconditionFailed(ConcurrencyError):
     """A conditional header (RFC 9110 section 13) failed: ``If-Match`` named
     another version than the current one, ``If-Match: *`` found no live

@@ -15,7 +15,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from chalicelib.config import MAX_TTL_SECONDS, MIN_TTL_SECONDS
-from chalicelib.domain.errors import PayloadTooLarge, PreconditionRequired, ValidationError
+from chalicelib.domain import merge_patch
+from chalicelib.domain.errors import (
+    PayloadTooLarge,
+    PreconditionRequired,
+    UnsupportedMediaType,
+    ValidationError,
+)
 
 SESSION_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,128}"
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
@@ -373,3 +379,74 @@ def version_param(raw: str | None, field: str) -> int | None:
     if not _VERSION_TEXT.fullmatch(raw):
         raise ValidationError(f"{field} must be a positive integer", field=field)
     return version(int(raw), field)
+
+
+# --- PATCH: a JSON Merge Patch (RFC 7396) of the session resource --------------
+
+#: the members of the session resource a merge patch may change; the others
+#: are the server's (docs/decisions/merge-patch.md)
+PATCHABLE_MEMBERS = frozenset({"state"})
+#: the members GET returns that a patch may not change
+_SERVER_MEMBERS = frozenset({"session_id", "version", "created_at", "updated_at", "ttl_seconds"})
+# "application/merge-patch+json", optionally "; charset=utf-8" (any case,
+# the value quoted or not): the body is decoded as UTF-8, so no other charset
+_MERGE_PATCH_TYPE = re.compile(
+    r'[ \t]*application/merge-patch\+json[ \t]*'
+    r'(?:;[ \t]*charset[ \t]*=[ \t]*(?:utf-8|"utf-8")[ \t]*)?', re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PatchRequest:
+    session_id: str
+    #: the patch's ``state`` member, validated, or None when it has none
+    #: (a patch of no member changes nothing, and still writes a version)
+    state_patch: dict[str, Any] | None
+    #: the limit the merged state is held to (``merged_state``)
+    max_state_bytes: int
+    #: the If-Match header, if one was sent: without it the patch applies to
+    #: whatever version is current
+    if_match: IfMatch | None = None
+
+
+def merge_patch_media_type(header: str | None) -> None:
+    """Refuse (415) a body not declared as ``application/merge-patch+json``."""
+    if header is None or not _MERGE_PATCH_TYPE.fullmatch(header):
+        raise UnsupportedMediaType(
+            f"PATCH takes Content-Type: {merge_patch.MEDIA_TYPE} (RFC 7396), not "
+            f"{(header or 'none')[:100]}", accepted=[merge_patch.MEDIA_TYPE])
+
+
+def patch_request(path_id: str, raw: bytes | None, *, content_type: str | None,
+                  if_match_header: str | None, max_state_bytes: int) -> PatchRequest:
+    """A PATCH: a merge patch of the session resource (what GET returns), of
+    which only ``state`` may change.  The patch is held to the limits of a
+    state (``check_state``: NUL, depth, numbers, surrogates, size); the
+    merged state is checked again by the service before it is written."""
+    merge_patch_media_type(content_type)
+    sid = session_id(path_id)
+    header = if_match(if_match_header)
+    body = parse_body(raw, max_state_bytes)  # a patch that is not an object would replace the session
+    server_members = sorted(set(body) & _SERVER_MEMBERS - PATCHABLE_MEMBERS)
+    if server_members:
+        raise ValidationError(f"{', '.join(server_members)} cannot be changed by a PATCH; "
+                              f"a merge patch of a session changes only "
+                              f"{', '.join(sorted(PATCHABLE_MEMBERS))}", fields=server_members)
+    _reject_unknown(body, set(PATCHABLE_MEMBERS))
+    if "state" not in body:
+        return PatchRequest(sid, None, max_state_bytes, header)
+    state = body["state"]
+    if state is None:
+        raise ValidationError("state cannot be removed (a session always has a state); "
+                              "send {\"state\": {\"key\": null}} to remove a key", field="state")
+    if not isinstance(state, dict):
+        raise ValidationError("state in a merge patch must be a JSON object: it is merged into "
+                              "the session's state (send a PUT to replace it)", field="state")
+    check_state(state, max_state_bytes)
+    return PatchRequest(sid, state, max_state_bytes, header)
+
+
+def merged_state(state: dict[str, Any], state_patch: dict[str, Any] | None,
+                 max_state_bytes: int) -> str:
+    """The compact JSON of ``state`` with ``state_patch`` merged in (RFC
+    7396), checked as any state (a result over the limit: PayloadTooLarge)."""
+    return check_state(merge_patch.apply(state, state_patch or {}), max_state_bytes)

@@ -55,6 +55,7 @@ CATALOGUE: Mapping[str, str] = {
     "ShipFailures": "Count",
     "RedisRepairs": "Count",
     "RedisEpochChanges": "Count",
+    "PatchRetries": "Count",
 }
 
 # The environment names powertools uses, so that .chalice/config.json and

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,9 +45,17 @@ from chalicelib.adapters.redis.store import (
     WriteResult,
 )
 from chalicelib.config import DEFAULT_REDIS_SETTLE_SECONDS
-from chalicelib.domain.errors import RecoveryPending, ServiceUnavailable, SessionExists, SessionNotFound
+from chalicelib.domain import validation
+from chalicelib.domain.errors import (
+    ConcurrencyError,
+    KeptChanging,
+    RecoveryPending,
+    ServiceUnavailable,
+    SessionExists,
+    SessionNotFound,
+)
 from chalicelib.domain.session import Session
-from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.domain.validation import CreateRequest, PatchRequest, UpdateRequest
 from chalicelib.observability import metrics
 
 log = logging.getLogger("sessionsync.sessions")
@@ -54,6 +63,15 @@ log = logging.getLogger("sessionsync.sessions")
 # A write retried after recovering or reconciling with PostgreSQL; more
 # attempts than this means Redis and PostgreSQL keep moving under it.
 WRITE_ATTEMPTS = 3
+# A PATCH that applies to whatever version is current reads, merges and
+# writes with compare-and-set; each time another writer came first it reads
+# again, at most this many times in all (attempts are counted, not time:
+# docs/decisions/merge-patch.md), pausing a random time below a bound that
+# doubles from PATCH_PAUSE_SECONDS up to PATCH_PAUSE_CAP_SECONDS so that
+# writers racing on one session fall out of step.
+PATCH_ATTEMPTS = 16
+PATCH_PAUSE_SECONDS = 0.002
+PATCH_PAUSE_CAP_SECONDS = 0.05
 # Redis going back in time is logged at most this often per process (every
 # bucket that sees it counts RedisEpochChanges).
 REPORT_INTERVAL_SECONDS = 60.0
@@ -164,6 +182,58 @@ class SessionService:
             request.session_id, request.state_json, request.expected_version, floor=floor))
         self._ship(result)
         return result.session
+
+    @metrics.timed_write("patch")
+    def patch(self, request: PatchRequest) -> Session:
+        """Apply a merge patch (RFC 7396) to the session's state atomically:
+        read, merge, compare-and-set at the version read, so that the patch
+        applies to exactly the state it was merged into and no concurrent
+        change is lost.  With If-Match naming a version, only at that one
+        (ConcurrencyError otherwise: the route makes it a 412); without, a
+        lost race reads again (``PATCH_ATTEMPTS``).
+
+        Timeline of the lost update this prevents::
+
+            t0  A reads v5 {"a":1}        B reads v5 {"a":1}
+            t1  A writes v6 {"a":1,"x":1} (expected 5: ok)
+            t2  B writes {"a":1,"y":1} expected 5: refused (v6), so B reads
+                v6 again and writes v7 {"a":1,"x":1,"y":1}; an unconditional
+                write at t2 would have dropped A's "x"
+
+        Raises ConcurrencyError (If-Match lost), KeptChanging (every attempt
+        lost), PayloadTooLarge / ValidationError (the merged state), and as
+        ``update``."""
+        pinned = request.if_match.version if request.if_match is not None else None
+        lost: ConcurrencyError | None = None
+        for attempt in range(PATCH_ATTEMPTS):
+            current = self.get(request.session_id).session
+            if pinned is not None and current.version != pinned:
+                raise ConcurrencyError(request.session_id, expected_version=pinned,
+                                       actual_version=current.version)
+            state_json = validation.merged_state(current.state, request.state_patch,
+                                                 request.max_state_bytes)
+            try:
+                result = self._write(request.session_id,
+                                     self._compare_and_set(request.session_id, state_json, current.version))
+            except ConcurrencyError as exc:
+                if pinned is not None:
+                    raise
+                lost = exc
+                if attempt + 1 < PATCH_ATTEMPTS:
+                    _pause(attempt)
+                continue
+            if attempt:
+                metrics.emit({"PatchRetries": attempt})
+            self._ship(result)
+            return result.session
+        assert lost is not None  # every attempt lost
+        raise KeptChanging(request.session_id, attempts=PATCH_ATTEMPTS,
+                           expected_version=current.version, actual_version=lost.actual_version)
+
+    def _compare_and_set(self, session_id: str, state_json: str,
+                         expected_version: int) -> Callable[[int | None], WriteResult]:
+        """The store write of a patch merged into ``expected_version``."""
+        return lambda floor: self.store.update(session_id, state_json, expected_version, floor=floor)
 
     @metrics.timed_write("delete")
     def delete(self, session_id: str, expected_version: int | None = None) -> Session:
@@ -371,6 +441,11 @@ class SessionService:
                                      "retry", dependency="redis", retry_after_seconds=1)
         metrics.emit({"RecoveryReads": 1})
         return restored
+
+
+def _pause(attempt: int) -> None:
+    """Sleep a random time below PATCH_PAUSE_SECONDS * 2**attempt (capped)."""
+    time.sleep(random.uniform(0, min(PATCH_PAUSE_CAP_SECONDS, PATCH_PAUSE_SECONDS * 2 ** attempt)))
 
 
 def _retry_later(left: float, why: str) -> None:

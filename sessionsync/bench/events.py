@@ -112,6 +112,14 @@ def session_put_event(session_id: str, state_json: str, expected_version: int,
                              body=body)
 
 
+def session_patch_event(session_id: str, state_json: str, api_key: str) -> dict[str, Any]:
+    """A PATCH (JSON Merge Patch) whose ``state`` member is ``state_json``, without If-Match."""
+    return api_gateway_event("PATCH", "/sessions/{session_id}", f"/sessions/{session_id}",
+                             api_key=api_key, path_parameters={"session_id": session_id},
+                             body='{"state":%s}' % state_json,
+                             headers={"Content-Type": "application/merge-patch+json"})
+
+
 def authorizer_event(api_key: str) -> dict[str, Any]:
     """What API Gateway sends a TOKEN authorizer (the Authorization header)."""
     return {"type": "TOKEN", "authorizationToken": f"Bearer {api_key}",

@@ -3,7 +3,10 @@
 An API Gateway REST proxy event goes into ``app(event, context)`` in this
 process, exactly as the Lambda runtime calls it once warm, and a response
 dict comes out: routing, validation, the store call and the response
-encoding are all inside the timing.  The PUT runs with the SQS send
+encoding are all inside the timing.  A PATCH (a merge patch as large as
+the PUT's state, naming the same members, so that the merged state is as
+large too) is timed beside the PUT, and its cost given as a ratio to it:
+a read, the merge in Python and the same script.  The PUT runs with the SQS send
 switched off (no queue configured), so the figure is the handler's own
 cost; the send is timed separately against LocalStack, both alone and as
 part of a full PUT, because LocalStack's latency says little about real
@@ -25,7 +28,12 @@ from sessionsync.bench.context import (
     delete_session_keys,
     state_json,
 )
-from sessionsync.bench.events import LambdaContext, session_get_event, session_put_event
+from sessionsync.bench.events import (
+    LambdaContext,
+    session_get_event,
+    session_patch_event,
+    session_put_event,
+)
 from sessionsync.bench.stats import interleaved, ratio, summarize_ns, time_calls
 from sessionsync.project import import_app
 
@@ -51,13 +59,25 @@ def _put_sequence(app: Any, context: LambdaContext, session_id: str, state: str,
     return put
 
 
+def _patch(app: Any, context: LambdaContext, session_id: str, state: str) -> Callable[[], Any]:
+    """A PATCH op: the same event each time (it names no version)."""
+    event = session_patch_event(session_id, state, API_KEY)
+
+    def patch() -> Any:
+        response = app(event, context)
+        if response["statusCode"] != 200:
+            raise AssertionError(f"PATCH answered {response['statusCode']}: {response['body'][:300]}")
+        return response
+    return patch
+
+
 def run(ctx: BenchContext) -> dict[str, Any]:
     profile = ctx.profile
     app = _app()
     context = LambdaContext()
     prefix = ctx.session_prefix("handler")
     state = state_json(STATE_BYTES)
-    read_id, write_id = f"{prefix}-read", f"{prefix}-write"
+    read_id, write_id, patch_id = f"{prefix}-read", f"{prefix}-write", f"{prefix}-patch"
 
     runtime.reset()
     # A channel of the run's own: a --redis-url Redis may have `watch`ers.
@@ -70,6 +90,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     try:
         store.create(read_id, state, 3600)
         store.create(write_id, state, 3600)
+        store.create(patch_id, state, 3600)
         get_event = session_get_event(read_id, API_KEY)
         first = app(get_event, context)
         if first["statusCode"] != 200 or first["headers"].get("ETag") != '"1"':
@@ -86,6 +107,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             "store_get": lambda: store.get(read_id, verify=True),
             "handler_get": handler_get,
             "handler_put": _put_sequence(app, context, write_id, state, 1, n + warmup),
+            "handler_patch": _patch(app, context, patch_id, state),
         }
         samples = interleaved(ops, n, warmup=warmup, between_rounds=lambda: _drain_outbox(store))
         latency = {name: summarize_ns(values) for name, values in samples.items()}
@@ -97,13 +119,16 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                 "get_p50": round(latency["handler_get"]["p50_us"] - latency["store_get"]["p50_us"], 2),
             },
             "ratios": {"handler_get/store_get": ratio(latency["handler_get"]["p50_us"],
-                                                      latency["store_get"]["p50_us"])},
+                                                      latency["store_get"]["p50_us"]),
+                       # what a server-side merge costs over a PUT of the same size
+                       "handler_patch/handler_put": ratio(latency["handler_patch"]["p50_us"],
+                                                          latency["handler_put"]["p50_us"])},
             "sqs": _sqs(ctx, app, context, state, f"{prefix}-sqs"),
         }
         return result
     finally:
         if not ctx.redis_is_own:
-            delete_session_keys(runtime.redis(), [read_id, write_id, f"{prefix}-sqs"])
+            delete_session_keys(runtime.redis(), [read_id, write_id, patch_id, f"{prefix}-sqs"])
         runtime.reset()
 
 

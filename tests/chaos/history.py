@@ -21,13 +21,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-WRITES = ("create", "update", "delete")
+WRITES = ("create", "update", "patch", "delete")
 
 
 @dataclass(frozen=True)
 class Op:
     process: int
-    kind: str  # create | update | delete | read
+    kind: str  # create | update | patch | delete | read
     session_id: str
     start: float
     end: float
@@ -161,7 +161,7 @@ def check_no_resurrection(history: History, observed: Observed,
         if op.kind == "read" and op.version is not None:
             problems.append(f"(c) {op.session_id} deleted at {gone.end:.3f}, read back as "
                             f"v{op.version} at {op.start:.3f}")
-        if op.kind in ("create", "update"):
+        if op.kind in ("create", "update", "patch"):
             problems.append(f"(c) {op.session_id} deleted at {gone.end:.3f}, then {op.kind} "
                             f"v{op.version} acknowledged")
     for sid in deleted_at:
@@ -259,7 +259,8 @@ def check_revoked_owners(history: History, observed: Observed,
                                 f"survived the revoke-all of {revoke.start:.3f}")
             for op in history.ops:
                 if (op.session_id == sid and op.start > revoke.end and op.outcome == "ok"
-                        and op.kind in ("read", "update", "create") and op.version is not None):
+                        and op.kind in ("read", "update", "patch", "create")
+                        and op.version is not None):
                     problems.append(f"(f) {sid} of {revoke.session_id} was revoked at "
                                     f"{revoke.end:.3f}, then {op.kind} v{op.version} at {op.start:.3f}")
     return problems

@@ -166,3 +166,25 @@ def test_rule_f_spares_creates_racing_the_revoke_all_other_owners_and_unfinished
                     History([_owned("o1", 0, 1, owner="v"), _revoke(2, 3)]),
                     History([_owned("o1", 0, 1), _revoke(2, 3, remaining=True)])):
         assert check(history, _observed(rows, live)) == []
+
+
+def test_a_patch_persisted_with_other_content_than_it_answered_breaks_rules_a_and_d():
+    # a patch is recorded with the whole state the service answered
+    history, observed = _clean()
+    history.add(_write("patch", 3, {"w": "c", "patched_by": 1}, 6, 7))
+    observed.rows[(SID, 3)] = ("session_updated", {"w": "c"})  # e.g. merged into a stale read
+    observed.published.append({"session_id": SID, "version": 3, "event_type": "session_updated",
+                               "state": {"w": "c"}})
+
+    assert _rules(check(history, observed)) == ["(a)", "(d)"]
+
+
+def test_a_patch_acknowledged_after_a_delete_breaks_rule_c():
+    history, observed = _clean()
+    history.add(_write("delete", 3, None, 6, 7))
+    history.add(_write("patch", 4, {"w": "c"}, 8, 9))
+    observed.rows[(SID, 3)] = ("session_deleted", None)
+    observed.rows[(SID, 4)] = ("session_updated", {"w": "c"})
+    observed.sessions[SID] = (4, False)
+
+    assert "(c)" in _rules(check(history, observed))

@@ -1,7 +1,8 @@
 """Concurrent clients doing what users do: read-modify-write with CAS (and,
-now and then, unconditional with If-Match: *), creates (new ids, and now and
-then an id that exists), deletes and reads, and now and then a revoke-all of
-one of two owners (new sessions are created with one of them),
+now and then, unconditional with If-Match: *), merge patches (PATCH, no
+version: the server reads, merges and writes with CAS), creates (new ids,
+and now and then an id that exists), deletes and reads, and now and then a
+revoke-all of one of two owners (new sessions are created with one of them),
 through the session service, recording every request and its outcome.
 
 Bounded: each client stops at a deadline or after ``max_ops``.
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chalicelib.config import DEFAULT_MAX_STATE_BYTES
 from chalicelib.domain.errors import (
     ConcurrencyError,
     RecoveryPending,
@@ -21,7 +23,7 @@ from chalicelib.domain.errors import (
     SessionExists,
     SessionNotFound,
 )
-from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.domain.validation import CreateRequest, PatchRequest, UpdateRequest
 from chalicelib.service import owners
 from chalicelib.service.sessions import SessionService
 from tests.chaos.history import History, Op, now
@@ -76,8 +78,10 @@ class Workload:
             sid = rng.choice(self.ids)
             if roll < 0.35:
                 self._read(process, sid)
-            elif roll < 0.85:
+            elif roll < 0.75:
                 self._read_modify_write(process, sid, rng)
+            elif roll < 0.85:
+                self._patch(process, sid, rng)
             elif roll < 0.93:
                 if roll < 0.9:
                     self._create(process, self._fresh_id(), rng.choice(self.owners))
@@ -127,10 +131,20 @@ class Workload:
         self._write(process, "update", sid, state, lambda: self.service().update(
             UpdateRequest(sid, _json(state), expected)))
 
+    def _patch(self, process: int, sid: str, rng: random.Random) -> None:
+        """A merge patch: a new token, and now and then a member removed.
+        Acknowledged, it is recorded with the whole state it made (the
+        service's answer), which rules (a) and (d) compare with every copy."""
+        patch: dict = {"w": self._token(process), "patched_by": process}
+        if rng.random() < 0.3:
+            patch["patched_by"] = None
+        self._write(process, "patch", sid, patch, lambda: self.service().patch(
+            PatchRequest(sid, patch, DEFAULT_MAX_STATE_BYTES)), record_answer=True)
+
     def _create(self, process: int, sid: str, owner: str | None = None) -> None:
         state = {"n": 0, "w": self._token(process)}
         self._write(process, "create", sid, state, lambda: self.service().create(
-            CreateRequest(sid, _json(state), None, owner)), owner)
+            CreateRequest(sid, _json(state), None, owner)), owner=owner)
 
     def _revoke(self, process: int, owner: str) -> None:
         """DELETE /owners/{owner}/sessions: its version is how many it
@@ -148,7 +162,8 @@ class Workload:
     def _delete(self, process: int, sid: str) -> None:
         self._write(process, "delete", sid, None, lambda: self.service().delete(sid))
 
-    def _write(self, process: int, kind: str, sid: str, state, call, owner: str | None = None) -> None:
+    def _write(self, process: int, kind: str, sid: str, state, call, *,
+               record_answer: bool = False, owner: str | None = None) -> None:
         start = now()
         try:
             session = call()
@@ -162,7 +177,8 @@ class Workload:
             self._add(Op(process, kind, sid, start, now(), "info", state=state, error=exc.code,
                          owner=owner))
             return
-        self._add(Op(process, kind, sid, start, now(), "ok", session.version, state, owner=owner))
+        self._add(Op(process, kind, sid, start, now(), "ok", session.version,
+                     session.state if record_answer else state, owner=owner))
 
     def _add(self, op: Op) -> Op:
         self.history.add(op)

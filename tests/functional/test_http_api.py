@@ -489,7 +489,7 @@ def test_a_bad_if_match_on_delete_gets_a_400_and_deletes_nothing(api, redis_view
 
 
 @pytest.mark.parametrize("method, path", [
-    ("PATCH", "/sessions/some-id"), ("POST", "/sessions/some-id"), ("DELETE", "/sessions"),
+    ("PATCH", "/sessions"), ("POST", "/sessions/some-id"), ("DELETE", "/sessions"),
     ("GET", "/sessions"), ("PUT", "/health"), ("POST", "/sessions/some-id/events"),
 ])
 def test_a_method_a_route_does_not_have_gets_405_in_the_error_shape(api, method, path):
@@ -513,6 +513,7 @@ ROUTES = [
     ("PUT", "/sessions/{sid}", lambda sid: body({"state": {"n": "intruder"}, "expected_version": 1})),
     ("DELETE", "/sessions/{sid}", lambda sid: b""),
     ("GET", "/sessions/{sid}/events", lambda sid: b""),
+    ("PATCH", "/sessions/{sid}", lambda sid: body({"state": {"n": "intruder"}})),
 ]
 
 

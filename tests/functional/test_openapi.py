@@ -214,6 +214,16 @@ def test_integers_in_a_body_are_accepted_exactly_when_their_schema_allows_them(s
         assert allowed == _accepts(parse, value), (field, value)
 
 
+@settings(max_examples=300, deadline=None)
+@given(patch=st.dictionaries(st.sampled_from(["state", "version", "session_id", "ttl_seconds", "x"]),
+                             st.dictionaries(TEXT, JSON_VALUES, max_size=3) | JSON_VALUES, max_size=2))
+def test_a_merge_patch_is_accepted_exactly_when_the_session_patch_schema_allows_it(documented, patch):
+    allowed = documented.validator("SessionPatch").is_valid(patch)
+    raw = json.dumps(patch).encode()
+    assert allowed == _accepts(validation.patch_request, "s1", raw, if_match_header=None,
+                               content_type="application/merge-patch+json", max_state_bytes=1 << 20), patch
+
+
 def test_the_hooks_drop_only_refusals_of_the_precondition_rule_with_the_documented_answer():
     breaks = breaks_the_precondition_rule
     required = {"code": "PreconditionRequired", "message": "send expected_version..."}
@@ -284,6 +294,14 @@ def test_responses_of_the_session_routes_conform_to_the_spec(api, documented, se
                                body='{"state": {}}'), 412)
     check("PUT", item, api.put(f"{path}-new", headers={**AUTH, "If-None-Match": "*"},
                                body='{"state": {}}'), 201)
+    merge = {**AUTH, "Content-Type": "application/merge-patch+json"}
+    check("PATCH", item, api.patch(path, headers=merge, body='{"state": {"n": null, "m": [1]}}'), 200)
+    check("PATCH", item, api.patch(path, headers={**merge, "If-Match": '"2"'}, body="{}"), 412)
+    check("PATCH", item, api.patch(path, headers=AUTH, body='{"state": {}}'), 415)
+    check("PATCH", item, api.patch(path, headers=merge, body='{"version": 9}'), 400)
+    check("PATCH", item, api.patch(path, headers=merge, body=json.dumps({"state": {"s": "x" * 300_000}})),
+          413)
+    check("PATCH", item, api.patch("/sessions/never-created-here", headers=merge, body="{}"), 404)
     check("DELETE", item, api.delete(path, headers={**AUTH, "If-Match": '"1"'}), 412)
     check("DELETE", item, api.delete(path, headers=AUTH), 204)
     check("DELETE", item, api.delete(path, headers=AUTH), 404)

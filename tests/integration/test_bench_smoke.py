@@ -104,6 +104,8 @@ def test_ratios_to_the_floor_are_computed(smoke):
     for key in ("get_verified/c_get", "update/c_update"):
         assert store["ratios"][key]["p50"] > 0, key
     assert sections["handler"]["ratios"]["handler_get/store_get"] > 0
+    assert sections["handler"]["ratios"]["handler_patch/handler_put"] > 0
+    assert sections["handler"]["latency"]["handler_patch"]["p50_us"] > 0
     assert sections["handler"]["sqs"]["send_message"]["p50_us"] > 0
     assert sections["scale"]["flatness"]["get_p99"] > 0
     assert len(sections["scale"]["steps"]) == 2

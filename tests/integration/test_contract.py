@@ -119,7 +119,7 @@ def generated_client(tmp_path_factory):
 def test_a_generated_client_drives_the_walk_through(contract_server, generated_client):
     api = SimpleNamespace(**{name: importlib.import_module(f"sessionsync_client.api.sessions.{name}")
                              for name in ("create_session", "get_session", "update_session",
-                                          "delete_session", "list_session_events")})
+                                          "patch_session", "delete_session", "list_session_events")})
     models = importlib.import_module("sessionsync_client.models")
     url, _log = contract_server
     client = generated_client.AuthenticatedClient(base_url=url, token=API_KEY,
@@ -152,6 +152,15 @@ def test_a_generated_client_drives_the_walk_through(contract_server, generated_c
         state=models.State.from_dict({"items": ["book"]}), expected_version=1))
     assert in_body.status_code == 409 and isinstance(in_body.parsed, models.ConcurrencyErrorBody)
 
+    # a merge patch: no version needed, the server merges
+    patched = api.patch_session.sync_detailed(sid, client=client, body=models.SessionPatch(
+        state=models.State.from_dict({"coupon": "SPRING"})))
+    assert patched.status_code == 200 and patched.parsed.version == 3
+    assert patched.parsed.state.to_dict() == {"items": ["book"], "coupon": "SPRING"}
+    stale = api.patch_session.sync_detailed(sid, client=client, if_match='"2"', body=models.SessionPatch(
+        state=models.State.from_dict({"coupon": None})))
+    assert stale.status_code == 412 and stale.parsed.error.details.actual_version == 3
+
     # create-if-absent: a PUT with If-None-Match: *
     other = f"{sid}-put"
     absent = api.update_session.sync_detailed(other, client=client, body=book, if_none_match="*")
@@ -175,8 +184,9 @@ def test_a_generated_client_drives_the_walk_through(contract_server, generated_c
         return [(e.version, e.event_type.value) for e in page.parsed.events]
 
     # the pipeline persists a change within seconds; the margin is for a busy machine
-    assert wait_until(lambda: history() == [(2, "session_updated"), (1, "session_created")],
-                      timeout=30, what="versions 2 and 1 in the history")
+    assert wait_until(lambda: history() == [(3, "session_updated"), (2, "session_updated"),
+                                            (1, "session_created")],
+                      timeout=30, what="versions 3, 2 and 1 in the history")
 
     deleted = api.delete_session.sync_detailed(sid, client=client)
     assert deleted.status_code == 204
@@ -184,5 +194,5 @@ def test_a_generated_client_drives_the_walk_through(contract_server, generated_c
     assert gone.status_code == 404 and isinstance(gone.parsed, models.SessionNotFoundError)
     assert gone.parsed.error.details.deleted is True
     # the history of a deleted session stays readable
-    wait_until(lambda: history()[:1] == [(3, "session_deleted")], timeout=30,
+    wait_until(lambda: history()[:1] == [(4, "session_deleted")], timeout=30,
                what="the deletion in the history")

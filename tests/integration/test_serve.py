@@ -131,10 +131,10 @@ def test_missing_and_refused_credentials_are_401_and_403_in_the_error_shape(serv
     assert b"wrong" not in body
 
 
-@pytest.mark.parametrize("method", ["PATCH", "TRACE", "CONNECT", "BREW"])
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "BREW"])
 def test_a_method_no_route_has_is_a_405_not_a_5xx(server, method):
     status, headers, body = server.request(method, "/sessions/x", headers=BEARER)
-    assert status == 405 and headers["Allow"] == "GET, PUT, DELETE"
+    assert status == 405 and headers["Allow"] == "GET, PUT, PATCH, DELETE"
     assert json.loads(body)["error"]["code"] == "MethodNotAllowed"
 
 
@@ -358,3 +358,20 @@ def test_sessionsync_serve_refuses_iam_mode_naming_the_setting_because_nothing_w
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"configuration error: {AUTH_MODE}: "), result.stderr
     assert "unauthenticated" in result.stderr and "api-key" in result.stderr
+
+
+def test_a_merge_patch_works_over_http_and_another_media_type_is_a_415(server, session_id):
+    created = {"session_id": session_id, "state": {"items": [], "coupon": "X"}}
+    status, _, _ = server.request("POST", "/sessions", AUTH, json.dumps(created))
+    assert status == 201
+    merge = {**BEARER, "Content-Type": "application/merge-patch+json"}
+    status, headers, body = server.request("PATCH", f"/sessions/{session_id}", merge,
+                                           '{"state":{"coupon":null,"items":["book"]}}')
+    assert status == 200 and headers["ETag"] == '"2"'
+    assert json.loads(body)["state"] == {"items": ["book"]}
+    status, headers, body = server.request("PATCH", f"/sessions/{session_id}", AUTH, '{"state":{}}')
+    assert status == 415 and headers["Content-Type"] == "application/problem+json"
+    assert "application/merge-patch+json" in json.loads(body)["detail"]
+    status, _, body = server.request("PATCH", f"/sessions/{session_id}", {**merge, "If-Match": '"1"'},
+                                     '{"state":{}}')
+    assert status == 412 and json.loads(body)["error"]["details"]["actual_version"] == 2

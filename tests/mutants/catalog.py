@@ -65,6 +65,7 @@ T_AFTER = "tests/integration/test_after_commit.py"
 T_OUTAGE = "tests/integration/test_redis_outage.py"
 T_FAILOVER = "tests/integration/test_redis_failover.py"
 T_HOT = "tests/integration/test_redis_hot_path.py"
+T_PATCH = "tests/integration/test_merge_patch.py"
 T_OWNERS = "tests/integration/test_owners.py"
 OWNERS = "chalicelib/service/owners.py"
 
@@ -96,6 +97,22 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_CAS_LATENCY}::test_of_8_writers_on_a_slow_network_updating_the_same_version_exactly_one_wins",
          f"{T_STORE}::test_of_32_threads_updating_the_same_version_exactly_one_wins[single]"),
         "the version is checked by a GET before the script writes: racing writers both win"),
+    mutant(
+        "patch-retry-writes-onto-the-stale-read", 1, SESSIONS,
+        (("            state_json = validation.merged_state(current.state, request.state_patch,\n",
+          "            state_json = state_json if attempt else validation.merged_state(\n"
+          "                current.state, request.state_patch,\n"),),
+        (f"{T_PATCH}::test_64_concurrent_patches_of_different_keys_all_land_each_on_the_version_it_read[single]",),
+        "a PATCH that lost its compare-and-set writes the state it merged into its first read at "
+        "the new version: another patch's change is lost"),
+    mutant(
+        "patch-written-without-expected-version", 1, SESSIONS,
+        (("self._compare_and_set(request.session_id, state_json, current.version)",
+          "self._compare_and_set(request.session_id, state_json, None)"),),
+        (f"{T_PATCH}::test_64_concurrent_patches_of_different_keys_all_land_each_on_the_version_it_read[single]",
+         f"{T_PATCH}::test_a_patch_that_loses_every_attempt_is_a_409_after_a_bounded_number_of_them[None]"),
+        "a PATCH writes its merged state over whatever version is current: a change made between "
+        "its read and its write is lost"),
     # -- 8: Redis forgetting never forks a session --------------------------------
     mutant(
         "marker-not-written-on-create", 8, STORE,

@@ -27,7 +27,8 @@ def route_authorizers(mode: str | None) -> dict:
 
 def test_session_routes_use_the_api_key_authorizer_by_default():
     routes = route_authorizers(None)
-    assert routes["/sessions/{session_id}"] == {m: "ChaliceAuthorizer" for m in ("GET", "PUT", "DELETE")}
+    assert routes["/sessions/{session_id}"] == {
+        m: "ChaliceAuthorizer" for m in ("GET", "PUT", "DELETE", "PATCH")}
     assert routes["/health"] == {"GET": "NoneType"}
 
 

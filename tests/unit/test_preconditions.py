@@ -6,6 +6,7 @@ import pytest
 from chalicelib.api import web
 from chalicelib.domain.errors import (
     ConcurrencyError,
+    KeptChanging,
     PreconditionFailed,
     SessionExists,
     SessionNotFound,
@@ -59,3 +60,12 @@ def test_the_retry_helper_retries_a_412_as_a_409():
 
     assert retry_on_conflict(read=lambda: 1, change=lambda s: s, write=write,
                              sleep=lambda _: None) == "written"
+
+
+def test_a_patch_that_kept_losing_stays_a_409_even_under_if_match_star():
+    # If-Match: * held (the session is live): no precondition failed
+    with pytest.raises(KeptChanging) as caught, web.if_match(IfMatch("*", None), "cart"):
+        raise KeptChanging("cart", attempts=16, expected_version=7, actual_version=8)
+
+    assert caught.value.status == 409 and caught.value.code == "ConcurrencyError"
+    assert caught.value.details == {"session_id": "cart", "expected_version": 7, "actual_version": 8}
