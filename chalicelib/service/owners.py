@@ -152,6 +152,14 @@ def _revoke_one(service: SessionService, owner_id: str, session_id: str) -> str:
         if marker is not None:
             if marker[1]:
                 return "gone"
+            # A create may have run since the key was read (it writes key
+            # and marker at once):
+            #   t0  peek: no key           t1  CREATE_SCRIPT: key + marker
+            #   t2  marker: 1|L -> taken for an expired session, skipped
+            # so read the key again: absent now, it is gone for good (or
+            # to be recovered from PostgreSQL), whatever comes later.
+            if store.peek([session_id])[0] is not None:
+                continue
             # the key expired or was evicted: PostgreSQL knows the owner
             persisted = _persisted(service, session_id, marker[0])
             if persisted is None or persisted.deleted:

@@ -196,6 +196,27 @@ def test_an_id_registered_whose_create_has_not_run_is_tombstoned_and_its_create_
     assert _index(store, owner) == []
 
 
+def test_a_create_landing_between_the_revoke_all_s_reads_of_key_and_marker_is_deleted(
+        store, service, monkeypatch):
+    """t0 the revoke-all finds no key; t1 the create runs (key and marker);
+    t2 the revoke-all reads the marker: not an expired session, a new one."""
+    owner = _owner()
+    [sid] = _ids(1)
+    store.owner_register(owner, sid)
+    real_marker = store.marker
+
+    def create_lands_first(session_id):
+        if session_id == sid and store.client.get(session_keys(sid)[0]) is None:
+            store.create(sid, '{"n":1}', 600, owner_id=owner)  # t1
+        return real_marker(session_id)
+
+    monkeypatch.setattr(store, "marker", create_lands_first)
+    result = owners.revoke_all(service, owner, budget_seconds=30)
+
+    assert (result.deleted, result.blocked) == (1, 0)
+    assert _gone(store, sid) and _index(store, owner) == []
+
+
 def test_an_index_entry_of_an_id_another_owner_holds_is_neither_listed_nor_deleted(store, service):
     owner, other = _owner(), _owner()
     [sid] = _ids(1)

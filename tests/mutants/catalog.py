@@ -382,6 +382,12 @@ MUTANTS: tuple[Mutant, ...] = (
          "[cluster]",),
         "the listing serves an id of the index without checking the session's owner"),
     mutant(
+        "revoke-all-takes-a-new-session-for-an-expired-one", 12, OWNERS,
+        (("            if store.peek([session_id])[0] is not None:\n                continue\n", ""),),
+        (f"{T_OWNERS}::test_a_create_landing_between_the_revoke_all_s_reads_of_key_and_marker_is_deleted"
+         "[single]",),
+        "a create that lands between the revoke-all's reads of key and marker is skipped as expired"),
+    mutant(
         "revoke-all-trusts-redis-alone", 12, OWNERS,
         (("    while service.durable is not None:\n        ids = service.durable.owner_sessions(",
           "    while False:\n        ids = service.durable.owner_sessions("),),
