@@ -33,7 +33,7 @@ from chalicelib.domain.events import parse_event
 from chalicelib.domain.validation import CreateRequest
 from chalicelib.service import owners
 from chalicelib.service.sessions import SessionService
-from tests.pipeline_support import outbox_entries_of
+from tests.pipeline_support import outbox_entries_of, wait_until
 
 
 def _owner() -> str:
@@ -338,7 +338,8 @@ def test_no_session_registered_before_a_revoke_all_survives_creates_racing_it(st
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [pool.submit(creator, n) for n in range(8)]
-        time.sleep(0.2)
+        # the threads are creating (however busy the machine): revoke now
+        wait_until(lambda: len(registered) >= 40, timeout=60, what="the racing creates")
         started = time.monotonic()
         result = owners.revoke_all(service, owner, budget_seconds=60)
         stop.set()
