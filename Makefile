@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test unit chaos mutants perfdoc perfdoc-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy
+.PHONY: run test unit chaos mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,14 @@ perfdoc:
 
 perfdoc-check:
 	python3 scripts/perfdoc_check.py
+
+# docs/capacity.md from docs/capacity.json (after a bench:
+# python3 scripts/capacity_render.py --json bench-results/<run>.json).
+capacity:
+	python3 scripts/capacity_render.py
+
+capacity-check:
+	python3 scripts/capacity_render.py --check
 
 # The static checks `make test` starts with.
 lint: ruff typecheck

@@ -63,9 +63,11 @@ def create_session():
 @app.route("/sessions/{session_id}", methods=["GET"], authorizer=session_auth)
 @web.handles_errors
 def get_session(session_id):
-    condition = validation.if_none_match(app.current_request.headers.get("if-none-match"))
-    read = runtime.service().get(validation.session_id(session_id))
-    headers = {"X-Session-Source": "postgresql"} if read.recovered else {}
+    request = app.current_request
+    condition = validation.if_none_match(request.headers.get("if-none-match"))
+    read = runtime.service().get_accepting_stale(
+        validation.session_id(session_id), validation.max_stale(request.headers.get("cache-control")))
+    headers = web.read_headers(read.recovered, read.stale_age)
     if condition is not None and condition.matches(read.session.version):
         return web.not_modified(read.session, **headers)
     return web.session_response(read.session, **headers)
@@ -156,7 +158,7 @@ def health_check():
     from chalicelib.api import health  # its thread pool: this route's only
 
     report = health.check_configured(runtime.health_probes)
-    return web.json_response(report.to_dict(), 200 if report.healthy else 503)
+    return web.json_response(report.to_dict(), report.http_status)
 
 
 # --- the durable pipeline -----------------------------------------------------
@@ -176,3 +178,11 @@ def relay_outbox(event):
     remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
     result = runtime.relay().drain(budget_seconds=max(1.0, remaining - 5.0))
     return {"found": result.found, "sent": result.sent}
+
+
+@app.schedule(Rate(1, unit=Rate.HOURS))
+def purge_sync_events(event):
+    """SYNC_EVENTS_RETENTION_DAYS: delete older sync_events rows, never a
+    session's latest, in bounded batches, until 5 s before the timeout."""
+    remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
+    return runtime.purge_events(budget_seconds=max(1.0, remaining - 5.0)).to_dict()

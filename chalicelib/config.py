@@ -55,6 +55,10 @@ SQS_SEND_TIMEOUT = "SQS_SEND_TIMEOUT_SECONDS"
 REDIS_SETTLE = "REDIS_SETTLE_SECONDS"
 PUBSUB_CHANNEL = "SESSIONSYNC_CHANNEL"
 AUTH_MODE = "SESSIONSYNC_AUTH"
+# Days a sync_events row is kept after it was persisted; unset: forever.
+# The scheduled purge keeps every session's latest row whatever its age
+# (chalicelib/pipeline/retention.py, docs/decisions/audit-retention.md).
+SYNC_EVENTS_RETENTION_DAYS = "SYNC_EVENTS_RETENTION_DAYS"
 AUTH_MODES = ("api-key", "iam")
 # libpq's own variables: any of them means "connect with the PG* environment".
 PG_ENVIRONMENT = ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE")
@@ -97,6 +101,17 @@ DEFAULT_MARKER_TTL = 0
 # way, through the relay.  Bounded by what a write may cost.
 DEFAULT_SQS_SEND_TIMEOUT_SECONDS = 0.5
 MAX_SQS_SEND_TIMEOUT_SECONDS = 5.0
+# The shortest SYNC_EVENTS_RETENTION_DAYS: a message for a persisted (session,
+# version) may still reach the consumer that long after (the main queue keeps
+# a message 4 days, the DLQ 14, a redrive sends it again for 4 more), and the
+# consumer needs the row to tell a duplicate from a conflict
+# (docs/decisions/audit-retention.md).
+MIN_RETENTION_DAYS = 30
+MAX_RETENTION_DAYS = 100 * 366
+# Rows one purge statement scans (and at most deletes): one short transaction
+# each, far inside the connection's statement_timeout.
+DEFAULT_RETENTION_BATCH = 1000
+MAX_RETENTION_BATCH = 10_000
 MIN_TTL_SECONDS = 1
 MAX_TTL_SECONDS = 30 * 24 * 3600
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -145,6 +160,8 @@ class Settings:
     channel: str = "session-updates"
     #: PGHOST / PGDATABASE / PGSERVICE is set: libpq's environment names the database
     pg_environment: bool = False
+    #: SYNC_EVENTS_RETENTION_DAYS; None: sync_events rows are kept forever
+    events_retention_days: int | None = None
 
     @property
     def has_database(self) -> bool:
@@ -189,6 +206,18 @@ def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: flo
     if not lo <= value <= hi:
         raise ConfigurationError(name, f"must be between {lo} and {hi}, got {value}")
     return value
+
+
+def retention_days(env: Mapping[str, str]) -> int | None:
+    """SYNC_EVENTS_RETENTION_DAYS: None when unset (keep forever)."""
+    raw = env.get(SYNC_EVENTS_RETENTION_DAYS, "").strip()
+    if not raw:
+        return None
+    if re.fullmatch(r"[0-9]+", raw) and int(raw) < MIN_RETENTION_DAYS:
+        raise ConfigurationError(SYNC_EVENTS_RETENTION_DAYS, (
+            f"must be at least {MIN_RETENTION_DAYS} days, got {raw}: a message may reach the "
+            "consumer that long after its row was persisted (docs/decisions/audit-retention.md)"))
+    return _int(env, SYNC_EVENTS_RETENTION_DAYS, 0, MIN_RETENTION_DAYS, MAX_RETENTION_DAYS)
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:
@@ -376,6 +405,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_settle=_float(env, REDIS_SETTLE, DEFAULT_REDIS_SETTLE_SECONDS, 0.0, 3600.0),
         channel=env.get(PUBSUB_CHANNEL, "").strip() or "session-updates",
         pg_environment=any(_opt(env, name) for name in PG_ENVIRONMENT),
+        events_retention_days=retention_days(env),
     )
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the builders import these on first use (cold start)
     from chalicelib.pipeline.dead_letters import DeadLetterQueue
     from chalicelib.pipeline.outbox import OutboxRelay
     from chalicelib.pipeline.producer import SqsProducer
+    from chalicelib.pipeline.retention import PurgeReport
     from chalicelib.service.sessions import SessionService
 
 T = TypeVar("T")
@@ -182,6 +183,18 @@ def relay() -> OutboxRelay:
     s = settings()
     return _once("relay", lambda: OutboxRelay(
         store(), _OnFirstUse(relay_producer), age_seconds=s.outbox_relay_age))
+
+
+def purge_events(budget_seconds: float | None = None) -> PurgeReport:
+    """One run of the audit retention purge (``chalicelib.pipeline.retention``)
+    with the settings' SYNC_EVENTS_RETENTION_DAYS; nothing when it is unset
+    or there is no database."""
+    from chalicelib.pipeline import retention
+    s = settings()
+    db = database()
+    if db is None or s.events_retention_days is None:
+        return retention.PurgeReport(None, complete=True)
+    return retention.purge_events(db, s.events_retention_days, budget_seconds=budget_seconds)
 
 
 def relay_producer() -> SqsProducer:

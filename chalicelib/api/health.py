@@ -3,7 +3,7 @@ status and a latency.  Shared by ``GET /health`` and ``sessionsync health``.
 
 Report shape (``HealthReport.to_dict``)::
 
-    {"status": "ok" | "down",
+    {"status": "ok" | "degraded" | "down",
      "checks": {"redis":      {"status": "ok", "latency_ms": 0.21},
                 "postgresql": {"status": "ok", "latency_ms": 0.9},
                 "queue":      {"status": "ok", "latency_ms": 4.1,
@@ -13,6 +13,8 @@ Report shape (``HealthReport.to_dict``)::
      "warnings": ["dlq: 2 messages could not be persisted: ..."]}   # only when any
 
 Only configured dependencies appear (``chalicelib.runtime.health_probes``).
+"degraded" (still HTTP 200) is Redis down while PostgreSQL and the rest
+answer: only reads that accept a stale copy are served (``HealthReport.degraded``).
 A non-empty DLQ is a warning, not an outage: the service still works, and
 the alarm on the DLQ depth is what pages someone.
 
@@ -281,8 +283,31 @@ class HealthReport:
     def check(self, name: str) -> CheckResult | None:
         return next((c for c in self.checks if c.name == name), None)
 
+    @property
+    def degraded(self) -> bool:
+        """Redis is down (an outage, not a setting) and everything else,
+        PostgreSQL included, answers: the service serves the reads that
+        accept a stale copy (``Cache-Control: max-stale``) from PostgreSQL,
+        and nothing else.  Any other check down as well is "down"."""
+        redis, postgresql = self.check("redis"), self.check("postgresql")
+        return (redis is not None and redis.status == "down"
+                and redis.error_code != ConfigurationError.code
+                and postgresql is not None and postgresql.status == "ok"
+                and all(c.status == "ok" for c in self.checks if c is not redis))
+
+    @property
+    def status(self) -> str:
+        """ "ok", "degraded" (see ``degraded``) or "down"."""
+        return "ok" if self.healthy else "degraded" if self.degraded else "down"
+
+    @property
+    def http_status(self) -> int:
+        """200 unless "down": a degraded service still answers the clients
+        that opted in, so a load balancer keeps it (docs/troubleshooting.md)."""
+        return 503 if self.status == "down" else 200
+
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": "ok" if self.healthy else "down",
+        out: dict[str, Any] = {"status": self.status,
                                "checks": {c.name: c.to_dict() for c in self.checks}}
         if self.warnings:
             out["warnings"] = self.warnings

@@ -52,6 +52,16 @@ def session_response(session: Session, status: int = 200, **headers: str) -> Res
                     headers={**JSON, "ETag": etag(session), **headers})
 
 
+def read_headers(recovered: bool, stale_age: int | None) -> dict[str, str]:
+    """The headers of a GET served from PostgreSQL: ``X-Session-Source``,
+    and, for a stale copy served while Redis was down (the client's
+    ``max-stale``), its ``Age`` in whole seconds (RFC 9111 section 5.1)."""
+    headers = {"X-Session-Source": "postgresql"} if recovered else {}
+    if stale_age is not None:
+        headers["Age"] = str(stale_age)
+    return headers
+
+
 def etag(session: Session) -> str:
     return f'"{session.version}"'
 

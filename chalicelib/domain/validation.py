@@ -450,3 +450,72 @@ def merged_state(state: dict[str, Any], state_patch: dict[str, Any] | None,
     """The compact JSON of ``state`` with ``state_patch`` merged in (RFC
     7396), checked as any state (a result over the limit: PayloadTooLarge)."""
     return check_state(merge_patch.apply(state, state_patch or {}), max_state_bytes)
+
+
+# --- Cache-Control: max-stale (RFC 9111 section 5.2.1.2) ----------------------
+
+# RFC 9110's token, and a directive: a token with an optional token or
+# quoted-string argument (RFC 9111 section 5.2)
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_CACHE_DIRECTIVE = re.compile(rf'(?P<name>{_TOKEN})(?:=(?P<value>{_TOKEN}|"(?:[^"\\]|\\.)*"))?')
+# one element of the comma-separated list: commas inside quotes do not count
+_LIST_ELEMENT = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")*')
+# RFC 9111 section 1.2.2: a delta-seconds past what a cache can represent
+# counts as 2**31
+MAX_DELTA_SECONDS = 2 ** 31
+
+
+@dataclass(frozen=True)
+class MaxStale:
+    """A client's ``Cache-Control: max-stale``: it accepts a copy that may be
+    behind, ``seconds`` old at most (None: of any age)."""
+
+    seconds: int | None
+
+
+def _cache_directives(header: str) -> list[tuple[str, str | None]]:
+    """(lower-case name, argument without its quotes or None) of each
+    directive of a Cache-Control header that parses; the others (and the
+    empty elements a list may hold, RFC 9110 section 5.6.1) are left out.
+    A quote left open spoils the whole header: none then."""
+    directives: list[tuple[str, str | None]] = []
+    position = 0
+    while position <= len(header):
+        element = _LIST_ELEMENT.match(header, position)
+        assert element is not None  # it matches the empty string too
+        match = _CACHE_DIRECTIVE.fullmatch(element.group().strip(" \t"))
+        if match is not None:
+            value = match["value"]
+            if value is not None and value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            directives.append((match["name"].lower(), value))
+        if element.end() < len(header) and header[element.end()] != ",":
+            return []  # an open quote
+        position = element.end() + 1  # past the comma (or the end)
+    return directives
+
+
+def max_stale(header: str | None) -> MaxStale | None:
+    """The ``max-stale`` directive of a Cache-Control request header, or
+    None when there is none.
+
+    ``max-stale`` alone accepts any age, ``max-stale=N`` (or ``="N"``, as
+    RFC 9111 section 5.2 asks recipients to accept) N whole seconds at
+    most.  Never raises: a header that does not parse, or a ``max-stale``
+    whose argument is not delta-seconds, is ignored as RFC 9111 ignores
+    directives it cannot use (the request is served as without it: a 400
+    would fail requests that a proxy on the way decorated, and the opt-in
+    only matters while Redis is down).  Of several ``max-stale``, the first
+    counts (RFC 9111 section 4.2.1).
+    """
+    if header is None:
+        return None
+    for name, value in _cache_directives(header):
+        if name != "max-stale":
+            continue
+        if value is None:
+            return MaxStale(None)
+        if not re.fullmatch(r"[0-9]+", value):
+            return None
+        return MaxStale(min(int(value), MAX_DELTA_SECONDS))
+    return None

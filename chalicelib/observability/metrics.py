@@ -21,6 +21,9 @@ ApiKeyRefreshFailures  Count         API key authorizer: reading the keys secret
 ShipFailures           Count         SessionService: a committed change not sent inline (relay sends it)
 RedisRepairs           Count         SessionService: Redis was behind PostgreSQL (failover): repaired
 RedisEpochChanges      Count         SessionService: Redis went back in time (first sight, per bucket)
+StaleReads             Count         SessionService: Redis down, a max-stale read served from PostgreSQL
+PurgedEvents           Count         retention purge: sync_events rows past SYNC_EVENTS_RETENTION_DAYS deleted
+PatchRetries           Count         SessionService: a PATCH merged again after losing its compare-and-set
 =====================  ============  =============================================
 
 Why not ``aws_lambda_powertools.Metrics``: docs/decisions/no-powertools.md
@@ -56,6 +59,8 @@ CATALOGUE: Mapping[str, str] = {
     "RedisRepairs": "Count",
     "RedisEpochChanges": "Count",
     "PatchRetries": "Count",
+    "StaleReads": "Count",
+    "PurgedEvents": "Count",
 }
 
 # The environment names powertools uses, so that .chalice/config.json and

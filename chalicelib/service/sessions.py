@@ -33,6 +33,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from chalicelib.adapters.redis.store import (
@@ -55,7 +56,7 @@ from chalicelib.domain.errors import (
     SessionNotFound,
 )
 from chalicelib.domain.session import Session
-from chalicelib.domain.validation import CreateRequest, PatchRequest, UpdateRequest
+from chalicelib.domain.validation import CreateRequest, MaxStale, PatchRequest, UpdateRequest
 from chalicelib.observability import metrics
 
 log = logging.getLogger("sessionsync.sessions")
@@ -102,6 +103,10 @@ class Read:
     session: Session
     #: served from PostgreSQL after the Redis key was gone
     recovered: bool = False
+    #: served from PostgreSQL while Redis was unavailable, for a client that
+    #: accepts a stale copy (``get_accepting_stale``): the copy's age in whole
+    #: seconds (the HTTP ``Age``); None when served as usual
+    stale_age: int | None = None
 
 
 # A history page stops before its response passes this: a Lambda response
@@ -173,6 +178,63 @@ class SessionService:
         if session is not None:
             return Read(session)
         return Read(self._recover(session_id), recovered=True)
+
+    def get_accepting_stale(self, session_id: str, max_stale: MaxStale | None,
+                            now: float | None = None) -> Read:
+        """``get``; but when Redis is unavailable (a ``ServiceUnavailable``
+        naming Redis: unreachable, timed out, or holding the session while
+        it is reconciled after a failover or a restart) and the client said
+        it accepts a stale copy (``Cache-Control: max-stale``), the last
+        state PostgreSQL persisted.
+
+        The copy's age is ``now`` (seconds since the epoch; the clock by
+        default) minus its ``updated_at``, the time the persisted version
+        was written in Redis, in whole seconds: how long ago the copy was
+        current for sure.  It may be behind acknowledged writes (still in
+        the queue, or lost with Redis): the client chose that.
+
+        * older than ``max_stale.seconds``, or not persisted at all (it may
+          exist, created a moment ago): Redis's 503 unchanged, with the
+          copy's age in ``details`` when there is one.  (A 503, not RFC
+          9111's 504: this service is the origin, and its clients already
+          retry a 503 after its Retry-After.)
+        * persisted as deleted: 404, as always (a deletion is final).
+        * PostgreSQL down too: Redis's 503 unchanged.
+
+        Any other error (RecoveryPending: PostgreSQL behind Redis; a 404
+        from a Redis that answers) is raised as ``get`` raises it: the
+        opt-in covers a Redis that cannot answer, nothing else.
+        """
+        if max_stale is None or self.durable is None:
+            return self.get(session_id)
+        try:
+            return self.get(session_id)
+        except ServiceUnavailable as exc:
+            if exc.dependency != "redis":
+                raise
+            return self._persisted_copy(session_id, max_stale,
+                                        time.time() if now is None else now, exc)
+
+    def _persisted_copy(self, session_id: str, max_stale: MaxStale, now: float,
+                        redis_down: ServiceUnavailable) -> Read:
+        assert self.durable is not None  # get_accepting_stale: only with one
+        try:
+            persisted = self.durable.latest(session_id)
+        except ServiceUnavailable:
+            log.warning("Redis and PostgreSQL both unavailable: no stale copy to serve",
+                        extra={"session_id": session_id})
+            raise redis_down from None
+        if persisted is None:
+            raise redis_down
+        if persisted.deleted:
+            raise SessionNotFound(session_id, deleted=True)
+        written = datetime.fromisoformat(persisted.updated_at).timestamp()
+        age = max(0, int(now - written))  # a clock behind Redis's: not negative
+        if max_stale.seconds is not None and age > max_stale.seconds:
+            redis_down.details.update(persisted_age_seconds=age, max_stale_seconds=max_stale.seconds)
+            raise redis_down
+        metrics.emit({"StaleReads": 1})
+        return Read(persisted, recovered=True, stale_age=age)
 
     @metrics.timed_write("update")
     def update(self, request: UpdateRequest) -> Session:

@@ -119,3 +119,69 @@ class ThrowawayRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ThrowawayRedisCluster:
+    """``with ThrowawayRedisCluster(3) as cluster: cluster.url`` -- a private
+    Redis Cluster of ``masters`` nodes (no replicas), joined by redis-cli.
+
+    Each node is a ``ThrowawayRedis`` (free port, no persistence, its own
+    directory for nodes.conf), stopped by its PID afterwards.  The node
+    timeout is long: on a loaded machine a node starved of CPU for a few
+    seconds must not be voted failed in the middle of a measurement.
+    """
+
+    def __init__(self, masters: int = 3, *, cpus: frozenset[int] | None = None,
+                 start_timeout: float = 30.0) -> None:
+        self.nodes = [ThrowawayRedis("--cluster-enabled", "yes", "--cluster-config-file",
+                                     "nodes.conf", "--cluster-node-timeout", "15000",
+                                     cpus=cpus)
+                      for _ in range(masters)]
+        self.start_timeout = start_timeout
+
+    @property
+    def url(self) -> str:
+        """The seed URL a cluster client starts from (no database number)."""
+        return self.nodes[0].url.rsplit("/", 1)[0]
+
+    def start(self) -> ThrowawayRedisCluster:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RedisServerUnavailable("redis-cli is not on PATH (it joins the cluster)")
+        try:
+            for node in self.nodes:
+                node.start()
+            subprocess.run([cli, "--cluster", "create",
+                            *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                            "--cluster-replicas", "0", "--cluster-yes"],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           timeout=self.start_timeout)
+            self._wait_ok()
+        except (OSError, subprocess.SubprocessError, RedisServerUnavailable) as exc:
+            self.stop()
+            raise RedisServerUnavailable(f"redis cluster did not form: {exc}") from exc
+        return self
+
+    def _wait_ok(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        clients = [node.client(socket_timeout=2) for node in self.nodes]
+        try:
+            while time.monotonic() < deadline:
+                if all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
+                       for c in clients):
+                    return
+                time.sleep(0.05)
+            raise RedisServerUnavailable(f"cluster_state not ok in {self.start_timeout}s")
+        finally:
+            for c in clients:
+                c.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> ThrowawayRedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

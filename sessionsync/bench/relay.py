@@ -6,12 +6,20 @@ drained by ``OutboxRelay`` with a sender that acks every entry as the SQS
 producer does once SQS took it (no network: the figure is the relay's own
 cost).  Two backlog sizes are drained: a relay whose page cost grew with
 the backlog would show a per-entry cost that grows with it; a linear one
-shows a ratio near 1.
+shows a ratio near 1.  Within each drain every page is timed too: as the
+backlog shrinks, a page must cost the same (``page_flatness``: the median
+page time of the first tenth of the drain / of the last tenth).
+
+The sender of those drains is a null sender (no network).  One more drain
+goes to an SQS queue of the bench's own on LocalStack through the relay's
+real sender (``SqsProducer``: SendMessageBatch of 10, then the ack): its
+entries/s are bounded by LocalStack, not by the relay.
 """
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -19,6 +27,7 @@ import redis
 from chalicelib.adapters.redis.store import SessionStore, bucket_of, outbox_keys
 from chalicelib.domain.events import EVENT_SCHEMA_VERSION, UPDATED
 from chalicelib.pipeline.outbox import PAGE, OutboxRelay
+from sessionsync.bench.aws_local import localstack_sqs_unavailable, sqs_client, temporary_queue
 from sessionsync.bench.context import BenchContext
 from sessionsync.bench.redis_server import ThrowawayRedis
 from sessionsync.bench.stats import ratio
@@ -28,6 +37,9 @@ EVENT_TEMPLATE = (f'{{"schema_version":{EVENT_SCHEMA_VERSION},"event_type":"{UPD
                   '"session_id":"%s","version":1,"occurred_at":"2026-01-01T00:00:00.000Z","ttl_seconds":3600,'
                   '"state":{"cart":[1,2,3],"pad":"%s"}}')
 FILL_CHUNK = 50_000
+#: entries drained to LocalStack's SQS, by profile (LocalStack takes a few
+#: thousand a second: the relay's own cost is the null-sender figure)
+SQS_BACKLOG = {"full": 10_000, "quick": 2_000, "smoke": 300}
 
 
 class _AckingSender:
@@ -70,9 +82,14 @@ def _drain(client: redis.Redis, prefix: str, backlog: int) -> dict[str, Any]:
     sender = _AckingSender(store)
     relay = OutboxRelay(store, sender, age_seconds=0)
     pages = 0
+    page_ns: list[int] = []
+    clock = time.perf_counter_ns
     server_cpu, cpu, start = _server_cpu(client), time.process_time(), time.perf_counter()
     while pages <= 2 * backlog // PAGE + 2:  # bounded: every page but the last is full
-        if relay.run_once().found == 0:
+        t0 = clock()
+        found = relay.run_once().found
+        page_ns.append(clock() - t0)
+        if found == 0:
             break
         pages += 1
     seconds = time.perf_counter() - start
@@ -88,7 +105,59 @@ def _drain(client: redis.Redis, prefix: str, backlog: int) -> dict[str, Any]:
         # CPU time, the relay's and redis-server's: other load on a shared
         # machine moves the wall time, far less the work done
         "cpu_us_per_entry": round(cpu_seconds / backlog * 1e6, 3),
+        "page_flatness": page_flatness(page_ns[:pages]),
     }
+
+
+def page_flatness(page_ns: Sequence[int]) -> dict[str, Any]:
+    """Median time of a page in the first tenth of a drain (the largest
+    backlog) and in the last tenth (the smallest), full pages only (the
+    last, partial page is left out by the caller), and their ratio: about 1
+    when a page costs the same whatever is left behind it."""
+    full = list(page_ns[:-1]) if len(page_ns) > 1 else list(page_ns)
+    tenth = max(1, len(full) // 10)
+    first = statistics.median(full[:tenth]) / 1e6
+    last = statistics.median(full[-tenth:]) / 1e6
+    return {"pages_compared": tenth, "first_tenth_median_ms": round(first, 3),
+            "last_tenth_median_ms": round(last, 3), "first/last": ratio(first, last)}
+
+
+def _sqs_drain(ctx: BenchContext, client: redis.Redis, backlog: int) -> dict[str, Any]:
+    """Drain ``backlog`` entries to a LocalStack queue of the bench's own
+    through the relay's real sender (SqsProducer: send, then ack)."""
+    from chalicelib.pipeline.producer import SqsProducer
+
+    why_not = localstack_sqs_unavailable(ctx.aws_endpoint_url)
+    if why_not:
+        return {"skipped": why_not}
+    client.flushall()
+    _fill(client, ctx.session_prefix("relay-sqs"), backlog)
+    store = SessionStore(client)
+    sqs = sqs_client(ctx.aws_endpoint_url)
+    with temporary_queue(sqs, f"sessionsync-bench-relay-{ctx.run_id}") as url:
+        relay = OutboxRelay(store, SqsProducer(sqs, url, store), age_seconds=0)
+        sent = pages = 0
+        page_ns: list[int] = []
+        clock = time.perf_counter_ns
+        start = time.perf_counter()
+        while pages <= 2 * backlog // PAGE + 2:
+            t0 = clock()
+            result = relay.run_once()
+            page_ns.append(clock() - t0)
+            if result.found == 0:
+                break
+            sent += result.sent
+            pages += 1
+        seconds = time.perf_counter() - start
+        queued = int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+            "ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"])
+    left = store.outbox_depth()
+    if sent != backlog or left:
+        raise RuntimeError(f"the relay sent {sent} of {backlog} entries to SQS, {left} left")
+    return {"sender": "SqsProducer to a LocalStack queue of the bench's own",
+            "endpoint": ctx.aws_endpoint_url, "backlog": backlog, "pages": pages,
+            "seconds": round(seconds, 3), "entries_per_second": round(backlog / seconds),
+            "messages_in_queue": queued, "page_flatness": page_flatness(page_ns[:pages])}
 
 
 def _server_cpu(client: redis.Redis) -> float:
@@ -102,12 +171,15 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         client = server.client()
         try:
             runs = [_drain(client, ctx.session_prefix("relay"), size) for size in sizes]
+            to_sqs = _sqs_drain(ctx, client, SQS_BACKLOG.get(ctx.profile.name, SQS_BACKLOG["quick"]))
         finally:
             client.close()
     small, large = runs[0], runs[-1]
     return {
         "page": PAGE,
+        "sender": "null: acks each entry as SqsProducer does after a send, no network",
         "drains": runs,
+        "drain_to_localstack_sqs": to_sqs,
         "linearity": {
             "backlog_ratio": ratio(large["backlog"], small["backlog"]),
             "per_entry_cost_ratio": ratio(large["cpu_us_per_entry"], small["cpu_us_per_entry"]),

@@ -16,8 +16,9 @@ from sessionsync.bench.context import PROFILES, BenchContext, Placement
 
 # Cheap and noise-sensitive sections first, while the machine is quietest;
 # the heavy loads (a million sessions, 16 writer processes) last.
-SECTION_ORDER = ("store", "handler", "coldstart", "consumer", "memory", "relay", "scale",
-                 "contention")
+SECTION_ORDER = ("store", "cas_split", "handler", "coldstart", "consumer", "consumer_floor", "memory",
+                 "memory_levers", "relay", "scale", "cluster", "contention", "consumers_parallel",
+                 "http_load")
 SCHEMA_VERSION = 1
 
 

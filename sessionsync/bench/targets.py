@@ -23,6 +23,9 @@ MEMORY_CLOSE = 1.5
 # a drain whose per-entry cost grows with the backlog is not linear; the
 # margin is for noise, far below the backlog ratio a quadratic relay shows
 RELAY_LINEAR = 2.0
+# the consumer against raw psycopg writing the same rows (executemany or
+# COPY, whichever is faster), events/s over events/s
+CONSUMER_FLOOR = 0.8
 
 
 def _check(name: str, measured: Any, limit: Any, met: bool | None, unit: str, how: str
@@ -121,6 +124,103 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
                                  data["lost_updates"], 0, data["no_lost_update"], "updates",
                                  f"{data['updates_per_second']} updates/s, conflict rate "
                                  f"{data['conflict_rate']:.0%}"))
+    checks.extend(_scale_out_redis(sections))
+    checks.extend(_scale_out_pipeline(sections))
+    return checks
+
+
+def _scale_out_redis(sections: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cluster, CAS split and memory-lever sections (docs/capacity.md)."""
+    checks: list[dict[str, Any]] = []
+    cluster = sections.get("cluster")
+    if _ok(cluster):
+        slots = cluster["slots"]
+        crossing = slots["crossslot_errors"] + slots["buckets_crossing_slots"]
+        checks.append(_check(f"no script crosses a hash slot ({cluster['masters']}-master cluster)",
+                             crossing, 0, crossing == 0, "errors",
+                             "CROSSSLOT errors counted by every master (INFO errorstats) + buckets "
+                             "whose keys map to more than one slot"))
+        for op in ("get", "update"):
+            shard = cluster["per_shard_capacity"][op]
+            checks.append(_check(f"per-shard capacity, {op} (one Redis core)",
+                                 shard["ops_per_server_cpu_second"], None, None,
+                                 "ops/server-CPU-s",
+                                 f"{shard['ops_per_second']} ops/s measured at "
+                                 f"{shard['server_cpu_utilisation']:.0%} of the server's core"))
+    split = sections.get("cas_split")
+    if _ok(split):
+        checks.append(_check("CAS update over a bare round trip + its script's own server time "
+                             "(p50)", split["ratios"]["update/(floor_evalsha+script_server_time)"],
+                             None, None, "x",
+                             f"the script's own server time: "
+                             f"{split['server_usec_per_call']['update']} us per call"))
+    levers = sections.get("memory_levers")
+    if _ok(levers):
+        best = levers["best_lever"]
+        value = levers["best_lever_ratio_to_payload"]
+        checks.append(_check(f"memory per 1 KB session with the best lever ({best}), "
+                             "scratch server", value, MEMORY_CLOSE, value <= MEMORY_CLOSE, "x",
+                             "used_memory growth per session / state bytes; the production "
+                             "format is the memory section's"))
+    return checks
+
+
+def _scale_out_pipeline(sections: dict[str, Any]) -> list[dict[str, Any]]:
+    """The consumer against its floor, parallel consumers, the relay's
+    pages and the HTTP load (sections consumer_floor, consumers_parallel,
+    relay, http_load)."""
+    checks: list[dict[str, Any]] = []
+    floor = sections.get("consumer_floor")
+    if _ok(floor):
+        for row in floor["by_batch"]:
+            value = row["ratios"]["consumer/floor"]
+            checks.append(_check(
+                f"consumer >= {CONSUMER_FLOOR}x raw psycopg (executemany or COPY) at batch "
+                f"{row['batch_size']}", value, CONSUMER_FLOOR, value >= CONSUMER_FLOOR, "x",
+                f"consumer events/s / the faster floor's ({row['ratios']['floor_is']}), same "
+                "rows, same run, one transaction per batch"))
+        worst = min(row["ratios"]["consumer/unnest"] for row in floor["by_batch"])
+        checks.append(_check("consumer / its own statement by raw psycopg (lowest batch size)",
+                             worst, None, None, "x",
+                             "the share of the consumer's time that is PostgreSQL's; no number "
+                             "in the target"))
+    parallel = sections.get("consumers_parallel")
+    if _ok(parallel):
+        runs = [r for w in parallel["workloads"].values() for r in w["runs"]]
+        checks.append(_check(
+            f"no deadlock, {min(r['consumers'] for r in runs)}-{max(r['consumers'] for r in runs)} "
+            "consumers at once (many and hot sessions)", parallel["deadlocks_total"], 0,
+            parallel["deadlocks_total"] == 0, "deadlocks",
+            "pg_stat_database.deadlocks delta of the bench's database over every run"))
+        for name, workload in parallel["workloads"].items():
+            top = workload["runs"][-1]
+            checks.append(_check(
+                f"{top['consumers']} consumers at once, {name.replace('_', ' ')}",
+                top["events_per_second"], None, None, "events/s",
+                f"{top['speedup_vs_2']}x the rate of 2 consumers; lock waits in "
+                f"{top['lock_waits']['share_of_samples_with_lock_waits']:.0%} of samples"))
+    relay = sections.get("relay")
+    if _ok(relay) and "page_flatness" in relay["drains"][-1]:
+        large = relay["drains"][-1]
+        value = large["page_flatness"]["first/last"]
+        checks.append(_check(
+            f"relay page time flat as a {large['backlog']:,}-entry backlog shrinks", value,
+            RELAY_LINEAR, value <= RELAY_LINEAR, "x",
+            "median page time, first tenth of the drain / last tenth"))
+    http = sections.get("http_load")
+    if _ok(http):
+        checks.append(_check(
+            f"no HTTP errors with {'/'.join(str(c['clients']) for c in http['by_clients'])} "
+            "concurrent clients", http["errors_total"], 0, http["errors_total"] == 0, "requests",
+            "transport failures and unexpected statuses; 412s on the hot session are counted "
+            "apart (conflicts)"))
+        top = http["by_clients"][-1]
+        many = top["workloads"]["many_sessions"]
+        checks.append(_check(
+            f"HTTP write path, {top['clients']} clients, many sessions",
+            many["requests_per_second"], None, None, "requests/s",
+            f"{top['ratios']['many_sessions']['floor_rps/rps']}x fewer than the same clients "
+            "on a route that does no work"))
     return checks
 
 

@@ -42,7 +42,8 @@ def health(fmt: str, timeout: float | None) -> None:
     """Check Redis, PostgreSQL, the queue and the DLQ, as GET /health does.
 
     Exit 0 when every configured dependency is up, 1 when one is down, 2 on
-    a configuration error.  A non-empty DLQ is a warning (exit 0).
+    a configuration error.  A non-empty DLQ is a warning (exit 0).  "degraded"
+    (Redis down, PostgreSQL up: /health answers 200) exits 1: Redis is down.
     """
     from chalicelib.api import health as health_checks
 

@@ -86,9 +86,10 @@ def _retrying(name: str, build: Callable[[], Any], run: Callable[[Any], None],
 
 
 def start_pipeline_threads(stop: threading.Event) -> list[threading.Thread]:
-    """Run the SQS worker and the outbox relay in daemon threads until
-    ``stop`` is set (``sessionsync serve``: what the event source mapping
-    and the schedule do in AWS)."""
+    """Run the SQS worker, the outbox relay and (SYNC_EVENTS_RETENTION_DAYS
+    set) the sync_events purge in daemon threads until ``stop`` is set
+    (``sessionsync serve``: what the event source mapping and the schedules
+    do in AWS)."""
     settings = runtime.settings()
     threads: list[threading.Thread] = []
     if settings.has_queue and settings.has_database:
@@ -100,9 +101,25 @@ def start_pipeline_threads(stop: threading.Event) -> list[threading.Thread]:
         threads.append(threading.Thread(
             target=_retrying, name="outbox-relay", daemon=True,
             args=("relay", runtime.relay, lambda r: r.run(stop, interval=1.0), stop)))
+    if settings.has_database and settings.events_retention_days is not None:
+        threads.append(retention_thread(settings.events_retention_days, stop))
     for thread in threads:
         thread.start()
     return threads
+
+
+def retention_thread(days: int, stop: threading.Event) -> threading.Thread:
+    """The hourly sync_events purge (app.py's ``purge_sync_events``
+    schedule), on a database connection of its own."""
+    from chalicelib.adapters.postgres.database import Database
+    from chalicelib.pipeline import retention
+
+    def build() -> Database:
+        return Database.from_settings(runtime.settings(), runtime.secrets_client)
+
+    return threading.Thread(
+        target=_retrying, name="sync-events-retention", daemon=True,
+        args=("retention", build, lambda db: retention.run(db, days, stop), stop))
 
 
 @click.command()

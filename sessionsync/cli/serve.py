@@ -18,6 +18,8 @@ runs it, with the fixes a local stack needs:
   local sends the headers, then the body, with Nagle's algorithm on, so on
   a reused keep-alive connection the body waited for the client's delayed
   ACK of the headers (a stall on every request: docs/performance.md);
+* the request threads share a few PostgreSQL connections, not one
+  (``sessionsync.serve_database``);
 * the SQS worker and the outbox relay run beside it (``--no-pipeline`` to
   leave them out), as the event source mapping and the schedule would.
 """
@@ -209,8 +211,16 @@ def serve(host: str, port: int, pipeline: bool) -> None:
     with exit_on_errors():
         # the app reads the same settings on its first request: fail now,
         # with the setting's name, rather than answer every request with it
-        load_settings()
+        settings = load_settings()
         refuse_iam_mode()
+    if settings.has_database:
+        # one connection per request thread would be too many, one for all
+        # too few (sessionsync.serve_database)
+        from chalicelib import runtime
+        from chalicelib.adapters.postgres.database import Database
+        from sessionsync.serve_database import SERVE_DB_CONNECTIONS, DatabaseConnections
+        runtime.install(database=DatabaseConnections.build(
+            SERVE_DB_CONNECTIONS, lambda: Database.from_settings(settings, runtime.secrets_client)))
     stop = threading.Event()
     if pipeline:
         from sessionsync.cli.pipeline import start_pipeline_threads

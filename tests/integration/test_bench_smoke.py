@@ -75,8 +75,9 @@ def test_machine_and_versions_are_recorded(smoke):
     assert len(machine["git"]["commit"]) == 40
 
 
-#: keys of figures that are differences of two measurements
-DIFFERENCES = ("_minus_", "overhead")
+#: keys of figures that are differences of two measurements (the CAS split's
+#: parts and script steps, the bytes a memory lever saves)
+DIFFERENCES = ("_minus_", "overhead", "extra_", "step_", "saved_", "script_server_time")
 
 
 def test_every_figure_is_a_finite_non_negative_number_and_latencies_are_positive(smoke):
@@ -158,3 +159,59 @@ def test_targets_are_evaluated_and_the_chart_is_a_png(smoke):
     png = next(p for p in files if p.suffix == ".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 10_000
+
+
+# --- the scale-out sections: consumer_floor, consumers_parallel, relay pages, http_load ---
+
+def test_the_consumer_is_measured_against_raw_psycopg_writing_the_same_rows(smoke):
+    from sessionsync.bench import consumer_floor
+
+    section = smoke[0]["sections"]["consumer_floor"]
+    assert [row["batch_size"] for row in section["by_batch"]] == [1, 10, 100]
+    for row in section["by_batch"]:
+        assert set(row["writers"]) == set(consumer_floor.WRITERS)
+        assert all(w["events_per_second"] > 0 for w in row["writers"].values())
+        assert row["ratios"]["floor_is"] in consumer_floor.FLOORS
+        # round by round against the faster floor: never above either floor's ratio
+        assert 0 < row["ratios"]["consumer/floor"] <= min(
+            row["ratios"][f"consumer/{f}"] for f in consumer_floor.FLOORS)
+
+
+def test_parallel_consumers_persisted_every_event_without_a_deadlock(smoke):
+    section = smoke[0]["sections"]["consumers_parallel"]
+    assert set(section["workloads"]) == {"many_sessions", "hot_sessions"}
+    for workload in section["workloads"].values():
+        assert [r["consumers"] for r in workload["runs"]] == [2, 4, 8]
+        for run in workload["runs"]:
+            assert run["events_persisted"] == run["events"]
+            assert run["lock_waits"]["samples"] > 0
+            # the upserts take their row locks in key order (APPLY_SQL)
+            assert run["deadlocks"] == 0
+    assert section["workloads"]["hot_sessions"]["runs"][0]["sessions"] == 4
+
+
+def test_the_relay_times_every_page_and_drains_to_a_localstack_queue(smoke):
+    section = smoke[0]["sections"]["relay"]
+    for drain in section["drains"]:
+        assert drain["page_flatness"]["first/last"] > 0
+    to_sqs = section["drain_to_localstack_sqs"]
+    assert to_sqs["messages_in_queue"] == to_sqs["backlog"] > 0
+    assert to_sqs["entries_per_second"] > 0
+
+
+def test_the_http_load_reports_each_route_and_names_every_error(smoke):
+    section = smoke[0]["sections"]["http_load"]
+    for run in section["by_clients"]:
+        assert run["clients"] >= 64
+        workloads = run["workloads"]
+        assert set(workloads["many_sessions"]["routes"]) == {
+            "POST /sessions", "GET /sessions/{id}", "PUT /sessions/{id}", "DELETE /sessions/{id}"}
+        assert set(workloads["floor"]["routes"]["GET /bench/no-such-route"]["statuses"]) == {"404"}
+        hot_put = workloads["hot_session"]["routes"]["PUT /sessions/{id}"]["statuses"]
+        assert hot_put.get("200", 0) > 0
+        assert workloads["hot_session"]["conflicts"] == hot_put.get("412", 0) + hot_put.get("409", 0)
+        for data in workloads.values():
+            assert data["errors"] == sum(data["error_kinds"].values())
+            assert sum(sum(r["statuses"].values()) for r in data["routes"].values()) <= data["requests"]
+    assert section["errors_total"] == sum(
+        w["errors"] for run in section["by_clients"] for w in run["workloads"].values())

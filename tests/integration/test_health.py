@@ -111,33 +111,62 @@ def test_sessionsync_health_exits_0_with_every_dependency_up(stack_settings):
     assert table.stdout.rstrip().endswith("overall: ok")
 
 
-def test_a_stopped_redis_gives_503_and_exit_1_naming_redis(
+def test_a_stopped_redis_with_postgresql_up_is_degraded_200_and_exit_1_naming_redis(
         use_settings, stack_settings, throwaway_redis):
     settings = dataclasses.replace(stack_settings, redis_url=throwaway_redis.url)
     throwaway_redis.stop()
 
     response, seconds = get_health(use_settings, settings, up=("postgresql", "queue", "dlq"))
-    assert response.status_code == 503
+    # reads with Cache-Control: max-stale are still served (from PostgreSQL)
+    assert response.status_code == 200, response.body
     body = response.json_body
-    assert body["status"] == "down"
+    assert body["status"] == "degraded"
     assert body["checks"]["redis"]["status"] == "down"
     assert body["checks"]["redis"]["error"] == "Redis unreachable"
     assert all(body["checks"][name]["status"] == "ok" for name in ("postgresql", "queue", "dlq"))
     assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
 
     result = run_cli("health", env=cli_env(settings))
-    assert result.returncode == 1
+    assert result.returncode == 1  # for an operator, Redis is down
     redis_row = next(line for line in result.stdout.splitlines() if line.startswith("redis"))
     assert redis_row.split()[1] == "down"
+    assert result.stdout.rstrip().endswith("overall: degraded")
     assert result.seconds < CLI_BUDGET_SECONDS, f"took {result.seconds:.2f}s"
 
 
-def test_a_hung_redis_gives_503_within_the_deadline(use_settings, stack_settings, throwaway_redis):
+def test_a_stopped_redis_without_postgresql_is_down_503(use_settings, throwaway_redis):
+    throwaway_redis.stop()
+    settings = Settings(redis_url=throwaway_redis.url, api_keys=(API_KEY,), channel=TEST_CHANNEL)
+
+    response, seconds = get_health(use_settings, settings)
+    assert response.status_code == 503, response.body
+    assert response.json_body["status"] == "down"
+    assert response.json_body["checks"]["redis"]["status"] == "down"
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
+
+
+def test_a_stopped_redis_and_a_stopped_postgresql_are_down_503(
+        use_settings, stack_settings, throwaway_redis):
+    throwaway_redis.stop()
+    settings = dataclasses.replace(stack_settings, redis_url=throwaway_redis.url,
+                                   database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+
+    response, seconds = get_health(use_settings, settings, up=("queue", "dlq"))
+    assert response.status_code == 503, response.body
+    body = response.json_body
+    assert body["status"] == "down"
+    assert body["checks"]["redis"]["status"] == body["checks"]["postgresql"]["status"] == "down"
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
+
+
+def test_a_hung_redis_with_postgresql_up_is_degraded_within_the_deadline(
+        use_settings, stack_settings, throwaway_redis):
     settings = dataclasses.replace(stack_settings, redis_url=throwaway_redis.url)
     throwaway_redis.pause()  # keeps its port, answers nothing
 
-    response, seconds = get_health(use_settings, settings, up=("postgresql",))
-    assert response.status_code == 503
+    response, seconds = get_health(use_settings, settings, up=("postgresql", "queue", "dlq"))
+    assert response.status_code == 200, response.body
+    assert response.json_body["status"] == "degraded"
     assert response.json_body["checks"]["redis"]["status"] == "down"
     # cut by the client's one-second timeout or by the deadline, whichever came first
     error = response.json_body["checks"]["redis"]["error"]

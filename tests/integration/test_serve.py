@@ -375,3 +375,41 @@ def test_a_merge_patch_works_over_http_and_another_media_type_is_a_415(server, s
     status, _, body = server.request("PATCH", f"/sessions/{session_id}", {**merge, "If-Match": '"1"'},
                                      '{"state":{}}')
     assert status == 412 and json.loads(body)["error"]["details"]["actual_version"] == 2
+
+
+def test_128_clients_creating_new_sessions_at_once_all_get_a_201_not_a_busy_database(
+        tmp_path, redis_single, pg_test_dsn):
+    # Each create of a new id asks PostgreSQL whether the id existed: with
+    # the request threads queued on one connection, a burst like this one
+    # answered some creates 503 "busy" (sessionsync.serve_database).
+    env = serve_environment()
+    env["DATABASE_URL"] = pg_test_dsn
+    for name in ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE"):  # libpq reads "" as a value
+        env.pop(name)
+    clients = 128
+    prefix = f"burst-{time.time_ns()}"
+    with serve_process(env, tmp_path, "--no-pipeline") as (port, _):
+        server = Server(port, tmp_path / "unused.log")
+        start = threading.Barrier(clients)
+        statuses: list[tuple[int, bytes]] = []
+        lock = threading.Lock()
+
+        def client(n: int) -> None:
+            start.wait(timeout=30)
+            body = json.dumps({"session_id": f"{prefix}-{n}", "state": {"n": n}})
+            try:
+                status, _, reply = server.request("POST", "/sessions", {
+                    **AUTH, "Content-Type": "application/json"}, body)
+            except OSError as exc:
+                status, reply = -1, repr(exc).encode()
+            with lock:
+                statuses.append((status, reply[:400]))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    refused = [(status, reply) for status, reply in statuses if status != 201]
+    assert len(statuses) == clients
+    assert refused == []

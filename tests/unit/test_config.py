@@ -78,6 +78,11 @@ def test_a_malformed_database_url_names_the_setting(url, fragment):
     ({"SQS_SEND_TIMEOUT_SECONDS": "60"}, "SQS_SEND_TIMEOUT_SECONDS"),
     ({"REDIS_URL": "rediss://app:pw@cache.example.com:6379", "REDIS_SECRET_ARN": "arn:x"},
      "REDIS_SECRET_ARN"),
+    ({"SYNC_EVENTS_RETENTION_DAYS": "a month"}, "SYNC_EVENTS_RETENTION_DAYS"),
+    ({"SYNC_EVENTS_RETENTION_DAYS": "-40"}, "SYNC_EVENTS_RETENTION_DAYS"),
+    ({"SYNC_EVENTS_RETENTION_DAYS": "0"}, "SYNC_EVENTS_RETENTION_DAYS"),
+    ({"SYNC_EVENTS_RETENTION_DAYS": "29"}, "SYNC_EVENTS_RETENTION_DAYS"),
+    ({"SYNC_EVENTS_RETENTION_DAYS": "30.5"}, "SYNC_EVENTS_RETENTION_DAYS"),
 ])
 def test_a_malformed_setting_fails_with_a_message_naming_it(env, setting):
     with pytest.raises(ConfigurationError) as caught:
@@ -140,3 +145,11 @@ def test_the_request_path_s_sqs_timeout_is_short_unless_a_stage_sets_it():
     assert load_settings(stage_environment("local")).sqs_send_timeout > 2.0
     for stage in ("dev", "prod"):
         assert load_settings(stage_environment(stage)).sqs_send_timeout == 0.5
+
+
+def test_sync_events_retention_is_unset_by_default_and_read_in_whole_days():
+    assert load_settings({}).events_retention_days is None
+    assert load_settings({"SYNC_EVENTS_RETENTION_DAYS": " "}).events_retention_days is None
+    assert load_settings({"SYNC_EVENTS_RETENTION_DAYS": "90"}).events_retention_days == 90
+    with pytest.raises(ConfigurationError, match="at least 30 days"):
+        load_settings({"SYNC_EVENTS_RETENTION_DAYS": "7"})

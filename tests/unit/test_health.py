@@ -138,3 +138,28 @@ def test_settings_that_cannot_be_loaded_are_a_down_report_not_an_error():
     report = health.check_configured(probes)
     assert report.to_dict() == {"status": "down", "checks": {"redis": {
         "status": "down", "latency_ms": None, "error": "configuration error: REDIS_URL is malformed"}}}
+
+
+def _down():
+    raise ServiceUnavailable("refused", dependency="redis")
+
+
+@pytest.mark.parametrize(("probes", "status", "http"), [
+    ({"redis": lambda: {}, "postgresql": lambda: {}}, "ok", 200),
+    ({"redis": _down, "postgresql": lambda: {}, "queue": lambda: {}}, "degraded", 200),
+    ({"redis": _down}, "down", 503),  # no PostgreSQL: nothing can serve a read
+    ({"redis": _down, "postgresql": _down}, "down", 503),
+    ({"redis": _down, "postgresql": lambda: {}, "queue": _down}, "down", 503),
+    ({"redis": lambda: {}, "postgresql": _down}, "down", 503),
+])
+def test_redis_down_with_postgresql_and_the_rest_up_is_degraded_and_still_200(probes, status, http):
+    report = health.check(probes)
+    assert (report.to_dict()["status"], report.http_status) == (status, http)
+
+
+def test_a_broken_redis_setting_is_down_not_degraded():
+    def broken():
+        raise ConfigurationError("REDIS_URL", "malformed")
+
+    report = health.check({"redis": broken, "postgresql": lambda: {}})
+    assert (report.status, report.http_status) == ("down", 503)

@@ -308,3 +308,26 @@ def test_a_put_with_contradicting_preconditions_says_what_to_fix(if_match, if_no
     with pytest.raises(ValidationError, match=message):
         validation.put_request("a", raw, if_match_header=if_match, if_none_match_header=if_none_match,
                                max_state_bytes=LIMIT)
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    (None, None),
+    ("no-cache", None),
+    ("max-stale", validation.MaxStale(None)),
+    ("MAX-STALE", validation.MaxStale(None)),
+    ("max-stale=30", validation.MaxStale(30)),
+    ('max-stale="30"', validation.MaxStale(30)),
+    ("no-cache, max-stale=0", validation.MaxStale(0)),
+    (' foo="a,b" ,, max-stale = 5', None),  # spaces around "=": not a directive
+    (' foo="a,b" ,, max-stale=5 ', validation.MaxStale(5)),
+    ("max-stale=99999999999999999999", validation.MaxStale(2 ** 31)),
+    ("max-stale=5, max-stale", validation.MaxStale(5)),  # the first counts
+    # a malformed max-stale is ignored, never a 400
+    ("max-stale=abc", None),
+    ("max-stale=-1", None),
+    ("max-stale=1.5", None),
+    ('max-stale="5', None),
+    ('x="open, max-stale', None),
+])
+def test_cache_control_max_stale_is_parsed_and_a_malformed_one_is_ignored(header, expected):
+    assert validation.max_stale(header) == expected

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -275,6 +276,16 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._connector.drop()
+
+    @contextmanager
+    def held_connection(self) -> Iterator[psycopg.Connection]:
+        """The connection (autocommit), this object's other callers kept
+        out until the block ends: for a job of several statements on one
+        session (``retention``'s advisory lock).  Raises psycopg.Error (the
+        caller classifies it; a broken connection is replaced on next use),
+        ConfigurationError or ServiceUnavailable (the DSN)."""
+        with self._lock:
+            yield self._connection()
 
     def _fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any],
                deadline: float = READ_DEADLINE_SECONDS) -> list[tuple]:

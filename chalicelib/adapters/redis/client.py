@@ -46,6 +46,14 @@ NOT_RUN_BACKOFF = ExponentialBackoff(cap=0.1, base=0.025)
 # A cluster command refused with CLUSTERDOWN is sent once more, after
 # redis-py's own pause and a reload of the slot map.
 CLUSTER_RETRIES = 1
+# Connections a pool may open (per node for a cluster).  redis-py's default
+# (100 since redis-py 6) fails the 101st concurrent command at once with
+# MaxConnectionsError, a 503: ``sessionsync serve`` runs a thread per
+# client connection, so a burst of more clients than that got 503s
+# (``sessionsync bench --sections http_load``).  A Lambda runs one request
+# at a time and never gets near it.  Redis's own default maxclients bounds
+# it instead.
+POOL_MAX_CONNECTIONS = 10_000
 # How long the Redis secret read for one connection is reused for the next
 # ones.  A rotation must keep the old password valid for longer than this
 # (ElastiCache RBAC users accept two passwords at once: infra/README.md).
@@ -236,6 +244,7 @@ def connect_redis(settings: Settings, secrets_client: Any = None, **overrides: A
         "socket_timeout": settings.redis_timeout,
         "health_check_interval": 30,
         "client_name": "sessionsync",
+        "max_connections": POOL_MAX_CONNECTIONS,
     }
     if settings.redis_secret_arn:
         if secrets_client is None:

@@ -1,0 +1,303 @@
+"""2, 4 and 8 consumers at once against one PostgreSQL: throughput, lock waits, deadlocks.
+
+Each consumer is a process of its own (forked from the bench, its CPU
+affinity widened to every CPU: PostgreSQL and the consumers share the
+machine), calling the Lambda entry point (``app.persist_changes``) with
+SQS-shaped batches of ``CONSUMER_BATCH_SIZE`` records over its own
+connection, as concurrent Lambda invocations do.  The batches are dealt
+round-robin, so that consecutive versions of a session go to different
+consumers, as a standard queue does.  Two workloads:
+
+* ``many_sessions``: thousands of sessions, a few versions each: the
+  consumers rarely want the same ``sync_sessions`` row at once;
+* ``hot_sessions``: ``HOT_SESSIONS`` sessions take every event: every batch
+  of every consumer upserts the same few rows, and waits on row locks.
+
+Measured, per run: events/s of all consumers together (events / the span
+from the first consumer's start to the last one's end); lock waits,
+sampled from ``pg_stat_activity`` (backends of the bench's database with
+``wait_event_type = 'Lock'``) every ``SAMPLE_SECONDS``; deadlocks, as the
+delta of ``pg_stat_database.deadlocks`` of the bench's database (read once
+every consumer backend has gone, so that their statistics are flushed) and
+as batches the consumers had to send again (a deadlock is one cause: the
+consumer keeps only which records to retry, not why).
+There must be none: APPLY_SQL takes its locks in key order (docs/guarantees.md).
+Every run is checked: every event once in ``sync_events``, every session
+at its highest version in ``sync_sessions``.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from chalicelib import runtime
+from chalicelib.config import CONSUMER_BATCH_SIZE, Settings
+from sessionsync.bench.consumer import change_event
+from sessionsync.bench.context import DEFAULT_DATABASE_URL, STATE_BYTES, BenchContext, state_document
+from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record
+from sessionsync.bench.stats import ratio
+from sessionsync.project import import_app
+
+CONSUMERS = (2, 4, 8)
+WORKLOADS = ("many_sessions", "hot_sessions")
+HOT_SESSIONS = 4
+MANY_VERSIONS = 5
+SAMPLE_SECONDS = 0.01
+#: a batch that failed (retryable) is sent again, as SQS would, this often
+RETRIES = 5
+#: events per consumer, by profile
+EVENTS_PER_CONSUMER = {"full": 5_000, "quick": 1_000, "smoke": 200}
+
+LOCK_SAMPLE_SQL = """
+SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'),
+       coalesce(array_agg(wait_event) FILTER (WHERE wait_event_type = 'Lock'), '{}')
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+"""
+DEADLOCKS_SQL = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+BACKENDS_SQL = """
+SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+"""
+
+
+def deal(bodies: list[tuple[str, str]], consumers: int, batch: int) -> list[list[list[tuple[str, str]]]]:
+    """Cut ``bodies`` into batches and deal them round-robin: consumer i gets
+    batches i, i + consumers, ...  (a list of batches per consumer)."""
+    batches = [bodies[i:i + batch] for i in range(0, len(bodies), batch)]
+    return [batches[i::consumers] for i in range(consumers)]
+
+
+def workload_bodies(workload: str, prefix: str, events: int) -> list[tuple[str, str]]:
+    """(event id, body) in version-major order: every session's version v
+    before any session's v + 1, as writes arriving over time would be."""
+    sessions = HOT_SESSIONS if workload == "hot_sessions" else max(1, events // MANY_VERSIONS)
+    versions = -(-events // sessions)
+    state = state_document(STATE_BYTES)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    out = []
+    for version in range(1, versions + 1):
+        for s in range(sessions):
+            sid = f"{prefix}-{s}"
+            out.append((f"{sid}:{version}", change_event(sid, version, state, stamp)))
+    return out
+
+
+def summarize_samples(samples: list[tuple[int, list[str]]]) -> dict[str, Any]:
+    """Lock-wait samples (backends waiting, their wait events) in figures."""
+    waiting = [n for n, _ in samples]
+    events: Counter[str] = Counter()
+    for _, names in samples:
+        events.update(names)
+    return {
+        "samples": len(samples),
+        "samples_with_lock_waits": sum(1 for n in waiting if n),
+        "share_of_samples_with_lock_waits": round(sum(1 for n in waiting if n) / len(samples), 4)
+        if samples else 0.0,
+        "mean_backends_waiting": round(sum(waiting) / len(samples), 3) if samples else 0.0,
+        "max_backends_waiting": max(waiting, default=0),
+        "by_wait_event": dict(events.most_common()),
+    }
+
+
+def _consumer_main(index: int, dsn: str, redis_url: str,
+                   batches: list[list[tuple[str, str]]], barrier: Any, results: Any) -> None:
+    """One consumer process: warm up, wait for the others, persist its batches."""
+    try:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    except (AttributeError, OSError):
+        pass
+    # The parent's runtime was reset before the fork: nothing of its is shared.
+    runtime.install(settings=Settings(
+        database_url=dsn,
+        redis_url=redis_url,
+        dlq_url="http://127.0.0.1:4566/000000000000/sessionsync-bench-unused-dlq"))
+    handler = import_app().persist_changes
+    context = LambdaContext(timeout_ms=60_000)
+    events = [sqs_event([sqs_record(body, event_id=eid) for eid, body in chunk])
+              for chunk in batches]
+    retried = 0
+    try:
+        database = runtime.database()
+        assert database is not None
+        database.ping()  # connected before the start
+    except BaseException:
+        barrier.abort()  # the others, and the bench, stop waiting at once
+        raise
+    barrier.wait(timeout=120)
+    started = time.monotonic()
+    try:
+        for event in events:
+            for attempt in range(RETRIES + 1):
+                try:
+                    response = handler(event, context)
+                except Exception as exc:  # BatchIncomplete: some records to retry
+                    report = getattr(exc, "report", None)
+                    if report is None or attempt == RETRIES:
+                        raise
+                    retried += 1
+                    event = {"Records": [r for r in event["Records"]
+                                         if r["messageId"] in set(report.retry)]}
+                    continue
+                if response["batchItemFailures"]:
+                    raise AssertionError(f"batch item failures: {response['batchItemFailures'][:3]}")
+                break
+        ended = time.monotonic()
+        results.put({"index": index, "events": sum(len(b) for b in batches), "started": started,
+                     "ended": ended, "retried_batches": retried})
+    except Exception as exc:
+        results.put({"index": index, "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        runtime.reset()  # closes the connection: its backend flushes its statistics
+
+
+class LockSampler:
+    """Samples pg_stat_activity's lock waits in a thread of its own."""
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.samples: list[tuple[int, list[str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lock-sampler", daemon=True)
+
+    def __enter__(self) -> LockSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            row = self.conn.execute(LOCK_SAMPLE_SQL).fetchone()
+            assert row is not None
+            self.samples.append((int(row[0]), list(row[1])))
+
+
+def _deadlocks(conn: Any) -> int:
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(DEADLOCKS_SQL).fetchone()
+    return int(row[0] or 0)
+
+
+def _backends(conn: Any) -> set[int]:
+    return set(conn.execute(BACKENDS_SQL).fetchone()[0])
+
+
+def _wait_backends_gone(conn: Any, pids: set[int], timeout: float = 15.0) -> None:
+    """Until the consumers' backends have exited (a backend flushes its
+    statistics, deadlocks included, when it exits)."""
+    deadline = time.monotonic() + timeout
+    while pids & _backends(conn) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _verify_and_delete(conn: Any, prefix: str, bodies: list[tuple[str, str]]) -> dict[str, int]:
+    expected_last: dict[str, int] = {}
+    for eid, _ in bodies:
+        sid, version = eid.rsplit(":", 1)
+        expected_last[sid] = max(expected_last.get(sid, 0), int(version))
+    try:
+        events = conn.execute("SELECT count(*) FROM sync_events WHERE session_id LIKE %s",
+                              (prefix + "-%",)).fetchone()[0]
+        stored = dict(conn.execute("SELECT session_id, version FROM sync_sessions "
+                                   "WHERE session_id LIKE %s", (prefix + "-%",)).fetchall())
+        behind = sum(1 for sid, v in expected_last.items() if stored.get(sid) != v)
+        if events != len(bodies) or behind:
+            raise AssertionError(f"{events} of {len(bodies)} events persisted, {behind} sessions "
+                                 "not at their last version")
+        return {"events_persisted": int(events), "sessions": len(expected_last)}
+    finally:
+        conn.execute("DELETE FROM sync_events WHERE session_id LIKE %s", (prefix + "-%",))
+        conn.execute("DELETE FROM sync_sessions WHERE session_id LIKE %s", (prefix + "-%",))
+
+
+def _one_run(ctx: BenchContext, dsn: str, workload: str, consumers: int, per_consumer: int
+             ) -> dict[str, Any]:
+    import psycopg
+
+    prefix = f"{ctx.session_prefix('par')}-{workload[:4]}-{consumers}"
+    bodies = workload_bodies(workload, prefix, consumers * per_consumer)
+    shares = deal(bodies, consumers, CONSUMER_BATCH_SIZE)
+    fork = multiprocessing.get_context("fork")
+    barrier = fork.Barrier(consumers + 1)
+    results = fork.Queue()
+    runtime.reset()  # nothing of the parent's (connections) goes into the children
+    procs = [fork.Process(target=_consumer_main, name=f"bench-consumer-{i}",
+                          args=(i, dsn, ctx.redis_url, shares[i], barrier, results),
+                          daemon=True)
+             for i in range(consumers)]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        before = _backends(conn)
+    for proc in procs:
+        proc.start()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            deadlocks_before = _deadlocks(conn)
+            with LockSampler(dsn) as sampler:
+                barrier.wait(timeout=120)  # every consumer has connected
+                theirs = _backends(conn) - before - {sampler.conn.info.backend_pid}
+                reports = [results.get(timeout=600) for _ in procs]
+            for proc in procs:
+                proc.join(timeout=30)
+            _wait_backends_gone(conn, theirs)
+            sampler.conn.close()
+            deadlocks = _deadlocks(conn) - deadlocks_before
+            errors = [r["error"] for r in reports if "error" in r]
+            if errors:
+                raise RuntimeError(f"consumer failed: {errors[0]}")
+            check = _verify_and_delete(conn, prefix, bodies)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+    span = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
+    return {
+        "consumers": consumers,
+        "events": len(bodies),
+        "seconds": round(span, 3),
+        "events_per_second": round(len(bodies) / span, 1),
+        "per_consumer_events_per_second": round(len(bodies) / span / consumers, 1),
+        "lock_waits": summarize_samples(sampler.samples),
+        "deadlocks": deadlocks,
+        "retried_batches": sum(r["retried_batches"] for r in reports),
+        **check,
+    }
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    from sessionsync import provisioning
+
+    dsn = ctx.database_url or DEFAULT_DATABASE_URL
+    provisioning.ensure_database(dsn)
+    provisioning.migrate(dsn)
+    import_app()  # imported once here: the forked consumers inherit it
+    per_consumer = EVENTS_PER_CONSUMER.get(ctx.profile.name, EVENTS_PER_CONSUMER["quick"])
+    per_consumer -= per_consumer % CONSUMER_BATCH_SIZE
+    workloads: dict[str, Any] = {}
+    for workload in WORKLOADS:
+        runs = [_one_run(ctx, dsn, workload, n, per_consumer) for n in CONSUMERS]
+        base = runs[0]["events_per_second"]
+        for r in runs:
+            r["speedup_vs_2"] = ratio(r["events_per_second"], base)
+        workloads[workload] = {"runs": runs}
+    return {
+        "database": dsn.rsplit("/", 1)[-1],
+        "batch_size": CONSUMER_BATCH_SIZE,
+        "events_per_consumer": per_consumer,
+        "state_bytes": STATE_BYTES,
+        "cpu_count": os.cpu_count(),
+        "workloads": workloads,
+        "deadlocks_total": sum(r["deadlocks"] for w in workloads.values() for r in w["runs"]),
+        "notes": "consumers are processes (forked), each with its own connection, calling "
+                 "app.persist_changes; events_per_second = all events / span of the run; "
+                 f"lock waits sampled every {SAMPLE_SECONDS * 1000:g} ms from pg_stat_activity; "
+                 "deadlocks = pg_stat_database.deadlocks delta of the bench's database.",
+    }
