@@ -219,6 +219,14 @@ class ApplyResult:
         return self.inserted + self.duplicates
 
 
+def apply_parameters(events: Sequence[ChangeEvent]) -> tuple[list[Any], ...]:
+    """APPLY_SQL's parameters for ``events``: parallel arrays, in its unnest order."""
+    return ([e.session_id for e in events], [e.version for e in events],
+            [e.event_type for e in events], [e.state_json for e in events],
+            [e.created_at for e in events], [e.occurred_at for e in events],
+            [e.ttl_seconds for e in events], [e.owner_id for e in events])
+
+
 def _first_of_each_version(events: Sequence[ChangeEvent]) -> tuple[list[int], list[int]]:
     """Split a batch by (session, version): (indexes of the first event of
     each, indexes of the later ones).  One statement cannot insert a key
@@ -363,12 +371,7 @@ class Database:
         conn = self._connection()
         unique, later = _first_of_each_version(events)
         batch = [events[i] for i in unique]
-        # parallel arrays, in APPLY_SQL's unnest order
-        columns = ([e.session_id for e in batch], [e.version for e in batch],
-                   [e.event_type for e in batch], [e.state_json for e in batch],
-                   [e.created_at for e in batch], [e.occurred_at for e in batch],
-                   [e.ttl_seconds for e in batch], [e.owner_id for e in batch])
-        row = conn.execute(APPLY_SQL, columns).fetchone()
+        row = conn.execute(APPLY_SQL, apply_parameters(batch)).fetchone()
         assert row is not None
         # WITH ORDINALITY counts from 1
         compare = [unique[int(i) - 1] for i in row[2] or ()] + later
