@@ -15,7 +15,7 @@ from chalice import AuthResponse, Chalice, IAMAuthorizer, Rate
 
 from chalicelib import config, runtime
 from chalicelib.api import web
-from chalicelib.domain import merge_patch, validation
+from chalicelib.domain import idempotency, merge_patch, validation
 from chalicelib.observability import logs
 
 # Chalice's own log handler prints plain text; logs.configure() makes every
@@ -54,8 +54,11 @@ session_auth = IAMAuthorizer() if config.auth_mode() == "iam" else api_key
 @web.handles_errors
 def create_session():
     request = app.current_request
-    create = validation.create_request(request.raw_body, runtime.settings().max_state_bytes)
-    session = runtime.service().create(create)
+    keyed = idempotency.for_request(request.headers.get(idempotency.HEADER), "POST", "/sessions",
+                                    request.raw_body)
+    create = validation.create_request(request.raw_body, runtime.settings().max_state_bytes,
+                                       default_id=keyed.session_id() if keyed else None)
+    session = runtime.service().create(create, keyed)
     return web.session_response(session, 201,
                                 Location=web.session_url(request.context, 1, session.session_id))
 
@@ -81,13 +84,17 @@ def update_session(session_id):
                                  if_match_header=request.headers.get("if-match"),
                                  if_none_match_header=request.headers.get("if-none-match"),
                                  max_state_bytes=runtime.settings().max_state_bytes)
+    keyed = idempotency.for_request(request.headers.get(idempotency.HEADER), "PUT",
+                                    f"/sessions/{put.session_id}", request.raw_body,
+                                    if_match=request.headers.get("if-match"),
+                                    if_none_match=request.headers.get("if-none-match"))
     if isinstance(put, validation.CreateRequest):  # If-None-Match: *
         with web.precondition("If-None-Match: *", put.session_id, absent_fails=False):
-            session = runtime.service().create(put)
+            session = runtime.service().create(put, keyed)
         return web.session_response(session, 201,
                                     Location=web.session_url(request.context, 2, session.session_id))
     with web.if_match(put.if_match, put.session_id):
-        return web.session_response(runtime.service().update(put))
+        return web.session_response(runtime.service().update(put, keyed))
 
 
 # Chalice refuses (415) a body of another Content-Type before the view runs;
@@ -101,18 +108,25 @@ def patch_session(session_id):
                                      content_type=request.headers.get("content-type"),
                                      if_match_header=request.headers.get("if-match"),
                                      max_state_bytes=runtime.settings().max_state_bytes)
+    keyed = idempotency.for_request(request.headers.get(idempotency.HEADER), "PATCH",
+                                    f"/sessions/{patch.session_id}", request.raw_body,
+                                    if_match=request.headers.get("if-match"))
     with web.if_match(patch.if_match, patch.session_id):
-        return web.session_response(runtime.service().patch(patch))
+        return web.session_response(runtime.service().patch(patch, keyed))
 
 
 @app.route("/sessions/{session_id}", methods=["DELETE"], authorizer=session_auth)
 @web.handles_errors
 def delete_session(session_id):
+    request = app.current_request
     sid = validation.session_id(session_id)
-    condition = validation.if_match(app.current_request.headers.get("if-match"))
+    condition = validation.if_match(request.headers.get("if-match"))
+    keyed = idempotency.for_request(request.headers.get(idempotency.HEADER), "DELETE",
+                                    f"/sessions/{sid}", request.raw_body,
+                                    if_match=request.headers.get("if-match"))
     with web.if_match(condition, sid):
-        runtime.service().delete(sid, condition.version if condition else None)
-    return web.no_content()
+        deleted = runtime.service().delete(sid, condition.version if condition else None, keyed)
+    return web.no_content(deleted)
 
 
 @app.route("/sessions/{session_id}/events", methods=["GET"], authorizer=session_auth)

@@ -43,6 +43,7 @@ SESSION_DLQ_NAME = "SESSION_DLQ_NAME"
 SESSION_QUEUE_FIFO = "SESSION_QUEUE_FIFO"
 SESSION_TTL = "SESSION_TTL"
 SESSION_MARKER_TTL = "SESSION_MARKER_TTL"
+IDEMPOTENCY_KEY_TTL = "IDEMPOTENCY_KEY_TTL_SECONDS"
 MAX_STATE_BYTES = "MAX_STATE_BYTES"
 LOG_LEVEL = "LOG_LEVEL"
 AWS_ENDPOINT_URL = "AWS_ENDPOINT_URL"
@@ -92,6 +93,12 @@ DEFAULT_REDIS_SETTLE_SECONDS = 10.0
 # policy cannot take it (its memory: docs/troubleshooting.md); a number
 # of seconds bounds that memory where the eviction policy is noeviction.
 DEFAULT_MARKER_TTL = 0
+# How long a write's Idempotency-Key is remembered (its record in Redis,
+# chalicelib/adapters/redis/store.py): at least a day, so that a client's
+# retries of a write whose answer it lost, however patient, find it.
+DEFAULT_IDEMPOTENCY_KEY_TTL = 24 * 3600
+MIN_IDEMPOTENCY_KEY_TTL = 24 * 3600
+MAX_IDEMPOTENCY_KEY_TTL = 30 * 24 * 3600
 # The request path's one SQS attempt: connect and read timeout, seconds.  A
 # hung SQS costs a write at most this once, then inline sends pause and the
 # outbox relay delivers (chalicelib/pipeline/producer.py).  Short for AWS, whose
@@ -145,6 +152,8 @@ class Settings:
     queue_fifo: bool = False
     session_ttl: int = DEFAULT_SESSION_TTL
     marker_ttl: int = DEFAULT_MARKER_TTL
+    #: IDEMPOTENCY_KEY_TTL_SECONDS: how long a write's Idempotency-Key is remembered
+    idempotency_ttl: int = DEFAULT_IDEMPOTENCY_KEY_TTL
     max_state_bytes: int = DEFAULT_MAX_STATE_BYTES
     log_level: str = "INFO"
     aws_endpoint_url: str | None = None
@@ -393,6 +402,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         queue_fifo=queue_fifo,
         session_ttl=_int(env, SESSION_TTL, DEFAULT_SESSION_TTL, MIN_TTL_SECONDS, MAX_TTL_SECONDS),
         marker_ttl=_marker_ttl(env),
+        idempotency_ttl=_int(env, IDEMPOTENCY_KEY_TTL, DEFAULT_IDEMPOTENCY_KEY_TTL,
+                             MIN_IDEMPOTENCY_KEY_TTL, MAX_IDEMPOTENCY_KEY_TTL),
         max_state_bytes=max_state,
         log_level=level,
         aws_endpoint_url=endpoint,

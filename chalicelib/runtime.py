@@ -87,7 +87,8 @@ def redis() -> RedisClient:
 def store() -> SessionStore:
     from chalicelib.adapters.redis.store import SessionStore
     s = settings()
-    return _once("store", lambda: SessionStore(redis(), marker_ttl=s.marker_ttl, channel=s.channel))
+    return _once("store", lambda: SessionStore(redis(), marker_ttl=s.marker_ttl, channel=s.channel,
+                                                    idempotency_ttl=s.idempotency_ttl))
 
 
 def sqs() -> Any:

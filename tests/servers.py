@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +265,9 @@ class TcpProxy:
     reaches it (the command ran; the caller cannot know), ``retarget(port)``
     sends new connections to another server while the open ones stay where
     they are (a DNS name that moved), ``reply_delay`` holds every reply back
-    that many seconds (a slow network: each round trip takes at least that)."""
+    that many seconds (a slow network: each round trip takes at least that);
+    ``cut_after_request(containing=...)`` waits for a request holding one of
+    those bytes (a script's SHA) and cuts that request's reply only."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
@@ -276,6 +278,8 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self._frozen = threading.Event()
         self._cut = threading.Event()
+        self._cut_on: tuple[bytes, ...] = ()
+        self._cut_lock = threading.Lock()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
         self.reply_delay = 0.0
@@ -287,8 +291,20 @@ class TcpProxy:
     def thaw(self) -> None:
         self._frozen.clear()
 
-    def cut_after_request(self) -> None:
+    def cut_after_request(self, containing: Sequence[bytes] = ()) -> None:
+        if containing:
+            with self._cut_lock:
+                self._cut_on = tuple(containing)
+            return
         self._cut.set()
+
+    def _take_cut(self, request: bytes) -> bool:
+        """Whether ``request`` is the one a ``cut_after_request(containing=...)`` waits for."""
+        with self._cut_lock:
+            if self._cut_on and any(pattern in request for pattern in self._cut_on):
+                self._cut_on = ()
+                return True
+        return False
 
     def retarget(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
@@ -322,10 +338,15 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+            # this connection's next reply is cut (cut_after_request(containing=...))
+            cut_reply = threading.Event()
+            threading.Thread(target=self._pump, args=(client, upstream, False, cut_reply),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True, cut_reply),
+                             daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, is_reply: bool) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, is_reply: bool,
+              cut_reply: threading.Event) -> None:
         try:
             while True:
                 data = source.recv(65536)
@@ -335,10 +356,19 @@ class TcpProxy:
                     time.sleep(0.02)
                 if is_reply and self.reply_delay:
                     time.sleep(self.reply_delay)
-                if is_reply and self._cut.is_set():
-                    self._cut.clear()
+                if not is_reply and self._take_cut(data):
+                    cut_reply.set()  # before the request goes on: its reply comes after
+                if is_reply and (cut_reply.is_set() or self._cut.is_set()):
+                    if not cut_reply.is_set():
+                        self._cut.clear()
                     # RST, not FIN: the client sees its connection reset
                     sink.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    if cut_reply.is_set():
+                        # wake the request pump blocked in recv() on this
+                        # socket, or close() waits for it: the client would
+                        # see its timeout instead of the reset, each time
+                        with contextlib.suppress(OSError):
+                            sink.shutdown(socket.SHUT_RD)
                     sink.close()
                     return
                 sink.sendall(data)

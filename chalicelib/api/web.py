@@ -28,6 +28,7 @@ from chalicelib.domain.errors import (
     SessionSyncError,
     UnsupportedMediaType,
 )
+from chalicelib.domain.idempotency import REPLAYED_HEADER
 from chalicelib.domain.merge_patch import MEDIA_TYPE as MERGE_PATCH_MEDIA_TYPE
 from chalicelib.domain.session import Session
 from chalicelib.domain.validation import IfMatch
@@ -49,7 +50,14 @@ def problem(status: int, error: Mapping[str, Any]) -> dict[str, Any]:
 
 def session_response(session: Session, status: int = 200, **headers: str) -> Response:
     return Response(body=session.to_json(), status_code=status,
-                    headers={**JSON, "ETag": etag(session), **headers})
+                    headers={**JSON, "ETag": etag(session), **replayed(session), **headers})
+
+
+def replayed(session: Session) -> dict[str, str]:
+    """``Idempotent-Replayed: true`` on the answer to a retry that found its
+    Idempotency-Key's recorded write (the original outcome, written no
+    second time); nothing otherwise."""
+    return {REPLAYED_HEADER: "true"} if session.replayed else {}
 
 
 def read_headers(recovered: bool, stale_age: int | None) -> dict[str, str]:
@@ -72,9 +80,11 @@ def not_modified(session: Session, **headers: str) -> Response:
     return Response(body="", status_code=304, headers={"ETag": etag(session), **headers})
 
 
-def no_content() -> Response:
-    """A 204: no body, so no Content-Type."""
-    return Response(body="", status_code=204)
+def no_content(session: Session | None = None) -> Response:
+    """A 204: no body, so no Content-Type; marked as a replay when
+    ``session`` (what the write returned) is one."""
+    headers: dict[str, str | list[str]] = {**replayed(session)} if session else {}
+    return Response(body="", status_code=204, headers=headers)
 
 
 def session_url(context: Mapping[str, Any], route_segments: int, session_id: str) -> str:

@@ -171,6 +171,22 @@ class PreconditionFailed(ConcurrencyError):
         self.precondition = precondition
 
 
+class IdempotencyKeyReused(SessionSyncError):
+    """An Idempotency-Key already recorded for another request on this
+    session (another method, body or precondition): nothing was written.
+    A client must use a fresh key for a new request."""
+
+    code = "IdempotencyKeyReused"
+    status = 422
+
+    def __init__(self, session_id: str, key: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was already used for a different request on "
+                         f"session {session_id!r}; send a new key for a new request",
+                         session_id=session_id, idempotency_key=key)
+        self.session_id = session_id
+        self.key = key
+
+
 # --- dependency errors -----------------------------------------------------
 
 class ServiceUnavailable(SessionSyncError):

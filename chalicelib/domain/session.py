@@ -1,6 +1,6 @@
 """A session: the unit the API serves, the store keeps and PostgreSQL records."""
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,9 @@ class Session:
     deleted: bool = False
     #: the owner given at creation (``GET /owners/{owner_id}/sessions``), or None
     owner_id: str | None = None
+    #: the recorded outcome of an earlier request with the same
+    #: Idempotency-Key (chalicelib.domain.idempotency), not a new write
+    replayed: bool = field(default=False, compare=False)
 
     @property
     def state(self) -> dict:

@@ -293,14 +293,17 @@ def _reject_unknown(body: Mapping[str, Any], allowed: set[str]) -> None:
         raise ValidationError(f"unknown field(s): {', '.join(unknown)}", fields=unknown)
 
 
-def create_request(raw: bytes | None, max_state_bytes: int) -> CreateRequest:
+def create_request(raw: bytes | None, max_state_bytes: int, *,
+                   default_id: str | None = None) -> CreateRequest:
+    """A POST /sessions; without a session_id in the body, the session gets
+    ``default_id`` (a keyed request's: Idempotency.session_id) or a new uuid4."""
     body = parse_body(raw, max_state_bytes)
     _reject_unknown(body, {"session_id", "state", "ttl_seconds", "owner_id"})
     if "state" not in body:
         raise ValidationError("state is required", field="state")
     sid = body.get("session_id")
     if sid is None:
-        sid = str(uuid.uuid4())
+        sid = default_id or str(uuid.uuid4())
     elif not isinstance(sid, str):
         raise ValidationError("session_id must be a string", field="session_id")
     else:

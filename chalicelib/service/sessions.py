@@ -55,6 +55,7 @@ from chalicelib.domain.errors import (
     SessionExists,
     SessionNotFound,
 )
+from chalicelib.domain.idempotency import Idempotency
 from chalicelib.domain.session import Session
 from chalicelib.domain.validation import CreateRequest, MaxStale, PatchRequest, UpdateRequest
 from chalicelib.observability import metrics
@@ -144,8 +145,16 @@ class SessionService:
         self._reported_at = float("-inf")
 
     @metrics.timed_write("create")
-    def create(self, request: CreateRequest) -> Session:
-        """Raises SessionExists, ServiceUnavailable."""
+    def create(self, request: CreateRequest, idempotency: Idempotency | None = None) -> Session:
+        """Raises SessionExists, ServiceUnavailable.
+
+        Every write method takes ``idempotency`` (the request's
+        Idempotency-Key): a write already recorded under the key is returned
+        as it was (``Session.replayed``), and shipped no second time; the
+        store checks the record before anything else, so a replay needs
+        neither PostgreSQL nor a settled Redis.  IdempotencyKeyReused when
+        the key was recorded for another request.
+        """
         ttl = request.ttl_seconds or self.default_ttl
         owner = request.owner_id
         if owner is not None:
@@ -154,6 +163,7 @@ class SessionService:
             self.store.owner_register(owner, request.session_id)
         try:
             result = self.store.create(request.session_id, request.state_json, ttl, owner_id=owner,
+                                       idempotency=idempotency,
                                        known_absent=self.durable is None)
         except IdUnknown:
             # ids are never reused, and Redis may have forgotten this one;
@@ -164,7 +174,8 @@ class SessionService:
             if persisted is not None:
                 raise SessionExists(request.session_id, version=persisted.version,
                                     deleted=persisted.deleted) from None
-            result = self.store.create(request.session_id, request.state_json, ttl, owner_id=owner)
+            result = self.store.create(request.session_id, request.state_json, ttl,
+                                       idempotency=idempotency, owner_id=owner)
         self._ship(result)
         return result.session
 
@@ -237,16 +248,17 @@ class SessionService:
         return Read(persisted, recovered=True, stale_age=age)
 
     @metrics.timed_write("update")
-    def update(self, request: UpdateRequest) -> Session:
+    def update(self, request: UpdateRequest, idempotency: Idempotency | None = None) -> Session:
         """Compare-and-set.  Raises ConcurrencyError, SessionNotFound,
-        RecoveryPending, ServiceUnavailable."""
+        RecoveryPending, ServiceUnavailable; ``idempotency`` as ``create``."""
         result = self._write(request.session_id, lambda floor: self.store.update(
-            request.session_id, request.state_json, request.expected_version, floor=floor))
+            request.session_id, request.state_json, request.expected_version, floor=floor,
+            idempotency=idempotency))
         self._ship(result)
         return result.session
 
     @metrics.timed_write("patch")
-    def patch(self, request: PatchRequest) -> Session:
+    def patch(self, request: PatchRequest, idempotency: Idempotency | None = None) -> Session:
         """Apply a merge patch (RFC 7396) to the session's state atomically:
         read, merge, compare-and-set at the version read, so that the patch
         applies to exactly the state it was merged into and no concurrent
@@ -264,7 +276,17 @@ class SessionService:
 
         Raises ConcurrencyError (If-Match lost), KeptChanging (every attempt
         lost), PayloadTooLarge / ValidationError (the merged state), and as
-        ``update``."""
+        ``update``.
+
+        With ``idempotency``, the record is looked up before the read (a
+        retry of a patch that was applied would otherwise read the version
+        it made and fail its If-Match, or find the session deleted since),
+        and passed to the compare-and-set, whose script checks it again
+        atomically (a concurrent retry)."""
+        if idempotency is not None:
+            done = self.store.recorded(request.session_id, idempotency)
+            if done is not None:
+                return done.session
         pinned = request.if_match.version if request.if_match is not None else None
         lost: ConcurrencyError | None = None
         for attempt in range(PATCH_ATTEMPTS):
@@ -275,8 +297,8 @@ class SessionService:
             state_json = validation.merged_state(current.state, request.state_patch,
                                                  request.max_state_bytes)
             try:
-                result = self._write(request.session_id,
-                                     self._compare_and_set(request.session_id, state_json, current.version))
+                result = self._write(request.session_id, self._compare_and_set(
+                    request.session_id, state_json, current.version, idempotency=idempotency))
             except ConcurrencyError as exc:
                 if pinned is not None:
                     raise
@@ -292,16 +314,18 @@ class SessionService:
         raise KeptChanging(request.session_id, attempts=PATCH_ATTEMPTS,
                            expected_version=current.version, actual_version=lost.actual_version)
 
-    def _compare_and_set(self, session_id: str, state_json: str,
-                         expected_version: int) -> Callable[[int | None], WriteResult]:
+    def _compare_and_set(self, session_id: str, state_json: str, expected_version: int,
+                         idempotency: Idempotency | None = None) -> Callable[[int | None], WriteResult]:
         """The store write of a patch merged into ``expected_version``."""
-        return lambda floor: self.store.update(session_id, state_json, expected_version, floor=floor)
+        return lambda floor: self.store.update(session_id, state_json, expected_version, floor=floor,
+                                               idempotency=idempotency)
 
     @metrics.timed_write("delete")
-    def delete(self, session_id: str, expected_version: int | None = None) -> Session:
+    def delete(self, session_id: str, expected_version: int | None = None,
+               idempotency: Idempotency | None = None) -> Session:
         """Tombstone the session.  Raises as ``update``."""
         result = self._write(session_id, lambda floor: self.store.delete(
-            session_id, expected_version, floor=floor))
+            session_id, expected_version, floor=floor, idempotency=idempotency))
         self._ship(result)
         return result.session
 
@@ -365,7 +389,9 @@ class SessionService:
         response: the entry stays and the relay sends it; the failure is
         logged and counted (``ShipFailures``).
         """
-        if self.publisher is None:
+        if self.publisher is None or result.replayed:
+            # a replay wrote nothing: its event is the original write's,
+            # shipped by it (or by the relay, from the outbox)
             return
         try:
             self.publisher.publish(result)

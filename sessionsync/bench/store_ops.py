@@ -31,10 +31,12 @@ from chalicelib.adapters.redis.store import (
     UPDATE_SCRIPT,
     SessionStore,
     decode_session,
+    idempotency_key,
     iso_utc,
     session_keys,
 )
 from chalicelib.config import Settings
+from chalicelib.domain.idempotency import Idempotency, fingerprint
 from chalicelib.domain.session import Session
 from chalicelib.domain.validation import CreateRequest
 from chalicelib.service.sessions import SessionService
@@ -97,6 +99,14 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     store.create(update_id, state, 3600)
     used.append(update_id)
     version = 1
+    # the same update with an Idempotency-Key, a new one each call (a
+    # client's new request), on a session of its own: the record's lookup
+    # and write in the same script, against ``update`` in the same run
+    keyed_id = f"{prefix}-update-keyed"
+    store.create(keyed_id, state, 3600)
+    used.append(keyed_id)
+    keyed_version = 1
+    records: list[str] = []
     pending_acks: list[str] = []
     created: list[str] = []
     to_delete: list[str] = []
@@ -136,6 +146,16 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         result = store.update(update_id, state, version)
         version += 1
         pending_acks.append(result.event_id)
+        return result
+
+    def update_keyed() -> Any:
+        nonlocal keyed_version
+        key = f"{prefix}-{keyed_version}"
+        result = store.update(keyed_id, state, keyed_version, idempotency=Idempotency(
+            key, fingerprint("PUT", f"/sessions/{keyed_id}", state.encode(), if_match=str(keyed_version))))
+        keyed_version += 1
+        pending_acks.append(result.event_id)
+        records.append(idempotency_key(keyed_id, key))
         return result
 
     def outbox_ack() -> Any:
@@ -188,6 +208,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "get_verified": get_verified,
         "create": create,
         "update": update,
+        "update_keyed": update_keyed,
         "outbox_ack": outbox_ack,
         "delete": delete,
     }
@@ -199,6 +220,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         c_floors = floors.summary()
         if cast(Session, store.get(update_id)).version != version:
             raise AssertionError("update count and stored version disagree")
+        if cast(Session, store.get(keyed_id)).version != keyed_version:
+            raise AssertionError("keyed update count and stored version disagree")
         server = {
             "get": _server_usec(raw_client, "get", get, profile.store_iterations // 5),
             "get_verified": _server_usec(raw_client, "evalsha", get_verified,
@@ -214,6 +237,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         if not ctx.redis_is_own:
             delete_session_keys(raw_client, used + created)
             raw_client.unlink(hash_key)
+            for i in range(0, len(records), 1000):
+                raw_client.unlink(*records[i:i + 1000])
         raw_client.close()
         app_client.close()
         if checked is not None:
@@ -225,6 +250,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                       ("get_verified", "get"), ("update", "floor_evalsha"),
                       ("create", "floor_evalsha"), ("delete", "floor_evalsha"),
                       ("floor_hgetall", "floor_get"), ("epoch_only", "floor_evalsha"),
+                      ("update_keyed", "update"),
                       *((("create_checked", "create"),) if checked is not None else ())):
         ratios[f"{op}/{floor}"] = {q: ratio(latency[op][f"{q}_us"], latency[floor][f"{q}_us"])
                                    for q in ("p50", "p95", "p99")}
@@ -252,6 +278,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                  "API's read with PostgreSQL configured (GET + epoch check in one script); "
                  "create_checked = the API's create of a new id with PostgreSQL behind it (the "
                  "script finds no trace, PostgreSQL is asked, then the create); "
+                 "update_keyed = update with an Idempotency-Key (a new key each call: the "
+                 "record looked up and written in the same script; its ratio to update is "
+                 "what a key costs); "
                  "epoch_only = a script doing only that check (INFO replication), the step "
                  "every write script carries: its cost on top of floor_evalsha; "
                  "outbox_ack = the "

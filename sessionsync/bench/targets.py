@@ -55,6 +55,13 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append(_check("CAS update <= 1.5x bare EVALSHA (p50)", upd_ratio, 1.5,
                              upd_ratio <= 1.5, "x",
                              "SessionStore.update p50 / EVALSHA 'return 1' p50, same run"))
+        if "update_keyed/update" in store["ratios"]:
+            keyed = store["ratios"]["update_keyed/update"]["p50"]
+            checks.append(_check("CAS update with an Idempotency-Key, ratio to one without (p50)",
+                                 keyed, None, None, "x",
+                                 "SessionStore.update with a new key each call p50 / without "
+                                 "p50, same run: the record's GET and SET in the same script; "
+                                 "no number in the target"))
         worst = max(store["latency"][op]["p99_us"] for op in ("get", "update"))
         checks.append(_check("get and update p99 < 1 ms", worst, 1000, worst < 1000, "us",
                              "the larger of get p99 and update p99"))

@@ -41,6 +41,9 @@ class Op:
     error: str | None = None
     #: the owner a create was made with (a revoke's ``session_id`` is its owner)
     owner: str | None = None
+    #: an acknowledged write whose answer was a replay of an earlier attempt
+    #: (Idempotency-Key): its outcome, recorded when that attempt ran
+    replayed: bool = False
 
 
 @dataclass
@@ -59,6 +62,8 @@ class History:
         counts: dict[str, int] = defaultdict(int)
         for op in self.ops:
             counts[f"{op.kind}:{op.outcome}"] += 1
+            if op.replayed:
+                counts[f"{op.kind}:replayed"] += 1
         return dict(sorted(counts.items()))
 
 

@@ -13,6 +13,7 @@ the system reported it.  docs/guarantees.md maps each fault to its test.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -24,11 +25,12 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from chalicelib.adapters.redis.store import CREATE_SCRIPT, DELETE_SCRIPT, UPDATE_SCRIPT
 from sessionsync import provisioning
 from tests.chaos.history import History, check, check_acknowledged_persisted
 from tests.chaos.stack import ChaosStack
 from tests.chaos.workload import Workload
-from tests.servers import RedisServer
+from tests.servers import RedisServer, TcpProxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.localstack]
 
@@ -36,13 +38,14 @@ WORKLOAD_SECONDS = 8.0
 
 
 def run(stack: ChaosStack, nemesis: Callable[[threading.Event], None] | None = None, *,
-        seconds: float = WORKLOAD_SECONDS, clients: int = 4) -> tuple[History, Workload]:
+        seconds: float = WORKLOAD_SECONDS, clients: int = 4,
+        keyed_every: int = 2) -> tuple[History, Workload]:
     """Set up, run the workload with ``nemesis(stop)`` beside it (``stop`` is
     set when the workload ends: a looping nemesis stops then), drain, and
     return the history (the caller checks it)."""
     history = History()
     workload = Workload(lambda: stack.service, history, prefix=f"ch-{uuid.uuid4().hex[:6]}",
-                        clients=clients)
+                        clients=clients, keyed_every=keyed_every)
     workload.setup()
     stop = threading.Event()
     fault = threading.Thread(target=nemesis, args=(stop,), daemon=True) if nemesis else None
@@ -189,6 +192,41 @@ def test_consumers_killed_mid_batch_and_two_at_once_leave_one_row_per_version(
     history, workload = run(stack, killer)
     assert len(kills) >= 3
     assert_clean(stack, history, workload)
+
+
+# -- answers lost after the commit -------------------------------------------------------
+
+@pytest.fixture
+def cutting_proxy(throwaway_redis):
+    """A proxy in front of the test's Redis (set up before the stack, so
+    torn down after it)."""
+    proxy = TcpProxy(throwaway_redis.port)
+    yield proxy
+    proxy.close()
+
+
+def test_answers_cut_off_after_the_script_ran_are_replayed_to_keyed_retries(
+        cutting_proxy, make_stack, pg_test_dsn):
+    """Ten times a second, the reply to the next write script (create,
+    update, delete) is cut off by a connection reset: the script ran (the
+    write committed, or was refused) and the client got a 503.  Every write
+    carries an Idempotency-Key and retries a 503 with it: a retry of a
+    committed write finds its record and gets the original outcome; each
+    write is persisted once (rules a, d), and replays did happen."""
+    stack = make_stack(redis_url=f"redis://127.0.0.1:{cutting_proxy.port}/0", pg_dsn=pg_test_dsn)
+    scripts = [hashlib.sha1(script.encode()).hexdigest().encode()
+               for script in (CREATE_SCRIPT, UPDATE_SCRIPT, DELETE_SCRIPT)]
+
+    def cuts(stop: threading.Event) -> None:
+        # the workload has ended when ``stop`` is set: no write script runs
+        # after it, so a cut still armed then cuts nothing
+        while not stop.wait(0.1):
+            cutting_proxy.cut_after_request(containing=scripts)
+
+    history, workload = run(stack, cuts, keyed_every=1)
+    assert_clean(stack, history, workload)
+    replays = {name: count for name, count in history.summary().items() if name.endswith(":replayed")}
+    assert sum(replays.values()) > 0, history.summary()
 
 
 # -- Redis forgetting -----------------------------------------------------------------

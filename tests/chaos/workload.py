@@ -5,6 +5,12 @@ and now and then an id that exists), deletes and reads, and now and then a
 revoke-all of one of two owners (new sessions are created with one of them),
 through the session service, recording every request and its outcome.
 
+Every other write (``keyed_every``) carries an Idempotency-Key and, when it gets a 503 (its
+outcome unknown), is retried with it a few times: one operation from the
+first attempt to the answer, as a client sees it.  A retry that finds the
+write done gets its original outcome, which the checker holds to rules (a)
+and (d) like any acknowledged write.
+
 Bounded: each client stops at a deadline or after ``max_ops``.
 """
 from __future__ import annotations
@@ -23,10 +29,15 @@ from chalicelib.domain.errors import (
     SessionExists,
     SessionNotFound,
 )
+from chalicelib.domain.idempotency import Idempotency, fingerprint
 from chalicelib.domain.validation import CreateRequest, PatchRequest, UpdateRequest
 from chalicelib.service import owners
 from chalicelib.service.sessions import SessionService
 from tests.chaos.history import History, Op, now
+
+# a keyed write whose outcome is unknown (503) is sent again this many times
+KEYED_RETRIES = 3
+RETRY_PAUSE_SECONDS = 0.2
 
 
 @dataclass
@@ -41,6 +52,8 @@ class Workload:
     #: 150/s) within what LocalStack and one consumer carry on a busy 2-core
     #: machine, so that the pipeline's lag stays under the settle time
     think_seconds: float = 0.02
+    #: one write in this many carries an Idempotency-Key (and retries a 503)
+    keyed_every: int = 2
 
     def __post_init__(self) -> None:
         self.ids = [f"{self.prefix}-{i}" for i in range(self.sessions)]
@@ -128,8 +141,8 @@ class Workload:
         state = {"n": int((read.state or {}).get("n", 0)) + 1, "w": self._token(process)}
         # now and then If-Match: * (no version check: whatever is current)
         expected = None if rng.random() < 0.15 else read.version
-        self._write(process, "update", sid, state, lambda: self.service().update(
-            UpdateRequest(sid, _json(state), expected)))
+        self._write(process, "update", sid, state, lambda key: self.service().update(
+            UpdateRequest(sid, _json(state), expected), key), expected)
 
     def _patch(self, process: int, sid: str, rng: random.Random) -> None:
         """A merge patch: a new token, and now and then a member removed.
@@ -138,13 +151,13 @@ class Workload:
         patch: dict = {"w": self._token(process), "patched_by": process}
         if rng.random() < 0.3:
             patch["patched_by"] = None
-        self._write(process, "patch", sid, patch, lambda: self.service().patch(
-            PatchRequest(sid, patch, DEFAULT_MAX_STATE_BYTES)), record_answer=True)
+        self._write(process, "patch", sid, patch, lambda key: self.service().patch(
+            PatchRequest(sid, patch, DEFAULT_MAX_STATE_BYTES), key), record_answer=True)
 
     def _create(self, process: int, sid: str, owner: str | None = None) -> None:
         state = {"n": 0, "w": self._token(process)}
-        self._write(process, "create", sid, state, lambda: self.service().create(
-            CreateRequest(sid, _json(state), None, owner)), owner=owner)
+        self._write(process, "create", sid, state, lambda key: self.service().create(
+            CreateRequest(sid, _json(state), None, owner), key), owner=owner)
 
     def _revoke(self, process: int, owner: str) -> None:
         """DELETE /owners/{owner}/sessions: its version is how many it
@@ -160,25 +173,44 @@ class Workload:
                      {"remaining": result.remaining}))
 
     def _delete(self, process: int, sid: str) -> None:
-        self._write(process, "delete", sid, None, lambda: self.service().delete(sid))
+        self._write(process, "delete", sid, None, lambda key: self.service().delete(sid, None, key))
 
-    def _write(self, process: int, kind: str, sid: str, state, call, *,
-               record_answer: bool = False, owner: str | None = None) -> None:
+    def _key(self, process: int, kind: str, sid: str, state, expected: int | None) -> Idempotency | None:
+        """A new Idempotency-Key for every other write (None for the others)."""
+        token = self._token(process)
+        if int(token.rsplit("-", 1)[1]) % self.keyed_every:
+            return None
+        return Idempotency(token, fingerprint(kind, f"/sessions/{sid}", _json(state).encode(),
+                                              if_match=None if expected is None else str(expected)))
+
+    def _write(self, process: int, kind: str, sid: str, state, call,
+               expected: int | None = None, *, record_answer: bool = False,
+               owner: str | None = None) -> None:
         start = now()
-        try:
-            session = call()
-        except (ConcurrencyError, SessionNotFound, SessionExists, RecoveryPending) as exc:
-            # refused before anything was written
-            self._add(Op(process, kind, sid, start, now(), "fail", state=state, error=exc.code,
+        key = self._key(process, kind, sid, state, expected)
+        attempts = 1 + (KEYED_RETRIES if key is not None else 0)
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(RETRY_PAUSE_SECONDS)
+            try:
+                session = call(key)
+            except (ConcurrencyError, SessionNotFound, SessionExists, RecoveryPending) as exc:
+                # refused before anything was written; after a 503, though,
+                # the earlier attempt may have run (and its record been lost
+                # with a failover): still unknown
+                self._add(Op(process, kind, sid, start, now(), "info" if attempt else "fail",
+                             state=state, error=exc.code, owner=owner))
+                return
+            except ServiceUnavailable as exc:
+                # may have run (a connection cut after the script): unknown,
+                # unless a keyed retry finds out
+                error = exc.code
+                continue
+            self._add(Op(process, kind, sid, start, now(), "ok", session.version,
+                         session.state if record_answer else state, replayed=session.replayed,
                          owner=owner))
             return
-        except ServiceUnavailable as exc:
-            # may have run (a connection cut after the script): unknown
-            self._add(Op(process, kind, sid, start, now(), "info", state=state, error=exc.code,
-                         owner=owner))
-            return
-        self._add(Op(process, kind, sid, start, now(), "ok", session.version,
-                     session.state if record_answer else state, owner=owner))
+        self._add(Op(process, kind, sid, start, now(), "info", state=state, error=error, owner=owner))
 
     def _add(self, op: Op) -> Op:
         self.history.add(op)

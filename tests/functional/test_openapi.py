@@ -402,3 +402,48 @@ def test_a_503_of_the_settle_time_conforms_to_the_spec_and_says_when_to_come_bac
     left = response.json_body["error"]["details"]["retry_after_seconds"]
     assert 20 < left <= 30
     assert response.headers["Retry-After"] == str(math.ceil(left))
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(st.sampled_from(' \t"\\k,;\u00e9\x7f\x1f'), max_size=6)
+       | st.from_regex(r'[ \t]*("([\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\]){1,255}"'
+                       r'|[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,255})[ \t]*', fullmatch=True)
+       | st.sampled_from(['"' + "k" * 255 + '"', '"' + "k" * 256 + '"', "k" * 255, "k" * 256,
+                          '"' + "\\\\" * 255 + '"', '"' + "\\\\" * 256 + '"']))
+def test_an_idempotency_key_is_accepted_exactly_when_its_pattern_allows_it(spec, value):
+    from chalicelib.domain import idempotency
+    schema = spec["components"]["parameters"]["IdempotencyKey"]["schema"]
+    allowed = jsonschema_rs.validator_for(schema).is_valid(value)
+    assert allowed == _accepts(idempotency.parse_key, value), repr(value)
+
+
+def test_replays_and_a_reused_key_conform_to_the_spec(api, documented, session_id):
+    route, item = "/sessions", "/sessions/{session_id}"
+    path = f"/sessions/{session_id}"
+
+    def twice(method, spec_route, send, status):
+        first, again = send(), send()
+        for response in (first, again):
+            assert response.status_code == status, response.body
+            documented.assert_conforms(method, spec_route, response)
+        assert again.headers["Idempotent-Replayed"] == "true"
+
+    def keyed(key, **headers):
+        return {**AUTH, "Idempotency-Key": key, **headers}
+
+    twice("POST", route, lambda: api.post(route, headers=keyed('"c"'), body=json.dumps(
+        {"session_id": session_id, "state": {}})), 201)
+    twice("PUT", item, lambda: api.put(path, headers=keyed('"u"', **{"If-Match": "1"}),
+                                       body='{"state": {"n": 2}}'), 200)
+    twice("PUT", item, lambda: api.put(f"{path}-new", headers=keyed('"n"', **{"If-None-Match": "*"}),
+                                       body='{"state": {}}'), 201)
+    merge = {"Content-Type": "application/merge-patch+json"}
+    twice("PATCH", item, lambda: api.patch(path, headers=keyed('"p"', **merge),
+                                           body='{"state": {"m": 1}}'), 200)
+    twice("DELETE", item, lambda: api.delete(path, headers=keyed('"d"')), 204)
+    reused = api.put(f"{path}-new", headers=keyed('"n"', **{"If-Match": "1"}), body='{"state": {}}')
+    assert reused.status_code == 422, reused.body
+    documented.assert_conforms("PUT", item, reused)
+    bad = api.delete(path, headers=keyed('"'))
+    assert bad.status_code == 400, bad.body
+    documented.assert_conforms("DELETE", item, bad)

@@ -95,9 +95,9 @@ def test_ratios_to_the_floor_are_computed(smoke):
     sections = smoke[0]["sections"]
     store = sections["store"]
     for op in ("floor_get", "floor_hgetall", "floor_evalsha", "get", "create", "update",
-               "delete", "outbox_ack"):
+               "update_keyed", "delete", "outbox_ack"):
         assert all(store["latency"][op][k] > 0 for k in LATENCY_KEYS), op
-    for key in ("get/floor_get", "update/floor_evalsha"):
+    for key in ("get/floor_get", "update/floor_evalsha", "update_keyed/update"):
         assert set(store["ratios"][key]) == {"p50", "p95", "p99"}
         assert all(v > 0 for v in store["ratios"][key].values())
     for floor in ("c_get", "c_get_verified", "c_update"):  # the C client's, redis-benchmark

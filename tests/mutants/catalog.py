@@ -65,6 +65,7 @@ T_AFTER = "tests/integration/test_after_commit.py"
 T_OUTAGE = "tests/integration/test_redis_outage.py"
 T_FAILOVER = "tests/integration/test_redis_failover.py"
 T_HOT = "tests/integration/test_redis_hot_path.py"
+T_IDEMPOTENCY = "tests/integration/test_idempotency.py"
 T_PATCH = "tests/integration/test_merge_patch.py"
 T_OWNERS = "tests/integration/test_owners.py"
 OWNERS = "chalicelib/service/owners.py"
@@ -84,14 +85,16 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant(
         "cas-check-then-write-in-python", 1, STORE,
         (("if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),
-         ("        now = self.clock()\n        now_iso = iso_utc(now)\n        with _redis_errors():\n"
-          "            reply = self._run(self._update,",
+         ("        now = self.clock()\n        now_iso = iso_utc(now)\n"
+          "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
+          "            session_id, state_json, \"\" if expected_version",
           "        current = self.get(session_id)\n"
           "        if current is not None and current.version != expected_version:\n"
           "            raise ConcurrencyError(session_id, expected_version=expected_version,\n"
           "                                   actual_version=current.version)\n"
-          "        now = self.clock()\n        now_iso = iso_utc(now)\n        with _redis_errors():\n"
-          "            reply = self._run(self._update,")),
+          "        now = self.clock()\n        now_iso = iso_utc(now)\n"
+          "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
+          "            session_id, state_json, \"\" if expected_version")),
         # on a fast loopback a busy machine may run the racers one after
         # another; the slow network makes the window wide on purpose
         (f"{T_CAS_LATENCY}::test_of_8_writers_on_a_slow_network_updating_the_same_version_exactly_one_wins",
@@ -107,8 +110,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "the new version: another patch's change is lost"),
     mutant(
         "patch-written-without-expected-version", 1, SESSIONS,
-        (("self._compare_and_set(request.session_id, state_json, current.version)",
-          "self._compare_and_set(request.session_id, state_json, None)"),),
+        (("request.session_id, state_json, current.version, idempotency=idempotency)",
+          "request.session_id, state_json, None, idempotency=idempotency)"),),
         (f"{T_PATCH}::test_64_concurrent_patches_of_different_keys_all_land_each_on_the_version_it_read[single]",
          f"{T_PATCH}::test_a_patch_that_loses_every_attempt_is_a_409_after_a_bounded_number_of_them[None]"),
         "a PATCH writes its merged state over whatever version is current: a change made between "
@@ -352,6 +355,39 @@ MUTANTS: tuple[Mutant, ...] = (
         (("                if message_id in unsent:\n", "                if False:\n"),),
         (f"{T_UNITS}::test_the_consumer_keeps_poison_on_the_main_queue_when_the_dlq_refuses_it",),
         "poison the DLQ refused is counted as dead-lettered and deleted"),
+    # -- 14: a retried keyed write is applied once and answered as it was ------------
+    mutant(
+        "idempotency-record-written-but-not-checked", 14, STORE,
+        (("  if not KEYS[5] then return nil end\n", "  if true then return nil end\n"),),
+        (f"{T_IDEMPOTENCY}::test_a_keyed_update_retried_after_another_write_returns_its_own_outcome"
+         "_not_a_conflict[single]",),
+        "the scripts record a keyed write but never look the key up: a retry gets a 409"),
+    mutant(
+        "idempotency-record-written-after-the-script", 14, STORE,
+        (("  if KEYS[5] then redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl) end\n", ""),
+         ("        ttl = _ttl_from_event(reply[1])\n",
+          "        ttl = _ttl_from_event(reply[1])\n"
+          "        if idempotency is not None:\n"
+          "            self.client.set(idempotency_key(session_id, idempotency.key),\n"
+          "                            idempotency.fingerprint + '|' + reply[1].decode(),\n"
+          "                            ex=self.idempotency_ttl)\n")),
+        (f"{T_IDEMPOTENCY}::test_a_keyed_update_whose_answer_was_cut_off_is_replayed_on_a_new_connection",),
+        "the record is written by the caller once the script answered: a lost answer leaves none"),
+    mutant(
+        "idempotency-record-without-ttl", 14, STORE,
+        (("redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl)",
+          "redis.call('SET', KEYS[5], fp .. '|' .. ev)"),),
+        (f"{T_IDEMPOTENCY}::test_the_record_lives_in_the_sessions_slot_and_expires_after_a_day_at_least[single]",),
+        "records never expire: they pile up, and volatile-* eviction cannot take them"),
+    mutant(
+        "patch-record-looked-up-after-the-read", 14, SESSIONS,
+        (("        if idempotency is not None:\n"
+          "            done = self.store.recorded(request.session_id, idempotency)\n",
+          "        if False:\n"
+          "            done = self.store.recorded(request.session_id, idempotency)\n"),),
+        ("tests/functional/test_idempotency_http.py::"
+         "test_a_patch_retried_with_its_key_is_not_merged_again_even_with_its_if_match_now_stale",),
+        "a keyed PATCH reads before it looks its record up: its retry fails its If-Match (412)"),
     # -- 10: safe with or without ReportBatchItemFailures --------------------------------
     mutant(
         "handled-records-not-deleted-before-raising", 10, CONSUMER,
@@ -364,9 +400,9 @@ MUTANTS: tuple[Mutant, ...] = (
         (("            raise BatchIncomplete(report)\n", "            return report.response()\n"),),
         (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
         "without ReportBatchItemFailures the mapping deletes records that must be retried"),
-    # -- 14: an owner's revoke-all leaves none of its sessions --------------------------
+    # -- 15: an owner's revoke-all leaves none of its sessions --------------------------
     mutant(
-        "revoke-all-skips-ids-not-created-yet", 14, OWNERS,
+        "revoke-all-skips-ids-not-created-yet", 15, OWNERS,
         (("        result = _block(service, owner_id, session_id)\n"
           "        if result is not None:\n            return result\n",
           "        return \"gone\"\n"),),
@@ -375,20 +411,20 @@ MUTANTS: tuple[Mutant, ...] = (
          f"{T_OWNERS}::test_no_session_registered_before_a_revoke_all_survives_creates_racing_it[cluster]"),
         "a revoke-all passes over ids whose create has not run: the late create brings a session back"),
     mutant(
-        "owner-listing-trusts-the-index", 14, OWNERS,
+        "owner-listing-trusts-the-index", 15, OWNERS,
         (("            if session.deleted or session.owner_id != owner_id:\n",
           "            if session.deleted:\n"),),
         (f"{T_OWNERS}::test_an_index_entry_of_an_id_another_owner_holds_is_neither_listed_nor_deleted"
          "[cluster]",),
         "the listing serves an id of the index without checking the session's owner"),
     mutant(
-        "revoke-all-takes-a-new-session-for-an-expired-one", 14, OWNERS,
+        "revoke-all-takes-a-new-session-for-an-expired-one", 15, OWNERS,
         (("            if store.peek([session_id])[0] is not None:\n                continue\n", ""),),
         (f"{T_OWNERS}::test_a_create_landing_between_the_revoke_all_s_reads_of_key_and_marker_is_deleted"
          "[single]",),
         "a create that lands between the revoke-all's reads of key and marker is skipped as expired"),
     mutant(
-        "revoke-all-trusts-redis-alone", 14, OWNERS,
+        "revoke-all-trusts-redis-alone", 15, OWNERS,
         (("    while service.durable is not None:\n        ids = service.durable.owner_sessions(",
           "    while False:\n        ids = service.durable.owner_sessions("),),
         (f"{T_OWNERS}::test_a_session_redis_forgot_with_its_index_entry_is_found_in_postgresql_and_deleted",),

@@ -116,3 +116,13 @@ def test_each_function_s_cold_start_is_its_ratio_to_the_bare_app_and_has_no_verd
     verdicts = _verdicts(sections)
     assert verdicts["cold start of api first get, ratio to a bare Chalice app"] == (4.0, None, None)
     assert verdicts["cold start of relay first drain, ratio to a bare Chalice app"] == (2.5, None, None)
+
+
+def test_the_cost_of_an_idempotency_key_is_reported_as_a_ratio_without_a_verdict():
+    sections = _sections()
+    sections["store"]["ratios"]["update_keyed/update"] = {"p50": 1.07}
+
+    verdicts = _verdicts(sections)
+
+    assert verdicts["CAS update with an Idempotency-Key, ratio to one without (p50)"] == (1.07, None, None)
+    assert len(verdicts) == 20

@@ -14,6 +14,8 @@ touches one hash slot and runs unchanged on Redis Cluster)::
     ss:{NNNN}:od       outbox data:  HASH event id -> event JSON
     ss:{NNNN}:e        epoch record "<epoch>|<ms first seen>" (SETTLE_SCRIPT)
     ss:{NNNN}:h:<id>   hold record of a session Redis lost (HOLD_SCRIPT), short-lived
+    ss:{NNNN}:i:<id>:<key>  idempotency record of a keyed write: "<fingerprint>|<event>",
+                       written by the write's own script, expires (idempotency_ttl)
 
 and, in the owner's own slot (its id is the hash tag; owner ids have no braces)::
 
@@ -52,8 +54,16 @@ from typing import Any, Literal, cast
 import redis
 
 from chalicelib.adapters.redis.client import RedisClient, primaries
-from chalicelib.domain.errors import ConcurrencyError, ServiceUnavailable, SessionExists, SessionNotFound
+from chalicelib.config import DEFAULT_IDEMPOTENCY_KEY_TTL
+from chalicelib.domain.errors import (
+    ConcurrencyError,
+    IdempotencyKeyReused,
+    ServiceUnavailable,
+    SessionExists,
+    SessionNotFound,
+)
 from chalicelib.domain.events import CREATED, DELETED, EVENT_SCHEMA_VERSION, UPDATED
+from chalicelib.domain.idempotency import Idempotency
 from chalicelib.domain.session import Session
 
 BUCKETS = 1024
@@ -133,6 +143,25 @@ local function set_marker(value, marker_ttl, ttl)
     redis.call('SET', KEYS[2], value)
   end
 end
+-- Idempotency-Key (chalicelib.domain.idempotency): a keyed write passes its
+-- record as KEYS[5] (same hash tag: same slot), and its fingerprint and the
+-- record's TTL as two extra ARGV; a write without a key passes neither, so
+-- it costs what it did.  The record is checked before anything else (a
+-- replay needs neither the session nor PostgreSQL) and written with the
+-- write it names; a refused write records nothing, so its retry runs again.
+-- nil: no key, or a key not seen; else the reply that ends the script
+local function replayed(fp)
+  if not KEYS[5] then return nil end
+  local rec = redis.call('GET', KEYS[5])
+  if not rec then return nil end
+  if string.sub(rec, 1, 64) ~= fp then return {'reused'} end
+  return {'replay', string.sub(rec, 66)}
+end
+-- the record of a committed keyed write: its fingerprint and event; it
+-- always carries a TTL (a day at least), so it never outlives its use
+local function remember(fp, ttl, ev)
+  if KEYS[5] then redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl) end
+end
 -- the missing-key replies of update and delete
 local function missing()
   local mv, deleted = marker()
@@ -147,10 +176,14 @@ end
 # ARGV[5] ttl seconds  ARGV[6] marker ttl seconds  ARGV[7] channel
 # ARGV[8] '1' when PostgreSQL has no such session (or there is none), '0' not asked
 # ARGV[9] owner id, or '' (none)
+# KEYS[5], ARGV[10] fingerprint, ARGV[11] record ttl: only with an Idempotency-Key
 # returns {'ok', event} | {'exists', version, deleted 0/1}
 #       | {'unknown'}: Redis knows nothing of the id; ask PostgreSQL (ids are
 #         never reused, and Redis may have forgotten one: eviction, failover)
+#       | {'replay', event}: the key's recorded write | {'reused'}: the key's, another request
 CREATE_SCRIPT = _LUA_PARSE + r"""
+local done = replayed(ARGV[10])
+if done then return done end
 local raw = redis.call('GET', KEYS[1])
 if raw then
   local v, _, _, _, flag = parse(raw)
@@ -165,6 +198,7 @@ redis.call('SET', KEYS[1], head(1, ARGV[3], ARGV[3], ttl, 'L') .. epoch() .. o .
 set_marker('1|L', tonumber(ARGV[6]), ttl)
 local ev = event(CREATED, ARGV[1], 1, ARGV[3], ARGV[3], ttl, ARGV[2], o)
 emit(ev, ARGV[1], 1, ARGV[4], ARGV[7])
+remember(ARGV[10], ARGV[11], ev)
 return {'ok', ev}
 """
 
@@ -172,9 +206,13 @@ return {'ok', ev}
 # ARGV[1] session id  ARGV[2] state JSON  ARGV[3] expected version or '' (any: If-Match *)
 # ARGV[4] now ISO  ARGV[5] now ms  ARGV[6] marker ttl seconds  ARGV[7] channel
 # ARGV[8] floor: the version PostgreSQL holds, or '' (not asked)
+# KEYS[5], ARGV[9] fingerprint, ARGV[10] record ttl: only with an Idempotency-Key
 # returns {'ok', event, created} | {'conflict', actual} | {'deleted', version}
 #       | {'missing', marker version or 0} | {'unverified', version} | {'behind', version}
+#       | {'replay', event} | {'reused'}, as CREATE_SCRIPT
 UPDATE_SCRIPT = _LUA_PARSE + r"""
+local done = replayed(ARGV[9])
+if done then return done end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return missing() end
 local v, created, _, ttl, flag, e, o = parse(raw)
@@ -188,6 +226,7 @@ redis.call('SET', KEYS[1], head(v, created, ARGV[4], ttl, 'L') .. ep .. o .. '|'
 set_marker(v .. '|L', tonumber(ARGV[6]), ttl)
 local ev = event(UPDATED, ARGV[1], v, created, ARGV[4], ttl, ARGV[2], o)
 emit(ev, ARGV[1], v, ARGV[5], ARGV[7])
+remember(ARGV[9], ARGV[10], ev)
 return {'ok', ev, created}
 """
 
@@ -195,11 +234,14 @@ return {'ok', ev, created}
 # ARGV[1] session id  ARGV[2] expected version or '' (unconditional)
 # ARGV[3] now ISO  ARGV[4] now ms  ARGV[5] marker ttl seconds  ARGV[6] channel
 # ARGV[7] floor, as UPDATE_SCRIPT's ARGV[8]
+# KEYS[5], ARGV[8] fingerprint, ARGV[9] record ttl: only with an Idempotency-Key
 # returns {'ok', event, version} | as UPDATE_SCRIPT
 # The tombstone keeps the session's TTL (at least the session TTL): a write
 # still in flight with an old version fails its check instead of recreating.
 # A tombstone is trusted whatever its epoch: a deletion is final.
 DELETE_SCRIPT = _LUA_PARSE + r"""
+local done = replayed(ARGV[8])
+if done then return done end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return missing() end
 local v, created, _, ttl, flag, e, o = parse(raw)
@@ -213,6 +255,7 @@ redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'D') .. ep .. o .. '|n
 set_marker(v .. '|D', tonumber(ARGV[5]), ttl)
 local ev = event(DELETED, ARGV[1], v, created, ARGV[3], ttl, 'null', o)
 emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
+remember(ARGV[8], ARGV[9], ev)
 return {'ok', ev, v}
 """
 
@@ -396,6 +439,9 @@ class WriteResult:
     session: Session
     event_id: str
     event_json: str
+    #: the recorded outcome of an earlier write with the same Idempotency-Key:
+    #: nothing was written now, and its event was shipped by that write
+    replayed: bool = False
 
 
 def bucket_of(session_id: str) -> int:
@@ -422,6 +468,12 @@ def session_keys(session_id: str) -> list[str]:
 def hold_key(session_id: str) -> str:
     """The hold record of a session Redis lost (HOLD_SCRIPT)."""
     return f"{bucket_tag(bucket_of(session_id))}:h:{session_id}"
+
+
+def idempotency_key(session_id: str, key: str) -> str:
+    """The record of a write with Idempotency-Key ``key`` on ``session_id``:
+    in the session's slot, so the write's script holds it (KEYS[5])."""
+    return f"{bucket_tag(bucket_of(session_id))}:i:{session_id}:{key}"
 
 
 def epoch_key(session_id: str) -> str:
@@ -505,9 +557,11 @@ class SessionStore:
     """
 
     def __init__(self, client: RedisClient, *, marker_ttl: int = 0,
-                 channel: str = "session-updates", clock: Clock = time.time) -> None:
+                 channel: str = "session-updates", clock: Clock = time.time,
+                 idempotency_ttl: int = DEFAULT_IDEMPOTENCY_KEY_TTL) -> None:
         self.client = client
         self.marker_ttl = marker_ttl
+        self.idempotency_ttl = idempotency_ttl
         self.channel = channel
         self.clock = clock
         self._create = client.register_script(CREATE_SCRIPT)
@@ -614,7 +668,8 @@ class SessionStore:
     # -- writes -------------------------------------------------------------
 
     def create(self, session_id: str, state_json: str, ttl_seconds: int, *,
-               known_absent: bool = True, owner_id: str | None = None) -> WriteResult:
+               known_absent: bool = True, idempotency: Idempotency | None = None,
+               owner_id: str | None = None) -> WriteResult:
         """Create version 1.  Raises SessionExists (also for a deleted id).
 
         ``owner_id`` is stored in the value (the owner's index is the
@@ -623,13 +678,21 @@ class SessionStore:
         With ``known_absent=False`` an id that Redis has no trace of raises
         IdUnknown instead of being created: the caller asks PostgreSQL
         whether it existed, then calls again with ``known_absent=True``.
+
+        With ``idempotency``, a write already recorded under its key comes
+        back as it was (``WriteResult.replayed``) before anything else is
+        checked, and a key recorded for another request raises
+        IdempotencyKeyReused; the same holds for ``update`` and ``delete``.
         """
         now = self.clock()
         now_iso = iso_utc(now)
+        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [
+            session_id, state_json, now_iso, int(now * 1000), ttl_seconds,
+            self.marker_ttl, self.channel, "1" if known_absent else "0", owner_id or ""])
         with _redis_errors():
-            reply = self._run(self._create, session_keys(session_id), [
-                session_id, state_json, now_iso, int(now * 1000), ttl_seconds,
-                self.marker_ttl, self.channel, "1" if known_absent else "0", owner_id or ""])
+            reply = self._run(self._create, keys, args)
+        if reply[0] in (b"replay", b"reused"):
+            return self._replayed(session_id, reply, idempotency)
         if reply[0] == b"exists":
             raise SessionExists(session_id, version=int(reply[1]), deleted=bool(reply[2]))
         if reply[0] == b"unknown":
@@ -639,7 +702,7 @@ class SessionStore:
         return WriteResult(session, f"{session_id}:1", reply[1].decode())
 
     def update(self, session_id: str, state_json: str, expected_version: int | None, *,
-               floor: int | None = 0) -> WriteResult:
+               floor: int | None = 0, idempotency: Idempotency | None = None) -> WriteResult:
         """Replace the state if the session is at ``expected_version`` (None:
         at whatever version is current).
 
@@ -653,11 +716,14 @@ class SessionStore:
         """
         now = self.clock()
         now_iso = iso_utc(now)
+        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [
+            session_id, state_json, "" if expected_version is None else expected_version,
+            now_iso, int(now * 1000), self.marker_ttl, self.channel,
+            "" if floor is None else floor])
         with _redis_errors():
-            reply = self._run(self._update, session_keys(session_id), [
-                session_id, state_json, "" if expected_version is None else expected_version,
-                now_iso, int(now * 1000), self.marker_ttl, self.channel,
-                "" if floor is None else floor])
+            reply = self._run(self._update, keys, args)
+        if reply[0] in (b"replay", b"reused"):
+            return self._replayed(session_id, reply, idempotency)
         self._raise_for(session_id, reply, expected_version)
         version = (expected_version + 1 if expected_version is not None
                    else json.loads(reply[1])["version"])
@@ -667,7 +733,7 @@ class SessionStore:
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
 
     def delete(self, session_id: str, expected_version: int | None = None, *,
-               floor: int | None = 0) -> WriteResult:
+               floor: int | None = 0, idempotency: Idempotency | None = None) -> WriteResult:
         """Replace the session with a versioned tombstone.
 
         Raises as ``update``; an absent ``expected_version`` deletes
@@ -675,11 +741,14 @@ class SessionStore:
         """
         now = self.clock()
         now_iso = iso_utc(now)
+        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [
+            session_id, "" if expected_version is None else expected_version,
+            now_iso, int(now * 1000), self.marker_ttl, self.channel,
+            "" if floor is None else floor])
         with _redis_errors():
-            reply = self._run(self._delete, session_keys(session_id), [
-                session_id, "" if expected_version is None else expected_version,
-                now_iso, int(now * 1000), self.marker_ttl, self.channel,
-                "" if floor is None else floor])
+            reply = self._run(self._delete, keys, args)
+        if reply[0] in (b"replay", b"reused"):
+            return self._replayed(session_id, reply, idempotency)
         self._raise_for(session_id, reply, expected_version)
         version = int(reply[2])
         event = json.loads(reply[1])
@@ -713,6 +782,55 @@ class SessionStore:
             if session.deleted:
                 raise
             return None
+
+    def recorded(self, session_id: str, idempotency: Idempotency) -> WriteResult | None:
+        """The write recorded under ``idempotency``'s key, as ``update``
+        returns a replay, or None when there is none.  Raises
+        IdempotencyKeyReused when the key was recorded for another request.
+
+        For a write that must find out before it reads (a PATCH reads, then
+        merges, then compares-and-sets: a replay after the session moved on
+        would otherwise fail its read or its If-Match first); the write's
+        script checks the record again, atomically with the write.
+        """
+        with _redis_errors():
+            raw = cast("bytes | None", self.client.get(idempotency_key(session_id, idempotency.key)))
+        if raw is None:
+            return None
+        fingerprint, event_json = raw.split(b"|", 1)
+        if fingerprint.decode() != idempotency.fingerprint:
+            return self._replayed(session_id, [b"reused"], idempotency)
+        return self._replayed(session_id, [b"replay", event_json], idempotency)
+
+    def _keyed(self, session_id: str, idempotency: Idempotency | None, keys: list[str],
+               args: list[Any]) -> tuple[list[str], list[Any]]:
+        """A write script's KEYS and ARGV, with the idempotency record, its
+        fingerprint and TTL appended when the write has a key; unchanged
+        (nothing more to send) when it has none."""
+        if idempotency is None:
+            return keys, args
+        return ([*keys, idempotency_key(session_id, idempotency.key)],
+                [*args, idempotency.fingerprint, self.idempotency_ttl])
+
+    @staticmethod
+    def _replayed(session_id: str, reply: Sequence, idempotency: Idempotency | None) -> WriteResult:
+        """The write recorded under the key (a ``replay`` reply), rebuilt
+        from its event exactly as the original call returned it; a
+        ``reused`` reply raises IdempotencyKeyReused."""
+        assert idempotency is not None  # only a keyed write gets these replies
+        if reply[0] == b"reused":
+            raise IdempotencyKeyReused(session_id, idempotency.key)
+        event_json = reply[1]
+        # the state is the event's last member, as the script wrote it: cut
+        # out, not decoded and encoded again, so the body is the same bytes
+        cut = event_json.index(b',"state":')
+        head = json.loads(event_json[:cut] + b"}")
+        state = event_json[cut + len(b',"state":'):-1].decode()
+        deleted = head["event_type"] == DELETED
+        session = Session(session_id, head["version"], state, head["created_at"], head["occurred_at"],
+                          head["ttl_seconds"], deleted=deleted, replayed=True,
+                          owner_id=head.get("owner_id"))
+        return WriteResult(session, head["event_id"], event_json.decode(), replayed=True)
 
     def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA ``script``, loading it first if the server lost it (a
