@@ -151,3 +151,13 @@ def test_any_cursor_of_the_documented_pattern_pages_on_from_there(api, owner):
 
 def test_the_owner_index_key_is_the_owner_s_own_hash_tag(owner):
     assert owner_index_key(owner) == "so:{%s}:i" % owner
+
+
+def test_a_replayed_create_of_an_owned_session_shows_its_owner(api, owner, session_id):
+    headers = {**AUTH, "Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    body = json.dumps({"session_id": session_id, "owner_id": owner, "state": {"n": 1}})
+    first = api.post("/sessions", headers=headers, body=body)
+    again = api.post("/sessions", headers=headers, body=body)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert first.json_body["owner_id"] == again.json_body["owner_id"] == owner
