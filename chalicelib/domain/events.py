@@ -7,7 +7,11 @@ reads it back on the consumer side.  Schema version 1::
      "event_type": "session_created" | "session_updated" | "session_deleted",
      "session_id": "...", "version": 7,
      "created_at": "2026-11-28T16:33:30.405Z", "occurred_at": "...",
-     "ttl_seconds": 3600, "state": {...} | null}
+     "ttl_seconds": 3600, "owner_id": "u-42", "state": {...} | null}
+
+``owner_id`` is optional (only a session created with an owner has it, on
+every event of the session; events written before owners existed have
+none).
 
 ``parse_event`` checks the *shape* (JSON object, field types, a known
 schema version, an event id that matches session and version).  Domain
@@ -39,8 +43,9 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "occurred_at": str,
     "ttl_seconds": int,
 }
-#: the fields of an event, in the order the store writes them
-EVENT_FIELDS = (*_REQUIRED, "state")
+#: the fields of an event, in the order the store writes them (``owner_id``
+#: only when the session has an owner)
+EVENT_FIELDS = (*_REQUIRED, "owner_id", "state")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,8 @@ class ChangeEvent:
     occurred_at: str
     ttl_seconds: int
     state_json: str | None
+    #: the session's owner, when it was created with one
+    owner_id: str | None = None
 
     @property
     def deleted(self) -> bool:
@@ -103,6 +110,9 @@ def parse_event(body: str | bytes) -> ChangeEvent:
     if doc["event_id"] != f"{doc['session_id']}:{doc['version']}":
         raise _malformed("inconsistent_event_id",
                          "event_id must be '<session_id>:<version>' of this event")
+    owner = doc.get("owner_id")
+    if owner is not None and not isinstance(owner, str):
+        raise _malformed("wrong_type", "owner_id must be of type string")
     state_json = None
     if state is not None:
         state_json = json.dumps(state, ensure_ascii=False, separators=(",", ":"))
@@ -113,7 +123,8 @@ def parse_event(body: str | bytes) -> ChangeEvent:
         except UnicodeEncodeError as exc:
             raise _malformed("invalid_json", "state holds a lone UTF-16 surrogate") from exc
     return ChangeEvent(doc["event_id"], doc["event_type"], doc["session_id"], doc["version"],
-                       doc["created_at"], doc["occurred_at"], doc["ttl_seconds"], state_json)
+                       doc["created_at"], doc["occurred_at"], doc["ttl_seconds"], state_json,
+                       owner)
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:

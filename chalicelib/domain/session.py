@@ -15,6 +15,8 @@ class Session:
     updated_at: str
     ttl_seconds: int
     deleted: bool = False
+    #: the owner given at creation (``GET /owners/{owner_id}/sessions``), or None
+    owner_id: str | None = None
     #: the recorded outcome of an earlier request with the same
     #: Idempotency-Key (chalicelib.domain.idempotency), not a new write
     replayed: bool = field(default=False, compare=False)
@@ -25,7 +27,9 @@ class Session:
 
     def to_json(self) -> str:
         """The API representation, built around the raw state JSON."""
-        return ('{"session_id":"%s","version":%d,"created_at":"%s","updated_at":"%s",'
+        # owner ids match SESSION_ID_PATTERN: nothing to escape
+        owner = ',"owner_id":"%s"' % self.owner_id if self.owner_id else ""
+        return ('{"session_id":"%s"%s,"version":%d,"created_at":"%s","updated_at":"%s",'
                 '"ttl_seconds":%d,"state":%s}' % (
-                    self.session_id, self.version, self.created_at, self.updated_at,
+                    self.session_id, owner, self.version, self.created_at, self.updated_at,
                     self.ttl_seconds, self.state_json))

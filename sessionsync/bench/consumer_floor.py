@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from chalicelib import runtime
-from chalicelib.adapters.postgres.database import APPLY_SQL
+from chalicelib.adapters.postgres.database import APPLY_SQL, apply_parameters
 from chalicelib.config import Settings
 from chalicelib.domain.events import DELETED, ChangeEvent, parse_event
 from sessionsync.bench.consumer import VERSIONS_PER_SESSION, event_bodies
@@ -113,11 +113,7 @@ def latest_per_session(events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
 
 def write_unnest(conn: Any, events: Sequence[ChangeEvent]) -> None:
     """One statement in autocommit (one transaction), as the consumer runs it."""
-    conn.execute(APPLY_SQL, (
-        [e.session_id for e in events], [e.version for e in events],
-        [e.event_type for e in events], [e.state_json for e in events],
-        [e.created_at for e in events], [e.occurred_at for e in events],
-        [e.ttl_seconds for e in events])).fetchone()
+    conn.execute(APPLY_SQL, apply_parameters(events)).fetchone()
 
 
 def write_executemany(conn: Any, events: Sequence[ChangeEvent]) -> None:

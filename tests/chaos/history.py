@@ -39,6 +39,8 @@ class Op:
     #: a read that found nothing: "deleted" | "missing"
     absent: str | None = None
     error: str | None = None
+    #: the owner a create was made with (a revoke's ``session_id`` is its owner)
+    owner: str | None = None
     #: an acknowledged write whose answer was a replay of an earlier attempt
     #: (Idempotency-Key): its outcome, recorded when that attempt ran
     replayed: bool = False
@@ -98,7 +100,8 @@ def check(history: History, observed: Observed, *, allow_lost: Iterable[tuple[st
             + check_no_stale_reads(history, lost)
             + check_no_resurrection(history, observed, lost)
             + check_one_content_per_version(history, observed, lost)
-            + check_unpersisted_dead_lettered(observed, lost))
+            + check_unpersisted_dead_lettered(observed, lost)
+            + check_revoked_owners(history, observed, lost))
 
 
 def check_acknowledged_persisted(history: History, observed: Observed,
@@ -231,6 +234,40 @@ def check_unpersisted_dead_lettered(observed: Observed,
             continue
         if key not in dead and key not in allow_lost:
             problems.append(f"(e) published {key} is neither persisted nor in the DLQ")
+    return problems
+
+
+def check_revoked_owners(history: History, observed: Observed,
+                         allow_lost: set[tuple[str, int]] = frozenset()) -> list[str]:
+    """(f) after a revoke-all of an owner returned with nothing remaining,
+    no session of the owner whose create ended before the revoke-all
+    started survives: PostgreSQL holds it deleted (an acknowledged create),
+    or not at all or deleted (a create of unknown outcome), and no read or
+    write that started after the revoke-all ended found it live."""
+    problems = []
+    revokes = [op for op in history.ops if op.kind == "revoke" and op.outcome == "ok"
+               and not (op.state or {}).get("remaining")]
+    for revoke in revokes:
+        doomed = [op for op in history.ops
+                  if op.kind == "create" and op.owner == revoke.session_id
+                  and op.outcome in ("ok", "info") and op.end < revoke.start
+                  and (op.session_id, 1) not in allow_lost]
+        for create in doomed:
+            sid = create.session_id
+            version, deleted = observed.sessions.get(sid, (0, None))
+            if create.outcome == "ok" and deleted is not True:
+                problems.append(f"(f) {sid} of {revoke.session_id}, created at {create.end:.3f}, "
+                                f"survived the revoke-all of {revoke.start:.3f}: sync_sessions "
+                                f"v{version} deleted={deleted}")
+            elif create.outcome == "info" and deleted is False:
+                problems.append(f"(f) {sid} of {revoke.session_id} (create of unknown outcome) "
+                                f"survived the revoke-all of {revoke.start:.3f}")
+            for op in history.ops:
+                if (op.session_id == sid and op.start > revoke.end and op.outcome == "ok"
+                        and op.kind in ("read", "update", "patch", "create")
+                        and op.version is not None):
+                    problems.append(f"(f) {sid} of {revoke.session_id} was revoked at "
+                                    f"{revoke.end:.3f}, then {op.kind} v{op.version} at {op.start:.3f}")
     return problems
 
 

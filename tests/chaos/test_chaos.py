@@ -6,7 +6,8 @@ Each scenario runs the workload for a few seconds while its nemesis injects
 the fault, heals everything, drains the pipeline and checks the rules:
 (a) acknowledged writes persisted exactly once with their content, (b) no
 stale read, (c) no resurrection, (d) one content per (session, version)
-everywhere, (e) whatever is not persisted is in the DLQ with its reason.
+everywhere, (e) whatever is not persisted is in the DLQ with its reason,
+(f) nothing an owner created before a finished revoke-all survives it.
 Where a fault makes a loss unavoidable by design, the checker asserts that
 the system reported it.  docs/guarantees.md maps each fault to its test.
 """

@@ -137,6 +137,37 @@ def test_a_loss_the_system_reported_is_left_out_of_rules_a_b_d():
     assert check(history, observed, allow_lost={(SID, 2)}) == []
 
 
+def _owned(sid, start, end, outcome="ok", owner="u"):
+    return Op(1, "create", sid, start, end, outcome, 1 if outcome == "ok" else None, {"w": sid},
+              owner=owner)
+
+
+def _revoke(start, end, remaining=False, owner="u"):
+    return Op(2, "revoke", owner, start, end, "ok", 1, {"remaining": remaining})
+
+
+def test_an_owned_session_created_before_a_complete_revoke_all_that_survives_breaks_rule_f():
+    history = History([_owned("o1", 0, 1), _owned("o2", 0, 1, "info"), _revoke(2, 3)])
+    rows = {("o1", 1): ("session_created", {"w": "o1"}), ("o1", 2): ("session_deleted", None)}
+    assert check(history, _observed(rows, {"o1": (2, True)})) == []
+    survived = _observed({("o1", 1): ("session_created", {"w": "o1"})}, {"o1": (1, False)})
+    assert _rules(check(history, survived)) == ["(f)"]
+    unknown_live = _observed({**rows, ("o2", 1): ("session_created", {"w": "o2"})},
+                             {"o1": (2, True), "o2": (1, False)})
+    assert _rules(check(history, unknown_live)) == ["(f)"]
+    read_back = History([*history.ops, Op(9, "read", "o1", 4, 5, "ok", 1, {"w": "o1"})])
+    assert "(f)" in _rules(check(read_back, _observed(rows, {"o1": (2, True)})))
+
+
+def test_rule_f_spares_creates_racing_the_revoke_all_other_owners_and_unfinished_revokes():
+    rows = {("o1", 1): ("session_created", {"w": "o1"})}
+    live = {"o1": (1, False)}
+    for history in (History([_owned("o1", 0, 2.5), _revoke(2, 3)]),  # ended after it started
+                    History([_owned("o1", 0, 1, owner="v"), _revoke(2, 3)]),
+                    History([_owned("o1", 0, 1), _revoke(2, 3, remaining=True)])):
+        assert check(history, _observed(rows, live)) == []
+
+
 def test_a_patch_persisted_with_other_content_than_it_answered_breaks_rules_a_and_d():
     # a patch is recorded with the whole state the service answered
     history, observed = _clean()

@@ -22,7 +22,7 @@ import pytest
 
 from chalicelib import runtime
 from chalicelib.adapters.postgres import retention as sql
-from chalicelib.adapters.postgres.database import APPLY_SQL, Database
+from chalicelib.adapters.postgres.database import APPLY_SQL, Database, apply_parameters
 from chalicelib.config import Settings
 from chalicelib.domain.events import CREATED, DELETED, UPDATED, ChangeEvent
 from chalicelib.pipeline.retention import purge_events
@@ -251,10 +251,7 @@ def test_a_second_purge_while_one_runs_does_nothing(db, admin):
 def apply_uncommitted(conn: psycopg.Connection, events: list[ChangeEvent]) -> None:
     """The consumer's statement in a transaction left open (as a consumer
     between its statement and its commit)."""
-    conn.execute(APPLY_SQL, ([e.session_id for e in events], [e.version for e in events],
-                             [e.event_type for e in events], [e.state_json for e in events],
-                             [e.created_at for e in events], [e.occurred_at for e in events],
-                             [e.ttl_seconds for e in events]))
+    conn.execute(APPLY_SQL, apply_parameters(events))
 
 
 def test_a_purge_beside_an_uncommitted_consumer_keeps_the_row_that_is_latest_in_its_snapshot(

@@ -67,6 +67,8 @@ T_FAILOVER = "tests/integration/test_redis_failover.py"
 T_HOT = "tests/integration/test_redis_hot_path.py"
 T_IDEMPOTENCY = "tests/integration/test_idempotency.py"
 T_PATCH = "tests/integration/test_merge_patch.py"
+T_OWNERS = "tests/integration/test_owners.py"
+OWNERS = "chalicelib/service/owners.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
@@ -398,4 +400,34 @@ MUTANTS: tuple[Mutant, ...] = (
         (("            raise BatchIncomplete(report)\n", "            return report.response()\n"),),
         (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
         "without ReportBatchItemFailures the mapping deletes records that must be retried"),
+    # -- 15: an owner's revoke-all leaves none of its sessions --------------------------
+    mutant(
+        "revoke-all-skips-ids-not-created-yet", 15, OWNERS,
+        (("        result = _block(service, owner_id, session_id)\n"
+          "        if result is not None:\n            return result\n",
+          "        return \"gone\"\n"),),
+        (f"{T_OWNERS}::test_an_id_registered_whose_create_has_not_run_is_tombstoned_and_its_create_then_fails"
+         "[cluster]",
+         f"{T_OWNERS}::test_no_session_registered_before_a_revoke_all_survives_creates_racing_it[cluster]"),
+        "a revoke-all passes over ids whose create has not run: the late create brings a session back"),
+    mutant(
+        "owner-listing-trusts-the-index", 15, OWNERS,
+        (("            if session.deleted or session.owner_id != owner_id:\n",
+          "            if session.deleted:\n"),),
+        (f"{T_OWNERS}::test_an_index_entry_of_an_id_another_owner_holds_is_neither_listed_nor_deleted"
+         "[cluster]",),
+        "the listing serves an id of the index without checking the session's owner"),
+    mutant(
+        "revoke-all-takes-a-new-session-for-an-expired-one", 15, OWNERS,
+        (("            if store.peek([session_id])[0] is not None:\n                continue\n", ""),),
+        (f"{T_OWNERS}::test_a_create_landing_between_the_revoke_all_s_reads_of_key_and_marker_is_deleted"
+         "[single]",),
+        "a create that lands between the revoke-all's reads of key and marker is skipped as expired"),
+    mutant(
+        "revoke-all-trusts-redis-alone", 15, OWNERS,
+        (("    while service.durable is not None:\n        ids = service.durable.owner_sessions(",
+          "    while False:\n        ids = service.durable.owner_sessions("),),
+        (f"{T_OWNERS}::test_a_session_redis_forgot_with_its_index_entry_is_found_in_postgresql_and_deleted",),
+        "a revoke-all misses an owned session Redis forgot with its index entry: it comes back "
+        "from PostgreSQL"),
 )

@@ -90,10 +90,12 @@ APPLY_SQL = f"""
 WITH incoming AS (
     SELECT t.session_id, t.version, t.event_type, t.state::jsonb AS state,
            t.created_at::timestamptz AS created_at, t.occurred_at::timestamptz AS occurred_at,
-           t.ttl_seconds, t.idx
-    FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int[])
+           t.ttl_seconds, t.owner_id, t.idx
+    FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int[],
+                %b::text[])
          WITH ORDINALITY
-         AS t(session_id, version, event_type, state, created_at, occurred_at, ttl_seconds, idx)
+         AS t(session_id, version, event_type, state, created_at, occurred_at, ttl_seconds, owner_id,
+              idx)
 ), inserted AS (
     INSERT INTO sync_events (session_id, version, event_type, state, occurred_at)
     SELECT session_id, version, event_type, state, occurred_at
@@ -102,14 +104,15 @@ WITH incoming AS (
     RETURNING session_id, version
 ), latest AS (
     INSERT INTO sync_sessions AS s
-        (session_id, version, state, deleted, created_at, updated_at, ttl_seconds)
+        (session_id, version, state, deleted, created_at, updated_at, ttl_seconds, owner_id)
     SELECT DISTINCT ON (session_id)
            session_id, version, state, event_type = '{DELETED}', created_at, occurred_at,
-           ttl_seconds
+           ttl_seconds, owner_id
     FROM incoming ORDER BY session_id, version DESC
     ON CONFLICT (session_id) DO UPDATE
         SET version = EXCLUDED.version, state = EXCLUDED.state, deleted = EXCLUDED.deleted,
             updated_at = EXCLUDED.updated_at, ttl_seconds = EXCLUDED.ttl_seconds,
+            owner_id = coalesce(EXCLUDED.owner_id, s.owner_id),
             persisted_at = now()
         WHERE s.version < EXCLUDED.version
     RETURNING 1
@@ -135,7 +138,7 @@ WHERE e.event_type <> t.event_type
 
 LATEST_SQL = f"""
 SELECT version, state::text, deleted, {_ISO_MS.format('created_at')},
-       {_ISO_MS.format('updated_at')}, ttl_seconds
+       {_ISO_MS.format('updated_at')}, ttl_seconds, owner_id
 FROM sync_sessions WHERE session_id = %s
 """
 
@@ -182,6 +185,13 @@ FROM sync_events ORDER BY persisted_at DESC LIMIT %s
 
 VERSIONS_SQL = "SELECT session_id, version FROM sync_sessions WHERE session_id = ANY(%s::text[])"
 
+# an owner's sessions not deleted, by id (sync_sessions_owner_id_idx)
+OWNER_SESSIONS_SQL = """
+SELECT session_id FROM sync_sessions
+WHERE owner_id = %s AND NOT deleted AND session_id > %s
+ORDER BY session_id LIMIT %s
+"""
+
 # events persisted in the last N seconds (sync_events_persisted_at_idx):
 # the queue's "completed" count, which SQS does not keep
 PERSISTED_SINCE_SQL = """
@@ -207,6 +217,14 @@ class ApplyResult:
     @property
     def persisted(self) -> int:
         return self.inserted + self.duplicates
+
+
+def apply_parameters(events: Sequence[ChangeEvent]) -> tuple[list[Any], ...]:
+    """APPLY_SQL's parameters for ``events``: parallel arrays, in its unnest order."""
+    return ([e.session_id for e in events], [e.version for e in events],
+            [e.event_type for e in events], [e.state_json for e in events],
+            [e.created_at for e in events], [e.occurred_at for e in events],
+            [e.ttl_seconds for e in events], [e.owner_id for e in events])
 
 
 def _first_of_each_version(events: Sequence[ChangeEvent]) -> tuple[list[int], list[int]]:
@@ -353,12 +371,7 @@ class Database:
         conn = self._connection()
         unique, later = _first_of_each_version(events)
         batch = [events[i] for i in unique]
-        # parallel arrays, in APPLY_SQL's unnest order
-        columns = ([e.session_id for e in batch], [e.version for e in batch],
-                   [e.event_type for e in batch], [e.state_json for e in batch],
-                   [e.created_at for e in batch], [e.occurred_at for e in batch],
-                   [e.ttl_seconds for e in batch])
-        row = conn.execute(APPLY_SQL, columns).fetchone()
+        row = conn.execute(APPLY_SQL, apply_parameters(batch)).fetchone()
         assert row is not None
         # WITH ORDINALITY counts from 1
         compare = [unique[int(i) - 1] for i in row[2] or ()] + later
@@ -403,9 +416,9 @@ class Database:
         rows = self._fetch(LATEST_SQL, (session_id,))
         if not rows:
             return None
-        version, state_json, deleted, created, updated, ttl = rows[0]
+        version, state_json, deleted, created, updated, ttl, owner = rows[0]
         return Session(session_id, int(version), state_json if state_json is not None else "null",
-                       created, updated, int(ttl), bool(deleted))
+                       created, updated, int(ttl), bool(deleted), owner)
 
     def history(self, session_id: str, *, limit: int,
                 before_version: int | None = None) -> list[dict[str, Any]]:
@@ -453,6 +466,11 @@ class Database:
         if not ids:
             return {}
         return {sid: int(v) for sid, v in self._fetch(VERSIONS_SQL, (ids,))}
+
+    def owner_sessions(self, owner_id: str, *, after: str, limit: int) -> list[str]:
+        """Ids of the owner's sessions PostgreSQL holds as not deleted, in
+        id order, after ``after`` ('' from the start).  Raises ServiceUnavailable."""
+        return [sid for (sid,) in self._fetch(OWNER_SESSIONS_SQL, (owner_id, after, limit))]
 
     def ping(self) -> float:
         """Round trip of ``SELECT 1`` in milliseconds (connecting if needed).
