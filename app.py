@@ -154,6 +154,31 @@ def session_events(session_id):
                               "next_before_version": page.next_before_version})
 
 
+@app.route("/owners/{owner_id}/sessions", methods=["GET"], authorizer=session_auth)
+@web.handles_errors
+def owner_sessions(owner_id):
+    from chalicelib.service import owners
+
+    params = app.current_request.query_params or {}
+    page = owners.list_sessions(runtime.service(), validation.owner_id(owner_id),
+                                limit=validation.page_limit(params.get("limit")),
+                                after=validation.owner_cursor(params.get("cursor")))
+    cursor = validation.encode_owner_cursor(page.next_after) if page.next_after else None
+    return web.sessions_page_response(page.owner_id, page.sessions, cursor)
+
+
+@app.route("/owners/{owner_id}/sessions", methods=["DELETE"], authorizer=session_auth)
+@web.handles_errors
+def revoke_owner_sessions(owner_id):
+    """Log out everywhere: ``remaining`` true means call again (time budget)."""
+    from chalicelib.service import owners
+
+    result = owners.revoke_all(runtime.service(), validation.owner_id(owner_id),
+                               budget_seconds=owners.revoke_budget(app.lambda_context))
+    return web.json_response({"owner_id": result.owner_id, "deleted": result.deleted,
+                              "blocked": result.blocked, "remaining": result.remaining})
+
+
 @app.route("/health", methods=["GET"])
 @web.handles_errors
 def health_check():

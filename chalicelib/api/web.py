@@ -10,7 +10,7 @@ import functools
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from http import HTTPStatus
 from typing import Any, cast
@@ -133,6 +133,15 @@ def if_match(condition: IfMatch | None, session_id: str) -> AbstractContextManag
         return precondition(None, session_id, absent_fails=False)
     return precondition(f"If-Match: {condition.header}", session_id,
                         absent_fails=condition.version is None, expected_version=condition.version)
+
+
+def sessions_page_response(owner_id: str, sessions: Sequence[Session],
+                           next_cursor: str | None) -> Response:
+    """GET /owners/{owner_id}/sessions: each session as GET returns it,
+    built around the raw state JSON as ``session_response`` is."""
+    body = '{"owner_id":%s,"sessions":[%s],"next_cursor":%s}' % (
+        json.dumps(owner_id), ",".join(s.to_json() for s in sessions), json.dumps(next_cursor))
+    return Response(body=body, status_code=200, headers=JSON)
 
 
 def json_response(body: Any, status: int = 200) -> Response:

@@ -8,7 +8,7 @@ reads it back on the consumer side.  Schema version 1::
                    | "session_touched" | "session_expired",
      "session_id": "...", "version": 7,
      "created_at": "2026-11-28T16:33:30.405Z", "occurred_at": "...",
-     "expires_at": "...", "ttl_seconds": 3600, "state": {...} | null}
+     "expires_at": "...", "ttl_seconds": 3600, "owner_id": "u-42", "state": {...} | null}
 
 ``expires_at`` (when the session's lifetime ends: ``occurred_at`` plus
 ``ttl_seconds`` for a write; the lifetime that ended for
@@ -16,6 +16,11 @@ reads it back on the consumer side.  Schema version 1::
 outbox entry, a message still in the queue) has none, and PostgreSQL derives
 it from ``occurred_at`` and ``ttl_seconds``.  ``session_touched`` carries the
 unchanged state; ``session_expired`` (written by the expiry sweep) none.
+
+
+``owner_id`` is optional (only a session created with an owner has it, on
+every event of the session; events written before owners existed have
+none).
 
 ``parse_event`` checks the *shape* (JSON object, field types, a known
 schema version, an event id that matches session and version).  Domain
@@ -52,8 +57,9 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
 }
 #: optional fields: an event written before they existed has none
 _OPTIONAL: dict[str, type] = {"expires_at": str}
-#: the fields of an event, in the order the store writes them
-EVENT_FIELDS = (*list(_REQUIRED)[:7], "expires_at", "ttl_seconds", "state")
+#: the fields of an event, in the order the store writes them (``owner_id``
+#: only when the session has an owner)
+EVENT_FIELDS = (*list(_REQUIRED)[:7], "expires_at", "ttl_seconds", "owner_id", "state")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,8 @@ class ChangeEvent:
     occurred_at: str
     ttl_seconds: int
     state_json: str | None
+    #: the session's owner, when it was created with one
+    owner_id: str | None = None
     #: None in an event written before it existed (derived by PostgreSQL)
     expires_at: str | None = None
 
@@ -125,6 +133,9 @@ def parse_event(body: str | bytes) -> ChangeEvent:
     if doc["event_id"] != f"{doc['session_id']}:{doc['version']}":
         raise _malformed("inconsistent_event_id",
                          "event_id must be '<session_id>:<version>' of this event")
+    owner = doc.get("owner_id")
+    if owner is not None and not isinstance(owner, str):
+        raise _malformed("wrong_type", "owner_id must be of type string")
     state_json = None
     if state is not None:
         state_json = json.dumps(state, ensure_ascii=False, separators=(",", ":"))
@@ -136,7 +147,7 @@ def parse_event(body: str | bytes) -> ChangeEvent:
             raise _malformed("invalid_json", "state holds a lone UTF-16 surrogate") from exc
     return ChangeEvent(doc["event_id"], doc["event_type"], doc["session_id"], doc["version"],
                        doc["created_at"], doc["occurred_at"], doc["ttl_seconds"], state_json,
-                       doc.get("expires_at"))
+                       owner, doc.get("expires_at"))
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:

@@ -34,6 +34,8 @@ class Session:
     updated_at: str
     ttl_seconds: int
     deleted: bool = False
+    #: the owner given at creation (``GET /owners/{owner_id}/sessions``), or None
+    owner_id: str | None = None
     #: its lifetime ended (a ``session_expired`` event was recorded)
     expired: bool = False
     #: the recorded outcome of an earlier request with the same
@@ -59,7 +61,9 @@ class Session:
 
     def to_json(self) -> str:
         """The API representation, built around the raw state JSON."""
-        return ('{"session_id":"%s","version":%d,"created_at":"%s","updated_at":"%s",'
+        # owner ids match SESSION_ID_PATTERN: nothing to escape
+        owner = ',"owner_id":"%s"' % self.owner_id if self.owner_id else ""
+        return ('{"session_id":"%s"%s,"version":%d,"created_at":"%s","updated_at":"%s",'
                 '"ttl_seconds":%d,"expires_at":"%s","state":%s}' % (
-                    self.session_id, self.version, self.created_at, self.updated_at,
+                    self.session_id, owner, self.version, self.created_at, self.updated_at,
                     self.ttl_seconds, self.expires_at, self.state_json))

@@ -52,6 +52,8 @@ class CreateRequest:
     session_id: str
     state_json: str
     ttl_seconds: int | None
+    #: the owner (``GET /owners/{owner_id}/sessions``), or None
+    owner_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,40 @@ def session_id(raw: str, *, percent_encoded: bool = True) -> str:
         raise ValidationError(
             f"session id must match {SESSION_ID_PATTERN}", field="session_id")
     return value
+
+
+def owner_id(raw: Any, *, percent_encoded: bool = True) -> str:
+    """An owner id (the same characters as a session id), from a path or,
+    with ``percent_encoded=False``, a JSON body."""
+    if not isinstance(raw, str):
+        raise ValidationError("owner_id must be a string", field="owner_id")
+    value = unquote(raw) if percent_encoded and "%" in raw else raw
+    if not _SESSION_ID.fullmatch(value):
+        raise ValidationError(f"owner id must match {SESSION_ID_PATTERN}", field="owner_id")
+    return value
+
+
+def _body_owner(body: Mapping[str, Any]) -> str | None:
+    raw = body.get("owner_id")
+    return None if raw is None else owner_id(raw, percent_encoded=False)
+
+
+def owner_cursor(raw: str | None) -> str | None:
+    """The ``cursor`` of an owner's session list: opaque to clients (they
+    pass back the ``next_cursor`` they got), it is the last session id of
+    the previous page, so any value of its documented pattern is one to
+    page on from (the listing is in id order)."""
+    if raw is None:
+        return None
+    value = unquote(raw) if "%" in raw else raw
+    if not _SESSION_ID.fullmatch(value):
+        raise ValidationError("cursor is not one this API returned; start again without it",
+                              field="cursor")
+    return value
+
+
+def encode_owner_cursor(last_session_id: str) -> str:
+    return last_session_id
 
 
 def _reject_constant(name: str) -> Any:
@@ -274,7 +310,7 @@ def create_request(raw: bytes | None, max_state_bytes: int, *,
     """A POST /sessions; without a session_id in the body, the session gets
     ``default_id`` (a keyed request's: Idempotency.session_id) or a new uuid4."""
     body = parse_body(raw, max_state_bytes)
-    _reject_unknown(body, {"session_id", "state", "ttl_seconds"})
+    _reject_unknown(body, {"session_id", "state", "ttl_seconds", "owner_id"})
     if "state" not in body:
         raise ValidationError("state is required", field="state")
     sid = body.get("session_id")
@@ -285,12 +321,15 @@ def create_request(raw: bytes | None, max_state_bytes: int, *,
     else:
         sid = session_id(sid, percent_encoded=False)
     return CreateRequest(sid, check_state(body["state"], max_state_bytes),
-                         ttl_seconds(body.get("ttl_seconds")))
+                         ttl_seconds(body.get("ttl_seconds")), _body_owner(body))
 
 
-def _put_body(raw: bytes | None, max_state_bytes: int) -> dict[str, Any]:
+def _put_body(raw: bytes | None, max_state_bytes: int, *, creates: bool = False) -> dict[str, Any]:
     body = parse_body(raw, max_state_bytes)
-    _reject_unknown(body, {"state", "expected_version", "ttl_seconds"})
+    if not creates and body.get("owner_id") is not None:
+        raise ValidationError("owner_id is set when a session is created and never changes",
+                              field="owner_id")
+    _reject_unknown(body, {"state", "expected_version", "owner_id", "ttl_seconds"})
     if "state" not in body:
         raise ValidationError("state is required", field="state")
     return body
@@ -334,12 +373,12 @@ def put_request(path_id: str, raw: bytes | None, *, if_match_header: str | None,
         raise ValidationError("send If-Match (update) or If-None-Match: * (create), not both",
                               field="If-None-Match")
     sid = session_id(path_id)
-    body = _put_body(raw, max_state_bytes)
+    body = _put_body(raw, max_state_bytes, creates=True)
     if body.get("expected_version") is not None:
         raise ValidationError("expected_version updates an existing session; "
                               "If-None-Match: * creates one", field="expected_version")
     return CreateRequest(sid, check_state(body["state"], max_state_bytes),
-                         ttl_seconds(body.get("ttl_seconds")))
+                         ttl_seconds(body.get("ttl_seconds")), _body_owner(body))
 
 
 def touch_request(path_id: str, raw: bytes | None, if_match_header: str | None) -> TouchRequest:

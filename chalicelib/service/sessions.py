@@ -96,6 +96,9 @@ class DurableSessions(Protocol):
         at most ``limit``, stopping before their states pass about
         ``max_bytes`` (at least one), and whether older ones remain."""
 
+    def owner_sessions(self, owner_id: str, *, after: str, limit: int) -> list[str]:
+        """Ids of the owner's sessions persisted as not deleted, by id, after ``after``."""
+
 
 @dataclass(frozen=True)
 class Read:
@@ -157,8 +160,14 @@ class SessionService:
         the key was recorded for another request.
         """
         ttl = request.ttl_seconds or self.default_ttl
+        owner = request.owner_id
+        if owner is not None:
+            # BEFORE the create script: a revoke-all that reads the index
+            # from now on sees the id (the timeline above store.owner_index_key)
+            self.store.owner_register(owner, request.session_id)
         try:
-            result = self.store.create(request.session_id, request.state_json, ttl, idempotency=idempotency,
+            result = self.store.create(request.session_id, request.state_json, ttl, owner_id=owner,
+                                       idempotency=idempotency,
                                        known_absent=self.durable is None)
         except IdUnknown:
             # ids are never reused, and Redis may have forgotten this one;
@@ -170,7 +179,7 @@ class SessionService:
                 raise SessionExists(request.session_id, version=persisted.version,
                                     deleted=persisted.deleted) from None
             result = self.store.create(request.session_id, request.state_json, ttl,
-                                       idempotency=idempotency)
+                                       idempotency=idempotency, owner_id=owner)
         self._ship(result)
         return result.session
 
@@ -389,6 +398,11 @@ class SessionService:
         more = more or kept < len(events)
         page = list(events[:kept])
         return HistoryPage(session_id, page, page[-1]["version"] if more else None)
+
+    def ship(self, result: WriteResult) -> None:
+        """Send on a change committed by a store write of another module's
+        (``chalicelib.service.owners``); as ``_ship``."""
+        self._ship(result)
 
     def _ship(self, result: WriteResult) -> None:
         """Send the committed change on; never fails the (acknowledged) write.

@@ -39,6 +39,8 @@ class Op:
     #: a read that found nothing: "deleted" | "missing" | "expired"
     absent: str | None = None
     error: str | None = None
+    #: the owner a create was made with (a revoke's ``session_id`` is its owner)
+    owner: str | None = None
     #: an acknowledged write whose answer was a replay of an earlier attempt
     #: (Idempotency-Key): its outcome, recorded when that attempt ran
     replayed: bool = False
@@ -104,6 +106,7 @@ def check(history: History, observed: Observed, *, allow_lost: Iterable[tuple[st
             + check_no_resurrection(history, observed, lost)
             + check_one_content_per_version(history, observed, lost)
             + check_unpersisted_dead_lettered(observed, lost)
+            + check_revoked_owners(history, observed, lost)
             + check_lifetime_ends(history, observed, lost))
 
 
@@ -240,9 +243,48 @@ def check_unpersisted_dead_lettered(observed: Observed,
     return problems
 
 
+    return problems
+
+
+def check_revoked_owners(history: History, observed: Observed,
+                         allow_lost: set[tuple[str, int]] = frozenset()) -> list[str]:
+    """(f) after a revoke-all of an owner returned with nothing remaining,
+    no session of the owner whose create ended before the revoke-all
+    started survives: PostgreSQL holds it deleted (an acknowledged create),
+    or not at all or deleted (a create of unknown outcome), and no read or
+    write that started after the revoke-all ended found it live."""
+    problems = []
+    revokes = [op for op in history.ops if op.kind == "revoke" and op.outcome == "ok"
+               and not (op.state or {}).get("remaining")]
+    for revoke in revokes:
+        doomed = [op for op in history.ops
+                  if op.kind == "create" and op.owner == revoke.session_id
+                  and op.outcome in ("ok", "info") and op.end < revoke.start
+                  and (op.session_id, 1) not in allow_lost]
+        for create in doomed:
+            sid = create.session_id
+            version, deleted = observed.sessions.get(sid, (0, None))
+            if create.outcome == "ok" and deleted is not True:
+                problems.append(f"(f) {sid} of {revoke.session_id}, created at {create.end:.3f}, "
+                                f"survived the revoke-all of {revoke.start:.3f}: sync_sessions "
+                                f"v{version} deleted={deleted}")
+            elif create.outcome == "info" and deleted is False:
+                problems.append(f"(f) {sid} of {revoke.session_id} (create of unknown outcome) "
+                                f"survived the revoke-all of {revoke.start:.3f}")
+            for op in history.ops:
+                if (op.session_id == sid and op.start > revoke.end and op.outcome == "ok"
+                        and op.kind in ("read", "update", "patch", "create")
+                        and op.version is not None):
+                    problems.append(f"(f) {sid} of {revoke.session_id} was revoked at "
+                                    f"{revoke.end:.3f}, then {op.kind} v{op.version} at {op.start:.3f}")
+    return problems
+
+
+
+
 def check_lifetime_ends(history: History, observed: Observed,
                         allow_lost: set[tuple[str, int]] = frozenset()) -> list[str]:
-    """(f) a session ends when its lifetime ends, and only then: no read
+    """(g) a session ends when its lifetime ends, and only then: no read
     answers "expired" before the lifetime of a write acknowledged before it
     could have ended; after a session was seen expired (a read, or a
     ``session_expired`` event), no read returns it and no write on it is
@@ -261,7 +303,7 @@ def check_lifetime_ends(history: History, observed: Observed,
         if before:
             newest = max(before, key=lambda w: w.version or 0)
             if op.end < newest.start + (newest.ttl or 0):
-                problems.append(f"(f) read of {op.session_id} at {op.start:.3f} answered expired; "
+                problems.append(f"(g) read of {op.session_id} at {op.start:.3f} answered expired; "
                                 f"v{newest.version} (ttl {newest.ttl:g}s) was acknowledged at "
                                 f"{newest.end:.3f}")
     for op in history.ops:
@@ -269,18 +311,20 @@ def check_lifetime_ends(history: History, observed: Observed,
         if seen is None or op.start <= seen or op.outcome != "ok" or op.version is None:
             continue
         if op.kind == "read" or op.kind in WRITES:
-            problems.append(f"(f) {op.session_id} seen expired at {seen:.3f}, then {op.kind} "
+            problems.append(f"(g) {op.session_id} seen expired at {seen:.3f}, then {op.kind} "
                             f"v{op.version} at {op.start:.3f}")
     expired_at = {sid: v for (sid, v), (event_type, _) in observed.rows.items()
                   if event_type == "session_expired"}
     for (sid, version) in sorted(observed.rows):
         if sid in expired_at and version > expired_at[sid]:
-            problems.append(f"(f) {sid} expired at v{expired_at[sid]}, then v{version} was persisted")
+            problems.append(f"(g) {sid} expired at v{expired_at[sid]}, then v{version} was persisted")
     for op in history.acknowledged_writes():
         if op.session_id in expired_at and (op.version or 0) >= expired_at[op.session_id]:
-            problems.append(f"(f) {op.session_id} expired at v{expired_at[op.session_id]}, then "
+            problems.append(f"(g) {op.session_id} expired at v{expired_at[op.session_id]}, then "
                             f"{op.kind} v{op.version} was acknowledged")
     return problems
+
+
 
 
 def now() -> float:

@@ -7,7 +7,8 @@ the fault, heals everything, drains the pipeline and checks the rules:
 (a) acknowledged writes persisted exactly once with their content, (b) no
 stale read, (c) no resurrection, (d) one content per (session, version)
 everywhere, (e) whatever is not persisted is in the DLQ with its reason,
-(f) a session ends when its lifetime ends, and only then.
+(f) nothing an owner created before a finished revoke-all survives it.
+(g) a session ends when its lifetime ends, and only then.
 Where a fault makes a loss unavoidable by design, the checker asserts that
 the system reported it.  docs/guarantees.md maps each fault to its test.
 """

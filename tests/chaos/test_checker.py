@@ -158,6 +158,37 @@ def test_a_touch_persisted_with_another_state_breaks_rules_a_and_d():
     assert _rules(check(history, observed)) == ["(a)", "(d)"]
 
 
+def _owned(sid, start, end, outcome="ok", owner="u"):
+    return Op(1, "create", sid, start, end, outcome, 1 if outcome == "ok" else None, {"w": sid},
+              owner=owner)
+
+
+def _revoke(start, end, remaining=False, owner="u"):
+    return Op(2, "revoke", owner, start, end, "ok", 1, {"remaining": remaining})
+
+
+def test_an_owned_session_created_before_a_complete_revoke_all_that_survives_breaks_rule_f():
+    history = History([_owned("o1", 0, 1), _owned("o2", 0, 1, "info"), _revoke(2, 3)])
+    rows = {("o1", 1): ("session_created", {"w": "o1"}), ("o1", 2): ("session_deleted", None)}
+    assert check(history, _observed(rows, {"o1": (2, True)})) == []
+    survived = _observed({("o1", 1): ("session_created", {"w": "o1"})}, {"o1": (1, False)})
+    assert _rules(check(history, survived)) == ["(f)"]
+    unknown_live = _observed({**rows, ("o2", 1): ("session_created", {"w": "o2"})},
+                             {"o1": (2, True), "o2": (1, False)})
+    assert _rules(check(history, unknown_live)) == ["(f)"]
+    read_back = History([*history.ops, Op(9, "read", "o1", 4, 5, "ok", 1, {"w": "o1"})])
+    assert "(f)" in _rules(check(read_back, _observed(rows, {"o1": (2, True)})))
+
+
+def test_rule_f_spares_creates_racing_the_revoke_all_other_owners_and_unfinished_revokes():
+    rows = {("o1", 1): ("session_created", {"w": "o1"})}
+    live = {"o1": (1, False)}
+    for history in (History([_owned("o1", 0, 2.5), _revoke(2, 3)]),  # ended after it started
+                    History([_owned("o1", 0, 1, owner="v"), _revoke(2, 3)]),
+                    History([_owned("o1", 0, 1), _revoke(2, 3, remaining=True)])):
+        assert check(history, _observed(rows, live)) == []
+
+
 def test_a_patch_persisted_with_other_content_than_it_answered_breaks_rules_a_and_d():
     # a patch is recorded with the whole state the service answered
     history, observed = _clean()
@@ -169,7 +200,7 @@ def test_a_patch_persisted_with_other_content_than_it_answered_breaks_rules_a_an
     assert _rules(check(history, observed)) == ["(a)", "(d)"]
 
 
-def test_an_expired_answer_before_the_lifetime_could_end_breaks_rule_f():
+def test_an_expired_answer_before_the_lifetime_could_end_breaks_rule_g():
     history, observed = _clean()
     history.add(_write("touch", 3, {"w": "b"}, 6, 7, ttl=60))
     observed.rows[(SID, 3)] = ("session_touched", {"w": "b"})
@@ -177,18 +208,18 @@ def test_an_expired_answer_before_the_lifetime_could_end_breaks_rule_f():
                                "state": {"w": "b"}})
     history.add(_read(None, None, 8, 9, absent="expired"))
 
-    assert _rules(check(history, observed)) == ["(f)"]
+    assert _rules(check(history, observed)) == ["(g)"]
 
 
-def test_a_session_back_after_it_was_seen_expired_breaks_rule_f():
+def test_a_session_back_after_it_was_seen_expired_breaks_rule_g():
     history, observed = _clean()
     history.add(_read(None, None, 6, 7, absent="expired"))
     history.add(_read(2, {"w": "b"}, 8, 9))
 
-    assert _rules(check(history, observed)) == ["(f)"]
+    assert _rules(check(history, observed)) == ["(g)"]
 
 
-def test_a_write_after_the_session_expired_event_breaks_rule_f():
+def test_a_write_after_the_session_expired_event_breaks_rule_g():
     history, observed = _clean()
     observed.rows[(SID, 3)] = ("session_expired", None)
     observed.rows[(SID, 4)] = ("session_updated", {"w": "late"})
@@ -196,7 +227,7 @@ def test_a_write_after_the_session_expired_event_breaks_rule_f():
                              for (s, v), (t, st) in observed.rows.items()]
     history.add(_write("update", 4, {"w": "late"}, 6, 7))
 
-    assert _rules(check(history, observed)) == ["(f)"]
+    assert _rules(check(history, observed)) == ["(g)"]
 
 
 def test_an_expiry_and_a_write_under_one_version_break_rule_d():

@@ -2,7 +2,8 @@
 now and then, unconditional with If-Match: *), merge patches (PATCH, no
 version: the server reads, merges and writes with CAS), touches (now and
 then), creates (new ids, and now and then an id that exists), deletes and
-reads,
+reads, and now and then a revoke-all of one of two owners (new sessions are
+created with one of them),
 through the session service, recording every request and its outcome.
 
 Every other write (``keyed_every``) carries an Idempotency-Key and, when it gets a 503 (its
@@ -32,6 +33,7 @@ from chalicelib.domain.errors import (
 )
 from chalicelib.domain.idempotency import Idempotency, fingerprint
 from chalicelib.domain.validation import CreateRequest, PatchRequest, UpdateRequest
+from chalicelib.service import owners
 from chalicelib.service.sessions import SessionService
 from tests.chaos.history import History, Op, now
 
@@ -59,6 +61,8 @@ class Workload:
         self.ids = [f"{self.prefix}-{i}" for i in range(self.sessions)]
         # the last session is deleted at some point; the others live
         self.deletable = self.ids[-1]
+        # the owners of the sessions created during the run
+        self.owners = [f"{self.prefix}-u{k}" for k in range(2)]
         self._new = 0
         self._lock = threading.Lock()
 
@@ -96,9 +100,14 @@ class Workload:
             elif roll < 0.85:
                 self._touch(process, sid)
             elif roll < 0.93:
-                self._create(process, self._fresh_id() if roll < 0.9 else sid)
+                if roll < 0.9:
+                    self._create(process, self._fresh_id(), rng.choice(self.owners))
+                else:
+                    self._create(process, sid)
             elif sid == self.deletable and roll > 0.97:
                 self._delete(process, sid)
+            elif roll > 0.993:
+                self._revoke(process, rng.choice(self.owners))
             else:
                 self._read(process, sid)
 
@@ -150,10 +159,23 @@ class Workload:
         self._write(process, "patch", sid, patch, lambda key: self.service().patch(
             PatchRequest(sid, patch, DEFAULT_MAX_STATE_BYTES), key), record_answer=True)
 
-    def _create(self, process: int, sid: str) -> None:
+    def _create(self, process: int, sid: str, owner: str | None = None) -> None:
         state = {"n": 0, "w": self._token(process)}
         self._write(process, "create", sid, state, lambda key: self.service().create(
-            CreateRequest(sid, _json(state), None), key))
+            CreateRequest(sid, _json(state), None, owner), key), owner=owner)
+
+    def _revoke(self, process: int, owner: str) -> None:
+        """DELETE /owners/{owner}/sessions: its version is how many it
+        deleted, its state whether more remain (history rule f)."""
+        start = now()
+        try:
+            result = owners.revoke_all(self.service(), owner, budget_seconds=20)
+        except (ServiceUnavailable, RecoveryPending) as exc:
+            # some deletions may have run: unknown
+            self._add(Op(process, "revoke", owner, start, now(), "info", error=exc.code))
+            return
+        self._add(Op(process, "revoke", owner, start, now(), "ok", result.deleted,
+                     {"remaining": result.remaining}))
 
     def _delete(self, process: int, sid: str) -> None:
         self._write(process, "delete", sid, None, lambda key: self.service().delete(sid, None, key))
@@ -181,7 +203,8 @@ class Workload:
                                               if_match=None if expected is None else str(expected)))
 
     def _write(self, process: int, kind: str, sid: str, state, call,
-               expected: int | None = None, *, record_answer: bool = False) -> None:
+               expected: int | None = None, *, record_answer: bool = False,
+               owner: str | None = None) -> None:
         start = now()
         key = self._key(process, kind, sid, state, expected)
         attempts = 1 + (KEYED_RETRIES if key is not None else 0)
@@ -195,7 +218,7 @@ class Workload:
                 # the earlier attempt may have run (and its record been lost
                 # with a failover): still unknown
                 self._add(Op(process, kind, sid, start, now(), "info" if attempt else "fail",
-                             state=state, error=exc.code))
+                             state=state, error=exc.code, owner=owner))
                 return
             except ServiceUnavailable as exc:
                 # may have run (a connection cut after the script): unknown,
@@ -204,9 +227,9 @@ class Workload:
                 continue
             self._add(Op(process, kind, sid, start, now(), "ok", session.version,
                          session.state if record_answer else state, replayed=session.replayed,
-                         ttl=session.ttl_seconds))
+                         owner=owner, ttl=session.ttl_seconds))
             return
-        self._add(Op(process, kind, sid, start, now(), "info", state=state, error=error))
+        self._add(Op(process, kind, sid, start, now(), "info", state=state, error=error, owner=owner))
 
     def _add(self, op: Op) -> Op:
         self.history.add(op)

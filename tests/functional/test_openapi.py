@@ -245,6 +245,11 @@ def test_the_hooks_drop_only_refusals_of_the_precondition_rule_with_the_document
                   frozenset({"If-Match"}))
     assert not breaks(400, field, None, None, False, frozenset({"If-None-Match"}))
     assert not breaks(400, field, None, 3, True, frozenset())
+    # an owner_id on an update (not a create): refused naming owner_id
+    owner = {"code": "ValidationError", "details": {"field": "owner_id"}}
+    assert breaks(400, owner, None, 3, True, frozenset(), owner_sent=True)
+    assert not breaks(400, owner, None, None, False, frozenset({"If-None-Match"}), owner_sent=True)
+    assert not breaks(400, owner, None, 3, True, frozenset(), owner_sent=False)
 
 
 def test_the_hooks_drop_only_an_if_none_match_outside_its_documented_pattern():

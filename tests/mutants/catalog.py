@@ -68,6 +68,8 @@ T_HOT = "tests/integration/test_redis_hot_path.py"
 T_IDEMPOTENCY = "tests/integration/test_idempotency.py"
 T_LIFE = "tests/integration/test_session_lifetime.py"
 T_PATCH = "tests/integration/test_merge_patch.py"
+T_OWNERS = "tests/integration/test_owners.py"
+OWNERS = "chalicelib/service/owners.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
@@ -399,25 +401,55 @@ MUTANTS: tuple[Mutant, ...] = (
         (("            raise BatchIncomplete(report)\n", "            return report.response()\n"),),
         (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),
         "without ReportBatchItemFailures the mapping deletes records that must be retried"),
-    # -- 15: a session ends when its lifetime ends ----------------------------------------
+    # -- 15: an owner's revoke-all leaves none of its sessions --------------------------
     mutant(
-        "recovery-serves-an-expired-session", 15, SESSIONS,
+        "revoke-all-skips-ids-not-created-yet", 15, OWNERS,
+        (("        result = _block(service, owner_id, session_id)\n"
+          "        if result is not None:\n            return result\n",
+          "        return \"gone\"\n"),),
+        (f"{T_OWNERS}::test_an_id_registered_whose_create_has_not_run_is_tombstoned_and_its_create_then_fails"
+         "[cluster]",
+         f"{T_OWNERS}::test_no_session_registered_before_a_revoke_all_survives_creates_racing_it[cluster]"),
+        "a revoke-all passes over ids whose create has not run: the late create brings a session back"),
+    mutant(
+        "owner-listing-trusts-the-index", 15, OWNERS,
+        (("            if session.deleted or session.owner_id != owner_id:\n",
+          "            if session.deleted:\n"),),
+        (f"{T_OWNERS}::test_an_index_entry_of_an_id_another_owner_holds_is_neither_listed_nor_deleted"
+         "[cluster]",),
+        "the listing serves an id of the index without checking the session's owner"),
+    mutant(
+        "revoke-all-takes-a-new-session-for-an-expired-one", 15, OWNERS,
+        (("            if store.peek([session_id])[0] is not None:\n                continue\n", ""),),
+        (f"{T_OWNERS}::test_a_create_landing_between_the_revoke_all_s_reads_of_key_and_marker_is_deleted"
+         "[single]",),
+        "a create that lands between the revoke-all's reads of key and marker is skipped as expired"),
+    mutant(
+        "revoke-all-trusts-redis-alone", 15, OWNERS,
+        (("    while service.durable is not None:\n        ids = service.durable.owner_sessions(",
+          "    while False:\n        ids = service.durable.owner_sessions("),),
+        (f"{T_OWNERS}::test_a_session_redis_forgot_with_its_index_entry_is_found_in_postgresql_and_deleted",),
+        "a revoke-all misses an owned session Redis forgot with its index entry: it comes back "
+        "from PostgreSQL"),
+    # -- 16: a session ends when its lifetime ends ----------------------------------------
+    mutant(
+        "recovery-serves-an-expired-session", 16, SESSIONS,
         (("        if persisted.expired_at(self.store.clock()):\n", "        if False:\n"),),
         (f"{T_LIFE}::test_a_session_whose_lifetime_ended_is_session_expired_on_get_put_delete_and_touch",),
         "recovery brings back a session whose lifetime ended, as if Redis had lost it"),
     mutant(
-        "sweep-expires-ahead-of-postgresql", 15, STORE,
+        "sweep-expires-ahead-of-postgresql", 16, STORE,
         (("  if mv > pg then return {'ahead', mv} end\n", ""),),
         (f"{T_LIFE}::test_a_write_racing_the_sweep_is_never_lost_and_never_forks_a_version",),
         "the sweep expires a session whose newer write is still in the queue"),
     mutant(
-        "sweep-expires-a-live-key", 15, STORE,
+        "sweep-expires-a-live-key", 16, STORE,
         (("if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end\n", ""),),
         (f"{T_LIFE}::test_a_session_kept_alive_only_by_reads_ends_when_redis_loses_it",
          f"{T_LIFE}::test_the_sweep_leaves_a_live_session_and_a_deleted_one_alone"),
         "the sweep expires a session Redis still holds (kept alive by reads, or deleted)"),
     mutant(
-        "sweep-final-marker-not-one-version-on", 15, STORE,
+        "sweep-final-marker-not-one-version-on", 16, STORE,
         (("set_marker(v .. '|E', tonumber(ARGV[5]), ttl)\n",
           "set_marker(pg .. '|E', tonumber(ARGV[5]), ttl)\n"),),
         (f"{T_LIFE}::test_two_sweeps_at_once_record_exactly_one_session_expired_per_session",),

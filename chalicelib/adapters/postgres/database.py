@@ -93,14 +93,14 @@ APPLY_SQL = f"""
 WITH incoming AS (
     SELECT t.session_id, t.version, t.event_type, t.state::jsonb AS state,
            t.created_at::timestamptz AS created_at, t.occurred_at::timestamptz AS occurred_at,
-           t.ttl_seconds, t.idx,
+           t.ttl_seconds, t.owner_id, t.idx,
            -- an event written before events carried it: its write's time + TTL
            coalesce(t.expires_at::timestamptz,
                     t.occurred_at::timestamptz + make_interval(secs => t.ttl_seconds)) AS expires_at
     FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int[],
-                %b::text[])
+                %b::text[], %b::text[])
          WITH ORDINALITY
-         AS t(session_id, version, event_type, state, created_at, occurred_at, ttl_seconds,
+         AS t(session_id, version, event_type, state, created_at, occurred_at, ttl_seconds, owner_id,
               expires_at, idx)
 ), inserted AS (
     INSERT INTO sync_events (session_id, version, event_type, state, occurred_at)
@@ -110,15 +110,16 @@ WITH incoming AS (
     RETURNING session_id, version
 ), latest AS (
     INSERT INTO sync_sessions AS s
-        (session_id, version, state, deleted, created_at, updated_at, ttl_seconds, expires_at,
-         expired)
+        (session_id, version, state, deleted, created_at, updated_at, ttl_seconds, owner_id,
+         expires_at, expired)
     SELECT DISTINCT ON (session_id)
            session_id, version, state, event_type = '{DELETED}', created_at, occurred_at,
-           ttl_seconds, expires_at, event_type = '{EXPIRED}'
+           ttl_seconds, owner_id, expires_at, event_type = '{EXPIRED}'
     FROM incoming ORDER BY session_id, version DESC
     ON CONFLICT (session_id) DO UPDATE
         SET version = EXCLUDED.version, state = EXCLUDED.state, deleted = EXCLUDED.deleted,
             updated_at = EXCLUDED.updated_at, ttl_seconds = EXCLUDED.ttl_seconds,
+            owner_id = coalesce(EXCLUDED.owner_id, s.owner_id),
             expires_at = EXCLUDED.expires_at, expired = EXCLUDED.expired,
             persisted_at = now()
         WHERE s.version < EXCLUDED.version
@@ -145,7 +146,7 @@ WHERE e.event_type <> t.event_type
 
 LATEST_SQL = f"""
 SELECT version, state::text, deleted, {_ISO_MS.format('created_at')},
-       {_ISO_MS.format('updated_at')}, ttl_seconds, expired
+       {_ISO_MS.format('updated_at')}, ttl_seconds, owner_id, expired
 FROM sync_sessions WHERE session_id = %s
 """
 
@@ -155,7 +156,7 @@ FROM sync_sessions WHERE session_id = %s
 # not read: the sweep writes none.
 EXPIRY_CANDIDATES_SQL = f"""
 SELECT session_id, version, {_ISO_MS.format('created_at')}, {_ISO_MS.format('updated_at')},
-       ttl_seconds
+       ttl_seconds, owner_id
 FROM sync_sessions
 WHERE NOT deleted AND NOT expired AND session_id > %(after)s
   AND (expires_at < %(cutoff)s
@@ -207,6 +208,13 @@ FROM sync_events ORDER BY persisted_at DESC LIMIT %s
 
 VERSIONS_SQL = "SELECT session_id, version FROM sync_sessions WHERE session_id = ANY(%s::text[])"
 
+# an owner's sessions not deleted, by id (sync_sessions_owner_id_idx)
+OWNER_SESSIONS_SQL = """
+SELECT session_id FROM sync_sessions
+WHERE owner_id = %s AND NOT deleted AND session_id > %s
+ORDER BY session_id LIMIT %s
+"""
+
 # events persisted in the last N seconds (sync_events_persisted_at_idx):
 # the queue's "completed" count, which SQS does not keep
 PERSISTED_SINCE_SQL = """
@@ -239,7 +247,8 @@ def apply_parameters(events: Sequence[ChangeEvent]) -> tuple[list[Any], ...]:
     return ([e.session_id for e in events], [e.version for e in events],
             [e.event_type for e in events], [e.state_json for e in events],
             [e.created_at for e in events], [e.occurred_at for e in events],
-            [e.ttl_seconds for e in events], [e.expires_at for e in events])
+            [e.ttl_seconds for e in events], [e.owner_id for e in events],
+            [e.expires_at for e in events])
 
 
 def _first_of_each_version(events: Sequence[ChangeEvent]) -> tuple[list[int], list[int]]:
@@ -431,9 +440,9 @@ class Database:
         rows = self._fetch(LATEST_SQL, (session_id,))
         if not rows:
             return None
-        version, state_json, deleted, created, updated, ttl, expired = rows[0]
+        version, state_json, deleted, created, updated, ttl, owner, expired = rows[0]
         return Session(session_id, int(version), state_json if state_json is not None else "null",
-                       created, updated, int(ttl), bool(deleted), bool(expired))
+                       created, updated, int(ttl), bool(deleted), owner, expired=bool(expired))
 
     def expiry_candidates(self, cutoff: datetime, *, after: str = "", limit: int = 100) -> list[Session]:
         """Up to ``limit`` live sessions (ids after ``after``, in id order)
@@ -442,8 +451,8 @@ class Database:
         ServiceUnavailable."""
         rows = self._fetch(EXPIRY_CANDIDATES_SQL, {"after": after, "cutoff": cutoff, "limit": limit},
                            deadline=EXPIRY_READ_DEADLINE_SECONDS)
-        return [Session(sid, int(version), "null", created, updated, int(ttl))
-                for sid, version, created, updated, ttl in rows]
+        return [Session(sid, int(version), "null", created, updated, int(ttl), owner_id=owner)
+                for sid, version, created, updated, ttl, owner in rows]
 
     def history(self, session_id: str, *, limit: int,
                 before_version: int | None = None) -> list[dict[str, Any]]:
@@ -491,6 +500,11 @@ class Database:
         if not ids:
             return {}
         return {sid: int(v) for sid, v in self._fetch(VERSIONS_SQL, (ids,))}
+
+    def owner_sessions(self, owner_id: str, *, after: str, limit: int) -> list[str]:
+        """Ids of the owner's sessions PostgreSQL holds as not deleted, in
+        id order, after ``after`` ('' from the start).  Raises ServiceUnavailable."""
+        return [sid for (sid,) in self._fetch(OWNER_SESSIONS_SQL, (owner_id, after, limit))]
 
     def ping(self) -> float:
         """Round trip of ``SELECT 1`` in milliseconds (connecting if needed).

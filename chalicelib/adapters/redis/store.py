@@ -3,9 +3,11 @@
 Key layout (every key of a session shares one hash tag, so each script
 touches one hash slot and runs unchanged on Redis Cluster)::
 
-    ss:{NNNN}:s:<id>   the session: "<version>|<created>|<updated>|<ttl>|<L|D><epoch>|<state JSON>"
+    ss:{NNNN}:s:<id>   the session: "<version>|<created>|<updated>|<ttl>|<L|D><epoch>[@<owner>]|<state JSON>"
                        (one string: one GET to read it, no per-field overhead;
-                       the epoch is 8 hex digits, see _LUA_PARSE)
+                       the epoch is 8 hex digits, see _LUA_PARSE; "@<owner>"
+                       only for a session created with an owner, so values
+                       written before owners existed read unchanged)
     ss:{NNNN}:m:<id>   version marker "<version>|<L|D|E>", outlives the session
                        (recovery never serves an older version; ids are not reused;
                        E: the lifetime ended, EXPIRE_SCRIPT)
@@ -15,6 +17,12 @@ touches one hash slot and runs unchanged on Redis Cluster)::
     ss:{NNNN}:h:<id>   hold record of a session Redis lost (HOLD_SCRIPT), short-lived
     ss:{NNNN}:i:<id>:<key>  idempotency record of a keyed write: "<fingerprint>|<event>",
                        written by the write's own script, expires (idempotency_ttl)
+
+and, in the owner's own slot (its id is the hash tag; owner ids have no braces)::
+
+    so:{<owner>}:i     owner index: ZSET (all scores 0, so ordered by id) of
+                       the ids created with this owner, registered BEFORE
+                       their create script runs (see the timeline above ``owner_index_key``)
 
 ``NNNN`` is a bucket, crc32(id) mod ``BUCKETS``: the outbox of a bucket lives
 beside its sessions, so the write and its outbox entry are one atomic script,
@@ -85,9 +93,10 @@ local TOUCHED, EXPIRED = '{TOUCHED}', '{EXPIRED}'
 local function epoch()
   return string.sub(string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)'), 1, 8)
 end
+-- o: the owner suffix "@<owner>" after the epoch, '' when none
 local function parse(raw)
-  local v, c, u, t, f, e = string.match(raw, '^(%d+)|([^|]*)|([^|]*)|(%d+)|(%u)(%x*)|')
-  return tonumber(v), c, u, tonumber(t), f, e
+  local v, c, u, t, f, e, o = string.match(raw, '^(%d+)|([^|]*)|([^|]*)|(%d+)|(%u)(%x*)([^|]*)|')
+  return tonumber(v), c, u, tonumber(t), f, e, o
 end
 -- Redis's own clock, in ms: one clock for every client
 local function now_ms()
@@ -140,13 +149,16 @@ local function iso_plus(iso, secs)
   return string.format('%04d-%02d-%02dT%02d:%02d:%02d.', yy, mm, dd, math.floor(r / 3600),
                        math.floor((r % 3600) / 60), r % 60) .. ms .. 'Z'
 end
+-- o: the owner suffix ("@<owner>" or ''): every event of an owned session names its owner
 -- expires: when the lifetime ends, nil for the write's time + ttl
-local function event(kind, sid, version, created, now_iso, ttl, state, expires)
+local function event(kind, sid, version, created, now_iso, ttl, state, o, expires)
   return '{"schema_version":' .. EVENT_SCHEMA_VERSION .. ',"event_id":"' .. sid .. ':' .. version ..
     '","event_type":"' .. kind .. '","session_id":"' .. sid ..
     '","version":' .. version .. ',"created_at":"' .. created ..
     '","occurred_at":"' .. now_iso .. '","expires_at":"' .. (expires or iso_plus(now_iso, ttl)) ..
-    '","ttl_seconds":' .. ttl .. ',"state":' .. state .. '}'
+    '","ttl_seconds":' .. ttl ..
+    (o ~= '' and (',"owner_id":"' .. string.sub(o, 2) .. '"') or '') ..
+    ',"state":' .. state .. '}'
 end
 local function emit(ev, sid, version, now_ms, channel)
   local eid = sid .. ':' .. version
@@ -206,13 +218,14 @@ end
 # ARGV[1] session id  ARGV[2] state JSON  ARGV[3] now ISO  ARGV[4] now ms
 # ARGV[5] ttl seconds  ARGV[6] marker ttl seconds  ARGV[7] channel
 # ARGV[8] '1' when PostgreSQL has no such session (or there is none), '0' not asked
-# KEYS[5], ARGV[9] fingerprint, ARGV[10] record ttl: only with an Idempotency-Key
+# ARGV[9] owner id, or '' (none)
+# KEYS[5], ARGV[10] fingerprint, ARGV[11] record ttl: only with an Idempotency-Key
 # returns {'ok', event} | {'exists', version, deleted 0/1}
 #       | {'unknown'}: Redis knows nothing of the id; ask PostgreSQL (ids are
 #         never reused, and Redis may have forgotten one: eviction, failover)
 #       | {'replay', event}: the key's recorded write | {'reused'}: the key's, another request
 CREATE_SCRIPT = _LUA_PARSE + r"""
-local done = replayed(ARGV[9])
+local done = replayed(ARGV[10])
 if done then return done end
 local raw = redis.call('GET', KEYS[1])
 if raw then
@@ -223,11 +236,12 @@ local mv, deleted = marker()
 if mv then return {'exists', mv, deleted and 1 or 0} end
 if ARGV[8] ~= '1' then return {'unknown'} end
 local ttl = tonumber(ARGV[5])
-redis.call('SET', KEYS[1], head(1, ARGV[3], ARGV[3], ttl, 'L') .. epoch() .. '|' .. ARGV[2], 'EX', ttl)
+local o = ARGV[9] ~= '' and ('@' .. ARGV[9]) or ''
+redis.call('SET', KEYS[1], head(1, ARGV[3], ARGV[3], ttl, 'L') .. epoch() .. o .. '|' .. ARGV[2], 'EX', ttl)
 set_marker('1|L', tonumber(ARGV[6]), ttl)
-local ev = event(CREATED, ARGV[1], 1, ARGV[3], ARGV[3], ttl, ARGV[2])
+local ev = event(CREATED, ARGV[1], 1, ARGV[3], ARGV[3], ttl, ARGV[2], o)
 emit(ev, ARGV[1], 1, ARGV[4], ARGV[7])
-remember(ARGV[9], ARGV[10], ev)
+remember(ARGV[10], ARGV[11], ev)
 return {'ok', ev}
 """
 
@@ -245,7 +259,7 @@ local done = replayed(ARGV[10])
 if done then return done end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return missing() end
-local v, created, _, ttl, flag, e = parse(raw)
+local v, created, _, ttl, flag, e, o = parse(raw)
 if ARGV[9] ~= '' then ttl = tonumber(ARGV[9]) end
 if flag == 'D' then return {'deleted', v} end
 local ep = epoch()
@@ -253,9 +267,9 @@ local refused = check_epoch(v, e, ep, ARGV[8])
 if refused then return refused end
 if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end
 v = v + 1
-redis.call('SET', KEYS[1], head(v, created, ARGV[4], ttl, 'L') .. ep .. '|' .. ARGV[2], 'EX', ttl)
+redis.call('SET', KEYS[1], head(v, created, ARGV[4], ttl, 'L') .. ep .. o .. '|' .. ARGV[2], 'EX', ttl)
 set_marker(v .. '|L', tonumber(ARGV[6]), ttl)
-local ev = event(UPDATED, ARGV[1], v, created, ARGV[4], ttl, ARGV[2])
+local ev = event(UPDATED, ARGV[1], v, created, ARGV[4], ttl, ARGV[2], o)
 emit(ev, ARGV[1], v, ARGV[5], ARGV[7])
 remember(ARGV[10], ARGV[11], ev)
 return {'ok', ev, created}
@@ -275,16 +289,16 @@ local done = replayed(ARGV[8])
 if done then return done end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return missing() end
-local v, created, _, ttl, flag, e = parse(raw)
+local v, created, _, ttl, flag, e, o = parse(raw)
 if flag == 'D' then return {'deleted', v} end
 local ep = epoch()
 local refused = check_epoch(v, e, ep, ARGV[7])
 if refused then return refused end
 if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end
 v = v + 1
-redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'D') .. ep .. '|null', 'EX', ttl)
+redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'D') .. ep .. o .. '|null', 'EX', ttl)
 set_marker(v .. '|D', tonumber(ARGV[5]), ttl)
-local ev = event(DELETED, ARGV[1], v, created, ARGV[3], ttl, 'null')
+local ev = event(DELETED, ARGV[1], v, created, ARGV[3], ttl, 'null', o)
 emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
 remember(ARGV[8], ARGV[9], ev)
 return {'ok', ev, v}
@@ -301,18 +315,18 @@ return {'ok', ev, v}
 TOUCH_SCRIPT = _LUA_PARSE + r"""
 local raw = redis.call('GET', KEYS[1])
 if not raw then return missing() end
-local v, created, u, ttl, flag, e = parse(raw)
+local v, created, u, ttl, flag, e, o = parse(raw)
 if flag == 'D' then return {'deleted', v} end
 local ep = epoch()
 local refused = check_epoch(v, e, ep, ARGV[7])
 if refused then return refused end
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= v then return {'conflict', v} end
-local state = string.sub(raw, #head(v, created, u, ttl, flag) + #e + 2)
+local state = string.sub(raw, #head(v, created, u, ttl, flag) + #e + #o + 2)
 if ARGV[8] ~= '' then ttl = tonumber(ARGV[8]) end
 v = v + 1
-redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'L') .. ep .. '|' .. state, 'EX', ttl)
+redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'L') .. ep .. o .. '|' .. state, 'EX', ttl)
 set_marker(v .. '|L', tonumber(ARGV[5]), ttl)
-local ev = event(TOUCHED, ARGV[1], v, created, ARGV[3], ttl, state)
+local ev = event(TOUCHED, ARGV[1], v, created, ARGV[3], ttl, state, o)
 emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
 return {'ok', ev, v, created, ttl, state}
 """
@@ -323,6 +337,7 @@ return {'ok', ev, v, created, ttl, state}
 # ARGV[7] created ISO  ARGV[8] ttl seconds  ARGV[9] the expires_at that passed
 # ARGV[10] '1': no marker is acceptable (the caller held the session for the
 #          settle time and read PostgreSQL again), '0': it is not
+# ARGV[11] the owner suffix ('@' .. owner, or ''): the event names the owner
 # returns {'expired', event} | {'alive'} (a key: live, kept by reads, or a
 #         tombstone on its way) | {'final', version} (a deletion's or an
 #         expiry's marker) | {'ahead', marker version} (Redis acknowledged a
@@ -347,7 +362,7 @@ end
 local v = pg + 1
 local ttl = tonumber(ARGV[8])
 set_marker(v .. '|E', tonumber(ARGV[5]), ttl)
-local ev = event(EXPIRED, ARGV[1], v, ARGV[7], ARGV[3], ttl, 'null', ARGV[9])
+local ev = event(EXPIRED, ARGV[1], v, ARGV[7], ARGV[3], ttl, 'null', ARGV[11], ARGV[9])
 emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
 return {'expired', ev}
 """
@@ -370,7 +385,7 @@ return {raw, current and 1 or 0}
 
 # KEYS[1] session  KEYS[2] marker
 # ARGV[1] the stored value's head (version to flag)  ARGV[2] its version
-# ARGV[3] ttl seconds  ARGV[4] marker ttl  ARGV[5] '|' .. state JSON
+# ARGV[3] ttl seconds  ARGV[4] marker ttl  ARGV[5] owner suffix ('@' .. owner, or '') .. '|' .. state JSON
 # ARGV[6] 'absent': only into an absent key | 'repair': also over an older version
 # returns {'restored'} | {'exists'} | {'behind', marker version}
 # Writes a session recovered from PostgreSQL back without clobbering a
@@ -474,6 +489,60 @@ if not raw then return {} end
 local _, _, _, _, _, e = parse(raw)
 return {raw, e == epoch() and 1 or 0}
 """
+
+
+# KEYS as CREATE_SCRIPT
+# ARGV[1] session id  ARGV[2] now ISO  ARGV[3] now ms  ARGV[4] ttl seconds
+# ARGV[5] marker ttl seconds  ARGV[6] channel  ARGV[7] as CREATE_SCRIPT's ARGV[8]
+# ARGV[8] owner id
+# returns {'ok', event} | {'exists'} (a key or a marker: the id was created;
+#         delete it the usual way) | {'unknown'} (as CREATE_SCRIPT's)
+# A revoke-all tombstones an id its owner registered whose create has not
+# run (yet, or ever: a create that failed or crashed after registering): a
+# deleted version 1, shipped like any deletion.  The create that comes later
+# finds it and fails (SessionExists), as for any deleted id: ids are never
+# reused.  See the timeline above ``owner_index_key``.
+BLOCK_SCRIPT = _LUA_PARSE + r"""
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'exists'}
+end
+if ARGV[7] ~= '1' then return {'unknown'} end
+local ttl = tonumber(ARGV[4])
+local o = '@' .. ARGV[8]
+redis.call('SET', KEYS[1], head(1, ARGV[2], ARGV[2], ttl, 'D') .. epoch() .. o .. '|null', 'EX', ttl)
+set_marker('1|D', tonumber(ARGV[5]), ttl)
+local ev = event(DELETED, ARGV[1], 1, ARGV[2], ARGV[2], ttl, 'null', o)
+emit(ev, ARGV[1], 1, ARGV[3], ARGV[6])
+return {'ok', ev}
+"""
+
+# How an owner's index and its sessions stay consistent, with no script
+# crossing a slot (the index is in the owner's slot, each session in its
+# bucket's).  The index may hold ids that are not (yet) the owner's sessions;
+# it never lacks one that is:
+#
+#   create (owner o, id x)              revoke-all (owner o)
+#   t0  ZADD so:{o}:i x                 (registered BEFORE the create script)
+#                                       t1  starts; reads the index: x
+#                                       t2  x has no key, no marker:
+#                                           BLOCK_SCRIPT tombstones x (v1, D)
+#   t3  CREATE_SCRIPT finds the
+#       tombstone: 409, never created
+#                                       t4  ZREM x (only after x is dealt with)
+#
+# If t3 comes before t2, revoke-all finds x live and deletes it (DELETE_SCRIPT,
+# through SessionService.delete).  A create whose ZADD comes after t1 started
+# after the revoke-all did and may survive it.  A create that crashed
+# between t0 and t3 leaves a stale entry: a listing skips it (no session),
+# a revoke-all tombstones the id.  An entry whose id turns out to be another
+# owner's (its create failed: the id was taken) or a tombstone is final and
+# dropped by whoever reads it; an entry with no key is kept (a create may be
+# in flight, or an expired session may come back from PostgreSQL).
+
+def owner_index_key(owner_id: str) -> str:
+    """The owner's index, in a slot of its own: owner ids have no braces,
+    so the whole id is the hash tag."""
+    return "so:{%s}:i" % owner_id
 
 
 @dataclass(frozen=True)
@@ -584,7 +653,10 @@ def decode_session(session_id: str, raw: bytes | str) -> Session:
     if isinstance(raw, bytes):
         raw = raw.decode()
     version, created, updated, ttl, flag, state = raw.split("|", 5)
-    return Session(session_id, int(version), state, created, updated, int(ttl), flag[0] == "D")
+    # flag: "L" or "D", the epoch, then "@<owner>" for an owned session
+    owner = flag.split("@", 1)[1] if "@" in flag else None
+    return Session(session_id, int(version), state, created, updated, int(ttl), flag[0] == "D",
+                   owner)
 
 
 def _decode_marker(raw: bytes) -> tuple[int, bool]:
@@ -624,6 +696,7 @@ class SessionStore:
         self._get_verified = client.register_script(GET_SCRIPT)
         self._settle = client.register_script(SETTLE_SCRIPT)
         self._hold = client.register_script(HOLD_SCRIPT)
+        self._block = client.register_script(BLOCK_SCRIPT)
         self._touch = client.register_script(TOUCH_SCRIPT)
         self._expire = client.register_script(EXPIRE_SCRIPT)
         self._slide_get = client.register_script(SLIDE_GET_SCRIPT)
@@ -740,8 +813,12 @@ class SessionStore:
     # -- writes -------------------------------------------------------------
 
     def create(self, session_id: str, state_json: str, ttl_seconds: int, *,
-               known_absent: bool = True, idempotency: Idempotency | None = None) -> WriteResult:
+               known_absent: bool = True, idempotency: Idempotency | None = None,
+               owner_id: str | None = None) -> WriteResult:
         """Create version 1.  Raises SessionExists (also for a deleted id).
+
+        ``owner_id`` is stored in the value (the owner's index is the
+        caller's: ``owner_register`` first, see the timeline above ``owner_index_key``).
 
         With ``known_absent=False`` an id that Redis has no trace of raises
         IdUnknown instead of being created: the caller asks PostgreSQL
@@ -756,7 +833,7 @@ class SessionStore:
         now_iso = iso_utc(now)
         keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [
             session_id, state_json, now_iso, int(now * 1000), ttl_seconds,
-            self.marker_ttl, self.channel, "1" if known_absent else "0"])
+            self.marker_ttl, self.channel, "1" if known_absent else "0", owner_id or ""])
         with _redis_errors():
             reply = self._run(self._create, keys, args)
         if reply[0] in (b"replay", b"reused"):
@@ -765,7 +842,8 @@ class SessionStore:
             raise SessionExists(session_id, version=int(reply[1]), deleted=bool(reply[2]))
         if reply[0] == b"unknown":
             raise IdUnknown(session_id)
-        session = Session(session_id, 1, state_json, now_iso, now_iso, ttl_seconds)
+        session = Session(session_id, 1, state_json, now_iso, now_iso, ttl_seconds,
+                          owner_id=owner_id)
         return WriteResult(session, f"{session_id}:1", reply[1].decode())
 
     def update(self, session_id: str, state_json: str, expected_version: int | None, *,
@@ -799,7 +877,8 @@ class SessionStore:
         version = (expected_version + 1 if expected_version is not None
                    else json.loads(reply[1])["version"])
         ttl = _ttl_from_event(reply[1])
-        session = Session(session_id, version, state_json, reply[2].decode(), now_iso, ttl)
+        session = Session(session_id, version, state_json, reply[2].decode(), now_iso, ttl,
+                          owner_id=_event_owner(reply[1]))
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
 
     def delete(self, session_id: str, expected_version: int | None = None, *,
@@ -823,7 +902,7 @@ class SessionStore:
         version = int(reply[2])
         event = json.loads(reply[1])
         session = Session(session_id, version, "null", event["created_at"], now_iso,
-                          event["ttl_seconds"], deleted=True)
+                          event["ttl_seconds"], deleted=True, owner_id=event.get("owner_id"))
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
 
     def touch(self, session_id: str, expected_version: int | None = None, *,
@@ -841,7 +920,7 @@ class SessionStore:
         self._raise_for(session_id, reply, expected_version)
         version = int(reply[2])
         session = Session(session_id, version, reply[5].decode(), reply[3].decode(), now_iso,
-                          int(reply[4]))
+                          int(reply[4]), owner_id=_event_owner(reply[1]))
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
 
     def expire(self, session_id: str, persisted: Session, *,
@@ -858,12 +937,12 @@ class SessionStore:
             reply = self._run(self._expire, session_keys(session_id), [
                 session_id, persisted.version, now_iso, int(now * 1000), self.marker_ttl,
                 self.channel, persisted.created_at, persisted.ttl_seconds, persisted.expires_at,
-                "1" if marker_absent_ok else "0"])
+                "1" if marker_absent_ok else "0", _owner_suffix(persisted.owner_id)])
         status = reply[0].decode()
         if status != "expired":
             return status, None
         gone = Session(session_id, version, "null", persisted.created_at, now_iso,
-                       persisted.ttl_seconds, expired=True)
+                       persisted.ttl_seconds, expired=True, owner_id=persisted.owner_id)
         return status, WriteResult(gone, f"{session_id}:{version}", reply[1].decode())
 
     def restore(self, session: Session, *, repair: bool = False) -> Session | None:
@@ -880,7 +959,8 @@ class SessionStore:
         with _redis_errors():
             reply = self._run(self._restore, keys[:2], [
                 _encode_head(session), session.version, session.ttl_seconds, self.marker_ttl,
-                "|" + session.state_json, "repair" if repair else "absent"])
+                _owner_suffix(session.owner_id) + "|" + session.state_json,
+                "repair" if repair else "absent"])
         if reply[0] == b"behind":
             raise KeyBehind(session.session_id, int(reply[1]))
         if reply[0] == b"restored":
@@ -937,7 +1017,8 @@ class SessionStore:
         state = event_json[cut + len(b',"state":'):-1].decode()
         deleted = head["event_type"] == DELETED
         session = Session(session_id, head["version"], state, head["created_at"], head["occurred_at"],
-                          head["ttl_seconds"], deleted=deleted, replayed=True)
+                          head["ttl_seconds"], deleted=deleted, replayed=True,
+                          owner_id=head.get("owner_id"))
         return WriteResult(session, head["event_id"], event_json.decode(), replayed=True)
 
     def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -973,6 +1054,62 @@ class SessionStore:
         if status == b"expired":
             raise SessionExpired(session_id)
         raise AssertionError(f"unexpected script reply {reply!r}")
+
+    # -- owners (the timeline above owner_index_key) -------------------------
+
+    def owner_register(self, owner_id: str, session_id: str) -> None:
+        """Put ``session_id`` in the owner's index, before its create runs."""
+        with _redis_errors():
+            self.client.zadd(owner_index_key(owner_id), {session_id: 0})
+
+    def owner_ids(self, owner_id: str, *, after: str | None = None, count: int = 100) -> list[str]:
+        """Up to ``count`` ids of the owner's index, in id order, after ``after``."""
+        with _redis_errors():
+            ids = self.client.zrangebylex(owner_index_key(owner_id),
+                                          "-" if after is None else "(" + after, "+",
+                                          start=0, num=count)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def owner_forget(self, owner_id: str, session_ids: Sequence[str]) -> None:
+        """Drop entries from the owner's index (their sessions are gone or
+        not the owner's)."""
+        if not session_ids:
+            return
+        with _redis_errors():
+            self.client.zrem(owner_index_key(owner_id), *session_ids)
+
+    def peek(self, session_ids: Sequence[str]) -> list[Session | None]:
+        """The stored values (tombstones too) of ``session_ids``, in order,
+        None where there is no key: one pipelined round trip per node, read
+        as they are (no epoch check: a listing, not a read to write on)."""
+        if not session_ids:
+            return []
+        with _redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for sid in session_ids:
+                pipe.get(session_keys(sid)[0])
+            raws = pipe.execute()
+        return [None if raw is None else decode_session(sid, raw)
+                for sid, raw in zip(session_ids, raws, strict=True)]
+
+    def block(self, session_id: str, owner_id: str, ttl_seconds: int, *,
+              known_absent: bool = True) -> WriteResult | None:
+        """Tombstone an id registered for ``owner_id`` whose create has not
+        run (BLOCK_SCRIPT).  None when the id exists after all (a key or a
+        marker): delete it the usual way.  Raises IdUnknown as ``create``."""
+        now = self.clock()
+        now_iso = iso_utc(now)
+        with _redis_errors():
+            reply = self._run(self._block, session_keys(session_id), [
+                session_id, now_iso, int(now * 1000), ttl_seconds, self.marker_ttl,
+                self.channel, "1" if known_absent else "0", owner_id])
+        if reply[0] == b"exists":
+            return None
+        if reply[0] == b"unknown":
+            raise IdUnknown(session_id)
+        session = Session(session_id, 1, "null", now_iso, now_iso, ttl_seconds, deleted=True,
+                          owner_id=owner_id)
+        return WriteResult(session, f"{session_id}:1", reply[1].decode())
 
     # -- outbox ---------------------------------------------------------------
 
@@ -1268,10 +1405,25 @@ def _scan_session_keys(node: redis.Redis, limit: int, max_calls: int) -> list[by
     return keys[:limit]
 
 
+def _owner_suffix(owner_id: str | None) -> str:
+    """What follows the epoch in the value of a session with this owner."""
+    return "@" + owner_id if owner_id else ""
+
+
+def _event_owner(event_json: bytes) -> str | None:
+    # "owner_id":"..." sits just before "state" when the session has one
+    head = event_json[:event_json.index(b',"state":')]
+    marker = b',"owner_id":"'
+    at = head.rfind(marker)
+    return head[at + len(marker):-1].decode() if at >= 0 else None
+
+
 def _ttl_from_event(event_json: bytes) -> int:
     # "ttl_seconds":N sits before "state" in the event the script built;
     # find it without decoding the whole (possibly 256 KiB) document.
     head = event_json[:event_json.index(b',"state":')]
+    if head.endswith(b'"'):  # the owner_id after it
+        head = head[:head.rindex(b',"owner_id":"')]
     return int(head.rsplit(b":", 1)[1])
 
 
