@@ -533,3 +533,21 @@ def test_a_stale_read_while_redis_is_down_never_serves_a_session_whose_lifetime_
     with pytest.raises(ServiceUnavailable) as down:
         service.get_accepting_stale(ended, MaxStale(None))
     assert down.value.dependency == "redis"
+
+
+def test_a_touch_and_an_expiry_keep_the_owner_of_an_owned_session(store, own_database, own_dsn):
+    touched_id, expired_id = _sid(), _sid()
+    store.create(touched_id, '{"n":1}', 60, owner_id="user-7")
+
+    touched = store.touch(touched_id, 1)
+
+    assert touched.session.owner_id == "user-7" and store.get(touched_id).owner_id == "user-7"
+    assert store.get(touched_id).state == {"n": 1}
+    assert json.loads(touched.event_json)["owner_id"] == "user-7"
+    _persist(own_database, store.create(expired_id, '{"n":1}', 1, owner_id="user-7"))
+    _wait_expired(store, expired_id)
+    status, write = store.expire(expired_id, own_database.latest(expired_id))
+    assert status == "expired" and write is not None
+    assert json.loads(write.event_json)["owner_id"] == "user-7"
+    _persist(own_database, write)
+    assert _row(own_dsn, expired_id)[:3] == (2, False, True)
