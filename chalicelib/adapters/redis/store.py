@@ -260,7 +260,8 @@ if done then return done end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return missing() end
 local v, created, _, ttl, flag, e, o = parse(raw)
-if ARGV[9] ~= '' then ttl = tonumber(ARGV[9]) end
+-- a caller without ARGV[9] (the bench's floors) keeps the TTL too
+if ARGV[9] and ARGV[9] ~= '' then ttl = tonumber(ARGV[9]) end
 if flag == 'D' then return {'deleted', v} end
 local ep = epoch()
 local refused = check_epoch(v, e, ep, ARGV[8])
