@@ -6,7 +6,8 @@ every domain error to one error shape (RFC 9457 problem details).
 No Redis, SQL or boto3 here.
 
 Every Lambda function (the API, the ``api_key`` authorizer, the
-``persist_changes`` consumer, the ``relay_outbox`` schedule) imports this
+``persist_changes`` consumer, the ``relay_outbox`` and ``sweep_expired``
+schedules) imports this
 whole module on its cold start, so it imports at the top only what several
 of them use; a module one function alone needs is imported in that
 function (``sessionsync bench --sections coldstart``, by_function).
@@ -129,6 +130,18 @@ def delete_session(session_id):
     return web.no_content(deleted)
 
 
+@app.route("/sessions/{session_id}/touch", methods=["POST"], authorizer=session_auth)
+@web.handles_errors
+def touch_session(session_id):
+    request = app.current_request
+    touch = validation.touch_request(session_id, request.raw_body, request.headers.get("if-match"))
+    with web.if_match(touch.if_match, touch.session_id):
+        session = runtime.service().touch(touch.session_id,
+                                          touch.if_match.version if touch.if_match else None,
+                                          touch.ttl_seconds)
+    return web.session_response(session)
+
+
 @app.route("/sessions/{session_id}/events", methods=["GET"], authorizer=session_auth)
 @web.handles_errors
 def session_events(session_id):
@@ -192,6 +205,15 @@ def relay_outbox(event):
     remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
     result = runtime.relay().drain(budget_seconds=max(1.0, remaining - 5.0))
     return {"found": result.found, "sent": result.sent}
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def sweep_expired(event):
+    """Record one session_expired event per session whose lifetime ended
+    (chalicelib.pipeline.expiry), until 5 s before the timeout."""
+    remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
+    result = runtime.expiry_sweep().run(budget_seconds=max(1.0, remaining - 5.0))
+    return {"candidates": result.candidates, "expired": result.expired, "skipped": result.skipped}
 
 
 @app.schedule(Rate(1, unit=Rate.HOURS))

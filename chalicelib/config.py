@@ -43,6 +43,13 @@ SESSION_DLQ_NAME = "SESSION_DLQ_NAME"
 SESSION_QUEUE_FIFO = "SESSION_QUEUE_FIFO"
 SESSION_TTL = "SESSION_TTL"
 SESSION_MARKER_TTL = "SESSION_MARKER_TTL"
+# A GET gives the Redis key its full TTL again (off by default).  Only Redis
+# sees it: the lifetime PostgreSQL knows, and recovery honours, moves with
+# writes alone (docs/decisions/session-lifetime.md).
+SESSION_SLIDE_ON_READ = "SESSION_SLIDE_ON_READ"
+# The expiry sweep looks at sessions whose lifetime ended at least this
+# long ago (chalicelib/pipeline/expiry.py).
+SESSION_EXPIRY_GRACE = "SESSION_EXPIRY_GRACE_SECONDS"
 IDEMPOTENCY_KEY_TTL = "IDEMPOTENCY_KEY_TTL_SECONDS"
 MAX_STATE_BYTES = "MAX_STATE_BYTES"
 LOG_LEVEL = "LOG_LEVEL"
@@ -108,6 +115,9 @@ MAX_IDEMPOTENCY_KEY_TTL = 30 * 24 * 3600
 # way, through the relay.  Bounded by what a write may cost.
 DEFAULT_SQS_SEND_TIMEOUT_SECONDS = 0.5
 MAX_SQS_SEND_TIMEOUT_SECONDS = 5.0
+# Past a lifetime's end, the expiry sweep waits this long before it looks:
+# a key Redis expires a moment late is not checked in vain.
+DEFAULT_EXPIRY_GRACE_SECONDS = 60.0
 # The shortest SYNC_EVENTS_RETENTION_DAYS: a message for a persisted (session,
 # version) may still reach the consumer that long after (the main queue keeps
 # a message 4 days, the DLQ 14, a redrive sends it again for 4 more), and the
@@ -167,6 +177,10 @@ class Settings:
     #: wait (503) for changes still in the queue to reach PostgreSQL
     redis_settle: float = DEFAULT_REDIS_SETTLE_SECONDS
     channel: str = "session-updates"
+    #: SESSION_SLIDE_ON_READ: a GET slides the Redis key's TTL
+    slide_on_read: bool = False
+    #: SESSION_EXPIRY_GRACE_SECONDS: the sweep looks this long after a lifetime's end
+    expiry_grace: float = DEFAULT_EXPIRY_GRACE_SECONDS
     #: PGHOST / PGDATABASE / PGSERVICE is set: libpq's environment names the database
     pg_environment: bool = False
     #: SYNC_EVENTS_RETENTION_DAYS; None: sync_events rows are kept forever
@@ -415,6 +429,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                 MAX_SQS_SEND_TIMEOUT_SECONDS),
         redis_settle=_float(env, REDIS_SETTLE, DEFAULT_REDIS_SETTLE_SECONDS, 0.0, 3600.0),
         channel=env.get(PUBSUB_CHANNEL, "").strip() or "session-updates",
+        slide_on_read=_bool(env, SESSION_SLIDE_ON_READ),
+        expiry_grace=_float(env, SESSION_EXPIRY_GRACE, DEFAULT_EXPIRY_GRACE_SECONDS, 0.0, 86400.0),
         pg_environment=any(_opt(env, name) for name in PG_ENVIRONMENT),
         events_retention_days=retention_days(env),
     )

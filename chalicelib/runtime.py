@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the builders import these on first use (cold start)
     from chalicelib.api.health import Probe
     from chalicelib.pipeline.consumer import Consumer
     from chalicelib.pipeline.dead_letters import DeadLetterQueue
+    from chalicelib.pipeline.expiry import ExpirySweep
     from chalicelib.pipeline.outbox import OutboxRelay
     from chalicelib.pipeline.producer import SqsProducer
     from chalicelib.pipeline.retention import PurgeReport
@@ -243,7 +244,24 @@ def service() -> SessionService:
     return _once("service", lambda: SessionService(
         store(), publisher=_OnFirstUse(producer) if s.has_queue else None,
         durable=_OnFirstUse(database) if s.has_database else None, default_ttl=s.session_ttl,
-        settle_seconds=s.redis_settle))
+        settle_seconds=s.redis_settle, slide_on_read=s.slide_on_read))
+
+
+def expiry_sweep() -> ExpirySweep:
+    """The expiry sweep (store, PostgreSQL, producer) the scheduled function calls."""
+    from chalicelib.config import DATABASE_URL
+    from chalicelib.domain.errors import ConfigurationError
+    from chalicelib.pipeline.expiry import ExpirySweep
+
+    def build() -> ExpirySweep:
+        s = settings()
+        db = database()
+        if db is None:
+            raise ConfigurationError(DATABASE_URL, "the expiry sweep needs a database "
+                                     "(DATABASE_URL, DB_SECRET_ARN or PG* variables)")
+        return ExpirySweep(store(), db, publisher=_OnFirstUse(relay_producer) if s.has_queue else None,
+                           settle_seconds=s.redis_settle, grace_seconds=s.expiry_grace)
+    return _once("expiry_sweep", build)
 
 
 def health_probes() -> dict[str, Probe]:

@@ -86,7 +86,8 @@ class Inspection:
                            for eid, v, ms in r.outbox]}
         p = self.persisted
         pg_doc = None if p is None else {"version": p.version, "deleted": p.deleted,
-                                         "updated_at": p.updated_at, "ttl_seconds": p.ttl_seconds}
+                                         "updated_at": p.updated_at, "ttl_seconds": p.ttl_seconds,
+                                         "expires_at": p.expires_at, "expired": p.expired}
         return {
             "session_id": self.session_id, "level": self.level, "keys": self.keys,
             "redis": redis_doc,
@@ -190,6 +191,11 @@ def judge(i: Inspection) -> list[Finding]:
             if marker[1]:
                 out.append(Finding("redis", "ok", f"deleted at v{marker[0]}: the tombstone has "
                                    "expired, the marker keeps the id from being reused"))
+            elif persisted is not None and (persisted.expired or persisted.expired_at(i.now)):
+                out.append(Finding("redis", "ok", f"the session's lifetime ended at "
+                                   f"{persisted.expires_at}: reads answer 404 SessionExpired"
+                                   + (" (session_expired recorded)" if persisted.expired else
+                                      " (the expiry sweep records it within minutes)")))
             else:
                 out.append(Finding("redis", "info", f"the Redis key has expired (or was evicted); "
                                    f"the marker says v{marker[0]}: the next read recovers it from "

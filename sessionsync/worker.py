@@ -231,3 +231,23 @@ class Worker:
                 stop.wait(pause)
             else:
                 pause = 0.0
+
+
+# The local expiry sweep runs this often: the scheduled function's rate.
+SWEEP_INTERVAL_SECONDS = 60.0
+
+
+def run_sweeps(sweep: Any, stop: threading.Event, *, interval: float = SWEEP_INTERVAL_SECONDS,
+               budget_seconds: float = 30.0) -> None:
+    """The ``sweep_expired`` schedule, locally: run the expiry sweep
+    (chalicelib.pipeline.expiry) every ``interval`` seconds until ``stop``
+    is set.  Never raises: Redis or PostgreSQL trouble is logged and the
+    next run tries again (a sweep is safe to repeat and to cut short)."""
+    while not stop.is_set():
+        try:
+            sweep.run(budget_seconds=budget_seconds)
+        except ServiceUnavailable as exc:
+            log.warning("expiry sweep cannot reach a dependency", extra={"error": exc.message})
+        except Exception:  # the thread must survive anything
+            log.exception("expiry sweep failed")
+        stop.wait(interval)

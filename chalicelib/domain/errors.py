@@ -94,6 +94,24 @@ class SessionNotFound(SessionSyncError):
         self.deleted = deleted
 
 
+class SessionExpired(SessionNotFound):
+    """The session's lifetime ended (its TTL ran out with no write since):
+    it is never served again, not even from PostgreSQL, and its id is not
+    reused.  A 404 like any absent session, with a code of its own so that a
+    client can tell "start a new session" from "wrong id"."""
+
+    code = "SessionExpired"
+
+    def __init__(self, session_id: str, *, expires_at: str | None = None) -> None:
+        SessionSyncError.__init__(self, f"session {session_id!r} expired"
+                                  + (f" at {expires_at}" if expires_at else "")
+                                  + " (its lifetime ended; ids are never reused)",
+                                  session_id=session_id, deleted=False, expires_at=expires_at)
+        self.session_id = session_id
+        self.deleted = False
+        self.expires_at = expires_at
+
+
 class SessionExists(SessionSyncError):
     code = "SessionExists"
     status = 409

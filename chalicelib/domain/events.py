@@ -4,10 +4,19 @@ The store's Lua scripts write the event (``chalicelib.adapters.redis.store``); t
 reads it back on the consumer side.  Schema version 1::
 
     {"schema_version": 1, "event_id": "<session_id>:<version>",
-     "event_type": "session_created" | "session_updated" | "session_deleted",
+     "event_type": "session_created" | "session_updated" | "session_deleted"
+                   | "session_touched" | "session_expired",
      "session_id": "...", "version": 7,
      "created_at": "2026-11-28T16:33:30.405Z", "occurred_at": "...",
-     "ttl_seconds": 3600, "owner_id": "u-42", "state": {...} | null}
+     "expires_at": "...", "ttl_seconds": 3600, "owner_id": "u-42", "state": {...} | null}
+
+``expires_at`` (when the session's lifetime ends: ``occurred_at`` plus
+``ttl_seconds`` for a write; the lifetime that ended for
+``session_expired``) is optional: an event written before it existed (an old
+outbox entry, a message still in the queue) has none, and PostgreSQL derives
+it from ``occurred_at`` and ``ttl_seconds``.  ``session_touched`` carries the
+unchanged state; ``session_expired`` (written by the expiry sweep) none.
+
 
 ``owner_id`` is optional (only a session created with an owner has it, on
 every event of the session; events written before owners existed have
@@ -29,7 +38,10 @@ from chalicelib.domain.errors import MalformedMessage
 
 EVENT_SCHEMA_VERSION = 1
 CREATED, UPDATED, DELETED = "session_created", "session_updated", "session_deleted"
-EVENT_TYPES = (CREATED, UPDATED, DELETED)
+TOUCHED, EXPIRED = "session_touched", "session_expired"
+EVENT_TYPES = (CREATED, UPDATED, DELETED, TOUCHED, EXPIRED)
+#: the event types that carry no state (the session is gone)
+STATELESS = (DELETED, EXPIRED)
 
 # Every field but ``state``, with its type, in the order the store's scripts
 # write them (``state`` comes last: see store._ttl_from_event).
@@ -43,9 +55,11 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "occurred_at": str,
     "ttl_seconds": int,
 }
+#: optional fields: an event written before they existed has none
+_OPTIONAL: dict[str, type] = {"expires_at": str}
 #: the fields of an event, in the order the store writes them (``owner_id``
 #: only when the session has an owner)
-EVENT_FIELDS = (*_REQUIRED, "owner_id", "state")
+EVENT_FIELDS = (*list(_REQUIRED)[:7], "expires_at", "ttl_seconds", "owner_id", "state")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +80,16 @@ class ChangeEvent:
     state_json: str | None
     #: the session's owner, when it was created with one
     owner_id: str | None = None
+    #: None in an event written before it existed (derived by PostgreSQL)
+    expires_at: str | None = None
 
     @property
     def deleted(self) -> bool:
         return self.event_type == DELETED
+
+    @property
+    def expired(self) -> bool:
+        return self.event_type == EXPIRED
 
 
 def _malformed(reason: str, message: str) -> MalformedMessage:
@@ -102,6 +122,9 @@ def parse_event(body: str | bytes) -> ChangeEvent:
         # bool is an int in Python; a JSON true is never a version or a TTL
         if not isinstance(value, kind) or isinstance(value, bool):
             raise _malformed("wrong_type", f"{name} must be of type {_type_name(kind)}")
+    for name, kind in _OPTIONAL.items():
+        if doc.get(name) is not None and not isinstance(doc[name], kind):
+            raise _malformed("wrong_type", f"{name} must be of type {_type_name(kind)}")
     if "state" not in doc:
         raise _malformed("missing_field", "state is missing")
     state: Any = doc["state"]
@@ -124,7 +147,7 @@ def parse_event(body: str | bytes) -> ChangeEvent:
             raise _malformed("invalid_json", "state holds a lone UTF-16 surrogate") from exc
     return ChangeEvent(doc["event_id"], doc["event_type"], doc["session_id"], doc["version"],
                        doc["created_at"], doc["occurred_at"], doc["ttl_seconds"], state_json,
-                       owner)
+                       owner, doc.get("expires_at"))
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:

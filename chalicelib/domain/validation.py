@@ -65,6 +65,18 @@ class UpdateRequest:
     #: the If-Match header that named the version, if one did: its failure
     #: is a 412 PreconditionFailed, where the body's is a 409
     if_match: IfMatch | None = None
+    #: a new TTL (the body's ttl_seconds), or None: keep the session's
+    ttl_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class TouchRequest:
+    """POST /sessions/{id}/touch: extend the lifetime, state unchanged."""
+
+    session_id: str
+    #: the If-Match version, or None (any: a touch needs no precondition)
+    if_match: IfMatch | None
+    ttl_seconds: int | None
 
 
 def session_id(raw: str, *, percent_encoded: bool = True) -> str:
@@ -317,7 +329,7 @@ def _put_body(raw: bytes | None, max_state_bytes: int, *, creates: bool = False)
     if not creates and body.get("owner_id") is not None:
         raise ValidationError("owner_id is set when a session is created and never changes",
                               field="owner_id")
-    _reject_unknown(body, {"state", "expected_version", "owner_id"})
+    _reject_unknown(body, {"state", "expected_version", "owner_id", "ttl_seconds"})
     if "state" not in body:
         raise ValidationError("state is required", field="state")
     return body
@@ -342,7 +354,8 @@ def update_request(path_id: str, raw: bytes | None, if_match_header: str | None,
         raise ValidationError("expected_version and If-Match disagree",
                               expected_version=body_version, if_match=header.version)
     expected = body_version if body_version is not None else header.version if header else None
-    return UpdateRequest(sid, check_state(body["state"], max_state_bytes), expected, header)
+    return UpdateRequest(sid, check_state(body["state"], max_state_bytes), expected, header,
+                         ttl_seconds(body.get("ttl_seconds")))
 
 
 def put_request(path_id: str, raw: bytes | None, *, if_match_header: str | None,
@@ -364,7 +377,21 @@ def put_request(path_id: str, raw: bytes | None, *, if_match_header: str | None,
     if body.get("expected_version") is not None:
         raise ValidationError("expected_version updates an existing session; "
                               "If-None-Match: * creates one", field="expected_version")
-    return CreateRequest(sid, check_state(body["state"], max_state_bytes), None, _body_owner(body))
+    return CreateRequest(sid, check_state(body["state"], max_state_bytes),
+                         ttl_seconds(body.get("ttl_seconds")), _body_owner(body))
+
+
+def touch_request(path_id: str, raw: bytes | None, if_match_header: str | None) -> TouchRequest:
+    """POST /sessions/{id}/touch: an optional body ``{"ttl_seconds": N}``
+    (none, or an empty one, keeps the TTL) and an optional If-Match."""
+    sid = session_id(path_id)
+    header = if_match(if_match_header)
+    ttl = None
+    if raw and raw.strip():
+        body = parse_body(raw, 1024)
+        _reject_unknown(body, {"ttl_seconds"})
+        ttl = ttl_seconds(body.get("ttl_seconds"))
+    return TouchRequest(sid, header, ttl)
 
 
 def page_limit(raw: str | None, default: int = 50, maximum: int = 500) -> int:

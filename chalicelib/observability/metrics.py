@@ -10,7 +10,7 @@ a programming error (``KeyError``), so that dashboards and alarms can rely
 on the names.  Where each is emitted:
 
 =====================  ============  =============================================
-WriteLatency           Milliseconds  SessionService create/update/delete (dim: operation)
+WriteLatency           Milliseconds  SessionService create/update/delete/touch (dim: operation)
 Conflicts              Count         SessionService: a compare-and-set lost
 RecoveryReads          Count         SessionService: a session served from PostgreSQL
 ConsumerBatchSize      Count         SQS consumer: records in the batch
@@ -24,6 +24,7 @@ RedisEpochChanges      Count         SessionService: Redis went back in time (fi
 StaleReads             Count         SessionService: Redis down, a max-stale read served from PostgreSQL
 PurgedEvents           Count         retention purge: sync_events rows past SYNC_EVENTS_RETENTION_DAYS deleted
 PatchRetries           Count         SessionService: a PATCH merged again after losing its compare-and-set
+SessionsExpired        Count         expiry sweep: session_expired events written
 =====================  ============  =============================================
 
 Why not ``aws_lambda_powertools.Metrics``: docs/decisions/no-powertools.md
@@ -58,6 +59,7 @@ CATALOGUE: Mapping[str, str] = {
     "ShipFailures": "Count",
     "RedisRepairs": "Count",
     "RedisEpochChanges": "Count",
+    "SessionsExpired": "Count",
     "PatchRetries": "Count",
     "StaleReads": "Count",
     "PurgedEvents": "Count",

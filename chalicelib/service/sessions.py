@@ -53,6 +53,7 @@ from chalicelib.domain.errors import (
     RecoveryPending,
     ServiceUnavailable,
     SessionExists,
+    SessionExpired,
     SessionNotFound,
 )
 from chalicelib.domain.idempotency import Idempotency
@@ -136,8 +137,11 @@ class HistoryPage:
 class SessionService:
     def __init__(self, store: SessionStore, *, publisher: Publisher | None = None,
                  durable: DurableSessions | None = None, default_ttl: int = 3600,
-                 settle_seconds: float = DEFAULT_REDIS_SETTLE_SECONDS) -> None:
+                 settle_seconds: float = DEFAULT_REDIS_SETTLE_SECONDS,
+                 slide_on_read: bool = False) -> None:
         self.store = store
+        #: SESSION_SLIDE_ON_READ: a GET gives the Redis key its full TTL again
+        self.slide_on_read = slide_on_read
         self.publisher = publisher
         self.durable = durable
         self.default_ttl = default_ttl
@@ -182,7 +186,8 @@ class SessionService:
     def get(self, session_id: str) -> Read:
         """Raises SessionNotFound, RecoveryPending, ServiceUnavailable."""
         try:
-            session = self.store.get(session_id, verify=self.durable is not None)
+            session = self.store.get(session_id, verify=self.durable is not None,
+                                     slide=self.slide_on_read)
         except EpochChanged as exc:
             assert exc.session is not None  # store.get raises it with the value it read
             return self._confirm(exc.session)
@@ -209,7 +214,10 @@ class SessionService:
           copy's age in ``details`` when there is one.  (A 503, not RFC
           9111's 504: this service is the origin, and its clients already
           retry a 503 after its Retry-After.)
-        * persisted as deleted: 404, as always (a deletion is final).
+        * persisted as deleted: 404, as always (a deletion is final); as
+          expired (``session_expired`` recorded): 404 ``SessionExpired``; its
+          lifetime ended but no expiry recorded yet: Redis's 503 unchanged
+          (a write in the queue may have slid it).
         * PostgreSQL down too: Redis's 503 unchanged.
 
         Any other error (RecoveryPending: PostgreSQL behind Redis; a 404
@@ -239,6 +247,12 @@ class SessionService:
             raise redis_down
         if persisted.deleted:
             raise SessionNotFound(session_id, deleted=True)
+        if persisted.expired:  # the expiry sweep recorded its end: final, as a deletion
+            raise SessionExpired(session_id, expires_at=persisted.expires_at)
+        if persisted.expired_at(now):
+            # its lifetime ended as far as PostgreSQL knows; a write still in
+            # the queue may have slid it: neither served nor called expired
+            raise redis_down
         written = datetime.fromisoformat(persisted.updated_at).timestamp()
         age = max(0, int(now - written))  # a clock behind Redis's: not negative
         if max_stale.seconds is not None and age > max_stale.seconds:
@@ -253,7 +267,19 @@ class SessionService:
         RecoveryPending, ServiceUnavailable; ``idempotency`` as ``create``."""
         result = self._write(request.session_id, lambda floor: self.store.update(
             request.session_id, request.state_json, request.expected_version, floor=floor,
-            idempotency=idempotency))
+            ttl_seconds=request.ttl_seconds, idempotency=idempotency))
+        self._ship(result)
+        return result.session
+
+    @metrics.timed_write("touch")
+    def touch(self, session_id: str, expected_version: int | None = None,
+              ttl_seconds: int | None = None) -> Session:
+        """Extend the lifetime from now (with ``ttl_seconds`` as the new TTL
+        if given) without changing the state: a new version and a
+        ``session_touched`` event.  Raises as ``update`` (SessionExpired
+        once the lifetime ended: a touch does not revive a session)."""
+        result = self._write(session_id, lambda floor: self.store.touch(
+            session_id, expected_version, floor=floor, ttl_seconds=ttl_seconds))
         self._ship(result)
         return result.session
 
@@ -482,13 +508,29 @@ class SessionService:
             t2  GET: PostgreSQL still has v6 (consumer behind)  -> 503, not v6
             t3  consumer persists v7
             t4  GET: PostgreSQL v7 >= marker 7  -> restored, served
+
+        Recovery is for a session Redis LOST while it was alive, never for
+        one whose lifetime ended (SessionExpired): PostgreSQL's copy is
+        judged only once it is known to be current (the marker checks and
+        waits below), as a write still in the queue may have slid the
+        lifetime::
+
+            t0  PUT v7 (ttl 60) acknowledged at 12:00:00, queued
+            t1  12:01:01 the key expired; PostgreSQL still has v6 (11:59:00 + 60)
+            t2  GET: marker 7 > 6 -> 503 RecoveryPending, not SessionExpired
+            t3  consumer persists v7; GET: v7 expired at 12:01:00 -> SessionExpired
         """
-        marker = self.store.marker(session_id)
+        flagged = self.store.marker_flag(session_id)
+        marker = None if flagged is None else (flagged[0], flagged[1] == "D")
         if marker is not None and marker[1]:
             raise SessionNotFound(session_id, deleted=True)
+        if flagged is not None and flagged[1] == "E":  # the expiry sweep's final marker
+            raise SessionExpired(session_id)
         if self.durable is None:
             raise SessionNotFound(session_id)
         persisted = self.durable.latest(session_id)
+        if persisted is not None and persisted.expired:  # final, as a deletion is: no wait
+            raise SessionExpired(session_id)
         if marker is None and persisted is not None and not persisted.deleted:
             # Redis has no trace of a session PostgreSQL knows: it lost it
             # (flush, restart, eviction, a key deleted by hand), or the
@@ -512,6 +554,10 @@ class SessionService:
             raise SessionNotFound(session_id)
         if persisted.deleted:
             raise SessionNotFound(session_id, deleted=True)
+        if persisted.expired_at(self.store.clock()):
+            # PostgreSQL is current (above) and its lifetime ended: the key
+            # expired, it was not lost (or it was lost after its end)
+            raise SessionExpired(session_id, expires_at=persisted.expires_at)
         try:
             restored = self.store.restore(persisted)
         except KeyBehind as exc:

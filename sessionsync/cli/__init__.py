@@ -14,7 +14,7 @@ import click
 from chalicelib.observability import logs
 from sessionsync.cli import _common, ops
 from sessionsync.cli.bench import bench
-from sessionsync.cli.pipeline import bootstrap, migrate, relay, worker
+from sessionsync.cli.pipeline import bootstrap, migrate, relay, sweep, worker
 from sessionsync.cli.retention import retention
 from sessionsync.cli.serve import serve
 from sessionsync.cli.soak import soak
@@ -47,5 +47,6 @@ def main(stage: str | None, project_dir: str | None) -> None:
     logs.configure()  # JSON lines on stderr at LOG_LEVEL; stdout stays the command's output
 
 
-for command in (serve, watch, bootstrap, migrate, worker, relay, retention, bench, soak, *ops.COMMANDS):
+for command in (serve, watch, bootstrap, migrate, worker, relay, sweep, retention, bench, soak,
+                *ops.COMMANDS):
     main.add_command(command)

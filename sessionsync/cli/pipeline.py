@@ -1,4 +1,4 @@
-"""Pipeline commands: ``bootstrap``, ``migrate``, ``worker``, ``relay``; and
+"""Pipeline commands: ``bootstrap``, ``migrate``, ``worker``, ``relay``, ``sweep``; and
 ``start_pipeline_threads`` for ``sessionsync serve``.
 
 Each command only parses options; the work is in chalicelib (provisioning,
@@ -86,10 +86,10 @@ def _retrying(name: str, build: Callable[[], Any], run: Callable[[Any], None],
 
 
 def start_pipeline_threads(stop: threading.Event) -> list[threading.Thread]:
-    """Run the SQS worker, the outbox relay and (SYNC_EVENTS_RETENTION_DAYS
-    set) the sync_events purge in daemon threads until ``stop`` is set
-    (``sessionsync serve``: what the event source mapping and the schedules
-    do in AWS)."""
+    """Run the SQS worker, the outbox relay, the expiry sweep and
+    (SYNC_EVENTS_RETENTION_DAYS set) the sync_events purge in daemon threads
+    until ``stop`` is set (``sessionsync serve``: what the event source
+    mapping and the schedules do in AWS)."""
     settings = runtime.settings()
     threads: list[threading.Thread] = []
     if settings.has_queue and settings.has_database:
@@ -103,6 +103,11 @@ def start_pipeline_threads(stop: threading.Event) -> list[threading.Thread]:
             args=("relay", runtime.relay, lambda r: r.run(stop, interval=1.0), stop)))
     if settings.has_database and settings.events_retention_days is not None:
         threads.append(retention_thread(settings.events_retention_days, stop))
+    if settings.has_database:
+        from sessionsync.worker import run_sweeps
+        threads.append(threading.Thread(
+            target=_retrying, name="expiry-sweep", daemon=True,
+            args=("expiry sweep", runtime.expiry_sweep, lambda s: run_sweeps(s, stop), stop)))
     for thread in threads:
         thread.start()
     return threads
@@ -216,3 +221,22 @@ def relay(once: bool, age: float | None, interval: float) -> None:
         r.run(stop, interval=interval)
     except KeyboardInterrupt:
         stop.set()
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Count the candidates; write nothing.")
+@click.option("--grace", type=click.FloatRange(0), default=None,
+              help="Only lifetimes that ended this many seconds ago (default "
+                   "SESSION_EXPIRY_GRACE_SECONDS).")
+def sweep(dry_run: bool, grace: float | None) -> None:
+    """Record session_expired for every session whose lifetime ended (once)."""
+    with exit_on_errors("sweep failed"):
+        s = runtime.expiry_sweep()
+        if grace is not None:
+            s.grace_seconds = grace
+        result = s.run(budget_seconds=300, dry_run=dry_run)
+    if dry_run:
+        click.echo(f"candidates {result.candidates} (dry run: nothing written)")
+        return
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(result.skipped.items())) or "none"
+    click.echo(f"candidates {result.candidates}, expired {result.expired}, skipped: {skipped}")

@@ -21,13 +21,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-WRITES = ("create", "update", "patch", "delete")
+WRITES = ("create", "update", "patch", "delete", "touch")
 
 
 @dataclass(frozen=True)
 class Op:
     process: int
-    kind: str  # create | update | patch | delete | read
+    kind: str  # create | update | patch | delete | touch | read
     session_id: str
     start: float
     end: float
@@ -36,7 +36,7 @@ class Op:
     version: int | None = None
     #: the state written or read (None for a delete, or a read of nothing)
     state: Any = None
-    #: a read that found nothing: "deleted" | "missing"
+    #: a read that found nothing: "deleted" | "missing" | "expired"
     absent: str | None = None
     error: str | None = None
     #: the owner a create was made with (a revoke's ``session_id`` is its owner)
@@ -44,6 +44,9 @@ class Op:
     #: an acknowledged write whose answer was a replay of an earlier attempt
     #: (Idempotency-Key): its outcome, recorded when that attempt ran
     replayed: bool = False
+    #: an acknowledged write's TTL (its lifetime ends no earlier than
+    #: ``start + ttl``), when the client knows it
+    ttl: float | None = None
 
 
 @dataclass
@@ -84,7 +87,9 @@ class Observed:
 
 
 def _content(event_type: str, state: Any) -> tuple[str, str]:
-    kind = "delete" if event_type == "session_deleted" else "write"
+    # a touch carries the state it kept: the same content as a write of it;
+    # an expiry is no client's write, and content of its own
+    kind = {"session_deleted": "delete", "session_expired": "expire"}.get(event_type, "write")
     return kind, json.dumps(state, sort_keys=True)
 
 
@@ -101,7 +106,8 @@ def check(history: History, observed: Observed, *, allow_lost: Iterable[tuple[st
             + check_no_resurrection(history, observed, lost)
             + check_one_content_per_version(history, observed, lost)
             + check_unpersisted_dead_lettered(observed, lost)
-            + check_revoked_owners(history, observed, lost))
+            + check_revoked_owners(history, observed, lost)
+            + check_lifetime_ends(history, observed, lost))
 
 
 def check_acknowledged_persisted(history: History, observed: Observed,
@@ -166,7 +172,7 @@ def check_no_resurrection(history: History, observed: Observed,
         if op.kind == "read" and op.version is not None:
             problems.append(f"(c) {op.session_id} deleted at {gone.end:.3f}, read back as "
                             f"v{op.version} at {op.start:.3f}")
-        if op.kind in ("create", "update", "patch"):
+        if op.kind in ("create", "update", "patch", "touch"):
             problems.append(f"(c) {op.session_id} deleted at {gone.end:.3f}, then {op.kind} "
                             f"v{op.version} acknowledged")
     for sid in deleted_at:
@@ -237,6 +243,9 @@ def check_unpersisted_dead_lettered(observed: Observed,
     return problems
 
 
+    return problems
+
+
 def check_revoked_owners(history: History, observed: Observed,
                          allow_lost: set[tuple[str, int]] = frozenset()) -> list[str]:
     """(f) after a revoke-all of an owner returned with nothing remaining,
@@ -269,6 +278,53 @@ def check_revoked_owners(history: History, observed: Observed,
                     problems.append(f"(f) {sid} of {revoke.session_id} was revoked at "
                                     f"{revoke.end:.3f}, then {op.kind} v{op.version} at {op.start:.3f}")
     return problems
+
+
+
+
+def check_lifetime_ends(history: History, observed: Observed,
+                        allow_lost: set[tuple[str, int]] = frozenset()) -> list[str]:
+    """(g) a session ends when its lifetime ends, and only then: no read
+    answers "expired" before the lifetime of a write acknowledged before it
+    could have ended; after a session was seen expired (a read, or a
+    ``session_expired`` event), no read returns it and no write on it is
+    acknowledged; and nothing is persisted after its ``session_expired``."""
+    acked: dict[str, list[Op]] = defaultdict(list)
+    for op in history.acknowledged_writes():
+        if (op.session_id, op.version) not in allow_lost:
+            acked[op.session_id].append(op)
+    problems = []
+    ended: dict[str, float] = {}  # session -> when it was first seen expired
+    for op in history.ops:
+        if op.kind != "read" or op.outcome != "ok" or op.absent != "expired":
+            continue
+        ended[op.session_id] = min(ended.get(op.session_id, op.end), op.end)
+        before = [w for w in acked[op.session_id] if w.end < op.start and w.ttl is not None]
+        if before:
+            newest = max(before, key=lambda w: w.version or 0)
+            if op.end < newest.start + (newest.ttl or 0):
+                problems.append(f"(g) read of {op.session_id} at {op.start:.3f} answered expired; "
+                                f"v{newest.version} (ttl {newest.ttl:g}s) was acknowledged at "
+                                f"{newest.end:.3f}")
+    for op in history.ops:
+        seen = ended.get(op.session_id)
+        if seen is None or op.start <= seen or op.outcome != "ok" or op.version is None:
+            continue
+        if op.kind == "read" or op.kind in WRITES:
+            problems.append(f"(g) {op.session_id} seen expired at {seen:.3f}, then {op.kind} "
+                            f"v{op.version} at {op.start:.3f}")
+    expired_at = {sid: v for (sid, v), (event_type, _) in observed.rows.items()
+                  if event_type == "session_expired"}
+    for (sid, version) in sorted(observed.rows):
+        if sid in expired_at and version > expired_at[sid]:
+            problems.append(f"(g) {sid} expired at v{expired_at[sid]}, then v{version} was persisted")
+    for op in history.acknowledged_writes():
+        if op.session_id in expired_at and (op.version or 0) >= expired_at[op.session_id]:
+            problems.append(f"(g) {op.session_id} expired at v{expired_at[op.session_id]}, then "
+                            f"{op.kind} v{op.version} was acknowledged")
+    return problems
+
+
 
 
 def now() -> float:

@@ -8,6 +8,7 @@ the fault, heals everything, drains the pipeline and checks the rules:
 stale read, (c) no resurrection, (d) one content per (session, version)
 everywhere, (e) whatever is not persisted is in the DLQ with its reason,
 (f) nothing an owner created before a finished revoke-all survives it.
+(g) a session ends when its lifetime ends, and only then.
 Where a fault makes a loss unavoidable by design, the checker asserts that
 the system reported it.  docs/guarantees.md maps each fault to its test.
 """
@@ -405,3 +406,68 @@ def test_a_pipeline_slower_than_the_settle_time_makes_forks_that_are_dead_letter
 def _key(letter) -> tuple[str, int]:
     event = json.loads(letter["body"])
     return event["session_id"], event["version"]
+
+
+# -- lifetimes: sessions expire under the workload, two sweeps beside it ----------------
+
+@pytest.fixture
+def lifetime_dsn(empty_dsn) -> str:
+    """A database of the scenario's own: a sweep walks every session of its
+    database, and must not expire another test's."""
+    provisioning.migrate(empty_dsn)
+    return empty_dsn
+
+
+@pytest.mark.parametrize("slide_on_read", [False, True], ids=["writes-only", "slide-on-read-and-eviction"])
+def test_sessions_expiring_under_the_workload_end_once_and_only_when_due(
+        make_stack, throwaway_redis, lifetime_dsn, slide_on_read):
+    """A TTL of 1 s, so that sessions the workload leaves alone for a second
+    expire while it runs (and all of them after it); two expiry sweeps run
+    at once, over and over, beside it.  With SESSION_SLIDE_ON_READ, reads
+    keep keys alive past their written lifetime and a third of the session
+    keys is deleted every 0.4 s, as eviction takes them: a session kept alive
+    only by reads then ends.  Rule (f) judges every expiry against the
+    acknowledged writes; exactly one session_expired per session."""
+    from chalicelib.adapters.postgres.database import Database
+    from chalicelib.pipeline.expiry import ExpirySweep
+
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=lifetime_dsn)
+    stack.service.default_ttl = 1
+    stack.service.slide_on_read = slide_on_read
+    sweeps = [ExpirySweep(stack.store, Database.from_dsn(lifetime_dsn), settle_seconds=stack.settle_seconds,
+                          grace_seconds=0.0, batch=4) for _ in range(2)]
+    admin = redis.Redis.from_url(throwaway_redis.url)
+
+    def both_sweeps() -> None:
+        threads = [threading.Thread(target=s.run, kwargs={"budget_seconds": 10}) for s in sweeps]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+    def nemesis(stop: threading.Event) -> None:
+        while not stop.wait(0.4):
+            both_sweeps()
+            if slide_on_read:
+                doomed = list(admin.scan_iter("ss:*:s:*", count=1000))[::3]
+                if doomed:
+                    admin.delete(*doomed)
+
+    try:
+        history, workload = run(stack, nemesis)
+        stack.drain(workload.ids)
+        time.sleep(1.5)  # every lifetime has ended now
+        both_sweeps()
+        both_sweeps()
+        stack.drain(workload.ids)
+    finally:
+        admin.close()
+        for sweep in sweeps:
+            sweep.durable.close()
+    assert_clean(stack, history, workload)
+    expired = [(sid, v) for (sid, v), (t, _) in stack.observe(workload.ids).rows.items()
+               if t == "session_expired"]
+    per_session = {sid: [v for s, v in expired if s == sid] for sid, _ in expired}
+    assert expired and all(len(versions) == 1 for versions in per_session.values()), per_session
+    print(f"expired: {len(expired)} sessions; reads answered expired: "
+          f"{sum(1 for op in history.ops if op.absent == 'expired')}")

@@ -10,8 +10,8 @@ from tests.chaos.history import History, Observed, Op, check
 SID = "s"
 
 
-def _write(kind, version, state, start, end, outcome="ok", sid=SID, process=1):
-    return Op(process, kind, sid, start, end, outcome, version, state)
+def _write(kind, version, state, start, end, outcome="ok", sid=SID, process=1, ttl=None):
+    return Op(process, kind, sid, start, end, outcome, version, state, ttl=ttl)
 
 
 def _read(version, state, start, end, absent=None, sid=SID):
@@ -137,6 +137,27 @@ def test_a_loss_the_system_reported_is_left_out_of_rules_a_b_d():
     assert check(history, observed, allow_lost={(SID, 2)}) == []
 
 
+def test_a_touch_and_an_expiry_in_the_history_pass():
+    history, observed = _clean()
+    history.add(_write("touch", 3, {"w": "b"}, 6, 7, ttl=5))
+    observed.rows[(SID, 3)] = ("session_touched", {"w": "b"})
+    observed.rows[(SID, 4)] = ("session_expired", None)
+    observed.published.extend([
+        {"session_id": SID, "version": 3, "event_type": "session_touched", "state": {"w": "b"}},
+        {"session_id": SID, "version": 4, "event_type": "session_expired", "state": None}])
+    history.add(_read(None, None, 13, 14, absent="expired"))
+
+    assert check(history, observed) == []
+
+
+def test_a_touch_persisted_with_another_state_breaks_rules_a_and_d():
+    history, observed = _clean()
+    history.add(_write("touch", 3, {"w": "b"}, 6, 7))
+    observed.rows[(SID, 3)] = ("session_touched", {"w": "other"})
+
+    assert _rules(check(history, observed)) == ["(a)", "(d)"]
+
+
 def _owned(sid, start, end, outcome="ok", owner="u"):
     return Op(1, "create", sid, start, end, outcome, 1 if outcome == "ok" else None, {"w": sid},
               owner=owner)
@@ -177,6 +198,46 @@ def test_a_patch_persisted_with_other_content_than_it_answered_breaks_rules_a_an
                                "state": {"w": "c"}})
 
     assert _rules(check(history, observed)) == ["(a)", "(d)"]
+
+
+def test_an_expired_answer_before_the_lifetime_could_end_breaks_rule_g():
+    history, observed = _clean()
+    history.add(_write("touch", 3, {"w": "b"}, 6, 7, ttl=60))
+    observed.rows[(SID, 3)] = ("session_touched", {"w": "b"})
+    observed.published.append({"session_id": SID, "version": 3, "event_type": "session_touched",
+                               "state": {"w": "b"}})
+    history.add(_read(None, None, 8, 9, absent="expired"))
+
+    assert _rules(check(history, observed)) == ["(g)"]
+
+
+def test_a_session_back_after_it_was_seen_expired_breaks_rule_g():
+    history, observed = _clean()
+    history.add(_read(None, None, 6, 7, absent="expired"))
+    history.add(_read(2, {"w": "b"}, 8, 9))
+
+    assert _rules(check(history, observed)) == ["(g)"]
+
+
+def test_a_write_after_the_session_expired_event_breaks_rule_g():
+    history, observed = _clean()
+    observed.rows[(SID, 3)] = ("session_expired", None)
+    observed.rows[(SID, 4)] = ("session_updated", {"w": "late"})
+    observed.published[:] = [{"session_id": s, "version": v, "event_type": t, "state": st}
+                             for (s, v), (t, st) in observed.rows.items()]
+    history.add(_write("update", 4, {"w": "late"}, 6, 7))
+
+    assert _rules(check(history, observed)) == ["(g)"]
+
+
+def test_an_expiry_and_a_write_under_one_version_break_rule_d():
+    history, observed = _clean()
+    history.add(_write("update", 3, {"w": "c"}, 6, 7))
+    observed.rows[(SID, 3)] = ("session_updated", {"w": "c"})
+    observed.published.append({"session_id": SID, "version": 3, "event_type": "session_expired",
+                               "state": None})
+
+    assert "(d)" in _rules(check(history, observed))
 
 
 def test_a_patch_acknowledged_after_a_delete_breaks_rule_c():

@@ -1,8 +1,9 @@
 """Concurrent clients doing what users do: read-modify-write with CAS (and,
 now and then, unconditional with If-Match: *), merge patches (PATCH, no
-version: the server reads, merges and writes with CAS), creates (new ids,
-and now and then an id that exists), deletes and reads, and now and then a
-revoke-all of one of two owners (new sessions are created with one of them),
+version: the server reads, merges and writes with CAS), touches (now and
+then), creates (new ids, and now and then an id that exists), deletes and
+reads, and now and then a revoke-all of one of two owners (new sessions are
+created with one of them),
 through the session service, recording every request and its outcome.
 
 Every other write (``keyed_every``) carries an Idempotency-Key and, when it gets a 503 (its
@@ -27,6 +28,7 @@ from chalicelib.domain.errors import (
     RecoveryPending,
     ServiceUnavailable,
     SessionExists,
+    SessionExpired,
     SessionNotFound,
 )
 from chalicelib.domain.idempotency import Idempotency, fingerprint
@@ -91,10 +93,12 @@ class Workload:
             sid = rng.choice(self.ids)
             if roll < 0.35:
                 self._read(process, sid)
-            elif roll < 0.75:
+            elif roll < 0.72:
                 self._read_modify_write(process, sid, rng)
-            elif roll < 0.85:
+            elif roll < 0.82:
                 self._patch(process, sid, rng)
+            elif roll < 0.85:
+                self._touch(process, sid)
             elif roll < 0.93:
                 if roll < 0.9:
                     self._create(process, self._fresh_id(), rng.choice(self.owners))
@@ -126,8 +130,9 @@ class Workload:
         try:
             read = self.service().get(sid)
         except SessionNotFound as exc:
-            return self._add(Op(process, "read", sid, start, now(), "ok",
-                                absent="deleted" if exc.details.get("deleted") else "missing",
+            absent = ("expired" if isinstance(exc, SessionExpired)
+                      else "deleted" if exc.details.get("deleted") else "missing")
+            return self._add(Op(process, "read", sid, start, now(), "ok", absent=absent,
                                 error=exc.message))
         except (ServiceUnavailable, RecoveryPending) as exc:
             return self._add(Op(process, "read", sid, start, now(), "fail", error=exc.code))
@@ -175,6 +180,20 @@ class Workload:
     def _delete(self, process: int, sid: str) -> None:
         self._write(process, "delete", sid, None, lambda key: self.service().delete(sid, None, key))
 
+    def _touch(self, process: int, sid: str) -> None:
+        """A touch keeps the state: the Op records what the service returned."""
+        start = now()
+        try:
+            session = self.service().touch(sid)
+        except (ConcurrencyError, SessionNotFound, RecoveryPending) as exc:
+            self._add(Op(process, "touch", sid, start, now(), "fail", error=exc.code))
+            return
+        except ServiceUnavailable as exc:
+            self._add(Op(process, "touch", sid, start, now(), "info", error=exc.code))
+            return
+        self._add(Op(process, "touch", sid, start, now(), "ok", session.version, session.state,
+                     ttl=session.ttl_seconds))
+
     def _key(self, process: int, kind: str, sid: str, state, expected: int | None) -> Idempotency | None:
         """A new Idempotency-Key for every other write (None for the others)."""
         token = self._token(process)
@@ -208,7 +227,7 @@ class Workload:
                 continue
             self._add(Op(process, kind, sid, start, now(), "ok", session.version,
                          session.state if record_answer else state, replayed=session.replayed,
-                         owner=owner))
+                         owner=owner, ttl=session.ttl_seconds))
             return
         self._add(Op(process, kind, sid, start, now(), "info", state=state, error=error, owner=owner))
 

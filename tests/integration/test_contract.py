@@ -119,7 +119,8 @@ def generated_client(tmp_path_factory):
 def test_a_generated_client_drives_the_walk_through(contract_server, generated_client):
     api = SimpleNamespace(**{name: importlib.import_module(f"sessionsync_client.api.sessions.{name}")
                              for name in ("create_session", "get_session", "update_session",
-                                          "patch_session", "delete_session", "list_session_events")})
+                                          "patch_session", "delete_session", "list_session_events",
+                                          "touch_session")})
     models = importlib.import_module("sessionsync_client.models")
     url, _log = contract_server
     client = generated_client.AuthenticatedClient(base_url=url, token=API_KEY,
@@ -188,11 +189,19 @@ def test_a_generated_client_drives_the_walk_through(contract_server, generated_c
                                             (1, "session_created")],
                       timeout=30, what="versions 3, 2 and 1 in the history")
 
+    # a touch extends the lifetime, the state unchanged
+    touched = api.touch_session.sync_detailed(sid, client=client,
+                                              body=models.TouchSession(ttl_seconds=7200))
+    assert touched.status_code == 200 and touched.headers["ETag"] == '"4"'
+    assert (touched.parsed.version, touched.parsed.ttl_seconds) == (4, 7200)
+    assert touched.parsed.state.to_dict() == {"items": ["book"], "coupon": "SPRING"}
+    assert touched.parsed.expires_at > touched.parsed.updated_at
+
     deleted = api.delete_session.sync_detailed(sid, client=client)
     assert deleted.status_code == 204
     gone = api.get_session.sync_detailed(sid, client=client)
     assert gone.status_code == 404 and isinstance(gone.parsed, models.SessionNotFoundError)
     assert gone.parsed.error.details.deleted is True
     # the history of a deleted session stays readable
-    wait_until(lambda: history()[:1] == [(4, "session_deleted")], timeout=30,
+    wait_until(lambda: history()[:2] == [(5, "session_deleted"), (4, "session_touched")], timeout=30,
                what="the deletion in the history")

@@ -121,7 +121,7 @@ def test_alarms_fire_on_any_dlq_message_and_on_an_old_message_in_the_queue(packa
 
 def test_every_function_gets_tls_redis_the_secrets_the_queue_urls_and_the_vpc(packaged):
     found = functions(packaged)
-    assert set(found) >= {"APIHandler", "ApiKey", "PersistChanges", "RelayOutbox"}
+    assert set(found) >= {"APIHandler", "ApiKey", "PersistChanges", "RelayOutbox", "SweepExpired"}
     for name, function in found.items():
         variables = function["Properties"]["Environment"]["Variables"]
         # no password in the URL: the functions read REDIS_SECRET_ARN when they connect

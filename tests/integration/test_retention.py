@@ -27,7 +27,7 @@ from chalicelib.config import Settings
 from chalicelib.domain.events import CREATED, DELETED, UPDATED, ChangeEvent
 from chalicelib.pipeline.retention import purge_events
 from sessionsync import provisioning
-from tests.conftest import API_KEY, TEST_CHANNEL
+from tests.conftest import API_KEY, REDIS_TEST_URL, TEST_CHANNEL
 from tests.ops_support import cli_env, run_cli
 
 DAYS = 90
@@ -407,12 +407,13 @@ def test_sessionsync_serve_s_pipeline_threads_purge_when_the_setting_is_set(db, 
     from sessionsync.cli.pipeline import start_pipeline_threads
     from tests.servers import wait_for
     persist(db, admin, "s", {1: OLD, 2: OLD})
-    use_settings(Settings(database_url=dsn, api_keys=(API_KEY,), channel=TEST_CHANNEL,
-                          events_retention_days=DAYS))
+    # the test Redis: the expiry sweep that runs beside the purge reads it
+    use_settings(Settings(redis_url=REDIS_TEST_URL, database_url=dsn, api_keys=(API_KEY,),
+                          channel=TEST_CHANNEL, events_retention_days=DAYS))
     stop = threading.Event()
-    threads = start_pipeline_threads(stop)  # no queue configured: the purge thread alone
+    threads = start_pipeline_threads(stop)  # no queue configured: no worker, no relay
     try:
-        assert [t.name for t in threads] == ["sync-events-retention"]
+        assert [t.name for t in threads] == ["sync-events-retention", "expiry-sweep"]
         wait_for(lambda: versions(admin, "s") == [2], timeout=30, what="the serve thread's purge")
     finally:
         stop.set()

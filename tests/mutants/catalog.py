@@ -66,6 +66,7 @@ T_OUTAGE = "tests/integration/test_redis_outage.py"
 T_FAILOVER = "tests/integration/test_redis_failover.py"
 T_HOT = "tests/integration/test_redis_hot_path.py"
 T_IDEMPOTENCY = "tests/integration/test_idempotency.py"
+T_LIFE = "tests/integration/test_session_lifetime.py"
 T_PATCH = "tests/integration/test_merge_patch.py"
 T_OWNERS = "tests/integration/test_owners.py"
 OWNERS = "chalicelib/service/owners.py"
@@ -430,4 +431,27 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_OWNERS}::test_a_session_redis_forgot_with_its_index_entry_is_found_in_postgresql_and_deleted",),
         "a revoke-all misses an owned session Redis forgot with its index entry: it comes back "
         "from PostgreSQL"),
+    # -- 16: a session ends when its lifetime ends ----------------------------------------
+    mutant(
+        "recovery-serves-an-expired-session", 16, SESSIONS,
+        (("        if persisted.expired_at(self.store.clock()):\n", "        if False:\n"),),
+        (f"{T_LIFE}::test_a_session_whose_lifetime_ended_is_session_expired_on_get_put_delete_and_touch",),
+        "recovery brings back a session whose lifetime ended, as if Redis had lost it"),
+    mutant(
+        "sweep-expires-ahead-of-postgresql", 16, STORE,
+        (("  if mv > pg then return {'ahead', mv} end\n", ""),),
+        (f"{T_LIFE}::test_a_write_racing_the_sweep_is_never_lost_and_never_forks_a_version",),
+        "the sweep expires a session whose newer write is still in the queue"),
+    mutant(
+        "sweep-expires-a-live-key", 16, STORE,
+        (("if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end\n", ""),),
+        (f"{T_LIFE}::test_a_session_kept_alive_only_by_reads_ends_when_redis_loses_it",
+         f"{T_LIFE}::test_the_sweep_leaves_a_live_session_and_a_deleted_one_alone"),
+        "the sweep expires a session Redis still holds (kept alive by reads, or deleted)"),
+    mutant(
+        "sweep-final-marker-not-one-version-on", 16, STORE,
+        (("set_marker(v .. '|E', tonumber(ARGV[5]), ttl)\n",
+          "set_marker(pg .. '|E', tonumber(ARGV[5]), ttl)\n"),),
+        (f"{T_LIFE}::test_two_sweeps_at_once_record_exactly_one_session_expired_per_session",),
+        "the sweep's final marker keeps PostgreSQL's version: a second sweep expires the session again"),
 )

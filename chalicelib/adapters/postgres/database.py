@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -34,13 +35,15 @@ from chalicelib.domain.errors import (
     RetryablePersistenceError,
     ServiceUnavailable,
 )
-from chalicelib.domain.events import DELETED, ChangeEvent
+from chalicelib.domain.events import DELETED, EXPIRED, ChangeEvent
 from chalicelib.domain.session import Session
 
 log = logging.getLogger("sessionsync.persistence")
 
 # A read serves an HTTP request: past this, 503 (guarantee 5), not a hang.
 READ_DEADLINE_SECONDS = 1.0
+# The expiry sweep reads a batch on a schedule's time, not a request's.
+EXPIRY_READ_DEADLINE_SECONDS = 10.0
 
 # The timestamp format of the API and the events (store.iso_utc).
 _ISO_MS = """to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
@@ -90,12 +93,15 @@ APPLY_SQL = f"""
 WITH incoming AS (
     SELECT t.session_id, t.version, t.event_type, t.state::jsonb AS state,
            t.created_at::timestamptz AS created_at, t.occurred_at::timestamptz AS occurred_at,
-           t.ttl_seconds, t.owner_id, t.idx
+           t.ttl_seconds, t.owner_id, t.idx,
+           -- an event written before events carried it: its write's time + TTL
+           coalesce(t.expires_at::timestamptz,
+                    t.occurred_at::timestamptz + make_interval(secs => t.ttl_seconds)) AS expires_at
     FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int[],
-                %b::text[])
+                %b::text[], %b::text[])
          WITH ORDINALITY
          AS t(session_id, version, event_type, state, created_at, occurred_at, ttl_seconds, owner_id,
-              idx)
+              expires_at, idx)
 ), inserted AS (
     INSERT INTO sync_events (session_id, version, event_type, state, occurred_at)
     SELECT session_id, version, event_type, state, occurred_at
@@ -104,15 +110,17 @@ WITH incoming AS (
     RETURNING session_id, version
 ), latest AS (
     INSERT INTO sync_sessions AS s
-        (session_id, version, state, deleted, created_at, updated_at, ttl_seconds, owner_id)
+        (session_id, version, state, deleted, created_at, updated_at, ttl_seconds, owner_id,
+         expires_at, expired)
     SELECT DISTINCT ON (session_id)
            session_id, version, state, event_type = '{DELETED}', created_at, occurred_at,
-           ttl_seconds, owner_id
+           ttl_seconds, owner_id, expires_at, event_type = '{EXPIRED}'
     FROM incoming ORDER BY session_id, version DESC
     ON CONFLICT (session_id) DO UPDATE
         SET version = EXCLUDED.version, state = EXCLUDED.state, deleted = EXCLUDED.deleted,
             updated_at = EXCLUDED.updated_at, ttl_seconds = EXCLUDED.ttl_seconds,
             owner_id = coalesce(EXCLUDED.owner_id, s.owner_id),
+            expires_at = EXCLUDED.expires_at, expired = EXCLUDED.expired,
             persisted_at = now()
         WHERE s.version < EXCLUDED.version
     RETURNING 1
@@ -138,8 +146,23 @@ WHERE e.event_type <> t.event_type
 
 LATEST_SQL = f"""
 SELECT version, state::text, deleted, {_ISO_MS.format('created_at')},
-       {_ISO_MS.format('updated_at')}, ttl_seconds, owner_id
+       {_ISO_MS.format('updated_at')}, ttl_seconds, owner_id, expired
 FROM sync_sessions WHERE session_id = %s
+"""
+
+# The expiry sweep's candidates: live sessions whose lifetime ended before
+# the cutoff, ids after the cursor, a bounded batch.  A row written without
+# expires_at (by the previous release's consumer) derives it.  The state is
+# not read: the sweep writes none.
+EXPIRY_CANDIDATES_SQL = f"""
+SELECT session_id, version, {_ISO_MS.format('created_at')}, {_ISO_MS.format('updated_at')},
+       ttl_seconds, owner_id
+FROM sync_sessions
+WHERE NOT deleted AND NOT expired AND session_id > %(after)s
+  AND (expires_at < %(cutoff)s
+       OR (expires_at IS NULL AND updated_at + make_interval(secs => ttl_seconds) < %(cutoff)s))
+ORDER BY session_id
+LIMIT %(limit)s
 """
 
 # What an event adds to a page besides its state, in the estimate below
@@ -224,7 +247,8 @@ def apply_parameters(events: Sequence[ChangeEvent]) -> tuple[list[Any], ...]:
     return ([e.session_id for e in events], [e.version for e in events],
             [e.event_type for e in events], [e.state_json for e in events],
             [e.created_at for e in events], [e.occurred_at for e in events],
-            [e.ttl_seconds for e in events], [e.owner_id for e in events])
+            [e.ttl_seconds for e in events], [e.owner_id for e in events],
+            [e.expires_at for e in events])
 
 
 def _first_of_each_version(events: Sequence[ChangeEvent]) -> tuple[list[int], list[int]]:
@@ -416,9 +440,19 @@ class Database:
         rows = self._fetch(LATEST_SQL, (session_id,))
         if not rows:
             return None
-        version, state_json, deleted, created, updated, ttl, owner = rows[0]
+        version, state_json, deleted, created, updated, ttl, owner, expired = rows[0]
         return Session(session_id, int(version), state_json if state_json is not None else "null",
-                       created, updated, int(ttl), bool(deleted), owner)
+                       created, updated, int(ttl), bool(deleted), owner, expired=bool(expired))
+
+    def expiry_candidates(self, cutoff: datetime, *, after: str = "", limit: int = 100) -> list[Session]:
+        """Up to ``limit`` live sessions (ids after ``after``, in id order)
+        whose lifetime ended before ``cutoff``, as PostgreSQL holds them
+        (without their state: ``state_json`` is "null").  Raises
+        ServiceUnavailable."""
+        rows = self._fetch(EXPIRY_CANDIDATES_SQL, {"after": after, "cutoff": cutoff, "limit": limit},
+                           deadline=EXPIRY_READ_DEADLINE_SECONDS)
+        return [Session(sid, int(version), "null", created, updated, int(ttl), owner_id=owner)
+                for sid, version, created, updated, ttl, owner in rows]
 
     def history(self, session_id: str, *, limit: int,
                 before_version: int | None = None) -> list[dict[str, Any]]:

@@ -8,8 +8,9 @@ touches one hash slot and runs unchanged on Redis Cluster)::
                        the epoch is 8 hex digits, see _LUA_PARSE; "@<owner>"
                        only for a session created with an owner, so values
                        written before owners existed read unchanged)
-    ss:{NNNN}:m:<id>   version marker "<version>|<L|D>", outlives the session
-                       (recovery never serves an older version; ids are not reused)
+    ss:{NNNN}:m:<id>   version marker "<version>|<L|D|E>", outlives the session
+                       (recovery never serves an older version; ids are not reused;
+                       E: the lifetime ended, EXPIRE_SCRIPT)
     ss:{NNNN}:ob       outbox index: ZSET event id -> enqueue time (ms)
     ss:{NNNN}:od       outbox data:  HASH event id -> event JSON
     ss:{NNNN}:e        epoch record "<epoch>|<ms first seen>" (SETTLE_SCRIPT)
@@ -60,9 +61,10 @@ from chalicelib.domain.errors import (
     IdempotencyKeyReused,
     ServiceUnavailable,
     SessionExists,
+    SessionExpired,
     SessionNotFound,
 )
-from chalicelib.domain.events import CREATED, DELETED, EVENT_SCHEMA_VERSION, UPDATED
+from chalicelib.domain.events import CREATED, DELETED, EVENT_SCHEMA_VERSION, EXPIRED, TOUCHED, UPDATED
 from chalicelib.domain.idempotency import Idempotency
 from chalicelib.domain.session import Session
 
@@ -86,6 +88,7 @@ Clock = Callable[[], float]
 _LUA_PARSE = f"""
 local EVENT_SCHEMA_VERSION = {EVENT_SCHEMA_VERSION}
 local CREATED, UPDATED, DELETED = '{CREATED}', '{UPDATED}', '{DELETED}'
+local TOUCHED, EXPIRED = '{TOUCHED}', '{EXPIRED}'
 """ + r"""
 local function epoch()
   return string.sub(string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)'), 1, 8)
@@ -110,12 +113,50 @@ local function marker()
   if not m then return nil end
   return tonumber(string.match(m, '^(%d+)')), string.sub(m, -2) == '|D'
 end
+-- days since 1970-01-01 of a civil date, and back (H. Hinnant's
+-- algorithms): Lua in Redis has no os.date
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + math.floor((153 * mp + 2) / 5) + d - 1
+  return era * 146097 + doe - 719468
+end
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, doy - math.floor((153 * mp + 2) / 5) + 1
+end
+-- an ISO UTC time "YYYY-MM-DDTHH:MM:SS.mmmZ" plus whole seconds, in the
+-- same format: expires_at = the write's time + its TTL (domain.session's
+-- iso_plus_seconds computes the same)
+local function iso_plus(iso, secs)
+  local y, mo, d, h, mi, s, ms = string.match(iso, '^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)%.(%d+)Z$')
+  local t = ((days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 24 + tonumber(h)) * 60
+             + tonumber(mi)) * 60 + tonumber(s) + secs
+  local day = math.floor(t / 86400)
+  local r = t - day * 86400
+  local yy, mm, dd = civil_from_days(day)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.', yy, mm, dd, math.floor(r / 3600),
+                       math.floor((r % 3600) / 60), r % 60) .. ms .. 'Z'
+end
 -- o: the owner suffix ("@<owner>" or ''): every event of an owned session names its owner
-local function event(kind, sid, version, created, now_iso, ttl, state, o)
+-- expires: when the lifetime ends, nil for the write's time + ttl
+local function event(kind, sid, version, created, now_iso, ttl, state, o, expires)
   return '{"schema_version":' .. EVENT_SCHEMA_VERSION .. ',"event_id":"' .. sid .. ':' .. version ..
     '","event_type":"' .. kind .. '","session_id":"' .. sid ..
     '","version":' .. version .. ',"created_at":"' .. created ..
-    '","occurred_at":"' .. now_iso .. '","ttl_seconds":' .. ttl ..
+    '","occurred_at":"' .. now_iso .. '","expires_at":"' .. (expires or iso_plus(now_iso, ttl)) ..
+    '","ttl_seconds":' .. ttl ..
     (o ~= '' and (',"owner_id":"' .. string.sub(o, 2) .. '"') or '') ..
     ',"state":' .. state .. '}'
 end
@@ -162,11 +203,13 @@ end
 local function remember(fp, ttl, ev)
   if KEYS[5] then redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl) end
 end
--- the missing-key replies of update and delete
+-- the missing-key replies of update and delete (and touch): a marker of a
+-- lifetime that ended (EXPIRE_SCRIPT) is final, as a deletion's is
 local function missing()
   local mv, deleted = marker()
   if not mv then return {'missing', 0} end
   if deleted then return {'deleted', mv} end
+  if string.sub(redis.call('GET', KEYS[2]), -2) == '|E' then return {'expired', mv} end
   return {'missing', mv}
 end
 """
@@ -206,16 +249,19 @@ return {'ok', ev}
 # ARGV[1] session id  ARGV[2] state JSON  ARGV[3] expected version or '' (any: If-Match *)
 # ARGV[4] now ISO  ARGV[5] now ms  ARGV[6] marker ttl seconds  ARGV[7] channel
 # ARGV[8] floor: the version PostgreSQL holds, or '' (not asked)
-# KEYS[5], ARGV[9] fingerprint, ARGV[10] record ttl: only with an Idempotency-Key
+# ARGV[9] a new ttl seconds, or '' (keep the session's)
+# KEYS[5], ARGV[10] fingerprint, ARGV[11] record ttl: only with an Idempotency-Key
 # returns {'ok', event, created} | {'conflict', actual} | {'deleted', version}
 #       | {'missing', marker version or 0} | {'unverified', version} | {'behind', version}
-#       | {'replay', event} | {'reused'}, as CREATE_SCRIPT
+#       | {'expired', marker version} | {'replay', event} | {'reused'}, as CREATE_SCRIPT
 UPDATE_SCRIPT = _LUA_PARSE + r"""
-local done = replayed(ARGV[9])
+local done = replayed(ARGV[10])
 if done then return done end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return missing() end
 local v, created, _, ttl, flag, e, o = parse(raw)
+-- a caller without ARGV[9] (the bench's floors) keeps the TTL too
+if ARGV[9] and ARGV[9] ~= '' then ttl = tonumber(ARGV[9]) end
 if flag == 'D' then return {'deleted', v} end
 local ep = epoch()
 local refused = check_epoch(v, e, ep, ARGV[8])
@@ -226,7 +272,7 @@ redis.call('SET', KEYS[1], head(v, created, ARGV[4], ttl, 'L') .. ep .. o .. '|'
 set_marker(v .. '|L', tonumber(ARGV[6]), ttl)
 local ev = event(UPDATED, ARGV[1], v, created, ARGV[4], ttl, ARGV[2], o)
 emit(ev, ARGV[1], v, ARGV[5], ARGV[7])
-remember(ARGV[9], ARGV[10], ev)
+remember(ARGV[10], ARGV[11], ev)
 return {'ok', ev, created}
 """
 
@@ -257,6 +303,85 @@ local ev = event(DELETED, ARGV[1], v, created, ARGV[3], ttl, 'null', o)
 emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
 remember(ARGV[8], ARGV[9], ev)
 return {'ok', ev, v}
+"""
+
+# KEYS as CREATE_SCRIPT
+# ARGV[1] session id  ARGV[2] expected version or '' (any)
+# ARGV[3] now ISO  ARGV[4] now ms  ARGV[5] marker ttl seconds  ARGV[6] channel
+# ARGV[7] floor, as UPDATE_SCRIPT's ARGV[8]  ARGV[8] a new ttl seconds or '' (keep)
+# returns {'ok', event, version, created, ttl, state JSON} | as UPDATE_SCRIPT
+# Extends the lifetime without changing the state: a write like any other
+# (version bump, marker, outbox entry, Pub/Sub), of type session_touched,
+# carrying the unchanged state so that PostgreSQL's latest row stays whole.
+TOUCH_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return missing() end
+local v, created, u, ttl, flag, e, o = parse(raw)
+if flag == 'D' then return {'deleted', v} end
+local ep = epoch()
+local refused = check_epoch(v, e, ep, ARGV[7])
+if refused then return refused end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= v then return {'conflict', v} end
+local state = string.sub(raw, #head(v, created, u, ttl, flag) + #e + #o + 2)
+if ARGV[8] ~= '' then ttl = tonumber(ARGV[8]) end
+v = v + 1
+redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'L') .. ep .. o .. '|' .. state, 'EX', ttl)
+set_marker(v .. '|L', tonumber(ARGV[5]), ttl)
+local ev = event(TOUCHED, ARGV[1], v, created, ARGV[3], ttl, state, o)
+emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
+return {'ok', ev, v, created, ttl, state}
+"""
+
+# KEYS as CREATE_SCRIPT
+# ARGV[1] session id  ARGV[2] the version PostgreSQL holds (its lifetime ended)
+# ARGV[3] now ISO  ARGV[4] now ms  ARGV[5] marker ttl seconds  ARGV[6] channel
+# ARGV[7] created ISO  ARGV[8] ttl seconds  ARGV[9] the expires_at that passed
+# ARGV[10] '1': no marker is acceptable (the caller held the session for the
+#          settle time and read PostgreSQL again), '0': it is not
+# ARGV[11] the owner suffix ('@' .. owner, or ''): the event names the owner
+# returns {'expired', event} | {'alive'} (a key: live, kept by reads, or a
+#         tombstone on its way) | {'final', version} (a deletion's or an
+#         expiry's marker) | {'ahead', marker version} (Redis acknowledged a
+#         write PostgreSQL lacks) | {'behind', marker version} | {'unknown'}
+# The expiry sweep's write: the lifetime ended only if the key is really
+# gone (not merely lost ahead of a newer write) and Redis acknowledged
+# exactly what PostgreSQL holds.  A final marker, one version on (the id is
+# never reused; recovery answers SessionExpired), and a session_expired
+# event through the outbox: a normal write, so the pipeline persists it
+# once.  A second sweep finds the marker final and writes nothing.
+EXPIRE_SCRIPT = _LUA_PARSE + r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end
+local mv, deleted = marker()
+local pg = tonumber(ARGV[2])
+if mv then
+  if deleted or string.sub(redis.call('GET', KEYS[2]), -2) == '|E' then return {'final', mv} end
+  if mv > pg then return {'ahead', mv} end
+  if mv < pg then return {'behind', mv} end
+elseif ARGV[10] ~= '1' then
+  return {'unknown'}
+end
+local v = pg + 1
+local ttl = tonumber(ARGV[8])
+set_marker(v .. '|E', tonumber(ARGV[5]), ttl)
+local ev = event(EXPIRED, ARGV[1], v, ARGV[7], ARGV[3], ttl, 'null', ARGV[11], ARGV[9])
+emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
+return {'expired', ev}
+"""
+
+# KEYS[1] session
+# returns as GET_SCRIPT
+# GET_SCRIPT that also slides the key's TTL (SESSION_SLIDE_ON_READ): a live
+# value of the node's epoch gets its full TTL again, in the same step as
+# the read, so a key read just before it expires cannot vanish under the
+# read.  Nothing else changes: no version, no event, no marker (a read
+# never writes to PostgreSQL; docs/decisions/session-lifetime.md).
+SLIDE_GET_SCRIPT = _LUA_PARSE + r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {} end
+local _, _, _, t, f, e = parse(raw)
+local current = e == epoch()
+if current and f == 'L' then redis.call('EXPIRE', KEYS[1], t) end
+return {raw, current and 1 or 0}
 """
 
 # KEYS[1] session  KEYS[2] marker
@@ -573,26 +698,32 @@ class SessionStore:
         self._settle = client.register_script(SETTLE_SCRIPT)
         self._hold = client.register_script(HOLD_SCRIPT)
         self._block = client.register_script(BLOCK_SCRIPT)
+        self._touch = client.register_script(TOUCH_SCRIPT)
+        self._expire = client.register_script(EXPIRE_SCRIPT)
+        self._slide_get = client.register_script(SLIDE_GET_SCRIPT)
         # node -> the first epoch this process saw it in (SETTLE_SCRIPT)
         self._epochs_seen: dict[str, str] = {}
 
     # -- reads --------------------------------------------------------------
 
-    def get(self, session_id: str, *, verify: bool = False) -> Session | None:
+    def get(self, session_id: str, *, verify: bool = False, slide: bool = False) -> Session | None:
         """The live session, or None when Redis has no key for it.
 
         Raises SessionNotFound(deleted=True) for a tombstone, and, with
         ``verify``, EpochChanged for a value written before Redis's data
         last went back in time (PostgreSQL must confirm it: ``vouch``).
+        With ``slide`` (SESSION_SLIDE_ON_READ) a live value of the node's
+        epoch gets its full TTL again, atomically with the read
+        (SLIDE_GET_SCRIPT; ``verify`` is implied).
         """
         key = session_keys(session_id)[0]
         with _redis_errors():
             try:
-                reply = self._read(key, verify)
+                reply = self._read(key, verify, slide)
             except redis.ConnectionError:
                 # a pooled connection that broke (failover, restart): a read
                 # is safe to repeat, once, on a fresh connection
-                reply = self._read(key, verify)
+                reply = self._read(key, verify, slide)
         if reply is None:
             return None
         raw, current = reply
@@ -603,8 +734,13 @@ class SessionStore:
             raise EpochChanged(session_id, session.version, session)
         return session
 
-    def _read(self, key: str, verify: bool) -> tuple[bytes | str, bool] | None:
+    def _read(self, key: str, verify: bool, slide: bool = False) -> tuple[bytes | str, bool] | None:
         """(value, whether it carries the node's epoch), or None."""
+        if slide:
+            reply = self._run(self._slide_get, [key], [])
+            # unverified, a value of another epoch is served as a plain GET
+            # would (it is not slid: only one PostgreSQL confirmed is)
+            return (reply[0], bool(reply[1]) or not verify) if reply else None
         if not verify:
             raw = self.client.get(key)
             return None if raw is None else (raw, True)
@@ -665,6 +801,16 @@ class SessionStore:
             raw = cast("bytes | None", self.client.get(session_keys(session_id)[1]))
         return None if raw is None else _decode_marker(raw)
 
+    def marker_flag(self, session_id: str) -> tuple[int, str] | None:
+        """(last acknowledged version, flag) from the marker: ``L`` (live),
+        ``D`` (deleted) or ``E`` (its lifetime ended: EXPIRE_SCRIPT)."""
+        with _redis_errors():
+            raw = cast("bytes | None", self.client.get(session_keys(session_id)[1]))
+        if raw is None:
+            return None
+        version, flag = raw.decode().split("|")
+        return int(version), flag
+
     # -- writes -------------------------------------------------------------
 
     def create(self, session_id: str, state_json: str, ttl_seconds: int, *,
@@ -702,7 +848,8 @@ class SessionStore:
         return WriteResult(session, f"{session_id}:1", reply[1].decode())
 
     def update(self, session_id: str, state_json: str, expected_version: int | None, *,
-               floor: int | None = 0, idempotency: Idempotency | None = None) -> WriteResult:
+               floor: int | None = 0, idempotency: Idempotency | None = None,
+               ttl_seconds: int | None = None) -> WriteResult:
         """Replace the state if the session is at ``expected_version`` (None:
         at whatever version is current).
 
@@ -713,13 +860,16 @@ class SessionStore:
         may recover and retry), ``EpochChanged`` (``floor`` None and a value
         of another epoch: ask PostgreSQL, retry with its version) and
         ``RedisBehind`` (the value is older than ``floor``: repair it).
+        ``ttl_seconds`` replaces the session's TTL (None: keep it); the
+        lifetime slides from now either way.  SessionExpired: its lifetime
+        ended (the expiry sweep's final marker).
         """
         now = self.clock()
         now_iso = iso_utc(now)
         keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [
             session_id, state_json, "" if expected_version is None else expected_version,
             now_iso, int(now * 1000), self.marker_ttl, self.channel,
-            "" if floor is None else floor])
+            "" if floor is None else floor, "" if ttl_seconds is None else ttl_seconds])
         with _redis_errors():
             reply = self._run(self._update, keys, args)
         if reply[0] in (b"replay", b"reused"):
@@ -755,6 +905,46 @@ class SessionStore:
         session = Session(session_id, version, "null", event["created_at"], now_iso,
                           event["ttl_seconds"], deleted=True, owner_id=event.get("owner_id"))
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
+
+    def touch(self, session_id: str, expected_version: int | None = None, *,
+              floor: int | None = 0, ttl_seconds: int | None = None) -> WriteResult:
+        """Extend the lifetime from now without changing the state: a new
+        version and a ``session_touched`` event (TOUCH_SCRIPT), with
+        ``ttl_seconds`` as the new TTL if given.  Raises as ``update``."""
+        now = self.clock()
+        now_iso = iso_utc(now)
+        with _redis_errors():
+            reply = self._run(self._touch, session_keys(session_id), [
+                session_id, "" if expected_version is None else expected_version,
+                now_iso, int(now * 1000), self.marker_ttl, self.channel,
+                "" if floor is None else floor, "" if ttl_seconds is None else ttl_seconds])
+        self._raise_for(session_id, reply, expected_version)
+        version = int(reply[2])
+        session = Session(session_id, version, reply[5].decode(), reply[3].decode(), now_iso,
+                          int(reply[4]), owner_id=_event_owner(reply[1]))
+        return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
+
+    def expire(self, session_id: str, persisted: Session, *,
+               marker_absent_ok: bool = False) -> tuple[str, WriteResult | None]:
+        """Record that ``persisted`` (PostgreSQL's latest, its lifetime
+        ended) expired, if Redis agrees: EXPIRE_SCRIPT.  Returns (its reply:
+        ``expired``, ``alive``, ``final``, ``ahead``, ``behind`` or
+        ``unknown``; the write to ship when ``expired``).  Raises
+        ServiceUnavailable."""
+        now = self.clock()
+        now_iso = iso_utc(now)
+        version = persisted.version + 1
+        with _redis_errors():
+            reply = self._run(self._expire, session_keys(session_id), [
+                session_id, persisted.version, now_iso, int(now * 1000), self.marker_ttl,
+                self.channel, persisted.created_at, persisted.ttl_seconds, persisted.expires_at,
+                "1" if marker_absent_ok else "0", _owner_suffix(persisted.owner_id)])
+        status = reply[0].decode()
+        if status != "expired":
+            return status, None
+        gone = Session(session_id, version, "null", persisted.created_at, now_iso,
+                       persisted.ttl_seconds, expired=True, owner_id=persisted.owner_id)
+        return status, WriteResult(gone, f"{session_id}:{version}", reply[1].decode())
 
     def restore(self, session: Session, *, repair: bool = False) -> Session | None:
         """Write a session recovered from PostgreSQL back if its key is
@@ -862,6 +1052,8 @@ class SessionStore:
             raise EpochChanged(session_id, int(reply[1]))
         if status == b"behind":
             raise RedisBehind(session_id, int(reply[1]))
+        if status == b"expired":
+            raise SessionExpired(session_id)
         raise AssertionError(f"unexpected script reply {reply!r}")
 
     # -- owners (the timeline above owner_index_key) -------------------------
