@@ -135,10 +135,13 @@ def delete_session(session_id):
 def touch_session(session_id):
     request = app.current_request
     touch = validation.touch_request(session_id, request.raw_body, request.headers.get("if-match"))
+    keyed = idempotency.for_request(request.headers.get(idempotency.HEADER), "POST",
+                                    f"/sessions/{touch.session_id}/touch", request.raw_body,
+                                    if_match=request.headers.get("if-match"))
     with web.if_match(touch.if_match, touch.session_id):
         session = runtime.service().touch(touch.session_id,
                                           touch.if_match.version if touch.if_match else None,
-                                          touch.ttl_seconds)
+                                          touch.ttl_seconds, keyed)
     return web.session_response(session)
 
 

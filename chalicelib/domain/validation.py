@@ -415,9 +415,12 @@ def version_param(raw: str | None, field: str) -> int | None:
 
 #: the members of the session resource a merge patch may change; the others
 #: are the server's (docs/decisions/merge-patch.md)
-PATCHABLE_MEMBERS = frozenset({"state"})
-#: the members GET returns that a patch may not change
-_SERVER_MEMBERS = frozenset({"session_id", "version", "created_at", "updated_at", "ttl_seconds"})
+PATCHABLE_MEMBERS = frozenset({"state", "ttl_seconds"})
+#: the members GET returns that a patch may not change (``owner_id`` is set
+#: on create and never changes; ``expires_at`` follows from the write and
+#: ``ttl_seconds``)
+_SERVER_MEMBERS = frozenset({"session_id", "version", "created_at", "updated_at", "expires_at",
+                             "owner_id"})
 # "application/merge-patch+json", optionally "; charset=utf-8" (any case,
 # the value quoted or not): the body is decoded as UTF-8, so no other charset
 _MERGE_PATCH_TYPE = re.compile(
@@ -436,6 +439,8 @@ class PatchRequest:
     #: the If-Match header, if one was sent: without it the patch applies to
     #: whatever version is current
     if_match: IfMatch | None = None
+    #: a new TTL (the lifetime then runs from this write), or None: kept
+    ttl_seconds: int | None = None
 
 
 def merge_patch_media_type(header: str | None) -> None:
@@ -449,7 +454,7 @@ def merge_patch_media_type(header: str | None) -> None:
 def patch_request(path_id: str, raw: bytes | None, *, content_type: str | None,
                   if_match_header: str | None, max_state_bytes: int) -> PatchRequest:
     """A PATCH: a merge patch of the session resource (what GET returns), of
-    which only ``state`` may change.  The patch is held to the limits of a
+    which only ``state`` and ``ttl_seconds`` may change.  The patch is held to the limits of a
     state (``check_state``: NUL, depth, numbers, surrogates, size); the
     merged state is checked again by the service before it is written."""
     merge_patch_media_type(content_type)
@@ -462,8 +467,14 @@ def patch_request(path_id: str, raw: bytes | None, *, content_type: str | None,
                               f"a merge patch of a session changes only "
                               f"{', '.join(sorted(PATCHABLE_MEMBERS))}", fields=server_members)
     _reject_unknown(body, set(PATCHABLE_MEMBERS))
+    ttl = None
+    if "ttl_seconds" in body:
+        if body["ttl_seconds"] is None:
+            raise ValidationError("ttl_seconds cannot be removed (a session always has a "
+                                  "lifetime); send a number of seconds", field="ttl_seconds")
+        ttl = ttl_seconds(body["ttl_seconds"])
     if "state" not in body:
-        return PatchRequest(sid, None, max_state_bytes, header)
+        return PatchRequest(sid, None, max_state_bytes, header, ttl)
     state = body["state"]
     if state is None:
         raise ValidationError("state cannot be removed (a session always has a state); "
@@ -472,7 +483,7 @@ def patch_request(path_id: str, raw: bytes | None, *, content_type: str | None,
         raise ValidationError("state in a merge patch must be a JSON object: it is merged into "
                               "the session's state (send a PUT to replace it)", field="state")
     check_state(state, max_state_bytes)
-    return PatchRequest(sid, state, max_state_bytes, header)
+    return PatchRequest(sid, state, max_state_bytes, header, ttl)
 
 
 def merged_state(state: dict[str, Any], state_patch: dict[str, Any] | None,

@@ -273,13 +273,15 @@ class SessionService:
 
     @metrics.timed_write("touch")
     def touch(self, session_id: str, expected_version: int | None = None,
-              ttl_seconds: int | None = None) -> Session:
+              ttl_seconds: int | None = None, idempotency: Idempotency | None = None) -> Session:
         """Extend the lifetime from now (with ``ttl_seconds`` as the new TTL
         if given) without changing the state: a new version and a
         ``session_touched`` event.  Raises as ``update`` (SessionExpired
-        once the lifetime ended: a touch does not revive a session)."""
+        once the lifetime ended: a touch does not revive a session);
+        ``idempotency`` as ``create``."""
         result = self._write(session_id, lambda floor: self.store.touch(
-            session_id, expected_version, floor=floor, ttl_seconds=ttl_seconds))
+            session_id, expected_version, floor=floor, ttl_seconds=ttl_seconds,
+            idempotency=idempotency))
         self._ship(result)
         return result.session
 
@@ -324,7 +326,8 @@ class SessionService:
                                                  request.max_state_bytes)
             try:
                 result = self._write(request.session_id, self._compare_and_set(
-                    request.session_id, state_json, current.version, idempotency=idempotency))
+                    request.session_id, state_json, current.version, idempotency=idempotency,
+                    ttl_seconds=request.ttl_seconds))
             except ConcurrencyError as exc:
                 if pinned is not None:
                     raise
@@ -341,10 +344,11 @@ class SessionService:
                            expected_version=current.version, actual_version=lost.actual_version)
 
     def _compare_and_set(self, session_id: str, state_json: str, expected_version: int,
-                         idempotency: Idempotency | None = None) -> Callable[[int | None], WriteResult]:
+                         idempotency: Idempotency | None = None,
+                         ttl_seconds: int | None = None) -> Callable[[int | None], WriteResult]:
         """The store write of a patch merged into ``expected_version``."""
         return lambda floor: self.store.update(session_id, state_json, expected_version, floor=floor,
-                                               idempotency=idempotency)
+                                               ttl_seconds=ttl_seconds, idempotency=idempotency)
 
     @metrics.timed_write("delete")
     def delete(self, session_id: str, expected_version: int | None = None,

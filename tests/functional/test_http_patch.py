@@ -119,7 +119,9 @@ def test_a_charset_parameter_of_utf8_is_accepted(api, cart):
 @pytest.mark.parametrize("raw, code", [
     ('{"state":', "ValidationError"), ("[1]", "ValidationError"), ('"x"', "ValidationError"),
     ('{"state":null}', "ValidationError"), ('{"state":[1]}', "ValidationError"),
-    ('{"version":9}', "ValidationError"), ('{"ttl_seconds":60}', "ValidationError"),
+    ('{"version":9}', "ValidationError"), ('{"expires_at":"2030-01-01T00:00:00.000Z"}', "ValidationError"),
+    ('{"ttl_seconds":null}', "ValidationError"), ('{"ttl_seconds":0}', "ValidationError"),
+    ('{"ttl_seconds":"60"}', "ValidationError"), ('{"owner_id":"someone"}', "ValidationError"),
     ('{"other":1}', "ValidationError"), ('{"state":{"a":"\\u0000"}}', "ValidationError"),
     ('{"state":{"a":1e999}}', "ValidationError"), ("", "ValidationError"),
 ])
@@ -164,3 +166,20 @@ def test_a_patch_of_a_deleted_session_is_a_404_saying_so(api, view, cart):
     error = assert_error(patch(api, cart, {"state": {"n": 1}}), 404, "SessionNotFound")
     assert error["details"]["deleted"] is True
     assert view.snapshot(cart) == before
+
+
+def test_a_patch_of_ttl_seconds_sets_a_new_lifetime_from_now_and_keeps_the_state(api, cart):
+    before = json.loads(api.get(f"/sessions/{cart}", headers=BEARER).body)
+    response = patch(api, cart, {"ttl_seconds": 120})
+    assert response.status_code == 200, response.body
+    after = json.loads(response.body)
+    assert after["ttl_seconds"] == 120 and after["version"] == before["version"] + 1
+    assert after["state"] == before["state"]
+    assert after["expires_at"] < before["expires_at"]  # 120 s from now, not the default hour
+
+
+def test_a_patch_of_state_and_ttl_changes_both_in_one_version(api, cart):
+    response = patch(api, cart, {"state": {"coupon": None}, "ttl_seconds": 7200})
+    assert response.status_code == 200, response.body
+    after = json.loads(response.body)
+    assert after["ttl_seconds"] == 7200 and "coupon" not in after["state"] and after["version"] == 2

@@ -155,3 +155,27 @@ def test_a_patch_retried_with_its_key_is_not_merged_again_even_with_its_if_match
     api.delete(f"/sessions/{session_id}", headers=AUTH)
     same_outcome(second, api.patch(f"/sessions/{session_id}", headers=unpinned,
                                    body=body({"state": {"b": 2}})))
+
+
+def test_a_touch_retried_with_its_key_gets_the_original_200_and_is_not_touched_again(api, session_id):
+    api.post("/sessions", headers=AUTH, body=body({"session_id": session_id, "state": {"n": 0}}))
+    first = api.post(f"/sessions/{session_id}/touch", headers=keyed('"touch-1"'), body=b"")
+
+    again = api.post(f"/sessions/{session_id}/touch", headers=keyed('"touch-1"'), body=b"")
+
+    same_outcome(first, again)
+    assert first.headers["ETag"] == '"2"'
+    current = api.get(f"/sessions/{session_id}", headers=AUTH)
+    assert current.headers["ETag"] == '"2"'  # one touch, not two
+
+
+def test_a_touch_key_reused_with_another_ttl_is_a_422_that_touches_nothing(api, session_id):
+    api.post("/sessions", headers=AUTH, body=body({"session_id": session_id, "state": {"n": 0}}))
+    api.post(f"/sessions/{session_id}/touch", headers=keyed('"touch-2"'), body=body({"ttl_seconds": 600}))
+
+    reused = api.post(f"/sessions/{session_id}/touch", headers=keyed('"touch-2"'),
+                      body=body({"ttl_seconds": 900}))
+
+    assert_error(reused, 422, "IdempotencyKeyReused")
+    current = api.get(f"/sessions/{session_id}", headers=AUTH)
+    assert current.headers["ETag"] == '"2"' and json.loads(current.body)["ttl_seconds"] == 600

@@ -111,8 +111,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "the new version: another patch's change is lost"),
     mutant(
         "patch-written-without-expected-version", 1, SESSIONS,
-        (("request.session_id, state_json, current.version, idempotency=idempotency)",
-          "request.session_id, state_json, None, idempotency=idempotency)"),),
+        (("request.session_id, state_json, current.version, idempotency=idempotency,",
+          "request.session_id, state_json, None, idempotency=idempotency,"),),
         (f"{T_PATCH}::test_64_concurrent_patches_of_different_keys_all_land_each_on_the_version_it_read[single]",
          f"{T_PATCH}::test_a_patch_that_loses_every_attempt_is_a_409_after_a_bounded_number_of_them[None]"),
         "a PATCH writes its merged state over whatever version is current: a change made between "

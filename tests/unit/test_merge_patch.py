@@ -134,7 +134,7 @@ def test_a_patch_without_if_match_applies_to_the_current_version_and_one_with_it
 @pytest.mark.parametrize("raw, field", [
     ('{"version":3}', ["version"]), ('{"session_id":"s1","state":{}}', ["session_id"]),
     ('{"created_at":"x","updated_at":"y"}', ["created_at", "updated_at"]),
-    ('{"ttl_seconds":60}', ["ttl_seconds"])])
+    ('{"expires_at":"x","owner_id":"o"}', ["expires_at", "owner_id"])])
 def test_a_member_the_server_sets_is_refused_by_name(raw, field):
     with pytest.raises(ValidationError) as caught:
         request(raw)
@@ -180,3 +180,13 @@ def test_the_merged_state_is_held_to_the_state_limit():
 
 def test_the_merged_state_is_compact_json_in_the_stored_form():
     assert validation.merged_state({"é": 1}, {"n": "\ufffe"}, LIMIT) == '{"é":1,"n":"\\ufffe"}'
+
+
+def test_a_patch_may_set_ttl_seconds_but_never_remove_it():
+    assert request('{"ttl_seconds":600}').ttl_seconds == 600
+    assert request('{"state":{}}').ttl_seconds is None
+    with pytest.raises(ValidationError) as caught:
+        request('{"ttl_seconds":null}')
+    assert "cannot be removed" in caught.value.message
+    with pytest.raises(ValidationError):
+        request('{"ttl_seconds":0}')

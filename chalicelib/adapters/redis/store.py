@@ -309,11 +309,14 @@ return {'ok', ev, v}
 # ARGV[1] session id  ARGV[2] expected version or '' (any)
 # ARGV[3] now ISO  ARGV[4] now ms  ARGV[5] marker ttl seconds  ARGV[6] channel
 # ARGV[7] floor, as UPDATE_SCRIPT's ARGV[8]  ARGV[8] a new ttl seconds or '' (keep)
+# KEYS[5], ARGV[9] fingerprint, ARGV[10] record ttl: only with an Idempotency-Key
 # returns {'ok', event, version, created, ttl, state JSON} | as UPDATE_SCRIPT
 # Extends the lifetime without changing the state: a write like any other
 # (version bump, marker, outbox entry, Pub/Sub), of type session_touched,
 # carrying the unchanged state so that PostgreSQL's latest row stays whole.
 TOUCH_SCRIPT = _LUA_PARSE + r"""
+local done = replayed(ARGV[9])
+if done then return done end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return missing() end
 local v, created, u, ttl, flag, e, o = parse(raw)
@@ -329,6 +332,7 @@ redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'L') .. ep .. o .. '|'
 set_marker(v .. '|L', tonumber(ARGV[5]), ttl)
 local ev = event(TOUCHED, ARGV[1], v, created, ARGV[3], ttl, state, o)
 emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
+remember(ARGV[9], ARGV[10], ev)
 return {'ok', ev, v, created, ttl, state}
 """
 
@@ -907,17 +911,21 @@ class SessionStore:
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
 
     def touch(self, session_id: str, expected_version: int | None = None, *,
-              floor: int | None = 0, ttl_seconds: int | None = None) -> WriteResult:
+              floor: int | None = 0, ttl_seconds: int | None = None,
+              idempotency: Idempotency | None = None) -> WriteResult:
         """Extend the lifetime from now without changing the state: a new
         version and a ``session_touched`` event (TOUCH_SCRIPT), with
         ``ttl_seconds`` as the new TTL if given.  Raises as ``update``."""
         now = self.clock()
         now_iso = iso_utc(now)
+        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [
+            session_id, "" if expected_version is None else expected_version,
+            now_iso, int(now * 1000), self.marker_ttl, self.channel,
+            "" if floor is None else floor, "" if ttl_seconds is None else ttl_seconds])
         with _redis_errors():
-            reply = self._run(self._touch, session_keys(session_id), [
-                session_id, "" if expected_version is None else expected_version,
-                now_iso, int(now * 1000), self.marker_ttl, self.channel,
-                "" if floor is None else floor, "" if ttl_seconds is None else ttl_seconds])
+            reply = self._run(self._touch, keys, args)
+        if reply[0] in (b"replay", b"reused"):
+            return self._replayed(session_id, reply, idempotency)
         self._raise_for(session_id, reply, expected_version)
         version = int(reply[2])
         session = Session(session_id, version, reply[5].decode(), reply[3].decode(), now_iso,
