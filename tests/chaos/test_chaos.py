@@ -350,9 +350,14 @@ def test_redis_restarted_without_persistence_while_sqs_is_down_loses_only_what_i
     lost_ops = [op for op in history.acknowledged_writes()
                 if check_acknowledged_persisted(History([op]), observed, set())]
     lost = {(op.session_id, op.version) for op in lost_ops}
+    # or acknowledged before it with an event SQS never accepted (its inline
+    # send failed on a busy machine and the relay had not run before SQS
+    # went down): it too lived only in the outbox, the same limit
+    never_sent = unsent(stack, history)
     unexplained = [op for op in lost_ops
-                   if not (op.end >= window["down"] and op.start <= window["restart"])]
-    assert not unexplained, f"lost outside the outage window: {unexplained[:10]}"
+                   if not (op.end >= window["down"] and op.start <= window["restart"])
+                   and (op.session_id, op.version) not in never_sent]
+    assert not unexplained, f"lost outside the outage window {window}: {unexplained[:10]}"
     # so are the tombstones a revoke-all wrote (its deletions and blocked
     # ids: writes of the server's, not the workload's), each from its
     # script to its send: those not persisted must be of the window too
