@@ -27,7 +27,7 @@ WRITES = ("create", "update", "patch", "delete", "touch")
 @dataclass(frozen=True)
 class Op:
     process: int
-    kind: str  # create | update | patch | delete | touch | read
+    kind: str  # create | update | patch | delete | touch | read | revoke | forget (by the nemesis)
     session_id: str
     start: float
     end: float
@@ -39,7 +39,9 @@ class Op:
     #: a read that found nothing: "deleted" | "missing" | "expired"
     absent: str | None = None
     error: str | None = None
-    #: the owner a create was made with (a revoke's ``session_id`` is its owner)
+    #: the owner a create was made with (a revoke's ``session_id`` is its owner;
+    #: its ``state``: ``remaining`` (ok revokes), and ``deleted``, the
+    #: tombstones it wrote, ``[session, version, start, end]`` each)
     owner: str | None = None
     #: an acknowledged write whose answer was a replay of an earlier attempt
     #: (Idempotency-Key): its outcome, recorded when that attempt ran
@@ -252,10 +254,22 @@ def check_revoked_owners(history: History, observed: Observed,
     no session of the owner whose create ended before the revoke-all
     started survives: PostgreSQL holds it deleted (an acknowledged create),
     or not at all or deleted (a create of unknown outcome), and no read or
-    write that started after the revoke-all ended found it live."""
+    write that started after the revoke-all ended found it live.
+
+    A create of unknown outcome whose id PostgreSQL holds with another
+    version 1 did not make the session (another create of the id did: the
+    workload's creates of existing ids carry no owner), so the revoke-all
+    rightly left it.  A session came back with the loss, not past the
+    revoke-all, when a revoke-all tombstone of it written before the
+    revoke-all ended was reported lost (``allow_lost``) and Redis forgot it
+    (a ``forget`` op: the nemesis's, in the history) after the revoke-all
+    began: the revoke-all saw the tombstone, or wrote it.  A revoke-all
+    begun after Redis forgot answers for the session itself."""
     problems = []
     revokes = [op for op in history.ops if op.kind == "revoke" and op.outcome == "ok"
                and not (op.state or {}).get("remaining")]
+    tombstones = _revoke_tombstones(history)
+    forgets = [op.start for op in history.ops if op.kind == "forget"]
     for revoke in revokes:
         doomed = [op for op in history.ops
                   if op.kind == "create" and op.owner == revoke.session_id
@@ -263,6 +277,14 @@ def check_revoked_owners(history: History, observed: Observed,
                   and (op.session_id, 1) not in allow_lost]
         for create in doomed:
             sid = create.session_id
+            first = observed.rows.get((sid, 1))
+            if create.outcome == "info" and first is not None \
+                    and _content(*first) != _op_content(create):
+                continue  # another create made the id: not this owner's
+            if any((sid, version) in allow_lost and start <= revoke.end
+                   and any(revoke.start <= forgot >= end for forgot in forgets)
+                   for start, end, version in tombstones.get(sid, ())):
+                continue  # its tombstone was lost with Redis's outbox: reported
             version, deleted = observed.sessions.get(sid, (0, None))
             if create.outcome == "ok" and deleted is not True:
                 problems.append(f"(f) {sid} of {revoke.session_id}, created at {create.end:.3f}, "
@@ -280,6 +302,21 @@ def check_revoked_owners(history: History, observed: Observed,
     return problems
 
 
+def revoke_tombstones(history: History) -> list[tuple[str, int, float, float]]:
+    """(session, version, start, end) of every tombstone a revoke-all wrote
+    (a deletion, or an id blocked before its create ran), whatever the
+    revoke-all's outcome."""
+    return [(str(sid), int(version), float(start), float(end))
+            for op in history.ops if op.kind == "revoke"
+            for sid, version, start, end in (op.state or {}).get("deleted", ())]
+
+
+def _revoke_tombstones(history: History) -> dict[str, list[tuple[float, float, int]]]:
+    """session -> (start, end, version) of its revoke-all tombstones."""
+    by_session: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+    for sid, version, start, end in revoke_tombstones(history):
+        by_session[sid].append((start, end, version))
+    return by_session
 
 
 def check_lifetime_ends(history: History, observed: Observed,
@@ -323,8 +360,6 @@ def check_lifetime_ends(history: History, observed: Observed,
             problems.append(f"(g) {op.session_id} expired at v{expired_at[op.session_id]}, then "
                             f"{op.kind} v{op.version} was acknowledged")
     return problems
-
-
 
 
 def now() -> float:

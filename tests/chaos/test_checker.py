@@ -189,6 +189,50 @@ def test_rule_f_spares_creates_racing_the_revoke_all_other_owners_and_unfinished
         assert check(history, _observed(rows, live)) == []
 
 
+def test_rule_f_spares_an_unknown_create_whose_id_another_create_made_and_no_other():
+    """The owner's create got 503s (PostgreSQL down: it could not learn the
+    id was new) and never ran; a create of the same id without an owner
+    made it later, before the revoke-all, which rightly left it."""
+    theirs = Op(3, "create", "o1", 4, 5, "ok", 1, {"w": "other"})
+    history = History([_owned("o1", 0, 1, "info"), theirs, _revoke(6, 7),
+                       Op(9, "read", "o1", 8, 9, "ok", 1, {"w": "other"})])
+    made_by_other = _observed({("o1", 1): ("session_created", {"w": "other"})}, {"o1": (1, False)})
+    assert check(history, made_by_other) == []
+    # had the owner's create made it, it should not have survived
+    history = History([_owned("o1", 0, 1, "info"), _revoke(6, 7),
+                       Op(9, "read", "o1", 8, 9, "ok", 1, {"w": "o1"})])
+    made_by_owner = _observed({("o1", 1): ("session_created", {"w": "o1"})}, {"o1": (1, False)})
+    assert _rules(check(history, made_by_owner)) == ["(f)"]
+
+
+def _revoke_wrote(start, end, tombstones, owner="u"):
+    return Op(2, "revoke", owner, start, end, "ok", len(tombstones),
+              {"remaining": False, "deleted": tombstones})
+
+
+def test_rule_f_excuses_a_revoke_all_tombstone_reported_lost_and_nothing_else():
+    """The revoke-all deleted o1 (v2); Redis forgot that tombstone with its
+    outbox (reported): o1 came back at v1.  Only that loss is excused: a
+    revoke-all begun after Redis forgot must delete o1 again."""
+    rows = {("o1", 1): ("session_created", {"w": "o1"})}
+    published = [{"session_id": "o1", "version": 1, "event_type": "session_created",
+                  "state": {"w": "o1"}},
+                 {"session_id": "o1", "version": 2, "event_type": "session_deleted", "state": None}]
+    history = History([_owned("o1", 0, 1), _revoke_wrote(2, 3, [["o1", 2, 2.1, 2.2]]),
+                       Op(0, "forget", "redis", 4, 4, "ok"),
+                       Op(9, "read", "o1", 5, 5.5, "ok", 1, {"w": "o1"})])
+    came_back = _observed(rows, {"o1": (1, False)}, published=published)
+    assert check(history, came_back, allow_lost={("o1", 2)}) == []
+    assert _rules(check(history, came_back)) == ["(e)", "(f)"]
+    # a loss Redis did not have (no forget after the revoke-all began)
+    not_forgotten = History([op for op in history.ops if op.kind != "forget"])
+    assert _rules(check(not_forgotten, came_back, allow_lost={("o1", 2)})) == ["(f)"]
+    # a revoke-all begun after Redis forgot, that left o1 live
+    history.add(_revoke_wrote(6, 7, []))
+    history.add(Op(9, "read", "o1", 8, 9, "ok", 1, {"w": "o1"}))
+    assert _rules(check(history, came_back, allow_lost={("o1", 2)})) == ["(f)"]
+
+
 def test_a_patch_persisted_with_other_content_than_it_answered_breaks_rules_a_and_d():
     # a patch is recorded with the whole state the service answered
     history, observed = _clean()

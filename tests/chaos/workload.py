@@ -21,7 +21,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
+from chalicelib.adapters.redis.store import SessionStore, WriteResult
 from chalicelib.config import DEFAULT_MAX_STATE_BYTES
 from chalicelib.domain.errors import (
     ConcurrencyError,
@@ -32,6 +34,7 @@ from chalicelib.domain.errors import (
     SessionNotFound,
 )
 from chalicelib.domain.idempotency import Idempotency, fingerprint
+from chalicelib.domain.session import Session
 from chalicelib.domain.validation import CreateRequest, PatchRequest, UpdateRequest
 from chalicelib.service import owners
 from chalicelib.service.sessions import SessionService
@@ -166,16 +169,20 @@ class Workload:
 
     def _revoke(self, process: int, owner: str) -> None:
         """DELETE /owners/{owner}/sessions: its version is how many it
-        deleted, its state whether more remain (history rule f)."""
+        deleted, its state whether more remain and the tombstones it wrote
+        (history rule f; a scenario where Redis loses acknowledged writes
+        excuses those it lost, as it does the workload's own)."""
         start = now()
+        recording = _RecordingService(self.service())
         try:
-            result = owners.revoke_all(self.service(), owner, budget_seconds=20)
+            result = owners.revoke_all(cast(SessionService, recording), owner, budget_seconds=20)
         except (ServiceUnavailable, RecoveryPending) as exc:
             # some deletions may have run: unknown
-            self._add(Op(process, "revoke", owner, start, now(), "info", error=exc.code))
+            self._add(Op(process, "revoke", owner, start, now(), "info", error=exc.code,
+                         state={"deleted": recording.tombstones}))
             return
         self._add(Op(process, "revoke", owner, start, now(), "ok", result.deleted,
-                     {"remaining": result.remaining}))
+                     {"remaining": result.remaining, "deleted": recording.tombstones}))
 
     def _delete(self, process: int, sid: str) -> None:
         self._write(process, "delete", sid, None, lambda key: self.service().delete(sid, None, key))
@@ -234,6 +241,50 @@ class Workload:
     def _add(self, op: Op) -> Op:
         self.history.add(op)
         return op
+
+
+class _RecordingService:
+    """The session service as a revoke-all uses it, noting each tombstone
+    the revoke-all writes: ``[session, version, start, end]``, from before
+    the script that writes it to its acknowledgement (after the send)."""
+
+    def __init__(self, service: SessionService) -> None:
+        self._service = service
+        self.store = _RecordingStore(service.store)
+        self.tombstones: list[list] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._service, name)
+
+    def delete(self, session_id: str, *args: Any, **kwargs: Any) -> Session:
+        start = now()
+        session = self._service.delete(session_id, *args, **kwargs)
+        self.tombstones.append([session_id, session.version, start, now()])
+        return session
+
+    def ship(self, result: WriteResult) -> None:
+        # a blocked id: BLOCK_SCRIPT ran in store.block, just before
+        self._service.ship(result)
+        start = self.store.blocked.pop(result.session.session_id, now())
+        self.tombstones.append([result.session.session_id, result.session.version, start, now()])
+
+
+class _RecordingStore:
+    """The store, noting when each BLOCK_SCRIPT call began."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self.blocked: dict[str, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def block(self, session_id: str, *args: Any, **kwargs: Any) -> WriteResult | None:
+        self.blocked[session_id] = now()
+        result = self._store.block(session_id, *args, **kwargs)
+        if result is None:
+            del self.blocked[session_id]  # the id exists: deleted the usual way
+        return result
 
 
 def _json(state) -> str:

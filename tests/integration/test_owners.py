@@ -20,6 +20,7 @@ import pytest
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
+from chalicelib.adapters.postgres.database import Database
 from chalicelib.adapters.redis.store import (
     CREATED,
     DELETED,
@@ -28,7 +29,7 @@ from chalicelib.adapters.redis.store import (
     owner_index_key,
     session_keys,
 )
-from chalicelib.domain.errors import SessionExists, SessionNotFound
+from chalicelib.domain.errors import ServiceUnavailable, SessionExists, SessionNotFound
 from chalicelib.domain.events import parse_event
 from chalicelib.domain.validation import CreateRequest
 from chalicelib.service import owners
@@ -194,6 +195,25 @@ def test_an_id_registered_whose_create_has_not_run_is_tombstoned_and_its_create_
     event = parse_event(_outbox_bodies(store, sid)[-1])
     assert (event.event_type, event.version, event.owner_id) == (DELETED, 1, owner)
     assert _index(store, owner) == []
+
+
+def test_a_revoke_all_that_needs_postgresql_s_word_while_it_is_down_answers_503_and_keeps_the_entry(
+        store):
+    """An id registered whose create got a 503 before its script (it too
+    needed PostgreSQL's word: Redis has no trace of the id): with
+    PostgreSQL down the revoke-all cannot tell a create not run from a
+    session Redis forgot, so it neither claims success nor drops the entry."""
+    down = Database.from_dsn("postgresql://postgres@127.0.0.1:1/nowhere")
+    service = SessionService(store, durable=down)
+    owner = _owner()
+    [sid] = _ids(1)
+    store.owner_register(owner, sid)
+
+    with pytest.raises(ServiceUnavailable):
+        owners.revoke_all(service, owner, budget_seconds=30)
+
+    assert _index(store, owner) == [sid]
+    assert store.marker(sid) is None  # nothing written: the next call decides
 
 
 def test_a_create_landing_between_the_revoke_all_s_reads_of_key_and_marker_is_deleted(
