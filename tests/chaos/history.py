@@ -264,8 +264,13 @@ def check_revoked_owners(history: History, observed: Observed,
     revoke-all ended was reported lost (``allow_lost``) and Redis forgot it
     (a ``forget`` op: the nemesis's, in the history) after the revoke-all
     began: the revoke-all saw the tombstone, or wrote it.  A revoke-all
-    begun after Redis forgot answers for the session itself."""
+    begun after Redis forgot answers for the session itself.  A session
+    whose lifetime ended (a ``session_expired`` row: rule (g) proves it is
+    recorded only once due) is over too: the revoke-all leaves an expired
+    session to the sweep, and no read or write may find it live after."""
     problems = []
+    ended = {sid for (sid, _), (event_type, _) in observed.rows.items()
+             if event_type == "session_expired"}
     revokes = [op for op in history.ops if op.kind == "revoke" and op.outcome == "ok"
                and not (op.state or {}).get("remaining")]
     tombstones = _revoke_tombstones(history)
@@ -286,7 +291,9 @@ def check_revoked_owners(history: History, observed: Observed,
                    for start, end, version in tombstones.get(sid, ())):
                 continue  # its tombstone was lost with Redis's outbox: reported
             version, deleted = observed.sessions.get(sid, (0, None))
-            if create.outcome == "ok" and deleted is not True:
+            if sid in ended:
+                pass  # over by its lifetime; a later live use is caught below
+            elif create.outcome == "ok" and deleted is not True:
                 problems.append(f"(f) {sid} of {revoke.session_id}, created at {create.end:.3f}, "
                                 f"survived the revoke-all of {revoke.start:.3f}: sync_sessions "
                                 f"v{version} deleted={deleted}")

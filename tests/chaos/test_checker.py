@@ -293,3 +293,14 @@ def test_a_patch_acknowledged_after_a_delete_breaks_rule_c():
     observed.sessions[SID] = (4, False)
 
     assert "(c)" in _rules(check(history, observed))
+
+
+def test_rule_f_takes_a_session_whose_lifetime_ended_as_over_but_not_one_read_live_after():
+    """The revoke-all leaves an expired session to the sweep: its
+    session_expired row is enough; a read that finds it live after the
+    revoke-all still breaks the rule."""
+    rows = {("o1", 1): ("session_created", {"w": "o1"}), ("o1", 2): ("session_expired", None)}
+    history = History([_owned("o1", 0, 1), _revoke(2, 3)])
+    assert "(f)" not in _rules(check(history, _observed(rows, {"o1": (2, False)})))
+    read_back = History([*history.ops, Op(9, "read", "o1", 4, 5, "ok", 1, {"w": "o1"})])
+    assert "(f)" in _rules(check(read_back, _observed(rows, {"o1": (2, False)})))
