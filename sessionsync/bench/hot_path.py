@@ -8,7 +8,7 @@ On a throwaway redis-server pinned apart from the client (as
 same stored 1 KB session:
 
 - ``pool``: redis-py through its connection pool, a checkout and a checkin
-  per command (the store's client before issue 13; same pool, same options
+  per command (the store's client before the hot-path change; same pool, same options
   as ``connect_redis``);
 - ``single``: redis-py's own ``single_connection_client`` on that pool (its
   lock and full command path, one connection);

@@ -11,11 +11,11 @@ from typing import Any, TypeGuard
 
 NODE = {"read_p50_ms": 0.12, "update_p50_ms": (0.34, 0.38), "queue_events_per_s": (306, 765),
         "lost_updates_with_20_writers": "85-90%"}
-# The Node design's figures in issue 13, quoted from that issue's run on
+# The Node design's published figures, quoted from its own run on
 # another machine (not measured by this bench): its get (ioredis) and its
 # version-checked update (three round trips), p50 in microseconds.
 NODE_WIRE = {"get_p50_us": (45, 58), "update_p50_us": (138, 183)}
-# the hot path's limits against the C client and the store (issue 13)
+# the hot path's limits against the C client and the store
 C_GET_LIMIT = 1.5
 C_UPDATE_LIMIT = 1.5
 HANDLER_LIMIT = 2.0
@@ -254,6 +254,6 @@ def _wire_speed(store: dict[str, Any]) -> list[dict[str, Any]]:
         low, high = NODE_WIRE[node]
         p50 = latency[op]["p50_us"]
         checks.append(_check(f"{what} p50 below the Node design's ({low}-{high} us, quoted "
-                             "from issue 13's run)", p50, low, p50 < low, "us",
+                             "from its published run)", p50, low, p50 < low, "us",
                              "our p50 here against the lower end of its quoted range"))
     return checks
