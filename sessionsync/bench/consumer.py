@@ -42,21 +42,40 @@ def change_event(session_id: str, version: int, state: dict[str, Any], stamp: st
                 json.dumps(state, separators=(",", ":"))))
 
 
+def version_major_bodies(prefix: str, sessions: int, versions: int) -> list[tuple[str, str]]:
+    """(event id, body) of ``versions`` versions of ``sessions`` sessions
+    ``<prefix>-<n>``, version-major: every session's version v before any
+    session's v + 1, as writes arriving over time would be."""
+    state = state_document(STATE_BYTES)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    out = []
+    for version in range(1, versions + 1):
+        for s in range(sessions):
+            sid = f"{prefix}-{s}"
+            out.append((f"{sid}:{version}", change_event(sid, version, state, stamp)))
+    return out
+
+
 def event_bodies(prefix: str, count: int) -> list[tuple[str, str]]:
     """(event id, body) for ``count`` events (a multiple of VERSIONS_PER_SESSION):
     sessions of VERSIONS_PER_SESSION versions, version-major order, so that
     consecutive events are distinct sessions."""
     if count % VERSIONS_PER_SESSION:
         raise ValueError(f"count must be a multiple of {VERSIONS_PER_SESSION}")
-    sessions = count // VERSIONS_PER_SESSION
-    state = state_document(STATE_BYTES)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    out = []
-    for version in range(1, VERSIONS_PER_SESSION + 1):
-        for s in range(sessions):
-            sid = f"{prefix}-{s}"
-            out.append((f"{sid}:{version}", change_event(sid, version, state, stamp)))
-    return out
+    return version_major_bodies(prefix, count // VERSIONS_PER_SESSION, VERSIONS_PER_SESSION)
+
+
+# The DLQ is never used by the bench's consumers (no poison); its URL only has to exist.
+UNUSED_DLQ_URL = "http://127.0.0.1:4566/000000000000/sessionsync-bench-unused-dlq"
+
+
+def install_consumer(dsn: str, redis_url: str, aws_endpoint_url: str | None = None) -> Any:
+    """The app's ``persist_changes`` handler, its runtime set up (afresh) for
+    the bench's database and Redis."""
+    runtime.reset()
+    runtime.install(settings=Settings(database_url=dsn, redis_url=redis_url, dlq_url=UNUSED_DLQ_URL,
+                                      aws_endpoint_url=aws_endpoint_url))
+    return import_app().persist_changes
 
 
 def _check_persisted(conn: Any, prefix: str, expected_events: int) -> dict[str, int]:
@@ -149,15 +168,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     dsn = ctx.database_url or DEFAULT_DATABASE_URL
     created = provisioning.ensure_database(dsn)
     applied = provisioning.migrate(dsn)
-    app_module = import_app()
-
-    runtime.reset()
-    # The DLQ is never used here (no poison); its URL only has to exist.
-    runtime.install(settings=Settings(
-        database_url=dsn, redis_url=ctx.redis_url,
-        dlq_url="http://127.0.0.1:4566/000000000000/sessionsync-bench-unused-dlq",
-        aws_endpoint_url=ctx.aws_endpoint_url or "http://127.0.0.1:4566"))
-    handler = app_module.persist_changes
+    handler = install_consumer(dsn, ctx.redis_url, ctx.aws_endpoint_url or "http://127.0.0.1:4566")
     count = ctx.profile.consumer_events - ctx.profile.consumer_events % VERSIONS_PER_SESSION
     with connection.connect(dsn) as conn:
         try:

@@ -40,13 +40,11 @@ from typing import Any
 
 from chalicelib import runtime
 from chalicelib.adapters.postgres.database import APPLY_SQL, apply_parameters
-from chalicelib.config import Settings
 from chalicelib.domain.events import DELETED, ChangeEvent, parse_event
-from sessionsync.bench.consumer import VERSIONS_PER_SESSION, event_bodies
+from sessionsync.bench.consumer import VERSIONS_PER_SESSION, event_bodies, install_consumer
 from sessionsync.bench.context import DEFAULT_DATABASE_URL, STATE_BYTES, BenchContext
 from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record
 from sessionsync.bench.stats import summarize_ns
-from sessionsync.project import import_app
 
 BATCH_SIZES = (1, 10, 100)
 WRITERS = ("consumer", "unnest", "executemany", "copy")
@@ -241,13 +239,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     dsn = ctx.database_url or DEFAULT_DATABASE_URL
     provisioning.ensure_database(dsn)
     provisioning.migrate(dsn)
-    app_module = import_app()
-    runtime.reset()
-    runtime.install(settings=Settings(
-        database_url=dsn, redis_url=ctx.redis_url,
-        dlq_url="http://127.0.0.1:4566/000000000000/sessionsync-bench-unused-dlq",
-        aws_endpoint_url=ctx.aws_endpoint_url or "http://127.0.0.1:4566"))
-    handler = app_module.persist_changes
+    handler = install_consumer(dsn, ctx.redis_url, ctx.aws_endpoint_url or "http://127.0.0.1:4566")
     by_batch: list[dict[str, Any]] = []
     try:
         with psycopg.connect(dsn) as conn, psycopg.connect(dsn, autocommit=True) as auto:

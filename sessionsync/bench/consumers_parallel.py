@@ -35,9 +35,9 @@ from collections import Counter
 from typing import Any
 
 from chalicelib import runtime
-from chalicelib.config import CONSUMER_BATCH_SIZE, Settings
-from sessionsync.bench.consumer import change_event
-from sessionsync.bench.context import DEFAULT_DATABASE_URL, STATE_BYTES, BenchContext, state_document
+from chalicelib.config import CONSUMER_BATCH_SIZE
+from sessionsync.bench.consumer import install_consumer, version_major_bodies
+from sessionsync.bench.context import DEFAULT_DATABASE_URL, STATE_BYTES, BenchContext
 from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record
 from sessionsync.bench.stats import ratio
 from sessionsync.project import import_app
@@ -76,15 +76,7 @@ def workload_bodies(workload: str, prefix: str, events: int) -> list[tuple[str, 
     """(event id, body) in version-major order: every session's version v
     before any session's v + 1, as writes arriving over time would be."""
     sessions = HOT_SESSIONS if workload == "hot_sessions" else max(1, events // MANY_VERSIONS)
-    versions = -(-events // sessions)
-    state = state_document(STATE_BYTES)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    out = []
-    for version in range(1, versions + 1):
-        for s in range(sessions):
-            sid = f"{prefix}-{s}"
-            out.append((f"{sid}:{version}", change_event(sid, version, state, stamp)))
-    return out
+    return version_major_bodies(prefix, sessions, -(-events // sessions))
 
 
 def summarize_samples(samples: list[tuple[int, list[str]]]) -> dict[str, Any]:
@@ -111,12 +103,8 @@ def _consumer_main(index: int, dsn: str, redis_url: str,
         os.sched_setaffinity(0, range(os.cpu_count() or 1))
     except (AttributeError, OSError):
         pass
-    # The parent's runtime was reset before the fork: nothing of its is shared.
-    runtime.install(settings=Settings(
-        database_url=dsn,
-        redis_url=redis_url,
-        dlq_url="http://127.0.0.1:4566/000000000000/sessionsync-bench-unused-dlq"))
-    handler = import_app().persist_changes
+    # a runtime of this process's own: nothing of the parent's is shared
+    handler = install_consumer(dsn, redis_url)
     context = LambdaContext(timeout_ms=60_000)
     events = [sqs_event([sqs_record(body, event_id=eid) for eid, body in chunk])
               for chunk in batches]
