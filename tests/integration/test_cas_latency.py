@@ -5,7 +5,7 @@ as long as the round trip between them: on a slow network every racing
 writer reads the same version before any of them writes.  Racing threads
 on a fast loopback may happen to run one after another on a busy machine;
 here the window is wide on purpose, so a non-atomic compare-and-set always
-shows.  docs/guarantees.md, guarantee 1.
+shows.  docs/guarantees.md: "CAS is atomic".
 """
 from __future__ import annotations
 

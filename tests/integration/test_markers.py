@@ -2,7 +2,7 @@
 it holds the last acknowledged version (and whether it was a deletion), it
 never expires by default, and nothing is written back behind it.
 
-Recovery and id reuse rest on it (docs/guarantees.md, guarantee 8): a marker
+Recovery and id reuse rest on it (docs/guarantees.md: "Redis forgetting never forks a session"): a marker
 behind the session lets recovery serve an older version; a missing one lets
 an id be created twice.
 """

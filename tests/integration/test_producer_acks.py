@@ -1,7 +1,7 @@
 """The outbox entry of a write leaves only once SQS took its message, and an
 acknowledgement that fails after SQS took it is no error (the relay sends a
 duplicate, which the consumer skips).  Real Redis; SQS is moto's, in
-process.  docs/guarantees.md, guarantee 2.
+process.  docs/guarantees.md: "every acknowledged write appears exactly once".
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 PostgreSQL, without a queue: each test persists exactly the events it wants
 PostgreSQL to hold (what the consumer would have done), so the race between
 an acknowledged write and its persistence is played step by step instead of
-waited for.  docs/guarantees.md, guarantee 8.
+waited for.  docs/guarantees.md: "Redis forgetting never forks a session".
 """
 from __future__ import annotations
 

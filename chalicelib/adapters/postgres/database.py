@@ -40,7 +40,8 @@ from chalicelib.domain.session import Session
 
 log = logging.getLogger("sessionsync.persistence")
 
-# A read serves an HTTP request: past this, 503 (guarantee 5), not a hang.
+# A read serves an HTTP request: past this, 503, not a hang (docs/guarantees.md:
+# a dependency outage is a fast 503).
 READ_DEADLINE_SECONDS = 1.0
 # The expiry sweep reads a batch on a schedule's time, not a request's.
 EXPIRY_READ_DEADLINE_SECONDS = 10.0

@@ -262,10 +262,11 @@ def connect_redis(settings: Settings, secrets_client: Any = None, **overrides: A
     # Redis executed a CAS script and before its reply arrived, and a re-sent
     # script would then answer ConcurrencyError (or SessionExists) for a write
     # that succeeded, which a client's retry loop would apply twice.  The
-    # caller gets a 503, outcome unknown, within the one-second budget of
-    # guarantee 5.  Reads, which are safe to repeat, retry a broken connection
-    # themselves (SessionStore.get).  Only the replies of NOT_RUN_ERRORS are
-    # retried: redis-py then drops the connection and opens a new one.
+    # caller gets a 503, outcome unknown, within the one-second budget of a
+    # dependency outage (docs/guarantees.md: a fast 503).  Reads, which are
+    # safe to repeat, retry a broken connection themselves (SessionStore.get).
+    # Only the replies of NOT_RUN_ERRORS are retried: redis-py then drops the
+    # connection and opens a new one.
     if not settings.redis_cluster:
         options.setdefault("retry", Retry(NOT_RUN_BACKOFF, NOT_RUN_RETRIES,
                                           supported_errors=NOT_RUN_ERRORS))
