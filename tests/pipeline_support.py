@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 
 from chalicelib.adapters.postgres.database import Database
-from chalicelib.adapters.redis.store import SessionStore, bucket_of, outbox_keys
+from chalicelib.adapters.redis.keys import bucket_of, outbox_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.pipeline.consumer import BatchReport, Consumer, SqsRecordSource
 from chalicelib.pipeline.dead_letters import DeadLetterQueue
 from chalicelib.pipeline.outbox import OutboxRelay

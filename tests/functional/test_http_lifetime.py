@@ -11,7 +11,7 @@ import json
 import pytest
 
 from chalicelib.adapters.postgres.database import Database
-from chalicelib.adapters.redis.store import session_keys
+from chalicelib.adapters.redis.keys import session_keys
 from chalicelib.config import Settings
 from chalicelib.domain.events import parse_event
 from chalicelib.domain.session import iso_plus_seconds

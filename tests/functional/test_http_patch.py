@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from chalicelib.adapters.redis.store import bucket_of, outbox_keys
+from chalicelib.adapters.redis.keys import bucket_of, outbox_keys
 from chalicelib.config import DEFAULT_MAX_STATE_BYTES as LIMIT  # what app_settings enforces
 from chalicelib.domain.events import CREATED, UPDATED
 from tests.conftest import AUTH, BEARER

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from chalicelib.adapters.redis.store import idempotency_key, session_keys
+from chalicelib.adapters.redis.keys import idempotency_key, session_keys
 from chalicelib.domain.idempotency import Idempotency
 from tests.conftest import AUTH
 from tests.functional.test_http_api import assert_error, body

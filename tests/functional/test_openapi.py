@@ -24,7 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app import app
-from chalicelib.adapters.redis.store import SessionStore, epoch_key
+from chalicelib.adapters.redis.keys import epoch_key
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain import errors, validation
 from chalicelib.service.sessions import SessionService
 from tests.conftest import AUTH, PROJECT_DIR, app_client

@@ -10,7 +10,7 @@ import uuid
 import pytest
 import yaml
 
-from chalicelib.adapters.redis.store import owner_index_key
+from chalicelib.adapters.redis.keys import owner_index_key
 from tests.conftest import AUTH, PROJECT_DIR
 from tests.functional.test_http_api import assert_error
 from tests.functional.test_openapi import Spec

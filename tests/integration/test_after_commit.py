@@ -11,7 +11,8 @@ import uuid
 
 import redis
 
-from chalicelib.adapters.redis.store import SessionStore, session_keys
+from chalicelib.adapters.redis.keys import session_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.pipeline.producer import SqsProducer
 from chalicelib.service.sessions import SessionService

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from chalicelib.adapters.redis.store import SessionStore, session_keys
+from chalicelib.adapters.redis.keys import session_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.pipeline.producer import SqsProducer

@@ -18,7 +18,8 @@ from botocore.exceptions import EndpointConnectionError
 
 from chalicelib.adapters import aws
 from chalicelib.adapters.postgres.database import Database
-from chalicelib.adapters.redis.store import BUCKETS, SessionStore, bucket_of
+from chalicelib.adapters.redis.keys import BUCKETS, bucket_of
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ServiceUnavailable
 from chalicelib.domain.validation import UpdateRequest, create_request

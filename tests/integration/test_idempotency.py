@@ -18,15 +18,9 @@ import pytest
 from redis.crc import key_slot
 
 from chalicelib.adapters.redis.client import connect_redis
-from chalicelib.adapters.redis.store import (
-    CREATE_SCRIPT,
-    UPDATE_SCRIPT,
-    EpochChanged,
-    SessionStore,
-    hold_key,
-    idempotency_key,
-    session_keys,
-)
+from chalicelib.adapters.redis.keys import hold_key, idempotency_key, session_keys
+from chalicelib.adapters.redis.scripts import CREATE_SCRIPT, UPDATE_SCRIPT
+from chalicelib.adapters.redis.store import EpochChanged, SessionStore
 from chalicelib.config import DEFAULT_IDEMPOTENCY_KEY_TTL, Settings
 from chalicelib.domain.errors import (
     ConcurrencyError,

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from chalicelib.adapters.redis.store import key_names, session_keys
+from chalicelib.adapters.redis.keys import key_names, session_keys
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.service.sessions import SessionService
 from tests.ops_support import cli_env, run_cli

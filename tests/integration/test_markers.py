@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.adapters.redis.store import KeyBehind, session_keys
+from chalicelib.adapters.redis.keys import session_keys
+from chalicelib.adapters.redis.store import KeyBehind
 from chalicelib.domain.errors import ConcurrencyError, SessionNotFound
 from chalicelib.domain.session import Session
 

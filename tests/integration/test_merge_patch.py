@@ -17,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from chalicelib.adapters.redis.store import UPDATED, SessionStore, bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.errors import ConcurrencyError
+from chalicelib.domain.events import UPDATED
 from chalicelib.domain.validation import CreateRequest, IfMatch, PatchRequest
 from chalicelib.service import sessions
 from chalicelib.service.sessions import SessionService

@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from app import app
-from chalicelib.adapters.redis.store import SessionStore, bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.errors import ConcurrencyError
 from chalicelib.domain.events import parse_event
 from chalicelib.domain.validation import CreateRequest, UpdateRequest

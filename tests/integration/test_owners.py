@@ -21,16 +21,10 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from chalicelib.adapters.postgres.database import Database
-from chalicelib.adapters.redis.store import (
-    CREATED,
-    DELETED,
-    UPDATED,
-    SessionStore,
-    owner_index_key,
-    session_keys,
-)
+from chalicelib.adapters.redis.keys import owner_index_key, session_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.errors import ServiceUnavailable, SessionExists, SessionNotFound
-from chalicelib.domain.events import parse_event
+from chalicelib.domain.events import CREATED, DELETED, UPDATED, parse_event
 from chalicelib.domain.validation import CreateRequest
 from chalicelib.service import owners
 from chalicelib.service.sessions import SessionService

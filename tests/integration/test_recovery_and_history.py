@@ -10,7 +10,7 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.adapters.redis.store import session_keys
+from chalicelib.adapters.redis.keys import session_keys
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.localstack

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from chalicelib.adapters.redis.store import SessionStore, epoch_key, session_keys
+from chalicelib.adapters.redis.keys import epoch_key, session_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.errors import RecoveryPending, ServiceUnavailable, SessionExists, SessionNotFound
 from chalicelib.domain.events import parse_event
 from chalicelib.domain.validation import CreateRequest

@@ -22,7 +22,8 @@ import redis
 from redis.crc import key_slot
 
 from chalicelib.adapters.redis.client import CLUSTER_RETRIES, NOT_RUN_RETRIES, connect_redis
-from chalicelib.adapters.redis.store import SessionStore, session_keys
+from chalicelib.adapters.redis.keys import session_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ServiceUnavailable
 from tests.servers import RedisClusterServers, RedisServer, ReplicatedRedis, running, wait_for

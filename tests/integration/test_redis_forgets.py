@@ -18,7 +18,7 @@ import uuid
 import pytest
 import redis
 
-from chalicelib.adapters.redis.store import epoch_key, session_keys
+from chalicelib.adapters.redis.keys import epoch_key, session_keys
 from chalicelib.domain.errors import ConcurrencyError, ServiceUnavailable, SessionExists, SessionNotFound
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.service.sessions import SessionService
@@ -259,7 +259,8 @@ def test_on_a_new_deployment_creates_never_wait_for_a_settle_time(throwaway_redi
     ids, however many in one bucket, go straight through."""
     import redis as redis_py
 
-    from chalicelib.adapters.redis.store import SessionStore, bucket_of
+    from chalicelib.adapters.redis.keys import bucket_of
+    from chalicelib.adapters.redis.store import SessionStore
     store = SessionStore(redis_py.Redis.from_url(throwaway_redis.url, socket_timeout=5))
     service = SessionService(store, durable=database, settle_seconds=30)
     first = _sid()
@@ -277,7 +278,8 @@ def test_a_process_that_saw_redis_before_it_lost_everything_waits_before_creatin
     node's epoch tells a restart from a new deployment."""
     import redis as redis_py
 
-    from chalicelib.adapters.redis.store import SessionStore, bucket_of
+    from chalicelib.adapters.redis.keys import bucket_of
+    from chalicelib.adapters.redis.store import SessionStore
     store = SessionStore(redis_py.Redis.from_url(throwaway_redis.url, socket_timeout=5))
     service = SessionService(store, durable=database, settle_seconds=30)
     service.create(CreateRequest(_sid(), "{}", None))

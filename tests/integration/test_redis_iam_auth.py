@@ -14,7 +14,8 @@ import botocore.auth
 import pytest
 import redis
 
-from chalicelib.adapters.redis.client import IAM_REFRESH_SECONDS, connect_redis, iam_auth_token
+from chalicelib.adapters.redis.client import connect_redis
+from chalicelib.adapters.redis.credentials import IAM_REFRESH_SECONDS, iam_auth_token
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import load_settings
 from chalicelib.domain.errors import ServiceUnavailable

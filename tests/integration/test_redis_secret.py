@@ -12,12 +12,12 @@ import redis
 from redis.cluster import RedisCluster
 
 from chalicelib.adapters import aws
-from chalicelib.adapters.redis.client import (
+from chalicelib.adapters.redis.client import connect_redis
+from chalicelib.adapters.redis.credentials import (
     SECRET_REFRESH_SECONDS,
     SECRET_RETRY_SECONDS,
     RedisSecretUnavailable,
     SecretCredentials,
-    connect_redis,
 )
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import load_settings

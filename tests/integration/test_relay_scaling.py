@@ -9,7 +9,8 @@ import uuid
 import redis
 from redis.client import Pipeline
 
-from chalicelib.adapters.redis.store import BUCKETS, SessionStore, bucket_of, outbox_keys
+from chalicelib.adapters.redis.keys import BUCKETS, bucket_of, outbox_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.pipeline.outbox import OutboxRelay
 
 BACKLOG = 20_000

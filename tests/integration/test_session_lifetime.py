@@ -24,7 +24,8 @@ import pytest
 import redis
 
 from chalicelib.adapters.postgres.database import Database
-from chalicelib.adapters.redis.store import SessionStore, bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.errors import (
     ConcurrencyError,
     RecoveryPending,
@@ -152,8 +153,9 @@ def test_the_scripts_and_python_compute_the_same_expires_at(redis_single):
     one value: month, year and leap-day boundaries, and random times."""
     import random
 
-    from chalicelib.adapters.redis.store import _LUA_PARSE, iso_utc
-    plus = redis_single.register_script(_LUA_PARSE + "return iso_plus(ARGV[1], tonumber(ARGV[2]))")
+    from chalicelib.adapters.redis.codec import iso_utc
+    from chalicelib.adapters.redis.scripts import LIB
+    plus = redis_single.register_script(LIB + "return iso_plus(ARGV[1], tonumber(ARGV[2]))")
     rng = random.Random(12)
     cases = [("2026-12-31T23:59:59.999Z", 1), ("2028-02-28T23:00:00.000Z", 3600),
              ("2100-02-28T23:59:59.000Z", 1), ("2000-02-29T00:00:00.001Z", 30 * 24 * 3600)]

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from chalicelib.adapters.redis.store import session_keys
+from chalicelib.adapters.redis.keys import session_keys
 from chalicelib.config import Settings
 from chalicelib.domain.events import CREATED, DELETED, UPDATED, ChangeEvent
 from tests.conftest import API_KEY, AUTH, app_client

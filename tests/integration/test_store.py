@@ -19,18 +19,11 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from chalicelib.adapters.redis.client import connect_redis
-from chalicelib.adapters.redis.store import (
-    CREATED,
-    DELETED,
-    UPDATED,
-    KeyMissing,
-    SessionStore,
-    bucket_of,
-    outbox_keys,
-    session_keys,
-)
+from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.store import KeyMissing, SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ConcurrencyError, SessionExists, SessionNotFound
+from chalicelib.domain.events import CREATED, DELETED, UPDATED
 from chalicelib.service.sessions import SessionService
 from tests.conftest import TEST_CHANNEL
 from tests.pipeline_support import wait_until

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.adapters.redis.store import EpochChanged, IdUnknown, RedisBehind, session_keys
+from chalicelib.adapters.redis.keys import session_keys
+from chalicelib.adapters.redis.store import EpochChanged, IdUnknown, RedisBehind
 
 
 def _stale(store, sid, version, stamp="deadbeef"):

@@ -85,6 +85,19 @@ def test_the_installed_package_comes_from_the_venv_and_has_no_app_module(install
     assert app_spec == "None"
 
 
+def test_the_installed_package_ships_the_lua_scripts_as_package_data(installed, tmp_path, elsewhere):
+    shipped = sorted(p.name for p in (PROJECT_DIR / "chalicelib/adapters/redis/scripts").glob("*.lua"))
+    probe = ("from importlib.resources import files; "
+             "print(' '.join(sorted(p.name for p in files('chalicelib.adapters.redis.scripts').iterdir() "
+             "if p.name.endswith('.lua')))); "
+             "from chalicelib.adapters.redis import scripts; print(len(scripts.UPDATE_SCRIPT))")
+    result = run(installed / "python", "-c", probe, cwd=tmp_path, env=elsewhere)
+    assert result.returncode == 0, result.stderr
+    names, length = result.stdout.split("\n")[:2]
+    assert names.split() == shipped and len(shipped) >= 10
+    assert int(length) > 0
+
+
 def test_the_installed_command_applies_the_migrations_it_ships(installed, tmp_path, elsewhere, empty_dsn):
     shipped = sorted(p.name for p in (PROJECT_DIR / "sessionsync" / "sql").glob("*.sql"))
     result = run(installed / "sessionsync", "migrate", cwd=tmp_path,

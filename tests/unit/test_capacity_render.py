@@ -11,7 +11,7 @@ import math
 import pytest
 
 from chalicelib import config
-from chalicelib.adapters.redis.store import BUCKETS
+from chalicelib.adapters.redis.keys import BUCKETS
 from tests.conftest import PROJECT_DIR
 
 SCRIPT = PROJECT_DIR / "scripts" / "capacity_render.py"
