@@ -33,7 +33,7 @@ from chalicelib.service.sessions import SessionService
 from sessionsync.provisioning import QueuePair
 from sessionsync.worker import Worker
 from tests.chaos.history import Observed
-from tests.servers import TcpProxy, free_port
+from tests.support.servers import TcpProxy, free_port
 
 
 class ReportCollector(logging.Handler):

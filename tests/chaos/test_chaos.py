@@ -31,7 +31,7 @@ from sessionsync import provisioning
 from tests.chaos.history import History, Op, check, check_acknowledged_persisted, revoke_tombstones
 from tests.chaos.stack import ChaosStack
 from tests.chaos.workload import Workload
-from tests.servers import RedisServer, TcpProxy
+from tests.support.servers import RedisServer, TcpProxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.localstack]
 

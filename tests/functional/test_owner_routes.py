@@ -11,9 +11,8 @@ import pytest
 import yaml
 
 from chalicelib.adapters.redis.keys import owner_index_key
-from tests.conftest import AUTH, PROJECT_DIR
-from tests.functional.test_http_api import assert_error
-from tests.functional.test_openapi import Spec
+from tests.functional.utils import Spec, assert_error
+from tests.support.constants import AUTH, PROJECT_DIR
 
 LIST = "/owners/{owner_id}/sessions"
 

@@ -62,23 +62,23 @@ DEAD_LETTERS = "chalicelib/pipeline/dead_letters.py"
 PRODUCER = "chalicelib/pipeline/producer.py"
 REDIS_CLIENT = f"{REDIS}/client.py"
 
-T_STORE = "tests/integration/test_store.py"
-T_CAS_LATENCY = "tests/integration/test_cas_latency.py"
-T_EPOCHS = "tests/integration/test_store_epochs.py"
-T_MARKERS = "tests/integration/test_markers.py"
-T_RULES = "tests/integration/test_recovery_rules.py"
-T_CONFLICTS = "tests/integration/test_version_conflicts.py"
-T_PERSISTENCE = "tests/integration/test_persistence.py"
+T_STORE = "tests/integration/store/test_store.py"
+T_CAS_LATENCY = "tests/integration/store/test_cas_latency.py"
+T_EPOCHS = "tests/integration/store/test_store_epochs.py"
+T_MARKERS = "tests/integration/store/test_markers.py"
+T_RULES = "tests/integration/recovery/test_recovery_rules.py"
+T_CONFLICTS = "tests/integration/pipeline/test_version_conflicts.py"
+T_PERSISTENCE = "tests/integration/pipeline/test_persistence.py"
 T_UNITS = "tests/unit/test_pipeline_units.py"
-T_SHIP = "tests/integration/test_producer_acks.py"
-T_AFTER = "tests/integration/test_after_commit.py"
-T_OUTAGE = "tests/integration/test_redis_outage.py"
-T_FAILOVER = "tests/integration/test_redis_failover.py"
-T_HOT = "tests/integration/test_redis_hot_path.py"
-T_IDEMPOTENCY = "tests/integration/test_idempotency.py"
-T_LIFE = "tests/integration/test_session_lifetime.py"
-T_PATCH = "tests/integration/test_merge_patch.py"
-T_OWNERS = "tests/integration/test_owners.py"
+T_SHIP = "tests/integration/pipeline/test_producer_acks.py"
+T_AFTER = "tests/integration/pipeline/test_after_commit.py"
+T_OUTAGE = "tests/integration/redis/test_redis_outage.py"
+T_FAILOVER = "tests/integration/redis/test_redis_failover.py"
+T_HOT = "tests/integration/store/test_redis_hot_path.py"
+T_IDEMPOTENCY = "tests/integration/sessions/test_idempotency.py"
+T_LIFE = "tests/integration/sessions/test_session_lifetime.py"
+T_PATCH = "tests/integration/sessions/test_merge_patch.py"
+T_OWNERS = "tests/integration/sessions/test_owners.py"
 OWNERS = "chalicelib/service/owners.py"
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -234,7 +234,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "lost-session-hold-removed", 8, SESSIONS,
         (("            _retry_later(self.store.hold(session_id, self.settle_seconds),",
           "            _retry_later(0,"),),
-        ("tests/integration/test_redis_forgets.py::"
+        ("tests/integration/recovery/test_redis_forgets.py::"
          "test_a_session_whose_key_and_marker_were_lost_waits_for_its_change_still_in_the_queue",),
         "a session whose key and marker were lost is recovered before its queued change arrives"),
     mutant(
@@ -347,7 +347,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "fifo-redrive-deduplicated-by-event-id", 4, "sessionsync/dlq.py",
         (('return {"MessageGroupId": group, "MessageDeduplicationId": message.message_id}',
           'return {"MessageGroupId": group, "MessageDeduplicationId": event_id or message.message_id}'),),
-        ("tests/integration/test_fifo_queue.py::"
+        ("tests/integration/pipeline/test_fifo_queue.py::"
          "test_a_redrive_to_the_fifo_queue_is_not_dropped_as_a_duplicate_of_the_original_send",),
         "a FIFO redrive reuses the event id, which SQS drops as a duplicate of the first send"),
     mutant(

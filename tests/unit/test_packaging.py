@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from sessionsync import cli, project
-from tests.packaging_support import PROJECT_DIR, closure, requirement_pins
+from tests.support.packaging import PROJECT_DIR, closure, requirement_pins
 
 PYPROJECT = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
 RUNTIME = [Requirement(r) for r in PYPROJECT["dependencies"]]

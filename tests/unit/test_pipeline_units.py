@@ -25,7 +25,7 @@ from chalicelib.domain.events import EVENT_FIELDS, EVENT_SCHEMA_VERSION, EVENT_T
 from chalicelib.pipeline.consumer import BatchIncomplete, Consumer
 from chalicelib.pipeline.dead_letters import DeadLetter, DeadLetterQueue, dead_letter_attributes
 from sessionsync.worker import Worker, lambda_record
-from tests.pipeline_support import event_body
+from tests.support.pipeline import event_body
 
 # --- events ---------------------------------------------------------------------
 

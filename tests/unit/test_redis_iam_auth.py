@@ -26,7 +26,7 @@ from chalicelib.adapters.redis.credentials import (
 )
 from chalicelib.config import load_settings
 from chalicelib.domain.errors import ConfigurationError
-from tests.secrets_support import FakeClock
+from tests.support.secrets import FakeClock
 
 USER = "sessionsync-app"
 CACHE = "sessionsync-cache"
