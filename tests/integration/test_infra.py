@@ -121,19 +121,39 @@ def test_alarms_fire_on_any_dlq_message_and_on_an_old_message_in_the_queue(packa
 
 def test_every_function_gets_tls_redis_the_secrets_the_queue_urls_and_the_vpc(packaged):
     found = functions(packaged)
-    assert set(found) >= {"APIHandler", "ApiKey", "PersistChanges", "RelayOutbox", "SweepExpired"}
+    assert set(found) >= {"APIHandler", "ApiKey", "PersistChanges", "RelayOutbox", "SweepExpired",
+                          "PurgeSyncEvents", "RunMigrations"}
     for name, function in found.items():
-        variables = function["Properties"]["Environment"]["Variables"]
+        props = function["Properties"]
+        variables = props["Environment"]["Variables"]
+        # named <stack>-<function>: the alarms, the dashboard and the roles name them
+        assert props["FunctionName"]["Fn::Sub"].startswith("${AWS::StackName}-"), name
+        assert variables["SESSIONSYNC_API_KEYS_SECRET_ARN"]["Fn::If"][0] == "CreateApiKeysSecret", name
+        if name == "ApiKey":
+            # the authorizer reads the API keys and nothing else, outside the VPC
+            assert not set(variables) & {"REDIS_URL", "REDIS_SECRET_ARN", "DB_SECRET_ARN", "DB_HOST",
+                                         "SESSION_QUEUE_URL", "SESSION_DLQ_URL"}
+            assert props["VpcConfig"] == {"Ref": "AWS::NoValue"}
+            continue
         # no password in the URL: the functions read REDIS_SECRET_ARN when they connect
-        assert variables["REDIS_URL"] == {"Fn::Sub": "rediss://${RedisEndpoint}:${RedisPort}"}, name
-        assert variables["REDIS_SECRET_ARN"] == {"Ref": "RedisAuthSecretArn"}, name
-        assert variables["DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}, name
-        assert variables["SESSIONSYNC_API_KEYS_SECRET_ARN"] == {"Ref": "ApiKeysSecretArn"}, name
+        created, given = variables["REDIS_URL"]["Fn::If"][1:]
+        assert created == {"Fn::Sub": "rediss://${CacheStack.Outputs.Endpoint}:${CacheStack.Outputs.Port}"}
+        assert given == {"Fn::Sub": "rediss://${RedisEndpoint}:${RedisPort}"}, name
+        assert variables["REDIS_SECRET_ARN"]["Fn::If"][0] == "HasRedisAuth", name
+        assert variables["DB_SECRET_ARN"]["Fn::If"][1:] == [
+            {"Fn::GetAtt": ["DatabaseStack", "Outputs.SecretArn"]}, {"Ref": "DbSecretArn"}], name
         assert variables["SESSION_QUEUE_URL"] == {"Ref": "SessionQueue"}, name
         assert variables["SESSION_DLQ_URL"] == {"Ref": "SessionDeadLetterQueue"}, name
-        assert function["Properties"]["VpcConfig"]["Fn::If"][0] == "HasVpc", name
-    policy = packaged["Resources"]["SessionSyncAccessPolicy"]["Properties"]
-    assert policy["Roles"] == [{"Ref": "DefaultRole"}]
+        assert props["VpcConfig"]["Fn::If"][0] == "HasVpc", name
+        # RDS Proxy for the functions; the instance itself for the migrations
+        if name == "RunMigrations":
+            assert variables["DB_HOST"] == "", name
+        else:
+            assert variables["DB_HOST"]["Fn::If"][1] == {"Fn::GetAtt": ["DatabaseStack", "Outputs.ProxyEndpoint"]}
+            # ordered after the migration step (when the deploy runs it)
+            assert variables["SESSIONSYNC_SCHEMA_VERSION"]["Fn::If"][:2] == [
+                "Migrate", {"Fn::GetAtt": ["SchemaMigrations", "Version"]}], name
+        assert props["Role"]["Fn::GetAtt"][0] == "RolesStack", name
 
 
 def _gateway_responses(packaged: dict) -> dict:
@@ -283,8 +303,10 @@ def test_every_function_s_log_group_is_kept_for_the_stage_s_retention_and_names_
     stages = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]
     groups = {name: r["Properties"] for name, r in packaged["Resources"].items()
               if r["Type"] == "AWS::Logs::LogGroup"}
-    named = {props["LogGroupName"]["Fn::Sub"] for props in groups.values()}
-    assert named == {f"/aws/lambda/${{{name}}}" for name in functions(packaged)}
+    named = {props["LogGroupName"]["Fn::Sub"] for name, props in groups.items() if name != "ApiAccessLogGroup"}
+    assert named == {"/aws/lambda/" + f["Properties"]["FunctionName"]["Fn::Sub"]
+                     for f in functions(packaged).values()}
+    groups.pop("ApiAccessLogGroup")
     assert {props["RetentionInDays"] for props in groups.values()} == {stages["dev"]["log_retention_in_days"]}
     assert stages["prod"]["log_retention_in_days"] >= stages["dev"]["log_retention_in_days"]
 
