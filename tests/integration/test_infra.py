@@ -5,7 +5,6 @@ could silently not apply)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -229,49 +228,7 @@ def test_localstack_compose_parses_and_serves_the_local_stage_ports():
     assert all("healthcheck" in service for service in services.values())
 
 
-# --- the deploy path ----------------------------------------------------------
-
-DEPLOY_ARGS = ("STAGE=dev", "REGION=eu-west-1", "BUCKET=artifacts")
-
-
-def make_deploy(*args: str) -> subprocess.CompletedProcess:
-    """`make -n deploy`: the commands, printed and not run."""
-    # not a parent make's flags or variables (`make test STAGE=...`)
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "STAGE")}
-    return subprocess.run(["make", "--no-print-directory", "-n", "deploy", *args], cwd=PROJECT_DIR,
-                          capture_output=True, text=True, timeout=60, env=env)
-
-
-def test_make_deploy_packages_with_the_merge_template_then_deploys_with_cloudformation():
-    result = make_deploy(*DEPLOY_ARGS, "PARAMETERS=RedisEndpoint=cache.example.com")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    (package,) = [line for line in lines if "chalice package" in line]
-    # the same arguments as the packaged_path fixture, whose output the tests above check
-    assert package.split("chalice package ", 1)[1].split(" 2>&1")[0].split() == [
-        "--stage", "dev", "--merge-template", "infra/chalice-merge.json", ".deploy/dev/out"]
-    assert "AWS_DEFAULT_REGION=eu-west-1" in package and "pipefail" in package
-    steps = [next(i for i, line in enumerate(lines) if marker in line)
-             for marker in ("rds-ca-bundle.pem", "rm -rf .chalice/deployments", "chalice package",
-                            "Could not install dependencies", "aws cloudformation package",
-                            "aws cloudformation deploy")]
-    assert steps == sorted(steps)
-    assert config.DEFAULT_DB_SSL_ROOT_CERT.endswith(lines[steps[0]].split(" -o ")[1].split()[0])
-    assert "--s3-bucket artifacts" in lines[steps[4]]
-    assert "--stack-name sessionsync-dev" in lines[steps[5]]
-    assert "RedisEndpoint=cache.example.com" in lines[steps[5]]
-    assert not any("chalice deploy" in line for line in lines)
-
-
-@pytest.mark.parametrize("args, needs", [
-    ((), "STAGE"), (("STAGE=local", "REGION=eu-west-1", "BUCKET=b"), "STAGE"),
-    (("STAGE=prod", "REGION=", "AWS_REGION=", "AWS_DEFAULT_REGION=", "BUCKET=b"), "REGION"),
-    (("STAGE=prod", "REGION=eu-west-1"), "BUCKET"),
-])
-def test_make_deploy_refuses_before_running_anything_without_a_stage_a_region_or_a_bucket(args, needs):
-    result = make_deploy(*args)
-    assert result.returncode != 0 and result.stdout == ""
-    assert f"needs {needs}=" in result.stderr
+# The deploy path (make deploy, the stage files): tests/integration/deploy/.
 
 
 def test_the_chalice_config_holds_no_secrets_no_account_and_no_unread_settings():
