@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(parameter_overrides(config), indent=2))
         elif args.command == "package":
             out = package(args.stage, config)
-            print(f"packaged into {out.relative_to(PROJECT)}: sam.json, deployment.zip, stacks/, parameters.json")
+            print(f"packaged into {out.relative_to(PROJECT)}: sam.json, deployment.zip, stacks/, "
+                  "parameters.json")
         else:
             deploy(args.stage, config, dry_run=args.dry_run)
     except StageError as exc:

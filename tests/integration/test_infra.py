@@ -148,7 +148,8 @@ def test_every_function_gets_tls_redis_the_secrets_the_queue_urls_and_the_vpc(pa
         if name == "RunMigrations":
             assert variables["DB_HOST"] == "", name
         else:
-            assert variables["DB_HOST"]["Fn::If"][1] == {"Fn::GetAtt": ["DatabaseStack", "Outputs.ProxyEndpoint"]}
+            proxy = {"Fn::GetAtt": ["DatabaseStack", "Outputs.ProxyEndpoint"]}
+            assert variables["DB_HOST"]["Fn::If"][1] == proxy, name
             # ordered after the migration step (when the deploy runs it)
             assert variables["SESSIONSYNC_SCHEMA_VERSION"]["Fn::If"][:2] == [
                 "Migrate", {"Fn::GetAtt": ["SchemaMigrations", "Version"]}], name
@@ -260,7 +261,8 @@ def test_every_function_s_log_group_is_kept_for_the_stage_s_retention_and_names_
     stages = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]
     groups = {name: r["Properties"] for name, r in packaged["Resources"].items()
               if r["Type"] == "AWS::Logs::LogGroup"}
-    named = {props["LogGroupName"]["Fn::Sub"] for name, props in groups.items() if name != "ApiAccessLogGroup"}
+    named = {props["LogGroupName"]["Fn::Sub"] for name, props in groups.items()
+             if name != "ApiAccessLogGroup"}
     assert named == {"/aws/lambda/" + f["Properties"]["FunctionName"]["Fn::Sub"]
                      for f in functions(packaged).values()}
     groups.pop("ApiAccessLogGroup")
