@@ -282,11 +282,14 @@ def _wait(describe: Any, done: Any, timeout: float, what: str) -> Any:
         time.sleep(2)
 
 
-def deploy(stage: str, config: dict[str, Any], *, dry_run: bool, timeout: float = 3600) -> dict[str, Any]:
+def deploy(stage: str, config: dict[str, Any], *, dry_run: bool, timeout: float = 3600,
+           out: Path | None = None) -> dict[str, Any]:
+    """Upload the package in ``out`` (.deploy/STAGE/out), create a change
+    set, print it, and unless ``dry_run`` execute it and wait."""
     import boto3
     from botocore.exceptions import ClientError
 
-    out = out_dir(stage)
+    out = out or out_dir(stage)
     if not (out / "sam.json").is_file():
         raise StageError(f"{out} has no package: run `make package STAGE={stage}` first")
     session = boto3.session.Session(region_name=config["region"])
@@ -330,8 +333,10 @@ def deploy(stage: str, config: dict[str, Any], *, dry_run: bool, timeout: float 
     for key, value in sorted(outputs.items()):
         print(f"  {key:20} {value}")
     if stack["StackStatus"] not in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
-        raise StageError(f"stack {name} ended {stack['StackStatus']}: "
-                         f"{stack.get('StackStatusReason', 'see its events')}")
+        failed = [f"  {e['LogicalResourceId']}: {e.get('ResourceStatusReason', '')}"
+                  for e in cfn.describe_stack_events(StackName=stack["StackId"])["StackEvents"]
+                  if e["ResourceStatus"].endswith("_FAILED")][:10]
+        raise StageError(f"stack {name} ended {stack['StackStatus']}:\n" + "\n".join(failed))
     return {"change_set": change_set, "changes": changes, "executed": True, "outputs": outputs}
 
 
