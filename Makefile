@@ -32,7 +32,7 @@ run: bootstrap
 # Ruff and mypy first (before any service starts), then the whole test
 # suite against real Redis, a local Redis Cluster, PostgreSQL and
 # LocalStack.  CI runs exactly this.
-test: lint services localstack
+test: lint services localstack policy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The unit tier alone, in seconds, with no services: tests/unit does no I/O
@@ -77,6 +77,10 @@ ruff: venv
 # mypy over app.py, chalicelib and sessionsync ([tool.mypy] in pyproject.toml).
 typecheck: venv
 	$(BIN)/mypy
+
+# checkov's own virtualenv (scripts/policy.sh): the deploy tests scan the templates with it.
+policy:
+	scripts/policy.sh install
 
 bench: bootstrap
 	$(BIN)/sessionsync bench
