@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test unit chaos mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy
+.PHONY: run test unit chaos mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy deploy-check package policy
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ run: bootstrap
 # Ruff and mypy first (before any service starts), then the whole test
 # suite against real Redis, a local Redis Cluster, PostgreSQL and
 # LocalStack.  CI runs exactly this.
-test: lint services localstack
+test: lint services localstack policy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The unit tier alone, in seconds, with no services: tests/unit does no I/O
@@ -78,44 +78,47 @@ ruff: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# checkov's own virtualenv (scripts/policy.sh): the deploy tests scan the templates with it.
+policy:
+	scripts/policy.sh install
+
 bench: bootstrap
 	$(BIN)/sessionsync bench
 
 stop:
 	scripts/localstack.sh stop
 
-# Package a stage with the merge template and deploy it with CloudFormation
-# (infra/README.md).  Never `chalice deploy`: it ignores infra/chalice-merge.json
-# (no queues, no secrets wiring, no event source settings).
-#   make deploy STAGE=prod REGION=eu-west-1 BUCKET=my-artifacts \
-#        PARAMETERS="RedisEndpoint=... DbSecretArn=... ApiKeysSecretArn=..."
-# `make -n deploy ...` prints the commands without running them.  The
-# package is built afresh (chalice silently reuses a cached one) and the
-# deploy stops when chalice could not find a wheel for Lambda's platform
-# (it only warns, and the function would fail at import time).
-REGION ?= $(or $(AWS_REGION),$(AWS_DEFAULT_REGION))
-DEPLOY_DIR = .deploy/$(STAGE)
-STACK ?= sessionsync-$(STAGE)
+# A stage's deploy (docs/deploy.md).  Its parameters live in
+# infra/stages/$(STAGE).toml; `deploy-check` checks them against the
+# template's parameters and Rules with the standard library only, before
+# anything is built or installed, and names what is missing or malformed.
+#   make deploy STAGE=dev               package, upload, show the change set, execute it
+#   make deploy STAGE=dev DRY_RUN=1     the same, stopping once the change set is shown
+#   make package STAGE=dev              build, without uploading, what deploy uploads:
+#                                       .deploy/dev/out/ (sam.json, deployment.zip, stacks/)
+# Never `chalice deploy`: it ignores infra/chalice-merge.json (no network,
+# cache, database, queues, roles, alarms or migrations).  The package carries
+# the CA bundle that verifies RDS (its global bundle) and RDS Proxy (Amazon
+# Root CA 1, ACM's): fetched here, or copied from CA_BUNDLE=path.
 RDS_CA_BUNDLE := chalicelib/adapters/postgres/rds-ca-bundle.pem
 RDS_CA_BUNDLE_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
-ifneq ($(filter deploy,$(MAKECMDGOALS)),)
-ifeq ($(filter dev prod,$(STAGE)),)
-$(error make deploy needs STAGE=dev or STAGE=prod (the local stage points at LocalStack))
+AMAZON_ROOT_CA_URL := https://www.amazontrust.com/repository/AmazonRootCA1.pem
+
+deploy-check:
+	@test -n "$(STAGE)" || { echo "make $(or $(MAKECMDGOALS),deploy) needs STAGE=<a file of infra/stages/>" >&2; exit 2; }
+	@python3 scripts/deploy_stage.py check $(STAGE)
+
+package: deploy-check venv
+ifdef CA_BUNDLE
+	cp $(CA_BUNDLE) $(RDS_CA_BUNDLE)
+else
+	{ curl -fsS --retry 3 $(RDS_CA_BUNDLE_URL) && curl -fsS --retry 3 $(AMAZON_ROOT_CA_URL); } > $(RDS_CA_BUNDLE).tmp
+	mv $(RDS_CA_BUNDLE).tmp $(RDS_CA_BUNDLE)
 endif
-ifeq ($(REGION),)
-$(error make deploy needs REGION=... (or AWS_REGION): chalice package needs one)
-endif
-ifeq ($(BUCKET),)
-$(error make deploy needs BUCKET=...: the S3 bucket aws cloudformation package uploads the code to)
-endif
-endif
-deploy:
-	curl -fsS --retry 3 -o $(RDS_CA_BUNDLE) $(RDS_CA_BUNDLE_URL)
-	rm -rf .chalice/deployments $(DEPLOY_DIR) && mkdir -p $(DEPLOY_DIR)
-	set -o pipefail; AWS_DEFAULT_REGION=$(REGION) $(BIN)/chalice package --stage $(STAGE) --merge-template infra/chalice-merge.json $(DEPLOY_DIR)/out 2>&1 | tee $(DEPLOY_DIR)/package.log
-	! grep -q "Could not install dependencies" $(DEPLOY_DIR)/package.log
-	aws cloudformation package --region $(REGION) --template-file $(DEPLOY_DIR)/out/sam.json --s3-bucket $(BUCKET) --output-template-file $(DEPLOY_DIR)/packaged.yaml
-	aws cloudformation deploy --region $(REGION) --template-file $(DEPLOY_DIR)/packaged.yaml --stack-name $(STACK) --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset --parameter-overrides $(PARAMETERS)
+	$(BIN)/python scripts/deploy_stage.py package $(STAGE)
+
+deploy: package
+	$(BIN)/python scripts/deploy_stage.py deploy $(STAGE) $(if $(DRY_RUN),--dry-run)
 
 clean: stop
 	rm -rf $(VENV) .localstack-venv .run

@@ -225,3 +225,13 @@ def purge_sync_events(event):
     session's latest, in bounded batches, until 5 s before the timeout."""
     remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
     return runtime.purge_events(budget_seconds=max(1.0, remaining - 5.0)).to_dict()
+
+
+# --- the deploy ---------------------------------------------------------------
+
+@app.lambda_function(name="run_migrations")
+def run_migrations(event, context):
+    """The schema's migrations, applied from inside the VPC: the deploy's
+    custom resource (answered on its ResponseURL), or ``{"action": "status"}``
+    / ``{"action": "migrate"}`` invoked directly (chalicelib.adapters.postgres.migrations)."""
+    return runtime.schema_migrations().handle(event)

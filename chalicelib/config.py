@@ -31,6 +31,10 @@ REDIS_AUTH_MODES = ("password", "iam")
 REDIS_IAM_CACHE_NAME = "REDIS_IAM_CACHE_NAME"
 DATABASE_URL = "DATABASE_URL"
 DB_SECRET_ARN = "DB_SECRET_ARN"
+# host[:port] that a DB_SECRET_ARN connection goes to instead of the secret's
+# own: RDS Proxy's endpoint, while the secret (attached to the instance, and
+# rotated with it) names the instance, where migrations connect.
+DB_HOST = "DB_HOST"
 # The CA bundle that verifies the database server's certificate when the
 # connection comes from DB_SECRET_ARN (sslmode=verify-full).
 DB_SSL_ROOT_CERT = "DB_SSL_ROOT_CERT"
@@ -153,6 +157,7 @@ class Settings:
     redis_iam_cache_name: str | None = None
     database_url: str | None = None
     db_secret_arn: str | None = None
+    db_host: str | None = None
     db_ssl_root_cert: str = DEFAULT_DB_SSL_ROOT_CERT
     queue_url: str | None = None
     queue_name: str | None = None
@@ -408,6 +413,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_iam_cache_name=redis_iam_cache_name,
         database_url=database_url,
         db_secret_arn=_opt(env, DB_SECRET_ARN),
+        db_host=_opt(env, DB_HOST),
         db_ssl_root_cert=_opt(env, DB_SSL_ROOT_CERT) or DEFAULT_DB_SSL_ROOT_CERT,
         queue_url=_opt(env, SESSION_QUEUE_URL),
         queue_name=_opt(env, SESSION_QUEUE_NAME),

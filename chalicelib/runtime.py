@@ -16,6 +16,7 @@ from chalicelib.config import SESSION_QUEUE_URL, Settings, load_settings
 
 if TYPE_CHECKING:  # the builders import these on first use (cold start)
     from chalicelib.adapters.postgres.database import Database
+    from chalicelib.adapters.postgres.migrations import DeployStep
     from chalicelib.adapters.redis.client import RedisClient
     from chalicelib.adapters.redis.store import SessionStore
     from chalicelib.api.auth import ApiKeys
@@ -262,6 +263,17 @@ def expiry_sweep() -> ExpirySweep:
         return ExpirySweep(store(), db, publisher=_OnFirstUse(relay_producer) if s.has_queue else None,
                            settle_seconds=s.redis_settle, grace_seconds=s.expiry_grace)
     return _once("expiry_sweep", build)
+
+
+def schema_migrations() -> DeployStep:
+    """The deploy's migration step: the database from DATABASE_URL or
+    DB_SECRET_ARN (the instance itself, not DB_HOST's proxy: the function
+    that runs it is configured without DB_HOST)."""
+    from chalicelib.adapters.cfn_response import respond
+    from chalicelib.adapters.postgres.connection import resolve_dsn
+    from chalicelib.adapters.postgres.migrations import DeployStep
+    return _once("schema_migrations", lambda: DeployStep(
+        lambda: resolve_dsn(settings(), secrets_client), respond))
 
 
 def health_probes() -> dict[str, Probe]:

@@ -39,7 +39,8 @@ RECONNECT_PAUSE_SECONDS = 1.0
 
 # --- DSN -------------------------------------------------------------------
 
-def dsn_from_secret(secret: Mapping[str, Any], sslrootcert: str = DEFAULT_DB_SSL_ROOT_CERT) -> str:
+def dsn_from_secret(secret: Mapping[str, Any], sslrootcert: str = DEFAULT_DB_SSL_ROOT_CERT,
+                    host_override: str | None = None) -> str:
     """A PostgreSQL URL from a Secrets Manager secret in the RDS JSON format.
 
     ``{"username", "password", "host", "port"?, "dbname"?, "sslmode"?}``;
@@ -50,8 +51,13 @@ def dsn_from_secret(secret: Mapping[str, Any], sslrootcert: str = DEFAULT_DB_SSL
     RDS CA bundle); a secret's own ``sslmode`` wins (a local database
     without TLS: ``"disable"``).  Raises ConfigurationError naming
     DB_SECRET_ARN when a field is missing, DB_SSL_ROOT_CERT when the bundle
-    a verifying mode needs is not there.
+    a verifying mode needs is not there.  ``host_override`` (DB_HOST,
+    ``host`` or ``host:port``) replaces the secret's host and port: RDS
+    Proxy in front of the instance the secret names.
     """
+    if host_override:
+        host, _, port_text = host_override.partition(":")
+        secret = {**secret, "host": host, "port": port_text or secret.get("port")}
     missing = [k for k in ("username", "password", "host") if not secret.get(k)]
     if missing:
         raise ConfigurationError(DB_SECRET_ARN, f"the secret has no {', '.join(missing)}")
@@ -74,7 +80,7 @@ def dsn_from_secret(secret: Mapping[str, Any], sslrootcert: str = DEFAULT_DB_SSL
 
 
 def fetch_secret_dsn(secrets_client: Any, secret_arn: str,
-                     sslrootcert: str = DEFAULT_DB_SSL_ROOT_CERT) -> str:
+                     sslrootcert: str = DEFAULT_DB_SSL_ROOT_CERT, host_override: str | None = None) -> str:
     """Read the database secret.  Raises ConfigurationError (no such secret,
     not JSON) or ServiceUnavailable (Secrets Manager unreachable)."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -92,7 +98,7 @@ def fetch_secret_dsn(secrets_client: Any, secret_arn: str,
         raise ConfigurationError(DB_SECRET_ARN, "the secret is not a JSON SecretString") from exc
     if not isinstance(secret, dict):
         raise ConfigurationError(DB_SECRET_ARN, "the secret is not a JSON object")
-    return dsn_from_secret(secret, sslrootcert)
+    return dsn_from_secret(secret, sslrootcert, host_override)
 
 
 def resolve_dsn(settings: Settings, secrets_client_factory: Callable[[], Any]) -> str:
@@ -105,7 +111,7 @@ def resolve_dsn(settings: Settings, secrets_client_factory: Callable[[], Any]) -
         return settings.database_url
     if settings.db_secret_arn:
         return fetch_secret_dsn(secrets_client_factory(), settings.db_secret_arn,
-                                settings.db_ssl_root_cert)
+                                settings.db_ssl_root_cert, settings.db_host)
     return ""
 
 

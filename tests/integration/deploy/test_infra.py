@@ -5,7 +5,6 @@ could silently not apply)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -121,19 +120,40 @@ def test_alarms_fire_on_any_dlq_message_and_on_an_old_message_in_the_queue(packa
 
 def test_every_function_gets_tls_redis_the_secrets_the_queue_urls_and_the_vpc(packaged):
     found = functions(packaged)
-    assert set(found) >= {"APIHandler", "ApiKey", "PersistChanges", "RelayOutbox", "SweepExpired"}
+    assert set(found) >= {"APIHandler", "ApiKey", "PersistChanges", "RelayOutbox", "SweepExpired",
+                          "PurgeSyncEvents", "RunMigrations"}
     for name, function in found.items():
-        variables = function["Properties"]["Environment"]["Variables"]
+        props = function["Properties"]
+        variables = props["Environment"]["Variables"]
+        # named <stack>-<function>: the alarms, the dashboard and the roles name them
+        assert props["FunctionName"]["Fn::Sub"].startswith("${AWS::StackName}-"), name
+        assert variables["SESSIONSYNC_API_KEYS_SECRET_ARN"]["Fn::If"][0] == "CreateApiKeysSecret", name
+        if name == "ApiKey":
+            # the authorizer reads the API keys and nothing else, outside the VPC
+            assert not set(variables) & {"REDIS_URL", "REDIS_SECRET_ARN", "DB_SECRET_ARN", "DB_HOST",
+                                         "SESSION_QUEUE_URL", "SESSION_DLQ_URL"}
+            assert props["VpcConfig"] == {"Ref": "AWS::NoValue"}
+            continue
         # no password in the URL: the functions read REDIS_SECRET_ARN when they connect
-        assert variables["REDIS_URL"] == {"Fn::Sub": "rediss://${RedisEndpoint}:${RedisPort}"}, name
-        assert variables["REDIS_SECRET_ARN"] == {"Ref": "RedisAuthSecretArn"}, name
-        assert variables["DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}, name
-        assert variables["SESSIONSYNC_API_KEYS_SECRET_ARN"] == {"Ref": "ApiKeysSecretArn"}, name
+        created, given = variables["REDIS_URL"]["Fn::If"][1:]
+        assert created == {"Fn::Sub": "rediss://${CacheStack.Outputs.Endpoint}:${CacheStack.Outputs.Port}"}
+        assert given == {"Fn::Sub": "rediss://${RedisEndpoint}:${RedisPort}"}, name
+        assert variables["REDIS_SECRET_ARN"]["Fn::If"][0] == "HasRedisAuth", name
+        assert variables["DB_SECRET_ARN"]["Fn::If"][1:] == [
+            {"Fn::GetAtt": ["DatabaseStack", "Outputs.SecretArn"]}, {"Ref": "DbSecretArn"}], name
         assert variables["SESSION_QUEUE_URL"] == {"Ref": "SessionQueue"}, name
         assert variables["SESSION_DLQ_URL"] == {"Ref": "SessionDeadLetterQueue"}, name
-        assert function["Properties"]["VpcConfig"]["Fn::If"][0] == "HasVpc", name
-    policy = packaged["Resources"]["SessionSyncAccessPolicy"]["Properties"]
-    assert policy["Roles"] == [{"Ref": "DefaultRole"}]
+        assert props["VpcConfig"]["Fn::If"][0] == "HasVpc", name
+        # RDS Proxy for the functions; the instance itself for the migrations
+        if name == "RunMigrations":
+            assert variables["DB_HOST"] == "", name
+        else:
+            proxy = {"Fn::GetAtt": ["DatabaseStack", "Outputs.ProxyEndpoint"]}
+            assert variables["DB_HOST"]["Fn::If"][1] == proxy, name
+            # ordered after the migration step (when the deploy runs it)
+            assert variables["SESSIONSYNC_SCHEMA_VERSION"]["Fn::If"][:2] == [
+                "Migrate", {"Fn::GetAtt": ["SchemaMigrations", "Version"]}], name
+        assert props["Role"]["Fn::GetAtt"][0] == "RolesStack", name
 
 
 def _gateway_responses(packaged: dict) -> dict:
@@ -209,49 +229,7 @@ def test_localstack_compose_parses_and_serves_the_local_stage_ports():
     assert all("healthcheck" in service for service in services.values())
 
 
-# --- the deploy path ----------------------------------------------------------
-
-DEPLOY_ARGS = ("STAGE=dev", "REGION=eu-west-1", "BUCKET=artifacts")
-
-
-def make_deploy(*args: str) -> subprocess.CompletedProcess:
-    """`make -n deploy`: the commands, printed and not run."""
-    # not a parent make's flags or variables (`make test STAGE=...`)
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "STAGE")}
-    return subprocess.run(["make", "--no-print-directory", "-n", "deploy", *args], cwd=PROJECT_DIR,
-                          capture_output=True, text=True, timeout=60, env=env)
-
-
-def test_make_deploy_packages_with_the_merge_template_then_deploys_with_cloudformation():
-    result = make_deploy(*DEPLOY_ARGS, "PARAMETERS=RedisEndpoint=cache.example.com")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    (package,) = [line for line in lines if "chalice package" in line]
-    # the same arguments as the packaged_path fixture, whose output the tests above check
-    assert package.split("chalice package ", 1)[1].split(" 2>&1")[0].split() == [
-        "--stage", "dev", "--merge-template", "infra/chalice-merge.json", ".deploy/dev/out"]
-    assert "AWS_DEFAULT_REGION=eu-west-1" in package and "pipefail" in package
-    steps = [next(i for i, line in enumerate(lines) if marker in line)
-             for marker in ("rds-ca-bundle.pem", "rm -rf .chalice/deployments", "chalice package",
-                            "Could not install dependencies", "aws cloudformation package",
-                            "aws cloudformation deploy")]
-    assert steps == sorted(steps)
-    assert config.DEFAULT_DB_SSL_ROOT_CERT.endswith(lines[steps[0]].split(" -o ")[1].split()[0])
-    assert "--s3-bucket artifacts" in lines[steps[4]]
-    assert "--stack-name sessionsync-dev" in lines[steps[5]]
-    assert "RedisEndpoint=cache.example.com" in lines[steps[5]]
-    assert not any("chalice deploy" in line for line in lines)
-
-
-@pytest.mark.parametrize("args, needs", [
-    ((), "STAGE"), (("STAGE=local", "REGION=eu-west-1", "BUCKET=b"), "STAGE"),
-    (("STAGE=prod", "REGION=", "AWS_REGION=", "AWS_DEFAULT_REGION=", "BUCKET=b"), "REGION"),
-    (("STAGE=prod", "REGION=eu-west-1"), "BUCKET"),
-])
-def test_make_deploy_refuses_before_running_anything_without_a_stage_a_region_or_a_bucket(args, needs):
-    result = make_deploy(*args)
-    assert result.returncode != 0 and result.stdout == ""
-    assert f"needs {needs}=" in result.stderr
+# The deploy path (make deploy, the stage files): tests/integration/deploy/.
 
 
 def test_the_chalice_config_holds_no_secrets_no_account_and_no_unread_settings():
@@ -283,8 +261,11 @@ def test_every_function_s_log_group_is_kept_for_the_stage_s_retention_and_names_
     stages = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]
     groups = {name: r["Properties"] for name, r in packaged["Resources"].items()
               if r["Type"] == "AWS::Logs::LogGroup"}
-    named = {props["LogGroupName"]["Fn::Sub"] for props in groups.values()}
-    assert named == {f"/aws/lambda/${{{name}}}" for name in functions(packaged)}
+    named = {props["LogGroupName"]["Fn::Sub"] for name, props in groups.items()
+             if name != "ApiAccessLogGroup"}
+    assert named == {"/aws/lambda/" + f["Properties"]["FunctionName"]["Fn::Sub"]
+                     for f in functions(packaged).values()}
+    groups.pop("ApiAccessLogGroup")
     assert {props["RetentionInDays"] for props in groups.values()} == {stages["dev"]["log_retention_in_days"]}
     assert stages["prod"]["log_retention_in_days"] >= stages["dev"]["log_retention_in_days"]
 

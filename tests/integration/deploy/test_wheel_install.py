@@ -99,7 +99,7 @@ def test_the_installed_package_ships_the_lua_scripts_as_package_data(installed, 
 
 
 def test_the_installed_command_applies_the_migrations_it_ships(installed, tmp_path, elsewhere, empty_dsn):
-    shipped = sorted(p.name for p in (PROJECT_DIR / "sessionsync" / "sql").glob("*.sql"))
+    shipped = sorted(p.name for p in (PROJECT_DIR / "chalicelib/adapters/postgres/schema").glob("*.sql"))
     result = run(installed / "sessionsync", "migrate", cwd=tmp_path,
                  env={**elsewhere, "DATABASE_URL": empty_dsn})
     assert result.returncode == 0, result.stdout + result.stderr

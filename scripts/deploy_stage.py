@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""A stage's deploy: check its parameters, package it, deploy it through a
+change set (docs/deploy.md).
+
+    deploy_stage.py check STAGE            the stage file against the template, in well under 5 s
+    deploy_stage.py package STAGE          chalice package + the nested templates -> .deploy/STAGE/out
+    deploy_stage.py deploy STAGE [--dry-run]   upload, create the change set, show it, execute it
+
+The stage file is infra/stages/STAGE.toml (``--file`` for another): the
+Chalice stage, the stack's name, the region, the artifact bucket and the
+template's parameters.  ``check`` reads only that file, the merge template
+(infra/chalice-merge.json: its Parameters and Rules are the root stack's)
+and .chalice/config.json, with the standard library, before anything is
+built: a missing or malformed value fails naming it.  ``package`` and
+``deploy`` need the project's virtualenv (chalice, boto3).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parents[1]
+MERGE_TEMPLATE = PROJECT / "infra" / "chalice-merge.json"
+STACKS = PROJECT / "infra" / "stacks"
+SCHEMA = PROJECT / "chalicelib" / "adapters" / "postgres" / "schema"
+CHALICE_CONFIG = PROJECT / ".chalice" / "config.json"
+# set by this script, never by the stage file
+DERIVED = ("ApiStageName", "MigrationsChecksum")
+STACK_NAME = re.compile(r"^[a-z][a-z0-9-]{0,27}$")  # the nested stacks' NamePrefix
+REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class StageError(Exception):
+    """What is wrong with a stage file, naming the key."""
+
+
+# --- check ---------------------------------------------------------------------
+
+def stage_file(stage: str, path: str | None = None) -> Path:
+    return Path(path) if path else PROJECT / "infra" / "stages" / f"{stage}.toml"
+
+
+def load_stage(stage: str, path: str | None = None) -> dict[str, Any]:
+    file = stage_file(stage, path)
+    if not file.is_file():
+        known = sorted(p.stem for p in (PROJECT / "infra" / "stages").glob("*.toml"))
+        raise StageError(f"no stage file {file} (stages: {', '.join(known)})")
+    try:
+        return tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise StageError(f"{file}: {exc}") from exc
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(_text(v) for v in value)
+    return str(value)
+
+
+def _check_parameter(name: str, spec: dict[str, Any], value: str) -> list[str]:
+    errors = []
+    kind = spec["Type"]
+    if kind == "Number":
+        try:
+            number = float(value)
+        except ValueError:
+            return [f"parameter {name}: {value!r} is not a number"]
+        if "MinValue" in spec and number < float(spec["MinValue"]):
+            errors.append(f"parameter {name}: {value} is below its minimum {spec['MinValue']}")
+        if "MaxValue" in spec and number > float(spec["MaxValue"]):
+            errors.append(f"parameter {name}: {value} is above its maximum {spec['MaxValue']}")
+    allowed = spec.get("AllowedValues")
+    if allowed is not None and value not in [_text(a) for a in allowed]:
+        errors.append(f"parameter {name}: {value!r} is not one of {', '.join(_text(a) for a in allowed)}")
+    pattern = spec.get("AllowedPattern")
+    values = value.split(",") if kind == "CommaDelimitedList" else [value]
+    if pattern and not all(re.fullmatch(pattern, v) for v in values):
+        errors.append(f"parameter {name}: {value!r} does not match {pattern}")
+    return errors
+
+
+def _evaluate(expression: Any, values: dict[str, Any]) -> Any:
+    """A Rules expression (the functions CloudFormation allows there that
+    this template uses), on the parameters' values."""
+    if isinstance(expression, dict):
+        (function, argument), = expression.items()
+        if function == "Ref":
+            return values[argument]
+        args = [_evaluate(a, values) for a in argument] if isinstance(argument, list) else argument
+        if function == "Fn::Equals":
+            return args[0] == args[1]
+        if function == "Fn::Not":
+            return not args[0]
+        if function == "Fn::And":
+            return all(args)
+        if function == "Fn::Or":
+            return any(args)
+        if function == "Fn::EachMemberEquals":
+            return all(member == args[1] for member in args[0])
+        if function == "Fn::Contains":
+            return args[1] in args[0]
+        raise StageError(f"the template's Rules use {function}, which this check cannot evaluate")
+    return expression
+
+
+def check(stage: str, path: str | None = None) -> dict[str, Any]:
+    """The stage, checked; returns it with its parameters as strings.
+    Raises StageError listing every problem."""
+    config = load_stage(stage, path)
+    errors: list[str] = []
+    stages = json.loads(CHALICE_CONFIG.read_text())["stages"]
+    chalice_stage = config.get("chalice_stage")
+    if chalice_stage not in stages or chalice_stage == "local":
+        errors.append(f"chalice_stage: {chalice_stage!r} is not a deployable stage of .chalice/config.json "
+                      f"({', '.join(s for s in stages if s != 'local')})")
+    for key, pattern, what in (("stack_name", STACK_NAME, "a stack name of 1-28 lower-case letters, "
+                                "digits and dashes"), ("region", REGION, "a region such as eu-west-1"),
+                               ("artifact_bucket", BUCKET, "an S3 bucket name")):
+        value = os.environ.get(f"DEPLOY_{key.upper()}") or config.get(key)
+        if not value:
+            errors.append(f"{key}: missing ({what}; set it in {stage_file(stage, path).name})")
+        elif not pattern.fullmatch(str(value)):
+            errors.append(f"{key}: {value!r} is not {what}")
+        else:
+            config[key] = str(value)
+    template = json.loads(MERGE_TEMPLATE.read_text())
+    specs = template["Parameters"]
+    given = {k: _text(v) for k, v in (config.get("parameters") or {}).items()}
+    for name in sorted(set(given) - set(specs)):
+        errors.append(f"parameter {name}: not a parameter of the template")
+    for name in sorted(set(given) & set(DERIVED)):
+        errors.append(f"parameter {name}: set by the deploy, not by the stage file")
+    for name, spec in specs.items():
+        if name in DERIVED:
+            continue
+        if name not in given and "Default" not in spec:
+            errors.append(f"parameter {name}: missing ({spec.get('Description', 'required')})")
+        elif name in given:
+            errors += _check_parameter(name, spec, given[name])
+    if not errors:
+        values: dict[str, Any] = {n: _text(s.get("Default", "")) for n, s in specs.items()}
+        values.update(given)
+        for name, spec in specs.items():
+            if spec["Type"] == "CommaDelimitedList":
+                values[name] = values[name].split(",")
+        for rule_name, rule in template.get("Rules", {}).items():
+            if "RuleCondition" in rule and not _evaluate(rule["RuleCondition"], values):
+                continue
+            for assertion in rule["Assertions"]:
+                if not _evaluate(assertion["Assert"], values):
+                    errors.append(f"rule {rule_name}: {assertion['AssertDescription']}")
+        runtime = given.get("LambdaRuntime", _text(specs["LambdaRuntime"]["Default"]))
+        built = _packaging_python()
+        if runtime != built:
+            errors.append(f"parameter LambdaRuntime: {runtime} but the package is built by {built} (its "
+                          "wheels and bytecode are for that interpreter: make venv PYTHON=... to match)")
+        architecture = given.get("LambdaArchitecture", "x86_64")
+        chosen = stages.get(chalice_stage, {}).get("lambda_architecture", "x86_64")
+        if architecture != chosen:
+            errors.append(f"parameter LambdaArchitecture: {architecture} but the stage "
+                          f"{chalice_stage}'s lambda_architecture in .chalice/config.json is {chosen} "
+                          "(it chooses the wheels)")
+    if errors:
+        raise StageError("\n".join(errors))
+    config["parameters"] = given
+    return config
+
+
+def _packaging_python() -> str:
+    """python3.X of the virtualenv that runs `chalice package` (pyvenv.cfg:
+    no interpreter start)."""
+    cfg = PROJECT / ".venv" / "pyvenv.cfg"
+    text = cfg.read_text() if cfg.is_file() else ""
+    found = re.search(r"^version(?:_info)?\s*=\s*(\d+)\.(\d+)", text, re.M)
+    major, minor = (found.groups() if found else (str(sys.version_info[0]), str(sys.version_info[1])))
+    return f"python{major}.{minor}"
+
+
+def migrations_checksum() -> str:
+    """The release's migrations: the same digest as
+    chalicelib.adapters.postgres.migrations.release_checksum (a unit test
+    keeps them equal), computed without importing the package."""
+    digest = hashlib.sha256()
+    for path in sorted(SCHEMA.glob("*.sql")):
+        digest.update(f"{path.name} {hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def parameter_overrides(config: dict[str, Any]) -> dict[str, str]:
+    stages = json.loads(CHALICE_CONFIG.read_text())["stages"]
+    return {**config["parameters"],
+            "ApiStageName": stages[config["chalice_stage"]]["api_gateway_stage"],
+            "MigrationsChecksum": migrations_checksum()}
+
+
+# --- package ---------------------------------------------------------------------
+
+def out_dir(stage: str) -> Path:
+    return PROJECT / ".deploy" / stage / "out"
+
+
+def package(stage: str, config: dict[str, Any]) -> Path:
+    """`chalice package` with the merge template, afresh, into
+    .deploy/STAGE/out (sam.json, deployment.zip), the nested templates beside
+    it (stacks/) and the parameters the deploy will pass (parameters.json)."""
+    out = out_dir(stage)
+    shutil.rmtree(PROJECT / ".chalice" / "deployments", ignore_errors=True)
+    shutil.rmtree(out.parent, ignore_errors=True)
+    out.parent.mkdir(parents=True)
+    chalice = Path(sys.executable).parent / "chalice"
+    env = {**os.environ, "AWS_DEFAULT_REGION": config["region"]}
+    result = subprocess.run([str(chalice if chalice.exists() else shutil.which("chalice")),
+                             "--project-dir", str(PROJECT), "package", "--stage", config["chalice_stage"],
+                             "--merge-template", str(MERGE_TEMPLATE), str(out)],
+                            capture_output=True, text=True, env=env, timeout=900)
+    log = result.stdout + result.stderr
+    (out.parent / "package.log").write_text(log)
+    if result.returncode != 0:
+        raise StageError(f"chalice package failed:\n{log}")
+    # chalice only warns when it finds no wheel for Lambda's platform; the
+    # function would then fail when it imports the module
+    if "Could not install dependencies" in log:
+        raise StageError(f"chalice package could not install a dependency for Lambda:\n{log}")
+    shutil.copytree(STACKS, out / "stacks")
+    (out / "parameters.json").write_text(json.dumps(parameter_overrides(config), indent=2) + "\n")
+    return out
+
+
+# --- deploy ----------------------------------------------------------------------
+
+def _upload(s3: Any, bucket: str, path: Path, prefix: str) -> str:
+    """Upload ``path`` under a content-addressed key; returns the key."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    key = f"{prefix}/{digest}/{path.name}"
+    s3.upload_file(str(path), bucket, key)
+    return key
+
+
+def _url(s3: Any, bucket: str, key: str) -> str:
+    return f"{s3.meta.endpoint_url}/{bucket}/{key}"
+
+
+def upload(s3: Any, config: dict[str, Any], out: Path) -> str:
+    """What `aws cloudformation package` does, for this template: the code
+    and the nested templates to the artifact bucket, the root template
+    rewritten to point at them; returns the root template's URL."""
+    bucket, prefix = config["artifact_bucket"], config["stack_name"]
+    template = json.loads((out / "sam.json").read_text())
+    code_key = _upload(s3, bucket, out / "deployment.zip", prefix)
+    for resource in template["Resources"].values():
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Serverless::Function" and props.get("CodeUri") == "./deployment.zip":
+            props["CodeUri"] = f"s3://{bucket}/{code_key}"
+        elif resource["Type"] == "AWS::CloudFormation::Stack":
+            props["TemplateURL"] = _url(s3, bucket, _upload(s3, bucket, out / props["TemplateURL"], prefix))
+    packaged = out.parent / "packaged.json"
+    packaged.write_text(json.dumps(template, indent=1))
+    return _url(s3, bucket, _upload(s3, bucket, packaged, prefix))
+
+
+def _wait(describe: Any, done: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = describe()
+        if done(state):
+            return state
+        if time.monotonic() > deadline:
+            raise StageError(f"{what}: still not done after {timeout:.0f} s")
+        time.sleep(2)
+
+
+def deploy(stage: str, config: dict[str, Any], *, dry_run: bool, timeout: float = 3600,
+           out: Path | None = None) -> dict[str, Any]:
+    """Upload the package in ``out`` (.deploy/STAGE/out), create a change
+    set, print it, and unless ``dry_run`` execute it and wait."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    out = out or out_dir(stage)
+    if not (out / "sam.json").is_file():
+        raise StageError(f"{out} has no package: run `make package STAGE={stage}` first")
+    session = boto3.session.Session(region_name=config["region"])
+    s3, cfn = session.client("s3"), session.client("cloudformation")
+    template_url = upload(s3, config, out)
+    name = config["stack_name"]
+    try:
+        status = cfn.describe_stacks(StackName=name)["Stacks"][0]["StackStatus"]
+        kind = "CREATE" if status == "REVIEW_IN_PROGRESS" else "UPDATE"
+    except ClientError:
+        kind = "CREATE"
+    overrides = json.loads((out / "parameters.json").read_text())
+    change_set = f"{name}-{time.strftime('%Y%m%d%H%M%S')}"
+    cfn.create_change_set(
+        StackName=name, ChangeSetName=change_set, ChangeSetType=kind, TemplateURL=template_url,
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in overrides.items()],
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"], IncludeNestedStacks=True)
+    described = _wait(lambda: cfn.describe_change_set(StackName=name, ChangeSetName=change_set),
+                      lambda d: d["Status"] in ("CREATE_COMPLETE", "FAILED"), 600, "the change set")
+    changes = [c["ResourceChange"] for c in described.get("Changes", [])]
+    print(f"change set {change_set} ({kind}) of stack {name}: {len(changes)} change(s)")
+    for change in changes:
+        print(f"  {change.get('Action', '?'):8} {change['LogicalResourceId']:32} {change['ResourceType']}"
+              f"{'  (replacement)' if change.get('Replacement') == 'True' else ''}")
+    if described["Status"] == "FAILED":
+        reason = described.get("StatusReason", "")
+        if "didn't contain changes" in reason or "No updates" in reason:
+            print("nothing to deploy")
+            cfn.delete_change_set(StackName=name, ChangeSetName=change_set)
+            return {"change_set": change_set, "changes": [], "executed": False}
+        raise StageError(f"the change set failed: {reason}")
+    if dry_run:
+        print(f"dry run: not executed. Execute it with\n  aws cloudformation execute-change-set "
+              f"--region {config['region']} --stack-name {name} --change-set-name {change_set}")
+        return {"change_set": change_set, "changes": changes, "executed": False}
+    cfn.execute_change_set(StackName=name, ChangeSetName=change_set)
+    stack = _wait(lambda: cfn.describe_stacks(StackName=name)["Stacks"][0],
+                  lambda s: not s["StackStatus"].endswith("_IN_PROGRESS"), timeout, f"stack {name}")
+    print(f"stack {name}: {stack['StackStatus']}")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    for key, value in sorted(outputs.items()):
+        print(f"  {key:20} {value}")
+    if stack["StackStatus"] not in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
+        failed = [f"  {e['LogicalResourceId']}: {e.get('ResourceStatusReason', '')}"
+                  for e in cfn.describe_stack_events(StackName=stack["StackId"])["StackEvents"]
+                  if e["ResourceStatus"].endswith("_FAILED")][:10]
+        raise StageError(f"stack {name} ended {stack['StackStatus']}:\n" + "\n".join(failed))
+    return {"change_set": change_set, "changes": changes, "executed": True, "outputs": outputs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["check", "package", "deploy", "parameters"])
+    parser.add_argument("stage")
+    parser.add_argument("--file", help="the stage file (default infra/stages/STAGE.toml)")
+    parser.add_argument("--dry-run", action="store_true", help="deploy: stop once the change set is shown")
+    args = parser.parse_args(argv)
+    try:
+        config = check(args.stage, args.file)
+        if args.command == "check":
+            print(f"stage {args.stage}: {stage_file(args.stage, args.file).name} is complete "
+                  f"(stack {config['stack_name']} in {config['region']})")
+        elif args.command == "parameters":
+            print(json.dumps(parameter_overrides(config), indent=2))
+        elif args.command == "package":
+            out = package(args.stage, config)
+            print(f"packaged into {out.relative_to(PROJECT)}: sam.json, deployment.zip, stacks/, "
+                  "parameters.json")
+        else:
+            deploy(args.stage, config, dry_run=args.dry_run)
+    except StageError as exc:
+        print(f"deploy of stage {args.stage} refused:\n{exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
