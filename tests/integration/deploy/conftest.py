@@ -17,7 +17,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.conftest import PROJECT_DIR
+from tests.support.constants import PROJECT_DIR
 
 
 def load_deploy_stage() -> ModuleType:

@@ -18,8 +18,8 @@ import pytest
 
 from chalicelib.adapters import aws
 from chalicelib.config import Settings
-from tests.conftest import PROJECT_DIR
-from tests.integration.test_infra_localstack import LocalStack, wait_for_deletion
+from tests.integration.deploy.utils import LocalStack, wait_for_deletion
+from tests.support.constants import PROJECT_DIR
 
 SERVICES = "cloudformation,s3,sqs,secretsmanager,cloudwatch,ec2,iam,logs,sts,events"
 # LocalStack 4.13.1 cannot create these here (docs/deploy.md, "What LocalStack cannot deploy")

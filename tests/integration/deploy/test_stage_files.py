@@ -9,7 +9,7 @@ import time
 import pytest
 
 from chalicelib.adapters.postgres import migrations
-from tests.conftest import PROJECT_DIR
+from tests.support.constants import PROJECT_DIR
 
 
 def make(*args: str, **env: str) -> subprocess.CompletedProcess:

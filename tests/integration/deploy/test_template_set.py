@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cfnlint.decode import cfn_yaml
 
-from tests.conftest import PROJECT_DIR
+from tests.support.constants import PROJECT_DIR
 
 STACKS = PROJECT_DIR / "infra" / "stacks"
 
