@@ -32,8 +32,13 @@ run: bootstrap
 # Ruff and mypy first (before any service starts), then the whole test
 # suite against real Redis, a local Redis Cluster, PostgreSQL and
 # LocalStack.  CI runs exactly this.
+# Three pytest-xdist workers, a test file each at a time (module fixtures
+# stay shared): most tests wait on servers, not on the CPU, so three beat
+# two on this 2-core machine; each worker flushes a Redis database of its
+# own (tests/support/constants.py).  PYTEST_WORKERS=0 runs them in one process.
+PYTEST_WORKERS ?= 3
 test: lint services localstack policy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The unit tier alone, in seconds, with no services: tests/unit does no I/O
 # (its conftest fails a test that opens a network connection).
