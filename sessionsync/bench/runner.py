@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sessionsync.bench.context import PROFILES, BenchContext, Placement
+from sessionsync.bench.harness import quiet_telemetry
 
 # Cheap and noise-sensitive sections first, while the machine is quietest;
 # the heavy loads (a million sessions, 16 writer processes) last.
@@ -92,7 +93,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
                          "sections": sections, "iterations": profile.__dict__},
             "sections": {},
         }
-        _quiet_telemetry(stack)
+        quiet_telemetry(stack)
         stack.callback(runtime.reset)
         for number, name in enumerate(sections, 1):
             log(f"[{number}/{len(sections)}] {name} ...")
@@ -121,27 +122,6 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
         from sessionsync.bench import chart
         png_path = chart.render(results, options.output_dir / f"{stem}.png")
     return results, json_path, png_path
-
-
-def _quiet_telemetry(stack: ExitStack) -> None:
-    """Send log and EMF lines to /dev/null for the run, formatted as ever.
-
-    Their cost (a JSON encoding and a write per line, as in Lambda) stays in
-    the figures; only the thousands of lines stay out of the terminal.
-    ``app`` is imported first because its import configures logging itself.
-    """
-    from chalicelib.observability import logs, metrics
-    from sessionsync.project import import_app
-
-    import_app()  # its import calls logs.configure()
-
-    devnull = stack.enter_context(open(os.devnull, "w"))
-    previous = metrics.writer()
-    logs.configure(os.environ.get("LOG_LEVEL", "INFO"), stream=devnull)
-    metrics.configure(stream=devnull, namespace=previous.namespace, service=previous.service)
-    stack.callback(logs.configure)
-    stack.callback(metrics.configure, namespace=previous.namespace, service=previous.service,
-                   enabled=previous.enabled)
 
 
 def _redis_server_info(url: str) -> dict[str, Any]:
