@@ -22,8 +22,9 @@ keep-alive connection, for a fixed time:
   (section ``handler``) has neither HTTP nor the client threads in it.
 
 An error is a transport failure (no answer) or any status outside the
-route's expected ones; each kind is counted by "METHOD route status code",
-with the problem's ``code`` when the body has one.  There must be none.
+route's expected ones; each kind is counted by "METHOD /route status
+code", with the problem's ``code`` when the body has one.  There must be
+none.
 Clients and server share the machine's CPUs: on 2 CPUs the figures bound
 the local server, not a deployment (one Lambda per request).
 """
@@ -148,12 +149,12 @@ def floor_loop(client: Client, deadline: float) -> None:
         client.call("GET /bench/no-such-route", "GET", "/bench/no-such-route")
 
 
-def _many_sessions_body(prefix: str, client: Client, index: int, deadline: float) -> None:
+def _own_sessions(prefix: str, client: Client, index: int, deadline: float) -> None:
     many_sessions_loop(client, f"{prefix}-{index}", deadline)
 
 
-def _hot_session_body(sid: str, client: Client, index: int, deadline: float) -> None:
-    hot_session_loop(client, sid, deadline)
+def _on_one(session_id: str, client: Client, index: int, deadline: float) -> None:
+    hot_session_loop(client, session_id, deadline)
 
 
 def merge(all_stats: list[ClientStats], seconds: float) -> dict[str, Any]:
@@ -241,15 +242,15 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             serve_process(Path(tmp), _server_environment(ctx, redis_server.url),
                           "--no-pipeline") as (port, log):
         # warm up: the server's imports, connections and first requests
-        _load(port, 4, 0.3, lambda c, i, d: many_sessions_loop(c, f"{prefix}-warm-{i}", d))
+        _load(port, 4, 0.3, partial(_own_sessions, f"{prefix}-warm"))
         for clients in counts:
             hot = f"{prefix}-hot-{clients}"
             _create_hot(port, hot)
             workloads = {
                 "floor": _load(port, clients, seconds, lambda c, i, d: floor_loop(c, d)),
                 "many_sessions": _load(port, clients, seconds, partial(
-                    _many_sessions_body, f"{prefix}-{clients}")),
-                "hot_session": _load(port, clients, seconds, partial(_hot_session_body, hot)),
+                    _own_sessions, f"{prefix}-{clients}")),
+                "hot_session": _load(port, clients, seconds, partial(_on_one, hot)),
             }
             by_clients.append({
                 "clients": clients,

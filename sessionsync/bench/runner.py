@@ -41,11 +41,13 @@ class BenchOptions:
     pin_cpus: bool = True                  # see context.Placement
 
 
-def run_bench(options: BenchOptions, log: Callable[[str], None] = print
+def run_bench(options: BenchOptions, log: Callable[[str], None] = print,
+              progress: Callable[[str], None] = lambda _: None
               ) -> tuple[dict[str, Any], Path, Path | None]:
     """Run, write ``bench-<profile>-<time>.json`` (+ ``.png``); return both paths.
 
-    A section that fails is recorded with its error and the others still
+    ``log``: notes and warnings; ``progress``: which section runs.  A
+    section that fails is recorded with its error and the others still
     run; the caller decides the exit code from ``results["errors"]``.
     """
     from chalicelib import runtime
@@ -96,7 +98,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
         quiet_telemetry(stack)
         stack.callback(runtime.reset)
         for number, name in enumerate(sections, 1):
-            log(f"[{number}/{len(sections)}] {name} ...")
+            progress(f"[{number}/{len(sections)}] {name} ({round(time.perf_counter() - started)} s "
+                     "so far)")
             t0 = time.perf_counter()
             try:
                 data = _section(name)(ctx)
@@ -104,10 +107,9 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
                 logging.getLogger("sessionsync.bench").debug("section failed", exc_info=True)
                 data = {"error": f"{type(exc).__name__}: {exc}",
                         "traceback": traceback.format_exc(limit=8)}
-                log(f"    FAILED: {data['error']}")
+                log(f"{name} FAILED: {data['error']}")
             data["elapsed_seconds"] = round(time.perf_counter() - t0, 2)
             results["sections"][name] = data
-            log(f"    done in {data['elapsed_seconds']} s")
     results["targets"] = targets.evaluate(results["sections"])
     results["errors"] = sorted(n for n, d in results["sections"].items() if "error" in d)
     results["machine"]["load_average_at_end"] = machine.load_average()

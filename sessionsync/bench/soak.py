@@ -367,8 +367,10 @@ class Sampler:
 
     def __init__(self, options: SoakOptions, acked: Callable[[], int],
                  probes: Mapping[str, Callable[[], float | None]], connect: Callable[[], Any],
-                 started_at: float) -> None:
+                 started_at: float, on_sample: Callable[[dict[str, Any]], object] = lambda _: None
+                 ) -> None:
         self.options = options
+        self.on_sample = on_sample
         self.acked = acked
         self.probes = probes
         self.connect = connect
@@ -395,6 +397,7 @@ class Sampler:
                     sample[name] = None
             sample["rss_mb"] = {label: rss_mb(pid) for label, pid in self.options.pids.items()}
             self.samples.append(sample)
+            self.on_sample(sample)
             self.stop.wait(self.options.sample_interval)
         if conn is not None:
             conn.close()
@@ -545,12 +548,14 @@ def _memory(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def run_soak(options: SoakOptions, *, connect: Callable[[], Any],
              probes: Mapping[str, Callable[[], float | None]] | None = None,
-             log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+             log: Callable[[str], None] = lambda _: None,
+             on_sample: Callable[[dict[str, Any]], object] = lambda _: None) -> dict[str, Any]:
     """Load, wait for persistence, check; the report (a JSON-able dict).
 
     ``connect`` opens a PostgreSQL connection (psycopg, autocommit) to the
     server's database; ``probes`` are sampled every ``sample_interval``
-    (name -> callable returning a number or None).
+    (name -> callable returning a number or None), each sample then given
+    to ``on_sample``; ``log`` hears of each phase.
     """
     pool = Pool(options.prefix)
     stats = [ThreadStats() for _ in range(options.threads)]
@@ -566,7 +571,7 @@ def run_soak(options: SoakOptions, *, connect: Callable[[], Any],
                    timeout=timeout, name="soak")
 
     bound = options.request_timeout * (options.max_retries + 2) * 2
-    with Sampler(options, acked, probes or {}, connect, started_at) as sampler:
+    with Sampler(options, acked, probes or {}, connect, started_at, on_sample) as sampler:
         log(f"creating {options.sessions} sessions ({options.prefix}-*) with {options.threads} threads")
         initial = [pool.new_id() for _ in range(options.sessions)]
         each(lambda s, _: s.create_all(initial[s.index::options.threads]),
