@@ -121,8 +121,8 @@ class _Redis(redis.Redis):
 
     A warm Lambda serves one request at a time, so checking a connection out
     of the pool and back in, with redis-py's bookkeeping around each command,
-    buys nothing there: it cost half the round trip of a read (sessionsync
-    bench, docs/performance.md "The hot path at wire speed").  The hot
+    buys nothing there, and it cost a large share of a read's round trip
+    (docs/performance.md, "The hot path at wire speed").  The hot
     commands go straight to the connection (redis-py still connects it, with
     TLS, AUTH and the client name, runs the health check after an idle
     spell, parses the reply and raises its errors); everything else
