@@ -25,7 +25,7 @@ from chalicelib.config import Settings
 from chalicelib.domain.events import CREATED, EVENT_SCHEMA_VERSION, UPDATED
 from sessionsync.bench.aws_local import localstack_sqs_unavailable
 from sessionsync.bench.context import STATE_BYTES, BenchContext, state_document
-from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record
+from sessionsync.bench.events import LambdaContext, sqs_batches
 from sessionsync.bench.harness import delete_rows, local_queue, verify_persisted
 from sessionsync.bench.stats import summarize_ns
 from sessionsync.project import import_app
@@ -83,8 +83,7 @@ def _handler_run(ctx: BenchContext, handler: Any, conn: Any, batch: int, count: 
                  ) -> dict[str, Any]:
     prefix = f"{ctx.session_prefix('consumer')}-b{batch}"
     bodies = event_bodies(prefix, count)
-    events = [sqs_event([sqs_record(body, event_id=eid) for eid, body in bodies[i:i + batch]])
-              for i in range(0, len(bodies), batch)]
+    events = sqs_batches(bodies, batch)
     context = LambdaContext(timeout_ms=30_000)
     durations = []
     clock = time.perf_counter_ns

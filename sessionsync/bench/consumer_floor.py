@@ -43,7 +43,7 @@ from chalicelib.adapters.postgres.database import APPLY_SQL, apply_parameters
 from chalicelib.domain.events import DELETED, ChangeEvent, parse_event
 from sessionsync.bench.consumer import VERSIONS_PER_SESSION, event_bodies, install_consumer
 from sessionsync.bench.context import STATE_BYTES, BenchContext
-from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record
+from sessionsync.bench.events import LambdaContext, sqs_batches
 from sessionsync.bench.harness import delete_rows, verify_persisted
 from sessionsync.bench.stats import summarize_ns
 
@@ -159,8 +159,7 @@ def _one(writer: str, ctx: BenchContext, handler: Any, conn: Any, auto: Any, bat
     try:
         if writer == "consumer":
             context = LambdaContext(timeout_ms=30_000)
-            events = [sqs_event([sqs_record(body, event_id=eid) for eid, body in chunk])
-                      for chunk in chunks]
+            events = sqs_batches(bodies, batch)
 
             def call(event: Any) -> None:
                 response = handler(event, context)

@@ -6,8 +6,8 @@
 * ``Updater``: compare-and-set updates of one session, version after version;
 * servers and processes: ``free_port``, ``stop_process`` (every process the
   bench starts is stopped by its PID), ``serve_process`` (``sessionsync
-  serve`` on a free port), ``forked`` (client processes released together),
-  ``in_threads`` (client threads released together);
+  serve`` on a free port); client threads and client processes released
+  together (``in_threads``, ``in_processes``);
 * the server's own time per call (``server_usec``, INFO commandstats);
 * PostgreSQL rows of a section (``verify_persisted``, ``delete_rows``) and a
   LocalStack queue of its own (``local_queue``).
