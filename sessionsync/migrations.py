@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -101,11 +100,8 @@ def applied(conn: psycopg.Connection) -> dict[int, tuple[str, str]]:
 
 
 def migrate(conn: psycopg.Connection, migrations: list[Migration] | None = None, *,
-            lock_timeout: float = 60.0,
-            on_apply: Callable[[int, int, Migration], object] | None = None) -> list[Migration]:
+            lock_timeout: float = 60.0) -> list[Migration]:
     """Apply the pending migrations; return those applied (empty: up to date).
-
-    ``on_apply(i, n, migration)`` is called before the i-th of n pending ones.
 
     ``conn`` must be in autocommit mode (each migration opens its own
     transaction).  Safe to run twice and from two processes at once.
@@ -131,9 +127,7 @@ def migrate(conn: psycopg.Connection, migrations: list[Migration] | None = None,
                 raise MigrationError(f"{migration.filename} changed after it was applied; "
                                      "add a new migration instead of editing an applied one")
         pending = [m for m in migrations if m.version not in done]
-        for i, migration in enumerate(pending, 1):
-            if on_apply is not None:
-                on_apply(i, len(pending), migration)
+        for migration in pending:
             with conn.transaction():
                 conn.execute(migration.sql)
                 conn.execute("INSERT INTO schema_migrations (version, name, checksum) "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,12 +136,11 @@ def drop_database(dsn: str, *, maintenance_db: str = "postgres") -> None:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name))))
 
 
-def migrate(dsn: str, on_apply: Callable[[int, int, migrations.Migration], object] | None = None
-            ) -> list[migrations.Migration]:
+def migrate(dsn: str) -> list[migrations.Migration]:
     """Apply pending migrations to ``dsn``; return those applied."""
     with connection.connect(dsn, statement_timeout_ms=None, lock_timeout_ms=None,
                              application_name="sessionsync-migrate") as conn:
-        return migrations.migrate(conn, on_apply=on_apply)
+        return migrations.migrate(conn)
 
 
 @dataclass(frozen=True)

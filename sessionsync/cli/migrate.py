@@ -17,13 +17,18 @@ from sessionsync.cli._common import (
 @output_format()
 @quiet_option
 def migrate(fmt: str, quiet: bool) -> None:
-    """Apply pending SQL migrations (safe to run twice, or twice at once)."""
+    """Apply pending SQL migrations (safe to run twice, or twice at once).
+
+    While they run, a line on stderr says so (a migration that rewrites a
+    big table can take minutes); then the migrations applied.
+    """
     from sessionsync import provisioning
 
     progress = Progress(quiet)
     with exit_on_errors("migrate failed", unexpected=True):  # psycopg.Error too
-        applied = provisioning.migrate(database_dsn(), on_apply=lambda i, n, migration: progress(
-            f"applying {i}/{n}: {migration.filename}"))
+        dsn = database_dsn()
+        progress("applying the pending migrations ...")
+        applied = provisioning.migrate(dsn)
     progress.done()
     if fmt == "json":
         echo_json({"applied": [m.filename for m in applied]})
