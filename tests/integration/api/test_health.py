@@ -103,6 +103,10 @@ def test_sessionsync_health_exits_0_with_every_dependency_up(stack_settings):
     table = cli_health_with_everything_up(stack_settings)
     assert table.stdout.splitlines()[0].split() == ["DEPENDENCY", "STATUS", "LATENCY_MS", "DETAILS"]
     assert table.stdout.rstrip().endswith("overall: ok")
+    # the older spelling of text: the same table, and a note on stderr
+    older = cli_health_with_everything_up(stack_settings, "--format", "table")
+    assert older.stdout.splitlines()[0] == table.stdout.splitlines()[0]
+    assert "--format table is deprecated" in older.stderr
 
 
 def test_a_stopped_redis_with_postgresql_up_is_degraded_200_and_exit_1_naming_redis(
