@@ -14,7 +14,7 @@ function (``sessionsync bench --sections coldstart``, by_function).
 """
 from chalice import AuthResponse, Chalice, IAMAuthorizer, Rate
 
-from chalicelib import config, runtime
+from chalicelib import config, constants, runtime
 from chalicelib.api import web
 from chalicelib.domain import idempotency, merge_patch, validation
 from chalicelib.observability import logs
@@ -193,8 +193,8 @@ def health_check():
 
 # --- the durable pipeline -----------------------------------------------------
 
-@app.on_sqs_message(queue=config.trigger_queue_name(), batch_size=config.CONSUMER_BATCH_SIZE,
-                    maximum_concurrency=config.CONSUMER_MAX_CONCURRENCY)
+@app.on_sqs_message(queue=config.trigger_queue_name(), batch_size=constants.CONSUMER_BATCH_SIZE,
+                    maximum_concurrency=constants.CONSUMER_MAX_CONCURRENCY)
 def persist_changes(event):
     """SQS -> PostgreSQL; poison goes to the DLQ.  Safe with or without
     ReportBatchItemFailures on the mapping: when a record must be retried,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from chalicelib.config import MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from chalicelib.constants import MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from chalicelib.domain import merge_patch
 from chalicelib.domain.errors import (
     PayloadTooLarge,

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from chalicelib import runtime
-from chalicelib.config import CONSUMER_BATCH_SIZE, CONSUMER_MAX_CONCURRENCY, QUEUE_VISIBILITY_TIMEOUT
+from chalicelib.constants import CONSUMER_BATCH_SIZE, CONSUMER_MAX_CONCURRENCY, QUEUE_VISIBILITY_TIMEOUT
 from chalicelib.domain.errors import ConfigurationError, SessionSyncError
 from chalicelib.observability import logs
 from sessionsync.cli._common import exit_on_errors, fail

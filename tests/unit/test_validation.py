@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chalicelib.config import DEFAULT_MAX_STATE_BYTES as LIMIT
+from chalicelib.config import Settings
 from chalicelib.domain import validation
 from chalicelib.domain.errors import PayloadTooLarge, PreconditionRequired, ValidationError
 from chalicelib.domain.validation import MAX_DEPTH, SESSION_ID_PATTERN
+
+LIMIT = Settings.max_state_bytes
 
 
 def nested(depth: int, leaf: object = 1) -> object:
