@@ -1,0 +1,84 @@
+"""The HTTP header grammar of the session routes (chalicelib/api/headers.py):
+If-Match, If-None-Match and Cache-Control's max-stale, parsed into the
+domain's values; a malformed conditional header is a 400, a malformed
+max-stale is ignored."""
+from __future__ import annotations
+
+import pytest
+
+from chalicelib.api import headers
+from chalicelib.domain import validation
+from chalicelib.domain.errors import ValidationError
+
+
+@pytest.mark.parametrize("header, expected", [(None, None), ('"3"', 3), ("3", 3), (' "12" ', 12),
+                                              ('\t"7" \t', 7)])
+def test_if_match_takes_a_version_or_its_etag(header, expected):
+    parsed = headers.if_match(header)
+    assert (parsed and parsed.version) == expected
+
+
+def test_if_match_star_is_any_version():
+    assert headers.if_match(" * ") == validation.IfMatch("*", None)
+
+
+def test_a_weak_if_match_is_refused_with_a_message_that_says_why():
+    with pytest.raises(ValidationError, match=r'strong ETags only: send "3", not W/"3"'):
+        headers.if_match('W/"3"')
+
+
+@pytest.mark.parametrize("header", ['W/"3"', "**", '"*"', '"abc"', '"0"', '"-1"', '"1", "2"', "\u00b2",
+                                    "\u0663", "9" * 20, "9" * 5000, "", "\u00a03", '"3"\x85', "\x1c3"])
+def test_a_malformed_if_match_is_a_validation_error(header):
+    with pytest.raises(ValidationError) as caught:
+        headers.if_match(header)
+    assert type(caught.value) is ValidationError
+
+
+@pytest.mark.parametrize("header", ['"1', '1"', '""1""', "01", '"0"', "1" * 19, '"1", "2"'])
+def test_an_if_match_outside_the_documented_pattern_is_refused(header):
+    with pytest.raises(ValidationError):
+        headers.if_match(header)
+
+
+@pytest.mark.parametrize(("header", "expected"), [('"3"', 3), ("3", 3), (' "12" ', 12)])
+def test_an_if_match_in_either_documented_form_gives_its_version(header, expected):
+    assert headers.if_match(header) == validation.IfMatch(header.strip(), expected)
+
+
+@pytest.mark.parametrize(("header", "version", "matches"), [
+    ("*", 1, True), ('"3"', 3, True), ('W/"3"', 3, True), ('"1", W/"3"', 3, True),
+    ('"30"', 3, False), ('"abc"', 3, False), ('W/"4"', 3, False),
+])
+def test_if_none_match_compares_entity_tags_weakly(header, version, matches):
+    parsed = headers.if_none_match(header)
+    assert parsed is not None and parsed.matches(version) is matches
+
+
+@pytest.mark.parametrize("header", ["", "3", '"3', "W/3", '"3";"4"', '"3",', "**", '"a b"'])
+def test_a_malformed_if_none_match_is_a_validation_error(header):
+    with pytest.raises(ValidationError, match="If-None-Match"):
+        headers.if_none_match(header)
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    (None, None),
+    ("no-cache", None),
+    ("max-stale", validation.MaxStale(None)),
+    ("MAX-STALE", validation.MaxStale(None)),
+    ("max-stale=30", validation.MaxStale(30)),
+    ('max-stale="30"', validation.MaxStale(30)),
+    ("no-cache, max-stale=0", validation.MaxStale(0)),
+    (' foo="a,b" ,, max-stale = 5', None),  # spaces around "=": not a directive
+    (' foo="a,b" ,, max-stale=5 ', validation.MaxStale(5)),
+    ("max-stale=99999999999999999999", validation.MaxStale(2 ** 31)),
+    ("max-stale=5, max-stale", validation.MaxStale(5)),  # the first counts
+    # a malformed max-stale is ignored, never a 400
+    ("max-stale=abc", None),
+    ("max-stale=-1", None),
+    ("max-stale=1.5", None),
+    ('max-stale="5', None),
+    ('x="open, max-stale', None),
+])
+def test_cache_control_max_stale_is_parsed_and_a_malformed_one_is_ignored(header, expected):
+    assert headers.max_stale(header) == expected
