@@ -192,24 +192,21 @@ def persist_changes(event):
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))
 def relay_outbox(event):
-    """Re-send outbox entries that never reached SQS, until 5 s before the timeout."""
-    remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
-    result = runtime.relay().drain(budget_seconds=max(1.0, remaining - 5.0))
+    """Re-send outbox entries that never reached SQS, until shortly before the timeout."""
+    result = runtime.relay().drain(budget_seconds=runtime.schedule_budget(event.context))
     return {"found": result.found, "sent": result.sent}
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))
 def sweep_expired(event):
     """Record one session_expired event per session whose lifetime ended
-    (chalicelib.pipeline.expiry), until 5 s before the timeout."""
-    remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
-    result = runtime.expiry_sweep().run(budget_seconds=max(1.0, remaining - 5.0))
+    (chalicelib.pipeline.expiry), until shortly before the timeout."""
+    result = runtime.expiry_sweep().run(budget_seconds=runtime.schedule_budget(event.context))
     return {"candidates": result.candidates, "expired": result.expired, "skipped": result.skipped}
 
 
 @app.schedule(Rate(1, unit=Rate.HOURS))
 def purge_sync_events(event):
     """SYNC_EVENTS_RETENTION_DAYS: delete older sync_events rows, never a
-    session's latest, in bounded batches, until 5 s before the timeout."""
-    remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
-    return runtime.purge_events(budget_seconds=max(1.0, remaining - 5.0)).to_dict()
+    session's latest, in bounded batches, until shortly before the timeout."""
+    return runtime.purge_events(budget_seconds=runtime.schedule_budget(event.context)).to_dict()
