@@ -79,22 +79,28 @@ Parser = Callable[[str, str], T]
 _VARIABLE = "sessionsync.variable"
 
 
-@dataclass(frozen=True)
 class Variable:
     """One setting's declaration: the environment variable, how its value
     is parsed and checked, its default, and the /health check that a
-    malformed value takes down (None: reported as "configuration")."""
+    malformed value takes down (None: reported as "configuration").
 
-    name: str
-    parse: Parser[Any]
-    default: Any
-    check: str | None = None
-    #: read in order when ``name`` is unset or empty (AWS_DEFAULT_REGION)
-    alternatives: tuple[str, ...] = ()
+    A plain class, not a dataclass: config is imported on every cold start,
+    and a dataclass's generated methods cost more than they give here."""
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.name, *self.alternatives)
+    __slots__ = ("check", "default", "name", "names", "parse")
+
+    def __init__(self, name: str, parse: Parser[Any], default: Any, check: str | None = None,
+                 alternatives: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.parse = parse
+        self.default = default
+        self.check = check
+        #: ``name``, then those read in order when it is unset or blank
+        #: (AWS_DEFAULT_REGION)
+        self.names = (name, *alternatives)
+
+    def __repr__(self) -> str:
+        return f"Variable({self.name!r})"
 
     def read(self, env: Mapping[str, str]) -> Any:
         """The parsed value of the first of ``names`` set to something
@@ -277,11 +283,10 @@ class Settings:
     #: and its event id as deduplication id (chalicelib/pipeline/producer.py)
     queue_fifo: bool = _setting(SESSION_QUEUE_FIFO, _flag, False)
     session_ttl: int = _setting(SESSION_TTL, _bounded(int, MIN_TTL_SECONDS, MAX_TTL_SECONDS), 3600)
-    #: The version marker outlives the session so that recovery never
-    #: serves a version older than the last acknowledged one and a deleted
-    #: id is never reused.  0: it never expires, so that a volatile-*
-    #: eviction policy cannot take it (its memory: docs/troubleshooting.md);
-    #: seconds bound that memory where the eviction policy is noeviction.
+    #: how long the version marker outlives its session (recovery never
+    #: serves an older version, a deleted id is never reused): 0, never, so
+    #: that no volatile-* eviction policy can take it; seconds bound its
+    #: memory under noeviction (docs/decisions/version-markers.md)
     marker_ttl: int = _setting(SESSION_MARKER_TTL, _marker_ttl, 0)
     #: how long a write's Idempotency-Key is remembered: at least a day, so
     #: that a client's retries of a write whose answer it lost, however
@@ -298,13 +303,10 @@ class Settings:
     api_keys_secret_arn: str | None = _setting(API_KEYS_SECRET_ARN, _text, None)
     #: the relay re-sends outbox entries older than this, seconds
     outbox_relay_age: float = _setting(OUTBOX_RELAY_AGE, _bounded(float, 0.0, 3600.0), 5.0)
-    #: The request path's one SQS attempt: connect and read timeout,
-    #: seconds.  A hung SQS costs a write at most this once, then inline
-    #: sends pause and the relay delivers (chalicelib/pipeline/producer.py).
-    #: Short for AWS, whose SendMessage answers in milliseconds; the local
-    #: stage sets it higher, as LocalStack on a busy machine stalls for
-    #: longer, and each stall that outlasts it sends the next seconds of
-    #: events the slow way.  Bounded by what a write may cost.
+    #: the request path's one SQS attempt (connect and read timeout): a
+    #: hung SQS costs a write this once, then the relay delivers
+    #: (chalicelib/pipeline/producer.py).  Short for AWS; the local stage
+    #: sets it higher, for LocalStack's stalls.  Bounded by what a write may cost.
     sqs_send_timeout: float = _setting(SQS_SEND_TIMEOUT, _bounded(float, 0.05, 5.0), 0.5)
     #: after Redis went back in time, how long sessions it may hold stale
     #: wait (503) for changes still in the queue to reach PostgreSQL: longer
