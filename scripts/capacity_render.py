@@ -83,7 +83,7 @@ ASSUMED = {
     "consumer_utilisation": 0.7,      # a consumer instance busy 70% of the time (polling gaps)
     "retention_days": 30,             # sync_events kept this long in PostgreSQL
 }
-# chalicelib/config.py (tests/unit/test_capacity_render.py keeps them equal)
+# chalicelib/constants.py (tests/unit/test_capacity_render.py keeps them equal)
 CONSUMER_BATCH_SIZE = 10
 CONSUMER_MAX_CONCURRENCY = 5
 BUCKETS = 1024

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chalicelib import runtime
-from chalicelib.config import CONSUMER_BATCH_SIZE, CONSUMER_MAX_CONCURRENCY, QUEUE_VISIBILITY_TIMEOUT
+from chalicelib.constants import CONSUMER_BATCH_SIZE, CONSUMER_MAX_CONCURRENCY, QUEUE_VISIBILITY_TIMEOUT
 from chalicelib.domain.errors import ConfigurationError, SessionSyncError
 from chalicelib.observability import logs
 

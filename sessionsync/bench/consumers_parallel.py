@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chalicelib import runtime
-from chalicelib.config import CONSUMER_BATCH_SIZE
+from chalicelib.constants import CONSUMER_BATCH_SIZE
 from sessionsync.bench.consumer import install_consumer, version_major_bodies
 from sessionsync.bench.context import STATE_BYTES, BenchContext
 from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record

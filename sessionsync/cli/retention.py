@@ -8,13 +8,12 @@ from __future__ import annotations
 import click
 
 from chalicelib import runtime
-from chalicelib.config import (
-    DATABASE_URL,
+from chalicelib.config import DATABASE_URL, SYNC_EVENTS_RETENTION_DAYS
+from chalicelib.constants import (
     DEFAULT_RETENTION_BATCH,
     MAX_RETENTION_BATCH,
     MAX_RETENTION_DAYS,
     MIN_RETENTION_DAYS,
-    SYNC_EVENTS_RETENTION_DAYS,
 )
 from chalicelib.domain.errors import ConfigurationError
 from chalicelib.pipeline.retention import PurgeReport, purge_events

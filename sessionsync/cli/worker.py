@@ -5,7 +5,7 @@ import threading
 
 import click
 
-from chalicelib.config import CONSUMER_BATCH_SIZE, CONSUMER_MAX_CONCURRENCY, QUEUE_VISIBILITY_TIMEOUT
+from chalicelib.constants import CONSUMER_BATCH_SIZE, CONSUMER_MAX_CONCURRENCY, QUEUE_VISIBILITY_TIMEOUT
 from sessionsync.cli._common import echo_json, exit_on_errors, output_format
 from sessionsync.local_pipeline import LOCAL_CONCURRENCY, build_worker
 

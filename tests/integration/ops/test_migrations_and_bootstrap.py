@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from chalicelib.adapters.postgres import connection
-from chalicelib.config import DEFAULT_MAX_STATE_BYTES, Settings
+from chalicelib.config import Settings
 from chalicelib.pipeline.producer import SqsProducer
 from sessionsync import migrations, provisioning
 from sessionsync.migrations import Migration, MigrationError
@@ -170,7 +170,7 @@ def test_a_change_with_a_state_at_the_size_limit_fits_in_one_sqs_message_and_is_
     # past SQS's old 256 KiB limit: the queue must take 1 MiB messages.
     state = {"blob": "\n" * (128 * 1024 - 20)}
     state_json = json.dumps(state, separators=(",", ":"))
-    assert DEFAULT_MAX_STATE_BYTES - 64 < len(state_json) <= DEFAULT_MAX_STATE_BYTES
+    assert Settings.max_state_bytes - 64 < len(state_json) <= Settings.max_state_bytes
     sid = f"big-{uuid.uuid4().hex[:8]}"
     result = pipeline.store.create(sid, state_json, 600)
     assert len(result.event_json.encode()) > 256 * 1024
