@@ -190,10 +190,20 @@ def server_usec(client: redis.Redis, ops: Mapping[str, tuple[str, Callable[[], o
 
 # -- processes and threads ------------------------------------------------------------
 
+# A Redis Cluster node also listens on its port + 10000 (the cluster bus), so
+# a node's port must leave room for that below 65536.
+_HIGHEST_PORT = 65535 - 10000
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port the kernel chose, low enough for a cluster node."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port <= _HIGHEST_PORT:
+            return port
+    raise RuntimeError(f"no free port at or below {_HIGHEST_PORT} in 100 tries")
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
