@@ -85,6 +85,11 @@ class Spec:
                 {**to_json_schema(schema), "components": self.components}, validate_formats=True)
             errors_found = [e.message for e in validator.iter_errors(json.loads(response.body))]
             assert not errors_found, f"{method} {route} {status}: {errors_found}"
+        headers = {name.lower(): deref(self.doc, header)
+                   for name, header in documented.get("headers", {}).items()}
+        undocumented = {name for name in response.headers
+                        if name.lower() not in headers and name.lower() != "content-type"}
+        assert not undocumented, f"{method} {route} {status} sends undocumented {undocumented}"
         for name, header in documented.get("headers", {}).items():
             header = deref(self.doc, header)
             if header.get("required"):
@@ -390,6 +395,29 @@ def test_a_cursor_and_a_before_version_sent_together_both_bound_the_page(
         assert versions(f"cursor={first['next_cursor']}&before_version=9") == [4, 3, 2, 1]
         refused = http.get(f"/sessions/{session_id}/events?cursor=4", headers=AUTH)
     assert refused.status_code == 400 and refused.json_body["error"]["details"]["field"] == "cursor"
+
+
+def test_a_caller_s_request_id_and_traceparent_come_back_and_tag_the_logs(
+        api, documented, session_id, log_lines):
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    body = json.dumps({"session_id": session_id, "state": {}})
+    mine = api.post("/sessions", headers={**AUTH, "X-Request-Id": "checkout-42:7",
+                                          "traceparent": traceparent}, body=body)
+    assert mine.status_code == 201
+    documented.assert_conforms("POST", "/sessions", mine)
+    assert (mine.headers["X-Request-Id"], mine.headers["traceparent"]) == ("checkout-42:7", traceparent)
+    # without an X-Request-Id, the trace id names the request
+    traced = api.get(f"/sessions/{session_id}", headers={**AUTH, "traceparent": traceparent})
+    assert traced.headers["X-Request-Id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    # a malformed one of either is ignored, never refused
+    ignored = api.get(f"/sessions/{session_id}", headers={
+        **AUTH, "X-Request-Id": "two words", "traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"})
+    assert ignored.status_code == 200 and "traceparent" not in ignored.headers
+    assert ignored.headers["X-Request-Id"] not in ("two words", "")
+
+    lines = log_lines()
+    assert any(line.get("request_id") == "checkout-42:7" and
+               line.get("trace_id") == "4bf92f3577b34da6a3ce929d0e0e4736" for line in lines)
 
 
 class NothingPersisted:
