@@ -1,0 +1,102 @@
+"""One `sessionsync serve` with its pipeline (worker and relay) for every
+client test, on a Redis, a PostgreSQL database and a queue pair of its own,
+started once for the run: the Python client's tests, the TypeScript suite
+(tests/clients/test_typescript_client.py) and the tests that mix both use
+it, each on session ids of its own.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import API_KEY, LOCALSTACK_URL, PG_TEST_ADMIN_URL, PROJECT_DIR, _database_url
+from tests.pipeline_support import wait_until
+from tests.servers import RedisServer, free_port, serve_process
+
+PYTHON_CLIENT = PROJECT_DIR / "clients" / "python"
+TYPESCRIPT_CLIENT = PROJECT_DIR / "clients" / "typescript"
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    port: int
+    dsn: str
+    log: Path
+    #: the server's Redis (a test may pause it, and must resume it)
+    redis: RedisServer
+
+    def event_versions(self, session_id: str) -> list[int]:
+        """The versions sync_events holds of a session, duplicates kept, in order."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return [v for (v,) in conn.execute(
+                "SELECT version FROM sync_events WHERE session_id = %s ORDER BY version", (session_id,))]
+
+    def wait_for_events(self, session_id: str, count: int, timeout: float = 30.0) -> list[int]:
+        """The versions once PostgreSQL holds ``count`` events of the session
+        (the pipeline persists within a second or two; the margin is for a
+        busy machine)."""
+        wait_until(lambda: len(self.event_versions(session_id)) >= count, timeout=timeout,
+                   what=f"{count} events of {session_id} in sync_events", interval=0.1)
+        return self.event_versions(session_id)
+
+
+def serve_environment(redis_url: str, dsn: str, queue_url: str, dlq_url: str) -> dict[str, str]:
+    return {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": dsn,
+            "SESSION_QUEUE_URL": queue_url, "SESSION_DLQ_URL": dlq_url,
+            "AWS_ENDPOINT_URL": LOCALSTACK_URL, "SESSIONSYNC_API_KEYS": API_KEY,
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+            "OUTBOX_RELAY_AGE_SECONDS": "1", "LOG_LEVEL": "WARNING"}
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, sqs) -> Iterator[Served]:
+    """`sessionsync serve` with the pipeline, shared by every client test."""
+    from sessionsync import provisioning
+
+    workdir = tmp_path_factory.mktemp("clients")
+    redis_server = RedisServer(workdir / "redis").start()
+    dsn = _database_url(PG_TEST_ADMIN_URL, f"sessionsync_clients_{uuid.uuid4().hex[:10]}")
+    name = f"sessionsync-clients-{uuid.uuid4().hex[:10]}"
+    queues = None
+    try:
+        provisioning.ensure_database(dsn)
+        provisioning.migrate(dsn)
+        queues = provisioning.ensure_queues(sqs, name, provisioning.dlq_name_for(name))
+        with serve_process(serve_environment(redis_server.url, dsn, queues.url, queues.dlq_url),
+                           workdir) as (port, log):
+            yield Served(f"http://127.0.0.1:{port}", port, dsn, log, redis_server)
+    finally:
+        if queues is not None:
+            provisioning.delete_queues(sqs, queues)
+        provisioning.drop_database(dsn)
+        redis_server.stop()
+
+
+@pytest.fixture(scope="session")
+def unavailable(tmp_path_factory) -> Iterator[str]:
+    """`sessionsync serve` whose Redis does not answer (a port nothing listens
+    on): every session route is a real 503 with Retry-After."""
+    workdir = tmp_path_factory.mktemp("unavailable")
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "REDIS_TIMEOUT": "0.2",
+           "SESSIONSYNC_API_KEYS": API_KEY, "LOG_LEVEL": "ERROR"}
+    # an empty value is "not configured" to the settings (and keeps the
+    # local stage's defaults out): no PostgreSQL, no queues
+    for name in ("DATABASE_URL", "DB_SECRET_ARN", "SESSION_QUEUE_URL", "SESSION_QUEUE_NAME",
+                 "SESSION_DLQ_URL", "SESSION_DLQ_NAME", "SESSIONSYNC_API_KEYS_SECRET_ARN",
+                 "PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE"):
+        env[name] = ""
+    with serve_process(env, workdir, "--no-pipeline") as (port, _log):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def sid() -> str:
+    return f"py-{uuid.uuid4().hex[:12]}"
