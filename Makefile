@@ -8,9 +8,10 @@ PIP_QUIET := -q --disable-pip-version-check
 
 .PHONY: run test unit chaos mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+# The project and, for its tests, clients/python (a package of its own) editable.
+$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_QUIET) -r requirements-dev.txt -e '.[cli,bench,dev]' 2> >(grep -v '^WARNING: Location' >&2)
+	$(BIN)/pip install $(PIP_QUIET) -r requirements-dev.txt -e '.[cli,bench,dev]' -e ./clients/python 2> >(grep -v '^WARNING: Location' >&2)
 	touch $@
 
 venv: $(BIN)/.installed
@@ -72,9 +73,9 @@ capacity-check:
 lint: ruff typecheck
 
 ruff: venv
-	$(BIN)/ruff check app.py chalicelib sessionsync tests scripts
+	$(BIN)/ruff check app.py chalicelib sessionsync tests scripts clients/python
 
-# mypy over app.py, chalicelib and sessionsync ([tool.mypy] in pyproject.toml).
+# mypy over app.py, chalicelib, sessionsync and the Python client ([tool.mypy] in pyproject.toml).
 typecheck: venv
 	$(BIN)/mypy
 

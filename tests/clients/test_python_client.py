@@ -12,11 +12,11 @@ import time
 import uuid
 
 import pytest
-import yaml
-
 import sessionsync_client as ss
+import yaml
 from sessionsync_client import errors
 from sessionsync_client._protocol import CursorLoop
+
 from tests.clients.conftest import Served
 from tests.conftest import API_KEY, PROJECT_DIR
 from tests.servers import TcpProxy, free_port
@@ -114,7 +114,8 @@ def test_every_error_code_the_api_documents_has_its_own_class():
             418, {"x-request-id": "r-1"},
             b'{"type":"about:blank","title":"t","status":418,"detail":"d","code":"%s",'
             b'"error":{"code":"%s","message":"d","details":{"k":1}}}' % (code.encode(), code.encode()))
-        assert type(raised) is cls and (raised.code, raised.details, raised.request_id) == (code, {"k": 1}, "r-1")
+        assert type(raised) is cls
+        assert (raised.code, raised.details, raised.request_id) == (code, {"k": 1}, "r-1")
     # the server's own tree: a client catching the parent catches the child
     assert issubclass(ss.PreconditionFailedError, ss.ConcurrencyError)
     assert issubclass(ss.SessionExpiredError, ss.SessionNotFoundError)
@@ -293,7 +294,7 @@ def test_the_iterators_follow_the_cursor_across_pages(client: ss.Client, served:
             break
     assert pages == [[10, 9, 8], [7, 6, 5], [4, 3, 2], [1]]
     assert [e.version for e in client.history(sid, page_size=3)] == list(range(10, 0, -1))
-    assert [e.state for e in client.history(sid, page_size=4)][0] == {"v": 10}
+    assert next(iter(client.history(sid, page_size=4))).state == {"v": 10}
 
     owner = f"{sid}-owner"
     ids = sorted(f"{sid}-{n}" for n in range(5))

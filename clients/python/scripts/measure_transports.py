@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import socket
 import statistics
-import multiprocessing
 import subprocess
 import sys
 import time

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlencode
 
 from sessionsync_client import errors
@@ -24,10 +24,10 @@ from sessionsync_client._version import __version__
 from sessionsync_client.models import Event, EventPage, Health, RevokeResult, Session, SessionPage
 
 T = TypeVar("T")
-Version = Union[int, Literal["*"]]
+Version = int | Literal["*"]
 #: a change for ``update``: the new state from the current one (or None
 #: when it changed the state it was given in place)
-Change = Callable[[dict[str, Any]], Union[dict[str, Any], None]]
+Change = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 MERGE_PATCH = "application/merge-patch+json"
 # Answers worth another attempt: throttled by API Gateway (429: the request
@@ -106,7 +106,7 @@ class NoAnswer(Exception):
         self.sent = sent
 
 
-Effect = Union[Send, Sleep, Apply]
+Effect = Send | Sleep | Apply
 Operation = Generator[Effect, Any, T]
 
 

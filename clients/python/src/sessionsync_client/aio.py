@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import httpx
 
@@ -29,7 +29,7 @@ from sessionsync_client.models import Event, EventPage, Health, RevokeResult, Se
 
 T = TypeVar("T")
 #: ``update``'s change may also be a coroutine function
-AsyncChange = Callable[[dict[str, Any]], Union[dict[str, Any], None, Awaitable[Union[dict[str, Any], None]]]]
+AsyncChange = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any] | None] | None]
 
 
 class AsyncClient:
@@ -97,7 +97,7 @@ class AsyncClient:
                 else:  # pragma: no cover - the protocol yields nothing else
                     raise TypeError(f"unknown effect {effect!r}")
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            return done.value
 
     # --- the API (as Client's) ----------------------------------------------------
 

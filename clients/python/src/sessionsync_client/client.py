@@ -107,7 +107,7 @@ class Client:
                 else:  # pragma: no cover - the protocol yields nothing else
                     raise TypeError(f"unknown effect {effect!r}")
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            return done.value
 
     # --- the API ----------------------------------------------------------------
 

@@ -236,7 +236,9 @@ def error_from_reply(status: int, headers: Mapping[str, str], body: bytes,
         parsed = None
     if isinstance(parsed, dict):
         problem = parsed
-    error = problem.get("error") if isinstance(problem.get("error"), dict) else {}
+    error = problem.get("error")
+    if not isinstance(error, dict):
+        error = {}
     code = problem.get("code") or error.get("code")
     message = (problem.get("detail") or error.get("message") or problem.get("message")
                or (body[:200].decode("utf-8", "replace") if body else "")

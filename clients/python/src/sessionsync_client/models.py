@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 # RFC 3339 as the server writes it ("2026-01-31T12:00:05.250Z"); Python 3.10's
