@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test unit chaos mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy
+.PHONY: run test unit chaos mutants perfdoc perfdoc-check capacity capacity-check venv node services localstack bootstrap lint ruff typecheck bench clean stop deploy
 
 # The project and, for its tests, clients/python (a package of its own) editable.
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml clients/python/pyproject.toml
@@ -15,6 +15,14 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml clients/
 	touch $@
 
 venv: $(BIN)/.installed
+
+# clients/typescript's dev dependencies, exactly as package-lock.json pins them.
+TS_CLIENT := clients/typescript
+$(TS_CLIENT)/node_modules/.installed: $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node: $(TS_CLIENT)/node_modules/.installed
 
 services:
 	scripts/services.sh
@@ -32,8 +40,9 @@ run: bootstrap
 
 # Ruff and mypy first (before any service starts), then the whole test
 # suite against real Redis, a local Redis Cluster, PostgreSQL and
-# LocalStack.  CI runs exactly this.
-test: lint services localstack
+# LocalStack, the client libraries' suites included (tests/clients drives
+# clients/typescript's `npm test`).  CI runs exactly this.
+test: lint node services localstack
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The unit tier alone, in seconds, with no services: tests/unit does no I/O
@@ -119,4 +128,4 @@ deploy:
 	aws cloudformation deploy --region $(REGION) --template-file $(DEPLOY_DIR)/packaged.yaml --stack-name $(STACK) --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset --parameter-overrides $(PARAMETERS)
 
 clean: stop
-	rm -rf $(VENV) .localstack-venv .run
+	rm -rf $(VENV) .localstack-venv .run $(TS_CLIENT)/node_modules $(TS_CLIENT)/dist $(TS_CLIENT)/build
