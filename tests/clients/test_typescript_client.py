@@ -22,8 +22,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 import sessionsync_client as ss
+
 from tests.clients.conftest import TYPESCRIPT_CLIENT, Served
 from tests.conftest import API_KEY
 from tests.servers import TcpProxy, free_port
@@ -36,12 +36,18 @@ TSC = TYPESCRIPT_CLIENT / "node_modules" / "typescript" / "bin" / "tsc"
 
 
 @pytest.fixture(scope="module")
-def node_modules() -> Path:
+def built() -> Path:
+    """`npm test`'s preparation, once for this module: the generated types
+    checked against docs/openapi.yaml, dist/ (ESM and CommonJS) and the
+    compiled tests and example (the suite and `npm pack` then skip their
+    scripts rather than build it all again)."""
     assert NPM and NODE, "node and npm are needed (Node 20): they build and test clients/typescript"
     installed = TYPESCRIPT_CLIENT / "node_modules" / ".package-lock.json"
     assert installed.exists(), ("clients/typescript/node_modules is missing: `make test` installs it "
                                 "(cd clients/typescript && npm ci)")
-    return TYPESCRIPT_CLIENT / "node_modules"
+    prepared = npm("run", "pretest", cwd=TYPESCRIPT_CLIENT)
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    return TYPESCRIPT_CLIENT / "dist"
 
 
 def npm(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) \
@@ -54,12 +60,12 @@ def npm(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
 def tap_summary(path: Path) -> dict[str, int]:
     """The counts at the end of node:test's TAP report."""
     text = path.read_text()
-    return {name: int(count) for name, count in re.findall(r"^# (tests|pass|fail|cancelled|skipped|todo) (\d+)$",
-                                                         text, flags=re.M)}
+    counts = re.findall(r"^# (tests|pass|fail|cancelled|skipped|todo) (\d+)$", text, flags=re.M)
+    return {name: int(count) for name, count in counts}
 
 
 def test_the_typescript_suite_passes_against_the_server_and_shares_sessions_with_python(
-        node_modules, served: Served, unavailable: str):
+        built, served: Served, unavailable: str):
     run = f"py-ts-{uuid.uuid4().hex[:8]}"
     from_python = f"{run}-from-py"
     cut_session = f"{run}-cut"
@@ -74,7 +80,7 @@ def test_the_typescript_suite_passes_against_the_server_and_shares_sessions_with
                    "SESSIONSYNC_CUT_SESSION": cut_session, "SESSIONSYNC_UNAVAILABLE_URL": unavailable,
                    "SESSIONSYNC_CLOSED_URL": f"http://127.0.0.1:{free_port()}",
                    "SESSIONSYNC_FROM_PYTHON": from_python, "SESSIONSYNC_RUN": run}
-            result = npm("test", cwd=TYPESCRIPT_CLIENT, env=env, timeout=400)
+            result = npm("test", "--ignore-scripts", cwd=TYPESCRIPT_CLIENT, env=env, timeout=400)
         finally:
             proxy.close()
         output = result.stdout + result.stderr
@@ -113,9 +119,9 @@ client.health().then((health) => {
 
 
 @pytest.fixture(scope="module")
-def tarball(node_modules, tmp_path_factory) -> Path:
+def tarball(built, tmp_path_factory) -> Path:
     destination = tmp_path_factory.mktemp("npm-pack")
-    packed = npm("pack", "--pack-destination", str(destination), cwd=TYPESCRIPT_CLIENT)
+    packed = npm("pack", "--ignore-scripts", "--pack-destination", str(destination), cwd=TYPESCRIPT_CLIENT)
     assert packed.returncode == 0, packed.stdout + packed.stderr
     (found,) = destination.glob("sessionsync-client-*.tgz")
     return found

@@ -139,6 +139,15 @@ describe("SyncKairosStateManager", () => {
     await assert.rejects(manager.createSession(newState(id)), SessionExistsError);
   });
 
+  test("an update that names no version is refused, never written blindly", async () => {
+    const id = `game-${randomUUID().slice(0, 8)}`;
+    await manager.createSession(newState(id));
+    const unread = { ...newState(id), status: "running" } as SyncState;
+    delete (unread as Partial<SyncState>).version;
+    await assert.rejects(manager.updateSession(id, unread), TypeError);
+    assert.equal((await manager.getSession(id))?.status, "pending");
+  });
+
   test("keyPrefix namespaces the ids on the server", async () => {
     const id = `game-${randomUUID().slice(0, 8)}`;
     const other = new SyncKairosStateManager<SyncState>({ ...options, keyPrefix: `${prefix}other:` });
