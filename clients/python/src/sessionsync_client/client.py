@@ -6,7 +6,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, PoolError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    LocationValueError,
+    NewConnectionError,
+    PoolError,
+)
 
 from sessionsync_client._protocol import (
     Apply,
@@ -79,6 +85,8 @@ class Client:
                 request.method, self.base_url + request.path, body=request.body,
                 headers=request.headers, timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
                 redirect=False, retries=False)
+        except LocationValueError as exc:  # a malformed base_url: no retry will mend it
+            raise ValueError(f"not a URL: {self.base_url + request.path!r} ({exc})") from exc
         except (NewConnectionError, ConnectTimeoutError, PoolError) as exc:
             # no connection was made: the request never left
             raise NoAnswer(str(exc), sent=False) from exc
