@@ -7,6 +7,7 @@ and the same through ``AsyncClient``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -127,6 +128,13 @@ def test_every_error_code_the_api_documents_has_its_own_class():
     assert type(later) is ss.SessionSyncError and later.status == 409 and later.code == "SomethingNew"
     gateway = errors.error_from_reply(502, {}, b"<html>Bad Gateway</html>")
     assert type(gateway) is ss.SessionSyncError and gateway.status == 502
+
+
+def test_both_clients_have_the_api_s_major_version():
+    spec = yaml.safe_load((PROJECT_DIR / "docs" / "openapi.yaml").read_text())
+    package = json.loads((PROJECT_DIR / "clients" / "typescript" / "package.json").read_text())
+    major = spec["info"]["version"].split(".")[0]
+    assert ss.__version__.split(".")[0] == package["version"].split(".")[0] == major
 
 
 def test_each_error_a_client_can_provoke_arrives_as_its_class(client: ss.Client, served: Served, sid: str):
