@@ -101,7 +101,7 @@ DEFAULT_REDIS_SETTLE_SECONDS = 10.0
 # of seconds bounds that memory where the eviction policy is noeviction.
 DEFAULT_MARKER_TTL = 0
 # How long a write's Idempotency-Key is remembered (its record in Redis,
-# chalicelib/adapters/redis/store.py): at least a day, so that a client's
+# chalicelib/adapters/redis/scripts/lib.lua): at least a day, so that a client's
 # retries of a write whose answer it lost, however patient, find it.
 DEFAULT_IDEMPOTENCY_KEY_TTL = 24 * 3600
 MIN_IDEMPOTENCY_KEY_TTL = 24 * 3600

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.adapters.redis.store import StoredSession, key_names
+from chalicelib.adapters.redis.keys import key_names
+from chalicelib.adapters.redis.store import StoredSession
 from chalicelib.domain.errors import SessionSyncError
 from sessionsync import dlq
 from sessionsync.operations import LEVELS, Finding

@@ -5,7 +5,7 @@ write happened.  Sent with the same key, its retry gets the original
 outcome (status, body, ETag, Location; marked ``Idempotent-Replayed:
 true``) instead of a 409/412 against its own write.  The store records the
 key in the same Lua script as the write it names (``ss:{NNNN}:i:<id>:<key>``,
-chalicelib/adapters/redis/store.py), so a write and its record exist
+chalicelib/adapters/redis/scripts/), so a write and its record exist
 together or not at all; docs/decisions/idempotency-keys.md has the design.
 
 Pure: parsing and fingerprinting, no I/O.

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from chalicelib.adapters.redis.store import BUCKETS, bucket_of
+from chalicelib.adapters.redis.keys import BUCKETS, bucket_of
 from chalicelib.domain.errors import ServiceUnavailable
 from chalicelib.observability import metrics
 

@@ -33,13 +33,10 @@ import hiredis
 import redis
 
 from chalicelib.adapters.redis.client import connect_redis
-from chalicelib.adapters.redis.store import (
-    EPOCH_SCRIPT,
-    UPDATE_SCRIPT,
-    SessionStore,
-    iso_utc,
-    session_keys,
-)
+from chalicelib.adapters.redis.codec import iso_utc
+from chalicelib.adapters.redis.keys import session_keys
+from chalicelib.adapters.redis.scripts import EPOCH_SCRIPT, UPDATE_SCRIPT
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from sessionsync.bench.context import STATE_BYTES, BenchContext, delete_session_keys, state_json
 from sessionsync.bench.stats import interleaved, median, ratio, summarize_ns
@@ -49,7 +46,7 @@ TRIVIAL_SCRIPT = "return 1"
 # ({'ok', event, created}: the event is about the state's size)
 ECHO_SCRIPT = "return {'ok', ARGV[2], ARGV[4]}"
 # UPDATE_SCRIPT with one step taken out: (name, text replaced, replacement).
-# Each must match UPDATE_SCRIPT (or _LUA_PARSE in it) exactly once: a
+# Each must match UPDATE_SCRIPT (or scripts/lib.lua in it) exactly once: a
 # changed script fails the run instead of timing something else.
 VARIANTS: tuple[tuple[str, str, str], ...] = (
     ("no_epoch_read",

@@ -40,14 +40,8 @@ import redis
 from redis.crc import key_slot
 
 from chalicelib.adapters.redis.client import connect_redis
-from chalicelib.adapters.redis.store import (
-    BUCKETS,
-    SessionStore,
-    bucket_tag,
-    epoch_key,
-    hold_key,
-    session_keys,
-)
+from chalicelib.adapters.redis.keys import BUCKETS, bucket_tag, epoch_key, hold_key, session_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.session import Session
 from sessionsync.bench.context import STATE_BYTES, BenchContext, state_json
@@ -104,7 +98,7 @@ def bucket_slot_check(buckets: int = BUCKETS) -> dict[str, Any]:
 
 
 def _one_id_per_bucket(buckets: int) -> list[str]:
-    from chalicelib.adapters.redis.store import bucket_of
+    from chalicelib.adapters.redis.keys import bucket_of
     found: dict[int, str] = {}
     i = 0
     while len(found) < buckets and i < 200 * buckets:  # ~7 * buckets suffice

@@ -136,7 +136,7 @@ def delete_session_keys(client: RedisClient, session_ids: Iterable[str]) -> None
 
     Only needed on a Redis the run does not own (``--redis-url``).
     """
-    from chalicelib.adapters.redis.store import bucket_of, outbox_keys, session_keys
+    from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
 
     session_ids = set(session_ids)
     pipe = client.pipeline(transaction=False)

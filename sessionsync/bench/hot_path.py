@@ -39,7 +39,9 @@ import hiredis
 import redis
 
 from chalicelib.adapters.redis.client import connect_redis
-from chalicelib.adapters.redis.store import GET_SCRIPT, SessionStore, session_keys
+from chalicelib.adapters.redis.keys import session_keys
+from chalicelib.adapters.redis.scripts import GET_SCRIPT
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from sessionsync.bench import machine
 from sessionsync.bench.context import PROFILES, STATE_BYTES, BenchContext, Placement, state_json

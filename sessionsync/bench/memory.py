@@ -15,7 +15,8 @@ from typing import Any, cast
 
 import redis
 
-from chalicelib.adapters.redis.store import SessionStore, session_keys
+from chalicelib.adapters.redis.keys import session_keys
+from chalicelib.adapters.redis.store import SessionStore
 from sessionsync.bench.context import BenchContext, state_json
 from sessionsync.bench.redis_server import ThrowawayRedis
 from sessionsync.bench.stats import ratio

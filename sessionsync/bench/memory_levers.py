@@ -34,7 +34,8 @@ from typing import Any, cast
 
 import redis
 
-from chalicelib.adapters.redis.store import BUCKETS, SessionStore, session_keys
+from chalicelib.adapters.redis.keys import BUCKETS, session_keys
+from chalicelib.adapters.redis.store import SessionStore
 from sessionsync.bench.context import STATE_BYTES, BenchContext, state_json
 from sessionsync.bench.redis_server import ThrowawayRedis
 from sessionsync.bench.stats import ratio, summarize_ns, time_calls

@@ -24,7 +24,8 @@ from typing import Any
 
 import redis
 
-from chalicelib.adapters.redis.store import SessionStore, bucket_of, outbox_keys
+from chalicelib.adapters.redis.keys import bucket_of, outbox_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.events import EVENT_SCHEMA_VERSION, UPDATED
 from chalicelib.pipeline.outbox import PAGE, OutboxRelay
 from sessionsync.bench.aws_local import localstack_sqs_unavailable, sqs_client, temporary_queue

@@ -20,7 +20,9 @@ from contextlib import ExitStack
 from typing import Any, cast
 
 from chalicelib.adapters.redis.client import connect_redis
-from chalicelib.adapters.redis.store import BUCKETS, SessionStore, iso_utc
+from chalicelib.adapters.redis.codec import iso_utc
+from chalicelib.adapters.redis.keys import BUCKETS
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from sessionsync.bench.context import STATE_BYTES, BenchContext, state_json
 from sessionsync.bench.redis_server import ThrowawayRedis

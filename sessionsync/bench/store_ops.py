@@ -25,16 +25,10 @@ from typing import Any, cast
 import redis
 
 from chalicelib.adapters.redis.client import connect_redis
-from chalicelib.adapters.redis.store import (
-    EPOCH_SCRIPT,
-    GET_SCRIPT,
-    UPDATE_SCRIPT,
-    SessionStore,
-    decode_session,
-    idempotency_key,
-    iso_utc,
-    session_keys,
-)
+from chalicelib.adapters.redis.codec import decode_session, iso_utc
+from chalicelib.adapters.redis.keys import idempotency_key, session_keys
+from chalicelib.adapters.redis.scripts import EPOCH_SCRIPT, GET_SCRIPT, UPDATE_SCRIPT
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.idempotency import Idempotency, fingerprint
 from chalicelib.domain.session import Session

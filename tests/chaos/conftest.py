@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.chaos.stack import ChaosStack
-from tests.conftest import LOCALSTACK_URL
+from tests.support.constants import LOCALSTACK_URL
 
 
 @pytest.fixture

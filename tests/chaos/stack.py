@@ -22,7 +22,8 @@ import psycopg
 from chalicelib.adapters import aws
 from chalicelib.adapters.postgres.database import Database
 from chalicelib.adapters.redis.client import connect_redis
-from chalicelib.adapters.redis.store import SessionStore, outbox_keys
+from chalicelib.adapters.redis.keys import outbox_keys
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
 from chalicelib.pipeline.dead_letters import DeadLetterQueue
@@ -32,7 +33,7 @@ from chalicelib.service.sessions import SessionService
 from sessionsync.provisioning import QueuePair
 from sessionsync.worker import Worker
 from tests.chaos.history import Observed
-from tests.servers import TcpProxy, free_port
+from tests.support.servers import TcpProxy, free_port
 
 
 class ReportCollector(logging.Handler):
@@ -185,7 +186,7 @@ class ChaosStack:
     # -- draining and observing -----------------------------------------------------------
 
     def outbox_ids(self, session_ids: Iterable[str]) -> list[str]:
-        from chalicelib.adapters.redis.store import bucket_of
+        from chalicelib.adapters.redis.keys import bucket_of
         ids = set(session_ids)
         found = []
         for bucket in sorted({bucket_of(s) for s in ids}):

@@ -26,12 +26,12 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from chalicelib.adapters.redis.store import CREATE_SCRIPT, DELETE_SCRIPT, UPDATE_SCRIPT
+from chalicelib.adapters.redis.scripts import CREATE_SCRIPT, DELETE_SCRIPT, UPDATE_SCRIPT
 from sessionsync import provisioning
 from tests.chaos.history import History, Op, check, check_acknowledged_persisted, revoke_tombstones
 from tests.chaos.stack import ChaosStack
 from tests.chaos.workload import Workload
-from tests.servers import RedisServer, TcpProxy
+from tests.support.servers import RedisServer, TcpProxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.localstack]
 

@@ -9,42 +9,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import psycopg
 import pytest
 
-from tests.conftest import API_KEY, LOCALSTACK_URL, PG_TEST_ADMIN_URL, PROJECT_DIR, _database_url
-from tests.pipeline_support import wait_until
-from tests.servers import RedisServer, free_port, serve_process
-
-PYTHON_CLIENT = PROJECT_DIR / "clients" / "python"
-TYPESCRIPT_CLIENT = PROJECT_DIR / "clients" / "typescript"
-
-
-@dataclass(frozen=True)
-class Served:
-    url: str
-    port: int
-    dsn: str
-    log: Path
-    #: the server's Redis (a test may pause it, and must resume it)
-    redis: RedisServer
-
-    def event_versions(self, session_id: str) -> list[int]:
-        """The versions sync_events holds of a session, duplicates kept, in order."""
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            return [v for (v,) in conn.execute(
-                "SELECT version FROM sync_events WHERE session_id = %s ORDER BY version", (session_id,))]
-
-    def wait_for_events(self, session_id: str, count: int, timeout: float = 30.0) -> list[int]:
-        """The versions once PostgreSQL holds ``count`` events of the session
-        (the pipeline persists within a second or two; the margin is for a
-        busy machine)."""
-        wait_until(lambda: len(self.event_versions(session_id)) >= count, timeout=timeout,
-                   what=f"{count} events of {session_id} in sync_events", interval=0.1)
-        return self.event_versions(session_id)
+from tests.clients.utils import Served
+from tests.support.constants import API_KEY, LOCALSTACK_URL, PG_TEST_ADMIN_URL, database_url
+from tests.support.servers import RedisServer, free_port, serve_process
 
 
 def serve_environment(redis_url: str, dsn: str, queue_url: str, dlq_url: str) -> dict[str, str]:
@@ -63,7 +33,7 @@ def served(tmp_path_factory, sqs) -> Iterator[Served]:
 
     workdir = tmp_path_factory.mktemp("clients")
     redis_server = RedisServer(workdir / "redis").start()
-    dsn = _database_url(PG_TEST_ADMIN_URL, f"sessionsync_clients_{uuid.uuid4().hex[:10]}")
+    dsn = database_url(PG_TEST_ADMIN_URL, f"sessionsync_clients_{uuid.uuid4().hex[:10]}")
     name = f"sessionsync-clients-{uuid.uuid4().hex[:10]}"
     queues = None
     try:

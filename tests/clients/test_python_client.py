@@ -18,9 +18,9 @@ import yaml
 from sessionsync_client import errors
 from sessionsync_client._protocol import CursorLoop
 
-from tests.clients.conftest import Served
-from tests.conftest import API_KEY, PROJECT_DIR
-from tests.servers import TcpProxy, free_port
+from tests.clients.utils import Served
+from tests.support.constants import API_KEY, PROJECT_DIR
+from tests.support.servers import TcpProxy, free_port
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow]
 

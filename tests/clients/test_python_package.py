@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.clients.conftest import PYTHON_CLIENT, Served
-from tests.conftest import API_KEY
-from tests.packaging_support import _repack, closure
+from tests.clients.utils import PYTHON_CLIENT, Served
+from tests.support.constants import API_KEY
+from tests.support.packaging import _repack, closure
 
 pytestmark = pytest.mark.slow
 

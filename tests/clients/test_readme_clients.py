@@ -11,8 +11,8 @@ import uuid
 import pytest
 import sessionsync_client as ss
 
-from tests.clients.conftest import Served
-from tests.conftest import API_KEY, PROJECT_DIR
+from tests.clients.utils import Served
+from tests.support.constants import API_KEY, PROJECT_DIR
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow]
 

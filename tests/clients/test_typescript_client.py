@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import sessionsync_client as ss
 
-from tests.clients.conftest import TYPESCRIPT_CLIENT, Served
-from tests.conftest import API_KEY
-from tests.servers import TcpProxy, free_port
+from tests.clients.utils import TYPESCRIPT_CLIENT, Served
+from tests.support.constants import API_KEY
+from tests.support.servers import TcpProxy, free_port
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow]
 

@@ -3,53 +3,12 @@ out), on the real Redis (db 1).  Every bad input gets a 4xx in the one error
 shape and writes nothing: the tests look at the Redis keys themselves."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from chalicelib.adapters.redis.store import bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.keys import session_keys
 from chalicelib.config import DEFAULT_MAX_STATE_BYTES as LIMIT  # what app_settings enforces
-from tests.conftest import API_KEY, AUTH
-
-
-def body(doc) -> str:
-    return json.dumps(doc)
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    """An RFC 9457 problem that keeps today's ``code`` and ``error``; returns ``error``."""
-    assert response.status_code == status, response.body
-    assert response.headers["Content-Type"] == "application/problem+json"
-    doc = json.loads(response.body)
-    assert set(doc) == {"type", "title", "status", "detail", "code", "error"}
-    assert (doc["type"], doc["status"]) == ("about:blank", status) and doc["title"]
-    assert doc["code"] == doc["error"]["code"] == code
-    assert isinstance(doc["error"]["message"], str) and doc["error"]["message"]
-    assert doc["detail"] == doc["error"]["message"]
-    return doc["error"]
-
-
-class RedisView:
-    """What Redis holds for a session: the proof that nothing was written."""
-
-    def __init__(self, client) -> None:
-        self.client = client
-
-    def raw(self, sid: str) -> bytes | None:
-        return self.client.get(session_keys(sid)[0])
-
-    def marker(self, sid: str) -> bytes | None:
-        return self.client.get(session_keys(sid)[1])
-
-    def outbox(self, sid: str) -> list[bytes]:
-        data = outbox_keys(bucket_of(sid))[1]
-        return sorted(k for k in self.client.hkeys(data) if k.decode().rsplit(":", 1)[0] == sid)
-
-    def snapshot(self, sid: str) -> tuple:
-        return self.raw(sid), self.marker(sid), self.outbox(sid)
-
-    def assert_untouched(self, sid: str) -> None:
-        assert self.snapshot(sid) == (None, None, [])
+from tests.functional.utils import RedisView, assert_error, body
+from tests.support.constants import API_KEY, AUTH
 
 
 @pytest.fixture

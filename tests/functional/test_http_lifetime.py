@@ -11,15 +11,16 @@ import json
 import pytest
 
 from chalicelib.adapters.postgres.database import Database
-from chalicelib.adapters.redis.store import session_keys
+from chalicelib.adapters.redis.keys import session_keys
 from chalicelib.config import Settings
 from chalicelib.domain.events import parse_event
 from chalicelib.domain.session import iso_plus_seconds
 from chalicelib.domain.validation import CreateRequest
 from chalicelib.service.sessions import SessionService
-from tests.conftest import API_KEY, AUTH, BEARER, REDIS_TEST_URL, TEST_CHANNEL, app_client
-from tests.functional.test_http_api import RedisView, assert_error, body
-from tests.pipeline_support import wait_until
+from tests.functional.utils import RedisView, assert_error, body
+from tests.support.app import app_client
+from tests.support.constants import API_KEY, AUTH, BEARER, REDIS_TEST_URL, TEST_CHANNEL
+from tests.support.pipeline import wait_until
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from chalicelib.adapters.redis.store import bucket_of, outbox_keys
+from chalicelib.adapters.redis.keys import bucket_of, outbox_keys
 from chalicelib.config import DEFAULT_MAX_STATE_BYTES as LIMIT  # what app_settings enforces
 from chalicelib.domain.events import CREATED, UPDATED
-from tests.conftest import AUTH, BEARER
-from tests.functional.test_http_api import RedisView, assert_error, body
+from tests.functional.utils import RedisView, assert_error, body
+from tests.support.constants import AUTH, BEARER
 
 MERGE = {**BEARER, "Content-Type": "application/merge-patch+json"}
 

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from chalicelib.adapters.redis.store import idempotency_key, session_keys
+from chalicelib.adapters.redis.keys import idempotency_key, session_keys
 from chalicelib.domain.idempotency import Idempotency
-from tests.conftest import AUTH
-from tests.functional.test_http_api import assert_error, body
+from tests.functional.utils import assert_error, body
+from tests.support.constants import AUTH
 
 REPLAYED = "Idempotent-Replayed"
 

@@ -7,13 +7,12 @@ documented schema, and documented headers are there when required and match
 their patterns.
 
 schemathesis against a live server, and a client generated from the file,
-are in tests/integration/test_contract.py.
+are in tests/integration/api/test_contract.py.
 """
 from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from typing import Any
 
@@ -24,11 +23,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app import app
-from chalicelib.adapters.redis.store import SessionStore, epoch_key
+from chalicelib.adapters.redis.keys import epoch_key
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain import errors, validation
 from chalicelib.service.sessions import SessionService
-from tests.conftest import AUTH, PROJECT_DIR, app_client
-from tests.schemathesis_hooks import breaks_the_precondition_rule, sent_outside_the_if_none_match_pattern
+from tests.functional.utils import Spec, to_json_schema
+from tests.support.app import app_client
+from tests.support.constants import AUTH, PROJECT_DIR
+from tests.support.schemathesis_hooks import (
+    breaks_the_precondition_rule,
+    sent_outside_the_if_none_match_pattern,
+)
 
 SPEC_PATH = PROJECT_DIR / "docs" / "openapi.yaml"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -39,69 +44,10 @@ def spec() -> dict[str, Any]:
     return yaml.safe_load(SPEC_PATH.read_text())
 
 
-def to_json_schema(node: Any) -> Any:
-    """OpenAPI 3.0 schema -> JSON Schema: ``nullable: true`` becomes a null branch."""
-    if isinstance(node, list):
-        return [to_json_schema(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    converted = {key: to_json_schema(value) for key, value in node.items()}
-    if converted.pop("nullable", False):
-        return {"anyOf": [converted, {"type": "null"}]}
-    return converted
 
 
-def deref(spec: dict, node: dict) -> dict:
-    """Follow a local ``$ref`` (``#/components/...``) to its target."""
-    while isinstance(node, dict) and "$ref" in node:
-        target: Any = spec
-        for part in node["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
 
 
-class Spec:
-    def __init__(self, doc: dict) -> None:
-        self.doc = doc
-        self.components = to_json_schema(doc["components"])
-
-    def operation(self, method: str, route: str) -> dict:
-        return self.doc["paths"][route][method.lower()]
-
-    def assert_conforms(self, method: str, route: str, response) -> None:
-        """``response`` is one the spec documents for ``method route``."""
-        responses = self.operation(method, route)["responses"]
-        status = str(response.status_code)
-        assert status in responses, f"{method} {route} answered {status}, not documented"
-        documented = deref(self.doc, responses[status])
-        content = documented.get("content")
-        if content is None:
-            assert not response.body, f"{method} {route} {status} has an undocumented body"
-        else:
-            assert response.headers["Content-Type"] in content
-            schema = content[response.headers["Content-Type"]]["schema"]
-            validator = jsonschema_rs.validator_for(
-                {**to_json_schema(schema), "components": self.components}, validate_formats=True)
-            errors_found = [e.message for e in validator.iter_errors(json.loads(response.body))]
-            assert not errors_found, f"{method} {route} {status}: {errors_found}"
-        headers = {name.lower(): deref(self.doc, header)
-                   for name, header in documented.get("headers", {}).items()}
-        undocumented = {name for name in response.headers
-                        if name.lower() not in headers and name.lower() != "content-type"}
-        assert not undocumented, f"{method} {route} {status} sends undocumented {undocumented}"
-        for name, header in documented.get("headers", {}).items():
-            header = deref(self.doc, header)
-            if header.get("required"):
-                assert name in response.headers, f"{method} {route} {status}: no {name} header"
-            pattern = header["schema"].get("pattern")
-            if name in response.headers and pattern:
-                assert re.search(pattern, response.headers[name]), (name, response.headers[name])
-
-    def validator(self, name: str):
-        """A validator of the schema ``components/schemas/<name>``."""
-        return jsonschema_rs.validator_for({"$ref": f"#/components/schemas/{name}",
-                                            "components": self.components})
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,9 @@ import uuid
 import pytest
 import yaml
 
-from chalicelib.adapters.redis.store import owner_index_key
-from tests.conftest import AUTH, PROJECT_DIR
-from tests.functional.test_http_api import assert_error
-from tests.functional.test_openapi import Spec
+from chalicelib.adapters.redis.keys import owner_index_key
+from tests.functional.utils import Spec, assert_error
+from tests.support.constants import AUTH, PROJECT_DIR
 
 LIST = "/owners/{owner_id}/sessions"
 

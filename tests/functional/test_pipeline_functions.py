@@ -10,8 +10,8 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.pipeline.consumer import BatchIncomplete
-from tests.pipeline_support import event_body, outbox_entries_of
-from tests.servers import free_port
+from tests.support.pipeline import event_body, outbox_entries_of
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.localstack
 

@@ -44,58 +44,69 @@ def mutant(name: str, guarantee: int, file: str, replacements: tuple[tuple[str, 
     return Mutant(name, guarantee, tuple(Edit(file, old, new) for old, new in replacements), tests, what)
 
 
-STORE = "chalicelib/adapters/redis/store.py"
+REDIS = "chalicelib/adapters/redis"
+STORE = f"{REDIS}/store.py"
+KEYS = f"{REDIS}/keys.py"
+LUA_LIB = f"{REDIS}/scripts/lib.lua"
+LUA_CREATE = f"{REDIS}/scripts/create.lua"
+LUA_UPDATE = f"{REDIS}/scripts/update.lua"
+LUA_DELETE = f"{REDIS}/scripts/delete.lua"
+LUA_RESTORE = f"{REDIS}/scripts/restore.lua"
+LUA_VOUCH = f"{REDIS}/scripts/vouch.lua"
+LUA_GET = f"{REDIS}/scripts/get.lua"
+LUA_EXPIRE = f"{REDIS}/scripts/expire.lua"
 SESSIONS = "chalicelib/service/sessions.py"
 PERSISTENCE = "chalicelib/adapters/postgres/database.py"
 CONSUMER = "chalicelib/pipeline/consumer.py"
 DEAD_LETTERS = "chalicelib/pipeline/dead_letters.py"
 PRODUCER = "chalicelib/pipeline/producer.py"
-REDIS_CLIENT = "chalicelib/adapters/redis/client.py"
+REDIS_CLIENT = f"{REDIS}/client.py"
 
-T_STORE = "tests/integration/test_store.py"
-T_CAS_LATENCY = "tests/integration/test_cas_latency.py"
-T_EPOCHS = "tests/integration/test_store_epochs.py"
-T_MARKERS = "tests/integration/test_markers.py"
-T_RULES = "tests/integration/test_recovery_rules.py"
-T_CONFLICTS = "tests/integration/test_version_conflicts.py"
-T_PERSISTENCE = "tests/integration/test_persistence.py"
+T_STORE = "tests/integration/store/test_store.py"
+T_CAS_LATENCY = "tests/integration/store/test_cas_latency.py"
+T_EPOCHS = "tests/integration/store/test_store_epochs.py"
+T_MARKERS = "tests/integration/store/test_markers.py"
+T_RULES = "tests/integration/recovery/test_recovery_rules.py"
+T_CONFLICTS = "tests/integration/pipeline/test_version_conflicts.py"
+T_PERSISTENCE = "tests/integration/pipeline/test_persistence.py"
 T_UNITS = "tests/unit/test_pipeline_units.py"
-T_SHIP = "tests/integration/test_producer_acks.py"
-T_AFTER = "tests/integration/test_after_commit.py"
-T_OUTAGE = "tests/integration/test_redis_outage.py"
-T_FAILOVER = "tests/integration/test_redis_failover.py"
-T_HOT = "tests/integration/test_redis_hot_path.py"
-T_IDEMPOTENCY = "tests/integration/test_idempotency.py"
-T_LIFE = "tests/integration/test_session_lifetime.py"
-T_PATCH = "tests/integration/test_merge_patch.py"
-T_OWNERS = "tests/integration/test_owners.py"
+T_SHIP = "tests/integration/pipeline/test_producer_acks.py"
+T_AFTER = "tests/integration/pipeline/test_after_commit.py"
+T_OUTAGE = "tests/integration/redis/test_redis_outage.py"
+T_FAILOVER = "tests/integration/redis/test_redis_failover.py"
+T_HOT = "tests/integration/store/test_redis_hot_path.py"
+T_IDEMPOTENCY = "tests/integration/sessions/test_idempotency.py"
+T_LIFE = "tests/integration/sessions/test_session_lifetime.py"
+T_PATCH = "tests/integration/sessions/test_merge_patch.py"
+T_OWNERS = "tests/integration/sessions/test_owners.py"
 OWNERS = "chalicelib/service/owners.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
     mutant(
-        "cas-version-check-removed", 1, STORE,
+        "cas-version-check-removed", 1, LUA_UPDATE,
         (("if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),),
         (f"{T_STORE}::test_an_update_with_a_stale_version_changes_nothing[single]",),
         "the update script writes whatever version the caller expected"),
     mutant(
-        "delete-version-check-removed", 1, STORE,
+        "delete-version-check-removed", 1, LUA_DELETE,
         (("if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end\n", ""),),
         (f"{T_STORE}::test_a_delete_with_a_stale_version_is_refused[single]",),
         "a conditional delete ignores its expected version"),
-    mutant(
-        "cas-check-then-write-in-python", 1, STORE,
-        (("if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),
-         ("        now = self.clock()\n        now_iso = iso_utc(now)\n"
-          "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
-          "            session_id, state_json, \"\" if expected_version",
-          "        current = self.get(session_id)\n"
-          "        if current is not None and current.version != expected_version:\n"
-          "            raise ConcurrencyError(session_id, expected_version=expected_version,\n"
-          "                                   actual_version=current.version)\n"
-          "        now = self.clock()\n        now_iso = iso_utc(now)\n"
-          "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
-          "            session_id, state_json, \"\" if expected_version")),
+    Mutant(
+        "cas-check-then-write-in-python", 1,
+        (Edit(LUA_UPDATE,
+              "if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),
+         Edit(STORE, "        now = self.clock()\n        now_iso = iso_utc(now)\n"
+              "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
+              "            session_id, state_json, \"\" if expected_version",
+              "        current = self.get(session_id)\n"
+              "        if current is not None and current.version != expected_version:\n"
+              "            raise ConcurrencyError(session_id, expected_version=expected_version,\n"
+              "                                   actual_version=current.version)\n"
+              "        now = self.clock()\n        now_iso = iso_utc(now)\n"
+              "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
+              "            session_id, state_json, \"\" if expected_version")),
         # on a fast loopback a busy machine may run the racers one after
         # another; the slow network makes the window wide on purpose
         (f"{T_CAS_LATENCY}::test_of_8_writers_on_a_slow_network_updating_the_same_version_exactly_one_wins",
@@ -119,38 +130,38 @@ MUTANTS: tuple[Mutant, ...] = (
         "its read and its write is lost"),
     # -- 8: Redis forgetting never forks a session --------------------------------
     mutant(
-        "marker-not-written-on-create", 8, STORE,
+        "marker-not-written-on-create", 8, LUA_CREATE,
         (("set_marker('1|L', tonumber(ARGV[6]), ttl)\n", ""),),
         (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
         "a create leaves no version marker"),
     mutant(
-        "marker-not-written-on-update", 8, STORE,
+        "marker-not-written-on-update", 8, LUA_UPDATE,
         (("set_marker(v .. '|L', tonumber(ARGV[6]), ttl)\n", ""),),
         (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
         "an update leaves the marker at the previous version"),
     mutant(
-        "marker-not-written-on-delete", 8, STORE,
+        "marker-not-written-on-delete", 8, LUA_DELETE,
         (("set_marker(v .. '|D', tonumber(ARGV[5]), ttl)\n", ""),),
         (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
         "a delete leaves the marker live: the id could come back"),
     mutant(
-        "marker-ttl-shorter-than-the-session", 8, STORE,
+        "marker-ttl-shorter-than-the-session", 8, LUA_LIB,
         (("redis.call('SET', KEYS[2], value, 'EX', math.max(marker_ttl, ttl))",
           "redis.call('SET', KEYS[2], value, 'EX', marker_ttl)"),),
         (f"{T_STORE}::test_the_version_marker_outlives_its_session_even_when_configured_shorter[single]",),
         "a configured marker TTL shorter than the session's is used as is"),
     mutant(
-        "marker-ttl-set-by-default", 8, STORE,
+        "marker-ttl-set-by-default", 8, LUA_LIB,
         (("if marker_ttl > 0 then", "if true then"),),
         (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
         "markers get a TTL even with SESSION_MARKER_TTL=0: volatile-* eviction may take them"),
     mutant(
-        "create-ignores-the-marker", 8, STORE,
+        "create-ignores-the-marker", 8, LUA_CREATE,
         (("local mv, deleted = marker()\nif mv then return {'exists', mv, deleted and 1 or 0} end\n", ""),),
         (f"{T_STORE}::test_a_deleted_id_stays_unusable_after_its_tombstone_expired[single]",),
         "a create of an id whose key is gone but whose marker remains succeeds: the id is reused"),
     mutant(
-        "restore-behind-check-removed", 8, STORE,
+        "restore-behind-check-removed", 8, LUA_RESTORE,
         (("if mv and mv > version then return {'behind', mv} end\n", ""),),
         (f"{T_MARKERS}::test_a_restore_behind_the_marker_is_refused_and_writes_nothing[single]",),
         "the restore script writes back a version older than the marker"),
@@ -167,7 +178,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (Edit(SESSIONS, "        if acknowledged > persisted_version:\n"
               "            raise RecoveryPending(session_id, acknowledged_version=acknowledged,\n"
               "                                  persisted_version=persisted_version)\n", ""),
-         Edit(STORE, "if mv and mv > version then return {'behind', mv} end\n", "")),
+         Edit(LUA_RESTORE, "if mv and mv > version then return {'behind', mv} end\n", "")),
         (f"{T_RULES}::test_a_read_while_postgresql_is_behind_the_marker_is_a_503_until_it_catches_up",),
         "recovery serves PostgreSQL's version even when Redis acknowledged a newer one"),
     mutant(
@@ -192,24 +203,24 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_RULES}::test_a_session_evicted_again_while_another_reader_restored_it_is_a_503_not_a_404",),
         "a session evicted again while another reader restored it is reported as not found"),
     mutant(
-        "epoch-check-skipped", 8, STORE,
+        "epoch-check-skipped", 8, LUA_LIB,
         (("local function check_epoch(v, e, ep, floor)\n  if e == ep then return nil end",
           "local function check_epoch(v, e, ep, floor)\n  if true then return nil end"),),
         (f"{T_EPOCHS}::test_a_write_on_a_value_of_another_epoch_needs_postgresql_s_version[single]",),
         "the write scripts accept a value of another epoch without PostgreSQL's version"),
     mutant(
-        "verified-read-ignores-the-epoch", 8, STORE,
+        "verified-read-ignores-the-epoch", 8, LUA_GET,
         (("return {raw, e == epoch() and 1 or 0}", "return {raw, 1}"),),
         (f"{T_EPOCHS}::test_a_value_of_another_epoch_is_reported_to_a_verifying_read[single]",),
         "a verified read serves a value from before Redis went back in time"),
     mutant(
-        "repair-overwrites-a-newer-version", 8, STORE,
+        "repair-overwrites-a-newer-version", 8, LUA_RESTORE,
         (("if ARGV[6] ~= 'repair' or v >= version then return {'exists'} end",
           "if ARGV[6] ~= 'repair' then return {'exists'} end"),),
         (f"{T_EPOCHS}::test_a_repair_overwrites_an_older_version_but_never_a_newer_one[single]",),
         "a repair replaces a newer version with PostgreSQL's older one"),
     mutant(
-        "vouch-ignores-the-floor", 8, STORE,
+        "vouch-ignores-the-floor", 8, LUA_VOUCH,
         (("if v < tonumber(ARGV[2]) then return {'behind', v} end\n", ""),),
         (f"{T_EPOCHS}::test_vouching_stamps_the_current_epoch_and_keeps_the_ttl[single]",),
         "a value behind PostgreSQL is vouched for"),
@@ -223,7 +234,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "lost-session-hold-removed", 8, SESSIONS,
         (("            _retry_later(self.store.hold(session_id, self.settle_seconds),",
           "            _retry_later(0,"),),
-        ("tests/integration/test_redis_forgets.py::"
+        ("tests/integration/recovery/test_redis_forgets.py::"
          "test_a_session_whose_key_and_marker_were_lost_waits_for_its_change_still_in_the_queue",),
         "a session whose key and marker were lost is recovered before its queued change arrives"),
     mutant(
@@ -252,7 +263,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "a script that timed out is sent again: a write may apply twice, and the 503 waits twice"),
     # -- 6: one hash slot per script -------------------------------------------------
     mutant(
-        "hash-tag-dropped", 6, STORE,
+        "hash-tag-dropped", 6, KEYS,
         (("return \"ss:{%04d}\" % bucket", "return \"ss:%04d\" % bucket"),),
         (f"{T_STORE}::test_every_key_of_a_script_is_in_one_hash_slot",),
         "a session's keys spread over hash slots: its scripts fail on a cluster (CROSSSLOT)"),
@@ -336,7 +347,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "fifo-redrive-deduplicated-by-event-id", 4, "sessionsync/dlq.py",
         (('return {"MessageGroupId": group, "MessageDeduplicationId": message.message_id}',
           'return {"MessageGroupId": group, "MessageDeduplicationId": event_id or message.message_id}'),),
-        ("tests/integration/test_fifo_queue.py::"
+        ("tests/integration/pipeline/test_fifo_queue.py::"
          "test_a_redrive_to_the_fifo_queue_is_not_dropped_as_a_duplicate_of_the_original_send",),
         "a FIFO redrive reuses the event id, which SQS drops as a duplicate of the first send"),
     mutant(
@@ -358,24 +369,24 @@ MUTANTS: tuple[Mutant, ...] = (
         "poison the DLQ refused is counted as dead-lettered and deleted"),
     # -- 14: a retried keyed write is applied once and answered as it was ------------
     mutant(
-        "idempotency-record-written-but-not-checked", 14, STORE,
+        "idempotency-record-written-but-not-checked", 14, LUA_LIB,
         (("  if not KEYS[5] then return nil end\n", "  if true then return nil end\n"),),
         (f"{T_IDEMPOTENCY}::test_a_keyed_update_retried_after_another_write_returns_its_own_outcome"
          "_not_a_conflict[single]",),
         "the scripts record a keyed write but never look the key up: a retry gets a 409"),
-    mutant(
-        "idempotency-record-written-after-the-script", 14, STORE,
-        (("  if KEYS[5] then redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl) end\n", ""),
-         ("        ttl = _ttl_from_event(reply[1])\n",
-          "        ttl = _ttl_from_event(reply[1])\n"
-          "        if idempotency is not None:\n"
-          "            self.client.set(idempotency_key(session_id, idempotency.key),\n"
-          "                            idempotency.fingerprint + '|' + reply[1].decode(),\n"
-          "                            ex=self.idempotency_ttl)\n")),
+    Mutant(
+        "idempotency-record-written-after-the-script", 14,
+        (Edit(LUA_LIB, "  if KEYS[5] then redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl) end\n", ""),
+         Edit(STORE, "        ttl = ttl_from_event(reply[1])\n",
+              "        ttl = ttl_from_event(reply[1])\n"
+              "        if idempotency is not None:\n"
+              "            self.client.set(idempotency_key(session_id, idempotency.key),\n"
+              "                            idempotency.fingerprint + '|' + reply[1].decode(),\n"
+              "                            ex=self.idempotency_ttl)\n")),
         (f"{T_IDEMPOTENCY}::test_a_keyed_update_whose_answer_was_cut_off_is_replayed_on_a_new_connection",),
         "the record is written by the caller once the script answered: a lost answer leaves none"),
     mutant(
-        "idempotency-record-without-ttl", 14, STORE,
+        "idempotency-record-without-ttl", 14, LUA_LIB,
         (("redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl)",
           "redis.call('SET', KEYS[5], fp .. '|' .. ev)"),),
         (f"{T_IDEMPOTENCY}::test_the_record_lives_in_the_sessions_slot_and_expires_after_a_day_at_least[single]",),
@@ -438,18 +449,18 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_LIFE}::test_a_session_whose_lifetime_ended_is_session_expired_on_get_put_delete_and_touch",),
         "recovery brings back a session whose lifetime ended, as if Redis had lost it"),
     mutant(
-        "sweep-expires-ahead-of-postgresql", 16, STORE,
+        "sweep-expires-ahead-of-postgresql", 16, LUA_EXPIRE,
         (("  if mv > pg then return {'ahead', mv} end\n", ""),),
         (f"{T_LIFE}::test_a_write_racing_the_sweep_is_never_lost_and_never_forks_a_version",),
         "the sweep expires a session whose newer write is still in the queue"),
     mutant(
-        "sweep-expires-a-live-key", 16, STORE,
+        "sweep-expires-a-live-key", 16, LUA_EXPIRE,
         (("if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end\n", ""),),
         (f"{T_LIFE}::test_a_session_kept_alive_only_by_reads_ends_when_redis_loses_it",
          f"{T_LIFE}::test_the_sweep_leaves_a_live_session_and_a_deleted_one_alone"),
         "the sweep expires a session Redis still holds (kept alive by reads, or deleted)"),
     mutant(
-        "sweep-final-marker-not-one-version-on", 16, STORE,
+        "sweep-final-marker-not-one-version-on", 16, LUA_EXPIRE,
         (("set_marker(v .. '|E', tonumber(ARGV[5]), ttl)\n",
           "set_marker(pg .. '|E', tonumber(ARGV[5]), ttl)\n"),),
         (f"{T_LIFE}::test_two_sweeps_at_once_record_exactly_one_session_expired_per_session",),

@@ -17,7 +17,7 @@ from chalicelib.api.auth import (
     ApiKeys,
 )
 from chalicelib.domain.errors import ConfigurationError
-from tests.secrets_support import FakeClock
+from tests.support.secrets import FakeClock
 
 KEYS = ("first-key-0123456789abcdef", "second-key-0123456789abcdef", "third-key-0123456789abcdef")
 

@@ -10,7 +10,7 @@ import pytest
 
 from chalicelib.config import AUTH_MODE, auth_mode
 from chalicelib.domain.errors import ConfigurationError
-from tests.conftest import PROJECT_DIR
+from tests.support.constants import PROJECT_DIR
 
 PROBE = ("import json, app; print(json.dumps({p: {m: type(e.authorizer).__name__ "
          "for m, e in v.items()} for p, v in app.app.routes.items()}))")

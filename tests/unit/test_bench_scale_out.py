@@ -7,7 +7,8 @@ import calendar
 import pytest
 from redis.crc import key_slot
 
-from chalicelib.adapters.redis.store import BUCKETS, UPDATE_SCRIPT, bucket_tag
+from chalicelib.adapters.redis.keys import BUCKETS, bucket_tag
+from chalicelib.adapters.redis.scripts import UPDATE_SCRIPT
 from sessionsync.bench import cas_split, cluster, memory_levers, targets
 
 

@@ -11,8 +11,8 @@ import math
 import pytest
 
 from chalicelib import config
-from chalicelib.adapters.redis.store import BUCKETS
-from tests.conftest import PROJECT_DIR
+from chalicelib.adapters.redis.keys import BUCKETS
+from tests.support.constants import PROJECT_DIR
 
 SCRIPT = PROJECT_DIR / "scripts" / "capacity_render.py"
 _spec = importlib.util.spec_from_file_location("capacity_render", SCRIPT)

@@ -1,6 +1,6 @@
 """SESSION_QUEUE_FIFO: the ids a FIFO message carries, and the settings
 that must agree with it.  Pure: no queue is touched (the LocalStack side is
-tests/integration/test_fifo_queue.py)."""
+tests/integration/pipeline/test_fifo_queue.py)."""
 from __future__ import annotations
 
 import re

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.conftest import PROJECT_DIR
+from tests.support.constants import PROJECT_DIR
 
 LIB = PROJECT_DIR / "chalicelib"
 #: top to bottom

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_DIR
 from tests.mutants.catalog import MUTANTS, Edit, Mutant
 from tests.mutants.runner import HarnessError, apply, restore
+from tests.support.constants import PROJECT_DIR
 
 GUARANTEES = (PROJECT_DIR / "docs" / "guarantees.md").read_text()
 

@@ -1,7 +1,7 @@
 """Logs are JSON lines that carry the request id; metrics are EMF lines.
 
 The formats alone, without I/O; the same on the real app, Redis and
-PostgreSQL is in tests/integration/test_observability.py.
+PostgreSQL is in tests/integration/api/test_observability.py.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from sessionsync import cli, project
-from tests.packaging_support import PROJECT_DIR, closure, requirement_pins
+from tests.support.packaging import PROJECT_DIR, closure, requirement_pins
 
 PYPROJECT = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
 RUNTIME = [Requirement(r) for r in PYPROJECT["dependencies"]]
@@ -103,7 +103,10 @@ def test_the_lambda_package_holds_app_chalicelib_and_the_pinned_dependencies_and
 
     assert "app.py" in shipped
     assert "chalice/app.py" in shipped  # the runtime `chalice package` adds
-    sources = {p.relative_to(PROJECT_DIR).as_posix() for p in (PROJECT_DIR / "chalicelib").rglob("*.py")}
+    # the Lua scripts too: chalicelib reads them as package data
+    sources = {p.relative_to(PROJECT_DIR).as_posix() for p in (PROJECT_DIR / "chalicelib").rglob("*")
+               if p.suffix in (".py", ".lua")}
+    assert any(s.endswith(".lua") for s in sources)
     assert sources <= shipped, sorted(sources - shipped)
     for name, dist in closure(list(LAMBDA_PINS.values())).items():
         dist_info = f"{name.replace('-', '_')}-{dist.version}.dist-info/METADATA"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_DIR
+from tests.support.constants import PROJECT_DIR
 
 SCRIPT = PROJECT_DIR / "scripts" / "perfdoc_check.py"
 

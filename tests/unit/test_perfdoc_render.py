@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_DIR
+from tests.support.constants import PROJECT_DIR
 
 SCRIPT = PROJECT_DIR / "scripts" / "perfdoc_render.py"
 _spec = importlib.util.spec_from_file_location("perfdoc_render", SCRIPT)

@@ -14,7 +14,7 @@ from chalicelib import config
 from chalicelib.adapters.postgres.connection import dsn_from_secret, resolve_dsn
 from chalicelib.adapters.postgres.database import ApplyResult
 from chalicelib.adapters.postgres.sqlstate import classify
-from chalicelib.adapters.redis import store
+from chalicelib.adapters.redis import scripts
 from chalicelib.domain.errors import (
     ConfigurationError,
     MalformedMessage,
@@ -25,7 +25,7 @@ from chalicelib.domain.events import EVENT_FIELDS, EVENT_SCHEMA_VERSION, EVENT_T
 from chalicelib.pipeline.consumer import BatchIncomplete, Consumer
 from chalicelib.pipeline.dead_letters import DeadLetter, DeadLetterQueue, dead_letter_attributes
 from sessionsync.worker import Worker, lambda_record
-from tests.pipeline_support import event_body
+from tests.support.pipeline import event_body
 
 # --- events ---------------------------------------------------------------------
 
@@ -44,14 +44,14 @@ def test_a_change_event_parses_into_its_fields_with_the_state_re_encoded_compact
 def test_the_store_s_scripts_write_the_event_the_domain_defines():
     """The Lua builds the event JSON by hand: its fields, in order, its schema
     version and its type names must be the domain's."""
-    start = store._LUA_PARSE.index("local function event(")
-    builder = store._LUA_PARSE[start:store._LUA_PARSE.index("\nend\n", start)]
+    start = scripts.LIB.index("local function event(")
+    builder = scripts.LIB[start:scripts.LIB.index("\nend\n", start)]
 
     assert re.findall(r'"(\w+)":', builder) == list(EVENT_FIELDS)
-    assert f"local EVENT_SCHEMA_VERSION = {EVENT_SCHEMA_VERSION}\n" in store._LUA_PARSE
-    scripts = {name: text for name, text in vars(store).items() if name.endswith("_SCRIPT")}
-    assert len(scripts) >= 9
-    for name, text in scripts.items():
+    assert f"local EVENT_SCHEMA_VERSION = {EVENT_SCHEMA_VERSION}\n" in scripts.LIB
+    texts = {name: text for name, text in vars(scripts).items() if name.endswith("_SCRIPT")}
+    assert len(texts) >= 9
+    for name, text in texts.items():
         # named once, where the prelude takes them from Python; never as a literal in a script
         assert re.findall(r"'(session_\w+)'", text) == list(EVENT_TYPES), name
 

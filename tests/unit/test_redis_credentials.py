@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.adapters.redis.client import connect_redis, parse_redis_secret
+from chalicelib.adapters.redis.client import connect_redis
+from chalicelib.adapters.redis.credentials import parse_redis_secret
 from chalicelib.config import load_settings
 from chalicelib.domain.errors import ConfigurationError
 

@@ -17,16 +17,16 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from chalicelib.adapters.redis.client import (
+from chalicelib.adapters.redis.client import connect_redis
+from chalicelib.adapters.redis.credentials import (
     IAM_REFRESH_SECONDS,
     IAM_TOKEN_SECONDS,
     IamAuthToken,
     RedisCredentialsUnavailable,
-    connect_redis,
 )
 from chalicelib.config import load_settings
 from chalicelib.domain.errors import ConfigurationError
-from tests.secrets_support import FakeClock
+from tests.support.secrets import FakeClock
 
 USER = "sessionsync-app"
 CACHE = "sessionsync-cache"

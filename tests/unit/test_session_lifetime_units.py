@@ -11,7 +11,7 @@ from chalicelib.domain import validation
 from chalicelib.domain.errors import ConfigurationError, MalformedMessage, SessionExpired, ValidationError
 from chalicelib.domain.events import parse_event
 from chalicelib.domain.session import Session, iso_plus_seconds, iso_to_ms
-from tests.pipeline_support import event_body
+from tests.support.pipeline import event_body
 
 LIMIT = 256 * 1024
 

@@ -1,33 +1,8 @@
 """The session store: hot session state in Redis with atomic compare-and-set.
 
-Key layout (every key of a session shares one hash tag, so each script
-touches one hash slot and runs unchanged on Redis Cluster)::
-
-    ss:{NNNN}:s:<id>   the session: "<version>|<created>|<updated>|<ttl>|<L|D><epoch>[@<owner>]|<state JSON>"
-                       (one string: one GET to read it, no per-field overhead;
-                       the epoch is 8 hex digits, see _LUA_PARSE; "@<owner>"
-                       only for a session created with an owner, so values
-                       written before owners existed read unchanged)
-    ss:{NNNN}:m:<id>   version marker "<version>|<L|D|E>", outlives the session
-                       (recovery never serves an older version; ids are not reused;
-                       E: the lifetime ended, EXPIRE_SCRIPT)
-    ss:{NNNN}:ob       outbox index: ZSET event id -> enqueue time (ms)
-    ss:{NNNN}:od       outbox data:  HASH event id -> event JSON
-    ss:{NNNN}:e        epoch record "<epoch>|<ms first seen>" (SETTLE_SCRIPT)
-    ss:{NNNN}:h:<id>   hold record of a session Redis lost (HOLD_SCRIPT), short-lived
-    ss:{NNNN}:i:<id>:<key>  idempotency record of a keyed write: "<fingerprint>|<event>",
-                       written by the write's own script, expires (idempotency_ttl)
-
-and, in the owner's own slot (its id is the hash tag; owner ids have no braces)::
-
-    so:{<owner>}:i     owner index: ZSET (all scores 0, so ordered by id) of
-                       the ids created with this owner, registered BEFORE
-                       their create script runs (see the timeline above ``owner_index_key``)
-
-``NNNN`` is a bucket, crc32(id) mod ``BUCKETS``: the outbox of a bucket lives
-beside its sessions, so the write and its outbox entry are one atomic script,
-and the relay scans a fixed set of ``BUCKETS`` outboxes instead of KEYS/SCAN.
-``BUCKETS`` is part of the data format: changing it orphans existing keys.
+The key layout is in chalicelib.adapters.redis.keys, the value format in
+chalicelib.adapters.redis.codec and the Lua scripts in
+chalicelib/adapters/redis/scripts/.
 
 Each mutation is ONE Lua script: it checks the version, writes the state,
 bumps the version, refreshes the TTL, updates the marker, records the outbox
@@ -47,14 +22,35 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import redis
 
+from chalicelib.adapters.redis import scripts
 from chalicelib.adapters.redis.client import RedisClient, primaries
+from chalicelib.adapters.redis.codec import (
+    HEAD_BYTES,
+    decode_marker,
+    decode_session,
+    encode_head,
+    event_owner,
+    iso_utc,
+    owner_suffix,
+    ttl_from_event,
+)
+from chalicelib.adapters.redis.keys import (
+    BUCKETS,
+    SESSION_KEY_PATTERN,
+    bucket_of,
+    epoch_key,
+    hold_key,
+    idempotency_key,
+    outbox_keys,
+    owner_index_key,
+    session_keys,
+)
 from chalicelib.config import DEFAULT_IDEMPOTENCY_KEY_TTL
 from chalicelib.domain.errors import (
     ConcurrencyError,
@@ -64,490 +60,11 @@ from chalicelib.domain.errors import (
     SessionExpired,
     SessionNotFound,
 )
-from chalicelib.domain.events import CREATED, DELETED, EVENT_SCHEMA_VERSION, EXPIRED, TOUCHED, UPDATED
+from chalicelib.domain.events import DELETED
 from chalicelib.domain.idempotency import Idempotency
 from chalicelib.domain.session import Session
 
-BUCKETS = 1024
-
 Clock = Callable[[], float]
-
-# Shared by every script.
-#
-# epoch(): the first 8 hex digits of the node's replication id.  Redis
-# changes it when its data may have gone back in time: a replica promoted
-# by a failover (its copy may lack the primary's last writes), a restart
-# without persistence, a node that resynchronised from another primary.
-# Every session value carries the epoch it was written or verified in
-# (after its L/D flag); a value from another epoch may be older than what
-# PostgreSQL holds, so it is served or written again only once PostgreSQL
-# confirmed it (``floor``: the version PostgreSQL holds).
-#
-# The event's schema version and type names come from the domain
-# (chalicelib.domain.events), so the scripts cannot drift from the reader.
-_LUA_PARSE = f"""
-local EVENT_SCHEMA_VERSION = {EVENT_SCHEMA_VERSION}
-local CREATED, UPDATED, DELETED = '{CREATED}', '{UPDATED}', '{DELETED}'
-local TOUCHED, EXPIRED = '{TOUCHED}', '{EXPIRED}'
-""" + r"""
-local function epoch()
-  return string.sub(string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)'), 1, 8)
-end
--- o: the owner suffix "@<owner>" after the epoch, '' when none
-local function parse(raw)
-  local v, c, u, t, f, e, o = string.match(raw, '^(%d+)|([^|]*)|([^|]*)|(%d+)|(%u)(%x*)([^|]*)|')
-  return tonumber(v), c, u, tonumber(t), f, e, o
-end
--- Redis's own clock, in ms: one clock for every client
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function head(v, c, u, t, f)
-  return v .. '|' .. c .. '|' .. u .. '|' .. t .. '|' .. f
-end
--- the version marker "<version>|<L|D>": its version and whether it is a
--- deletion's, or nil when there is none
-local function marker()
-  local m = redis.call('GET', KEYS[2])
-  if not m then return nil end
-  return tonumber(string.match(m, '^(%d+)')), string.sub(m, -2) == '|D'
-end
--- days since 1970-01-01 of a civil date, and back (H. Hinnant's
--- algorithms): Lua in Redis has no os.date
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = m > 2 and m - 3 or m + 9
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + math.floor((153 * mp + 2) / 5) + d - 1
-  return era * 146097 + doe - 719468
-end
-local function civil_from_days(z)
-  z = z + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-                          - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400
-  if m <= 2 then y = y + 1 end
-  return y, m, doy - math.floor((153 * mp + 2) / 5) + 1
-end
--- an ISO UTC time "YYYY-MM-DDTHH:MM:SS.mmmZ" plus whole seconds, in the
--- same format: expires_at = the write's time + its TTL (domain.session's
--- iso_plus_seconds computes the same)
-local function iso_plus(iso, secs)
-  local y, mo, d, h, mi, s, ms = string.match(iso, '^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)%.(%d+)Z$')
-  local t = ((days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 24 + tonumber(h)) * 60
-             + tonumber(mi)) * 60 + tonumber(s) + secs
-  local day = math.floor(t / 86400)
-  local r = t - day * 86400
-  local yy, mm, dd = civil_from_days(day)
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.', yy, mm, dd, math.floor(r / 3600),
-                       math.floor((r % 3600) / 60), r % 60) .. ms .. 'Z'
-end
--- o: the owner suffix ("@<owner>" or ''): every event of an owned session names its owner
--- expires: when the lifetime ends, nil for the write's time + ttl
-local function event(kind, sid, version, created, now_iso, ttl, state, o, expires)
-  return '{"schema_version":' .. EVENT_SCHEMA_VERSION .. ',"event_id":"' .. sid .. ':' .. version ..
-    '","event_type":"' .. kind .. '","session_id":"' .. sid ..
-    '","version":' .. version .. ',"created_at":"' .. created ..
-    '","occurred_at":"' .. now_iso .. '","expires_at":"' .. (expires or iso_plus(now_iso, ttl)) ..
-    '","ttl_seconds":' .. ttl ..
-    (o ~= '' and (',"owner_id":"' .. string.sub(o, 2) .. '"') or '') ..
-    ',"state":' .. state .. '}'
-end
-local function emit(ev, sid, version, now_ms, channel)
-  local eid = sid .. ':' .. version
-  redis.call('ZADD', KEYS[3], now_ms, eid)
-  redis.call('HSET', KEYS[4], eid, ev)
-  redis.call('PUBLISH', channel, ev)
-end
--- nil when the session may be written; else the reply that refuses it.
--- A value from another epoch needs the floor PostgreSQL gave ('' = not
--- asked yet) and must not be behind it.
-local function check_epoch(v, e, ep, floor)
-  if e == ep then return nil end
-  if floor == '' then return {'unverified', v} end
-  if v < tonumber(floor) then return {'behind', v} end
-  return nil
-end
--- the version marker; a marker TTL of 0 means none: volatile-* eviction
--- policies never take a key without one (SESSION_MARKER_TTL)
-local function set_marker(value, marker_ttl, ttl)
-  if marker_ttl > 0 then
-    redis.call('SET', KEYS[2], value, 'EX', math.max(marker_ttl, ttl))
-  else
-    redis.call('SET', KEYS[2], value)
-  end
-end
--- Idempotency-Key (chalicelib.domain.idempotency): a keyed write passes its
--- record as KEYS[5] (same hash tag: same slot), and its fingerprint and the
--- record's TTL as two extra ARGV; a write without a key passes neither, so
--- it costs what it did.  The record is checked before anything else (a
--- replay needs neither the session nor PostgreSQL) and written with the
--- write it names; a refused write records nothing, so its retry runs again.
--- nil: no key, or a key not seen; else the reply that ends the script
-local function replayed(fp)
-  if not KEYS[5] then return nil end
-  local rec = redis.call('GET', KEYS[5])
-  if not rec then return nil end
-  if string.sub(rec, 1, 64) ~= fp then return {'reused'} end
-  return {'replay', string.sub(rec, 66)}
-end
--- the record of a committed keyed write: its fingerprint and event; it
--- always carries a TTL (a day at least), so it never outlives its use
-local function remember(fp, ttl, ev)
-  if KEYS[5] then redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl) end
-end
--- the missing-key replies of update and delete (and touch): a marker of a
--- lifetime that ended (EXPIRE_SCRIPT) is final, as a deletion's is
-local function missing()
-  local mv, deleted = marker()
-  if not mv then return {'missing', 0} end
-  if deleted then return {'deleted', mv} end
-  if string.sub(redis.call('GET', KEYS[2]), -2) == '|E' then return {'expired', mv} end
-  return {'missing', mv}
-end
-"""
-
-# KEYS[1] session  KEYS[2] marker  KEYS[3] outbox index  KEYS[4] outbox data
-# ARGV[1] session id  ARGV[2] state JSON  ARGV[3] now ISO  ARGV[4] now ms
-# ARGV[5] ttl seconds  ARGV[6] marker ttl seconds  ARGV[7] channel
-# ARGV[8] '1' when PostgreSQL has no such session (or there is none), '0' not asked
-# ARGV[9] owner id, or '' (none)
-# KEYS[5], ARGV[10] fingerprint, ARGV[11] record ttl: only with an Idempotency-Key
-# returns {'ok', event} | {'exists', version, deleted 0/1}
-#       | {'unknown'}: Redis knows nothing of the id; ask PostgreSQL (ids are
-#         never reused, and Redis may have forgotten one: eviction, failover)
-#       | {'replay', event}: the key's recorded write | {'reused'}: the key's, another request
-CREATE_SCRIPT = _LUA_PARSE + r"""
-local done = replayed(ARGV[10])
-if done then return done end
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  local v, _, _, _, flag = parse(raw)
-  return {'exists', v, flag == 'D' and 1 or 0}
-end
-local mv, deleted = marker()
-if mv then return {'exists', mv, deleted and 1 or 0} end
-if ARGV[8] ~= '1' then return {'unknown'} end
-local ttl = tonumber(ARGV[5])
-local o = ARGV[9] ~= '' and ('@' .. ARGV[9]) or ''
-redis.call('SET', KEYS[1], head(1, ARGV[3], ARGV[3], ttl, 'L') .. epoch() .. o .. '|' .. ARGV[2], 'EX', ttl)
-set_marker('1|L', tonumber(ARGV[6]), ttl)
-local ev = event(CREATED, ARGV[1], 1, ARGV[3], ARGV[3], ttl, ARGV[2], o)
-emit(ev, ARGV[1], 1, ARGV[4], ARGV[7])
-remember(ARGV[10], ARGV[11], ev)
-return {'ok', ev}
-"""
-
-# KEYS as CREATE_SCRIPT
-# ARGV[1] session id  ARGV[2] state JSON  ARGV[3] expected version or '' (any: If-Match *)
-# ARGV[4] now ISO  ARGV[5] now ms  ARGV[6] marker ttl seconds  ARGV[7] channel
-# ARGV[8] floor: the version PostgreSQL holds, or '' (not asked)
-# ARGV[9] a new ttl seconds, or '' (keep the session's)
-# KEYS[5], ARGV[10] fingerprint, ARGV[11] record ttl: only with an Idempotency-Key
-# returns {'ok', event, created} | {'conflict', actual} | {'deleted', version}
-#       | {'missing', marker version or 0} | {'unverified', version} | {'behind', version}
-#       | {'expired', marker version} | {'replay', event} | {'reused'}, as CREATE_SCRIPT
-UPDATE_SCRIPT = _LUA_PARSE + r"""
-local done = replayed(ARGV[10])
-if done then return done end
-local raw = redis.call('GET', KEYS[1])
-if not raw then return missing() end
-local v, created, _, ttl, flag, e, o = parse(raw)
--- a caller without ARGV[9] (the bench's floors) keeps the TTL too
-if ARGV[9] and ARGV[9] ~= '' then ttl = tonumber(ARGV[9]) end
-if flag == 'D' then return {'deleted', v} end
-local ep = epoch()
-local refused = check_epoch(v, e, ep, ARGV[8])
-if refused then return refused end
-if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end
-v = v + 1
-redis.call('SET', KEYS[1], head(v, created, ARGV[4], ttl, 'L') .. ep .. o .. '|' .. ARGV[2], 'EX', ttl)
-set_marker(v .. '|L', tonumber(ARGV[6]), ttl)
-local ev = event(UPDATED, ARGV[1], v, created, ARGV[4], ttl, ARGV[2], o)
-emit(ev, ARGV[1], v, ARGV[5], ARGV[7])
-remember(ARGV[10], ARGV[11], ev)
-return {'ok', ev, created}
-"""
-
-# KEYS as CREATE_SCRIPT
-# ARGV[1] session id  ARGV[2] expected version or '' (unconditional)
-# ARGV[3] now ISO  ARGV[4] now ms  ARGV[5] marker ttl seconds  ARGV[6] channel
-# ARGV[7] floor, as UPDATE_SCRIPT's ARGV[8]
-# KEYS[5], ARGV[8] fingerprint, ARGV[9] record ttl: only with an Idempotency-Key
-# returns {'ok', event, version} | as UPDATE_SCRIPT
-# The tombstone keeps the session's TTL (at least the session TTL): a write
-# still in flight with an old version fails its check instead of recreating.
-# A tombstone is trusted whatever its epoch: a deletion is final.
-DELETE_SCRIPT = _LUA_PARSE + r"""
-local done = replayed(ARGV[8])
-if done then return done end
-local raw = redis.call('GET', KEYS[1])
-if not raw then return missing() end
-local v, created, _, ttl, flag, e, o = parse(raw)
-if flag == 'D' then return {'deleted', v} end
-local ep = epoch()
-local refused = check_epoch(v, e, ep, ARGV[7])
-if refused then return refused end
-if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end
-v = v + 1
-redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'D') .. ep .. o .. '|null', 'EX', ttl)
-set_marker(v .. '|D', tonumber(ARGV[5]), ttl)
-local ev = event(DELETED, ARGV[1], v, created, ARGV[3], ttl, 'null', o)
-emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
-remember(ARGV[8], ARGV[9], ev)
-return {'ok', ev, v}
-"""
-
-# KEYS as CREATE_SCRIPT
-# ARGV[1] session id  ARGV[2] expected version or '' (any)
-# ARGV[3] now ISO  ARGV[4] now ms  ARGV[5] marker ttl seconds  ARGV[6] channel
-# ARGV[7] floor, as UPDATE_SCRIPT's ARGV[8]  ARGV[8] a new ttl seconds or '' (keep)
-# KEYS[5], ARGV[9] fingerprint, ARGV[10] record ttl: only with an Idempotency-Key
-# returns {'ok', event, version, created, ttl, state JSON} | as UPDATE_SCRIPT
-# Extends the lifetime without changing the state: a write like any other
-# (version bump, marker, outbox entry, Pub/Sub), of type session_touched,
-# carrying the unchanged state so that PostgreSQL's latest row stays whole.
-TOUCH_SCRIPT = _LUA_PARSE + r"""
-local done = replayed(ARGV[9])
-if done then return done end
-local raw = redis.call('GET', KEYS[1])
-if not raw then return missing() end
-local v, created, u, ttl, flag, e, o = parse(raw)
-if flag == 'D' then return {'deleted', v} end
-local ep = epoch()
-local refused = check_epoch(v, e, ep, ARGV[7])
-if refused then return refused end
-if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= v then return {'conflict', v} end
-local state = string.sub(raw, #head(v, created, u, ttl, flag) + #e + #o + 2)
-if ARGV[8] ~= '' then ttl = tonumber(ARGV[8]) end
-v = v + 1
-redis.call('SET', KEYS[1], head(v, created, ARGV[3], ttl, 'L') .. ep .. o .. '|' .. state, 'EX', ttl)
-set_marker(v .. '|L', tonumber(ARGV[5]), ttl)
-local ev = event(TOUCHED, ARGV[1], v, created, ARGV[3], ttl, state, o)
-emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
-remember(ARGV[9], ARGV[10], ev)
-return {'ok', ev, v, created, ttl, state}
-"""
-
-# KEYS as CREATE_SCRIPT
-# ARGV[1] session id  ARGV[2] the version PostgreSQL holds (its lifetime ended)
-# ARGV[3] now ISO  ARGV[4] now ms  ARGV[5] marker ttl seconds  ARGV[6] channel
-# ARGV[7] created ISO  ARGV[8] ttl seconds  ARGV[9] the expires_at that passed
-# ARGV[10] '1': no marker is acceptable (the caller held the session for the
-#          settle time and read PostgreSQL again), '0': it is not
-# ARGV[11] the owner suffix ('@' .. owner, or ''): the event names the owner
-# returns {'expired', event} | {'alive'} (a key: live, kept by reads, or a
-#         tombstone on its way) | {'final', version} (a deletion's or an
-#         expiry's marker) | {'ahead', marker version} (Redis acknowledged a
-#         write PostgreSQL lacks) | {'behind', marker version} | {'unknown'}
-# The expiry sweep's write: the lifetime ended only if the key is really
-# gone (not merely lost ahead of a newer write) and Redis acknowledged
-# exactly what PostgreSQL holds.  A final marker, one version on (the id is
-# never reused; recovery answers SessionExpired), and a session_expired
-# event through the outbox: a normal write, so the pipeline persists it
-# once.  A second sweep finds the marker final and writes nothing.
-EXPIRE_SCRIPT = _LUA_PARSE + r"""
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end
-local mv, deleted = marker()
-local pg = tonumber(ARGV[2])
-if mv then
-  if deleted or string.sub(redis.call('GET', KEYS[2]), -2) == '|E' then return {'final', mv} end
-  if mv > pg then return {'ahead', mv} end
-  if mv < pg then return {'behind', mv} end
-elseif ARGV[10] ~= '1' then
-  return {'unknown'}
-end
-local v = pg + 1
-local ttl = tonumber(ARGV[8])
-set_marker(v .. '|E', tonumber(ARGV[5]), ttl)
-local ev = event(EXPIRED, ARGV[1], v, ARGV[7], ARGV[3], ttl, 'null', ARGV[11], ARGV[9])
-emit(ev, ARGV[1], v, ARGV[4], ARGV[6])
-return {'expired', ev}
-"""
-
-# KEYS[1] session
-# returns as GET_SCRIPT
-# GET_SCRIPT that also slides the key's TTL (SESSION_SLIDE_ON_READ): a live
-# value of the node's epoch gets its full TTL again, in the same step as
-# the read, so a key read just before it expires cannot vanish under the
-# read.  Nothing else changes: no version, no event, no marker (a read
-# never writes to PostgreSQL; docs/decisions/session-lifetime.md).
-SLIDE_GET_SCRIPT = _LUA_PARSE + r"""
-local raw = redis.call('GET', KEYS[1])
-if not raw then return {} end
-local _, _, _, t, f, e = parse(raw)
-local current = e == epoch()
-if current and f == 'L' then redis.call('EXPIRE', KEYS[1], t) end
-return {raw, current and 1 or 0}
-"""
-
-# KEYS[1] session  KEYS[2] marker
-# ARGV[1] the stored value's head (version to flag)  ARGV[2] its version
-# ARGV[3] ttl seconds  ARGV[4] marker ttl  ARGV[5] owner suffix ('@' .. owner, or '') .. '|' .. state JSON
-# ARGV[6] 'absent': only into an absent key | 'repair': also over an older version
-# returns {'restored'} | {'exists'} | {'behind', marker version}
-# Writes a session recovered from PostgreSQL back without clobbering a
-# concurrent create or update (the key must still be absent, or, to repair a
-# Redis that went back in time, hold an older version) and without going
-# back in time (the marker must not be ahead of the recovered version).
-RESTORE_SCRIPT = _LUA_PARSE + r"""
-local version = tonumber(ARGV[2])
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  local v = parse(raw)
-  if ARGV[6] ~= 'repair' or v >= version then return {'exists'} end
-end
-local mv = marker()
-if mv and mv > version then return {'behind', mv} end
-redis.call('SET', KEYS[1], ARGV[1] .. epoch() .. ARGV[5], 'EX', ARGV[3])
-set_marker(ARGV[2] .. '|' .. string.sub(ARGV[1], -1), tonumber(ARGV[4]), tonumber(ARGV[3]))
-return {'restored'}
-"""
-
-# KEYS[1] session
-# ARGV[1] the version the caller read  ARGV[2] floor (the version PostgreSQL holds)
-# returns {'ok'} | {'changed'} (another write came first: it carries the
-#         epoch already) | {'behind', version}
-# Marks a value of another epoch as confirmed by PostgreSQL, keeping its TTL.
-VOUCH_SCRIPT = _LUA_PARSE + r"""
-local raw = redis.call('GET', KEYS[1])
-if not raw then return {'changed'} end
-local v, c, u, t, f, e = parse(raw)
-if v < tonumber(ARGV[2]) then return {'behind', v} end
-if v ~= tonumber(ARGV[1]) then return {'changed'} end
-local ep = epoch()
-if e ~= ep then
-  local h = head(v, c, u, t, f)
-  redis.call('SET', KEYS[1], h .. ep .. string.sub(raw, #h + #e + 1), 'KEEPTTL')
-end
-return {'ok'}
-"""
-
-# KEYS[1] the bucket's epoch record "<epoch>|<ms when first seen>"
-# ARGV[1] settle time in ms
-# ARGV[2] '1': a missing record means a new deployment, already settled,
-#         unless the caller saw the node in another epoch (ARGV[3]) before
-# ARGV[3] the first epoch the caller saw this node in, or ''
-# returns {ms left to wait, 0 | 1 (the record was of another epoch) | 2 (no
-#          record: Redis lost it, or a new deployment), the node's epoch}
-# After Redis went back in time, a session it may hold stale waits until
-# the changes still in the queue had time to reach PostgreSQL.  The first
-# call in a new epoch starts the clock (Redis's own: one clock for all); a
-# record of a new deployment is written as settled long ago.
-SETTLE_SCRIPT = _LUA_PARSE + r"""
-local ep = epoch()
-local now = now_ms()
-local rec = redis.call('GET', KEYS[1])
-if rec and string.sub(rec, 1, 8) == ep then
-  local left = tonumber(ARGV[1]) - (now - tonumber(string.sub(rec, 10)))
-  return {math.max(0, left), 0, ep}
-end
-if not rec and ARGV[2] == '1' and (ARGV[3] == '' or ARGV[3] == ep) then
-  redis.call('SET', KEYS[1], ep .. '|0')
-  return {0, 2, ep}
-end
-redis.call('SET', KEYS[1], ep .. '|' .. now)
-return {tonumber(ARGV[1]), rec and 1 or 2, ep}
-"""
-
-# KEYS[1] the session's hold record "<ms when first seen>"
-# ARGV[1] settle time in ms
-# returns ms left to wait
-# Redis has no trace of a session PostgreSQL knows (its key and marker were
-# lost): the same wait as SETTLE_SCRIPT's, for this one session, from the
-# first time it is noticed.  The record expires well after the wait.
-HOLD_SCRIPT = _LUA_PARSE + r"""
-local settle = tonumber(ARGV[1])
-if settle <= 0 then return 0 end
-local now = now_ms()
-local since = redis.call('GET', KEYS[1])
-if not since then
-  redis.call('SET', KEYS[1], now, 'PX', 3 * settle + 60000)
-  return settle
-end
-return math.max(0, settle - (now - tonumber(since)))
-"""
-
-# KEYS[1] any key of the slot whose node is asked
-# returns the node's epoch: the step every write script and verified read
-# carries (``sessionsync bench`` times it alone)
-EPOCH_SCRIPT = _LUA_PARSE + r"""
-return epoch()
-"""
-
-# KEYS[1] session
-# returns {} (no key) | {value, 1 if it carries the node's epoch else 0}
-# A read that must not serve a value from before Redis went back in time:
-# the epoch is compared on the node, in the same round trip (a cached epoch
-# would leave a window after a failover, and a read-only process sees no
-# error to tell it).
-GET_SCRIPT = _LUA_PARSE + r"""
-local raw = redis.call('GET', KEYS[1])
-if not raw then return {} end
-local _, _, _, _, _, e = parse(raw)
-return {raw, e == epoch() and 1 or 0}
-"""
-
-
-# KEYS as CREATE_SCRIPT
-# ARGV[1] session id  ARGV[2] now ISO  ARGV[3] now ms  ARGV[4] ttl seconds
-# ARGV[5] marker ttl seconds  ARGV[6] channel  ARGV[7] as CREATE_SCRIPT's ARGV[8]
-# ARGV[8] owner id
-# returns {'ok', event} | {'exists'} (a key or a marker: the id was created;
-#         delete it the usual way) | {'unknown'} (as CREATE_SCRIPT's)
-# A revoke-all tombstones an id its owner registered whose create has not
-# run (yet, or ever: a create that failed or crashed after registering): a
-# deleted version 1, shipped like any deletion.  The create that comes later
-# finds it and fails (SessionExists), as for any deleted id: ids are never
-# reused.  See the timeline above ``owner_index_key``.
-BLOCK_SCRIPT = _LUA_PARSE + r"""
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'exists'}
-end
-if ARGV[7] ~= '1' then return {'unknown'} end
-local ttl = tonumber(ARGV[4])
-local o = '@' .. ARGV[8]
-redis.call('SET', KEYS[1], head(1, ARGV[2], ARGV[2], ttl, 'D') .. epoch() .. o .. '|null', 'EX', ttl)
-set_marker('1|D', tonumber(ARGV[5]), ttl)
-local ev = event(DELETED, ARGV[1], 1, ARGV[2], ARGV[2], ttl, 'null', o)
-emit(ev, ARGV[1], 1, ARGV[3], ARGV[6])
-return {'ok', ev}
-"""
-
-# How an owner's index and its sessions stay consistent, with no script
-# crossing a slot (the index is in the owner's slot, each session in its
-# bucket's).  The index may hold ids that are not (yet) the owner's sessions;
-# it never lacks one that is:
-#
-#   create (owner o, id x)              revoke-all (owner o)
-#   t0  ZADD so:{o}:i x                 (registered BEFORE the create script)
-#                                       t1  starts; reads the index: x
-#                                       t2  x has no key, no marker:
-#                                           BLOCK_SCRIPT tombstones x (v1, D)
-#   t3  CREATE_SCRIPT finds the
-#       tombstone: 409, never created
-#                                       t4  ZREM x (only after x is dealt with)
-#
-# If t3 comes before t2, revoke-all finds x live and deletes it (DELETE_SCRIPT,
-# through SessionService.delete).  A create whose ZADD comes after t1 started
-# after the revoke-all did and may survive it.  A create that crashed
-# between t0 and t3 leaves a stale entry: a listing skips it (no session),
-# a revoke-all tombstones the id.  An entry whose id turns out to be another
-# owner's (its create failed: the id was taken) or a tombstone is final and
-# dropped by whoever reads it; an entry with no key is kept (a create may be
-# in flight, or an expired session may come back from PostgreSQL).
-
-def owner_index_key(owner_id: str) -> str:
-    """The owner's index, in a slot of its own: owner ids have no braces,
-    so the whole id is the hash tag."""
-    return "so:{%s}:i" % owner_id
 
 
 @dataclass(frozen=True)
@@ -573,108 +90,9 @@ class WriteResult:
     replayed: bool = False
 
 
-def bucket_of(session_id: str) -> int:
-    return zlib.crc32(session_id.encode()) % BUCKETS
-
-
-def bucket_tag(bucket: int) -> str:
-    return "ss:{%04d}" % bucket
-
-
-# every session key, on whichever node (SessionStore.sample)
-SESSION_KEY_PATTERN = "ss:*:s:*"
-# A stored session starts "<version>|<created>|<updated>|<ttl>|<L|D><epoch>|":
-# 128 bytes always cover that head, so a sample never reads the state.
-_HEAD_BYTES = 128
-
-
-def session_keys(session_id: str) -> list[str]:
-    """KEYS for the mutation scripts: session, marker, outbox index, outbox data."""
-    tag = bucket_tag(bucket_of(session_id))
-    return [f"{tag}:s:{session_id}", f"{tag}:m:{session_id}", f"{tag}:ob", f"{tag}:od"]
-
-
-def hold_key(session_id: str) -> str:
-    """The hold record of a session Redis lost (HOLD_SCRIPT)."""
-    return f"{bucket_tag(bucket_of(session_id))}:h:{session_id}"
-
-
-def idempotency_key(session_id: str, key: str) -> str:
-    """The record of a write with Idempotency-Key ``key`` on ``session_id``:
-    in the session's slot, so the write's script holds it (KEYS[5])."""
-    return f"{bucket_tag(bucket_of(session_id))}:i:{session_id}:{key}"
-
-
-def epoch_key(session_id: str) -> str:
-    """The epoch record of ``session_id``'s bucket (SETTLE_SCRIPT)."""
-    return f"{bucket_tag(bucket_of(session_id))}:e"
-
-
-def outbox_keys(bucket: int) -> tuple[str, str]:
-    tag = bucket_tag(bucket)
-    return f"{tag}:ob", f"{tag}:od"
-
-
-def key_names(session_id: str) -> dict[str, str]:
-    """Every Redis key that concerns a session, by role, for operators
-    (``sessionsync key --all``): its own session, marker and hold keys, and
-    its bucket's outbox index and data and epoch record (shared with the
-    other sessions of the bucket)."""
-    session, marker, outbox_index, outbox_data = session_keys(session_id)
-    return {"session": session, "marker": marker, "outbox_index": outbox_index,
-            "outbox_data": outbox_data, "epoch": epoch_key(session_id), "hold": hold_key(session_id)}
-
-
 # outbox_pending counts this many buckets first: enough to cover a page
 # when a backlog is waiting, without counting every bucket for each page
 _OUTBOX_FIRST_WINDOW = 64
-
-
-# (epoch second, its "YYYY-MM-DDTHH:MM:SS"): iso_utc formats each second once
-_second: tuple[int | None, str] = (None, "")
-
-
-def iso_utc(epoch_seconds: float) -> str:
-    """``2026-11-28T16:33:30.405Z``, exactly what
-    ``datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"``
-    gives (half-even to the microsecond, then milliseconds truncated), with
-    the date and time formatted once per second instead of on every write
-    (the gain is in docs/performance.md).
-    """
-    global _second
-    whole = int(epoch_seconds // 1)
-    micro = round((epoch_seconds - whole) * 1e6)
-    if micro >= 1_000_000:
-        whole, micro = whole + 1, micro - 1_000_000
-    cached = _second
-    if cached[0] != whole:
-        cached = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    return "%s.%03dZ" % (cached[1], micro // 1000)
-
-
-def decode_session(session_id: str, raw: bytes | str) -> Session:
-    """The stored value as a Session (its flag field is L or D, then the
-    epoch, which only the scripts compare)."""
-    if isinstance(raw, bytes):
-        raw = raw.decode()
-    version, created, updated, ttl, flag, state = raw.split("|", 5)
-    # flag: "L" or "D", the epoch, then "@<owner>" for an owned session
-    owner = flag.split("@", 1)[1] if "@" in flag else None
-    return Session(session_id, int(version), state, created, updated, int(ttl), flag[0] == "D",
-                   owner)
-
-
-def _decode_marker(raw: bytes) -> tuple[int, bool]:
-    """(version, deleted) from a marker "<version>|<L|D>"."""
-    version, flag = raw.decode().split("|")
-    return int(version), flag == "D"
-
-
-def _encode_head(session: Session) -> str:
-    """The stored value up to its flag; the script appends the epoch and
-    ``|`` + state (see the module docstring)."""
-    return "%d|%s|%s|%d|%s" % (session.version, session.created_at, session.updated_at,
-                               session.ttl_seconds, "D" if session.deleted else "L")
 
 
 class SessionStore:
@@ -693,18 +111,18 @@ class SessionStore:
         self.idempotency_ttl = idempotency_ttl
         self.channel = channel
         self.clock = clock
-        self._create = client.register_script(CREATE_SCRIPT)
-        self._update = client.register_script(UPDATE_SCRIPT)
-        self._delete = client.register_script(DELETE_SCRIPT)
-        self._restore = client.register_script(RESTORE_SCRIPT)
-        self._vouch = client.register_script(VOUCH_SCRIPT)
-        self._get_verified = client.register_script(GET_SCRIPT)
-        self._settle = client.register_script(SETTLE_SCRIPT)
-        self._hold = client.register_script(HOLD_SCRIPT)
-        self._block = client.register_script(BLOCK_SCRIPT)
-        self._touch = client.register_script(TOUCH_SCRIPT)
-        self._expire = client.register_script(EXPIRE_SCRIPT)
-        self._slide_get = client.register_script(SLIDE_GET_SCRIPT)
+        self._create = client.register_script(scripts.CREATE_SCRIPT)
+        self._update = client.register_script(scripts.UPDATE_SCRIPT)
+        self._delete = client.register_script(scripts.DELETE_SCRIPT)
+        self._restore = client.register_script(scripts.RESTORE_SCRIPT)
+        self._vouch = client.register_script(scripts.VOUCH_SCRIPT)
+        self._get_verified = client.register_script(scripts.GET_SCRIPT)
+        self._settle = client.register_script(scripts.SETTLE_SCRIPT)
+        self._hold = client.register_script(scripts.HOLD_SCRIPT)
+        self._block = client.register_script(scripts.BLOCK_SCRIPT)
+        self._touch = client.register_script(scripts.TOUCH_SCRIPT)
+        self._expire = client.register_script(scripts.EXPIRE_SCRIPT)
+        self._slide_get = client.register_script(scripts.SLIDE_GET_SCRIPT)
         # node -> the first epoch this process saw it in (SETTLE_SCRIPT)
         self._epochs_seen: dict[str, str] = {}
 
@@ -803,7 +221,7 @@ class SessionStore:
         """(last acknowledged version, deleted) from the long-lived marker."""
         with _redis_errors():
             raw = cast("bytes | None", self.client.get(session_keys(session_id)[1]))
-        return None if raw is None else _decode_marker(raw)
+        return None if raw is None else decode_marker(raw)
 
     def marker_flag(self, session_id: str) -> tuple[int, str] | None:
         """(last acknowledged version, flag) from the marker: ``L`` (live),
@@ -881,9 +299,9 @@ class SessionStore:
         self._raise_for(session_id, reply, expected_version)
         version = (expected_version + 1 if expected_version is not None
                    else json.loads(reply[1])["version"])
-        ttl = _ttl_from_event(reply[1])
+        ttl = ttl_from_event(reply[1])
         session = Session(session_id, version, state_json, reply[2].decode(), now_iso, ttl,
-                          owner_id=_event_owner(reply[1]))
+                          owner_id=event_owner(reply[1]))
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
 
     def delete(self, session_id: str, expected_version: int | None = None, *,
@@ -929,7 +347,7 @@ class SessionStore:
         self._raise_for(session_id, reply, expected_version)
         version = int(reply[2])
         session = Session(session_id, version, reply[5].decode(), reply[3].decode(), now_iso,
-                          int(reply[4]), owner_id=_event_owner(reply[1]))
+                          int(reply[4]), owner_id=event_owner(reply[1]))
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
 
     def expire(self, session_id: str, persisted: Session, *,
@@ -946,7 +364,7 @@ class SessionStore:
             reply = self._run(self._expire, session_keys(session_id), [
                 session_id, persisted.version, now_iso, int(now * 1000), self.marker_ttl,
                 self.channel, persisted.created_at, persisted.ttl_seconds, persisted.expires_at,
-                "1" if marker_absent_ok else "0", _owner_suffix(persisted.owner_id)])
+                "1" if marker_absent_ok else "0", owner_suffix(persisted.owner_id)])
         status = reply[0].decode()
         if status != "expired":
             return status, None
@@ -967,8 +385,8 @@ class SessionStore:
         keys = session_keys(session.session_id)
         with _redis_errors():
             reply = self._run(self._restore, keys[:2], [
-                _encode_head(session), session.version, session.ttl_seconds, self.marker_ttl,
-                _owner_suffix(session.owner_id) + "|" + session.state_json,
+                encode_head(session), session.version, session.ttl_seconds, self.marker_ttl,
+                owner_suffix(session.owner_id) + "|" + session.state_json,
                 "repair" if repair else "absent"])
         if reply[0] == b"behind":
             raise KeyBehind(session.session_id, int(reply[1]))
@@ -1223,7 +641,7 @@ class SessionStore:
                 pipe = node.pipeline(transaction=False)
                 for key in keys:
                     pipe.ttl(key)
-                    pipe.getrange(key, 0, _HEAD_BYTES - 1)
+                    pipe.getrange(key, 0, HEAD_BYTES - 1)
                 replies = pipe.execute()
                 for i, key in enumerate(keys):
                     ttl_left, head = replies[2 * i], replies[2 * i + 1]
@@ -1279,7 +697,7 @@ class SessionStore:
                      in self.client.zscan_iter(index_key, match=f"{session_id}:*", count=1000)]
         outbox = sorted((eid, int(eid.rsplit(":", 1)[1]), ms) for eid, ms in found
                         if eid.rsplit(":", 1)[0] == session_id)
-        marker = None if marker_raw is None else _decode_marker(marker_raw)
+        marker = None if marker_raw is None else decode_marker(marker_raw)
         return StoredSession(
             session=decode_session(session_id, reply[0]) if reply else None,
             ttl_left=int(ttl) if reply else None, value_bytes=len(reply[0]) if reply else 0,
@@ -1412,28 +830,6 @@ def _scan_session_keys(node: redis.Redis, limit: int, max_calls: int) -> list[by
         if cursor == 0 or len(keys) >= limit:
             break
     return keys[:limit]
-
-
-def _owner_suffix(owner_id: str | None) -> str:
-    """What follows the epoch in the value of a session with this owner."""
-    return "@" + owner_id if owner_id else ""
-
-
-def _event_owner(event_json: bytes) -> str | None:
-    # "owner_id":"..." sits just before "state" when the session has one
-    head = event_json[:event_json.index(b',"state":')]
-    marker = b',"owner_id":"'
-    at = head.rfind(marker)
-    return head[at + len(marker):-1].decode() if at >= 0 else None
-
-
-def _ttl_from_event(event_json: bytes) -> int:
-    # "ttl_seconds":N sits before "state" in the event the script built;
-    # find it without decoding the whole (possibly 256 KiB) document.
-    head = event_json[:event_json.index(b',"state":')]
-    if head.endswith(b'"'):  # the owner_id after it
-        head = head[:head.rindex(b',"owner_id":"')]
-    return int(head.rsplit(b":", 1)[1])
 
 
 class _redis_errors:

@@ -1,0 +1,114 @@
+"""The Redis key layout of sessionsync: every key, and the hash slot it lives in.
+
+Key layout (every key of a session shares one hash tag, so each script
+touches one hash slot and runs unchanged on Redis Cluster)::
+
+    ss:{NNNN}:s:<id>   the session: "<version>|<created>|<updated>|<ttl>|<L|D><epoch>[@<owner>]|<state JSON>"
+                       (one string: one GET to read it, no per-field overhead;
+                       the epoch is 8 hex digits, see scripts/lib.lua; "@<owner>"
+                       only for a session created with an owner, so values
+                       written before owners existed read unchanged)
+    ss:{NNNN}:m:<id>   version marker "<version>|<L|D|E>", outlives the session
+                       (recovery never serves an older version; ids are not reused;
+                       E: the lifetime ended, EXPIRE_SCRIPT)
+    ss:{NNNN}:ob       outbox index: ZSET event id -> enqueue time (ms)
+    ss:{NNNN}:od       outbox data:  HASH event id -> event JSON
+    ss:{NNNN}:e        epoch record "<epoch>|<ms first seen>" (SETTLE_SCRIPT)
+    ss:{NNNN}:h:<id>   hold record of a session Redis lost (HOLD_SCRIPT), short-lived
+    ss:{NNNN}:i:<id>:<key>  idempotency record of a keyed write: "<fingerprint>|<event>",
+                       written by the write's own script, expires (idempotency_ttl)
+
+and, in the owner's own slot (its id is the hash tag; owner ids have no braces)::
+
+    so:{<owner>}:i     owner index: ZSET (all scores 0, so ordered by id) of
+                       the ids created with this owner, registered BEFORE
+                       their create script runs (see the timeline above ``owner_index_key``)
+
+``NNNN`` is a bucket, crc32(id) mod ``BUCKETS``: the outbox of a bucket lives
+beside its sessions, so the write and its outbox entry are one atomic script,
+and the relay scans a fixed set of ``BUCKETS`` outboxes instead of KEYS/SCAN.
+``BUCKETS`` is part of the data format: changing it orphans existing keys.
+"""
+from __future__ import annotations
+
+import zlib
+
+BUCKETS = 1024
+
+
+def bucket_of(session_id: str) -> int:
+    return zlib.crc32(session_id.encode()) % BUCKETS
+
+
+def bucket_tag(bucket: int) -> str:
+    return "ss:{%04d}" % bucket
+
+
+# every session key, on whichever node (SessionStore.sample)
+SESSION_KEY_PATTERN = "ss:*:s:*"
+
+
+def session_keys(session_id: str) -> list[str]:
+    """KEYS for the mutation scripts: session, marker, outbox index, outbox data."""
+    tag = bucket_tag(bucket_of(session_id))
+    return [f"{tag}:s:{session_id}", f"{tag}:m:{session_id}", f"{tag}:ob", f"{tag}:od"]
+
+
+def hold_key(session_id: str) -> str:
+    """The hold record of a session Redis lost (HOLD_SCRIPT)."""
+    return f"{bucket_tag(bucket_of(session_id))}:h:{session_id}"
+
+
+def idempotency_key(session_id: str, key: str) -> str:
+    """The record of a write with Idempotency-Key ``key`` on ``session_id``:
+    in the session's slot, so the write's script holds it (KEYS[5])."""
+    return f"{bucket_tag(bucket_of(session_id))}:i:{session_id}:{key}"
+
+
+def epoch_key(session_id: str) -> str:
+    """The epoch record of ``session_id``'s bucket (SETTLE_SCRIPT)."""
+    return f"{bucket_tag(bucket_of(session_id))}:e"
+
+
+def outbox_keys(bucket: int) -> tuple[str, str]:
+    tag = bucket_tag(bucket)
+    return f"{tag}:ob", f"{tag}:od"
+
+
+def key_names(session_id: str) -> dict[str, str]:
+    """Every Redis key that concerns a session, by role, for operators
+    (``sessionsync key --all``): its own session, marker and hold keys, and
+    its bucket's outbox index and data and epoch record (shared with the
+    other sessions of the bucket)."""
+    session, marker, outbox_index, outbox_data = session_keys(session_id)
+    return {"session": session, "marker": marker, "outbox_index": outbox_index,
+            "outbox_data": outbox_data, "epoch": epoch_key(session_id), "hold": hold_key(session_id)}
+
+
+# How an owner's index and its sessions stay consistent, with no script
+# crossing a slot (the index is in the owner's slot, each session in its
+# bucket's).  The index may hold ids that are not (yet) the owner's sessions;
+# it never lacks one that is:
+#
+#   create (owner o, id x)              revoke-all (owner o)
+#   t0  ZADD so:{o}:i x                 (registered BEFORE the create script)
+#                                       t1  starts; reads the index: x
+#                                       t2  x has no key, no marker:
+#                                           BLOCK_SCRIPT tombstones x (v1, D)
+#   t3  CREATE_SCRIPT finds the
+#       tombstone: 409, never created
+#                                       t4  ZREM x (only after x is dealt with)
+#
+# If t3 comes before t2, revoke-all finds x live and deletes it (DELETE_SCRIPT,
+# through SessionService.delete).  A create whose ZADD comes after t1 started
+# after the revoke-all did and may survive it.  A create that crashed
+# between t0 and t3 leaves a stale entry: a listing skips it (no session),
+# a revoke-all tombstones the id.  An entry whose id turns out to be another
+# owner's (its create failed: the id was taken) or a tombstone is final and
+# dropped by whoever reads it; an entry with no key is kept (a create may be
+# in flight, or an expired session may come back from PostgreSQL).
+
+def owner_index_key(owner_id: str) -> str:
+    """The owner's index, in a slot of its own: owner ids have no braces,
+    so the whole id is the hash tag."""
+    return "so:{%s}:i" % owner_id

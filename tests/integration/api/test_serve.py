@@ -1,0 +1,415 @@
+"""`sessionsync serve` as a user runs it: a real HTTP server in its own
+process (started here on a free port, stopped by PID), on the test Redis,
+without the pipeline.  Hit by a burst of 64 clients, and sent what API Gateway
+would answer itself (schemathesis runs against a server with its pipeline in
+tests/integration/api/test_contract.py)."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from chalicelib.config import AUTH_MODE
+from tests.support.constants import API_KEY, AUTH, BEARER, PROJECT_DIR, REDIS_TEST_URL, TEST_CHANNEL
+from tests.support.servers import free_port, serve_process, stop_process, wait_for
+
+
+@dataclass(frozen=True)
+class Server:
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, headers: dict | None = None,
+                body: bytes | str | None = None) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+
+def serve_environment() -> dict[str, str]:
+    """The test Redis and a known key; no PostgreSQL, queues or secrets.
+
+    The CLI fills unset variables from the `local` stage of
+    .chalice/config.json; an empty value counts as set, and as "not
+    configured" to the settings, so the server needs only Redis.
+    """
+    env = dict(os.environ)
+    env.update({"REDIS_URL": REDIS_TEST_URL, "SESSIONSYNC_CHANNEL": TEST_CHANNEL,
+                "SESSIONSYNC_API_KEYS": API_KEY, "LOG_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1"})
+    for name in ("DATABASE_URL", "DB_SECRET_ARN", "SESSION_QUEUE_URL", "SESSION_QUEUE_NAME",
+                 "SESSION_DLQ_URL", "SESSION_DLQ_NAME", "SESSIONSYNC_API_KEYS_SECRET_ARN",
+                 "PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE"):
+        env[name] = ""
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, redis_single) -> Server:
+    with serve_process(serve_environment(), tmp_path_factory.mktemp("serve"),
+                       "--no-pipeline") as (port, log):
+        yield Server(port, log)
+
+
+def syn_and_data_retransmissions(sock: socket.socket) -> int:
+    """tcpi_total_retrans of a connected socket (Linux struct tcp_info): the
+    segments, SYN included, that the kernel had to send again."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("I", info, 100)[0]
+
+
+def test_64_concurrent_clients_are_all_served_without_a_reset_or_a_dropped_syn(server):
+    # chalice local listens with a backlog of 5: a burst like this one gets
+    # dropped SYNs (retransmitted after a second, then two...) or resets
+    clients = 64
+    start = threading.Barrier(clients)
+    outcomes: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        start.wait(timeout=30)
+        retransmitted = -1
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                sock.sendall(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                reply = b""
+                while chunk := sock.recv(65536):
+                    reply += chunk
+                retransmitted = syn_and_data_retransmissions(sock)
+            outcome = reply.split(b"\r\n", 1)[0].decode()
+        except OSError as exc:
+            outcome = repr(exc)
+        with lock:
+            outcomes.append((outcome, retransmitted))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    statuses = [status for status, _ in outcomes]
+    assert statuses == ["HTTP/1.1 200 OK"] * clients, sorted(set(statuses))
+    # what the kernel did, not how long a busy machine took: on loopback a
+    # segment is sent again only when the listener's queue dropped it
+    assert [n for _, n in outcomes] == [0] * clients, sorted(n for _, n in outcomes)
+
+
+def test_an_unknown_route_is_a_404_in_the_error_shape_that_does_not_echo_the_key(server):
+    status, headers, body = server.request("GET", "/nope/x?y=1", headers=BEARER)
+    assert status == 404 and headers["Content-Type"] == "application/problem+json"
+    problem = json.loads(body)
+    assert problem["code"] == problem["error"]["code"] == "RouteNotFound"
+    assert (problem["type"], problem["status"], problem["title"]) == ("about:blank", 404, "Not Found")
+    assert API_KEY.encode() not in body
+
+
+def test_missing_and_refused_credentials_are_401_and_403_in_the_error_shape(server):
+    status, headers, body = server.request("GET", "/sessions/x")
+    assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+    assert json.loads(body)["error"]["code"] == "Unauthorized"
+    status, _, body = server.request("GET", "/sessions/x", headers={"Authorization": "Bearer wrong"})
+    assert status == 403 and json.loads(body)["error"]["code"] == "Forbidden"
+    assert b"wrong" not in body
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "BREW"])
+def test_a_method_no_route_has_is_a_405_not_a_5xx(server, method):
+    status, headers, body = server.request(method, "/sessions/x", headers=BEARER)
+    assert status == 405 and headers["Allow"] == "GET, PUT, PATCH, DELETE"
+    assert json.loads(body)["error"]["code"] == "MethodNotAllowed"
+
+
+def test_a_huge_header_is_refused_with_a_4xx(server):
+    status, _, _ = server.request("GET", "/health", headers={"X-Huge": "a" * 70_000})
+    assert 400 <= status < 500
+    assert server.request("GET", "/health")[0] == 200  # and the server carries on
+
+
+def test_the_walk_through_works_over_http(server, session_id):
+    status, headers, body = server.request(
+        "POST", "/sessions", AUTH, json.dumps({"session_id": session_id, "state": {"items": []}}))
+    assert status == 201 and headers["ETag"] == '"1"'
+    status, headers, _ = server.request("GET", f"/sessions/{session_id}", BEARER)
+    assert status == 200
+    etag = headers["ETag"]
+    put = {**AUTH, "If-Match": etag}
+    status, _, body = server.request("PUT", f"/sessions/{session_id}", put, '{"state":{"items":["book"]}}')
+    assert status == 200 and json.loads(body)["version"] == 2
+    status, _, body = server.request("PUT", f"/sessions/{session_id}", put, '{"state":{"items":[]}}')
+    assert status == 412 and json.loads(body)["error"]["details"]["actual_version"] == 2
+    assert server.request("DELETE", f"/sessions/{session_id}", BEARER)[0] == 204
+    assert server.request("GET", f"/sessions/{session_id}", BEARER)[0] == 404
+
+
+def test_conditional_requests_work_over_http(server, session_id):
+    create = {**AUTH, "If-None-Match": "*"}
+    status, headers, body = server.request("PUT", f"/sessions/{session_id}", create, '{"state":{}}')
+    assert status == 201 and headers["Location"] == f"/sessions/{session_id}"  # no stage locally
+    assert server.request("PUT", f"/sessions/{session_id}", create, '{"state":{}}')[0] == 412
+
+    status, headers, body = server.request("GET", f"/sessions/{session_id}",
+                                           {**BEARER, "If-None-Match": 'W/"1"'})
+    assert (status, body, headers["ETag"]) == (304, b"", '"1"') and "Content-Type" not in headers
+
+    status, _, _ = server.request("PUT", f"/sessions/{session_id}", {**AUTH, "If-Match": 'W/"1"'},
+                                  '{"state":{"n":1}}')
+    assert status == 400
+    status, _, body = server.request("PUT", f"/sessions/{session_id}", {**AUTH, "If-Match": "*"},
+                                     '{"state":{"n":1}}')
+    assert status == 200 and json.loads(body)["version"] == 2
+
+    status, headers, body = server.request("DELETE", f"/sessions/{session_id}",
+                                           {**BEARER, "If-Match": "*"})
+    assert (status, body) == (204, b"") and "Content-Type" not in headers
+    assert server.request("DELETE", f"/sessions/{session_id}", {**BEARER, "If-Match": "*"})[0] == 412
+
+
+@pytest.mark.parametrize(("request_head", "status", "code"), [
+    (b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, "BadRequest"),
+    (b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413,
+     "RequestEntityTooLarge"),
+    (b"POST /sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+     411, "LengthRequired"),
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "RequestUriTooLong"),
+    (b"garbage\r\n\r\n", 400, "BadRequest"),
+])
+def test_requests_http_server_refuses_get_the_json_error_shape(server, request_head, status, code):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(request_head)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    if reply.startswith(b"{"):
+        # no HTTP version in the request line: http.server answers HTTP/0.9
+        # style, the body alone
+        body = reply
+    else:
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.split()[1] == str(status).encode(), head[:200]
+    assert json.loads(body)["error"]["code"] == code
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 10) -> bytes:
+    """Send ``request`` on a fresh connection; everything the server sent
+    back until it closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+# Latin-1 (how http.server decodes headers) has three characters that
+# str.isdigit() takes and int() refuses: superscript one, two and three.
+@pytest.mark.parametrize("value", [b"\xb2", b"\xb3", b"1\xb9"])
+def test_a_content_length_in_superscript_digits_is_a_400_not_a_dropped_connection(server, value):
+    reply = raw_exchange(server.port, b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                         + value + b"\r\n\r\n{}")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split()[1:2] == [b"400"], reply[:200]
+    assert json.loads(body)["error"] == {"code": "BadRequest", "message": "Content-Length must be a number"}
+
+
+def test_serving_on_the_loopback_prints_no_exposure_warning(server):
+    assert "beyond this machine" not in server.log.read_text()
+
+
+def test_serving_beyond_the_loopback_warns_on_stderr_and_in_the_log(tmp_path, redis_single):
+    with serve_process(serve_environment(), tmp_path, "--no-pipeline", "--host", "0.0.0.0") as (port, log):
+        text = log.read_text()
+    assert "warning: serving on 0.0.0.0, beyond this machine" in text
+    logged = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert any(line["logger"] == "sessionsync.serve" and line["level"] == "WARNING"
+               and line["host"] == "0.0.0.0" and line["port"] == port for line in logged), text[-2000:]
+
+
+# --- slow clients: a short socket timeout, set in code ------------------------
+
+SHORT_TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def short_timeout_server(tmp_path_factory, redis_single) -> Server:
+    """``build_server(socket_timeout=SHORT_TIMEOUT)`` in a process of its own."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve-timeout") / "serve.log"
+    script = ("import sys; from sessionsync.cli.serve import build_server; "
+              "build_server('127.0.0.1', int(sys.argv[1]), "
+              "socket_timeout=float(sys.argv[2])).serve_forever()")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script, str(port), str(SHORT_TIMEOUT)],
+                                cwd=PROJECT_DIR, env=serve_environment(), stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        def answers() -> bool:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            return raw_exchange(port, b"GET /health HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.")
+        wait_for(answers, 30, f"build_server on {port}")
+        yield Server(port, log)
+    finally:
+        stop_process(proc)
+
+
+def seconds_until_closed(port: int, sent: bytes, limit: float = 15) -> float:
+    """Send ``sent``, then stall; seconds until the server closes the
+    connection (``limit`` when it never does)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as sock:
+        sock.sendall(sent)
+        start = time.monotonic()
+        try:
+            while sock.recv(65536):
+                pass  # an answer (e.g. a 408) is fine; the close is what counts
+        except TimeoutError:
+            return limit
+        return time.monotonic() - start
+
+
+@pytest.mark.parametrize("sent", [
+    b"",                                               # connected, said nothing
+    b"POST /sess",                                     # half a request line
+    b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-",  # half the headers
+    b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 100\r\n\r\n{\"session_id\"",       # half the body
+], ids=["nothing", "request-line", "headers", "body"])
+def test_a_client_that_sends_half_a_request_and_stalls_is_disconnected(short_timeout_server, sent):
+    seconds = seconds_until_closed(short_timeout_server.port, sent)
+    # the margin is for a loaded machine: without a timeout it never closes
+    assert SHORT_TIMEOUT * 0.5 <= seconds < SHORT_TIMEOUT + 8, f"closed after {seconds:.1f}s"
+    reply = raw_exchange(short_timeout_server.port, b"GET /health HTTP/1.0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]  # and the server carries on
+
+
+
+# --- keep-alive: a reused connection is as fast as a fresh one -----------------
+
+def median_get_seconds(port: int, path: str, requests: int, *, keep_alive: bool) -> float:
+    """Median seconds of ``requests`` GETs of ``path``: all on one keep-alive
+    connection (after a first one that opens it), or each on a new one."""
+    times = []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        if keep_alive:
+            conn.request("GET", path, headers=BEARER)
+            conn.getresponse().read()
+        for _ in range(requests):
+            if not keep_alive:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            start = time.perf_counter()
+            conn.request("GET", path, headers=BEARER)
+            response = conn.getresponse()
+            body = response.read()
+            times.append(time.perf_counter() - start)
+            assert response.status == 200, body[:200]
+            assert not response.will_close or not keep_alive  # it did stay open
+    finally:
+        conn.close()
+    return sorted(times)[len(times) // 2]
+
+
+def test_a_get_on_a_reused_keep_alive_connection_is_no_slower_than_on_a_fresh_one(server, session_id):
+    # The response was two sends (headers, then body) without TCP_NODELAY:
+    # Nagle holds the body until the client ACKs the headers, and a client
+    # on a connection past its first exchanges delays that ACK (about 40 ms
+    # on Linux).  A fresh connection is still in quick-ACK mode, so it hid it.
+    status, _, body = server.request("POST", "/sessions", AUTH,
+                                     json.dumps({"session_id": session_id, "state": {"n": 1}}))
+    assert status == 201, body
+    path = f"/sessions/{session_id}"
+    fresh = median_get_seconds(server.port, path, 30, keep_alive=False)
+    reused = median_get_seconds(server.port, path, 30, keep_alive=True)
+    # a ratio, not a time: a busy machine slows both alike; the stall made it ~30x
+    assert reused <= 2 * fresh, f"keep-alive median {reused * 1000:.1f} ms, fresh {fresh * 1000:.1f} ms"
+
+
+def test_sessionsync_serve_refuses_iam_mode_naming_the_setting_because_nothing_would_check_it():
+    """chalice local does not enforce IAM: serving in that mode would answer
+    every session route without any authentication."""
+    env = {k: v for k, v in os.environ.items() if k != AUTH_MODE}
+    env.update({AUTH_MODE: "iam", "REDIS_URL": "redis://127.0.0.1:6379/0",
+                "SESSIONSYNC_API_KEYS": "unused-key-0123456789abcdef"})
+    port = free_port()
+    try:
+        result = subprocess.run([str(Path(sys.executable).parent / "sessionsync"), "serve", "--no-pipeline",
+                                 "--port", str(port)], cwd=PROJECT_DIR, env=env, capture_output=True,
+                                text=True, timeout=30)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"serve started in iam mode, with no authentication: {exc.stdout!r}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"configuration error: {AUTH_MODE}: "), result.stderr
+    assert "unauthenticated" in result.stderr and "api-key" in result.stderr
+
+
+def test_a_merge_patch_works_over_http_and_another_media_type_is_a_415(server, session_id):
+    created = {"session_id": session_id, "state": {"items": [], "coupon": "X"}}
+    status, _, _ = server.request("POST", "/sessions", AUTH, json.dumps(created))
+    assert status == 201
+    merge = {**BEARER, "Content-Type": "application/merge-patch+json"}
+    status, headers, body = server.request("PATCH", f"/sessions/{session_id}", merge,
+                                           '{"state":{"coupon":null,"items":["book"]}}')
+    assert status == 200 and headers["ETag"] == '"2"'
+    assert json.loads(body)["state"] == {"items": ["book"]}
+    status, headers, body = server.request("PATCH", f"/sessions/{session_id}", AUTH, '{"state":{}}')
+    assert status == 415 and headers["Content-Type"] == "application/problem+json"
+    assert "application/merge-patch+json" in json.loads(body)["detail"]
+    status, _, body = server.request("PATCH", f"/sessions/{session_id}", {**merge, "If-Match": '"1"'},
+                                     '{"state":{}}')
+    assert status == 412 and json.loads(body)["error"]["details"]["actual_version"] == 2
+
+
+def test_128_clients_creating_new_sessions_at_once_all_get_a_201_not_a_busy_database(
+        tmp_path, redis_single, pg_test_dsn):
+    # Each create of a new id asks PostgreSQL whether the id existed: with
+    # the request threads queued on one connection, a burst like this one
+    # answered some creates 503 "busy" (sessionsync.serve_database).
+    env = serve_environment()
+    env["DATABASE_URL"] = pg_test_dsn
+    for name in ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE"):  # libpq reads "" as a value
+        env.pop(name)
+    clients = 128
+    prefix = f"burst-{time.time_ns()}"
+    with serve_process(env, tmp_path, "--no-pipeline") as (port, _):
+        server = Server(port, tmp_path / "unused.log")
+        start = threading.Barrier(clients)
+        statuses: list[tuple[int, bytes]] = []
+        lock = threading.Lock()
+
+        def client(n: int) -> None:
+            start.wait(timeout=30)
+            body = json.dumps({"session_id": f"{prefix}-{n}", "state": {"n": n}})
+            try:
+                status, _, reply = server.request("POST", "/sessions", {
+                    **AUTH, "Content-Type": "application/json"}, body)
+            except OSError as exc:
+                status, reply = -1, repr(exc).encode()
+            with lock:
+                statuses.append((status, reply[:400]))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    refused = [(status, reply) for status, reply in statuses if status != 201]
+    assert len(statuses) == clients
+    assert refused == []

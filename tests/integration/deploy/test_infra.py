@@ -1,0 +1,296 @@
+"""The deploy templates: cfn-lint on infra/ and on what `chalice package`
+produces with infra/chalice-merge.json, and the settings that matter
+checked in the packaged template itself (not in the merge file: the merge
+could silently not apply)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from cfnlint.decode import cfn_yaml
+
+from chalicelib import config
+from sessionsync import provisioning
+from tests.support.constants import PROJECT_DIR
+
+INFRA = PROJECT_DIR / "infra"
+QUEUES_TEMPLATE = INFRA / "cloudformation" / "queues.yaml"
+MERGE_TEMPLATE = INFRA / "chalice-merge.json"
+BIN = Path(sys.executable).parent
+QUEUE_RESOURCES = ("SessionQueue", "SessionDeadLetterQueue", "DeadLetterQueueNotEmptyAlarm", "QueueAgeAlarm")
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    assert found, f"{name} is not installed (requirements-dev.txt)"
+    return found
+
+
+def cfn_lint(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("cfn-lint"), str(path)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def packaged_path(chalice_packaged) -> Path:
+    return chalice_packaged / "sam.json"
+
+
+@pytest.fixture(scope="module")
+def packaged(packaged_path) -> dict:
+    return json.loads(packaged_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def queues_template() -> dict:
+    return cfn_yaml.loads(QUEUES_TEMPLATE.read_text())
+
+
+def functions(template: dict) -> dict[str, dict]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+
+
+def default(template: dict, parameter: str):
+    return template["Parameters"][parameter]["Default"]
+
+
+def test_the_queue_template_passes_cfn_lint():
+    result = cfn_lint(QUEUES_TEMPLATE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_chalice_package_with_the_merge_template_passes_cfn_lint(packaged_path):
+    result = cfn_lint(packaged_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_packaged_consumer_reports_batch_item_failures_from_the_template_s_queue(packaged):
+    consumer = packaged["Resources"]["PersistChanges"]["Properties"]
+    (source,) = consumer["Events"].values()
+    assert source["Type"] == "SQS"
+    assert source["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    # the merged Fn::Sub replaced Chalice's name-based ARN: one key, the template's queue
+    assert source["Properties"]["Queue"] == {"Fn::Sub": "${SessionQueue.Arn}"}
+    assert source["Properties"]["BatchSize"] == config.CONSUMER_BATCH_SIZE
+
+
+def test_the_consumer_cannot_open_more_database_connections_than_its_cap(packaged):
+    consumer = packaged["Resources"]["PersistChanges"]["Properties"]
+    (source,) = consumer["Events"].values()
+    assert source["Properties"]["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "ConsumerMaxConcurrency"}}
+    cap = default(packaged, "ConsumerMaxConcurrency")
+    assert cap == config.CONSUMER_MAX_CONCURRENCY
+    assert 2 <= cap <= consumer["ReservedConcurrentExecutions"]
+
+
+def test_the_packaged_queue_redrives_to_the_dlq_after_five_receives_and_hides_for_six_timeouts(packaged):
+    resources = packaged["Resources"]
+    queue = resources["SessionQueue"]["Properties"]
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["SessionDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": {"Ref": "MaxReceiveCount"}}
+    assert default(packaged, "MaxReceiveCount") == 5
+    assert packaged["Parameters"]["MaxReceiveCount"]["MinValue"] == 5
+    consumer_timeout = resources["PersistChanges"]["Properties"]["Timeout"]
+    assert queue["VisibilityTimeout"] == {"Ref": "VisibilityTimeoutSeconds"}
+    assert packaged["Parameters"]["VisibilityTimeoutSeconds"]["MinValue"] >= 6 * consumer_timeout
+    for name in ("SessionQueue", "SessionDeadLetterQueue"):
+        assert resources[name]["Properties"]["MaximumMessageSize"] == 1048576
+    dlq = resources["SessionDeadLetterQueue"]["Properties"]
+    assert dlq["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]
+
+
+def test_alarms_fire_on_any_dlq_message_and_on_an_old_message_in_the_queue(packaged):
+    resources = packaged["Resources"]
+    dlq_alarm = resources["DeadLetterQueueNotEmptyAlarm"]["Properties"]
+    assert (dlq_alarm["MetricName"], dlq_alarm["ComparisonOperator"], dlq_alarm["Threshold"]) == (
+        "ApproximateNumberOfMessagesVisible", "GreaterThanThreshold", 0)
+    assert dlq_alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["SessionDeadLetterQueue", "QueueName"]}
+    age_alarm = resources["QueueAgeAlarm"]["Properties"]
+    assert age_alarm["MetricName"] == "ApproximateAgeOfOldestMessage"
+    assert age_alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["SessionQueue", "QueueName"]}
+    assert age_alarm["Threshold"] == {"Ref": "QueueAgeAlarmSeconds"}
+
+
+def test_every_function_gets_tls_redis_the_secrets_the_queue_urls_and_the_vpc(packaged):
+    found = functions(packaged)
+    assert set(found) >= {"APIHandler", "ApiKey", "PersistChanges", "RelayOutbox", "SweepExpired"}
+    for name, function in found.items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        # no password in the URL: the functions read REDIS_SECRET_ARN when they connect
+        assert variables["REDIS_URL"] == {"Fn::Sub": "rediss://${RedisEndpoint}:${RedisPort}"}, name
+        assert variables["REDIS_SECRET_ARN"] == {"Ref": "RedisAuthSecretArn"}, name
+        assert variables["DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}, name
+        assert variables["SESSIONSYNC_API_KEYS_SECRET_ARN"] == {"Ref": "ApiKeysSecretArn"}, name
+        assert variables["SESSION_QUEUE_URL"] == {"Ref": "SessionQueue"}, name
+        assert variables["SESSION_DLQ_URL"] == {"Ref": "SessionDeadLetterQueue"}, name
+        assert function["Properties"]["VpcConfig"]["Fn::If"][0] == "HasVpc", name
+    policy = packaged["Resources"]["SessionSyncAccessPolicy"]["Properties"]
+    assert policy["Roles"] == [{"Ref": "DefaultRole"}]
+
+
+def _gateway_responses(packaged: dict) -> dict:
+    body = packaged["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]
+    return body["x-amazon-apigateway-gateway-responses"]
+
+
+def test_the_gateway_answers_an_unknown_route_with_a_404_that_echoes_nothing(packaged):
+    responses = _gateway_responses(packaged)
+    for response_type, (status, code) in {"MISSING_AUTHENTICATION_TOKEN": ("404", "RouteNotFound"),
+                                          "UNAUTHORIZED": ("401", "Unauthorized"),
+                                          "ACCESS_DENIED": ("403", "Forbidden")}.items():
+        response = responses[response_type]
+        assert response["statusCode"] == status
+        template = response["responseTemplates"]["application/json"]
+        # only the request id may be substituted: never the message API Gateway
+        # builds (it can quote the Authorization header), the input or headers
+        assert re.findall(r"\$[a-zA-Z.]+", template) == ["$context.requestId"], template
+        problem = json.loads(template.replace("$context.requestId", "r-1"))
+        assert problem["status"] == int(status) and problem["code"] == code
+        assert problem["error"]["code"] == code and problem["error"]["message"] == problem["detail"]
+    for response in responses.values():
+        template = response["responseTemplates"]["application/json"]
+        assert "$context.error.message" not in template and "$input" not in template
+        assert "header" not in template
+        # the API's error shape: problem details (RFC 9457) that keep `error`
+        problem = json.loads(re.sub(r"\$[a-zA-Z.]+", "x", template))
+        assert problem["type"] == "about:blank" and problem["error"]["code"] == problem["code"]
+        assert response["responseParameters"]["gatewayresponse.header.Content-Type"] == \
+            "'application/problem+json'"
+
+
+def test_the_standalone_queue_template_defines_the_same_queues_and_alarms(queues_template, packaged):
+    for name in QUEUE_RESOURCES:
+        assert queues_template["Resources"][name] == packaged["Resources"][name], name
+    for name, parameter in queues_template["Parameters"].items():
+        assert packaged["Parameters"][name] == parameter, name
+
+
+def test_the_queue_settings_agree_with_bootstrap_and_the_chalice_config(queues_template):
+    chalice = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())
+    for stage in ("dev", "prod"):
+        assert chalice["stages"][stage]["lambda_functions"]["persist_changes"]["lambda_timeout"] == \
+            config.CONSUMER_TIMEOUT_SECONDS, stage
+    resources = queues_template["Resources"]
+    assert default(queues_template, "VisibilityTimeoutSeconds") == config.QUEUE_VISIBILITY_TIMEOUT
+    assert config.QUEUE_VISIBILITY_TIMEOUT >= 6 * config.CONSUMER_TIMEOUT_SECONDS
+    assert default(queues_template, "MaxReceiveCount") == config.QUEUE_MAX_RECEIVE_COUNT
+    assert resources["SessionQueue"]["Properties"]["MaximumMessageSize"] == provisioning.MAX_MESSAGE_SIZE
+    assert resources["SessionQueue"]["Properties"]["MessageRetentionPeriod"] == \
+        provisioning.MAIN_RETENTION_SECONDS
+    assert resources["SessionDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] == \
+        provisioning.DLQ_RETENTION_SECONDS
+    assert default(queues_template, "QueueName") == config.DEFAULT_QUEUE_NAME
+    assert default(queues_template, "DeadLetterQueueName") == \
+        provisioning.dlq_name_for(config.DEFAULT_QUEUE_NAME)
+
+
+def test_localstack_compose_parses_and_serves_the_local_stage_ports():
+    compose = yaml.safe_load((PROJECT_DIR / "localstack-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"localstack", "redis", "postgres"}
+    ports = {name: [p.rsplit(":", 1)[-1] for p in service["ports"]] for name, service in services.items()}
+    assert ports == {"localstack": ["4566"], "redis": ["6379"], "postgres": ["5432"]}
+    lock = (INFRA / "localstack" / "requirements-py311.lock").read_text()
+    version = re.search(r"^localstack-core==(\S+)", lock, re.MULTILINE).group(1)
+    assert services["localstack"]["image"] == f"localstack/localstack:{version}"
+    assert {"sqs", "secretsmanager"} <= set(services["localstack"]["environment"]["SERVICES"].split(","))
+    local = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]["local"]
+    assert local["environment_variables"]["REDIS_URL"].startswith("redis://127.0.0.1:6379")
+    assert "@127.0.0.1:5432/" + services["postgres"]["environment"]["POSTGRES_DB"] in \
+        local["environment_variables"]["DATABASE_URL"]
+    assert all("healthcheck" in service for service in services.values())
+
+
+# --- the deploy path ----------------------------------------------------------
+
+DEPLOY_ARGS = ("STAGE=dev", "REGION=eu-west-1", "BUCKET=artifacts")
+
+
+def make_deploy(*args: str) -> subprocess.CompletedProcess:
+    """`make -n deploy`: the commands, printed and not run."""
+    # not a parent make's flags or variables (`make test STAGE=...`)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "STAGE")}
+    return subprocess.run(["make", "--no-print-directory", "-n", "deploy", *args], cwd=PROJECT_DIR,
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_make_deploy_packages_with_the_merge_template_then_deploys_with_cloudformation():
+    result = make_deploy(*DEPLOY_ARGS, "PARAMETERS=RedisEndpoint=cache.example.com")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    (package,) = [line for line in lines if "chalice package" in line]
+    # the same arguments as the packaged_path fixture, whose output the tests above check
+    assert package.split("chalice package ", 1)[1].split(" 2>&1")[0].split() == [
+        "--stage", "dev", "--merge-template", "infra/chalice-merge.json", ".deploy/dev/out"]
+    assert "AWS_DEFAULT_REGION=eu-west-1" in package and "pipefail" in package
+    steps = [next(i for i, line in enumerate(lines) if marker in line)
+             for marker in ("rds-ca-bundle.pem", "rm -rf .chalice/deployments", "chalice package",
+                            "Could not install dependencies", "aws cloudformation package",
+                            "aws cloudformation deploy")]
+    assert steps == sorted(steps)
+    assert config.DEFAULT_DB_SSL_ROOT_CERT.endswith(lines[steps[0]].split(" -o ")[1].split()[0])
+    assert "--s3-bucket artifacts" in lines[steps[4]]
+    assert "--stack-name sessionsync-dev" in lines[steps[5]]
+    assert "RedisEndpoint=cache.example.com" in lines[steps[5]]
+    assert not any("chalice deploy" in line for line in lines)
+
+
+@pytest.mark.parametrize("args, needs", [
+    ((), "STAGE"), (("STAGE=local", "REGION=eu-west-1", "BUCKET=b"), "STAGE"),
+    (("STAGE=prod", "REGION=", "AWS_REGION=", "AWS_DEFAULT_REGION=", "BUCKET=b"), "REGION"),
+    (("STAGE=prod", "REGION=eu-west-1"), "BUCKET"),
+])
+def test_make_deploy_refuses_before_running_anything_without_a_stage_a_region_or_a_bucket(args, needs):
+    result = make_deploy(*args)
+    assert result.returncode != 0 and result.stdout == ""
+    assert f"needs {needs}=" in result.stderr
+
+
+def test_the_chalice_config_holds_no_secrets_no_account_and_no_unread_settings():
+    text = (PROJECT_DIR / ".chalice" / "config.json").read_text()
+    for absent in ("CHANGE_ME", "123456789012", "arn:aws", "POWERTOOLS_", "rediss://"):
+        assert absent not in text, absent
+    chalice = json.loads(text)
+    for stage in ("dev", "prod"):
+        variables = chalice["stages"][stage]["environment_variables"]
+        # connection settings and secrets come from the template's parameters
+        assert not set(variables) & {"REDIS_URL", "REDIS_CLUSTER", "REDIS_SECRET_ARN", "DB_SECRET_ARN",
+                                     "DATABASE_URL", config.API_KEYS_SECRET_ARN, config.API_KEYS}, stage
+
+
+def test_only_the_api_the_consumer_and_the_relay_reserve_concurrency(packaged):
+    found = functions(packaged)
+    reserved = {name: f["Properties"].get("ReservedConcurrentExecutions") for name, f in found.items()}
+    # one relay at a time is enough for a once-a-minute schedule; the
+    # authorizer draws from the account's unreserved pool
+    assert reserved["RelayOutbox"] == 1 and reserved["ApiKey"] is None
+    stages = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]
+    assert reserved["APIHandler"] == stages["dev"]["lambda_functions"]["api_handler"]["reserved_concurrency"]
+    assert reserved["PersistChanges"] >= default(packaged, "ConsumerMaxConcurrency")
+    for stage in ("dev", "prod"):
+        assert "reserved_concurrency" not in stages[stage], stage
+
+
+def test_every_function_s_log_group_is_kept_for_the_stage_s_retention_and_names_the_function(packaged):
+    stages = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]
+    groups = {name: r["Properties"] for name, r in packaged["Resources"].items()
+              if r["Type"] == "AWS::Logs::LogGroup"}
+    named = {props["LogGroupName"]["Fn::Sub"] for props in groups.values()}
+    assert named == {f"/aws/lambda/${{{name}}}" for name in functions(packaged)}
+    assert {props["RetentionInDays"] for props in groups.values()} == {stages["dev"]["log_retention_in_days"]}
+    assert stages["prod"]["log_retention_in_days"] >= stages["dev"]["log_retention_in_days"]
+
+
+def test_the_packaged_template_names_no_region(packaged_path):
+    # chalice package needs a region (AWS_DEFAULT_REGION) but, with the merge
+    # template's queue ARN, writes none: the template deploys to any region
+    # of the partition
+    assert "us-east-1" not in packaged_path.read_text()
