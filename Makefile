@@ -6,14 +6,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test unit chaos mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy deploy-check package policy
+.PHONY: run test unit chaos mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy deploy-check package policy node
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+# The project and, for its tests, clients/python (a package of its own) editable.
+$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_QUIET) -r requirements-dev.txt -e '.[cli,bench,dev]' 2> >(grep -v '^WARNING: Location' >&2)
+	$(BIN)/pip install $(PIP_QUIET) -r requirements-dev.txt -e '.[cli,bench,dev]' -e ./clients/python 2> >(grep -v '^WARNING: Location' >&2)
 	touch $@
 
 venv: $(BIN)/.installed
+
+# clients/typescript's dev dependencies, exactly as package-lock.json pins them.
+TS_CLIENT := clients/typescript
+$(TS_CLIENT)/node_modules/.installed: $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node: $(TS_CLIENT)/node_modules/.installed
 
 services:
 	scripts/services.sh
@@ -31,13 +40,14 @@ run: bootstrap
 
 # Ruff and mypy first (before any service starts), then the whole test
 # suite against real Redis, a local Redis Cluster, PostgreSQL and
-# LocalStack.  CI runs exactly this.
+# LocalStack, the client libraries' suites included (tests/clients drives
+# clients/typescript's `npm test`).  CI runs exactly this.
 # Three pytest-xdist workers, a test file each at a time (module fixtures
 # stay shared): most tests wait on servers, not on the CPU, so three beat
 # two on this 2-core machine; each worker flushes a Redis database of its
 # own (tests/support/constants.py).  PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= 3
-test: lint services localstack policy
+test: lint node services localstack policy
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The unit tier alone, in seconds, with no services: tests/unit does no I/O
@@ -77,9 +87,9 @@ capacity-check:
 lint: ruff typecheck
 
 ruff: venv
-	$(BIN)/ruff check app.py chalicelib sessionsync tests scripts
+	$(BIN)/ruff check app.py chalicelib sessionsync tests scripts clients/python
 
-# mypy over app.py, chalicelib and sessionsync ([tool.mypy] in pyproject.toml).
+# mypy over app.py, chalicelib, sessionsync and the Python client ([tool.mypy] in pyproject.toml).
 typecheck: venv
 	$(BIN)/mypy
 
@@ -126,4 +136,4 @@ deploy: package
 	$(BIN)/python scripts/deploy_stage.py deploy $(STAGE) $(if $(DRY_RUN),--dry-run)
 
 clean: stop
-	rm -rf $(VENV) .localstack-venv .run
+	rm -rf $(VENV) .localstack-venv .run $(TS_CLIENT)/node_modules $(TS_CLIENT)/dist $(TS_CLIENT)/build

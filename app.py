@@ -140,9 +140,8 @@ def session_events(session_id):
     page = runtime.service().history(
         validation.session_id(session_id),
         limit=validation.page_limit(params.get("limit")),
-        before_version=validation.version_param(params.get("before_version"), "before_version"))
-    return web.json_response({"session_id": page.session_id, "events": page.events,
-                              "next_before_version": page.next_before_version})
+        before_version=validation.history_position(params.get("cursor"), params.get("before_version")))
+    return web.history_page_response(page.session_id, page.events, page.next_before_version)
 
 
 @app.route("/owners/{owner_id}/sessions", methods=["GET"], authorizer=session_auth)

@@ -30,7 +30,7 @@ from chalicelib.domain.errors import (
     UnsupportedMediaType,
 )
 from chalicelib.domain.session import Session
-from chalicelib.domain.validation import IfMatch
+from chalicelib.domain.validation import IfMatch, encode_history_cursor
 
 log = logging.getLogger("sessionsync.web")
 JSON: dict[str, str | list[str]] = {"Content-Type": "application/json"}
@@ -141,6 +141,16 @@ def sessions_page_response(owner_id: str, sessions: Sequence[Session],
     body = '{"owner_id":%s,"sessions":[%s],"next_cursor":%s}' % (
         json.dumps(owner_id), ",".join(s.to_json() for s in sessions), json.dumps(next_cursor))
     return Response(body=body, status_code=200, headers=JSON)
+
+
+def history_page_response(session_id: str, events: Sequence[Mapping[str, Any]],
+                          next_before_version: int | None) -> Response:
+    """GET /sessions/{session_id}/events: ``next_cursor``, and the same
+    position as ``next_before_version`` for the clients written before the
+    cursor (kept until the next major version of the API)."""
+    cursor = None if next_before_version is None else encode_history_cursor(next_before_version)
+    return json_response({"session_id": session_id, "events": events, "next_cursor": cursor,
+                          "next_before_version": next_before_version})
 
 
 def json_response(body: Any, status: int = 200) -> Response:

@@ -113,6 +113,32 @@ def encode_owner_cursor(last_session_id: str) -> str:
     return last_session_id
 
 
+# The ``cursor`` of a session's history: opaque to clients (they pass back
+# the ``next_cursor`` they got), it is "v" and the version the next page
+# starts below.  Every value of docs/openapi.yaml's pattern is one to page on
+# from (at most 18 digits: never past a version's 2**63 - 1).
+_HISTORY_CURSOR = re.compile(r"v([1-9][0-9]{0,17})")
+
+
+def encode_history_cursor(before_version: int) -> str:
+    return f"v{before_version}"
+
+
+def history_position(cursor: str | None, before_version: str | None) -> int | None:
+    """Where a page of history starts: below the version ``cursor`` names
+    and below ``before_version`` (the query parameter ``cursor`` replaced,
+    still taken: docs/decisions/api-compatibility.md); None from the newest."""
+    bounds = [version for version in [version_param(before_version, "before_version")]
+              if version is not None]
+    if cursor is not None:
+        match = _HISTORY_CURSOR.fullmatch(cursor)
+        if match is None:
+            raise ValidationError("cursor is not one this API returned; start again without it",
+                                  field="cursor")
+        bounds.append(int(match[1]))
+    return min(bounds, default=None)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValidationError(f"{name} is not valid JSON (PostgreSQL jsonb cannot store it)")
 

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -58,11 +59,40 @@ def request_context(request_id: str | None, **fields: Any) -> Iterator[Mapping[s
         _context.reset(token)
 
 
+# A caller's X-Request-Id: visible ASCII, no space, at most 128 characters
+# (what goes into every log line and back into a header); anything else is
+# ignored, never refused: a proxy on the way may have set it.
+_CALLER_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+# W3C Trace Context's traceparent: version, trace-id, parent-id, flags, in
+# lower-case hex; version ff and all-zero ids are invalid, and a version
+# after 00 may append fields (which a version 00 header may not).
+_TRACEPARENT = re.compile(
+    r"(?!ff)(?P<version>[0-9a-f]{2})-(?!0{32})(?P<trace_id>[0-9a-f]{32})"
+    r"-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(?P<more>-[\x21-\x7e]*)?")
+
+
+def caller_ids(headers: Mapping[str, str] | None) -> tuple[str | None, str | None]:
+    """(the caller's X-Request-Id, the caller's traceparent), each None when
+    absent or malformed."""
+    if not headers:
+        return None, None
+    request_id = (headers.get("x-request-id") or "").strip(" \t")
+    traceparent = (headers.get("traceparent") or "").strip(" \t")
+    trace = _TRACEPARENT.fullmatch(traceparent)
+    if trace is not None and trace["version"] == "00" and trace["more"]:
+        trace = None
+    return (request_id if _CALLER_REQUEST_ID.fullmatch(request_id) else None,
+            traceparent if trace is not None else None)
+
+
 def invocation_ids(event: Any) -> tuple[str, dict[str, Any]]:
     """(request id, fields to bind) for a Chalice event object.
 
-    HTTP: API Gateway's ``requestContext.requestId`` (the id a client sees as
-    ``x-amzn-RequestId``), plus Lambda's ``aws_request_id`` and the route.
+    HTTP: the caller's ``X-Request-Id`` when it sent one, else the trace id
+    of its W3C ``traceparent`` (then also bound as ``trace_id``), else API
+    Gateway's ``requestContext.requestId`` (the id a client sees as
+    ``x-amzn-RequestId``, bound as ``api_request_id`` when the caller's id
+    is used); plus Lambda's ``aws_request_id`` and the route.
     Any other event (SQS, schedule): Lambda's ``aws_request_id``.  Neither
     exists under ``chalice local`` or a local worker's fake context: a
     random id then, so lines of one invocation still group together.
@@ -70,18 +100,25 @@ def invocation_ids(event: Any) -> tuple[str, dict[str, Any]]:
     fields: dict[str, Any] = {}
     request_context = getattr(event, "context", None)
     lambda_context = getattr(event, "lambda_context", None)
+    caller_id = None
     if isinstance(request_context, Mapping):  # an HTTP request
         api_id = request_context.get("requestId")
         aws_id = getattr(lambda_context, "aws_request_id", None)
         method = request_context.get("httpMethod")
         if method:
             fields["route"] = f"{method} {request_context.get('resourcePath', '')}"
+        caller_id, traceparent = caller_ids(getattr(event, "headers", None))
+        if traceparent is not None:
+            fields["trace_id"] = traceparent.split("-")[1]
+            caller_id = caller_id or fields["trace_id"]
+        if caller_id and api_id:
+            fields["api_request_id"] = api_id
     else:
         api_id = None
         aws_id = getattr(request_context, "aws_request_id", None)
     if aws_id:
         fields["aws_request_id"] = aws_id
-    return str(api_id or aws_id or uuid.uuid4()), fields
+    return str(caller_id or api_id or aws_id or uuid.uuid4()), fields
 
 
 _invocation_log = logging.getLogger(f"{ROOT_LOGGER}.invocation")
@@ -92,7 +129,9 @@ def around_invocation(event: Any, handle: Any) -> Any:
     invocation's request context.
 
     HTTP responses get an ``X-Request-Id`` header with the id the lines
-    carry.  At DEBUG one line per invocation gives its duration and status.
+    carry, and the caller's ``traceparent`` back when it sent a valid one
+    (so that a client can tie the answer to its trace).  At DEBUG one line
+    per invocation gives its duration and status.
     An exception escaping the handler (a bug: routes answer errors
     themselves) is logged with the id, then re-raised for Lambda to report.
     """
@@ -112,6 +151,9 @@ def around_invocation(event: Any, handle: Any) -> Any:
                 "status": getattr(response, "status_code", None)})
     if http and isinstance(getattr(response, "headers", None), dict):
         response.headers["X-Request-Id"] = request_id
+        traceparent = caller_ids(getattr(event, "headers", None))[1]
+        if traceparent is not None:
+            response.headers["traceparent"] = traceparent
     return response
 
 

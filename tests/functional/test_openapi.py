@@ -297,8 +297,11 @@ class History:
         return below[:limit], len(below) > limit
 
 
+@pytest.mark.parametrize("parameter, member", [("cursor", "next_cursor"),
+                                               ("before_version", "next_before_version")],
+                         ids=["cursor", "deprecated-before-version"])
 def test_an_events_page_conforms_to_the_spec_and_pages_to_the_end(
-        use_settings, app_settings, redis_single, documented, session_id):
+        use_settings, app_settings, redis_single, documented, session_id, parameter, member):
     # the service takes its durable history as an argument: here a fixed one
     service = SessionService(SessionStore(redis_single, channel=app_settings.channel),
                              durable=History(session_id, 5))
@@ -306,16 +309,62 @@ def test_an_events_page_conforms_to_the_spec_and_pages_to_the_end(
     with app_client() as http:
         seen, cursor = [], None
         for _ in range(5):  # bounded: 5 events, 2 per page
-            query = "limit=2" + (f"&before_version={cursor}" if cursor else "")
+            query = "limit=2" + (f"&{parameter}={cursor}" if cursor else "")
             response = http.get(f"/sessions/{session_id}/events?{query}", headers=AUTH)
             assert response.status_code == 200
             documented.assert_conforms("GET", "/sessions/{session_id}/events", response)
             page = response.json_body
             seen += [e["version"] for e in page["events"]]
-            cursor = page["next_before_version"]
+            # both paging styles in every answer, naming the same position
+            assert (page["next_cursor"] is None) == (page["next_before_version"] is None)
+            cursor = page[member]
             if cursor is None:
                 break
     assert seen == [5, 4, 3, 2, 1]
+
+
+def test_a_cursor_and_a_before_version_sent_together_both_bound_the_page(
+        use_settings, app_settings, redis_single, session_id):
+    service = SessionService(SessionStore(redis_single, channel=app_settings.channel),
+                             durable=History(session_id, 5))
+    use_settings(app_settings, service=service)
+    with app_client() as http:
+        first = http.get(f"/sessions/{session_id}/events?limit=1", headers=AUTH).json_body
+        assert [e["version"] for e in first["events"]] == [5]
+
+        def versions(query: str) -> list[int]:
+            response = http.get(f"/sessions/{session_id}/events?{query}", headers=AUTH)
+            assert response.status_code == 200, response.body
+            return [e["version"] for e in response.json_body["events"]]
+
+        assert versions(f"cursor={first['next_cursor']}") == [4, 3, 2, 1]
+        assert versions(f"cursor={first['next_cursor']}&before_version=3") == [2, 1]
+        assert versions(f"cursor={first['next_cursor']}&before_version=9") == [4, 3, 2, 1]
+        refused = http.get(f"/sessions/{session_id}/events?cursor=4", headers=AUTH)
+    assert refused.status_code == 400 and refused.json_body["error"]["details"]["field"] == "cursor"
+
+
+def test_a_caller_s_request_id_and_traceparent_come_back_and_tag_the_logs(
+        api, documented, session_id, log_lines):
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    body = json.dumps({"session_id": session_id, "state": {}})
+    mine = api.post("/sessions", headers={**AUTH, "X-Request-Id": "checkout-42:7",
+                                          "traceparent": traceparent}, body=body)
+    assert mine.status_code == 201
+    documented.assert_conforms("POST", "/sessions", mine)
+    assert (mine.headers["X-Request-Id"], mine.headers["traceparent"]) == ("checkout-42:7", traceparent)
+    # without an X-Request-Id, the trace id names the request
+    traced = api.get(f"/sessions/{session_id}", headers={**AUTH, "traceparent": traceparent})
+    assert traced.headers["X-Request-Id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    # a malformed one of either is ignored, never refused
+    ignored = api.get(f"/sessions/{session_id}", headers={
+        **AUTH, "X-Request-Id": "two words", "traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"})
+    assert ignored.status_code == 200 and "traceparent" not in ignored.headers
+    assert ignored.headers["X-Request-Id"] not in ("two words", "")
+
+    lines = log_lines()
+    assert any(line.get("request_id") == "checkout-42:7" and
+               line.get("trace_id") == "4bf92f3577b34da6a3ce929d0e0e4736" for line in lines)
 
 
 class NothingPersisted:

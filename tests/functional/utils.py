@@ -97,6 +97,11 @@ class Spec:
                 {**to_json_schema(schema), "components": self.components}, validate_formats=True)
             errors_found = [e.message for e in validator.iter_errors(json.loads(response.body))]
             assert not errors_found, f"{method} {route} {status}: {errors_found}"
+        headers = {name.lower(): deref(self.doc, header)
+                   for name, header in documented.get("headers", {}).items()}
+        undocumented = {name for name in response.headers
+                        if name.lower() not in headers and name.lower() != "content-type"}
+        assert not undocumented, f"{method} {route} {status} sends undocumented {undocumented}"
         for name, header in documented.get("headers", {}).items():
             header = deref(self.doc, header)
             if header.get("required"):

@@ -84,3 +84,24 @@ def test_each_call_of_a_per_invocation_handler_gets_its_own_request_id(log_lines
     handler({"received": 2})
     first, second = [line for line in log_lines() if line["message"] == "batch processed"]
     assert first["request_id"] and second["request_id"] and first["request_id"] != second["request_id"]
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ({"x-request-id": "abc-1", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+     ("abc-1", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")),
+    ({"x-request-id": " abc-1\t"}, ("abc-1", None)),
+    ({"x-request-id": "a b"}, (None, None)),
+    ({"x-request-id": "x" * 129}, (None, None)),
+    ({"x-request-id": "caf\u00e9"}, (None, None)),
+    ({"traceparent": "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"}, (None, None)),
+    ({"traceparent": "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, (None, None)),
+    ({"traceparent": "00-00000000000000000000000000000000-00f067aa0ba902b7-01"}, (None, None)),
+    ({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"}, (None, None)),
+    ({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"}, (None, None)),
+    ({"traceparent": "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"},
+     (None, "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra")),
+    (None, (None, None)),
+], ids=["both", "trimmed", "space", "too-long", "non-ascii", "upper-hex", "version-ff", "zero-trace",
+        "zero-parent", "v00-with-more", "later-version-with-more", "none"])
+def test_a_caller_s_ids_are_taken_when_well_formed_and_ignored_otherwise(headers, expected):
+    assert logs.caller_ids(headers) == expected

@@ -26,8 +26,13 @@ DEV_PINS = requirement_pins(PROJECT_DIR / "requirements-dev.txt")
 # package: chalice is pinned with the tools, in requirements-dev.txt.
 SHIPPED_BY_CHALICE = {"chalice"}
 # scripts/ import each other as top-level modules (their directory is on sys.path)
-FIRST_PARTY = {"app", "chalicelib", "sessionsync", "tests"} | {
+FIRST_PARTY = {"app", "chalicelib", "sessionsync", "tests", "sessionsync_client"} | {
     script.stem for script in (PROJECT_DIR / "scripts").glob("*.py")}
+# clients/python: a package of its own, with its own pyproject.toml
+CLIENT = tomllib.loads((PROJECT_DIR / "clients" / "python" / "pyproject.toml").read_text())["project"]
+CLIENT_RUNTIME = [Requirement(r) for r in CLIENT["dependencies"]]
+CLIENT_EXTRAS = {name: [Requirement(r) for r in reqs]
+                 for name, reqs in CLIENT["optional-dependencies"].items()}
 
 
 def names(requirements: list[Requirement]) -> set[str]:
@@ -112,6 +117,31 @@ def test_the_lambda_package_holds_app_chalicelib_and_the_pinned_dependencies_and
              "pytest", "moto"}
     assert not tops & tools, sorted(tops & tools)
     assert not [n for n in shipped if "bench" in n.split("/") or n.startswith("sessionsync")]
+
+
+def test_the_python_client_imports_only_what_its_own_pyproject_declares_and_no_server_package():
+    declared = names(CLIENT_RUNTIME).union(*(names(reqs) for reqs in CLIENT_EXTRAS.values()))
+    imported = imported_distributions("clients/python")
+    undeclared = {dist: files for dist, files in imported.items() if dist not in declared}
+    assert not undeclared, f"imported but not in clients/python/pyproject.toml: {undeclared}"
+    server_side = {"chalice", "redis", "hiredis", "psycopg", "psycopg-binary", "boto3", "botocore"}
+    assert not declared & server_side and not set(imported) & server_side
+    client_files = [f for f in (PROJECT_DIR / "clients" / "python").rglob("*.py")]
+    for file in client_files:
+        tree = ast.parse(file.read_text())
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m.split(".")[0] for m in modules} & {"chalicelib", "sessionsync", "app"}, file
+    # the synchronous client never loads httpx: only the async module imports it
+    src = PROJECT_DIR / "clients" / "python" / "src"
+    assert imported_distributions("clients/python/src").get("httpx") == {
+        "clients/python/src/sessionsync_client/aio.py"}
+    assert src.joinpath("sessionsync_client", "aio.py").exists()
+
+
+def test_requirements_dev_txt_pins_the_python_client_s_dependencies_within_their_ranges():
+    for requirement in CLIENT_RUNTIME + [r for reqs in CLIENT_EXTRAS.values() for r in reqs]:
+        assert_pinned_within_range(requirement, DEV_PINS)
 
 
 def test_the_project_directory_is_the_variable_s_else_the_checkout_else_the_cwd(monkeypatch, tmp_path):

@@ -244,6 +244,16 @@ def test_page_limit_and_before_version_parse_plain_integers():
             validation.version_param(raw, "before_version")
 
 
+def test_a_history_cursor_is_the_encoded_position_and_both_bounds_apply():
+    assert validation.history_position(None, None) is None
+    assert validation.history_position(validation.encode_history_cursor(41), None) == 41
+    assert validation.history_position(None, "41") == 41
+    assert validation.history_position("v41", "12") == 12 and validation.history_position("v12", "41") == 12
+    for raw in ("41", "v0", "v", "v-1", "v" + "9" * 19, "V41", "v41 "):
+        with pytest.raises(ValidationError, match="cursor"):
+            validation.history_position(raw, None)
+
+
 def test_a_body_session_id_is_taken_as_written_not_percent_decoded():
     with pytest.raises(ValidationError, match="session id must match"):
         validation.create_request(b'{"session_id":"cart%3A42","state":{}}', LIMIT)

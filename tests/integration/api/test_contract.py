@@ -88,7 +88,8 @@ def test_schemathesis_with_every_check_and_phase_finds_no_failure_and_no_server_
 
 # --- a client generated from docs/openapi.yaml ---------------------------------
 
-GENERATOR_CONFIG = "project_name_override: sessionsync_client\npackage_name_override: sessionsync_client\n" \
+# not "sessionsync_client": that is clients/python's package, imported by other tests of the run
+GENERATOR_CONFIG = "project_name_override: generated_client\npackage_name_override: generated_client\n" \
                    "post_hooks: []\n"
 
 
@@ -102,26 +103,26 @@ def generated_client(tmp_path_factory):
     config = workdir / "config.yaml"
     config.write_text(GENERATOR_CONFIG)
     result = subprocess.run([str(executable), "generate", "--path", str(SPEC), "--meta", "none",
-                             "--config", str(config), "--output-path", str(workdir / "sessionsync_client")],
+                             "--config", str(config), "--output-path", str(workdir / "generated_client")],
                             cwd=workdir, capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Warning" not in output, output  # nothing of the file was left out
     sys.path.insert(0, str(workdir))
     try:
-        yield importlib.import_module("sessionsync_client")
+        yield importlib.import_module("generated_client")
     finally:
         sys.path.remove(str(workdir))
-        for name in [m for m in sys.modules if m.split(".")[0] == "sessionsync_client"]:
+        for name in [m for m in sys.modules if m.split(".")[0] == "generated_client"]:
             del sys.modules[name]
 
 
 def test_a_generated_client_drives_the_walk_through(contract_server, generated_client):
-    api = SimpleNamespace(**{name: importlib.import_module(f"sessionsync_client.api.sessions.{name}")
+    api = SimpleNamespace(**{name: importlib.import_module(f"generated_client.api.sessions.{name}")
                              for name in ("create_session", "get_session", "update_session",
                                           "patch_session", "delete_session", "list_session_events",
                                           "touch_session")})
-    models = importlib.import_module("sessionsync_client.models")
+    models = importlib.import_module("generated_client.models")
     url, _log = contract_server
     client = generated_client.AuthenticatedClient(base_url=url, token=API_KEY,
                                                   raise_on_unexpected_status=True, timeout=10)

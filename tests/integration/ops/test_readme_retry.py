@@ -1,12 +1,14 @@
 """The README's conflict retry loops, run as written against ``sessionsync
-serve``: the plain-HTTP one and the one on ``retry_on_conflict``."""
+serve``: the Python client's ``update`` and the plain-HTTP one."""
 from __future__ import annotations
 
+import json
 import threading
 import urllib.error
 import uuid
 
 import pytest
+import sessionsync_client as ss
 
 from tests.integration.ops.utils import readme_blocks
 from tests.support.constants import API_KEY
@@ -39,9 +41,11 @@ def new_cart(readme: dict) -> str:
     return sid
 
 
-def race_once(readme: dict) -> list[int]:
-    """Make ``call`` let another writer in between the loop's first read and
-    its write; returns the HTTP error codes the loop met."""
+def race_once(readme: dict, loop: str) -> list[int]:
+    """Let another writer in between the loop's first read and its write;
+    returns the HTTP error codes the loop met."""
+    if loop == "add_item":
+        return race_the_client_once(readme)
     original, raced, errors = readme["call"], [], []
 
     def call(method, path, body=None, headers=None):
@@ -59,19 +63,46 @@ def race_once(readme: dict) -> list[int]:
     return errors
 
 
-@pytest.mark.parametrize("loop", ["add_item", "add_item_with_helper"])
+def race_the_client_once(readme: dict) -> list[int]:
+    """``race_once`` for the client block: the competing write goes in after
+    the client's first GET got its answer."""
+    sessions, errors, raced = readme["sessions"], [], []
+    original = sessions._send
+
+    def send(request):
+        reply = original(request)
+        if reply.status >= 400:
+            errors.append(reply.status)
+        if request.method == "GET" and not raced:
+            raced.append(request.path)
+            read = json.loads(reply.body)
+            readme["call"]("PUT", request.path, {"state": {"items": [*read["state"]["items"], "theirs"]}},
+                           {"If-Match": f'"{read["version"]}"'})
+        return reply
+    sessions._send = send
+    return errors
+
+
+def version_and_state(result) -> tuple[int, dict]:
+    """What a loop returned: the client's Session, or the plain loop's JSON."""
+    if isinstance(result, ss.Session):
+        return result.version, result.state
+    return result["version"], result["state"]
+
+
+@pytest.mark.parametrize("loop", ["add_item", "add_item_over_http"])
 def test_the_readme_loop_rereads_and_reapplies_after_losing_a_race(readme, loop):
     sid = new_cart(readme)
-    errors = race_once(readme)
+    errors = race_once(readme, loop)
 
     result = readme[loop](sid, "ours")
 
     assert errors == [412]  # the first write (If-Match) lost, once
-    assert result["version"] == 3
-    assert result["state"] == {"items": ["theirs", "ours"]}  # both changes, none overwritten
+    # both changes, none overwritten
+    assert version_and_state(result) == (3, {"items": ["theirs", "ours"]})
 
 
-@pytest.mark.parametrize("loop", ["add_item", "add_item_with_helper"])
+@pytest.mark.parametrize("loop", ["add_item", "add_item_over_http"])
 def test_the_readme_loop_loses_no_item_among_concurrent_writers(readme, loop):
     sid = new_cart(readme)
     writers, each = 4, 5
@@ -98,5 +129,12 @@ def test_the_readme_loop_loses_no_item_among_concurrent_writers(readme, loop):
 
 def test_the_readme_loop_does_not_retry_what_is_not_a_conflict(readme):
     with pytest.raises(urllib.error.HTTPError) as caught:
-        readme["add_item_with_helper"](f"readme-missing-{uuid.uuid4().hex[:8]}", "x")
+        readme["add_item_over_http"](f"readme-missing-{uuid.uuid4().hex[:8]}", "x")
     assert caught.value.code == 404
+    missing = f"readme-missing-{uuid.uuid4().hex[:8]}"
+    sent = []
+    original = readme["sessions"]._send
+    readme["sessions"]._send = lambda request: sent.append(request.method) or original(request)
+    with pytest.raises(ss.SessionNotFoundError):
+        readme["add_item"](missing, "x")
+    assert sent == ["GET"]

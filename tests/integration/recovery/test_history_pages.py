@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from chalicelib.adapters.redis.store import SessionStore
+from chalicelib.api.web import history_page_response
 from chalicelib.service.sessions import HISTORY_PAGE_BYTES, SessionService
 from tests.support.app import app_client
 from tests.support.constants import BEARER
@@ -58,7 +59,7 @@ def test_a_page_of_large_events_stays_under_the_byte_budget_and_the_pages_chain_
     seen, sizes, cursor = [], [], None
     with app_client() as http:
         for _ in range(EVENTS + 2):  # bounded
-            query = "limit=500" + (f"&before_version={cursor}" if cursor else "")
+            query = "limit=500" + (f"&cursor={cursor}" if cursor else "")
             reply = http.get(f"/sessions/{sid}/events?{query}", headers=BEARER)
             assert reply.status_code == 200, reply.body[:200]
             # what the Lambda returns: the body as a JSON string in the proxy response
@@ -67,7 +68,7 @@ def test_a_page_of_large_events_stays_under_the_byte_budget_and_the_pages_chain_
             sizes.append((len(reply.body), len(envelope)))
             page = json.loads(reply.body)
             seen += [e["version"] for e in page["events"]]
-            cursor = page["next_before_version"]
+            cursor = page["next_cursor"]
             if cursor is None:
                 break
 
@@ -118,8 +119,7 @@ def test_the_budget_counts_the_escaped_response_not_the_stored_text(database, se
     pages, cursor = [], None
     for _ in range(count + 2):  # bounded
         page = service.history(sid, limit=500, before_version=cursor)
-        body = json.dumps({"session_id": sid, "events": page.events,
-                           "next_before_version": page.next_before_version}, separators=(",", ":"))
+        body = history_page_response(sid, page.events, page.next_before_version).body
         assert len(json.dumps(body)) <= HISTORY_PAGE_BYTES
         pages.append([e["version"] for e in page.events])
         cursor = page.next_before_version

@@ -138,7 +138,8 @@ def test_a_session_not_yet_persisted_has_an_empty_history_and_an_unknown_one_is_
     _create(client, sid, {"v": 1})  # the worker has not run: nothing in PostgreSQL yet
     reply = client.http.get(f"/sessions/{sid}/events", headers=HEADERS)
     assert reply.status_code == 200, reply.body
-    assert json.loads(reply.body) == {"session_id": sid, "events": [], "next_before_version": None}
+    assert json.loads(reply.body) == {"session_id": sid, "events": [], "next_cursor": None,
+                                      "next_before_version": None}
     for query in ("", "?before_version=5"):
         unknown = client.http.get(f"/sessions/never-{sid}/events{query}", headers=HEADERS)
         assert unknown.status_code == 404, query
