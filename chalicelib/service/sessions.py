@@ -36,15 +36,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from chalicelib.adapters.redis.store import (
-    EpochChanged,
-    IdUnknown,
-    KeyBehind,
-    KeyMissing,
-    RedisBehind,
-    SessionStore,
-    WriteResult,
-)
 from chalicelib.config import DEFAULT_REDIS_SETTLE_SECONDS
 from chalicelib.domain import validation
 from chalicelib.domain.errors import (
@@ -58,6 +49,15 @@ from chalicelib.domain.errors import (
 )
 from chalicelib.domain.idempotency import Idempotency
 from chalicelib.domain.session import Session
+from chalicelib.domain.store import (
+    EpochChanged,
+    IdUnknown,
+    KeyMissing,
+    MarkerAhead,
+    RedisBehind,
+    Store,
+    WriteResult,
+)
 from chalicelib.domain.validation import CreateRequest, MaxStale, PatchRequest, UpdateRequest
 from chalicelib.observability import metrics
 
@@ -135,7 +135,7 @@ class HistoryPage:
 
 
 class SessionService:
-    def __init__(self, store: SessionStore, *, publisher: Publisher | None = None,
+    def __init__(self, store: Store, *, publisher: Publisher | None = None,
                  durable: DurableSessions | None = None, default_ttl: int = 3600,
                  settle_seconds: float = DEFAULT_REDIS_SETTLE_SECONDS,
                  slide_on_read: bool = False) -> None:
@@ -265,9 +265,10 @@ class SessionService:
     def update(self, request: UpdateRequest, idempotency: Idempotency | None = None) -> Session:
         """Compare-and-set.  Raises ConcurrencyError, SessionNotFound,
         RecoveryPending, ServiceUnavailable; ``idempotency`` as ``create``."""
-        result = self._write(request.session_id, lambda floor: self.store.update(
-            request.session_id, request.state_json, request.expected_version, floor=floor,
-            ttl_seconds=request.ttl_seconds, idempotency=idempotency))
+        result = self._write(request.session_id, lambda persisted: self.store.update(
+            request.session_id, request.state_json, request.expected_version,
+            persisted_version=persisted, ttl_seconds=request.ttl_seconds,
+            idempotency=idempotency))
         self._ship(result)
         return result.session
 
@@ -279,8 +280,8 @@ class SessionService:
         ``session_touched`` event.  Raises as ``update`` (SessionExpired
         once the lifetime ended: a touch does not revive a session);
         ``idempotency`` as ``create``."""
-        result = self._write(session_id, lambda floor: self.store.touch(
-            session_id, expected_version, floor=floor, ttl_seconds=ttl_seconds,
+        result = self._write(session_id, lambda persisted: self.store.touch(
+            session_id, expected_version, persisted_version=persisted, ttl_seconds=ttl_seconds,
             idempotency=idempotency))
         self._ship(result)
         return result.session
@@ -347,29 +348,31 @@ class SessionService:
                          idempotency: Idempotency | None = None,
                          ttl_seconds: int | None = None) -> Callable[[int | None], WriteResult]:
         """The store write of a patch merged into ``expected_version``."""
-        return lambda floor: self.store.update(session_id, state_json, expected_version, floor=floor,
-                                               ttl_seconds=ttl_seconds, idempotency=idempotency)
+        return lambda persisted: self.store.update(
+            session_id, state_json, expected_version, persisted_version=persisted,
+            ttl_seconds=ttl_seconds, idempotency=idempotency)
 
     @metrics.timed_write("delete")
     def delete(self, session_id: str, expected_version: int | None = None,
                idempotency: Idempotency | None = None) -> Session:
         """Tombstone the session.  Raises as ``update``."""
-        result = self._write(session_id, lambda floor: self.store.delete(
-            session_id, expected_version, floor=floor, idempotency=idempotency))
+        result = self._write(session_id, lambda persisted: self.store.delete(
+            session_id, expected_version, persisted_version=persisted, idempotency=idempotency))
         self._ship(result)
         return result.session
 
     def _write(self, session_id: str, write: Callable[[int | None], WriteResult]) -> WriteResult:
         """Run a store write, recovering a missing key or reconciling a value
-        of another epoch with PostgreSQL first when the store asks."""
-        floor = None if self.durable is not None else 0
+        of another epoch with PostgreSQL first when the store asks.  ``write``
+        takes the version PostgreSQL holds (None: not asked yet)."""
+        persisted = None if self.durable is not None else 0
         for _ in range(WRITE_ATTEMPTS):
             try:
-                return write(floor)
+                return write(persisted)
             except KeyMissing:
                 self._recover(session_id)
             except (EpochChanged, RedisBehind) as exc:
-                floor = self._reconcile(session_id, exc.version)
+                persisted = self._reconcile(session_id, exc.version)
         raise ServiceUnavailable(f"session {session_id!r} kept changing while Redis was being "
                                  "reconciled with PostgreSQL; retry", dependency="redis")
 
@@ -456,7 +459,7 @@ class SessionService:
                 "persisted_version": persisted.version})
             try:
                 self.store.restore(persisted, repair=True)
-            except KeyBehind as exc:  # Redis acknowledged a newer one meanwhile
+            except MarkerAhead as exc:  # Redis acknowledged a newer one meanwhile
                 return exc.marker_version
         return persisted.version
 
@@ -492,13 +495,13 @@ class SessionService:
     def _confirm(self, session: Session) -> Read:
         """Serve a value of another epoch once PostgreSQL confirmed it (or
         PostgreSQL's newer version, after repairing Redis with it)."""
-        floor = self._reconcile(session.session_id, session.version)
-        if floor > session.version:
+        persisted = self._reconcile(session.session_id, session.version)
+        if persisted > session.version:
             return self.get(session.session_id)  # repaired: the current epoch now
         try:
-            self.store.vouch(session, floor)
+            self.store.vouch(session, persisted)
         except RedisBehind as exc:
-            raise RecoveryPending(session.session_id, acknowledged_version=floor,
+            raise RecoveryPending(session.session_id, acknowledged_version=persisted,
                                   persisted_version=exc.version) from None
         return Read(session)
 
@@ -524,11 +527,10 @@ class SessionService:
             t2  GET: marker 7 > 6 -> 503 RecoveryPending, not SessionExpired
             t3  consumer persists v7; GET: v7 expired at 12:01:00 -> SessionExpired
         """
-        flagged = self.store.marker_flag(session_id)
-        marker = None if flagged is None else (flagged[0], flagged[1] == "D")
-        if marker is not None and marker[1]:
+        marker = self.store.marker(session_id)
+        if marker is not None and marker.deleted:
             raise SessionNotFound(session_id, deleted=True)
-        if flagged is not None and flagged[1] == "E":  # the expiry sweep's final marker
+        if marker is not None and marker.expired:  # the expiry sweep's final marker
             raise SessionExpired(session_id)
         if self.durable is None:
             raise SessionNotFound(session_id)
@@ -545,7 +547,7 @@ class SessionService:
             self._settle(session_id)
             _retry_later(self.store.hold(session_id, self.settle_seconds),
                          f"Redis lost session {session_id!r}; it is being recovered from PostgreSQL")
-        acknowledged = marker[0] if marker else 0
+        acknowledged = marker.version if marker else 0
         persisted_version = persisted.version if persisted else 0
         if marker is None and persisted is None:
             # a new id; or, if Redis just went back in time, one whose
@@ -564,7 +566,7 @@ class SessionService:
             raise SessionExpired(session_id, expires_at=persisted.expires_at)
         try:
             restored = self.store.restore(persisted)
-        except KeyBehind as exc:
+        except MarkerAhead as exc:
             raise RecoveryPending(session_id, acknowledged_version=exc.marker_version,
                                   persisted_version=persisted.version) from None
         if restored is None:

@@ -183,7 +183,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "recovery serves PostgreSQL's version even when Redis acknowledged a newer one"),
     mutant(
         "recovery-ignores-the-deleted-flag", 8, SESSIONS,
-        (("        if marker is not None and marker[1]:\n"
+        (("        if marker is not None and marker.deleted:\n"
           "            raise SessionNotFound(session_id, deleted=True)\n", ""),),
         (f"{T_RULES}::test_a_deletion_not_yet_persisted_is_a_404_not_a_503_when_its_tombstone_is_gone",),
         "recovery looks a deleted session up in PostgreSQL instead of trusting the tombstone marker"),

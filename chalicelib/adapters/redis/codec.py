@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from chalicelib.domain.session import Session
+from chalicelib.domain.store import Marker
 
 # A stored session starts "<version>|<created>|<updated>|<ttl>|<L|D><epoch>|":
 # 128 bytes always cover that head, so a sample never reads the state.
@@ -48,10 +49,10 @@ def decode_session(session_id: str, raw: bytes | str) -> Session:
                    owner)
 
 
-def decode_marker(raw: bytes) -> tuple[int, bool]:
-    """(version, deleted) from a marker "<version>|<L|D>"."""
+def decode_marker(raw: bytes) -> Marker:
+    """A marker "<version>|<L|D|E>"."""
     version, flag = raw.decode().split("|")
-    return int(version), flag == "D"
+    return Marker(int(version), flag)
 
 
 def encode_head(session: Session) -> str:

@@ -15,8 +15,9 @@ The store never decides alone what that means: it reports it, and the
 service (``chalicelib.service.sessions``) asks PostgreSQL.  ``IdUnknown``: a create
 of an id Redis has no trace of; ``EpochChanged``: a value written before
 Redis's data last went back in time; ``KeyMissing``: a key gone, its marker
-left.  Store methods take ``floor`` / ``known_absent`` with what PostgreSQL
-said; their defaults trust Redis (a store without PostgreSQL behind it).
+left.  Store methods take ``persisted_version`` / ``known_absent`` with what
+PostgreSQL said; their defaults trust Redis (a store without PostgreSQL
+behind it).
 """
 from __future__ import annotations
 
@@ -63,6 +64,15 @@ from chalicelib.domain.errors import (
 from chalicelib.domain.events import DELETED
 from chalicelib.domain.idempotency import Idempotency
 from chalicelib.domain.session import Session
+from chalicelib.domain.store import (
+    EpochChanged,
+    IdUnknown,
+    KeyMissing,
+    Marker,
+    MarkerAhead,
+    RedisBehind,
+    WriteResult,
+)
 
 Clock = Callable[[], float]
 
@@ -76,18 +86,6 @@ class SessionSample:
     deleted: bool
     ttl_setting: int
     ttl_left: int  # -1: no expiry, -2: gone
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """A committed write: the new session and the change event to ship."""
-
-    session: Session
-    event_id: str
-    event_json: str
-    #: the recorded outcome of an earlier write with the same Idempotency-Key:
-    #: nothing was written now, and its event was shipped by that write
-    replayed: bool = False
 
 
 # outbox_pending counts this many buckets first: enough to cover a page
@@ -206,32 +204,23 @@ class SessionStore:
         get_node = getattr(self.client, "get_node_from_key", None)
         return get_node(key).name if get_node is not None else ""
 
-    def vouch(self, session: Session, floor: int) -> bool:
+    def vouch(self, session: Session, persisted_version: int) -> bool:
         """Mark ``session`` (read from Redis) as confirmed by PostgreSQL,
-        which holds ``floor`` <= its version.  False when another write came
-        first.  Raises RedisBehind when Redis is below ``floor`` after all."""
+        which holds ``persisted_version`` <= its version.  False when another
+        write came first.  Raises RedisBehind when Redis is below
+        ``persisted_version`` after all."""
         with _redis_errors():
             reply = self._run(self._vouch, session_keys(session.session_id)[:1],
-                              [session.version, floor])
+                              [session.version, persisted_version])
         if reply[0] == b"behind":
             raise RedisBehind(session.session_id, int(reply[1]))
         return reply[0] == b"ok"
 
-    def marker(self, session_id: str) -> tuple[int, bool] | None:
-        """(last acknowledged version, deleted) from the long-lived marker."""
+    def marker(self, session_id: str) -> Marker | None:
+        """The session's long-lived version marker, or None."""
         with _redis_errors():
             raw = cast("bytes | None", self.client.get(session_keys(session_id)[1]))
         return None if raw is None else decode_marker(raw)
-
-    def marker_flag(self, session_id: str) -> tuple[int, str] | None:
-        """(last acknowledged version, flag) from the marker: ``L`` (live),
-        ``D`` (deleted) or ``E`` (its lifetime ended: EXPIRE_SCRIPT)."""
-        with _redis_errors():
-            raw = cast("bytes | None", self.client.get(session_keys(session_id)[1]))
-        if raw is None:
-            return None
-        version, flag = raw.decode().split("|")
-        return int(version), flag
 
     # -- writes -------------------------------------------------------------
 
@@ -270,18 +259,18 @@ class SessionStore:
         return WriteResult(session, f"{session_id}:1", reply[1].decode())
 
     def update(self, session_id: str, state_json: str, expected_version: int | None, *,
-               floor: int | None = 0, idempotency: Idempotency | None = None,
+               persisted_version: int | None = 0, idempotency: Idempotency | None = None,
                ttl_seconds: int | None = None) -> WriteResult:
         """Replace the state if the session is at ``expected_version`` (None:
         at whatever version is current).
 
-        ``floor`` is the version PostgreSQL holds (0: trust Redis), or None
-        when PostgreSQL was not asked.  Raises ConcurrencyError (with the
+        ``persisted_version`` is the version PostgreSQL holds (0: trust
+        Redis), or None when PostgreSQL was not asked.  Raises ConcurrencyError (with the
         actual version), SessionNotFound (deleted, or absent everywhere Redis
         knows of), ``KeyMissing`` when only the marker remains (the caller
-        may recover and retry), ``EpochChanged`` (``floor`` None and a value
+        may recover and retry), ``EpochChanged`` (``persisted_version`` None and a value
         of another epoch: ask PostgreSQL, retry with its version) and
-        ``RedisBehind`` (the value is older than ``floor``: repair it).
+        ``RedisBehind`` (the value is older than ``persisted_version``: repair it).
         ``ttl_seconds`` replaces the session's TTL (None: keep it); the
         lifetime slides from now either way.  SessionExpired: its lifetime
         ended (the expiry sweep's final marker).
@@ -291,7 +280,8 @@ class SessionStore:
         keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [
             session_id, state_json, "" if expected_version is None else expected_version,
             now_iso, int(now * 1000), self.marker_ttl, self.channel,
-            "" if floor is None else floor, "" if ttl_seconds is None else ttl_seconds])
+            "" if persisted_version is None else persisted_version,
+            "" if ttl_seconds is None else ttl_seconds])
         with _redis_errors():
             reply = self._run(self._update, keys, args)
         if reply[0] in (b"replay", b"reused"):
@@ -305,7 +295,8 @@ class SessionStore:
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
 
     def delete(self, session_id: str, expected_version: int | None = None, *,
-               floor: int | None = 0, idempotency: Idempotency | None = None) -> WriteResult:
+               persisted_version: int | None = 0,
+               idempotency: Idempotency | None = None) -> WriteResult:
         """Replace the session with a versioned tombstone.
 
         Raises as ``update``; an absent ``expected_version`` deletes
@@ -316,7 +307,7 @@ class SessionStore:
         keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [
             session_id, "" if expected_version is None else expected_version,
             now_iso, int(now * 1000), self.marker_ttl, self.channel,
-            "" if floor is None else floor])
+            "" if persisted_version is None else persisted_version])
         with _redis_errors():
             reply = self._run(self._delete, keys, args)
         if reply[0] in (b"replay", b"reused"):
@@ -329,7 +320,7 @@ class SessionStore:
         return WriteResult(session, f"{session_id}:{version}", reply[1].decode())
 
     def touch(self, session_id: str, expected_version: int | None = None, *,
-              floor: int | None = 0, ttl_seconds: int | None = None,
+              persisted_version: int | None = 0, ttl_seconds: int | None = None,
               idempotency: Idempotency | None = None) -> WriteResult:
         """Extend the lifetime from now without changing the state: a new
         version and a ``session_touched`` event (TOUCH_SCRIPT), with
@@ -339,7 +330,8 @@ class SessionStore:
         keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [
             session_id, "" if expected_version is None else expected_version,
             now_iso, int(now * 1000), self.marker_ttl, self.channel,
-            "" if floor is None else floor, "" if ttl_seconds is None else ttl_seconds])
+            "" if persisted_version is None else persisted_version,
+            "" if ttl_seconds is None else ttl_seconds])
         with _redis_errors():
             reply = self._run(self._touch, keys, args)
         if reply[0] in (b"replay", b"reused"):
@@ -379,7 +371,7 @@ class SessionStore:
 
         Returns the session now in Redis (the restored one, or the one a
         concurrent writer put there first), or None if that one vanished too.
-        Raises KeyBehind when the marker says Redis acknowledged a newer
+        Raises MarkerAhead when the marker says Redis acknowledged a newer
         version than ``session`` (PostgreSQL lags the queue).
         """
         keys = session_keys(session.session_id)
@@ -389,7 +381,7 @@ class SessionStore:
                 owner_suffix(session.owner_id) + "|" + session.state_json,
                 "repair" if repair else "absent"])
         if reply[0] == b"behind":
-            raise KeyBehind(session.session_id, int(reply[1]))
+            raise MarkerAhead(session.session_id, int(reply[1]))
         if reply[0] == b"restored":
             return session
         try:
@@ -721,8 +713,8 @@ class StoredSession:
     #: False: written before Redis's data last went back in time, so a read
     #: asks PostgreSQL to confirm it (None: no key)
     epoch_current: bool | None
-    #: (last acknowledged version, deleted) from the marker, and its TTL left
-    marker: tuple[int, bool] | None
+    #: the marker, and its TTL left
+    marker: Marker | None
     marker_ttl_left: int | None
     #: (event id, version, enqueued at in epoch ms) of the outbox entries not
     #: yet acknowledged by SQS, by version
@@ -769,56 +761,6 @@ class Subscription:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-class KeyMissing(SessionNotFound):
-    """Redis has no key but its marker says the session existed at ``version``.
-
-    It expired (or was evicted) and may be recovered from PostgreSQL.
-    """
-
-    def __init__(self, session_id: str, marker_version: int) -> None:
-        super().__init__(session_id)
-        self.marker_version = marker_version
-
-
-class IdUnknown(Exception):
-    """Redis has no trace of the id (no key, no marker): it may have existed
-    and been forgotten (eviction, failover, flush); PostgreSQL knows."""
-
-    def __init__(self, session_id: str) -> None:
-        super().__init__(session_id)
-        self.session_id = session_id
-
-
-class EpochChanged(Exception):
-    """The session's value was written before Redis's data last went back in
-    time (a failover, a restart): PostgreSQL may hold a newer version."""
-
-    def __init__(self, session_id: str, version: int, session: Session | None = None) -> None:
-        super().__init__(session_id, version)
-        self.session_id = session_id
-        self.version = version
-        #: the value read, for ``get`` (scripts refuse without returning it)
-        self.session = session
-
-
-class RedisBehind(Exception):
-    """Redis holds ``version``, older than what PostgreSQL holds."""
-
-    def __init__(self, session_id: str, version: int) -> None:
-        super().__init__(session_id, version)
-        self.session_id = session_id
-        self.version = version
-
-
-class KeyBehind(Exception):
-    """A restore was refused: Redis acknowledged ``marker_version`` already."""
-
-    def __init__(self, session_id: str, marker_version: int) -> None:
-        super().__init__(session_id, marker_version)
-        self.session_id = session_id
-        self.marker_version = marker_version
 
 
 def _scan_session_keys(node: redis.Redis, limit: int, max_calls: int) -> list[bytes]:

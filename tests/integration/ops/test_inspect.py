@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from chalicelib.adapters.redis.keys import key_names, session_keys
+from chalicelib.domain.store import Marker
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.service.sessions import SessionService
 from tests.support.ops import cli_env, run_cli
@@ -236,10 +237,10 @@ def test_stored_reads_one_sessions_value_marker_and_outbox_entries_only(store, s
     assert 0 < stored.ttl_left <= 120 and stored.epoch_current is True
     assert stored.value_bytes == len(store.client.get(session_keys(session_id)[0]))
     assert stored.memory_bytes >= stored.value_bytes
-    assert (stored.marker, stored.marker_ttl_left) == ((2, False), -1)
+    assert (stored.marker, stored.marker_ttl_left) == (Marker(2, "L"), -1)
     assert [(eid, v) for eid, v, _ in stored.outbox] == [(f"{session_id}:1", 1), (f"{session_id}:2", 2)]
     store.outbox_ack([f"{session_id}:1", f"{session_id}:2", f"{neighbour}:1"])
     store.client.delete(session_keys(session_id)[0])
     gone = store.stored(session_id)
     assert (gone.session, gone.ttl_left, gone.value_bytes, gone.outbox) == (None, None, 0, ())
-    assert gone.marker == (2, False)
+    assert gone.marker == Marker(2, "L")

@@ -20,7 +20,7 @@ from redis.crc import key_slot
 from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.keys import hold_key, idempotency_key, session_keys
 from chalicelib.adapters.redis.scripts import CREATE_SCRIPT, UPDATE_SCRIPT
-from chalicelib.adapters.redis.store import EpochChanged, SessionStore
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import DEFAULT_IDEMPOTENCY_KEY_TTL, Settings
 from chalicelib.domain.errors import (
     ConcurrencyError,
@@ -30,6 +30,7 @@ from chalicelib.domain.errors import (
     SessionNotFound,
 )
 from chalicelib.domain.idempotency import Idempotency, fingerprint
+from chalicelib.domain.store import EpochChanged
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.service.sessions import SessionService
 from tests.support.constants import TEST_CHANNEL
@@ -197,17 +198,17 @@ def test_a_keyed_update_whose_answer_was_cut_off_is_replayed_on_a_new_connection
 def test_a_replay_comes_before_the_epoch_check_of_a_value_from_before_a_failover(store, session_id):
     store.create(session_id, '{"n":0}', 600)
     key = keyed("k-epoch", "PUT", "/s", '{"n":1}')
-    first = store.update(session_id, '{"n":1}', 1, idempotency=key, floor=None)
+    first = store.update(session_id, '{"n":1}', 1, idempotency=key, persisted_version=None)
     # the value now looks written before Redis went back in time (another epoch)
     raw = store.client.get(session_keys(session_id)[0]).split(b"|", 5)
     raw[4] = raw[4][:1] + b"00000000"
     store.client.set(session_keys(session_id)[0], b"|".join(raw), keepttl=True)
 
-    again = store.update(session_id, '{"n":1}', 1, idempotency=key, floor=None)
+    again = store.update(session_id, '{"n":1}', 1, idempotency=key, persisted_version=None)
 
     assert again.replayed and again.session == first.session
     with pytest.raises(EpochChanged):  # the same write without its key asks PostgreSQL
-        store.update(session_id, '{"n":1}', 2, floor=None)
+        store.update(session_id, '{"n":1}', 2, persisted_version=None)
 
 
 class NoDurable:

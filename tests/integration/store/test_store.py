@@ -20,10 +20,11 @@ from redis.crc import key_slot
 
 from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
-from chalicelib.adapters.redis.store import KeyMissing, SessionStore
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ConcurrencyError, SessionExists, SessionNotFound
 from chalicelib.domain.events import CREATED, DELETED, UPDATED
+from chalicelib.domain.store import KeyMissing
 from chalicelib.service.sessions import SessionService
 from tests.support.constants import TEST_CHANNEL
 from tests.support.pipeline import wait_until
