@@ -27,7 +27,7 @@ import redis
 from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.codec import decode_session, iso_utc
 from chalicelib.adapters.redis.keys import idempotency_key, session_keys
-from chalicelib.adapters.redis.scripts import EPOCH_SCRIPT, GET_SCRIPT, UPDATE_SCRIPT
+from chalicelib.adapters.redis.scripts import GET_SCRIPT, UPDATE_SCRIPT
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.idempotency import Idempotency, fingerprint
@@ -37,10 +37,11 @@ from chalicelib.service.sessions import SessionService
 from sessionsync.bench import c_client
 from sessionsync.bench.context import STATE_BYTES, BenchContext, delete_session_keys, state_json
 from sessionsync.bench.stats import interleaved, median, ratio, summarize_ns
+from sessionsync.redis_views import EPOCH_SCRIPT
 
 TRIVIAL_SCRIPT = "return 1"
 # UPDATE_SCRIPT's version check, taken out for the C client's floor
-VERSION_CHECK = "if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n"
+VERSION_CHECK = "  if EXPECTED ~= '' and v ~= tonumber(EXPECTED) then return {'conflict', v} end\n"
 # slices of each C-client floor, spread over the interleaved rounds
 C_SLICES = 3
 
@@ -304,9 +305,9 @@ class CFloors:
         update_sha = raw_client.script_load(UPDATE_SCRIPT.replace(VERSION_CHECK, ""))
         now = time.time()
         keys = session_keys(self.update_id)
-        # UPDATE_SCRIPT's ARGV, as SessionStore.update sends them (floor 0)
-        update_args: list[str | bytes | int] = [self.update_id, state, 1, iso_utc(now), int(now * 1000),
-                       store.marker_ttl, store.channel, 0]
+        # UPDATE_SCRIPT's ARGV, as SessionStore.update sends them (persisted version 0)
+        update_args: list[str | bytes | int] = [self.update_id, iso_utc(now), int(now * 1000),
+                                                store.marker_ttl, store.channel, 1, 0, "", state]
         self.commands: dict[str, list[str | bytes | int]] = {
             "c_get": ["GET", read_key],
             "c_get_verified": ["EVALSHA", get_sha, 1, read_key],

@@ -136,12 +136,22 @@ def test_the_record_lives_in_the_sessions_slot_and_expires_after_a_day_at_least(
     assert store.client.ttl(record) > DEFAULT_IDEMPOTENCY_KEY_TTL - 60
 
 
-def test_a_write_without_a_key_leaves_no_record_and_sends_the_same_keys_and_args(store, session_id):
-    keys, args = session_keys(session_id), ["a", 1]
-    assert store._keyed(session_id, None, keys, args) == (keys, args)
+def test_a_write_without_a_key_leaves_no_record_and_sends_no_key_arguments(store, session_id,
+                                                                            monkeypatch):
+    sent = []
+    run = store._run
+
+    def spy(script, keys, args):
+        sent.append((list(keys), list(args)))
+        return run(script, keys, args)
+    monkeypatch.setattr(store, "_run", spy)
     store.create(session_id, '{}', 60)
     store.update(session_id, '{"a":1}', 1)
     store.delete(session_id, 2)
+    # the session's four keys, and each write's own arguments up to its last
+    # (scripts/write.lua): no record, no fingerprint, no record TTL
+    assert [keys for keys, _ in sent] == [session_keys(session_id)] * 3
+    assert [len(args) for _, args in sent] == [10, 9, 7]
     pattern = idempotency_key(session_id, "*")
     if hasattr(store.client, "get_node_from_key"):  # cluster: the node of the slot
         node = store.client.get_node_from_key(pattern)

@@ -155,8 +155,8 @@ def test_the_scripts_and_python_compute_the_same_expires_at(redis_single):
     import random
 
     from chalicelib.adapters.redis.codec import iso_utc
-    from chalicelib.adapters.redis.scripts import LIB
-    plus = redis_single.register_script(LIB + "return iso_plus(ARGV[1], tonumber(ARGV[2]))")
+    from chalicelib.adapters.redis.scripts import WRITE_PRELUDE
+    plus = redis_single.register_script(WRITE_PRELUDE + "return iso_plus(ARGV[1], tonumber(ARGV[2]))")
     rng = random.Random(12)
     cases = [("2026-12-31T23:59:59.999Z", 1), ("2028-02-28T23:00:00.000Z", 3600),
              ("2100-02-28T23:59:59.000Z", 1), ("2000-02-29T00:00:00.001Z", 30 * 24 * 3600)]
