@@ -17,11 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.adapters.redis.keys import key_names
-from chalicelib.adapters.redis.store import StoredSession
 from chalicelib.domain.errors import SessionSyncError
 from sessionsync import dlq
 from sessionsync.operations import LEVELS, Finding
+from sessionsync.redis_views import StoredSession, key_names, stored
 
 #: the last events shown
 EVENTS = 5
@@ -124,7 +123,7 @@ def inspect(session_id: str, *, store: Any, database: Any = None, sqs: Any = Non
     found = Inspection(session_id, key_names(session_id), now=clock(), dlq_limit=dlq_limit)
 
     def read_redis() -> None:
-        found.redis = store.stored(session_id)
+        found.redis = stored(store, session_id)
     _read(found, "redis", read_redis)
 
     if database is None:

@@ -32,6 +32,7 @@ from sessionsync.bench.aws_local import localstack_sqs_unavailable, sqs_client, 
 from sessionsync.bench.context import BenchContext
 from sessionsync.bench.redis_server import ThrowawayRedis
 from sessionsync.bench.stats import ratio
+from sessionsync.redis_views import outbox_depth
 
 # an event of a small state: the relay's work per entry does not depend on it
 EVENT_TEMPLATE = (f'{{"schema_version":{EVENT_SCHEMA_VERSION},"event_type":"{UPDATED}",'
@@ -95,7 +96,7 @@ def _drain(client: redis.Redis, prefix: str, backlog: int) -> dict[str, Any]:
         pages += 1
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu + _server_cpu(client) - server_cpu
-    left = store.outbox_depth()
+    left = outbox_depth(store)
     if sender.sent != backlog or left:
         raise RuntimeError(f"the relay sent {sender.sent} of {backlog} entries, {left} left")
     return {
@@ -152,7 +153,7 @@ def _sqs_drain(ctx: BenchContext, client: redis.Redis, backlog: int) -> dict[str
         seconds = time.perf_counter() - start
         queued = int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
             "ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"])
-    left = store.outbox_depth()
+    left = outbox_depth(store)
     if sent != backlog or left:
         raise RuntimeError(f"the relay sent {sent} of {backlog} entries to SQS, {left} left")
     return {"sender": "SqsProducer to a LocalStack queue of the bench's own",

@@ -198,7 +198,7 @@ def key(session_id: str, show_all: bool) -> None:
     (crc32 of the id mod 1024): a hash tag that keeps every key of a session
     on one cluster slot.  Nothing is read from Redis.
     """
-    from chalicelib.adapters.redis.keys import key_names
+    from sessionsync.redis_views import key_names
 
     names = key_names(session_id)
     if not show_all:

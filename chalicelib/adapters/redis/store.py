@@ -21,18 +21,15 @@ behind it).
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
 from chalicelib.adapters.redis import scripts
-from chalicelib.adapters.redis.client import RedisClient, primaries
+from chalicelib.adapters.redis.client import RedisClient
 from chalicelib.adapters.redis.codec import (
-    HEAD_BYTES,
     decode_marker,
     decode_session,
     encode_head,
@@ -43,7 +40,6 @@ from chalicelib.adapters.redis.codec import (
 from chalicelib.adapters.redis.errors import redis_errors, unavailable
 from chalicelib.adapters.redis.keys import (
     BUCKETS,
-    SESSION_KEY_PATTERN,
     bucket_of,
     epoch_key,
     hold_key,
@@ -73,17 +69,6 @@ from chalicelib.domain.store import (
 )
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class SessionSample:
-    """A session as a diagnosis sees it: its head and its TTL, not its state."""
-
-    session_id: str
-    version: int
-    deleted: bool
-    ttl_setting: int
-    ttl_left: int  # -1: no expiry, -2: gone
 
 
 # outbox_pending counts this many buckets first: enough to cover a page
@@ -541,170 +526,14 @@ class SessionStore:
                     continue
                 yield eid.decode(), body.decode()
 
-    def outbox_depth(self) -> int:
-        with redis_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for bucket in range(BUCKETS):
-                pipe.zcard(outbox_keys(bucket)[0])
-            return sum(pipe.execute())
-
-    def outbox_oldest_ms(self) -> float | None:
-        """When the oldest outbox entry was enqueued (ms since the epoch), or
-        None when the outbox is empty.  Raises ServiceUnavailable."""
-        with redis_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for bucket in range(BUCKETS):
-                pipe.zrange(outbox_keys(bucket)[0], 0, 0, withscores=True)
-            return min((entries[0][1] for entries in pipe.execute() if entries), default=None)
-
-    # -- diagnosis (reads only) -------------------------------------------------
-
-    def sample(self, limit: int = 200, max_scan_calls: int = 50) -> list[SessionSample]:
-        """Up to ``limit`` sessions (spread over the primaries) with version and TTL.
-
-        SCAN is bounded by ``max_scan_calls`` per node, so a huge keyspace
-        costs at most that many round trips; the state is never read
-        (GETRANGE of the head only).  Raises ServiceUnavailable.
-        """
-        samples: list[SessionSample] = []
-        with redis_errors():
-            nodes = primaries(self.client)
-            per_node = max(1, limit // len(nodes))
-            for _, node in nodes:
-                keys = _scan_session_keys(node, per_node, max_scan_calls)
-                if not keys:
-                    continue
-                pipe = node.pipeline(transaction=False)
-                for key in keys:
-                    pipe.ttl(key)
-                    pipe.getrange(key, 0, HEAD_BYTES - 1)
-                replies = pipe.execute()
-                for i, key in enumerate(keys):
-                    ttl_left, head = replies[2 * i], replies[2 * i + 1]
-                    parts = head.split(b"|", 5) if head else []
-                    if len(parts) < 5:
-                        continue  # vanished between SCAN and the read, or not a session value
-                    session_id = key.decode().split(":s:", 1)[1]
-                    # the flag is followed by the epoch ("D1a2b3c4d"; bare in older values)
-                    samples.append(SessionSample(session_id, int(parts[0]), parts[4][:1] == b"D",
-                                                 int(parts[3]), int(ttl_left)))
-        return samples
-
-    # -- pub/sub --------------------------------------------------------------
-
-    def subscribe(self, *, timeout: float = 1.0) -> Subscription:
-        """Subscribe to the change events on the channel, now.
-
-        Returns once Redis confirmed the subscription, so every change
-        committed after this call is seen.  Iterating yields each event
-        decoded, or None every ``timeout`` seconds without one so that a
-        caller can stop; ``close()`` (or leaving a ``with`` block) unsubscribes.
-        """
-        return Subscription(self.client.pubsub(), self.channel, timeout)
+    # -- health ---------------------------------------------------------------
 
     def ping(self) -> float:
-        """Round trip in milliseconds."""
+        """Round trip in milliseconds (/health)."""
         start = time.perf_counter()
         with redis_errors():
             self.client.ping()
         return (time.perf_counter() - start) * 1000
-
-    # -- one session as stored, for operators (sessionsync inspect) -------------
-
-    def stored(self, session_id: str) -> StoredSession:
-        """Everything Redis holds for one session, read without changing
-        anything: the value (a tombstone too) with its TTL, size and epoch,
-        the marker, and the session's outbox entries still waiting.
-
-        Raises ServiceUnavailable.
-        """
-        session_key, marker_key, index_key, _ = session_keys(session_id)
-        with redis_errors():
-            reply = self._run(self._get_verified, [session_key], [])
-            pipe = self.client.pipeline(transaction=False)
-            pipe.ttl(session_key)
-            pipe.memory_usage(session_key)
-            pipe.get(marker_key)
-            pipe.ttl(marker_key)
-            ttl, memory, marker_raw, marker_ttl = pipe.execute()
-            # the bucket's outbox is shared: only this session's entries
-            # ("<id>:<version>"; ids have no glob characters)
-            found = [(member.decode(), int(score)) for member, score
-                     in self.client.zscan_iter(index_key, match=f"{session_id}:*", count=1000)]
-        outbox = sorted((eid, int(eid.rsplit(":", 1)[1]), ms) for eid, ms in found
-                        if eid.rsplit(":", 1)[0] == session_id)
-        marker = None if marker_raw is None else decode_marker(marker_raw)
-        return StoredSession(
-            session=decode_session(session_id, reply[0]) if reply else None,
-            ttl_left=int(ttl) if reply else None, value_bytes=len(reply[0]) if reply else 0,
-            memory_bytes=int(memory) if reply and memory is not None else None,
-            epoch_current=bool(reply[1]) if reply else None, marker=marker,
-            marker_ttl_left=int(marker_ttl) if marker is not None else None,
-            outbox=tuple(sorted(outbox, key=lambda entry: entry[1])))
-
-
-@dataclass(frozen=True)
-class StoredSession:
-    """What Redis holds for one session (``SessionStore.stored``)."""
-
-    #: the decoded value, a tombstone too; None when there is no key
-    session: Session | None
-    #: seconds the key has left, -1 for none (None: no key)
-    ttl_left: int | None
-    #: length of the stored value, and what Redis counts for the key (MEMORY USAGE)
-    value_bytes: int
-    memory_bytes: int | None
-    #: False: written before Redis's data last went back in time, so a read
-    #: asks PostgreSQL to confirm it (None: no key)
-    epoch_current: bool | None
-    #: the marker, and its TTL left
-    marker: Marker | None
-    marker_ttl_left: int | None
-    #: (event id, version, enqueued at in epoch ms) of the outbox entries not
-    #: yet acknowledged by SQS, by version
-    outbox: tuple[tuple[str, int, int], ...]
-
-
-class Subscription:
-    """An open Pub/Sub subscription to the change events (see ``subscribe``)."""
-
-    def __init__(self, pubsub: redis.client.PubSub, channel: str, timeout: float) -> None:
-        self.timeout = timeout
-        self._pubsub = pubsub
-        try:
-            with redis_errors():
-                pubsub.subscribe(channel)
-                # SUBSCRIBE is not acknowledged by subscribe(): wait for the
-                # server's confirmation, or an event published meanwhile is lost.
-                deadline = time.monotonic() + max(timeout, 1.0)
-                while True:
-                    reply = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-                    if reply is not None and reply["type"] == "subscribe":
-                        break
-                    if time.monotonic() >= deadline:
-                        raise redis.TimeoutError(f"no confirmation of SUBSCRIBE {channel}")
-        except BaseException:
-            pubsub.close()
-            raise
-
-    def __iter__(self) -> Subscription:
-        return self
-
-    def __next__(self) -> dict | None:
-        with redis_errors():
-            message = self._pubsub.get_message(timeout=self.timeout)
-        if message is None or message["type"] != "message":
-            return None
-        return json.loads(message["data"])
-
-    def close(self) -> None:
-        self._pubsub.close()
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 # ARGV[11], the fingerprint, as a list index: a keyed write pads its own
@@ -743,14 +572,3 @@ def _refused_new(session_id: str, reply: Sequence) -> Exception:
     if status == b"unknown":
         return IdUnknown(session_id)
     return AssertionError(f"unexpected script reply {reply!r}")
-
-
-def _scan_session_keys(node: redis.Redis, limit: int, max_calls: int) -> list[bytes]:
-    keys: list[bytes] = []
-    cursor = 0
-    for _ in range(max_calls):
-        cursor, batch = node.scan(cursor=cursor, match=SESSION_KEY_PATTERN, count=1000)
-        keys.extend(cast("list[bytes]", batch))  # the client does not decode responses
-        if cursor == 0 or len(keys) >= limit:
-            break
-    return keys[:limit]

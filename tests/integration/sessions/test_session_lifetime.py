@@ -39,6 +39,7 @@ from chalicelib.domain.store import Marker
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.pipeline.expiry import ExpirySweep
 from chalicelib.service.sessions import SessionService
+from sessionsync.redis_views import subscribe
 from tests.support.constants import PG_TEST_ADMIN_URL, TEST_CHANNEL, database_url
 from tests.support.pipeline import event_body, wait_until
 
@@ -248,7 +249,7 @@ def test_a_touch_bumps_the_version_keeps_the_state_and_records_session_touched(
     sid = _sid()
     created = store.create(sid, '{"cart":["book"],"é":"\\u00e9"}', 60)
 
-    with store.subscribe() as published:
+    with subscribe(store) as published:
         touched = store.touch(sid, 1, ttl_seconds=120)
         on_channel = wait_until(lambda: next(published), timeout=5, what="the touch on Pub/Sub")
 

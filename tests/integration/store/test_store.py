@@ -26,6 +26,7 @@ from chalicelib.domain.errors import ConcurrencyError, SessionExists, SessionNot
 from chalicelib.domain.events import CREATED, DELETED, EXPIRED, UPDATED
 from chalicelib.domain.store import KeyMissing
 from chalicelib.service.sessions import SessionService
+from sessionsync.redis_views import subscribe
 from tests.support.constants import TEST_CHANNEL
 from tests.support.pipeline import wait_until
 
@@ -209,7 +210,7 @@ def test_the_version_marker_outlives_its_session_even_when_configured_shorter(an
 
 def test_a_subscriber_receives_create_update_and_delete_in_version_order(store, session_id):
     received = []
-    with store.subscribe(timeout=0.1) as events:
+    with subscribe(store, timeout=0.1) as events:
         # published right after subscribe() returned: none may be lost
         store.create(session_id, '{"step":1}', 60)
         store.update(session_id, '{"step":2}', 1)
@@ -230,7 +231,7 @@ def test_a_subscriber_receives_create_update_and_delete_in_version_order(store, 
 def test_a_subscriber_sees_nothing_from_another_channel(any_redis, session_id):
     mine = SessionStore(any_redis, channel=f"c-{uuid.uuid4().hex}")
     other = SessionStore(any_redis, channel=f"c-{uuid.uuid4().hex}")
-    with mine.subscribe(timeout=0.05) as events:
+    with subscribe(mine, timeout=0.05) as events:
         other.create(session_id, "{}", 60)
         assert [next(events) for _ in range(5)] == [None] * 5
 
