@@ -1,4 +1,5 @@
-"""Redis errors, translated: what the store raises for them.
+"""Redis errors, translated: what the store raises for them, and what a
+public health report may say about them.
 
 redis-py's connection trouble and the refusals of a node that cannot serve
 now become ``ServiceUnavailable`` (a fast 503 the client retries); anything
@@ -45,3 +46,37 @@ class redis_errors:
         if translated is not None:
             raise translated from exc
         return False
+
+
+# -- what /health may say about a Redis error ----------------------------------
+
+_REDIS_RESPONSES = (  # (redis-py class name, phrase), most specific first
+    ("NoPermissionError", "permission denied (ACL)"),
+    ("AuthenticationWrongNumberOfArgsError", "refused the credentials"),
+    ("ReadOnlyError", "read-only (a replica)"),
+    ("OutOfMemoryError", "out of memory"),
+    ("MasterDownError", "primary down"),
+    ("ClusterDownError", "cluster down"),
+    ("TryAgainError", "cluster resharding"),
+    ("ResponseError", "refused the command"),
+)
+
+
+def phrase(exc: BaseException) -> str | None:
+    """What a public health report may say about a redis-py error (never its
+    own text: it may carry host names), or None when ``exc`` is not one."""
+    r = redis.exceptions
+    if isinstance(exc, r.TimeoutError):
+        return "timed out"
+    if isinstance(exc, r.AuthenticationError):
+        return "refused the credentials"
+    if isinstance(exc, r.BusyLoadingError):
+        return "loading its data"
+    if isinstance(exc, r.ConnectionError):
+        return "unreachable"
+    if isinstance(exc, r.RedisClusterException):
+        return "unreachable"
+    for name, text in _REDIS_RESPONSES:
+        if isinstance(exc, getattr(r, name)):
+            return text
+    return "failed" if isinstance(exc, r.RedisError) else None
