@@ -1,29 +1,16 @@
 """The session service: what every route and CLI command calls.
 
-It composes the Redis store, the SQS producer and (when configured) the
-durable PostgreSQL copy used for recovery and history.  It owns the rules
-for a Redis that forgot, so that Redis never serves, or accepts a write
-on, a version older than PostgreSQL's, and never reuses an id:
-
-* a key gone, its marker left (expired, evicted): served from PostgreSQL
-  only if PostgreSQL is not behind the version Redis last acknowledged
-  (the marker); otherwise a retryable ``RecoveryPending`` (503) instead of
-  an older version;
-* a create of an id Redis has no trace of (``IdUnknown``): PostgreSQL says
-  whether it existed (409) before Redis creates it;
-* a value from before Redis's data went back in time (``EpochChanged``: a
-  failover, a restart): PostgreSQL's version is read once; if it is newer,
-  Redis is repaired from it first (``RedisBehind``), so a stale client's
-  compare-and-set fails with the real current version.
-
-PostgreSQL is the judge only once the changes acknowledged before Redis
-went back in time had time to reach it through the queue: until then
-(``settle_seconds`` from the first sight of the new epoch in the bucket) a
-session Redis may hold stale answers 503 (``_settle``).  Changes slower
-than that, and changes whose outbox entry Redis lost before they reached
-SQS, cannot be saved: the first sight of a new epoch is logged as an error
-and counted (``RedisEpochChanges``), and a second write under a version
-reaches the DLQ as ``version_conflict``.  docs/guarantees.md has the table.
+It composes the hot store (the ``Store`` contract, chalicelib.domain.store),
+the SQS producer and, when configured, PostgreSQL for recovery and history.
+It owns the rules for a Redis that forgot: Redis never serves, or accepts a
+write on, a version older than PostgreSQL's, and never reuses an id.  The
+store signals what it cannot decide (``KeyMissing``, ``IdUnknown``,
+``EpochChanged``, ``RedisBehind``, ``MarkerAhead``) and each is resolved here
+with PostgreSQL, once the changes acknowledged before Redis went back in
+time had time to reach it (``_settle``).  Changes Redis lost before they
+reached SQS cannot be saved: that is logged and counted
+(``RedisEpochChanges``).  docs/guarantees.md, "How Redis forgetting is
+handled", has the table.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""How a session is written in Redis and read back: the value, the marker
-and the change event's fields the store reads without decoding it all.
+"""How a session is written in Redis and read back: the value, the marker,
+and the change event a write returns (``session_from_event``, the one
+decoder of the write protocol).
 
 The layout of a value is described in chalicelib.adapters.redis.keys.
 """
@@ -13,7 +14,8 @@ from chalicelib.domain.session import Session
 from chalicelib.domain.store import Marker
 
 # A stored session starts "<version>|<created>|<updated>|<ttl>|<L|D><epoch>|":
-# 128 bytes always cover that head, so a sample never reads the state.
+# 128 bytes always cover that head, so an operator's sample never reads the
+# state (sessionsync/redis_views.py).
 HEAD_BYTES = 128
 
 
@@ -98,9 +100,9 @@ def session_from_event(event: str, *, replayed: bool = False) -> Session:
     returns, from its script's reply or, for a replay, from the event its
     idempotency record holds.
 
-    The head is split at the members' places rather than decoded as a
-    document (a write then costs a microsecond of Python, not a JSON
-    parse; docs/decisions/redis-adapter-layout.md); anything else is
+    The head is split at its members rather than decoded as a document,
+    which would cost a write more Python than all else it does
+    (docs/decisions/redis-adapter-layout.md); a head of another shape is
     decoded.  The state is cut out as the script wrote it: the bytes the
     client sent.
     """

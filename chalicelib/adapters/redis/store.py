@@ -1,23 +1,14 @@
-"""The session store: hot session state in Redis with atomic compare-and-set.
+"""The session store on Redis: the store contract (chalicelib.domain.store).
 
-The key layout is in chalicelib.adapters.redis.keys, the value format in
-chalicelib.adapters.redis.codec and the Lua scripts in
-chalicelib/adapters/redis/scripts/.
-
-Each mutation is ONE Lua script: it checks the version, writes the state,
-bumps the version, refreshes the TTL, updates the marker, records the outbox
-entry and publishes the change on Pub/Sub.  The script builds the change
-event itself (the same bytes go to Pub/Sub, the outbox and SQS).
-
-Redis may forget (eviction, a failover to a replica that lacked the last
-writes, a restart without persistence, a flush) while PostgreSQL remembers.
-The store never decides alone what that means: it reports it, and the
-service (``chalicelib.service.sessions``) asks PostgreSQL.  ``IdUnknown``: a create
-of an id Redis has no trace of; ``EpochChanged``: a value written before
-Redis's data last went back in time; ``KeyMissing``: a key gone, its marker
-left.  Store methods take ``persisted_version`` / ``known_absent`` with what
-PostgreSQL said; their defaults trust Redis (a store without PostgreSQL
-behind it).
+The key layout is in keys.py, the value and event format in codec.py, the
+Lua in scripts/ (write.lua: the protocol every write speaks).  Each write
+is ONE script: version check, value, marker, outbox entry and Pub/Sub in
+one atomic step, so an acknowledged write always has its outbox entry.
+When Redis may have forgotten (eviction, failover, restart, flush) the
+store does not decide: it raises one of the contract's signals and the
+service asks PostgreSQL.  Methods take ``persisted_version`` /
+``known_absent`` with what PostgreSQL said; their defaults trust Redis (a
+store without PostgreSQL behind it).
 """
 from __future__ import annotations
 
@@ -241,18 +232,17 @@ class SessionStore:
                persisted_version: int | None = 0, idempotency: Idempotency | None = None,
                ttl_seconds: int | None = None) -> WriteResult:
         """Replace the state if the session is at ``expected_version`` (None:
-        at whatever version is current).
+        at whatever version is current).  ``ttl_seconds`` replaces the TTL
+        (None: keep it); the lifetime slides from now either way.
 
         ``persisted_version`` is the version PostgreSQL holds (0: trust
-        Redis), or None when PostgreSQL was not asked.  Raises ConcurrencyError (with the
-        actual version), SessionNotFound (deleted, or absent everywhere Redis
-        knows of), ``KeyMissing`` when only the marker remains (the caller
-        may recover and retry), ``EpochChanged`` (``persisted_version`` None and a value
-        of another epoch: ask PostgreSQL, retry with its version) and
-        ``RedisBehind`` (the value is older than ``persisted_version``: repair it).
-        ``ttl_seconds`` replaces the session's TTL (None: keep it); the
-        lifetime slides from now either way.  SessionExpired: its lifetime
-        ended (the expiry sweep's final marker).
+        Redis), or None when PostgreSQL was not asked.  Raises
+        ConcurrencyError (with the actual version), SessionNotFound
+        (deleted), SessionExpired (the expiry sweep's final marker), and the
+        contract's signals: KeyMissing (only the marker remains: recover,
+        retry), EpochChanged (a value of another epoch and
+        ``persisted_version`` None: ask PostgreSQL, retry with its version),
+        RedisBehind (older than ``persisted_version``: repair it).
         """
         reply = self._write(self._update, session_id, idempotency,
                             "" if expected_version is None else expected_version,
