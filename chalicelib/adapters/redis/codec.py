@@ -7,9 +7,10 @@ The layout of a value is described in chalicelib.adapters.redis.keys.
 from __future__ import annotations
 
 import json
+import re
 import time
 
-from chalicelib.domain.events import DELETED, EVENT_FIELDS, EXPIRED
+from chalicelib.domain.events import DELETED, EXPIRED
 from chalicelib.domain.session import Session
 from chalicelib.domain.store import Marker
 
@@ -71,28 +72,15 @@ def owner_suffix(owner_id: str | None) -> str:
     return "@" + owner_id if owner_id else ""
 
 
-# The event as the scripts write it (scripts/write.lua, event()): its
-# members in EVENT_FIELDS' order, the state last; expires_at and owner_id
-# may be missing (an event recorded before they existed).  No id, time or
-# number in it holds a quote or a comma, so the head splits on ',"'.
+# The event as the scripts write it (scripts/write.lua, event(); the order of
+# EVENT_FIELDS), the state last; expires_at and owner_id may be missing (an
+# event recorded before they existed).  No id, time or number in it holds a
+# quote.
+_HEAD = re.compile(r'\{"schema_version":\d+,"event_id":"[^"]*","event_type":"([^"]*)",'
+                   r'"session_id":"([^"]*)","version":(\d+),"created_at":"([^"]*)",'
+                   r'"occurred_at":"([^"]*)",(?:"expires_at":"[^"]*",)?"ttl_seconds":(\d+)'
+                   r'(?:,"owner_id":"([^"]*)")?,"state":')
 _STATE = ',"state":'
-_KIND, _SESSION, _VERSION, _CREATED, _OCCURRED = (
-    EVENT_FIELDS.index(name) for name in ("event_type", "session_id", "version", "created_at",
-                                          "occurred_at"))
-
-
-def _text(name: str) -> slice:
-    """Where a string member's value sits in its ``name":"value"``."""
-    return slice(len(name) + 3, -1)
-
-
-def _number(name: str) -> slice:
-    return slice(len(name) + 2, None)
-
-
-_KIND_VALUE, _SESSION_VALUE, _CREATED_VALUE, _OCCURRED_VALUE, _OWNER_VALUE = (
-    _text(name) for name in ("event_type", "session_id", "created_at", "occurred_at", "owner_id"))
-_VERSION_VALUE, _TTL_VALUE = _number("version"), _number("ttl_seconds")
 
 
 def session_from_event(event: str, *, replayed: bool = False) -> Session:
@@ -100,31 +88,24 @@ def session_from_event(event: str, *, replayed: bool = False) -> Session:
     returns, from its script's reply or, for a replay, from the event its
     idempotency record holds.
 
-    The head is split at its members rather than decoded as a document,
-    which would cost a write more Python than all else it does
+    The head is matched, not decoded as a document, which would cost a
+    write more Python than all else it does
     (docs/decisions/redis-adapter-layout.md); a head of another shape is
     decoded.  The state is cut out as the script wrote it: the bytes the
     client sent.
     """
-    cut = event.index(_STATE)
-    members = event[:cut].split(',"')
-    last = members[-1]
-    owner = None
-    if last.startswith('owner_id"'):
-        owner, last = last[_OWNER_VALUE], members[-2]
-    version = members[_VERSION]
-    if not (version.startswith('version"') and last.startswith('ttl_seconds"')):
-        return _decoded(event, cut, replayed)
-    kind = members[_KIND][_KIND_VALUE]
-    return Session(members[_SESSION][_SESSION_VALUE], int(version[_VERSION_VALUE]),
-                   event[cut + 9:-1], members[_CREATED][_CREATED_VALUE],
-                   members[_OCCURRED][_OCCURRED_VALUE], int(last[_TTL_VALUE]),
+    head = _HEAD.match(event)
+    if head is None:
+        return _decoded(event, replayed)
+    kind, session_id, version, created, occurred, ttl, owner = head.groups()
+    return Session(session_id, int(version), event[head.end():-1], created, occurred, int(ttl),
                    kind == DELETED, owner, kind == EXPIRED, replayed)
 
 
-def _decoded(event: str, cut: int, replayed: bool) -> Session:
+def _decoded(event: str, replayed: bool) -> Session:
+    cut = event.index(_STATE)
     head = json.loads(event[:cut] + "}")
     kind = head["event_type"]
-    return Session(head["session_id"], head["version"], event[cut + 9:-1], head["created_at"],
-                   head["occurred_at"], head["ttl_seconds"], kind == DELETED,
+    return Session(head["session_id"], head["version"], event[cut + len(_STATE):-1],
+                   head["created_at"], head["occurred_at"], head["ttl_seconds"], kind == DELETED,
                    head.get("owner_id"), kind == EXPIRED, replayed)
