@@ -17,11 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.adapters.redis.keys import key_names
-from chalicelib.adapters.redis.store import StoredSession
 from chalicelib.domain.errors import SessionSyncError
 from sessionsync import dlq
 from sessionsync.operations import LEVELS, Finding
+from sessionsync.redis_views import StoredSession, key_names, stored
 
 #: the last events shown
 EVENTS = 5
@@ -59,7 +58,7 @@ class Inspection:
         if r is None:
             return None
         versions = [v for v in (r.session.version if r.session else None,
-                                r.marker[0] if r.marker else None) if v is not None]
+                                r.marker.version if r.marker else None) if v is not None]
         return max(versions, default=None)
 
     @property
@@ -81,8 +80,9 @@ class Inspection:
                 "value_bytes": r.value_bytes, "memory_bytes": r.memory_bytes,
                 "epoch_current": r.epoch_current,
                 "created_at": s.created_at if s else None, "updated_at": s.updated_at if s else None,
-                "marker": ({"key": self.keys["marker"], "version": r.marker[0], "deleted": r.marker[1],
-                            "ttl_left_s": r.marker_ttl_left} if r.marker else None),
+                "marker": ({"key": self.keys["marker"], "version": r.marker.version,
+                            "deleted": r.marker.deleted, "ttl_left_s": r.marker_ttl_left}
+                           if r.marker else None),
                 "outbox": [{"event_id": eid, "version": v, "age_s": round(max(0.0, self.now - ms / 1000), 1)}
                            for eid, v, ms in r.outbox]}
         p = self.persisted
@@ -123,7 +123,7 @@ def inspect(session_id: str, *, store: Any, database: Any = None, sqs: Any = Non
     found = Inspection(session_id, key_names(session_id), now=clock(), dlq_limit=dlq_limit)
 
     def read_redis() -> None:
-        found.redis = store.stored(session_id)
+        found.redis = stored(store, session_id)
     _read(found, "redis", read_redis)
 
     if database is None:
@@ -189,8 +189,8 @@ def judge(i: Inspection) -> list[Finding]:
             out.append(Finding("redis", "ok", f"deleted at v{session.version} (the tombstone "
                                f"expires in {r.ttl_left} s; the marker keeps the id from being reused)"))
         if session is None and marker is not None:
-            if marker[1]:
-                out.append(Finding("redis", "ok", f"deleted at v{marker[0]}: the tombstone has "
+            if marker.deleted:
+                out.append(Finding("redis", "ok", f"deleted at v{marker.version}: the tombstone has "
                                    "expired, the marker keeps the id from being reused"))
             elif persisted is not None and (persisted.expired or persisted.expired_at(i.now)):
                 out.append(Finding("redis", "ok", f"the session's lifetime ended at "
@@ -199,7 +199,7 @@ def judge(i: Inspection) -> list[Finding]:
                                       " (the expiry sweep records it within minutes)")))
             else:
                 out.append(Finding("redis", "info", f"the Redis key has expired (or was evicted); "
-                                   f"the marker says v{marker[0]}: the next read recovers it from "
+                                   f"the marker says v{marker.version}: the next read recovers it from "
                                    "PostgreSQL"))
         if session is None and marker is None:
             out.append(Finding("redis", "info", "Redis has forgotten this session (no key, no "
@@ -209,9 +209,9 @@ def judge(i: Inspection) -> list[Finding]:
             out.append(Finding("redis", "warn", f"the key is at v{session.version} but its version "
                                "marker is missing", fix="with SESSION_MARKER_TTL=0 (the default) "
                                "markers never expire: was it deleted by hand, or evicted (allkeys-*)?"))
-        elif session is not None and marker is not None and marker[0] != session.version:
+        elif session is not None and marker is not None and marker.version != session.version:
             out.append(Finding("redis", "warn", f"the key is at v{session.version} but the marker "
-                               f"says v{marker[0]}", fix="a key or marker was written outside "
+                               f"says v{marker.version}", fix="a key or marker was written outside "
                                "sessionsync, or restored from an old snapshot"))
         if r.epoch_current is False:
             out.append(Finding("redis", "info", "the value was written before Redis last went back "

@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 
 from chalicelib import config
 from chalicelib.adapters import queue_metrics
-from chalicelib.adapters.redis.client import primaries
-from chalicelib.adapters.redis.store import SessionSample
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ConfigurationError, SessionSyncError
 from sessionsync.bench.stats import percentile
+from sessionsync.redis_views import SessionSample, outbox_depth, outbox_oldest_ms, primaries
+from sessionsync.redis_views import sample as sample_sessions
 
 LEVELS = ("ok", "info", "warn", "fail")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -300,8 +300,8 @@ def check_ttls(samples: Sequence[SessionSample], settings: Settings) -> list[Fin
 
 def check_outbox(store: Any, settings: Settings, *, clock: Callable[[], float] = time.time) -> list[Finding]:
     """Outbox depth and the age of its oldest entry (a stuck relay shows here)."""
-    depth = store.outbox_depth()
-    oldest_ms = store.outbox_oldest_ms()
+    depth = outbox_depth(store)
+    oldest_ms = outbox_oldest_ms(store)
     age = None if oldest_ms is None else max(0.0, clock() - oldest_ms / 1000)
     details = {"depth": depth, "oldest_age_s": None if age is None else round(age, 1)}
     stuck_after = max(60.0, settings.outbox_relay_age * 6)
@@ -430,7 +430,7 @@ def diagnose(settings: Settings, clients: Clients, *, pings: int = 100, sample: 
     _section(report, "redis", lambda: check_redis(clients.redis(), settings, pings=pings))
 
     def sessions() -> list[Finding]:
-        samples.extend(clients.store().sample(limit=sample))
+        samples.extend(sample_sessions(clients.store(), limit=sample))
         return check_ttls(samples, settings)
     _section(report, "sessions", sessions)
 

@@ -104,3 +104,52 @@ def deduplication_id(event_id: str) -> str:
 def fifo_fields(event_id: str) -> dict[str, str]:
     """A FIFO message's ordering and deduplication: per session, per event."""
     return {"MessageGroupId": session_of(event_id), "MessageDeduplicationId": deduplication_id(event_id)}
+
+
+# -- what /health may say about an AWS error -----------------------------------
+
+_ACCESS_DENIED = "access denied"
+_AWS_CODES = {
+    **dict.fromkeys(("AccessDenied", "AccessDeniedException", "AuthorizationError",
+                     "UnauthorizedOperation", "KMSAccessDeniedException"), _ACCESS_DENIED),
+    **dict.fromkeys(("InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
+                     "InvalidSignatureException", "IncompleteSignature", "ExpiredToken",
+                     "ExpiredTokenException", "MissingAuthenticationToken"),
+                    "refused the credentials"),
+    **dict.fromkeys(("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
+                     "NonExistentQueue"), "queue does not exist"),
+    "ResourceNotFoundException": "secret does not exist",
+    "DecryptionFailure": "cannot decrypt the secret",
+    **dict.fromkeys(("Throttling", "ThrottlingException", "RequestThrottled",
+                     "TooManyRequestsException", "RequestLimitExceeded"), "throttled"),
+    **dict.fromkeys(("ServiceUnavailable", "InternalFailure", "InternalError",
+                     "InternalServiceError"), "unavailable"),
+}
+_AWS_STATUS = {403: _ACCESS_DENIED, 404: "does not exist", 429: "throttled"}
+#: the service behind an AWS operation, when it is not the check's own
+_AWS_OPERATION_DEPENDENCY = {"GetSecretValue": "secretsmanager"}
+
+
+def phrase(exc: BaseException) -> tuple[str, str | None] | None:
+    """(what a public health report may say about an AWS error, the
+    dependency it names when not the caller's own), or None when ``exc`` is
+    not botocore's.  Never the error's own text: it carries ARNs, account
+    ids and queue URLs."""
+    from botocore import exceptions as boto
+
+    if isinstance(exc, boto.ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        reason = _AWS_CODES.get(str(error.get("Code", ""))) or _AWS_STATUS.get(status)
+        if reason is None:
+            reason = "unavailable" if isinstance(status, int) and status >= 500 else "refused the request"
+        return reason, _AWS_OPERATION_DEPENDENCY.get(exc.operation_name)
+    if isinstance(exc, (boto.ConnectTimeoutError, boto.ReadTimeoutError)):
+        return "timed out", None
+    if isinstance(exc, (boto.EndpointConnectionError, boto.ConnectionClosedError)):
+        return "unreachable", None
+    if isinstance(exc, (boto.NoCredentialsError, boto.PartialCredentialsError)):
+        return "no AWS credentials", None
+    if isinstance(exc, boto.BotoCoreError):
+        return "unavailable", None
+    return None

@@ -70,55 +70,6 @@ _SETTINGS = frozenset(name for variable in config.variables() for name in variab
 _SETTING_CHECK = {name: variable.check for variable in config.variables() if variable.check
                   for name in variable.names}
 
-_ACCESS_DENIED = "access denied"
-_AWS_CODES = {
-    **dict.fromkeys(("AccessDenied", "AccessDeniedException", "AuthorizationError",
-                     "UnauthorizedOperation", "KMSAccessDeniedException"), _ACCESS_DENIED),
-    **dict.fromkeys(("InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
-                     "InvalidSignatureException", "IncompleteSignature", "ExpiredToken",
-                     "ExpiredTokenException", "MissingAuthenticationToken"),
-                    "refused the credentials"),
-    **dict.fromkeys(("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
-                     "NonExistentQueue"), "queue does not exist"),
-    "ResourceNotFoundException": "secret does not exist",
-    "DecryptionFailure": "cannot decrypt the secret",
-    **dict.fromkeys(("Throttling", "ThrottlingException", "RequestThrottled",
-                     "TooManyRequestsException", "RequestLimitExceeded"), "throttled"),
-    **dict.fromkeys(("ServiceUnavailable", "InternalFailure", "InternalError",
-                     "InternalServiceError"), "unavailable"),
-}
-_AWS_STATUS = {403: _ACCESS_DENIED, 404: "does not exist", 429: "throttled"}
-#: the service behind an AWS operation, when it is not the check's own
-_AWS_OPERATION_DEPENDENCY = {"GetSecretValue": "secretsmanager"}
-
-_REDIS_RESPONSES = (  # (redis-py class name, phrase), most specific first
-    ("NoPermissionError", "permission denied (ACL)"),
-    ("AuthenticationWrongNumberOfArgsError", "refused the credentials"),
-    ("ReadOnlyError", "read-only (a replica)"),
-    ("OutOfMemoryError", "out of memory"),
-    ("MasterDownError", "primary down"),
-    ("ClusterDownError", "cluster down"),
-    ("TryAgainError", "cluster resharding"),
-    ("ResponseError", "refused the command"),
-)
-# libpq reports a failed connection without a SQLSTATE; its message is
-# matched here only to choose one of these phrases, never shown
-_LIBPQ_FAILURES = (
-    ("timeout expired", "timed out"),
-    ("authentication failed", "refused the credentials"),
-    ("no pg_hba.conf entry", "refused the credentials"),
-    ("does not exist", "database does not exist"),
-    ("starting up", "starting up"),
-    ("shutting down", "shutting down"),
-    ("too many clients", "too many connections"),
-    ("remaining connection slots", "too many connections"),
-)
-_PG_SQLSTATES = {"28P01": "refused the credentials", "28000": "refused the credentials",
-                 "3D000": "database does not exist", "57P01": "shutting down",
-                 "57P02": "shutting down", "57P03": "starting up",
-                 "53300": "too many connections", "57014": "timed out",
-                 "25006": "read-only (a standby)"}
-
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc``, then what caused it, then what caused that..."""
@@ -130,75 +81,19 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
 
 
-def _aws_reason(exc: BaseException) -> tuple[str, str | None] | None:
-    from botocore import exceptions as boto
-
-    if isinstance(exc, boto.ClientError):
-        error = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        reason = _AWS_CODES.get(str(error.get("Code", ""))) or _AWS_STATUS.get(status)
-        if reason is None:
-            reason = "unavailable" if isinstance(status, int) and status >= 500 else "refused the request"
-        return reason, _AWS_OPERATION_DEPENDENCY.get(exc.operation_name)
-    if isinstance(exc, (boto.ConnectTimeoutError, boto.ReadTimeoutError)):
-        return "timed out", None
-    if isinstance(exc, (boto.EndpointConnectionError, boto.ConnectionClosedError)):
-        return "unreachable", None
-    if isinstance(exc, (boto.NoCredentialsError, boto.PartialCredentialsError)):
-        return "no AWS credentials", None
-    if isinstance(exc, boto.BotoCoreError):
-        return "unavailable", None
-    return None
-
-
-def _redis_reason(exc: BaseException) -> str | None:
-    from redis import exceptions as r
-
-    if isinstance(exc, r.TimeoutError):
-        return "timed out"
-    if isinstance(exc, r.AuthenticationError):
-        return "refused the credentials"
-    if isinstance(exc, r.BusyLoadingError):
-        return "loading its data"
-    if isinstance(exc, r.ConnectionError):
-        return "unreachable"
-    if isinstance(exc, r.RedisClusterException):
-        return "unreachable"
-    for name, phrase in _REDIS_RESPONSES:
-        if isinstance(exc, getattr(r, name)):
-            return phrase
-    return "failed" if isinstance(exc, r.RedisError) else None
-
-
-def _postgres_reason(exc: BaseException) -> str | None:
-    import psycopg
-
-    if isinstance(exc, psycopg.errors.ConnectionTimeout):
-        return "timed out"
-    if not isinstance(exc, psycopg.Error):
-        return None
-    if exc.sqlstate in _PG_SQLSTATES:
-        return _PG_SQLSTATES[exc.sqlstate]
-    if isinstance(exc, psycopg.OperationalError) and not exc.sqlstate:
-        text = str(exc)
-        for fragment, phrase in _LIBPQ_FAILURES:
-            if fragment in text:
-                return phrase
-        return "unreachable"
-    if isinstance(exc, psycopg.ProgrammingError) and not exc.sqlstate:
-        return "connection settings are malformed"  # libpq refused the conninfo
-    return "refused the query"
-
-
 def _vendor_reason(exc: BaseException) -> tuple[str, str | None] | None:
-    """(phrase, dependency or None) for a vendor error sessionsync knows."""
+    """(phrase, dependency or None) for a vendor error sessionsync knows:
+    each adapter keeps the phrases of the errors it translates."""
     module = type(exc).__module__.split(".", 1)[0]
     if module == "botocore":
-        return _aws_reason(exc)
+        from chalicelib.adapters import aws
+        return aws.phrase(exc)
     if module == "redis":
-        reason = _redis_reason(exc)
+        from chalicelib.adapters.redis import errors
+        reason = errors.phrase(exc)
     elif module == "psycopg":
-        reason = _postgres_reason(exc)
+        from chalicelib.adapters.postgres import sqlstate
+        reason = sqlstate.phrase(exc)
     else:
         return None
     return (reason, None) if reason else None

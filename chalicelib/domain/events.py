@@ -44,7 +44,7 @@ EVENT_TYPES = (CREATED, UPDATED, DELETED, TOUCHED, EXPIRED)
 STATELESS = (DELETED, EXPIRED)
 
 # Every field but ``state``, with its type, in the order the store's scripts
-# write them (``state`` comes last: see codec.ttl_from_event).
+# write them (``state`` comes last: see codec.session_from_event).
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "schema_version": int,
     "event_id": str,

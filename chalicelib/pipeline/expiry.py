@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from chalicelib.adapters.redis.store import SessionStore, WriteResult
 from chalicelib.domain.session import Session
+from chalicelib.domain.store import Store, WriteResult
 from chalicelib.observability import metrics
 
 log = logging.getLogger("sessionsync.expiry")
@@ -83,7 +83,7 @@ class SweepResult:
 class ExpirySweep:
     """Store, PostgreSQL and (optionally) the producer given; see the module docstring."""
 
-    def __init__(self, store: SessionStore, durable: Candidates, *, publisher: Publisher | None = None,
+    def __init__(self, store: Store, durable: Candidates, *, publisher: Publisher | None = None,
                  settle_seconds: float, grace_seconds: float, batch: int = BATCH,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store

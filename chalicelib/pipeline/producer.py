@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from chalicelib.adapters.aws import fifo_fields, sqs_batches
-from chalicelib.adapters.redis.store import SessionStore, WriteResult
+from chalicelib.adapters.redis.store import SessionStore
+from chalicelib.domain.store import WriteResult
 
 log = logging.getLogger("sessionsync.producer")
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chalicelib.adapters.redis.store import IdUnknown
 from chalicelib.domain.errors import RecoveryPending, ServiceUnavailable, SessionNotFound
 from chalicelib.domain.session import Session
+from chalicelib.domain.store import IdUnknown
 from chalicelib.service.sessions import SessionService
 
 # A page of the listing reads at most this many index entries per asked-for
@@ -150,7 +150,7 @@ def _revoke_one(service: SessionService, owner_id: str, session_id: str) -> str:
             return _delete(service, session_id)
         marker = store.marker(session_id)
         if marker is not None:
-            if marker[1]:
+            if marker.deleted:
                 return "gone"
             # A create may have run since the key was read (it writes key
             # and marker at once):
@@ -161,7 +161,7 @@ def _revoke_one(service: SessionService, owner_id: str, session_id: str) -> str:
             if store.peek([session_id])[0] is not None:
                 continue
             # the key expired or was evicted: PostgreSQL knows the owner
-            persisted = _persisted(service, session_id, marker[0])
+            persisted = _persisted(service, session_id, marker.version)
             if persisted is None or persisted.deleted:
                 return "gone"
             if persisted.owner_id != owner_id:

@@ -1,29 +1,16 @@
 """The session service: what every route and CLI command calls.
 
-It composes the Redis store, the SQS producer and (when configured) the
-durable PostgreSQL copy used for recovery and history.  It owns the rules
-for a Redis that forgot, so that Redis never serves, or accepts a write
-on, a version older than PostgreSQL's, and never reuses an id:
-
-* a key gone, its marker left (expired, evicted): served from PostgreSQL
-  only if PostgreSQL is not behind the version Redis last acknowledged
-  (the marker); otherwise a retryable ``RecoveryPending`` (503) instead of
-  an older version;
-* a create of an id Redis has no trace of (``IdUnknown``): PostgreSQL says
-  whether it existed (409) before Redis creates it;
-* a value from before Redis's data went back in time (``EpochChanged``: a
-  failover, a restart): PostgreSQL's version is read once; if it is newer,
-  Redis is repaired from it first (``RedisBehind``), so a stale client's
-  compare-and-set fails with the real current version.
-
-PostgreSQL is the judge only once the changes acknowledged before Redis
-went back in time had time to reach it through the queue: until then
-(``settle_seconds`` from the first sight of the new epoch in the bucket) a
-session Redis may hold stale answers 503 (``_settle``).  Changes slower
-than that, and changes whose outbox entry Redis lost before they reached
-SQS, cannot be saved: the first sight of a new epoch is logged as an error
-and counted (``RedisEpochChanges``), and a second write under a version
-reaches the DLQ as ``version_conflict``.  docs/guarantees.md has the table.
+It composes the hot store (the ``Store`` contract, chalicelib.domain.store),
+the SQS producer and, when configured, PostgreSQL for recovery and history.
+It owns the rules for a Redis that forgot: Redis never serves, or accepts a
+write on, a version older than PostgreSQL's, and never reuses an id.  The
+store signals what it cannot decide (``KeyMissing``, ``IdUnknown``,
+``EpochChanged``, ``RedisBehind``, ``MarkerAhead``) and each is resolved here
+with PostgreSQL, once the changes acknowledged before Redis went back in
+time had time to reach it (``_settle``).  Changes Redis lost before they
+reached SQS cannot be saved: that is logged and counted
+(``RedisEpochChanges``).  docs/guarantees.md, "How Redis forgetting is
+handled", has the table.
 """
 from __future__ import annotations
 
@@ -36,15 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from chalicelib.adapters.redis.store import (
-    EpochChanged,
-    IdUnknown,
-    KeyBehind,
-    KeyMissing,
-    RedisBehind,
-    SessionStore,
-    WriteResult,
-)
 from chalicelib.config import Settings
 from chalicelib.domain import validation
 from chalicelib.domain.errors import (
@@ -58,6 +36,15 @@ from chalicelib.domain.errors import (
 )
 from chalicelib.domain.idempotency import Idempotency
 from chalicelib.domain.session import Session
+from chalicelib.domain.store import (
+    EpochChanged,
+    IdUnknown,
+    KeyMissing,
+    MarkerAhead,
+    RedisBehind,
+    Store,
+    WriteResult,
+)
 from chalicelib.domain.validation import CreateRequest, MaxStale, PatchRequest, UpdateRequest
 from chalicelib.observability import metrics
 
@@ -135,7 +122,7 @@ class HistoryPage:
 
 
 class SessionService:
-    def __init__(self, store: SessionStore, *, publisher: Publisher | None = None,
+    def __init__(self, store: Store, *, publisher: Publisher | None = None,
                  durable: DurableSessions | None = None, default_ttl: int = 3600,
                  settle_seconds: float = Settings.redis_settle,
                  slide_on_read: bool = False) -> None:
@@ -265,9 +252,10 @@ class SessionService:
     def update(self, request: UpdateRequest, idempotency: Idempotency | None = None) -> Session:
         """Compare-and-set.  Raises ConcurrencyError, SessionNotFound,
         RecoveryPending, ServiceUnavailable; ``idempotency`` as ``create``."""
-        result = self._write(request.session_id, lambda floor: self.store.update(
-            request.session_id, request.state_json, request.expected_version, floor=floor,
-            ttl_seconds=request.ttl_seconds, idempotency=idempotency))
+        result = self._write(request.session_id, lambda persisted: self.store.update(
+            request.session_id, request.state_json, request.expected_version,
+            persisted_version=persisted, ttl_seconds=request.ttl_seconds,
+            idempotency=idempotency))
         self._ship(result)
         return result.session
 
@@ -279,8 +267,8 @@ class SessionService:
         ``session_touched`` event.  Raises as ``update`` (SessionExpired
         once the lifetime ended: a touch does not revive a session);
         ``idempotency`` as ``create``."""
-        result = self._write(session_id, lambda floor: self.store.touch(
-            session_id, expected_version, floor=floor, ttl_seconds=ttl_seconds,
+        result = self._write(session_id, lambda persisted: self.store.touch(
+            session_id, expected_version, persisted_version=persisted, ttl_seconds=ttl_seconds,
             idempotency=idempotency))
         self._ship(result)
         return result.session
@@ -347,29 +335,31 @@ class SessionService:
                          idempotency: Idempotency | None = None,
                          ttl_seconds: int | None = None) -> Callable[[int | None], WriteResult]:
         """The store write of a patch merged into ``expected_version``."""
-        return lambda floor: self.store.update(session_id, state_json, expected_version, floor=floor,
-                                               ttl_seconds=ttl_seconds, idempotency=idempotency)
+        return lambda persisted: self.store.update(
+            session_id, state_json, expected_version, persisted_version=persisted,
+            ttl_seconds=ttl_seconds, idempotency=idempotency)
 
     @metrics.timed_write("delete")
     def delete(self, session_id: str, expected_version: int | None = None,
                idempotency: Idempotency | None = None) -> Session:
         """Tombstone the session.  Raises as ``update``."""
-        result = self._write(session_id, lambda floor: self.store.delete(
-            session_id, expected_version, floor=floor, idempotency=idempotency))
+        result = self._write(session_id, lambda persisted: self.store.delete(
+            session_id, expected_version, persisted_version=persisted, idempotency=idempotency))
         self._ship(result)
         return result.session
 
     def _write(self, session_id: str, write: Callable[[int | None], WriteResult]) -> WriteResult:
         """Run a store write, recovering a missing key or reconciling a value
-        of another epoch with PostgreSQL first when the store asks."""
-        floor = None if self.durable is not None else 0
+        of another epoch with PostgreSQL first when the store asks.  ``write``
+        takes the version PostgreSQL holds (None: not asked yet)."""
+        persisted = None if self.durable is not None else 0
         for _ in range(WRITE_ATTEMPTS):
             try:
-                return write(floor)
+                return write(persisted)
             except KeyMissing:
                 self._recover(session_id)
             except (EpochChanged, RedisBehind) as exc:
-                floor = self._reconcile(session_id, exc.version)
+                persisted = self._reconcile(session_id, exc.version)
         raise ServiceUnavailable(f"session {session_id!r} kept changing while Redis was being "
                                  "reconciled with PostgreSQL; retry", dependency="redis")
 
@@ -456,7 +446,7 @@ class SessionService:
                 "persisted_version": persisted.version})
             try:
                 self.store.restore(persisted, repair=True)
-            except KeyBehind as exc:  # Redis acknowledged a newer one meanwhile
+            except MarkerAhead as exc:  # Redis acknowledged a newer one meanwhile
                 return exc.marker_version
         return persisted.version
 
@@ -492,13 +482,13 @@ class SessionService:
     def _confirm(self, session: Session) -> Read:
         """Serve a value of another epoch once PostgreSQL confirmed it (or
         PostgreSQL's newer version, after repairing Redis with it)."""
-        floor = self._reconcile(session.session_id, session.version)
-        if floor > session.version:
+        persisted = self._reconcile(session.session_id, session.version)
+        if persisted > session.version:
             return self.get(session.session_id)  # repaired: the current epoch now
         try:
-            self.store.vouch(session, floor)
+            self.store.vouch(session, persisted)
         except RedisBehind as exc:
-            raise RecoveryPending(session.session_id, acknowledged_version=floor,
+            raise RecoveryPending(session.session_id, acknowledged_version=persisted,
                                   persisted_version=exc.version) from None
         return Read(session)
 
@@ -524,11 +514,10 @@ class SessionService:
             t2  GET: marker 7 > 6 -> 503 RecoveryPending, not SessionExpired
             t3  consumer persists v7; GET: v7 expired at 12:01:00 -> SessionExpired
         """
-        flagged = self.store.marker_flag(session_id)
-        marker = None if flagged is None else (flagged[0], flagged[1] == "D")
-        if marker is not None and marker[1]:
+        marker = self.store.marker(session_id)
+        if marker is not None and marker.deleted:
             raise SessionNotFound(session_id, deleted=True)
-        if flagged is not None and flagged[1] == "E":  # the expiry sweep's final marker
+        if marker is not None and marker.expired:  # the expiry sweep's final marker
             raise SessionExpired(session_id)
         if self.durable is None:
             raise SessionNotFound(session_id)
@@ -545,7 +534,7 @@ class SessionService:
             self._settle(session_id)
             _retry_later(self.store.hold(session_id, self.settle_seconds),
                          f"Redis lost session {session_id!r}; it is being recovered from PostgreSQL")
-        acknowledged = marker[0] if marker else 0
+        acknowledged = marker.version if marker else 0
         persisted_version = persisted.version if persisted else 0
         if marker is None and persisted is None:
             # a new id; or, if Redis just went back in time, one whose
@@ -564,7 +553,7 @@ class SessionService:
             raise SessionExpired(session_id, expires_at=persisted.expires_at)
         try:
             restored = self.store.restore(persisted)
-        except KeyBehind as exc:
+        except MarkerAhead as exc:
             raise RecoveryPending(session_id, acknowledged_version=exc.marker_version,
                                   persisted_version=persisted.version) from None
         if restored is None:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from sessionsync.bench.context import BenchContext
 
 # UPDATE_SCRIPT's version check, taken out for the C client's floor
-VERSION_CHECK = "if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n"
+VERSION_CHECK = "  if EXPECTED ~= '' and v ~= tonumber(EXPECTED) then return {'conflict', v} end\n"
 
 
 class CClientUnavailable(RuntimeError):
@@ -104,9 +104,9 @@ class CFloors:
         update_sha = raw_client.script_load(UPDATE_SCRIPT.replace(VERSION_CHECK, ""))
         now = time.time()
         keys = session_keys(self.update_id)
-        # UPDATE_SCRIPT's ARGV, as SessionStore.update sends them (floor 0)
-        update_args: list[str | bytes | int] = [self.update_id, state, 1, iso_utc(now),
-                                                int(now * 1000), store.marker_ttl, store.channel, 0]
+        # UPDATE_SCRIPT's ARGV, as SessionStore.update sends them (persisted version 0)
+        update_args: list[str | bytes | int] = [self.update_id, iso_utc(now), int(now * 1000),
+                                                store.marker_ttl, store.channel, 1, 0, "", state]
         self.commands: dict[str, list[str | bytes | int]] = {
             "c_get": ["GET", read_key],
             "c_get_verified": ["EVALSHA", get_sha, 1, read_key],

@@ -34,15 +34,16 @@ import redis
 
 from chalicelib.adapters.redis.codec import iso_utc
 from chalicelib.adapters.redis.keys import session_keys
-from chalicelib.adapters.redis.scripts import EPOCH_SCRIPT, UPDATE_SCRIPT
+from chalicelib.adapters.redis.scripts import UPDATE_SCRIPT
 from chalicelib.adapters.redis.store import SessionStore
 from sessionsync.bench.context import STATE_BYTES, BenchContext
 from sessionsync.bench.harness import TRIVIAL_SCRIPT, SectionRedis, ack_all, server_usec
 from sessionsync.bench.stats import interleaved, ratio, summarize_ns
+from sessionsync.redis_views import EPOCH_SCRIPT
 
 # the update's keys and arguments in, a reply of the update's shape out
-# ({'ok', event, created}: the event is about the state's size)
-ECHO_SCRIPT = "return {'ok', ARGV[2], ARGV[4]}"
+# ({'ok', event}: the event is about the state's size)
+ECHO_SCRIPT = "return {'ok', ARGV[9]}"
 # UPDATE_SCRIPT with one step taken out: (name, text replaced, replacement).
 # Each must match UPDATE_SCRIPT (or scripts/lib.lua in it) exactly once: a
 # changed script fails the run instead of timing something else.
@@ -51,10 +52,10 @@ VARIANTS: tuple[tuple[str, str, str], ...] = (
      "return string.sub(string.match(redis.call('INFO', 'replication'), "
      "'master_replid:(%x+)'), 1, 8)",
      "return '00000000'"),
-    ("no_publish", "  redis.call('PUBLISH', channel, ev)\n", ""),
-    ("no_outbox", "  redis.call('ZADD', KEYS[3], now_ms, eid)\n  redis.call('HSET', KEYS[4], eid, ev)\n",
+    ("no_publish", "  redis.call('PUBLISH', CHANNEL, ev)\n", ""),
+    ("no_outbox", "  redis.call('ZADD', KEYS[3], NOW_MS, eid)\n  redis.call('HSET', KEYS[4], eid, ev)\n",
      ""),
-    ("no_marker", "set_marker(v .. '|L', tonumber(ARGV[6]), ttl)\n", ""),
+    ("no_marker", "  set_marker(v .. '|' .. flag, MARKER_TTL, ttl)\n", ""),
 )
 # what any compare-and-set of one string costs on the server (GET, compare,
 # SET with a TTL), on a session of its own: a floor for the script's work
@@ -158,12 +159,12 @@ def _client_work(store: SessionStore, client: redis.Redis, update_id: str, state
     """p50 (us) of the client's work with no I/O."""
     now = time.time()
     reply = cast(list, client.evalsha(store._update.sha, 4, *session_keys(update_id), update_id,
-                                      state, "", iso_utc(now), int(now * 1000), 0,
-                                      store.channel, 0))
+                                      iso_utc(now), int(now * 1000), 0, store.channel, "", 0, "",
+                                      state))
     stub = SessionStore(cast(Any, _StubClient(reply)), channel=store.channel)
     connection = redis.Connection()  # never connected: only its packer is used
-    update_args = ("EVALSHA", store._update.sha, 4, *session_keys(update_id), update_id, state,
-                   7, iso_utc(now), int(now * 1000), 0, store.channel, 0)
+    update_args = ("EVALSHA", store._update.sha, 4, *session_keys(update_id), update_id,
+                   iso_utc(now), int(now * 1000), 0, store.channel, 7, 0, "", state)
     floor_args = ("EVALSHA", hashlib.sha1(TRIVIAL_SCRIPT.encode()).hexdigest(), 1,
                   session_keys(update_id)[0])
     update_reply = _resp(reply)
@@ -220,16 +221,18 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
         def echo() -> Any:
             now = time.time()
-            return client.evalsha(echo_sha, 4, *keys, update.session_id, state, update.version,
-                                  iso_utc(now), int(now * 1000), store.marker_ttl, store.channel, 0)
+            return client.evalsha(echo_sha, 4, *keys, update.session_id, iso_utc(now),
+                                  int(now * 1000), store.marker_ttl, store.channel,
+                                  update.version, 0, "", state)
 
         def variant(sha: str) -> Callable[[], Any]:
             def go() -> Any:
                 now = time.time()
                 # expected version '' (any): every variant commits, whatever
                 # the others did to the session before it
-                return raw.evalsha(sha, 4, *variant_keys, variant_id, state, "", iso_utc(now),
-                                   int(now * 1000), store.marker_ttl, store.channel, 0)
+                return raw.evalsha(sha, 4, *variant_keys, variant_id, iso_utc(now),
+                                   int(now * 1000), store.marker_ttl, store.channel, "", 0, "",
+                                   state)
             return go
 
         def ack(_: int = 0) -> None:

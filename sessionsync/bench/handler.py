@@ -31,6 +31,7 @@ from sessionsync.bench.events import (
 from sessionsync.bench.harness import ack_all, delete_session_keys, local_queue
 from sessionsync.bench.stats import interleaved, ratio, summarize_ns, time_calls
 from sessionsync.project import import_app
+from sessionsync.redis_views import outbox_depth
 
 API_KEY = "bench-api-key-0123456789abcdef"
 
@@ -156,7 +157,7 @@ def _sqs(ctx: BenchContext, app: Any, context: LambdaContext, state: str,
         for _ in range(5):
             put()
         full_put = summarize_ns(time_calls(put, n))
-        outbox_left = store.outbox_depth()
+        outbox_left = outbox_depth(store)
     return {
         "endpoint": ctx.aws_endpoint_url,
         "iterations": n,

@@ -33,6 +33,7 @@ from sessionsync.bench.context import BenchContext
 from sessionsync.bench.harness import local_queue
 from sessionsync.bench.redis_server import ThrowawayRedis
 from sessionsync.bench.stats import ratio
+from sessionsync.redis_views import outbox_depth
 
 # an event of a small state: the relay's work per entry does not depend on it
 EVENT_TEMPLATE = (f'{{"schema_version":{EVENT_SCHEMA_VERSION},"event_type":"{UPDATED}",'
@@ -110,7 +111,7 @@ def _pages(relay: OutboxRelay, store: SessionStore, backlog: int) -> list[int]:
             break
         page_ns.append(elapsed)
         sent += result.sent
-    left = store.outbox_depth()
+    left = outbox_depth(store)
     if sent != backlog or left:
         raise RuntimeError(f"the relay sent {sent} of {backlog} entries, {left} left")
     return page_ns

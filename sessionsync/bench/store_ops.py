@@ -15,7 +15,6 @@ from typing import Any, cast
 
 from chalicelib.adapters.redis.codec import decode_session
 from chalicelib.adapters.redis.keys import idempotency_key, session_keys
-from chalicelib.adapters.redis.scripts import EPOCH_SCRIPT
 from chalicelib.domain.idempotency import Idempotency, fingerprint
 from chalicelib.domain.session import Session
 from chalicelib.domain.validation import CreateRequest
@@ -24,6 +23,7 @@ from sessionsync.bench.c_client import CFloors
 from sessionsync.bench.context import STATE_BYTES, BenchContext
 from sessionsync.bench.harness import TRIVIAL_SCRIPT, SectionRedis, ack_all, server_usec
 from sessionsync.bench.stats import interleaved, ratio, summarize_ns
+from sessionsync.redis_views import EPOCH_SCRIPT
 
 # op / floor, at p50, p95 and p99
 RATIOS = (("get", "floor_get"), ("get_verified", "floor_get"), ("get_verified", "get"),

@@ -20,7 +20,7 @@ def key(session_id: str, show_all: bool, fmt: str) -> None:
     on one cluster slot.  Nothing is read from Redis.  With --format json,
     every key by role.
     """
-    from chalicelib.adapters.redis.keys import key_names
+    from sessionsync.redis_views import key_names
 
     names = key_names(session_id)
     if fmt == "json":

@@ -13,6 +13,7 @@ import click
 
 from chalicelib import runtime
 from chalicelib.config import API_KEYS
+from sessionsync import redis_views
 from sessionsync.bench import soak as soak_module
 from sessionsync.cli._common import (
     Progress,
@@ -59,7 +60,7 @@ def _pids(url: str, given: tuple[str, ...]) -> dict[str, int]:
 def _probes() -> dict[str, Any]:
     """Outbox and queue depth, from the settings the server also reads."""
     settings = runtime.settings()
-    probes: dict[str, Any] = {"outbox": lambda: runtime.store().outbox_depth()}
+    probes: dict[str, Any] = {"outbox": lambda: redis_views.outbox_depth(runtime.store())}
     if settings.has_queue:
         probes["queue"] = lambda: soak_module.queue_depth(runtime.sqs(), runtime.queue_url())
     return probes

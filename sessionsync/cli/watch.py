@@ -9,6 +9,7 @@ import click
 from chalicelib import runtime
 from chalicelib.domain.errors import ServiceUnavailable
 from sessionsync.cli._common import exit_on_errors, fail
+from sessionsync.redis_views import subscribe
 
 
 @click.command()
@@ -24,7 +25,7 @@ def watch(seconds: float | None, count: int | None) -> None:
     deadline = None if seconds is None else time.monotonic() + seconds
     seen = 0
     with exit_on_errors("cannot subscribe"):
-        updates = runtime.store().subscribe(timeout=0.5)
+        updates = subscribe(runtime.store(), timeout=0.5)
     try:
         for event in updates:
             if event is not None:

@@ -31,6 +31,7 @@ from chalicelib.pipeline.outbox import OutboxRelay
 from chalicelib.pipeline.producer import SqsProducer
 from chalicelib.service.sessions import SessionService
 from sessionsync.provisioning import QueuePair
+from sessionsync.redis_views import subscribe
 from sessionsync.worker import Worker
 from tests.chaos.history import Observed
 from tests.support.servers import TcpProxy, free_port
@@ -158,7 +159,7 @@ class ChaosStack:
         def listen() -> None:
             while not self._stop.is_set():
                 try:
-                    with listener.subscribe(timeout=0.2) as events:
+                    with subscribe(listener, timeout=0.2) as events:
                         ready.set()
                         for event in events:
                             if self._stop.is_set():

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from chalicelib.adapters.redis.store import SessionStore, WriteResult
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import (
     ConcurrencyError,
@@ -35,6 +35,7 @@ from chalicelib.domain.errors import (
 )
 from chalicelib.domain.idempotency import Idempotency, fingerprint
 from chalicelib.domain.session import Session
+from chalicelib.domain.store import WriteResult
 from chalicelib.domain.validation import CreateRequest, PatchRequest, UpdateRequest
 from chalicelib.service import owners
 from chalicelib.service.sessions import SessionService

@@ -48,6 +48,7 @@ REDIS = "chalicelib/adapters/redis"
 STORE = f"{REDIS}/store.py"
 KEYS = f"{REDIS}/keys.py"
 LUA_LIB = f"{REDIS}/scripts/lib.lua"
+LUA_WRITE = f"{REDIS}/scripts/write.lua"
 LUA_CREATE = f"{REDIS}/scripts/create.lua"
 LUA_UPDATE = f"{REDIS}/scripts/update.lua"
 LUA_DELETE = f"{REDIS}/scripts/delete.lua"
@@ -61,6 +62,7 @@ CONSUMER = "chalicelib/pipeline/consumer.py"
 DEAD_LETTERS = "chalicelib/pipeline/dead_letters.py"
 PRODUCER = "chalicelib/pipeline/producer.py"
 REDIS_CLIENT = f"{REDIS}/client.py"
+REDIS_ERRORS = f"{REDIS}/errors.py"
 
 T_STORE = "tests/integration/store/test_store.py"
 T_CAS_LATENCY = "tests/integration/store/test_cas_latency.py"
@@ -84,29 +86,26 @@ OWNERS = "chalicelib/service/owners.py"
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
     mutant(
-        "cas-version-check-removed", 1, LUA_UPDATE,
-        (("if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),),
+        "cas-version-check-removed", 1, LUA_WRITE,
+        (("  if EXPECTED ~= '' and v ~= tonumber(EXPECTED) then return {'conflict', v} end\n", ""),),
         (f"{T_STORE}::test_an_update_with_a_stale_version_changes_nothing[single]",),
         "the update script writes whatever version the caller expected"),
     mutant(
         "delete-version-check-removed", 1, LUA_DELETE,
-        (("if ARGV[2] ~= '' and v ~= tonumber(ARGV[2]) then return {'conflict', v} end\n", ""),),
+        (("local refused, _, v, created, _, ttl, _, o, ep = open_live()\n",
+          "EXPECTED = ''\nlocal refused, _, v, created, _, ttl, _, o, ep = open_live()\n"),),
         (f"{T_STORE}::test_a_delete_with_a_stale_version_is_refused[single]",),
         "a conditional delete ignores its expected version"),
     Mutant(
         "cas-check-then-write-in-python", 1,
-        (Edit(LUA_UPDATE,
-              "if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n", ""),
-         Edit(STORE, "        now = self.clock()\n        now_iso = iso_utc(now)\n"
-              "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
-              "            session_id, state_json, \"\" if expected_version",
+        (Edit(LUA_WRITE,
+              "  if EXPECTED ~= '' and v ~= tonumber(EXPECTED) then return {'conflict', v} end\n", ""),
+         Edit(STORE, "        reply = self._write(self._update, session_id, idempotency,\n",
               "        current = self.get(session_id)\n"
               "        if current is not None and current.version != expected_version:\n"
               "            raise ConcurrencyError(session_id, expected_version=expected_version,\n"
               "                                   actual_version=current.version)\n"
-              "        now = self.clock()\n        now_iso = iso_utc(now)\n"
-              "        keys, args = self._keyed(session_id, idempotency, session_keys(session_id), [\n"
-              "            session_id, state_json, \"\" if expected_version")),
+              "        reply = self._write(self._update, session_id, idempotency,\n")),
         # on a fast loopback a busy machine may run the racers one after
         # another; the slow network makes the window wide on purpose
         (f"{T_CAS_LATENCY}::test_of_8_writers_on_a_slow_network_updating_the_same_version_exactly_one_wins",
@@ -131,17 +130,17 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- 8: Redis forgetting never forks a session --------------------------------
     mutant(
         "marker-not-written-on-create", 8, LUA_CREATE,
-        (("set_marker('1|L', tonumber(ARGV[6]), ttl)\n", ""),),
+        (("return commit(CREATED, ", "set_marker = function() end\nreturn commit(CREATED, "),),
         (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
         "a create leaves no version marker"),
     mutant(
         "marker-not-written-on-update", 8, LUA_UPDATE,
-        (("set_marker(v .. '|L', tonumber(ARGV[6]), ttl)\n", ""),),
+        (("return commit(UPDATED, ", "set_marker = function() end\nreturn commit(UPDATED, "),),
         (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
         "an update leaves the marker at the previous version"),
     mutant(
         "marker-not-written-on-delete", 8, LUA_DELETE,
-        (("set_marker(v .. '|D', tonumber(ARGV[5]), ttl)\n", ""),),
+        (("return commit(DELETED, ", "set_marker = function() end\nreturn commit(DELETED, "),),
         (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
         "a delete leaves the marker live: the id could come back"),
     mutant(
@@ -156,8 +155,9 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
         "markers get a TTL even with SESSION_MARKER_TTL=0: volatile-* eviction may take them"),
     mutant(
-        "create-ignores-the-marker", 8, LUA_CREATE,
-        (("local mv, deleted = marker()\nif mv then return {'exists', mv, deleted and 1 or 0} end\n", ""),),
+        "create-ignores-the-marker", 8, LUA_WRITE,
+        (("  local mv, mflag = marker()\n"
+          "  if mv then return {mflag == 'D' and 'deleted' or 'exists', mv} end\n", ""),),
         (f"{T_STORE}::test_a_deleted_id_stays_unusable_after_its_tombstone_expired[single]",),
         "a create of an id whose key is gone but whose marker remains succeeds: the id is reused"),
     mutant(
@@ -183,7 +183,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "recovery serves PostgreSQL's version even when Redis acknowledged a newer one"),
     mutant(
         "recovery-ignores-the-deleted-flag", 8, SESSIONS,
-        (("        if marker is not None and marker[1]:\n"
+        (("        if marker is not None and marker.deleted:\n"
           "            raise SessionNotFound(session_id, deleted=True)\n", ""),),
         (f"{T_RULES}::test_a_deletion_not_yet_persisted_is_a_404_not_a_503_when_its_tombstone_is_gone",),
         "recovery looks a deleted session up in PostgreSQL instead of trusting the tombstone marker"),
@@ -203,9 +203,8 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_RULES}::test_a_session_evicted_again_while_another_reader_restored_it_is_a_503_not_a_404",),
         "a session evicted again while another reader restored it is reported as not found"),
     mutant(
-        "epoch-check-skipped", 8, LUA_LIB,
-        (("local function check_epoch(v, e, ep, floor)\n  if e == ep then return nil end",
-          "local function check_epoch(v, e, ep, floor)\n  if true then return nil end"),),
+        "epoch-check-skipped", 8, LUA_WRITE,
+        (("  if e ~= ep then\n", "  if false then\n"),),
         (f"{T_EPOCHS}::test_a_write_on_a_value_of_another_epoch_needs_postgresql_s_version[single]",),
         "the write scripts accept a value of another epoch without PostgreSQL's version"),
     mutant(
@@ -250,9 +249,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "Redis going back in time (what may have lost acknowledged changes) is not logged"),
     # -- 5: a dependency outage is a fast 503 ------------------------------------
     mutant(
-        "redis-connection-errors-not-503", 5, STORE,
-        (("        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError,\n",
-          "        if isinstance(exc, (redis.TimeoutError,\n"),),
+        "redis-connection-errors-not-503", 5, REDIS_ERRORS,
+        (("    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError,\n",
+          "    if isinstance(exc, (redis.TimeoutError,\n"),),
         (f"{T_OUTAGE}::test_a_stopped_redis_makes_the_store_raise_service_unavailable_at_once",),
         "a refused Redis connection escapes as a 500"),
     mutant(
@@ -369,26 +368,29 @@ MUTANTS: tuple[Mutant, ...] = (
         "poison the DLQ refused is counted as dead-lettered and deleted"),
     # -- 14: a retried keyed write is applied once and answered as it was ------------
     mutant(
-        "idempotency-record-written-but-not-checked", 14, LUA_LIB,
+        "idempotency-record-written-but-not-checked", 14, LUA_WRITE,
         (("  if not KEYS[5] then return nil end\n", "  if true then return nil end\n"),),
         (f"{T_IDEMPOTENCY}::test_a_keyed_update_retried_after_another_write_returns_its_own_outcome"
          "_not_a_conflict[single]",),
         "the scripts record a keyed write but never look the key up: a retry gets a 409"),
     Mutant(
         "idempotency-record-written-after-the-script", 14,
-        (Edit(LUA_LIB, "  if KEYS[5] then redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl) end\n", ""),
-         Edit(STORE, "        ttl = ttl_from_event(reply[1])\n",
-              "        ttl = ttl_from_event(reply[1])\n"
-              "        if idempotency is not None:\n"
-              "            self.client.set(idempotency_key(session_id, idempotency.key),\n"
-              "                            idempotency.fingerprint + '|' + reply[1].decode(),\n"
-              "                            ex=self.idempotency_ttl)\n")),
+        (Edit(LUA_WRITE,
+              "  if KEYS[5] then redis.call('SET', KEYS[5], ARGV[11] .. '|' .. ev, 'EX', ARGV[12]) end\n",
+              ""),
+         Edit(STORE, "        if status == b\"ok\":\n            return _result(reply[1].decode())\n",
+              "        if status == b\"ok\":\n"
+              "            if idempotency is not None:\n"
+              "                self.client.set(idempotency_key(session_id, idempotency.key),\n"
+              "                                idempotency.fingerprint + '|' + reply[1].decode(),\n"
+              "                                ex=self.idempotency_ttl)\n"
+              "            return _result(reply[1].decode())\n")),
         (f"{T_IDEMPOTENCY}::test_a_keyed_update_whose_answer_was_cut_off_is_replayed_on_a_new_connection",),
         "the record is written by the caller once the script answered: a lost answer leaves none"),
     mutant(
-        "idempotency-record-without-ttl", 14, LUA_LIB,
-        (("redis.call('SET', KEYS[5], fp .. '|' .. ev, 'EX', ttl)",
-          "redis.call('SET', KEYS[5], fp .. '|' .. ev)"),),
+        "idempotency-record-without-ttl", 14, LUA_WRITE,
+        (("redis.call('SET', KEYS[5], ARGV[11] .. '|' .. ev, 'EX', ARGV[12])",
+          "redis.call('SET', KEYS[5], ARGV[11] .. '|' .. ev)"),),
         (f"{T_IDEMPOTENCY}::test_the_record_lives_in_the_sessions_slot_and_expires_after_a_day_at_least[single]",),
         "records never expire: they pile up, and volatile-* eviction cannot take them"),
     mutant(
@@ -455,14 +457,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "the sweep expires a session whose newer write is still in the queue"),
     mutant(
         "sweep-expires-a-live-key", 16, LUA_EXPIRE,
-        (("if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end\n", ""),),
+        (("if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive', 0} end\n", ""),),
         (f"{T_LIFE}::test_a_session_kept_alive_only_by_reads_ends_when_redis_loses_it",
          f"{T_LIFE}::test_the_sweep_leaves_a_live_session_and_a_deleted_one_alone"),
         "the sweep expires a session Redis still holds (kept alive by reads, or deleted)"),
     mutant(
         "sweep-final-marker-not-one-version-on", 16, LUA_EXPIRE,
-        (("set_marker(v .. '|E', tonumber(ARGV[5]), ttl)\n",
-          "set_marker(pg .. '|E', tonumber(ARGV[5]), ttl)\n"),),
+        (("set_marker(v .. '|E', MARKER_TTL, ttl)\n",
+          "set_marker(pg .. '|E', MARKER_TTL, ttl)\n"),),
         (f"{T_LIFE}::test_two_sweeps_at_once_record_exactly_one_session_expired_per_session",),
         "the sweep's final marker keeps PostgreSQL's version: a second sweep expires the session again"),
 )

@@ -131,7 +131,7 @@ def test_a_format_outside_the_convention_is_a_usage_error():
 
 
 def test_key_prints_the_session_key_or_every_key_by_role():
-    from chalicelib.adapters.redis.keys import key_names
+    from sessionsync.redis_views import key_names
 
     runner = CliRunner()
     text = runner.invoke(main, ["key", "s-1"])

@@ -46,3 +46,45 @@ def classify(exc: psycopg.Error) -> PersistenceError:
     error = cls(message, sqlstate=sqlstate, constraint=constraint, error_class=type(exc).__name__)
     error.__cause__ = exc  # kept when the caller raises it later
     return error
+
+
+# -- what /health may say about a PostgreSQL error ---------------------------------
+
+# libpq reports a failed connection without a SQLSTATE; its message is
+# matched here only to choose one of these phrases, never shown
+_LIBPQ_FAILURES = (
+    ("timeout expired", "timed out"),
+    ("authentication failed", "refused the credentials"),
+    ("no pg_hba.conf entry", "refused the credentials"),
+    ("does not exist", "database does not exist"),
+    ("starting up", "starting up"),
+    ("shutting down", "shutting down"),
+    ("too many clients", "too many connections"),
+    ("remaining connection slots", "too many connections"),
+)
+_PG_SQLSTATES = {"28P01": "refused the credentials", "28000": "refused the credentials",
+                 "3D000": "database does not exist", "57P01": "shutting down",
+                 "57P02": "shutting down", "57P03": "starting up",
+                 "53300": "too many connections", "57014": "timed out",
+                 "25006": "read-only (a standby)"}
+
+
+def phrase(exc: BaseException) -> str | None:
+    """What a public health report may say about a psycopg error (never its
+    own text: it may carry host, user and database names), or None when
+    ``exc`` is not one."""
+    if isinstance(exc, psycopg.errors.ConnectionTimeout):
+        return "timed out"
+    if not isinstance(exc, psycopg.Error):
+        return None
+    if exc.sqlstate in _PG_SQLSTATES:
+        return _PG_SQLSTATES[exc.sqlstate]
+    if isinstance(exc, psycopg.OperationalError) and not exc.sqlstate:
+        text = str(exc)
+        for fragment, said in _LIBPQ_FAILURES:
+            if fragment in text:
+                return said
+        return "unreachable"
+    if isinstance(exc, psycopg.ProgrammingError) and not exc.sqlstate:
+        return "connection settings are malformed"  # libpq refused the conninfo
+    return "refused the query"

@@ -220,7 +220,7 @@ class _Cluster(RedisCluster):
     missing from the map reload the map and try CLUSTER_RETRIES more times;
     LOADING too.  After a connection error redis-py has already reloaded the
     map, so the next command finds a new primary.  What is still refused
-    after that is a 503 (store._redis_errors).
+    after that is a 503 (errors.unavailable).
     """
 
     ERRORS_ALLOW_RETRY = (*(e for e in RedisCluster.ERRORS_ALLOW_RETRY
@@ -234,14 +234,3 @@ class _Cluster(RedisCluster):
         pipe = super().pipeline(transaction, shard_hint)
         pipe.set_retry(Retry(NoBackoff(), 0))
         return pipe
-
-
-def primaries(client: RedisClient) -> list[tuple[str, redis.Redis]]:
-    """(name, plain client) of each primary: the one node, or every primary
-    of a cluster (where a command that must see every key, SCAN or DBSIZE,
-    is sent to each)."""
-    if isinstance(client, RedisCluster):
-        return [(node.name, client.get_redis_connection(node)) for node in client.get_primaries()]
-    kwargs = client.connection_pool.connection_kwargs
-    name = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
-    return [(str(name), client)]

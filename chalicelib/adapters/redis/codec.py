@@ -1,16 +1,22 @@
-"""How a session is written in Redis and read back: the value, the marker
-and the change event's fields the store reads without decoding it all.
+"""How a session is written in Redis and read back: the value, the marker,
+and the change event a write returns (``session_from_event``, the one
+decoder of the write protocol).
 
 The layout of a value is described in chalicelib.adapters.redis.keys.
 """
 from __future__ import annotations
 
+import json
+import re
 import time
 
+from chalicelib.domain.events import DELETED, EXPIRED
 from chalicelib.domain.session import Session
+from chalicelib.domain.store import Marker
 
 # A stored session starts "<version>|<created>|<updated>|<ttl>|<L|D><epoch>|":
-# 128 bytes always cover that head, so a sample never reads the state.
+# 128 bytes always cover that head, so an operator's sample never reads the
+# state (sessionsync/redis_views.py).
 HEAD_BYTES = 128
 
 
@@ -48,10 +54,10 @@ def decode_session(session_id: str, raw: bytes | str) -> Session:
                    owner)
 
 
-def decode_marker(raw: bytes) -> tuple[int, bool]:
-    """(version, deleted) from a marker "<version>|<L|D>"."""
+def decode_marker(raw: bytes) -> Marker:
+    """A marker "<version>|<L|D|E>"."""
     version, flag = raw.decode().split("|")
-    return int(version), flag == "D"
+    return Marker(int(version), flag)
 
 
 def encode_head(session: Session) -> str:
@@ -66,18 +72,40 @@ def owner_suffix(owner_id: str | None) -> str:
     return "@" + owner_id if owner_id else ""
 
 
-def event_owner(event_json: bytes) -> str | None:
-    # "owner_id":"..." sits just before "state" when the session has one
-    head = event_json[:event_json.index(b',"state":')]
-    marker = b',"owner_id":"'
-    at = head.rfind(marker)
-    return head[at + len(marker):-1].decode() if at >= 0 else None
+# The event as the scripts write it (scripts/write.lua, event(); the order of
+# EVENT_FIELDS), the state last; expires_at and owner_id may be missing (an
+# event recorded before they existed).  No id, time or number in it holds a
+# quote.
+_HEAD = re.compile(r'\{"schema_version":\d+,"event_id":"[^"]*","event_type":"([^"]*)",'
+                   r'"session_id":"([^"]*)","version":(\d+),"created_at":"([^"]*)",'
+                   r'"occurred_at":"([^"]*)",(?:"expires_at":"[^"]*",)?"ttl_seconds":(\d+)'
+                   r'(?:,"owner_id":"([^"]*)")?,"state":')
+_STATE = ',"state":'
 
 
-def ttl_from_event(event_json: bytes) -> int:
-    # "ttl_seconds":N sits before "state" in the event the script built;
-    # find it without decoding the whole (possibly 256 KiB) document.
-    head = event_json[:event_json.index(b',"state":')]
-    if head.endswith(b'"'):  # the owner_id after it
-        head = head[:head.rindex(b',"owner_id":"')]
-    return int(head.rsplit(b":", 1)[1])
+def session_from_event(event: str, *, replayed: bool = False) -> Session:
+    """The session after the change ``event`` describes: what every write
+    returns, from its script's reply or, for a replay, from the event its
+    idempotency record holds.
+
+    The head is matched, not decoded as a document, which would cost a
+    write more Python than all else it does
+    (docs/decisions/redis-adapter-layout.md); a head of another shape is
+    decoded.  The state is cut out as the script wrote it: the bytes the
+    client sent.
+    """
+    head = _HEAD.match(event)
+    if head is None:
+        return _decoded(event, replayed)
+    kind, session_id, version, created, occurred, ttl, owner = head.groups()
+    return Session(session_id, int(version), event[head.end():-1], created, occurred, int(ttl),
+                   kind == DELETED, owner, kind == EXPIRED, replayed)
+
+
+def _decoded(event: str, replayed: bool) -> Session:
+    cut = event.index(_STATE)
+    head = json.loads(event[:cut] + "}")
+    kind = head["event_type"]
+    return Session(head["session_id"], head["version"], event[cut + len(_STATE):-1],
+                   head["created_at"], head["occurred_at"], head["ttl_seconds"], kind == DELETED,
+                   head.get("owner_id"), kind == EXPIRED, replayed)

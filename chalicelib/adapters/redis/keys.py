@@ -44,7 +44,7 @@ def bucket_tag(bucket: int) -> str:
     return "ss:{%04d}" % bucket
 
 
-# every session key, on whichever node (SessionStore.sample)
+# every session key, on whichever node (an operator's SCAN: sessionsync/redis_views.py)
 SESSION_KEY_PATTERN = "ss:*:s:*"
 
 
@@ -73,16 +73,6 @@ def epoch_key(session_id: str) -> str:
 def outbox_keys(bucket: int) -> tuple[str, str]:
     tag = bucket_tag(bucket)
     return f"{tag}:ob", f"{tag}:od"
-
-
-def key_names(session_id: str) -> dict[str, str]:
-    """Every Redis key that concerns a session, by role, for operators
-    (``sessionsync key --all``): its own session, marker and hold keys, and
-    its bucket's outbox index and data and epoch record (shared with the
-    other sessions of the bucket)."""
-    session, marker, outbox_index, outbox_data = session_keys(session_id)
-    return {"session": session, "marker": marker, "outbox_index": outbox_index,
-            "outbox_data": outbox_data, "epoch": epoch_key(session_id), "hold": hold_key(session_id)}
 
 
 # How an owner's index and its sessions stay consistent, with no script

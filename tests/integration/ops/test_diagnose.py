@@ -16,7 +16,7 @@ from chalicelib.config import Settings
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.pipeline.producer import SqsProducer
 from chalicelib.service.sessions import SessionService
-from sessionsync import operations
+from sessionsync import operations, redis_views
 from tests.support.ops import cli_env, run_cli
 
 
@@ -189,7 +189,7 @@ def test_ttl_sampling_finds_a_session_key_that_would_never_expire(throwaway_redi
     stray = session_keys("stray")[0]
     client.set(stray, "1|2026-01-01T00:00:00.000Z|2026-01-01T00:00:00.000Z|3600|L|{}")  # no EX
 
-    samples = store.sample(limit=50)
+    samples = redis_views.sample(store, limit=50)
     found = operations.check_ttls(samples, Settings())
 
     assert {s.session_id for s in samples} == {f"ttl-{i}" for i in range(5)} | {"stray"}
@@ -207,7 +207,7 @@ def test_diagnose_checks_every_cluster_node_and_catches_a_cluster_setting_left_o
         store.create(sid, '{"x":1}', 300)
 
     found = operations.check_redis(redis_cluster, Settings(redis_cluster=False), pings=5)
-    samples = store.sample(limit=10_000)
+    samples = redis_views.sample(store, limit=10_000)
 
     nodes = {f.details["node"] for f in found if "latency_ms" in f.details}
     assert len(nodes) == 3
@@ -224,7 +224,7 @@ def test_the_session_sample_tells_tombstones_from_live_sessions(own_redis):
     store.create("diag-gone", "{}", 600)
     store.delete("diag-gone")
 
-    samples = {s.session_id: s for s in store.sample()}
+    samples = {s.session_id: s for s in redis_views.sample(store)}
 
     assert {sid: (s.version, s.deleted) for sid, s in samples.items()} == {
         "diag-live": (1, False), "diag-gone": (2, True)}

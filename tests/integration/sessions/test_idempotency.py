@@ -20,7 +20,7 @@ from redis.crc import key_slot
 from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.keys import hold_key, idempotency_key, session_keys
 from chalicelib.adapters.redis.scripts import CREATE_SCRIPT, UPDATE_SCRIPT
-from chalicelib.adapters.redis.store import EpochChanged, SessionStore
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import (
     ConcurrencyError,
@@ -30,6 +30,7 @@ from chalicelib.domain.errors import (
     SessionNotFound,
 )
 from chalicelib.domain.idempotency import Idempotency, fingerprint
+from chalicelib.domain.store import EpochChanged
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.service.sessions import SessionService
 from tests.support.constants import TEST_CHANNEL
@@ -135,12 +136,22 @@ def test_the_record_lives_in_the_sessions_slot_and_expires_after_a_day_at_least(
     assert store.client.ttl(record) > Settings.idempotency_ttl - 60
 
 
-def test_a_write_without_a_key_leaves_no_record_and_sends_the_same_keys_and_args(store, session_id):
-    keys, args = session_keys(session_id), ["a", 1]
-    assert store._keyed(session_id, None, keys, args) == (keys, args)
+def test_a_write_without_a_key_leaves_no_record_and_sends_no_key_arguments(store, session_id,
+                                                                            monkeypatch):
+    sent = []
+    run = store._run
+
+    def spy(script, keys, args):
+        sent.append((list(keys), list(args)))
+        return run(script, keys, args)
+    monkeypatch.setattr(store, "_run", spy)
     store.create(session_id, '{}', 60)
     store.update(session_id, '{"a":1}', 1)
     store.delete(session_id, 2)
+    # the session's four keys, and each write's own arguments up to its last
+    # (scripts/write.lua): no record, no fingerprint, no record TTL
+    assert [keys for keys, _ in sent] == [session_keys(session_id)] * 3
+    assert [len(args) for _, args in sent] == [10, 9, 7]
     pattern = idempotency_key(session_id, "*")
     if hasattr(store.client, "get_node_from_key"):  # cluster: the node of the slot
         node = store.client.get_node_from_key(pattern)
@@ -197,17 +208,17 @@ def test_a_keyed_update_whose_answer_was_cut_off_is_replayed_on_a_new_connection
 def test_a_replay_comes_before_the_epoch_check_of_a_value_from_before_a_failover(store, session_id):
     store.create(session_id, '{"n":0}', 600)
     key = keyed("k-epoch", "PUT", "/s", '{"n":1}')
-    first = store.update(session_id, '{"n":1}', 1, idempotency=key, floor=None)
+    first = store.update(session_id, '{"n":1}', 1, idempotency=key, persisted_version=None)
     # the value now looks written before Redis went back in time (another epoch)
     raw = store.client.get(session_keys(session_id)[0]).split(b"|", 5)
     raw[4] = raw[4][:1] + b"00000000"
     store.client.set(session_keys(session_id)[0], b"|".join(raw), keepttl=True)
 
-    again = store.update(session_id, '{"n":1}', 1, idempotency=key, floor=None)
+    again = store.update(session_id, '{"n":1}', 1, idempotency=key, persisted_version=None)
 
     assert again.replayed and again.session == first.session
     with pytest.raises(EpochChanged):  # the same write without its key asks PostgreSQL
-        store.update(session_id, '{"n":1}', 2, floor=None)
+        store.update(session_id, '{"n":1}', 2, persisted_version=None)
 
 
 class NoDurable:

@@ -141,12 +141,13 @@ class AlwaysBeaten(SessionStore):
     """A store on which another writer always commits between a patch's read
     and its compare-and-set (a real write, on the real Redis)."""
 
-    def update(self, session_id, state_json, expected_version, *, floor=0, ttl_seconds=None,
-               idempotency=None):
+    def update(self, session_id, state_json, expected_version, *, persisted_version=0,
+               ttl_seconds=None, idempotency=None):
         if expected_version is not None:
             super().update(session_id, '{"other":"writer"}', None)
-        return super().update(session_id, state_json, expected_version, floor=floor,
-                              ttl_seconds=ttl_seconds, idempotency=idempotency)
+        return super().update(session_id, state_json, expected_version,
+                              persisted_version=persisted_version, ttl_seconds=ttl_seconds,
+                              idempotency=idempotency)
 
 
 @pytest.mark.parametrize("if_match", [None, "*"])

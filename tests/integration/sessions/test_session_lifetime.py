@@ -35,9 +35,11 @@ from chalicelib.domain.errors import (
 )
 from chalicelib.domain.events import parse_event
 from chalicelib.domain.session import iso_plus_seconds
+from chalicelib.domain.store import Marker
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.pipeline.expiry import ExpirySweep
 from chalicelib.service.sessions import SessionService
+from sessionsync.redis_views import subscribe
 from tests.support.constants import PG_TEST_ADMIN_URL, TEST_CHANNEL, database_url
 from tests.support.pipeline import event_body, wait_until
 
@@ -154,8 +156,8 @@ def test_the_scripts_and_python_compute_the_same_expires_at(redis_single):
     import random
 
     from chalicelib.adapters.redis.codec import iso_utc
-    from chalicelib.adapters.redis.scripts import LIB
-    plus = redis_single.register_script(LIB + "return iso_plus(ARGV[1], tonumber(ARGV[2]))")
+    from chalicelib.adapters.redis.scripts import WRITE_PRELUDE
+    plus = redis_single.register_script(WRITE_PRELUDE + "return iso_plus(ARGV[1], tonumber(ARGV[2]))")
     rng = random.Random(12)
     cases = [("2026-12-31T23:59:59.999Z", 1), ("2028-02-28T23:00:00.000Z", 3600),
              ("2100-02-28T23:59:59.000Z", 1), ("2000-02-29T00:00:00.001Z", 30 * 24 * 3600)]
@@ -185,7 +187,7 @@ def test_a_session_whose_lifetime_ended_is_session_expired_on_get_put_delete_and
 
     # nothing was written back or written at all
     assert store.client.get(session_keys(sid)[0]) is None
-    assert store.marker(sid) == (1, False)
+    assert store.marker(sid) == Marker(1, "L")
     assert list(_outbox(store, sid)) == [1]
     with pytest.raises(SessionExists):  # and the id is not reused
         service.create(CreateRequest(sid, '{"n":9}', None))
@@ -247,7 +249,7 @@ def test_a_touch_bumps_the_version_keeps_the_state_and_records_session_touched(
     sid = _sid()
     created = store.create(sid, '{"cart":["book"],"é":"\\u00e9"}', 60)
 
-    with store.subscribe() as published:
+    with subscribe(store) as published:
         touched = store.touch(sid, 1, ttl_seconds=120)
         on_channel = wait_until(lambda: next(published), timeout=5, what="the touch on Pub/Sub")
 
@@ -303,7 +305,7 @@ def test_a_read_with_slide_on_read_gives_the_key_its_full_ttl_again_and_writes_n
 
     assert read.session.version == 1 and not read.recovered
     assert store.client.pttl(key) > 590_000
-    assert store.marker(sid) == (1, False) and sorted(_outbox(store, sid)) == [1]
+    assert store.marker(sid) == Marker(1, "L") and sorted(_outbox(store, sid)) == [1]
 
 
 def test_a_session_kept_alive_only_by_reads_ends_when_redis_loses_it(store, own_database, own_dsn):
@@ -360,7 +362,7 @@ def test_two_sweeps_at_once_record_exactly_one_session_expired_per_session(store
         entries = _outbox(store, sid)
         assert sorted(entries) == [1, 2]
         assert (entries[2]["event_type"], entries[2]["state"]) == ("session_expired", None)
-        assert store.marker_flag(sid) == (2, "E")
+        assert store.marker(sid) == Marker(2, "E")
     # the pipeline persists them; a later sweep finds nothing to do
     own_database.apply_events([parse_event(json.dumps(_outbox(store, sid)[2])) for sid in sids])
     for sid in sids:
@@ -420,7 +422,7 @@ def test_a_session_redis_lost_entirely_is_expired_only_after_the_hold(store, own
 
     expired = wait_until(lambda: sid in sweep.run(budget_seconds=30).expired_ids, timeout=15,
                          what="the hold to pass", interval=0.3)
-    assert expired and store.marker_flag(sid) == (2, "E")
+    assert expired and store.marker(sid) == Marker(2, "E")
 
 
 def test_a_sweep_run_through_the_pipeline_persists_session_expired_once(
@@ -476,7 +478,7 @@ def test_sessionsync_sweep_counts_in_a_dry_run_then_expires(store, own_database,
 
     real = run_cli("sweep", env=env)
     assert real.returncode == 0, real.stderr
-    assert "expired" in real.stdout and store.marker_flag(sid) == (2, "E")
+    assert "expired" in real.stdout and store.marker(sid) == Marker(2, "E")
     assert _outbox(store, sid)[2]["event_type"] == "session_expired"
 
 
@@ -500,7 +502,7 @@ def test_the_local_sweep_loop_runs_until_stopped_and_survives_a_failing_run(stor
     thread = threading.Thread(target=run_sweeps, args=(sweep, stop), kwargs={"interval": 0.1})
     thread.start()
     try:
-        wait_until(lambda: store.marker_flag(sid) == (2, "E"), timeout=30, what="the loop to expire it")
+        wait_until(lambda: store.marker(sid) == Marker(2, "E"), timeout=30, what="the loop to expire it")
     finally:
         stop.set()
         thread.join(timeout=30)

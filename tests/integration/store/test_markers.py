@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.adapters.redis.keys import session_keys
-from chalicelib.adapters.redis.store import KeyBehind
 from chalicelib.domain.errors import ConcurrencyError, SessionNotFound
 from chalicelib.domain.session import Session
+from chalicelib.domain.store import Marker, MarkerAhead
 
 
 def _marker(store, sid):
@@ -40,7 +40,7 @@ def test_the_marker_holds_the_last_acknowledged_version_after_every_write(store,
 
     # -1: no TTL (SESSION_MARKER_TTL=0, the default): volatile-* eviction never takes it
     assert seen == [(b"1|L", -1), (b"2|L", -1), (b"3|L", -1), (b"3|L", -1), (b"4|D", -1), (b"4|D", -1)]
-    assert store.marker(session_id) == (4, True)
+    assert store.marker(session_id) == Marker(4, "D")
 
 
 def test_a_restore_behind_the_marker_is_refused_and_writes_nothing(store, session_id):
@@ -49,12 +49,12 @@ def test_a_restore_behind_the_marker_is_refused_and_writes_nothing(store, sessio
     store.update(session_id, '{"n":2}', 1)  # acknowledged; PostgreSQL may still hold v1
     store.client.delete(session_keys(session_id)[0])  # evicted
 
-    with pytest.raises(KeyBehind) as behind:
+    with pytest.raises(MarkerAhead) as behind:
         store.restore(v1)
 
     assert behind.value.marker_version == 2
     assert store.client.get(session_keys(session_id)[0]) is None
-    assert store.marker(session_id) == (2, False)
+    assert store.marker(session_id) == Marker(2, "L")
     # once PostgreSQL caught up, the acknowledged version goes back
     v2 = Session(session_id, 2, '{"n":2}', v1.created_at, v1.updated_at, v1.ttl_seconds)
     assert store.restore(v2) == v2

@@ -20,11 +20,13 @@ from redis.crc import key_slot
 
 from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
-from chalicelib.adapters.redis.store import KeyMissing, SessionStore
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ConcurrencyError, SessionExists, SessionNotFound
-from chalicelib.domain.events import CREATED, DELETED, UPDATED
+from chalicelib.domain.events import CREATED, DELETED, EXPIRED, UPDATED
+from chalicelib.domain.store import KeyMissing
 from chalicelib.service.sessions import SessionService
+from sessionsync.redis_views import subscribe
 from tests.support.constants import TEST_CHANNEL
 from tests.support.pipeline import wait_until
 
@@ -208,7 +210,7 @@ def test_the_version_marker_outlives_its_session_even_when_configured_shorter(an
 
 def test_a_subscriber_receives_create_update_and_delete_in_version_order(store, session_id):
     received = []
-    with store.subscribe(timeout=0.1) as events:
+    with subscribe(store, timeout=0.1) as events:
         # published right after subscribe() returned: none may be lost
         store.create(session_id, '{"step":1}', 60)
         store.update(session_id, '{"step":2}', 1)
@@ -229,7 +231,7 @@ def test_a_subscriber_receives_create_update_and_delete_in_version_order(store, 
 def test_a_subscriber_sees_nothing_from_another_channel(any_redis, session_id):
     mine = SessionStore(any_redis, channel=f"c-{uuid.uuid4().hex}")
     other = SessionStore(any_redis, channel=f"c-{uuid.uuid4().hex}")
-    with mine.subscribe(timeout=0.05) as events:
+    with subscribe(mine, timeout=0.05) as events:
         other.create(session_id, "{}", 60)
         assert [next(events) for _ in range(5)] == [None] * 5
 
@@ -292,6 +294,35 @@ def test_every_write_leaves_its_event_in_the_outbox_until_acknowledged(store, an
     store.outbox_ack([created.event_id])
     assert any_redis.zscore(index, created.event_id) is None
     assert any_redis.hget(data, created.event_id) is None
+
+
+def test_every_write_answers_the_session_its_event_describes(store, session_id):
+    """One reply shape and one decoder for every write (scripts/write.lua):
+    each write's session is its event's, field for field, and the state is
+    the bytes the client sent."""
+    state = '{"b": [1, 2],  "a": "x,\\"y"}'  # spacing and escapes kept as sent
+    ended = f"{session_id}-ended"
+    writes = [store.create(session_id, state, 60, owner_id="u-1"),
+              store.update(session_id, state, 1, ttl_seconds=90),
+              store.touch(session_id, 2),
+              store.delete(session_id, 3),
+              store.block(f"{session_id}-blocked", "u-1", 30),
+              store.create(ended, state, 30, owner_id="u-1")]
+    store.client.delete(session_keys(ended)[0])  # as if its lifetime ended
+    status, expired = store.expire(ended, writes[-1].session)
+    writes.append(expired)
+
+    assert status == "expired" and [w.session.version for w in writes] == [1, 2, 3, 4, 1, 1, 2]
+    for write in writes:
+        event = json.loads(write.event_json)
+        session = write.session
+        assert (session.session_id, session.version, session.created_at, session.updated_at,
+                session.ttl_seconds, session.owner_id, session.deleted, session.expired) == (
+            event["session_id"], event["version"], event["created_at"], event["occurred_at"],
+            event["ttl_seconds"], event["owner_id"], event["event_type"] == DELETED,
+            event["event_type"] == EXPIRED)
+        assert write.event_id == event["event_id"] and not write.replayed
+    assert [w.session.state_json for w in writes] == [state] * 3 + ["null"] * 2 + [state, "null"]
 
 
 # -- Redis Cluster: one hash slot per script ---------------------------------

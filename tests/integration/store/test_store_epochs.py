@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.adapters.redis.keys import session_keys
-from chalicelib.adapters.redis.store import EpochChanged, IdUnknown, RedisBehind
+from chalicelib.domain.store import EpochChanged, IdUnknown, RedisBehind
 
 
 def _stale(store, sid, version, stamp="deadbeef"):
@@ -52,14 +52,14 @@ def test_a_write_on_a_value_of_another_epoch_needs_postgresql_s_version(store, s
     _stale(store, session_id, 3)
 
     with pytest.raises(EpochChanged) as changed:
-        store.update(session_id, '{"b":1}', 3, floor=None)
+        store.update(session_id, '{"b":1}', 3, persisted_version=None)
     assert changed.value.version == 3
     with pytest.raises(RedisBehind):
-        store.update(session_id, '{"b":1}', 3, floor=4)
+        store.update(session_id, '{"b":1}', 3, persisted_version=4)
     with pytest.raises(RedisBehind):
-        store.delete(session_id, 3, floor=4)
+        store.delete(session_id, 3, persisted_version=4)
 
-    assert store.update(session_id, '{"b":1}', 3, floor=3).session.version == 4
+    assert store.update(session_id, '{"b":1}', 3, persisted_version=3).session.version == 4
     # written in this epoch now
     assert store.get(session_id, verify=True).version == 4
 
@@ -70,13 +70,13 @@ def test_vouching_stamps_the_current_epoch_and_keeps_the_ttl(store, session_id):
     store.client.expire(session_keys(session_id)[0], 500)
     session = store.get(session_id)
 
-    assert store.vouch(session, floor=2) is True
+    assert store.vouch(session, persisted_version=2) is True
 
     assert store.get(session_id, verify=True).state == {"a": 1}
     assert 0 < store.client.ttl(session_keys(session_id)[0]) <= 500
     with pytest.raises(RedisBehind):
         _stale(store, session_id, 2)
-        store.vouch(store.get(session_id), floor=5)
+        store.vouch(store.get(session_id), persisted_version=5)
 
 
 def test_a_repair_overwrites_an_older_version_but_never_a_newer_one(store, session_id):

@@ -1,9 +1,12 @@
 """The Lua scripts, one file each, read once per process as package data.
 
-Each script is run as ``HEADER + lib.lua + <name>.lua``: the header is
-generated from the event schema (chalicelib.domain.events), so the scripts
-cannot drift from the reader; ``lib.lua`` holds the helpers every script
-shares.  Each ``<name>.lua`` starts with its KEYS / ARGV / returns comment.
+A read or a repair runs as ``lib.lua + <name>.lua``; a write (a script that
+commits a change event) as ``lib.lua + HEADER + write.lua + <name>.lua``:
+``write.lua`` is the write protocol (one ARGV layout, the checks before a
+write, the commit and its reply), and the header is generated from the
+event schema (chalicelib.domain.events), so the scripts cannot drift from
+the reader.  Each ``<name>.lua`` starts with its KEYS / ARGV / returns
+comment.
 """
 from __future__ import annotations
 
@@ -22,25 +25,31 @@ def _read(name: str) -> str:
     return files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
-#: the header and the shared helpers: what every script starts with
-LIB = HEADER + _read("lib.lua")
+#: what every script starts with: the value's format and the epoch
+LIB = _read("lib.lua")
+#: what every write starts with: LIB, the event schema and the write protocol
+WRITE_PRELUDE = LIB + HEADER + _read("write.lua")
 
 
 def load(name: str) -> str:
-    """The whole text of script ``name`` (``<name>.lua`` after ``LIB``)."""
+    """The whole text of read or repair script ``name``."""
     return LIB + _read(f"{name}.lua")
 
 
-CREATE_SCRIPT = load("create")
-UPDATE_SCRIPT = load("update")
-DELETE_SCRIPT = load("delete")
-TOUCH_SCRIPT = load("touch")
-EXPIRE_SCRIPT = load("expire")
+def load_write(name: str) -> str:
+    """The whole text of write script ``name`` (scripts/write.lua)."""
+    return WRITE_PRELUDE + _read(f"{name}.lua")
+
+
+CREATE_SCRIPT = load_write("create")
+UPDATE_SCRIPT = load_write("update")
+DELETE_SCRIPT = load_write("delete")
+TOUCH_SCRIPT = load_write("touch")
+EXPIRE_SCRIPT = load_write("expire")
+BLOCK_SCRIPT = load_write("block")
+GET_SCRIPT = load("get")
 SLIDE_GET_SCRIPT = load("slide_get")
 RESTORE_SCRIPT = load("restore")
 VOUCH_SCRIPT = load("vouch")
 SETTLE_SCRIPT = load("settle")
 HOLD_SCRIPT = load("hold")
-EPOCH_SCRIPT = load("epoch")
-GET_SCRIPT = load("get")
-BLOCK_SCRIPT = load("block")

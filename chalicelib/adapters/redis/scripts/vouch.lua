@@ -1,5 +1,5 @@
 -- KEYS[1] session
--- ARGV[1] the version the caller read  ARGV[2] floor (the version PostgreSQL holds)
+-- ARGV[1] the version the caller read  ARGV[2] the version PostgreSQL holds
 -- returns {'ok'} | {'changed'} (another write came first: it carries the
 --         epoch already) | {'behind', version}
 -- Marks a value of another epoch as confirmed by PostgreSQL, keeping its TTL.
