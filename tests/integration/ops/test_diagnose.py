@@ -154,7 +154,9 @@ def test_diagnose_reports_a_dependency_that_is_down_and_still_checks_the_others(
     by_section = {f.section: f for f in report.findings}
     assert by_section["redis"].level == "fail" and "check REDIS_URL" in by_section["redis"].fix
     assert by_section["queue"].level == "ok"
-    assert by_section["postgresql"].level == "ok"
+    # reachable; whether events were persisted yet depends on the tests that ran before
+    postgresql = [f.level for f in report.findings if f.section == "postgresql"]
+    assert postgresql[0] == "ok" and "fail" not in postgresql, postgresql
     assert report.level == "fail"
 
 
