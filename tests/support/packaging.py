@@ -9,6 +9,7 @@ on Lambda).  So the test packages exactly the pinned versions, offline.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import sys
 import zipfile
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
@@ -28,11 +30,12 @@ BIN = Path(sys.executable).parent
 
 
 def requirement_pins(path: Path) -> dict[str, Requirement]:
-    """name -> Requirement of a requirements file's pins (``-r`` lines followed)."""
+    """name -> Requirement of a requirements file's pins (``-r`` and ``-c``
+    lines followed: a constraints file pins what it names)."""
     pins: dict[str, Requirement] = {}
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
-        if line.startswith("-r "):
+        if line.startswith(("-r ", "-c ")):
             pins.update(requirement_pins(path.parent / line[3:].strip()))
         elif line:
             requirement = Requirement(line)
@@ -83,11 +86,21 @@ def wheelhouse(requirements_file: Path, directory: Path) -> Path:
     return directory
 
 
-def chalice_package(out: Path, workdir: Path, *args: str) -> Path:
-    """`chalice package <args> <out>` of a copy of the project (app.py,
-    chalicelib, requirements.txt, .chalice/config.json: the repository's
-    .chalice/ stays untouched) with fake credentials and no network; returns
-    ``out``."""
+def load_deploy_stage() -> ModuleType:
+    """scripts/deploy_stage.py as a module (scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location("deploy_stage", PROJECT_DIR / "scripts" / "deploy_stage.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def chalice_package(out: Path, workdir: Path, chalice_stage: str = "dev") -> Path:
+    """What `make package STAGE=<stage>` builds (scripts/deploy_stage.py's
+    ``build``: `chalice package` with the merge template, then the zip's
+    bytecode) into ``out``, for a copy of the project (app.py, chalicelib,
+    requirements.txt, .chalice/config.json: the repository's .chalice/ stays
+    untouched), with fake credentials and no network; returns ``out``."""
     project = workdir / "project"
     project.mkdir(parents=True)
     shutil.copy(PROJECT_DIR / "app.py", project)
@@ -102,10 +115,24 @@ def chalice_package(out: Path, workdir: Path, *args: str) -> Path:
     # chalice needs a region even to write a template (infra/README.md)
     env.update(AWS_ACCESS_KEY_ID="fake", AWS_SECRET_ACCESS_KEY="fake", AWS_DEFAULT_REGION="us-east-1",
                PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheels), PIP_DISABLE_PIP_VERSION_CHECK="1")
-    chalice = BIN / "chalice"
-    result = subprocess.run(
-        [str(chalice if chalice.exists() else shutil.which("chalice")), "--project-dir", str(project),
-         "package", *args, str(out)],
-        capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out
+    deploy_stage = load_deploy_stage()
+    try:
+        return deploy_stage.build(project, out, chalice_stage, env=env)
+    except deploy_stage.StageError as exc:
+        raise AssertionError(str(exc)) from None
+
+
+def runtime_provided(directory: Path) -> Path:
+    """What the Lambda runtime provides beside the code (/var/runtime:
+    boto3 and its dependencies, infra/lambda/python3.11-runtime.txt), copied
+    from this virtualenv's installed distributions into ``directory``, with
+    their bytecode (as the runtime ships it)."""
+    for dist in closure([Requirement("boto3")]).values():
+        for file in dist.files or []:
+            if file.parts[0] == "..":  # scripts, outside site-packages
+                continue
+            target = directory / file.as_posix()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # copy2 keeps the mtime the .pyc files were checked against
+            shutil.copy2(file.locate(), target)
+    return directory
