@@ -9,9 +9,9 @@ parent adds the process's whole wall time (interpreter start and exit
 included).  One further run under ``python -X importtime`` gives the
 breakdown by module of ``import app``.
 
-Chalice deploys every function of app.py (the API, the ``api_key``
-authorizer, the ``persist_changes`` consumer, the ``relay_outbox``
-schedule) with the same app.py, so each imports all of it: the section
+Chalice deploys every function of app.py (the API, the ``authorizer``,
+the ``persist_changes`` consumer, the ``relay_outbox`` schedule) with the
+same app.py, so each imports all of it: the section
 measures each function's cold start, and the same for a bare one-route
 Chalice app generated in a temporary directory, so that each function is
 also given as a ratio to what Chalice itself costs on this machine and run.
@@ -142,7 +142,7 @@ def _wrong_answer(function: str, response: Any) -> str | None:
     a figure for a call that failed would measure the failure."""
     if function == "app":
         ok = response.get("statusCode") == 200
-    elif function == "api_key":
+    elif function == "authorizer":
         statements = response.get("policyDocument", {}).get("Statement", [])
         ok = bool(statements) and statements[0].get("Effect") == "Allow"
     elif function == "persist_changes":
@@ -263,7 +263,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             measured = _scenarios({
                 "bare_chalice": ("app", [bare_event] * runs, Path(bare_dir)),
                 "api_first_get": ("app", [get_event] * runs, project_dir()),
-                "authorizer_first_call": ("api_key", [authorizer_event(API_KEY)] * runs, project_dir()),
+                "authorizer_first_call": ("authorizer", [authorizer_event(API_KEY)] * runs, project_dir()),
                 "consumer_first_batch": ("persist_changes", batches, project_dir()),
                 # before the PUTs: their events, unsent to a missing queue,
                 # would otherwise wait in the outbox for this drain
