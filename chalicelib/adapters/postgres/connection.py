@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from psycopg import conninfo
+from psycopg import conninfo, pq
 
 from chalicelib.config import DB_SECRET_ARN, DB_SSL_ROOT_CERT, DEFAULT_DB_SSL_ROOT_CERT, Settings
 from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
@@ -169,7 +170,7 @@ class Connector:
         reached), ConfigurationError or ServiceUnavailable (the DSN).
         """
         conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
+        if conn is not None and not conn.closed and not conn.broken and not _closed_by_server(conn):
             return conn
         self.drop()
         now = self._clock()
@@ -202,6 +203,29 @@ class Connector:
             except psycopg.Error:  # already gone; nothing to release
                 pass
             self._conn = None
+
+
+def _closed_by_server(conn: psycopg.Connection) -> bool:
+    """Whether the other end closed ``conn`` while it sat idle.
+
+    A warm Lambda keeps its connection between invocations, frozen; an idle
+    timeout (RDS Proxy's), a failover or an administrator may end it
+    meanwhile.  The server then sends why (FATAL 57P01...) and closes, but
+    the client learns it only from the next query, which fails: a 503 for
+    a read, a retried batch for the consumer.  An idle connection in
+    autocommit that listens to no channel is sent nothing otherwise, so
+    anything readable on its socket means it is gone (or, rarely, a
+    parameter the server reports changed: a reconnect then costs a
+    connect, nothing more).  One poll of the socket, no round trip.
+    """
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, psycopg.Error):
+        return True
 
 
 # --- the severing watchdog ---------------------------------------------------------
