@@ -365,9 +365,11 @@ class LambdaFunction:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return text[-tail:]
 
-    def tcp_ports(self) -> set[int]:
-        """The local ports of the process's TCP connections (from /proc: its
-        sockets' inodes, looked up in its network namespace's table)."""
+    def tcp_connections(self) -> set[tuple[int, int]]:
+        """(local port, remote port) of each of the process's established
+        TCP connections (from /proc: its sockets' inodes, looked up in its
+        network namespace's tables).  One the server closed is in
+        CLOSE_WAIT until the process notices: not established."""
         assert self.proc is not None
         pid = self.proc.pid
         inodes = set()
@@ -378,16 +380,16 @@ class LambdaFunction:
                 continue
             if target.startswith("socket:["):
                 inodes.add(target[len("socket:["):-1])
-        ports = set()
+        found = set()
         for table in ("tcp", "tcp6"):
             path = Path(f"/proc/{pid}/net/{table}")
             if not path.exists():
                 continue
             for row in path.read_text().splitlines()[1:]:
                 fields = row.split()
-                if fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-        return ports
+                if fields[9] in inodes and fields[3] == "01":  # ESTABLISHED
+                    found.add((int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)))
+        return found
 
 
 class EventSourceMapping:

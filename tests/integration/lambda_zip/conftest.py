@@ -24,11 +24,10 @@ from typing import Any
 
 import pytest
 
+from tests.integration.lambda_zip.utils import API_KEY
 from tests.support.constants import PG_TEST_ADMIN_URL, database_url
 from tests.support.lambda_runtime import LambdaFunction, function_environment, template_functions
 from tests.support.servers import RedisServer
-
-API_KEY = "zip-tier-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
@@ -182,3 +181,18 @@ def lambda_stack(packaged_template, lambda_task_root, lambda_runtime_dir, tmp_pa
             yield stack
         finally:
             stack.stop()
+
+
+@pytest.fixture(scope="module")
+def migrated(lambda_stack) -> dict[str, Any]:
+    """The migration function, invoked directly, on the empty database."""
+    migrations = lambda_stack.function("RunMigrations")
+    invocation = migrations.invoke({"action": "migrate"})
+    assert invocation.ok, invocation.error
+    lambda_stack.refs["SchemaMigrations.Version"] = str(invocation.result["version"])
+    return invocation.result
+
+
+@pytest.fixture(scope="module")
+def authorizer(lambda_stack) -> LambdaFunction:
+    return lambda_stack.function("Authorizer")
