@@ -35,6 +35,11 @@ DB_SECRET_ARN = "DB_SECRET_ARN"
 # own: RDS Proxy's endpoint, while the secret (attached to the instance, and
 # rotated with it) names the instance, where migrations connect.
 DB_HOST = "DB_HOST"
+# true: the connection goes through a transaction pooler (RDS Proxy,
+# PgBouncer in transaction mode), where a session's state does not follow it
+# from one transaction to the next: no startup options (the pooler's init
+# query sets the timeouts) and no server-side prepared statements.
+DB_POOLED = "DB_POOLED"
 # The CA bundle that verifies the database server's certificate when the
 # connection comes from DB_SECRET_ARN (sslmode=verify-full).
 DB_SSL_ROOT_CERT = "DB_SSL_ROOT_CERT"
@@ -158,6 +163,8 @@ class Settings:
     database_url: str | None = None
     db_secret_arn: str | None = None
     db_host: str | None = None
+    #: DB_POOLED: a transaction pooler stands between the functions and PostgreSQL
+    db_pooled: bool = False
     db_ssl_root_cert: str = DEFAULT_DB_SSL_ROOT_CERT
     queue_url: str | None = None
     queue_name: str | None = None
@@ -414,6 +421,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         db_secret_arn=_opt(env, DB_SECRET_ARN),
         db_host=_opt(env, DB_HOST),
+        db_pooled=_bool(env, DB_POOLED),
         db_ssl_root_cert=_opt(env, DB_SSL_ROOT_CERT) or DEFAULT_DB_SSL_ROOT_CERT,
         queue_url=_opt(env, SESSION_QUEUE_URL),
         queue_name=_opt(env, SESSION_QUEUE_NAME),
