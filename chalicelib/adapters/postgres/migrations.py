@@ -229,10 +229,13 @@ class DeployStep:
 
     def __init__(self, dsn_provider: Callable[[], str],
                  respond: Callable[..., None],
-                 migrations: list[Migration] | None = None) -> None:
+                 migrations: list[Migration] | None = None, *, pooled: bool = False) -> None:
+        """``pooled``: through a transaction pooler (DB_POOLED; the deploy's
+        step connects to the instance itself, an operator may not)."""
         self._dsn_provider = dsn_provider
         self._respond = respond
         self._migrations = migrations
+        self._pooled = pooled
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:
         if "RequestType" in event and "ResponseURL" in event:
@@ -247,7 +250,7 @@ class DeployStep:
 
         migrations = discover() if self._migrations is None else self._migrations
         with connection.connect(self._dsn_provider(), statement_timeout_ms=None, lock_timeout_ms=None,
-                                application_name="sessionsync-migrate") as conn:
+                                application_name="sessionsync-migrate", pooled=self._pooled) as conn:
             before = status(conn, migrations)
             ahead = [s for s in before if s.state == UNKNOWN]
             blocked = [s for s in before if s.state == CHANGED]
