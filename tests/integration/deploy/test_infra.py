@@ -295,3 +295,21 @@ def test_every_session_route_is_guarded_by_the_authorizer_function_and_health_by
         for method, operation in methods.items():
             expected = [] if path == "/health" else [{name: []}]
             assert operation.get("security", []) == expected, (method, path)
+
+
+def test_the_functions_behind_rds_proxy_are_pooled_and_the_proxy_sets_their_session_settings(packaged):
+    from chalicelib.adapters.postgres import connection
+
+    for name, function in functions(packaged).items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        if "DB_HOST" in variables and variables["DB_HOST"] != "":
+            # wherever DB_HOST names RDS Proxy (or the operator's pooler)
+            assert variables["DB_POOLED"] == {"Fn::If": ["UsesDbProxy", "true", "false"]}, name
+            assert variables["DB_HOST"]["Fn::If"][0] == "CreateDatabase", name
+        else:
+            assert "DB_POOLED" not in variables, name
+    assert packaged["Conditions"]["UsesDbProxy"]["Fn::Or"][0] == {"Condition": "CreateDatabase"}
+    stack = cfn_yaml.loads((INFRA / "stacks" / "database.yaml").read_text())
+    pool = stack["Resources"]["ProxyTargets"]["Properties"]["ConnectionPoolConfigurationInfo"]
+    assert pool["InitQuery"] == (f"SET statement_timeout = {connection.STATEMENT_TIMEOUT_MS}; "
+                                 f"SET lock_timeout = {connection.LOCK_TIMEOUT_MS}; SET TimeZone = 'UTC'")
