@@ -19,6 +19,7 @@ import stat
 import uuid
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -156,31 +157,42 @@ def stack_refs(template: dict[str, Any], *, redis_port: int, queues: Any, api_ke
             "SchemaMigrations.Version": "0"}
 
 
-@pytest.fixture(scope="module")
-def lambda_stack(packaged_template, lambda_task_root, lambda_runtime_dir, tmp_path_factory, stack_redis,
-                 stack_database, stack_queues, secrets, sqs) -> Iterator[LambdaStack]:
+@contextmanager
+def stack_of(template: dict[str, Any], task_root: Path, runtime_dir: Path, workdir: Path, redis: RedisServer,
+             database: str, queues: Any, secrets: Any, *, db_host: str = "") -> Iterator[LambdaStack]:
+    """The functions configured as the ``byo`` stage would configure them
+    for these services (DbHost: ``db_host``, a pooler's host:port, or the
+    secret's host when empty); the secrets deleted and the functions stopped after."""
     from psycopg import conninfo
 
     from tests.support.constants import LOCALSTACK_URL
     from tests.support.secrets import temporary_secret
 
-    params = conninfo.conninfo_to_dict(stack_database)
+    params = conninfo.conninfo_to_dict(database)
     db_secret = {"engine": "postgres", "username": params.get("user", "postgres"), "password": "unused",
                  "host": params.get("host", "127.0.0.1"), "port": int(params.get("port", 5432)),
                  "dbname": params["dbname"], "sslmode": "disable"}
     with temporary_secret(secrets, "sessionsync-zip-api-keys", {"api_keys": [API_KEY]}) as keys_arn, \
             temporary_secret(secrets, "sessionsync-zip-db", db_secret) as db_arn:
-        refs = stack_refs(packaged_template, redis_port=stack_redis.port, queues=stack_queues,
-                          api_keys_arn=keys_arn, db_secret_arn=db_arn)
-        stack = LambdaStack(packaged_template, lambda_task_root, lambda_runtime_dir,
-                            tmp_path_factory.mktemp("zip-logs"), refs,
-                            replaced={"REDIS_URL": f"redis://127.0.0.1:{stack_redis.port}"},
-                            added={"AWS_ENDPOINT_URL": LOCALSTACK_URL}, redis=stack_redis,
-                            database_url=stack_database, queues=stack_queues)
+        refs = stack_refs(template, redis_port=redis.port, queues=queues, api_keys_arn=keys_arn,
+                          db_secret_arn=db_arn, db_host=db_host)
+        stack = LambdaStack(template, task_root, runtime_dir, workdir, refs,
+                            replaced={"REDIS_URL": f"redis://127.0.0.1:{redis.port}"},
+                            added={"AWS_ENDPOINT_URL": LOCALSTACK_URL}, redis=redis,
+                            database_url=database, queues=queues)
         try:
             yield stack
         finally:
             stack.stop()
+
+
+@pytest.fixture(scope="module")
+def lambda_stack(packaged_template, lambda_task_root, lambda_runtime_dir, tmp_path_factory, stack_redis,
+                 stack_database, stack_queues, secrets) -> Iterator[LambdaStack]:
+    logs = tmp_path_factory.mktemp("zip-logs")
+    with stack_of(packaged_template, lambda_task_root, lambda_runtime_dir, logs, stack_redis, stack_database,
+                  stack_queues, secrets) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
