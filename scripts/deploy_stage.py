@@ -237,7 +237,7 @@ def package(stage: str, config: dict[str, Any]) -> Path:
 
 
 def build(project: Path, out: Path, chalice_stage: str, *, env: dict[str, str] | None = None,
-          merge_template: Path = MERGE_TEMPLATE, log: Path | None = None) -> Path:
+          merge_template: Path | None = MERGE_TEMPLATE, log: Path | None = None) -> Path:
     """The Lambda package of ``project`` (app.py, chalicelib,
     requirements.txt, .chalice/) into ``out``: `chalice package --stage
     CHALICE_STAGE --merge-template ...` (sam.json, deployment.zip), then the
@@ -246,9 +246,10 @@ def build(project: Path, out: Path, chalice_stage: str, *, env: dict[str, str] |
     StageError with chalice's output when it fails or cannot install a
     dependency for Lambda's platform; ``log`` keeps chalice's output."""
     chalice = Path(sys.executable).parent / "chalice"
+    merge = ["--merge-template", str(merge_template)] if merge_template else []
     result = subprocess.run([str(chalice if chalice.exists() else shutil.which("chalice")),
                              "--project-dir", str(project), "package", "--stage", chalice_stage,
-                             "--merge-template", str(merge_template), str(out)],
+                             *merge, str(out)],
                             capture_output=True, text=True, env=env, timeout=900)
     output = result.stdout + result.stderr
     if log is not None:
@@ -305,6 +306,119 @@ def compile_package(path: Path) -> int:
                 package.writestr(info, pyc.read_bytes())
         replacement.replace(path)
     return len(compiled)
+
+
+# --- offline builds: the tests' and the bench's packages ----------------------------
+#
+# Chalice pip-downloads requirements.txt to build the package.  The tests and
+# the bench point its pip at a wheelhouse instead (PIP_NO_INDEX,
+# PIP_FIND_LINKS: chalice runs pip in a subprocess with the environment
+# given): the distributions requirements.txt needs, repacked from this
+# virtualenv with the tags they were installed with (manylinux for hiredis
+# and psycopg-binary, as on Lambda x86_64).  So they package exactly the
+# pinned versions, without the network.  (They need the ``packaging`` library:
+# the dev extra.)
+
+def requirement_pins(path: Path) -> dict[str, Any]:
+    """name -> Requirement of a requirements file's pins (``-r`` and ``-c``
+    lines followed: a constraints file pins what it names)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, Any] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith(("-r ", "-c ")):
+            pins.update(requirement_pins(path.parent / line[3:].strip()))
+        elif line:
+            requirement = Requirement(line)
+            pins[canonicalize_name(requirement.name)] = requirement
+    return pins
+
+
+def closure(requirements: list[Any]) -> dict[str, Any]:
+    """The installed distributions (importlib.metadata) these requirements
+    need, dependencies included."""
+    from importlib import metadata
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, Any] = {}
+    seen: set[tuple[str, str]] = set()
+    pending = list(requirements)
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        dist = found.setdefault(name, metadata.distribution(name))
+        # its own dependencies ("" : no extra), then those of each extra asked for
+        for extra in ("", *requirement.extras):
+            if (name, extra) not in seen:
+                seen.add((name, extra))
+                environment = {**default_environment(), "extra": extra}
+                pending += [child for child in map(Requirement, dist.requires or [])
+                            if child.marker is None or child.marker.evaluate(environment)]
+    return found
+
+
+def _repack(dist: Any, directory: Path) -> Path:
+    """An installed distribution back into a wheel (files from its RECORD)."""
+    from packaging.tags import sys_tags
+    from packaging.utils import canonicalize_name
+
+    wheel_info = dist.read_text("WHEEL") or ""
+    installed_tags = re.findall(r"^Tag: (\S+)$", wheel_info, re.M)
+    ours = {str(t) for t in sys_tags()}
+    tag = next((t for t in installed_tags if t in ours), installed_tags[0])
+    name = canonicalize_name(dist.metadata["Name"]).replace("-", "_")
+    path = directory / f"{name}-{dist.version}-{tag}.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as wheel:
+        for file in dist.files or []:
+            # scripts live outside site-packages; bytecode is rebuilt where installed
+            if file.parts[0] == ".." or file.suffix == ".pyc":
+                continue
+            wheel.write(file.locate(), file.as_posix())
+    return path
+
+
+def wheelhouse(requirements_file: Path, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for dist in closure(list(requirement_pins(requirements_file).values())).values():
+        _repack(dist, directory)
+    return directory
+
+
+def build_offline(project: Path, out: Path, workdir: Path, chalice_stage: str = "dev", *,
+                  merge_template: Path | None = MERGE_TEMPLATE) -> Path:
+    """``build`` of ``project`` with pip pointed at a wheelhouse repacked
+    from this virtualenv (in ``workdir``), fake credentials and no AWS_*,
+    SESSION_*, REDIS_*, DATABASE_*, DB_* or PIP_* variables of ours."""
+    wheels = wheelhouse(project / "requirements.txt", workdir / "wheels")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "SESSION_", "REDIS_", "DATABASE_", "DB_", "PIP_"))}
+    # chalice needs a region even to write a template (infra/README.md)
+    env.update(AWS_ACCESS_KEY_ID="fake", AWS_SECRET_ACCESS_KEY="fake", AWS_DEFAULT_REGION="us-east-1",
+               PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheels), PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return build(project, out, chalice_stage, env=env, merge_template=merge_template)
+
+
+def runtime_provided(directory: Path) -> Path:
+    """What the Lambda runtime provides beside the code (/var/runtime:
+    boto3 and its dependencies, RUNTIME_PROVIDED), copied from this
+    virtualenv's installed distributions into ``directory``, with their
+    bytecode (as the runtime ships it)."""
+    from packaging.requirements import Requirement
+
+    for dist in closure([Requirement("boto3")]).values():
+        for file in dist.files or []:
+            if file.parts[0] == "..":  # scripts, outside site-packages
+                continue
+            target = directory / file.as_posix()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # copy2 keeps the mtime the .pyc files were checked against
+            shutil.copy2(file.locate(), target)
+    return directory
 
 
 # --- deploy ----------------------------------------------------------------------
