@@ -116,7 +116,7 @@ def test_a_frozen_consumer_whose_database_connection_was_closed_persists_its_nex
     consumer.thaw()
 
     sqs.send_message(QueueUrl=lambda_stack.queues.url, MessageBody=change_body(second, 1, "{}"))
-    batch = mapping.deliver(consumer, receive_all(mapping, 1))
+    batch = mapping.deliver(consumer, receive_all(mapping, 1, second))
 
     assert batch.ok and batch.result == {"batchItemFailures": []}, batch.error or batch.result
     assert sync_events(lambda_stack.database_url, [first, second]) == {

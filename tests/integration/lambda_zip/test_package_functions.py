@@ -119,9 +119,11 @@ def normalized(status: int, headers: dict[str, str], body: bytes, ids: dict[str,
     parsed: Any = text
     if text and "json" in kept.get("content-type", ""):
         parsed = json.loads(text)
-        if isinstance(parsed, dict) and "checks" in parsed:  # /health: latencies are each call's own
-            parsed = {"status": parsed["status"], "checks": {name: check["status"] for name, check
-                                                              in parsed["checks"].items()}}
+        if isinstance(parsed, dict) and "checks" in parsed:
+            # /health: latencies are each call's own, and each probe's one-second deadline
+            # may pass on a loaded machine: the dependencies it reports, not their state
+            return {"status": "200 or 503" if status in (200, 503) else status,
+                    "headers": kept, "body": sorted(parsed["checks"])}
     return {"status": status, "headers": kept, "body": parsed}
 
 
@@ -194,7 +196,8 @@ def test_the_api_function_answers_every_route_as_the_app_in_process_does(lambda_
 
     statuses = [a["status"] for a in zip_answers]
     assert statuses == [201, 201, 409, 200, 304, 200, 409, 412, 428, 400, 400, 200, 200, 200, 400, 204, 404,
-                        200], statuses
+                        "200 or 503"], statuses
+    assert zip_answers[-1]["body"] == ["dlq", "postgresql", "queue", "redis"]
     for step, (zipped, local) in enumerate(zip(zip_answers, local_answers, strict=True)):
         assert zipped == local, (step, scenario("<id>", "<owner>")[step][:2])
 
@@ -230,7 +233,7 @@ def test_a_batch_with_poison_persists_the_rest_and_dead_letters_the_poison_with_
     garbage, unstorable = "not an event", change_body(f"zp-{uuid.uuid4().hex[:8]}", 1, '{"x":"\\u0000"}')
     for body in (garbage, unstorable):
         sqs.send_message(QueueUrl=lambda_stack.queues.url, MessageBody=body)
-    records = receive_all(mapping, 5)
+    records = receive_all(mapping, 5, *sids, garbage, unstorable)
 
     invocation = mapping.deliver(consumer, records)
 
@@ -262,14 +265,14 @@ def test_a_batch_the_database_cannot_take_fails_whole_and_comes_back(lambda_stac
                                            json.dumps({"session_id": sid, "state": {}}), authorized))
         assert created.ok and created.result["statusCode"] == 201, created.error or created.result
 
-    failed = mapping.deliver(unreachable, receive_all(mapping, 2))
+    failed = mapping.deliver(unreachable, receive_all(mapping, 2, *sids))
 
     # every record must be retried: the handler raises (so that a mapping
     # without ReportBatchItemFailures deletes nothing either)
     assert not failed.ok and failed.error["errorType"] == "BatchIncomplete", failed.error
     assert "2 of 2 records must be retried" in failed.error["errorMessage"]
     # they come back after the visibility timeout, and the healthy function persists them
-    delivered = mapping.deliver(consumer, receive_all(mapping, 2))
+    delivered = mapping.deliver(consumer, receive_all(mapping, 2, *sids))
     assert delivered.ok and delivered.result == {"batchItemFailures": []}
     assert sync_events(lambda_stack.database_url, sids) == {sid: [(1, "session_created")] for sid in sids}
     unreachable.stop()

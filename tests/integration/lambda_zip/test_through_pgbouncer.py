@@ -121,7 +121,7 @@ def test_the_api_and_two_consumers_share_two_server_connections_past_psycopg_s_p
         # each consumer takes batches in turn: their statements and the
         # API's reads interleave on the pool's two server connections
         for consumer in consumers:
-            batch = mapping.deliver(consumer, receive_all(mapping, 2))
+            batch = mapping.deliver(consumer, receive_all(mapping, 2, *sids))
             assert batch.ok and batch.result == {"batchItemFailures": []}, batch.error or batch.result
         history = call("GET", f"/sessions/{sids[round_ % len(sids)]}/events")
         assert history["statusCode"] == 200, history

@@ -77,10 +77,20 @@ def change_body(session_id: str, version: int, state_json: str) -> str:
                 version, stamp, stamp, state_json))
 
 
-def receive_all(mapping: EventSourceMapping, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+def receive_all(mapping: EventSourceMapping, count: int, *markers: str,
+                timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The ``count`` messages of the queue whose body holds one of
+    ``markers`` (a test's session ids, its own bodies); any other message
+    (another test's, left behind) is made visible again at once."""
     deadline, records = time.monotonic() + timeout, []
     while len(records) < count and time.monotonic() < deadline:
-        records += mapping.receive()
+        for record in mapping.receive():
+            if any(marker in record["body"] for marker in markers):
+                records.append(record)
+            else:
+                mapping.sqs.change_message_visibility(QueueUrl=mapping.queue_url,
+                                                      ReceiptHandle=record["receiptHandle"],
+                                                      VisibilityTimeout=0)
     assert len(records) == count, f"{len(records)} of {count} messages received"
     return records
 
