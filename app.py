@@ -1,9 +1,10 @@
 """sessionsync: the Chalice app.  A routing table, nothing more.
 
-Each route parses its input with ``chalicelib.domain.validation``, calls one
-``SessionService`` method and returns through ``chalicelib.api.web``, which maps
-every domain error to one error shape (RFC 9457 problem details).
-No Redis, SQL or boto3 here.
+Each route reads its request through ``chalicelib.api.request`` (the
+headers, parsed by ``chalicelib.api.headers``), builds the domain's request
+with ``chalicelib.domain.validation``, calls one ``SessionService`` method
+and returns through ``chalicelib.api.web``, which maps every domain error to
+one error shape (RFC 9457 problem details).  No Redis, SQL or boto3 here.
 
 Every Lambda function (the API, the ``authorizer``, the
 ``persist_changes`` consumer, the ``relay_outbox`` and ``sweep_expired``
@@ -14,9 +15,10 @@ function (``sessionsync bench --sections coldstart``, by_function).
 """
 from chalice import AuthResponse, Chalice, IAMAuthorizer, Rate
 
-from chalicelib import config, runtime
-from chalicelib.api import web
-from chalicelib.domain import idempotency, merge_patch, validation
+from chalicelib import config, constants, runtime
+from chalicelib.api import headers, web
+from chalicelib.api.request import Request
+from chalicelib.domain import validation
 from chalicelib.observability import logs
 
 # Chalice's own log handler prints plain text; logs.configure() makes every
@@ -57,10 +59,9 @@ session_auth = IAMAuthorizer() if config.auth_mode() == "iam" else authorizer
 @app.route("/sessions", methods=["POST"], authorizer=session_auth)
 @web.handles_errors
 def create_session():
-    request = app.current_request
-    keyed = idempotency.for_request(request.headers.get(idempotency.HEADER), "POST", "/sessions",
-                                    request.raw_body)
-    create = validation.create_request(request.raw_body, runtime.settings().max_state_bytes,
+    request = Request(app.current_request)
+    keyed = request.idempotency("/sessions")
+    create = validation.create_request(request.body, runtime.settings().max_state_bytes,
                                        default_id=keyed.session_id() if keyed else None)
     session = runtime.service().create(create, keyed)
     return web.session_response(session, 201,
@@ -70,28 +71,23 @@ def create_session():
 @app.route("/sessions/{session_id}", methods=["GET"], authorizer=session_auth)
 @web.handles_errors
 def get_session(session_id):
-    request = app.current_request
-    condition = validation.if_none_match(request.headers.get("if-none-match"))
-    read = runtime.service().get_accepting_stale(
-        validation.session_id(session_id), validation.max_stale(request.headers.get("cache-control")))
-    headers = web.read_headers(read.recovered, read.stale_age)
+    request = Request(app.current_request)
+    condition = request.if_none_match
+    read = runtime.service().get_accepting_stale(validation.session_id(session_id), request.max_stale)
+    source = web.read_headers(read.recovered, read.stale_age)
     if condition is not None and condition.matches(read.session.version):
-        return web.not_modified(read.session, **headers)
-    return web.session_response(read.session, **headers)
+        return web.not_modified(read.session, **source)
+    return web.session_response(read.session, **source)
 
 
 @app.route("/sessions/{session_id}", methods=["PUT"], authorizer=session_auth)
 @web.handles_errors
 def update_session(session_id):
-    request = app.current_request
-    put = validation.put_request(session_id, request.raw_body,
-                                 if_match_header=request.headers.get("if-match"),
-                                 if_none_match_header=request.headers.get("if-none-match"),
+    request = Request(app.current_request)
+    put = validation.put_request(session_id, request.body, if_match=request.if_match,
+                                 if_none_match=request.if_none_match,
                                  max_state_bytes=runtime.settings().max_state_bytes)
-    keyed = idempotency.for_request(request.headers.get(idempotency.HEADER), "PUT",
-                                    f"/sessions/{put.session_id}", request.raw_body,
-                                    if_match=request.headers.get("if-match"),
-                                    if_none_match=request.headers.get("if-none-match"))
+    keyed = request.idempotency(f"/sessions/{put.session_id}", request.if_match, request.if_none_match)
     if isinstance(put, validation.CreateRequest):  # If-None-Match: *
         with web.precondition("If-None-Match: *", put.session_id, absent_fails=False):
             session = runtime.service().create(put, keyed)
@@ -102,19 +98,15 @@ def update_session(session_id):
 
 
 # Chalice refuses (415) a body of another Content-Type before the view runs;
-# validation checks it strictly (parameters, */*), as Chalice does not.
+# the route checks it strictly (parameters, */*), as Chalice does not.
 @app.route("/sessions/{session_id}", methods=["PATCH"], authorizer=session_auth,
-           content_types=[merge_patch.MEDIA_TYPE])
+           content_types=[headers.MERGE_PATCH])
 @web.handles_errors
 def patch_session(session_id):
-    request = app.current_request
-    patch = validation.patch_request(session_id, request.raw_body,
-                                     content_type=request.headers.get("content-type"),
-                                     if_match_header=request.headers.get("if-match"),
+    request = Request(app.current_request)
+    patch = validation.patch_request(session_id, request.merge_patch(), if_match=request.if_match,
                                      max_state_bytes=runtime.settings().max_state_bytes)
-    keyed = idempotency.for_request(request.headers.get(idempotency.HEADER), "PATCH",
-                                    f"/sessions/{patch.session_id}", request.raw_body,
-                                    if_match=request.headers.get("if-match"))
+    keyed = request.idempotency(f"/sessions/{patch.session_id}", request.if_match)
     with web.if_match(patch.if_match, patch.session_id):
         return web.session_response(runtime.service().patch(patch, keyed))
 
@@ -122,12 +114,10 @@ def patch_session(session_id):
 @app.route("/sessions/{session_id}", methods=["DELETE"], authorizer=session_auth)
 @web.handles_errors
 def delete_session(session_id):
-    request = app.current_request
+    request = Request(app.current_request)
     sid = validation.session_id(session_id)
-    condition = validation.if_match(request.headers.get("if-match"))
-    keyed = idempotency.for_request(request.headers.get(idempotency.HEADER), "DELETE",
-                                    f"/sessions/{sid}", request.raw_body,
-                                    if_match=request.headers.get("if-match"))
+    condition = request.if_match
+    keyed = request.idempotency(f"/sessions/{sid}", condition)
     with web.if_match(condition, sid):
         deleted = runtime.service().delete(sid, condition.version if condition else None, keyed)
     return web.no_content(deleted)
@@ -136,11 +126,9 @@ def delete_session(session_id):
 @app.route("/sessions/{session_id}/touch", methods=["POST"], authorizer=session_auth)
 @web.handles_errors
 def touch_session(session_id):
-    request = app.current_request
-    touch = validation.touch_request(session_id, request.raw_body, request.headers.get("if-match"))
-    keyed = idempotency.for_request(request.headers.get(idempotency.HEADER), "POST",
-                                    f"/sessions/{touch.session_id}/touch", request.raw_body,
-                                    if_match=request.headers.get("if-match"))
+    request = Request(app.current_request)
+    touch = validation.touch_request(session_id, request.body, request.if_match)
+    keyed = request.idempotency(f"/sessions/{touch.session_id}/touch", touch.if_match)
     with web.if_match(touch.if_match, touch.session_id):
         session = runtime.service().touch(touch.session_id,
                                           touch.if_match.version if touch.if_match else None,
@@ -196,8 +184,8 @@ def health_check():
 
 # --- the durable pipeline -----------------------------------------------------
 
-@app.on_sqs_message(queue=config.trigger_queue_name(), batch_size=config.CONSUMER_BATCH_SIZE,
-                    maximum_concurrency=config.CONSUMER_MAX_CONCURRENCY)
+@app.on_sqs_message(queue=config.trigger_queue_name(), batch_size=constants.CONSUMER_BATCH_SIZE,
+                    maximum_concurrency=constants.CONSUMER_MAX_CONCURRENCY)
 def persist_changes(event):
     """SQS -> PostgreSQL; poison goes to the DLQ.  Safe with or without
     ReportBatchItemFailures on the mapping: when a record must be retried,
@@ -207,27 +195,24 @@ def persist_changes(event):
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))
 def relay_outbox(event):
-    """Re-send outbox entries that never reached SQS, until 5 s before the timeout."""
-    remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
-    result = runtime.relay().drain(budget_seconds=max(1.0, remaining - 5.0))
+    """Re-send outbox entries that never reached SQS, until shortly before the timeout."""
+    result = runtime.relay().drain(budget_seconds=runtime.schedule_budget(event.context))
     return {"found": result.found, "sent": result.sent}
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))
 def sweep_expired(event):
     """Record one session_expired event per session whose lifetime ended
-    (chalicelib.pipeline.expiry), until 5 s before the timeout."""
-    remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
-    result = runtime.expiry_sweep().run(budget_seconds=max(1.0, remaining - 5.0))
+    (chalicelib.pipeline.expiry), until shortly before the timeout."""
+    result = runtime.expiry_sweep().run(budget_seconds=runtime.schedule_budget(event.context))
     return {"candidates": result.candidates, "expired": result.expired, "skipped": result.skipped}
 
 
 @app.schedule(Rate(1, unit=Rate.HOURS))
 def purge_sync_events(event):
     """SYNC_EVENTS_RETENTION_DAYS: delete older sync_events rows, never a
-    session's latest, in bounded batches, until 5 s before the timeout."""
-    remaining = event.context.get_remaining_time_in_millis() / 1000 if event.context else 55.0
-    return runtime.purge_events(budget_seconds=max(1.0, remaining - 5.0)).to_dict()
+    session's latest, in bounded batches, until shortly before the timeout."""
+    return runtime.purge_events(budget_seconds=runtime.schedule_budget(event.context)).to_dict()
 
 
 # --- the deploy ---------------------------------------------------------------

@@ -13,6 +13,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from chalicelib.config import SESSION_QUEUE_URL, Settings, load_settings
+from chalicelib.constants import (
+    SCHEDULE_MARGIN_SECONDS,
+    SCHEDULE_MIN_BUDGET_SECONDS,
+    SCHEDULE_REMAINING_WITHOUT_CONTEXT,
+)
 
 if TYPE_CHECKING:  # the builders import these on first use (cold start)
     from chalicelib.adapters.postgres.database import Database
@@ -293,3 +298,12 @@ def health_probes() -> dict[str, Probe]:
     if s.has_dlq:
         probes["dlq"] = health.dlq_probe(sqs, dlq_url)
     return probes
+
+
+def schedule_budget(context: Any) -> float:
+    """The seconds a scheduled run (relay, expiry sweep, retention purge)
+    may take: until a margin before its invocation's timeout, so that it
+    stops between batches instead of being killed in one."""
+    remaining = (context.get_remaining_time_in_millis() / 1000 if context
+                 else SCHEDULE_REMAINING_WITHOUT_CONTEXT)
+    return max(SCHEDULE_MIN_BUDGET_SECONDS, remaining - SCHEDULE_MARGIN_SECONDS)

@@ -115,7 +115,7 @@ COSTED = {
 ALARMS = 19
 DASHBOARDS = 1
 
-# chalicelib/config.py (tests/unit/test_capacity_render.py keeps them equal)
+# chalicelib/constants.py (tests/unit/test_capacity_render.py keeps them equal)
 CONSUMER_BATCH_SIZE = 10
 CONSUMER_MAX_CONCURRENCY = 5
 BUCKETS = 1024

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.adapters.aws import session_of, sqs_batches
-from chalicelib.config import FIFO_SUFFIX
+from chalicelib.constants import FIFO_SUFFIX
 from chalicelib.domain.errors import ServiceUnavailable
 from chalicelib.pipeline.dead_letters import (
     CONSTRAINT,

@@ -27,14 +27,8 @@ import psycopg
 from psycopg import conninfo, sql
 
 from chalicelib.adapters.postgres import connection
-from chalicelib.config import (
-    FIFO_SUFFIX,
-    QUEUE_MAX_RECEIVE_COUNT,
-    QUEUE_VISIBILITY_TIMEOUT,
-    SESSION_QUEUE_NAME,
-    Settings,
-    default_queue_name,
-)
+from chalicelib.config import SESSION_QUEUE_NAME, Settings, default_queue_name
+from chalicelib.constants import FIFO_SUFFIX, QUEUE_MAX_RECEIVE_COUNT, QUEUE_VISIBILITY_TIMEOUT
 from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
 from sessionsync import migrations
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chalicelib.config import CONSUMER_BATCH_SIZE, QUEUE_VISIBILITY_TIMEOUT
+from chalicelib.constants import CONSUMER_BATCH_SIZE, QUEUE_VISIBILITY_TIMEOUT
 from chalicelib.domain.errors import ServiceUnavailable
 from chalicelib.pipeline.consumer import BatchIncomplete
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -65,16 +64,11 @@ _LABELS = {"redis": "Redis", "postgresql": "PostgreSQL", "sqs": "SQS",
            "secretsmanager": "Secrets Manager"}
 #: the dependency behind each check, when the check is not named after it
 _CHECK_DEPENDENCY = {"queue": "sqs", "dlq": "sqs"}
-#: the settings a ConfigurationError may name in a report: config's names
-_SETTINGS = frozenset(value for name, value in vars(config).items()
-                      if name.isupper() and isinstance(value, str)
-                      and re.fullmatch(r"[A-Z][A-Z0-9_]*", value))
+#: the settings a ConfigurationError may name in a report: config's variables
+_SETTINGS = frozenset(name for variable in config.variables() for name in variable.names)
 #: the check a broken setting stops (when the settings cannot even be loaded)
-_SETTING_CHECK = {config.REDIS_URL: "redis", config.REDIS_CLUSTER: "redis",
-                  config.REDIS_TIMEOUT: "redis", config.DATABASE_URL: "postgresql",
-                  config.DB_SECRET_ARN: "postgresql", config.SESSION_QUEUE_URL: "queue",
-                  config.SESSION_QUEUE_NAME: "queue", config.SESSION_DLQ_URL: "dlq",
-                  config.SESSION_DLQ_NAME: "dlq"}
+_SETTING_CHECK = {name: variable.check for variable in config.variables() if variable.check
+                  for name in variable.names}
 
 _ACCESS_DENIED = "access denied"
 _AWS_CODES = {

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from chalice import Response
 
+from chalicelib.api.headers import IDEMPOTENT_REPLAYED, MERGE_PATCH
 from chalicelib.domain.errors import (
     ConcurrencyError,
     KeptChanging,
@@ -28,8 +29,6 @@ from chalicelib.domain.errors import (
     SessionSyncError,
     UnsupportedMediaType,
 )
-from chalicelib.domain.idempotency import REPLAYED_HEADER
-from chalicelib.domain.merge_patch import MEDIA_TYPE as MERGE_PATCH_MEDIA_TYPE
 from chalicelib.domain.session import Session
 from chalicelib.domain.validation import IfMatch
 
@@ -57,7 +56,7 @@ def replayed(session: Session) -> dict[str, str]:
     """``Idempotent-Replayed: true`` on the answer to a retry that found its
     Idempotency-Key's recorded write (the original outcome, written no
     second time); nothing otherwise."""
-    return {REPLAYED_HEADER: "true"} if session.replayed else {}
+    return {IDEMPOTENT_REPLAYED: "true"} if session.replayed else {}
 
 
 def read_headers(recovered: bool, stale_age: int | None) -> dict[str, str]:
@@ -159,7 +158,7 @@ def error_response(exc: SessionSyncError) -> Response:
 
 
 # The media type each method's body must be declared as (Chalice's 415 names it)
-_BODY_MEDIA_TYPES = {"PATCH": MERGE_PATCH_MEDIA_TYPE}
+_BODY_MEDIA_TYPES = {"PATCH": MERGE_PATCH}
 
 
 def chalice_errors_in_api_shape(response: Response, method: str | None = None) -> Response:

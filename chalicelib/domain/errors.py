@@ -2,8 +2,9 @@
 
 Every error a client or an operator can see is a ``SessionSyncError`` with a
 stable machine-readable ``code`` (never renamed: clients switch on it), the
-HTTP ``status`` it maps to, and its data as attributes (for example the
-expected and actual version of a ``ConcurrencyError``).  ``app.py`` turns
+HTTP ``status`` it maps to, and its data in ``details`` (the body's), read
+as attributes too (``Detail``: the expected and actual version of a
+``ConcurrencyError``).  ``app.py`` turns
 them into the one JSON error shape in one place (``chalicelib.api.web``).
 
 Adapters (Redis, SQS, PostgreSQL) translate vendor exceptions into these with
@@ -11,7 +12,9 @@ Adapters (Redis, SQS, PostgreSQL) translate vendor exceptions into these with
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
+
+T = TypeVar("T")
 
 
 class SessionSyncError(Exception):
@@ -32,6 +35,30 @@ class SessionSyncError(Exception):
         if self.details:
             body["details"] = self.details
         return body
+
+
+class Detail(Generic[T]):
+    """An error's attribute that reads its ``details`` entry (of the
+    attribute's name, or ``key``): each value is stored once."""
+
+    def __init__(self, key: str = "") -> None:
+        self.key = key
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = self.key or name
+
+    @overload
+    def __get__(self, error: None, owner: type) -> Detail[T]: ...
+    @overload
+    def __get__(self, error: SessionSyncError, owner: type) -> T: ...
+
+    def __get__(self, error: SessionSyncError | None, owner: type) -> Detail[T] | T:
+        if error is None:
+            return self
+        return error.details[self.key]
+
+    def __set__(self, error: SessionSyncError, value: T) -> None:
+        raise AttributeError(f"{self.key} is set by the error's constructor")
 
 
 # --- client errors ---------------------------------------------------------
@@ -85,13 +112,13 @@ class UnsupportedMediaType(SessionSyncError):
 class SessionNotFound(SessionSyncError):
     code = "SessionNotFound"
     status = 404
+    session_id: Detail[str] = Detail()
+    deleted: Detail[bool] = Detail()
 
     def __init__(self, session_id: str, *, deleted: bool = False) -> None:
         message = (f"session {session_id!r} was deleted" if deleted
                    else f"session {session_id!r} does not exist")
         super().__init__(message, session_id=session_id, deleted=deleted)
-        self.session_id = session_id
-        self.deleted = deleted
 
 
 class SessionExpired(SessionNotFound):
@@ -101,29 +128,27 @@ class SessionExpired(SessionNotFound):
     client can tell "start a new session" from "wrong id"."""
 
     code = "SessionExpired"
+    expires_at: Detail[str | None] = Detail()
 
     def __init__(self, session_id: str, *, expires_at: str | None = None) -> None:
         SessionSyncError.__init__(self, f"session {session_id!r} expired"
                                   + (f" at {expires_at}" if expires_at else "")
                                   + " (its lifetime ended; ids are never reused)",
                                   session_id=session_id, deleted=False, expires_at=expires_at)
-        self.session_id = session_id
-        self.deleted = False
-        self.expires_at = expires_at
 
 
 class SessionExists(SessionSyncError):
     code = "SessionExists"
     status = 409
+    session_id: Detail[str] = Detail()
+    version: Detail[int] = Detail()
+    deleted: Detail[bool] = Detail()
 
     def __init__(self, session_id: str, *, version: int, deleted: bool = False) -> None:
         super().__init__(
             f"session {session_id!r} already exists"
             + (" (deleted; ids are never reused)" if deleted else ""),
             session_id=session_id, version=version, deleted=deleted)
-        self.session_id = session_id
-        self.version = version
-        self.deleted = deleted
 
 
 class ConcurrencyError(SessionSyncError):
@@ -131,6 +156,9 @@ class ConcurrencyError(SessionSyncError):
 
     code = "ConcurrencyError"
     status = 409
+    session_id: Detail[str] = Detail()
+    expected_version: Detail[int | None] = Detail()
+    actual_version: Detail[int] = Detail()
 
     def __init__(self, session_id: str, *, expected_version: int | None, actual_version: int) -> None:
         super().__init__(
@@ -138,9 +166,6 @@ class ConcurrencyError(SessionSyncError):
             f"not the expected {expected_version}",
             session_id=session_id, expected_version=expected_version,
             actual_version=actual_version)
-        self.session_id = session_id
-        self.expected_version = expected_version
-        self.actual_version = actual_version
 
 
 class KeptChanging(ConcurrencyError):
@@ -158,10 +183,7 @@ class KeptChanging(ConcurrencyError):
                   f"patch lost to another writer (the last read version {expected_version}, "
                   f"then found {actual_version}); retry",
             session_id=session_id, expected_version=expected_version, actual_version=actual_version)
-        self.session_id = session_id
-        self.expected_version = expected_version
-        self.actual_version = actual_version
-        self.attempts = attempts
+        self.attempts = attempts  # in the message, not in details
 
 
 class PreconditionFailed(ConcurrencyError):
@@ -174,6 +196,8 @@ class PreconditionFailed(ConcurrencyError):
 
     code = "PreconditionFailed"
     status = 412
+    actual_version: Detail[int | None] = Detail()  # type: ignore[assignment]
+    precondition: Detail[str] = Detail()
 
     def __init__(self, session_id: str, *, precondition: str, expected_version: int | None,
                  actual_version: int | None, deleted: bool = False) -> None:
@@ -183,10 +207,6 @@ class PreconditionFailed(ConcurrencyError):
             self, f"{precondition} failed: session {session_id!r} {current}",
             session_id=session_id, precondition=precondition,
             expected_version=expected_version, actual_version=actual_version)
-        self.session_id = session_id
-        self.expected_version = expected_version
-        self.actual_version = actual_version  # type: ignore[assignment]
-        self.precondition = precondition
 
 
 class IdempotencyKeyReused(SessionSyncError):
@@ -196,13 +216,13 @@ class IdempotencyKeyReused(SessionSyncError):
 
     code = "IdempotencyKeyReused"
     status = 422
+    session_id: Detail[str] = Detail()
+    key: Detail[str] = Detail("idempotency_key")
 
     def __init__(self, session_id: str, key: str) -> None:
         super().__init__(f"Idempotency-Key {key!r} was already used for a different request on "
                          f"session {session_id!r}; send a new key for a new request",
                          session_id=session_id, idempotency_key=key)
-        self.session_id = session_id
-        self.key = key
 
 
 # --- dependency errors -----------------------------------------------------
@@ -213,10 +233,10 @@ class ServiceUnavailable(SessionSyncError):
     code = "ServiceUnavailable"
     status = 503
     retryable = True
+    dependency: Detail[str] = Detail()
 
     def __init__(self, message: str, *, dependency: str, **details: Any) -> None:
         super().__init__(message, dependency=dependency, **details)
-        self.dependency = dependency
 
 
 class RecoveryPending(ServiceUnavailable):
@@ -245,10 +265,10 @@ class ConfigurationError(SessionSyncError):
 
     code = "ConfigurationError"
     status = 500
+    setting: Detail[str] = Detail()
 
     def __init__(self, setting: str, message: str, **details: Any) -> None:
         super().__init__(f"{setting}: {message}", setting=setting, **details)
-        self.setting = setting
 
 
 # --- persistence (consumer side) -------------------------------------------
@@ -260,12 +280,12 @@ class PersistenceError(SessionSyncError):
     """
 
     code = "PersistenceError"
+    sqlstate: Detail[str | None] = Detail()
+    constraint: Detail[str | None] = Detail()
 
     def __init__(self, message: str, *, sqlstate: str | None = None,
                  constraint: str | None = None, **details: Any) -> None:
         super().__init__(message, sqlstate=sqlstate, constraint=constraint, **details)
-        self.sqlstate = sqlstate
-        self.constraint = constraint
 
 
 class RetryablePersistenceError(PersistenceError):

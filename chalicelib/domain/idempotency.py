@@ -7,31 +7,17 @@ true``) instead of a 409/412 against its own write.  The store records the
 key in the same Lua script as the write it names (``ss:{NNNN}:i:<id>:<key>``,
 chalicelib/adapters/redis/scripts/), so a write and its record exist
 together or not at all; docs/decisions/idempotency-keys.md has the design.
+The header's grammar is chalicelib/api/headers.py's.
 
-Pure: parsing and fingerprinting, no I/O.
+Pure: the fingerprint of a request, no I/O.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
 from dataclasses import dataclass
 
-from chalicelib.domain.errors import ValidationError
-
-HEADER = "Idempotency-Key"
-#: the response header that marks a replayed outcome
-REPLAYED_HEADER = "Idempotent-Replayed"
-MAX_KEY_LENGTH = 255
-# The header is a Structured Field string (RFC 8941 section 3.3.3): in
-# quotes, printable ASCII, with \" and \\ escaped.  A bare value of visible
-# ASCII without quotes, backslashes, commas or semicolons is taken too (what
-# many clients send: an unquoted UUID) and names the same key as its quoted
-# form.  docs/openapi.yaml's pattern is this one.
-_QUOTED = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
-_BARE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
-_UNESCAPE = re.compile(r'\\(["\\])')
 # POST /sessions without a session_id: a keyed request's id is derived from
 # its key (uuid5 in this namespace), so that its retry names the same
 # session, and finds the record, instead of creating a second one.
@@ -52,27 +38,6 @@ class Idempotency:
         return str(uuid.uuid5(_ID_NAMESPACE, self.key))
 
 
-def parse_key(header: str | None) -> str | None:
-    """The key of an ``Idempotency-Key`` header (None: no header).  Raises
-    ValidationError (400) for a malformed one."""
-    if header is None:
-        return None
-    value = header.strip(" \t")
-    quoted = _QUOTED.fullmatch(value)
-    if quoted is not None:
-        key = _UNESCAPE.sub(r"\1", quoted[1])
-    elif _BARE.fullmatch(value):
-        key = value
-    else:
-        raise ValidationError(f'{HEADER} must be a string in quotes ("8e03978e-40d5") of printable '
-                              'ASCII, \\" and \\\\ escaped, or a bare token of visible ASCII',
-                              field=HEADER)
-    if not 1 <= len(key) <= MAX_KEY_LENGTH:
-        raise ValidationError(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters long",
-                              field=HEADER)
-    return key
-
-
 def fingerprint(method: str, path: str, body: bytes | None, **preconditions: str | None) -> str:
     """sha256 of the method, the path (the session id as validated), the
     precondition headers that decide the outcome (If-Match, If-None-Match,
@@ -87,11 +52,3 @@ def fingerprint(method: str, path: str, body: bytes | None, **preconditions: str
     digest.update(body or b"")
     return digest.hexdigest()
 
-
-def for_request(header: str | None, method: str, path: str, body: bytes | None,
-                **preconditions: str | None) -> Idempotency | None:
-    """The Idempotency of a write request, or None when it has no key."""
-    key = parse_key(header)
-    if key is None:
-        return None
-    return Idempotency(key, fingerprint(method, path, body, **preconditions))

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-#: the media type of a merge patch (RFC 7396 section 4)
-MEDIA_TYPE = "application/merge-patch+json"
-
 
 def apply(target: Any, patch: Any) -> Any:
     """The result of applying ``patch`` to ``target`` (RFC 7396 section 2)."""

@@ -1,8 +1,10 @@
-"""Parse and check client input before anything is written.
+"""Parse and check client input before anything is written: path ids,
+bodies, query parameters, and the requests they make up.
 
-Everything here is pure (no I/O) and raises ``ValidationError`` (400),
-``PayloadTooLarge`` (413) or ``PreconditionRequired`` (428) with a message
-that says what to fix.
+The request builders take the headers already parsed (chalicelib/api/headers.py
+holds the HTTP grammar).  Everything here is pure (no I/O) and raises
+``ValidationError`` (400), ``PayloadTooLarge`` (413) or
+``PreconditionRequired`` (428) with a message that says what to fix.
 """
 from __future__ import annotations
 
@@ -14,14 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from chalicelib.config import MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from chalicelib.constants import MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from chalicelib.domain import merge_patch
-from chalicelib.domain.errors import (
-    PayloadTooLarge,
-    PreconditionRequired,
-    UnsupportedMediaType,
-    ValidationError,
-)
+from chalicelib.domain.errors import PayloadTooLarge, PreconditionRequired, ValidationError
 
 SESSION_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,128}"
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
@@ -33,14 +30,6 @@ _ENVELOPE_SLACK = 4096
 # A version in a header or query string: ASCII digits only (str.isdigit()
 # accepts "²", which int() refuses) and no longer than 2**63 - 1.
 _VERSION_TEXT = re.compile(r"[0-9]{1,19}")
-# docs/openapi.yaml's If-Match pattern, with the quotes balanced: "3" or 3
-_IF_MATCH = re.compile(r'(?P<q>"?)(?P<version>[1-9][0-9]{0,17})(?P=q)')
-# RFC 9110's entity-tag (an optional W/ and an opaque string in quotes; its
-# obs-text left out: visible ASCII) and a list of them: docs/openapi.yaml's
-# If-None-Match pattern
-_ENTITY_TAG = re.compile(r'(?:W/)?"(?P<opaque>[\x21\x23-\x7e]*)"')
-_ENTITY_TAGS = re.compile(rf"{_ENTITY_TAG.pattern}(?:[ \t]*,[ \t]*{_ENTITY_TAG.pattern})*"
-                          .replace("(?P<opaque>", "("))
 # JSON does not tell 3 from 3.0, nor does JSON Schema (an "integer" is any
 # whole number): a whole float is the integer it spells, up to 2**53, past
 # which a float no longer spells one integer exactly.
@@ -235,27 +224,6 @@ class IfMatch:
     version: int | None
 
 
-def if_match(header: str | None) -> IfMatch | None:
-    """An If-Match header: ``*``, or the version as the ETag of a GET
-    (``"3"``) or bare (``3``).  A weak tag is refused: If-Match compares
-    strongly (RFC 9110 section 13.1.1), and a weak tag never matches."""
-    if header is None:
-        return None
-    # spaces and tabs only, as docs/openapi.yaml's pattern says: str.strip()
-    # also takes \x85, \xa0 and \x1c-\x1f, which a client's regex may not
-    value = header.strip(" \t")
-    if value == "*":
-        return IfMatch(value, None)
-    if value.startswith("W/"):
-        raise ValidationError(f'If-Match takes strong ETags only: send {value[2:]}, not {value} '
-                              "(a weak tag never matches, RFC 9110)", field="If-Match")
-    match = _IF_MATCH.fullmatch(value)
-    if match is None:
-        raise ValidationError('If-Match must be a session version: the ETag of a GET ("3"), 3 or *',
-                              field="If-Match")
-    return IfMatch(value, version(int(match["version"]), "If-Match"))
-
-
 @dataclass(frozen=True)
 class IfNoneMatch:
     """A parsed If-None-Match: ``*`` or entity tags, compared weakly
@@ -271,20 +239,6 @@ class IfNoneMatch:
 
     def matches(self, version: int) -> bool:
         return self.any or str(version) in self.tags
-
-
-def if_none_match(header: str | None) -> IfNoneMatch | None:
-    """An If-None-Match header: ``*`` or a list of entity tags (any opaque
-    tag is taken; only a session's ETag can match)."""
-    if header is None:
-        return None
-    value = header.strip(" \t")
-    if value == "*":
-        return IfNoneMatch(value, frozenset())
-    if not _ENTITY_TAGS.fullmatch(value):
-        raise ValidationError('If-None-Match must be * or a list of ETags ("3", W/"3")',
-                              field="If-None-Match")
-    return IfNoneMatch(value, frozenset(tag["opaque"] for tag in _ENTITY_TAG.finditer(value)))
 
 
 def ttl_seconds(value: Any) -> int | None:
@@ -335,41 +289,39 @@ def _put_body(raw: bytes | None, max_state_bytes: int, *, creates: bool = False)
     return body
 
 
-def update_request(path_id: str, raw: bytes | None, if_match_header: str | None,
+def update_request(path_id: str, raw: bytes | None, if_match: IfMatch | None,
                    max_state_bytes: int) -> UpdateRequest:
     sid = session_id(path_id)
     body = _put_body(raw, max_state_bytes)
-    header = if_match(if_match_header)
     body_version = body.get("expected_version")
     if body_version is not None:
         body_version = version(body_version, "expected_version")
-    if body_version is None and header is None:
+    if body_version is None and if_match is None:
         raise PreconditionRequired(
             "send expected_version in the body or an If-Match header; "
             "updates are compare-and-set")
-    if body_version is not None and header is not None and header.version is None:
+    if body_version is not None and if_match is not None and if_match.version is None:
         raise ValidationError("If-Match: * updates whatever version is current; "
                               "leave expected_version out", field="expected_version")
-    if body_version is not None and header is not None and body_version != header.version:
+    if body_version is not None and if_match is not None and body_version != if_match.version:
         raise ValidationError("expected_version and If-Match disagree",
-                              expected_version=body_version, if_match=header.version)
-    expected = body_version if body_version is not None else header.version if header else None
-    return UpdateRequest(sid, check_state(body["state"], max_state_bytes), expected, header,
+                              expected_version=body_version, if_match=if_match.version)
+    expected = body_version if body_version is not None else if_match.version if if_match else None
+    return UpdateRequest(sid, check_state(body["state"], max_state_bytes), expected, if_match,
                          ttl_seconds(body.get("ttl_seconds")))
 
 
-def put_request(path_id: str, raw: bytes | None, *, if_match_header: str | None,
-                if_none_match_header: str | None,
+def put_request(path_id: str, raw: bytes | None, *, if_match: IfMatch | None,
+                if_none_match: IfNoneMatch | None,
                 max_state_bytes: int) -> UpdateRequest | CreateRequest:
     """A PUT: an update, or with ``If-None-Match: *`` a create of this id if
     it does not exist (RFC 9110 section 13.1.2), from the same body."""
-    condition = if_none_match(if_none_match_header)
-    if condition is None:
-        return update_request(path_id, raw, if_match_header, max_state_bytes)
-    if not condition.any:
+    if if_none_match is None:
+        return update_request(path_id, raw, if_match, max_state_bytes)
+    if not if_none_match.any:
         raise ValidationError("If-None-Match on a PUT takes only * (create the session if it "
                               "does not exist)", field="If-None-Match")
-    if if_match_header is not None:
+    if if_match is not None:
         raise ValidationError("send If-Match (update) or If-None-Match: * (create), not both",
                               field="If-None-Match")
     sid = session_id(path_id)
@@ -381,17 +333,16 @@ def put_request(path_id: str, raw: bytes | None, *, if_match_header: str | None,
                          ttl_seconds(body.get("ttl_seconds")), _body_owner(body))
 
 
-def touch_request(path_id: str, raw: bytes | None, if_match_header: str | None) -> TouchRequest:
+def touch_request(path_id: str, raw: bytes | None, if_match: IfMatch | None) -> TouchRequest:
     """POST /sessions/{id}/touch: an optional body ``{"ttl_seconds": N}``
     (none, or an empty one, keeps the TTL) and an optional If-Match."""
     sid = session_id(path_id)
-    header = if_match(if_match_header)
     ttl = None
     if raw and raw.strip():
         body = parse_body(raw, 1024)
         _reject_unknown(body, {"ttl_seconds"})
         ttl = ttl_seconds(body.get("ttl_seconds"))
-    return TouchRequest(sid, header, ttl)
+    return TouchRequest(sid, if_match, ttl)
 
 
 def page_limit(raw: str | None, default: int = 50, maximum: int = 500) -> int:
@@ -421,11 +372,6 @@ PATCHABLE_MEMBERS = frozenset({"state", "ttl_seconds"})
 #: ``ttl_seconds``)
 _SERVER_MEMBERS = frozenset({"session_id", "version", "created_at", "updated_at", "expires_at",
                              "owner_id"})
-# "application/merge-patch+json", optionally "; charset=utf-8" (any case,
-# the value quoted or not): the body is decoded as UTF-8, so no other charset
-_MERGE_PATCH_TYPE = re.compile(
-    r'[ \t]*application/merge-patch\+json[ \t]*'
-    r'(?:;[ \t]*charset[ \t]*=[ \t]*(?:utf-8|"utf-8")[ \t]*)?', re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -443,23 +389,15 @@ class PatchRequest:
     ttl_seconds: int | None = None
 
 
-def merge_patch_media_type(header: str | None) -> None:
-    """Refuse (415) a body not declared as ``application/merge-patch+json``."""
-    if header is None or not _MERGE_PATCH_TYPE.fullmatch(header):
-        raise UnsupportedMediaType(
-            f"PATCH takes Content-Type: {merge_patch.MEDIA_TYPE} (RFC 7396), not "
-            f"{(header or 'none')[:100]}", accepted=[merge_patch.MEDIA_TYPE])
-
-
-def patch_request(path_id: str, raw: bytes | None, *, content_type: str | None,
-                  if_match_header: str | None, max_state_bytes: int) -> PatchRequest:
-    """A PATCH: a merge patch of the session resource (what GET returns), of
-    which only ``state`` and ``ttl_seconds`` may change.  The patch is held to the limits of a
-    state (``check_state``: NUL, depth, numbers, surrogates, size); the
-    merged state is checked again by the service before it is written."""
-    merge_patch_media_type(content_type)
+def patch_request(path_id: str, raw: bytes | None, *, if_match: IfMatch | None,
+                  max_state_bytes: int) -> PatchRequest:
+    """A PATCH (its media type already checked, ``headers.require_merge_patch``):
+    a merge patch of the session resource (what GET returns), of which only
+    ``state`` and ``ttl_seconds`` may change.  The patch is held to the
+    limits of a state (``check_state``: NUL, depth, numbers, surrogates,
+    size); the merged state is checked again by the service before it is
+    written."""
     sid = session_id(path_id)
-    header = if_match(if_match_header)
     body = parse_body(raw, max_state_bytes)  # a patch that is not an object would replace the session
     server_members = sorted(set(body) & _SERVER_MEMBERS - PATCHABLE_MEMBERS)
     if server_members:
@@ -474,7 +412,7 @@ def patch_request(path_id: str, raw: bytes | None, *, content_type: str | None,
                                   "lifetime); send a number of seconds", field="ttl_seconds")
         ttl = ttl_seconds(body["ttl_seconds"])
     if "state" not in body:
-        return PatchRequest(sid, None, max_state_bytes, header, ttl)
+        return PatchRequest(sid, None, max_state_bytes, if_match, ttl)
     state = body["state"]
     if state is None:
         raise ValidationError("state cannot be removed (a session always has a state); "
@@ -483,7 +421,7 @@ def patch_request(path_id: str, raw: bytes | None, *, content_type: str | None,
         raise ValidationError("state in a merge patch must be a JSON object: it is merged into "
                               "the session's state (send a PUT to replace it)", field="state")
     check_state(state, max_state_bytes)
-    return PatchRequest(sid, state, max_state_bytes, header, ttl)
+    return PatchRequest(sid, state, max_state_bytes, if_match, ttl)
 
 
 def merged_state(state: dict[str, Any], state_patch: dict[str, Any] | None,
@@ -493,70 +431,9 @@ def merged_state(state: dict[str, Any], state_patch: dict[str, Any] | None,
     return check_state(merge_patch.apply(state, state_patch or {}), max_state_bytes)
 
 
-# --- Cache-Control: max-stale (RFC 9111 section 5.2.1.2) ----------------------
-
-# RFC 9110's token, and a directive: a token with an optional token or
-# quoted-string argument (RFC 9111 section 5.2)
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_CACHE_DIRECTIVE = re.compile(rf'(?P<name>{_TOKEN})(?:=(?P<value>{_TOKEN}|"(?:[^"\\]|\\.)*"))?')
-# one element of the comma-separated list: commas inside quotes do not count
-_LIST_ELEMENT = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")*')
-# RFC 9111 section 1.2.2: a delta-seconds past what a cache can represent
-# counts as 2**31
-MAX_DELTA_SECONDS = 2 ** 31
-
-
 @dataclass(frozen=True)
 class MaxStale:
     """A client's ``Cache-Control: max-stale``: it accepts a copy that may be
     behind, ``seconds`` old at most (None: of any age)."""
 
     seconds: int | None
-
-
-def _cache_directives(header: str) -> list[tuple[str, str | None]]:
-    """(lower-case name, argument without its quotes or None) of each
-    directive of a Cache-Control header that parses; the others (and the
-    empty elements a list may hold, RFC 9110 section 5.6.1) are left out.
-    A quote left open spoils the whole header: none then."""
-    directives: list[tuple[str, str | None]] = []
-    position = 0
-    while position <= len(header):
-        element = _LIST_ELEMENT.match(header, position)
-        assert element is not None  # it matches the empty string too
-        match = _CACHE_DIRECTIVE.fullmatch(element.group().strip(" \t"))
-        if match is not None:
-            value = match["value"]
-            if value is not None and value.startswith('"'):
-                value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            directives.append((match["name"].lower(), value))
-        if element.end() < len(header) and header[element.end()] != ",":
-            return []  # an open quote
-        position = element.end() + 1  # past the comma (or the end)
-    return directives
-
-
-def max_stale(header: str | None) -> MaxStale | None:
-    """The ``max-stale`` directive of a Cache-Control request header, or
-    None when there is none.
-
-    ``max-stale`` alone accepts any age, ``max-stale=N`` (or ``="N"``, as
-    RFC 9111 section 5.2 asks recipients to accept) N whole seconds at
-    most.  Never raises: a header that does not parse, or a ``max-stale``
-    whose argument is not delta-seconds, is ignored as RFC 9111 ignores
-    directives it cannot use (the request is served as without it: a 400
-    would fail requests that a proxy on the way decorated, and the opt-in
-    only matters while Redis is down).  Of several ``max-stale``, the first
-    counts (RFC 9111 section 4.2.1).
-    """
-    if header is None:
-        return None
-    for name, value in _cache_directives(header):
-        if name != "max-stale":
-            continue
-        if value is None:
-            return MaxStale(None)
-        if not re.fullmatch(r"[0-9]+", value):
-            return None
-        return MaxStale(min(int(value), MAX_DELTA_SECONDS))
-    return None

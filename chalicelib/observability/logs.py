@@ -30,10 +30,10 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
+from chalicelib.config import LOG_LEVEL
 from chalicelib.observability.formatter import JsonFormatter
 
 ROOT_LOGGER = "sessionsync"
-LOG_LEVEL_ENV = "LOG_LEVEL"  # chalicelib.config.LOG_LEVEL; read here without loading every setting
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _context: ContextVar[Mapping[str, Any]] = ContextVar("sessionsync_log_context", default=_EMPTY)
@@ -166,6 +166,6 @@ def configure(level: str | int | None = None, *, stream: Any = None) -> logging.
     logger.addHandler(handler)
     logger.propagate = False
     if level is None:
-        level = os.environ.get(LOG_LEVEL_ENV)
+        level = os.environ.get(LOG_LEVEL)  # alone: a bad other setting must not stop the logs
     logger.setLevel(level if isinstance(level, int) else parse_level(level))
     return logger

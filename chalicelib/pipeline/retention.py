@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from chalicelib.adapters.postgres import retention as sql
 from chalicelib.adapters.postgres.database import Database
-from chalicelib.config import DEFAULT_RETENTION_BATCH
+from chalicelib.constants import DEFAULT_RETENTION_BATCH
 from chalicelib.observability import metrics
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ from chalicelib.adapters.redis.store import (
     SessionStore,
     WriteResult,
 )
-from chalicelib.config import DEFAULT_REDIS_SETTLE_SECONDS
+from chalicelib.config import Settings
 from chalicelib.domain import validation
 from chalicelib.domain.errors import (
     ConcurrencyError,
@@ -137,7 +137,7 @@ class HistoryPage:
 class SessionService:
     def __init__(self, store: SessionStore, *, publisher: Publisher | None = None,
                  durable: DurableSessions | None = None, default_ttl: int = 3600,
-                 settle_seconds: float = DEFAULT_REDIS_SETTLE_SECONDS,
+                 settle_seconds: float = Settings.redis_settle,
                  slide_on_read: bool = False) -> None:
         self.store = store
         #: SESSION_SLIDE_ON_READ: a GET gives the Redis key its full TTL again

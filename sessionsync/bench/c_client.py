@@ -6,15 +6,34 @@ latency percentiles (``--csv``: milliseconds with three decimals, so the
 figures are whole microseconds).  Any command with its arguments can be
 given (``EVALSHA <sha> <numkeys> <keys...> <args...>``), so the floor of a
 script call is the same script with the same keys and arguments.
+
+``CFloors``: the GET, the EVALSHA of GET_SCRIPT and of UPDATE_SCRIPT with
+the store's keys and arguments, in slices spread over a section's rounds;
+each floor is the median of its slices' p50.  The update's script is
+UPDATE_SCRIPT without its version check (redis-benchmark cannot send the
+next version on each call): every call commits, as the store's updates
+do, and that is checked.
 """
 from __future__ import annotations
 
 import csv
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
+
+from sessionsync.bench.stats import median
+
+if TYPE_CHECKING:
+    import redis
+
+    from chalicelib.adapters.redis.store import SessionStore
+    from sessionsync.bench.context import BenchContext
+
+# UPDATE_SCRIPT's version check, taken out for the C client's floor
+VERSION_CHECK = "if ARGV[3] ~= '' and v ~= tonumber(ARGV[3]) then return {'conflict', v} end\n"
 
 
 class CClientUnavailable(RuntimeError):
@@ -64,3 +83,71 @@ def latency(redis_url: str, command: Sequence[str | bytes | int], requests: int,
     for name in ("avg", "min", "p50", "p95", "p99", "max"):
         out[f"{name}_us"] = round(float(row[f"{name}_latency_ms"]) * 1000, 1)
     return out
+
+
+class CFloors:
+    """The C client's floors of a section, measured in slices (module docstring)."""
+
+    def __init__(self, ctx: BenchContext, store: SessionStore, raw_client: redis.Redis,
+                 read_key: str, state: str, prefix: str) -> None:
+        from chalicelib.adapters.redis.codec import iso_utc
+        from chalicelib.adapters.redis.keys import session_keys
+        from chalicelib.adapters.redis.scripts import GET_SCRIPT, UPDATE_SCRIPT
+
+        self.ctx = ctx
+        self.store = store
+        self.update_id = f"{prefix}-c-update"
+        store.create(self.update_id, state, 3600)
+        if VERSION_CHECK not in UPDATE_SCRIPT:
+            raise AssertionError("UPDATE_SCRIPT's version check changed: update VERSION_CHECK")
+        get_sha = raw_client.script_load(GET_SCRIPT)
+        update_sha = raw_client.script_load(UPDATE_SCRIPT.replace(VERSION_CHECK, ""))
+        now = time.time()
+        keys = session_keys(self.update_id)
+        # UPDATE_SCRIPT's ARGV, as SessionStore.update sends them (floor 0)
+        update_args: list[str | bytes | int] = [self.update_id, state, 1, iso_utc(now),
+                                                int(now * 1000), store.marker_ttl, store.channel, 0]
+        self.commands: dict[str, list[str | bytes | int]] = {
+            "c_get": ["GET", read_key],
+            "c_get_verified": ["EVALSHA", get_sha, 1, read_key],
+            "c_update": ["EVALSHA", update_sha, len(keys), *keys, *update_args],
+        }
+        self.slices: dict[str, list[dict[str, Any]]] = {name: [] for name in self.commands}
+        self.error: str | None = None
+
+    def at_round(self, done: int, rounds: int, requests: int) -> None:
+        """A slice before the first round, halfway and after the last."""
+        if done in (0, rounds // 2, rounds):
+            self.measure(requests)
+
+    def measure(self, requests: int) -> None:
+        from sessionsync.bench.harness import ack_all
+
+        if self.error is not None:
+            return
+        try:
+            for name, command in self.commands.items():
+                before = self._version() if name == "c_update" else 0
+                self.slices[name].append(latency(self.ctx.redis_url, command, requests))
+                if name == "c_update":
+                    after = self._version()
+                    if after != before + requests:
+                        raise AssertionError(f"the C client's updates did not all commit: "
+                                             f"{before} -> {after}")
+                    ack_all(self.store, [f"{self.update_id}:{v}" for v in range(before + 1, after + 1)])
+        except CClientUnavailable as exc:
+            self.error = str(exc)
+            self.ctx.log(f"no C-client floors ({exc})")
+
+    def _version(self) -> int:
+        from chalicelib.domain.session import Session
+
+        return cast(Session, self.store.get(self.update_id)).version
+
+    def summary(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        return {name: {"p50_us": median([s["p50_us"] for s in slices]),
+                       "p99_us": median([s["p99_us"] for s in slices]),
+                       "slices": slices}
+                for name, slices in self.slices.items()}

@@ -32,16 +32,14 @@ from typing import Any, cast
 import hiredis
 import redis
 
-from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.codec import iso_utc
 from chalicelib.adapters.redis.keys import session_keys
 from chalicelib.adapters.redis.scripts import EPOCH_SCRIPT, UPDATE_SCRIPT
 from chalicelib.adapters.redis.store import SessionStore
-from chalicelib.config import Settings
-from sessionsync.bench.context import STATE_BYTES, BenchContext, delete_session_keys, state_json
-from sessionsync.bench.stats import interleaved, median, ratio, summarize_ns
+from sessionsync.bench.context import STATE_BYTES, BenchContext
+from sessionsync.bench.harness import TRIVIAL_SCRIPT, SectionRedis, ack_all, server_usec
+from sessionsync.bench.stats import interleaved, ratio, summarize_ns
 
-TRIVIAL_SCRIPT = "return 1"
 # the update's keys and arguments in, a reply of the update's shape out
 # ({'ok', event, created}: the event is about the state's size)
 ECHO_SCRIPT = "return {'ok', ARGV[2], ARGV[4]}"
@@ -201,69 +199,29 @@ def _resp(value: Any) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-def _server_usec(raw: redis.Redis, ops: dict[str, Callable[[], Any]], calls: int,
-                 rounds: int = 20) -> dict[str, float]:
-    """INFO commandstats usec per EVALSHA of each op: alternating blocks, the
-    median of the blocks' figures (commandstats times a command by the wall
-    clock, so a block in which the server lost its CPU is an outlier, not a
-    shift of the mean)."""
-    per_block: dict[str, list[float]] = {name: [] for name in ops}
-    block = max(1, calls // rounds)
-    for _ in range(rounds):
-        for name, op in ops.items():
-            before = raw.info("commandstats").get("cmdstat_evalsha", {})
-            for _ in range(block):
-                op()
-            after = raw.info("commandstats").get("cmdstat_evalsha", {})
-            n = after.get("calls", 0) - before.get("calls", 0)
-            if n:
-                per_block[name].append((after.get("usec", 0) - before.get("usec", 0)) / n)
-    return {name: round(median(values), 2) if values else 0.0
-            for name, values in per_block.items()}
-
-
 def run(ctx: BenchContext) -> dict[str, Any]:
     iterations = ITERATIONS.get(ctx.profile.name, ITERATIONS["quick"])
-    prefix = ctx.session_prefix("cas")
-    state = state_json(STATE_BYTES)
-    # the service's client, with a timeout a loaded machine cannot trip
-    # (the timeout costs nothing per call)
-    app_client = connect_redis(Settings(redis_url=ctx.redis_url, redis_timeout=10.0))
-    raw = redis.Redis.from_url(ctx.redis_url)
-    store = SessionStore(app_client, channel=f"{prefix}-updates")
-    used: list[str] = []
-    versions: dict[str, int] = {}
-    pending: list[str] = []
-    try:
-        for name in ("update", "echo", "variants", "stub", "minimal"):
-            store.create(f"{prefix}-{name}", state, 3600)
-            used.append(f"{prefix}-{name}")
-            versions[f"{prefix}-{name}"] = 1
-        update_id = f"{prefix}-update"
-        keys = session_keys(update_id)
+    with SectionRedis(ctx, "cas", timeout=10.0) as r:
+        store, raw, client, state = r.store, r.raw, r.client, r.state
+        update = r.updater("update")
+        keys = session_keys(update.session_id)
+        variant_id = r.create("variants")
+        variant_keys = session_keys(variant_id)
+        stub_id = r.create("stub")
+        minimal_key = session_keys(r.create("minimal"))[0]
+        raw.set(minimal_key, "1|" + state, ex=3600)
         trivial_sha = raw.script_load(TRIVIAL_SCRIPT)
         echo_sha = raw.script_load(ECHO_SCRIPT)
         epoch_sha = raw.script_load(EPOCH_SCRIPT)
-        variant_shas = {name: raw.script_load(variant_script(name)) for name, _, _ in VARIANTS}
-        variant_shas["full"] = raw.script_load(UPDATE_SCRIPT)
         prelude_sha = raw.script_load(prelude_script())
         minimal_sha = raw.script_load(MINIMAL_CAS_SCRIPT)
-        minimal_key = session_keys(f"{prefix}-minimal")[0]
-        raw.set(minimal_key, "1|" + state, ex=3600)
-        variant_id = f"{prefix}-variants"
-        variant_keys = session_keys(variant_id)
-
-        def update() -> Any:
-            result = store.update(update_id, state, versions[update_id])
-            versions[update_id] += 1
-            pending.append(result.event_id)
-            return result
+        variant_shas = {name: raw.script_load(variant_script(name)) for name, _, _ in VARIANTS}
+        variant_shas["full"] = raw.script_load(UPDATE_SCRIPT)
 
         def echo() -> Any:
             now = time.time()
-            return app_client.evalsha(echo_sha, 4, *keys, update_id, state,
-                                      versions[update_id], iso_utc(now), int(now * 1000),
-                                      store.marker_ttl, store.channel, 0)
+            return client.evalsha(echo_sha, 4, *keys, update.session_id, state, update.version,
+                                  iso_utc(now), int(now * 1000), store.marker_ttl, store.channel, 0)
 
         def variant(sha: str) -> Callable[[], Any]:
             def go() -> Any:
@@ -274,42 +232,33 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                                    int(now * 1000), store.marker_ttl, store.channel, 0)
             return go
 
-        def ack() -> None:
-            # the outbox entries of the variants' writes: their event ids
-            # are not tracked, so the bucket's index is read back
-            acks = list(pending)
-            pending.clear()
-            acks += [e.decode() for e in cast(list[bytes], raw.zrange(variant_keys[2], 0, -1))
-                     if e.decode().startswith(variant_id + ":")]
-            for i in range(0, len(acks), 1000):
-                store.outbox_ack(acks[i:i + 1000])
+        def ack(_: int = 0) -> None:
+            update.ack()
+            # the variants' event ids are not tracked: read back from the bucket's index
+            ack_all(store, [e.decode() for e in cast(list[bytes], raw.zrange(variant_keys[2], 0, -1))
+                            if e.decode().startswith(variant_id + ":")])
 
-        latency_ops = {
-            "ping": raw.ping,
-            "floor_evalsha": lambda: app_client.evalsha(trivial_sha, 1, keys[0]),
-            "echo": echo,
-            "update": update,
-        }
-        samples = interleaved(latency_ops, iterations, warmup=iterations // 10,
+        def floor_evalsha() -> Any:
+            return client.evalsha(trivial_sha, 1, keys[0])
+
+        samples = interleaved({"ping": raw.ping, "floor_evalsha": floor_evalsha, "echo": echo,
+                               "update": update}, iterations, warmup=iterations // 10,
                               between_rounds=ack)
         p50 = {name: summarize_ns(values)["p50_us"] for name, values in samples.items()}
-        server_ops = {"floor_evalsha": latency_ops["floor_evalsha"], "echo": echo,
-                      "update": update, "epoch_only": lambda: raw.evalsha(epoch_sha, 1, keys[0]),
-                      "prelude_only": lambda: raw.evalsha(prelude_sha, 1, keys[0]),
-                      "minimal_cas": lambda: raw.evalsha(minimal_sha, 4, minimal_key, *keys[1:],
-                                                         update_id, state, ""),
-                      **{f"variant.{name}": variant(sha) for name, sha in variant_shas.items()}}
-        server = _server_usec(raw, server_ops, max(200, iterations // 4))
+        script_calls: dict[str, Callable[[], Any]] = {
+            "floor_evalsha": floor_evalsha, "echo": echo, "update": update,
+            "epoch_only": lambda: raw.evalsha(epoch_sha, 1, keys[0]),
+            "prelude_only": lambda: raw.evalsha(prelude_sha, 1, keys[0]),
+            "minimal_cas": lambda: raw.evalsha(minimal_sha, 4, minimal_key, *keys[1:],
+                                               update.session_id, state, ""),
+            **{f"variant.{name}": variant(sha) for name, sha in variant_shas.items()}}
+        server = server_usec(raw, {name: ("evalsha", op) for name, op in script_calls.items()},
+                             max(200, iterations // 4), rounds=20)
         ack()
-        client = _client_work(store, raw, f"{prefix}-stub", state, iterations)
-    finally:
-        if not ctx.redis_is_own:
-            delete_session_keys(raw, used)
-        raw.close()
-        app_client.close()
+        client_work = _client_work(store, raw, stub_id, state, iterations)
     full = server["variant.full"]
     steps = {name: round(full - server[f"variant.{name}"], 2) for name, _, _ in VARIANTS}
-    result = split(p50, {k: server[k] for k in ("update", "floor_evalsha", "echo")}, client)
+    result = split(p50, {k: server[k] for k in ("update", "floor_evalsha", "echo")}, client_work)
     return {
         "state_bytes": STATE_BYTES,
         "iterations": iterations,

@@ -1,4 +1,5 @@
-"""One PNG summarising a run (matplotlib, Agg backend, imported only here)."""
+"""The PNG charts: a bench run's summary and a soak's timeline (matplotlib,
+Agg backend, imported only here)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -182,6 +183,61 @@ def render(results: dict[str, Any], path: Path) -> Path:
     ax.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=7.5)
 
     fig.suptitle("sessionsync bench", fontsize=14)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def soak_timeline(report: dict[str, Any], path: Path) -> Path:
+    """``sessionsync soak``'s timeline: writes acknowledged against rows
+    persisted, the outbox and queue behind them, and the processes' memory,
+    over the run's seconds (the load shaded)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = report["timeline"]
+    seconds = report["seconds"]
+    t = [s["t"] for s in samples]
+    fig, (writes, backlog, memory) = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
+    for ax in (writes, backlog, memory):
+        ax.axvspan(seconds["load_start"], seconds["load_end"], color="tab:blue", alpha=0.08,
+                   label="load")
+        ax.grid(alpha=0.3)
+
+    writes.plot(t, [s["acknowledged"] for s in samples], label="acknowledged")
+    writes.plot(t, [s.get("persisted") for s in samples], label="persisted (sync_events)")
+    writes.axvline(seconds["persisted_by"], color="black", linestyle=":", linewidth=1,
+                   label="all persisted" if report["durability"]["exact"] else "check ended")
+    lag = report.get("persistence_lag_seconds") or {}
+    writes.set_title(f"writes since the start (persistence lag p50 {lag.get('p50', '-')} s, "
+                     f"p99 {lag.get('p99', '-')} s)", fontsize=10)
+    writes.legend(fontsize=8, loc="upper left")
+
+    for key in ("outbox", "queue"):
+        if any(s.get(key) is not None for s in samples):
+            backlog.plot(t, [s.get(key) for s in samples], label=f"{key} depth")
+    backlog.set_title("what waits to be persisted", fontsize=10)
+    backlog.legend(fontsize=8, loc="upper left")
+
+    labels = sorted({label for s in samples for label in s.get("rss_mb", {})})
+    for label in labels:
+        memory.plot(t, [s["rss_mb"].get(label) for s in samples], label=label)
+    memory.set_title("resident memory (MB)", fontsize=10)
+    memory.set_xlabel("seconds since the soak started")
+    if labels:
+        memory.legend(fontsize=8, loc="upper left")
+    else:
+        memory.text(0.5, 0.5, "no process sampled (--pid LABEL=PID)", ha="center", va="center",
+                    transform=memory.transAxes, fontsize=8)
+
+    options, w = report["options"], report["writes"]
+    verdict = "EXACT" if report["durability"]["exact"] else "NOT EXACT"
+    fig.suptitle(f"sessionsync soak: {options['threads']} threads, {options['duration']:g} s, "
+                 f"{w['acknowledged']} writes acknowledged, {report['errors']['count']} errors, "
+                 f"durability {verdict}", fontsize=12)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -27,10 +27,8 @@ claim of linear scaling.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -45,11 +43,11 @@ from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.session import Session
 from sessionsync.bench.context import STATE_BYTES, BenchContext, state_json
+from sessionsync.bench.harness import TRIVIAL_SCRIPT, ack_all, in_processes
 from sessionsync.bench.redis_server import ThrowawayRedis, ThrowawayRedisCluster
 from sessionsync.bench.stats import ratio
 
 MASTERS = 3
-TRIVIAL_SCRIPT = "return 1"
 OPS = ("floor_get", "get", "floor_evalsha", "update")
 FLOOR_OF = {"get": "floor_get", "update": "floor_evalsha"}
 # the server-side command each op is counted under in INFO commandstats
@@ -57,7 +55,6 @@ COMMAND_OF = {"floor_get": "get", "get": "get", "floor_evalsha": "evalsha", "upd
 SLOTS = 16384
 SESSIONS_PER_CLIENT = 128
 WARMUP_CALLS = 50
-BARRIER_TIMEOUT = 60.0
 # The service's one-second Redis timeout would fail a run on a loaded
 # machine (a stalled client, not a slow server); the timeout costs nothing
 # per call, so the figures are those of the service's client all the same.
@@ -174,9 +171,18 @@ class Target:
     cluster: bool
     nodes: list[redis.Redis]
     ids: list[list[str]] = field(default_factory=list)
+    store: SessionStore | None = None
 
     def snapshot(self) -> list[dict[str, float]]:
         return [_node_stats(node) for node in self.nodes]
+
+    def drain_outbox(self) -> None:
+        assert self.store is not None  # set by _prepare
+        for _ in range(1000):  # bounded: each page empties what it read
+            page = [eid for eid, _ in self.store.outbox_pending(older_than_s=-3600, limit=10_000)]
+            if not page:
+                return
+            ack_all(self.store, page)
 
 
 def _node_stats(node: redis.Redis) -> dict[str, float]:
@@ -203,39 +209,33 @@ def _delta(before: list[dict[str, float]], after: list[dict[str, float]]
     return [{k: a[k] - b[k] for k in a} for b, a in zip(before, after, strict=True)]
 
 
-def _prepare(target: Target, clients: int, state: str, prefix: str) -> None:
+def _prepare(stack: ExitStack, target: Target, clients: int, state: str, prefix: str) -> None:
     """Create the sessions of every client process (outbox acked), and load
     the trivial script on every node."""
     client = connect_redis(Settings(redis_url=target.url, redis_cluster=target.cluster,
                                     redis_timeout=CLIENT_TIMEOUT))
-    try:
-        store = SessionStore(client, channel=f"{prefix}-updates")
-        target.ids = [[f"{prefix}-{target.name}-{k}-{j}" for j in range(SESSIONS_PER_CLIENT)]
-                      for k in range(clients)]
-        acks = [store.create(sid, state, 3600).event_id for ids in target.ids for sid in ids]
-        for i in range(0, len(acks), 500):
-            store.outbox_ack(acks[i:i + 500])
-    finally:
-        client.close()
+    stack.callback(client.close)
+    target.store = SessionStore(client, channel=f"{prefix}-updates")
+    target.ids = [[f"{prefix}-{target.name}-{k}-{j}" for j in range(SESSIONS_PER_CLIENT)]
+                  for k in range(clients)]
+    ack_all(target.store, [target.store.create(sid, state, 3600).event_id
+                           for ids in target.ids for sid in ids])
     for node in target.nodes:
         node.script_load(TRIVIAL_SCRIPT)
 
 
 # -- client processes -----------------------------------------------------------
 
-def _child(url: str, cluster: bool, op: str, ids: list[str], seconds: float, channel: str,
-           barrier: Any, conn: Any) -> None:
-    """One client process: set up, wait, run ``op`` for ``seconds``, report."""
-    client = None
-    try:
-        client = connect_redis(Settings(redis_url=url, redis_cluster=cluster,
-                                        redis_timeout=CLIENT_TIMEOUT))
-        store = SessionStore(client, channel=channel)
-        call = _op(client, store, op, ids)
-        for _ in range(WARMUP_CALLS):
-            call()
-        barrier.wait(BARRIER_TIMEOUT)  # ready: the parent reads the counters
-        barrier.wait(BARRIER_TIMEOUT)  # go
+def _client(target: Target, op: str, index: int, seconds: float, channel: str
+            ) -> Callable[[float], dict[str, float]]:
+    """In a client process: connect and warm up; the run of ``op`` for ``seconds``."""
+    client = connect_redis(Settings(redis_url=target.url, redis_cluster=target.cluster,
+                                    redis_timeout=CLIENT_TIMEOUT))
+    call = _op(client, SessionStore(client, channel=channel), op, target.ids[index])
+    for _ in range(WARMUP_CALLS):
+        call()
+
+    def work(_released: float) -> dict[str, float]:
         count = 0
         clock = time.perf_counter
         started = clock()
@@ -244,20 +244,9 @@ def _child(url: str, cluster: bool, op: str, ids: list[str], seconds: float, cha
             call()
             count += 1
         elapsed = clock() - started
-        conn.send({"ops": count, "seconds": elapsed})
-        barrier.wait(BARRIER_TIMEOUT)  # done: the parent reads the counters again
-        ack = getattr(call, "ack", None)
-        if ack is not None:
-            ack()
-        conn.send({"acked": True})
-    except Exception as exc:  # reported to the parent, which fails the section
-        barrier.abort()
-        conn.send({"error": f"{type(exc).__name__}: {exc}",
-                   "traceback": traceback.format_exc(limit=6)})
-    finally:
-        if client is not None:
-            client.close()
-        conn.close()
+        client.close()
+        return {"ops": count, "seconds": elapsed}
+    return work
 
 
 def _op(client: Any, store: SessionStore, op: str, ids: list[str]) -> Callable[[], Any]:
@@ -283,72 +272,34 @@ def _op(client: Any, store: SessionStore, op: str, ids: list[str]) -> Callable[[
     if op != "update":
         raise ValueError(op)
     versions = [cast(Session, store.get(sid)).version for sid in ids]
-    pending: list[str] = []
     state = state_json(STATE_BYTES)
 
     def update() -> Any:
         i = next_index()
         result = store.update(ids[i], state, versions[i])
         versions[i] += 1
-        pending.append(result.event_id)
         return result
-
-    def ack() -> None:
-        for j in range(0, len(pending), 500):
-            store.outbox_ack(pending[j:j + 500])
-        pending.clear()
-
-    update.ack = ack  # type: ignore[attr-defined]
     return update
 
 
 def _run_clients(target: Target, op: str, clients: int, seconds: float, channel: str
                  ) -> dict[str, Any]:
-    mp = multiprocessing.get_context("fork")
-    barrier = mp.Barrier(clients + 1)
-    pipes, procs = [], []
-    try:
-        for k in range(clients):
-            parent_end, child_end = mp.Pipe(duplex=False)
-            proc = mp.Process(target=_child, args=(target.url, target.cluster, op, target.ids[k],
-                                                   seconds, channel, barrier, child_end),
-                              daemon=True)
-            proc.start()
-            child_end.close()
-            pipes.append(parent_end)
-            procs.append(proc)
-        try:
-            barrier.wait(BARRIER_TIMEOUT)
-            before = target.snapshot()
-            t0 = time.perf_counter()
-            barrier.wait(BARRIER_TIMEOUT)
-            reports = [_receive(p, seconds + BARRIER_TIMEOUT) for p in pipes]
-            barrier.wait(BARRIER_TIMEOUT)
-            wall = time.perf_counter() - t0
-            after = target.snapshot()
-            for p in pipes:
-                _receive(p, BARRIER_TIMEOUT)
-        except Exception as exc:
-            errors = [r for r in (_drain(p) for p in pipes) if r and "error" in r]
-            if errors:
-                raise RuntimeError(f"{target.name} {op}: {errors[0]['error']}\n"
-                                   f"{errors[0]['traceback']}") from exc
-            raise
-    finally:
-        for proc in procs:
-            proc.join(BARRIER_TIMEOUT)
-            if proc.is_alive():  # only the processes this run started
-                proc.kill()
-                proc.join(5)
-    delta = _delta(before, after)
+    """``clients`` processes running ``op`` at once, the servers' counters
+    read before their release and after their last report."""
+    before: list[list[dict[str, float]]] = []
+    reports, wall = in_processes(
+        clients, lambda k: _client(target, op, k, seconds, channel),
+        timeout=seconds + 60, before=lambda: before.append(target.snapshot()))
+    delta = _delta(before[0], target.snapshot())
+    if op == "update":  # untimed: the outbox back to empty, as the producer would leave it
+        target.drain_outbox()
     command = COMMAND_OF[op]
     calls = [d[f"{command}_calls"] for d in delta]
     usec = sum(d[f"{command}_usec"] for d in delta)
-    total_ops = sum(r["ops"] for r in reports)
     cpu = [d["cpu_seconds"] for d in delta]
     return {
         "client_processes": clients,
-        "ops": total_ops,
+        "ops": sum(r["ops"] for r in reports),
         "ops_per_second": round(sum(r["ops"] / r["seconds"] for r in reports), 1),
         "per_process_ops_per_second": [round(r["ops"] / r["seconds"], 1) for r in reports],
         "server_usec_per_call": round(usec / sum(calls), 2) if sum(calls) else 0.0,
@@ -360,26 +311,6 @@ def _run_clients(target: Target, op: str, clients: int, seconds: float, channel:
         "crossslot_errors": int(sum(d["crossslot"] for d in delta)),
         "wall_seconds": round(wall, 3),
     }
-
-
-def _drain(pipe: Any) -> dict[str, Any] | None:
-    """What a failed run's client process said last, if anything."""
-    last = None
-    try:
-        while pipe.poll(0.5):
-            last = pipe.recv()
-    except (EOFError, OSError):
-        pass
-    return last
-
-
-def _receive(pipe: Any, timeout: float) -> dict[str, Any]:
-    if not pipe.poll(timeout):
-        raise TimeoutError("a client process did not report")
-    report = pipe.recv()
-    if "error" in report:
-        raise RuntimeError(f"client process failed: {report['error']}\n{report['traceback']}")
-    return cast(dict[str, Any], report)
 
 
 def _cluster_layout(node: redis.Redis, nodes: list[redis.Redis]) -> list[tuple[int, int, str]]:
@@ -410,7 +341,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         for target in targets:
             for node in target.nodes:
                 stack.callback(node.close)
-            _prepare(target, clients_max, state, prefix)
+            _prepare(stack, target, clients_max, state, prefix)
         layout = _cluster_layout(targets[1].nodes[0], targets[1].nodes)
         keys_per_master = [int(n.dbsize()) for n in targets[1].nodes]
         for target in targets:

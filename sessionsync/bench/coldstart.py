@@ -42,13 +42,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sessionsync.bench.context import (
-    DEFAULT_DATABASE_URL,
-    STATE_BYTES,
-    BenchContext,
-    delete_session_keys,
-    state_json,
-)
+from sessionsync.bench.context import BenchContext
 from sessionsync.bench.events import (
     api_gateway_event,
     authorizer_event,
@@ -58,6 +52,7 @@ from sessionsync.bench.events import (
     sqs_event,
     sqs_record,
 )
+from sessionsync.bench.harness import SectionRedis, delete_rows
 from sessionsync.bench.stats import median
 from sessionsync.project import project_dir
 
@@ -370,25 +365,11 @@ def from_zip(ctx: BenchContext, env: dict[str, str],
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    import redis
-
     from chalicelib.adapters.postgres import connection
-    from chalicelib.adapters.redis.store import SessionStore
-    from sessionsync import provisioning
-    from sessionsync.bench.consumer import _delete_rows, change_event
+    from sessionsync.bench.consumer import change_event
 
     runs = max(1, ctx.profile.coldstart_runs)
-    prefix = ctx.session_prefix("cold")
-    state = state_json(STATE_BYTES)
-    dsn = ctx.database_url or DEFAULT_DATABASE_URL
-    provisioning.ensure_database(dsn)
-    provisioning.migrate(dsn)
-    client = redis.Redis.from_url(ctx.redis_url)
-    store = SessionStore(client, channel=f"{prefix}-updates")
-    read_id = f"{prefix}-read"
-    # the setup's own events would be old outbox entries by the relay's
-    # turn: acked, so that its drain finds only what a real one would
-    store.outbox_ack([store.create(read_id, state, 3600).event_id])
+    dsn = ctx.migrated_dsn()
     # The PUT scenario ships to a queue that exists when LocalStack runs;
     # without it the send fails fast and the outbox keeps the event, which
     # is the documented degraded mode (and still a fair cold-start figure).
@@ -396,58 +377,59 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     base = f"{(ctx.aws_endpoint_url or 'http://127.0.0.1:4566').rstrip('/')}/000000000000"
     env = child_environment(ctx, f"{base}/sessionsync-bench-cold-{ctx.run_id}", dsn,
                             f"{base}/sessionsync-bench-cold-dlq-{ctx.run_id}")
-    write_ids = [f"{prefix}-w{i}" for i in range(runs)]
-    # the PUTs from the packages: boto3 from the runtime's path, then from the zip
-    zip_write_ids = [f"{prefix}-zw{i}" for i in range(2 * runs)]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    # one new session per consumer run: each first batch inserts, as a real one does
-    batches = [sqs_event([sqs_record(change_event(f"{prefix}-c{i}", 1, {"n": i}, stamp),
-                                     event_id=f"{prefix}-c{i}:1")]) for i in range(runs)]
-    # the packages' consumers: new sessions of their own, each mode its own
-    zip_batches = {mode: [sqs_event([sqs_record(change_event(f"{prefix}-{mode[0]}c{i}", 1, {"n": i}, stamp),
-                                                event_id=f"{prefix}-{mode[0]}c{i}:1")])
-                          for i in range(runs)]
-                   for mode in ("bytecode", "source")}
-    try:
-        get_event = session_get_event(read_id, API_KEY)
-        _run_child("app", get_event, env)  # untimed: writes __pycache__
-        with tempfile.TemporaryDirectory(prefix="sessionsync-bare-") as bare_dir:
-            bare_event = api_gateway_event("GET", "/", "/", api_key=API_KEY)
-            (Path(bare_dir) / "app.py").write_text(BARE_APP)
-            _run_child("app", bare_event, env, cwd=Path(bare_dir))  # untimed: __pycache__
-            measured = _scenarios({
-                "bare_chalice": ("app", [bare_event] * runs, Path(bare_dir)),
-                "api_first_get": ("app", [get_event] * runs, project_dir()),
-                "authorizer_first_call": ("authorizer", [authorizer_event(API_KEY)] * runs, project_dir()),
-                "consumer_first_batch": ("persist_changes", batches, project_dir()),
-                # before the PUTs: their events, unsent to a missing queue,
-                # would otherwise wait in the outbox for this drain
-                "relay_first_drain": ("relay_outbox", [schedule_event()] * runs, project_dir()),
-            }, env)
-        bare = measured.pop("bare_chalice")
-        get = measured["api_first_get"]
-        _, _, importtime_err = _run_child("app", get_event, env, importtime=True)
-        breakdown = import_breakdown(parse_importtime(importtime_err))
-        store.outbox_ack([store.create(sid, state, 3600).event_id for sid in write_ids])
-        put = _scenarios({"put": ("app", [session_put_event(sid, state, 1, API_KEY)
-                                          for sid in write_ids], project_dir())}, env)["put"]
-        store.outbox_ack([store.create(sid, state, 3600).event_id for sid in zip_write_ids])
-        with tempfile.TemporaryDirectory(prefix="sessionsync-coldstart-zip-") as zip_dir:
-            def both(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-                return {"bytecode": events, "source": events}
-            packaged = from_zip(ctx, env, {
-                "api_first_get": ("app", both([get_event] * runs)),
-                "authorizer_first_call": ("authorizer", both([authorizer_event(API_KEY)] * runs)),
-                # a batch of new sessions for each mode: each first batch inserts
-                "consumer_first_batch": ("persist_changes", zip_batches),
-                "relay_first_drain": ("relay_outbox", both([schedule_event()] * runs)),
-            }, [session_put_event(sid, state, 1, API_KEY) for sid in zip_write_ids], Path(zip_dir))
-    finally:
-        if not ctx.redis_is_own:
-            delete_session_keys(client, [read_id, *write_ids, *zip_write_ids])
-        client.close()
-        with connection.connect(dsn) as conn:
-            _delete_rows(conn, prefix)
+    with SectionRedis(ctx, "cold") as r:
+        prefix, state = r.prefix, r.state
+        # acked: by the relay's turn the setup's events would be old outbox entries
+        get_event = session_get_event(r.create("read", ack=True), API_KEY)
+        # one new session per consumer run: each first batch inserts, as a real one does
+        batches = [sqs_event([sqs_record(change_event(f"{prefix}-c{i}", 1, {"n": i}, stamp),
+                                         event_id=f"{prefix}-c{i}:1")]) for i in range(runs)]
+        # the packages' consumers: new sessions of their own, each mode its own
+        zip_batches = {mode: [sqs_event([sqs_record(change_event(f"{prefix}-{mode[0]}c{i}", 1, {"n": i},
+                                                                 stamp),
+                                                    event_id=f"{prefix}-{mode[0]}c{i}:1")])
+                              for i in range(runs)]
+                       for mode in ("bytecode", "source")}
+        try:
+            _run_child("app", get_event, env)  # untimed: writes __pycache__
+            with tempfile.TemporaryDirectory(prefix="sessionsync-bare-") as bare_dir:
+                bare_event = api_gateway_event("GET", "/", "/", api_key=API_KEY)
+                (Path(bare_dir) / "app.py").write_text(BARE_APP)
+                _run_child("app", bare_event, env, cwd=Path(bare_dir))  # untimed: __pycache__
+                measured = _scenarios({
+                    "bare_chalice": ("app", [bare_event] * runs, Path(bare_dir)),
+                    "api_first_get": ("app", [get_event] * runs, project_dir()),
+                    "authorizer_first_call": ("authorizer", [authorizer_event(API_KEY)] * runs,
+                                              project_dir()),
+                    "consumer_first_batch": ("persist_changes", batches, project_dir()),
+                    # before the PUTs: their events, unsent to a missing queue,
+                    # would otherwise wait in the outbox for this drain
+                    "relay_first_drain": ("relay_outbox", [schedule_event()] * runs, project_dir()),
+                }, env)
+            bare = measured.pop("bare_chalice")
+            get = measured["api_first_get"]
+            _, _, importtime_err = _run_child("app", get_event, env, importtime=True)
+            breakdown = import_breakdown(parse_importtime(importtime_err))
+            puts = [session_put_event(r.create(f"w{i}", ack=True), state, 1, API_KEY)
+                    for i in range(runs)]
+            put = _scenarios({"put": ("app", puts, project_dir())}, env)["put"]
+            # the PUTs from the packages: boto3 from the runtime's path, then from the zip
+            zip_puts = [session_put_event(r.create(f"zw{i}", ack=True), state, 1, API_KEY)
+                        for i in range(2 * runs)]
+            with tempfile.TemporaryDirectory(prefix="sessionsync-coldstart-zip-") as zip_dir:
+                def both(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+                    return {"bytecode": events, "source": events}
+                packaged = from_zip(ctx, env, {
+                    "api_first_get": ("app", both([get_event] * runs)),
+                    "authorizer_first_call": ("authorizer", both([authorizer_event(API_KEY)] * runs)),
+                    # a batch of new sessions for each mode: each first batch inserts
+                    "consumer_first_batch": ("persist_changes", zip_batches),
+                    "relay_first_drain": ("relay_outbox", both([schedule_event()] * runs)),
+                }, zip_puts, Path(zip_dir))
+        finally:
+            with connection.connect(dsn) as conn:
+                delete_rows(conn, prefix)
     return {
         "runs": runs,
         "python": sys.version.split()[0],

@@ -23,9 +23,10 @@ from typing import Any
 from chalicelib import runtime
 from chalicelib.config import Settings
 from chalicelib.domain.events import CREATED, EVENT_SCHEMA_VERSION, UPDATED
-from sessionsync.bench.aws_local import localstack_sqs_unavailable, sqs_client, temporary_queue
-from sessionsync.bench.context import DEFAULT_DATABASE_URL, STATE_BYTES, BenchContext, state_document
-from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record
+from sessionsync.bench.aws_local import localstack_sqs_unavailable
+from sessionsync.bench.context import STATE_BYTES, BenchContext, state_document
+from sessionsync.bench.events import LambdaContext, sqs_batches
+from sessionsync.bench.harness import delete_rows, local_queue, verify_persisted
 from sessionsync.bench.stats import summarize_ns
 from sessionsync.project import import_app
 
@@ -78,30 +79,11 @@ def install_consumer(dsn: str, redis_url: str, aws_endpoint_url: str | None = No
     return import_app().persist_changes
 
 
-def _check_persisted(conn: Any, prefix: str, expected_events: int) -> dict[str, int]:
-    """Every event once in sync_events; every session at its last version."""
-    events, sessions, behind = conn.execute(
-        "SELECT (SELECT count(*) FROM sync_events WHERE session_id LIKE %(p)s),"
-        " (SELECT count(*) FROM sync_sessions WHERE session_id LIKE %(p)s),"
-        " (SELECT count(*) FROM sync_sessions WHERE session_id LIKE %(p)s AND version <> %(v)s)",
-        {"p": prefix + "-%", "v": VERSIONS_PER_SESSION}).fetchone()
-    if events != expected_events or behind:
-        raise AssertionError(f"{events} of {expected_events} events persisted, "
-                             f"{behind} sessions not at their last version")
-    return {"events_persisted": int(events), "sessions": int(sessions)}
-
-
-def _delete_rows(conn: Any, prefix: str) -> None:
-    conn.execute("DELETE FROM sync_events WHERE session_id LIKE %s", (prefix + "-%",))
-    conn.execute("DELETE FROM sync_sessions WHERE session_id LIKE %s", (prefix + "-%",))
-
-
 def _handler_run(ctx: BenchContext, handler: Any, conn: Any, batch: int, count: int
                  ) -> dict[str, Any]:
     prefix = f"{ctx.session_prefix('consumer')}-b{batch}"
     bodies = event_bodies(prefix, count)
-    events = [sqs_event([sqs_record(body, event_id=eid) for eid, body in bodies[i:i + batch]])
-              for i in range(0, len(bodies), batch)]
+    events = sqs_batches(bodies, batch)
     context = LambdaContext(timeout_ms=30_000)
     durations = []
     clock = time.perf_counter_ns
@@ -114,9 +96,9 @@ def _handler_run(ctx: BenchContext, handler: Any, conn: Any, batch: int, count: 
             if response["batchItemFailures"]:
                 raise AssertionError(f"batch item failures: {response['batchItemFailures'][:3]}")
         elapsed_s = (clock() - started) / 1e9
-        check = _check_persisted(conn, prefix, len(bodies))
+        check = verify_persisted(conn, prefix, bodies)
     finally:
-        _delete_rows(conn, prefix)
+        delete_rows(conn, prefix)
     return {"batch_size": batch, "events": len(bodies), "batches": len(events),
             "seconds": round(elapsed_s, 3),
             "events_per_second": round(len(bodies) / elapsed_s, 1),
@@ -127,14 +109,12 @@ def _worker_run(ctx: BenchContext, handler: Any, conn: Any, count: int) -> dict[
     """LocalStack receive -> the same handler -> DeleteMessageBatch (the local worker)."""
     from sessionsync.worker import Worker
 
-    why_not = localstack_sqs_unavailable(ctx.aws_endpoint_url)
-    if why_not:
+    if why_not := localstack_sqs_unavailable(ctx.aws_endpoint_url):
         return {"skipped": why_not}
-    client = sqs_client(ctx.aws_endpoint_url)
     prefix = f"{ctx.session_prefix('consumer')}-worker"
     bodies = event_bodies(prefix, count)
     try:
-        with temporary_queue(client, f"sessionsync-bench-consumer-{ctx.run_id}") as url:
+        with local_queue(ctx, "consumer") as (client, url):
             for i in range(0, len(bodies), 10):  # untimed: fill the queue
                 client.send_message_batch(QueueUrl=url, Entries=[
                     {"Id": str(j), "MessageBody": body,
@@ -151,9 +131,9 @@ def _worker_run(ctx: BenchContext, handler: Any, conn: Any, count: int) -> dict[
                 received += polled.received
                 deleted += polled.deleted
             elapsed = time.perf_counter() - started
-        check = _check_persisted(conn, prefix, len(bodies))
+        check = verify_persisted(conn, prefix, bodies)
     finally:
-        _delete_rows(conn, prefix)
+        delete_rows(conn, prefix)
     return {"batch_size": 10, "events": len(bodies), "received": received,
             "deleted": deleted, "seconds": round(elapsed, 3),
             "events_per_second": round(len(bodies) / elapsed, 1), **check,
@@ -163,11 +143,8 @@ def _worker_run(ctx: BenchContext, handler: Any, conn: Any, count: int) -> dict[
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     from chalicelib.adapters.postgres import connection
-    from sessionsync import provisioning
 
-    dsn = ctx.database_url or DEFAULT_DATABASE_URL
-    created = provisioning.ensure_database(dsn)
-    applied = provisioning.migrate(dsn)
+    dsn = ctx.migrated_dsn()
     handler = install_consumer(dsn, ctx.redis_url, ctx.aws_endpoint_url or "http://127.0.0.1:4566")
     count = ctx.profile.consumer_events - ctx.profile.consumer_events % VERSIONS_PER_SESSION
     with connection.connect(dsn) as conn:
@@ -188,8 +165,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     return {
         "postgresql": server,
         "database": dsn.rsplit("/", 1)[-1],
-        "database_created": created,
-        "migrations_applied": [m.filename for m in applied],
+        **(ctx.provisioned or {}),
         "state_bytes": STATE_BYTES,
         "handler": runs,
         "worker_with_localstack": worker,

@@ -42,8 +42,9 @@ from chalicelib import runtime
 from chalicelib.adapters.postgres.database import APPLY_SQL, apply_parameters
 from chalicelib.domain.events import DELETED, ChangeEvent, parse_event
 from sessionsync.bench.consumer import VERSIONS_PER_SESSION, event_bodies, install_consumer
-from sessionsync.bench.context import DEFAULT_DATABASE_URL, STATE_BYTES, BenchContext
-from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record
+from sessionsync.bench.context import STATE_BYTES, BenchContext
+from sessionsync.bench.events import LambdaContext, sqs_batches
+from sessionsync.bench.harness import delete_rows, verify_persisted
 from sessionsync.bench.stats import summarize_ns
 
 BATCH_SIZES = (1, 10, 100)
@@ -138,23 +139,6 @@ def write_copy(conn: Any, events: Sequence[ChangeEvent]) -> None:
     conn.commit()
 
 
-def _delete_rows(conn: Any, prefix: str) -> None:
-    conn.execute("DELETE FROM sync_events WHERE session_id LIKE %s", (prefix + "-%",))
-    conn.execute("DELETE FROM sync_sessions WHERE session_id LIKE %s", (prefix + "-%",))
-    conn.commit()
-
-
-def _check(conn: Any, prefix: str, expected: int) -> None:
-    events, behind = conn.execute(
-        "SELECT (SELECT count(*) FROM sync_events WHERE session_id LIKE %(p)s),"
-        " (SELECT count(*) FROM sync_sessions WHERE session_id LIKE %(p)s AND version <> %(v)s)",
-        {"p": prefix + "-%", "v": VERSIONS_PER_SESSION}).fetchone()
-    conn.commit()
-    if events != expected or behind:
-        raise AssertionError(f"{prefix}: {events} of {expected} events persisted, "
-                             f"{behind} sessions not at their last version")
-
-
 def _timed(batches: Sequence[Any], write: Callable[[Any], None]) -> tuple[float, list[int]]:
     clock = time.perf_counter_ns
     durations = []
@@ -175,8 +159,7 @@ def _one(writer: str, ctx: BenchContext, handler: Any, conn: Any, auto: Any, bat
     try:
         if writer == "consumer":
             context = LambdaContext(timeout_ms=30_000)
-            events = [sqs_event([sqs_record(body, event_id=eid) for eid, body in chunk])
-                      for chunk in chunks]
+            events = sqs_batches(bodies, batch)
 
             def call(event: Any) -> None:
                 response = handler(event, context)
@@ -190,12 +173,12 @@ def _one(writer: str, ctx: BenchContext, handler: Any, conn: Any, auto: Any, bat
             else:
                 write = write_executemany if writer == "executemany" else write_copy
                 seconds, durations = _timed(rows, lambda b: write(conn, b))
-        _check(conn, prefix, len(bodies))
+        verify_persisted(conn, prefix, bodies)
     except BaseException:
         conn.rollback()
         raise
     finally:
-        _delete_rows(conn, prefix)
+        delete_rows(conn, prefix)
     return seconds, durations
 
 
@@ -233,12 +216,8 @@ def floor_ratios(writers: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def run(ctx: BenchContext) -> dict[str, Any]:
     import psycopg
 
-    from sessionsync import provisioning
-
     rounds, per_round = SIZES.get(ctx.profile.name, SIZES["quick"])
-    dsn = ctx.database_url or DEFAULT_DATABASE_URL
-    provisioning.ensure_database(dsn)
-    provisioning.migrate(dsn)
+    dsn = ctx.migrated_dsn()
     handler = install_consumer(dsn, ctx.redis_url, ctx.aws_endpoint_url or "http://127.0.0.1:4566")
     by_batch: list[dict[str, Any]] = []
     try:

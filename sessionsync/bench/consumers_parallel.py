@@ -27,18 +27,19 @@ at its highest version in ``sync_sessions``.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from chalicelib import runtime
-from chalicelib.config import CONSUMER_BATCH_SIZE
+from chalicelib.constants import CONSUMER_BATCH_SIZE
 from sessionsync.bench.consumer import install_consumer, version_major_bodies
-from sessionsync.bench.context import DEFAULT_DATABASE_URL, STATE_BYTES, BenchContext
+from sessionsync.bench.context import STATE_BYTES, BenchContext
 from sessionsync.bench.events import LambdaContext, sqs_event, sqs_record
+from sessionsync.bench.harness import delete_rows, in_processes, verify_persisted, widen_affinity
 from sessionsync.bench.stats import ratio
 from sessionsync.project import import_app
 
@@ -96,51 +97,41 @@ def summarize_samples(samples: list[tuple[int, list[str]]]) -> dict[str, Any]:
     }
 
 
-def _consumer_main(index: int, dsn: str, redis_url: str,
-                   batches: list[list[tuple[str, str]]], barrier: Any, results: Any) -> None:
-    """One consumer process: warm up, wait for the others, persist its batches."""
-    try:
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
-    except (AttributeError, OSError):
-        pass
-    # a runtime of this process's own: nothing of the parent's is shared
-    handler = install_consumer(dsn, redis_url)
+def _consumer(dsn: str, redis_url: str, batches: list[list[tuple[str, str]]]
+              ) -> Callable[[float], dict[str, Any]]:
+    """In a consumer process: its runtime, connected; the persisting of its batches."""
+    widen_affinity()  # it shares the CPUs with PostgreSQL, not with the pinned Redis
+    handler = install_consumer(dsn, redis_url)  # a runtime of this process's own
     context = LambdaContext(timeout_ms=60_000)
     events = [sqs_event([sqs_record(body, event_id=eid) for eid, body in chunk])
               for chunk in batches]
-    retried = 0
-    try:
-        database = runtime.database()
-        assert database is not None
-        database.ping()  # connected before the start
-    except BaseException:
-        barrier.abort()  # the others, and the bench, stop waiting at once
-        raise
-    barrier.wait(timeout=120)
-    started = time.monotonic()
-    try:
-        for event in events:
-            for attempt in range(RETRIES + 1):
-                try:
-                    response = handler(event, context)
-                except Exception as exc:  # BatchIncomplete: some records to retry
-                    report = getattr(exc, "report", None)
-                    if report is None or attempt == RETRIES:
-                        raise
-                    retried += 1
-                    event = {"Records": [r for r in event["Records"]
-                                         if r["messageId"] in set(report.retry)]}
-                    continue
-                if response["batchItemFailures"]:
-                    raise AssertionError(f"batch item failures: {response['batchItemFailures'][:3]}")
-                break
-        ended = time.monotonic()
-        results.put({"index": index, "events": sum(len(b) for b in batches), "started": started,
-                     "ended": ended, "retried_batches": retried})
-    except Exception as exc:
-        results.put({"index": index, "error": f"{type(exc).__name__}: {exc}"})
-    finally:
-        runtime.reset()  # closes the connection: its backend flushes its statistics
+    database = runtime.database()
+    assert database is not None
+    database.ping()  # connected before the start
+
+    def work(_released: float) -> dict[str, Any]:
+        retried = 0
+        started = time.monotonic()
+        try:
+            for event in events:
+                for attempt in range(RETRIES + 1):
+                    try:
+                        response = handler(event, context)
+                    except Exception as exc:  # BatchIncomplete: some records to retry
+                        report = getattr(exc, "report", None)
+                        if report is None or attempt == RETRIES:
+                            raise
+                        retried += 1
+                        event = {"Records": [r for r in event["Records"]
+                                             if r["messageId"] in set(report.retry)]}
+                        continue
+                    if response["batchItemFailures"]:
+                        raise AssertionError(f"batch item failures: {response['batchItemFailures'][:3]}")
+                    break
+            return {"started": started, "ended": time.monotonic(), "retried_batches": retried}
+        finally:
+            runtime.reset()  # closes the connection: its backend flushes its statistics
+    return work
 
 
 class LockSampler:
@@ -186,26 +177,6 @@ def _wait_backends_gone(conn: Any, pids: set[int], timeout: float = 15.0) -> Non
         time.sleep(0.05)
 
 
-def _verify_and_delete(conn: Any, prefix: str, bodies: list[tuple[str, str]]) -> dict[str, int]:
-    expected_last: dict[str, int] = {}
-    for eid, _ in bodies:
-        sid, version = eid.rsplit(":", 1)
-        expected_last[sid] = max(expected_last.get(sid, 0), int(version))
-    try:
-        events = conn.execute("SELECT count(*) FROM sync_events WHERE session_id LIKE %s",
-                              (prefix + "-%",)).fetchone()[0]
-        stored = dict(conn.execute("SELECT session_id, version FROM sync_sessions "
-                                   "WHERE session_id LIKE %s", (prefix + "-%",)).fetchall())
-        behind = sum(1 for sid, v in expected_last.items() if stored.get(sid) != v)
-        if events != len(bodies) or behind:
-            raise AssertionError(f"{events} of {len(bodies)} events persisted, {behind} sessions "
-                                 "not at their last version")
-        return {"events_persisted": int(events), "sessions": len(expected_last)}
-    finally:
-        conn.execute("DELETE FROM sync_events WHERE session_id LIKE %s", (prefix + "-%",))
-        conn.execute("DELETE FROM sync_sessions WHERE session_id LIKE %s", (prefix + "-%",))
-
-
 def _one_run(ctx: BenchContext, dsn: str, workload: str, consumers: int, per_consumer: int
              ) -> dict[str, Any]:
     import psycopg
@@ -213,39 +184,23 @@ def _one_run(ctx: BenchContext, dsn: str, workload: str, consumers: int, per_con
     prefix = f"{ctx.session_prefix('par')}-{workload[:4]}-{consumers}"
     bodies = workload_bodies(workload, prefix, consumers * per_consumer)
     shares = deal(bodies, consumers, CONSUMER_BATCH_SIZE)
-    fork = multiprocessing.get_context("fork")
-    barrier = fork.Barrier(consumers + 1)
-    results = fork.Queue()
     runtime.reset()  # nothing of the parent's (connections) goes into the children
-    procs = [fork.Process(target=_consumer_main, name=f"bench-consumer-{i}",
-                          args=(i, dsn, ctx.redis_url, shares[i], barrier, results),
-                          daemon=True)
-             for i in range(consumers)]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        before = _backends(conn)
-    for proc in procs:
-        proc.start()
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            existing = _backends(conn)
             deadlocks_before = _deadlocks(conn)
+            theirs: set[int] = set()
             with LockSampler(dsn) as sampler:
-                barrier.wait(timeout=120)  # every consumer has connected
-                theirs = _backends(conn) - before - {sampler.conn.info.backend_pid}
-                reports = [results.get(timeout=600) for _ in procs]
-            for proc in procs:
-                proc.join(timeout=30)
+                reports, _ = in_processes(
+                    consumers, lambda i: _consumer(dsn, ctx.redis_url, shares[i]), timeout=600,
+                    setup_timeout=120, before=lambda: theirs.update(
+                        _backends(conn) - existing - {sampler.conn.info.backend_pid}))
             _wait_backends_gone(conn, theirs)
             sampler.conn.close()
             deadlocks = _deadlocks(conn) - deadlocks_before
-            errors = [r["error"] for r in reports if "error" in r]
-            if errors:
-                raise RuntimeError(f"consumer failed: {errors[0]}")
-            check = _verify_and_delete(conn, prefix, bodies)
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
+            check = verify_persisted(conn, prefix, bodies)
+        finally:
+            delete_rows(conn, prefix)
     span = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
     return {
         "consumers": consumers,
@@ -261,11 +216,7 @@ def _one_run(ctx: BenchContext, dsn: str, workload: str, consumers: int, per_con
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    from sessionsync import provisioning
-
-    dsn = ctx.database_url or DEFAULT_DATABASE_URL
-    provisioning.ensure_database(dsn)
-    provisioning.migrate(dsn)
+    dsn = ctx.migrated_dsn()
     import_app()  # imported once here: the forked consumers inherit it
     per_consumer = EVENTS_PER_CONSUMER.get(ctx.profile.name, EVENTS_PER_CONSUMER["quick"])
     per_consumer -= per_consumer % CONSUMER_BATCH_SIZE

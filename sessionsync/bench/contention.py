@@ -9,15 +9,12 @@ equals the number of successful updates.
 
 ``threads`` runs the writers as threads of this process (the GIL
 serialises their Python work between round trips, which lowers the real
-concurrency); ``processes`` runs each in its own interpreter, as separate
-Lambda instances would be.  Both are reported when the profile asks.
+concurrency); ``processes`` runs each in a process of its own, as separate
+Lambda instances would be.
 """
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import threading
 import time
 from typing import Any, cast
 
@@ -26,7 +23,11 @@ from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ConcurrencyError
 from chalicelib.domain.session import Session
-from sessionsync.bench.context import STATE_BYTES, BenchContext, delete_session_keys, state_document
+from sessionsync.bench.context import STATE_BYTES, BenchContext, state_document
+from sessionsync.bench.harness import SectionRedis, in_processes, in_threads
+
+#: outbox entries a writer leaves before it acks them (as the producer would)
+ACK_EVERY = 200
 
 
 def cas_loop(redis_url: str, session_id: str, stop_at: float) -> dict[str, int]:
@@ -48,7 +49,7 @@ def cas_loop(redis_url: str, session_id: str, stop_at: float) -> dict[str, int]:
                 continue
             successes += 1
             acks.append(result.event_id)
-            if len(acks) >= 200:  # keep the outbox from growing (the producer would ack)
+            if len(acks) >= ACK_EVERY:
                 store.outbox_ack(acks)
                 acks.clear()
         if acks:
@@ -58,89 +59,26 @@ def cas_loop(redis_url: str, session_id: str, stop_at: float) -> dict[str, int]:
     return {"successes": successes, "conflicts": conflicts}
 
 
-def child_main() -> None:
-    """Entry of one writer process: ``python -c ...child_main()`` URL ID.
-
-    Connects, says ``ready``, waits for ``go <seconds>`` on stdin (so that
-    interpreter start-up is outside the window), runs, prints its counts.
-    """
-    import redis
-
-    url, session_id = sys.argv[1], sys.argv[2]
-    redis.Redis.from_url(url).ping()
-    print("ready", flush=True)
-    seconds = float(sys.stdin.readline().split()[1])
-    print(json.dumps(cas_loop(url, session_id, time.monotonic() + seconds)), flush=True)
-
-
-def _run_threads(url: str, session_id: str, writers: int, seconds: float) -> tuple[list, float]:
-    results: list[dict[str, int]] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(writers + 1)
-    stop_at: list[float] = []
-
-    def writer() -> None:
-        barrier.wait()
-        outcome = cas_loop(url, session_id, stop_at[0])
-        with lock:
-            results.append(outcome)
-
-    threads = [threading.Thread(target=writer, daemon=True) for _ in range(writers)]
-    for t in threads:
-        t.start()
-    stop_at.append(time.monotonic() + seconds)
-    started = time.perf_counter()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    return results, time.perf_counter() - started
-
-
-def _run_processes(url: str, session_id: str, writers: int, seconds: float) -> tuple[list, float]:
-    code = "from sessionsync.bench.contention import child_main; child_main()"
-    procs: list[Any] = [subprocess.Popen([sys.executable, "-c", code, url, session_id], text=True,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-                        for _ in range(writers)]  # Any: both pipes are set (PIPE)
-    try:
-        for proc in procs:
-            if proc.stdout.readline().strip() != "ready":
-                raise RuntimeError("a contention writer process failed to start")
-        started = time.perf_counter()
-        for proc in procs:
-            proc.stdin.write(f"go {seconds}\n")
-            proc.stdin.flush()
-        results = [json.loads(proc.stdout.readline()) for proc in procs]
-        elapsed = time.perf_counter() - started
-    finally:
-        for proc in procs:
-            try:
-                proc.wait(timeout=seconds + 30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    return results, elapsed
-
-
 def run(ctx: BenchContext) -> dict[str, Any]:
-    writers = ctx.profile.contention_writers
-    seconds = ctx.profile.contention_seconds
-    client = connect_redis(Settings(redis_url=ctx.redis_url))
-    store = SessionStore(client, channel=f"{ctx.session_prefix('hot')}-updates")
+    writers, seconds = ctx.profile.contention_writers, ctx.profile.contention_seconds
     doc = state_document(STATE_BYTES)
     doc["counter"] = 0
     modes: dict[str, Any] = {}
-    used: list[str] = []
-    try:
+    with SectionRedis(ctx, "hot") as r:
         for mode in ctx.profile.contention_modes:
-            session_id = f"{ctx.session_prefix('hot')}-{mode}"
-            used.append(session_id)
-            created = store.create(session_id, json.dumps(doc, separators=(",", ":")), 3600)
-            store.outbox_ack([created.event_id])
-            runner = _run_threads if mode == "threads" else _run_processes
-            results, elapsed = runner(ctx.redis_url, session_id, writers, seconds)
-            successes = sum(r["successes"] for r in results)
-            conflicts = sum(r["conflicts"] for r in results)
-            final = cast(Session, store.get(session_id))
+            session_id = r.create(mode, json.dumps(doc, separators=(",", ":")), ack=True)
+
+            def writer(released: float, session_id: str = session_id) -> dict[str, int]:
+                return cas_loop(ctx.redis_url, session_id, released + seconds)
+
+            if mode == "threads":
+                results, elapsed = in_threads(writers, lambda _, released: writer(released),
+                                              timeout=seconds + 60, name="contention")
+            else:
+                results, elapsed = in_processes(writers, lambda _: writer, timeout=seconds + 60)
+            successes = sum(w["successes"] for w in results)
+            conflicts = sum(w["conflicts"] for w in results)
+            final = cast(Session, r.store.get(session_id))
             final_counter = final.state["counter"]
             modes[mode] = {
                 "writers": writers,
@@ -157,10 +95,6 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             }
             if not modes[mode]["no_lost_update"]:
                 raise AssertionError(f"lost update under contention: {modes[mode]}")
-    finally:
-        if not ctx.redis_is_own:
-            delete_session_keys(client, used)
-        client.close()
     return {
         "state_bytes": STATE_BYTES,
         "modes": modes,

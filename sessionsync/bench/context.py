@@ -4,12 +4,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
-
-if TYPE_CHECKING:
-    from chalicelib.adapters.redis.client import RedisClient
+from typing import Any
 
 #: Payload of the latency sections: a 1 KB state, as the targets assume.
 STATE_BYTES = 1024
@@ -100,6 +97,8 @@ class BenchContext:
     log: Callable[[str], None] = print
     placement: Placement | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    #: what provisioning the bench's database did, the first time a section asked
+    provisioned: dict[str, Any] | None = None
 
     @property
     def server_cpus(self) -> frozenset[int] | None:
@@ -108,6 +107,21 @@ class BenchContext:
     def session_prefix(self, section: str) -> str:
         """Session ids of a section: recognisable, and unique per run."""
         return f"bench-{self.run_id}-{section}"
+
+    @property
+    def dsn(self) -> str:
+        return self.database_url or DEFAULT_DATABASE_URL
+
+    def migrated_dsn(self) -> str:
+        """The bench's database, created if missing and migrated (once a run)."""
+        if self.provisioned is None:
+            from sessionsync import provisioning
+
+            created = provisioning.ensure_database(self.dsn)
+            applied = provisioning.migrate(self.dsn)
+            self.provisioned = {"database_created": created,
+                                "migrations_applied": [m.filename for m in applied]}
+        return self.dsn
 
 
 def state_document(size: int = STATE_BYTES) -> dict:
@@ -129,26 +143,3 @@ def state_json(size: int = STATE_BYTES) -> str:
     encoded = json.dumps(state_document(size), separators=(",", ":"))
     assert len(encoded) == size
     return encoded
-
-
-def delete_session_keys(client: RedisClient, session_ids: Iterable[str]) -> None:
-    """Remove a section's sessions, markers and outbox entries.
-
-    Only needed on a Redis the run does not own (``--redis-url``).
-    """
-    from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
-
-    session_ids = set(session_ids)
-    pipe = client.pipeline(transaction=False)
-    for sid in session_ids:
-        keys = session_keys(sid)
-        pipe.unlink(keys[0], keys[1])
-    pipe.execute()
-    # outbox entries are named "<id>:<version>"; drop every version of ours
-    for bucket in {bucket_of(sid) for sid in session_ids}:
-        index, data = outbox_keys(bucket)
-        ours = [eid for eid in cast(list[bytes], client.zrange(index, 0, -1))
-                if eid.decode().rsplit(":", 1)[0] in session_ids]
-        if ours:
-            client.zrem(index, *ours)
-            client.hdel(data, *ours)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 API_ID = "a1b2c3d4e5"
@@ -165,3 +166,9 @@ def sqs_record(body: str, *, event_id: str | None = None, queue: str = "sessions
 
 def sqs_event(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"Records": records}
+
+
+def sqs_batches(bodies: Sequence[tuple[str, str]], batch: int) -> list[dict[str, Any]]:
+    """SQS events of ``batch`` records each, from (event id, body) pairs."""
+    return [sqs_event([sqs_record(body, event_id=eid) for eid, body in bodies[i:i + batch]])
+            for i in range(0, len(bodies), batch)]

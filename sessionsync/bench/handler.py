@@ -20,20 +20,15 @@ from typing import Any, cast
 from chalicelib import runtime
 from chalicelib.config import Settings
 from chalicelib.domain.session import Session
-from sessionsync.bench.aws_local import localstack_sqs_unavailable, sqs_client, temporary_queue
-from sessionsync.bench.context import (
-    DEFAULT_DATABASE_URL,
-    STATE_BYTES,
-    BenchContext,
-    delete_session_keys,
-    state_json,
-)
+from sessionsync.bench.aws_local import localstack_sqs_unavailable
+from sessionsync.bench.context import STATE_BYTES, BenchContext, state_json
 from sessionsync.bench.events import (
     LambdaContext,
     session_get_event,
     session_patch_event,
     session_put_event,
 )
+from sessionsync.bench.harness import ack_all, delete_session_keys, local_queue
 from sessionsync.bench.stats import interleaved, ratio, summarize_ns, time_calls
 from sessionsync.project import import_app
 
@@ -85,7 +80,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     # With a database configured, as deployed: reads check the epoch
     # (docs/guarantees.md); PostgreSQL itself is only touched on a miss.
     runtime.install(settings=Settings(redis_url=ctx.redis_url, api_keys=(API_KEY,), channel=channel,
-                                      database_url=ctx.database_url or DEFAULT_DATABASE_URL))
+                                      database_url=ctx.dsn))
     store = runtime.store()
     try:
         store.create(read_id, state, 3600)
@@ -109,7 +104,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             "handler_put": _put_sequence(app, context, write_id, state, 1, n + warmup),
             "handler_patch": _patch(app, context, patch_id, state),
         }
-        samples = interleaved(ops, n, warmup=warmup, between_rounds=lambda: _drain_outbox(store))
+        samples = interleaved(ops, n, warmup=warmup, between_rounds=lambda _: _drain_outbox(store))
         latency = {name: summarize_ns(values) for name, values in samples.items()}
         result: dict[str, Any] = {
             "iterations": n,
@@ -135,21 +130,17 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 def _drain_outbox(store: Any) -> None:
     """The PUTs run without SQS, so nothing acks their outbox entries: drop
     them between rounds (untimed) to keep the outbox at its usual size."""
-    pending = [eid for eid, _ in store.outbox_pending(older_than_s=-3600, limit=100_000)]
-    for i in range(0, len(pending), 1000):
-        store.outbox_ack(pending[i:i + 1000])
+    ack_all(store, [eid for eid, _ in store.outbox_pending(older_than_s=-3600, limit=100_000)])
 
 
 def _sqs(ctx: BenchContext, app: Any, context: LambdaContext, state: str,
          session_id: str) -> dict[str, Any]:
     """SendMessage alone, and the full PUT (script + send + outbox ack),
     against a LocalStack queue of this run's own."""
-    why_not = localstack_sqs_unavailable(ctx.aws_endpoint_url)
-    if why_not:
+    if why_not := localstack_sqs_unavailable(ctx.aws_endpoint_url):
         return {"skipped": why_not}
-    client = sqs_client(ctx.aws_endpoint_url)
     n = ctx.profile.sqs_iterations
-    with temporary_queue(client, f"sessionsync-bench-{ctx.run_id}") as queue_url:
+    with local_queue(ctx, "handler") as (client, queue_url):
         # The same app, now with a queue: the service sends every change.
         runtime.reset()
         runtime.install(settings=Settings(redis_url=ctx.redis_url, api_keys=(API_KEY,),

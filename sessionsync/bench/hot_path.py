@@ -1,5 +1,5 @@
-"""The hot path's steps, before and after, measured in one run
-(docs/bench/hot-path-steps.json, docs/performance.md "The hot path at wire speed").
+"""The hot path's steps, measured in one run (docs/bench/hot-path-steps.json,
+docs/performance.md "The hot path at wire speed").
 
     python -m sessionsync.bench.hot_path [--iterations N] [--output PATH]
 
@@ -8,16 +8,15 @@ On a throwaway redis-server pinned apart from the client (as
 same stored 1 KB session:
 
 - ``pool``: redis-py through its connection pool, a checkout and a checkin
-  per command (the store's client before the hot-path change; same pool, same options
-  as ``connect_redis``);
+  per command (same pool, same options as ``connect_redis``);
 - ``single``: redis-py's own ``single_connection_client`` on that pool (its
   lock and full command path, one connection);
-- ``hot``: ``connect_redis``'s client now: GET, EVALSHA and SCRIPT LOAD on a
-  connection of its own with a lean packer (client._Redis);
+- ``hot``: ``connect_redis``'s client: GET, EVALSHA and SCRIPT LOAD on a
+  connection of its own (client._Redis);
 - ``raw``: a bare socket with TCP_NODELAY and a hiredis.Reader, no error
   handling at all: the least Python can do, for reference only;
 - the C client (redis-benchmark -c 1) on the same GET, the same EVALSHA of
-  GET_SCRIPT and of UPDATE_SCRIPT (store_ops.CFloors).
+  GET_SCRIPT and of UPDATE_SCRIPT (c_client.CFloors).
 
 Each variant does the raw GET, the EVALSHA of GET_SCRIPT, and (but ``raw``)
 SessionStore.get(verify=True) and SessionStore.update; the warm handler's
@@ -32,6 +31,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,13 +44,16 @@ from chalicelib.adapters.redis.scripts import GET_SCRIPT
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from sessionsync.bench import machine
+from sessionsync.bench.c_client import CFloors
 from sessionsync.bench.context import PROFILES, STATE_BYTES, BenchContext, Placement, state_json
+from sessionsync.bench.harness import Updater, quiet_telemetry
 from sessionsync.bench.redis_server import ThrowawayRedis
 from sessionsync.bench.stats import interleaved, ratio, summarize_ns
-from sessionsync.bench.store_ops import CFloors
 
 DEFAULT_OUTPUT = Path("docs/bench/hot-path-steps.json")
 API_KEY = "bench-api-key-0123456789abcdef"
+# what lives as long as the process (the telemetry's /dev/null)
+_PROCESS_LIFETIME = ExitStack()
 
 
 class RawClient:
@@ -79,14 +82,6 @@ class RawClient:
         self.sock.close()
 
 
-def _resp(*args: str | int) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
 def measure(server: ThrowawayRedis, iterations: int, log: Callable[[str], None] = print
             ) -> dict[str, Any]:
     url = server.url
@@ -103,24 +98,19 @@ def measure(server: ThrowawayRedis, iterations: int, log: Callable[[str], None] 
     read_key = session_keys(read_id)[0]
     get_sha = hot.script_load(GET_SCRIPT)
     raw = RawClient(cast(int, server.port))
-    raw_get, raw_evalsha = _resp("GET", read_key), _resp("EVALSHA", get_sha, 1, read_key)
-    versions: dict[str, int] = {}
+    raw_get = hiredis.pack_command(cast(Any, ("GET", read_key)))
+    raw_evalsha = hiredis.pack_command(cast(Any, ("EVALSHA", get_sha, 1, read_key)))
+    updates: list[Updater] = []
     ops: dict[str, Callable[[], Any]] = {
         "raw.get": lambda: raw.call(raw_get),
         "raw.evalsha_get_script": lambda: raw.call(raw_evalsha),
     }
     for name, client in clients.items():
         store = stores[name]
-        update_id = f"hot-path-update-{name}"
-        store.create(update_id, state, 3600)
-        versions[name] = 1
-
-        def update(store: SessionStore = store, update_id: str = update_id, name: str = name) -> Any:
-            result = store.update(update_id, state, versions[name])
-            versions[name] += 1
-            return result
-
-        # (lambdas with defaults, as the raw ops: the same call overhead for every variant)
+        update = Updater(store, f"hot-path-update-{name}", state)
+        store.create(update.session_id, state, 3600)
+        updates.append(update)
+        # lambdas with defaults, as the raw ops: the same call overhead for every variant
         ops[f"{name}.get"] = lambda client=client: client.get(read_key)  # type: ignore[misc]
         ops[f"{name}.evalsha_get_script"] = (
             lambda client=client: client.evalsha(get_sha, 1, read_key))  # type: ignore[misc]
@@ -130,16 +120,12 @@ def measure(server: ThrowawayRedis, iterations: int, log: Callable[[str], None] 
     ctx = BenchContext(profile=PROFILES["full"], redis_url=url, redis_is_own=True,
                        database_url=None, aws_endpoint_url=None, log=log)
     floors = CFloors(ctx, stores["hot"], hot, read_key, state, "hot-path")
-    rounds, done = 50, 0
+    rounds = 50
 
-    def between_rounds() -> None:
-        nonlocal done
-        if done in (0, rounds // 2, rounds):
-            floors.measure(max(1000, iterations // 2))
-        done += 1
-        acks = [f"hot-path-update-{n}:{v}" for n, last in versions.items() for v in range(1, last + 1)]
-        for i in range(0, len(acks), 1000):
-            stores["hot"].outbox_ack(acks[i:i + 1000])
+    def between_rounds(done: int) -> None:
+        floors.at_round(done, rounds, max(1000, iterations // 2))
+        for update in updates:
+            update.ack()
 
     try:
         samples = interleaved(ops, iterations, warmup=max(100, iterations // 20), rounds=rounds,
@@ -156,18 +142,13 @@ def measure(server: ThrowawayRedis, iterations: int, log: Callable[[str], None] 
 def _handler_ops(url: str, clients: dict[str, redis.Redis], read_id: str
                  ) -> dict[str, Callable[[], Any]]:
     """The warm handler's GET on the ``pool`` and on the ``hot`` client."""
-    import app as app_module
     from chalicelib import runtime
-    from chalicelib.observability import logs, metrics
     from sessionsync.bench.context import DEFAULT_DATABASE_URL
     from sessionsync.bench.events import LambdaContext, session_get_event
+    from sessionsync.project import import_app
 
-    # as the bench does: log and EMF lines formatted, written to /dev/null
-    devnull = open(os.devnull, "w")  # lives as long as the process
-    previous = metrics.writer()
-    logs.configure("INFO", stream=devnull)
-    metrics.configure(stream=devnull, namespace=previous.namespace, service=previous.service)
-    app, context = app_module.app, LambdaContext()
+    quiet_telemetry(_PROCESS_LIFETIME)  # as the bench does
+    app, context = import_app().app, LambdaContext()
     event = session_get_event(read_id, API_KEY)
     settings = Settings(redis_url=url, api_keys=(API_KEY,), channel="hot-path-steps",
                         database_url=DEFAULT_DATABASE_URL)

@@ -22,34 +22,28 @@ keep-alive connection, for a fixed time:
   (section ``handler``) has neither HTTP nor the client threads in it.
 
 An error is a transport failure (no answer) or any status outside the
-route's expected ones; each kind is counted by "METHOD route status code",
-with the problem's ``code`` when the body has one.  There must be none.
+route's expected ones; each kind is counted by "METHOD /route status
+code", with the problem's ``code`` when the body has one.  There must be
+none.
 Clients and server share the machine's CPUs: on 2 CPUs the figures bound
 the local server, not a deployment (one Lambda per request).
 """
 from __future__ import annotations
 
-import http.client
 import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sessionsync.bench.context import DEFAULT_DATABASE_URL, BenchContext
+from sessionsync.bench.context import BenchContext
+from sessionsync.bench.harness import in_threads, serve_process
+from sessionsync.bench.http_client import HttpClient, RouteStats, TransportError, summarize_routes
 from sessionsync.bench.redis_server import ThrowawayRedis
-from sessionsync.bench.stats import ratio, summarize_ns
+from sessionsync.bench.stats import ratio
 
 API_KEY = "bench-http-load-key-0123456789abcdef"
 WORKLOADS = ("floor", "many_sessions", "hot_session")
@@ -70,64 +64,41 @@ CONFLICT_STATUSES = {409, 412}
 STATE = {"cart": [{"sku": "SKU-00001", "qty": 1}], "note": "x" * 200}
 
 
-class ClientStats:
-    """One client thread's figures (merged after the run)."""
+class ClientStats(RouteStats):
+    """One client thread's figures, with what was refused and why."""
 
     def __init__(self) -> None:
-        self.latency_ns: dict[str, list[int]] = {}
-        self.statuses: dict[str, Counter[int]] = {}
+        super().__init__()
         self.errors: Counter[str] = Counter()
         #: error kind -> the first answer of that kind (its problem detail)
         self.error_samples: dict[str, str] = {}
         self.conflicts: Counter[str] = Counter()
-        self.requests = 0
 
 
-class Client:
-    """One keep-alive connection; records every request in ``stats``."""
+class Client(HttpClient):
+    """A load client: every answer checked against the route's expected statuses."""
+
+    stats: ClientStats
 
     def __init__(self, port: int, stats: ClientStats) -> None:
-        self.port = port
-        self.stats = stats
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_SECONDS)
-        self.headers = {"Authorization": f"Bearer {API_KEY}"}
-
-    def connect(self) -> None:
-        self.conn.connect()
-        self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def close(self) -> None:
-        self.conn.close()
+        super().__init__(f"http://127.0.0.1:{port}", API_KEY, REQUEST_TIMEOUT_SECONDS, stats)
 
     def call(self, route: str, method: str, path: str, body: Any = None,
              headers: dict[str, str] | None = None, conflict_ok: bool = False
              ) -> tuple[int, dict[str, str], bytes]:
         """(status, headers, body); status 0 when no answer came."""
-        all_headers = {**self.headers, **(headers or {})}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body, separators=(",", ":")).encode()
-            all_headers["Content-Type"] = "application/json"
-        self.stats.requests += 1
-        start = time.perf_counter_ns()
         try:
-            self.conn.request(method, path, body=payload, headers=all_headers)
-            response = self.conn.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.conn.close()  # reconnects on the next request
-            self.stats.errors[f"{method} {route} transport {type(exc).__name__}"] += 1
+            status, reply_headers, data = self.request(route, method, path, body, headers)
+        except TransportError as exc:
+            self.stats.errors[f"{route} transport {exc.kind}"] += 1
             return 0, {}, b""
-        self.stats.latency_ns.setdefault(route, []).append(time.perf_counter_ns() - start)
-        self.stats.statuses.setdefault(route, Counter())[response.status] += 1
-        status = response.status
         if conflict_ok and status in CONFLICT_STATUSES:
             self.stats.conflicts[f"{route} {status}"] += 1
         elif status not in EXPECTED[route]:
             kind = error_kind(route, status, data)
             self.stats.errors[kind] += 1
             self.stats.error_samples.setdefault(kind, data[:300].decode("utf-8", "replace"))
-        return status, {k.lower(): v for k, v in response.getheaders()}, data
+        return status, reply_headers, data
 
 
 def error_kind(route: str, status: int, body: bytes) -> str:
@@ -178,26 +149,20 @@ def floor_loop(client: Client, deadline: float) -> None:
         client.call("GET /bench/no-such-route", "GET", "/bench/no-such-route")
 
 
-def _many_sessions_body(prefix: str, client: Client, index: int, deadline: float) -> None:
+def _own_sessions(prefix: str, client: Client, index: int, deadline: float) -> None:
     many_sessions_loop(client, f"{prefix}-{index}", deadline)
 
 
-def _hot_session_body(sid: str, client: Client, index: int, deadline: float) -> None:
-    hot_session_loop(client, sid, deadline)
+def _on_one(session_id: str, client: Client, index: int, deadline: float) -> None:
+    hot_session_loop(client, session_id, deadline)
 
 
 def merge(all_stats: list[ClientStats], seconds: float) -> dict[str, Any]:
     """The clients' figures together: requests/s, latency and statuses per route."""
-    latency: dict[str, list[int]] = {}
-    statuses: dict[str, Counter[int]] = {}
     errors: Counter[str] = Counter()
     samples: dict[str, str] = {}
     conflicts: Counter[str] = Counter()
     for s in all_stats:
-        for route, values in s.latency_ns.items():
-            latency.setdefault(route, []).extend(values)
-        for route, counts in s.statuses.items():
-            statuses.setdefault(route, Counter()).update(counts)
         errors.update(s.errors)
         for kind, sample in s.error_samples.items():
             samples.setdefault(kind, sample)
@@ -207,9 +172,7 @@ def merge(all_stats: list[ClientStats], seconds: float) -> dict[str, Any]:
         "requests": requests,
         "seconds": round(seconds, 3),
         "requests_per_second": round(requests / seconds, 1),
-        "routes": {route: {**summarize_ns(values, "ms"),
-                           "statuses": {str(k): v for k, v in sorted(statuses[route].items())}}
-                   for route, values in sorted(latency.items())},
+        "routes": summarize_routes(all_stats),
         "errors": sum(errors.values()),
         "error_kinds": dict(errors.most_common()),
         "error_samples": samples,
@@ -225,89 +188,26 @@ def _load(port: int, clients: int, seconds: float,
     conns = [Client(port, s) for s in stats]
     for conn in conns:
         conn.connect()
-    go = threading.Barrier(clients + 1)
-    times: dict[str, float] = {}
 
-    def worker(i: int) -> None:
-        go.wait(timeout=60)
+    def client(i: int, released: float) -> None:
         try:
-            body(conns[i], i, times["deadline"])
+            body(conns[i], i, released + seconds)
         finally:
             conns[i].close()
 
-    threads = [threading.Thread(target=worker, args=(i,), name=f"http-load-{i}", daemon=True)
-               for i in range(clients)]
-    for t in threads:
-        t.start()
-    times["deadline"] = time.monotonic() + seconds
-    started = time.monotonic()
-    go.wait(timeout=60)
-    for t in threads:
-        t.join(timeout=seconds + 4 * REQUEST_TIMEOUT_SECONDS)
-    if any(t.is_alive() for t in threads):
-        raise TimeoutError("http load threads still running")
-    return merge(stats, time.monotonic() - started)
+    _, elapsed = in_threads(clients, client, timeout=seconds + 4 * REQUEST_TIMEOUT_SECONDS,
+                            name="http-load")
+    return merge(stats, elapsed)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serve_process(ctx: BenchContext, workdir: Path, redis_url: str) -> Iterator[tuple[int, Path]]:
-    """``sessionsync serve --no-pipeline`` on a free port; stopped by PID on exit."""
+def _server_environment(ctx: BenchContext, redis_url: str) -> dict[str, str]:
     from chalicelib import config
-    from sessionsync.project import project_dir
 
-    env = dict(os.environ)
     # empty, not absent: the CLI fills absent settings from the local stage,
     # whose queue name would make every write look a queue up in LocalStack
-    env.update({config.SESSION_QUEUE_URL: "", config.SESSION_QUEUE_NAME: "",
-                config.REDIS_URL: redis_url,
-                config.DATABASE_URL: ctx.database_url or DEFAULT_DATABASE_URL,
-                config.API_KEYS: API_KEY,
-                config.PUBSUB_CHANNEL: f"{ctx.session_prefix('http')}-updates",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(project_dir()),
-                                                            env.get("PYTHONPATH")]))})
-    port = _free_port()
-    log = workdir / f"serve-{port}.log"
-    cpus = range(os.cpu_count() or 1)
-
-    def widen() -> None:  # the bench itself may be pinned: the server gets every CPU
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, cpus)
-
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from sessionsync.cli import main; main()", "serve",
-             "--no-pipeline", "--port", str(port)],
-            cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=widen)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"sessionsync serve exited:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break  # an answer all the same
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"sessionsync serve on {port} did not answer:\n"
-                                       f"{log.read_text()[-3000:]}") from None
-                time.sleep(0.1)
-        yield port, log
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+    return {config.SESSION_QUEUE_URL: "", config.SESSION_QUEUE_NAME: "",
+            config.REDIS_URL: redis_url, config.DATABASE_URL: ctx.dsn, config.API_KEYS: API_KEY,
+            config.PUBSUB_CHANNEL: f"{ctx.session_prefix('http')}-updates"}
 
 
 def _create_hot(port: int, sid: str) -> None:
@@ -339,17 +239,18 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     # (no queue: nothing drains it) go away with it
     with ThrowawayRedis(cpus=ctx.server_cpus) as redis_server, \
             tempfile.TemporaryDirectory(prefix="sessionsync-bench-http-") as tmp, \
-            serve_process(ctx, Path(tmp), redis_server.url) as (port, log):
+            serve_process(Path(tmp), _server_environment(ctx, redis_server.url),
+                          "--no-pipeline") as (port, log):
         # warm up: the server's imports, connections and first requests
-        _load(port, 4, 0.3, lambda c, i, d: many_sessions_loop(c, f"{prefix}-warm-{i}", d))
+        _load(port, 4, 0.3, partial(_own_sessions, f"{prefix}-warm"))
         for clients in counts:
             hot = f"{prefix}-hot-{clients}"
             _create_hot(port, hot)
             workloads = {
                 "floor": _load(port, clients, seconds, lambda c, i, d: floor_loop(c, d)),
                 "many_sessions": _load(port, clients, seconds, partial(
-                    _many_sessions_body, f"{prefix}-{clients}")),
-                "hot_session": _load(port, clients, seconds, partial(_hot_session_body, hot)),
+                    _own_sessions, f"{prefix}-{clients}")),
+                "hot_session": _load(port, clients, seconds, partial(_on_one, hot)),
             }
             by_clients.append({
                 "clients": clients,

@@ -37,6 +37,7 @@ import redis
 from chalicelib.adapters.redis.keys import BUCKETS, session_keys
 from chalicelib.adapters.redis.store import SessionStore
 from sessionsync.bench.context import STATE_BYTES, BenchContext, state_json
+from sessionsync.bench.harness import command_stats, server_usec
 from sessionsync.bench.redis_server import ThrowawayRedis
 from sessionsync.bench.stats import ratio, summarize_ns, time_calls
 
@@ -166,19 +167,12 @@ def _hget_cost(client: redis.Redis, key: bytes, fields: list[bytes], n: int
         i = position[0] = (position[0] + 1) % len(fields)
         return client.hset(key, fields[i], MARKER)
 
-    def stats(command: str) -> tuple[int, int]:
-        entry = client.info("commandstats").get(f"cmdstat_{command}", {})
-        return entry.get("calls", 0), entry.get("usec", 0)
-
-    calls0, usec0 = stats("hget")
+    calls0, usec0 = command_stats(client, "hget")
     p50 = summarize_ns(time_calls(hget, n))["p50_us"]
-    calls1, usec1 = stats("hget")
-    set0, set_usec0 = stats("hset")
-    time_calls(hset, n)
-    set1, set_usec1 = stats("hset")
+    calls1, usec1 = command_stats(client, "hget")
     return {"hget_p50_us": p50,
             "hget_server_usec": round((usec1 - usec0) / max(1, calls1 - calls0), 2),
-            "hset_server_usec": round((set_usec1 - set_usec0) / max(1, set1 - set0), 2)}
+            **server_usec(client, {"hset_server_usec": ("hset", hset)}, n)}
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:

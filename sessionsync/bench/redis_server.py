@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from typing import Any
 
 import redis
+
+from sessionsync.bench.harness import free_port, stop_process
 
 
 class RedisServerUnavailable(RuntimeError):
@@ -25,12 +26,6 @@ class RedisServerUnavailable(RuntimeError):
 
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ThrowawayRedis:
@@ -62,7 +57,7 @@ class ThrowawayRedis:
         self._workdir = tempfile.mkdtemp(prefix="sessionsync-bench-redis-")
         last_error: Exception | None = None
         for _ in range(3):  # another process may grab the port between probe and bind
-            self.port = _free_port()
+            self.port = free_port()
             self.proc = subprocess.Popen(
                 [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
                  "--appendonly", "no", "--dir", self._workdir, "--daemonize", "no",
@@ -99,14 +94,8 @@ class ThrowawayRedis:
 
     def _stop_process(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            stop_process(proc)
 
     def stop(self) -> None:
         self._stop_process()

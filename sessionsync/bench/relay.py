@@ -28,8 +28,9 @@ from chalicelib.adapters.redis.keys import bucket_of, outbox_keys
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.events import EVENT_SCHEMA_VERSION, UPDATED
 from chalicelib.pipeline.outbox import PAGE, OutboxRelay
-from sessionsync.bench.aws_local import localstack_sqs_unavailable, sqs_client, temporary_queue
+from sessionsync.bench.aws_local import localstack_sqs_unavailable
 from sessionsync.bench.context import BenchContext
+from sessionsync.bench.harness import local_queue
 from sessionsync.bench.redis_server import ThrowawayRedis
 from sessionsync.bench.stats import ratio
 
@@ -48,12 +49,10 @@ class _AckingSender:
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
-        self.sent = 0
 
     def send_many(self, events: Iterable[tuple[str, str]]) -> list[str]:
         ids = [eid for eid, _ in events]
         self.store.outbox_ack(ids)
-        self.sent += len(ids)
         return ids
 
 
@@ -80,34 +79,41 @@ def _drain(client: redis.Redis, prefix: str, backlog: int) -> dict[str, Any]:
     client.flushall()
     _fill(client, prefix, backlog)
     store = SessionStore(client)
-    sender = _AckingSender(store)
-    relay = OutboxRelay(store, sender, age_seconds=0)
-    pages = 0
-    page_ns: list[int] = []
-    clock = time.perf_counter_ns
+    relay = OutboxRelay(store, _AckingSender(store), age_seconds=0)
     server_cpu, cpu, start = _server_cpu(client), time.process_time(), time.perf_counter()
-    while pages <= 2 * backlog // PAGE + 2:  # bounded: every page but the last is full
-        t0 = clock()
-        found = relay.run_once().found
-        page_ns.append(clock() - t0)
-        if found == 0:
-            break
-        pages += 1
+    page_ns = _pages(relay, store, backlog)
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu + _server_cpu(client) - server_cpu
-    left = store.outbox_depth()
-    if sender.sent != backlog or left:
-        raise RuntimeError(f"the relay sent {sender.sent} of {backlog} entries, {left} left")
     return {
         "backlog": backlog,
-        "pages": pages,
+        "pages": len(page_ns),
         "seconds": round(seconds, 3),
         "entries_per_second": round(backlog / seconds),
         # CPU time, the relay's and redis-server's: other load on a shared
         # machine moves the wall time, far less the work done
         "cpu_us_per_entry": round(cpu_seconds / backlog * 1e6, 3),
-        "page_flatness": page_flatness(page_ns[:pages]),
+        "page_flatness": page_flatness(page_ns),
     }
+
+
+def _pages(relay: OutboxRelay, store: SessionStore, backlog: int) -> list[int]:
+    """``run_once`` until the outbox is empty: the time (ns) of each page
+    that found entries.  Raises unless all ``backlog`` entries were sent."""
+    page_ns: list[int] = []
+    sent = 0
+    clock = time.perf_counter_ns
+    for _ in range(2 * backlog // PAGE + 3):  # bounded: every page but the last is full
+        t0 = clock()
+        result = relay.run_once()
+        elapsed = clock() - t0
+        if result.found == 0:
+            break
+        page_ns.append(elapsed)
+        sent += result.sent
+    left = store.outbox_depth()
+    if sent != backlog or left:
+        raise RuntimeError(f"the relay sent {sent} of {backlog} entries, {left} left")
+    return page_ns
 
 
 def page_flatness(page_ns: Sequence[int]) -> dict[str, Any]:
@@ -128,37 +134,22 @@ def _sqs_drain(ctx: BenchContext, client: redis.Redis, backlog: int) -> dict[str
     through the relay's real sender (SqsProducer: send, then ack)."""
     from chalicelib.pipeline.producer import SqsProducer
 
-    why_not = localstack_sqs_unavailable(ctx.aws_endpoint_url)
-    if why_not:
+    if why_not := localstack_sqs_unavailable(ctx.aws_endpoint_url):
         return {"skipped": why_not}
     client.flushall()
     _fill(client, ctx.session_prefix("relay-sqs"), backlog)
     store = SessionStore(client)
-    sqs = sqs_client(ctx.aws_endpoint_url)
-    with temporary_queue(sqs, f"sessionsync-bench-relay-{ctx.run_id}") as url:
+    with local_queue(ctx, "relay") as (sqs, url):
         relay = OutboxRelay(store, SqsProducer(sqs, url, store), age_seconds=0)
-        sent = pages = 0
-        page_ns: list[int] = []
-        clock = time.perf_counter_ns
         start = time.perf_counter()
-        while pages <= 2 * backlog // PAGE + 2:
-            t0 = clock()
-            result = relay.run_once()
-            page_ns.append(clock() - t0)
-            if result.found == 0:
-                break
-            sent += result.sent
-            pages += 1
+        page_ns = _pages(relay, store, backlog)
         seconds = time.perf_counter() - start
         queued = int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
             "ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"])
-    left = store.outbox_depth()
-    if sent != backlog or left:
-        raise RuntimeError(f"the relay sent {sent} of {backlog} entries to SQS, {left} left")
     return {"sender": "SqsProducer to a LocalStack queue of the bench's own",
-            "endpoint": ctx.aws_endpoint_url, "backlog": backlog, "pages": pages,
+            "endpoint": ctx.aws_endpoint_url, "backlog": backlog, "pages": len(page_ns),
             "seconds": round(seconds, 3), "entries_per_second": round(backlog / seconds),
-            "messages_in_queue": queued, "page_flatness": page_flatness(page_ns[:pages])}
+            "messages_in_queue": queued, "page_flatness": page_flatness(page_ns)}
 
 
 def _server_cpu(client: redis.Redis) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sessionsync.bench.context import PROFILES, BenchContext, Placement
+from sessionsync.bench.harness import quiet_telemetry
 
 # Cheap and noise-sensitive sections first, while the machine is quietest;
 # the heavy loads (a million sessions, 16 writer processes) last.
@@ -40,11 +41,13 @@ class BenchOptions:
     pin_cpus: bool = True                  # see context.Placement
 
 
-def run_bench(options: BenchOptions, log: Callable[[str], None] = print
+def run_bench(options: BenchOptions, log: Callable[[str], None] = print,
+              progress: Callable[[str], None] = lambda _: None
               ) -> tuple[dict[str, Any], Path, Path | None]:
     """Run, write ``bench-<profile>-<time>.json`` (+ ``.png``); return both paths.
 
-    A section that fails is recorded with its error and the others still
+    ``log``: notes and warnings; ``progress``: which section runs.  A
+    section that fails is recorded with its error and the others still
     run; the caller decides the exit code from ``results["errors"]``.
     """
     from chalicelib import runtime
@@ -92,10 +95,11 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
                          "sections": sections, "iterations": profile.__dict__},
             "sections": {},
         }
-        _quiet_telemetry(stack)
+        quiet_telemetry(stack)
         stack.callback(runtime.reset)
         for number, name in enumerate(sections, 1):
-            log(f"[{number}/{len(sections)}] {name} ...")
+            progress(f"[{number}/{len(sections)}] {name} ({round(time.perf_counter() - started)} s "
+                     "so far)")
             t0 = time.perf_counter()
             try:
                 data = _section(name)(ctx)
@@ -103,10 +107,9 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
                 logging.getLogger("sessionsync.bench").debug("section failed", exc_info=True)
                 data = {"error": f"{type(exc).__name__}: {exc}",
                         "traceback": traceback.format_exc(limit=8)}
-                log(f"    FAILED: {data['error']}")
+                log(f"{name} FAILED: {data['error']}")
             data["elapsed_seconds"] = round(time.perf_counter() - t0, 2)
             results["sections"][name] = data
-            log(f"    done in {data['elapsed_seconds']} s")
     results["targets"] = targets.evaluate(results["sections"])
     results["errors"] = sorted(n for n, d in results["sections"].items() if "error" in d)
     results["machine"]["load_average_at_end"] = machine.load_average()
@@ -121,27 +124,6 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print
         from sessionsync.bench import chart
         png_path = chart.render(results, options.output_dir / f"{stem}.png")
     return results, json_path, png_path
-
-
-def _quiet_telemetry(stack: ExitStack) -> None:
-    """Send log and EMF lines to /dev/null for the run, formatted as ever.
-
-    Their cost (a JSON encoding and a write per line, as in Lambda) stays in
-    the figures; only the thousands of lines stay out of the terminal.
-    ``app`` is imported first because its import configures logging itself.
-    """
-    from chalicelib.observability import logs, metrics
-    from sessionsync.project import import_app
-
-    import_app()  # its import calls logs.configure()
-
-    devnull = stack.enter_context(open(os.devnull, "w"))
-    previous = metrics.writer()
-    logs.configure(os.environ.get("LOG_LEVEL", "INFO"), stream=devnull)
-    metrics.configure(stream=devnull, namespace=previous.namespace, service=previous.service)
-    stack.callback(logs.configure)
-    stack.callback(metrics.configure, namespace=previous.namespace, service=previous.service,
-                   enabled=previous.enabled)
 
 
 def _redis_server_info(url: str) -> dict[str, Any]:

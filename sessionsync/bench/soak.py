@@ -27,20 +27,20 @@ each update by a number of retries, the persistence wait by its own timeout.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import random
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from chalicelib.domain.events import CREATED, DELETED, UPDATED
+from sessionsync.bench.harness import in_threads
+from sessionsync.bench.http_client import HttpClient, RouteStats, TransportError, summarize_routes
 from sessionsync.bench.stats import percentile
 
 OPERATIONS = ("read", "update", "create", "delete")
@@ -105,9 +105,7 @@ class Ack:
 
 
 @dataclass
-class ThreadStats:
-    latency_ns: dict[str, list[int]] = field(default_factory=dict)
-    statuses: dict[str, Counter] = field(default_factory=dict)
+class ThreadStats(RouteStats):
     acks: list[Ack] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     conflicts: int = 0
@@ -119,69 +117,6 @@ class ThreadStats:
     #: 503s with Retry-After, waited out and sent again (the API's "retry later")
     unavailable: Counter = field(default_factory=Counter)
     ops: Counter = field(default_factory=Counter)
-
-
-class TransportError(Exception):
-    """The request got no answer (connection refused or reset, timeout)."""
-
-
-class Client:
-    """One keep-alive connection to the server; reconnects after a failure."""
-
-    def __init__(self, url: str, api_key: str, timeout: float, stats: ThreadStats) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"the soak speaks plain http://host:port, got {url!r}")
-        self.host, self.port = parts.hostname, parts.port or 80
-        self.timeout = timeout
-        self.auth = {"Authorization": f"Bearer {api_key}"}
-        self.stats = stats
-        self.conn: http.client.HTTPConnection | None = None
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-    def call(self, route: str, method: str, path: str, body: Any = None,
-             headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        """One request, sent again after a 503 with Retry-After (as the API
-        asks, a bounded number of times).  Raises TransportError (recorded
-        as an error) when no answer came."""
-        for _ in range(UNAVAILABLE_RETRIES):
-            status, reply_headers, data = self._once(route, method, path, body, headers)
-            retry_after = reply_headers.get("retry-after", "")
-            if status != 503 or not retry_after.isdigit():
-                break
-            self.stats.unavailable[route] += 1
-            # a write refused with a 503 may have been applied all the same
-            self.stats.unknown_writes += method != "GET"
-            time.sleep(min(float(retry_after), self.timeout))
-        return status, reply_headers, data
-
-    def _once(self, route: str, method: str, path: str, body: Any,
-              headers: Mapping[str, str] | None) -> tuple[int, dict[str, str], bytes]:
-        all_headers = {**self.auth, **(headers or {})}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body, separators=(",", ":")).encode()
-            all_headers["Content-Type"] = "application/json"
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        start = time.perf_counter_ns()
-        try:
-            self.conn.request(method, path, body=payload, headers=all_headers)
-            response = self.conn.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            self.stats.errors.append(f"{route}: {type(exc).__name__}: {exc}")
-            raise TransportError(route) from exc
-        self.stats.latency_ns.setdefault(route, []).append(time.perf_counter_ns() - start)
-        self.stats.statuses.setdefault(route, Counter())[response.status] += 1
-        if response.will_close:
-            self.close()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
 
 class Pool:
@@ -238,7 +173,7 @@ class Soaker:
         self.options = options
         self.pool = pool
         self.stats = stats
-        self.client = Client(options.url, options.api_key, options.request_timeout, stats)
+        self.client = HttpClient(options.url, options.api_key, options.request_timeout, stats)
         self.rng = random.Random(None if options.seed is None else options.seed * 1000 + index)
         self.seen: dict[str, int] = {}  # session -> highest version this thread acked or read
         self.counter = 0
@@ -247,6 +182,26 @@ class Soaker:
     def _state(self) -> dict[str, Any]:
         self.counter += 1
         return {"thread": self.index, "n": self.counter, "pad": self.padding}
+
+    def _call(self, route: str, method: str, path: str, body: Any = None,
+              headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """One request, sent again after a 503 with Retry-After (as the API
+        asks, a bounded number of times).  Raises TransportError (recorded
+        as an error) when no answer came."""
+        for _ in range(UNAVAILABLE_RETRIES):
+            try:
+                status, reply_headers, data = self.client.request(route, method, path, body, headers)
+            except TransportError as exc:
+                self.stats.errors.append(str(exc))
+                raise
+            retry_after = reply_headers.get("retry-after", "")
+            if status != 503 or not retry_after.isdigit():
+                break
+            self.stats.unavailable[route] += 1
+            # a write refused with a 503 may have been applied all the same
+            self.stats.unknown_writes += method != "GET"
+            time.sleep(min(float(retry_after), self.options.request_timeout))
+        return status, reply_headers, data
 
     def _unexpected(self, route: str, status: int, body: bytes) -> None:
         self.stats.errors.append(f"{route}: HTTP {status}: {body[:200]!r}")
@@ -261,7 +216,7 @@ class Soaker:
         session_id = session_id or self.pool.new_id()
         state = self._state()
         try:
-            status, _, body = self.client.call("POST /sessions", "POST", "/sessions",
+            status, _, body = self._call("POST /sessions", "POST", "/sessions",
                                                {"session_id": session_id, "state": state})
         except TransportError:
             self.stats.unknown_writes += 1
@@ -272,9 +227,13 @@ class Soaker:
         else:
             self._unexpected("POST /sessions", status, body)
 
+    def create_all(self, session_ids: Sequence[str]) -> None:
+        for session_id in session_ids:
+            self.create(session_id)
+
     def _get(self, session_id: str) -> int | None:
         """The current version, None when gone (404).  Raises TransportError."""
-        status, _, body = self.client.call("GET /sessions/{id}", "GET", f"/sessions/{session_id}")
+        status, _, body = self._call("GET /sessions/{id}", "GET", f"/sessions/{session_id}")
         if status == 404:
             self.stats.gone += 1
             self.pool.discard(session_id)
@@ -319,7 +278,7 @@ class Soaker:
                 return False
             state = self._state() if kind == "update" else None
             try:
-                status, _, body = self.client.call(
+                status, _, body = self._call(
                     route, method, f"/sessions/{session_id}", state and {"state": state},
                     {"If-Match": f'"{version}"'})
             except TransportError:
@@ -408,8 +367,10 @@ class Sampler:
 
     def __init__(self, options: SoakOptions, acked: Callable[[], int],
                  probes: Mapping[str, Callable[[], float | None]], connect: Callable[[], Any],
-                 started_at: float) -> None:
+                 started_at: float, on_sample: Callable[[dict[str, Any]], object] = lambda _: None
+                 ) -> None:
         self.options = options
+        self.on_sample = on_sample
         self.acked = acked
         self.probes = probes
         self.connect = connect
@@ -436,6 +397,7 @@ class Sampler:
                     sample[name] = None
             sample["rss_mb"] = {label: rss_mb(pid) for label, pid in self.options.pids.items()}
             self.samples.append(sample)
+            self.on_sample(sample)
             self.stop.wait(self.options.sample_interval)
         if conn is not None:
             conn.close()
@@ -557,25 +519,6 @@ def relay_counts(path: Path, offset: int) -> dict[str, float]:  # counts; the ca
 
 # --- the run ------------------------------------------------------------------
 
-def _summarize_latency(stats: Iterable[ThreadStats]) -> dict[str, Any]:
-    latency: dict[str, list[int]] = {}
-    statuses: dict[str, Counter] = {}
-    for s in stats:
-        for route, samples in s.latency_ns.items():
-            latency.setdefault(route, []).extend(samples)
-        for route, counter in s.statuses.items():
-            statuses.setdefault(route, Counter()).update(counter)
-    out = {}
-    for route, samples in sorted(latency.items()):
-        ordered = sorted(samples)
-        out[route] = {"n": len(ordered),
-                      "p50_ms": round(percentile(ordered, 50) / 1e6, 2),
-                      "p99_ms": round(percentile(ordered, 99) / 1e6, 2),
-                      "max_ms": round(ordered[-1] / 1e6, 2),
-                      "statuses": {str(k): v for k, v in sorted(statuses[route].items())}}
-    return out
-
-
 def _rate(samples: Sequence[dict[str, Any]], key: str, start: float, end: float) -> float | None:
     """Per-second growth of ``key`` between the samples nearest ``start`` and ``end``."""
     usable = [s for s in samples if s.get(key) is not None]
@@ -605,12 +548,14 @@ def _memory(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def run_soak(options: SoakOptions, *, connect: Callable[[], Any],
              probes: Mapping[str, Callable[[], float | None]] | None = None,
-             log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+             log: Callable[[str], None] = lambda _: None,
+             on_sample: Callable[[dict[str, Any]], object] = lambda _: None) -> dict[str, Any]:
     """Load, wait for persistence, check; the report (a JSON-able dict).
 
     ``connect`` opens a PostgreSQL connection (psycopg, autocommit) to the
     server's database; ``probes`` are sampled every ``sample_interval``
-    (name -> callable returning a number or None).
+    (name -> callable returning a number or None), each sample then given
+    to ``on_sample``; ``log`` hears of each phase.
     """
     pool = Pool(options.prefix)
     stats = [ThreadStats() for _ in range(options.threads)]
@@ -621,28 +566,21 @@ def run_soak(options: SoakOptions, *, connect: Callable[[], Any],
     def acked() -> int:
         return sum(len(s.acks) for s in stats)
 
-    def in_threads(target: Callable[[Soaker], object], timeout: float) -> None:
-        threads = [threading.Thread(target=target, args=(s,), name=f"soak-{s.index}", daemon=True)
-                   for s in soakers]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if any(t.is_alive() for t in threads):
-            raise TimeoutError(f"soak threads still running after {timeout:.0f}s")
+    def each(work: Callable[[Soaker, float], object], timeout: float) -> None:
+        in_threads(len(soakers), lambda i, released: work(soakers[i], released),
+                   timeout=timeout, name="soak")
 
     bound = options.request_timeout * (options.max_retries + 2) * 2
-    with Sampler(options, acked, probes or {}, connect, started_at) as sampler:
+    with Sampler(options, acked, probes or {}, connect, started_at, on_sample) as sampler:
         log(f"creating {options.sessions} sessions ({options.prefix}-*) with {options.threads} threads")
         initial = [pool.new_id() for _ in range(options.sessions)]
-        in_threads(lambda s: [s.create(sid) for sid in initial[s.index::options.threads]],  # type: ignore[func-returns-value]
-                   timeout=bound + 2 * options.request_timeout * (options.sessions // options.threads))
+        each(lambda s, _: s.create_all(initial[s.index::options.threads]),
+             timeout=bound + 2 * options.request_timeout * (options.sessions // options.threads))
         load_start = time.time() - started_at
         acked_before_load = acked()
         log(f"load: {options.threads} threads for {options.duration:g}s, mix {dict(options.mix)}")
-        in_threads(lambda s: s.run_mix(time.monotonic() + options.duration),
-                   timeout=options.duration + bound)
+        each(lambda s, released: s.run_mix(released + options.duration),
+             timeout=options.duration + bound)
         load_end = time.time() - started_at
         all_acks = [a for s in stats for a in s.acks]
         unknown = sum(s.unknown_writes for s in stats)
@@ -674,7 +612,7 @@ def run_soak(options: SoakOptions, *, connect: Callable[[], Any],
         "seconds": {"load_start": round(load_start, 2), "load_end": round(load_end, 2),
                     "persisted_by": round(settled, 2)},
         "operations": dict(sum((s.ops for s in stats), Counter())),
-        "routes": _summarize_latency(stats),
+        "routes": summarize_routes(stats),
         "writes": {"acknowledged": len(all_acks), "by_kind": dict(writes),
                    "acknowledged_per_second_under_load":
                        round(load_acked / (load_end - load_start), 1) if load_end > load_start else None,

@@ -44,18 +44,18 @@ def time_calls(op: Op, n: int, out: list[int] | None = None) -> list[int]:
 
 
 def interleaved(ops: Mapping[str, Op], iterations: int, *, warmup: int, rounds: int = 50,
-                between_rounds: Callable[[], object] | None = None) -> dict[str, list[int]]:
+                between_rounds: Callable[[int], object] | None = None) -> dict[str, list[int]]:
     """Time every op ``iterations`` times, in ``rounds`` round-robin blocks.
 
     Many short rounds rather than a few long ones: on a VM the loopback
-    round trip switches between regimes (faster while the CPUs are kept
-    busy, slower when they go idle between requests: docs/performance.md)
-    for seconds at a time, and short blocks spread each regime over every op.
+    round trip switches between regimes for seconds at a time, and short
+    blocks spread each regime over every op.
 
     Within a round the ops run in the mapping's order, each for one block;
     an op may rely on the ones before it in the same round (a delete can
     consume the sessions the create just made: both get the same count).
-    ``between_rounds`` runs untimed after each round (housekeeping).
+    ``between_rounds(done)`` runs untimed before the first round (done 0)
+    and after each (done 1 to rounds): housekeeping.
     """
     rounds = max(1, min(rounds, iterations))
     block = max(1, iterations // rounds)
@@ -63,14 +63,14 @@ def interleaved(ops: Mapping[str, Op], iterations: int, *, warmup: int, rounds: 
         for _ in range(warmup):
             op()
     if between_rounds is not None:
-        between_rounds()
+        between_rounds(0)
     samples: dict[str, list[int]] = {name: [] for name in ops}
     with gc_paused():
-        for _ in range(rounds):
+        for done in range(1, rounds + 1):
             for name, op in ops.items():
                 time_calls(op, block, samples[name])
             if between_rounds is not None:
-                between_rounds()
+                between_rounds(done)
     return samples
 
 

@@ -1,4 +1,12 @@
-"""Helpers shared by the CLI commands."""
+"""Helpers shared by the CLI commands, and their one output convention:
+
+* ``--format text|json`` on every command that reports: text for people,
+  json for scripts (one JSON document on stdout, nothing else there);
+* notes, warnings and errors on stderr; progress on stderr too, only when
+  stderr is a terminal and ``--quiet`` is not given;
+* the older spellings (``--format table``, ``--json``) still work for one
+  version, with a note on stderr saying what replaces them.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,9 +14,9 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -44,6 +52,17 @@ def apply_stage_environment(stage: str | None) -> None:
         stage = "local"
     for name, value in stage_environment(stage).items():
         os.environ.setdefault(name, value)
+
+
+def database_dsn() -> str:
+    """The settings' PostgreSQL DSN; ConfigurationError when none is set."""
+    from chalicelib import runtime
+    from chalicelib.adapters.postgres import connection
+
+    settings = runtime.settings()
+    if not settings.has_database:
+        raise ConfigurationError("DATABASE_URL", "is not set (nor DB_SECRET_ARN, nor PG* variables)")
+    return connection.resolve_dsn(settings, runtime.secrets_client)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
@@ -83,5 +102,98 @@ def exits_on_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# -- output ------------------------------------------------------------------------
+
+def deprecated(old: str, new: str) -> None:
+    click.echo(f"sessionsync: {old} is deprecated and goes away in the next version: "
+               f"use {new}", err=True)
+
+
+class _Format(click.Choice):
+    """text | json; ``table``, the older name of text, still read (with a note)."""
+
+    def __init__(self) -> None:
+        super().__init__(["text", "json"])
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "table":
+            deprecated("--format table", "--format text")
+            return "text"
+        return super().convert(value, param, ctx)
+
+
+def output_format(*, json_flag: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--format text|json`` as the command's ``fmt``; ``json_flag``: the
+    command had a ``--json`` flag, kept (hidden) as --format json."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(*args: Any, as_json: bool = False, **kwargs: Any) -> Any:
+            if as_json:
+                deprecated("--json", "--format json")
+                kwargs["fmt"] = "json"
+            return command(*args, **kwargs)
+
+        wrapped = click.option("--format", "fmt", type=_Format(), default="text", show_default=True,
+                               help="text for people; json for scripts (one JSON document on "
+                                    "stdout).")(wrapper)
+        if json_flag:
+            wrapped = click.option("--json", "as_json", is_flag=True, hidden=True,
+                                   help="Deprecated: --format json.")(wrapped)
+        return wrapped
+    return decorate
+
+
+def quiet_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--quiet", "-q", is_flag=True,
+                        help="No progress on stderr (it shows only on a terminal anyway).")(command)
+
+
 def echo_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, default=str))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def _session_id(value: str) -> str:
+    from chalicelib.domain.errors import ValidationError
+    from chalicelib.domain.validation import session_id
+    try:
+        return session_id(value, percent_encoded=False)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.message) from exc
+
+
+#: the SESSION_ID argument, checked as the API checks a path's id
+SESSION_ID = click.argument("session_id", callback=lambda ctx, param, value: _session_id(value))
+
+#: a finding's level as text
+MARKS = {"ok": "[ok]  ", "info": "[info]", "warn": "[warn]", "fail": "[FAIL]"}
+
+
+class Progress:
+    """Where a long command is, for a person watching: one line on stderr,
+    rewritten in place; nothing when stderr is not a terminal or with --quiet."""
+
+    def __init__(self, quiet: bool = False, stream: IO[str] | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = not quiet and self.stream.isatty()
+        self._shown = False
+
+    def __call__(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(f"\r\x1b[K{text}")
+            self.stream.flush()
+            self._shown = True
+
+    def done(self) -> None:
+        """Clear the line (what follows starts on a clean one)."""
+        if self._shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._shown = False

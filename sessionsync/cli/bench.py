@@ -8,6 +8,7 @@ import click
 
 from sessionsync.bench.context import PROFILES
 from sessionsync.bench.runner import SECTION_ORDER, BenchOptions, run_bench, summary_lines
+from sessionsync.cli._common import Progress, echo_json, output_format, quiet_option
 
 
 def _sections(value: str | None) -> tuple[str, ...]:
@@ -43,12 +44,17 @@ def _sections(value: str | None) -> tuple[str, ...]:
 @click.option("--pin/--no-pin", default=True, show_default=True,
               help="Pin the bench's redis-servers to the last CPU and the bench to the others, "
                    "so that every round trip crosses CPUs (reproducible on VMs).")
+@output_format()
+@quiet_option
 def bench(profile: str, output_dir: Path, sections: str | None, redis_url: str | None,
-          database_url: str | None, aws_endpoint_url: str | None, chart: bool, pin: bool) -> None:
+          database_url: str | None, aws_endpoint_url: str | None, chart: bool, pin: bool,
+          fmt: str, quiet: bool) -> None:
     """Benchmark the store, handler, cold start, consumer, memory, scale and contention.
 
     Writes bench-<profile>-<time>.json and .png to --output-dir and prints
-    every performance target (docs/performance.md), met or missed.  Exit code 1 if a section failed.
+    every performance target (docs/performance.md), met or missed (--format
+    json: the targets, the errors and the files written).  Which section
+    runs shows on stderr.  Exit code 1 if a section failed.
     """
     options = BenchOptions(
         profile=profile if profile in PROFILES else "full", output_dir=output_dir,
@@ -56,9 +62,22 @@ def bench(profile: str, output_dir: Path, sections: str | None, redis_url: str |
         aws_endpoint_url=aws_endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
         or "http://127.0.0.1:4566",
         chart=chart, pin_cpus=pin)
-    results, json_path, png_path = run_bench(options, log=click.echo)
-    for line in summary_lines(results):
-        click.echo(line)
-    click.echo(f"results: {json_path}" + (f"\nchart:   {png_path}" if png_path else ""))
+    progress = Progress(quiet)
+
+    def note(line: str) -> None:
+        progress.done()
+        click.echo(line, err=True)
+
+    results, json_path, png_path = run_bench(options, log=note, progress=progress)
+    progress.done()
+    if fmt == "json":
+        echo_json({"results": str(json_path), "chart": str(png_path) if png_path else None,
+                   "profile": results["profile"], "duration_seconds": results["duration_seconds"],
+                   "errors": {name: results["sections"][name]["error"] for name in results["errors"]},
+                   "targets": results["targets"]})
+    else:
+        for line in summary_lines(results):
+            click.echo(line)
+        click.echo(f"results: {json_path}" + (f"\nchart:   {png_path}" if png_path else ""))
     if results["errors"]:
         raise SystemExit(1)

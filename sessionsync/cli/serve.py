@@ -223,7 +223,7 @@ def serve(host: str, port: int, pipeline: bool) -> None:
             SERVE_DB_CONNECTIONS, lambda: Database.from_settings(settings, runtime.secrets_client)))
     stop = threading.Event()
     if pipeline:
-        from sessionsync.cli.pipeline import start_pipeline_threads
+        from sessionsync.local_pipeline import start_pipeline_threads
         start_pipeline_threads(stop)
     server = build_server(host, port)
     if not is_loopback(host):

@@ -14,7 +14,16 @@ import click
 from chalicelib import runtime
 from chalicelib.config import API_KEYS
 from sessionsync.bench import soak as soak_module
-from sessionsync.cli._common import exit_on_errors, fail
+from sessionsync.cli._common import (
+    Progress,
+    database_dsn,
+    deprecated,
+    echo_json,
+    exit_on_errors,
+    fail,
+    output_format,
+    quiet_option,
+)
 
 
 def _loopback_port(url: str | None) -> int | None:
@@ -56,6 +65,27 @@ def _probes() -> dict[str, Any]:
     return probes
 
 
+def _sample_line(sample: dict[str, Any]) -> str:
+    depths = "".join(f", {name} {sample[name]}" for name in ("outbox", "queue")
+                     if sample.get(name) is not None)
+    return (f"{sample['t']:>6.0f} s: {sample['acknowledged']} writes acknowledged, "
+            f"{'-' if sample.get('persisted') is None else sample['persisted']} persisted{depths}")
+
+
+def _write(report: dict[str, Any], output: Path, chart: bool) -> list[tuple[str, Path]]:
+    """The report's JSON at ``output`` and, with ``chart``, its timeline beside it."""
+    output.write_text(json.dumps(report, indent=1, default=str))
+    written = [("report", output)]
+    if chart:
+        try:
+            from sessionsync.bench.chart import soak_timeline
+            written.append(("chart", soak_timeline(report, output.with_suffix(".png"))))
+        except ImportError as exc:
+            click.echo(f"no chart ({exc.name} is not installed: pip install 'sessionsync[bench]')",
+                       err=True)
+    return written
+
+
 @click.command()
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True,
               help="The running server (sessionsync serve).")
@@ -81,19 +111,31 @@ def _probes() -> dict[str, Any]:
 @click.option("--pid", "pids", multiple=True, metavar="LABEL=PID",
               help="Also sample this process's memory (the server and LocalStack are found "
                    "by their ports).")
+@click.option("--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the whole report (timeline included) here, and its chart beside it "
+                   "(the same name, .png).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the whole report (timeline included) here.")
+              hidden=True, help="Deprecated: --output.")
+@click.option("--chart/--no-chart", default=True, show_default=True,
+              help="With --output, draw the timeline as a PNG beside the report.")
 @click.option("--seed", type=int, default=None, help="Make the mix reproducible.")
+@output_format()
+@quiet_option
 def soak(url: str, api_key: str | None, threads: int, duration: float, sessions: int, mix: str,
          state_bytes: int, request_timeout: float, settle_timeout: float, database_url: str | None,
-         server_log: Path | None, pids: tuple[str, ...], json_path: Path | None,
-         seed: int | None) -> None:
+         server_log: Path | None, pids: tuple[str, ...], output: Path | None,
+         json_path: Path | None, chart: bool, seed: int | None, fmt: str, quiet: bool) -> None:
     """Soak a running server with a client's mix, then check durability exactly.
 
-    Exit code 1 if any request failed or durability is not exact.
+    The summary on stdout (--format json: the whole report); each phase and
+    a line a second on stderr.  Exit code 1 if any request failed or
+    durability is not exact.
     """
     from chalicelib.adapters.postgres import connection
-    from sessionsync.cli.pipeline import _database_dsn
+
+    if json_path is not None:
+        deprecated("--json PATH", "--output PATH")
+        output = output or json_path
 
     try:
         weights = soak_module.parse_mix(mix)
@@ -103,8 +145,15 @@ def soak(url: str, api_key: str | None, threads: int, duration: float, sessions:
                                if k.strip()), None)
     if not api_key:
         raise click.UsageError(f"give --api-key (or set {API_KEYS})")
+    progress = Progress(quiet)
+
+    def phase(line: str) -> None:
+        progress.done()
+        if progress.enabled:
+            click.echo(line, err=True)
+
     with exit_on_errors("soak cannot start", unexpected=True):
-        dsn = database_url or _database_dsn()
+        dsn = database_url or database_dsn()
         options = soak_module.SoakOptions(
             url=url.rstrip("/"), api_key=api_key, database_url=dsn, threads=threads,
             duration=duration, sessions=sessions, mix=weights, state_bytes=state_bytes,
@@ -112,11 +161,15 @@ def soak(url: str, api_key: str | None, threads: int, duration: float, sessions:
             server_log=server_log, pids=_pids(url, pids), seed=seed)
         report = soak_module.run_soak(
             options, connect=lambda: connection.connect(dsn, statement_timeout_ms=10_000),
-            probes=_probes(), log=lambda line: click.echo(line, err=True))
-    for line in soak_module.summary_lines(report):
-        click.echo(line)
-    if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=1, default=str))
-        click.echo(f"report: {json_path}")
+            probes=_probes(), log=phase, on_sample=lambda sample: progress(_sample_line(sample)))
+    progress.done()
+    written = _write(report, output, chart) if output is not None else []
+    if fmt == "json":
+        echo_json(report)
+    else:
+        for line in soak_module.summary_lines(report):
+            click.echo(line)
+        for label, path in written:
+            click.echo(f"{label}: {path}")
     if report["errors"]["count"] or not report["durability"]["exact"]:
         fail("soak failed: " + ("errors" if report["errors"]["count"] else "durability not exact"))

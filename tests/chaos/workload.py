@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from chalicelib.adapters.redis.store import SessionStore, WriteResult
-from chalicelib.config import DEFAULT_MAX_STATE_BYTES
+from chalicelib.config import Settings
 from chalicelib.domain.errors import (
     ConcurrencyError,
     RecoveryPending,
@@ -160,7 +160,7 @@ class Workload:
         if rng.random() < 0.3:
             patch["patched_by"] = None
         self._write(process, "patch", sid, patch, lambda key: self.service().patch(
-            PatchRequest(sid, patch, DEFAULT_MAX_STATE_BYTES), key), record_answer=True)
+            PatchRequest(sid, patch, Settings.max_state_bytes), key), record_answer=True)
 
     def _create(self, process: int, sid: str, owner: str | None = None) -> None:
         state = {"n": 0, "w": self._token(process)}

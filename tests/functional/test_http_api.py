@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.adapters.redis.keys import session_keys
-from chalicelib.config import DEFAULT_MAX_STATE_BYTES as LIMIT  # what app_settings enforces
+from chalicelib.config import Settings
 from tests.functional.utils import RedisView, assert_error, body
 from tests.support.constants import API_KEY, AUTH
+
+LIMIT = Settings.max_state_bytes  # what app_settings enforces
 
 
 @pytest.fixture

@@ -8,10 +8,12 @@ import json
 import pytest
 
 from chalicelib.adapters.redis.keys import bucket_of, outbox_keys
-from chalicelib.config import DEFAULT_MAX_STATE_BYTES as LIMIT  # what app_settings enforces
+from chalicelib.config import Settings
 from chalicelib.domain.events import CREATED, UPDATED
 from tests.functional.utils import RedisView, assert_error, body
 from tests.support.constants import AUTH, BEARER
+
+LIMIT = Settings.max_state_bytes  # what app_settings enforces
 
 MERGE = {**BEARER, "Content-Type": "application/merge-patch+json"}
 

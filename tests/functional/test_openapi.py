@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from app import app
 from chalicelib.adapters.redis.keys import epoch_key
 from chalicelib.adapters.redis.store import SessionStore
+from chalicelib.api import headers
 from chalicelib.domain import errors, validation
 from chalicelib.service.sessions import SessionService
 from tests.functional.utils import Spec, to_json_schema
@@ -144,7 +145,7 @@ def test_a_session_id_in_a_body_is_accepted_exactly_when_its_schema_allows_it(do
 def test_an_if_match_is_accepted_exactly_when_its_pattern_allows_it(spec, value):
     schema = spec["components"]["parameters"]["IfMatch"]["schema"]
     allowed = jsonschema_rs.validator_for(schema).is_valid(value)
-    assert allowed == _accepts(validation.if_match, value), repr(value)
+    assert allowed == _accepts(headers.if_match, value), repr(value)
 
 
 INTEGERS = (st.integers(min_value=-5, max_value=2 ** 63 + 5) | st.booleans() | st.none()
@@ -171,8 +172,8 @@ def test_integers_in_a_body_are_accepted_exactly_when_their_schema_allows_them(s
 def test_a_merge_patch_is_accepted_exactly_when_the_session_patch_schema_allows_it(documented, patch):
     allowed = documented.validator("SessionPatch").is_valid(patch)
     raw = json.dumps(patch).encode()
-    assert allowed == _accepts(validation.patch_request, "s1", raw, if_match_header=None,
-                               content_type="application/merge-patch+json", max_state_bytes=1 << 20), patch
+    assert allowed == _accepts(validation.patch_request, "s1", raw, if_match=None,
+                               max_state_bytes=1 << 20), patch
 
 
 def test_the_hooks_drop_only_refusals_of_the_precondition_rule_with_the_documented_answer():
@@ -269,8 +270,8 @@ def test_health_conforms_to_the_spec(api, documented):
 def test_refused_credentials_are_documented_statuses(api, documented):
     # the body is API Gateway's here (its Gateway Responses set the shape);
     # `sessionsync serve` answers in the Error shape, checked by schemathesis
-    for headers, status in (({}, 401), ({"Authorization": "Bearer nope"}, 403)):
-        response = api.get("/sessions/x", headers=headers)
+    for sent, status in (({}, 401), ({"Authorization": "Bearer nope"}, 403)):
+        response = api.get("/sessions/x", headers=sent)
         assert response.status_code == status
         assert str(status) in documented.operation("GET", "/sessions/{session_id}")["responses"]
 
@@ -362,10 +363,9 @@ def test_a_503_of_the_settle_time_conforms_to_the_spec_and_says_when_to_come_bac
        | st.sampled_from(['"' + "k" * 255 + '"', '"' + "k" * 256 + '"', "k" * 255, "k" * 256,
                           '"' + "\\\\" * 255 + '"', '"' + "\\\\" * 256 + '"']))
 def test_an_idempotency_key_is_accepted_exactly_when_its_pattern_allows_it(spec, value):
-    from chalicelib.domain import idempotency
     schema = spec["components"]["parameters"]["IdempotencyKey"]["schema"]
     allowed = jsonschema_rs.validator_for(schema).is_valid(value)
-    assert allowed == _accepts(idempotency.parse_key, value), repr(value)
+    assert allowed == _accepts(headers.idempotency_key, value), repr(value)
 
 
 def test_replays_and_a_reused_key_conform_to_the_spec(api, documented, session_id):

@@ -11,8 +11,8 @@ _REDIS_BASE_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/1")
 # Under pytest-xdist each worker flushes a database of its own: worker gwN
 # uses the base database + N (the run starts at most a few workers).
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-_REDIS_BASE, _REDIS_DB = _REDIS_BASE_URL.rsplit("/", 1)
-REDIS_TEST_URL = "%s/%d" % (_REDIS_BASE, int(_REDIS_DB) + _WORKER)
+_BASE, _DB = _REDIS_BASE_URL.rsplit("/", 1)
+REDIS_TEST_URL = f"{_BASE}/{int(_DB) + _WORKER}"
 # Pub/Sub channels belong to the server, not to a database: writes on the
 # machine's Redis publish on a channel of the test run's own, never on the
 # one a developer's `sessionsync watch` reads.

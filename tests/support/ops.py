@@ -3,8 +3,11 @@ process with the settings a test chose."""
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -58,3 +61,39 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> CliResult:
     proc = subprocess.run([sys.executable, "-c", "from sessionsync.cli import main; main()", *args],
                           env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout)
     return CliResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+def run_cli_on_terminal(*args: str, env: dict[str, str], timeout: float = 60) -> CliResult:
+    """As ``run_cli``, with stderr on a pseudo-terminal, as an operator's
+    (where progress shows); stdout is still read apart."""
+    start = time.monotonic()
+    master, slave = pty.openpty()
+    with tempfile.TemporaryFile("w+") as out:
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", "from sessionsync.cli import main; main()",
+                                     *args], env=env, cwd=PROJECT_DIR, stdout=out, stderr=slave)
+        finally:
+            os.close(slave)
+        err = bytearray()
+        deadline = start + timeout
+        try:
+            while time.monotonic() < deadline:
+                readable, _, _ = select.select([master], [], [], 0.1)
+                chunk = b""
+                if readable:
+                    try:
+                        chunk = os.read(master, 65536)
+                    except OSError:  # EIO: the child closed its end
+                        chunk = b""
+                err += chunk
+                if not chunk and proc.poll() is not None:
+                    break
+            else:
+                proc.kill()
+                raise TimeoutError(f"sessionsync {' '.join(args)} still running after {timeout}s")
+            proc.wait(5)
+        finally:
+            os.close(master)
+        out.seek(0)
+        return CliResult(proc.returncode, out.read(), err.decode(errors="replace"),
+                         time.monotonic() - start)

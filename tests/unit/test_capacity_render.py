@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from chalicelib import config
+from chalicelib import constants
 from chalicelib.adapters.redis.keys import BUCKETS
 from tests.support.constants import PROJECT_DIR
 
@@ -120,8 +120,8 @@ def test_the_first_bottleneck_is_the_resource_nearest_its_limit():
 
 
 def test_the_scripts_constants_are_the_projects():
-    assert capacity_render.CONSUMER_BATCH_SIZE == config.CONSUMER_BATCH_SIZE
-    assert capacity_render.CONSUMER_MAX_CONCURRENCY == config.CONSUMER_MAX_CONCURRENCY
+    assert capacity_render.CONSUMER_BATCH_SIZE == constants.CONSUMER_BATCH_SIZE
+    assert capacity_render.CONSUMER_MAX_CONCURRENCY == constants.CONSUMER_MAX_CONCURRENCY
     assert capacity_render.BUCKETS == BUCKETS
 
 

@@ -3,14 +3,12 @@ names it, and never prints a secret.  Pure: ``load_settings`` takes the
 environment as a mapping."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from chalicelib.config import (
-    DEFAULT_MAX_STATE_BYTES,
-    DEFAULT_SESSION_TTL,
-    check_database_url,
-    load_settings,
-)
+from chalicelib import config
+from chalicelib.config import Settings, check_database_url, load_settings
 from chalicelib.domain.errors import ConfigurationError
 
 PASSWORD_WITH_AT = "p@ssw0rd"
@@ -105,8 +103,8 @@ def test_an_api_key_is_never_part_of_a_message_or_repr():
 def test_an_empty_environment_gives_the_documented_defaults():
     settings = load_settings({})
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
-    assert settings.session_ttl == DEFAULT_SESSION_TTL == 3600
-    assert settings.max_state_bytes == DEFAULT_MAX_STATE_BYTES == 256 * 1024
+    assert settings.session_ttl == Settings.session_ttl == 3600
+    assert settings.max_state_bytes == Settings.max_state_bytes == 256 * 1024
     assert settings.redis_timeout == 1.0
     assert not settings.has_database and not settings.has_queue
     assert not settings.db_pooled and load_settings({"DB_POOLED": "true"}).db_pooled
@@ -139,9 +137,8 @@ def test_redis_cluster_with_a_database_other_than_0_names_redis_url():
 
 
 def test_the_request_path_s_sqs_timeout_is_short_unless_a_stage_sets_it():
-    from chalicelib.config import DEFAULT_SQS_SEND_TIMEOUT_SECONDS
     from sessionsync.cli._common import stage_environment
-    assert load_settings({}).sqs_send_timeout == DEFAULT_SQS_SEND_TIMEOUT_SECONDS == 0.5
+    assert load_settings({}).sqs_send_timeout == Settings.sqs_send_timeout == 0.5
     assert load_settings({"SQS_SEND_TIMEOUT_SECONDS": "2.5"}).sqs_send_timeout == 2.5
     # the local stage waits out LocalStack's stalls; the AWS stages keep the default
     assert load_settings(stage_environment("local")).sqs_send_timeout > 2.0
@@ -155,3 +152,64 @@ def test_sync_events_retention_is_unset_by_default_and_read_in_whole_days():
     assert load_settings({"SYNC_EVENTS_RETENTION_DAYS": "90"}).events_retention_days == 90
     with pytest.raises(ConfigurationError, match="at least 30 days"):
         load_settings({"SYNC_EVENTS_RETENTION_DAYS": "7"})
+
+
+# --- the declarations: one per setting, and the README's table kept in step -----
+
+#: README cells that describe a default in words rather than show it
+DEFAULTS_IN_WORDS = {"DB_SSL_ROOT_CERT": "the RDS CA bundle in the package", "PGHOST": "—"}
+
+
+def _shown(default) -> str:
+    if default is None or default == ():
+        return "—"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    return f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
+
+
+def _readme_settings() -> dict[str, str]:
+    """variable name -> its default cell, from the README's Configuration table;
+    ``PG*`` stands for libpq's variables."""
+    from tests.support.constants import PROJECT_DIR
+    text = (PROJECT_DIR / "README.md").read_text().split("\n## Configuration\n", 1)[1]
+    rows = {}
+    for line in text.split("\n## ", 1)[0].splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("| `") or len(cells) != 3:
+            continue
+        names = re.findall(r"`([A-Z][A-Z0-9_*]*)`", cells[0])
+        for name in names:
+            for expanded in (config.PG_ENVIRONMENT if name == "PG*" else (name,)):
+                assert expanded not in rows, f"{expanded} has two rows"
+                rows[expanded] = cells[1]
+    return rows
+
+
+def test_every_setting_is_declared_once_and_the_readme_table_lists_each_with_its_default():
+    declared = {name: variable for variable in config.variables() for name in variable.names}
+    assert len(declared) == sum(len(v.names) for v in config.variables())  # no name twice
+    readme = _readme_settings()
+    assert set(readme) == set(declared), "README.md's Configuration table and chalicelib/config.py"
+    for variable in config.variables():
+        cell = readme[variable.name]
+        expected = DEFAULTS_IN_WORDS.get(variable.name) or _shown(variable.default)
+        assert cell.startswith(expected), (variable.name, cell, expected)
+
+
+def test_a_default_is_never_parsed_and_a_blank_value_means_the_default():
+    blank = {name: " \t" for variable in config.variables() for name in variable.names}
+    assert load_settings(blank) == load_settings({}) == Settings()
+    assert config.auth_mode(blank) == "api-key"
+
+
+@pytest.mark.parametrize("variable", config.variables(), ids=lambda v: v.name)
+def test_each_health_check_a_setting_stops_is_the_dependency_it_configures(variable):
+    from chalicelib.api import health
+
+    def probes():
+        raise ConfigurationError(variable.name, "malformed")
+
+    report = health.check_configured(probes)
+    assert [c.name for c in report.checks] == [variable.check or "configuration"]
+    assert report.checks[0].error == f"configuration error: {variable.name} is malformed"

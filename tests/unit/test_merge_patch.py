@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chalicelib.api import headers
 from chalicelib.domain import merge_patch, validation
 from chalicelib.domain.errors import PayloadTooLarge, UnsupportedMediaType, ValidationError
 from chalicelib.domain.validation import MAX_DEPTH
@@ -104,8 +105,8 @@ MEDIA = "application/merge-patch+json"
 
 def request(raw: str | bytes, content_type: str | None = MEDIA, if_match: str | None = None):
     data = raw.encode() if isinstance(raw, str) else raw
-    return validation.patch_request("s1", data, content_type=content_type, if_match_header=if_match,
-                                    max_state_bytes=LIMIT)
+    headers.require_merge_patch(content_type)
+    return validation.patch_request("s1", data, if_match=headers.if_match(if_match), max_state_bytes=LIMIT)
 
 
 @pytest.mark.parametrize("content_type", [

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
-from chalicelib import config
+from chalicelib import config, constants
 from chalicelib.adapters.postgres.connection import dsn_from_secret, resolve_dsn
 from chalicelib.adapters.postgres.database import ApplyResult
 from chalicelib.adapters.postgres.sqlstate import classify
@@ -131,8 +131,8 @@ def test_a_database_from_a_secret_is_reached_over_tls_that_checks_the_rds_certif
 
     parsed = conninfo.conninfo_to_dict(resolve_dsn(settings, Secrets))
     assert (parsed["sslmode"], parsed["sslrootcert"]) == ("verify-full", str(bundle))
-    assert config.load_settings({}).db_ssl_root_cert == config.DEFAULT_DB_SSL_ROOT_CERT
-    assert config.DEFAULT_DB_SSL_ROOT_CERT.endswith("chalicelib/adapters/postgres/rds-ca-bundle.pem")
+    assert config.load_settings({}).db_ssl_root_cert == config.Settings.db_ssl_root_cert
+    assert config.Settings.db_ssl_root_cert.endswith("chalicelib/adapters/postgres/rds-ca-bundle.pem")
 
 
 def test_a_secret_s_own_sslmode_wins_and_database_url_is_used_as_given():
@@ -156,11 +156,11 @@ def test_a_secret_without_a_host_names_the_setting():
 
 
 def test_the_trigger_queue_name_and_the_pg_environment_come_from_the_environment():
-    assert config.trigger_queue_name({}) == config.DEFAULT_QUEUE_NAME
+    assert config.trigger_queue_name({}) == constants.DEFAULT_QUEUE_NAME
     assert config.trigger_queue_name({"SESSION_QUEUE_NAME": " q-prod "}) == "q-prod"
     assert config.load_settings({"PGHOST": "db"}).has_database
     assert not config.load_settings({}).has_database
-    assert config.QUEUE_VISIBILITY_TIMEOUT >= 6 * config.CONSUMER_TIMEOUT_SECONDS
+    assert constants.QUEUE_VISIBILITY_TIMEOUT >= 6 * constants.CONSUMER_TIMEOUT_SECONDS
 
 
 # --- DLQ attributes and the Lambda record shape ---------------------------------------------------

@@ -50,3 +50,20 @@ def test_the_relay_builds_its_producer_only_when_a_drain_has_entries_to_send(use
     assert sqs_builds == []
     assert relay.sender.queue_url == QUEUE
     assert sqs_builds == ["sqs"]
+
+
+class LambdaContext:
+    def __init__(self, remaining_ms: int) -> None:
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+@pytest.mark.parametrize(("context", "budget"), [
+    (LambdaContext(60_000), 55.0), (LambdaContext(30_000), 25.0),
+    (LambdaContext(4_000), 1.0),  # however close the timeout, a run gets a second
+    (None, 50.0),  # called locally, without a Lambda context
+])
+def test_a_scheduled_run_stops_five_seconds_before_its_timeout(context, budget):
+    assert runtime.schedule_budget(context) == budget

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from chalicelib.api import headers
 from chalicelib.config import load_settings
 from chalicelib.domain import validation
 from chalicelib.domain.errors import ConfigurationError, MalformedMessage, SessionExpired, ValidationError
@@ -14,6 +15,11 @@ from chalicelib.domain.session import Session, iso_plus_seconds, iso_to_ms
 from tests.support.pipeline import event_body
 
 LIMIT = 256 * 1024
+
+
+def at(version: int) -> validation.IfMatch:
+    """The If-Match a client sends for ``version`` (its ETag)."""
+    return validation.IfMatch(f'"{version}"', version)
 
 
 @pytest.mark.parametrize("start, seconds, end", [
@@ -45,12 +51,12 @@ def test_session_expired_is_a_404_session_not_found_with_a_code_of_its_own():
 
 
 def test_a_put_may_carry_a_new_ttl_validated_as_on_create():
-    put = validation.update_request("a", b'{"state":{},"ttl_seconds":120.0}', '"1"', LIMIT)
+    put = validation.update_request("a", b'{"state":{},"ttl_seconds":120.0}', at(1), LIMIT)
     assert put.ttl_seconds == 120 and type(put.ttl_seconds) is int
-    assert validation.update_request("a", b'{"state":{}}', '"1"', LIMIT).ttl_seconds is None
+    assert validation.update_request("a", b'{"state":{}}', at(1), LIMIT).ttl_seconds is None
     for bad in (b"0", b"2592001", b'"60"', b"true", b"1.5"):
         with pytest.raises(ValidationError) as caught:
-            validation.update_request("a", b'{"state":{},"ttl_seconds":' + bad + b"}", '"1"', LIMIT)
+            validation.update_request("a", b'{"state":{},"ttl_seconds":' + bad + b"}", at(1), LIMIT)
         assert caught.value.details["field"] == "ttl_seconds"
 
 
@@ -60,7 +66,7 @@ def test_a_put_may_carry_a_new_ttl_validated_as_on_create():
     (b'{"ttl_seconds":null}', '"7"', None, 7),
 ])
 def test_a_touch_takes_an_optional_ttl_and_an_optional_if_match(raw, header, ttl, version):
-    touch = validation.touch_request("cart-1", raw, header)
+    touch = validation.touch_request("cart-1", raw, headers.if_match(header))
     assert (touch.session_id, touch.ttl_seconds) == ("cart-1", ttl)
     assert (touch.if_match.version if touch.if_match else None) == version
 
@@ -71,7 +77,7 @@ def test_a_touch_takes_an_optional_ttl_and_an_optional_if_match(raw, header, ttl
 ])
 def test_a_touch_with_bad_input_is_refused(raw, header):
     with pytest.raises(ValidationError):
-        validation.touch_request("cart-1", raw, header)
+        validation.touch_request("cart-1", raw, headers.if_match(header))
 
 
 def test_an_event_may_carry_expires_at_and_one_without_it_still_parses():

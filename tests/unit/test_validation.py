@@ -9,10 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chalicelib.config import DEFAULT_MAX_STATE_BYTES as LIMIT
+from chalicelib.api import headers
+from chalicelib.config import Settings
 from chalicelib.domain import validation
 from chalicelib.domain.errors import PayloadTooLarge, PreconditionRequired, ValidationError
 from chalicelib.domain.validation import MAX_DEPTH, SESSION_ID_PATTERN
+
+LIMIT = Settings.max_state_bytes
+
+
+def at(version: int) -> validation.IfMatch:
+    """The If-Match a client sends for ``version`` (its ETag)."""
+    return validation.IfMatch(f'"{version}"', version)
 
 
 def nested(depth: int, leaf: object = 1) -> object:
@@ -171,36 +179,12 @@ def test_a_whole_number_written_as_a_float_is_the_version_it_spells(value, expec
 def test_a_whole_float_ttl_and_expected_version_are_accepted_in_requests():
     request = validation.create_request(b'{"state":{},"ttl_seconds":3600.0}', LIMIT)
     assert request.ttl_seconds == 3600 and type(request.ttl_seconds) is int
-    update = validation.update_request("a", b'{"state":{},"expected_version":4.0}', '"4"', LIMIT)
+    update = validation.update_request("a", b'{"state":{},"expected_version":4.0}', at(4), LIMIT)
     assert update.expected_version == 4
 
 
 def test_the_largest_64_bit_version_is_accepted():
     assert validation.version(2 ** 63 - 1, "v") == 2 ** 63 - 1
-
-
-@pytest.mark.parametrize("header, expected", [(None, None), ('"3"', 3), ("3", 3), (' "12" ', 12),
-                                              ('\t"7" \t', 7)])
-def test_if_match_takes_a_version_or_its_etag(header, expected):
-    parsed = validation.if_match(header)
-    assert (parsed and parsed.version) == expected
-
-
-def test_if_match_star_is_any_version():
-    assert validation.if_match(" * ") == validation.IfMatch("*", None)
-
-
-def test_a_weak_if_match_is_refused_with_a_message_that_says_why():
-    with pytest.raises(ValidationError, match=r'strong ETags only: send "3", not W/"3"'):
-        validation.if_match('W/"3"')
-
-
-@pytest.mark.parametrize("header", ['W/"3"', "**", '"*"', '"abc"', '"0"', '"-1"', '"1", "2"', "\u00b2",
-                                    "\u0663", "9" * 20, "9" * 5000, "", "\u00a03", '"3"\x85', "\x1c3"])
-def test_a_malformed_if_match_is_a_validation_error(header):
-    with pytest.raises(ValidationError) as caught:
-        validation.if_match(header)
-    assert type(caught.value) is ValidationError
 
 
 @pytest.mark.parametrize("value", [True, "60", 0, 30 * 24 * 3600 + 1, 1.5, 0.0, float(2 ** 60)])
@@ -238,11 +222,11 @@ def test_an_update_without_a_precondition_is_refused_with_428():
 def test_an_update_takes_its_version_from_the_body_or_if_match_and_they_must_agree():
     assert validation.update_request("a", b'{"state":{},"expected_version":4}', None, LIMIT) \
         .expected_version == 4
-    assert validation.update_request("a", b'{"state":{}}', '"5"', LIMIT).expected_version == 5
-    assert validation.update_request("a", b'{"state":{},"expected_version":6}', '"6"', LIMIT) \
+    assert validation.update_request("a", b'{"state":{}}', at(5), LIMIT).expected_version == 5
+    assert validation.update_request("a", b'{"state":{},"expected_version":6}', at(6), LIMIT) \
         .expected_version == 6
     with pytest.raises(ValidationError, match="disagree"):
-        validation.update_request("a", b'{"state":{},"expected_version":6}', '"7"', LIMIT)
+        validation.update_request("a", b'{"state":{},"expected_version":6}', at(7), LIMIT)
 
 
 @pytest.mark.parametrize("raw", ["0", "501", "abc", "-1", "\u00b2", "9" * 30, ""])
@@ -266,35 +250,9 @@ def test_a_body_session_id_is_taken_as_written_not_percent_decoded():
     assert validation.create_request(b'{"session_id":"cart:42","state":{}}', LIMIT).session_id == "cart:42"
 
 
-@pytest.mark.parametrize("header", ['"1', '1"', '""1""', "01", '"0"', "1" * 19, '"1", "2"'])
-def test_an_if_match_outside_the_documented_pattern_is_refused(header):
-    with pytest.raises(ValidationError):
-        validation.if_match(header)
-
-
-@pytest.mark.parametrize(("header", "expected"), [('"3"', 3), ("3", 3), (' "12" ', 12)])
-def test_an_if_match_in_either_documented_form_gives_its_version(header, expected):
-    assert validation.if_match(header) == validation.IfMatch(header.strip(), expected)
-
-
-@pytest.mark.parametrize(("header", "version", "matches"), [
-    ("*", 1, True), ('"3"', 3, True), ('W/"3"', 3, True), ('"1", W/"3"', 3, True),
-    ('"30"', 3, False), ('"abc"', 3, False), ('W/"4"', 3, False),
-])
-def test_if_none_match_compares_entity_tags_weakly(header, version, matches):
-    parsed = validation.if_none_match(header)
-    assert parsed is not None and parsed.matches(version) is matches
-
-
-@pytest.mark.parametrize("header", ["", "3", '"3', "W/3", '"3";"4"', '"3",', "**", '"a b"'])
-def test_a_malformed_if_none_match_is_a_validation_error(header):
-    with pytest.raises(ValidationError, match="If-None-Match"):
-        validation.if_none_match(header)
-
-
 def test_a_put_with_if_none_match_star_is_a_create_of_its_path_id():
-    put = validation.put_request("cart-1", b'{"state":{"a":1}}', if_match_header=None,
-                                 if_none_match_header="*", max_state_bytes=LIMIT)
+    put = validation.put_request("cart-1", b'{"state":{"a":1}}', if_match=None,
+                                 if_none_match=headers.if_none_match("*"), max_state_bytes=LIMIT)
     assert put == validation.CreateRequest("cart-1", '{"a":1}', None)
 
 
@@ -306,28 +264,6 @@ def test_a_put_with_if_none_match_star_is_a_create_of_its_path_id():
 ])
 def test_a_put_with_contradicting_preconditions_says_what_to_fix(if_match, if_none_match, raw, message):
     with pytest.raises(ValidationError, match=message):
-        validation.put_request("a", raw, if_match_header=if_match, if_none_match_header=if_none_match,
-                               max_state_bytes=LIMIT)
+        validation.put_request("a", raw, if_match=headers.if_match(if_match),
+                               if_none_match=headers.if_none_match(if_none_match), max_state_bytes=LIMIT)
 
-
-@pytest.mark.parametrize(("header", "expected"), [
-    (None, None),
-    ("no-cache", None),
-    ("max-stale", validation.MaxStale(None)),
-    ("MAX-STALE", validation.MaxStale(None)),
-    ("max-stale=30", validation.MaxStale(30)),
-    ('max-stale="30"', validation.MaxStale(30)),
-    ("no-cache, max-stale=0", validation.MaxStale(0)),
-    (' foo="a,b" ,, max-stale = 5', None),  # spaces around "=": not a directive
-    (' foo="a,b" ,, max-stale=5 ', validation.MaxStale(5)),
-    ("max-stale=99999999999999999999", validation.MaxStale(2 ** 31)),
-    ("max-stale=5, max-stale", validation.MaxStale(5)),  # the first counts
-    # a malformed max-stale is ignored, never a 400
-    ("max-stale=abc", None),
-    ("max-stale=-1", None),
-    ("max-stale=1.5", None),
-    ('max-stale="5', None),
-    ('x="open, max-stale', None),
-])
-def test_cache_control_max_stale_is_parsed_and_a_malformed_one_is_ignored(header, expected):
-    assert validation.max_stale(header) == expected

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import conninfo, pq
 
-from chalicelib.config import DB_SECRET_ARN, DB_SSL_ROOT_CERT, DEFAULT_DB_SSL_ROOT_CERT, Settings
+from chalicelib.config import DB_SECRET_ARN, DB_SSL_ROOT_CERT, Settings
 from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
 from chalicelib.observability.tracing import instrument_psycopg
 
@@ -40,7 +40,7 @@ RECONNECT_PAUSE_SECONDS = 1.0
 
 # --- DSN -------------------------------------------------------------------
 
-def dsn_from_secret(secret: Mapping[str, Any], sslrootcert: str = DEFAULT_DB_SSL_ROOT_CERT,
+def dsn_from_secret(secret: Mapping[str, Any], sslrootcert: str = Settings.db_ssl_root_cert,
                     host_override: str | None = None) -> str:
     """A PostgreSQL URL from a Secrets Manager secret in the RDS JSON format.
 
@@ -81,7 +81,7 @@ def dsn_from_secret(secret: Mapping[str, Any], sslrootcert: str = DEFAULT_DB_SSL
 
 
 def fetch_secret_dsn(secrets_client: Any, secret_arn: str,
-                     sslrootcert: str = DEFAULT_DB_SSL_ROOT_CERT, host_override: str | None = None) -> str:
+                     sslrootcert: str = Settings.db_ssl_root_cert, host_override: str | None = None) -> str:
     """Read the database secret.  Raises ConfigurationError (no such secret,
     not JSON) or ServiceUnavailable (Secrets Manager unreachable)."""
     from botocore.exceptions import BotoCoreError, ClientError

@@ -17,7 +17,7 @@ A message whose row is gone is simply inserted again.  So a row is needed:
    ``version_conflict`` for the DLQ, instead of being persisted as if it
    were the first.  A message can arrive up to the main queue's retention
    after it was sent, the DLQ's after that, and a ``sessionsync dlq
-   redrive`` sends it once more; ``config.MIN_RETENTION_DAYS`` is longer
+   redrive`` sends it once more; ``constants.MIN_RETENTION_DAYS`` is longer
    than all three together, and the age that counts is ``persisted_at``
    (when PostgreSQL took the row, never before its message was sent);
 2. **when it is its session's latest** (``version = sync_sessions.version``),

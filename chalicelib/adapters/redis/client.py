@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import hiredis
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterPipeline, RedisCluster
@@ -121,8 +121,8 @@ class _Redis(redis.Redis):
 
     A warm Lambda serves one request at a time, so checking a connection out
     of the pool and back in, with redis-py's bookkeeping around each command,
-    buys nothing there: it cost half the round trip of a read (sessionsync
-    bench, docs/performance.md "The hot path at wire speed").  The hot
+    buys nothing there, and it cost a large share of a read's round trip
+    (docs/performance.md, "The hot path at wire speed").  The hot
     commands go straight to the connection (redis-py still connects it, with
     TLS, AUTH and the client name, runs the health check after an idle
     spell, parses the reply and raises its errors); everything else
@@ -143,8 +143,9 @@ class _Redis(redis.Redis):
         # resets itself likewise); the weak reference lets the client go
         after_fork = weakref.WeakMethod(self._forget_hot_connection)
         os.register_at_fork(after_in_child=lambda: (forget := after_fork()) and forget())
-        # the packing below is redis-py's for UTF-8 (its default encoder);
-        # a client-side cache answers GETs itself: leave those to redis-py
+        # _pack writes str as UTF-8 (hiredis): a client set up for another
+        # encoding, or with a client-side cache (it answers GETs itself),
+        # goes through redis-py
         encoder = self.get_encoder()
         self._hot = (encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
                      and self.get_cache() is None)
@@ -198,21 +199,15 @@ def _send_and_read(conn: Any, packed: list[bytes]) -> Any:
     return conn.read_response()
 
 
-def _pack(args: Sequence[Any]) -> list[bytes] | None:
-    """RESP for ``args`` (str, bytes, int) in one buffer, as redis-py's
-    packer writes it, for a third of its cost; None for any other type."""
+def _pack(args: tuple[Any, ...]) -> list[bytes] | None:
+    """RESP for ``args`` in one buffer, by hiredis as redis-py packs with it;
+    None for an argument hiredis refuses (redis-py then raises DataError)."""
     if " " in args[0]:  # a command with a subcommand, "SCRIPT LOAD"
         args = (*args[0].split(), *args[1:])
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int) and not isinstance(arg, bool):
-            arg = b"%d" % arg
-        elif not isinstance(arg, bytes):
-            return None
-        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return [b"".join(parts)]
+    try:
+        return [hiredis.pack_command(args)]
+    except TypeError:
+        return None
 
 
 class _Cluster(RedisCluster):

@@ -51,7 +51,7 @@ from chalicelib.adapters.redis.keys import (
     owner_index_key,
     session_keys,
 )
-from chalicelib.config import DEFAULT_IDEMPOTENCY_KEY_TTL
+from chalicelib.config import Settings
 from chalicelib.domain.errors import (
     ConcurrencyError,
     IdempotencyKeyReused,
@@ -105,7 +105,7 @@ class SessionStore:
 
     def __init__(self, client: RedisClient, *, marker_ttl: int = 0,
                  channel: str = "session-updates", clock: Clock = time.time,
-                 idempotency_ttl: int = DEFAULT_IDEMPOTENCY_KEY_TTL) -> None:
+                 idempotency_ttl: int = Settings.idempotency_ttl) -> None:
         self.client = client
         self.marker_ttl = marker_ttl
         self.idempotency_ttl = idempotency_ttl

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,10 +29,16 @@ def results(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench-scale-out")
     proc = subprocess.run(
         [sys.executable, "-c", "from sessionsync.cli import main; main()", "bench", "--smoke",
-         "--sections", ",".join(SECTIONS), "--output-dir", str(out), "--no-chart"],
+         "--sections", ",".join(SECTIONS), "--output-dir", str(out), "--no-chart",
+         "--format", "json"],
         cwd=out, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(next(out.glob("*.json")).read_text())
+    # --format json: what the run wrote and its verdicts, as one document on stdout
+    summary = json.loads(proc.stdout)
+    results = json.loads(Path(summary["results"]).read_text())
+    assert summary["chart"] is None and summary["errors"] == {}
+    assert summary["targets"] == results["targets"]
+    return results
 
 
 def test_the_scale_out_sections_ran_without_error(results):

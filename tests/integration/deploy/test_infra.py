@@ -15,7 +15,7 @@ import pytest
 import yaml
 from cfnlint.decode import cfn_yaml
 
-from chalicelib import config
+from chalicelib import config, constants
 from sessionsync import provisioning
 from tests.support.constants import PROJECT_DIR
 
@@ -77,7 +77,7 @@ def test_the_packaged_consumer_reports_batch_item_failures_from_the_template_s_q
     assert source["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     # the merged Fn::Sub replaced Chalice's name-based ARN: one key, the template's queue
     assert source["Properties"]["Queue"] == {"Fn::Sub": "${SessionQueue.Arn}"}
-    assert source["Properties"]["BatchSize"] == config.CONSUMER_BATCH_SIZE
+    assert source["Properties"]["BatchSize"] == constants.CONSUMER_BATCH_SIZE
 
 
 def test_the_consumer_cannot_open_more_database_connections_than_its_cap(packaged):
@@ -85,7 +85,7 @@ def test_the_consumer_cannot_open_more_database_connections_than_its_cap(package
     (source,) = consumer["Events"].values()
     assert source["Properties"]["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "ConsumerMaxConcurrency"}}
     cap = default(packaged, "ConsumerMaxConcurrency")
-    assert cap == config.CONSUMER_MAX_CONCURRENCY
+    assert cap == constants.CONSUMER_MAX_CONCURRENCY
     assert 2 <= cap <= consumer["ReservedConcurrentExecutions"]
 
 
@@ -197,19 +197,19 @@ def test_the_queue_settings_agree_with_bootstrap_and_the_chalice_config(queues_t
     chalice = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())
     for stage in ("dev", "prod"):
         assert chalice["stages"][stage]["lambda_functions"]["persist_changes"]["lambda_timeout"] == \
-            config.CONSUMER_TIMEOUT_SECONDS, stage
+            constants.CONSUMER_TIMEOUT_SECONDS, stage
     resources = queues_template["Resources"]
-    assert default(queues_template, "VisibilityTimeoutSeconds") == config.QUEUE_VISIBILITY_TIMEOUT
-    assert config.QUEUE_VISIBILITY_TIMEOUT >= 6 * config.CONSUMER_TIMEOUT_SECONDS
-    assert default(queues_template, "MaxReceiveCount") == config.QUEUE_MAX_RECEIVE_COUNT
+    assert default(queues_template, "VisibilityTimeoutSeconds") == constants.QUEUE_VISIBILITY_TIMEOUT
+    assert constants.QUEUE_VISIBILITY_TIMEOUT >= 6 * constants.CONSUMER_TIMEOUT_SECONDS
+    assert default(queues_template, "MaxReceiveCount") == constants.QUEUE_MAX_RECEIVE_COUNT
     assert resources["SessionQueue"]["Properties"]["MaximumMessageSize"] == provisioning.MAX_MESSAGE_SIZE
     assert resources["SessionQueue"]["Properties"]["MessageRetentionPeriod"] == \
         provisioning.MAIN_RETENTION_SECONDS
     assert resources["SessionDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] == \
         provisioning.DLQ_RETENTION_SECONDS
-    assert default(queues_template, "QueueName") == config.DEFAULT_QUEUE_NAME
+    assert default(queues_template, "QueueName") == constants.DEFAULT_QUEUE_NAME
     assert default(queues_template, "DeadLetterQueueName") == \
-        provisioning.dlq_name_for(config.DEFAULT_QUEUE_NAME)
+        provisioning.dlq_name_for(constants.DEFAULT_QUEUE_NAME)
 
 
 def test_localstack_compose_parses_and_serves_the_local_stage_ports():

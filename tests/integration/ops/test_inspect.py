@@ -206,7 +206,7 @@ def test_queue_metrics_reports_completed_from_postgresql_and_failed_from_the_dlq
     wait_until(lambda: pipeline.queue_depth(pipeline.queues.dlq_url)[0] == 1, timeout=30,
                what="the change in the DLQ")
 
-    result = run_cli("queue-metrics", "--json", "--minutes", "10", env=env)
+    result = run_cli("queue-metrics", "--format", "json", "--minutes", "10", env=env)
 
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -218,6 +218,10 @@ def test_queue_metrics_reports_completed_from_postgresql_and_failed_from_the_dlq
     table = run_cli("queue-metrics", env=env)
     assert table.returncode == 0
     assert "failed     1  messages in the DLQ" in table.stdout
+    # the older spelling (--json, before --format json): the same, and a note
+    older = run_cli("queue-metrics", "--json", "--minutes", "10", env=env)
+    assert older.returncode == 0 and json.loads(older.stdout)["failed"] == 1
+    assert "--json is deprecated" in older.stderr
     assert "events persisted in the last 5 min (PostgreSQL)" in table.stdout
 
 

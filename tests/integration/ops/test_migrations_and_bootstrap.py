@@ -11,11 +11,12 @@ import psycopg
 import pytest
 
 from chalicelib.adapters.postgres import connection
-from chalicelib.config import DEFAULT_MAX_STATE_BYTES, Settings
+from chalicelib.config import Settings
 from chalicelib.pipeline.producer import SqsProducer
 from sessionsync import migrations, provisioning
 from sessionsync.migrations import Migration, MigrationError
 from tests.support.constants import PG_TEST_ADMIN_URL, database_url
+from tests.support.ops import run_cli, run_cli_on_terminal
 
 CLI = "from sessionsync.cli import main; main()"  # the sessionsync console script
 
@@ -47,6 +48,19 @@ def test_three_processes_migrating_at_once_apply_each_migration_exactly_once(emp
     assert sorted(out.strip() for out, _ in outputs) == [
         f"applied: {everything}", "up to date", "up to date"]
     assert _recorded(empty_dsn) == [(m.version, m.name) for m in migrations.discover()]
+
+
+def test_migrate_says_so_on_a_terminal_while_it_runs_and_reports_json_for_scripts(empty_dsn):
+    env = {**os.environ, "DATABASE_URL": empty_dsn, "SESSIONSYNC_STAGE": "local"}
+
+    shown = run_cli_on_terminal("migrate", env=env)
+    again = run_cli("migrate", "--format", "json", env=env)
+
+    assert shown.returncode == 0, shown.stderr
+    assert "applying the pending migrations" in shown.stderr
+    assert shown.stdout.startswith("applied: 0001_sync_tables.sql")
+    assert again.returncode == 0 and json.loads(again.stdout) == {"applied": []}
+    assert "applying" not in again.stderr  # not a terminal: no progress
 
 
 def test_a_new_migration_is_applied_on_top_and_an_edited_one_is_refused(empty_dsn):
@@ -156,7 +170,7 @@ def test_a_change_with_a_state_at_the_size_limit_fits_in_one_sqs_message_and_is_
     # past SQS's old 256 KiB limit: the queue must take 1 MiB messages.
     state = {"blob": "\n" * (128 * 1024 - 20)}
     state_json = json.dumps(state, separators=(",", ":"))
-    assert DEFAULT_MAX_STATE_BYTES - 64 < len(state_json) <= DEFAULT_MAX_STATE_BYTES
+    assert Settings.max_state_bytes - 64 < len(state_json) <= Settings.max_state_bytes
     sid = f"big-{uuid.uuid4().hex[:8]}"
     result = pipeline.store.create(sid, state_json, 600)
     assert len(result.event_json.encode()) > 256 * 1024

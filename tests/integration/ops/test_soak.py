@@ -36,7 +36,7 @@ def test_a_short_soak_has_no_error_and_every_acknowledged_write_persisted_exactl
     proc = subprocess.run(
         [str(BIN / "sessionsync"), "soak", "--url", url, "--threads", "8", "--duration", "20",
          "--sessions", "100", "--settle-timeout", "120", "--server-log", str(log),
-         "--json", str(report_path), "--seed", "17"],
+         "--output", str(report_path), "--seed", "17"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log.read_text()[-2000:]
     report = json.loads(report_path.read_text())
@@ -56,3 +56,6 @@ def test_a_short_soak_has_no_error_and_every_acknowledged_write_persisted_exactl
     assert report["persistence_lag_seconds"]["n"] == writes["acknowledged"]
     assert report["relay"] is not None and report["relay"]["relayed"] >= 0
     assert report["memory_mb"]["server"]["peak"] > 0
+    # and its timeline drawn beside the report
+    assert report_path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"chart: {report_path.with_suffix('.png')}" in proc.stdout

@@ -29,7 +29,7 @@ def test_an_idle_long_poll_longer_than_a_request_s_read_timeout_ends_empty_not_i
         pipeline, localstack_settings, use_settings):
     # `sessionsync worker` long-polls 10 s by default; on the shared SQS
     # client (a 3 s read timeout) every idle poll was a timeout, retried.
-    from sessionsync.cli.pipeline import build_worker
+    from sessionsync.local_pipeline import build_worker
     use_settings(dataclasses.replace(localstack_settings, queue_url=pipeline.queues.url,
                                      dlq_url=pipeline.queues.dlq_url, database_url=pipeline.dsn))
     worker = build_worker(wait_seconds=4)
@@ -39,7 +39,7 @@ def test_an_idle_long_poll_longer_than_a_request_s_read_timeout_ends_empty_not_i
 
 def test_a_long_poll_answered_late_by_a_stalled_localstack_delivers_its_messages(
         pipeline, slow_sqs, localstack_settings, use_settings):
-    from sessionsync.cli.pipeline import build_worker
+    from sessionsync.local_pipeline import build_worker
     use_settings(dataclasses.replace(
         localstack_settings, aws_endpoint_url=f"http://127.0.0.1:{slow_sqs.port}",
         queue_url=pipeline.queues.url, dlq_url=pipeline.queues.dlq_url, database_url=pipeline.dsn))

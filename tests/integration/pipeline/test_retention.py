@@ -28,7 +28,7 @@ from chalicelib.domain.events import CREATED, DELETED, UPDATED, ChangeEvent
 from chalicelib.pipeline.retention import PurgeReport, purge_events
 from sessionsync import provisioning
 from tests.support.constants import API_KEY, REDIS_TEST_URL, TEST_CHANNEL
-from tests.support.ops import cli_env, run_cli
+from tests.support.ops import cli_env, run_cli, run_cli_on_terminal
 
 DAYS = 90
 OLD = 400  # days ago: past the retention
@@ -387,25 +387,30 @@ def test_purges_running_while_consumers_persist_never_remove_a_latest_row_nor_de
 
 # --- the command ---------------------------------------------------------------
 
-def test_sessionsync_retention_prints_its_progress_and_purges(db, admin, dsn):
+def test_sessionsync_retention_reports_on_stdout_and_its_progress_on_a_terminal(db, admin, dsn):
     for name in ("a", "b"):
         persist(db, admin, name, {1: OLD, 2: OLD, 3: OLD})
     env = cli_env(Settings(database_url=dsn, api_keys=(API_KEY,), channel=TEST_CHANNEL),
                   SYNC_EVENTS_RETENTION_DAYS=str(DAYS))
 
-    dry = run_cli("retention", "--dry-run", "--batch-size", "4", env=env)
+    dry = run_cli_on_terminal("retention", "--dry-run", "--batch-size", "4", env=env)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.splitlines() == [
         f"dry run: purging sync_events rows persisted more than {DAYS} days ago, 4 rows per batch",
-        "batch 1: scanned 4, would purge 3, kept 1",
-        "batch 2: scanned 6, would purge 4, kept 2",
         "done: 2 batches, scanned 6, would purge 4, kept 2 (sessions' latest rows)"]
+    assert "batch 1: scanned 4, would purge 3, kept 1" in dry.stderr
+    assert "batch 2: scanned 6, would purge 4, kept 2" in dry.stderr
+    quiet = run_cli_on_terminal("retention", "--dry-run", "--batch-size", "4", "--quiet", env=env)
+    assert quiet.returncode == 0 and "batch" not in quiet.stderr
     assert versions(admin, "a") == [1, 2, 3]
 
-    done = run_cli("retention", "--batch-size", "4", env=env)
+    done = run_cli("retention", "--batch-size", "4", "--format", "json", env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == \
-        "done: 2 batches, scanned 6, purged 4, kept 2 (sessions' latest rows)"
+    # not a terminal: no progress, only JSON log and EMF lines on stderr
+    assert all(line.startswith("{") for line in done.stderr.splitlines()), done.stderr
+    report = json.loads(done.stdout)  # one document: the metric lines are on stderr
+    assert (report["batches"], report["scanned"], report["purged"], report["kept"]) == (2, 6, 4, 2)
+    assert report["complete"] is True and report["dry_run"] is False
     assert versions(admin, "a") == [3] and versions(admin, "b") == [3]
 
 
@@ -434,7 +439,7 @@ def test_sessionsync_retention_with_a_bad_setting_is_a_configuration_error_namin
 
 
 def test_sessionsync_serve_s_pipeline_threads_purge_when_the_setting_is_set(db, admin, dsn, use_settings):
-    from sessionsync.cli.pipeline import start_pipeline_threads
+    from sessionsync.local_pipeline import start_pipeline_threads
     from tests.support.servers import wait_for
     persist(db, admin, "s", {1: OLD, 2: OLD})
     # the test Redis: the expiry sweep that runs beside the purge reads it

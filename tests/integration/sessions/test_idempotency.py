@@ -21,7 +21,7 @@ from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.keys import hold_key, idempotency_key, session_keys
 from chalicelib.adapters.redis.scripts import CREATE_SCRIPT, UPDATE_SCRIPT
 from chalicelib.adapters.redis.store import EpochChanged, SessionStore
-from chalicelib.config import DEFAULT_IDEMPOTENCY_KEY_TTL, Settings
+from chalicelib.config import Settings
 from chalicelib.domain.errors import (
     ConcurrencyError,
     IdempotencyKeyReused,
@@ -131,8 +131,8 @@ def test_the_record_lives_in_the_sessions_slot_and_expires_after_a_day_at_least(
     assert key_slot(record.encode()) == key_slot(session_keys(session_id)[0].encode())
     # a TTL of its own, whatever the session's (60 s here): a record never
     # lingers, and volatile-* eviction may take it (docs/guarantees.md, limits)
-    assert 60 < store.client.ttl(record) <= DEFAULT_IDEMPOTENCY_KEY_TTL
-    assert store.client.ttl(record) > DEFAULT_IDEMPOTENCY_KEY_TTL - 60
+    assert 60 < store.client.ttl(record) <= Settings.idempotency_ttl
+    assert store.client.ttl(record) > Settings.idempotency_ttl - 60
 
 
 def test_a_write_without_a_key_leaves_no_record_and_sends_the_same_keys_and_args(store, session_id):

@@ -45,20 +45,29 @@ def connections_named(admin: redis.Redis, name: str) -> list[dict]:
      1764410400000, 0, "session-updates", ""),
     ("SCRIPT LOAD", "return redis.call('GET', KEYS[1])"),
     ("EVALSHA", "b" * 40, 1, b"raw\x00bytes", -12, "x" * 300_000),
-], ids=["get", "update-script", "script-load", "bytes-negative-large"])
+    ("EVALSHA", "c" * 40, 0, 1.5, 0.1, 2**70),
+], ids=["get", "update-script", "script-load", "bytes-negative-large", "floats-big-int"])
 def test_the_lean_packing_sends_exactly_the_bytes_redis_py_would(args):
     reference = b"".join(bytes(chunk) for chunk in redis.Connection().pack_command(*args))
 
     assert b"".join(_pack(args)) == reference
 
 
+def test_the_packer_writes_resp_arrays_of_bulk_strings():
+    assert _pack(("SCRIPT LOAD", "return 1")) == [
+        b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n$8\r\nreturn 1\r\n"]
+    assert _pack(("GET", "caf\u00e9")) == [b"*2\r\n$3\r\nGET\r\n$5\r\ncaf\xc3\xa9\r\n"]
+
+
 def test_an_argument_the_lean_packer_does_not_know_goes_through_redis_py(hot_client):
     sha = hot_client.script_load("return ARGV[1]")
 
-    assert _pack(("EVALSHA", sha, 0, 1.5)) is None
+    assert _pack(("EVALSHA", sha, 0, True)) is None
+    assert _pack(("EVALSHA", sha, 0, None)) is None
     assert hot_client.evalsha(sha, 0, 1.5) == b"1.5"
-    with pytest.raises(redis.DataError):  # redis-py refuses a bool, as before
-        hot_client.evalsha(sha, 0, True)
+    for refused in (True, None):  # redis-py refuses them, as before
+        with pytest.raises(redis.DataError):
+            hot_client.evalsha(sha, 0, refused)
 
 
 def test_the_hot_commands_of_a_warm_process_share_one_connection_and_the_rest_use_the_pool(

@@ -1,4 +1,4 @@
-"""Commands that talk to the session store directly."""
+"""``sessionsync watch``: the session changes published on Pub/Sub, as they happen."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,10 @@ from sessionsync.cli._common import exit_on_errors, fail
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Stop after this many updates.")
 def watch(seconds: float | None, count: int | None) -> None:
-    """Print every session change published on Pub/Sub, one JSON line each."""
+    """Print every session change published on Pub/Sub, one JSON line each.
+
+    A stream for scripts as it is (JSON lines), so it takes no --format.
+    """
     deadline = None if seconds is None else time.monotonic() + seconds
     seen = 0
     with exit_on_errors("cannot subscribe"):
