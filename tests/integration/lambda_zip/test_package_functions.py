@@ -32,6 +32,7 @@ from tests.integration.lambda_zip.utils import (
     change_body,
     gateway_event,
     receive_all,
+    ship_unsent,
     sync_events,
 )
 from tests.support.lambda_runtime import EventSourceMapping, LambdaFunction
@@ -203,6 +204,7 @@ def test_the_api_function_answers_every_route_as_the_app_in_process_does(lambda_
 
     # persisted alike: the consumer function, fed from the queue as the
     # event source mapping feeds it, writes both sessions' events
+    ship_unsent(lambda_stack)
     invocations = mapping.drain(consumer)
     assert invocations and all(i.ok and i.result == {"batchItemFailures": []} for i in invocations), \
         [i.error or i.result for i in invocations]
@@ -233,6 +235,7 @@ def test_a_batch_with_poison_persists_the_rest_and_dead_letters_the_poison_with_
     garbage, unstorable = "not an event", change_body(f"zp-{uuid.uuid4().hex[:8]}", 1, '{"x":"\\u0000"}')
     for body in (garbage, unstorable):
         sqs.send_message(QueueUrl=lambda_stack.queues.url, MessageBody=body)
+    ship_unsent(lambda_stack)
     records = receive_all(mapping, 5, *sids, garbage, unstorable)
 
     invocation = mapping.deliver(consumer, records)
@@ -265,6 +268,7 @@ def test_a_batch_the_database_cannot_take_fails_whole_and_comes_back(lambda_stac
                                            json.dumps({"session_id": sid, "state": {}}), authorized))
         assert created.ok and created.result["statusCode"] == 201, created.error or created.result
 
+    ship_unsent(lambda_stack)
     failed = mapping.deliver(unreachable, receive_all(mapping, 2, *sids))
 
     # every record must be retried: the handler raises (so that a mapping

@@ -27,6 +27,7 @@ from tests.integration.lambda_zip.utils import (
     change_body,
     gateway_event,
     receive_all,
+    ship_unsent,
     sync_events,
 )
 from tests.support.lambda_runtime import EventSourceMapping, LambdaFunction
@@ -118,6 +119,7 @@ def test_the_api_and_two_consumers_share_two_server_connections_past_psycopg_s_p
                 answer = call("PUT", f"/sessions/{sid}",
                               {"state": {"round": round_}, "expected_version": round_})
             assert answer["statusCode"] in (200, 201), answer
+        ship_unsent(lambda_stack)
         # each consumer takes batches in turn: their statements and the
         # API's reads interleave on the pool's two server connections
         for consumer in consumers:

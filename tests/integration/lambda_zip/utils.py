@@ -106,3 +106,15 @@ def sync_events(dsn: str, session_ids: list[str]) -> dict[str, list[tuple[int, s
     return found
 
 
+
+
+def ship_unsent(stack: Any) -> None:
+    """What the relay schedule does within a minute: send the outbox entries
+    a write's inline send missed (LocalStack slower than the send's
+    timeout), so that every acknowledged write is in the queue now."""
+    relay = stack.function("RelayOutbox", OUTBOX_RELAY_AGE_SECONDS="0")
+    try:
+        drained = relay.invoke(events.schedule_event())
+        assert drained.ok, drained.error
+    finally:
+        relay.stop()
