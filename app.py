@@ -6,7 +6,7 @@ with ``chalicelib.domain.validation``, calls one ``SessionService`` method
 and returns through ``chalicelib.api.web``, which maps every domain error to
 one error shape (RFC 9457 problem details).  No Redis, SQL or boto3 here.
 
-Every Lambda function (the API, the ``api_key`` authorizer, the
+Every Lambda function (the API, the ``authorizer``, the
 ``persist_changes`` consumer, the ``relay_outbox`` and ``sweep_expired``
 schedules) imports this
 whole module on its cold start, so it imports at the top only what several
@@ -39,8 +39,11 @@ def one_error_shape(event, get_response):
     return web.chalice_errors_in_api_shape(get_response(event), event.method)
 
 
+# Not named api_key: Chalice names the API's security definition after the
+# authorizer and writes API Gateway's own usage-plan key check ("api_key",
+# x-api-key) over one of that name, which would deploy the routes without it.
 @app.authorizer(ttl_seconds=300)
-def api_key(auth_request):
+def authorizer(auth_request):
     """Bearer API key; a wrong key is denied (403), a missing one is 401."""
     from chalicelib.api import auth  # hmac and the key cache: the authorizer's only
 
@@ -50,7 +53,7 @@ def api_key(auth_request):
 
 
 # SESSIONSYNC_AUTH=iam (a deploy option) puts API Gateway's SigV4 check in front instead.
-session_auth = IAMAuthorizer() if config.auth_mode() == "iam" else api_key
+session_auth = IAMAuthorizer() if config.auth_mode() == "iam" else authorizer
 
 
 @app.route("/sessions", methods=["POST"], authorizer=session_auth)

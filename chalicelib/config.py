@@ -44,6 +44,11 @@ DB_SECRET_ARN = "DB_SECRET_ARN"
 # own: RDS Proxy's endpoint, while the secret (attached to the instance, and
 # rotated with it) names the instance, where migrations connect.
 DB_HOST = "DB_HOST"
+# true: the connection goes through a transaction pooler (RDS Proxy,
+# PgBouncer in transaction mode), where a session's state does not follow it
+# from one transaction to the next: no startup options (the pooler's init
+# query sets the timeouts) and no server-side prepared statements.
+DB_POOLED = "DB_POOLED"
 DB_SSL_ROOT_CERT = "DB_SSL_ROOT_CERT"
 SESSION_QUEUE_URL = "SESSION_QUEUE_URL"
 SESSION_QUEUE_NAME = "SESSION_QUEUE_NAME"
@@ -277,6 +282,9 @@ class Settings:
     database_url: str | None = _setting(DATABASE_URL, check_database_url, None, check="postgresql")
     db_secret_arn: str | None = _setting(DB_SECRET_ARN, _text, None, check="postgresql")
     db_host: str | None = _setting(DB_HOST, _text, None, check="postgresql")
+    #: a transaction pooler stands between the functions and PostgreSQL
+    #: (chalicelib/adapters/postgres/connection.py: ``connect``)
+    db_pooled: bool = _setting(DB_POOLED, _flag, False, check="postgresql")
     #: the CA bundle that verifies the database server's certificate when
     #: the connection comes from DB_SECRET_ARN (sslmode=verify-full)
     db_ssl_root_cert: str = _setting(DB_SSL_ROOT_CERT, _text, _PACKAGED_CA_BUNDLE)

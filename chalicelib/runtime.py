@@ -278,7 +278,7 @@ def schema_migrations() -> DeployStep:
     from chalicelib.adapters.postgres.connection import resolve_dsn
     from chalicelib.adapters.postgres.migrations import DeployStep
     return _once("schema_migrations", lambda: DeployStep(
-        lambda: resolve_dsn(settings(), secrets_client), respond))
+        lambda: resolve_dsn(settings(), secrets_client), respond, pooled=settings().db_pooled))
 
 
 def health_probes() -> dict[str, Probe]:

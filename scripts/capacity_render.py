@@ -15,6 +15,9 @@ from AWS documentation (the quota or page named) or is an assumption.
     python3 scripts/capacity_render.py            # docs/capacity.json -> docs/capacity.md
     python3 scripts/capacity_render.py --check    # exit 1 if docs/capacity.md is not its rendering
 
+What the stack costs a month at three sizes comes from the same model and
+the prices in infra/prices.toml (each dated, with its region and page).
+
 Standard library only, as scripts/perfdoc_render.py.
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import json
 import math
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +87,34 @@ ASSUMED = {
     "consumer_utilisation": 0.7,      # a consumer instance busy 70% of the time (polling gaps)
     "retention_days": 30,             # sync_events kept this long in PostgreSQL
 }
+# -- the monthly cost (infra/prices.toml; the stack's own settings) ------------
+REPO = Path(__file__).resolve().parents[1]
+PRICES = REPO / "infra" / "prices.toml"
+HOURS_PER_MONTH = 730          # AWS's pricing month
+SECONDS_PER_MONTH = HOURS_PER_MONTH * 3600
+COST_STAGE = "prod"            # .chalice/config.json's stage: the functions' memory
+COSTED = {
+    # per step (writes/s): the database instance *assumed* to carry it
+    "db_instance_class": {1_000: "db.r6g.large", 10_000: "db.r6g.2xlarge", 100_000: "db.r6g.8xlarge"},
+    "db_multi_az": True,               # the prod stage file's DbMultiAZ
+    "cache_replicas_per_shard": 1,     # the template's CacheReplicasPerShard default
+    "api_keys": 10,                    # keys the authorizer sees, each cached 300 s by API Gateway
+    "schedule_ms": 50,                 # relay and sweep: one run a minute each, mostly idle
+    "purge_ms": 2_000,                 # the hourly purge
+    "log_bytes_per_request": 700,      # Lambda's START/END/REPORT lines + one JSON line of ours
+    "access_log_bytes": 300,           # API Gateway's access log line per request
+    "logs_months_kept": 12,            # the prod stage's log retention (365 days)
+    "logs_compression": 0.15,          # archived bytes per ingested byte
+    "custom_metrics": 25,              # EMF metrics (name x dimensions) the code emits
+    "xray_sampling": 0.05,             # X-Ray's default rule: 1 request/s, then 5%
+    "secrets": 3,                      # API keys, database, Redis password
+    "interface_endpoints": 2,          # SQS and Secrets Manager (S3's is a gateway: free)
+    "availability_zones": 2,
+}
+# CloudWatch alarms and dashboards the templates define (a test counts them)
+ALARMS = 19
+DASHBOARDS = 1
+
 # chalicelib/constants.py (tests/unit/test_capacity_render.py keeps them equal)
 CONSUMER_BATCH_SIZE = 10
 CONSUMER_MAX_CONCURRENCY = 5
@@ -278,6 +310,94 @@ DESIGN_CHANGE = {
 }
 
 
+def load_prices(path: Path = PRICES) -> dict[str, Any]:
+    return tomllib.loads(path.read_text())
+
+
+def function_memory_gb(stage: str = COST_STAGE, config: Path = REPO / ".chalice" / "config.json"
+                       ) -> dict[str, float]:
+    """GB of memory of the API and consumer functions in ``stage`` (what Lambda bills by)."""
+    stages = json.loads(config.read_text())["stages"][stage]
+    functions = stages.get("lambda_functions", {})
+    default = stages.get("lambda_memory_size", 128)
+    return {name: functions.get(name, {}).get("lambda_memory_size", default) / 1024
+            for name in ("api_handler", "persist_changes", "authorizer", "relay_outbox")}
+
+
+def tiered(quantity: float, tiers: list[list[float]], per: float = 1) -> float:
+    """USD for ``quantity`` over tiers [[up to, price], ..., [0, price of the rest]]."""
+    total, left = 0.0, quantity
+    for size, price in tiers:
+        take = left if size == 0 else min(left, size)
+        total += take / per * price
+        left -= take
+        if left <= 0:
+            break
+    return total
+
+
+def monthly_cost(step: dict[str, Any], inputs: dict[str, Any], writes: int, prices: dict[str, Any],
+                 memory: dict[str, float]) -> dict[str, float]:
+    """USD a month for each bill line at one step, on demand (infra/prices.toml).
+
+    Lambda duration is billed per invocation rounded up to the millisecond:
+    the API's time per request is the warm handler's measured p50 (the bench's
+    handler section: its own CPU, on loopback) plus the VPC round trips and
+    the SQS send the capacity model adds (``api``); the consumer's is its
+    measured batch time plus a round trip.
+    """
+    a, sq, pg, rd = step["api"], step["sqs"], step["postgres"], step["redis"]
+    reads = writes * ASSUMED["reads_per_write"]
+    lam = prices["lambda"]
+    # invocations and GB-seconds a month of each function
+    consumer_ms = math.ceil(inputs["consumer"]["batch_p50_ms"] + ASSUMED["vpc_rtt_ms"])
+    invocations = {
+        "api_writes": (writes * SECONDS_PER_MONTH, math.ceil(a["write_ms"]), memory["api_handler"]),
+        "api_reads": (reads * SECONDS_PER_MONTH, math.ceil(a["read_ms"]), memory["api_handler"]),
+        "consumer": (writes / inputs["consumer"]["batch_size"] * SECONDS_PER_MONTH, consumer_ms,
+                     memory["persist_changes"]),
+        "authorizer": (COSTED["api_keys"] * SECONDS_PER_MONTH / 300, 1, memory["authorizer"]),
+        "schedules": (2 * 60 * HOURS_PER_MONTH, COSTED["schedule_ms"], memory["relay_outbox"]),
+        "purge": (HOURS_PER_MONTH, COSTED["purge_ms"], memory["relay_outbox"]),
+    }
+    gb_seconds = sum(n * ms / 1000 * gb for n, ms, gb in invocations.values())
+    lambda_requests = sum(n for n, _, _ in invocations.values())
+    requests = (writes + reads) * SECONDS_PER_MONTH
+    db_class = COSTED["db_instance_class"][writes]
+    az_factor = 2 if COSTED["db_multi_az"] else 1
+    proxy = prices["rds"]["proxy_vcpu_hour"]
+    nodes = rd["shards"] * (1 + COSTED["cache_replicas_per_shard"])
+    stored_gib = pg["sync_events_gib_per_day"] * ASSUMED["retention_days"] + pg["sync_sessions_gib"]
+    log_gb = (lambda_requests * COSTED["log_bytes_per_request"]
+              + requests * COSTED["access_log_bytes"]) / 1e9
+    cw = prices["cloudwatch"]
+    traces = min(requests, (COSTED["xray_sampling"] * (writes + reads) + 1) * SECONDS_PER_MONTH)
+    endpoint_gb = writes * SECONDS_PER_MONTH * 1.5 * 1024 / 1e9  # each event sent, received (~1.5 KB)
+    return {
+        "API Gateway": tiered(requests, prices["api_gateway"]["rest_request"]["tiers"], 1_000_000),
+        "Lambda requests": lambda_requests / lam["request"]["per"] * lam["request"]["usd"],
+        "Lambda duration": tiered(gb_seconds, lam["gb_second_x86"]["tiers"]),
+        "SQS": (sq["requests_per_second"] * SECONDS_PER_MONTH / prices["sqs"]["standard_request"]["per"]
+                * prices["sqs"]["standard_request"]["usd"]),
+        "ElastiCache": nodes * prices["elasticache"]["node_hour"][AWS["elasticache_node"]] * HOURS_PER_MONTH,
+        "RDS instance": az_factor * prices["rds"]["instance_hour"][db_class] * HOURS_PER_MONTH,
+        "RDS storage": az_factor * stored_gib * prices["rds"]["gp3_gb_month"]["usd"],
+        "RDS Proxy": (max(proxy["minimum_vcpus"], prices["rds"]["instance_vcpus"][db_class])
+                      * proxy["usd"] * HOURS_PER_MONTH),
+        "CloudWatch": (log_gb * cw["logs_ingested_gb"]["usd"]
+                       + log_gb * COSTED["logs_months_kept"] * COSTED["logs_compression"]
+                       * cw["logs_stored_gb_month"]["usd"]
+                       + COSTED["custom_metrics"] * cw["metric_month"]["usd"]
+                       + ALARMS * cw["alarm_month"]["usd"] + DASHBOARDS * cw["dashboard_month"]["usd"]),
+        "X-Ray": traces / prices["xray"]["trace_recorded"]["per"] * prices["xray"]["trace_recorded"]["usd"],
+        "Secrets Manager, VPC endpoints": (
+            COSTED["secrets"] * prices["secrets_manager"]["secret_month"]["usd"]
+            + COSTED["interface_endpoints"] * COSTED["availability_zones"] * HOURS_PER_MONTH
+            * prices["vpc"]["interface_endpoint_hour"]["usd"]
+            + endpoint_gb * prices["vpc"]["interface_endpoint_gb"]["usd"]),
+    }
+
+
 def model(inputs: dict[str, Any]) -> dict[str, Any]:
     grid = {}
     for writes in WRITES_PER_SECOND:
@@ -422,18 +542,8 @@ def render(inputs: dict[str, Any]) -> str:
         out.append(f"| {w:,} | {x['requests_per_second']:,} | {x['api_gateway_share']} | "
                    f"{x['api_concurrency']:,} | {x['lambda_concurrency']:,} | {x['lambda_share']} | "
                    f"{x['proxy_client_connections']:,} | {x['db_max_connections']:,} |")
-    out += ["", "## Cost drivers\n",
-            "No prices here (they change); what each bill line scales with:\n",
-            "* API Gateway and the API function: requests (reads + writes) and GB-seconds "
-            "(requests x time per request x memory size).",
-            "* SQS: requests (one send per write, a receive and a delete per batch), each "
-            f"billed per {AWS['sqs_chunk_bytes'] // 1024} KiB chunk *AWS*: a 1 KB event is one.",
-            "* The consumer function: invocations = writes / batch size, GB-seconds = batch time.",
-            "* ElastiCache: node-hours = shards x (1 + replicas), from the Redis table.",
-            "* RDS: instance-hours, storage GB-months (sync_events' growth per day times its "
-            "retention), I/O; RDS Proxy per vCPU-hour of the instance.",
-            "* Data transfer across Availability Zones (Lambda to Redis/RDS in another AZ).",
-            "", "## First bottleneck at each step\n",
+    out += render_cost(grid, inputs, steps)
+    out += ["", "## First bottleneck at each step\n",
             "Each limit's share at the steps 1k writes/s with 1M sessions, 10k with 10M, "
             "100k with 100M (need over limit; above 1 it is passed):\n",
             _row("limit", *(f"{w:,}/s, {s:,}" for w, s in steps), "what changes the design there"),
@@ -454,6 +564,50 @@ def render(inputs: dict[str, Any]) -> str:
             "The per-core Redis rates are this machine's: an ElastiCache core differs, so the "
             "shard counts scale with the ratio of the two.\n"]
     return "\n".join(out)
+
+
+def render_cost(grid: dict[Any, Any], inputs: dict[str, Any], steps: list[tuple[int, int]]) -> list[str]:
+    prices, memory = load_prices(), function_memory_gb()
+    costs = [monthly_cost(grid[step], inputs, step[0], prices, memory) for step in steps]
+    dates = sorted({v["as_of"] for group in prices.values() if isinstance(group, dict)
+                    for v in group.values() if isinstance(v, dict) and "as_of" in v})
+    unchecked = sorted(f"{group}.{name}" for group, entries in prices.items() if isinstance(entries, dict)
+                       for name, v in entries.items() if isinstance(v, dict) and not v.get("checked", True))
+    out = ["", "## Monthly cost\n",
+           f"On-demand list prices in {prices['region']} (infra/prices.toml: each price with its "
+           f"date, {', '.join(dates)}, and its page), no free tier, no Savings Plans or reserved "
+           f"nodes, a {HOURS_PER_MONTH}-hour month, at the three steps above (the Redis shards, "
+           "consumer concurrency and table sizes of this page). Lambda duration is billed per "
+           "invocation, rounded up to the millisecond: the API's time per request is the warm "
+           "handler's measured time in process (the bench's handler section: its own CPU on "
+           f"loopback) plus the round trips and the SQS send above, at {COST_STAGE}'s memory "
+           f"({memory['api_handler']:g} GB for the API, {memory['persist_changes']:g} GB for the "
+           "consumer, .chalice/config.json); the consumer's, its measured batch time plus a round "
+           f"trip. ElastiCache: {AWS['elasticache_node']} (Valkey) nodes, shards x (1 + "
+           f"{COSTED['cache_replicas_per_shard']} replica). RDS: the instance *assumed* per step, "
+           f"{'Multi-AZ' if COSTED['db_multi_az'] else 'Single-AZ'}, gp3 storage for sync_events' "
+           f"{ASSUMED['retention_days']} days and sync_sessions (no provisioned throughput: the "
+           "WAL line of the PostgreSQL table says when it is needed). Not counted: data transfer "
+           "out to the internet and across Availability Zones, backups beyond the free "
+           "allowance, and the cold starts' INIT time.\n",
+           *_head("bill line (USD a month)", *(f"{w:,} writes/s" for w, _ in steps))]
+    for line in costs[0]:
+        out.append(_row(line, *(f"{c[line]:,.0f}" for c in costs)))
+    totals = [sum(c.values()) for c in costs]
+    out.append(_row("**total**", *(f"**{t:,.0f}**" for t in totals)))
+    out.append(_row("per million writes", *(f"{t / (w * SECONDS_PER_MONTH / 1e6):,.2f}"
+                                            for t, (w, _) in zip(totals, steps, strict=True))))
+    largest = [max(c, key=lambda line: c[line]) for c in costs]
+    out += ["", "The largest line at each step: " + ", ".join(
+        f"{line} ({c[line] / t:.0%} at {w:,} writes/s)"
+        for line, c, t, (w, _) in zip(largest, costs, totals, steps, strict=True)) + "."]
+    out += ["", "The instance per step *assumed*: "
+            + ", ".join(f"{COSTED['db_instance_class'][w]} at {w:,} writes/s" for w, _ in steps)
+            + ". Other assumptions (`COSTED` in scripts/capacity_render.py): "
+            + ", ".join(f"{k} {v}" for k, v in COSTED.items() if k != "db_instance_class") + ". "
+            + (f"Prices not re-read when recorded (check them): {', '.join(unchecked)}.\n"
+               if unchecked else "\n")]
+    return out
 
 
 def render_repo(root: Path) -> str:

@@ -24,8 +24,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,12 @@ MERGE_TEMPLATE = PROJECT / "infra" / "chalice-merge.json"
 STACKS = PROJECT / "infra" / "stacks"
 SCHEMA = PROJECT / "chalicelib" / "adapters" / "postgres" / "schema"
 CHALICE_CONFIG = PROJECT / ".chalice" / "config.json"
+# What the Lambda runtime provides beside the code (boto3 and its
+# dependencies): requirements.txt leaves them out, so the package does not
+# ship them; local runs install these versions (requirements-dev.txt).
+RUNTIME_PROVIDED = PROJECT / "infra" / "lambda" / "python3.11-runtime.txt"
+# Where Lambda unpacks the package: the path the bytecode names in tracebacks
+TASK_ROOT = "/var/task"
 # set by this script, never by the stage file
 DERIVED = ("ApiStageName", "MigrationsChecksum")
 STACK_NAME = re.compile(r"^[a-z][a-z0-9-]{0,27}$")  # the nested stacks' NamePrefix
@@ -214,29 +222,203 @@ def out_dir(stage: str) -> Path:
 
 def package(stage: str, config: dict[str, Any]) -> Path:
     """`chalice package` with the merge template, afresh, into
-    .deploy/STAGE/out (sam.json, deployment.zip), the nested templates beside
-    it (stacks/) and the parameters the deploy will pass (parameters.json)."""
+    .deploy/STAGE/out (sam.json, deployment.zip with its bytecode), the
+    nested templates beside it (stacks/) and the parameters the deploy will
+    pass (parameters.json)."""
     out = out_dir(stage)
     shutil.rmtree(PROJECT / ".chalice" / "deployments", ignore_errors=True)
     shutil.rmtree(out.parent, ignore_errors=True)
     out.parent.mkdir(parents=True)
-    chalice = Path(sys.executable).parent / "chalice"
     env = {**os.environ, "AWS_DEFAULT_REGION": config["region"]}
-    result = subprocess.run([str(chalice if chalice.exists() else shutil.which("chalice")),
-                             "--project-dir", str(PROJECT), "package", "--stage", config["chalice_stage"],
-                             "--merge-template", str(MERGE_TEMPLATE), str(out)],
-                            capture_output=True, text=True, env=env, timeout=900)
-    log = result.stdout + result.stderr
-    (out.parent / "package.log").write_text(log)
-    if result.returncode != 0:
-        raise StageError(f"chalice package failed:\n{log}")
-    # chalice only warns when it finds no wheel for Lambda's platform; the
-    # function would then fail when it imports the module
-    if "Could not install dependencies" in log:
-        raise StageError(f"chalice package could not install a dependency for Lambda:\n{log}")
+    build(PROJECT, out, config["chalice_stage"], env=env, log=out.parent / "package.log")
     shutil.copytree(STACKS, out / "stacks")
     (out / "parameters.json").write_text(json.dumps(parameter_overrides(config), indent=2) + "\n")
     return out
+
+
+def build(project: Path, out: Path, chalice_stage: str, *, env: dict[str, str] | None = None,
+          merge_template: Path | None = MERGE_TEMPLATE, log: Path | None = None) -> Path:
+    """The Lambda package of ``project`` (app.py, chalicelib,
+    requirements.txt, .chalice/) into ``out``: `chalice package --stage
+    CHALICE_STAGE --merge-template ...` (sam.json, deployment.zip), then the
+    zip's bytecode (``compile_package``).  `make package` and the tests
+    (offline, from a wheelhouse: ``env``) both build with this.  Raises
+    StageError with chalice's output when it fails or cannot install a
+    dependency for Lambda's platform; ``log`` keeps chalice's output."""
+    chalice = Path(sys.executable).parent / "chalice"
+    merge = ["--merge-template", str(merge_template)] if merge_template else []
+    result = subprocess.run([str(chalice if chalice.exists() else shutil.which("chalice")),
+                             "--project-dir", str(project), "package", "--stage", chalice_stage,
+                             *merge, str(out)],
+                            capture_output=True, text=True, env=env, timeout=900)
+    output = result.stdout + result.stderr
+    if log is not None:
+        log.write_text(output)
+    if result.returncode != 0:
+        raise StageError(f"chalice package failed:\n{output}")
+    # chalice only warns when it finds no wheel for Lambda's platform; the
+    # function would then fail when it imports the module
+    if "Could not install dependencies" in output:
+        raise StageError(f"chalice package could not install a dependency for Lambda:\n{output}")
+    compile_package(out / "deployment.zip")
+    return out
+
+
+def compile_package(path: Path) -> int:
+    """Add the bytecode of every module to the zip at ``path``; returns how
+    many .pyc files it holds.
+
+    Lambda's /var/task is read-only: a module without its .pyc is compiled
+    again on every cold start (most of an import's time: docs/performance.md,
+    "Cold start").  The .pyc files are ``unchecked-hash`` ones: the
+    interpreter uses them without comparing them with the source's mtime,
+    which unzipping does not keep to the second.  They are this
+    interpreter's (``check`` makes it the stage's LambdaRuntime), and name
+    /var/task/... in tracebacks.
+    """
+    import compileall
+    import py_compile
+
+    with tempfile.TemporaryDirectory(prefix="sessionsync-package-") as tmp:
+        root = Path(tmp)
+        with zipfile.ZipFile(path) as package:
+            # bytecode already there would be another interpreter's or checked
+            entries = [(info, package.read(info)) for info in package.infolist()
+                       if not info.filename.endswith(".pyc")]
+        for info, data in entries:
+            if not info.is_dir():
+                target = root / info.filename
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        ok = compileall.compile_dir(root, quiet=1, workers=0, stripdir=str(root), prependdir=TASK_ROOT,
+                                    invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        if not ok:
+            raise StageError(f"compileall failed on a module of {path.name} (its error is above)")
+        compiled = sorted(p for p in root.rglob("*.pyc"))
+        replacement = path.with_suffix(".tmp")
+        with zipfile.ZipFile(replacement, "w", zipfile.ZIP_DEFLATED) as package:
+            for info, data in entries:
+                package.writestr(info, data)
+            for pyc in compiled:
+                info = zipfile.ZipInfo(pyc.relative_to(root).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                package.writestr(info, pyc.read_bytes())
+        replacement.replace(path)
+    return len(compiled)
+
+
+# --- offline builds: the tests' and the bench's packages ----------------------------
+#
+# Chalice pip-downloads requirements.txt to build the package.  The tests and
+# the bench point its pip at a wheelhouse instead (PIP_NO_INDEX,
+# PIP_FIND_LINKS: chalice runs pip in a subprocess with the environment
+# given): the distributions requirements.txt needs, repacked from this
+# virtualenv with the tags they were installed with (manylinux for hiredis
+# and psycopg-binary, as on Lambda x86_64).  So they package exactly the
+# pinned versions, without the network.  (They need the ``packaging`` library:
+# the dev extra.)
+
+def requirement_pins(path: Path) -> dict[str, Any]:
+    """name -> Requirement of a requirements file's pins (``-r`` and ``-c``
+    lines followed: a constraints file pins what it names)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, Any] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith(("-r ", "-c ")):
+            pins.update(requirement_pins(path.parent / line[3:].strip()))
+        elif line:
+            requirement = Requirement(line)
+            pins[canonicalize_name(requirement.name)] = requirement
+    return pins
+
+
+def closure(requirements: list[Any]) -> dict[str, Any]:
+    """The installed distributions (importlib.metadata) these requirements
+    need, dependencies included."""
+    from importlib import metadata
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, Any] = {}
+    seen: set[tuple[str, str]] = set()
+    pending = list(requirements)
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        dist = found.setdefault(name, metadata.distribution(name))
+        # its own dependencies ("" : no extra), then those of each extra asked for
+        for extra in ("", *requirement.extras):
+            if (name, extra) not in seen:
+                seen.add((name, extra))
+                environment = {**default_environment(), "extra": extra}
+                pending += [child for child in map(Requirement, dist.requires or [])
+                            if child.marker is None or child.marker.evaluate(environment)]
+    return found
+
+
+def _repack(dist: Any, directory: Path) -> Path:
+    """An installed distribution back into a wheel (files from its RECORD)."""
+    from packaging.tags import sys_tags
+    from packaging.utils import canonicalize_name
+
+    wheel_info = dist.read_text("WHEEL") or ""
+    installed_tags = re.findall(r"^Tag: (\S+)$", wheel_info, re.M)
+    ours = {str(t) for t in sys_tags()}
+    tag = next((t for t in installed_tags if t in ours), installed_tags[0])
+    name = canonicalize_name(dist.metadata["Name"]).replace("-", "_")
+    path = directory / f"{name}-{dist.version}-{tag}.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as wheel:
+        for file in dist.files or []:
+            # scripts live outside site-packages; bytecode is rebuilt where installed
+            if file.parts[0] == ".." or file.suffix == ".pyc":
+                continue
+            wheel.write(file.locate(), file.as_posix())
+    return path
+
+
+def wheelhouse(requirements_file: Path, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for dist in closure(list(requirement_pins(requirements_file).values())).values():
+        _repack(dist, directory)
+    return directory
+
+
+def build_offline(project: Path, out: Path, workdir: Path, chalice_stage: str = "dev", *,
+                  merge_template: Path | None = MERGE_TEMPLATE) -> Path:
+    """``build`` of ``project`` with pip pointed at a wheelhouse repacked
+    from this virtualenv (in ``workdir``), fake credentials and no AWS_*,
+    SESSION_*, REDIS_*, DATABASE_*, DB_* or PIP_* variables of ours."""
+    wheels = wheelhouse(project / "requirements.txt", workdir / "wheels")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "SESSION_", "REDIS_", "DATABASE_", "DB_", "PIP_"))}
+    # chalice needs a region even to write a template (infra/README.md)
+    env.update(AWS_ACCESS_KEY_ID="fake", AWS_SECRET_ACCESS_KEY="fake", AWS_DEFAULT_REGION="us-east-1",
+               PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheels), PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return build(project, out, chalice_stage, env=env, merge_template=merge_template)
+
+
+def runtime_provided(directory: Path) -> Path:
+    """What the Lambda runtime provides beside the code (/var/runtime:
+    boto3 and its dependencies, RUNTIME_PROVIDED), copied from this
+    virtualenv's installed distributions into ``directory``, with their
+    bytecode (as the runtime ships it)."""
+    from packaging.requirements import Requirement
+
+    for dist in closure([Requirement("boto3")]).values():
+        for file in dist.files or []:
+            if file.parts[0] == "..":  # scripts, outside site-packages
+                continue
+            target = directory / file.as_posix()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # copy2 keeps the mtime the .pyc files were checked against
+            shutil.copy2(file.locate(), target)
+    return directory
 
 
 # --- deploy ----------------------------------------------------------------------

@@ -41,3 +41,16 @@ else
   [ -d "$RUN/pgdata" ] || as_owner "$PGBIN/initdb -D $RUN/pgdata -U postgres --auth=trust >/dev/null"
   as_owner "$PGBIN/pg_ctl -D $RUN/pgdata -l $RUN/postgres.log -w -o '-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1' start"
 fi
+
+# PgBouncer: the tests start their own (transaction pooling, in RDS Proxy's
+# place: tests/support/servers.py); only the binary is needed here.
+if command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]; then
+  echo "pgbouncer is installed"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "Installing pgbouncer (apt-get install pgbouncer)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q pgbouncer >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q pgbouncer >/dev/null; }
+else
+  echo "pgbouncer is not installed (apt-get install pgbouncer): the tests put it where RDS Proxy stands" >&2
+  exit 1
+fi

@@ -7,14 +7,17 @@ rows may go, and why a session's latest row and every row younger than the
 retention stay: ``chalicelib.adapters.postgres.retention``; why batches
 rather than dropped partitions: docs/decisions/audit-retention.md.
 
-Each batch is one short statement (its own transaction), so the consumer's
-writes are never held up for long, and a run stops between two batches
-when its time budget is spent.  The next run resumes where it stopped
-(``sync_events_purge_cursor``), so a table whose oldest rows are mostly
-kept (sessions that stopped changing long ago) is still got through, one
-budget at a time; a run that reaches the end clears the cursor, and the
-next starts over from the oldest row.  A dry run starts from the oldest
-row and leaves the cursor alone.
+Each batch is one short transaction (the lock, the cursor, one delete
+statement, the cursor saved), so the consumer's writes are never held up
+for long, and a run stops between two batches when its time budget is
+spent.  The next run resumes where it stopped (``sync_events_purge_cursor``),
+so a table whose oldest rows are mostly kept (sessions that stopped
+changing long ago) is still got through, one budget at a time; a run that
+reaches the end clears the cursor, and the next starts over from the oldest
+row.  A dry run starts from the oldest row and leaves the cursor alone.
+Two runs at once take turns batch by batch, or the second stops
+(``chalicelib.adapters.postgres.retention``: why the lock is a
+transaction's, for RDS Proxy and PgBouncer).
 """
 from __future__ import annotations
 
@@ -55,7 +58,8 @@ class PurgeReport:
     purged: int = 0
     #: the run reached the last row before the cutoff (not cut short by the budget)
     complete: bool = False
-    #: another purge held the lock: this one did nothing
+    #: another purge held the lock: this one stopped (before its first batch:
+    #: it did nothing)
     busy: bool = False
 
     @property
@@ -93,14 +97,9 @@ def purge_events(database: Database, days: int | None, *, batch_size: int = DEFA
     deadline = None if budget_seconds is None else clock() + budget_seconds
     try:
         with sql.translated_errors(), database.held_connection() as conn:
-            if not sql.try_lock(conn):
-                report.busy = True
-                log.info("another purge is running; this one does nothing")
-                return report
-            try:
-                _batches(conn, report, batch_size, deadline, clock, on_batch)
-            finally:
-                sql.unlock(conn)
+            _batches(conn, report, batch_size, deadline, clock, on_batch)
+        if report.busy:
+            log.info("another purge is running; this one stops", extra={"batches": report.batches})
     finally:
         if not dry_run and report.purged:
             metrics.emit({"PurgedEvents": report.purged})
@@ -111,25 +110,39 @@ def purge_events(database: Database, days: int | None, *, batch_size: int = DEFA
 def _batches(conn: psycopg.Connection, report: PurgeReport, batch_size: int, deadline: float | None,
              clock: Callable[[], float], on_batch: Callable[[PurgeReport], None] | None) -> None:
     assert report.cutoff is not None
-    cursor: sql.Cursor | None = None if report.dry_run else sql.saved_cursor(conn)
-    cursor = cursor or sql.START
+    cursor: sql.Cursor | None = sql.START
     while cursor is not None:
         if deadline is not None and clock() >= deadline:
+            return  # the last batch saved where the next run starts
+        with conn.transaction():
+            if not sql.try_lock(conn):
+                report.busy = True
+                return
+            if not report.dry_run:
+                saved = sql.saved_cursor(conn)
+                if report.batches == 0:
+                    cursor = saved or sql.START
+                elif saved is None:
+                    report.complete = True  # another purge reached the end meanwhile
+                    return
+                elif _after(saved, cursor):
+                    cursor = saved  # another purge's batches moved it on since ours
+            batch = sql.run_batch(conn, cutoff=report.cutoff, after=cursor, limit=batch_size,
+                                  dry_run=report.dry_run)
+            # a short batch was the last one: no need for an empty statement to say so
+            cursor = batch.cursor if batch.scanned == batch_size else None
             if not report.dry_run:
                 sql.save_cursor(conn, cursor)
-            return
-        batch = sql.run_batch(conn, cutoff=report.cutoff, after=cursor, limit=batch_size,
-                              dry_run=report.dry_run)
         report.batches += 1
         report.scanned += batch.scanned
         report.purged += batch.purged
         if on_batch is not None:
             on_batch(report)
-        # a short batch was the last one: no need for an empty statement to say so
-        cursor = batch.cursor if batch.scanned == batch_size else None
-    if not report.dry_run:
-        sql.save_cursor(conn, None)
     report.complete = True
+
+
+def _after(a: sql.Cursor, b: sql.Cursor) -> bool:
+    return (a.persisted_at, a.session_id, a.version) > (b.persisted_at, b.session_id, b.version)
 
 
 def run(database: Database, days: int, stop: threading.Event, *,

@@ -9,9 +9,9 @@ parent adds the process's whole wall time (interpreter start and exit
 included).  One further run under ``python -X importtime`` gives the
 breakdown by module of ``import app``.
 
-Chalice deploys every function of app.py (the API, the ``api_key``
-authorizer, the ``persist_changes`` consumer, the ``relay_outbox``
-schedule) with the same app.py, so each imports all of it: the section
+Chalice deploys every function of app.py (the API, the ``authorizer``,
+the ``persist_changes`` consumer, the ``relay_outbox`` schedule) with the
+same app.py, so each imports all of it: the section
 measures each function's cold start, and the same for a bare one-route
 Chalice app generated in a temporary directory, so that each function is
 also given as a ratio to what Chalice itself costs on this machine and run.
@@ -19,6 +19,16 @@ also given as a ratio to what Chalice itself costs on this machine and run.
 Sources are byte-compiled before the timed runs (a first untimed run
 writes ``__pycache__``); a Lambda package without .pyc files would pay
 compilation on every cold start on top of these figures.
+
+``from_zip`` measures what Lambda runs: the package ``make package`` builds
+(scripts/deploy_stage.py, offline), unpacked as /var/task is, in a fresh
+interpreter that sees it, the runtime's boto3 on a path of its own and the
+standard library, nothing else (``-I -S``), and writes no bytecode (``-B``:
+/var/task is read-only).  Each function twice: with the package's .pyc
+files, and without them (compile included, as a package without bytecode
+pays on every cold start); the bare one-route app packaged and measured the
+same way, both ways; and the first PUT (it builds boto3's SQS client) with
+boto3 from the runtime's path and from inside the zip, with the zips' sizes.
 """
 from __future__ import annotations
 
@@ -113,10 +123,22 @@ def child_environment(ctx: BenchContext, queue_url: str, database_url: str, dlq_
     }
 
 
+#: Before CHILD in a package's interpreter: the unpacked zip first on the
+#: path, then the runtime's directory, as Lambda orders /var/task and /var/runtime.
+ZIP_PREAMBLE = "import sys\nsys.path[:0] = sys.argv[1:3]\n"
+
+
 def _run_child(function: str, event: dict[str, Any], env: dict[str, str], *,
-               cwd: Path | None = None, importtime: bool = False
-               ) -> tuple[dict[str, Any], float, str]:
-    args = [sys.executable, *(["-X", "importtime"] if importtime else []), "-c", CHILD]
+               cwd: Path | None = None, importtime: bool = False,
+               package: tuple[Path, Path] | None = None) -> tuple[dict[str, Any], float, str]:
+    """One fresh process: ``package`` (task root, runtime directory) runs
+    the bare interpreter on the unpacked zip, else this one in ``cwd``."""
+    if package is not None:
+        python = getattr(sys, "_base_executable", sys.executable)
+        args = [python, "-I", "-S", "-B", "-c", ZIP_PREAMBLE + CHILD, *map(str, package)]
+        cwd = package[0]
+    else:
+        args = [sys.executable, *(["-X", "importtime"] if importtime else []), "-c", CHILD]
     start = time.perf_counter()
     proc = subprocess.run(args, input=json.dumps({"function": function, "event": event}),
                           capture_output=True, text=True, cwd=cwd or project_dir(), env=env,
@@ -137,7 +159,7 @@ def _wrong_answer(function: str, response: Any) -> str | None:
     a figure for a call that failed would measure the failure."""
     if function == "app":
         ok = response.get("statusCode") == 200
-    elif function == "api_key":
+    elif function == "authorizer":
         statements = response.get("policyDocument", {}).get("Statement", [])
         ok = bool(statements) and statements[0].get("Effect") == "Allow"
     elif function == "persist_changes":
@@ -180,17 +202,18 @@ def import_breakdown(rows: list[dict[str, Any]], top: int = 15) -> dict[str, Any
     }
 
 
-def _scenarios(calls: dict[str, tuple[str, list[dict[str, Any]], Path]], env: dict[str, str]
-               ) -> dict[str, dict[str, Any]]:
-    """name -> (function, one event per run, directory of its app.py): each
-    measured in fresh processes, round-robin (run i of every call, then run
-    i + 1), so that a machine getting busier mid-section shifts them all
-    alike and their ratios stay fair."""
+def _scenarios(calls: dict[str, tuple[Any, ...]], env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """name -> (function, one event per run, directory of its app.py[, the
+    package: task root, runtime directory]): each measured in fresh
+    processes, round-robin (run i of every call, then run i + 1), so that a
+    machine getting busier mid-section shifts them all alike and their
+    ratios stay fair."""
     reports: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
-    for i in range(max(len(events) for _, events, _ in calls.values())):
-        for name, (function, events, cwd) in calls.items():
+    for i in range(max(len(call[1]) for call in calls.values())):
+        for name, (function, events, cwd, *package) in calls.items():
             if i < len(events):
-                report, wall_ms, _ = _run_child(function, events[i], env, cwd=cwd)
+                report, wall_ms, _ = _run_child(function, events[i], env, cwd=cwd,
+                                                package=package[0] if package else None)
                 reports[name].append({**report, "process_wall_ms": wall_ms, "import_plus_first_ms":
                                       report["import_ms"] + report["first_request_ms"]})
     return {name: _summary(runs) for name, runs in reports.items()}
@@ -216,6 +239,131 @@ def with_ratios(functions: dict[str, dict[str, Any]], bare: dict[str, Any]) -> d
             for name, data in functions.items()}
 
 
+# --- from the deployment package ------------------------------------------------
+
+def _deploy_stage() -> Any:
+    """scripts/deploy_stage.py (the package's build) as a module."""
+    import importlib.util
+    path = project_dir() / "scripts" / "deploy_stage.py"
+    spec = importlib.util.spec_from_file_location("deploy_stage", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_packages(workdir: Path, *, with_boto3: bool) -> dict[str, Path]:
+    """name -> deployment.zip: ``app`` (what `make package` builds), ``bare``
+    (BARE_APP, packaged the same way), and with ``with_boto3`` ``app_boto3``
+    (the app with boto3 and its dependencies in the zip, at the versions
+    that stand in for the runtime's)."""
+    import shutil
+    stage = _deploy_stage()
+    root = project_dir()
+    projects: dict[str, tuple[Path, Path | None]] = {}
+    for name in ("app", "app_boto3") if with_boto3 else ("app",):
+        project = workdir / name / "project"
+        project.mkdir(parents=True)
+        shutil.copy(root / "app.py", project)
+        shutil.copytree(root / "chalicelib", project / "chalicelib",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(root / ".chalice", project / ".chalice",
+                        ignore=shutil.ignore_patterns("deployments", "deployed"))
+        requirements = (root / "requirements.txt").read_text()
+        if name == "app_boto3":
+            pins = stage.requirement_pins(stage.RUNTIME_PROVIDED).values()
+            requirements += "".join(f"{pin}\n" for pin in pins)
+        (project / "requirements.txt").write_text(requirements)
+        projects[name] = (project, stage.MERGE_TEMPLATE)
+    bare = workdir / "bare" / "project"
+    (bare / ".chalice").mkdir(parents=True)
+    (bare / "app.py").write_text(BARE_APP)
+    (bare / "requirements.txt").write_text("")
+    (bare / ".chalice" / "config.json").write_text(json.dumps(
+        {"version": "2.0", "app_name": "bare", "stages": {"dev": {"api_gateway_stage": "dev"}}}))
+    projects["bare"] = (bare, None)
+    return {name: stage.build_offline(project, workdir / name / "out", workdir / name, "dev",
+                                      merge_template=merge) / "deployment.zip"
+            for name, (project, merge) in projects.items()}
+
+
+def unpack(package: Path, directory: Path, *, bytecode: bool) -> Path:
+    """``package`` unpacked into ``directory``, without its .pyc files unless ``bytecode``."""
+    import zipfile
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(directory, [n for n in archive.namelist() if bytecode or not n.endswith(".pyc")])
+    return directory
+
+
+def _package_facts(package: Path) -> dict[str, int]:
+    import zipfile
+    with zipfile.ZipFile(package) as archive:
+        infos = archive.infolist()
+    return {"zip_bytes": package.stat().st_size, "unpacked_bytes": sum(i.file_size for i in infos),
+            "files": len(infos), "pyc_files": sum(i.filename.endswith(".pyc") for i in infos)}
+
+
+def _median_ms(mode: dict[str, Any], name: str) -> float:
+    scenario = mode["bare_chalice"] if name == "bare_chalice" else mode["by_function"][name]
+    return float(scenario["median"]["import_plus_first_ms"])
+
+
+def from_zip(ctx: BenchContext, env: dict[str, str],
+             events: dict[str, tuple[str, dict[str, list[dict[str, Any]]]]],
+             put_events: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+    """Each function's cold start from its package, with and without the
+    bytecode, as ratios to the bare app's in the same mode; the first PUT
+    with boto3 from the runtime and from the zip (``events``: a scenario's
+    name -> its function and, per mode, one event per run; ``put_events``:
+    twice the runs, a session each)."""
+    with_boto3 = ctx.profile.name != "smoke"  # a third package: the smoke run proves the shape
+    packages = build_packages(workdir / "build", with_boto3=with_boto3)
+    runtime = _deploy_stage().runtime_provided(workdir / "var-runtime")
+    roots = {(name, mode): (unpack(path, workdir / f"{name}-{mode}", bytecode=mode == "bytecode"), runtime)
+             for name, path in packages.items() for mode in ("bytecode", "source")
+             if name != "app_boto3" or mode == "bytecode"}
+    runs = max(1, ctx.profile.coldstart_runs)
+    bare_event = api_gateway_event("GET", "/", "/", api_key=API_KEY)
+    calls: dict[str, tuple[Any, ...]] = {}
+    for mode in ("bytecode", "source"):
+        calls[f"bare_chalice/{mode}"] = ("app", [bare_event] * runs, None, roots[("bare", mode)])
+        for name, (function, per_mode) in events.items():
+            calls[f"{name}/{mode}"] = (function, per_mode[mode], None, roots[("app", mode)])
+    measured = _scenarios(calls, env)
+    by_mode: dict[str, dict[str, Any]] = {}
+    for mode in ("bytecode", "source"):
+        bare = measured.pop(f"bare_chalice/{mode}")
+        functions = {name: measured[f"{name}/{mode}"] for name in events}
+        by_mode[mode] = {"bare_chalice": bare, "by_function": with_ratios(functions, bare)}
+    result: dict[str, Any] = {
+        "runs": runs,
+        "packages": {name: _package_facts(path) for name, path in packages.items()},
+        **by_mode,
+        # what the bytecode saves each function: its median without over with
+        "source_over_bytecode": {name: round(_median_ms(by_mode["source"], name)
+                                             / _median_ms(by_mode["bytecode"], name), 2)
+                                 for name in [*events, "bare_chalice"]},
+    }
+    if with_boto3:
+        put = _scenarios({
+            "boto3_from_runtime": ("app", put_events[:runs], None, roots[("app", "bytecode")]),
+            "boto3_in_zip": ("app", put_events[runs:], None, roots[("app_boto3", "bytecode")]),
+        }, env)
+        result["first_put"] = {**put, "in_zip_over_runtime": round(
+            put["boto3_in_zip"]["median"]["import_plus_first_ms"]
+            / put["boto3_from_runtime"]["median"]["import_plus_first_ms"], 2)}
+    result["notes"] = (
+        "Each package unpacked as /var/task, run by `python -I -S -B` with the runtime's boto3 on a "
+        "path of its own (the versions of infra/lambda/python3.11-runtime.txt, with their bytecode). "
+        "bytecode: the package as `make package` builds it (unchecked-hash .pyc files); source: the "
+        "same files without them, so every import compiles (-B: nothing is written, as on a read-only "
+        "/var/task). ratio_to_bare: a function's median import + first call over the bare one-route "
+        "app's, packaged and run the same way, same mode. first_put: the first PUT of a fresh process "
+        "(boto3's SQS client built, one SendMessage), boto3 from the runtime's path or from inside "
+        "the zip (the smoke profile leaves that third package out).")
+    return result
+
+
 def run(ctx: BenchContext) -> dict[str, Any]:
     from chalicelib.adapters.postgres import connection
     from sessionsync.bench.consumer import change_event
@@ -237,6 +385,12 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         # one new session per consumer run: each first batch inserts, as a real one does
         batches = [sqs_event([sqs_record(change_event(f"{prefix}-c{i}", 1, {"n": i}, stamp),
                                          event_id=f"{prefix}-c{i}:1")]) for i in range(runs)]
+        # the packages' consumers: new sessions of their own, each mode its own
+        zip_batches = {mode: [sqs_event([sqs_record(change_event(f"{prefix}-{mode[0]}c{i}", 1, {"n": i},
+                                                                 stamp),
+                                                    event_id=f"{prefix}-{mode[0]}c{i}:1")])
+                              for i in range(runs)]
+                       for mode in ("bytecode", "source")}
         try:
             _run_child("app", get_event, env)  # untimed: writes __pycache__
             with tempfile.TemporaryDirectory(prefix="sessionsync-bare-") as bare_dir:
@@ -246,7 +400,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                 measured = _scenarios({
                     "bare_chalice": ("app", [bare_event] * runs, Path(bare_dir)),
                     "api_first_get": ("app", [get_event] * runs, project_dir()),
-                    "authorizer_first_call": ("api_key", [authorizer_event(API_KEY)] * runs,
+                    "authorizer_first_call": ("authorizer", [authorizer_event(API_KEY)] * runs,
                                               project_dir()),
                     "consumer_first_batch": ("persist_changes", batches, project_dir()),
                     # before the PUTs: their events, unsent to a missing queue,
@@ -260,6 +414,19 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             puts = [session_put_event(r.create(f"w{i}", ack=True), state, 1, API_KEY)
                     for i in range(runs)]
             put = _scenarios({"put": ("app", puts, project_dir())}, env)["put"]
+            # the PUTs from the packages: boto3 from the runtime's path, then from the zip
+            zip_puts = [session_put_event(r.create(f"zw{i}", ack=True), state, 1, API_KEY)
+                        for i in range(2 * runs)]
+            with tempfile.TemporaryDirectory(prefix="sessionsync-coldstart-zip-") as zip_dir:
+                def both(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+                    return {"bytecode": events, "source": events}
+                packaged = from_zip(ctx, env, {
+                    "api_first_get": ("app", both([get_event] * runs)),
+                    "authorizer_first_call": ("authorizer", both([authorizer_event(API_KEY)] * runs)),
+                    # a batch of new sessions for each mode: each first batch inserts
+                    "consumer_first_batch": ("persist_changes", zip_batches),
+                    "relay_first_drain": ("relay_outbox", both([schedule_event()] * runs)),
+                }, zip_puts, Path(zip_dir))
         finally:
             with connection.connect(dsn) as conn:
                 delete_rows(conn, prefix)
@@ -271,6 +438,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "bare_chalice": bare,
         "by_function": with_ratios(measured, bare),
         "imports": breakdown,
+        "from_zip": packaged,
         "notes": "import_plus_first_ms = import app + the first call of one function of app.py "
                  "(in the child, from its own clock); it excludes interpreter start-up and exit, "
                  "which process_wall_ms adds. ratio_to_bare = a function's median "

@@ -82,6 +82,9 @@ T_LIFE = "tests/integration/sessions/test_session_lifetime.py"
 T_PATCH = "tests/integration/sessions/test_merge_patch.py"
 T_OWNERS = "tests/integration/sessions/test_owners.py"
 OWNERS = "chalicelib/service/owners.py"
+PG_CONNECTION = "chalicelib/adapters/postgres/connection.py"
+PG_RETENTION = "chalicelib/adapters/postgres/retention.py"
+T_PGBOUNCER = "tests/integration/lambda_zip/test_through_pgbouncer.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
@@ -260,6 +263,20 @@ MUTANTS: tuple[Mutant, ...] = (
           "supported_errors=(*NOT_RUN_ERRORS, redis.ConnectionError, redis.TimeoutError)))"),),
         (f"{T_OUTAGE}::test_a_hung_redis_makes_the_store_raise_service_unavailable_after_one_timeout",),
         "a script that timed out is sent again: a write may apply twice, and the 503 waits twice"),
+    mutant(
+        "postgres-closed-while-idle-unnoticed", 5, PG_CONNECTION,
+        (("if conn is not None and not conn.closed and not conn.broken and not _closed_by_server(conn):",
+          "if conn is not None and not conn.closed and not conn.broken:"),),
+        (f"{T_PERSISTENCE}::test_a_connection_the_server_closed_while_idle_is_replaced_before_the_next_read",),
+        "a warm function whose PostgreSQL connection the server closed while it was frozen (an "
+        "idle timeout of RDS Proxy) answers its next read with a 503"),
+    mutant(
+        "pooled-connection-prepares-statements", 5, PG_CONNECTION,
+        (('        extra["prepare_threshold"] = None\n', "        pass\n"),),
+        (f"{T_PGBOUNCER}::test_the_api_and_two_consumers_share_two_server_connections_past_psycopg_s_"
+         "prepare_threshold",),
+        "through a transaction pooler, psycopg's sixth execution prepares a statement that another "
+        "client's transaction meets on the shared server connection: errors, retried batches"),
     # -- 6: one hash slot per script -------------------------------------------------
     mutant(
         "hash-tag-dropped", 6, KEYS,
@@ -467,4 +484,13 @@ MUTANTS: tuple[Mutant, ...] = (
           "set_marker(pg .. '|E', MARKER_TTL, ttl)\n"),),
         (f"{T_LIFE}::test_two_sweeps_at_once_record_exactly_one_session_expired_per_session",),
         "the sweep's final marker keeps PostgreSQL's version: a second sweep expires the session again"),
+    # -- 13: the audit retention's purge ------------------------------------------------
+    mutant(
+        "purge-lock-held-by-the-session", 13, PG_RETENTION,
+        (('LOCK_SQL = "SELECT pg_try_advisory_xact_lock(%s)"',
+          'LOCK_SQL = "SELECT pg_try_advisory_lock(%s)"'),),
+        (f"{T_PGBOUNCER}::test_the_purge_runs_again_and_again_through_the_pooler_never_busy_and_"
+         "leaves_no_lock",),
+        "the purge's lock outlives its batch on a pooled server connection: later purges find "
+        "it held and do nothing"),
 )

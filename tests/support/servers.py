@@ -257,6 +257,85 @@ class PostgresServer:
                 self.workdir = None
 
 
+class PgBouncer:
+    """PgBouncer of the test's own in transaction pooling mode, on a free
+    loopback port, in front of a PostgreSQL server: a stand-in for RDS
+    Proxy, which multiplexes clients' transactions over a few server
+    connections the same way (a client's session state does not follow it
+    from one transaction to the next).
+
+    ``pool_size`` server connections per database and user: with fewer
+    than the clients, their transactions share server connections, so what
+    one leaves on a connection (a prepared statement, a SET, a session
+    advisory lock) is met by another.  ``connect_query`` runs on each new
+    server connection (RDS Proxy's InitQuery).  Stopped by its PID.  As
+    root, it runs as ``postgres`` (PgBouncer refuses to run as root).
+    """
+
+    def __init__(self, target_port: int = 5432, *, pool_size: int = 2, connect_query: str = "",
+                 target_host: str = "127.0.0.1", target_user: str = "postgres") -> None:
+        self.port = free_port()
+        self.target = (target_host, target_port, target_user)
+        self.pool_size = pool_size
+        self.connect_query = connect_query
+        self.workdir: Path | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def dsn(self, dbname: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def start(self) -> PgBouncer:
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not Path(binary).exists():
+            raise FileNotFoundError("pgbouncer is not installed (scripts/services.sh installs it: "
+                                    "apt-get install pgbouncer)")
+        self.workdir = Path(tempfile.mkdtemp(prefix="sessionsync-pgbouncer-"))
+        host, port, user = self.target
+        query = f" connect_query='{self.connect_query}'" if self.connect_query else ""
+        (self.workdir / "pgbouncer.ini").write_text(f"""[databases]
+* = host={host} port={port} user={user}{query}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+auth_type = any
+pool_mode = transaction
+default_pool_size = {self.pool_size}
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = 200
+server_reset_query =
+logfile = {self.workdir / "pgbouncer.log"}
+pidfile =
+""")
+        command = [binary, str(self.workdir / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres", "postgres")
+            shutil.chown(self.workdir / "pgbouncer.ini", "postgres", "postgres")
+            command = [binary, "-u", "postgres", str(self.workdir / "pgbouncer.ini")]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+        def answers() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        wait_for(answers, 20, f"pgbouncer on {self.port}")
+        return self
+
+    def log(self) -> str:
+        path = self.workdir / "pgbouncer.log" if self.workdir else None
+        return path.read_text(errors="replace")[-3000:] if path and path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
 class TcpProxy:
     """A loopback TCP proxy in front of a real server, for failures that a
     stopped server cannot show: ``freeze()`` stops forwarding (the server

@@ -123,3 +123,82 @@ def test_the_scripts_constants_are_the_projects():
     assert capacity_render.CONSUMER_BATCH_SIZE == constants.CONSUMER_BATCH_SIZE
     assert capacity_render.CONSUMER_MAX_CONCURRENCY == constants.CONSUMER_MAX_CONCURRENCY
     assert capacity_render.BUCKETS == BUCKETS
+
+
+# --- the monthly cost -----------------------------------------------------------
+
+PRICES = capacity_render.load_prices()
+
+
+def _priced(prices=PRICES):
+    """(group.name, entry) of every price of infra/prices.toml."""
+    return [(f"{group}.{name}", entry) for group, entries in prices.items() if isinstance(entries, dict)
+            for name, entry in entries.items()]
+
+
+def test_every_price_has_its_date_its_page_and_a_unit_in_one_region():
+    import re
+    assert PRICES["region"] == "us-east-1"
+    assert len(_priced()) >= 15
+    for name, entry in _priced():
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", entry["as_of"]), name
+        assert entry["source"].startswith("https://aws.amazon.com/"), name
+        assert entry["unit"] and isinstance(entry["checked"], bool), name
+        values = [v for k, v in entry.items() if k in ("usd",)] or entry.get("tiers") or [
+            v for k, v in entry.items() if k.startswith(("cache.", "db."))]
+        assert values, f"{name} has no price"
+
+
+def test_tiered_prices_charge_each_tier_at_its_rate():
+    tiers = [[10, 1.0], [20, 0.5], [0, 0.1]]
+    assert capacity_render.tiered(5, tiers) == 5.0
+    assert capacity_render.tiered(30, tiers) == 10 * 1.0 + 20 * 0.5
+    assert math.isclose(capacity_render.tiered(130, tiers), 10 + 10 + 100 * 0.1)
+    # API Gateway's REST tiers: 333M at 3.50, 667M at 2.80 per million
+    rest = PRICES["api_gateway"]["rest_request"]["tiers"]
+    assert math.isclose(capacity_render.tiered(1_000_000_000, rest, 1_000_000), 333 * 3.5 + 667 * 2.8)
+
+
+def test_the_costed_instances_and_nodes_are_priced_and_the_alarms_counted_from_the_templates():
+    rds = PRICES["rds"]
+    for writes, db_class in capacity_render.COSTED["db_instance_class"].items():
+        assert writes in capacity_render.WRITES_PER_SECOND
+        assert rds["instance_hour"][db_class] > 0 and rds["instance_vcpus"][db_class] >= 2, db_class
+    assert PRICES["elasticache"]["node_hour"][capacity_render.AWS["elasticache_node"]] > 0
+    templates = [*(PROJECT_DIR / "infra" / "stacks").glob("*.yaml")]
+    alarms = sum(t.read_text().count("Type: AWS::CloudWatch::Alarm") for t in templates)
+    alarms += (PROJECT_DIR / "infra" / "chalice-merge.json").read_text().count('"AWS::CloudWatch::Alarm"')
+    assert capacity_render.ALARMS == alarms
+    assert capacity_render.DASHBOARDS == sum(t.read_text().count("Type: AWS::CloudWatch::Dashboard")
+                                             for t in templates)
+    chalice = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]["prod"]
+    assert capacity_render.function_memory_gb()["api_handler"] == chalice["lambda_memory_size"] / 1024
+
+
+def test_the_monthly_cost_follows_the_model_line_by_line():
+    inputs = capacity_render.extract(BENCH)
+    grid = capacity_render.model(inputs)
+    memory = {"api_handler": 1.0, "persist_changes": 1.0, "authorizer": 1.0, "relay_outbox": 1.0}
+    step = grid[(1_000, capacity_render.LIVE_SESSIONS[0])]
+    cost = capacity_render.monthly_cost(step, inputs, 1_000, PRICES, memory)
+    month = capacity_render.SECONDS_PER_MONTH
+
+    requests = 2_000 * month  # one read per write
+    assert math.isclose(cost["API Gateway"], capacity_render.tiered(
+        requests, PRICES["api_gateway"]["rest_request"]["tiers"], 1_000_000))
+    # a write is billed ceil(0.26 + 2 x 0.5 + 8) = 10 ms, a read ceil(0.16 + 0.5) = 1 ms, a
+    # batch of 10 ceil(1.5 + 0.5) = 2 ms, at 1 GB; and the authorizer and schedules besides
+    gb_seconds = (1_000 * month * 0.010 + 1_000 * month * 0.001 + 100 * month * 0.002
+                  + 10 * month / 300 * 0.001 + 2 * 60 * 730 * 0.050 + 730 * 2.0)
+    assert math.isclose(cost["Lambda duration"],
+                        capacity_render.tiered(gb_seconds, PRICES["lambda"]["gb_second_x86"]["tiers"]))
+    assert math.isclose(cost["SQS"], 1_200 * month / 1e6 * PRICES["sqs"]["standard_request"]["usd"])
+    nodes = step["redis"]["shards"] * 2
+    node_hour = PRICES["elasticache"]["node_hour"]["cache.r7g.large"]
+    assert math.isclose(cost["ElastiCache"], nodes * node_hour * 730)
+    assert math.isclose(cost["RDS instance"], 2 * PRICES["rds"]["instance_hour"]["db.r6g.large"] * 730)
+    assert math.isclose(cost["RDS Proxy"], 2 * PRICES["rds"]["proxy_vcpu_hour"]["usd"] * 730)
+    # more traffic never costs less, line by line
+    bigger = capacity_render.monthly_cost(grid[(10_000, capacity_render.LIVE_SESSIONS[1])], inputs, 10_000,
+                                          PRICES, memory)
+    assert all(bigger[line] >= cost[line] for line in cost)

@@ -63,6 +63,7 @@ def test_a_malformed_database_url_names_the_setting(url, fragment):
     ({"REDIS_URL": "redis://"}, "REDIS_URL"),
     ({"REDIS_URL": "redis://h:port/0"}, "REDIS_URL"),
     ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
+    ({"DB_POOLED": "transaction"}, "DB_POOLED"),
     ({"REDIS_TIMEOUT": "fast"}, "REDIS_TIMEOUT"),
     ({"REDIS_TIMEOUT": "0"}, "REDIS_TIMEOUT"),
     ({"SESSION_TTL": "an hour"}, "SESSION_TTL"),
@@ -106,6 +107,7 @@ def test_an_empty_environment_gives_the_documented_defaults():
     assert settings.max_state_bytes == Settings.max_state_bytes == 256 * 1024
     assert settings.redis_timeout == 1.0
     assert not settings.has_database and not settings.has_queue
+    assert not settings.db_pooled and load_settings({"DB_POOLED": "true"}).db_pooled
 
 
 def test_rediss_urls_with_credentials_and_query_options_are_accepted():

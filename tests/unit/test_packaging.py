@@ -5,6 +5,7 @@ its runtime dependencies, none of the tools)."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import sys
 import tomllib
 import zipfile
@@ -25,6 +26,10 @@ DEV_PINS = requirement_pins(PROJECT_DIR / "requirements-dev.txt")
 # `chalice package` puts its own runtime (chalice/app.py) into the deployment
 # package: chalice is pinned with the tools, in requirements-dev.txt.
 SHIPPED_BY_CHALICE = {"chalice"}
+# The Lambda runtime provides boto3 and its dependencies: requirements.txt
+# leaves them out of the package, and local runs pin them from this file.
+RUNTIME_CONSTRAINTS = PROJECT_DIR / "infra" / "lambda" / "python3.11-runtime.txt"
+PROVIDED_BY_RUNTIME = requirement_pins(RUNTIME_CONSTRAINTS)
 # scripts/ import each other as top-level modules (their directory is on sys.path)
 FIRST_PARTY = {"app", "chalicelib", "sessionsync", "tests", "sessionsync_client"} | {
     script.stem for script in (PROJECT_DIR / "scripts").glob("*.py")}
@@ -49,9 +54,24 @@ def assert_pinned_within_range(requirement: Requirement, pins: dict[str, Require
 
 def test_requirements_txt_pins_exactly_pyproject_s_runtime_dependencies_within_their_ranges():
     for requirement in RUNTIME:
-        assert_pinned_within_range(requirement, DEV_PINS if requirement.name in SHIPPED_BY_CHALICE
+        name = canonicalize_name(requirement.name)
+        assert_pinned_within_range(requirement, DEV_PINS if name in SHIPPED_BY_CHALICE
+                                   else PROVIDED_BY_RUNTIME if name in PROVIDED_BY_RUNTIME
                                    else LAMBDA_PINS)
-    assert set(LAMBDA_PINS) == names(RUNTIME) - SHIPPED_BY_CHALICE
+    assert set(LAMBDA_PINS) == names(RUNTIME) - SHIPPED_BY_CHALICE - set(PROVIDED_BY_RUNTIME)
+
+
+def test_the_runtime_constraints_pin_boto3_s_whole_closure_as_installed_and_nothing_the_package_needs():
+    # what the zip tier puts on the runtime's path is what this virtualenv has
+    provided = closure([Requirement("boto3")])
+    assert set(PROVIDED_BY_RUNTIME) == set(provided)
+    for name, dist in provided.items():
+        assert PROVIDED_BY_RUNTIME[name].specifier.contains(dist.version), (name, dist.version)
+    # a package of requirements.txt depending on one of them would put it back into the zip
+    assert not set(closure(list(LAMBDA_PINS.values()))) & set(PROVIDED_BY_RUNTIME)
+    # local runs follow them
+    assert f"-c {RUNTIME_CONSTRAINTS.relative_to(PROJECT_DIR)}" in \
+        (PROJECT_DIR / "requirements-dev.txt").read_text().splitlines()
 
 
 @pytest.mark.parametrize("extra", sorted(EXTRAS))
@@ -112,7 +132,21 @@ def test_the_lambda_package_holds_app_chalicelib_and_the_pinned_dependencies_and
         dist_info = f"{name.replace('-', '_')}-{dist.version}.dist-info/METADATA"
         assert dist_info in shipped, f"{name} {dist.version} is not in the deployment package"
     tops = {name.split("/")[0] for name in shipped}
-    assert {"redis", "hiredis", "psycopg", "psycopg_binary", "boto3", "botocore"} <= tops
+    assert {"redis", "hiredis", "psycopg", "psycopg_binary"} <= tops
+    # the runtime's own copy serves: infra/lambda/python3.11-runtime.txt
+    assert not tops & {"boto3", "botocore", "s3transfer", "urllib3", "dateutil", "jmespath"}
+    # the bytecode of every module, for this interpreter, checked by nothing
+    sources = [n for n in shipped if n.endswith(".py")]
+    tag = sys.implementation.cache_tag
+    for source in sources:
+        folder, _, name = source.rpartition("/")
+        pyc = f"{folder + '/' if folder else ''}__pycache__/{name[:-3]}.{tag}.pyc"
+        assert pyc in shipped, pyc
+    assert len([n for n in shipped if n.endswith(".pyc")]) == len(sources)
+    with zipfile.ZipFile(chalice_packaged / "deployment.zip") as deployment:
+        header = deployment.read(f"chalicelib/__pycache__/runtime.{tag}.pyc")[:16]
+    flags = int.from_bytes(header[4:8], "little")
+    assert header[:4] == importlib.util.MAGIC_NUMBER and flags == 0b01  # hash-based, unchecked
     tools = {"sessionsync", "tests", "docs", "infra", "scripts", "bench-results", "click", "matplotlib",
              "pytest", "moto"}
     assert not tops & tools, sorted(tops & tools)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from psycopg import conninfo
+from psycopg import conninfo, pq
 
 from chalicelib.config import DB_SECRET_ARN, DB_SSL_ROOT_CERT, Settings
 from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
@@ -117,27 +118,44 @@ def resolve_dsn(settings: Settings, secrets_client_factory: Callable[[], Any]) -
 
 def connect(dsn: str, *, statement_timeout_ms: int | None = STATEMENT_TIMEOUT_MS,
             lock_timeout_ms: int | None = LOCK_TIMEOUT_MS, autocommit: bool = True,
-            application_name: str = "sessionsync") -> psycopg.Connection:
+            application_name: str = "sessionsync", pooled: bool = False) -> psycopg.Connection:
     """Open a connection with sessionsync's timeouts (None: the server's).
 
     ``dsn`` may be a URL, key=value pairs, or "" for libpq's PG* variables.
-    Sessions run in UTC so that a timestamp without a zone is read as UTC.
+    Sessions run in UTC so that a timestamp without a zone is read as UTC
+    (the SQL does not depend on it: it formats and compares in UTC itself).
     Raises psycopg.OperationalError when the server cannot be reached.
+
+    ``pooled`` (DB_POOLED): a transaction pooler stands in front.  Each
+    transaction may then run on another server connection, where nothing a
+    session set is found: so no startup options (RDS Proxy refuses them,
+    "doesn't support command-line options"; PgBouncer too, "unsupported
+    startup parameter"), the timeouts come from the pooler's init query
+    instead (RDS Proxy's InitQuery, PgBouncer's connect_query: docs/deploy.md),
+    and no server-side prepared statements: psycopg prepares a query on its
+    sixth execution, which pins the connection on RDS Proxy and fails on
+    PgBouncer (``_pg3_0`` does not exist, or exists already, on the server
+    connection the next transaction gets).
     """
-    options = ["-c TimeZone=UTC"]
-    if statement_timeout_ms is not None:
-        options.append(f"-c statement_timeout={int(statement_timeout_ms)}")
-    if lock_timeout_ms is not None:
-        options.append(f"-c lock_timeout={int(lock_timeout_ms)}")
     given = conninfo.conninfo_to_dict(dsn).get("options") if dsn else None
-    if given:
-        options.insert(0, str(given))
+    options = [str(given)] if given else []
+    extra: dict[str, Any] = {}
+    if pooled:
+        extra["prepare_threshold"] = None
+    else:
+        options.append("-c TimeZone=UTC")
+        if statement_timeout_ms is not None:
+            options.append(f"-c statement_timeout={int(statement_timeout_ms)}")
+        if lock_timeout_ms is not None:
+            options.append(f"-c lock_timeout={int(lock_timeout_ms)}")
+    if options:
+        extra["options"] = " ".join(options)
     conn = psycopg.connect(
         dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        application_name=application_name, options=" ".join(options),
+        application_name=application_name,
         # a server that vanished without closing the socket (failover, a
         # cut network) is noticed in about 45 s instead of two hours
-        keepalives=1, keepalives_idle=30, keepalives_interval=5, keepalives_count=3)
+        keepalives=1, keepalives_idle=30, keepalives_interval=5, keepalives_count=3, **extra)
     # at LOG_LEVEL=DEBUG each statement is logged with its duration; a no-op otherwise
     return instrument_psycopg(conn)
 
@@ -149,10 +167,12 @@ class Connector:
     """
 
     def __init__(self, dsn_provider: Callable[[], str], *, statement_timeout_ms: int,
-                 refreshable: bool, clock: Callable[[], float]) -> None:
+                 refreshable: bool, clock: Callable[[], float], pooled: bool = False) -> None:
         """``dsn_provider`` is called on (re)connect; with ``refreshable`` its
-        answer is forgotten after a failed connect (rotated secret)."""
+        answer is forgotten after a failed connect (rotated secret);
+        ``pooled``: through a transaction pooler (``connect``)."""
         self._dsn_provider = dsn_provider
+        self._pooled = pooled
         self._dsn: str | None = None
         self._dsn_fetched_at = 0.0
         self._refreshable = refreshable
@@ -169,7 +189,7 @@ class Connector:
         reached), ConfigurationError or ServiceUnavailable (the DSN).
         """
         conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
+        if conn is not None and not conn.closed and not conn.broken and not _closed_by_server(conn):
             return conn
         self.drop()
         now = self._clock()
@@ -183,7 +203,8 @@ class Connector:
             self._dsn = self._dsn_provider()
             self._dsn_fetched_at = now
         try:
-            self._conn = connect(self._dsn, statement_timeout_ms=self._statement_timeout_ms)
+            self._conn = connect(self._dsn, statement_timeout_ms=self._statement_timeout_ms,
+                                 pooled=self._pooled)
         except psycopg.Error:
             self._connect_failed = True
             self._connect_failed_at = self._clock()
@@ -202,6 +223,29 @@ class Connector:
             except psycopg.Error:  # already gone; nothing to release
                 pass
             self._conn = None
+
+
+def _closed_by_server(conn: psycopg.Connection) -> bool:
+    """Whether the other end closed ``conn`` while it sat idle.
+
+    A warm Lambda keeps its connection between invocations, frozen; an idle
+    timeout (RDS Proxy's), a failover or an administrator may end it
+    meanwhile.  The server then sends why (FATAL 57P01...) and closes, but
+    the client learns it only from the next query, which fails: a 503 for
+    a read, a retried batch for the consumer.  An idle connection in
+    autocommit that listens to no channel is sent nothing otherwise, so
+    anything readable on its socket means it is gone (or, rarely, a
+    parameter the server reports changed: a reconnect then costs a
+    connect, nothing more).  One poll of the socket, no round trip.
+    """
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, psycopg.Error):
+        return True
 
 
 # --- the severing watchdog ---------------------------------------------------------

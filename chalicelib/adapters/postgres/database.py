@@ -283,11 +283,13 @@ class Database:
 
     def __init__(self, dsn_provider: Callable[[], str], *,
                  statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
-                 refreshable: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+                 refreshable: bool = False, clock: Callable[[], float] = time.monotonic,
+                 pooled: bool = False) -> None:
         """``dsn_provider`` is called on (re)connect; with ``refreshable`` its
-        answer is forgotten after a failed connect (rotated secret)."""
+        answer is forgotten after a failed connect (rotated secret);
+        ``pooled``: through a transaction pooler (DB_POOLED, ``connection.connect``)."""
         self._connector = Connector(dsn_provider, statement_timeout_ms=statement_timeout_ms,
-                                    refreshable=refreshable, clock=clock)
+                                    refreshable=refreshable, clock=clock, pooled=pooled)
         self._lock = threading.RLock()
 
     @classmethod
@@ -295,7 +297,8 @@ class Database:
                       **options: Any) -> Database:
         """DATABASE_URL, else DB_SECRET_ARN (read on first connect), else PG*."""
         return cls(lambda: resolve_dsn(settings, secrets_client_factory),
-                   refreshable=bool(not settings.database_url and settings.db_secret_arn), **options)
+                   refreshable=bool(not settings.database_url and settings.db_secret_arn),
+                   pooled=settings.db_pooled, **options)
 
     @classmethod
     def from_dsn(cls, dsn: str, **options: Any) -> Database:

@@ -1,18 +1,23 @@
 """Versioned SQL migrations for the PostgreSQL schema (schema/*.sql beside this file).
 
-A migration is a file ``NNNN_name.sql``; it runs once, in its own
-transaction together with its row in ``schema_migrations`` (version, name,
-SHA-256 of the file, time), so a failed migration leaves nothing behind and
-is retried whole next time.  Migrations are never edited once applied: a
-changed checksum stops ``migrate`` with an error instead of diverging
-silently.
+A migration is a file ``NNNN_name.sql``; it runs once, with its row in
+``schema_migrations`` (version, name, SHA-256 of the file, time).  A run
+applies every pending migration in one transaction, so a failed migration
+leaves nothing of that run behind and the run is retried whole next time.
+Migrations are never edited once applied: a changed checksum stops
+``migrate`` with an error instead of diverging silently.
 
-Concurrency: two ``migrate`` runs (two deploy jobs, two developers) take a
-session-level advisory lock first, so the second waits, then finds nothing
-pending::
+Concurrency: two ``migrate`` runs (two deploy jobs, two developers) take an
+advisory lock first, so the second waits, then finds nothing pending::
 
-    A: lock ───── 0001 (tx) ── 0002 (tx) ── unlock
-    B: lock ........ waits ....................... got it: nothing pending
+    A: BEGIN; lock ── 0001 ── 0002 ── COMMIT (the lock goes with it)
+    B: BEGIN; lock ........ waits ......... got it: nothing pending; COMMIT
+
+The lock is the transaction's, not the session's: through a transaction
+pooler (PgBouncer in transaction mode, RDS Proxy) the statements after
+``BEGIN`` stay on one server connection, while a session-level lock would
+be taken on one server connection and released on another, then held for
+good (RDS Proxy pins the connection instead).
 
 The files are package data of ``chalicelib.adapters.postgres.schema``,
 read through importlib.resources, so the same files are applied by
@@ -106,18 +111,18 @@ def migrate(conn: psycopg.Connection, migrations: list[Migration] | None = None,
             lock_timeout: float = 60.0) -> list[Migration]:
     """Apply the pending migrations; return those applied (empty: up to date).
 
-    ``conn`` must be in autocommit mode (each migration opens its own
+    ``conn`` must be in autocommit mode (the run opens its own
     transaction).  Safe to run twice and from two processes at once.
     Raises MigrationError (checksum mismatch, a recorded version missing on
     disk, the lock not obtained within ``lock_timeout`` seconds) and
-    psycopg.Error when a migration's SQL fails (its transaction is rolled
-    back; the ones before it stay applied).
+    psycopg.Error when a migration's SQL fails (the run's transaction is
+    rolled back: the migrations applied before this run stay).
     """
     if not conn.autocommit:
         raise ValueError("migrate() needs an autocommit connection")
     migrations = discover() if migrations is None else migrations
-    _lock(conn, lock_timeout)
-    try:
+    with conn.transaction():
+        _lock(conn, lock_timeout)
         conn.execute(CREATE_TABLE_SQL)
         done = applied(conn)
         on_disk = {m.version: m for m in migrations}
@@ -131,21 +136,19 @@ def migrate(conn: psycopg.Connection, migrations: list[Migration] | None = None,
                                      "add a new migration instead of editing an applied one")
         pending = [m for m in migrations if m.version not in done]
         for migration in pending:
-            with conn.transaction():
-                conn.execute(migration.sql)
-                conn.execute("INSERT INTO schema_migrations (version, name, checksum) "
-                             "VALUES (%s, %s, %s)",
-                             (migration.version, migration.name, migration.checksum))
+            conn.execute(migration.sql)
+            conn.execute("INSERT INTO schema_migrations (version, name, checksum) "
+                         "VALUES (%s, %s, %s)",
+                         (migration.version, migration.name, migration.checksum))
         return pending
-    finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
 
 
 def _lock(conn: psycopg.Connection, timeout: float) -> None:
-    # pg_try_advisory_lock in a loop rather than pg_advisory_lock: the wait is
-    # bounded and a statement_timeout on the connection cannot cut it short.
+    # pg_try_advisory_xact_lock in a loop rather than pg_advisory_xact_lock:
+    # the wait is bounded and a statement_timeout on the connection cannot
+    # cut it short.
     deadline = time.monotonic() + timeout
-    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
+    while not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
         if time.monotonic() >= deadline:
             raise MigrationError(f"another migration holds the lock for over {timeout:.0f} s")
         time.sleep(0.1)
@@ -226,10 +229,13 @@ class DeployStep:
 
     def __init__(self, dsn_provider: Callable[[], str],
                  respond: Callable[..., None],
-                 migrations: list[Migration] | None = None) -> None:
+                 migrations: list[Migration] | None = None, *, pooled: bool = False) -> None:
+        """``pooled``: through a transaction pooler (DB_POOLED; the deploy's
+        step connects to the instance itself, an operator may not)."""
         self._dsn_provider = dsn_provider
         self._respond = respond
         self._migrations = migrations
+        self._pooled = pooled
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:
         if "RequestType" in event and "ResponseURL" in event:
@@ -244,7 +250,7 @@ class DeployStep:
 
         migrations = discover() if self._migrations is None else self._migrations
         with connection.connect(self._dsn_provider(), statement_timeout_ms=None, lock_timeout_ms=None,
-                                application_name="sessionsync-migrate") as conn:
+                                application_name="sessionsync-migrate", pooled=self._pooled) as conn:
             before = status(conn, migrations)
             ahead = [s for s in before if s.state == UNKNOWN]
             blocked = [s for s in before if s.state == CHANGED]

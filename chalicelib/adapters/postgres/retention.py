@@ -52,9 +52,29 @@ The purge never waits for the consumer (it deletes only committed rows,
 which the consumer never locks), so the two cannot deadlock; a consumer
 re-inserting a key the purge is deleting waits for the purge's commit,
 then inserts (a redelivery of a purged row, which rule 1 makes
-impossible in practice).  Two purges at once (the schedule and the
-command) are kept apart by a session advisory lock: the second does
-nothing.
+impossible in practice).
+
+Two purges at once (the schedule and the command)
+-------------------------------------------------
+
+Each batch is a transaction that takes the purge's advisory lock first,
+transaction-scoped (RDS Proxy and PgBouncer run each transaction on
+whichever server connection is free: a session-level lock would pin the
+connection on the one, and on the other be taken on one server connection
+and "released" on another, held for good), reads the cursor, deletes, and
+saves the cursor it reached.  So two purges never run a batch at once, and
+each batch starts where the last one, of either purge, stopped::
+
+    purge A                                purge B
+    [lock; cursor c0; batch; save c1]
+                                           [lock: held by A? no; cursor c1;
+                                            batch; save c2]
+    [lock; cursor c2 (not its own c1);
+     batch; save c3]
+                                           [lock: A holds it: B stops, busy]
+
+A purge that finds the lock held stops, reporting ``busy``; one whose
+next batch finds the cursor cleared stops too: the other reached the end.
 """
 from __future__ import annotations
 
@@ -111,8 +131,8 @@ ON CONFLICT (id) DO UPDATE SET persisted_at = EXCLUDED.persisted_at, session_id 
 """
 CLEAR_CURSOR_SQL = "DELETE FROM sync_events_purge_cursor"
 
-LOCK_SQL = "SELECT pg_try_advisory_lock(%s)"
-UNLOCK_SQL = "SELECT pg_advisory_unlock(%s)"
+# transaction-scoped: released when the batch's transaction ends
+LOCK_SQL = "SELECT pg_try_advisory_xact_lock(%s)"
 
 
 @dataclass(frozen=True)
@@ -139,7 +159,7 @@ class Batch:
 
 def run_batch(conn: psycopg.Connection, *, cutoff: datetime, after: Cursor, limit: int,
               dry_run: bool) -> Batch:
-    """One statement (so one transaction on an autocommit connection).
+    """One statement (the caller's transaction holds the lock).
     Raises psycopg.Error."""
     row = conn.execute(COUNT_BATCH_SQL if dry_run else PURGE_BATCH_SQL, {
         "cutoff": cutoff, "after_at": after.persisted_at, "after_session": after.session_id,
@@ -151,15 +171,10 @@ def run_batch(conn: psycopg.Connection, *, cutoff: datetime, after: Cursor, limi
 
 
 def try_lock(conn: psycopg.Connection) -> bool:
-    """Take the purge's session advisory lock, if no other session holds it."""
+    """Take the purge's advisory lock for the current transaction, if no
+    other transaction holds it."""
     row = conn.execute(LOCK_SQL, (PURGE_LOCK_KEY,)).fetchone()
     return bool(row and row[0])
-
-
-def unlock(conn: psycopg.Connection) -> None:
-    """Give the lock back; a connection that broke gave it back as it ended."""
-    if not (conn.closed or conn.broken):
-        conn.execute(UNLOCK_SQL, (PURGE_LOCK_KEY,))
 
 
 def saved_cursor(conn: psycopg.Connection) -> Cursor | None:

@@ -135,6 +135,20 @@ def test_cold_start_is_measured_for_each_function_as_a_ratio_to_a_bare_chalice_a
     assert functions["api_first_get"]["median"] == cold["first_get"]["median"]
 
 
+def test_cold_start_is_measured_from_the_package_with_and_without_bytecode_against_a_bare_app(smoke):
+    packaged = smoke[0]["sections"]["coldstart"]["from_zip"]
+    functions = {"api_first_get", "authorizer_first_call", "consumer_first_batch", "relay_first_drain"}
+    for mode in ("bytecode", "source"):
+        bare = packaged[mode]["bare_chalice"]["median"]["import_plus_first_ms"]
+        assert set(packaged[mode]["by_function"]) == functions and bare > 0
+        for name, data in packaged[mode]["by_function"].items():
+            assert data["ratio_to_bare"] == round(data["median"]["import_plus_first_ms"] / bare, 2), name
+    assert set(packaged["source_over_bytecode"]) == functions | {"bare_chalice"}
+    # the app's package ships bytecode and no boto3; the bare app's is built the same way
+    assert packaged["packages"]["app"]["pyc_files"] > 100 and packaged["packages"]["bare"]["pyc_files"] > 0
+    assert packaged["packages"]["app"]["zip_bytes"] < 10_000_000
+
+
 def test_consumer_persisted_every_event_and_contention_lost_nothing(smoke):
     sections = smoke[0]["sections"]
     for run in sections["consumer"]["handler"]:

@@ -4,12 +4,11 @@ checkov), the migration step, and the stack on LocalStack's CloudFormation.
 ``packaged_set`` is what `make package STAGE=dev` leaves in
 .deploy/dev/out/ (sam.json, deployment.zip, stacks/, parameters.json),
 built here from a copy of the project and offline (the session's
-``chalice_packaged`` fixture, tests/packaging_support.py), so the
+``chalice_packaged`` fixture, tests/fixtures/packaging.py), so the
 repository's own .deploy/ and CA bundle are never touched.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,15 +17,7 @@ from types import ModuleType
 import pytest
 
 from tests.support.constants import PROJECT_DIR
-
-
-def load_deploy_stage() -> ModuleType:
-    """scripts/deploy_stage.py as a module (scripts/ is no package)."""
-    spec = importlib.util.spec_from_file_location("deploy_stage", PROJECT_DIR / "scripts" / "deploy_stage.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.support.packaging import load_deploy_stage
 
 
 @pytest.fixture(scope="session")

@@ -120,7 +120,7 @@ def test_alarms_fire_on_any_dlq_message_and_on_an_old_message_in_the_queue(packa
 
 def test_every_function_gets_tls_redis_the_secrets_the_queue_urls_and_the_vpc(packaged):
     found = functions(packaged)
-    assert set(found) >= {"APIHandler", "ApiKey", "PersistChanges", "RelayOutbox", "SweepExpired",
+    assert set(found) >= {"APIHandler", "Authorizer", "PersistChanges", "RelayOutbox", "SweepExpired",
                           "PurgeSyncEvents", "RunMigrations"}
     for name, function in found.items():
         props = function["Properties"]
@@ -128,7 +128,7 @@ def test_every_function_gets_tls_redis_the_secrets_the_queue_urls_and_the_vpc(pa
         # named <stack>-<function>: the alarms, the dashboard and the roles name them
         assert props["FunctionName"]["Fn::Sub"].startswith("${AWS::StackName}-"), name
         assert variables["SESSIONSYNC_API_KEYS_SECRET_ARN"]["Fn::If"][0] == "CreateApiKeysSecret", name
-        if name == "ApiKey":
+        if name == "Authorizer":
             # the authorizer reads the API keys and nothing else, outside the VPC
             assert not set(variables) & {"REDIS_URL", "REDIS_SECRET_ARN", "DB_SECRET_ARN", "DB_HOST",
                                          "SESSION_QUEUE_URL", "SESSION_DLQ_URL"}
@@ -249,7 +249,7 @@ def test_only_the_api_the_consumer_and_the_relay_reserve_concurrency(packaged):
     reserved = {name: f["Properties"].get("ReservedConcurrentExecutions") for name, f in found.items()}
     # one relay at a time is enough for a once-a-minute schedule; the
     # authorizer draws from the account's unreserved pool
-    assert reserved["RelayOutbox"] == 1 and reserved["ApiKey"] is None
+    assert reserved["RelayOutbox"] == 1 and reserved["Authorizer"] is None
     stages = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]
     assert reserved["APIHandler"] == stages["dev"]["lambda_functions"]["api_handler"]["reserved_concurrency"]
     assert reserved["PersistChanges"] >= default(packaged, "ConsumerMaxConcurrency")
@@ -275,3 +275,41 @@ def test_the_packaged_template_names_no_region(packaged_path):
     # template's queue ARN, writes none: the template deploys to any region
     # of the partition
     assert "us-east-1" not in packaged_path.read_text()
+
+
+def test_every_session_route_is_guarded_by_the_authorizer_function_and_health_by_nothing(packaged):
+    # API Gateway calls the authorizer with the Authorization header (a
+    # TOKEN authorizer) and caches its answer per token for 300 s; the
+    # security definition must be the custom one, not API Gateway's own
+    # usage-plan key check that Chalice writes under the name "api_key"
+    body = packaged["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]
+    (name,) = body["securityDefinitions"]
+    definition = body["securityDefinitions"][name]
+    assert definition["x-amazon-apigateway-authtype"] == "custom"
+    assert (definition["type"], definition["in"], definition["name"]) == ("apiKey", "header", "Authorization")
+    authorizer = definition["x-amazon-apigateway-authorizer"]
+    assert authorizer["type"] == "token" and authorizer["authorizerResultTtlInSeconds"] == 300
+    assert "${Authorizer.Arn}" in authorizer["authorizerUri"]["Fn::Sub"]
+    assert functions(packaged)["Authorizer"]["Properties"]["Handler"] == "app.authorizer"
+    for path, methods in body["paths"].items():
+        for method, operation in methods.items():
+            expected = [] if path == "/health" else [{name: []}]
+            assert operation.get("security", []) == expected, (method, path)
+
+
+def test_the_functions_behind_rds_proxy_are_pooled_and_the_proxy_sets_their_session_settings(packaged):
+    from chalicelib.adapters.postgres import connection
+
+    for name, function in functions(packaged).items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        if "DB_HOST" in variables and variables["DB_HOST"] != "":
+            # wherever DB_HOST names RDS Proxy (or the operator's pooler)
+            assert variables["DB_POOLED"] == {"Fn::If": ["UsesDbProxy", "true", "false"]}, name
+            assert variables["DB_HOST"]["Fn::If"][0] == "CreateDatabase", name
+        else:
+            assert "DB_POOLED" not in variables, name
+    assert packaged["Conditions"]["UsesDbProxy"]["Fn::Or"][0] == {"Condition": "CreateDatabase"}
+    stack = cfn_yaml.loads((INFRA / "stacks" / "database.yaml").read_text())
+    pool = stack["Resources"]["ProxyTargets"]["Properties"]["ConnectionPoolConfigurationInfo"]
+    assert pool["InitQuery"] == (f"SET statement_timeout = {connection.STATEMENT_TIMEOUT_MS}; "
+                                 f"SET lock_timeout = {connection.LOCK_TIMEOUT_MS}; SET TimeZone = 'UTC'")

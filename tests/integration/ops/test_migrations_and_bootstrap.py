@@ -82,7 +82,7 @@ def test_a_failing_migration_leaves_no_trace_and_is_retried_whole(empty_dsn):
         with pytest.raises(psycopg.errors.DivisionByZero):
             migrations.migrate(conn, [broken])
         assert conn.execute("SELECT to_regclass('half_done')").fetchone()[0] is None
-        assert migrations.applied(conn) == {}
+        assert [s.state for s in migrations.status(conn, [broken])] == ["pending"]
         # the advisory lock was released: another run gets it at once
         assert migrations.migrate(conn, [], lock_timeout=0.5) == []
 

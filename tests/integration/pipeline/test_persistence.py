@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chalicelib.adapters.postgres import connection
 from chalicelib.adapters.postgres.database import Database
 from chalicelib.config import Settings
 from chalicelib.domain.errors import PermanentPersistenceError, RetryablePersistenceError, ServiceUnavailable
@@ -112,18 +113,62 @@ def test_a_statement_timeout_is_retryable_and_fails_the_whole_batch(pg_test_dsn)
     db.close()
 
 
-def test_a_terminated_connection_is_retryable_and_the_next_batch_reconnects(database, pg_test_dsn):
+def _terminate(dsn: str, pid: int) -> None:
+    """End backend ``pid`` from the server's side and wait until it is gone
+    (its goodbye sent, the socket closed): what an idle timeout of RDS
+    Proxy or an administrator does to a connection a frozen Lambda keeps."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            assert time.monotonic() < deadline, f"backend {pid} still there"
+            time.sleep(0.02)
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_before_the_next_batch(database, pg_test_dsn):
     sid = _sid()
     database.apply_events([_event(sid, 1)])
     pid = database._connection().info.backend_pid
-    with psycopg.connect(pg_test_dsn, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    _terminate(pg_test_dsn, pid)
 
-    lost = database.apply_events([_event(sid, 2)])
+    result = database.apply_events([_event(sid, 2)])
+
+    # not a retry: the dead connection is noticed before it is used
+    assert (result.inserted, result.failures) == (1, {})
+    assert database._connection().info.backend_pid != pid
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_before_the_next_read(database, pg_test_dsn):
+    sid = _sid()
+    database.apply_events([_event(sid, 1)])
+    pid = database._connection().info.backend_pid
+    _terminate(pg_test_dsn, pid)
+
+    session = database.latest(sid)  # a 503 if it used the dead connection
+
+    assert session is not None and session.version == 1
+    assert database._connection().info.backend_pid != pid
+
+
+def test_a_connection_lost_during_a_batch_fails_it_as_retryable_and_the_next_reconnects(
+        database, pg_test_dsn):
+    sid = _sid()
+    database.apply_events([_event(sid, 1)])
+    conn = database._connection()
+    pid = conn.info.backend_pid
+    # ended while "in use": the idle check cannot see it (the server's
+    # goodbye arrives after the check, as in a race with an idle timeout)
+    real_check = connection._closed_by_server
+    connection._closed_by_server = lambda _conn: False
+    try:
+        _terminate(pg_test_dsn, pid)
+        lost = database.apply_events([_event(sid, 2)])
+    finally:
+        connection._closed_by_server = real_check
     again = database.apply_events([_event(sid, 2)])
 
     assert isinstance(lost.failures[0], RetryablePersistenceError)
-    # the server's goodbye (FATAL 57P01 admin_shutdown) is read on the next query
+    # the server's goodbye (FATAL 57P01 admin_shutdown) is read on the query
     assert (lost.failures[0].sqlstate, lost.failures[0].details["error_class"]) == ("57P01", "AdminShutdown")
     assert (again.inserted, again.failures) == (1, {})
     assert database._connection().info.backend_pid != pid

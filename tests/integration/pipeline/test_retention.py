@@ -25,7 +25,7 @@ from chalicelib.adapters.postgres import retention as sql
 from chalicelib.adapters.postgres.database import APPLY_SQL, Database, apply_parameters
 from chalicelib.config import Settings
 from chalicelib.domain.events import CREATED, DELETED, UPDATED, ChangeEvent
-from chalicelib.pipeline.retention import purge_events
+from chalicelib.pipeline.retention import PurgeReport, purge_events
 from sessionsync import provisioning
 from tests.support.constants import API_KEY, REDIS_TEST_URL, TEST_CHANNEL
 from tests.support.ops import cli_env, run_cli, run_cli_on_terminal
@@ -130,9 +130,10 @@ def test_old_rows_are_purged_in_batches_of_the_size_given_and_each_session_keeps
     # 15 old rows, 4 a statement: 4 + 4 + 4 + 3, the short one is the last
     assert report.batches == 4 and len(seen) == 4
     assert statements.count("batch") == 4
-    # and besides them: the lock, the saved place read and cleared, the unlock
-    assert statements == [sql.LOCK_SQL, sql.READ_CURSOR_SQL, *["batch"] * 4, sql.CLEAR_CURSOR_SQL,
-                          sql.UNLOCK_SQL]
+    # each in a transaction of its own with the lock, the saved place read,
+    # and the place reached saved (cleared after the last)
+    each = [sql.LOCK_SQL, sql.READ_CURSOR_SQL, "batch"]
+    assert statements == [*each, sql.SAVE_CURSOR_SQL] * 3 + [*each, sql.CLEAR_CURSOR_SQL]
     assert [scanned for _, scanned, _ in seen] == [4, 8, 12, 15]
     assert (report.scanned, report.purged, report.kept, report.complete) == (15, 12, 3, True)
     assert {name: versions(admin, name) for name in ("a", "b", "c")} == {"a": [5], "b": [5], "c": [5]}
@@ -235,15 +236,44 @@ def test_a_run_cut_short_by_its_budget_resumes_where_it_stopped(db, admin):
     assert admin.execute("SELECT count(*) FROM sync_events_purge_cursor").fetchone()[0] == 0
 
 
-def test_a_second_purge_while_one_runs_does_nothing(db, admin):
+def test_a_second_purge_while_a_batch_of_another_runs_does_nothing(db, admin, dsn):
     persist(db, admin, "s", {1: OLD, 2: OLD})
-    assert admin.execute(sql.LOCK_SQL, (sql.PURGE_LOCK_KEY,)).fetchone()[0]
-    try:
+    with psycopg.connect(dsn) as other:  # a transaction, open: a batch of another purge
+        assert other.execute(sql.LOCK_SQL, (sql.PURGE_LOCK_KEY,)).fetchone()[0]
         report = purge_events(db, DAYS)
-    finally:
-        admin.execute(sql.UNLOCK_SQL, (sql.PURGE_LOCK_KEY,))
     assert report.busy and report.batches == 0
     assert versions(admin, "s") == [1, 2]
+
+
+def test_two_purges_take_turns_batch_by_batch_each_going_on_from_the_other_s_cursor(db, admin, dsn):
+    # kept rows (each its session's latest): a batch that looked at them
+    # again would count them again, where a purged row would be gone
+    names = [f"k{i:02d}" for i in range(10)]
+    for name in names:
+        persist(db, admin, name, {1: OLD})
+    persist(db, admin, "a", {1: OLD, 2: OLD})
+    other = Database.from_dsn(dsn)
+    others: list[PurgeReport] = []
+
+    def interleave(report):
+        # after each of the first purge's first two batches, the other runs
+        # one (its budget, on a clock of its own, allows one)
+        if report.batches <= 2:
+            ticks = iter([0.0, 0.0, 1.0])
+            others.append(purge_events(other, DAYS, batch_size=2, budget_seconds=0.5,
+                                       clock=lambda: next(ticks)))
+
+    first = purge_events(db, DAYS, batch_size=2, on_batch=interleave)
+    other.close()
+
+    # 12 old rows, 2 a batch: 6 full batches and the empty one that finds
+    # the end, shared between the two, no row looked at twice
+    assert [o.batches for o in others] == [1, 1]
+    assert first.complete and first.batches == 5
+    assert first.scanned + sum(o.scanned for o in others) == 12
+    assert first.purged + sum(o.purged for o in others) == 1
+    assert versions(admin, "a") == [2] and all(versions(admin, name) == [1] for name in names)
+    assert admin.execute("SELECT count(*) FROM sync_events_purge_cursor").fetchone()[0] == 0
 
 
 # --- beside the consumer: two transactions at once ----------------------------
