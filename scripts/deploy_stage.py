@@ -362,7 +362,7 @@ def closure(requirements: list[Any]) -> dict[str, Any]:
     return found
 
 
-def _repack(dist: Any, directory: Path) -> Path:
+def repack(dist: Any, directory: Path) -> Path:
     """An installed distribution back into a wheel (files from its RECORD)."""
     from packaging.tags import sys_tags
     from packaging.utils import canonicalize_name
@@ -385,7 +385,7 @@ def _repack(dist: Any, directory: Path) -> Path:
 def wheelhouse(requirements_file: Path, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for dist in closure(list(requirement_pins(requirements_file).values())).values():
-        _repack(dist, directory)
+        repack(dist, directory)
     return directory
 
 

@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 
 from tests.clients.utils import PYTHON_CLIENT, Served
 from tests.support.constants import API_KEY
-from tests.support.packaging import _repack, closure
+from tests.support.packaging import closure, repack
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def wheelhouse(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("client-wheelhouse")
     needed = [Requirement(r) for r in PYPROJECT["dependencies"] + PYPROJECT["optional-dependencies"]["async"]]
     for dist in closure(needed).values():
-        _repack(dist, directory)
+        repack(dist, directory)
     return directory
 
 

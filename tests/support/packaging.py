@@ -32,6 +32,11 @@ def closure(requirements: list[Any]) -> dict[str, Any]:
     return _deploy_stage.closure(requirements)
 
 
+def repack(dist: Any, directory: Path) -> Path:
+    """An installed distribution back into a wheel (an offline wheelhouse)."""
+    return _deploy_stage.repack(dist, directory)
+
+
 def runtime_provided(directory: Path) -> Path:
     return _deploy_stage.runtime_provided(directory)
 

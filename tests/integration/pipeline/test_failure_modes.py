@@ -179,7 +179,7 @@ def test_with_the_local_stage_s_timeout_an_inline_send_outlasts_a_localstack_sta
 
 def test_a_connection_cut_after_redis_ran_a_write_is_a_503_never_a_false_conflict(
         redis_single, proxy_factory, session_id):
-    proxy = proxy_factory(6379)
+    proxy = proxy_factory(redis_single.connection_pool.connection_kwargs["port"])
     from chalicelib.adapters.redis.client import connect_redis
     from chalicelib.config import Settings
     db = redis_single.connection_pool.connection_kwargs["db"]
