@@ -100,7 +100,7 @@ def delete_queues(sqs: Any, pair: QueuePair) -> None:
             pass
 
 
-def ensure_database(dsn: str, *, maintenance_db: str = "postgres") -> bool:
+def ensure_database(dsn: str, *, maintenance_db: str = "postgres", pooled: bool = False) -> bool:
     """Create the database ``dsn`` names if it does not exist; True if created.
 
     Connects to ``maintenance_db`` on the same server for that.  Raises
@@ -111,7 +111,8 @@ def ensure_database(dsn: str, *, maintenance_db: str = "postgres") -> bool:
     if not name:
         return False  # the default database (the user's): it exists or libpq says so
     params["dbname"] = maintenance_db
-    with connection.connect(conninfo.make_conninfo("", **params), statement_timeout_ms=None) as admin:
+    with connection.connect(conninfo.make_conninfo("", **params), statement_timeout_ms=None,
+                            pooled=pooled) as admin:
         if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             return False
         try:
@@ -130,11 +131,19 @@ def drop_database(dsn: str, *, maintenance_db: str = "postgres") -> None:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name))))
 
 
-def migrate(dsn: str) -> list[migrations.Migration]:
-    """Apply pending migrations to ``dsn``; return those applied."""
+def migrate(dsn: str, *, pooled: bool = False) -> list[migrations.Migration]:
+    """Apply pending migrations to ``dsn``; return those applied.  ``pooled``
+    (DB_POOLED): through a transaction pooler, which refuses startup options
+    (the migrations' advisory lock is the transaction's either way)."""
     with connection.connect(dsn, statement_timeout_ms=None, lock_timeout_ms=None,
-                             application_name="sessionsync-migrate") as conn:
+                            application_name="sessionsync-migrate", pooled=pooled) as conn:
         return migrations.migrate(conn)
+
+
+def migration_status(dsn: str, *, pooled: bool = False) -> list[migrations.MigrationState]:
+    """Each migration on disk and in ``dsn``'s database, with its state; reads only."""
+    with connection.connect(dsn, application_name="sessionsync-migrate", pooled=pooled) as conn:
+        return migrations.status(conn)
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,6 @@ def bootstrap(settings: Settings, sqs: Any | None, dsn: str | None) -> Bootstrap
                                fifo=settings.queue_fifo)
     created, applied = False, []
     if dsn is not None:
-        created = ensure_database(dsn)
-        applied = [m.filename for m in migrate(dsn)]
+        created = ensure_database(dsn, pooled=settings.db_pooled)
+        applied = [m.filename for m in migrate(dsn, pooled=settings.db_pooled)]
     return BootstrapReport(queues, created, applied)

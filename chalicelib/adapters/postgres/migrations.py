@@ -224,7 +224,8 @@ class DeployStep:
       it working).  A database ahead of this release (a rollback of the
       code) is reported, not refused.  Delete keeps the schema.
     * directly (``{"action": "status"}`` or ``{"action": "migrate"}``), by
-      ``sessionsync migrate --status --function NAME`` or an operator.
+      an operator (``aws lambda invoke``; from a machine that reaches the
+      database, ``sessionsync migrate --status`` reports the same states).
     """
 
     def __init__(self, dsn_provider: Callable[[], str],

@@ -17,6 +17,7 @@ from sessionsync import migrations, provisioning
 from sessionsync.migrations import Migration, MigrationError
 from tests.support.constants import PG_TEST_ADMIN_URL, database_url
 from tests.support.ops import run_cli, run_cli_on_terminal
+from tests.support.servers import PgBouncer
 
 CLI = "from sessionsync.cli import main; main()"  # the sessionsync console script
 
@@ -85,6 +86,69 @@ def test_a_failing_migration_leaves_no_trace_and_is_retried_whole(empty_dsn):
         assert [s.state for s in migrations.status(conn, [broken])] == ["pending"]
         # the advisory lock was released: another run gets it at once
         assert migrations.migrate(conn, [], lock_timeout=0.5) == []
+
+
+def _status(env: dict[str, str]) -> tuple[int, dict]:
+    result = run_cli("migrate", "--status", "--format", "json", env=env)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_migrate_status_lists_each_migration_and_exits_1_until_every_one_is_applied(empty_dsn):
+    env = {**os.environ, "DATABASE_URL": empty_dsn, "SESSIONSYNC_STAGE": "local"}
+    on_disk = [m.filename for m in migrations.discover()]
+
+    code, before = _status(env)  # reads only: no table created, nothing applied
+    assert code == 1 and before["pending"] == on_disk and before["up_to_date"] is False
+    assert [(m["state"]) for m in before["migrations"]] == ["pending"] * len(on_disk)
+    assert run_cli("migrate", env=env).returncode == 0
+    code, after = _status(env)
+    assert code == 0 and after["pending"] == [] and after["up_to_date"] is True
+    assert [m["state"] for m in after["migrations"]] == ["applied"] * len(on_disk)
+    text = run_cli("migrate", "--status", env=env)
+    assert text.returncode == 0 and text.stdout.splitlines()[1].split() == ["0001", "sync_tables", "applied"]
+    assert text.stderr.strip() == "up to date"
+
+    # a row newer than this release (a rollback of the code): this release's
+    # schema is all there, and the extra row is named
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'later', 'x')")
+    code, ahead = _status(env)
+    assert code == 0 and ahead["migrations"][-1] == {"version": 9999, "name": "later", "state": "unknown"}
+    # an applied file edited since: migrate would refuse it, so not up to date
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+    code, changed = _status(env)
+    assert code == 1 and changed["migrations"][0]["state"] == "changed"
+
+
+@pytest.fixture
+def pooler():
+    bouncer = PgBouncer(pool_size=2, connect_query="SET statement_timeout = 5000").start()
+    yield bouncer
+    bouncer.stop()
+
+
+def test_migrate_and_its_status_work_through_a_transaction_pooler_with_db_pooled(empty_dsn, pooler):
+    # PgBouncer in transaction mode, as RDS Proxy: three migrate processes
+    # (clients) share two server connections.  Startup options are refused
+    # there, and a session-level advisory lock would stay on whichever server
+    # connection took it.
+    dbname = psycopg.conninfo.conninfo_to_dict(empty_dsn)["dbname"]
+    env = {**os.environ, "DATABASE_URL": pooler.dsn(dbname), "DB_POOLED": "true",
+           "SESSIONSYNC_STAGE": "local"}
+    procs = [subprocess.Popen([sys.executable, "-c", CLI, "migrate"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    assert sorted(out.strip() for out, _ in outputs)[1:] == ["up to date", "up to date"]
+    assert _recorded(empty_dsn) == [(m.version, m.name) for m in migrations.discover()]
+    code, report = _status(env)
+    assert code == 0 and report["up_to_date"] is True
+    with psycopg.connect(empty_dsn) as conn:  # PostgreSQL itself: no lock left behind
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,)
 
 
 def test_migration_file_names_are_checked(tmp_path):
