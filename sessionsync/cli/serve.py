@@ -11,8 +11,10 @@ runs it, with the fixes a local stack needs:
 * ``SESSIONSYNC_AUTH=iam`` is refused: API Gateway enforces IAM, chalice
   local does not, so that mode would serve every session unauthenticated;
 * a warning (log line and stderr) when it listens beyond the loopback;
-* a per-connection socket timeout, so that a client that sends half a
-  request and stalls is disconnected instead of holding a thread forever;
+* a request must arrive whole within a deadline (408 past it), idle
+  keep-alive connections are closed, and connections served at once are
+  capped (503 with Retry-After beyond, after a short wait), so that slow
+  clients cannot hold threads for ever (``sessionsync.serve_limits``);
 * a 204 or 304 leaves without Content-Type (chalice local adds one);
 * a response leaves in one send, on a socket with TCP_NODELAY: chalice
   local sends the headers, then the body, with Nagle's algorithm on, so on
@@ -41,13 +43,11 @@ from chalicelib.config import API_KEYS, AUTH_MODE, auth_mode, load_settings
 from chalicelib.domain.errors import ConfigurationError
 from sessionsync.cli._common import exit_on_errors
 from sessionsync.project import project_dir
+from sessionsync.serve_limits import BoundedHandler, BoundedServer, ServeLimits, refusal
 
 BACKLOG = 128
 # API Gateway's own payload limit
 MAX_BODY_BYTES = 10 * 1024 * 1024
-# Seconds a connection may stay silent (mid-request, or idle between
-# keep-alive requests) before it is closed and its thread freed.
-SOCKET_TIMEOUT_SECONDS = 30.0
 # Content-Length is 1*DIGIT in ASCII: str.isdigit() also takes "²" (which
 # int() then refuses, and the connection was dropped without an answer)
 _DIGITS = re.compile(r"[0-9]+")
@@ -100,8 +100,9 @@ def refuse_iam_mode() -> None:
 
 
 def build_server(host: str, port: int, stage: str = "local", *,
-                 socket_timeout: float | None = SOCKET_TIMEOUT_SECONDS) -> Any:
-    """A chalice LocalDevServer for app.py with the fixes above."""
+                 limits: ServeLimits | None = None) -> Any:
+    """A chalice LocalDevServer for app.py with the fixes above (``limits``:
+    ServeLimits' defaults when None)."""
     from chalice.cli.factory import CLIFactory
     from chalice.local import (
         ChaliceRequestHandler,
@@ -111,19 +112,16 @@ def build_server(host: str, port: int, stage: str = "local", *,
         ThreadedHTTPServer,
     )
 
-    class Server(ThreadedHTTPServer):
+    class Server(BoundedServer, ThreadedHTTPServer):
         request_queue_size = BACKLOG
 
-    class Handler(ChaliceRequestHandler):
-        # socketserver sets it on each connection; http.server then closes
-        # a connection whose read times out (request line, headers or body)
-        timeout = socket_timeout
-        # Headers and body into one buffer, sent when http.server flushes it
-        # after each request: one send per response, not two.  And
-        # TCP_NODELAY on each accepted socket, so that no send (a body too
-        # big for the buffer, a send_error) waits for the client to ACK the
-        # previous one: clients delay that ACK on a keep-alive connection.
-        wbufsize = -1
+    class Handler(BoundedHandler, ChaliceRequestHandler):
+        # Headers and body into one buffer (BoundedHandler's files), sent
+        # when http.server flushes it after each request: one send per
+        # response, not two.  And TCP_NODELAY on each accepted socket, so
+        # that no send (a body too big for the buffer, a send_error) waits
+        # for the client to ACK the previous one: clients delay that ACK on
+        # a keep-alive connection.
         disable_nagle_algorithm = True
 
         def _send_http_response(self, code, headers, body):
@@ -195,7 +193,10 @@ def build_server(host: str, port: int, stage: str = "local", *,
     app_obj = config.chalice_app
     CustomLocalChalice.__bases__ = (LocalChalice, app_obj.__class__)
     app_obj.__class__ = CustomLocalChalice
-    return LocalDevServer(app_obj, config, host, port, handler_cls=Handler, server_cls=Server)
+    dev_server = LocalDevServer(app_obj, config, host, port, handler_cls=Handler, server_cls=Server)
+    limits = limits or ServeLimits()
+    dev_server.server.init_bounds(limits, refusal(limits))
+    return dev_server
 
 
 @click.command()
@@ -203,7 +204,22 @@ def build_server(host: str, port: int, stage: str = "local", *,
 @click.option("--port", default=8000, type=int, show_default=True)
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True,
               help="Run the SQS worker and the outbox relay beside the API.")
-def serve(host: str, port: int, pipeline: bool) -> None:
+@click.option("--max-connections", type=click.IntRange(1, 4096), show_default=True,
+              default=ServeLimits.max_connections,
+              help="Connections served at once (a thread each); beyond, a connection waits "
+                   "--queue-timeout for a place, then gets a 503 with Retry-After.")
+@click.option("--request-timeout", type=click.FloatRange(0.1, 3600), show_default=True,
+              default=ServeLimits.request_timeout,
+              help="Seconds for a request to arrive whole (line, headers, body); 408 past it. "
+                   "An answer gets as long to leave.")
+@click.option("--keepalive-timeout", type=click.FloatRange(0.1, 3600), show_default=True,
+              default=ServeLimits.keepalive_timeout,
+              help="Seconds an idle keep-alive connection waits for its next request.")
+@click.option("--queue-timeout", type=click.FloatRange(0, 60), show_default=True,
+              default=ServeLimits.queue_timeout,
+              help="Seconds a connection beyond --max-connections waits for a place.")
+def serve(host: str, port: int, pipeline: bool, max_connections: int, request_timeout: float,
+          keepalive_timeout: float, queue_timeout: float) -> None:
     """Serve the API locally (chalice local, hardened) with the pipeline beside it."""
     if not os.environ.get(API_KEYS):
         os.environ[API_KEYS] = secrets.token_urlsafe(24)
@@ -225,7 +241,9 @@ def serve(host: str, port: int, pipeline: bool) -> None:
     if pipeline:
         from sessionsync.local_pipeline import start_pipeline_threads
         start_pipeline_threads(stop)
-    server = build_server(host, port)
+    server = build_server(host, port, limits=ServeLimits(
+        max_connections=max_connections, request_timeout=request_timeout,
+        keepalive_timeout=keepalive_timeout, queue_timeout=queue_timeout))
     if not is_loopback(host):
         warning = (f"serving on {host}, beyond this machine: anyone who can reach port {port} "
                    "can call the API (keep the API keys secret; the local server has no TLS)")

@@ -85,6 +85,8 @@ OWNERS = "chalicelib/service/owners.py"
 PG_CONNECTION = "chalicelib/adapters/postgres/connection.py"
 PG_RETENTION = "chalicelib/adapters/postgres/retention.py"
 T_PGBOUNCER = "tests/integration/lambda_zip/test_through_pgbouncer.py"
+SERVE_LIMITS = "sessionsync/serve_limits.py"
+T_SERVE = "tests/integration/api/test_serve.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
@@ -493,4 +495,25 @@ MUTANTS: tuple[Mutant, ...] = (
          "leaves_no_lock",),
         "the purge's lock outlives its batch on a pooled server connection: later purges find "
         "it held and do nothing"),
+    # -- 17: slow clients cannot hold the local server ----------------------------------
+    mutant(
+        "serve-read-deadline-per-recv", 17, SERVE_LIMITS,
+        (("            self._sock.settimeout(self._time_left())\n            return self._sock.recv_into",
+          "            self._sock.settimeout(self.span)\n            return self._sock.recv_into"),),
+        (f"{T_SERVE}::test_clients_dribbling_a_request_byte_by_byte_are_cut_at_the_request_deadline_"
+         "with_a_408",),
+        "each read waits the whole request timeout again: a client sending a byte now and then "
+        "holds its thread for ever"),
+    mutant(
+        "serve-connections-uncapped", 17, SERVE_LIMITS,
+        (("threading.BoundedSemaphore(limits.max_connections)", "threading.BoundedSemaphore(1 << 16)"),),
+        (f"{T_SERVE}::test_connections_beyond_the_cap_get_a_503_with_retry_after_and_add_no_thread",),
+        "every connection gets a thread: slow clients grow the server's threads and memory without bound"),
+    mutant(
+        "serve-idle-keepalive-not-reclaimed", 17, SERVE_LIMITS,
+        (("            if not self._idle:\n                return False",
+          "            if True:\n                return False"),),
+        (f"{T_SERVE}::test_idle_keep_alive_connections_give_their_places_to_new_clients_at_the_cap",),
+        "at the cap, idle keep-alive connections keep their places: new clients get 503s while "
+        "nothing is being served"),
 )

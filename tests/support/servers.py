@@ -86,6 +86,14 @@ def serve_process(env: dict[str, str], workdir: Path, *args: str) -> Iterator[tu
     Yields (port, log file) once /health answers at all (a 503 while a
     dependency warms up counts); stops the process by PID on exit.
     """
+    with serve_subprocess(env, workdir, *args) as (_, port, log):
+        yield port, log
+
+
+@contextlib.contextmanager
+def serve_subprocess(env: dict[str, str], workdir: Path,
+                     *args: str) -> Iterator[tuple[subprocess.Popen, int, Path]]:
+    """``serve_process``, yielding the process too (its PID, for /proc)."""
     executable = Path(sys.executable).parent / "sessionsync"
     if not executable.exists():
         raise FileNotFoundError(f"{executable} missing: install the project (pip install -e .)")
@@ -109,7 +117,7 @@ def serve_process(env: dict[str, str], workdir: Path, *args: str) -> Iterator[tu
             wait_for(answers, 30, f"sessionsync serve on {port}")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}:\n{log.read_text()[-3000:]}") from None
-        yield port, log
+        yield proc, port, log
     finally:
         stop_process(proc)
 

@@ -5,15 +5,18 @@ would answer itself (schemathesis runs against a server with its pipeline in
 tests/integration/api/test_contract.py)."""
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import select
 import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import pytest
 
 from chalicelib.config import AUTH_MODE
 from tests.support.constants import API_KEY, AUTH, BEARER, PROJECT_DIR, REDIS_TEST_URL, TEST_CHANNEL
-from tests.support.servers import free_port, serve_process, stop_process, wait_for
+from tests.support.servers import free_port, serve_process, serve_subprocess, wait_for
 
 
 @dataclass(frozen=True)
@@ -243,31 +246,40 @@ def test_serving_beyond_the_loopback_warns_on_stderr_and_in_the_log(tmp_path, re
                and line["host"] == "0.0.0.0" and line["port"] == port for line in logged), text[-2000:]
 
 
-# --- slow clients: a short socket timeout, set in code ------------------------
+# --- slow clients: a deadline per request, a cap on connections ---------------
 
 SHORT_TIMEOUT = 1.0
 
 
+@contextlib.contextmanager
+def bounded_server(workdir: Path, *options: str) -> Iterator[tuple[Server, int]]:
+    """``sessionsync serve --no-pipeline OPTIONS``; (the server, its PID)."""
+    with serve_subprocess(serve_environment(), workdir, "--no-pipeline", *options) as (proc, port, log):
+        yield Server(port, log), proc.pid
+
+
+def server_threads(pid: int) -> int:
+    """The server process's thread count, as the kernel sees it."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("Threads:", 1)[1].split()[0])
+
+
+def idle_server_threads(pid: int, seconds: float = 1.0) -> int:
+    """The thread count with no connection open: the least seen over
+    ``seconds`` (the thread of a connection just closed may not have exited)."""
+    deadline = time.monotonic() + seconds
+    least = server_threads(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        least = min(least, server_threads(pid))
+    return least
+
+
 @pytest.fixture(scope="module")
 def short_timeout_server(tmp_path_factory, redis_single) -> Server:
-    """``build_server(socket_timeout=SHORT_TIMEOUT)`` in a process of its own."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve-timeout") / "serve.log"
-    script = ("import sys; from sessionsync.cli.serve import build_server; "
-              "build_server('127.0.0.1', int(sys.argv[1]), "
-              "socket_timeout=float(sys.argv[2])).serve_forever()")
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", script, str(port), str(SHORT_TIMEOUT)],
-                                cwd=PROJECT_DIR, env=serve_environment(), stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
-        def answers() -> bool:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            return raw_exchange(port, b"GET /health HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.")
-        wait_for(answers, 30, f"build_server on {port}")
-        yield Server(port, log)
-    finally:
-        stop_process(proc)
+    with bounded_server(tmp_path_factory.mktemp("serve-timeout"),
+                        "--request-timeout", str(SHORT_TIMEOUT)) as (server, _):
+        yield server
 
 
 def seconds_until_closed(port: int, sent: bytes, limit: float = 15) -> float:
@@ -298,6 +310,149 @@ def test_a_client_that_sends_half_a_request_and_stalls_is_disconnected(short_tim
     reply = raw_exchange(short_timeout_server.port, b"GET /health HTTP/1.0\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]  # and the server carries on
 
+
+def dribble(port: int, head: bytes, byte: bytes, every: float, limit: float) -> tuple[float, bytes]:
+    """Send ``head``, then ``byte`` every ``every`` seconds (each read of the
+    server's gets a byte well within any per-read timeout) until the server
+    answers or closes; (seconds until then, what it sent).  ``limit``
+    seconds when it never does."""
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as sock:
+        start = time.monotonic()
+        sock.sendall(head)
+        reply = b""
+        try:
+            while time.monotonic() - start < limit:
+                readable, _, _ = select.select([sock], [], [], every)
+                if readable:
+                    while chunk := sock.recv(65536):
+                        reply += chunk
+                    return time.monotonic() - start, reply
+                sock.sendall(byte)
+        except OSError:  # a reset, or a send after the server closed
+            return time.monotonic() - start, reply
+    return limit, reply
+
+
+REQUEST_TIMEOUT = 3.0
+
+
+def test_clients_dribbling_a_request_byte_by_byte_are_cut_at_the_request_deadline_with_a_408(
+        tmp_path, redis_single):
+    # Every read gets a byte within 0.3 s, so a timeout per read never
+    # fires: only a deadline on the whole request does.  Three dribble (the
+    # headers, the header section's end, the body); a normal client is
+    # served beside them all along.
+    heads = [b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+             b"GET /health HTTP/1.1\r\nHost: x\r\n",
+             b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 100000\r\n\r\n"]
+    bytes_dribbled = [b"a", b"X-Slow-Header: 1\r\n", b" "]
+    limit = REQUEST_TIMEOUT + 15
+    with bounded_server(tmp_path, "--request-timeout", str(REQUEST_TIMEOUT),
+                        "--max-connections", "8") as (server, _):
+        outcomes: list[tuple[float, bytes]] = [(-1.0, b"")] * len(heads)
+
+        def run(n: int) -> None:
+            outcomes[n] = dribble(server.port, heads[n], bytes_dribbled[n], 0.3, limit)
+
+        dribblers = [threading.Thread(target=run, args=(n,)) for n in range(len(heads))]
+        for thread in dribblers:
+            thread.start()
+        served = []
+        while any(thread.is_alive() for thread in dribblers):
+            served.append(server.request("GET", "/health")[0])
+            time.sleep(0.2)
+        for thread in dribblers:
+            thread.join(timeout=limit + 5)
+    for seconds, reply in outcomes:
+        # what the server did: a 408, then the close; when, with a wide
+        # margin (without the deadline they are never cut: ``limit``)
+        assert reply.startswith(b"HTTP/1.1 408 "), (seconds, reply[:200])
+        assert json.loads(reply.partition(b"\r\n\r\n")[2])["code"] == "RequestTimeout"
+        assert REQUEST_TIMEOUT * 0.5 <= seconds < REQUEST_TIMEOUT + 10, f"cut after {seconds:.1f}s"
+    assert served and set(served) == {200}, served
+
+
+def test_connections_beyond_the_cap_get_a_503_with_retry_after_and_add_no_thread(tmp_path, redis_single):
+    cap = 4
+    with bounded_server(tmp_path, "--max-connections", str(cap), "--request-timeout", "60",
+                        "--queue-timeout", "0.5") as (server, pid):
+        assert server.request("GET", "/health")[0] == 200
+        before = idle_server_threads(pid)
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(cap)]
+        try:
+            for sock in held:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and no more
+            wait_for(lambda: server_threads(pid) >= before + cap, 20, "a thread per held connection")
+            request = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            replies = [raw_exchange(server.port, request, timeout=20) for _ in range(3 * cap)]
+            threads_at_the_cap = server_threads(pid)
+        finally:
+            for sock in held:
+                sock.close()
+        # places free as the held connections close: served again
+        wait_for(lambda: server.request("GET", "/health")[0] == 200, 20, "a 200 once places freed")
+    for reply in replies:
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 "), reply[:300]
+        assert b"\r\nRetry-After: 1\r\n" in head and b"\r\nConnection: close" in head
+        assert json.loads(body)["code"] == "ServiceUnavailable"
+    # one thread per place, none per refused connection (a second of
+    # slack: a thread that has released its place may not have exited yet)
+    assert threads_at_the_cap <= before + cap + 1, (before, threads_at_the_cap)
+
+
+def test_idle_keep_alive_connections_give_their_places_to_new_clients_at_the_cap(tmp_path, redis_single):
+    cap = 4
+    with bounded_server(tmp_path, "--max-connections", str(cap), "--keepalive-timeout", "120",
+                        "--queue-timeout", "5") as (server, _):
+        idle = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=30) for _ in range(cap)]
+        try:
+            for conn in idle:
+                conn.request("GET", "/health")
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 200 and not response.will_close
+            # every place is an idle keep-alive connection: a new client
+            # takes the place of one (not a 503 after the queue timeout)
+            statuses = [server.request("GET", "/health")[0] for _ in range(3)]
+            closed = sum(1 for conn in idle if closed_by_server(conn.sock))
+        finally:
+            for conn in idle:
+                conn.close()
+    assert statuses == [200, 200, 200]
+    assert 1 <= closed <= 3, closed
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed this idle connection (EOF or reset waiting)."""
+    readable, _, _ = select.select([sock], [], [], 2)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1) == b""
+    except OSError:
+        return True
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(tmp_path, redis_single):
+    with bounded_server(tmp_path, "--keepalive-timeout", "1") as (server, _):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            conn.request("GET", "/health")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200 and not response.will_close
+            seconds = seconds_until_closed_idle(conn.sock, limit=15)
+        finally:
+            conn.close()
+    assert 0.5 <= seconds < 1 + 8, f"closed after {seconds:.1f}s"
+
+
+def seconds_until_closed_idle(sock: socket.socket, limit: float) -> float:
+    start = time.monotonic()
+    readable, _, _ = select.select([sock], [], [], limit)
+    return time.monotonic() - start if readable else limit
 
 
 # --- keep-alive: a reused connection is as fast as a fresh one -----------------
