@@ -55,8 +55,10 @@ RETRY_AFTER_SECONDS = 1
 class ServeLimits:
     """The bounds, with their defaults (``sessionsync serve``'s options)."""
 
-    #: connections served at once (a thread each)
-    max_connections: int = 128
+    #: connections served at once (a thread each, about 32 KiB resident
+    #: while it waits on a slow client): nginx's default worker_connections;
+    #: the bench's full profile runs 256 keep-alive clients
+    max_connections: int = 512
     #: seconds for a request to arrive whole, from its first byte; and for
     #: its answer to leave, from its first byte
     request_timeout: float = 30.0
