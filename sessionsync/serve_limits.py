@@ -49,6 +49,8 @@ LINGER_SECONDS = 2.0
 #: refused connections lingering at once; beyond, the oldest is closed now
 MAX_LINGERING = 256
 RETRY_AFTER_SECONDS = 1
+#: how often a connection waiting for a place looks for an idle one to reclaim
+QUEUE_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -246,18 +248,24 @@ class BoundedServer:
             self._places.release()
 
     def _take_place(self) -> bool:
-        """A place for a new connection: at once, or after reclaiming an idle
-        one, or after waiting ``queue_timeout``; while the server stays
-        full after such a wait, no wait (the connections queued behind would
-        each wait in turn)."""
+        """A place for a new connection: at once, or once an idle one it
+        reclaimed has gone, or within ``queue_timeout``; while the server
+        stays full after such a wait, no wait (the connections queued
+        behind would each wait in turn) unless an idle one gives way."""
         if self._places.acquire(blocking=False):
             self._shedding = False
             return True
         reclaimed = self._reclaim_idle()
-        wait = self.limits.queue_timeout if reclaimed or not self._shedding else 0.0
-        if wait and self._places.acquire(timeout=wait):
-            self._shedding = False
-            return True
+        if self._shedding and not reclaimed:
+            return False
+        deadline = time.monotonic() + self.limits.queue_timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self._places.acquire(timeout=min(left, QUEUE_POLL_SECONDS)):
+                self._shedding = False
+                return True
+            # a connection that went idle meanwhile gives way too (one per
+            # waiting connection: its thread needs a moment to end)
+            reclaimed = reclaimed or self._reclaim_idle()
         self._shedding = True
         return False
 
