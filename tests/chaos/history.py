@@ -263,7 +263,8 @@ def check_revoked_owners(history: History, observed: Observed,
     revoke-all, when a revoke-all tombstone of it written before the
     revoke-all ended was reported lost (``allow_lost``) and Redis forgot it
     (a ``forget`` op: the nemesis's, in the history) after the revoke-all
-    began: the revoke-all saw the tombstone, or wrote it.  A revoke-all
+    began and after the tombstone's script began (its send may still have
+    been waiting): the revoke-all saw the tombstone, or wrote it.  A revoke-all
     begun after Redis forgot answers for the session itself.  A session
     whose lifetime ended (a ``session_expired`` row: rule (g) proves it is
     recorded only once due) is over too: the revoke-all leaves an expired
@@ -287,8 +288,8 @@ def check_revoked_owners(history: History, observed: Observed,
                     and _content(*first) != _op_content(create):
                 continue  # another create made the id: not this owner's
             if any((sid, version) in allow_lost and start <= revoke.end
-                   and any(revoke.start <= forgot >= end for forgot in forgets)
-                   for start, end, version in tombstones.get(sid, ())):
+                   and any(revoke.start <= forgot >= start for forgot in forgets)
+                   for start, _end, version in tombstones.get(sid, ())):
                 continue  # its tombstone was lost with Redis's outbox: reported
             version, deleted = observed.sessions.get(sid, (0, None))
             if sid in ended:
@@ -307,6 +308,26 @@ def check_revoked_owners(history: History, observed: Observed,
                     problems.append(f"(f) {sid} of {revoke.session_id} was revoked at "
                                     f"{revoke.end:.3f}, then {op.kind} v{op.version} at {op.start:.3f}")
     return problems
+
+
+def never_sent(history: History, accepted: Iterable[tuple[str, int, str]],
+               since: float = float("-inf")) -> set[tuple[str, int]]:
+    """(session, version) of the writes begun since ``since`` whose event
+    SQS never accepted (``accepted``: (session, version, state JSON) of
+    every event it did): the acknowledged writes of the workload, and the
+    tombstones a revoke-all wrote (its deletions are acknowledged writes
+    too, of the server's).  Their inline send failed (on a busy machine) and
+    the relay had not run, so they lived only in Redis's outbox, and a fault
+    that makes Redis forget loses them: the documented limit ("Changes that
+    never reached SQS" in docs/guarantees.md), reported as Redis's jump back
+    in time.  One that reached SQS must be persisted or dead-lettered,
+    whatever Redis forgot."""
+    sent = set(accepted)
+    writes = [(op.session_id, op.version, op.start, op.state)
+              for op in history.acknowledged_writes()]
+    writes += [(sid, version, start, None) for sid, version, start, _ in revoke_tombstones(history)]
+    return {(sid, version) for sid, version, start, state in writes
+            if start >= since and (sid, version, json.dumps(state, sort_keys=True)) not in sent}
 
 
 def revoke_tombstones(history: History) -> list[tuple[str, int, float, float]]:
