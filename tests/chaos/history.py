@@ -40,8 +40,9 @@ class Op:
     absent: str | None = None
     error: str | None = None
     #: the owner a create was made with (a revoke's ``session_id`` is its owner;
-    #: its ``state``: ``remaining`` (ok revokes), and ``deleted``, the
-    #: tombstones it wrote, ``[session, version, start, end]`` each)
+    #: its ``state``: ``remaining`` (ok revokes), ``deleted``, the
+    #: tombstones it wrote, ``[session, version, start, end]`` each, and
+    #: ``began``, when its snapshot of the owner's ids was taken)
     owner: str | None = None
     #: an acknowledged write whose answer was a replay of an earlier attempt
     #: (Idempotency-Key): its outcome, recorded when that attempt ran
@@ -268,8 +269,21 @@ def check_revoked_owners(history: History, observed: Observed,
     begun after Redis forgot answers for the session itself.  A session
     whose lifetime ended (a ``session_expired`` row: rule (g) proves it is
     recorded only once due) is over too: the revoke-all leaves an expired
-    session to the sweep, and no read or write may find it live after."""
+    session to the sweep, and no read or write may find it live after.
+
+    And a revoke-all ends only what was created before it: none of its
+    tombstones is of a session whose create began after it took its
+    snapshot of the owner's ids (``began``)."""
     problems = []
+    for revoke in history.ops:
+        began = (revoke.state or {}).get("began") if revoke.kind == "revoke" else None
+        if began is None:
+            continue
+        ended = {sid for sid, *_ in (revoke.state or {}).get("deleted", ())}
+        problems += [f"(f) {op.session_id} of {revoke.session_id}, whose create began at "
+                     f"{op.start:.3f}, was ended by the revoke-all begun at {began:.3f}"
+                     for op in history.ops if op.kind == "create" and op.session_id in ended
+                     and op.owner == revoke.session_id and op.start > began]
     ended = {sid for (sid, _), (event_type, _) in observed.rows.items()
              if event_type == "session_expired"}
     revokes = [op for op in history.ops if op.kind == "revoke" and op.outcome == "ok"

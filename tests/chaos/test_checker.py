@@ -261,6 +261,23 @@ def test_a_revoke_all_tombstone_never_sent_and_lost_by_a_failover_is_excused_one
     assert never_sent(history, [created], since=2.2) == set()
 
 
+def test_a_revoke_all_that_ends_a_session_created_after_it_began_breaks_rule_f():
+    """The revoke-all took its snapshot of the owner's ids at 2.2: o1 (created
+    before) is its to end, o2 (its create began at 2.5) is not."""
+    def revoke(tombstones):
+        return Op(2, "revoke", "u", 2, 3, "ok", len(tombstones),
+                  {"remaining": False, "deleted": tombstones, "began": 2.2})
+
+    rows = {("o1", 1): ("session_created", {"w": "o1"}), ("o1", 2): ("session_deleted", None),
+            ("o2", 1): ("session_created", {"w": "o2"})}
+    creates = [_owned("o1", 0, 1), _owned("o2", 2.5, 2.6)]
+    fine = History([*creates, revoke([["o1", 2, 2.3, 2.4]])])
+    assert check(fine, _observed(rows, {"o1": (2, True), "o2": (1, False)})) == []
+    rows[("o2", 2)] = ("session_deleted", None)
+    chased = History([*creates, revoke([["o1", 2, 2.3, 2.4], ["o2", 2, 2.7, 2.8]])])
+    assert _rules(check(chased, _observed(rows, {"o1": (2, True), "o2": (2, True)}))) == ["(f)"]
+
+
 def test_a_patch_persisted_with_other_content_than_it_answered_breaks_rules_a_and_d():
     # a patch is recorded with the whole state the service answered
     history, observed = _clean()
