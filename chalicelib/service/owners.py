@@ -127,8 +127,16 @@ def revoke_all(service: SessionService, owner_id: str, *, budget_seconds: float,
     """
     store = service.store
     deadline = clock() + budget_seconds
-    began, position = store.owner_revoke_begin(owner_id)
+    began, position, epoch = store.owner_revoke_begin(owner_id)
     deleted = blocked = 0
+
+    def finished() -> RevokeResult:
+        # Redis went back in time since the snapshot (a failover to a replica
+        # that lacked it, a restart): ids it held may be gone from the set,
+        # though still in the index; the next call takes a new snapshot
+        moved = store.owner_revoke_begin(owner_id, only_epoch=True)[2] != epoch
+        return RevokeResult(owner_id, deleted, blocked, remaining=moved)
+
     while ids := store.owner_ids(owner_id, count=REVOKE_BATCH, revoking=True):
         for sid in ids:
             outcome = _revoke_one(service, owner_id, sid)
@@ -148,7 +156,7 @@ def revoke_all(service: SessionService, owner_id: str, *, budget_seconds: float,
     # have extended it.
     durable = service.durable
     if durable is None:
-        return RevokeResult(owner_id, deleted, blocked, remaining=False)
+        return finished()
     ended_before = iso_plus_seconds(began, -math.ceil(service.settle_seconds))
     while True:
         ids, last = durable.owner_sessions(owner_id, after=position, limit=REVOKE_SCAN_ROWS,
@@ -162,7 +170,7 @@ def revoke_all(service: SessionService, owner_id: str, *, budget_seconds: float,
                 return RevokeResult(owner_id, deleted, blocked, remaining=True)
         if last is None:
             store.owner_revoke_position(owner_id, None)
-            return RevokeResult(owner_id, deleted, blocked, remaining=False)
+            return finished()
         position = last
         if clock() >= deadline:
             store.owner_revoke_position(owner_id, position)

@@ -280,9 +280,10 @@ class _RecordingStore:
         self.blocked: dict[str, float] = {}
         self.began: float | None = None
 
-    def owner_revoke_begin(self, owner_id: str) -> tuple[str, str]:
-        began = self._store.owner_revoke_begin(owner_id)
-        self.began = now()
+    def owner_revoke_begin(self, owner_id: str, *, only_epoch: bool = False) -> tuple[str, str, str]:
+        began = self._store.owner_revoke_begin(owner_id, only_epoch=only_epoch)
+        if not only_epoch:
+            self.began = now()
         return began
 
     def __getattr__(self, name: str) -> Any:

@@ -493,6 +493,12 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_OWNERS}::test_a_revoke_all_out_of_time_in_postgresql_goes_on_where_it_stopped",),
         "a revoke-all out of time starts PostgreSQL's walk over: it never gets past the first rows"),
     mutant(
+        "revoke-all-blind-to-redis-going-back", 15, OWNERS,
+        (("        moved = store.owner_revoke_begin(owner_id, only_epoch=True)[2] != epoch\n",
+          "        moved = False\n"),),
+        (f"{T_OWNERS}::test_a_revoke_all_during_which_redis_went_back_in_time_answers_remaining",),
+        "a revoke-all whose set Redis lost (a failover, a restart) answers that none remain"),
+    mutant(
         "owner-page-unbounded-by-bytes", 15, OWNERS,
         (("                if found and size > max_bytes:\n", "                if False:\n"),),
         (f"{T_OWNERS}::test_a_page_of_large_sessions_stays_under_the_byte_budget_and_the_cursor_pages_on"

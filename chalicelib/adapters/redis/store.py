@@ -445,14 +445,19 @@ class SessionStore:
             pipe.zrem(still, *session_ids)
             pipe.execute()
 
-    def owner_revoke_begin(self, owner_id: str) -> tuple[str, str]:
+    def owner_revoke_begin(self, owner_id: str, *, only_epoch: bool = False) -> tuple[str, str, str]:
         """A revoke-all begins: the ids registered so far become the ids it
         deals with (``owner_ids(revoking=True)``), none registered later.
-        Returns when it began (Redis's clock, as a session's ``created_at``)
-        and where an earlier call's walk of PostgreSQL stopped ('' if none)."""
+        Returns when it began (Redis's clock, as a session's ``created_at``),
+        where an earlier call's walk of PostgreSQL stopped ('' if none) and
+        the epoch of the owner's node.  ``only_epoch``: take nothing (the
+        call's end compares the epochs: a jump back in time since its start
+        may have lost the set)."""
         with redis_errors():
-            began_ms, position = self._run(self._revoke_begin, owner_revoke_keys(owner_id), [])
-        return iso_utc(int(began_ms) / 1000), position.decode() if isinstance(position, bytes) else position
+            began_ms, position, epoch = self._run(self._revoke_begin, owner_revoke_keys(owner_id),
+                                                  ["1" if only_epoch else ""])
+        return (iso_utc(int(began_ms) / 1000),
+                position.decode() if isinstance(position, bytes) else position, epoch.decode())
 
     def owner_revoke_position(self, owner_id: str, after: str | None) -> None:
         """Keep where a revoke-all's walk of PostgreSQL stopped (the last id

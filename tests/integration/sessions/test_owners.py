@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -427,6 +428,19 @@ def test_a_revoke_all_ends_exactly_the_sessions_created_before_it_while_creates_
                 outcome = "refused"
             creates.append((sid, start, time.monotonic(), outcome))
 
+    # a create that overlaps the call may go either way; the revoke-all
+    # takes its snapshot of the owner's ids at one instant within it: one
+    # that starts after that instant is not its to end
+    snapshot: list[float] = []
+    real_begin = store.owner_revoke_begin
+
+    def begin(owner_id, *, only_epoch=False):
+        began = real_begin(owner_id, only_epoch=only_epoch)
+        if not only_epoch:
+            snapshot.append(time.monotonic())
+        return began
+
+    store.owner_revoke_begin = begin  # type: ignore[method-assign]
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = [pool.submit(creator, n) for n in range(4)]
         wait_until(lambda: len(creates) >= 40, timeout=60, what="the racing creates")
@@ -442,12 +456,12 @@ def test_a_revoke_all_ends_exactly_the_sessions_created_before_it_while_creates_
 
     assert not result.remaining, result
     before = [sid for sid, _, end, outcome in creates if end < started and outcome == "created"]
-    after = [(sid, outcome) for sid, start, _, outcome in creates if start > started]
+    after = [(sid, outcome) for sid, start, _, outcome in creates if start > snapshot[0]]
     assert len(before) >= 40 - 4 and after
     assert [sid for sid in before if not _gone(store, sid)] == []
     assert [sid for sid, outcome in after if outcome != "created" or _gone(store, sid)] == []
-    # bounded by what existed (or was registered) when it began
-    registered_before = 20 + sum(1 for _, start, _, _ in creates if start < started)
+    # bounded by what existed (or was registered) when it took its snapshot
+    registered_before = 20 + sum(1 for _, start, _, _ in creates if start < snapshot[0])
     assert result.deleted + result.blocked <= registered_before, (result, registered_before)
 
 
@@ -627,3 +641,41 @@ def test_a_session_created_while_the_revoke_all_walks_postgresql_is_left_alone(p
     assert (result.deleted, result.remaining) == (2, False)
     assert service.get(late).session.version == 1
     assert pipeline.session_rows([late])[late][2] is False
+
+
+def test_a_revoke_all_during_which_redis_went_back_in_time_answers_remaining(throwaway_redis):
+    """Redis restarts without persistence after the first deletion: the
+    revoke-all's set of ids is gone with everything else (on a failover to a
+    replica that lacked it, the same), so it cannot tell whether ids
+    registered before it remain: it answers ``remaining`` and the next call,
+    with a snapshot of its own, finishes."""
+    from chalicelib.adapters.redis.client import connect_redis
+    from chalicelib.config import Settings
+
+    store = SessionStore(connect_redis(Settings(redis_url=throwaway_redis.url)))
+    service = SessionService(store)
+    owner = _owner()
+    for sid in _ids(3):
+        _create(service, sid, owner)
+    real_delete, restarted = service.delete, []
+
+    def delete_then_restart(session_id, expected_version=None):
+        deleted = real_delete(session_id, expected_version)
+        if not restarted:
+            throwaway_redis.stop()
+            throwaway_redis.start()
+            restarted.append(session_id)
+            for _ in range(3):  # the pooled connection broke: reconnect
+                try:
+                    store.client.ping()
+                    break
+                except redis.ConnectionError:
+                    continue
+        return deleted
+
+    service.delete = delete_then_restart  # type: ignore[method-assign]
+    first = owners.revoke_all(service, owner, budget_seconds=30)
+    service.delete = real_delete  # type: ignore[method-assign]
+
+    assert restarted and (first.deleted, first.remaining) == (1, True), first
+    assert owners.revoke_all(service, owner, budget_seconds=30).remaining is False
