@@ -35,9 +35,6 @@ from chalicelib.service.sessions import PAGE_BYTES, SessionService, response_byt
 # so a page's cost is bounded whatever the index holds; it may then come back
 # short, with a cursor.
 SCAN_FACTOR = 4
-# A page reads the sessions of at most this many entries at a time, so that
-# one stopped by its byte budget holds no more than this many states beyond it.
-PEEK_BATCH = 16
 # ids a revoke-all reads from its set at a time, and rows of PostgreSQL per
 # statement (most of them may be over: one scan step of bounded cost)
 REVOKE_BATCH = 100
@@ -90,13 +87,16 @@ def list_sessions(service: SessionService, owner_id: str, *, limit: int,
     budget = limit * SCAN_FACTOR
     cursor = after
     while budget > 0 and len(found) < limit:
-        ids = store.owner_ids(owner_id, after=cursor,
-                              count=min(budget, limit - len(found), PEEK_BATCH))
+        ids = store.owner_ids(owner_id, after=cursor, count=min(budget, limit - len(found)))
         if not ids:
             return OwnerPage(owner_id, found, None)
         budget -= len(ids)
+        # Read no more values than the page can still carry (one at least),
+        # so that memory stays bounded whatever ``limit``: a stored value's
+        # bytes are no more than what its session adds to the response.
+        fits = _fitting(store.value_sizes(ids), max_bytes - size, at_least_one=not found)
         dead = []
-        for sid, session in zip(ids, store.peek(ids), strict=True):
+        for sid, session in zip(ids[:fits], store.peek(ids[:fits]), strict=True):
             if session is not None and (session.deleted or session.owner_id != owner_id):
                 dead.append(sid)
             elif session is not None:  # None: a create not run (yet), or expired: kept
@@ -107,8 +107,20 @@ def list_sessions(service: SessionService, owner_id: str, *, limit: int,
                 found.append(session)
             cursor = sid
         store.owner_forget(owner_id, dead)
+        if fits < len(ids):
+            return OwnerPage(owner_id, found, cursor)  # the page is full
     # stopped on the limit or the scan budget: there may be more
     return OwnerPage(owner_id, found, cursor)
+
+
+def _fitting(sizes: list[int], room: int, *, at_least_one: bool) -> int:
+    """How many of the values (their ``sizes``, in order) fit in ``room`` bytes."""
+    total = 0
+    for n, value in enumerate(sizes):
+        total += value
+        if total > room and not (at_least_one and n == 0):
+            return n
+    return len(sizes)
 
 
 def revoke_all(service: SessionService, owner_id: str, *, budget_seconds: float,

@@ -499,6 +499,14 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_OWNERS}::test_a_revoke_all_during_which_redis_went_back_in_time_answers_remaining",),
         "a revoke-all whose set Redis lost (a failover, a restart) answers that none remain"),
     mutant(
+        "owner-page-reads-every-value", 15, OWNERS,
+        (("        fits = _fitting(store.value_sizes(ids), max_bytes - size, at_least_one=not found)\n",
+          "        fits = len(ids)\n"),),
+        (f"{T_OWNERS}::test_a_page_of_large_sessions_stays_under_the_byte_budget_and_the_cursor_pages_on"
+         "[single]",),
+        "an owner's page reads every value up to its limit (500 large states: ~128 MiB) before "
+        "cutting the response"),
+    mutant(
         "owner-page-unbounded-by-bytes", 15, OWNERS,
         (("                if found and size > max_bytes:\n", "                if False:\n"),),
         (f"{T_OWNERS}::test_a_page_of_large_sessions_stays_under_the_byte_budget_and_the_cursor_pages_on"

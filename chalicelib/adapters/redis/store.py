@@ -483,6 +483,17 @@ class SessionStore:
         return [None if raw is None else decode_session(sid, raw)
                 for sid, raw in zip(session_ids, raws, strict=True)]
 
+    def value_sizes(self, session_ids: Sequence[str]) -> list[int]:
+        """The stored values' lengths in bytes (0 where there is no key), in
+        order: one pipelined round trip per node, no value read."""
+        if not session_ids:
+            return []
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for sid in session_ids:
+                pipe.strlen(session_keys(sid)[0])
+            return [int(n) for n in pipe.execute()]
+
     # -- outbox ---------------------------------------------------------------
 
     def outbox_ack(self, event_ids: Sequence[str]) -> None:

@@ -136,8 +136,18 @@ def test_a_page_of_large_sessions_stays_under_the_byte_budget_and_the_cursor_pag
         # quotes and non-ASCII: escaped once more in the Lambda response
         _create(service, sid, owner, {"n": n, "blob": 'é"' * (120 * 1024)})
 
+    read: list[int] = []  # bytes of state a page read from Redis
+    peek = store.peek
+
+    def counting_peek(ids):
+        sessions = peek(ids)
+        read[-1] += sum(len(s.state_json) for s in sessions if s is not None)
+        return sessions
+
+    store.peek = counting_peek  # type: ignore[method-assign]
     seen, sizes, after = [], [], None
     for _ in range(len(mine) + 2):  # bounded: a page holds one at least
+        read.append(0)
         page = owners.list_sessions(service, owner, limit=50, after=after)
         body = sessions_page_response(owner, page.sessions, page.next_after).body
         sizes.append(len(json.dumps(body)))  # as the proxy response carries it
@@ -148,6 +158,8 @@ def test_a_page_of_large_sessions_stays_under_the_byte_budget_and_the_cursor_pag
 
     assert seen == mine
     assert len(sizes) >= 2 and max(sizes) <= PAGE_BYTES, sizes
+    # memory stays bounded whatever the limit: a page reads what it can carry
+    assert max(read) <= PAGE_BYTES, read
     tiny = owners.list_sessions(service, owner, limit=50, max_bytes=1)
     assert [s.session_id for s in tiny.sessions] == mine[:1] and tiny.next_after == mine[0]
 
