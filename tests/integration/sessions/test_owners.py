@@ -691,3 +691,53 @@ def test_a_revoke_all_during_which_redis_went_back_in_time_answers_remaining(thr
 
     assert restarted and (first.deleted, first.remaining) == (1, True), first
     assert owners.revoke_all(service, owner, budget_seconds=30).remaining is False
+
+
+def test_a_revoke_all_tombstone_sqs_took_before_a_lossy_failover_is_persisted_the_other_reported(
+        replicated_redis, sqs, queue_pair, database, pg_test_dsn, caplog):
+    """The chaos scenario's case, one step at a time: the replica stops
+    copying; a revoke-all deletes a (its event reaches SQS) and b (its send
+    fails: the event stays in the primary's outbox); the replica is
+    promoted.  a ends deleted in PostgreSQL and Redis is repaired from it;
+    b's tombstone is lost with the outbox, as any change that never
+    reached SQS, and reported: b is back at v1, and the next revoke-all,
+    begun after Redis forgot, ends it."""
+    from chalicelib.adapters.redis.client import connect_redis
+    from chalicelib.config import Settings
+    from tests.support.pipeline import Pipeline
+
+    client = connect_redis(Settings(redis_url=replicated_redis.proxy_url))
+    pipeline = Pipeline(sqs, queue_pair, SessionStore(client), database, pg_test_dsn)
+    owner = _owner()
+    a, b = _ids(2)
+
+    class FailsForB:
+        def publish(self, result):
+            if result.session.session_id == b:
+                raise ConnectionError("SQS timed out")  # stands for a send that timed out
+            return pipeline.producer.publish(result)
+
+    service = SessionService(pipeline.store, publisher=FailsForB(), durable=database,
+                             settle_seconds=0.0)
+    for sid in (a, b):
+        _create(service, sid, owner)
+    pipeline.deliver()
+    replicated_redis.stop_replication()
+
+    revoked = owners.revoke_all(service, owner, budget_seconds=30)
+    assert (revoked.deleted, revoked.remaining) == (2, False)
+    pipeline.drain()  # a's tombstone, which SQS took; b's is in the outbox only
+    replicated_redis.failover(lose_unreplicated=True)
+    pipeline.deliver()  # the new primary's outbox has no trace of b's tombstone
+
+    rows = {sid: row[2] for sid, row in pipeline.session_rows([a, b]).items()}
+    assert rows == {a: True, b: False}
+    with pytest.raises(SessionNotFound):
+        service.get(a)  # Redis's v1 of the old epoch is repaired from PostgreSQL
+    assert service.get(b).session.version == 1  # lost with the outbox ...
+    reports = [r for r in caplog.records if "went back in time" in r.getMessage()]
+    assert reports  # ... and reported
+    again = owners.revoke_all(service, owner, budget_seconds=30)
+    pipeline.deliver()
+    assert again.deleted == 1 and pipeline.session_rows([b])[b][2] is True
+    client.close()
