@@ -54,3 +54,9 @@ SCHEDULE_MARGIN_SECONDS = 5.0
 SCHEDULE_REMAINING_WITHOUT_CONTEXT = 55.0
 #: the least a run is given, however close the timeout
 SCHEDULE_MIN_BUDGET_SECONDS = 1.0
+
+# --- owners (GET and DELETE /owners/{owner_id}/sessions) ----------------------
+
+#: where a revoke-all that answered ``remaining`` stopped walking PostgreSQL
+#: is kept this long for the next call (which the client makes at once)
+REVOKE_POSITION_TTL_SECONDS = 24 * 3600

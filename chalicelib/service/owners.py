@@ -2,33 +2,43 @@
 
 The owner index lives in the owner's slot, the sessions in their buckets'
 slots; no script spans the two.  The index is a superset of the owner's
-sessions (see the timeline above ``store.owner_index_key``): a create
+sessions (see the timeline above ``keys.owner_index_key``): a create
 registers its id there first, so everything here checks each id's owner in
 the session's own value before counting it, and never drops an entry it
-cannot prove dead (a tombstone, or another owner's id).  With PostgreSQL,
-a revoke-all also walks the sessions PostgreSQL holds as the owner's and
-not deleted (``sync_sessions.owner_id``): Redis may have forgotten a
-session together with its index entry, and would recover it from there.
+cannot prove dead (a tombstone, or another owner's id).
+
+A revoke-all ends the sessions created before it began, and only those
+(docs/decisions/revoke-all-snapshot.md): when it begins, the ids the index
+holds become the ids it deals with (``owner_revoke_begin``), so creates that
+race it never lengthen its walk.  With PostgreSQL it then walks the rows
+PostgreSQL holds as the owner's, live and created before it began
+(``sync_sessions.owner_id``): Redis may have forgotten a session together
+with its index entry, and would recover it from there.  Both walks keep
+their place when the time budget runs out (the set shrinks; the position
+of the PostgreSQL walk is kept in Redis), so the next call goes on.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.domain.errors import RecoveryPending, ServiceUnavailable, SessionNotFound
-from chalicelib.domain.session import Session
+from chalicelib.domain.session import Session, iso_plus_seconds
 from chalicelib.domain.store import IdUnknown
-from chalicelib.service.sessions import SessionService
+from chalicelib.service.sessions import PAGE_BYTES, SessionService, response_bytes
 
 # A page of the listing reads at most this many index entries per asked-for
 # session (entries of expired sessions, or of creates not run, are skipped),
 # so a page's cost is bounded whatever the index holds; it may then come back
 # short, with a cursor.
 SCAN_FACTOR = 4
-# ids a revoke-all reads from the index at a time
+# ids a revoke-all reads from its set at a time, and rows of PostgreSQL per
+# statement (most of them may be over: one scan step of bounded cost)
 REVOKE_BATCH = 100
+REVOKE_SCAN_ROWS = 1000
 # A revoke-all stops after this long (or earlier: the Lambda's remaining
 # time less REVOKE_MARGIN_SECONDS), answering ``remaining``: API Gateway
 # gives a request 29 s.
@@ -51,7 +61,8 @@ class RevokeResult:
     deleted: int
     #: ids tombstoned before their create ran (they can never be created)
     blocked: int
-    #: the time budget ran out before the index was empty: call again
+    #: the time budget ran out before every session created before the
+    #: call was dealt with: call again (it goes on where this one stopped)
     remaining: bool
 
 
@@ -64,12 +75,15 @@ def revoke_budget(lambda_context: Any) -> float:
 
 
 def list_sessions(service: SessionService, owner_id: str, *, limit: int,
-                  after: str | None = None) -> OwnerPage:
+                  after: str | None = None, max_bytes: int = PAGE_BYTES) -> OwnerPage:
     """The owner's live sessions (not deleted, not expired), in id order,
-    at most ``limit``, after the id ``after``.  Entries proven dead on the
-    way (a tombstone, another owner's id) are dropped from the index."""
+    at most ``limit``, after the id ``after``; the page stops before its
+    response passes ``max_bytes`` (at least one session), as history pages
+    do.  Entries proven dead on the way (a tombstone, another owner's id)
+    are dropped from the index."""
     store = service.store
     found: list[Session] = []
+    size = 0
     budget = limit * SCAN_FACTOR
     cursor = after
     while budget > 0 and len(found) < limit:
@@ -77,64 +91,102 @@ def list_sessions(service: SessionService, owner_id: str, *, limit: int,
         if not ids:
             return OwnerPage(owner_id, found, None)
         budget -= len(ids)
+        # Read no more values than the page can still carry (one at least),
+        # so that memory stays bounded whatever ``limit``: a stored value's
+        # bytes are no more than what its session adds to the response.
+        fits = _fitting(store.value_sizes(ids), max_bytes - size, at_least_one=not found)
         dead = []
-        for sid, session in zip(ids, store.peek(ids), strict=True):
-            if session is None:
-                continue  # a create not run (yet), or expired: keep the entry
-            if session.deleted or session.owner_id != owner_id:
+        for sid, session in zip(ids[:fits], store.peek(ids[:fits]), strict=True):
+            if session is not None and (session.deleted or session.owner_id != owner_id):
                 dead.append(sid)
-            else:
+            elif session is not None:  # None: a create not run (yet), or expired: kept
+                size += response_bytes(session.to_json())
+                if found and size > max_bytes:
+                    store.owner_forget(owner_id, dead)
+                    return OwnerPage(owner_id, found, cursor)  # this one starts the next page
                 found.append(session)
+            cursor = sid
         store.owner_forget(owner_id, dead)
-        cursor = ids[-1]
+        if fits < len(ids):
+            return OwnerPage(owner_id, found, cursor)  # the page is full
     # stopped on the limit or the scan budget: there may be more
     return OwnerPage(owner_id, found, cursor)
 
 
+def _fitting(sizes: list[int], room: int, *, at_least_one: bool) -> int:
+    """How many of the values (their ``sizes``, in order) fit in ``room`` bytes."""
+    total = 0
+    for n, value in enumerate(sizes):
+        total += value
+        if total > room and not (at_least_one and n == 0):
+            return n
+    return len(sizes)
+
+
 def revoke_all(service: SessionService, owner_id: str, *, budget_seconds: float,
                clock: Callable[[], float] = time.monotonic) -> RevokeResult:
-    """Delete every session of the owner: each one a normal deletion
-    (``SessionService.delete``: tombstone, outbox, SQS, PostgreSQL), and
-    tombstone the ids registered whose create has not run, so that none of
-    them can be created later.  An index entry is dropped only once its id
-    is dealt with, so a call that stops (a crash, an error, the budget)
-    leaves the rest for the next call, which finishes the job.
+    """Delete every session of the owner created before this call began:
+    each one a normal deletion (``SessionService.delete``: tombstone,
+    outbox, SQS, PostgreSQL), and tombstone the ids registered before it
+    whose create has not run, so that none of them can be created later.
+    A create that starts after it began is left alone.  An id leaves the
+    set only once it is dealt with, so a call that stops (a crash, an
+    error, the budget) leaves the rest for the next call, which finishes
+    the job.
 
-    Stops between batches once ``budget_seconds`` passed, with
-    ``remaining=True``.  Raises ServiceUnavailable / RecoveryPending (retry).
+    Stops once ``budget_seconds`` passed, with ``remaining=True``.  Raises
+    ServiceUnavailable / RecoveryPending (retry).
     """
     store = service.store
     deadline = clock() + budget_seconds
+    began, position, epoch = store.owner_revoke_begin(owner_id)
     deleted = blocked = 0
-    while True:
-        ids = store.owner_ids(owner_id, count=REVOKE_BATCH)
-        if not ids:
-            break
+
+    def finished() -> RevokeResult:
+        # Redis went back in time since the snapshot (a failover to a replica
+        # that lacked it, a restart): ids it held may be gone from the set,
+        # though still in the index; the next call takes a new snapshot
+        moved = store.owner_revoke_begin(owner_id, only_epoch=True)[2] != epoch
+        return RevokeResult(owner_id, deleted, blocked, remaining=moved)
+
+    while ids := store.owner_ids(owner_id, count=REVOKE_BATCH, revoking=True):
         for sid in ids:
             outcome = _revoke_one(service, owner_id, sid)
             deleted += outcome == "deleted"
             blocked += outcome == "blocked"
             # one at a time: a crash leaves only dealt-with ids out
             store.owner_forget(owner_id, [sid])
-        if clock() >= deadline:
-            remaining = bool(store.owner_ids(owner_id, count=1)) or service.durable is not None
-            return RevokeResult(owner_id, deleted, blocked, remaining=remaining)
-    # Then the sessions PostgreSQL holds as the owner's and not deleted: Redis
-    # may have forgotten one with its index entry (a restart without
-    # persistence, a failover) and bring it back from PostgreSQL later.
-    after = ""
-    while service.durable is not None:
-        ids = service.durable.owner_sessions(owner_id, after=after, limit=REVOKE_BATCH)
-        if not ids:
-            break
+            if clock() >= deadline:
+                remaining = (service.durable is not None
+                             or bool(store.owner_ids(owner_id, count=1, revoking=True)))
+                return RevokeResult(owner_id, deleted, blocked, remaining=remaining)
+    # Then the sessions PostgreSQL holds as the owner's, live and created
+    # before the call: Redis may have forgotten one with its index entry (a
+    # restart without persistence, a failover) and bring it back from
+    # PostgreSQL later.  A row whose lifetime ended longer ago than the
+    # pipeline's lag (the settle time) is over: no write still on its way can
+    # have extended it.
+    durable = service.durable
+    if durable is None:
+        return finished()
+    ended_before = iso_plus_seconds(began, -math.ceil(service.settle_seconds))
+    while True:
+        ids, last = durable.owner_sessions(owner_id, after=position, limit=REVOKE_SCAN_ROWS,
+                                           created_before=began, ended_before=ended_before)
         for sid in ids:
             outcome = _revoke_one(service, owner_id, sid)
             deleted += outcome == "deleted"
             blocked += outcome == "blocked"
-        after = ids[-1]
+            if clock() >= deadline:
+                store.owner_revoke_position(owner_id, sid)
+                return RevokeResult(owner_id, deleted, blocked, remaining=True)
+        if last is None:
+            store.owner_revoke_position(owner_id, None)
+            return finished()
+        position = last
         if clock() >= deadline:
+            store.owner_revoke_position(owner_id, position)
             return RevokeResult(owner_id, deleted, blocked, remaining=True)
-    return RevokeResult(owner_id, deleted, blocked, remaining=False)
 
 
 def _revoke_one(service: SessionService, owner_id: str, session_id: str) -> str:

@@ -83,8 +83,11 @@ class DurableSessions(Protocol):
         at most ``limit``, stopping before their states pass about
         ``max_bytes`` (at least one), and whether older ones remain."""
 
-    def owner_sessions(self, owner_id: str, *, after: str, limit: int) -> list[str]:
-        """Ids of the owner's sessions persisted as not deleted, by id, after ``after``."""
+    def owner_sessions(self, owner_id: str, *, after: str, limit: int, created_before: str,
+                       ended_before: str) -> tuple[list[str], str | None]:
+        """The ids among the owner's next ``limit`` rows after ``after`` that
+        are live, created before ``created_before``, their lifetime not over
+        before ``ended_before``; and the last id read (None: the end)."""
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,20 @@ class Read:
     stale_age: int | None = None
 
 
-# A history page stops before its response passes this: a Lambda response
-# is capped at 6 MB, and the rest is headroom for the page's own fields and
-# the response's headers.  One event (a state of at most MAX_STATE_BYTES,
-# however escaped) is far below it.
-HISTORY_PAGE_BYTES = 5 * 1024 * 1024
+# A page (a session's history, an owner's sessions) stops before its
+# response passes this: a Lambda response is capped at 6 MB, and the rest is
+# headroom for the page's own fields and the response's headers.  One event
+# or session (a state of at most MAX_STATE_BYTES, however escaped) is far
+# below it.
+PAGE_BYTES = 5 * 1024 * 1024
+
+
+def response_bytes(text: str) -> int:
+    """What a JSON text adds to the Lambda response of its page: the proxy
+    response carries the body as a JSON string, where a quote, a backslash
+    or a control character takes two bytes or more and a non-ASCII one six
+    (twelve beyond the BMP), and a comma."""
+    return len(json.dumps(text)) - 1
 
 
 def _response_bytes(event: dict[str, Any]) -> int:
@@ -364,7 +376,7 @@ class SessionService:
                                  "reconciled with PostgreSQL; retry", dependency="redis")
 
     def history(self, session_id: str, *, limit: int, before_version: int | None,
-                max_bytes: int = HISTORY_PAGE_BYTES) -> HistoryPage:
+                max_bytes: int = PAGE_BYTES) -> HistoryPage:
         """Persisted events newest first: at most ``limit``, and a page stops
         before its response passes ``max_bytes`` (a Lambda response is
         capped), always holding at least one event; ``next_before_version``

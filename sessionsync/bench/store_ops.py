@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from chalicelib.adapters.redis.codec import decode_session
-from chalicelib.adapters.redis.keys import idempotency_key, session_keys
+from chalicelib.adapters.redis.keys import idempotency_key, owner_revoke_keys, session_keys
 from chalicelib.domain.idempotency import Idempotency, fingerprint
 from chalicelib.domain.session import Session
 from chalicelib.domain.validation import CreateRequest
@@ -28,7 +28,8 @@ from sessionsync.redis_views import EPOCH_SCRIPT
 # op / floor, at p50, p95 and p99
 RATIOS = (("get", "floor_get"), ("get_verified", "floor_get"), ("get_verified", "get"),
           ("update", "floor_evalsha"), ("create", "floor_evalsha"), ("delete", "floor_evalsha"),
-          ("floor_hgetall", "floor_get"), ("epoch_only", "floor_evalsha"), ("update_keyed", "update"))
+          ("floor_hgetall", "floor_get"), ("epoch_only", "floor_evalsha"), ("update_keyed", "update"),
+          ("create_owned", "create"), ("get_owned", "get"))
 # op / the C client's floor, at p50 (its slices are merged by their p50)
 C_RATIOS = (("get", "c_get"), ("get_verified", "c_get"), ("get_verified", "c_get_verified"),
             ("update", "c_update"), ("floor_get", "c_get"))
@@ -80,6 +81,24 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             to_delete.append(sid)
             return result
 
+        # an owned session, as the service creates one: the id registered in
+        # the owner's index (its own slot), then the create; and read
+        owner = f"{prefix}-owner"
+        r.other_keys.extend(owner_revoke_keys(owner))
+        owned_id = f"{prefix}-owned"
+        store.owner_register(owner, owned_id)
+        store.create(owned_id, state, 3600, owner_id=owner)
+        r.session_ids.append(owned_id)
+
+        def create_owned() -> Any:
+            nonlocal counter
+            counter += 1
+            sid = f"{prefix}-o{counter}"
+            store.owner_register(owner, sid)
+            result = store.create(sid, state, 3600, owner_id=owner)
+            created.append(sid)
+            return result
+
         # the API's create of a new id with PostgreSQL behind it: the script
         # finds no trace of the id, PostgreSQL is asked (ids are never reused)
         checked = _checked_service(ctx, store)
@@ -101,6 +120,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             # the API's read with PostgreSQL configured: GET and epoch check in one script
             "get_verified": lambda: store.get(read_id, verify=True),
             "create": create,
+            "create_owned": create_owned,
+            "get_owned": lambda: store.get(owned_id),
             "update": update,
             "update_keyed": update_keyed,
             # the write path's third step, after the script and the SQS send
@@ -163,6 +184,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                  "API's read with PostgreSQL configured (GET + epoch check in one script); "
                  "create_checked = the API's create of a new id with PostgreSQL behind it (the "
                  "script finds no trace, PostgreSQL is asked, then the create); "
+                 "create_owned / get_owned = create and read of a session with an owner_id "
+                 "(the create registers the id in the owner's index first, another slot; a "
+                 "revoke-all adds nothing to either path); "
                  "update_keyed = update with an Idempotency-Key (a new key each call: the "
                  "record looked up and written in the same script; its ratio to update is "
                  "what a key costs); "

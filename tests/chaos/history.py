@@ -40,8 +40,9 @@ class Op:
     absent: str | None = None
     error: str | None = None
     #: the owner a create was made with (a revoke's ``session_id`` is its owner;
-    #: its ``state``: ``remaining`` (ok revokes), and ``deleted``, the
-    #: tombstones it wrote, ``[session, version, start, end]`` each)
+    #: its ``state``: ``remaining`` (ok revokes), ``deleted``, the
+    #: tombstones it wrote, ``[session, version, start, end]`` each, and
+    #: ``began``, when its snapshot of the owner's ids was taken)
     owner: str | None = None
     #: an acknowledged write whose answer was a replay of an earlier attempt
     #: (Idempotency-Key): its outcome, recorded when that attempt ran
@@ -263,12 +264,26 @@ def check_revoked_owners(history: History, observed: Observed,
     revoke-all, when a revoke-all tombstone of it written before the
     revoke-all ended was reported lost (``allow_lost``) and Redis forgot it
     (a ``forget`` op: the nemesis's, in the history) after the revoke-all
-    began: the revoke-all saw the tombstone, or wrote it.  A revoke-all
+    began and after the tombstone's script began (its send may still have
+    been waiting): the revoke-all saw the tombstone, or wrote it.  A revoke-all
     begun after Redis forgot answers for the session itself.  A session
     whose lifetime ended (a ``session_expired`` row: rule (g) proves it is
     recorded only once due) is over too: the revoke-all leaves an expired
-    session to the sweep, and no read or write may find it live after."""
+    session to the sweep, and no read or write may find it live after.
+
+    And a revoke-all ends only what was created before it: none of its
+    tombstones is of a session whose create began after it took its
+    snapshot of the owner's ids (``began``)."""
     problems = []
+    for revoke in history.ops:
+        began = (revoke.state or {}).get("began") if revoke.kind == "revoke" else None
+        if began is None:
+            continue
+        ended = {sid for sid, *_ in (revoke.state or {}).get("deleted", ())}
+        problems += [f"(f) {op.session_id} of {revoke.session_id}, whose create began at "
+                     f"{op.start:.3f}, was ended by the revoke-all begun at {began:.3f}"
+                     for op in history.ops if op.kind == "create" and op.session_id in ended
+                     and op.owner == revoke.session_id and op.start > began]
     ended = {sid for (sid, _), (event_type, _) in observed.rows.items()
              if event_type == "session_expired"}
     revokes = [op for op in history.ops if op.kind == "revoke" and op.outcome == "ok"
@@ -287,8 +302,8 @@ def check_revoked_owners(history: History, observed: Observed,
                     and _content(*first) != _op_content(create):
                 continue  # another create made the id: not this owner's
             if any((sid, version) in allow_lost and start <= revoke.end
-                   and any(revoke.start <= forgot >= end for forgot in forgets)
-                   for start, end, version in tombstones.get(sid, ())):
+                   and any(revoke.start <= forgot >= start for forgot in forgets)
+                   for start, _end, version in tombstones.get(sid, ())):
                 continue  # its tombstone was lost with Redis's outbox: reported
             version, deleted = observed.sessions.get(sid, (0, None))
             if sid in ended:
@@ -307,6 +322,26 @@ def check_revoked_owners(history: History, observed: Observed,
                     problems.append(f"(f) {sid} of {revoke.session_id} was revoked at "
                                     f"{revoke.end:.3f}, then {op.kind} v{op.version} at {op.start:.3f}")
     return problems
+
+
+def never_sent(history: History, accepted: Iterable[tuple[str, int, str]],
+               since: float = float("-inf")) -> set[tuple[str, int]]:
+    """(session, version) of the writes begun since ``since`` whose event
+    SQS never accepted (``accepted``: (session, version, state JSON) of
+    every event it did): the acknowledged writes of the workload, and the
+    tombstones a revoke-all wrote (its deletions are acknowledged writes
+    too, of the server's).  Their inline send failed (on a busy machine) and
+    the relay had not run, so they lived only in Redis's outbox, and a fault
+    that makes Redis forget loses them: the documented limit ("Changes that
+    never reached SQS" in docs/guarantees.md), reported as Redis's jump back
+    in time.  One that reached SQS must be persisted or dead-lettered,
+    whatever Redis forgot."""
+    sent = set(accepted)
+    writes = [(op.session_id, op.version, op.start, op.state)
+              for op in history.acknowledged_writes()]
+    writes += [(sid, version, start, None) for sid, version, start, _ in revoke_tombstones(history)]
+    return {(sid, version) for sid, version, start, state in writes
+            if start >= since and (sid, version, json.dumps(state, sort_keys=True)) not in sent}
 
 
 def revoke_tombstones(history: History) -> list[tuple[str, int, float, float]]:

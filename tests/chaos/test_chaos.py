@@ -28,7 +28,14 @@ import redis
 
 from chalicelib.adapters.redis.scripts import CREATE_SCRIPT, DELETE_SCRIPT, UPDATE_SCRIPT
 from sessionsync import provisioning
-from tests.chaos.history import History, Op, check, check_acknowledged_persisted, revoke_tombstones
+from tests.chaos.history import (
+    History,
+    Op,
+    check,
+    check_acknowledged_persisted,
+    never_sent,
+    revoke_tombstones,
+)
 from tests.chaos.stack import ChaosStack
 from tests.chaos.workload import Workload
 from tests.support.servers import RedisServer, TcpProxy
@@ -64,21 +71,22 @@ def run(stack: ChaosStack, nemesis: Callable[[threading.Event], None] | None = N
 
 
 def unsent(stack: ChaosStack, history: History, since: float = float("-inf")) -> set[tuple[str, int]]:
-    """Acknowledged writes since ``since`` whose event SQS never accepted
-    (their inline send failed, on a busy machine, and the relay had not run):
-    they lived only in Redis's outbox, so a fault that makes Redis forget
-    loses them.  The documented limit (docs/guarantees.md, "Changes that
-    never reached SQS"), reported as Redis's jump back in time."""
-    return {(op.session_id, op.version) for op in history.acknowledged_writes()
-            if op.start >= since
-            and (op.session_id, op.version, json.dumps(op.state, sort_keys=True)) not in stack.accepted}
+    """What of the history's writes since ``since`` SQS never accepted
+    (history.never_sent)."""
+    return never_sent(history, stack.accepted, since)
 
 
 def assert_clean(stack: ChaosStack, history: History, workload: Workload, *,
-                 forgets_from: float | None = None, reported: bool = True) -> None:
+                 forgets_from: float | None = None, forgot_at: float | None = None,
+                 reported: bool = True) -> None:
     """Every rule holds.  ``forgets_from``: Redis forgot what was written
-    from then on; of that, only what never reached SQS may be lost, and
-    (``reported``) only with the jump back in time reported."""
+    from then on (the workload's writes and the revoke-all's tombstones); of
+    that, only what never reached SQS may be lost, and (``reported``) only
+    with the jump back in time reported.  ``forgot_at``: when it forgot (a
+    restart, a failover to a replica that lacked them): rule (f) excuses a
+    revoke-all's tombstone lost then, not one lost before the revoke-all."""
+    if forgot_at is not None:
+        history.add(Op(0, "forget", "redis", forgot_at, forgot_at, "ok"))
     observed = stack.observe(workload.ids)
     lost = unsent(stack, history, forgets_from) if forgets_from is not None else set()
     if lost and reported:
@@ -241,12 +249,19 @@ def test_a_failover_to_a_replica_that_lacked_the_last_writes_never_forks_a_sessi
         unreplicated["from"] = time.monotonic()
         replicated_redis.stop_replication()
 
+    def lose_unreplicated() -> None:
+        replicated_redis.failover(lose_unreplicated=True)
+        # the old primary is a replica of the new one now: what it held
+        # alone is gone (a revoke-all's tombstones too)
+        unreplicated["forgot"] = time.monotonic()
+
     history, workload = run(stack, later(
         (2.0, stop_replication),
-        (1.5, lambda: replicated_redis.failover(lose_unreplicated=True)),
+        (1.5, lose_unreplicated),
         (3.0, lambda: replicated_redis.failover())))
     assert replicated_redis.failovers == 2
-    assert_clean(stack, history, workload, forgets_from=unreplicated["from"])
+    assert_clean(stack, history, workload, forgets_from=unreplicated["from"],
+                 forgot_at=unreplicated["forgot"])
 
 
 def test_redis_restarted_without_persistence_never_forks_a_session(make_stack, tmp_path, pg_test_dsn):
@@ -254,11 +269,15 @@ def test_redis_restarted_without_persistence_never_forks_a_session(make_stack, t
     try:
         stack = make_stack(redis_url=server.url, pg_dsn=pg_test_dsn)
 
+        restarted: dict[str, float] = {}
+
         def restart() -> None:
             server.stop()
+            restarted["at"] = time.monotonic()
             server.start()
         # a restart without persistence forgets everything written before it
-        assert_clean(stack, *run(stack, later((3.0, restart))), forgets_from=float("-inf"))
+        assert_clean(stack, *run(stack, later((3.0, restart))), forgets_from=float("-inf"),
+                     forgot_at=restarted["at"])
     finally:
         server.stop()
 
@@ -353,19 +372,21 @@ def test_redis_restarted_without_persistence_while_sqs_is_down_loses_only_what_i
     # or acknowledged before it with an event SQS never accepted (its inline
     # send failed on a busy machine and the relay had not run before SQS
     # went down): it too lived only in the outbox, the same limit
-    never_sent = unsent(stack, history)
+    unsent_writes = unsent(stack, history)
     unexplained = [op for op in lost_ops
                    if not (op.end >= window["down"] and op.start <= window["restart"])
-                   and (op.session_id, op.version) not in never_sent]
+                   and (op.session_id, op.version) not in unsent_writes]
     assert not unexplained, f"lost outside the outage window {window}: {unexplained[:10]}"
     # so are the tombstones a revoke-all wrote (its deletions and blocked
     # ids: writes of the server's, not the workload's), each from its
-    # script to its send: those not persisted must be of the window too
+    # script to its send: those not persisted must be of the window too, or
+    # never have reached SQS (the same limit as the writes above)
     lost_tombstones = [(sid, version, start, end) for sid, version, start, end
                        in revoke_tombstones(history)
                        if (observed.rows.get((sid, version)) or ("",))[0] != "session_deleted"]
     unexplained_tombstones = [t for t in lost_tombstones
-                              if not (t[3] >= window["down"] and t[2] <= window["restart"])]
+                              if not (t[3] >= window["down"] and t[2] <= window["restart"])
+                              and (t[0], t[1]) not in unsent_writes]
     assert not unexplained_tombstones, \
         f"revoke-all tombstones lost outside the outage window: {unexplained_tombstones[:10]}"
     lost |= {(sid, version) for sid, version, _start, _end in lost_tombstones}
@@ -411,10 +432,10 @@ def test_a_pipeline_slower_than_the_settle_time_makes_forks_that_are_dead_letter
     # persisted as acknowledged is in the DLQ.  (One whose send failed lived
     # only in the outbox the failover lost: the limit that the jump back in
     # time, logged below, reports.)
-    never_sent = unsent(stack, history)
+    unsent_writes = unsent(stack, history)
     silent = [op for op in history.acknowledged_writes()
               if (op.session_id, op.version) in lost and (op.session_id, op.version) not in dead
-              and (op.session_id, op.version) not in never_sent
+              and (op.session_id, op.version) not in unsent_writes
               and check_acknowledged_persisted(History([op]), observed, set())]
     assert not silent, silent[:5]
     assert any("went back in time" in r["message"] for r in observed.reported), observed.reported

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.chaos.history import History, Observed, Op, check
+from tests.chaos.history import History, Observed, Op, check, never_sent
 
 SID = "s"
 
@@ -231,6 +231,51 @@ def test_rule_f_excuses_a_revoke_all_tombstone_reported_lost_and_nothing_else():
     history.add(_revoke_wrote(6, 7, []))
     history.add(Op(9, "read", "o1", 8, 9, "ok", 1, {"w": "o1"}))
     assert _rules(check(history, came_back, allow_lost={("o1", 2)})) == ["(f)"]
+
+
+def test_a_revoke_all_tombstone_never_sent_and_lost_by_a_failover_is_excused_one_sent_is_not():
+    """Replication stopped at 1.5; the revoke-all deleted o1 (v2) on the
+    primary; its send to SQS timed out, and before the relay ran, a failover
+    to the replica lost it (at 2.5, while the send was still waiting): o1
+    is back at v1, as any acknowledged write that never reached SQS may be
+    lost (reported).  Had SQS accepted the tombstone, it must have been
+    persisted: then the same history breaks rules (e) and (f)."""
+    history = History([_owned("o1", 0, 1), _revoke_wrote(2, 3, [["o1", 2, 2.1, 2.6]]),
+                       Op(0, "forget", "redis", 2.5, 2.5, "ok"),
+                       Op(9, "read", "o1", 4, 4.5, "ok", 1, {"w": "o1"})])
+    published = [{"session_id": "o1", "version": 1, "event_type": "session_created",
+                  "state": {"w": "o1"}},
+                 {"session_id": "o1", "version": 2, "event_type": "session_deleted", "state": None}]
+    came_back = _observed({("o1", 1): ("session_created", {"w": "o1"})}, {"o1": (1, False)},
+                          published=published)
+    created = ("o1", 1, json.dumps({"w": "o1"}, sort_keys=True))
+
+    lost = never_sent(history, [created], since=1.5)
+    assert lost == {("o1", 2)}
+    assert check(history, came_back, allow_lost=lost) == []
+
+    sent = never_sent(history, [created, ("o1", 2, "null")], since=1.5)
+    assert sent == set()
+    assert _rules(check(history, came_back, allow_lost=sent)) == ["(e)", "(f)"]
+    # written before replication stopped: on the replica too, not lost by it
+    assert never_sent(history, [created], since=2.2) == set()
+
+
+def test_a_revoke_all_that_ends_a_session_created_after_it_began_breaks_rule_f():
+    """The revoke-all took its snapshot of the owner's ids at 2.2: o1 (created
+    before) is its to end, o2 (its create began at 2.5) is not."""
+    def revoke(tombstones):
+        return Op(2, "revoke", "u", 2, 3, "ok", len(tombstones),
+                  {"remaining": False, "deleted": tombstones, "began": 2.2})
+
+    rows = {("o1", 1): ("session_created", {"w": "o1"}), ("o1", 2): ("session_deleted", None),
+            ("o2", 1): ("session_created", {"w": "o2"})}
+    creates = [_owned("o1", 0, 1), _owned("o2", 2.5, 2.6)]
+    fine = History([*creates, revoke([["o1", 2, 2.3, 2.4]])])
+    assert check(fine, _observed(rows, {"o1": (2, True), "o2": (1, False)})) == []
+    rows[("o2", 2)] = ("session_deleted", None)
+    chased = History([*creates, revoke([["o1", 2, 2.3, 2.4], ["o2", 2, 2.7, 2.8]])])
+    assert _rules(check(chased, _observed(rows, {"o1": (2, True), "o2": (2, True)}))) == ["(f)"]
 
 
 def test_a_patch_persisted_with_other_content_than_it_answered_breaks_rules_a_and_d():

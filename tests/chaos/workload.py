@@ -180,10 +180,11 @@ class Workload:
         except (ServiceUnavailable, RecoveryPending) as exc:
             # some deletions may have run: unknown
             self._add(Op(process, "revoke", owner, start, now(), "info", error=exc.code,
-                         state={"deleted": recording.tombstones}))
+                         state={"deleted": recording.tombstones, "began": recording.store.began}))
             return
         self._add(Op(process, "revoke", owner, start, now(), "ok", result.deleted,
-                     {"remaining": result.remaining, "deleted": recording.tombstones}))
+                     {"remaining": result.remaining, "deleted": recording.tombstones,
+                      "began": recording.store.began}))
 
     def _delete(self, process: int, sid: str) -> None:
         self._write(process, "delete", sid, None, lambda key: self.service().delete(sid, None, key))
@@ -271,11 +272,19 @@ class _RecordingService:
 
 
 class _RecordingStore:
-    """The store, noting when each BLOCK_SCRIPT call began."""
+    """The store, noting when each BLOCK_SCRIPT call began, and when the
+    revoke-all's snapshot of the owner's ids was taken (its script answered)."""
 
     def __init__(self, store: SessionStore) -> None:
         self._store = store
         self.blocked: dict[str, float] = {}
+        self.began: float | None = None
+
+    def owner_revoke_begin(self, owner_id: str, *, only_epoch: bool = False) -> tuple[str, str, str]:
+        began = self._store.owner_revoke_begin(owner_id, only_epoch=only_epoch)
+        if not only_epoch:
+            self.began = now()
+        return began
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)

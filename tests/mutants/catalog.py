@@ -445,8 +445,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "a revoke-all passes over ids whose create has not run: the late create brings a session back"),
     mutant(
         "owner-listing-trusts-the-index", 15, OWNERS,
-        (("            if session.deleted or session.owner_id != owner_id:\n",
-          "            if session.deleted:\n"),),
+        (("            if session is not None and (session.deleted or session.owner_id != owner_id):\n",
+          "            if session is not None and session.deleted:\n"),),
         (f"{T_OWNERS}::test_an_index_entry_of_an_id_another_owner_holds_is_neither_listed_nor_deleted"
          "[cluster]",),
         "the listing serves an id of the index without checking the session's owner"),
@@ -458,11 +458,62 @@ MUTANTS: tuple[Mutant, ...] = (
         "a create that lands between the revoke-all's reads of key and marker is skipped as expired"),
     mutant(
         "revoke-all-trusts-redis-alone", 15, OWNERS,
-        (("    while service.durable is not None:\n        ids = service.durable.owner_sessions(",
-          "    while False:\n        ids = service.durable.owner_sessions("),),
+        (("    durable = service.durable\n", "    durable = None\n"),),
         (f"{T_OWNERS}::test_a_session_redis_forgot_with_its_index_entry_is_found_in_postgresql_and_deleted",),
         "a revoke-all misses an owned session Redis forgot with its index entry: it comes back "
         "from PostgreSQL"),
+    mutant(
+        "revoke-all-chases-creates-begun-after-it", 15, OWNERS,
+        (("    while ids := store.owner_ids(owner_id, count=REVOKE_BATCH, revoking=True):\n",
+          "    while ids := store.owner_ids(owner_id, count=REVOKE_BATCH):\n"),),
+        (f"{T_OWNERS}::test_a_revoke_all_ends_exactly_the_sessions_created_before_it_while_creates_go_on"
+         "[single]",),
+        "a revoke-all walks the live index: it deletes sessions created after it began and "
+        "cannot finish while creates go on"),
+    mutant(
+        "revoke-begin-takes-no-snapshot", 15, f"{REDIS}/scripts/revoke_begin.lua",
+        (("redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[1], 'AGGREGATE', 'MIN')\n", ""),),
+        (f"{T_OWNERS}::test_revoke_all_deletes_each_session_of_the_owner_and_says_how_many[single]",),
+        "a revoke-all takes none of the ids registered before it: their sessions survive it"),
+    mutant(
+        "revoke-all-walks-ended-rows", 15, PERSISTENCE,
+        (("       AND coalesce(expires_at, updated_at + make_interval(secs => ttl_seconds))\n"
+          "           >= %(ended_before)s::timestamptz\n", ""),),
+        (f"{T_OWNERS}::test_expired_rows_do_not_starve_a_live_session_redis_forgot_that_sorts_after_them",),
+        "a revoke-all spends its budget on rows whose lifetime ended: a live session Redis forgot, "
+        "sorting after them, is reached late or never"),
+    mutant(
+        "revoke-all-ends-sessions-created-after-it", 15, PERSISTENCE,
+        (("NOT deleted AND NOT expired AND created_at < %(created_before)s::timestamptz\n",
+          "NOT deleted AND NOT expired\n"),),
+        (f"{T_OWNERS}::test_a_session_created_while_the_revoke_all_walks_postgresql_is_left_alone",),
+        "the walk of PostgreSQL deletes a session created after the revoke-all began"),
+    mutant(
+        "revoke-all-forgets-its-place-in-postgresql", 15, OWNERS,
+        (("                store.owner_revoke_position(owner_id, sid)\n",
+          "                store.owner_revoke_position(owner_id, None)\n"),),
+        (f"{T_OWNERS}::test_a_revoke_all_out_of_time_in_postgresql_goes_on_where_it_stopped",),
+        "a revoke-all out of time starts PostgreSQL's walk over: it never gets past the first rows"),
+    mutant(
+        "revoke-all-blind-to-redis-going-back", 15, OWNERS,
+        (("        moved = store.owner_revoke_begin(owner_id, only_epoch=True)[2] != epoch\n",
+          "        moved = False\n"),),
+        (f"{T_OWNERS}::test_a_revoke_all_during_which_redis_went_back_in_time_answers_remaining",),
+        "a revoke-all whose set Redis lost (a failover, a restart) answers that none remain"),
+    mutant(
+        "owner-page-reads-every-value", 15, OWNERS,
+        (("        fits = _fitting(store.value_sizes(ids), max_bytes - size, at_least_one=not found)\n",
+          "        fits = len(ids)\n"),),
+        (f"{T_OWNERS}::test_a_page_of_large_sessions_stays_under_the_byte_budget_and_the_cursor_pages_on"
+         "[single]",),
+        "an owner's page reads every value up to its limit (500 large states: ~128 MiB) before "
+        "cutting the response"),
+    mutant(
+        "owner-page-unbounded-by-bytes", 15, OWNERS,
+        (("                if found and size > max_bytes:\n", "                if False:\n"),),
+        (f"{T_OWNERS}::test_a_page_of_large_sessions_stays_under_the_byte_budget_and_the_cursor_pages_on"
+         "[single]",),
+        "an owner's page of large sessions passes what a Lambda response carries (a 502)"),
     # -- 16: a session ends when its lifetime ends ----------------------------------------
     mutant(
         "recovery-serves-an-expired-session", 16, SESSIONS,

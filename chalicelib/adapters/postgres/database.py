@@ -209,11 +209,19 @@ FROM sync_events ORDER BY persisted_at DESC LIMIT %s
 
 VERSIONS_SQL = "SELECT session_id, version FROM sync_sessions WHERE session_id = ANY(%s::text[])"
 
-# an owner's sessions not deleted, by id (sync_sessions_owner_id_idx)
+# A revoke-all's walk of an owner's rows, by id (sync_sessions_owner_id_idx):
+# a bounded number of rows per statement, whatever they hold, each with
+# whether the revoke-all must deal with it (live, created before it began,
+# its lifetime not over), so that rows of sessions long gone cost a scan,
+# not a call's budget.  A row written without expires_at derives it.
 OWNER_SESSIONS_SQL = """
-SELECT session_id FROM sync_sessions
-WHERE owner_id = %s AND NOT deleted AND session_id > %s
-ORDER BY session_id LIMIT %s
+SELECT session_id,
+       NOT deleted AND NOT expired AND created_at < %(created_before)s::timestamptz
+       AND coalesce(expires_at, updated_at + make_interval(secs => ttl_seconds))
+           >= %(ended_before)s::timestamptz
+FROM sync_sessions
+WHERE owner_id = %(owner_id)s AND session_id > %(after)s
+ORDER BY session_id LIMIT %(limit)s
 """
 
 # events persisted in the last N seconds (sync_events_persisted_at_idx):
@@ -505,10 +513,17 @@ class Database:
             return {}
         return {sid: int(v) for sid, v in self._fetch(VERSIONS_SQL, (ids,))}
 
-    def owner_sessions(self, owner_id: str, *, after: str, limit: int) -> list[str]:
-        """Ids of the owner's sessions PostgreSQL holds as not deleted, in
-        id order, after ``after`` ('' from the start).  Raises ServiceUnavailable."""
-        return [sid for (sid,) in self._fetch(OWNER_SESSIONS_SQL, (owner_id, after, limit))]
+    def owner_sessions(self, owner_id: str, *, after: str, limit: int, created_before: str,
+                       ended_before: str) -> tuple[list[str], str | None]:
+        """The next ``limit`` rows of the owner after the id ``after`` ('' from
+        the start), in id order: the ids of those live, created before
+        ``created_before`` and whose lifetime did not end before
+        ``ended_before`` (ISO times), and the last id read (None: no more
+        rows).  Raises ServiceUnavailable."""
+        rows = self._fetch(OWNER_SESSIONS_SQL, {
+            "owner_id": owner_id, "after": after, "limit": limit,
+            "created_before": created_before, "ended_before": ended_before})
+        return [sid for sid, doomed in rows if doomed], rows[-1][0] if len(rows) == limit else None
 
     def ping(self) -> float:
         """Round trip of ``SELECT 1`` in milliseconds (connecting if needed).

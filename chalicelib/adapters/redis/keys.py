@@ -23,6 +23,10 @@ and, in the owner's own slot (its id is the hash tag; owner ids have no braces):
     so:{<owner>}:i     owner index: ZSET (all scores 0, so ordered by id) of
                        the ids created with this owner, registered BEFORE
                        their create script runs (see the timeline above ``owner_index_key``)
+    so:{<owner>}:r     the ids a revoke-all took from the index when it began
+                       and has not dealt with yet (REVOKE_BEGIN_SCRIPT): ZSET as the index
+    so:{<owner>}:p     where a revoke-all's walk of PostgreSQL stopped: the
+                       last session id it dealt with (expires: a day)
 
 ``NNNN`` is a bucket, crc32(id) mod ``BUCKETS``: the outbox of a bucket lives
 beside its sessions, so the write and its outbox entry are one atomic script,
@@ -90,8 +94,10 @@ def outbox_keys(bucket: int) -> tuple[str, str]:
 #                                       t4  ZREM x (only after x is dealt with)
 #
 # If t3 comes before t2, revoke-all finds x live and deletes it (DELETE_SCRIPT,
-# through SessionService.delete).  A create whose ZADD comes after t1 started
-# after the revoke-all did and may survive it.  A create that crashed
+# through SessionService.delete).  At t1 the revoke-all moves what the index
+# holds into its own set (REVOKE_BEGIN_SCRIPT) and walks only that set: a
+# create whose ZADD comes after t1 started after the revoke-all did and is
+# left alone, however many of them race it.  A create that crashed
 # between t0 and t3 leaves a stale entry: a listing skips it (no session),
 # a revoke-all tombstones the id.  An entry whose id turns out to be another
 # owner's (its create failed: the id was taken) or a tombstone is final and
@@ -101,4 +107,11 @@ def outbox_keys(bucket: int) -> tuple[str, str]:
 def owner_index_key(owner_id: str) -> str:
     """The owner's index, in a slot of its own: owner ids have no braces,
     so the whole id is the hash tag."""
-    return "so:{%s}:i" % owner_id
+    return owner_revoke_keys(owner_id)[0]
+
+
+def owner_revoke_keys(owner_id: str) -> tuple[str, str, str]:
+    """A revoke-all's keys, in the owner's slot: the index, the ids still to
+    revoke, the position of its PostgreSQL walk (REVOKE_BEGIN_SCRIPT's KEYS)."""
+    tag = "so:{%s}" % owner_id
+    return f"{tag}:i", f"{tag}:r", f"{tag}:p"

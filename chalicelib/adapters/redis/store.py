@@ -37,9 +37,11 @@ from chalicelib.adapters.redis.keys import (
     idempotency_key,
     outbox_keys,
     owner_index_key,
+    owner_revoke_keys,
     session_keys,
 )
 from chalicelib.config import Settings
+from chalicelib.constants import REVOKE_POSITION_TTL_SECONDS
 from chalicelib.domain.errors import (
     ConcurrencyError,
     IdempotencyKeyReused,
@@ -95,6 +97,7 @@ class SessionStore:
         self._touch = client.register_script(scripts.TOUCH_SCRIPT)
         self._expire = client.register_script(scripts.EXPIRE_SCRIPT)
         self._slide_get = client.register_script(scripts.SLIDE_GET_SCRIPT)
+        self._revoke_begin = client.register_script(scripts.REVOKE_BEGIN_SCRIPT)
         # node -> the first epoch this process saw it in (SETTLE_SCRIPT)
         self._epochs_seen: dict[str, str] = {}
 
@@ -419,21 +422,52 @@ class SessionStore:
         with redis_errors():
             self.client.zadd(owner_index_key(owner_id), {session_id: 0})
 
-    def owner_ids(self, owner_id: str, *, after: str | None = None, count: int = 100) -> list[str]:
-        """Up to ``count`` ids of the owner's index, in id order, after ``after``."""
+    def owner_ids(self, owner_id: str, *, after: str | None = None, count: int = 100,
+                  revoking: bool = False) -> list[str]:
+        """Up to ``count`` ids of the owner's index (``revoking``: of the ids
+        a revoke-all still has to deal with), in id order, after ``after``."""
+        index, still, _ = owner_revoke_keys(owner_id)
         with redis_errors():
-            ids = self.client.zrangebylex(owner_index_key(owner_id),
+            ids = self.client.zrangebylex(still if revoking else index,
                                           "-" if after is None else "(" + after, "+",
                                           start=0, num=count)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
     def owner_forget(self, owner_id: str, session_ids: Sequence[str]) -> None:
-        """Drop entries from the owner's index (their sessions are gone or
-        not the owner's)."""
+        """Drop entries from the owner's index and from a revoke-all's ids
+        (their sessions are gone or not the owner's)."""
         if not session_ids:
             return
+        index, still, _ = owner_revoke_keys(owner_id)
         with redis_errors():
-            self.client.zrem(owner_index_key(owner_id), *session_ids)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(index, *session_ids)
+            pipe.zrem(still, *session_ids)
+            pipe.execute()
+
+    def owner_revoke_begin(self, owner_id: str, *, only_epoch: bool = False) -> tuple[str, str, str]:
+        """A revoke-all begins: the ids registered so far become the ids it
+        deals with (``owner_ids(revoking=True)``), none registered later.
+        Returns when it began (Redis's clock, as a session's ``created_at``),
+        where an earlier call's walk of PostgreSQL stopped ('' if none) and
+        the epoch of the owner's node.  ``only_epoch``: take nothing (the
+        call's end compares the epochs: a jump back in time since its start
+        may have lost the set)."""
+        with redis_errors():
+            began_ms, position, epoch = self._run(self._revoke_begin, owner_revoke_keys(owner_id),
+                                                  ["1" if only_epoch else ""])
+        return (iso_utc(int(began_ms) / 1000),
+                position.decode() if isinstance(position, bytes) else position, epoch.decode())
+
+    def owner_revoke_position(self, owner_id: str, after: str | None) -> None:
+        """Keep where a revoke-all's walk of PostgreSQL stopped (the last id
+        it dealt with) for the next call; None: the walk is done."""
+        key = owner_revoke_keys(owner_id)[2]
+        with redis_errors():
+            if after is None:
+                self.client.delete(key)
+            else:
+                self.client.set(key, after, ex=REVOKE_POSITION_TTL_SECONDS)
 
     def peek(self, session_ids: Sequence[str]) -> list[Session | None]:
         """The stored values (tombstones too) of ``session_ids``, in order,
@@ -448,6 +482,17 @@ class SessionStore:
             raws = pipe.execute()
         return [None if raw is None else decode_session(sid, raw)
                 for sid, raw in zip(session_ids, raws, strict=True)]
+
+    def value_sizes(self, session_ids: Sequence[str]) -> list[int]:
+        """The stored values' lengths in bytes (0 where there is no key), in
+        order: one pipelined round trip per node, no value read."""
+        if not session_ids:
+            return []
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for sid in session_ids:
+                pipe.strlen(session_keys(sid)[0])
+            return [int(n) for n in pipe.execute()]
 
     # -- outbox ---------------------------------------------------------------
 

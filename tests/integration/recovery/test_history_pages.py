@@ -11,7 +11,7 @@ import pytest
 
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.api.web import history_page_response
-from chalicelib.service.sessions import HISTORY_PAGE_BYTES, SessionService
+from chalicelib.service.sessions import PAGE_BYTES, SessionService
 from tests.support.app import app_client
 from tests.support.constants import BEARER
 
@@ -74,10 +74,10 @@ def test_a_page_of_large_events_stays_under_the_byte_budget_and_the_pages_chain_
 
     assert seen == list(range(EVENTS, 0, -1))  # every version once, newest first
     assert len(sizes) >= 2, sizes  # the whole history is over the budget
-    assert all(body <= HISTORY_PAGE_BYTES and envelope < LAMBDA_RESPONSE_LIMIT
+    assert all(body <= PAGE_BYTES and envelope < LAMBDA_RESPONSE_LIMIT
                for body, envelope in sizes), sizes
     # pages are full, not one event each: the budget is used
-    assert all(body > HISTORY_PAGE_BYTES - 2 * STATE_BYTES for body, _ in sizes[:-1]), sizes
+    assert all(body > PAGE_BYTES - 2 * STATE_BYTES for body, _ in sizes[:-1]), sizes
 
 
 def test_postgresql_ships_no_more_than_the_budget_whatever_the_limit(database, service):
@@ -120,7 +120,7 @@ def test_the_budget_counts_the_escaped_response_not_the_stored_text(database, se
     for _ in range(count + 2):  # bounded
         page = service.history(sid, limit=500, before_version=cursor)
         body = history_page_response(sid, page.events, page.next_before_version).body
-        assert len(json.dumps(body)) <= HISTORY_PAGE_BYTES
+        assert len(json.dumps(body)) <= PAGE_BYTES
         pages.append([e["version"] for e in page.events])
         cursor = page.next_before_version
         if cursor is None:

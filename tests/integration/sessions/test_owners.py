@@ -16,12 +16,14 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
+import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from chalicelib.adapters.postgres.database import Database
-from chalicelib.adapters.redis.keys import owner_index_key, session_keys
+from chalicelib.adapters.redis.keys import owner_index_key, owner_revoke_keys, session_keys
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.errors import ServiceUnavailable, SessionExists, SessionNotFound
 from chalicelib.domain.events import CREATED, DELETED, UPDATED, parse_event
@@ -118,6 +120,48 @@ def test_a_page_reads_a_bounded_part_of_an_index_full_of_dead_entries(store, ser
 
     assert page.sessions == [] and page.next_after is not None
     assert [sid for p in _all_pages(service, owner, limit=2) for sid in p] == [live]
+
+
+def test_a_page_of_large_sessions_stays_under_the_byte_budget_and_the_cursor_pages_on(store, service):
+    """30 sessions near the state limit are ~7.5 MB: the default page (50)
+    must stop before the response passes PAGE_BYTES (a Lambda response
+    carries 6 MB), as history pages do, and hand a cursor that reaches the
+    rest; a page holds at least one session, however small the budget."""
+    from chalicelib.api.web import sessions_page_response
+    from chalicelib.service.sessions import PAGE_BYTES
+
+    owner = _owner()
+    mine = _ids(30)
+    for n, sid in enumerate(mine):
+        # quotes and non-ASCII: escaped once more in the Lambda response
+        _create(service, sid, owner, {"n": n, "blob": 'é"' * (120 * 1024)})
+
+    read: list[int] = []  # bytes of state a page read from Redis
+    peek = store.peek
+
+    def counting_peek(ids):
+        sessions = peek(ids)
+        read[-1] += sum(len(s.state_json) for s in sessions if s is not None)
+        return sessions
+
+    store.peek = counting_peek  # type: ignore[method-assign]
+    seen, sizes, after = [], [], None
+    for _ in range(len(mine) + 2):  # bounded: a page holds one at least
+        read.append(0)
+        page = owners.list_sessions(service, owner, limit=50, after=after)
+        body = sessions_page_response(owner, page.sessions, page.next_after).body
+        sizes.append(len(json.dumps(body)))  # as the proxy response carries it
+        seen += [s.session_id for s in page.sessions]
+        after = page.next_after
+        if after is None:
+            break
+
+    assert seen == mine
+    assert len(sizes) >= 2 and max(sizes) <= PAGE_BYTES, sizes
+    # memory stays bounded whatever the limit: a page reads what it can carry
+    assert max(read) <= PAGE_BYTES, read
+    tiny = owners.list_sessions(service, owner, limit=50, max_bytes=1)
+    assert [s.session_id for s in tiny.sessions] == mine[:1] and tiny.next_after == mine[0]
 
 
 def test_the_owner_index_has_its_own_slot_and_values_keep_their_owner(store, service, any_redis):
@@ -292,13 +336,13 @@ def test_a_revoke_all_out_of_time_says_more_remain_and_the_next_call_goes_on(
     while True:
         calls += 1
         assert calls <= 10
-        result = owners.revoke_all(service, owner, budget_seconds=0)  # one batch per call
+        result = owners.revoke_all(service, owner, budget_seconds=0)  # one session per call
         deleted += result.deleted
         if not result.remaining:
             break
-        assert result.deleted == 2
+        assert result.deleted == 1
 
-    assert deleted == 5 and calls == 3
+    assert deleted == 5 and calls == 5
     assert all(_gone(store, sid) for sid in mine)
 
 
@@ -368,6 +412,69 @@ def test_no_session_registered_before_a_revoke_all_survives_creates_racing_it(st
     listed = {sid for page in _all_pages(service, owner, limit=50) for sid in page}
     alive = {sid for sid, outcome in outcomes.items() if outcome == "created" and not _gone(store, sid)}
     assert listed == alive
+
+
+def test_a_revoke_all_ends_exactly_the_sessions_created_before_it_while_creates_go_on(store):
+    """4 threads keep creating sessions of the owner before, during and
+    after one revoke-all.  It ends every session whose create ended before
+    it began, leaves every create that began after it alone (none refused,
+    none deleted), does work bounded by what existed before it (not by the
+    creates racing it), and finishes: ``remaining`` false, in one call."""
+    owner = _owner()
+    service = SessionService(store)
+    for sid in _ids(20, prefix="pre"):
+        _create(service, sid, owner)
+    stop = threading.Event()
+    creates: list[tuple[str, float, float, str]] = []  # id, start, end, outcome
+
+    def creator(n: int) -> None:
+        for i in range(3000):  # bounded; stopped once the revoke-all returned
+            if stop.is_set():
+                return
+            sid = f"race-{n}-{i:05d}-{uuid.uuid4().hex[:8]}"
+            start = time.monotonic()
+            try:
+                _create(service, sid, owner)
+                outcome = "created"
+            except SessionExists:
+                outcome = "refused"
+            creates.append((sid, start, time.monotonic(), outcome))
+
+    # a create that overlaps the call may go either way; the revoke-all
+    # takes its snapshot of the owner's ids at one instant within it: one
+    # that starts after that instant is not its to end
+    snapshot: list[float] = []
+    real_begin = store.owner_revoke_begin
+
+    def begin(owner_id, *, only_epoch=False):
+        began = real_begin(owner_id, only_epoch=only_epoch)
+        if not only_epoch:
+            snapshot.append(time.monotonic())
+        return began
+
+    store.owner_revoke_begin = begin  # type: ignore[method-assign]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(creator, n) for n in range(4)]
+        wait_until(lambda: len(creates) >= 40, timeout=60, what="the racing creates")
+        started = time.monotonic()
+        result = owners.revoke_all(service, owner, budget_seconds=10)
+        ended = time.monotonic()
+        # creates go on after it too: none of them is touched
+        wait_until(lambda: sum(1 for c in creates if c[1] > ended) >= 20, timeout=60,
+                   what="creates after the revoke-all")
+        stop.set()
+        for future in futures:
+            future.result(timeout=120)
+
+    assert not result.remaining, result
+    before = [sid for sid, _, end, outcome in creates if end < started and outcome == "created"]
+    after = [(sid, outcome) for sid, start, _, outcome in creates if start > snapshot[0]]
+    assert len(before) >= 40 - 4 and after
+    assert [sid for sid in before if not _gone(store, sid)] == []
+    assert [sid for sid, outcome in after if outcome != "created" or _gone(store, sid)] == []
+    # bounded by what existed (or was registered) when it took its snapshot
+    registered_before = 20 + sum(1 for _, start, _, _ in creates if start < snapshot[0])
+    assert result.deleted + result.blocked <= registered_before, (result, registered_before)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -444,3 +551,193 @@ def test_a_session_redis_forgot_with_its_index_entry_is_found_in_postgresql_and_
     assert {sid: row[2] for sid, row in pipeline.session_rows(mine).items()} == dict.fromkeys(mine, True)
     with pytest.raises(SessionNotFound):
         service.get(mine[1])
+
+
+def test_expired_rows_do_not_starve_a_live_session_redis_forgot_that_sorts_after_them(pipeline):
+    """PostgreSQL holds 2,000 sessions of the owner whose lifetime ended
+    (half marked expired by the sweep, half not swept yet) and, sorting
+    after them, a live one Redis forgot with its index entry.  A revoke-all
+    skips the ended ones and keeps its place between calls: within a few
+    calls of a small budget the live one is deleted, and a call after the
+    job is done finds nothing left."""
+    store = pipeline.store
+    service = SessionService(store, publisher=pipeline.producer, durable=pipeline.database,
+                             settle_seconds=0.0)
+    owner = _owner()
+    with psycopg.connect(pipeline.dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO sync_sessions (session_id, version, state, deleted, created_at,"
+            " updated_at, ttl_seconds, owner_id, expires_at, expired)"
+            " SELECT 'a-' || lpad(n::text, 5, '0') || %s, 1,"
+            "        CASE WHEN n %% 2 = 0 THEN NULL ELSE '{}'::jsonb END, false,"
+            "        now() - interval '2 hours', now() - interval '2 hours', 60, %s,"
+            "        now() - interval '2 hours' + interval '60 seconds', n %% 2 = 0"
+            " FROM generate_series(1, 2000) AS n", [owner[-6:], owner])
+    [live] = _ids(1, prefix="z")
+    _create(service, live, owner)
+    pipeline.deliver()
+    store.client.delete(*session_keys(live)[:2], owner_index_key(owner))  # Redis forgot it
+
+    results = []
+    for _ in range(5):  # bounded: the live one must be reached within these
+        results.append(owners.revoke_all(service, owner, budget_seconds=0.5))
+        if not results[-1].remaining:
+            break
+    pipeline.deliver()
+
+    assert not results[-1].remaining, results
+    assert sum(r.deleted for r in results) == 1, results
+    assert pipeline.session_rows([live])[live][2] is True
+    assert owners.revoke_all(service, owner, budget_seconds=0.5).deleted == 0
+
+
+def _forgotten(pipeline, service: SessionService, owner: str, count: int) -> list[str]:
+    """``count`` sessions of the owner, persisted, then forgotten by Redis
+    with their index entries: only PostgreSQL knows them."""
+    mine = _ids(count)
+    for sid in mine:
+        _create(service, sid, owner)
+    pipeline.deliver()
+    pipeline.store.client.delete(*[key for sid in mine for key in session_keys(sid)[:2]],
+                                 owner_index_key(owner))
+    return mine
+
+
+def test_a_revoke_all_out_of_time_in_postgresql_goes_on_where_it_stopped(pipeline, monkeypatch):
+    """Out of time after each session (a zero budget), over scans of two
+    rows: each call deals with the next session PostgreSQL holds and keeps
+    its place, so the calls end; a call that starts over would meet the
+    first one again (a tombstone not persisted yet) and never get on."""
+    store = pipeline.store
+    service = SessionService(store, publisher=pipeline.producer, durable=pipeline.database,
+                             settle_seconds=0.0)
+    owner = _owner()
+    mine = _forgotten(pipeline, service, owner, 5)
+    monkeypatch.setattr(owners, "REVOKE_SCAN_ROWS", 2)
+
+    results = []
+    for _ in range(12):  # bounded
+        results.append(owners.revoke_all(service, owner, budget_seconds=0))
+        if not results[-1].remaining:
+            break
+    pipeline.deliver()
+
+    assert not results[-1].remaining and sum(r.deleted for r in results) == 5, results
+    assert {sid: row[2] for sid, row in pipeline.session_rows(mine).items()} == dict.fromkeys(mine, True)
+    assert store.client.exists(owner_revoke_keys(owner)[2]) == 0  # done: no place kept
+
+
+def test_a_session_created_while_the_revoke_all_walks_postgresql_is_left_alone(pipeline):
+    """A create that starts after the revoke-all began, persisted before the
+    walk of PostgreSQL reads its row: live and the owner's, yet not one
+    this revoke-all ends."""
+    store = pipeline.store
+    service = SessionService(store, publisher=pipeline.producer, durable=pipeline.database,
+                             settle_seconds=0.0)
+    owner = _owner()
+    _forgotten(pipeline, service, owner, 2)
+    [late] = _ids(1)
+    walk = pipeline.database.owner_sessions
+
+    def create_first(*args, **kwargs):
+        if not store.client.exists(session_keys(late)[0]):
+            _create(service, late, owner)
+            pipeline.deliver()
+        return walk(*args, **kwargs)
+
+    service.durable = type("Durable", (), {"owner_sessions": staticmethod(create_first),
+                                           "latest": pipeline.database.latest})()
+    result = owners.revoke_all(service, owner, budget_seconds=30)
+    pipeline.deliver()
+
+    assert (result.deleted, result.remaining) == (2, False)
+    assert service.get(late).session.version == 1
+    assert pipeline.session_rows([late])[late][2] is False
+
+
+def test_a_revoke_all_during_which_redis_went_back_in_time_answers_remaining(throwaway_redis):
+    """Redis restarts without persistence after the first deletion: the
+    revoke-all's set of ids is gone with everything else (on a failover to a
+    replica that lacked it, the same), so it cannot tell whether ids
+    registered before it remain: it answers ``remaining`` and the next call,
+    with a snapshot of its own, finishes."""
+    from chalicelib.adapters.redis.client import connect_redis
+    from chalicelib.config import Settings
+
+    store = SessionStore(connect_redis(Settings(redis_url=throwaway_redis.url)))
+    service = SessionService(store)
+    owner = _owner()
+    for sid in _ids(3):
+        _create(service, sid, owner)
+    real_delete, restarted = service.delete, []
+
+    def delete_then_restart(session_id, expected_version=None):
+        deleted = real_delete(session_id, expected_version)
+        if not restarted:
+            throwaway_redis.stop()
+            throwaway_redis.start()
+            restarted.append(session_id)
+            for _ in range(3):  # the pooled connection broke: reconnect
+                try:
+                    store.client.ping()
+                    break
+                except redis.ConnectionError:
+                    continue
+        return deleted
+
+    service.delete = delete_then_restart  # type: ignore[method-assign]
+    first = owners.revoke_all(service, owner, budget_seconds=30)
+    service.delete = real_delete  # type: ignore[method-assign]
+
+    assert restarted and (first.deleted, first.remaining) == (1, True), first
+    assert owners.revoke_all(service, owner, budget_seconds=30).remaining is False
+
+
+def test_a_revoke_all_tombstone_sqs_took_before_a_lossy_failover_is_persisted_the_other_reported(
+        replicated_redis, sqs, queue_pair, database, pg_test_dsn, caplog):
+    """The chaos scenario's case, one step at a time: the replica stops
+    copying; a revoke-all deletes a (its event reaches SQS) and b (its send
+    fails: the event stays in the primary's outbox); the replica is
+    promoted.  a ends deleted in PostgreSQL and Redis is repaired from it;
+    b's tombstone is lost with the outbox, as any change that never
+    reached SQS, and reported: b is back at v1, and the next revoke-all,
+    begun after Redis forgot, ends it."""
+    from chalicelib.adapters.redis.client import connect_redis
+    from chalicelib.config import Settings
+    from tests.support.pipeline import Pipeline
+
+    client = connect_redis(Settings(redis_url=replicated_redis.proxy_url))
+    pipeline = Pipeline(sqs, queue_pair, SessionStore(client), database, pg_test_dsn)
+    owner = _owner()
+    a, b = _ids(2)
+
+    class FailsForB:
+        def publish(self, result):
+            if result.session.session_id == b:
+                raise ConnectionError("SQS timed out")  # stands for a send that timed out
+            return pipeline.producer.publish(result)
+
+    service = SessionService(pipeline.store, publisher=FailsForB(), durable=database,
+                             settle_seconds=0.0)
+    for sid in (a, b):
+        _create(service, sid, owner)
+    pipeline.deliver()
+    replicated_redis.stop_replication()
+
+    revoked = owners.revoke_all(service, owner, budget_seconds=30)
+    assert (revoked.deleted, revoked.remaining) == (2, False)
+    pipeline.drain()  # a's tombstone, which SQS took; b's is in the outbox only
+    replicated_redis.failover(lose_unreplicated=True)
+    pipeline.deliver()  # the new primary's outbox has no trace of b's tombstone
+
+    rows = {sid: row[2] for sid, row in pipeline.session_rows([a, b]).items()}
+    assert rows == {a: True, b: False}
+    with pytest.raises(SessionNotFound):
+        service.get(a)  # Redis's v1 of the old epoch is repaired from PostgreSQL
+    assert service.get(b).session.version == 1  # lost with the outbox ...
+    reports = [r for r in caplog.records if "went back in time" in r.getMessage()]
+    assert reports  # ... and reported
+    again = owners.revoke_all(service, owner, budget_seconds=30)
+    pipeline.deliver()
+    assert again.deleted == 1 and pipeline.session_rows([b])[b][2] is True
+    client.close()
