@@ -388,21 +388,28 @@ class SessionStore:
     def restore(self, session: Session, *, repair: bool = False) -> Session | None:
         """Write a session recovered from PostgreSQL back if its key is
         absent, or, with ``repair``, also over an older version (a Redis that
-        went back in time).
+        went back in time), for what is left of its lifetime.
 
         Returns the session now in Redis (the restored one, or the one a
         concurrent writer put there first), or None if that one vanished too.
         Raises MarkerAhead when the marker says Redis acknowledged a newer
-        version than ``session`` (PostgreSQL lags the queue).
+        version than ``session`` (PostgreSQL lags the queue), and
+        SessionExpired when its lifetime is over (``session.expired``: a
+        recorded end, put back as the final marker; or ``expires_at`` passed
+        on Redis's clock): nothing is written back then (RESTORE_SCRIPT).
         """
         keys = session_keys(session.session_id)
+        ends = "E" if session.expired else "" if session.deleted else session.expires_ms
         with redis_errors():
             reply = self._run(self._restore, keys[:2], [
                 encode_head(session), session.version, session.ttl_seconds, self.marker_ttl,
                 owner_suffix(session.owner_id) + "|" + session.state_json,
-                "repair" if repair else "absent"])
+                "repair" if repair else "absent", ends])
         if reply[0] == b"behind":
             raise MarkerAhead(session.session_id, int(reply[1]))
+        if reply[0] == b"ended":
+            raise SessionExpired(session.session_id,
+                                 expires_at=None if session.expired else session.expires_at)
         if reply[0] == b"restored":
             return session
         try:

@@ -207,7 +207,6 @@ def _ms_left(session) -> float:
     return iso_to_ms(session.expires_at) - time.time() * 1000
 
 
-@pytest.mark.xfail(strict=True, reason="the repair writes a whole new lifetime")
 def test_a_repair_after_a_failover_keeps_what_was_left_of_the_lifetime(pipeline, service):
     sid = _sid()
     v1 = service.create(CreateRequest(sid, '{"n":1}', 30))
@@ -222,7 +221,6 @@ def test_a_repair_after_a_failover_keeps_what_was_left_of_the_lifetime(pipeline,
     assert pipeline.store.client.pttl(session_keys(sid)[0]) <= _ms_left(v2) + 50
 
 
-@pytest.mark.xfail(strict=True, reason="the repair writes a whole new lifetime")
 def test_a_repair_after_a_failover_never_revives_a_session_whose_lifetime_ended(pipeline, service):
     """PostgreSQL's version is newer than the one the promoted replica holds,
     but its lifetime ended: the session is over (SessionExpired), the stale
@@ -246,7 +244,6 @@ def test_a_repair_after_a_failover_never_revives_a_session_whose_lifetime_ended(
     assert status == "expired"
 
 
-@pytest.mark.xfail(strict=True, reason="the repair writes an expiry back as a live value")
 def test_a_repair_after_a_failover_puts_an_expiry_back_as_final_not_as_a_live_session(pipeline, service):
     """PostgreSQL's latest row is the session_expired the promoted replica
     lacks: as final as a deletion.  The repair puts the final marker back

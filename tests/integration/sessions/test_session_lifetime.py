@@ -210,7 +210,6 @@ def _ms_left(session) -> float:
     return iso_to_ms(session.expires_at) - time.time() * 1000
 
 
-@pytest.mark.xfail(strict=True, reason="restore writes a whole new lifetime")
 def test_a_session_recovered_after_an_eviction_keeps_what_was_left_of_its_lifetime(
         store, own_database):
     """Recovery brings back the session Redis lost, not a new lifetime: the
@@ -235,7 +234,6 @@ def test_a_session_recovered_after_an_eviction_keeps_what_was_left_of_its_lifeti
     assert sorted(_outbox(store, sid)) == [1] and own_database.latest(sid).version == 1
 
 
-@pytest.mark.xfail(strict=True, reason="restore writes a whole new lifetime")
 def test_a_restore_once_the_lifetime_ended_writes_nothing_and_answers_session_expired(store):
     """The script judges the lifetime too, on Redis's clock, atomically with
     the write: recovery that checked a moment before the end cannot revive."""
