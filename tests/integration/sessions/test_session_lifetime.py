@@ -268,6 +268,36 @@ def test_a_write_still_in_the_queue_is_waited_for_before_the_session_is_called_e
     assert read.recovered and read.session.version == 2
 
 
+@pytest.mark.xfail(strict=True, reason="a write's time may be older than the previous version's")
+@pytest.mark.parametrize("write", ["update", "touch"])
+def test_a_write_that_read_its_clock_before_the_last_write_never_moves_the_lifetime_back(
+        store, own_database, write):
+    """A write's time is read before its script runs; on a busy machine the
+    writer may wait between the two while another write commits.  The later
+    version must not end the session before the earlier one promised::
+
+        t0     A (If-Match: *, or a touch) reads its clock
+        t0+2s  B: PUT v2 expected 1, acknowledged: ends at t0+2s+ttl at the earliest
+        t0+2s  A's script runs: v3, written at t0 -> would end 2 s before v2's end
+
+    The chaos rule (g) found it: a read answered SessionExpired before the
+    lifetime of an acknowledged write could have ended."""
+    service = _service(store, own_database)
+    sid = _sid()
+    v1 = store.create(sid, '{"n":1}', 5)
+    v2 = store.update(sid, '{"n":2}', 1)
+    late = SessionStore(store.client, channel=TEST_CHANNEL, clock=lambda: time.time() - 2.0)
+    v3 = late.update(sid, '{"n":3}', None) if write == "update" else late.touch(sid)
+
+    assert v3.session.updated_at >= v2.session.updated_at
+    assert v3.session.expires_at >= v2.session.expires_at
+    assert json.loads(v3.event_json)["occurred_at"] == v3.session.updated_at
+    _persist(own_database, v1, v2, v3)
+    time.sleep(max(0.0, _ms_left(v2.session) / 1000 - 1.5))
+    store.client.delete(session_keys(sid)[0])  # evicted before v2's lifetime ended
+    assert service.get(sid).session.version == 3
+
+
 # --- PUT with a new TTL, touch ---------------------------------------------------
 
 def test_a_put_may_change_the_ttl_and_slides_the_lifetime(store, own_database, own_dsn):
