@@ -268,7 +268,6 @@ def test_a_write_still_in_the_queue_is_waited_for_before_the_session_is_called_e
     assert read.recovered and read.session.version == 2
 
 
-@pytest.mark.xfail(strict=True, reason="a write's time may be older than the previous version's")
 @pytest.mark.parametrize("write", ["update", "touch"])
 def test_a_write_that_read_its_clock_before_the_last_write_never_moves_the_lifetime_back(
         store, own_database, write):

@@ -136,6 +136,14 @@ local function open_live()
   end
   local v, created, u, ttl, flag, e, o = parse(raw)
   if flag == 'D' then return {'deleted', v} end
+  -- a write's time is its writer's clock, read before the script ran: it
+  -- never goes back before the version it replaces, or the lifetime (its
+  -- time + TTL) would end before the one already promised:
+  --   t0  A (If-Match: *) reads its clock; waits (a busy machine)
+  --   t1  B writes v2 at t1, acknowledged: it lives until t1 + ttl
+  --   t2  A's script: v3 written "at t0" would end at t0 + ttl < t1 + ttl
+  -- (the same ISO format throughout: the strings compare as the times do)
+  if u > NOW_ISO then NOW_ISO = u end
   local ep = epoch()
   if e ~= ep then
     if PERSISTED == '' then return {'unverified', v} end
