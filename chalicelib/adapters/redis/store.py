@@ -35,6 +35,7 @@ from chalicelib.adapters.redis.keys import (
     epoch_key,
     hold_key,
     idempotency_key,
+    legacy_idempotency_key,
     outbox_keys,
     owner_index_key,
     session_keys,
@@ -324,7 +325,12 @@ class SessionStore:
         script checks the record again, atomically with the write.
         """
         with redis_errors():
-            raw = cast("bytes | None", self.client.get(idempotency_key(session_id, idempotency.key)))
+            # one slot: one round trip, on the cluster too
+            raw, legacy = cast("list[bytes | None]", self.client.mget(
+                idempotency_key(session_id, idempotency.key),
+                legacy_idempotency_key(session_id, idempotency.key)))
+        if raw is None and legacy is not None and legacy.startswith(idempotency.fingerprint.encode()):
+            raw = legacy  # the previous release's record of this request (write.lua's replayed)
         if raw is None:
             return None
         fingerprint, event = raw.split(b"|", 1)
@@ -342,7 +348,8 @@ class SessionStore:
         keys = session_keys(session_id)
         args = [session_id, iso_utc(now), int(now * 1000), self.marker_ttl, self.channel, *fields]
         if idempotency is not None:
-            keys.append(idempotency_key(session_id, idempotency.key))
+            keys += [idempotency_key(session_id, idempotency.key),
+                     legacy_idempotency_key(session_id, idempotency.key)]
             args += [""] * (_FINGERPRINT_ARG - len(args)) + [idempotency.fingerprint,
                                                              self.idempotency_ttl]
         try:
