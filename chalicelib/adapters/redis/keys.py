@@ -22,6 +22,11 @@ touches one hash slot and runs unchanged on Redis Cluster)::
                        "x" with key "1:k" and "x:1" with key "k"); read, never
                        written, until its records expired (``legacy_idempotency_key``)
 
+and one key of the deployment's own::
+
+    ss:sweep           the expiry sweep's position: the last id a run that
+                       stopped on its budget looked at ('' or none: the first)
+
 and, in the owner's own slot (its id is the hash tag; owner ids have no braces)::
 
     so:{<owner>}:i     owner index: ZSET (all scores 0, so ordered by id) of
@@ -82,6 +87,10 @@ def legacy_idempotency_key(session_id: str, key: str) -> str:
 def epoch_key(session_id: str) -> str:
     """The epoch record of ``session_id``'s bucket (SETTLE_SCRIPT)."""
     return f"{bucket_tag(bucket_of(session_id))}:e"
+
+
+#: the expiry sweep's position (chalicelib.pipeline.expiry)
+SWEEP_POSITION_KEY = "ss:sweep"
 
 
 def outbox_keys(bucket: int) -> tuple[str, str]:

@@ -31,6 +31,7 @@ from chalicelib.adapters.redis.codec import (
 from chalicelib.adapters.redis.errors import redis_errors, unavailable
 from chalicelib.adapters.redis.keys import (
     BUCKETS,
+    SWEEP_POSITION_KEY,
     bucket_of,
     epoch_key,
     hold_key,
@@ -313,6 +314,21 @@ class SessionStore:
         if reply[0] == b"ok":
             return "expired", _result(reply[1].decode())
         return reply[0].decode(), None
+
+    def sweep_position(self) -> str:
+        """Where the expiry sweep goes on: the id after which its next run
+        starts ('' for the first)."""
+        with redis_errors():
+            raw = cast("bytes | None", self.client.get(SWEEP_POSITION_KEY))
+        return "" if raw is None else raw.decode()
+
+    def set_sweep_position(self, after: str) -> None:
+        """Keep ``after`` as the expiry sweep's position ('' forgets it)."""
+        with redis_errors():
+            if after:
+                self.client.set(SWEEP_POSITION_KEY, after)
+            else:
+                self.client.delete(SWEEP_POSITION_KEY)
 
     def recorded(self, session_id: str, idempotency: Idempotency) -> WriteResult | None:
         """The write recorded under ``idempotency``'s key, as ``update``

@@ -481,7 +481,6 @@ def test_the_sweep_leaves_a_live_session_and_a_deleted_one_alone(store, own_data
     assert sorted(_outbox(store, live)) == [1] and sorted(_outbox(store, deleted)) == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason="each run starts again from the first id")
 def test_candidates_the_sweep_skips_cannot_starve_the_ids_after_them(store, own_database):
     """Sessions kept alive by reads past their written lifetime are
     candidates every run, and skipped (``alive``); sorting first and filling
