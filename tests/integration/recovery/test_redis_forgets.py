@@ -19,18 +19,9 @@ import pytest
 import redis
 
 from chalicelib.adapters.redis.keys import epoch_key, session_keys
-from chalicelib.domain.errors import (
-    ConcurrencyError,
-    ServiceUnavailable,
-    SessionExists,
-    SessionExpired,
-    SessionNotFound,
-)
-from chalicelib.domain.session import iso_to_ms
-from chalicelib.domain.store import Marker
+from chalicelib.domain.errors import ConcurrencyError, ServiceUnavailable, SessionExists, SessionNotFound
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.service.sessions import SessionService
-from tests.support.pipeline import wait_until
 
 
 @pytest.fixture
@@ -189,87 +180,6 @@ def test_a_value_of_another_epoch_that_postgresql_confirms_is_served_and_vouched
     assert first.session.version == second.session.version == 2
     assert updated.version == 3
     assert asked == [sid]
-
-
-def _left_behind(pipeline, sid, session):
-    """What a promoted replica that lacked the last writes holds: ``session``
-    (an older version) as the previous primary wrote it (another epoch) with
-    its marker, and the bucket's epoch record of that primary; whatever Redis
-    held for ``sid`` after it is gone."""
-    key, marker = session_keys(sid)[:2]
-    pipeline.store.client.set(epoch_key(sid), "deadbeef|0")
-    pipeline.store.client.set(key, f"{session.version}|{session.created_at}|{session.updated_at}|"
-                                   f"{session.ttl_seconds}|L|{session.state_json}", ex=600)
-    pipeline.store.client.set(marker, f"{session.version}|L")
-
-
-def _ms_left(session) -> float:
-    return iso_to_ms(session.expires_at) - time.time() * 1000
-
-
-def test_a_repair_after_a_failover_keeps_what_was_left_of_the_lifetime(pipeline, service):
-    sid = _sid()
-    v1 = service.create(CreateRequest(sid, '{"n":1}', 30))
-    v2 = service.update(UpdateRequest(sid, '{"n":2}', 1))
-    pipeline.deliver(timeout=30)
-    time.sleep(1.0)
-    _left_behind(pipeline, sid, v1)
-
-    read = service.get(sid)  # PostgreSQL's v2 repairs Redis
-
-    assert read.session.version == 2
-    assert pipeline.store.client.pttl(session_keys(sid)[0]) <= _ms_left(v2) + 50
-
-
-def test_a_repair_after_a_failover_never_revives_a_session_whose_lifetime_ended(pipeline, service):
-    """PostgreSQL's version is newer than the one the promoted replica holds,
-    but its lifetime ended: the session is over (SessionExpired), the stale
-    value goes, and the marker names PostgreSQL's version, so the sweep
-    records the end."""
-    sid = _sid()
-    v1 = service.create(CreateRequest(sid, '{"n":1}', 2))
-    v2 = service.update(UpdateRequest(sid, '{"n":2}', 1))
-    pipeline.deliver(timeout=30)
-    _left_behind(pipeline, sid, v1)
-    time.sleep(max(0.0, _ms_left(v2) / 1000) + 0.3)
-
-    with pytest.raises(SessionExpired):
-        service.get(sid)
-    with pytest.raises(SessionExpired):
-        service.update(UpdateRequest(sid, '{"n":3}', 2))
-
-    assert pipeline.store.client.get(session_keys(sid)[0]) is None
-    assert pipeline.store.marker(sid) == Marker(2, "L")
-    status, _ = pipeline.store.expire(sid, pipeline.database.latest(sid))
-    assert status == "expired"
-
-
-def test_a_repair_after_a_failover_puts_an_expiry_back_as_final_not_as_a_live_session(pipeline, service):
-    """PostgreSQL's latest row is the session_expired the promoted replica
-    lacks: as final as a deletion.  The repair puts the final marker back
-    and answers SessionExpired; it never writes the expiry as a live value
-    (state null) that a PUT would then write on."""
-    sid = _sid()
-    v1 = service.create(CreateRequest(sid, '{"n":1}', 1))
-    pipeline.deliver(timeout=30)
-    wait_until(lambda: not pipeline.store.client.exists(session_keys(sid)[0]), timeout=15,
-               what="the key to expire")
-    status, expiry = pipeline.store.expire(sid, pipeline.database.latest(sid))
-    assert status == "expired" and expiry is not None
-    pipeline.deliver(timeout=30)
-    assert pipeline.database.latest(sid).expired
-    _left_behind(pipeline, sid, v1)
-
-    with pytest.raises(SessionExpired):
-        service.get(sid)
-    with pytest.raises(SessionExpired):
-        service.update(UpdateRequest(sid, '{"n":2}', 1))
-
-    assert pipeline.store.client.get(session_keys(sid)[0]) is None
-    assert pipeline.store.marker(sid) == Marker(2, "E")
-    pipeline.deliver(timeout=30)
-    assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2)]
-    assert pipeline.dlq_messages() == []
 
 
 def _until_settled(call, *, timeout: float = 30.0):

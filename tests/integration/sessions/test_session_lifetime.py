@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from chalicelib.adapters.postgres.database import Database
-from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.keys import bucket_of, epoch_key, outbox_keys, session_keys
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.errors import (
     ConcurrencyError,
@@ -296,6 +296,86 @@ def test_a_write_that_read_its_clock_before_the_last_write_never_moves_the_lifet
     time.sleep(max(0.0, _ms_left(v2.session) / 1000 - 1.5))
     store.client.delete(session_keys(sid)[0])  # evicted before v2's lifetime ended
     assert service.get(sid).session.version == 3
+
+
+# --- the repair after a failover -------------------------------------------------
+#
+# A failover is played by what it leaves behind (as in test_redis_forgets.py):
+# an older version written by the previous primary (another epoch), its
+# marker, and the bucket's epoch record of that primary.
+
+def _left_behind(store, sid, session) -> None:
+    key, marker = session_keys(sid)[:2]
+    store.client.set(epoch_key(sid), "deadbeef|0")
+    store.client.set(key, f"{session.version}|{session.created_at}|{session.updated_at}|"
+                          f"{session.ttl_seconds}|L|{session.state_json}", ex=600)
+    store.client.set(marker, f"{session.version}|L")
+
+
+def test_a_repair_after_a_failover_keeps_what_was_left_of_the_lifetime(store, own_database):
+    service = _service(store, own_database)
+    sid = _sid()
+    v1 = store.create(sid, '{"n":1}', 30)
+    v2 = store.update(sid, '{"n":2}', 1)
+    _persist(own_database, v1, v2)
+    time.sleep(1.0)
+    _left_behind(store, sid, v1.session)
+
+    read = service.get(sid)  # PostgreSQL's v2 repairs Redis
+
+    assert read.session.version == 2
+    assert store.client.pttl(session_keys(sid)[0]) <= _ms_left(v2.session) + 50
+
+
+def test_a_repair_after_a_failover_never_revives_a_session_whose_lifetime_ended(store, own_database):
+    """PostgreSQL's version is newer than the one the promoted replica holds,
+    but its lifetime ended: the session is over (SessionExpired), the stale
+    value goes, and the marker names PostgreSQL's version, so the sweep
+    records the end."""
+    service = _service(store, own_database)
+    sid = _sid()
+    v1 = store.create(sid, '{"n":1}', 2)
+    v2 = store.update(sid, '{"n":2}', 1)
+    _persist(own_database, v1, v2)
+    _left_behind(store, sid, v1.session)
+    time.sleep(max(0.0, _ms_left(v2.session) / 1000) + 0.3)
+
+    with pytest.raises(SessionExpired):
+        service.get(sid)
+    with pytest.raises(SessionExpired):
+        service.update(UpdateRequest(sid, '{"n":3}', 2))
+
+    assert store.client.get(session_keys(sid)[0]) is None
+    assert store.marker(sid) == Marker(2, "L") and sorted(_outbox(store, sid)) == [1, 2]
+    status, _ = store.expire(sid, own_database.latest(sid))
+    assert status == "expired"
+
+
+def test_a_repair_after_a_failover_puts_an_expiry_back_as_final_not_as_a_live_session(
+        store, own_database, own_dsn):
+    """PostgreSQL's latest row is the session_expired the promoted replica
+    lacks: as final as a deletion.  The repair puts the final marker back
+    and answers SessionExpired; it never writes the expiry as a live value
+    (state null) that a PUT would then write on."""
+    service = _service(store, own_database)
+    sid = _sid()
+    v1 = store.create(sid, '{"n":1}', 1)
+    _persist(own_database, v1)
+    _wait_expired(store, sid)
+    status, expiry = store.expire(sid, own_database.latest(sid))
+    assert status == "expired" and expiry is not None
+    _persist(own_database, expiry)
+    _left_behind(store, sid, v1.session)
+
+    with pytest.raises(SessionExpired):
+        service.get(sid)
+    with pytest.raises(SessionExpired):
+        service.update(UpdateRequest(sid, '{"n":2}', 1))
+
+    assert store.client.get(session_keys(sid)[0]) is None
+    assert store.marker(sid) == Marker(2, "E")
+    assert sorted(_outbox(store, sid)) == [1, 2]  # nothing written after the expiry
+    assert _events(own_dsn, sid) == [(1, "session_created"), (2, "session_expired")]
 
 
 # --- PUT with a new TTL, touch ---------------------------------------------------
