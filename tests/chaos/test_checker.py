@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.chaos.history import History, Observed, Op, check
 
 SID = "s"
@@ -257,7 +255,6 @@ def test_an_expired_answer_before_the_lifetime_could_end_breaks_rule_g():
     assert _rules(check(history, observed)) == ["(g)"]
 
 
-@pytest.mark.xfail(strict=True, reason="rule (g) ignores the stamp's millisecond resolution")
 def test_an_expired_answer_at_the_millisecond_the_stamped_lifetime_ends_keeps_rule_g():
     """The service stamps a write to the millisecond, truncated: a write sent
     at 6.0004 may be stamped 6.000 and, with a TTL of 1 s, end at 7.000, the
