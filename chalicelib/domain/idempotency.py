@@ -4,7 +4,7 @@ A client that got a timeout or a 503 on a write cannot tell whether the
 write happened.  Sent with the same key, its retry gets the original
 outcome (status, body, ETag, Location; marked ``Idempotent-Replayed:
 true``) instead of a 409/412 against its own write.  The store records the
-key in the same Lua script as the write it names (``ss:{NNNN}:i:<id>:<key>``,
+key in the same Lua script as the write it names (``ss:{NNNN}:k:<id>|<key>``,
 chalicelib/adapters/redis/scripts/), so a write and its record exist
 together or not at all; docs/decisions/idempotency-keys.md has the design.
 The header's grammar is chalicelib/api/headers.py's.

@@ -51,9 +51,14 @@ class Session:
         PostgreSQL knows: docs/decisions/session-lifetime.md)."""
         return iso_plus_seconds(self.updated_at, self.ttl_seconds)
 
+    @property
+    def expires_ms(self) -> int:
+        """``expires_at`` in milliseconds since the epoch."""
+        return iso_to_ms(self.updated_at) + self.ttl_seconds * 1000
+
     def expired_at(self, now: float) -> bool:
         """Whether the lifetime had ended at ``now`` (seconds since the epoch)."""
-        return iso_to_ms(self.updated_at) + self.ttl_seconds * 1000 <= now * 1000
+        return self.expires_ms <= now * 1000
 
     @property
     def state(self) -> dict:

@@ -29,6 +29,10 @@ The races, and why each is safe::
                          queue, so the session is held for the settle time first (as
                          recovery does), then PostgreSQL is read again and trusted
     Redis went back      the bucket's settle time after a failover: skipped until then
+    many skipped early   a run cut by its budget keeps its position (the store's): the
+                         next goes on from there and round, so later ids get their turn
+    two sweeps, one position  each saves where it stopped; the last one wins: at worst
+                         a stretch is walked twice or waits one lap more, none for ever
 """
 from __future__ import annotations
 
@@ -95,25 +99,42 @@ class ExpirySweep:
         self.clock = clock
 
     def run(self, *, budget_seconds: float, dry_run: bool = False) -> SweepResult:
-        """Walk every candidate (by id, one batch at a time) until none is
-        left or the budget is spent.  With ``dry_run`` nothing is written:
-        the candidates are counted only.  Raises ServiceUnavailable."""
+        """Walk the candidates by id, one batch at a time, from where the last
+        run stopped (the store keeps the position), on to the last id, then
+        from the first up to that position, until none is left or the budget
+        is spent.  With ``dry_run`` nothing is written, the position neither:
+        the candidates are counted only, all of them.  Raises
+        ServiceUnavailable.
+
+        A run cut by its budget leaves its position to the next.  Skipped
+        candidates (kept alive by reads, PostgreSQL behind, held) are met
+        again by every run; each starting from the first id, enough of them
+        early in id order filled every run's budget, and no later session's
+        end was ever recorded."""
         deadline = self.clock() + budget_seconds
         cutoff = datetime.fromtimestamp(self.store.clock() - self.grace_seconds, UTC)
         result = SweepResult()
-        after = ""
+        start = "" if dry_run else self.store.sweep_position()
+        after, wrapped = start, False
         while True:
             batch = self.durable.expiry_candidates(cutoff, after=after, limit=self.batch)
+            last = len(batch) < self.batch
+            if wrapped:  # the second lap ends where the first began
+                ours = [c for c in batch if c.session_id <= start]
+                last = last or len(ours) < len(batch)
+                batch = ours
             result.candidates += len(batch)
             for candidate in batch:
                 if not dry_run:
                     self._one(candidate, result)
-            if len(batch) < self.batch:
+            if last and (wrapped or not start):
                 break
-            after = batch[-1].session_id
+            after, wrapped = ("", True) if last else (batch[-1].session_id, wrapped)
             if self.clock() >= deadline:
                 result.complete = False
                 break
+        if not dry_run:
+            self.store.set_sweep_position("" if result.complete else after)
         if result.expired or result.skipped:
             metrics.emit({"SessionsExpired": result.expired})
             log.info("expiry sweep", extra={"candidates": result.candidates, "expired": result.expired,

@@ -445,6 +445,11 @@ class SessionService:
             t2  PUT expected 6: the script sees a v6 of the old epoch -> here
                 PostgreSQL has v7 > 6: Redis is repaired to v7, the PUT gets
                 ConcurrencyError (actual 7) instead of writing a second v7
+
+        The repair writes v7 back for what is left of its lifetime; a v7
+        whose lifetime ended, or PostgreSQL's ``session_expired``, is over:
+        the store drops the older value and raises SessionExpired (the
+        marker names v7, final for a recorded end), never a revived session.
         """
         self._settle(session_id)
         assert self.durable is not None  # reconciling is only done with PostgreSQL

@@ -361,6 +361,13 @@ def _revoke_tombstones(history: History) -> dict[str, list[tuple[float, float, i
     return by_session
 
 
+# The service stamps a write to the millisecond, truncated (its updated_at;
+# expires_at = updated_at + ttl): a write sent at 6.0004 s may be stamped
+# 6.000 and end at 7.000, as its answer said.  The earliest a lifetime can
+# end is its write's start + ttl - this.
+STAMP_RESOLUTION = 0.001
+
+
 def check_lifetime_ends(history: History, observed: Observed,
                         allow_lost: set[tuple[str, int]] = frozenset()) -> list[str]:
     """(g) a session ends when its lifetime ends, and only then: no read
@@ -381,7 +388,7 @@ def check_lifetime_ends(history: History, observed: Observed,
         before = [w for w in acked[op.session_id] if w.end < op.start and w.ttl is not None]
         if before:
             newest = max(before, key=lambda w: w.version or 0)
-            if op.end < newest.start + (newest.ttl or 0):
+            if op.end < newest.start + (newest.ttl or 0) - STAMP_RESOLUTION:
                 problems.append(f"(g) read of {op.session_id} at {op.start:.3f} answered expired; "
                                 f"v{newest.version} (ttl {newest.ttl:g}s) was acknowledged at "
                                 f"{newest.end:.3f}")

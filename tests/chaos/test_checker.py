@@ -300,6 +300,22 @@ def test_an_expired_answer_before_the_lifetime_could_end_breaks_rule_g():
     assert _rules(check(history, observed)) == ["(g)"]
 
 
+def test_an_expired_answer_at_the_millisecond_the_stamped_lifetime_ends_keeps_rule_g():
+    """The service stamps a write to the millisecond, truncated: a write sent
+    at 6.0004 may be stamped 6.000 and, with a TTL of 1 s, end at 7.000, the
+    expires_at it answered.  An expiry judged then is the service keeping
+    its word; one judged a millisecond before the stamp could be is not."""
+    for read, broken in (((7.0000, 7.0002), []), ((6.9984, 6.9988), ["(g)"])):
+        history, observed = _clean()
+        history.add(_write("touch", 3, {"w": "b"}, 6.0004, 6.002, ttl=1))
+        observed.rows[(SID, 3)] = ("session_touched", {"w": "b"})
+        observed.published.append({"session_id": SID, "version": 3, "event_type": "session_touched",
+                                   "state": {"w": "b"}})
+        history.add(_read(None, None, *read, absent="expired"))
+
+        assert _rules(check(history, observed)) == broken, read
+
+
 def test_a_session_back_after_it_was_seen_expired_breaks_rule_g():
     history, observed = _clean()
     history.add(_read(None, None, 6, 7, absent="expired"))

@@ -79,6 +79,8 @@ T_FAILOVER = "tests/integration/redis/test_redis_failover.py"
 T_HOT = "tests/integration/store/test_redis_hot_path.py"
 T_IDEMPOTENCY = "tests/integration/sessions/test_idempotency.py"
 T_LIFE = "tests/integration/sessions/test_session_lifetime.py"
+T_LIFE_UNITS = "tests/unit/test_session_lifetime_units.py"
+EXPIRY = "chalicelib/pipeline/expiry.py"
 T_PATCH = "tests/integration/sessions/test_merge_patch.py"
 T_OWNERS = "tests/integration/sessions/test_owners.py"
 OWNERS = "chalicelib/service/owners.py"
@@ -421,6 +423,24 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/functional/test_idempotency_http.py::"
          "test_a_patch_retried_with_its_key_is_not_merged_again_even_with_its_if_match_now_stale",),
         "a keyed PATCH reads before it looks its record up: its retry fails its If-Match (412)"),
+    mutant(
+        "idempotency-record-name-ambiguous", 14, KEYS,
+        (('return f"{bucket_tag(bucket_of(session_id))}:k:{session_id}|{key}"',
+          'return f"{bucket_tag(bucket_of(session_id))}:k:{session_id}:{key}"'),),
+        (f"{T_IDEMPOTENCY}::test_keys_of_two_sessions_whose_ids_and_keys_join_alike_are_two_records[single]",),
+        "the record name joins id and key with ':': sessions x and x:1 share a record (a spurious 422)"),
+    mutant(
+        "idempotency-previous-release-record-unread", 14, LUA_WRITE,
+        (("  if not rec and KEYS[6] then\n", "  if false then\n"),),
+        (f"{T_IDEMPOTENCY}::test_a_record_of_the_previous_release_is_still_replayed_and_only_for_its_own"
+         "_request[single]",),
+        "a write recorded by the previous release is not replayed to its retry after the upgrade"),
+    mutant(
+        "idempotency-previous-release-record-of-another-session", 14, LUA_WRITE,
+        (("    if rec and string.sub(rec, 1, 64) ~= ARGV[11] then rec = nil end\n", ""),),
+        (f"{T_IDEMPOTENCY}::test_a_record_of_the_previous_release_is_still_replayed_and_only_for_its_own"
+         "_request[single]",),
+        "the old, ambiguous name counts whoever's record it holds: another session's write gets a 422"),
     # -- 10: safe with or without ReportBatchItemFailures --------------------------------
     mutant(
         "handled-records-not-deleted-before-raising", 10, CONSUMER,
@@ -537,6 +557,38 @@ MUTANTS: tuple[Mutant, ...] = (
           "set_marker(pg .. '|E', MARKER_TTL, ttl)\n"),),
         (f"{T_LIFE}::test_two_sweeps_at_once_record_exactly_one_session_expired_per_session",),
         "the sweep's final marker keeps PostgreSQL's version: a second sweep expires the session again"),
+    mutant(
+        "restore-gives-a-whole-new-lifetime", 16, LUA_RESTORE,
+        (("  redis.call('SET', KEYS[1], value, 'PX', left)\n",
+          "  redis.call('SET', KEYS[1], value, 'EX', ttl)\n"),),
+        (f"{T_LIFE}::test_a_session_recovered_after_an_eviction_keeps_what_was_left_of_its_lifetime",
+         f"{T_LIFE}::test_a_repair_after_a_failover_keeps_what_was_left_of_the_lifetime"),
+        "a session recovered or repaired from PostgreSQL gets its whole TTL again: it outlives its lifetime"),
+    mutant(
+        "restore-revives-an-ended-lifetime", 16, LUA_RESTORE,
+        (("if left and left <= 0 then\n", "if ARGV[7] == 'E' then\n"),
+         ("if left then\n", "if left and left > 0 then\n")),
+        (f"{T_LIFE}::test_a_restore_once_the_lifetime_ended_writes_nothing_and_answers_session_expired",
+         f"{T_LIFE}::test_a_repair_after_a_failover_never_revives_a_session_whose_lifetime_ended"),
+        "the restore script writes back a session whose lifetime ended"),
+    mutant(
+        "repair-writes-an-expiry-as-a-live-session", 16, STORE,
+        (('ends = "E" if session.expired else "" if session.deleted else session.expires_ms',
+          'ends = "" if session.deleted else session.expires_ms'),),
+        (f"{T_LIFE}::test_a_repair_after_a_failover_puts_an_expiry_back_as_final_not_as_a_live_session",),
+        "a repair writes PostgreSQL's session_expired back as a live value (state null) that a PUT revives"),
+    mutant(
+        "write-time-goes-back", 16, LUA_WRITE,
+        (("  if u > NOW_ISO then NOW_ISO = u end\n", ""),),
+        (f"{T_LIFE}::test_a_write_that_read_its_clock_before_the_last_write_never_moves_the_lifetime_back"
+         "[update]",),
+        "a write stamped with a clock read before the previous version committed ends the session early"),
+    mutant(
+        "sweep-restarts-from-the-first-id", 16, EXPIRY,
+        (('start = "" if dry_run else self.store.sweep_position()', 'start = ""'),),
+        (f"{T_LIFE}::test_candidates_the_sweep_skips_cannot_starve_the_ids_after_them",
+         f"{T_LIFE_UNITS}::test_the_sweep_goes_on_where_its_last_run_stopped_and_round_to_the_first_id"),
+        "every sweep run starts from the first id: skipped candidates early in id order starve the rest"),
     # -- 13: the audit retention's purge ------------------------------------------------
     mutant(
         "purge-lock-held-by-the-session", 13, PG_RETENTION,

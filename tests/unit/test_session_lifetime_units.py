@@ -101,3 +101,52 @@ def test_slide_on_read_is_off_by_default_and_the_sweep_grace_is_bounded():
         with pytest.raises(ConfigurationError) as caught:
             load_settings(env)
         assert caught.value.setting == next(iter(env))
+
+
+class _Laps:
+    """The sweep's store and PostgreSQL, as far as its walk goes: every
+    candidate is skipped (``alive``), as sessions kept alive by reads are."""
+
+    def __init__(self, ids):
+        self.ids = sorted(ids)
+        self.position = ""
+        self.seen: list[str] = []
+
+    clock = staticmethod(lambda: 1_800_000_000.0)
+
+    def expiry_candidates(self, cutoff, *, after="", limit=100):
+        return [Session(i, 1, "{}", "2026-11-28T16:00:00.000Z", "2026-11-28T16:00:00.000Z", 1)
+                for i in self.ids if i > after][:limit]
+
+    def sweep_position(self):
+        return self.position
+
+    def set_sweep_position(self, after):
+        self.position = after
+
+    def settle(self, session_id, seconds, *, unrecorded_settled=False):
+        return 0.0, False
+
+    def expire(self, session_id, persisted, *, marker_absent_ok=False):
+        self.seen.append(session_id)
+        return "alive", None
+
+
+def test_the_sweep_goes_on_where_its_last_run_stopped_and_round_to_the_first_id():
+    from chalicelib.pipeline.expiry import ExpirySweep
+    laps = _Laps([f"s{n:02d}" for n in range(7)])
+    sweep = ExpirySweep(laps, laps, settle_seconds=0, grace_seconds=0, batch=2)
+
+    cut = [sweep.run(budget_seconds=0) for _ in range(3)]  # one batch a run
+    assert laps.seen == ["s00", "s01", "s02", "s03", "s04", "s05"]
+    assert not any(r.complete for r in cut) and laps.position == "s05"
+
+    laps.seen.clear()
+    whole = sweep.run(budget_seconds=60)  # from s05 on, then round: each id once
+    assert laps.seen == ["s06", "s00", "s01", "s02", "s03", "s04", "s05"]
+    assert whole.complete and whole.candidates == 7 and laps.position == ""
+
+    laps.seen.clear()
+    laps.position = "s03"
+    counted = sweep.run(budget_seconds=60, dry_run=True)  # counts all, moves nothing
+    assert counted.candidates == 7 and laps.seen == [] and laps.position == "s03"

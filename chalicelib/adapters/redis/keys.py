@@ -15,8 +15,17 @@ touches one hash slot and runs unchanged on Redis Cluster)::
     ss:{NNNN}:od       outbox data:  HASH event id -> event JSON
     ss:{NNNN}:e        epoch record "<epoch>|<ms first seen>" (SETTLE_SCRIPT)
     ss:{NNNN}:h:<id>   hold record of a session Redis lost (HOLD_SCRIPT), short-lived
-    ss:{NNNN}:i:<id>:<key>  idempotency record of a keyed write: "<fingerprint>|<event>",
-                       written by the write's own script, expires (idempotency_ttl)
+    ss:{NNNN}:k:<id>|<key>  idempotency record of a keyed write: "<fingerprint>|<event>",
+                       written by the write's own script, expires (idempotency_ttl);
+                       ids never hold '|', so the name is one (id, key) only
+    ss:{NNNN}:i:<id>:<key>  the same, as the previous release named it (ambiguous:
+                       "x" with key "1:k" and "x:1" with key "k"); read, never
+                       written, until its records expired (``legacy_idempotency_key``)
+
+and one key of the deployment's own::
+
+    ss:sweep           the expiry sweep's position: the last id a run that
+                       stopped on its budget looked at ('' or none: the first)
 
 and, in the owner's own slot (its id is the hash tag; owner ids have no braces)::
 
@@ -65,13 +74,27 @@ def hold_key(session_id: str) -> str:
 
 def idempotency_key(session_id: str, key: str) -> str:
     """The record of a write with Idempotency-Key ``key`` on ``session_id``:
-    in the session's slot, so the write's script holds it (KEYS[5])."""
+    in the session's slot, so the write's script holds it (KEYS[5]).  The
+    id ends at the first '|' (SESSION_ID_PATTERN has none); the key may
+    hold any printable character."""
+    return f"{bucket_tag(bucket_of(session_id))}:k:{session_id}|{key}"
+
+
+def legacy_idempotency_key(session_id: str, key: str) -> str:
+    """Where the previous release recorded the same write (KEYS[6]): read
+    so that a retry across the upgrade is still replayed, and only when its
+    fingerprint matches (the name may be another session's record).
+    docs/decisions/idempotency-record-names.md says when it goes."""
     return f"{bucket_tag(bucket_of(session_id))}:i:{session_id}:{key}"
 
 
 def epoch_key(session_id: str) -> str:
     """The epoch record of ``session_id``'s bucket (SETTLE_SCRIPT)."""
     return f"{bucket_tag(bucket_of(session_id))}:e"
+
+
+#: the expiry sweep's position (chalicelib.pipeline.expiry)
+SWEEP_POSITION_KEY = "ss:sweep"
 
 
 def outbox_keys(bucket: int) -> tuple[str, str]:

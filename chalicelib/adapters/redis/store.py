@@ -31,10 +31,12 @@ from chalicelib.adapters.redis.codec import (
 from chalicelib.adapters.redis.errors import redis_errors, unavailable
 from chalicelib.adapters.redis.keys import (
     BUCKETS,
+    SWEEP_POSITION_KEY,
     bucket_of,
     epoch_key,
     hold_key,
     idempotency_key,
+    legacy_idempotency_key,
     outbox_keys,
     owner_index_key,
     owner_revoke_keys,
@@ -316,6 +318,21 @@ class SessionStore:
             return "expired", _result(reply[1].decode())
         return reply[0].decode(), None
 
+    def sweep_position(self) -> str:
+        """Where the expiry sweep goes on: the id after which its next run
+        starts ('' for the first)."""
+        with redis_errors():
+            raw = cast("bytes | None", self.client.get(SWEEP_POSITION_KEY))
+        return "" if raw is None else raw.decode()
+
+    def set_sweep_position(self, after: str) -> None:
+        """Keep ``after`` as the expiry sweep's position ('' forgets it)."""
+        with redis_errors():
+            if after:
+                self.client.set(SWEEP_POSITION_KEY, after)
+            else:
+                self.client.delete(SWEEP_POSITION_KEY)
+
     def recorded(self, session_id: str, idempotency: Idempotency) -> WriteResult | None:
         """The write recorded under ``idempotency``'s key, as ``update``
         returns a replay, or None when there is none.  Raises
@@ -327,7 +344,12 @@ class SessionStore:
         script checks the record again, atomically with the write.
         """
         with redis_errors():
-            raw = cast("bytes | None", self.client.get(idempotency_key(session_id, idempotency.key)))
+            # one slot: one round trip, on the cluster too
+            raw, legacy = cast("list[bytes | None]", self.client.mget(
+                idempotency_key(session_id, idempotency.key),
+                legacy_idempotency_key(session_id, idempotency.key)))
+        if raw is None and legacy is not None and legacy.startswith(idempotency.fingerprint.encode()):
+            raw = legacy  # the previous release's record of this request (write.lua's replayed)
         if raw is None:
             return None
         fingerprint, event = raw.split(b"|", 1)
@@ -345,7 +367,8 @@ class SessionStore:
         keys = session_keys(session_id)
         args = [session_id, iso_utc(now), int(now * 1000), self.marker_ttl, self.channel, *fields]
         if idempotency is not None:
-            keys.append(idempotency_key(session_id, idempotency.key))
+            keys += [idempotency_key(session_id, idempotency.key),
+                     legacy_idempotency_key(session_id, idempotency.key)]
             args += [""] * (_FINGERPRINT_ARG - len(args)) + [idempotency.fingerprint,
                                                              self.idempotency_ttl]
         try:
@@ -391,21 +414,28 @@ class SessionStore:
     def restore(self, session: Session, *, repair: bool = False) -> Session | None:
         """Write a session recovered from PostgreSQL back if its key is
         absent, or, with ``repair``, also over an older version (a Redis that
-        went back in time).
+        went back in time), for what is left of its lifetime.
 
         Returns the session now in Redis (the restored one, or the one a
         concurrent writer put there first), or None if that one vanished too.
         Raises MarkerAhead when the marker says Redis acknowledged a newer
-        version than ``session`` (PostgreSQL lags the queue).
+        version than ``session`` (PostgreSQL lags the queue), and
+        SessionExpired when its lifetime is over (``session.expired``: a
+        recorded end, put back as the final marker; or ``expires_at`` passed
+        on Redis's clock): nothing is written back then (RESTORE_SCRIPT).
         """
         keys = session_keys(session.session_id)
+        ends = "E" if session.expired else "" if session.deleted else session.expires_ms
         with redis_errors():
             reply = self._run(self._restore, keys[:2], [
                 encode_head(session), session.version, session.ttl_seconds, self.marker_ttl,
                 owner_suffix(session.owner_id) + "|" + session.state_json,
-                "repair" if repair else "absent"])
+                "repair" if repair else "absent", ends])
         if reply[0] == b"behind":
             raise MarkerAhead(session.session_id, int(reply[1]))
+        if reply[0] == b"ended":
+            raise SessionExpired(session.session_id,
+                                 expires_at=None if session.expired else session.expires_at)
         if reply[0] == b"restored":
             return session
         try:

@@ -18,7 +18,12 @@ import pytest
 from redis.crc import key_slot
 
 from chalicelib.adapters.redis.client import connect_redis
-from chalicelib.adapters.redis.keys import hold_key, idempotency_key, session_keys
+from chalicelib.adapters.redis.keys import (
+    hold_key,
+    idempotency_key,
+    legacy_idempotency_key,
+    session_keys,
+)
 from chalicelib.adapters.redis.scripts import CREATE_SCRIPT, UPDATE_SCRIPT
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
@@ -104,6 +109,61 @@ def test_a_key_reused_for_another_request_is_refused_and_writes_nothing(store, s
     assert (caught.value.code, caught.value.status) == ("IdempotencyKeyReused", 422)
     assert store.client.get(session_keys(session_id)[0]) == before
     assert outbox(store, session_id) == [f"{session_id}:1", f"{session_id}:2"]
+
+
+def _ids_sharing_a_bucket(prefix: str) -> tuple[str, str]:
+    """Two session ids, ``x`` and ``x:1``, in one bucket (ids may hold ':')."""
+    from chalicelib.adapters.redis.keys import bucket_of
+    for n in range(200_000):
+        x = f"{prefix}-{n}"
+        if bucket_of(x) == bucket_of(x + ":1"):
+            return x, x + ":1"
+    raise AssertionError("no pair found")  # 1 in 1,024 of them shares a bucket
+
+
+def test_keys_of_two_sessions_whose_ids_and_keys_join_alike_are_two_records(store, session_id):
+    """Session ``x`` with key ``1:k`` and session ``x:1`` with key ``k``: the
+    record names must differ, or one session's write is refused (422) for the
+    other's record."""
+    x, x1 = _ids_sharing_a_bucket(session_id)
+    first = store.create(x, '{"s":"x"}', 600, idempotency=keyed("1:k", "POST", "/sessions", x))
+
+    other = keyed("k", "POST", "/sessions", x1)
+    assert store.recorded(x1, other) is None
+    second = store.create(x1, '{"s":"x1"}', 600, idempotency=other)
+
+    assert not second.replayed and second.session.session_id == x1
+    assert idempotency_key(x, "1:k") != idempotency_key(x1, "k")
+    # and each retry finds its own record
+    assert store.create(x, '{"s":"x"}', 600, idempotency=keyed("1:k", "POST", "/sessions", x)
+                        ).session == first.session
+    assert store.create(x1, '{"s":"x1"}', 600, idempotency=other).session == second.session
+
+
+def test_a_record_of_the_previous_release_is_still_replayed_and_only_for_its_own_request(
+        store, session_id):
+    """During an upgrade a write recorded by the previous release (the old
+    name, ``legacy_idempotency_key``) is retried against this one: replayed,
+    by the script and by ``recorded``.  The old name may be another
+    session's record (``x`` with key ``1:k`` is ``x:1`` with key ``k``):
+    with another fingerprint it is no record of this request."""
+    key = keyed("k-old", "PUT", f"/sessions/{session_id}", '{"n":1}', "1")
+    store.create(session_id, '{"n":0}', 600)
+    first = store.update(session_id, '{"n":1}', 1, idempotency=key)
+    store.client.rename(idempotency_key(session_id, key.key), legacy_idempotency_key(session_id, key.key))
+
+    assert store.recorded(session_id, key).session == first.session
+    again = store.update(session_id, '{"n":1}', 1, idempotency=key)
+    assert again.replayed and again.session == first.session
+    assert outbox(store, session_id) == [f"{session_id}:1", f"{session_id}:2"]
+
+    x, x1 = _ids_sharing_a_bucket(session_id)
+    store.create(x, '{"s":"x"}', 600, idempotency=keyed("1:k", "POST", "/sessions", x))
+    store.client.rename(idempotency_key(x, "1:k"), legacy_idempotency_key(x, "1:k"))
+    assert legacy_idempotency_key(x, "1:k") == legacy_idempotency_key(x1, "k")
+    other = keyed("k", "POST", "/sessions", x1)
+    assert store.recorded(x1, other) is None
+    assert not store.create(x1, '{"s":"x1"}', 600, idempotency=other).replayed
 
 
 def test_a_refused_keyed_write_records_nothing_so_its_retry_runs_again(store, session_id):

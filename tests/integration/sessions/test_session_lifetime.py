@@ -18,13 +18,14 @@ import json
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 import redis
 
 from chalicelib.adapters.postgres.database import Database
-from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.keys import bucket_of, epoch_key, outbox_keys, session_keys
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.errors import (
     ConcurrencyError,
@@ -34,7 +35,7 @@ from chalicelib.domain.errors import (
     SessionNotFound,
 )
 from chalicelib.domain.events import parse_event
-from chalicelib.domain.session import iso_plus_seconds
+from chalicelib.domain.session import iso_plus_seconds, iso_to_ms
 from chalicelib.domain.store import Marker
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.pipeline.expiry import ExpirySweep
@@ -205,6 +206,50 @@ def test_a_session_redis_lost_before_its_lifetime_ended_is_still_recovered(store
     assert service.update(UpdateRequest(sid, '{"n":2}', 1)).version == 2
 
 
+def _ms_left(session) -> float:
+    """Milliseconds from now until ``session``'s written lifetime ends."""
+    return iso_to_ms(session.expires_at) - time.time() * 1000
+
+
+def test_a_session_recovered_after_an_eviction_keeps_what_was_left_of_its_lifetime(
+        store, own_database):
+    """Recovery brings back the session Redis lost, not a new lifetime: the
+    key gets the time left until the persisted expires_at, and once that
+    passed the session is over (no GET serves it, no PUT writes it)."""
+    service = _service(store, own_database)
+    sid = _sid()
+    created = store.create(sid, '{"n":1}', 4)
+    _persist(own_database, created)
+    time.sleep(1.5)
+    store.client.delete(session_keys(sid)[0])  # evicted, 1.5 s into its 4 s
+
+    read = service.get(sid)
+
+    assert read.recovered and read.session.version == 1
+    assert store.client.pttl(session_keys(sid)[0]) <= _ms_left(created.session) + 50
+    time.sleep(max(0.0, _ms_left(created.session) / 1000) + 0.3)
+    with pytest.raises(SessionExpired):
+        service.get(sid)
+    with pytest.raises(SessionExpired):
+        service.update(UpdateRequest(sid, '{"n":2}', 1))
+    assert sorted(_outbox(store, sid)) == [1] and own_database.latest(sid).version == 1
+
+
+def test_a_restore_once_the_lifetime_ended_writes_nothing_and_answers_session_expired(store):
+    """The script judges the lifetime too, on Redis's clock, atomically with
+    the write: recovery that checked a moment before the end cannot revive."""
+    sid = _sid()
+    created = store.create(sid, '{"n":1}', 1)
+    _wait_expired(store, sid)
+
+    with pytest.raises(SessionExpired) as expired:
+        store.restore(created.session)
+
+    assert expired.value.details["expires_at"] == created.session.expires_at
+    assert store.client.get(session_keys(sid)[0]) is None
+    assert store.marker(sid) == Marker(1, "L")
+
+
 def test_a_write_still_in_the_queue_is_waited_for_before_the_session_is_called_expired(
         store, own_database):
     """PostgreSQL's copy expired, but Redis acknowledged a newer write that
@@ -222,6 +267,115 @@ def test_a_write_still_in_the_queue_is_waited_for_before_the_session_is_called_e
     _persist(own_database, v2)
     read = service.get(sid)
     assert read.recovered and read.session.version == 2
+
+
+@pytest.mark.parametrize("write", ["update", "touch"])
+def test_a_write_that_read_its_clock_before_the_last_write_never_moves_the_lifetime_back(
+        store, own_database, write):
+    """A write's time is read before its script runs; on a busy machine the
+    writer may wait between the two while another write commits.  The later
+    version must not end the session before the earlier one promised::
+
+        t0     A (If-Match: *, or a touch) reads its clock
+        t0+2s  B: PUT v2 expected 1, acknowledged: ends at t0+2s+ttl at the earliest
+        t0+2s  A's script runs: v3, written at t0 -> would end 2 s before v2's end
+
+    The chaos rule (g) found it: a read answered SessionExpired before the
+    lifetime of an acknowledged write could have ended."""
+    service = _service(store, own_database)
+    sid = _sid()
+    v1 = store.create(sid, '{"n":1}', 5)
+    v2 = store.update(sid, '{"n":2}', 1)
+    late = SessionStore(store.client, channel=TEST_CHANNEL, clock=lambda: time.time() - 2.0)
+    v3 = late.update(sid, '{"n":3}', None) if write == "update" else late.touch(sid)
+
+    assert v3.session.updated_at >= v2.session.updated_at
+    assert v3.session.expires_at >= v2.session.expires_at
+    assert json.loads(v3.event_json)["occurred_at"] == v3.session.updated_at
+    _persist(own_database, v1, v2, v3)
+    time.sleep(max(0.0, _ms_left(v2.session) / 1000 - 1.5))
+    store.client.delete(session_keys(sid)[0])  # evicted before v2's lifetime ended
+    assert service.get(sid).session.version == 3
+
+
+# --- the repair after a failover -------------------------------------------------
+#
+# A failover is played by what it leaves behind (as in test_redis_forgets.py):
+# an older version written by the previous primary (another epoch), its
+# marker, and the bucket's epoch record of that primary.
+
+def _left_behind(store, sid, session) -> None:
+    key, marker = session_keys(sid)[:2]
+    store.client.set(epoch_key(sid), "deadbeef|0")
+    store.client.set(key, f"{session.version}|{session.created_at}|{session.updated_at}|"
+                          f"{session.ttl_seconds}|L|{session.state_json}", ex=600)
+    store.client.set(marker, f"{session.version}|L")
+
+
+def test_a_repair_after_a_failover_keeps_what_was_left_of_the_lifetime(store, own_database):
+    service = _service(store, own_database)
+    sid = _sid()
+    v1 = store.create(sid, '{"n":1}', 30)
+    v2 = store.update(sid, '{"n":2}', 1)
+    _persist(own_database, v1, v2)
+    time.sleep(1.0)
+    _left_behind(store, sid, v1.session)
+
+    read = service.get(sid)  # PostgreSQL's v2 repairs Redis
+
+    assert read.session.version == 2
+    assert store.client.pttl(session_keys(sid)[0]) <= _ms_left(v2.session) + 50
+
+
+def test_a_repair_after_a_failover_never_revives_a_session_whose_lifetime_ended(store, own_database):
+    """PostgreSQL's version is newer than the one the promoted replica holds,
+    but its lifetime ended: the session is over (SessionExpired), the stale
+    value goes, and the marker names PostgreSQL's version, so the sweep
+    records the end."""
+    service = _service(store, own_database)
+    sid = _sid()
+    v1 = store.create(sid, '{"n":1}', 2)
+    v2 = store.update(sid, '{"n":2}', 1)
+    _persist(own_database, v1, v2)
+    _left_behind(store, sid, v1.session)
+    time.sleep(max(0.0, _ms_left(v2.session) / 1000) + 0.3)
+
+    with pytest.raises(SessionExpired):
+        service.get(sid)
+    with pytest.raises(SessionExpired):
+        service.update(UpdateRequest(sid, '{"n":3}', 2))
+
+    assert store.client.get(session_keys(sid)[0]) is None
+    assert store.marker(sid) == Marker(2, "L") and sorted(_outbox(store, sid)) == [1, 2]
+    status, _ = store.expire(sid, own_database.latest(sid))
+    assert status == "expired"
+
+
+def test_a_repair_after_a_failover_puts_an_expiry_back_as_final_not_as_a_live_session(
+        store, own_database, own_dsn):
+    """PostgreSQL's latest row is the session_expired the promoted replica
+    lacks: as final as a deletion.  The repair puts the final marker back
+    and answers SessionExpired; it never writes the expiry as a live value
+    (state null) that a PUT would then write on."""
+    service = _service(store, own_database)
+    sid = _sid()
+    v1 = store.create(sid, '{"n":1}', 1)
+    _persist(own_database, v1)
+    _wait_expired(store, sid)
+    status, expiry = store.expire(sid, own_database.latest(sid))
+    assert status == "expired" and expiry is not None
+    _persist(own_database, expiry)
+    _left_behind(store, sid, v1.session)
+
+    with pytest.raises(SessionExpired):
+        service.get(sid)
+    with pytest.raises(SessionExpired):
+        service.update(UpdateRequest(sid, '{"n":2}', 1))
+
+    assert store.client.get(session_keys(sid)[0]) is None
+    assert store.marker(sid) == Marker(2, "E")
+    assert sorted(_outbox(store, sid)) == [1, 2]  # nothing written after the expiry
+    assert _events(own_dsn, sid) == [(1, "session_created"), (2, "session_expired")]
 
 
 # --- PUT with a new TTL, touch ---------------------------------------------------
@@ -410,6 +564,32 @@ def test_the_sweep_leaves_a_live_session_and_a_deleted_one_alone(store, own_data
 
     assert not {live, deleted} & set(result.expired_ids)
     assert sorted(_outbox(store, live)) == [1] and sorted(_outbox(store, deleted)) == [1, 2]
+
+
+def test_candidates_the_sweep_skips_cannot_starve_the_ids_after_them(store, own_database):
+    """Sessions kept alive by reads past their written lifetime are
+    candidates every run, and skipped (``alive``); sorting first and filling
+    a run's budget, they must not keep a later session's end from ever being
+    recorded: each run goes on where the last one stopped."""
+    tag = uuid.uuid4().hex[:8]
+    kept = [f"life-{tag}-a{n:02d}" for n in range(8)]
+    late = f"life-{tag}-z"
+    for sid in kept:  # what SESSION_SLIDE_ON_READ leaves: PostgreSQL's lifetime over, the key alive
+        _persist(own_database, store.create(sid, '{"n":1}', 1))
+        store.client.expire(session_keys(sid)[0], 600)
+    _persist(own_database, store.create(late, '{"n":1}', 1))
+    _wait_expired(store, late)
+    sweep = _sweep(store, own_database, batch=2)
+    cutoff = datetime.fromtimestamp(time.time(), UTC)
+    runs = len(own_database.expiry_candidates(cutoff, limit=100_000)) // 2 + 2
+
+    expired = []
+    for _ in range(runs):  # a budget of 0: one batch a run
+        result = sweep.run(budget_seconds=0)
+        expired += result.expired_ids
+        assert not set(kept) & set(result.expired_ids)
+
+    assert late in expired and store.marker(late) == Marker(2, "E")
 
 
 def test_a_session_redis_lost_entirely_is_expired_only_after_the_hold(store, own_database, own_dsn):

@@ -5,6 +5,7 @@
 --
 -- KEYS[1] session  KEYS[2] marker  KEYS[3] outbox index  KEYS[4] outbox data
 -- KEYS[5] the idempotency record: only with an Idempotency-Key
+-- KEYS[6] the record's name in the previous release (keys.legacy_idempotency_key)
 -- ARGV[1] session id  ARGV[2] now, ISO UTC  ARGV[3] now, ms
 -- ARGV[4] marker ttl seconds (0: none)  ARGV[5] Pub/Sub channel
 -- ARGV[6] expected version, '' (any)
@@ -90,6 +91,12 @@ end
 local function replayed()
   if not KEYS[5] then return nil end
   local rec = redis.call('GET', KEYS[5])
+  if not rec and KEYS[6] then
+    -- recorded by the previous release under an ambiguous name: only a
+    -- record of this very request counts (another session's is no reuse)
+    rec = redis.call('GET', KEYS[6])
+    if rec and string.sub(rec, 1, 64) ~= ARGV[11] then rec = nil end
+  end
   if not rec then return nil end
   if string.sub(rec, 1, 64) ~= ARGV[11] then return {'reused', 0} end
   return {'replay', string.sub(rec, 66)}
@@ -136,6 +143,14 @@ local function open_live()
   end
   local v, created, u, ttl, flag, e, o = parse(raw)
   if flag == 'D' then return {'deleted', v} end
+  -- a write's time is its writer's clock, read before the script ran: it
+  -- never goes back before the version it replaces, or the lifetime (its
+  -- time + TTL) would end before the one already promised:
+  --   t0  A (If-Match: *) reads its clock; waits (a busy machine)
+  --   t1  B writes v2 at t1, acknowledged: it lives until t1 + ttl
+  --   t2  A's script: v3 written "at t0" would end at t0 + ttl < t1 + ttl
+  -- (the same ISO format throughout: the strings compare as the times do)
+  if u > NOW_ISO then NOW_ISO = u end
   local ep = epoch()
   if e ~= ep then
     if PERSISTED == '' then return {'unverified', v} end
