@@ -27,10 +27,12 @@ from chalicelib.adapters.redis.codec import (
     iso_utc,
     owner_suffix,
     session_from_event,
+    value_epoch,
 )
 from chalicelib.adapters.redis.errors import redis_errors, unavailable
 from chalicelib.adapters.redis.keys import (
     BUCKETS,
+    bucket_epoch_key,
     bucket_of,
     epoch_key,
     hold_key,
@@ -97,6 +99,11 @@ class SessionStore:
         self._slide_get = client.register_script(scripts.SLIDE_GET_SCRIPT)
         # node -> the first epoch this process saw it in (SETTLE_SCRIPT)
         self._epochs_seen: dict[str, str] = {}
+        #: settles that found the node continuing the value's history
+        #: (SETTLE_SCRIPT's status 3): evidence that ended or spared a wait
+        self.continuity_proven = 0
+        # (node, epoch) whose buckets this process passed its evidence on to
+        self._spread: set[tuple[str, str]] = set()
 
     # -- reads --------------------------------------------------------------
 
@@ -125,7 +132,7 @@ class SessionStore:
         if session.deleted:  # a deletion is final, whatever the epoch
             raise SessionNotFound(session_id, deleted=True)
         if not current:
-            raise EpochChanged(session_id, session.version, session)
+            raise EpochChanged(session_id, session.version, session, epoch=value_epoch(raw))
         return session
 
     def _read(self, key: str, verify: bool, slide: bool = False) -> tuple[bytes | str, bool] | None:
@@ -141,14 +148,18 @@ class SessionStore:
         reply = self._run(self._get_verified, [key], [])
         return (reply[0], bool(reply[1])) if reply else None
 
-    def settle(self, session_id: str, seconds: float, *,
-               unrecorded_settled: bool = False) -> tuple[float, bool]:
+    def settle(self, session_id: str, seconds: float, *, unrecorded_settled: bool = False,
+               value_epoch: str | None = None) -> tuple[float, bool]:
         """(seconds left before ``session_id``'s bucket has settled in Redis's
         current epoch, whether this shows Redis went back in time).
 
         See SETTLE_SCRIPT.  A bucket with no record is a new deployment or a
         Redis that lost everything: with ``unrecorded_settled`` it counts as
         settled, unless this process saw the node in another epoch before.
+        ``value_epoch`` is the epoch of the value the caller asks about: 0
+        when the node is proven to continue that epoch's history (the
+        histories this client saw end are the evidence: client.py,
+        ``ended_histories``), however long the bucket's clock still runs.
         Raises ServiceUnavailable.
         """
         key = epoch_key(session_id)
@@ -157,15 +168,53 @@ class SessionStore:
         # bucket without a record is one Redis lost, in every bucket (not
         # only the one where the move was noticed first)
         seen = self._epochs_seen.get(node, "")
-        with redis_errors():
-            left, status, epoch = self._run(self._settle, [key], [
-                int(seconds * 1000), "1" if unrecorded_settled else "0", seen])
+        ended = getattr(self.client, "ended_histories", None)
+
+        def evidence() -> list[Any]:
+            return [field for pair in (ended() if ended is not None else []) for field in pair]
+
+        shown, first = evidence(), None
+        for _ in range(2):
+            with redis_errors():
+                left, status, epoch = self._run(self._settle, [key], [
+                    int(seconds * 1000), "1" if unrecorded_settled else "0", seen,
+                    value_epoch or "", *shown])
+            first = status if first is None else first
+            # the script may have met the demoted node first (READONLY): the
+            # client then heard where its history ended, after the arguments
+            # were built; once more with that evidence
+            found = evidence()
+            if status == 3 or found == shown:
+                break
+            shown = found
         epoch = epoch.decode()
         self._epochs_seen.setdefault(node, epoch)
+        if status == 3:  # the same history, continued: nothing went back
+            self.continuity_proven += 1
+            if (node, epoch) not in self._spread:
+                self._spread.add((node, epoch))
+                self._spread_evidence(shown)
+            return int(left) / 1000, False
         moved = bool(seen) and seen != epoch
-        if status == 2 and unrecorded_settled and not moved:
+        if first == 2 and unrecorded_settled and not moved:
             return 0.0, False
-        return int(left) / 1000, bool(status) or moved
+        return int(left) / 1000, bool(first) or moved
+
+    def _spread_evidence(self, evidence: Sequence[Any]) -> None:
+        """Pass evidence that the node continues a history on to every
+        bucket's epoch record (SETTLE_SCRIPT 'spread', one pipelined round
+        trip), so that processes that did not see that history end trust
+        its values too.  Only a single node gets here (client.py: the
+        evidence comes from a demoted node behind the primary endpoint).
+        Best effort: a bucket it misses waits as it would have."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for bucket in range(BUCKETS):
+                pipe.evalsha(self._settle.sha, 1, bucket_epoch_key(bucket), 0, "spread", "", "",
+                             *evidence)
+            pipe.execute(raise_on_error=False)
+        except redis.RedisError:
+            pass
 
     def hold(self, session_id: str, seconds: float) -> float:
         """Seconds left before a session Redis lost (key and marker) may be
@@ -546,7 +595,7 @@ def _refused(session_id: str, reply: Sequence, expected: int | None) -> Exceptio
     if status == b"missing":
         return KeyMissing(session_id, version)
     if status == b"unverified":
-        return EpochChanged(session_id, version)
+        return EpochChanged(session_id, version, epoch=reply[2].decode())
     if status == b"behind":
         return RedisBehind(session_id, version)
     if status == b"expired":

@@ -138,7 +138,7 @@ local function open_live()
   if flag == 'D' then return {'deleted', v} end
   local ep = epoch()
   if e ~= ep then
-    if PERSISTED == '' then return {'unverified', v} end
+    if PERSISTED == '' then return {'unverified', v, e} end
     if v < tonumber(PERSISTED) then return {'behind', v} end
   end
   if EXPECTED ~= '' and v ~= tonumber(EXPECTED) then return {'conflict', v} end
