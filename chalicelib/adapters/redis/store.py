@@ -64,6 +64,13 @@ from chalicelib.domain.store import (
 Clock = Callable[[], float]
 
 
+# While the node says it continues the history a bucket was in, unproven
+# yet, a settle asks to be asked again this soon: the process that meets
+# the demoted node may prove it any moment (SETTLE_SCRIPT), and a client
+# told to come back when the whole settle time has run out would wait it
+# all for nothing.
+EVIDENCE_RECHECK_SECONDS = 1.0
+
 # outbox_pending counts this many buckets first: enough to cover a page
 # when a backlog is waiting, without counting every bucket for each page
 _OUTBOX_FIRST_WINDOW = 64
@@ -150,8 +157,10 @@ class SessionStore:
 
     def settle(self, session_id: str, seconds: float, *, unrecorded_settled: bool = False,
                value_epoch: str | None = None) -> tuple[float, bool]:
-        """(seconds left before ``session_id``'s bucket has settled in Redis's
-        current epoch, whether this shows Redis went back in time).
+        """(seconds before asking again: until ``session_id``'s bucket has
+        settled in Redis's current epoch, or EVIDENCE_RECHECK_SECONDS when
+        evidence may end the wait sooner; whether this shows Redis went back
+        in time).
 
         See SETTLE_SCRIPT.  A bucket with no record is a new deployment or a
         Redis that lost everything: with ``unrecorded_settled`` it counts as
@@ -176,7 +185,7 @@ class SessionStore:
         shown, first = evidence(), None
         for _ in range(2):
             with redis_errors():
-                left, status, epoch = self._run(self._settle, [key], [
+                left, status, epoch, *pending = self._run(self._settle, [key], [
                     int(seconds * 1000), "1" if unrecorded_settled else "0", seen,
                     value_epoch or "", *shown])
             first = status if first is None else first
@@ -198,7 +207,12 @@ class SessionStore:
         moved = bool(seen) and seen != epoch
         if first == 2 and unrecorded_settled and not moved:
             return 0.0, False
-        return int(left) / 1000, bool(first) or moved
+        wait = int(left) / 1000
+        if pending and pending[0]:
+            # another process may find the evidence any moment (this one saw
+            # nothing end): ask again soon rather than when the clock runs out
+            wait = min(wait, EVIDENCE_RECHECK_SECONDS)
+        return wait, bool(first) or moved
 
     def _spread_evidence(self, evidence: Sequence[Any]) -> None:
         """Pass evidence that the node continues a history on to every

@@ -11,7 +11,9 @@
 --         saw end, and the offset each ended at (client.ended_histories)
 -- returns {ms left to wait, 0 | 1 (the record was of another epoch) | 2 (no
 --          record: Redis lost it, or a new deployment) | 3 (this node
---          continues the record's history: nothing was lost), the node's epoch}
+--          continues the record's history: nothing was lost), the node's epoch,
+--          1 when evidence may still end the wait (this node says it
+--          continues the history the bucket was in, unproven yet) else 0}
 -- After Redis went back in time, a session it may hold stale waits until
 -- the changes still in the queue had time to reach PostgreSQL.  The first
 -- call in a new epoch starts the clock (Redis's own: one clock for all); a
@@ -29,6 +31,12 @@
 -- or evidence this node contradicts (it holds less than the history's
 -- end): the wait as before.
 local info = redis.call('INFO', 'replication')
+-- a replica (a pooled connection still on a demoted primary): refused as a
+-- write is, whatever the branch below, so that the client asks it where its
+-- history ended and sends this again on a new connection (client.py)
+if string.find(info, 'role:slave', 1, true) then
+  return redis.error_reply('READONLY the epoch record is written on the primary')
+end
 local ep = string.sub(string.match(info, 'master_replid:(%x+)'), 1, 8)
 local replid2 = string.match(info, 'master_replid2:(%x+)') or ''
 local second = tonumber(string.match(info, 'second_repl_offset:(%-?%d+)') or '-1')
@@ -56,7 +64,7 @@ if rep == ep then
     redis.call('SET', KEYS[1], ep .. '|' .. since .. '|' .. prev .. '|')
   end
   if from ~= '' and ARGV[4] == from then return {0, 3, ep} end
-  return {left(), 0, ep}
+  return {left(), 0, ep, (from == '' and was_rep == prev) and 1 or 0}
 end
 if proven then
   -- the same history, continued: the bucket is as settled as it was in it
@@ -75,4 +83,4 @@ if not rec and ARGV[2] == '1' and (ARGV[3] == '' or ARGV[3] == ep) then
   return {0, 2, ep}
 end
 redis.call('SET', KEYS[1], ep .. '|' .. now .. '||' .. (rep and (rep .. '@' .. since) or ''))
-return {settle, rec and 1 or 2, ep}
+return {settle, rec and 1 or 2, ep, (rep and rep == prev) and 1 or 0}
