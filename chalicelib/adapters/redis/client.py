@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -217,12 +218,7 @@ class _Redis(redis.Redis):
             packed = _pack(args)
             if packed is None:  # an argument only redis-py's encoder knows (or refuses)
                 return super().execute_command(*args, **options)
-            conn = self._hot_connection
-            if conn is None:
-                # from the pool, so that closing the client closes it too
-                conn = self._hot_connection = self.connection_pool.get_connection()
-            else:
-                _drop_if_dead(conn)
+            conn = self._checked_out()
             reply = conn.retry.call_with_retry(lambda: _send_and_read(conn, packed),
                                                lambda error: self._refused(conn, error))
             callback = self.response_callbacks.get(args[0])
@@ -230,6 +226,40 @@ class _Redis(redis.Redis):
         finally:
             self._hot_lock.release()
 
+
+    def _checked_out(self) -> Any:
+        """The hot connection (the caller holds ``_hot_lock``)."""
+        conn = self._hot_connection
+        if conn is None:
+            # from the pool, so that closing the client closes it too
+            conn = self._hot_connection = self.connection_pool.get_connection()
+        else:
+            _drop_if_dead(conn)
+        return conn
+
+    def call_then_wait(self, args: tuple[Any, ...], replicas: int, timeout_ms: int,
+                       wait_if: Callable[[Any], bool]) -> tuple[Any, int | None]:
+        """Send ``args`` (a write's script), then, when ``wait_if(reply)``,
+        ``WAIT replicas timeout_ms`` on the SAME connection (WAIT counts the
+        replicas that have this connection's writes): (the reply, how many
+        replicas acknowledged it, or None when not asked).  The write is
+        retried as every command is (NOT_RUN_ERRORS, on a new connection);
+        WAIT is never re-sent: after an error its outcome is unknown.  On
+        the hot connection when it is free, else on one of the pool's."""
+        lock = self._hot_lock
+        hot = lock.acquire(blocking=False)
+        conn = self._checked_out() if hot else self.connection_pool.get_connection()
+        try:
+            reply = conn.retry.call_with_retry(lambda: _send_and_read_args(conn, args),
+                                               lambda error: self._refused(conn, error))
+            if not wait_if(reply):
+                return reply, None
+            return reply, int(_send_and_read_args(conn, ("WAIT", replicas, timeout_ms)))
+        finally:
+            if hot:
+                lock.release()
+            else:
+                self.connection_pool.release(conn)
 
     def _refused(self, conn: Any, error: Exception) -> None:
         """The hot path's failure callback: as the pool's (``_close_connection``)."""
@@ -285,6 +315,12 @@ def _send_and_read(conn: Any, packed: list[bytes]) -> Any:
     # ConnectionError / TimeoutError; an error reply is raised as its class
     # (NoScriptError, ReadOnlyError...) and leaves the connection usable
     conn.send_packed_command(packed)
+    return conn.read_response()
+
+
+def _send_and_read_args(conn: Any, args: tuple[Any, ...]) -> Any:
+    """As ``_send_and_read``, packed by redis-py."""
+    conn.send_command(*args)
     return conn.read_response()
 
 

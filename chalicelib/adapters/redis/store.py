@@ -41,10 +41,12 @@ from chalicelib.adapters.redis.keys import (
     owner_index_key,
     session_keys,
 )
-from chalicelib.config import Settings
+from chalicelib.config import REDIS_WAIT_REPLICAS, Settings
 from chalicelib.domain.errors import (
     ConcurrencyError,
+    ConfigurationError,
     IdempotencyKeyReused,
+    ServiceUnavailable,
     SessionExists,
     SessionExpired,
     SessionNotFound,
@@ -86,8 +88,15 @@ class SessionStore:
 
     def __init__(self, client: RedisClient, *, marker_ttl: int = 0,
                  channel: str = "session-updates", clock: Clock = time.time,
-                 idempotency_ttl: int = Settings.idempotency_ttl) -> None:
+                 idempotency_ttl: int = Settings.idempotency_ttl,
+                 wait_replicas: int = Settings.redis_wait_replicas,
+                 wait_timeout_ms: int = Settings.redis_wait_timeout_ms) -> None:
         self.client = client
+        #: REDIS_WAIT_REPLICAS: a write is acknowledged once on this many replicas
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        if wait_replicas and not hasattr(client, "call_then_wait"):
+            raise ConfigurationError(REDIS_WAIT_REPLICAS, "needs a single-node endpoint's client")
         self.marker_ttl = marker_ttl
         self.idempotency_ttl = idempotency_ttl
         self.channel = channel
@@ -409,6 +418,8 @@ class SessionStore:
             args += [""] * (_FINGERPRINT_ARG - len(args)) + [idempotency.fingerprint,
                                                              self.idempotency_ttl]
         try:
+            if self.wait_replicas:
+                return self._run_replicated(script, keys, args)
             return self._run(script, keys, args)
         except Exception as exc:
             # as ``with redis_errors()``, without its cost on every write
@@ -416,6 +427,44 @@ class SessionStore:
             if translated is None:
                 raise
             raise translated from exc
+
+    def _run_replicated(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """``_run``, then, for a write that committed, WAIT until
+        ``wait_replicas`` replicas have it (REDIS_WAIT_REPLICAS), on the
+        connection that ran it.
+
+        A WAIT that timed out leaves the write committed on the primary,
+        its outbox entry included (the relay ships it), but not confirmed
+        on a replica, so a failover could still lose it from Redis: the
+        client gets a 503 of unknown outcome, as for a reply cut off after
+        the script ran, and retries (with its Idempotency-Key: the replay
+        answers as the write did).
+
+        Timeline of the loss this closes::
+
+            t0  PUT v7 runs on the primary; WAIT 1: the replica has it
+            t1  acknowledged (200)
+            t2  the primary dies; the replica is promoted with v7
+            (without WAIT, t1 could come before the replica had v7: a
+            promoted replica at v6, and v7 only in the queue)
+        """
+        def committed(reply: Any) -> bool:
+            return isinstance(reply, list) and reply[:1] == [b"ok"]
+
+        call = self.client.call_then_wait  # type: ignore[union-attr]  # a single node's (__init__)
+        try:
+            reply, acked = call(("EVALSHA", script.sha, len(keys), *keys, *args),
+                                self.wait_replicas, self.wait_timeout_ms, committed)
+        except redis.exceptions.NoScriptError:
+            reply, acked = call(("EVAL", script.script, len(keys), *keys, *args),
+                                self.wait_replicas, self.wait_timeout_ms, committed)
+        if acked is not None and acked < self.wait_replicas:
+            raise ServiceUnavailable(
+                f"the write is committed on the Redis primary but {acked} of "
+                f"{self.wait_replicas} replicas confirmed it within {self.wait_timeout_ms} ms; "
+                "its outcome is unknown: retry with the same Idempotency-Key",
+                dependency="redis", retry_after_seconds=1)
+        return reply
 
     @staticmethod
     def _committed(session_id: str, reply: Sequence, idempotency: Idempotency | None

@@ -65,6 +65,19 @@ def warm(replicated_redis, database):
     service.store.client.close()
 
 
+@pytest.fixture
+def newcomer(replicated_redis, database):
+    """A process that connects when called (after a failover: it saw nothing end)."""
+    made: list[SessionService] = []
+
+    def connect() -> SessionService:
+        made.append(_service(replicated_redis, database))
+        return made[-1]
+    yield connect
+    for service in made:
+        service.store.client.close()
+
+
 def test_a_planned_failover_is_proven_to_have_lost_nothing_and_costs_no_settle_time(
         replicated_redis, warm, database):
     sid = _sid("planned")
@@ -91,7 +104,7 @@ def test_a_planned_failover_is_proven_to_have_lost_nothing_and_costs_no_settle_t
 
 
 def test_a_process_that_did_not_see_the_failover_trusts_the_evidence_another_found(
-        replicated_redis, warm, database):
+        replicated_redis, warm, newcomer):
     first, second = _sid("seen"), _sid("other")
     while bucket_of(second) == bucket_of(first):  # another bucket: passed on, not shared
         second = _sid("other")
@@ -100,35 +113,31 @@ def test_a_process_that_did_not_see_the_failover_trusts_the_evidence_another_fou
 
     replicated_redis.failover()
     warm.update(UpdateRequest(first, '{"n":2}', 1))  # finds the evidence, passes it on
-    cold = _service(replicated_redis, database)  # connects after the move: saw nothing end
-    try:
-        read, refusals, _ = _until_served(lambda: cold.get(second))
-        assert (read.session.version, refusals) == (1, [])
-        assert cold.store.client.ended_histories() == []
-        assert cold.store.continuity_proven == 1  # the record's evidence, not its own
-        updated, refusals, _ = _until_served(lambda: cold.update(UpdateRequest(second, '{"n":2}', 1)))
-        assert (updated.version, refusals) == (2, [])
-    finally:
-        cold.store.client.close()
+    cold = newcomer()
+
+    read, refusals, _ = _until_served(lambda: cold.get(second))
+    assert (read.session.version, refusals) == (1, [])
+    assert cold.store.client.ended_histories() == []
+    assert cold.store.continuity_proven == 1  # the record's evidence, not its own
+    updated, refusals, _ = _until_served(lambda: cold.update(UpdateRequest(second, '{"n":2}', 1)))
+    assert (updated.version, refusals) == (2, [])
 
 
 def test_a_process_that_meets_the_failover_before_the_evidence_is_told_to_come_back_soon(
-        replicated_redis, warm, database):
+        replicated_redis, warm, newcomer):
     sid = _sid("early")
     warm.create(CreateRequest(sid, '{"n":1}', None))
     replicated_redis.failover()
-    cold = _service(replicated_redis, database)  # saw nothing end
-    try:
-        with pytest.raises(ServiceUnavailable) as early:
-            cold.get(sid)
-        # not the whole settle time: the evidence may come any moment
-        assert early.value.details["retry_after_seconds"] <= 1.0
+    cold = newcomer()
 
-        warm.update(UpdateRequest(sid, '{"n":2}', 1))  # meets the demoted node: proves it
-        assert warm.store.continuity_proven >= 1
-        assert cold.get(sid).session.version == 2
-    finally:
-        cold.store.client.close()
+    with pytest.raises(ServiceUnavailable) as early:
+        cold.get(sid)
+    # not the whole settle time: the evidence may come any moment
+    assert early.value.details["retry_after_seconds"] <= 1.0
+
+    warm.update(UpdateRequest(sid, '{"n":2}', 1))  # meets the demoted node: proves it
+    assert warm.store.continuity_proven >= 1
+    assert cold.get(sid).session.version == 2
 
 
 def test_a_failover_to_a_replica_that_lacked_writes_is_not_trusted_and_waits(
@@ -159,7 +168,7 @@ def test_a_failover_to_a_replica_that_lacked_writes_is_not_trusted_and_waits(
     assert warm.store.continuity_proven == 0
 
 
-def test_evidence_the_new_primary_contradicts_is_refused(replicated_redis, warm, database):
+def test_evidence_the_new_primary_contradicts_is_refused(replicated_redis, warm, newcomer):
     """Seen ending one byte beyond what the promoted node holds: its last
     write may be lost, so the settle time holds."""
     sid = _sid("contradicted")
@@ -168,27 +177,24 @@ def test_evidence_the_new_primary_contradicts_is_refused(replicated_redis, warm,
     replicated_redis.failover()
     new = _replication(replicated_redis.primary)
     # a process that saw the old history end where it says (connected after the move)
-    store = SessionStore(connect_redis(Settings(redis_url=replicated_redis.proxy_url)))
+    store = newcomer().store
     seen = store.client._ended
     epoch = old["master_replid"][:8]
-    try:
-        seen[old["master_replid"]] = (new["second_repl_offset"], time.monotonic())
-        left, went_back = store.settle(sid, 10.0, value_epoch=epoch)
-        # a wait (asked again soon: evidence may still come), and the record continues nothing
-        assert (left > 0, went_back, store.continuity_proven) == (True, True, 0)
-        assert store.client.get(epoch_key(sid)).decode().split("|")[2] == ""
+    seen[old["master_replid"]] = (new["second_repl_offset"], time.monotonic())
+    left, went_back = store.settle(sid, 10.0, value_epoch=epoch)
+    # a wait (asked again soon: evidence may still come), and the record continues nothing
+    assert (left > 0, went_back, store.continuity_proven) == (True, True, 0)
+    assert store.client.get(epoch_key(sid)).decode().split("|")[2] == ""
 
-        # the old history's own clock still ran (it had gone back in time
-        # itself a second ago): it carries over, for values older than it
-        seconds, micros = store.client.time()
-        store.client.set(epoch_key(sid), f"{epoch}|{seconds * 1000 + micros // 1000 - 1000}||")
-        seen[old["master_replid"]] = (new["second_repl_offset"] - 1, time.monotonic())
-        assert store.settle(sid, 10.0, value_epoch=epoch) == (0.0, False)  # exactly enough
-        assert store.continuity_proven == 1
-        left, went_back = store.settle(sid, 10.0, value_epoch="deadbeef")
-        assert (7 < left < 9.5, went_back) == (True, False)
-    finally:
-        store.client.close()
+    # the old history's own clock still ran (it had gone back in time
+    # itself a second ago): it carries over, for values older than it
+    seconds, micros = store.client.time()
+    store.client.set(epoch_key(sid), f"{epoch}|{seconds * 1000 + micros // 1000 - 1000}||")
+    seen[old["master_replid"]] = (new["second_repl_offset"] - 1, time.monotonic())
+    assert store.settle(sid, 10.0, value_epoch=epoch) == (0.0, False)  # exactly enough
+    assert store.continuity_proven == 1
+    left, went_back = store.settle(sid, 10.0, value_epoch="deadbeef")
+    assert (7 < left < 9.5, went_back) == (True, False)
 
 
 def test_a_demoted_node_reports_where_its_history_ended(replicated_redis):
