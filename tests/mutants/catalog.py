@@ -268,8 +268,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "a history seen ending beyond what the promoted node holds counts as continued"),
     mutant(
         "continued-epoch-trusts-older-values", 17, LUA_SETTLE,
-        (("  if from ~= '' and ARGV[4] == from then return {0, 3, ep} end\n",
-          "  if from ~= '' then return {0, 3, ep} end\n"),),
+        (("return {ARGV[4] == from and 0 or left(), 3, ep}", "return {0, 3, ep}"),),
         (f"{T_EVIDENCE}::test_evidence_the_new_primary_contradicts_is_refused",),
         "a value from before an earlier, lossy failover skips the clock because the last one lost nothing"),
     mutant(

@@ -147,6 +147,7 @@ class _Redis(redis.Redis):
         super().__init__(*args, **kwargs)
         #: replication id -> (offset its history ended at, when seen): see ended_histories
         self._ended: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._ended_lock = threading.Lock()
         self._forget_hot_connection()
         # a forked child must not talk on its parent's socket (the pool
         # resets itself likewise); the weak reference lets the client go
@@ -163,8 +164,9 @@ class _Redis(redis.Redis):
         """(replication id, offset) of each history this client saw end
         lately: the evidence SETTLE_SCRIPT weighs after a failover."""
         cutoff = time.monotonic() - ENDED_HISTORY_SECONDS
-        return [(replid, offset) for replid, (offset, seen) in list(self._ended.items())
-                if seen > cutoff]
+        with self._ended_lock:
+            return [(replid, offset) for replid, (offset, seen) in self._ended.items()
+                    if seen > cutoff]
 
     def _close_connection(self, conn: Any, error: Exception | None = None,
                           *args: Any, **kwargs: Any) -> None:
@@ -197,8 +199,10 @@ class _Redis(redis.Redis):
                                        if ":" in line))
         except Exception:  # deliberately broad: evidence is optional, the retry is not
             return
-        if ended is not None:
-            replid, offset = ended
+        if ended is None:
+            return
+        replid, offset = ended
+        with self._ended_lock:  # the threaded local server's threads share the client
             self._ended[replid] = (offset, time.monotonic())
             self._ended.move_to_end(replid)
             while len(self._ended) > ENDED_HISTORIES_KEPT:

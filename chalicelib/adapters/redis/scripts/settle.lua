@@ -63,7 +63,9 @@ if rep == ep then
     if was_rep == prev and was_since ~= '' then since = tonumber(was_since) end
     redis.call('SET', KEYS[1], ep .. '|' .. since .. '|' .. prev .. '|')
   end
-  if from ~= '' and ARGV[4] == from then return {0, 3, ep} end
+  -- continued: values of the epoch it continues are current; older ones
+  -- wait for the clock the old history carried over
+  if from ~= '' then return {ARGV[4] == from and 0 or left(), 3, ep} end
   return {left(), 0, ep, (from == '' and was_rep == prev) and 1 or 0}
 end
 if proven then
