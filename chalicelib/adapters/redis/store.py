@@ -209,7 +209,7 @@ class SessionStore:
         self._epochs_seen.setdefault(node, epoch)
         if status == 3:  # the same history, continued: nothing went back
             self.continuity_proven += 1
-            if (node, epoch) not in self._spread:
+            if shown and (node, epoch) not in self._spread:  # this process's own evidence
                 self._spread.add((node, epoch))
                 self._spread_evidence(shown)
             return int(left) / 1000, False
