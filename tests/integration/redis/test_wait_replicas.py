@@ -19,7 +19,6 @@ from chalicelib.domain.errors import ConfigurationError, ServiceUnavailable
 from chalicelib.domain.idempotency import Idempotency
 from tests.support.servers import ReplicatedRedis
 
-
 #: a healthy replica confirms within this even on a loaded machine; a write
 #: that must time out (no replica) is given less
 PATIENT_MS = 5000
