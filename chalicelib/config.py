@@ -70,6 +70,8 @@ API_KEYS_SECRET_ARN = "SESSIONSYNC_API_KEYS_SECRET_ARN"
 OUTBOX_RELAY_AGE = "OUTBOX_RELAY_AGE_SECONDS"
 SQS_SEND_TIMEOUT = "SQS_SEND_TIMEOUT_SECONDS"
 REDIS_SETTLE = "REDIS_SETTLE_SECONDS"
+REDIS_WAIT_REPLICAS = "REDIS_WAIT_REPLICAS"
+REDIS_WAIT_TIMEOUT = "REDIS_WAIT_TIMEOUT_MS"
 PUBSUB_CHANNEL = "SESSIONSYNC_CHANNEL"
 AUTH_MODE = "SESSIONSYNC_AUTH"
 SYNC_EVENTS_RETENTION_DAYS = "SYNC_EVENTS_RETENTION_DAYS"
@@ -325,6 +327,14 @@ class Settings:
     #: wait (503) for changes still in the queue to reach PostgreSQL: longer
     #: than the pipeline's usual lag (chalicelib/service/sessions.py, "settle")
     redis_settle: float = _setting(REDIS_SETTLE, _bounded(float, 0.0, 3600.0), 10.0)
+    #: a write is acknowledged only once this many replicas have it (Redis
+    #: WAIT after the write's script); 0, off: acknowledged once the primary
+    #: has it.  Not on a cluster endpoint (docs/decisions/failover-evidence.md)
+    redis_wait_replicas: int = _setting(REDIS_WAIT_REPLICAS, _bounded(int, 0, 5), 0)
+    #: how long a write waits for them: past it the write is committed on
+    #: the primary but not confirmed, a 503 of unknown outcome.  Within the
+    #: one-second budget of a 503
+    redis_wait_timeout_ms: int = _setting(REDIS_WAIT_TIMEOUT, _bounded(int, 1, 1000), 200)
     channel: str = _setting(PUBSUB_CHANNEL, _text, "session-updates")
     #: a GET gives the Redis key its full TTL again.  Only Redis sees it:
     #: the lifetime PostgreSQL knows, and recovery honours, moves with
@@ -409,6 +419,9 @@ def _check_redis(s: Settings) -> None:
         if not s.redis_iam_cache_name:
             raise ConfigurationError(REDIS_IAM_CACHE_NAME, f"{REDIS_AUTH}=iam needs the replication "
                                                            "group (or serverless cache) id")
+    if s.redis_cluster and s.redis_wait_replicas:
+        raise ConfigurationError(REDIS_WAIT_REPLICAS, "is not available on a cluster endpoint: "
+                                                      f"unset it (or {REDIS_CLUSTER})")
     if s.redis_secret_arn and (parts.username or parts.password):
         raise ConfigurationError(REDIS_SECRET_ARN, "the credentials come from the secret: "
                                                    f"remove user and password from {REDIS_URL}")

@@ -95,7 +95,9 @@ def store() -> SessionStore:
     from chalicelib.adapters.redis.store import SessionStore
     s = settings()
     return _once("store", lambda: SessionStore(redis(), marker_ttl=s.marker_ttl, channel=s.channel,
-                                                    idempotency_ttl=s.idempotency_ttl))
+                                                    idempotency_ttl=s.idempotency_ttl,
+                                                    wait_replicas=s.redis_wait_replicas,
+                                                    wait_timeout_ms=s.redis_wait_timeout_ms))
 
 
 def sqs() -> Any:

@@ -79,12 +79,16 @@ class EpochChanged(Exception):
     last went back in time (a failover, a restart): PostgreSQL may hold a
     newer version."""
 
-    def __init__(self, session_id: str, version: int, session: Session | None = None) -> None:
+    def __init__(self, session_id: str, version: int, session: Session | None = None, *,
+                 epoch: str | None = None) -> None:
         super().__init__(session_id, version)
         self.session_id = session_id
         self.version = version
         #: the value read, for ``get`` (a write script refuses without returning it)
         self.session = session
+        #: the epoch the value carries: a node proven to continue its
+        #: history needs no wait for it (``Store.settle``)
+        self.epoch = epoch
 
 
 class RedisBehind(Exception):
@@ -155,8 +159,8 @@ class Store(Protocol):
     def set_sweep_position(self, after: str) -> None: ...
 
     # -- Redis that forgot: waits, confirmations, repairs
-    def settle(self, session_id: str, seconds: float, *,
-               unrecorded_settled: bool = False) -> tuple[float, bool]: ...
+    def settle(self, session_id: str, seconds: float, *, unrecorded_settled: bool = False,
+               value_epoch: str | None = None) -> tuple[float, bool]: ...
 
     def hold(self, session_id: str, seconds: float) -> float: ...
 

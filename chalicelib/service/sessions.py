@@ -189,7 +189,7 @@ class SessionService:
                                      slide=self.slide_on_read)
         except EpochChanged as exc:
             assert exc.session is not None  # store.get raises it with the value it read
-            return self._confirm(exc.session)
+            return self._confirm(exc.session, exc.epoch)
         if session is not None:
             return Read(session)
         return Read(self._recover(session_id), recovered=True)
@@ -371,7 +371,8 @@ class SessionService:
             except KeyMissing:
                 self._recover(session_id)
             except (EpochChanged, RedisBehind) as exc:
-                persisted = self._reconcile(session_id, exc.version)
+                persisted = self._reconcile(session_id, exc.version,
+                                            epoch=exc.epoch if isinstance(exc, EpochChanged) else None)
         raise ServiceUnavailable(f"session {session_id!r} kept changing while Redis was being "
                                  "reconciled with PostgreSQL; retry", dependency="redis")
 
@@ -433,10 +434,11 @@ class SessionService:
                       extra={"event_id": result.event_id, "code": getattr(exc, "code", type(exc).__name__),
                              "error": getattr(exc, "message", str(exc))})
 
-    def _reconcile(self, session_id: str, redis_version: int) -> int:
+    def _reconcile(self, session_id: str, redis_version: int, *, epoch: str | None = None) -> int:
         """PostgreSQL's version of a session whose Redis value predates Redis's
         last jump back in time; Redis is repaired from PostgreSQL first when
-        it is behind.
+        it is behind.  ``epoch``, the value's, lets a node proven to continue
+        that epoch's history skip the wait (``_settle``).
 
         Timeline of the failover this guards against::
 
@@ -451,7 +453,7 @@ class SessionService:
         the store drops the older value and raises SessionExpired (the
         marker names v7, final for a recorded end), never a revived session.
         """
-        self._settle(session_id)
+        self._settle(session_id, value_epoch=epoch)
         assert self.durable is not None  # reconciling is only done with PostgreSQL
         persisted = self.durable.latest(session_id)
         if persisted is None:
@@ -467,10 +469,14 @@ class SessionService:
                 return exc.marker_version
         return persisted.version
 
-    def _settle(self, session_id: str, *, unrecorded_settled: bool = False) -> None:
+    def _settle(self, session_id: str, *, unrecorded_settled: bool = False,
+                value_epoch: str | None = None) -> None:
         """Raise ServiceUnavailable (503, retry later) while the changes sent
         before Redis went back in time may still be on their way to
-        PostgreSQL; see the module docstring.
+        PostgreSQL; see the module docstring.  A failover that is proven to
+        have lost nothing (the promoted node continues the history of
+        ``value_epoch`` past where this process saw it end: SETTLE_SCRIPT)
+        did not go back in time: no wait for that value.
 
         Timeline::
 
@@ -483,7 +489,8 @@ class SessionService:
                 repaired, ConcurrencyError (actual 7)
         """
         left, went_back = self.store.settle(session_id, self.settle_seconds,
-                                            unrecorded_settled=unrecorded_settled)
+                                            unrecorded_settled=unrecorded_settled,
+                                            value_epoch=value_epoch)
         if went_back:
             metrics.emit({"RedisEpochChanges": 1})
         if went_back and not self._reported_at + REPORT_INTERVAL_SECONDS > time.monotonic():
@@ -496,10 +503,11 @@ class SessionService:
         _retry_later(left, f"Redis failed over or restarted; session {session_id!r} is being "
                            "reconciled with PostgreSQL")
 
-    def _confirm(self, session: Session) -> Read:
-        """Serve a value of another epoch once PostgreSQL confirmed it (or
-        PostgreSQL's newer version, after repairing Redis with it)."""
-        persisted = self._reconcile(session.session_id, session.version)
+    def _confirm(self, session: Session, epoch: str | None = None) -> Read:
+        """Serve a value of another epoch (``epoch``) once PostgreSQL
+        confirmed it (or PostgreSQL's newer version, after repairing Redis
+        with it)."""
+        persisted = self._reconcile(session.session_id, session.version, epoch=epoch)
         if persisted > session.version:
             return self.get(session.session_id)  # repaired: the current epoch now
         try:

@@ -18,8 +18,8 @@ from sessionsync.bench.harness import quiet_telemetry
 # Cheap and noise-sensitive sections first, while the machine is quietest;
 # the heavy loads (a million sessions, 16 writer processes) last.
 SECTION_ORDER = ("store", "cas_split", "handler", "coldstart", "consumer", "consumer_floor", "memory",
-                 "memory_levers", "relay", "scale", "cluster", "contention", "consumers_parallel",
-                 "http_load")
+                 "memory_levers", "relay", "scale", "cluster", "replication", "contention",
+                 "consumers_parallel", "http_load")
 SCHEMA_VERSION = 1
 
 

@@ -56,6 +56,7 @@ LUA_RESTORE = f"{REDIS}/scripts/restore.lua"
 LUA_VOUCH = f"{REDIS}/scripts/vouch.lua"
 LUA_GET = f"{REDIS}/scripts/get.lua"
 LUA_EXPIRE = f"{REDIS}/scripts/expire.lua"
+LUA_SETTLE = f"{REDIS}/scripts/settle.lua"
 SESSIONS = "chalicelib/service/sessions.py"
 PERSISTENCE = "chalicelib/adapters/postgres/database.py"
 CONSUMER = "chalicelib/pipeline/consumer.py"
@@ -78,6 +79,8 @@ T_OUTAGE = "tests/integration/redis/test_redis_outage.py"
 T_FAILOVER = "tests/integration/redis/test_redis_failover.py"
 T_HOT = "tests/integration/store/test_redis_hot_path.py"
 T_IDEMPOTENCY = "tests/integration/sessions/test_idempotency.py"
+T_EVIDENCE = "tests/integration/redis/test_failover_evidence.py"
+T_WAIT = "tests/integration/redis/test_wait_replicas.py"
 T_LIFE = "tests/integration/sessions/test_session_lifetime.py"
 T_LIFE_UNITS = "tests/unit/test_session_lifetime_units.py"
 EXPIRY = "chalicelib/pipeline/expiry.py"
@@ -254,6 +257,52 @@ MUTANTS: tuple[Mutant, ...] = (
           "        if False:\n"),),
         (f"{T_RULES}::test_a_session_redis_may_hold_stale_waits_for_the_settle_time_before_postgresql_judges",),
         "Redis going back in time (what may have lost acknowledged changes) is not logged"),
+    # -- 17: a failover that lost nothing costs no settle time; one that lost writes does
+    mutant(
+        "continuity-trusted-without-evidence", 17, LUA_SETTLE,
+        (("local proven = false\n", "local proven = replid2 ~= ''\n"),),
+        (f"{T_EVIDENCE}::test_a_failover_to_a_replica_that_lacked_writes_is_not_trusted_and_waits",
+         f"{T_EVIDENCE}::test_evidence_the_new_primary_contradicts_is_refused"),
+        "a promoted replica that names the old history as its replid2 is trusted, writes lost or not"),
+    mutant(
+        "continuity-offset-unchecked", 17, LUA_SETTLE,
+        (("if ARGV[i] == replid2 and second - 1 >= tonumber(ARGV[i + 1]) then",
+          "if ARGV[i] == replid2 then"),),
+        (f"{T_EVIDENCE}::test_evidence_the_new_primary_contradicts_is_refused",),
+        "a history seen ending beyond what the promoted node holds counts as continued"),
+    mutant(
+        "continued-epoch-trusts-older-values", 17, LUA_SETTLE,
+        (("return {ARGV[4] == from and 0 or left(), 3, ep}", "return {0, 3, ep}"),),
+        (f"{T_EVIDENCE}::test_evidence_the_new_primary_contradicts_is_refused",),
+        "a value from before an earlier, lossy failover skips the clock because the last one lost nothing"),
+    mutant(
+        "settle-answers-on-a-demoted-node", 17, LUA_SETTLE,
+        (("if string.find(info, 'role:slave', 1, true) then", "if false then"),),
+        (f"{T_EVIDENCE}::test_a_process_that_meets_the_failover_before_the_evidence_is_told_to_come_back_soon",),
+        "a settle on a pooled connection to the demoted node answers there: its evidence is never heard"),
+    mutant(
+        "evidence-not-passed-on", 17, STORE,
+        (("                self._spread_evidence(shown)\n", ""),),
+        (f"{T_EVIDENCE}::test_a_process_that_did_not_see_the_failover_trusts_the_evidence_another_found",),
+        "only the process that met the demoted node skips the settle time"),
+    mutant(
+        "ended-history-read-from-the-live-id", 17, REDIS_CLIENT,
+        (("    if info.get(\"master_link_status\") != \"up\":\n", "    if True:\n"),),
+        (f"{T_EVIDENCE}::test_a_demoted_node_reports_where_its_history_ended",),
+        "a resynchronised demoted node's current (live) history is taken for the one that ended"),
+    mutant(
+        "wait-for-replicas-skipped", 17, STORE,
+        (("            if self.wait_replicas:\n                return self._run_replicated(",
+          "            if False:\n                return self._run_replicated("),),
+        (f"{T_WAIT}::test_an_acknowledged_write_is_on_the_replica_when_it_is_acknowledged",
+         f"{T_WAIT}::test_a_write_no_replica_confirms_is_a_503_of_unknown_outcome_committed_on_the_primary"),
+        "REDIS_WAIT_REPLICAS is set but a write is acknowledged before a replica has it"),
+    mutant(
+        "unconfirmed-write-acknowledged", 17, STORE,
+        (("        if acked is not None and acked < self.wait_replicas:\n",
+          "        if False:\n"),),
+        (f"{T_WAIT}::test_a_write_no_replica_confirms_is_a_503_of_unknown_outcome_committed_on_the_primary",),
+        "a write no replica confirmed in time is answered 200, as if a failover could not lose it"),
     # -- 5: a dependency outage is a fast 503 ------------------------------------
     mutant(
         "redis-connection-errors-not-503", 5, REDIS_ERRORS,
@@ -295,7 +344,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "a pooled connection stuck on the demoted node answers READONLY until it is dropped"),
     mutant(
         "stale-hot-connection-kept", 9, REDIS_CLIENT,
-        (("                _drop_if_dead(conn)\n", "                pass\n"),),
+        (("            _drop_if_dead(conn)\n", "            pass\n"),),
         (f"{T_HOT}::test_a_write_after_the_server_closed_the_warm_connection_goes_through_on_a_new_one",),
         "a warm connection the server closed (restart, failover, idle timeout) fails the next "
         "write with a 503, outcome unknown, instead of reconnecting first"),
@@ -598,9 +647,9 @@ MUTANTS: tuple[Mutant, ...] = (
          "leaves_no_lock",),
         "the purge's lock outlives its batch on a pooled server connection: later purges find "
         "it held and do nothing"),
-    # -- 17: slow clients cannot hold the local server ----------------------------------
+    # -- 18: slow clients cannot hold the local server ----------------------------------
     mutant(
-        "serve-read-deadline-per-recv", 17, SERVE_LIMITS,
+        "serve-read-deadline-per-recv", 18, SERVE_LIMITS,
         (("            self._sock.settimeout(self._time_left())\n            return self._sock.recv_into",
           "            self._sock.settimeout(self.span)\n            return self._sock.recv_into"),),
         (f"{T_SERVE}::test_clients_dribbling_a_request_byte_by_byte_are_cut_at_the_request_deadline_"
@@ -608,12 +657,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "each read waits the whole request timeout again: a client sending a byte now and then "
         "holds its thread for ever"),
     mutant(
-        "serve-connections-uncapped", 17, SERVE_LIMITS,
+        "serve-connections-uncapped", 18, SERVE_LIMITS,
         (("threading.BoundedSemaphore(limits.max_connections)", "threading.BoundedSemaphore(1 << 16)"),),
         (f"{T_SERVE}::test_connections_beyond_the_cap_get_a_503_with_retry_after_and_add_no_thread",),
         "every connection gets a thread: slow clients grow the server's threads and memory without bound"),
     mutant(
-        "serve-idle-keepalive-not-reclaimed", 17, SERVE_LIMITS,
+        "serve-idle-keepalive-not-reclaimed", 18, SERVE_LIMITS,
         (("            if not self._idle:\n                return False",
           "            if True:\n                return False"),),
         (f"{T_SERVE}::test_idle_keep_alive_connections_give_their_places_to_new_clients_at_the_cap",),

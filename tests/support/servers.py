@@ -530,7 +530,8 @@ class ReplicatedRedis:
         """Promote the replica; demote the primary; move the endpoint.
 
         Unless ``lose_unreplicated`` (or ``stop_replication()`` came first),
-        the replica first catches up with the primary: a failover that loses
+        the primary hands over with Redis's FAILOVER (writes paused until the
+        replica has them all): a failover that loses
         nothing.  Otherwise the primary's writes not yet on the replica are
         lost: the demoted node resynchronises from the new primary.
         ``move_endpoint=False`` leaves the proxy on the demoted node until
@@ -538,9 +539,10 @@ class ReplicatedRedis:
         """
         old, new = self.primary, self.replica
         if self.replicating and not lose_unreplicated:
-            self._catch_up(new, old)
-        with self.admin(new) as client:
-            client.execute_command("REPLICAOF", "NO", "ONE")
+            self._hand_over(old, new)
+        else:
+            with self.admin(new) as client:
+                client.execute_command("REPLICAOF", "NO", "ONE")
         self._follow(old, new)
         self.replicating = True
         self.primary, self.replica = new, old
@@ -561,6 +563,24 @@ class ReplicatedRedis:
                 info = client.info("replication")
                 return info["role"] == "slave" and info["master_link_status"] == "up"
             wait_for(linked, 20, f"replication {leader.port} -> {follower.port}")
+
+    def _hand_over(self, old: RedisServer, new: RedisServer) -> None:
+        """A planned failover as Redis runs one (FAILOVER): the primary
+        pauses writes until the replica has all of them, then promotes it
+        and follows it.  Catching up first and promoting after would leave a
+        window in which the primary's replication PING (every 10 s) reaches
+        the old primary alone: a failover that lost a few bytes, so a
+        demoted node that needs a full resync."""
+        with self.admin(old) as client:
+            client.execute_command("FAILOVER", "TO", "127.0.0.1", str(new.port), "TIMEOUT", "10000")
+
+            def handed_over() -> bool:
+                info = client.info("replication")
+                return info["role"] == "slave" and info["master_failover_state"] == "no-failover"
+            wait_for(handed_over, 20, f"failover {old.port} -> {new.port}")
+        with self.admin(new) as client:
+            wait_for(lambda: client.info("replication")["role"] == "master", 20,
+                     f"{new.port} promoted")
 
     def _catch_up(self, follower: RedisServer, leader: RedisServer) -> None:
         with self.admin(leader) as lead, self.admin(follower) as follow:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,6 +54,10 @@ CLUSTER_RETRIES = 1
 # at a time and never gets near it.  Redis's own default maxclients bounds
 # it instead.
 POOL_MAX_CONNECTIONS = 10_000
+# Histories seen ending (``_Redis.ended_histories``) are kept this long and
+# this many: evidence for the failover that ended them, not for a later one.
+ENDED_HISTORY_SECONDS = 120.0
+ENDED_HISTORIES_KEPT = 8
 
 def connect_redis(settings: Settings, secrets_client: Any = None, **overrides: Any) -> RedisClient:
     """Return a client for ``settings.redis_url``.
@@ -138,6 +145,9 @@ class _Redis(redis.Redis):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: replication id -> (offset its history ended at, when seen): see ended_histories
+        self._ended: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._ended_lock = threading.Lock()
         self._forget_hot_connection()
         # a forked child must not talk on its parent's socket (the pool
         # resets itself likewise); the weak reference lets the client go
@@ -149,6 +159,54 @@ class _Redis(redis.Redis):
         encoder = self.get_encoder()
         self._hot = (encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
                      and self.get_cache() is None)
+
+    def ended_histories(self) -> list[tuple[str, int]]:
+        """(replication id, offset) of each history this client saw end
+        lately: the evidence SETTLE_SCRIPT weighs after a failover."""
+        cutoff = time.monotonic() - ENDED_HISTORY_SECONDS
+        with self._ended_lock:
+            return [(replid, offset) for replid, (offset, seen) in self._ended.items()
+                    if seen > cutoff]
+
+    def _close_connection(self, conn: Any, error: Exception | None = None,
+                          *args: Any, **kwargs: Any) -> None:
+        # the pool's path: redis-py's failure callback, before the retry
+        if isinstance(error, ENDED_HISTORY_ERRORS):
+            self._note_ended_history(conn)
+        super()._close_connection(conn, error, *args, **kwargs)
+
+    def _note_ended_history(self, conn: Any) -> None:
+        """Ask the node that refused a write, on the same connection, where
+        its history as the primary ended (``ended_history``), and keep it.
+
+        Timeline of the planned failover this witnesses::
+
+            t0  the replica caught up with the primary (history A, offset F)
+            t1  the replica is promoted (history B, master_replid2 A,
+                second_repl_offset F+1); the old primary is demoted
+            t2  the endpoint's name moves to the new primary
+            t3  a write on a pooled connection to the demoted node: READONLY;
+                here it says history A ended at F
+            t4  the write is sent again, on the new primary: F+1 <= F+1, so
+                nothing acknowledged in A was lost (SETTLE_SCRIPT)
+
+        Best effort: the connection is dropped right after, whatever happens."""
+        try:
+            conn.send_command("INFO", "replication")
+            raw = conn.read_response()
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            ended = ended_history(dict(line.split(":", 1) for line in text.splitlines()
+                                       if ":" in line))
+        except Exception:  # deliberately broad: evidence is optional, the retry is not
+            return
+        if ended is None:
+            return
+        replid, offset = ended
+        with self._ended_lock:  # the threaded local server's threads share the client
+            self._ended[replid] = (offset, time.monotonic())
+            self._ended.move_to_end(replid)
+            while len(self._ended) > ENDED_HISTORIES_KEPT:
+                self._ended.popitem(last=False)
 
     def _forget_hot_connection(self) -> None:
         self._hot_lock = threading.Lock()
@@ -164,18 +222,83 @@ class _Redis(redis.Redis):
             packed = _pack(args)
             if packed is None:  # an argument only redis-py's encoder knows (or refuses)
                 return super().execute_command(*args, **options)
-            conn = self._hot_connection
-            if conn is None:
-                # from the pool, so that closing the client closes it too
-                conn = self._hot_connection = self.connection_pool.get_connection()
-            else:
-                _drop_if_dead(conn)
+            conn = self._checked_out()
             reply = conn.retry.call_with_retry(lambda: _send_and_read(conn, packed),
-                                               lambda _error: conn.disconnect())
+                                               lambda error: self._refused(conn, error))
             callback = self.response_callbacks.get(args[0])
             return reply if callback is None else callback(reply)
         finally:
             self._hot_lock.release()
+
+
+    def _checked_out(self) -> Any:
+        """The hot connection (the caller holds ``_hot_lock``)."""
+        conn = self._hot_connection
+        if conn is None:
+            # from the pool, so that closing the client closes it too
+            conn = self._hot_connection = self.connection_pool.get_connection()
+        else:
+            _drop_if_dead(conn)
+        return conn
+
+    def call_then_wait(self, args: tuple[Any, ...], replicas: int, timeout_ms: int,
+                       wait_if: Callable[[Any], bool]) -> tuple[Any, int | None]:
+        """Send ``args`` (a write's script), then, when ``wait_if(reply)``,
+        ``WAIT replicas timeout_ms`` on the SAME connection (WAIT counts the
+        replicas that have this connection's writes): (the reply, how many
+        replicas acknowledged it, or None when not asked).  The write is
+        retried as every command is (NOT_RUN_ERRORS, on a new connection);
+        WAIT is never re-sent: after an error its outcome is unknown.  On
+        the hot connection when it is free, else on one of the pool's."""
+        lock = self._hot_lock
+        hot = lock.acquire(blocking=False)
+        conn = self._checked_out() if hot else self.connection_pool.get_connection()
+        try:
+            reply = conn.retry.call_with_retry(lambda: _send_and_read_args(conn, args),
+                                               lambda error: self._refused(conn, error))
+            if not wait_if(reply):
+                return reply, None
+            return reply, int(_send_and_read_args(conn, ("WAIT", replicas, timeout_ms)))
+        finally:
+            if hot:
+                lock.release()
+            else:
+                self.connection_pool.release(conn)
+
+    def _refused(self, conn: Any, error: Exception) -> None:
+        """The hot path's failure callback: as the pool's (``_close_connection``)."""
+        if isinstance(error, ENDED_HISTORY_ERRORS):
+            self._note_ended_history(conn)
+        conn.disconnect()
+
+
+# The refusals of a node that was the primary and is a replica now (reached
+# through the primary endpoint's name: it named this node when the
+# connection was opened); a replica's history as the primary has ended.
+ENDED_HISTORY_ERRORS = (ReadOnlyError, MasterDownError)
+_NO_ID = "0" * 40
+
+
+def ended_history(info: dict[str, str]) -> tuple[str, int] | None:
+    """(replication id, the offset it ended at) of the history a demoted
+    primary served, from its INFO replication; None when it does not say.
+
+    Demoted, not yet synchronised with the new primary (link not up): its
+    own id and offset, final (a replica accepts no write).  Synchronised by
+    a partial resync (the new primary continued its history): the id it
+    left (master_replid2) and second_repl_offset - 1.  After a full resync
+    (the new primary lacked some of its writes) it names neither: no evidence.
+    """
+    if info.get("role") != "slave":
+        return None
+    if info.get("master_link_status") != "up":
+        replid, offset = info.get("master_replid", ""), info.get("master_repl_offset", "")
+    else:
+        replid, offset = info.get("master_replid2", ""), info.get("second_repl_offset", "")
+        offset = str(int(offset) - 1) if offset.lstrip("-").isdigit() else ""
+    if len(replid) != 40 or replid == _NO_ID or not offset.isdigit():
+        return None
+    return replid, int(offset)
 
 
 def _drop_if_dead(conn: Any) -> None:
@@ -196,6 +319,12 @@ def _send_and_read(conn: Any, packed: list[bytes]) -> Any:
     # ConnectionError / TimeoutError; an error reply is raised as its class
     # (NoScriptError, ReadOnlyError...) and leaves the connection usable
     conn.send_packed_command(packed)
+    return conn.read_response()
+
+
+def _send_and_read_args(conn: Any, args: tuple[Any, ...]) -> Any:
+    """As ``_send_and_read``, packed by redis-py."""
+    conn.send_command(*args)
     return conn.read_response()
 
 

@@ -54,6 +54,14 @@ def decode_session(session_id: str, raw: bytes | str) -> Session:
                    owner)
 
 
+def value_epoch(raw: bytes | str) -> str:
+    """The epoch a stored value carries (scripts/lib.lua): what the settle
+    script is asked about after a failover."""
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    return raw.split("|", 5)[4][1:].split("@", 1)[0]
+
+
 def decode_marker(raw: bytes) -> Marker:
     """A marker "<version>|<L|D|E>"."""
     version, flag = raw.decode().split("|")

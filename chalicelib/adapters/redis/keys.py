@@ -13,7 +13,7 @@ touches one hash slot and runs unchanged on Redis Cluster)::
                        E: the lifetime ended, EXPIRE_SCRIPT)
     ss:{NNNN}:ob       outbox index: ZSET event id -> enqueue time (ms)
     ss:{NNNN}:od       outbox data:  HASH event id -> event JSON
-    ss:{NNNN}:e        epoch record "<epoch>|<ms first seen>" (SETTLE_SCRIPT)
+    ss:{NNNN}:e        epoch record "<epoch>|<ms first seen>[|<epoch it continues>]" (SETTLE_SCRIPT)
     ss:{NNNN}:h:<id>   hold record of a session Redis lost (HOLD_SCRIPT), short-lived
     ss:{NNNN}:k:<id>|<key>  idempotency record of a keyed write: "<fingerprint>|<event>",
                        written by the write's own script, expires (idempotency_ttl);
@@ -90,7 +90,12 @@ def legacy_idempotency_key(session_id: str, key: str) -> str:
 
 def epoch_key(session_id: str) -> str:
     """The epoch record of ``session_id``'s bucket (SETTLE_SCRIPT)."""
-    return f"{bucket_tag(bucket_of(session_id))}:e"
+    return bucket_epoch_key(bucket_of(session_id))
+
+
+def bucket_epoch_key(bucket: int) -> str:
+    """The epoch record of ``bucket``."""
+    return f"{bucket_tag(bucket)}:e"
 
 
 #: the expiry sweep's position (chalicelib.pipeline.expiry)

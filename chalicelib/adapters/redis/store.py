@@ -27,11 +27,13 @@ from chalicelib.adapters.redis.codec import (
     iso_utc,
     owner_suffix,
     session_from_event,
+    value_epoch,
 )
 from chalicelib.adapters.redis.errors import redis_errors, unavailable
 from chalicelib.adapters.redis.keys import (
     BUCKETS,
     SWEEP_POSITION_KEY,
+    bucket_epoch_key,
     bucket_of,
     epoch_key,
     hold_key,
@@ -42,11 +44,13 @@ from chalicelib.adapters.redis.keys import (
     owner_revoke_keys,
     session_keys,
 )
-from chalicelib.config import Settings
+from chalicelib.config import REDIS_WAIT_REPLICAS, Settings
 from chalicelib.constants import REVOKE_POSITION_TTL_SECONDS
 from chalicelib.domain.errors import (
     ConcurrencyError,
+    ConfigurationError,
     IdempotencyKeyReused,
+    ServiceUnavailable,
     SessionExists,
     SessionExpired,
     SessionNotFound,
@@ -66,6 +70,13 @@ from chalicelib.domain.store import (
 Clock = Callable[[], float]
 
 
+# While the node says it continues the history a bucket was in, unproven
+# yet, a settle asks to be asked again this soon: the process that meets
+# the demoted node may prove it any moment (SETTLE_SCRIPT), and a client
+# told to come back when the whole settle time has run out would wait it
+# all for nothing.
+EVIDENCE_RECHECK_SECONDS = 1.0
+
 # outbox_pending counts this many buckets first: enough to cover a page
 # when a backlog is waiting, without counting every bucket for each page
 _OUTBOX_FIRST_WINDOW = 64
@@ -81,8 +92,15 @@ class SessionStore:
 
     def __init__(self, client: RedisClient, *, marker_ttl: int = 0,
                  channel: str = "session-updates", clock: Clock = time.time,
-                 idempotency_ttl: int = Settings.idempotency_ttl) -> None:
+                 idempotency_ttl: int = Settings.idempotency_ttl,
+                 wait_replicas: int = Settings.redis_wait_replicas,
+                 wait_timeout_ms: int = Settings.redis_wait_timeout_ms) -> None:
         self.client = client
+        #: REDIS_WAIT_REPLICAS: a write is acknowledged once on this many replicas
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        if wait_replicas and not hasattr(client, "call_then_wait"):
+            raise ConfigurationError(REDIS_WAIT_REPLICAS, "needs a single-node endpoint's client")
         self.marker_ttl = marker_ttl
         self.idempotency_ttl = idempotency_ttl
         self.channel = channel
@@ -102,6 +120,11 @@ class SessionStore:
         self._revoke_begin = client.register_script(scripts.REVOKE_BEGIN_SCRIPT)
         # node -> the first epoch this process saw it in (SETTLE_SCRIPT)
         self._epochs_seen: dict[str, str] = {}
+        #: settles that found the node continuing the value's history
+        #: (SETTLE_SCRIPT's status 3): evidence that ended or spared a wait
+        self.continuity_proven = 0
+        # (node, epoch) whose buckets this process passed its evidence on to
+        self._spread: set[tuple[str, str]] = set()
 
     # -- reads --------------------------------------------------------------
 
@@ -130,7 +153,7 @@ class SessionStore:
         if session.deleted:  # a deletion is final, whatever the epoch
             raise SessionNotFound(session_id, deleted=True)
         if not current:
-            raise EpochChanged(session_id, session.version, session)
+            raise EpochChanged(session_id, session.version, session, epoch=value_epoch(raw))
         return session
 
     def _read(self, key: str, verify: bool, slide: bool = False) -> tuple[bytes | str, bool] | None:
@@ -146,14 +169,20 @@ class SessionStore:
         reply = self._run(self._get_verified, [key], [])
         return (reply[0], bool(reply[1])) if reply else None
 
-    def settle(self, session_id: str, seconds: float, *,
-               unrecorded_settled: bool = False) -> tuple[float, bool]:
-        """(seconds left before ``session_id``'s bucket has settled in Redis's
-        current epoch, whether this shows Redis went back in time).
+    def settle(self, session_id: str, seconds: float, *, unrecorded_settled: bool = False,
+               value_epoch: str | None = None) -> tuple[float, bool]:
+        """(seconds before asking again: until ``session_id``'s bucket has
+        settled in Redis's current epoch, or EVIDENCE_RECHECK_SECONDS when
+        evidence may end the wait sooner; whether this shows Redis went back
+        in time).
 
         See SETTLE_SCRIPT.  A bucket with no record is a new deployment or a
         Redis that lost everything: with ``unrecorded_settled`` it counts as
         settled, unless this process saw the node in another epoch before.
+        ``value_epoch`` is the epoch of the value the caller asks about: 0
+        when the node is proven to continue that epoch's history (the
+        histories this client saw end are the evidence: client.py,
+        ``ended_histories``), however long the bucket's clock still runs.
         Raises ServiceUnavailable.
         """
         key = epoch_key(session_id)
@@ -162,15 +191,58 @@ class SessionStore:
         # bucket without a record is one Redis lost, in every bucket (not
         # only the one where the move was noticed first)
         seen = self._epochs_seen.get(node, "")
-        with redis_errors():
-            left, status, epoch = self._run(self._settle, [key], [
-                int(seconds * 1000), "1" if unrecorded_settled else "0", seen])
+        ended = getattr(self.client, "ended_histories", None)
+
+        def evidence() -> list[Any]:
+            return [field for pair in (ended() if ended is not None else []) for field in pair]
+
+        shown, first = evidence(), None
+        for _ in range(2):
+            with redis_errors():
+                left, status, epoch, *pending = self._run(self._settle, [key], [
+                    int(seconds * 1000), "1" if unrecorded_settled else "0", seen,
+                    value_epoch or "", *shown])
+            first = status if first is None else first
+            # the script may have met the demoted node first (READONLY): the
+            # client then heard where its history ended, after the arguments
+            # were built; once more with that evidence
+            found = evidence()
+            if status == 3 or found == shown:
+                break
+            shown = found
         epoch = epoch.decode()
         self._epochs_seen.setdefault(node, epoch)
+        if status == 3:  # the same history, continued: nothing went back
+            self.continuity_proven += 1
+            if shown and (node, epoch) not in self._spread:  # this process's own evidence
+                self._spread.add((node, epoch))
+                self._spread_evidence(shown)
+            return int(left) / 1000, False
         moved = bool(seen) and seen != epoch
-        if status == 2 and unrecorded_settled and not moved:
+        if first == 2 and unrecorded_settled and not moved:
             return 0.0, False
-        return int(left) / 1000, bool(status) or moved
+        wait = int(left) / 1000
+        if pending and pending[0]:
+            # another process may find the evidence any moment (this one saw
+            # nothing end): ask again soon rather than when the clock runs out
+            wait = min(wait, EVIDENCE_RECHECK_SECONDS)
+        return wait, bool(first) or moved
+
+    def _spread_evidence(self, evidence: Sequence[Any]) -> None:
+        """Pass evidence that the node continues a history on to every
+        bucket's epoch record (SETTLE_SCRIPT 'spread', one pipelined round
+        trip), so that processes that did not see that history end trust
+        its values too.  Only a single node gets here (client.py: the
+        evidence comes from a demoted node behind the primary endpoint).
+        Best effort: a bucket it misses waits as it would have."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for bucket in range(BUCKETS):
+                pipe.evalsha(self._settle.sha, 1, bucket_epoch_key(bucket), 0, "spread", "", "",
+                             *evidence)
+            pipe.execute(raise_on_error=False)
+        except redis.RedisError:
+            pass
 
     def hold(self, session_id: str, seconds: float) -> float:
         """Seconds left before a session Redis lost (key and marker) may be
@@ -372,6 +444,8 @@ class SessionStore:
             args += [""] * (_FINGERPRINT_ARG - len(args)) + [idempotency.fingerprint,
                                                              self.idempotency_ttl]
         try:
+            if self.wait_replicas:
+                return self._run_replicated(script, keys, args)
             return self._run(script, keys, args)
         except Exception as exc:
             # as ``with redis_errors()``, without its cost on every write
@@ -379,6 +453,44 @@ class SessionStore:
             if translated is None:
                 raise
             raise translated from exc
+
+    def _run_replicated(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """``_run``, then, for a write that committed, WAIT until
+        ``wait_replicas`` replicas have it (REDIS_WAIT_REPLICAS), on the
+        connection that ran it.
+
+        A WAIT that timed out leaves the write committed on the primary,
+        its outbox entry included (the relay ships it), but not confirmed
+        on a replica, so a failover could still lose it from Redis: the
+        client gets a 503 of unknown outcome, as for a reply cut off after
+        the script ran, and retries (with its Idempotency-Key: the replay
+        answers as the write did).
+
+        Timeline of the loss this closes::
+
+            t0  PUT v7 runs on the primary; WAIT 1: the replica has it
+            t1  acknowledged (200)
+            t2  the primary dies; the replica is promoted with v7
+            (without WAIT, t1 could come before the replica had v7: a
+            promoted replica at v6, and v7 only in the queue)
+        """
+        def committed(reply: Any) -> bool:
+            return isinstance(reply, list) and reply[:1] == [b"ok"]
+
+        call = self.client.call_then_wait  # type: ignore[union-attr]  # a single node's (__init__)
+        try:
+            reply, acked = call(("EVALSHA", script.sha, len(keys), *keys, *args),
+                                self.wait_replicas, self.wait_timeout_ms, committed)
+        except redis.exceptions.NoScriptError:
+            reply, acked = call(("EVAL", script.script, len(keys), *keys, *args),
+                                self.wait_replicas, self.wait_timeout_ms, committed)
+        if acked is not None and acked < self.wait_replicas:
+            raise ServiceUnavailable(
+                f"the write is committed on the Redis primary but {acked} of "
+                f"{self.wait_replicas} replicas confirmed it within {self.wait_timeout_ms} ms; "
+                "its outcome is unknown: retry with the same Idempotency-Key",
+                dependency="redis", retry_after_seconds=1)
+        return reply
 
     @staticmethod
     def _committed(session_id: str, reply: Sequence, idempotency: Idempotency | None
@@ -621,7 +733,7 @@ def _refused(session_id: str, reply: Sequence, expected: int | None) -> Exceptio
     if status == b"missing":
         return KeyMissing(session_id, version)
     if status == b"unverified":
-        return EpochChanged(session_id, version)
+        return EpochChanged(session_id, version, epoch=reply[2].decode())
     if status == b"behind":
         return RedisBehind(session_id, version)
     if status == b"expired":

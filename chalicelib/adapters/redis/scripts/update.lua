@@ -5,7 +5,7 @@
 --       | {'conflict', actual} | {'deleted', version}
 --       | {'missing', marker version or 0}: the key is gone; recover, retry
 --       | {'expired', marker version}: its lifetime ended (the expiry sweep's marker)
---       | {'unverified', version}: a value of another epoch; ask PostgreSQL
+--       | {'unverified', version, its epoch}: a value of another epoch; ask PostgreSQL
 --       | {'behind', version}: older than PostgreSQL's; repair it
 local refused, _, v, created, _, ttl, _, o, ep = open_live()
 if refused then return refused end

@@ -153,7 +153,7 @@ local function open_live()
   if u > NOW_ISO then NOW_ISO = u end
   local ep = epoch()
   if e ~= ep then
-    if PERSISTED == '' then return {'unverified', v} end
+    if PERSISTED == '' then return {'unverified', v, e} end
     if v < tonumber(PERSISTED) then return {'behind', v} end
   end
   if EXPECTED ~= '' and v ~= tonumber(EXPECTED) then return {'conflict', v} end
