@@ -18,6 +18,11 @@ touches one hash slot and runs unchanged on Redis Cluster)::
     ss:{NNNN}:i:<id>:<key>  idempotency record of a keyed write: "<fingerprint>|<event>",
                        written by the write's own script, expires (idempotency_ttl)
 
+and, in a slot of their own (the relay's: chalicelib.pipeline.outbox)::
+
+    ss:{relay}:lease   the relay's lease "<token>", expires unless renewed (LEASE_SCRIPT)
+    ss:{relay}:next    the relay waiting to take over "<token>", short-lived
+
 and, in the owner's own slot (its id is the hash tag; owner ids have no braces)::
 
     so:{<owner>}:i     owner index: ZSET (all scores 0, so ordered by id) of
@@ -68,6 +73,10 @@ def idempotency_key(session_id: str, key: str) -> str:
 def epoch_key(session_id: str) -> str:
     """The epoch record of ``session_id``'s bucket (SETTLE_SCRIPT)."""
     return f"{bucket_tag(bucket_of(session_id))}:e"
+
+
+#: KEYS of LEASE_SCRIPT: the lease and the successor waiting, one hash slot
+RELAY_LEASE_KEYS = ("ss:{relay}:lease", "ss:{relay}:next")
 
 
 def outbox_keys(bucket: int) -> tuple[str, str]:

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.localstack]
 
 @pytest.fixture
 def service(pipeline) -> SessionService:
-    return SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database)
+    return SessionService(pipeline.store, durable=pipeline.database)
 
 
 @pytest.fixture

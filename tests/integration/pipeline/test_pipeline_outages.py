@@ -38,7 +38,7 @@ def test_postgresql_stopped_for_twenty_seconds_mid_load_loses_nothing_and_dead_l
     provisioning.migrate(throwaway_postgres.dsn())
     db = Database.from_dsn(throwaway_postgres.dsn())
     line = Pipeline(pipeline.sqs, pipeline.queues, pipeline.store, db, throwaway_postgres.dsn())
-    service = SessionService(line.store, publisher=line.producer)
+    service = SessionService(line.store)
     sessions = [f"pg-outage-{uuid.uuid4().hex[:8]}-{i}" for i in range(20)]
     acknowledged: set[tuple[str, int]] = set()
     versions: dict[str, int] = {}

@@ -28,7 +28,7 @@ from chalicelib.service.sessions import SessionService
 def service(pipeline) -> SessionService:
     """No settle time: these tests drain the pipeline before Redis forgets
     (the settle tests below wait for it)."""
-    return SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+    return SessionService(pipeline.store, durable=pipeline.database,
                           settle_seconds=0)
 
 
@@ -204,7 +204,7 @@ def test_a_change_still_in_the_queue_when_redis_went_back_reaches_postgresql_bef
     """v7 is acknowledged and queued but not yet persisted when Redis goes
     back to v6.  Judged at once, PostgreSQL (v6) would vouch for v6 and a
     second v7 would be accepted; the settle time lets v7 arrive first."""
-    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+    service = SessionService(pipeline.store, durable=pipeline.database,
                              settle_seconds=2.0)
     sid = _sid()
     _persisted(pipeline, service, sid, 6)
@@ -227,7 +227,7 @@ def test_a_change_still_in_the_queue_when_redis_went_back_reaches_postgresql_bef
 
 
 def test_a_read_of_a_session_redis_may_hold_stale_waits_for_the_settle_time(pipeline):
-    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+    service = SessionService(pipeline.store, durable=pipeline.database,
                              settle_seconds=1.0)
     sid = _sid()
     _persisted(pipeline, service, sid, 3)
@@ -240,7 +240,7 @@ def test_a_read_of_a_session_redis_may_hold_stale_waits_for_the_settle_time(pipe
 
 
 def test_a_session_redis_lost_entirely_is_recovered_after_the_settle_time(pipeline):
-    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+    service = SessionService(pipeline.store, durable=pipeline.database,
                              settle_seconds=1.0)
     sid = _sid()
     _persisted(pipeline, service, sid, 2)
@@ -316,7 +316,7 @@ def test_a_session_whose_key_and_marker_were_lost_waits_for_its_change_still_in_
     queued.  Recovered at once, it would be served, and written, a version
     behind; it is held for the settle time, counted from when the loss is
     first noticed."""
-    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+    service = SessionService(pipeline.store, durable=pipeline.database,
                              settle_seconds=2.0)
     sid = _sid()
     _persisted(pipeline, service, sid, 3)

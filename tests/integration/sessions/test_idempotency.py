@@ -300,15 +300,14 @@ def test_a_keyed_write_whose_answer_was_cut_off_is_answered_on_retry_and_persist
     proxy = TcpProxy(pipeline_redis.port)
     client = connect_redis(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_timeout=5.0))
     try:
-        service = SessionService(SessionStore(client), publisher=pipeline.producer,
-                                 durable=pipeline.database)
+        service = SessionService(SessionStore(client), durable=pipeline.database)
         create_key = keyed("cut-1", "POST", "/sessions", sid)
         update_key = keyed("cut-2", "PUT", f"/sessions/{sid}", '{"n":1}', "1")
         # with PostgreSQL behind it, a create of an id Redis does not know
         # takes three round trips (CREATE_SCRIPT 'unknown', the settle
         # check, CREATE_SCRIPT again): the cut must hit the one that
         # commits, so this create runs without PostgreSQL (one script)
-        creator = SessionService(service.store, publisher=pipeline.producer)
+        creator = SessionService(service.store)
 
         # the connection open and the scripts loaded: the cut hits the
         # script's reply, not the handshake's or a NOSCRIPT

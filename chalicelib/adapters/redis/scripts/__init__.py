@@ -53,3 +53,4 @@ RESTORE_SCRIPT = load("restore")
 VOUCH_SCRIPT = load("vouch")
 SETTLE_SCRIPT = load("settle")
 HOLD_SCRIPT = load("hold")
+LEASE_SCRIPT = _read("lease.lua")  # the relay's lease: none of lib.lua
