@@ -6,8 +6,9 @@
 --         polling stops being one)
 -- returns take: 1 when the caller holds the lease now, else 0 (and the
 --         caller is marked as the successor waiting);
---         renew: {1 | 0 (lost: it expired and another took it), 1 | 0 (a
---         successor waits)}; release: 1 when the caller held it
+--         renew: {1 | 0 (lost: another relay holds it), 1 | 0 (a successor
+--         waits)}, a lease Redis forgot (a failover, a restart) taken again;
+--         release: 1 when the caller held it
 -- One relay drains the outbox at a time (chalicelib.pipeline.outbox): the
 -- lease expires unless renewed, so a dead relay is taken over; a relay that
 -- sees a successor waiting hands over (releases) and ends its run.
@@ -22,11 +23,12 @@ if op == 'take' then
   redis.call('SET', KEYS[2], token, 'PX', tonumber(ARGV[4]))
   return 0
 end
+if op == 'renew' and not holder then holder = token end
 if holder ~= token then
   return op == 'renew' and {0, 0} or 0
 end
 if op == 'renew' then
-  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('SET', KEYS[1], token, 'PX', ttl)
   local next = redis.call('GET', KEYS[2])
   return {1, (next and next ~= token) and 1 or 0}
 end
