@@ -163,9 +163,11 @@ class OutboxRelay:
 
     # -- one pass over what is pending -----------------------------------------
 
-    def run_once(self, *, age_seconds: float | None = None) -> RelayResult:
+    def run_once(self, *, age_seconds: float | None = None,
+                 pool: ThreadPoolExecutor | None = None) -> RelayResult:
         """One page: up to ``page`` entries older than ``age_seconds``
-        (default ``self.age_seconds``), sent in SQS batches.
+        (default ``self.age_seconds``), sent in SQS batches (with ``pool``,
+        several at once).
 
         Raises ServiceUnavailable when Redis cannot be read; SQS failures
         are not raised (the entries stay and the next pass tries again).
@@ -177,8 +179,12 @@ class OutboxRelay:
         # next time, start after the last bucket read: entries SQS keeps
         # refusing cannot fill every page and starve the other buckets
         self._start_bucket = (bucket_of(pending[-1][0].rsplit(":", 1)[0]) + 1) % BUCKETS
-        sent = self.sender.send_many(pending)
-        result = RelayResult(found=len(pending), sent=len(sent))
+        if pool is None:
+            sent = len(self.sender.send_many(pending))
+        else:
+            chunks = [pending[i:i + SQS_BATCH] for i in range(0, len(pending), SQS_BATCH)]
+            sent = sum(len(ids) for ids in pool.map(self.sender.send_many, chunks))
+        result = RelayResult(found=len(pending), sent=sent)
         if result.sent < result.found:
             metrics.emit({"ShipFailures": result.found - result.sent})
             log.warning("outbox entries not sent; will retry",
@@ -186,7 +192,7 @@ class OutboxRelay:
         return result
 
     def drain(self, *, budget_seconds: float, age_seconds: float | None = None,
-              report: bool = True) -> RelayResult:
+              report: bool = True, pool: ThreadPoolExecutor | None = None) -> RelayResult:
         """Pages until the outbox has nothing old left, a send fails, or the
         time budget is spent; ``report``: emit OutboxRelayed (a continuous
         relay reports its sweeps with its wake-ups instead).
@@ -196,7 +202,7 @@ class OutboxRelay:
         deadline = self.clock() + budget_seconds
         total = RelayResult()
         while True:
-            result = self.run_once(age_seconds=age_seconds)
+            result = self.run_once(age_seconds=age_seconds, pool=pool)
             total += result
             # a short page means nothing older is left; an incomplete send
             # means SQS is failing: stop and let the next pass retry
@@ -343,7 +349,8 @@ class _Loop:
     def _sweep(self) -> None:
         relay = self.relay
         age = 0.0 if self.failing else relay.age_seconds
-        result = relay.drain(budget_seconds=relay.sweep_seconds * 5, age_seconds=age, report=False)
+        result = relay.drain(budget_seconds=relay.sweep_seconds * 5, age_seconds=age, report=False,
+                             pool=self.pool)
         self.swept = relay.clock()
         self.run += result
         self.run.sweeps += 1

@@ -179,7 +179,7 @@ def test_poison_messages_persist_after_the_cause_is_fixed_and_they_are_redriven(
         service.create(CreateRequest(sid, '{"n":1}', 600))
         service.update(UpdateRequest(sid, '{"n":2}', 1))
 
-    pipeline.drain()
+    pipeline.deliver()
     # the good sessions are in; each blocked change is in the DLQ with its reason
     assert pipeline.event_rows(good) == [(sid, v) for sid in sorted(good) for v in (1, 2)]
     assert pipeline.event_rows(blocked) == []

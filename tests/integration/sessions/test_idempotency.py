@@ -269,24 +269,18 @@ def test_a_retry_whose_record_redis_lost_is_treated_as_a_new_request(redis_singl
         service.create(CreateRequest(session_id, '{"n":0}', 600), key)
 
 
-class Recording:
-    """A publisher that counts what it is asked to ship."""
-
-    def __init__(self) -> None:
-        self.shipped: list[str] = []
-
-    def publish(self, result) -> bool:
-        self.shipped.append(result.event_id)
-        return True
-
-
 def test_a_replay_is_not_shipped_a_second_time(redis_single, session_id):
-    publisher = Recording()
-    service = SessionService(SessionStore(redis_single, channel=TEST_CHANNEL), publisher=publisher)
+    store = SessionStore(redis_single, channel=TEST_CHANNEL)
+    service = SessionService(store)
     key = keyed("k-ship", "POST", "/sessions", session_id)
     service.create(CreateRequest(session_id, '{}', 600), key)
-    service.create(CreateRequest(session_id, '{}', 600), key)
-    assert publisher.shipped == [f"{session_id}:1"]
+    with store.client.pubsub() as listener:
+        listener.subscribe(TEST_CHANNEL)
+        assert listener.get_message(timeout=5)["type"] == "subscribe"
+        assert service.create(CreateRequest(session_id, '{}', 600), key).replayed
+        # nothing committed again: no second event for the relay, none announced
+        assert listener.get_message(timeout=0.5) is None
+    assert outbox_entries_of(store, [session_id]) == [f"{session_id}:1"]
 
 
 # -- a write whose answer is lost, end to end -------------------------------------------
