@@ -129,14 +129,16 @@ class RelayRun(RelayResult):
     #: seconds it waited for the lease, and held it
     waited: float = 0.0
     held: float = 0.0
-    #: reads of the outbox itself (the wake-ups send the rest)
+    #: reads of the outbox itself, and the entries its wake-ups sent
     sweeps: int = 0
+    woken: int = 0
     #: why it ended: "budget", "handed over", "lease lost", "stopped", "never held"
     ended: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {"found": self.found, "sent": self.sent, "waited_seconds": round(self.waited, 3),
-                "held_seconds": round(self.held, 3), "sweeps": self.sweeps, "ended": self.ended}
+                "held_seconds": round(self.held, 3), "sweeps": self.sweeps, "woken": self.woken,
+                "ended": self.ended}
 
 
 class OutboxRelay:
@@ -381,6 +383,7 @@ class _Loop:
         chunks = [events[i:i + SQS_BATCH] for i in range(0, len(events), SQS_BATCH)]
         sent = sum(len(ids) for ids in self.pool.map(self.relay.sender.send_many, chunks))
         self.run += RelayResult(found=len(events), sent=sent)
+        self.run.woken += sent
         self.relayed += sent
         if sent < len(events):
             # the entries stay in the outbox: the sweeps retry them
@@ -395,6 +398,7 @@ class _Loop:
         oldest = relay.outbox.outbox_oldest_ms()
         age = 0.0 if oldest is None else max(0.0, relay.wall() - oldest / 1000)
         metrics.emit({"OutboxRelayed": self.relayed, "OutboxOldestAgeSeconds": round(age, 3)})
+        log.info("relay running", extra=self.run.to_dict())
         self.relayed = 0
         self.reported = relay.clock()
 
