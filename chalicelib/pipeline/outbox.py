@@ -42,11 +42,13 @@ import re
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+from chalicelib.adapters.aws import session_of
 from chalicelib.adapters.redis.keys import BUCKETS, bucket_of
 from chalicelib.constants import RELAY_SENDERS
 from chalicelib.domain.errors import ServiceUnavailable
@@ -181,11 +183,8 @@ class OutboxRelay:
         # next time, start after the last bucket read: entries SQS keeps
         # refusing cannot fill every page and starve the other buckets
         self._start_bucket = (bucket_of(pending[-1][0].rsplit(":", 1)[0]) + 1) % BUCKETS
-        if pool is None:
-            sent = len(self.sender.send_many(pending))
-        else:
-            chunks = [pending[i:i + SQS_BATCH] for i in range(0, len(pending), SQS_BATCH)]
-            sent = sum(len(ids) for ids in pool.map(self.sender.send_many, chunks))
+        sent = (len(self.sender.send_many(pending)) if pool is None
+                else send_in_lanes(self.sender, pending, pool, self.senders))
         result = RelayResult(found=len(pending), sent=sent)
         if result.sent < result.found:
             metrics.emit({"ShipFailures": result.found - result.sent})
@@ -303,6 +302,33 @@ class OutboxRelay:
         return not self.lease.take(token)
 
 
+def send_in_lanes(sender: Sender, events: Sequence[tuple[str, str]], pool: ThreadPoolExecutor,
+                  lanes: int) -> int:
+    """Send ``events`` (event id, body) in ``lanes`` lanes at once, a
+    session's events always in the same lane, each lane's in order, in
+    SendMessageBatch chunks of SQS_BATCH; a lane stops at its first chunk
+    SQS did not take whole.  Returns how many were sent (and acked).
+
+    One session's changes are never sent concurrently, so they reach SQS in
+    the order they committed: a FIFO queue (SESSION_QUEUE_FIFO) delivers
+    each session's events in that order, as the relay read them.
+    """
+    by_lane: list[list[tuple[str, str]]] = [[] for _ in range(lanes)]
+    for event in events:
+        by_lane[zlib.crc32(session_of(event[0]).encode()) % lanes].append(event)
+
+    def lane(mine: list[tuple[str, str]]) -> int:
+        sent = 0
+        for i in range(0, len(mine), SQS_BATCH):
+            chunk = mine[i:i + SQS_BATCH]
+            took = len(sender.send_many(chunk))
+            sent += took
+            if took < len(chunk):
+                break  # SQS is failing: the rest waits in the outbox, in order
+        return sent
+    return sum(pool.map(lane, [mine for mine in by_lane if mine]))
+
+
 class _Loop:
     """The body of a held lease: listen, send what wakes it, sweep."""
 
@@ -378,10 +404,9 @@ class _Loop:
         return events
 
     def _send(self, events: Sequence[tuple[str, str]]) -> None:
-        """Send in chunks of SQS_BATCH, ``senders`` at once."""
+        """Send in lanes, ``senders`` at once (``send_in_lanes``)."""
         assert self.pool is not None
-        chunks = [events[i:i + SQS_BATCH] for i in range(0, len(events), SQS_BATCH)]
-        sent = sum(len(ids) for ids in self.pool.map(self.relay.sender.send_many, chunks))
+        sent = send_in_lanes(self.relay.sender, events, self.pool, self.relay.senders)
         self.run += RelayResult(found=len(events), sent=sent)
         self.run.woken += sent
         self.relayed += sent
