@@ -134,13 +134,16 @@ class RelayRun(RelayResult):
     #: reads of the outbox itself, and the entries its wake-ups sent
     sweeps: int = 0
     woken: int = 0
+    #: seconds from the run's start until it relayed (lease held, listening,
+    #: first sweep done): its cold start, for a run that never waited
+    ready: float = 0.0
     #: why it ended: "budget", "handed over", "lease lost", "stopped", "never held"
     ended: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {"found": self.found, "sent": self.sent, "waited_seconds": round(self.waited, 3),
                 "held_seconds": round(self.held, 3), "sweeps": self.sweeps, "woken": self.woken,
-                "ended": self.ended}
+                "ready_seconds": round(self.ready, 6), "ended": self.ended}
 
 
 class OutboxRelay:
@@ -233,7 +236,7 @@ class OutboxRelay:
         held_from = self.clock()
         run.waited = held_from - start
         try:
-            run.ended = self._hold(token, deadline, stop, run)
+            run.ended = self._hold(token, deadline, stop, run, start)
         finally:
             if run.ended != "handed over":
                 try:
@@ -255,11 +258,12 @@ class OutboxRelay:
             stop.wait(LEASE_POLL_SECONDS)
         return False
 
-    def _hold(self, token: str, deadline: float, stop: threading.Event, run: RelayRun) -> str:
+    def _hold(self, token: str, deadline: float, stop: threading.Event, run: RelayRun,
+              started: float) -> str:
         """Relay while holding the lease; returns why it stopped."""
         assert self.lease is not None
         renewed = self.clock()
-        loop = _Loop(self, run)
+        loop = _Loop(self, run, started)
         with ThreadPoolExecutor(self.senders, thread_name_prefix="relay-send") as pool:
             loop.pool = pool
             try:
@@ -332,9 +336,10 @@ def send_in_lanes(sender: Sender, events: Sequence[tuple[str, str]], pool: Threa
 class _Loop:
     """The body of a held lease: listen, send what wakes it, sweep."""
 
-    def __init__(self, relay: OutboxRelay, run: RelayRun) -> None:
+    def __init__(self, relay: OutboxRelay, run: RelayRun, started: float) -> None:
         self.relay = relay
         self.run = run
+        self.started = started
         self.pool: ThreadPoolExecutor | None = None
         self.wakeups: Wakeups | None = None
         self.swept = float("-inf")
@@ -382,6 +387,8 @@ class _Loop:
         self.swept = relay.clock()
         self.run += result
         self.run.sweeps += 1
+        if self.run.sweeps == 1:
+            self.run.ready = relay.clock() - self.started
         self.relayed += result.sent
         if result.sent == result.found:
             self.failing = False
