@@ -46,7 +46,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 from chalicelib.adapters.aws import session_of
 from chalicelib.adapters.redis.keys import BUCKETS, bucket_of
@@ -118,7 +118,7 @@ class RelayResult:
     found: int = 0
     sent: int = 0
 
-    def __iadd__(self, other: RelayResult) -> RelayResult:
+    def __iadd__(self, other: RelayResult) -> Self:
         self.found += other.found
         self.sent += other.sent
         return self
@@ -355,6 +355,7 @@ class _Loop:
             if self.wakeups is None:
                 # listen BEFORE reading the outbox: a change committed
                 # after the read is then heard, one committed before is read
+                assert relay.listen is not None  # serve checked it
                 self.wakeups = relay.listen()
                 self.swept = float("-inf")
                 self.failing = True  # the first sweep takes everything pending

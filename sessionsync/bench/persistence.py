@@ -67,7 +67,7 @@ def _environment(ctx: BenchContext, redis_url: str, queue_url: str, dlq_url: str
     return {config.SESSION_QUEUE_URL: queue_url, config.SESSION_DLQ_URL: dlq_url,
             config.SESSION_QUEUE_NAME: "", config.SESSION_DLQ_NAME: "",
             config.REDIS_URL: redis_url, config.DATABASE_URL: ctx.migrated_dsn(),
-            config.API_KEYS: API_KEY, config.AWS_ENDPOINT_URL: ctx.aws_endpoint_url,
+            config.API_KEYS: API_KEY, config.AWS_ENDPOINT_URL: ctx.aws_endpoint_url or "",
             config.PUBSUB_CHANNEL: f"{ctx.session_prefix('persistence')}-updates",
             "LOG_LEVEL": "WARNING"}
 
