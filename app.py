@@ -192,11 +192,12 @@ def persist_changes(event):
     return runtime.consumer().handle(event.to_dict())
 
 
-@app.schedule(Rate(1, unit=Rate.MINUTES))
+@app.schedule(Rate(constants.RELAY_SCHEDULE_SECONDS // 60, unit=Rate.MINUTES))
 def relay_outbox(event):
-    """Re-send outbox entries that never reached SQS, until shortly before the timeout."""
-    result = runtime.relay().drain(budget_seconds=runtime.schedule_budget(event.context))
-    return {"found": result.found, "sent": result.sent}
+    """Ship every committed change to SQS as it commits: hold the relay's
+    lease until the next run takes over, or shortly before the timeout
+    (chalicelib.pipeline.outbox)."""
+    return runtime.relay().serve(budget_seconds=runtime.schedule_budget(event.context)).to_dict()
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))

@@ -68,7 +68,6 @@ AWS_DEFAULT_REGION = "AWS_DEFAULT_REGION"
 API_KEYS = "SESSIONSYNC_API_KEYS"
 API_KEYS_SECRET_ARN = "SESSIONSYNC_API_KEYS_SECRET_ARN"
 OUTBOX_RELAY_AGE = "OUTBOX_RELAY_AGE_SECONDS"
-SQS_SEND_TIMEOUT = "SQS_SEND_TIMEOUT_SECONDS"
 REDIS_SETTLE = "REDIS_SETTLE_SECONDS"
 REDIS_WAIT_REPLICAS = "REDIS_WAIT_REPLICAS"
 REDIS_WAIT_TIMEOUT = "REDIS_WAIT_TIMEOUT_MS"
@@ -316,13 +315,9 @@ class Settings:
     aws_region: str = _setting(AWS_REGION, _text, "us-east-1", alternatives=(AWS_DEFAULT_REGION,))
     api_keys: tuple[str, ...] = _setting(API_KEYS, _api_keys, (), secret=True)
     api_keys_secret_arn: str | None = _setting(API_KEYS_SECRET_ARN, _text, None)
-    #: the relay re-sends outbox entries older than this, seconds
+    #: besides what its wake-ups bring, the relay's sweeps send outbox
+    #: entries older than this, seconds (chalicelib/pipeline/outbox.py)
     outbox_relay_age: float = _setting(OUTBOX_RELAY_AGE, _bounded(float, 0.0, 3600.0), 5.0)
-    #: the request path's one SQS attempt (connect and read timeout): a
-    #: hung SQS costs a write this once, then the relay delivers
-    #: (chalicelib/pipeline/producer.py).  Short for AWS; the local stage
-    #: sets it higher, for LocalStack's stalls.  Bounded by what a write may cost.
-    sqs_send_timeout: float = _setting(SQS_SEND_TIMEOUT, _bounded(float, 0.05, 5.0), 0.5)
     #: after Redis went back in time, how long sessions it may hold stale
     #: wait (503) for changes still in the queue to reach PostgreSQL: longer
     #: than the pipeline's usual lag (chalicelib/service/sessions.py, "settle")

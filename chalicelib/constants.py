@@ -48,6 +48,21 @@ MAX_RETENTION_BATCH = 10_000
 
 # --- the scheduled functions (relay_outbox, sweep_expired, purge_sync_events) --
 
+# The outbox relay runs continuously (chalicelib.pipeline.outbox,
+# docs/decisions/relay-off-the-request-path.md): EventBridge invokes it every
+# RELAY_SCHEDULE_SECONDS, each run holds the lease until the next run takes
+# over (or until its timeout, if the next never comes: a missed schedule
+# leaves no gap), so two runs overlap for a moment: reserved concurrency 2.
+RELAY_SCHEDULE_SECONDS = 60
+RELAY_TIMEOUT_SECONDS = 180
+RELAY_RESERVED_CONCURRENCY = 2
+#: a relay that stopped renewing its lease is taken over after this long
+RELAY_LEASE_SECONDS = 5.0
+#: SendMessageBatch calls a relay keeps in flight at once (10 entries each;
+#: docs/decisions/relay-off-the-request-path.md: 8 drained LocalStack 1.4x
+#: faster than 4, within boto3's pool of 10 connections)
+RELAY_SENDERS = 8
+
 #: a scheduled run stops this long before its Lambda's timeout
 SCHEDULE_MARGIN_SECONDS = 5.0
 #: what a run assumes is left when called without a Lambda context (locally)

@@ -35,8 +35,6 @@ if TYPE_CHECKING:  # the builders import these on first use (cold start)
     from chalicelib.service.sessions import SessionService
 
 T = TypeVar("T")
-# SQS connections the request path's client keeps open (see ``producer``)
-PRODUCER_POOL_CONNECTIONS = 64
 _lock = threading.RLock()
 _cache: dict[str, Any] = {}
 
@@ -121,28 +119,6 @@ def dlq_url() -> str:
                                                    SESSION_DLQ_URL))
 
 
-def producer() -> SqsProducer:
-    """The request path's producer: one attempt with short timeouts
-    (SQS_SEND_TIMEOUT_SECONDS each), so a hung SQS adds at most that once
-    to a write, then pauses inline sends (the relay catches up)."""
-    from chalicelib.adapters import aws
-    from chalicelib.pipeline.producer import SqsProducer
-
-    def build() -> SqsProducer:
-        s = settings()
-        # a pool as large as the local server's request threads may be: a
-        # connection beyond the pool is closed after its send, and the next
-        # send pays a new one (a Lambda has one request at a time)
-        fast = aws.client("sqs", s, connect_timeout=s.sqs_send_timeout,
-                          read_timeout=s.sqs_send_timeout, attempts=1,
-                          max_pool_connections=PRODUCER_POOL_CONNECTIONS)
-        # a cold Lambda looks the queue URL up here, on the fast client too
-        url = _once("queue_url", lambda: aws.queue_url(fast, s.queue_url, s.queue_name,
-                                                        SESSION_QUEUE_URL))
-        return SqsProducer(fast, url, store(), fifo=s.queue_fifo)
-    return _once("producer", build)
-
-
 def database() -> Database | None:
     """The PostgreSQL adapter (one connection, reused while warm), or None."""
     if not settings().has_database:
@@ -184,15 +160,18 @@ def consumer() -> Consumer:
 
 
 def relay() -> OutboxRelay:
-    """The outbox relay (store + producer) the scheduled function calls.
-
-    Most drains find the outbox empty (writes send inline), so the relay's
-    producer, and with it boto3, is built when a drain first has entries to send.
-    """
-    from chalicelib.pipeline.outbox import OutboxRelay
+    """The outbox relay the scheduled function runs: the store, the
+    producer, the lease and the wake-ups (the change events on the store's
+    Pub/Sub channel, on a connection of their own per run)."""
+    from chalicelib.adapters.redis.lease import RelayLease
+    from chalicelib.adapters.redis.subscription import Subscription
+    from chalicelib.constants import RELAY_LEASE_SECONDS, RELAY_SENDERS
+    from chalicelib.pipeline.outbox import LEASE_POLL_SECONDS, OutboxRelay
     s = settings()
     return _once("relay", lambda: OutboxRelay(
-        store(), _OnFirstUse(relay_producer), age_seconds=s.outbox_relay_age))
+        store(), _OnFirstUse(relay_producer), age_seconds=s.outbox_relay_age,
+        lease=RelayLease(redis(), ttl_seconds=RELAY_LEASE_SECONDS, poll_seconds=LEASE_POLL_SECONDS),
+        listen=lambda: Subscription(redis(), s.channel), senders=RELAY_SENDERS))
 
 
 def purge_events(budget_seconds: float | None = None) -> PurgeReport:
@@ -209,8 +188,9 @@ def purge_events(budget_seconds: float | None = None) -> PurgeReport:
 
 def relay_producer() -> SqsProducer:
     from chalicelib.pipeline.producer import SqsProducer
-    # the relay's own producer, on the patient client: it sends batches of
-    # up to 1 MiB and has a schedule's time, not a request's
+    # on the patient client: it sends batches of up to 1 MiB, several at
+    # once (RELAY_SENDERS, below the client's pool), and has a schedule's
+    # time, not a request's
     return _once("relay_producer", lambda: SqsProducer(sqs(), queue_url(), store(),
                                                        fifo=settings().queue_fifo))
 
@@ -231,10 +211,10 @@ def api_keys() -> ApiKeys:
 class _OnFirstUse:
     """Stands in for an object that is built by ``build`` on first attribute use.
 
-    The service needs its SQS producer only when it writes and PostgreSQL
-    only to recover or list history; building them with the service put
-    boto3 (import + client) and psycopg on every cold GET, most of its cold
-    start (docs/performance.md, "Cold start").
+    The service needs PostgreSQL only to recover or list history, the relay
+    its SQS producer only once it has something to send; building them up
+    front put psycopg or boto3 on every cold start (docs/performance.md,
+    "Cold start").
     """
 
     __slots__ = ("_build",)
@@ -250,8 +230,7 @@ def service() -> SessionService:
     from chalicelib.service.sessions import SessionService
     s = settings()
     return _once("service", lambda: SessionService(
-        store(), publisher=_OnFirstUse(producer) if s.has_queue else None,
-        durable=_OnFirstUse(database) if s.has_database else None, default_ttl=s.session_ttl,
+        store(), durable=_OnFirstUse(database) if s.has_database else None, default_ttl=s.session_ttl,
         settle_seconds=s.redis_settle, slide_on_read=s.slide_on_read))
 
 

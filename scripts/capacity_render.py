@@ -112,7 +112,7 @@ COSTED = {
     "availability_zones": 2,
 }
 # CloudWatch alarms and dashboards the templates define (a test counts them)
-ALARMS = 19
+ALARMS = 20
 DASHBOARDS = 1
 
 # chalicelib/constants.py (tests/unit/test_capacity_render.py keeps them equal)

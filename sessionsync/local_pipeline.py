@@ -9,7 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 from chalicelib import runtime
-from chalicelib.constants import CONSUMER_BATCH_SIZE, CONSUMER_MAX_CONCURRENCY, QUEUE_VISIBILITY_TIMEOUT
+from chalicelib.constants import (
+    CONSUMER_BATCH_SIZE,
+    CONSUMER_MAX_CONCURRENCY,
+    QUEUE_VISIBILITY_TIMEOUT,
+    RELAY_RESERVED_CONCURRENCY,
+    RELAY_SCHEDULE_SECONDS,
+    RELAY_TIMEOUT_SECONDS,
+    SCHEDULE_MARGIN_SECONDS,
+)
 from chalicelib.domain.errors import ConfigurationError, SessionSyncError
 from chalicelib.observability import logs
 
@@ -26,6 +34,8 @@ LOCAL_CONCURRENCY = CONSUMER_MAX_CONCURRENCY
 # the whole visibility timeout while the client polls again, and LocalStack
 # under load answers seconds late.  A poller is no request: it can wait.
 RECEIVE_READ_MARGIN_SECONDS = 20.0
+#: how long a stopping relay schedule waits for its runs to release the lease
+RELAY_JOIN_SECONDS = 10.0
 
 
 def build_worker(*, batch_size: int = CONSUMER_BATCH_SIZE, wait_seconds: int = 10,
@@ -86,7 +96,7 @@ def start_pipeline_threads(stop: threading.Event) -> list[threading.Thread]:
     if settings.has_queue:
         threads.append(threading.Thread(
             target=_retrying, name="outbox-relay", daemon=True,
-            args=("relay", runtime.relay, lambda r: r.run(stop, interval=1.0), stop)))
+            args=("relay", runtime.relay, lambda r: run_relay_schedule(r, stop), stop)))
     if settings.has_database and settings.events_retention_days is not None:
         threads.append(retention_thread(settings.events_retention_days, stop))
     if settings.has_database:
@@ -111,3 +121,37 @@ def retention_thread(days: int, stop: threading.Event) -> threading.Thread:
     return threading.Thread(
         target=_retrying, name="sync-events-retention", daemon=True,
         args=("retention", build, lambda db: retention.run(db, days, stop), stop))
+
+
+def run_relay_schedule(relay: Any, stop: threading.Event, *,
+                       period: float = RELAY_SCHEDULE_SECONDS,
+                       timeout: float = RELAY_TIMEOUT_SECONDS,
+                       concurrency: int = RELAY_RESERVED_CONCURRENCY) -> None:
+    """The relay function as its schedule runs it, until ``stop`` is set:
+    an invocation every ``period`` seconds, each ``relay.serve`` with the
+    budget app.relay_outbox gives it (its timeout less the margin), at
+    most ``concurrency`` at once (the function's reserved concurrency: a
+    schedule beyond it is throttled, here skipped).  Each run hands over
+    to the next through the lease, as in AWS."""
+    budget = timeout - SCHEDULE_MARGIN_SECONDS
+    running: list[threading.Thread] = []
+    n = 0
+    while not stop.is_set():
+        running = [t for t in running if t.is_alive()]
+        if len(running) < concurrency:
+            n += 1
+            thread = threading.Thread(target=_invoke_relay, args=(relay, budget, stop),
+                                      name=f"outbox-relay-run-{n}", daemon=True)
+            thread.start()
+            running.append(thread)
+        stop.wait(period)
+    for thread in running:
+        thread.join(timeout=RELAY_JOIN_SECONDS)
+
+
+def _invoke_relay(relay: Any, budget: float, stop: threading.Event) -> None:
+    # each run's log lines share a request id, as a Lambda invocation's do
+    try:
+        logs.per_invocation(lambda _: relay.serve(budget_seconds=budget, stop=stop))({})
+    except Exception:  # an invocation that fails is logged, as Lambda records it
+        log.exception("relay run failed")

@@ -24,7 +24,7 @@ from chalicelib.adapters import queue_metrics
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ConfigurationError, SessionSyncError
 from sessionsync.bench.stats import percentile
-from sessionsync.redis_views import SessionSample, outbox_depth, outbox_oldest_ms, primaries
+from sessionsync.redis_views import SessionSample, outbox_depth, primaries
 from sessionsync.redis_views import sample as sample_sessions
 
 LEVELS = ("ok", "info", "warn", "fail")
@@ -301,7 +301,7 @@ def check_ttls(samples: Sequence[SessionSample], settings: Settings) -> list[Fin
 def check_outbox(store: Any, settings: Settings, *, clock: Callable[[], float] = time.time) -> list[Finding]:
     """Outbox depth and the age of its oldest entry (a stuck relay shows here)."""
     depth = outbox_depth(store)
-    oldest_ms = outbox_oldest_ms(store)
+    oldest_ms = store.outbox_oldest_ms()
     age = None if oldest_ms is None else max(0.0, clock() - oldest_ms / 1000)
     details = {"depth": depth, "oldest_age_s": None if age is None else round(age, 1)}
     stuck_after = max(60.0, settings.outbox_relay_age * 6)

@@ -9,8 +9,6 @@ codec.py.
 """
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from typing import cast
 
@@ -30,6 +28,7 @@ from chalicelib.adapters.redis.keys import (
     session_keys,
 )
 from chalicelib.adapters.redis.store import SessionStore
+from chalicelib.adapters.redis.subscription import Subscription
 from chalicelib.domain.session import Session
 from chalicelib.domain.store import Marker
 
@@ -68,16 +67,6 @@ def outbox_depth(store: SessionStore) -> int:
         for bucket in range(BUCKETS):
             pipe.zcard(outbox_keys(bucket)[0])
         return sum(pipe.execute())
-
-
-def outbox_oldest_ms(store: SessionStore) -> float | None:
-    """When the oldest outbox entry was enqueued (ms since the epoch), or
-    None when the outbox is empty."""
-    with redis_errors():
-        pipe = store.client.pipeline(transaction=False)
-        for bucket in range(BUCKETS):
-            pipe.zrange(outbox_keys(bucket)[0], 0, 0, withscores=True)
-        return min((entries[0][1] for entries in pipe.execute() if entries), default=None)
 
 
 # -- a sample of the sessions (diagnose) -----------------------------------------
@@ -195,53 +184,6 @@ def stored(store: SessionStore, session_id: str) -> StoredSession:
 # -- the change events on Pub/Sub (watch) ------------------------------------------
 
 def subscribe(store: SessionStore, *, timeout: float = 1.0) -> Subscription:
-    """Subscribe to the change events on the store's channel, now.
-
-    Returns once Redis confirmed the subscription, so every change
-    committed after this call is seen.  Iterating yields each event
-    decoded, or None every ``timeout`` seconds without one so that a caller
-    can stop; ``close()`` (or leaving a ``with`` block) unsubscribes.
-    """
-    return Subscription(store.client.pubsub(), store.channel, timeout)
-
-
-class Subscription:
-    """An open Pub/Sub subscription to the change events (``subscribe``)."""
-
-    def __init__(self, pubsub: redis.client.PubSub, channel: str, timeout: float) -> None:
-        self.timeout = timeout
-        self._pubsub = pubsub
-        try:
-            with redis_errors():
-                pubsub.subscribe(channel)
-                # SUBSCRIBE is not acknowledged by subscribe(): wait for the
-                # server's confirmation, or an event published meanwhile is lost.
-                deadline = time.monotonic() + max(timeout, 1.0)
-                while True:
-                    reply = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-                    if reply is not None and reply["type"] == "subscribe":
-                        break
-                    if time.monotonic() >= deadline:
-                        raise redis.TimeoutError(f"no confirmation of SUBSCRIBE {channel}")
-        except BaseException:
-            pubsub.close()
-            raise
-
-    def __iter__(self) -> Subscription:
-        return self
-
-    def __next__(self) -> dict | None:
-        with redis_errors():
-            message = self._pubsub.get_message(timeout=self.timeout)
-        if message is None or message["type"] != "message":
-            return None
-        return json.loads(message["data"])
-
-    def close(self) -> None:
-        self._pubsub.close()
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    """Subscribe to the change events on the store's channel, now
+    (chalicelib.adapters.redis.subscription)."""
+    return Subscription(store.client, store.channel, timeout=timeout)

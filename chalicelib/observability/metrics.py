@@ -9,23 +9,24 @@ The catalogue below is the complete list of metrics; a name outside it is
 a programming error (``KeyError``), so that dashboards and alarms can rely
 on the names.  Where each is emitted:
 
-=====================  ============  =============================================
-WriteLatency           Milliseconds  SessionService create/update/delete/touch (dim: operation)
-Conflicts              Count         SessionService: a compare-and-set lost
-RecoveryReads          Count         SessionService: a session served from PostgreSQL
-ConsumerBatchSize      Count         SQS consumer: records in the batch
-PersistedEvents        Count         SQS consumer: events written to PostgreSQL
-DlqSends               Count         SQS consumer: poison messages sent to the DLQ
-OutboxRelayed          Count         outbox relay: entries re-sent to SQS
-ApiKeyRefreshFailures  Count         API key authorizer: reading the keys secret failed
-ShipFailures           Count         SessionService: a committed change not sent inline (relay sends it)
-RedisRepairs           Count         SessionService: Redis was behind PostgreSQL (failover): repaired
-RedisEpochChanges      Count         SessionService: Redis went back in time (first sight, per bucket)
-StaleReads             Count         SessionService: Redis down, a max-stale read served from PostgreSQL
-PurgedEvents           Count         retention purge: sync_events rows past SYNC_EVENTS_RETENTION_DAYS deleted
-PatchRetries           Count         SessionService: a PATCH merged again after losing its compare-and-set
-SessionsExpired        Count         expiry sweep: session_expired events written
-=====================  ============  =============================================
+======================  ============  =============================================
+WriteLatency            Milliseconds  SessionService create/update/delete/touch (dim: operation)
+Conflicts               Count         SessionService: a compare-and-set lost
+RecoveryReads           Count         SessionService: a session served from PostgreSQL
+ConsumerBatchSize       Count         SQS consumer: records in the batch
+PersistedEvents         Count         SQS consumer: events written to PostgreSQL
+DlqSends                Count         SQS consumer: poison messages sent to the DLQ
+OutboxRelayed           Count         outbox relay: entries sent to SQS
+OutboxOldestAgeSeconds  Seconds       outbox relay, every 10 s while it runs: the oldest entry's age
+ApiKeyRefreshFailures   Count         API key authorizer: reading the keys secret failed
+ShipFailures            Count         outbox relay: changes SQS did not take (they stay in the outbox)
+RedisRepairs            Count         SessionService: Redis was behind PostgreSQL (failover): repaired
+RedisEpochChanges       Count         SessionService: Redis went back in time (first sight, per bucket)
+StaleReads              Count         SessionService: Redis down, a max-stale read served from PostgreSQL
+PurgedEvents            Count         retention purge: sync_events rows older than the retention, deleted
+PatchRetries            Count         SessionService: a PATCH merged again after losing its compare-and-set
+SessionsExpired         Count         expiry sweep: session_expired events written
+======================  ============  =============================================
 
 Why not ``aws_lambda_powertools.Metrics``: docs/decisions/no-powertools.md
 (its import at every cold start; this writer is a ``json.dumps`` and one
@@ -55,6 +56,7 @@ CATALOGUE: Mapping[str, str] = {
     "PersistedEvents": "Count",
     "DlqSends": "Count",
     "OutboxRelayed": "Count",
+    "OutboxOldestAgeSeconds": "Seconds",
     "ApiKeyRefreshFailures": "Count",
     "ShipFailures": "Count",
     "RedisRepairs": "Count",

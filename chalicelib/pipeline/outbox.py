@@ -1,35 +1,56 @@
-"""The outbox relay: re-send change events that never reached SQS.
+"""The outbox relay: every committed change reaches SQS from here.
 
-Every write records its event in the outbox of its hash slot, in the same
-Lua script as the write (``chalicelib.adapters.redis.store``); the request then sends it
-to SQS and removes the entry (``chalicelib.pipeline.producer``).  An entry still
-there after ``age_seconds`` means that the process died between the two
-steps, or SQS (or the ack) failed.  The relay sends those again, on a
-schedule (a Chalice scheduled Lambda every minute; ``sessionsync relay``
-and the local server's relay thread every second).
+Every write records its event in the outbox of its hash slot and publishes
+it on the store's Pub/Sub channel, in the same Lua script as the write
+(``chalicelib.adapters.redis.store``), and answers: the request never waits
+for SQS.  The relay runs continuously (docs/decisions/relay-off-the-request-path.md):
+
+* one relay at a time holds a lease in Redis (``RelayLease``); the
+  scheduled function is invoked every minute, and each run waits for the
+  lease, holds it until the next run asks for it (or its time is up), then
+  hands over.  A relay that dies stops renewing, and the next one takes
+  over when the lease expires;
+* while it holds the lease it listens on the channel: each event wakes it
+  the moment its write committed, and it sends what arrived meanwhile, in
+  SendMessageBatch calls of 10, several at once, then acks the entries SQS
+  took;
+* Pub/Sub is fire-and-forget, so every ``sweep_interval`` it also reads the
+  outbox itself for entries older than ``age_seconds`` (a wake-up missed
+  while it reconnected, a send SQS refused), and all of it when it starts
+  listening (what was committed while no relay listened).
 
 Timeline of the cases it covers::
 
-    normal      t0 Lua write + outbox entry ─ t0+2ms SQS send ─ ack (entry gone)
-    died        t0 Lua write + outbox entry ─ ✝            ... t0+age relay sends, acks
-    SQS down    t0 Lua write + entry ─ send fails ... relay fails ... SQS back: relay sends
-    slow send   t0 Lua write + entry ─ send in flight > age ─ relay sends too ─ both ack
+    normal      t0 Lua write + outbox entry + publish ─ reply ─ relay wakes, sends, acks (ms)
+    relay dies  t0 write + entry ─ ✝ relay ... t0+lease: the next relay takes over, sweeps, sends
+    SQS down    t0 write + entry ─ send fails: entry stays ... sweeps retry ... SQS back: sent
+    slow send   t0 write + entry ─ send in flight > age ─ a sweep sends it too ─ both ack
                 -> the event is in SQS twice: the consumer skips the duplicate
                    (one row per session and version), so a duplicate is harmless.
+    two relays  the lease keeps one sending; a relay that lost it (paused past
+                its expiry) sends at most what it had in hand: duplicates again.
 
-The age keeps the relay from racing every in-flight request; it trades a
-few seconds of delay for no duplicates in the common case.
+The outbox is the record: an entry leaves it only once SQS took its
+message, so nothing acknowledged is lost while Redis keeps its data.  A
+relay that stops is an alarm (``OutboxOldestAgeSeconds``, emitted while a
+relay runs: no relay, no data points, which the alarm treats as breaching).
 """
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
+from chalicelib.adapters.aws import session_of
 from chalicelib.adapters.redis.keys import BUCKETS, bucket_of
+from chalicelib.constants import RELAY_SENDERS
 from chalicelib.domain.errors import ServiceUnavailable
 from chalicelib.observability import metrics
 
@@ -37,9 +58,23 @@ log = logging.getLogger("sessionsync.outbox")
 
 DEFAULT_AGE_SECONDS = 5.0
 PAGE = 500
-# a local relay pass ends after this long even if entries keep coming, so
-# that a stop request is seen
-RUN_BUDGET_SECONDS = 30.0
+#: SendMessageBatch's limit: a wake-up's events go in chunks of this many
+SQS_BATCH = 10
+#: the lease is renewed this often (it lasts RELAY_LEASE_SECONDS)
+RENEW_SECONDS = 1.0
+#: a relay waiting for the lease asks this often
+LEASE_POLL_SECONDS = 0.1
+#: the outbox is read directly this often, besides the wake-ups
+SWEEP_SECONDS = 1.0
+#: OutboxRelayed and OutboxOldestAgeSeconds are emitted this often
+METRICS_SECONDS = 10.0
+#: after handing over, how long a relay waits to see the successor hold the
+#: lease before it takes it back (a successor that died as it was handed it)
+HANDOVER_CONFIRM_SECONDS = 2.0
+#: after Redis failed the relay, it waits this long before listening again
+REDIS_RETRY_SECONDS = 0.5
+# the head of an event as write.lua builds it: the id comes second
+_EVENT_ID = re.compile(rb'\{"schema_version":\d+,"event_id":"([^"]+)"')
 
 
 class Outbox(Protocol):
@@ -47,6 +82,8 @@ class Outbox(Protocol):
 
     def outbox_pending(self, older_than_s: float, limit: int = ...,
                        start_bucket: int = ...) -> Iterable[tuple[str, str]]: ...
+
+    def outbox_oldest_ms(self) -> float | None: ...
 
 
 class Sender(Protocol):
@@ -56,77 +93,347 @@ class Sender(Protocol):
     def send_many(self, events: Iterable[tuple[str, str]]) -> list[str]: ...
 
 
+class Lease(Protocol):
+    """One relay at a time (``chalicelib.adapters.redis.lease.RelayLease``)."""
+
+    def take(self, token: str) -> bool: ...
+
+    def renew(self, token: str) -> tuple[bool, bool]: ...
+
+    def release(self, token: str) -> None: ...
+
+    def holder(self) -> str | None: ...
+
+
+class Wakeups(Protocol):
+    """The change events as published (``subscription.Subscription``)."""
+
+    def raw(self, timeout: float) -> bytes | None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class RelayResult:
     found: int = 0
     sent: int = 0
 
-    def __iadd__(self, other: RelayResult) -> RelayResult:
+    def __iadd__(self, other: RelayResult) -> Self:
         self.found += other.found
         self.sent += other.sent
         return self
 
 
+@dataclass
+class RelayRun(RelayResult):
+    """What one run of the continuous relay did (``OutboxRelay.serve``)."""
+
+    #: seconds it waited for the lease, and held it
+    waited: float = 0.0
+    held: float = 0.0
+    #: reads of the outbox itself, and the entries its wake-ups sent
+    sweeps: int = 0
+    woken: int = 0
+    #: seconds from the run's start until it relayed (lease held, listening,
+    #: first sweep done): its cold start, for a run that never waited
+    ready: float = 0.0
+    #: why it ended: "budget", "handed over", "lease lost", "stopped", "never held"
+    ended: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"found": self.found, "sent": self.sent, "waited_seconds": round(self.waited, 3),
+                "held_seconds": round(self.held, 3), "sweeps": self.sweeps, "woken": self.woken,
+                "ready_seconds": round(self.ready, 6), "ended": self.ended}
+
+
 class OutboxRelay:
-    """Re-sends outbox entries older than ``age_seconds`` (store and producer given)."""
+    """Sends outbox entries to SQS (store and producer given): ``serve`` is
+    the continuous relay (lease and wake-ups given), ``drain`` one pass
+    over what is pending (``sessionsync relay --once``, tests)."""
 
     def __init__(self, outbox: Outbox, sender: Sender, *, age_seconds: float = DEFAULT_AGE_SECONDS,
-                 page: int = PAGE, clock: Callable[[], float] = time.monotonic) -> None:
+                 page: int = PAGE, clock: Callable[[], float] = time.monotonic,
+                 lease: Lease | None = None, listen: Callable[[], Wakeups] | None = None,
+                 senders: int = RELAY_SENDERS, sweep_seconds: float = SWEEP_SECONDS,
+                 wall: Callable[[], float] = time.time) -> None:
         self.outbox = outbox
         self.sender = sender
         self.age_seconds = age_seconds
         self.page = page
         self.clock = clock
+        self.lease = lease
+        self.listen = listen
+        self.senders = senders
+        self.sweep_seconds = sweep_seconds
+        self.wall = wall
         self._start_bucket = 0
 
-    def run_once(self) -> RelayResult:
-        """One page: up to ``page`` old entries, sent in SQS batches.
+    # -- one pass over what is pending -----------------------------------------
+
+    def run_once(self, *, age_seconds: float | None = None,
+                 pool: ThreadPoolExecutor | None = None) -> RelayResult:
+        """One page: up to ``page`` entries older than ``age_seconds``
+        (default ``self.age_seconds``), sent in SQS batches (with ``pool``,
+        several at once).
 
         Raises ServiceUnavailable when Redis cannot be read; SQS failures
-        are not raised (the entries stay and the next run tries again).
+        are not raised (the entries stay and the next pass tries again).
         """
-        pending = list(self.outbox.outbox_pending(self.age_seconds, self.page,
-                                                  start_bucket=self._start_bucket))
+        age = self.age_seconds if age_seconds is None else age_seconds
+        pending = list(self.outbox.outbox_pending(age, self.page, start_bucket=self._start_bucket))
         if not pending:
             return RelayResult()
         # next time, start after the last bucket read: entries SQS keeps
         # refusing cannot fill every page and starve the other buckets
         self._start_bucket = (bucket_of(pending[-1][0].rsplit(":", 1)[0]) + 1) % BUCKETS
-        sent = self.sender.send_many(pending)
-        result = RelayResult(found=len(pending), sent=len(sent))
-        metrics.emit({"OutboxRelayed": result.sent})
-        log.info("outbox relayed", extra={"found": result.found, "sent": result.sent})
+        sent = (len(self.sender.send_many(pending)) if pool is None
+                else send_in_lanes(self.sender, pending, pool, self.senders))
+        result = RelayResult(found=len(pending), sent=sent)
         if result.sent < result.found:
+            metrics.emit({"ShipFailures": result.found - result.sent})
             log.warning("outbox entries not sent; will retry",
                         extra={"unsent": result.found - result.sent})
         return result
 
-    def drain(self, *, budget_seconds: float) -> RelayResult:
+    def drain(self, *, budget_seconds: float, age_seconds: float | None = None,
+              report: bool = True, pool: ThreadPoolExecutor | None = None) -> RelayResult:
         """Pages until the outbox has nothing old left, a send fails, or the
-        time budget is spent (a scheduled Lambda must end before its timeout).
+        time budget is spent; ``report``: emit OutboxRelayed (a continuous
+        relay reports its sweeps with its wake-ups instead).
 
         Raises ServiceUnavailable when Redis cannot be read.
         """
         deadline = self.clock() + budget_seconds
         total = RelayResult()
         while True:
-            result = self.run_once()
+            result = self.run_once(age_seconds=age_seconds, pool=pool)
             total += result
             # a short page means nothing older is left; an incomplete send
-            # means SQS is failing: stop and let the next schedule retry
+            # means SQS is failing: stop and let the next pass retry
             if result.found < self.page or result.sent < result.found or self.clock() >= deadline:
+                if total.sent and report:
+                    metrics.emit({"OutboxRelayed": total.sent})
                 return total
 
-    def run(self, stop: threading.Event, *, interval: float = 1.0) -> None:
-        """Drain every ``interval`` seconds until ``stop`` is set (local relay).
+    # -- the continuous relay ----------------------------------------------------
 
-        Survives Redis outages (logs and tries again); never raises.
-        """
-        while not stop.is_set():
+    def serve(self, *, budget_seconds: float, stop: threading.Event | None = None,
+              run: RelayRun | None = None) -> RelayRun:
+        """One run of the continuous relay: wait for the lease, then relay
+        every change as it commits until the budget is spent, a successor
+        asks for the lease, or ``stop`` is set.  Never raises: Redis or SQS
+        trouble is logged and retried within the budget.  Returns ``run``
+        (a new one if not given), filled as it goes."""
+        assert self.lease is not None and self.listen is not None, "serve needs a lease and wake-ups"
+        stop = stop or threading.Event()
+        start = self.clock()
+        deadline = start + budget_seconds
+        token = uuid.uuid4().hex
+        run = RelayRun() if run is None else run
+        if not self._wait_for_lease(token, deadline, stop):
+            run.waited, run.ended = self.clock() - start, "never held"
+            return run
+        held_from = self.clock()
+        run.waited = held_from - start
+        try:
+            run.ended = self._hold(token, deadline, stop, run, start)
+        finally:
+            if run.ended != "handed over":
+                try:
+                    self.lease.release(token)
+                except ServiceUnavailable:
+                    pass  # it expires on its own
+            run.held = self.clock() - held_from
+        log.info("relay run ended", extra=run.to_dict())
+        return run
+
+    def _wait_for_lease(self, token: str, deadline: float, stop: threading.Event) -> bool:
+        assert self.lease is not None
+        while not stop.is_set() and self.clock() < deadline:
             try:
-                self.drain(budget_seconds=RUN_BUDGET_SECONDS)
+                if self.lease.take(token):
+                    return True
             except ServiceUnavailable as exc:
-                log.warning("relay cannot read the outbox", extra={"error": exc.message})
-            except Exception:  # a thread must not die silently: log, go on
-                log.exception("relay run failed")
-            stop.wait(interval)
+                log.warning("relay cannot reach its lease", extra={"error": exc.message})
+            stop.wait(LEASE_POLL_SECONDS)
+        return False
+
+    def _hold(self, token: str, deadline: float, stop: threading.Event, run: RelayRun,
+              started: float) -> str:
+        """Relay while holding the lease; returns why it stopped."""
+        assert self.lease is not None
+        renewed = self.clock()
+        loop = _Loop(self, run, started)
+        with ThreadPoolExecutor(self.senders, thread_name_prefix="relay-send") as pool:
+            loop.pool = pool
+            try:
+                while not stop.is_set() and self.clock() < deadline:
+                    if self.clock() - renewed >= RENEW_SECONDS:
+                        try:
+                            held, successor = self.lease.renew(token)
+                        except ServiceUnavailable as exc:
+                            log.warning("relay cannot renew its lease", extra={"error": exc.message})
+                            loop.redis_failed()
+                            stop.wait(REDIS_RETRY_SECONDS)
+                            continue
+                        renewed = self.clock()
+                        if not held:
+                            log.warning("relay lost its lease (paused past it); another relay runs")
+                            return "lease lost"
+                        try:
+                            if successor and self._hand_over(token, stop):
+                                return "handed over"
+                        except ServiceUnavailable:
+                            continue  # the next renewal says whether it is still ours
+                    loop.step(min(RENEW_SECONDS, max(0.0, deadline - self.clock())))
+            finally:
+                loop.close()
+        return "stopped" if stop.is_set() else "budget"
+
+    def _hand_over(self, token: str, stop: threading.Event) -> bool:
+        """Release to the successor waiting; True once it holds the lease,
+        False (the lease taken back) if none took it in time."""
+        assert self.lease is not None
+        self.lease.release(token)
+        until = self.clock() + HANDOVER_CONFIRM_SECONDS
+        while self.clock() < until and not stop.is_set():
+            holder = self.lease.holder()
+            if holder is not None and holder != token:
+                log.info("relay handed over to the next run")
+                return True
+            stop.wait(LEASE_POLL_SECONDS / 2)
+        # the successor vanished (or we are stopping): keep relaying
+        return not self.lease.take(token)
+
+
+def send_in_lanes(sender: Sender, events: Sequence[tuple[str, str]], pool: ThreadPoolExecutor,
+                  lanes: int) -> int:
+    """Send ``events`` (event id, body) in ``lanes`` lanes at once, a
+    session's events always in the same lane, each lane's in order, in
+    SendMessageBatch chunks of SQS_BATCH; a lane stops at its first chunk
+    SQS did not take whole.  Returns how many were sent (and acked).
+
+    One session's changes are never sent concurrently, so they reach SQS in
+    the order they committed: a FIFO queue (SESSION_QUEUE_FIFO) delivers
+    each session's events in that order, as the relay read them.
+    """
+    by_lane: list[list[tuple[str, str]]] = [[] for _ in range(lanes)]
+    for event in events:
+        by_lane[zlib.crc32(session_of(event[0]).encode()) % lanes].append(event)
+
+    def lane(mine: list[tuple[str, str]]) -> int:
+        sent = 0
+        for i in range(0, len(mine), SQS_BATCH):
+            chunk = mine[i:i + SQS_BATCH]
+            took = len(sender.send_many(chunk))
+            sent += took
+            if took < len(chunk):
+                break  # SQS is failing: the rest waits in the outbox, in order
+        return sent
+    return sum(pool.map(lane, [mine for mine in by_lane if mine]))
+
+
+class _Loop:
+    """The body of a held lease: listen, send what wakes it, sweep."""
+
+    def __init__(self, relay: OutboxRelay, run: RelayRun, started: float) -> None:
+        self.relay = relay
+        self.run = run
+        self.started = started
+        self.pool: ThreadPoolExecutor | None = None
+        self.wakeups: Wakeups | None = None
+        self.swept = float("-inf")
+        self.reported = relay.clock()
+        self.relayed = 0
+        # a send failed: wake-ups are left to the sweeps (which then take
+        # every entry, not only old ones) until one sends all it found
+        self.failing = False
+
+    def step(self, wait: float) -> None:
+        relay = self.relay
+        try:
+            if self.wakeups is None:
+                # listen BEFORE reading the outbox: a change committed
+                # after the read is then heard, one committed before is read
+                assert relay.listen is not None  # serve checked it
+                self.wakeups = relay.listen()
+                self.swept = float("-inf")
+                self.failing = True  # the first sweep takes everything pending
+            if relay.clock() - self.swept >= relay.sweep_seconds:
+                self._sweep()
+                wait = min(wait, relay.sweep_seconds)
+            events = self._collect(min(wait, max(0.0, self.swept + relay.sweep_seconds - relay.clock())))
+            if events and not self.failing:
+                self._send(events)
+            if relay.clock() - self.reported >= METRICS_SECONDS:
+                self._report()
+        except ServiceUnavailable as exc:
+            log.warning("relay cannot reach Redis; listening again", extra={"error": exc.message})
+            self.redis_failed()
+            time.sleep(REDIS_RETRY_SECONDS)
+
+    def redis_failed(self) -> None:
+        if self.wakeups is not None:
+            try:
+                self.wakeups.close()
+            except Exception:  # the connection is already gone
+                pass
+            self.wakeups = None
+
+    def _sweep(self) -> None:
+        relay = self.relay
+        age = 0.0 if self.failing else relay.age_seconds
+        result = relay.drain(budget_seconds=relay.sweep_seconds * 5, age_seconds=age, report=False,
+                             pool=self.pool)
+        self.swept = relay.clock()
+        self.run += result
+        self.run.sweeps += 1
+        if self.run.sweeps == 1:
+            self.run.ready = relay.clock() - self.started
+        self.relayed += result.sent
+        if result.sent == result.found:
+            self.failing = False
+
+    def _collect(self, timeout: float) -> list[tuple[str, str]]:
+        """The events published until ``timeout`` passes without one: the
+        first waited for, then what has already arrived (at most a round
+        of sends)."""
+        assert self.wakeups is not None
+        events: list[tuple[str, str]] = []
+        data = self.wakeups.raw(timeout)
+        limit = SQS_BATCH * self.relay.senders
+        while data is not None:
+            match = _EVENT_ID.match(data)
+            if match:  # another publisher's message: not ours to send
+                events.append((match.group(1).decode(), data.decode()))
+            if len(events) >= limit:
+                break
+            data = self.wakeups.raw(0)
+        return events
+
+    def _send(self, events: Sequence[tuple[str, str]]) -> None:
+        """Send in lanes, ``senders`` at once (``send_in_lanes``)."""
+        assert self.pool is not None
+        sent = send_in_lanes(self.relay.sender, events, self.pool, self.relay.senders)
+        self.run += RelayResult(found=len(events), sent=sent)
+        self.run.woken += sent
+        self.relayed += sent
+        if sent < len(events):
+            # the entries stay in the outbox: the sweeps retry them
+            metrics.emit({"ShipFailures": len(events) - sent})
+            log.warning("SQS refused changes; the relay retries them from the outbox",
+                        extra={"unsent": len(events) - sent})
+            self.failing = True
+
+    def _report(self) -> None:
+        """OutboxRelayed and the oldest entry's age: the lag alarm."""
+        relay = self.relay
+        oldest = relay.outbox.outbox_oldest_ms()
+        age = 0.0 if oldest is None else max(0.0, relay.wall() - oldest / 1000)
+        metrics.emit({"OutboxRelayed": self.relayed, "OutboxOldestAgeSeconds": round(age, 3)})
+        log.info("relay running", extra=self.run.to_dict())
+        self.relayed = 0
+        self.reported = relay.clock()
+
+    def close(self) -> None:
+        self.redis_failed()

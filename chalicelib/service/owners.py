@@ -264,5 +264,4 @@ def _block(service: SessionService, owner_id: str, session_id: str) -> str | Non
         result = store.block(session_id, owner_id, service.default_ttl)
     if result is None:
         return None  # created meanwhile: look again
-    service.ship(result)
-    return "blocked"
+    return "blocked"  # the tombstone's event is in the outbox: the relay ships it

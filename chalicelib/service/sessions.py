@@ -1,7 +1,9 @@
 """The session service: what every route and CLI command calls.
 
 It composes the hot store (the ``Store`` contract, chalicelib.domain.store),
-the SQS producer and, when configured, PostgreSQL for recovery and history.
+and, when configured, PostgreSQL for recovery and history.  A write returns
+once its script committed in Redis (the change event in the outbox with it):
+the outbox relay ships it to SQS (chalicelib.pipeline.outbox).
 It owns the rules for a Redis that forgot: Redis never serves, or accepts a
 write on, a version older than PostgreSQL's, and never reuses an id.  The
 store signals what it cannot decide (``KeyMissing``, ``IdUnknown``,
@@ -67,10 +69,6 @@ PATCH_PAUSE_CAP_SECONDS = 0.05
 REPORT_INTERVAL_SECONDS = 60.0
 
 
-class Publisher(Protocol):
-    def publish(self, result: WriteResult) -> bool: ...
-
-
 class DurableSessions(Protocol):
     """The read side of PostgreSQL that the service needs."""
 
@@ -134,14 +132,12 @@ class HistoryPage:
 
 
 class SessionService:
-    def __init__(self, store: Store, *, publisher: Publisher | None = None,
-                 durable: DurableSessions | None = None, default_ttl: int = 3600,
+    def __init__(self, store: Store, *, durable: DurableSessions | None = None, default_ttl: int = 3600,
                  settle_seconds: float = Settings.redis_settle,
                  slide_on_read: bool = False) -> None:
         self.store = store
         #: SESSION_SLIDE_ON_READ: a GET gives the Redis key its full TTL again
         self.slide_on_read = slide_on_read
-        self.publisher = publisher
         self.durable = durable
         self.default_ttl = default_ttl
         self.settle_seconds = settle_seconds
@@ -153,7 +149,7 @@ class SessionService:
 
         Every write method takes ``idempotency`` (the request's
         Idempotency-Key): a write already recorded under the key is returned
-        as it was (``Session.replayed``), and shipped no second time; the
+        as it was (``Session.replayed``), committing nothing new; the
         store checks the record before anything else, so a replay needs
         neither PostgreSQL nor a settled Redis.  IdempotencyKeyReused when
         the key was recorded for another request.
@@ -179,7 +175,6 @@ class SessionService:
                                     deleted=persisted.deleted) from None
             result = self.store.create(request.session_id, request.state_json, ttl,
                                        idempotency=idempotency, owner_id=owner)
-        self._ship(result)
         return result.session
 
     def get(self, session_id: str) -> Read:
@@ -268,7 +263,6 @@ class SessionService:
             request.session_id, request.state_json, request.expected_version,
             persisted_version=persisted, ttl_seconds=request.ttl_seconds,
             idempotency=idempotency))
-        self._ship(result)
         return result.session
 
     @metrics.timed_write("touch")
@@ -282,7 +276,6 @@ class SessionService:
         result = self._write(session_id, lambda persisted: self.store.touch(
             session_id, expected_version, persisted_version=persisted, ttl_seconds=ttl_seconds,
             idempotency=idempotency))
-        self._ship(result)
         return result.session
 
     @metrics.timed_write("patch")
@@ -337,7 +330,6 @@ class SessionService:
                 continue
             if attempt:
                 metrics.emit({"PatchRetries": attempt})
-            self._ship(result)
             return result.session
         assert lost is not None  # every attempt lost
         raise KeptChanging(request.session_id, attempts=PATCH_ATTEMPTS,
@@ -357,7 +349,6 @@ class SessionService:
         """Tombstone the session.  Raises as ``update``."""
         result = self._write(session_id, lambda persisted: self.store.delete(
             session_id, expected_version, persisted_version=persisted, idempotency=idempotency))
-        self._ship(result)
         return result.session
 
     def _write(self, session_id: str, write: Callable[[int | None], WriteResult]) -> WriteResult:
@@ -405,34 +396,6 @@ class SessionService:
         more = more or kept < len(events)
         page = list(events[:kept])
         return HistoryPage(session_id, page, page[-1]["version"] if more else None)
-
-    def ship(self, result: WriteResult) -> None:
-        """Send on a change committed by a store write of another module's
-        (``chalicelib.service.owners``); as ``_ship``."""
-        self._ship(result)
-
-    def _ship(self, result: WriteResult) -> None:
-        """Send the committed change on; never fails the (acknowledged) write.
-
-        The write is committed in Redis, outbox entry included: any error
-        from here on (the publisher built on first use, as a cold Lambda looks
-        its queue URL up; SQS; the outbox acknowledgement, e.g. refused by a
-        Redis ACL) would make the client retry a write that succeeded (409
-        SessionExists or ConcurrencyError).  So nothing here fails the
-        response: the entry stays and the relay sends it; the failure is
-        logged and counted (``ShipFailures``).
-        """
-        if self.publisher is None or result.replayed:
-            # a replay wrote nothing: its event is the original write's,
-            # shipped by it (or by the relay, from the outbox)
-            return
-        try:
-            self.publisher.publish(result)
-        except Exception as exc:  # deliberately broad: see the docstring
-            metrics.emit({"ShipFailures": 1})
-            log.error("could not ship a committed change; the outbox relay will send it",
-                      extra={"event_id": result.event_id, "code": getattr(exc, "code", type(exc).__name__),
-                             "error": getattr(exc, "message", str(exc))})
 
     def _reconcile(self, session_id: str, redis_version: int, *, epoch: str | None = None) -> int:
         """PostgreSQL's version of a session whose Redis value predates Redis's

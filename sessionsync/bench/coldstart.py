@@ -73,10 +73,14 @@ class Context:
     aws_request_id = "00000000-0000-0000-0000-000000000000"
     memory_limit_in_mb = 1024
     def get_remaining_time_in_millis(self):
-        return 10000
+        # the relay runs until its deadline less the margin: the least budget
+        return 6000 if call["function"] == "relay_outbox" else 10000
 t2 = time.perf_counter_ns()
 response = getattr(app, call["function"])(call["event"], Context())
 t3, c3 = time.perf_counter_ns(), time.process_time_ns()
+if isinstance(response, dict) and "ready_seconds" in response:
+    # the continuous relay: its first call lasts until then, relaying
+    t3 = t2 + int(response["ready_seconds"] * 1e9)
 heavy = sorted(m for m in %r if m in sys.modules)
 print(json.dumps({"import_ms": (t1 - t0) / 1e6, "first_request_ms": (t3 - t2) / 1e6,
                   "import_plus_first_cpu_ms": (c3 - c0) / 1e6,
@@ -448,7 +452,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                  "steadier on a busy machine but blind to waiting on Redis, PostgreSQL or SQS. "
                  "by_function: the API's first GET (a session in Redis), the authorizer's first "
                  "call (a valid key), the consumer's first batch (one new event into PostgreSQL), "
-                 "the relay's first drain (whatever old entries the outbox has, usually none). "
+                 "the relay's first run until it relays (its lease taken, its wake-ups heard, "
+                 "its first sweep done; its CPU time also covers the rest of its 1 s run). "
                  "The PUT's first request includes building the boto3 SQS client and one "
                  "SendMessage to LocalStack.",
     }

@@ -57,7 +57,7 @@ class _AckingSender:
         return ids
 
 
-def _fill(client: redis.Redis, prefix: str, count: int) -> None:
+def fill_outbox(client: redis.Redis, prefix: str, count: int) -> None:
     """``count`` due entries, one per session, a chunk at a time (one ZADD
     and one HSET per bucket per chunk: filling is not what is measured)."""
     pad = "x" * 100
@@ -78,7 +78,7 @@ def _fill(client: redis.Redis, prefix: str, count: int) -> None:
 
 def _drain(client: redis.Redis, prefix: str, backlog: int) -> dict[str, Any]:
     client.flushall()
-    _fill(client, prefix, backlog)
+    fill_outbox(client, prefix, backlog)
     store = SessionStore(client)
     relay = OutboxRelay(store, _AckingSender(store), age_seconds=0)
     server_cpu, cpu, start = _server_cpu(client), time.process_time(), time.perf_counter()
@@ -138,7 +138,7 @@ def _sqs_drain(ctx: BenchContext, client: redis.Redis, backlog: int) -> dict[str
     if why_not := localstack_sqs_unavailable(ctx.aws_endpoint_url):
         return {"skipped": why_not}
     client.flushall()
-    _fill(client, ctx.session_prefix("relay-sqs"), backlog)
+    fill_outbox(client, ctx.session_prefix("relay-sqs"), backlog)
     store = SessionStore(client)
     with local_queue(ctx, "relay") as (sqs, url):
         relay = OutboxRelay(store, SqsProducer(sqs, url, store), age_seconds=0)

@@ -19,7 +19,7 @@ from sessionsync.bench.harness import quiet_telemetry
 # the heavy loads (a million sessions, 16 writer processes) last.
 SECTION_ORDER = ("store", "cas_split", "handler", "coldstart", "consumer", "consumer_floor", "memory",
                  "memory_levers", "relay", "scale", "cluster", "replication", "contention",
-                 "consumers_parallel", "http_load")
+                 "consumers_parallel", "http_load", "persistence")
 SCHEMA_VERSION = 1
 
 

@@ -133,6 +133,48 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
                                  f"{data['conflict_rate']:.0%}"))
     checks.extend(_scale_out_redis(sections))
     checks.extend(_scale_out_pipeline(sections))
+    checks.extend(_persistence(sections))
+    return checks
+
+
+def _persistence(sections: dict[str, Any]) -> list[dict[str, Any]]:
+    """A write answered at Redis speed, and how soon it reaches PostgreSQL
+    (section persistence: ``sessionsync serve`` with its pipeline)."""
+    from sessionsync.bench.persistence import (
+        LAG_P50_LIMIT_MS,
+        LAG_P99_LIMIT_MS,
+        RELAY_FACTOR,
+        WRITE_READ_LIMIT,
+    )
+
+    section = sections.get("persistence")
+    if not _ok(section):
+        return []
+    checks: list[dict[str, Any]] = []
+    wr = section["write_read"]
+    value = wr["write/read"]["p50"]
+    checks.append(_check(f"HTTP write p50 <= {WRITE_READ_LIMIT}x HTTP read p50 (serve, one "
+                         "keep-alive client)", value, WRITE_READ_LIMIT, value <= WRITE_READ_LIMIT, "x",
+                         f"PUT If-Match {wr['write']['p50_us']} us / GET {wr['read']['p50_us']} us "
+                         "at p50, alternated on one connection, the pipeline running"))
+    lag = section["persistence_lag"]
+    if "p50_ms" in lag:
+        how = (f"acknowledged -> row in sync_events, {lag['writes']} writes paced at "
+               f"{lag['rate_per_second']}/s ({lag['writes_late_by_more_than_a_period']} late), "
+               f"{lag['missing']} missing")
+        checks.append(_check(f"persistence lag p50 < {LAG_P50_LIMIT_MS:g} ms at "
+                             f"{lag['rate_per_second']} writes/s", lag["p50_ms"], LAG_P50_LIMIT_MS,
+                             lag["p50_ms"] < LAG_P50_LIMIT_MS and not lag["missing"], "ms", how))
+        checks.append(_check(f"persistence lag p99 < {LAG_P99_LIMIT_MS:g} ms at "
+                             f"{lag['rate_per_second']} writes/s", lag["p99_ms"], LAG_P99_LIMIT_MS,
+                             lag["p99_ms"] < LAG_P99_LIMIT_MS and not lag["missing"], "ms", how))
+    relay = section["relay"]
+    value = relay["ratio_to_one_api_function"]
+    checks.append(_check(f"relay throughput >= {RELAY_FACTOR:g}x the writes/s one API function "
+                         "sustains", value, RELAY_FACTOR, value >= RELAY_FACTOR, "x",
+                         f"{relay['entries_per_second']} entries/s (OutboxRelay.serve, "
+                         f"{relay['senders']} senders, to LocalStack SQS) / "
+                         f"{wr['writes_per_second_one_client']} PUTs/s of one client, one at a time"))
     return checks
 
 

@@ -6,26 +6,29 @@ import threading
 import click
 
 from chalicelib import runtime
+from chalicelib.constants import RELAY_SCHEDULE_SECONDS
 from sessionsync.cli._common import echo_json, exit_on_errors, fail, output_format
 
 
 @click.command()
-@click.option("--once", is_flag=True, help="Relay what is pending now and exit.")
+@click.option("--once", is_flag=True, help="Send what is pending now and exit.")
 @click.option("--age", type=click.FloatRange(0), default=None,
-              help="Only entries older than this many seconds (default OUTBOX_RELAY_AGE_SECONDS).")
-@click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True)
+              help="With --once: only entries older than this many seconds (default 0: all).")
 @output_format()
-def relay(once: bool, age: float | None, interval: float, fmt: str) -> None:
-    """Re-send outbox entries that never reached SQS.
+def relay(once: bool, age: float | None, fmt: str) -> None:
+    """Ship committed changes from the outbox to SQS.
 
+    Without --once, runs as the deployed relay function: a run every
+    minute, each holding the relay's lease (one relay at a time, whatever
+    else runs against this Redis) and sending each change as it commits.
     With --once, what is pending now, then what was sent (--format json for scripts).
     """
+    from sessionsync.local_pipeline import run_relay_schedule
+
     with exit_on_errors("relay failed"):
         r = runtime.relay()
-        if age is not None:
-            r.age_seconds = age
         if once:
-            result = r.drain(budget_seconds=300)
+            result = r.drain(budget_seconds=300, age_seconds=age or 0.0)
             if fmt == "json":
                 echo_json({"found": result.found, "sent": result.sent})
             else:
@@ -34,8 +37,9 @@ def relay(once: bool, age: float | None, interval: float, fmt: str) -> None:
                 fail("some entries could not be sent (SQS unavailable?)")
             return
     stop = threading.Event()
-    click.echo(f"relaying entries older than {r.age_seconds:g} s every {interval:g} s (Ctrl-C to stop)")
+    click.echo(f"relaying as the schedule does: a run every {RELAY_SCHEDULE_SECONDS} s "
+               "(Ctrl-C to stop)")
     try:
-        r.run(stop, interval=interval)
+        run_relay_schedule(r, stop)
     except KeyboardInterrupt:
         stop.set()

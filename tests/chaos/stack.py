@@ -23,13 +23,16 @@ from chalicelib.adapters import aws
 from chalicelib.adapters.postgres.database import Database
 from chalicelib.adapters.redis.client import connect_redis
 from chalicelib.adapters.redis.keys import outbox_keys
+from chalicelib.adapters.redis.lease import RelayLease
 from chalicelib.adapters.redis.store import SessionStore
+from chalicelib.adapters.redis.subscription import Subscription
 from chalicelib.config import Settings
 from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
 from chalicelib.pipeline.dead_letters import DeadLetterQueue
-from chalicelib.pipeline.outbox import OutboxRelay
+from chalicelib.pipeline.outbox import LEASE_POLL_SECONDS, OutboxRelay
 from chalicelib.pipeline.producer import SqsProducer
 from chalicelib.service.sessions import SessionService
+from sessionsync.local_pipeline import run_relay_schedule
 from sessionsync.provisioning import QueuePair
 from sessionsync.redis_views import subscribe
 from sessionsync.worker import Worker
@@ -64,12 +67,6 @@ class _Recorded(SqsProducer):
         super().__init__(sqs, queue_url, store)
         self.accepted = accepted
 
-    def publish(self, result: Any) -> bool:
-        sent = super().publish(result)
-        if sent:
-            self.accepted.add(_identity(result.event_json))
-        return sent
-
     def send_many(self, events: Iterable[tuple[str, str]]) -> list[str]:
         events = list(events)
         sent = super().send_many(events)
@@ -88,7 +85,14 @@ class ChaosStack:
     #: the mapping played by the consumers
     report_batch_item_failures: bool = True
     consumers: int = 1
+    #: the relay's sweeps send entries older than this (its wake-ups, the rest)
     relay_age: float = 0.5
+    #: relays at once, each run as its schedule runs it (a run every
+    #: ``relay_period`` seconds, handing over through the lease)
+    relays: int = 1
+    relay_period: float = 60.0
+    #: a relay that died is taken over after this
+    relay_lease: float = 2.0
     #: longer than the pipeline's lag under the workload (see Workload.think_seconds)
     settle_seconds: float = 5.0
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -102,16 +106,13 @@ class ChaosStack:
         self.sqs_proxy = TcpProxy(int(self.localstack_url.rsplit(":", 1)[1]))
         proxied = Settings(aws_endpoint_url=f"http://127.0.0.1:{self.sqs_proxy.port}",
                            aws_region="us-east-1")
-        # the request path's client, as runtime.producer builds it
-        self.fast_sqs = aws.client("sqs", proxied, connect_timeout=0.5, read_timeout=0.5, attempts=1)
         self.sqs = aws.client("sqs", proxied, connect_timeout=1.0, read_timeout=3.0, attempts=2)
         self.direct_sqs = aws.client("sqs", Settings(aws_endpoint_url=self.localstack_url,
                                                      aws_region="us-east-1"))
         self.store = SessionStore(connect_redis(Settings(redis_url=self.redis_url)), channel=self.channel)
         self.database = Database.from_dsn(self.pg_dsn)
-        self.service = SessionService(self.store, publisher=_Recorded(self.fast_sqs, self.queues.url,
-                                                                      self.store, self.accepted),
-                                      durable=self.database, settle_seconds=self.settle_seconds)
+        self.service = SessionService(self.store, durable=self.database,
+                                      settle_seconds=self.settle_seconds)
         self.reports = ReportCollector()
         logging.getLogger("sessionsync").addHandler(self.reports)
 
@@ -121,10 +122,24 @@ class ChaosStack:
         self._subscribe()
         for _ in range(self.consumers):
             self.add_consumer()
-        relay = OutboxRelay(self.store, _Recorded(self.sqs, self.queues.url, self.store, self.accepted),
-                            age_seconds=self.relay_age)
-        self._spawn("relay", lambda: relay.run(self._stop, interval=0.3))
+        for _ in range(self.relays):
+            self.add_relay()
         return self
+
+    def relay(self) -> OutboxRelay:
+        """The relay as the scheduled function runs it: lease, wake-ups, sweeps."""
+        return OutboxRelay(self.store, _Recorded(self.sqs, self.queues.url, self.store, self.accepted),
+                           age_seconds=self.relay_age,
+                           lease=RelayLease(self.store.client, ttl_seconds=self.relay_lease,
+                                            poll_seconds=LEASE_POLL_SECONDS),
+                           listen=lambda: Subscription(self.store.client, self.channel))
+
+    def add_relay(self, stop: threading.Event | None = None) -> None:
+        """A relay schedule (``run_relay_schedule``), until the stack or ``stop`` stops."""
+        relay = self.relay()
+        stop = stop or self._stop
+        self._spawn(f"relay-{len(self._threads)}",
+                    lambda: run_relay_schedule(relay, stop, period=self.relay_period))
 
     def add_consumer(self) -> None:
         self._spawn(f"consumer-{len(self._threads)}", self._consumer_loop)
@@ -274,3 +289,17 @@ def consumer_process_main(argv: list[str]) -> None:
     worker = Worker(sqs, queue_url, consumer.handle, wait_seconds=1, visibility_timeout=10,
                     retry_delay=1.0, report_batch_item_failures=rbif == "1")
     worker.run(threading.Event())
+
+
+def relay_process_main(argv: list[str]) -> None:
+    """A relay in a process of its own, for the nemesis to SIGKILL:
+    ``redis_url queue_url endpoint channel lease_seconds``.  It runs as
+    the scheduled function does, until killed."""
+    redis_url, queue_url, endpoint, channel, lease = argv
+    store = SessionStore(connect_redis(Settings(redis_url=redis_url)), channel=channel)
+    sqs = aws.client("sqs", Settings(aws_endpoint_url=endpoint, aws_region="us-east-1"))
+    relay = OutboxRelay(store, SqsProducer(sqs, queue_url, store), age_seconds=0.5,
+                        lease=RelayLease(store.client, ttl_seconds=float(lease),
+                                         poll_seconds=LEASE_POLL_SECONDS),
+                        listen=lambda: Subscription(store.client, channel))
+    run_relay_schedule(relay, threading.Event())

@@ -109,7 +109,7 @@ def later(*steps: tuple[float, Callable[[], None]]) -> Callable[[threading.Event
     return nemesis
 
 
-# -- no fault, and the relay racing every inline send ---------------------------------
+# -- no fault, and the relay's sweeps racing its wake-ups ------------------------------
 
 @pytest.mark.parametrize("report_batch_item_failures", [True, False],
                          ids=["ReportBatchItemFailures", "plain-mapping"])
@@ -120,14 +120,15 @@ def test_without_faults_every_rule_holds(make_stack, throwaway_redis, pg_test_ds
     assert_clean(stack, *run(stack))
 
 
-def test_the_relay_racing_every_inline_send_makes_no_duplicate_and_loses_nothing(
+def test_sweeps_racing_every_wake_up_make_no_duplicate_row_and_lose_nothing(
         make_stack, throwaway_redis, pg_test_dsn):
+    # age 0: each sweep (every second) sends what the wake-ups are sending too
     stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn, relay_age=0.0,
                        consumers=2)
     assert_clean(stack, *run(stack))
 
 
-# -- SQS ------------------------------------------------------------------------------
+# -- SQS (the relay is its only client: a write never waits for it) ---------------------
 
 def test_sqs_down_for_seconds_delays_changes_and_loses_none(make_stack, throwaway_redis, pg_test_dsn):
     stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn)
@@ -157,6 +158,76 @@ def test_postgresql_stopped_for_seconds_loses_nothing_whatever_the_mapping(
                        report_batch_item_failures=report_batch_item_failures)
     assert_clean(stack, *run(stack, later((2.0, throwaway_postgres.stop),
                                           (4.0, throwaway_postgres.start))))
+
+
+# -- relays ---------------------------------------------------------------------------
+
+_RELAY_PROCESS = r"""
+import sys
+from tests.chaos.stack import relay_process_main
+relay_process_main(sys.argv[1:])
+"""
+
+
+def test_a_relay_killed_mid_run_is_taken_over_by_the_next_run_and_nothing_is_lost(
+        make_stack, throwaway_redis, pg_test_dsn):
+    """The only relay, in a process of its own, is SIGKILLed under the
+    workload (its lease left held, its sends in flight cut); the next
+    scheduled run waits for the lease to expire, takes over and ships what
+    was committed meanwhile."""
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn, relays=0)
+    proc = subprocess.Popen([sys.executable, "-c", _RELAY_PROCESS, throwaway_redis.url, stack.queues.url,
+                             stack.localstack_url, stack.channel, str(stack.relay_lease)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lease = stack.relay().lease
+    holders: list[str | None] = []
+    try:
+        holders.append(wait_for(lease.holder, timeout=30, what="the relay process's lease"))
+
+        def nemesis(stop: threading.Event) -> None:
+            time.sleep(2.0)
+            proc.kill()
+            proc.wait(10)
+            time.sleep(0.5)
+            stack.add_relay()  # the next scheduled run
+            holders.append(wait_for(lambda: lease.holder() not in (None, holders[0]) and lease.holder(),
+                                    timeout=30, what="the next run to take over"))
+        history, workload = run(stack, nemesis)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert len(holders) == 2 and holders[0] != holders[1], holders
+    assert_clean(stack, history, workload)
+
+
+def test_two_relays_at_once_hand_over_again_and_again_and_nothing_is_lost(
+        make_stack, throwaway_redis, pg_test_dsn):
+    """Two relay schedules against one Redis, each starting a run every
+    1.5 s: runs wait for the lease, hand over, take over, all under the
+    workload."""
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn, relays=2, relay_period=1.5)
+    lease = stack.relay().lease
+    seen: set[str] = set()
+
+    def watch(stop: threading.Event) -> None:
+        while not stop.is_set():
+            holder = lease.holder()
+            if holder:
+                seen.add(holder)
+            stop.wait(0.1)
+    assert_clean(stack, *run(stack, watch))
+    # a run each 1.5 s per schedule, each taking the lease over
+    assert len(seen) >= 4, seen
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # -- consumers ------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def test_the_scheduled_sweep_records_session_expired_through_the_pipeline(
 
     from app import app
     use_settings(dataclasses.replace(pipeline_settings, expiry_grace=0.0))
-    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database)
+    service = SessionService(pipeline.store, durable=pipeline.database)
     service.create(CreateRequest(session_id, '{"n":1}', 1))
     pipeline.deliver(timeout=60)
     wait_until(lambda: not pipeline.store.client.exists(session_keys(session_id)[0]), timeout=15,

@@ -57,11 +57,13 @@ LUA_VOUCH = f"{REDIS}/scripts/vouch.lua"
 LUA_GET = f"{REDIS}/scripts/get.lua"
 LUA_EXPIRE = f"{REDIS}/scripts/expire.lua"
 LUA_SETTLE = f"{REDIS}/scripts/settle.lua"
+LUA_LEASE = f"{REDIS}/scripts/lease.lua"
 SESSIONS = "chalicelib/service/sessions.py"
 PERSISTENCE = "chalicelib/adapters/postgres/database.py"
 CONSUMER = "chalicelib/pipeline/consumer.py"
 DEAD_LETTERS = "chalicelib/pipeline/dead_letters.py"
 PRODUCER = "chalicelib/pipeline/producer.py"
+OUTBOX = "chalicelib/pipeline/outbox.py"
 REDIS_CLIENT = f"{REDIS}/client.py"
 REDIS_ERRORS = f"{REDIS}/errors.py"
 
@@ -74,7 +76,7 @@ T_CONFLICTS = "tests/integration/pipeline/test_version_conflicts.py"
 T_PERSISTENCE = "tests/integration/pipeline/test_persistence.py"
 T_UNITS = "tests/unit/test_pipeline_units.py"
 T_SHIP = "tests/integration/pipeline/test_producer_acks.py"
-T_AFTER = "tests/integration/pipeline/test_after_commit.py"
+T_RELAY = "tests/integration/pipeline/test_relay_continuous.py"
 T_OUTAGE = "tests/integration/redis/test_redis_outage.py"
 T_FAILOVER = "tests/integration/redis/test_redis_failover.py"
 T_HOT = "tests/integration/store/test_redis_hot_path.py"
@@ -402,10 +404,26 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_SHIP}::test_an_outbox_ack_that_fails_after_sqs_took_the_message_is_not_an_error",),
         "an outbox ack that fails after SQS took the message raises from the producer"),
     mutant(
-        "ship-errors-fail-the-write", 2, SESSIONS,
-        (("            metrics.emit({\"ShipFailures\": 1})\n", "            raise\n"),),
-        (f"{T_AFTER}::test_a_publisher_that_cannot_even_be_built_does_not_fail_the_write",),
-        "an error after the Redis commit fails a write that succeeded: the client retries it"),
+        "relay-acks-before-send", 2, PRODUCER,
+        (("            try:\n                reply = self.sqs.send_message_batch(",
+          "            self._ack([eid for eid, _ in batch])\n"
+          "            try:\n                reply = self.sqs.send_message_batch("),),
+        (f"{T_RELAY}::test_changes_sqs_refuses_stay_in_the_outbox_and_the_relay_ships_them_once_sqs"
+         "_takes_them",),
+        "the relay acks outbox entries before SQS took them: a refused send loses the changes"),
+    mutant(
+        "relay-deaf-to-wakeups", 2, OUTBOX,
+        (("        data = self.wakeups.raw(timeout)\n",
+          "        self.wakeups.raw(timeout)\n        data = None\n"),),
+        (f"{T_RELAY}::test_a_committed_write_wakes_the_relay_which_ships_it_without_a_sweep",),
+        "the relay ignores the change events: a write waits for a sweep (seconds), not ms"),
+    mutant(
+        "relay-lease-ignores-its-holder", 2, LUA_LEASE,
+        (("  if not holder or holder == token then", "  if true then"),),
+        (f"{T_RELAY}::test_a_relay_that_died_holding_the_lease_is_taken_over_when_it_expires",
+         f"{T_RELAY}::test_two_relays_at_once_one_holds_the_lease_and_the_later_one_takes_over_by"
+         "_hand_over"),
+        "a relay takes the lease whoever holds it: every scheduled run relays at once"),
     # -- 4: nothing silently dropped: the DLQ with its reason -------------------------
     mutant(
         "dlq-messages-without-their-reasons", 4, DEAD_LETTERS,

@@ -18,10 +18,12 @@ import psycopg
 
 from chalicelib.adapters.postgres.database import Database
 from chalicelib.adapters.redis.keys import bucket_of, outbox_keys
+from chalicelib.adapters.redis.lease import RelayLease
 from chalicelib.adapters.redis.store import SessionStore
+from chalicelib.adapters.redis.subscription import Subscription
 from chalicelib.pipeline.consumer import BatchReport, Consumer, SqsRecordSource
 from chalicelib.pipeline.dead_letters import DeadLetterQueue
-from chalicelib.pipeline.outbox import OutboxRelay
+from chalicelib.pipeline.outbox import LEASE_POLL_SECONDS, SWEEP_SECONDS, OutboxRelay
 from chalicelib.pipeline.producer import SqsProducer
 from sessionsync.provisioning import QueuePair
 from sessionsync.worker import Worker
@@ -116,16 +118,26 @@ class Pipeline:
 
     def deliver(self, *, timeout: float = 60.0) -> None:
         """Relay what the outbox holds, then drain the queue: the pipeline
-        catching up after writes through the app.  Its request-path producer
-        gives SQS half a second, which a busy machine's LocalStack may miss;
-        the write then stays in the outbox for the relay, as in production."""
+        catching up after writes (a write answers once committed in Redis;
+        the relay ships it)."""
         self.relay.drain(budget_seconds=timeout)
         self.drain(timeout=timeout)
 
-    def run_relay_in_thread(self, stop: threading.Event, *, age_seconds: float = 1.0) -> threading.Thread:
-        """The relay beside the writes, as `sessionsync serve` runs it."""
-        relay = OutboxRelay(self.store, self.producer, age_seconds=age_seconds)
-        thread = threading.Thread(target=relay.run, args=(stop,), kwargs={"interval": 0.5}, daemon=True)
+    def continuous_relay(self, *, lease_seconds: float = 2.0, sweep_seconds: float = SWEEP_SECONDS,
+                         age_seconds: float = 1.0, sender: Any = None) -> OutboxRelay:
+        """The relay as the scheduled function runs it (``serve``): lease,
+        wake-ups on the store's channel, sweeps."""
+        return OutboxRelay(self.store, sender or self.producer, age_seconds=age_seconds,
+                           lease=RelayLease(self.store.client, ttl_seconds=lease_seconds,
+                                            poll_seconds=LEASE_POLL_SECONDS),
+                           listen=lambda: Subscription(self.store.client, self.store.channel),
+                           sweep_seconds=sweep_seconds)
+
+    def run_relay_in_thread(self, stop: threading.Event, **options: Any) -> threading.Thread:
+        """The relay beside the writes, one run until ``stop`` (``continuous_relay``'s options)."""
+        relay = self.continuous_relay(**options)
+        thread = threading.Thread(target=relay.serve, kwargs={"budget_seconds": 600, "stop": stop},
+                                  daemon=True)
         thread.start()
         return thread
 

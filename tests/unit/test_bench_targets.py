@@ -126,3 +126,27 @@ def test_the_cost_of_an_idempotency_key_is_reported_as_a_ratio_without_a_verdict
 
     assert verdicts["CAS update with an Idempotency-Key, ratio to one without (p50)"] == (1.07, None, None)
     assert len(verdicts) == 20
+
+
+def _persistence(*, write_read: float, lag_p50: float, lag_p99: float, relay_ratio: float,
+                 missing: int = 0) -> dict:
+    return {"persistence": {
+        "write_read": {"write/read": {"p50": write_read}, "read": {"p50_us": 500.0},
+                       "write": {"p50_us": 500.0 * write_read}, "writes_per_second_one_client": 600.0},
+        "persistence_lag": {"writes": 6000, "missing": missing, "p50_ms": lag_p50, "p99_ms": lag_p99,
+                            "rate_per_second": 300, "writes_late_by_more_than_a_period": 0},
+        "relay": {"entries_per_second": round(600 * relay_ratio), "senders": 8,
+                  "ratio_to_one_api_function": relay_ratio}}}
+
+
+def test_the_persistence_targets_at_their_limits():
+    met = _verdicts(_persistence(write_read=1.5, lag_p50=499.9, lag_p99=1999.9, relay_ratio=5.0))
+    missed = _verdicts(_persistence(write_read=1.51, lag_p50=500.0, lag_p99=2000.0, relay_ratio=4.99))
+    names = ["HTTP write p50 <= 1.5x HTTP read p50 (serve, one keep-alive client)",
+             "persistence lag p50 < 500 ms at 300 writes/s", "persistence lag p99 < 2000 ms at 300 writes/s",
+             "relay throughput >= 5x the writes/s one API function sustains"]
+    assert [met[n][2] for n in names] == [True] * 4
+    assert [missed[n][2] for n in names] == [False] * 4
+    # a write that never reached PostgreSQL fails the lag, however fast the others were
+    lost = _verdicts(_persistence(write_read=1.0, lag_p50=10.0, lag_p99=20.0, relay_ratio=9.0, missing=1))
+    assert not lost[names[1]][2] and not lost[names[2]][2]

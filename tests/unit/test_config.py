@@ -72,9 +72,6 @@ def test_a_malformed_database_url_names_the_setting(url, fragment):
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
     ({"SESSIONSYNC_API_KEYS": "short"}, "SESSIONSYNC_API_KEYS"),
     ({"AWS_ENDPOINT_URL": "127.0.0.1:4566"}, "AWS_ENDPOINT_URL"),
-    ({"SQS_SEND_TIMEOUT_SECONDS": "soon"}, "SQS_SEND_TIMEOUT_SECONDS"),
-    ({"SQS_SEND_TIMEOUT_SECONDS": "0"}, "SQS_SEND_TIMEOUT_SECONDS"),
-    ({"SQS_SEND_TIMEOUT_SECONDS": "60"}, "SQS_SEND_TIMEOUT_SECONDS"),
     ({"REDIS_URL": "rediss://app:pw@cache.example.com:6379", "REDIS_SECRET_ARN": "arn:x"},
      "REDIS_SECRET_ARN"),
     ({"SYNC_EVENTS_RETENTION_DAYS": "a month"}, "SYNC_EVENTS_RETENTION_DAYS"),
@@ -134,16 +131,6 @@ def test_redis_cluster_with_a_database_other_than_0_names_redis_url():
         load_settings({"REDIS_URL": "redis://127.0.0.1:6379/3", "REDIS_CLUSTER": "true"})
     assert caught.value.setting == "REDIS_URL"
     assert load_settings({"REDIS_URL": "redis://127.0.0.1:6379/0", "REDIS_CLUSTER": "true"}).redis_cluster
-
-
-def test_the_request_path_s_sqs_timeout_is_short_unless_a_stage_sets_it():
-    from sessionsync.cli._common import stage_environment
-    assert load_settings({}).sqs_send_timeout == Settings.sqs_send_timeout == 0.5
-    assert load_settings({"SQS_SEND_TIMEOUT_SECONDS": "2.5"}).sqs_send_timeout == 2.5
-    # the local stage waits out LocalStack's stalls; the AWS stages keep the default
-    assert load_settings(stage_environment("local")).sqs_send_timeout > 2.0
-    for stage in ("dev", "prod"):
-        assert load_settings(stage_environment(stage)).sqs_send_timeout == 0.5
 
 
 def test_sync_events_retention_is_unset_by_default_and_read_in_whole_days():

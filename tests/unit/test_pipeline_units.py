@@ -351,3 +351,52 @@ class _Source:
         return 0
 
 
+
+
+def test_the_relay_sends_one_session_s_changes_in_one_lane_in_the_order_they_committed():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from chalicelib.pipeline.outbox import send_in_lanes
+
+    class Recording:
+        def __init__(self):
+            self.calls = []
+            self.lock = threading.Lock()
+
+        def send_many(self, chunk):
+            with self.lock:
+                self.calls.append((threading.current_thread().name, [eid for eid, _ in chunk]))
+            return [eid for eid, _ in chunk]
+
+    events = [(f"s{n % 7}:{n // 7 + 1}", "{}") for n in range(140)]  # 7 sessions, 20 versions each
+    sender = Recording()
+    with ThreadPoolExecutor(4) as pool:
+        assert send_in_lanes(sender, events, pool, 4) == 140
+    assert all(len(ids) <= 10 for _, ids in sender.calls)
+    for session in range(7):
+        calls = [(thread, [i for i in ids if i.startswith(f"s{session}:")]) for thread, ids in sender.calls]
+        calls = [(thread, ids) for thread, ids in calls if ids]
+        assert len({thread for thread, _ in calls}) == 1  # one lane: never two sends at once
+        versions = [int(i.rsplit(":", 1)[1]) for _, ids in calls for i in ids]
+        assert versions == list(range(1, 21))  # in the order they committed
+
+
+def test_a_relay_lane_stops_at_the_first_chunk_sqs_refused():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from chalicelib.pipeline.outbox import send_in_lanes
+
+    class RefusesTheFirst:
+        def __init__(self):
+            self.chunks = 0
+
+        def send_many(self, chunk):
+            self.chunks += 1
+            return [] if self.chunks == 1 else [eid for eid, _ in chunk]
+
+    sender = RefusesTheFirst()
+    with ThreadPoolExecutor(1) as pool:
+        # one session, 30 changes, one lane: the later ones must wait behind the first
+        assert send_in_lanes(sender, [(f"s:{v}", "{}") for v in range(1, 31)], pool, 1) == 0
+    assert sender.chunks == 1

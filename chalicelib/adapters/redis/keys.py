@@ -27,6 +27,11 @@ and one key of the deployment's own::
     ss:sweep           the expiry sweep's position: the last id a run that
                        stopped on its budget looked at ('' or none: the first)
 
+and, in a slot of their own (the relay's: chalicelib.pipeline.outbox)::
+
+    ss:{relay}:lease   the relay's lease "<token>", expires unless renewed (LEASE_SCRIPT)
+    ss:{relay}:next    the relay waiting to take over "<token>", short-lived
+
 and, in the owner's own slot (its id is the hash tag; owner ids have no braces)::
 
     so:{<owner>}:i     owner index: ZSET (all scores 0, so ordered by id) of
@@ -100,6 +105,10 @@ def bucket_epoch_key(bucket: int) -> str:
 
 #: the expiry sweep's position (chalicelib.pipeline.expiry)
 SWEEP_POSITION_KEY = "ss:sweep"
+
+
+#: KEYS of LEASE_SCRIPT: the lease and the successor waiting, one hash slot
+RELAY_LEASE_KEYS = ("ss:{relay}:lease", "ss:{relay}:next")
 
 
 def outbox_keys(bucket: int) -> tuple[str, str]:

@@ -703,6 +703,15 @@ class SessionStore:
                     continue
                 yield eid.decode(), body.decode()
 
+    def outbox_oldest_ms(self) -> float | None:
+        """When the oldest outbox entry was enqueued (ms since the epoch), or
+        None when the outbox is empty: the relay's lag alarm, and diagnose."""
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for bucket in range(BUCKETS):
+                pipe.zrange(outbox_keys(bucket)[0], 0, 0, withscores=True)
+            return min((entries[0][1] for entries in pipe.execute() if entries), default=None)
+
     # -- health ---------------------------------------------------------------
 
     def ping(self) -> float:

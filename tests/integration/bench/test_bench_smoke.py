@@ -35,7 +35,7 @@ def smoke(tmp_path_factory, pg_test_dsn) -> tuple[dict, list[Path]]:
     proc = subprocess.run(
         [sys.executable, "-c", "from sessionsync.cli import main; main()", "bench", "--smoke",
          "--output-dir", str(out), "--database-url", pg_test_dsn],
-        cwd=out, capture_output=True, text=True, timeout=240)
+        cwd=out, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(out.iterdir())
     results = json.loads(next(p for p in files if p.suffix == ".json").read_text())

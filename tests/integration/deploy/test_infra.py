@@ -118,6 +118,27 @@ def test_alarms_fire_on_any_dlq_message_and_on_an_old_message_in_the_queue(packa
     assert age_alarm["Threshold"] == {"Ref": "QueueAgeAlarmSeconds"}
 
 
+def test_the_relay_s_schedule_timeout_and_concurrency_agree_with_its_design(packaged):
+    # a run every minute holds the lease until the next takes over, or until
+    # shortly before its timeout: the timeout outlasts missed schedules, and
+    # two runs overlap for the hand-over (chalicelib.pipeline.outbox)
+    chalice = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())
+    for stage in ("dev", "prod"):
+        relay = chalice["stages"][stage]["lambda_functions"]["relay_outbox"]
+        assert relay["lambda_timeout"] == constants.RELAY_TIMEOUT_SECONDS, stage
+        assert relay["reserved_concurrency"] == constants.RELAY_RESERVED_CONCURRENCY >= 2, stage
+    assert constants.RELAY_TIMEOUT_SECONDS >= 2 * constants.RELAY_SCHEDULE_SECONDS
+    resources = packaged["Resources"]
+    assert resources["RelayOutbox"]["Properties"]["Timeout"] == constants.RELAY_TIMEOUT_SECONDS
+    events = resources["RelayOutbox"]["Properties"]["Events"].values()
+    schedules = [e["Properties"]["Schedule"] for e in events if e["Type"] == "Schedule"]
+    assert schedules == [f"rate({constants.RELAY_SCHEDULE_SECONDS // 60} minute)"], schedules
+    # its lag alarm: no data (no relay running) is breaching
+    alarm = cfn_yaml.loads((PROJECT_DIR / "infra" / "stacks" / "monitoring.yaml").read_text())[
+        "Resources"]["PersistenceLagAlarm"]["Properties"]
+    assert (alarm["MetricName"], alarm["TreatMissingData"]) == ("OutboxOldestAgeSeconds", "breaching")
+
+
 def test_every_function_gets_tls_redis_the_secrets_the_queue_urls_and_the_vpc(packaged):
     found = functions(packaged)
     assert set(found) >= {"APIHandler", "Authorizer", "PersistChanges", "RelayOutbox", "SweepExpired",
@@ -247,9 +268,10 @@ def test_the_chalice_config_holds_no_secrets_no_account_and_no_unread_settings()
 def test_only_the_api_the_consumer_and_the_relay_reserve_concurrency(packaged):
     found = functions(packaged)
     reserved = {name: f["Properties"].get("ReservedConcurrentExecutions") for name, f in found.items()}
-    # one relay at a time is enough for a once-a-minute schedule; the
-    # authorizer draws from the account's unreserved pool
-    assert reserved["RelayOutbox"] == 1 and reserved["Authorizer"] is None
+    # the relay: one run holds the lease while the next scheduled run starts
+    # and takes over; the authorizer draws from the account's unreserved pool
+    assert reserved["RelayOutbox"] == constants.RELAY_RESERVED_CONCURRENCY
+    assert reserved["Authorizer"] is None
     stages = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())["stages"]
     assert reserved["APIHandler"] == stages["dev"]["lambda_functions"]["api_handler"]["reserved_concurrency"]
     assert reserved["PersistChanges"] >= default(packaged, "ConsumerMaxConcurrency")

@@ -98,8 +98,8 @@ def test_the_alarms_watch_every_loss_metric_the_code_emits():
 
     monitoring = (STACKS / "monitoring.yaml").read_text()
     # the metrics that mean a change was lost, delayed or served from a fallback
-    for name in ("DlqSends", "ShipFailures", "RedisEpochChanges", "RedisRepairs", "StaleReads",
-                 "ApiKeyRefreshFailures"):
+    for name in ("DlqSends", "ShipFailures", "OutboxOldestAgeSeconds", "RedisEpochChanges",
+                 "RedisRepairs", "StaleReads", "ApiKeyRefreshFailures"):
         assert name in metrics.CATALOGUE and f"MetricName: {name}" in monitoring, name
     for alarm in ("5XXError", "Latency", "Errors", "Throttles", "DatabaseMemoryUsagePercentage",
                   "Evictions", "ReplicationLag", "CPUUtilization", "DatabaseConnections"):

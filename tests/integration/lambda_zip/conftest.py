@@ -178,9 +178,8 @@ def stack_of(template: dict[str, Any], task_root: Path, runtime_dir: Path, workd
                           db_secret_arn=db_arn, db_host=db_host)
         stack = LambdaStack(template, task_root, runtime_dir, workdir, refs,
                             replaced={"REDIS_URL": f"redis://127.0.0.1:{redis.port}"},
-                            # LocalStack, standing in for AWS; on a busy machine it answers a
-                            # SendMessage in seconds, not milliseconds (the local stage's choice too)
-                            added={"AWS_ENDPOINT_URL": LOCALSTACK_URL, "SQS_SEND_TIMEOUT_SECONDS": "4"},
+                            # LocalStack, standing in for AWS
+                            added={"AWS_ENDPOINT_URL": LOCALSTACK_URL},
                             redis=redis,
                             database_url=database, queues=queues)
         try:

@@ -27,6 +27,7 @@ import pytest
 from sessionsync.bench import events
 from tests.integration.lambda_zip.utils import (
     API_KEY,
+    RELAY_INVOCATION_SECONDS,
     allowed,
     authorize,
     change_body,
@@ -295,9 +296,10 @@ def test_the_relay_ships_an_outbox_entry_the_request_never_sent(lambda_stack, co
     client.close()
     relay = lambda_stack.function("RelayOutbox", OUTBOX_RELAY_AGE_SECONDS="0")
 
-    drained = relay.invoke(events.schedule_event())
+    drained = relay.invoke(events.schedule_event(), timeout=RELAY_INVOCATION_SECONDS)
 
     assert drained.ok and drained.result["sent"] >= 1, drained.error or drained.result
+    assert drained.result["ended"] == "budget", drained.result
     assert all(i.ok for i in mapping.drain(consumer))
     assert sync_events(lambda_stack.database_url, [sid]) == {sid: [(1, "session_created")]}
     relay.stop()

@@ -108,13 +108,18 @@ def sync_events(dsn: str, session_ids: list[str]) -> dict[str, list[tuple[int, s
 
 
 
+#: the relay's invocations here: a run holds the lease until its deadline
+#: less the schedule's margin (5 s), so this gives it a few seconds
+RELAY_INVOCATION_SECONDS = 8
+
+
 def ship_unsent(stack: Any) -> None:
-    """What the relay schedule does within a minute: send the outbox entries
-    a write's inline send missed (LocalStack slower than the send's
-    timeout), so that every acknowledged write is in the queue now."""
+    """What the relay function does all the time: send the writes' outbox
+    entries (a write answers once Redis committed it), so that every
+    acknowledged write is in the queue now."""
     relay = stack.function("RelayOutbox", OUTBOX_RELAY_AGE_SECONDS="0")
     try:
-        drained = relay.invoke(events.schedule_event())
+        drained = relay.invoke(events.schedule_event(), timeout=RELAY_INVOCATION_SECONDS)
         assert drained.ok, drained.error
     finally:
         relay.stop()

@@ -14,6 +14,7 @@ from chalicelib.adapters.redis.keys import session_keys
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.pipeline.outbox import OutboxRelay
 from chalicelib.pipeline.producer import SqsProducer
 from chalicelib.service.sessions import SessionService
 from sessionsync import operations, redis_views
@@ -45,11 +46,14 @@ def own_redis(throwaway_redis):
 def test_diagnose_on_a_healthy_stack_reports_every_section_and_exits_0(
         pipeline, pipeline_settings, throwaway_redis, own_redis):
     store = SessionStore(own_redis)
-    service = SessionService(store, publisher=SqsProducer(pipeline.sqs, pipeline.queues.url, store))
+    service = SessionService(store)
     ids = [f"diag-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
     for sid in ids:
         service.create(CreateRequest(sid, '{"step":1}', 600))
         service.update(UpdateRequest(sid, '{"step":2}', 1))
+    # the relay ships them (this Redis is not the pipeline's), the worker persists them
+    OutboxRelay(store, SqsProducer(pipeline.sqs, pipeline.queues.url, store), age_seconds=0).drain(
+        budget_seconds=60)
     pipeline.drain(timeout=60)
     settings = dataclasses.replace(pipeline_settings, redis_url=throwaway_redis.url)
 

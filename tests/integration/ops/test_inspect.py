@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.localstack]
 
 @pytest.fixture
 def service(pipeline) -> SessionService:
-    return SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database)
+    return SessionService(pipeline.store, durable=pipeline.database)
 
 
 @pytest.fixture
@@ -107,6 +107,7 @@ def test_inspect_tells_a_version_waiting_in_the_outbox_from_one_in_flight_or_los
     # v2 went to SQS (its outbox entry acknowledged) and nobody consumes it;
     # v3 never reached SQS: its outbox entry is still there
     service.update(UpdateRequest(sid, '{"step":2}', 1))
+    pipeline.relay.drain(budget_seconds=30)  # v2 shipped, not consumed
     pipeline.store.update(sid, '{"step":3}', 2)
     assert outbox_entries_of(pipeline.store, [sid]) == [f"{sid}:3"]
 

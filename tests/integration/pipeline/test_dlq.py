@@ -171,7 +171,7 @@ def blocking_constraint(pipeline):
 
 def test_poison_messages_persist_after_the_cause_is_fixed_and_they_are_redriven(
         pipeline, pipeline_settings, blocking_constraint):
-    service = SessionService(pipeline.store, publisher=pipeline.producer)
+    service = SessionService(pipeline.store)
     run = uuid.uuid4().hex[:6]
     blocked = [f"blocked-{run}-{i}" for i in range(3)]
     good = [f"good-{run}-{i}" for i in range(2)]
@@ -179,7 +179,7 @@ def test_poison_messages_persist_after_the_cause_is_fixed_and_they_are_redriven(
         service.create(CreateRequest(sid, '{"n":1}', 600))
         service.update(UpdateRequest(sid, '{"n":2}', 1))
 
-    pipeline.drain()
+    pipeline.deliver()
     # the good sessions are in; each blocked change is in the DLQ with its reason
     assert pipeline.event_rows(good) == [(sid, v) for sid in sorted(good) for v in (1, 2)]
     assert pipeline.event_rows(blocked) == []

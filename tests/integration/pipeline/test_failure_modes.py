@@ -1,6 +1,6 @@
 """Failure modes found in review, each a test that fails without its fix:
 a hung (not stopped) PostgreSQL or SQS, a connection that breaks after Redis
-ran a write, a queue lookup that fails after the commit, a second write
+ran a write, a second write
 under an existing version, an event SQS would refuse, DLQ batches over
 1 MiB, and an outbox whose first buckets hold entries SQS keeps refusing.
 
@@ -22,9 +22,8 @@ from chalicelib.adapters.redis.keys import BUCKETS, bucket_of
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ServiceUnavailable
-from chalicelib.domain.validation import UpdateRequest, create_request
+from chalicelib.domain.validation import create_request
 from chalicelib.pipeline.outbox import OutboxRelay
-from chalicelib.pipeline.producer import SqsProducer
 from chalicelib.service.sessions import SessionService
 from tests.support.constants import TEST_CHANNEL
 from tests.support.pipeline import event_body, outbox_entries_of
@@ -76,105 +75,39 @@ def test_a_recovery_read_from_a_hung_postgresql_answers_503_at_its_deadline_inst
         db.close()
 
 
-def test_a_hung_sqs_costs_one_short_attempt_then_writes_leave_their_events_to_the_relay(
-        pipeline, proxy_factory, localstack_settings):
-    port = int(localstack_settings.aws_endpoint_url.rsplit(":", 1)[1])
-    proxy = proxy_factory(port)
-    hung = aws.client("sqs", localstack_settings.__class__(
-        **{**localstack_settings.__dict__, "aws_endpoint_url": f"http://127.0.0.1:{proxy.port}"}),
-        connect_timeout=0.5, read_timeout=0.5, attempts=1)
-    attempts = []
-    hung.meta.events.register("before-send.sqs.SendMessage", lambda **_: attempts.append(1))
+def test_with_sqs_hung_writes_through_the_app_answer_without_trying_it_and_the_relay_ships_them(
+        pipeline, pipeline_settings, proxy_factory, localstack_settings, use_settings):
+    # the request path has no SQS call at all: a write answers once Redis
+    # committed it; the relay, SQS's only client, ships it once SQS answers
+    import dataclasses
+
+    from chalice.test import Client
+
+    from app import app
+    from tests.support.constants import API_KEY
+    proxy = proxy_factory(int(localstack_settings.aws_endpoint_url.rsplit(":", 1)[1]))
     proxy.freeze()
-    # a clock that stands still: the pause after the failure cannot run out
-    # between the writes, however slow the machine is
-    now = 1000.0
-    producer = SqsProducer(hung, pipeline.queues.url, pipeline.store, clock=lambda: now)
-    service = SessionService(pipeline.store, publisher=producer)
+    use_settings(dataclasses.replace(pipeline_settings,
+                                     aws_endpoint_url=f"http://127.0.0.1:{proxy.port}"))
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     sid = new_id("hung-sqs")
-
-    start = time.monotonic()
-    service.create(create_request(json.dumps({"session_id": sid, "state": {"n": 1}}).encode(), 1024))
-    first = time.monotonic() - start
-    for step in (2, 3):
-        service.update(UpdateRequest(sid, json.dumps({"n": step}), step - 1))
-
-    # one attempt with short timeouts (the SDK's default would wait a minute
-    # and retry), then inline sends are paused: the later writes never try
-    assert len(attempts) == 1, attempts
-    assert first < HANG_BOUND_SECONDS, f"the first write took {first:.2f}s"
-    assert producer._paused_until > now
+    with Client(app, stage_name="local") as client:
+        start = time.monotonic()
+        reply = client.http.post("/sessions", headers=headers,
+                                 body=json.dumps({"session_id": sid, "state": {"n": 1}}))
+        assert reply.status_code == 201, reply.body
+        for step in (2, 3):
+            reply = client.http.put(f"/sessions/{sid}", headers={**headers, "If-Match": f'"{step - 1}"'},
+                                    body=json.dumps({"state": {"n": step}}))
+            assert reply.status_code == 200, reply.body
+        took = time.monotonic() - start
+    assert took < HANG_BOUND_SECONDS, f"three writes took {took:.2f}s with SQS hung"
     assert outbox_entries_of(pipeline.store, [sid]) == [f"{sid}:{v}" for v in (1, 2, 3)]
 
-    pipeline.relay.drain(budget_seconds=60)
-    pipeline.drain(timeout=60)
+    proxy.thaw()
+    pipeline.deliver(timeout=60)
     assert outbox_entries_of(pipeline.store, [sid]) == []
     assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2), (sid, 3)]
-
-
-def _request_path_producer(use_settings, pipeline, settings, proxy):
-    """runtime.producer() as the app builds it, with SQS behind ``proxy``."""
-    import dataclasses
-
-    from chalicelib import runtime
-    use_settings(dataclasses.replace(settings, aws_endpoint_url=f"http://127.0.0.1:{proxy.port}",
-                                     queue_url=pipeline.queues.url), store=pipeline.store)
-    producer = runtime.producer()
-    attempts = []
-    producer.sqs.meta.events.register("before-send.sqs.SendMessage", lambda **_: attempts.append(1))
-    return producer, attempts
-
-
-def test_the_request_path_producer_tries_once_within_its_configured_timeout_then_pauses(
-        pipeline, proxy_factory, localstack_settings, use_settings):
-    import dataclasses
-
-    from chalicelib import runtime
-    proxy = proxy_factory(int(localstack_settings.aws_endpoint_url.rsplit(":", 1)[1]))
-    producer, attempts = _request_path_producer(
-        use_settings, pipeline, dataclasses.replace(localstack_settings, sqs_send_timeout=1.0), proxy)
-    assert (producer.sqs.meta.config.connect_timeout, producer.sqs.meta.config.read_timeout) == (1.0, 1.0)
-    # one kept connection per concurrent request of the local server, not a
-    # new one per send beyond botocore's default pool of 10
-    assert producer.sqs.meta.config.max_pool_connections == runtime.PRODUCER_POOL_CONNECTIONS
-    proxy.freeze()
-    sid = new_id("hung-configured")
-
-    start = time.monotonic()
-    assert producer.publish(pipeline.store.create(sid, '{"n":1}', 60)) is False
-    took = time.monotonic() - start
-    assert producer.publish(pipeline.store.update(sid, '{"n":2}', 1)) is False
-
-    assert len(attempts) == 1, attempts  # the second write did not try: paused
-    assert took < 1.0 + HANG_BOUND_SECONDS, f"the hung send took {took:.2f}s"
-    assert outbox_entries_of(pipeline.store, [sid]) == [f"{sid}:1", f"{sid}:2"]  # for the relay
-
-
-def test_with_the_local_stage_s_timeout_an_inline_send_outlasts_a_localstack_stall(
-        pipeline, proxy_factory, localstack_settings, use_settings):
-    # LocalStack on a busy machine stalls for a second or two now and then;
-    # with the AWS stages' short timeout, every such stall failed the sends
-    # in flight, paused inline sends, and left seconds of events to the relay.
-    import dataclasses
-    import threading
-
-    from chalicelib.config import load_settings
-    from sessionsync.cli._common import stage_environment
-    local = load_settings(stage_environment("local"))
-    proxy = proxy_factory(int(localstack_settings.aws_endpoint_url.rsplit(":", 1)[1]))
-    producer, attempts = _request_path_producer(
-        use_settings, pipeline, dataclasses.replace(localstack_settings,
-                                                    sqs_send_timeout=local.sqs_send_timeout), proxy)
-    sid = new_id("stalled")
-    result = pipeline.store.create(sid, '{"n":1}', 60)
-    proxy.freeze()
-    threading.Timer(1.0, proxy.thaw).start()  # a one-second stall, then answers
-
-    assert producer.publish(result) is True
-    assert attempts == [1]
-    assert outbox_entries_of(pipeline.store, [sid]) == []  # sent inline and acked
-    pipeline.drain(timeout=60)
-    assert pipeline.event_rows([sid]) == [(sid, 1)]
 
 
 def test_a_connection_cut_after_redis_ran_a_write_is_a_503_never_a_false_conflict(
@@ -197,19 +130,6 @@ def test_a_connection_cut_after_redis_ran_a_write_is_a_503_never_a_false_conflic
     assert store.get(session_id).state == {"n": 1}  # reads recover on a new connection
 
 
-def test_a_queue_lookup_failing_after_the_commit_does_not_fail_the_write(redis_single, session_id):
-    class Unreachable:
-        def publish(self, result):
-            raise ServiceUnavailable("SQS GetQueueUrl failed", dependency="sqs")
-
-    store = SessionStore(redis_single, channel=TEST_CHANNEL)
-    service = SessionService(store, publisher=Unreachable())
-    session = service.create(create_request(
-        json.dumps({"session_id": session_id, "state": {}}).encode(), 1024))
-    assert session.version == 1
-    assert outbox_entries_of(store, [session_id]) == [f"{session_id}:1"]  # for the relay
-
-
 def test_a_second_write_under_a_persisted_version_goes_to_the_dlq_as_a_version_conflict(pipeline):
     sid = new_id("reused")
     pipeline.send_bodies([event_body(sid, 1, {"owner": "alice"}, occurred_at="2026-11-28T10:00:00.000Z")])
@@ -229,10 +149,10 @@ def test_a_second_write_under_a_persisted_version_goes_to_the_dlq_as_a_version_c
 def test_a_state_with_unicode_noncharacters_reaches_postgresql(pipeline):
     sid = new_id("nonchar")
     state = {"a": "x\ufffe\uffff", "\uffff": 1}
-    service = SessionService(pipeline.store, publisher=pipeline.producer)
+    service = SessionService(pipeline.store)
     service.create(create_request(json.dumps({"session_id": sid, "state": state}).encode(), 4096))
+    pipeline.deliver(timeout=60)
     assert outbox_entries_of(pipeline.store, [sid]) == []  # SQS took it
-    pipeline.drain(timeout=60)
     assert pipeline.session_rows([sid])[sid][1] == state
 
 

@@ -1,5 +1,5 @@
 """Guarantee 2 across failures: PostgreSQL down mid-load, SQS unreachable,
-and the process dying between the Redis write and the SQS send.  The shared
+and the relay dying between SQS taking a batch and its outbox ack.  The shared
 PostgreSQL and LocalStack are never stopped: the database outage uses a
 throwaway server, the SQS outage a client whose endpoint is a closed port."""
 from __future__ import annotations
@@ -13,18 +13,20 @@ import time
 import uuid
 
 import pytest
+import redis
 from chalice.test import Client
 
 from app import app
 from chalicelib import runtime
 from chalicelib.adapters.postgres.database import Database
+from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.pipeline.outbox import OutboxRelay
 from chalicelib.pipeline.producer import SqsProducer
 from chalicelib.service.sessions import SessionService
 from sessionsync import provisioning
 from tests.support.constants import API_KEY
-from tests.support.pipeline import Pipeline, event_body, outbox_entries_of, wait_until
+from tests.support.pipeline import Pipeline, outbox_entries_of, wait_until
 from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow]
@@ -38,7 +40,7 @@ def test_postgresql_stopped_for_twenty_seconds_mid_load_loses_nothing_and_dead_l
     provisioning.migrate(throwaway_postgres.dsn())
     db = Database.from_dsn(throwaway_postgres.dsn())
     line = Pipeline(pipeline.sqs, pipeline.queues, pipeline.store, db, throwaway_postgres.dsn())
-    service = SessionService(line.store, publisher=line.producer)
+    service = SessionService(line.store)
     sessions = [f"pg-outage-{uuid.uuid4().hex[:8]}-{i}" for i in range(20)]
     acknowledged: set[tuple[str, int]] = set()
     versions: dict[str, int] = {}
@@ -60,6 +62,7 @@ def test_postgresql_stopped_for_twenty_seconds_mid_load_loses_nothing_and_dead_l
 
     writer = threading.Thread(target=write, daemon=True)
     worker = line.run_worker_in_thread(stop_worker)
+    relay = line.run_relay_in_thread(stop_worker)
     writer.start()
     try:
         # mid-load: the consumer is persisting when the server goes
@@ -85,6 +88,7 @@ def test_postgresql_stopped_for_twenty_seconds_mid_load_loses_nothing_and_dead_l
         stop_writing.set()
         stop_worker.set()
         worker.join(5)
+        relay.join(5)
         db.close()
 
     assert down_for >= OUTAGE_SECONDS
@@ -98,18 +102,13 @@ def test_postgresql_stopped_for_twenty_seconds_mid_load_loses_nothing_and_dead_l
 
 def test_writes_succeed_while_sqs_is_unreachable_and_the_relay_delivers_them_afterwards(
         pipeline, pipeline_settings, use_settings):
-    # The app's SQS client points at a closed loopback port: every send fails
+    # The app's SQS endpoint is a closed loopback port: every send would fail
     # (connection refused), exactly as with SQS down, without stopping LocalStack.
     use_settings(dataclasses.replace(pipeline_settings,
                                      aws_endpoint_url=f"http://127.0.0.1:{free_port()}"))
     sessions = [f"sqs-down-{uuid.uuid4().hex[:8]}-{i}" for i in range(10)]
     acknowledged = set()
     slowest = 0.0
-    producer = runtime.producer()  # the request path's, as the app builds it
-    attempts = []
-    producer.sqs.meta.events.register("before-send.sqs.SendMessage", lambda **_: attempts.append(1))
-    now = 1000.0
-    producer.clock = lambda: now  # the pause cannot run out mid-test on a slow machine
     with Client(app, stage_name="local") as client:
         for sid in sessions:
             for version in range(1, 7):
@@ -124,8 +123,8 @@ def test_writes_succeed_while_sqs_is_unreachable_and_the_relay_delivers_them_aft
                 assert reply.status_code in (200, 201), reply.body
                 acknowledged.add((sid, version))
 
-    # one failed attempt, then inline sends paused: no write waited on SQS again
-    assert len(attempts) == 1, attempts
+    # no write tried SQS: the relay is its only client
+    assert "sqs" not in runtime._cache and "relay_producer" not in runtime._cache
     assert slowest < 5.0, f"a write took {slowest:.2f}s while SQS was down"
     mine = sorted(acknowledged)
     assert outbox_entries_of(pipeline.store, sessions) == [f"{sid}:{v}" for sid, v in mine]
@@ -151,96 +150,51 @@ def _client_to_closed_port(settings):
         settings, aws_endpoint_url=f"http://127.0.0.1:{free_port()}"))
 
 
-# Runs in a child process: the real SessionService writes to Redis (the Lua
-# script records the outbox entry), then the process dies where the SQS send
-# would start, as a Lambda killed by its timeout or an OOM would.
-_DIE_BEFORE_SQS = """
+# Runs in a child process: the relay sends the outbox's entries to SQS, and
+# the process dies once SQS took them, before their outbox entries are acked
+# (a Lambda killed by its timeout, an OOM).
+_DIES_BEFORE_THE_ACK = """
 import os, sys
-import redis
-from chalicelib.service.sessions import SessionService
+import boto3, redis
 from chalicelib.adapters.redis.store import SessionStore
-from chalicelib.domain.validation import CreateRequest, UpdateRequest
+from chalicelib.pipeline.outbox import OutboxRelay
+from chalicelib.pipeline.producer import SqsProducer
 
-class DiesBeforeSqs:
-    def publish(self, result):
-        print(result.event_id, flush=True)
+class DiesBeforeTheAck(SqsProducer):
+    def _ack(self, event_ids):
+        print(*event_ids, flush=True)
         os._exit(137)
 
-url, sid, step = sys.argv[1:4]
-service = SessionService(SessionStore(redis.Redis.from_url(url)), publisher=DiesBeforeSqs())
-if step == "1":
-    service.create(CreateRequest(sid, '{"step":1}', 600))
-else:
-    service.update(UpdateRequest(sid, '{"step":%s}' % step, int(step) - 1))
+url, queue_url, endpoint = sys.argv[1:4]
+store = SessionStore(redis.Redis.from_url(url))
+sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+OutboxRelay(store, DiesBeforeTheAck(sqs, queue_url, store), age_seconds=0).drain(budget_seconds=30)
 print("survived", flush=True)
 """
 
 
-def test_a_process_that_dies_between_the_redis_write_and_sqs_is_covered_by_the_relay(
-        pipeline, pipeline_redis):
+def test_a_relay_that_dies_after_sqs_took_a_batch_before_its_ack_leaves_a_duplicate_persisted_once(
+        pipeline, throwaway_redis, localstack_settings):
+    # a Redis of the test's own: its outbox holds this test's entries only,
+    # so the relay's first batch (the one it dies after) is theirs
+    store = SessionStore(redis.Redis.from_url(throwaway_redis.url, socket_timeout=5))
     sid = f"died-{uuid.uuid4().hex[:8]}"
-    for step in ("1", "2"):
-        child = subprocess.run([sys.executable, "-c", _DIE_BEFORE_SQS, pipeline_redis.url, sid, step],
-                               capture_output=True, text=True, timeout=30)
-        assert child.returncode == 137, child.stderr
-        assert child.stdout.split() == [f"{sid}:{step}"]
+    service = SessionService(store)
+    service.create(CreateRequest(sid, '{"step":1}', 600))
+    service.update(UpdateRequest(sid, '{"step":2}', 1))
+    child = subprocess.run([sys.executable, "-c", _DIES_BEFORE_THE_ACK, throwaway_redis.url,
+                            pipeline.queues.url, localstack_settings.aws_endpoint_url],
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == 137, child.stderr
+    assert sorted(child.stdout.split()) == [f"{sid}:1", f"{sid}:2"]  # in SQS, not acked
+    assert outbox_entries_of(store, [sid]) == [f"{sid}:1", f"{sid}:2"]
 
-    assert pipeline.store.get(sid).version == 2  # acknowledged by Redis
-    assert pipeline.queue_depth(pipeline.queues.url) == (0, 0)  # never reached SQS
-    young = OutboxRelay(pipeline.store, pipeline.producer, age_seconds=60)
-    young.run_once()  # entries younger than the age are left to the request
-    assert outbox_entries_of(pipeline.store, [sid]) == [f"{sid}:1", f"{sid}:2"]
-
-    pipeline.relay.drain(budget_seconds=60)
+    # the next relay sends them again; the worker persists them
+    OutboxRelay(store, SqsProducer(pipeline.sqs, pipeline.queues.url, store), age_seconds=0).drain(
+        budget_seconds=60)
     pipeline.drain(timeout=60)
 
-    assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2)]
+    assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2)]  # each once, duplicates skipped
     assert pipeline.session_rows([sid]) == {sid: (2, {"step": 2}, False)}
-    assert outbox_entries_of(pipeline.store, [sid]) == []
-
-
-_DIE_AFTER_COMMIT = r"""
-import os, sys
-import boto3
-from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
-from chalicelib.pipeline.dead_letters import DeadLetterQueue
-from chalicelib.adapters.postgres.database import Database
-from sessionsync.worker import Worker
-
-queue_url, dlq_url, dsn, endpoint = sys.argv[1:5]
-sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1",
-                   aws_access_key_id="test", aws_secret_access_key="test")
-consumer = Consumer(Database.from_dsn(dsn), DeadLetterQueue(sqs, dlq_url), SqsRecordSource(sqs, queue_url))
-
-def handler(event):
-    response = consumer.handle(event)           # committed in PostgreSQL
-    print(len(event["Records"]), len(response["batchItemFailures"]), flush=True)
-    os._exit(137)                               # ... and the worker dies before deleting
-
-Worker(sqs, queue_url, handler, wait_seconds=5, visibility_timeout=2).poll_once()
-"""
-
-
-def test_a_consumer_that_dies_after_its_commit_leaves_exactly_one_row_per_version(pipeline):
-    """Timeline: the batch is committed, the process dies before the SQS
-    delete, SQS redelivers after the visibility timeout, the next consumer
-    finds every (session, version) already there: no extra row, no DLQ."""
-    sid = f"crash-{uuid.uuid4().hex[:8]}"
-    pipeline.send_bodies([event_body(sid, v) for v in range(1, 11)])
-
-    child = subprocess.run(
-        [sys.executable, "-c", _DIE_AFTER_COMMIT, pipeline.queues.url, pipeline.queues.dlq_url,
-         pipeline.dsn, pipeline.sqs.meta.endpoint_url],
-        capture_output=True, text=True, timeout=60)
-    assert child.returncode == 137, child.stderr
-    # stdout also carries the consumer's EMF metric lines: ours is the last
-    persisted, failed = map(int, child.stdout.strip().splitlines()[-1].split())
-    assert persisted >= 1 and failed == 0
-    assert len(pipeline.event_rows([sid])) == persisted  # committed before the crash
-
-    pipeline.drain(timeout=60)  # the undeleted batch reappears after 2 s
-
-    assert pipeline.event_rows([sid]) == [(sid, v) for v in range(1, 11)]
-    assert pipeline.session_rows([sid])[sid][0] == 10
-    assert pipeline.totals()["duplicates"] >= persisted
-    assert pipeline.dlq_messages() == []
+    assert outbox_entries_of(store, [sid]) == []
+    store.client.close()

@@ -28,7 +28,7 @@ from chalicelib.service.sessions import SessionService
 def service(pipeline) -> SessionService:
     """No settle time: these tests drain the pipeline before Redis forgets
     (the settle tests below wait for it)."""
-    return SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+    return SessionService(pipeline.store, durable=pipeline.database,
                           settle_seconds=0)
 
 
@@ -59,7 +59,7 @@ def _persisted(pipeline, service, sid, versions):
     service.create(CreateRequest(sid, '{"owner":"alice","n":1}', None))
     for v in range(1, versions):
         service.update(UpdateRequest(sid, '{"owner":"alice","n":%d}' % (v + 1), v))
-    pipeline.drain(timeout=30)
+    pipeline.deliver(timeout=30)
     assert pipeline.session_rows([sid])[sid][0] == versions
 
 
@@ -89,7 +89,7 @@ def test_a_create_of_a_persisted_id_that_redis_forgot_is_refused(pipeline, servi
         service.create(CreateRequest(sid, '{"owner":"bob"}', None))
 
     assert exists.value.details["version"] == 2
-    pipeline.drain(timeout=30)
+    pipeline.deliver(timeout=30)
     assert pipeline.dlq_messages() == []
 
 
@@ -97,7 +97,7 @@ def test_a_create_of_a_deleted_id_that_redis_forgot_is_refused(pipeline, service
     sid = _sid()
     _persisted(pipeline, service, sid, 1)
     service.delete(sid)
-    pipeline.drain(timeout=30)
+    pipeline.deliver(timeout=30)
     _forget(pipeline, sid)
 
     with pytest.raises(SessionExists) as exists:
@@ -131,7 +131,7 @@ def test_after_a_failover_lost_a_persisted_write_a_stale_update_conflicts_instea
     assert service.get(sid).session.state == {"owner": "alice", "n": 7}
     after = service.update(UpdateRequest(sid, '{"owner":"alice","n":8}', 7))
     assert after.version == 8
-    pipeline.drain(timeout=30)
+    pipeline.deliver(timeout=30)
     assert pipeline.event_rows([sid]) == [(sid, v) for v in range(1, 9)]
     assert pipeline.dlq_messages() == []
 
@@ -152,7 +152,7 @@ def test_a_deletion_lost_by_a_failover_is_not_undone(pipeline, service):
     sid = _sid()
     _persisted(pipeline, service, sid, 2)
     service.delete(sid)
-    pipeline.drain(timeout=30)
+    pipeline.deliver(timeout=30)
     _go_back_in_time(pipeline, sid, 2, '{"owner":"alice","n":2}')
 
     with pytest.raises(SessionNotFound):
@@ -204,7 +204,7 @@ def test_a_change_still_in_the_queue_when_redis_went_back_reaches_postgresql_bef
     """v7 is acknowledged and queued but not yet persisted when Redis goes
     back to v6.  Judged at once, PostgreSQL (v6) would vouch for v6 and a
     second v7 would be accepted; the settle time lets v7 arrive first."""
-    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+    service = SessionService(pipeline.store, durable=pipeline.database,
                              settle_seconds=2.0)
     sid = _sid()
     _persisted(pipeline, service, sid, 6)
@@ -214,12 +214,12 @@ def test_a_change_still_in_the_queue_when_redis_went_back_reaches_postgresql_bef
     with pytest.raises(ServiceUnavailable) as settling:
         service.update(UpdateRequest(sid, '{"owner":"mallory"}', 6))
     assert settling.value.details["retry_after_seconds"] > 0
-    pipeline.drain(timeout=30)  # the consumer catches up meanwhile
+    pipeline.deliver(timeout=30)  # the consumer catches up meanwhile
     outcome, _ = _until_settled(lambda: service.update(UpdateRequest(sid, '{"owner":"mallory"}', 6)))
 
     assert isinstance(outcome, ConcurrencyError) and outcome.details["actual_version"] == 7
     assert service.get(sid).session.state == {"owner": "alice", "n": 7}
-    pipeline.drain(timeout=30)
+    pipeline.deliver(timeout=30)
     assert pipeline.event_rows([sid]) == [(sid, v) for v in range(1, 8)]
     assert pipeline.dlq_messages() == []
     reports = [r for r in caplog.records if r.name == "sessionsync.sessions" and r.levelname == "ERROR"]
@@ -227,7 +227,7 @@ def test_a_change_still_in_the_queue_when_redis_went_back_reaches_postgresql_bef
 
 
 def test_a_read_of_a_session_redis_may_hold_stale_waits_for_the_settle_time(pipeline):
-    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+    service = SessionService(pipeline.store, durable=pipeline.database,
                              settle_seconds=1.0)
     sid = _sid()
     _persisted(pipeline, service, sid, 3)
@@ -240,7 +240,7 @@ def test_a_read_of_a_session_redis_may_hold_stale_waits_for_the_settle_time(pipe
 
 
 def test_a_session_redis_lost_entirely_is_recovered_after_the_settle_time(pipeline):
-    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+    service = SessionService(pipeline.store, durable=pipeline.database,
                              settle_seconds=1.0)
     sid = _sid()
     _persisted(pipeline, service, sid, 2)
@@ -316,7 +316,7 @@ def test_a_session_whose_key_and_marker_were_lost_waits_for_its_change_still_in_
     queued.  Recovered at once, it would be served, and written, a version
     behind; it is held for the settle time, counted from when the loss is
     first noticed."""
-    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database,
+    service = SessionService(pipeline.store, durable=pipeline.database,
                              settle_seconds=2.0)
     sid = _sid()
     _persisted(pipeline, service, sid, 3)
@@ -326,7 +326,7 @@ def test_a_session_whose_key_and_marker_were_lost_waits_for_its_change_still_in_
     with pytest.raises(ServiceUnavailable) as held:
         service.get(sid)
     assert held.value.details["retry_after_seconds"] > 0
-    pipeline.drain(timeout=30)
+    pipeline.deliver(timeout=30)
     read, _ = _until_settled(lambda: service.get(sid))
 
     assert (read.session.version, read.session.state) == (4, {"owner": "alice", "n": 4})

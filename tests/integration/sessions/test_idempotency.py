@@ -329,24 +329,18 @@ def test_a_retry_whose_record_redis_lost_is_treated_as_a_new_request(redis_singl
         service.create(CreateRequest(session_id, '{"n":0}', 600), key)
 
 
-class Recording:
-    """A publisher that counts what it is asked to ship."""
-
-    def __init__(self) -> None:
-        self.shipped: list[str] = []
-
-    def publish(self, result) -> bool:
-        self.shipped.append(result.event_id)
-        return True
-
-
 def test_a_replay_is_not_shipped_a_second_time(redis_single, session_id):
-    publisher = Recording()
-    service = SessionService(SessionStore(redis_single, channel=TEST_CHANNEL), publisher=publisher)
+    store = SessionStore(redis_single, channel=TEST_CHANNEL)
+    service = SessionService(store)
     key = keyed("k-ship", "POST", "/sessions", session_id)
     service.create(CreateRequest(session_id, '{}', 600), key)
-    service.create(CreateRequest(session_id, '{}', 600), key)
-    assert publisher.shipped == [f"{session_id}:1"]
+    with store.client.pubsub() as listener:
+        listener.subscribe(TEST_CHANNEL)
+        assert listener.get_message(timeout=5)["type"] == "subscribe"
+        assert service.create(CreateRequest(session_id, '{}', 600), key).replayed
+        # nothing committed again: no second event for the relay, none announced
+        assert listener.get_message(timeout=0.5) is None
+    assert outbox_entries_of(store, [session_id]) == [f"{session_id}:1"]
 
 
 # -- a write whose answer is lost, end to end -------------------------------------------
@@ -360,15 +354,14 @@ def test_a_keyed_write_whose_answer_was_cut_off_is_answered_on_retry_and_persist
     proxy = TcpProxy(pipeline_redis.port)
     client = connect_redis(Settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_timeout=5.0))
     try:
-        service = SessionService(SessionStore(client), publisher=pipeline.producer,
-                                 durable=pipeline.database)
+        service = SessionService(SessionStore(client), durable=pipeline.database)
         create_key = keyed("cut-1", "POST", "/sessions", sid)
         update_key = keyed("cut-2", "PUT", f"/sessions/{sid}", '{"n":1}', "1")
         # with PostgreSQL behind it, a create of an id Redis does not know
         # takes three round trips (CREATE_SCRIPT 'unknown', the settle
         # check, CREATE_SCRIPT again): the cut must hit the one that
         # commits, so this create runs without PostgreSQL (one script)
-        creator = SessionService(service.store, publisher=pipeline.producer)
+        creator = SessionService(service.store)
 
         # the connection open and the scripts loaded: the cut hits the
         # script's reply, not the handshake's or a NOSCRIPT

@@ -110,7 +110,7 @@ def test_a_patch_with_if_match_is_not_retried_when_another_write_came_first(stor
 
 def test_64_concurrent_patches_reach_postgresql_as_64_update_events_with_their_states(pipeline):
     sid = f"mp-{uuid.uuid4().hex[:12]}"
-    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database)
+    service = SessionService(pipeline.store, durable=pipeline.database)
     service.create(_create(sid))
 
     answered = race(service, sid)
@@ -178,7 +178,7 @@ def test_a_patch_of_a_session_redis_lost_merges_into_the_state_recovered_from_po
     # the key expired or was evicted, its marker left: the patch's read
     # recovers the session from PostgreSQL, as a GET would, then writes
     sid = f"mp-{uuid.uuid4().hex[:12]}"
-    service = SessionService(pipeline.store, publisher=pipeline.producer, durable=pipeline.database)
+    service = SessionService(pipeline.store, durable=pipeline.database)
     service.create(_create(sid))
     pipeline.deliver()
     wait_until(lambda: _events(pipeline, sid), timeout=60, what=f"the creation of {sid} in PostgreSQL")

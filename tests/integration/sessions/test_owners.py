@@ -500,7 +500,7 @@ def test_postgresql_ends_with_a_tombstone_and_the_owner_for_each_revoked_session
     sessions, one whose key Redis lost (recovered from PostgreSQL, then
     deleted), one registered whose create never ran, and another owner's."""
     store = pipeline.store
-    service = SessionService(store, publisher=pipeline.producer, durable=pipeline.database,
+    service = SessionService(store, durable=pipeline.database,
                              settle_seconds=0.0)
     owner, other = _owner(), _owner()
     mine = _ids(4)
@@ -535,7 +535,7 @@ def test_a_session_redis_forgot_with_its_index_entry_is_found_in_postgresql_and_
     without persistence): PostgreSQL's owned rows are the second list a
     revoke-all walks, so the session cannot come back from PostgreSQL later."""
     store = pipeline.store
-    service = SessionService(store, publisher=pipeline.producer, durable=pipeline.database,
+    service = SessionService(store, durable=pipeline.database,
                              settle_seconds=0.0)
     owner = _owner()
     mine = _ids(3)

@@ -618,7 +618,7 @@ def test_a_sweep_run_through_the_pipeline_persists_session_expired_once(
     client = redis.Redis.from_url(pipeline_redis.url, socket_timeout=5)
     try:
         pipeline = Pipeline(sqs, queue_pair, SessionStore(client), own_database, own_dsn)
-        service = SessionService(pipeline.store, publisher=pipeline.producer, durable=own_database,
+        service = SessionService(pipeline.store, durable=own_database,
                                  settle_seconds=0)
         sid = _sid()
         service.create(CreateRequest(sid, '{"n":1}', 1))

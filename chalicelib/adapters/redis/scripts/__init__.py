@@ -54,3 +54,4 @@ VOUCH_SCRIPT = load("vouch")
 SETTLE_SCRIPT = load("settle")
 HOLD_SCRIPT = load("hold")
 REVOKE_BEGIN_SCRIPT = load("revoke_begin")
+LEASE_SCRIPT = _read("lease.lua")  # the relay's lease: none of lib.lua
