@@ -28,7 +28,8 @@ from chalicelib.constants import (
     MIN_TTL_SECONDS,
     SQS_MESSAGE_LIMIT,
 )
-from chalicelib.domain.errors import ConfigurationError
+from chalicelib.domain.errors import ConfigurationError, ValidationError
+from chalicelib.domain.keys import NO_KEYS, KeySet, parse_keys
 
 # The variables' names, for the modules that name one in a message or read
 # it themselves; what each one means is its declaration in ``Settings``.
@@ -181,11 +182,13 @@ def _retention_days(raw: str, name: str) -> int:
     return _bounded(int, MIN_RETENTION_DAYS, MAX_RETENTION_DAYS)(raw, name)
 
 
-def _api_keys(raw: str, name: str) -> tuple[str, ...]:
-    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
-    if any(len(key) < 16 for key in keys):
-        raise ConfigurationError(name, "every key must have at least 16 characters")
-    return keys
+def _api_keys(raw: str, name: str) -> KeySet:
+    """Key records as JSON (chalicelib/domain/keys.py), or plaintext keys,
+    comma separated (deprecated)."""
+    try:
+        return parse_keys(raw)
+    except ValidationError as exc:
+        raise ConfigurationError(name, exc.message) from None
 
 
 def _http_url(raw: str, name: str) -> str:
@@ -312,7 +315,8 @@ class Settings:
     log_level: str = _setting(LOG_LEVEL, _one_of(LOG_LEVELS, str.upper), "INFO")
     aws_endpoint_url: str | None = _setting(AWS_ENDPOINT_URL, _http_url, None)
     aws_region: str = _setting(AWS_REGION, _text, "us-east-1", alternatives=(AWS_DEFAULT_REGION,))
-    api_keys: tuple[str, ...] = _setting(API_KEYS, _api_keys, (), secret=True)
+    #: key records (or plaintext keys, deprecated; a tuple of them is taken too)
+    api_keys: KeySet = _setting(API_KEYS, _api_keys, NO_KEYS, secret=True)  # noqa: RUF009 (frozen)
     api_keys_secret_arn: str | None = _setting(API_KEYS_SECRET_ARN, _text, None)
     #: the relay re-sends outbox entries older than this, seconds
     outbox_relay_age: float = _setting(OUTBOX_RELAY_AGE, _bounded(float, 0.0, 3600.0), 5.0)

@@ -54,3 +54,9 @@ SCHEDULE_MARGIN_SECONDS = 5.0
 SCHEDULE_REMAINING_WITHOUT_CONTEXT = 55.0
 #: the least a run is given, however close the timeout
 SCHEDULE_MIN_BUDGET_SECONDS = 1.0
+
+# --- the API key authorizer ----------------------------------------------------
+
+#: how long API Gateway keeps the authorizer's answer for a token: with the
+#: keys' own cache, how long a revoked key may still work (chalicelib/api/auth.py)
+AUTHORIZER_TTL_SECONDS = 300

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the builders import these on first use (cold start)
     from chalicelib.adapters.redis.store import SessionStore
     from chalicelib.api.auth import ApiKeys
     from chalicelib.api.health import Probe
+    from chalicelib.domain.keys import Caller
     from chalicelib.pipeline.consumer import Consumer
     from chalicelib.pipeline.dead_letters import DeadLetterQueue
     from chalicelib.pipeline.expiry import ExpirySweep
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # the builders import these on first use (cold start)
     from chalicelib.pipeline.producer import SqsProducer
     from chalicelib.pipeline.retention import PurgeReport
     from chalicelib.service.sessions import SessionService
+    from chalicelib.service.tenants import TenantSessions
 
 T = TypeVar("T")
 # SQS connections the request path's client keeps open (see ``producer``)
@@ -251,6 +253,12 @@ def service() -> SessionService:
         store(), publisher=_OnFirstUse(producer) if s.has_queue else None,
         durable=_OnFirstUse(database) if s.has_database else None, default_ttl=s.session_ttl,
         settle_seconds=s.redis_settle, slide_on_read=s.slide_on_read))
+
+
+def sessions(caller: Caller) -> TenantSessions:
+    """The service as the caller's tenant sees it (its ids, its sessions)."""
+    from chalicelib.service.tenants import TenantSessions
+    return TenantSessions(service(), caller.tenant)
 
 
 def expiry_sweep() -> ExpirySweep:

@@ -92,6 +92,21 @@ class Forbidden(SessionSyncError):
     status = 403
 
 
+class MissingScope(Forbidden):
+    """The route needs a scope the caller's API key does not have (its
+    scopes: chalicelib/domain/keys.py).  Answered before anything is read,
+    so it says nothing about whether a session exists: another tenant's
+    sessions are 404s, never 403s."""
+
+    code = "MissingScope"
+    scope: Detail[str] = Detail()
+
+    def __init__(self, scope: str, granted: frozenset[str] | set[str]) -> None:
+        super().__init__(f"this API key lacks the {scope!r} scope this route needs "
+                         f"(it has: {', '.join(sorted(granted)) or 'none'})",
+                         scope=scope, granted=sorted(granted))
+
+
 class RouteNotFound(SessionSyncError):
     code = "RouteNotFound"
     status = 404
