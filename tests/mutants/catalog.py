@@ -85,6 +85,11 @@ OWNERS = "chalicelib/service/owners.py"
 PG_CONNECTION = "chalicelib/adapters/postgres/connection.py"
 PG_RETENTION = "chalicelib/adapters/postgres/retention.py"
 T_PGBOUNCER = "tests/integration/lambda_zip/test_through_pgbouncer.py"
+T_TENANTS = "tests/functional/test_tenants.py"
+T_KEYS = "tests/unit/test_api_keys.py"
+TENANTS = "chalicelib/service/tenants.py"
+AUTH = "chalicelib/api/auth.py"
+REQUEST = "chalicelib/api/request.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
@@ -493,4 +498,27 @@ MUTANTS: tuple[Mutant, ...] = (
          "leaves_no_lock",),
         "the purge's lock outlives its batch on a pooled server connection: later purges find "
         "it held and do nothing"),
+    # -- 17: tenants and scoped keys -------------------------------------------------
+    mutant(
+        "tenant-check-dropped", 17, TENANTS,
+        (("        return self._prefix + client_id\n", "        return client_id\n"),),
+        (f"{T_TENANTS}::test_the_same_id_in_two_tenants_is_two_sessions",
+         f"{T_TENANTS}::test_another_tenant_s_key_gets_404_on_every_route_of_a_session_and_changes_nothing"),
+        "a session id is taken as the client sent it, whatever the key's tenant: every tenant "
+        "reaches the default tenant's sessions"),
+    mutant(
+        "scope-check-dropped", 17, REQUEST,
+        (("        if scope not in caller.scopes:\n", "        if False:\n"),),
+        (f"{T_TENANTS}::test_a_read_only_key_reads_and_cannot_write",),
+        "any valid key may use any route: a read-only key writes"),
+    mutant(
+        "key-hash-not-compared", 17, AUTH,
+        (("        if matched and record is not None and", "        if record is not None and"),),
+        (f"{T_KEYS}::test_a_key_with_a_known_id_and_another_secret_is_refused",),
+        "a token naming a known key id is accepted whatever its secret"),
+    mutant(
+        "expired-key-accepted", 17, AUTH,
+        ((" and not record.expired(self._wall()):", ":"),),
+        (f"{T_KEYS}::test_an_expired_key_is_refused",),
+        "a key past its expiry (an old key after a rotation's grace) keeps working"),
 )
