@@ -21,6 +21,7 @@ from sessionsync_client.errors import (
     IdempotencyKeyReusedError,
     InternalServerError,
     MethodNotAllowedError,
+    MissingScopeError,
     PayloadTooLargeError,
     PreconditionFailedError,
     PreconditionRequiredError,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncClient", "Client", "ConcurrencyError", "ConfigurationError", "Event", "EventPage",
     "ForbiddenError", "Health", "IdempotencyKeyReusedError", "InternalServerError",
-    "MethodNotAllowedError", "PayloadTooLargeError", "PreconditionFailedError",
+    "MethodNotAllowedError", "MissingScopeError", "PayloadTooLargeError", "PreconditionFailedError",
     "PreconditionRequiredError", "RecoveryPendingError", "RetryPolicy", "RevokeResult",
     "RouteNotFoundError", "ServiceUnavailableError", "Session", "SessionExistsError",
     "SessionExpiredError", "SessionNotFoundError", "SessionPage", "SessionSyncError",

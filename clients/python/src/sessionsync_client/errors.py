@@ -83,6 +83,19 @@ class ForbiddenError(SessionSyncError):
     CODE = "Forbidden"
 
 
+class MissingScopeError(ForbiddenError):
+    """403: the API key is valid but lacks the scope the operation needs
+    (``scope``; ``details["granted"]`` lists the key's).  Nothing was read
+    or written."""
+
+    CODE = "MissingScope"
+
+    @property
+    def scope(self) -> str | None:
+        value = self.details.get("scope")
+        return value if isinstance(value, str) else None
+
+
 class RouteNotFoundError(SessionSyncError):
     """404 of a path the API does not have (check ``base_url``: a stage such
     as ``/dev`` belongs in it)."""

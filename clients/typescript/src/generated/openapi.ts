@@ -503,7 +503,7 @@ export interface components {
                  * @description Stable and machine-readable; never renamed.
                  * @enum {string}
                  */
-                code: "ValidationError" | "PayloadTooLarge" | "PreconditionRequired" | "Unauthorized" | "Forbidden" | "RouteNotFound" | "MethodNotAllowed" | "UnsupportedMediaType" | "SessionNotFound" | "SessionExpired" | "SessionExists" | "ConcurrencyError" | "PreconditionFailed" | "IdempotencyKeyReused" | "ServiceUnavailable" | "RecoveryPending" | "ConfigurationError" | "InternalError";
+                code: "ValidationError" | "PayloadTooLarge" | "PreconditionRequired" | "Unauthorized" | "Forbidden" | "MissingScope" | "RouteNotFound" | "MethodNotAllowed" | "UnsupportedMediaType" | "SessionNotFound" | "SessionExpired" | "SessionExists" | "ConcurrencyError" | "PreconditionFailed" | "IdempotencyKeyReused" | "ServiceUnavailable" | "RecoveryPending" | "ConfigurationError" | "InternalError";
                 message: string;
                 /**
                  * @description The error's data, e.g. `field` of a `ValidationError`, or
@@ -737,7 +737,12 @@ export interface components {
                 "application/problem+json": components["schemas"]["Error"];
             };
         };
-        /** @description `Forbidden`: the API key is not valid. */
+        /**
+         * @description `Forbidden`: the API key is not valid (API Gateway's answer).
+         *     `MissingScope`: the key is valid but lacks the scope the operation
+         *     needs (its `x-scope`): `details.scope` names it, `details.granted`
+         *     lists the key's scopes; nothing was read or written.
+         */
         Forbidden: {
             headers: {
                 [name: string]: unknown;
