@@ -87,3 +87,19 @@ def test_an_unknown_key_id_is_an_error_that_changes_nothing(keys_secret):
     result = run_cli("keys", "revoke", "0123456789ab", env=env)
     assert result.returncode == 1 and "no key with id '0123456789ab'" in result.stderr
     assert client.get_secret_value(SecretId=arn)["SecretString"] == before
+
+
+def test_the_readme_s_scoped_key_command_prints_a_key_its_record_accepts():
+    import re
+
+    from chalicelib.domain.keys import parse_keys
+    from tests.support.constants import PROJECT_DIR
+
+    readme = (PROJECT_DIR / "README.md").read_text().split("## Walk-through", 1)[1]
+    [command] = re.findall(r"^\.venv/bin/sessionsync (keys create .*--print-record)$", readme, flags=re.M)
+    result = run_cli(*command.split(), env=cli_env(Settings()))
+    assert result.returncode == 0, result.stderr
+    key, record = result.stdout.splitlines()
+    keys = ApiKeys(parse_keys(f"[{record}]"))
+    assert keys.identify(f"Bearer {key}") == Caller("reports", json.loads(record)["id"], frozenset({"read"}))
+    assert key not in record
