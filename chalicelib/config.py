@@ -57,6 +57,7 @@ SESSION_DLQ_URL = "SESSION_DLQ_URL"
 SESSION_DLQ_NAME = "SESSION_DLQ_NAME"
 SESSION_QUEUE_FIFO = "SESSION_QUEUE_FIFO"
 SESSION_TTL = "SESSION_TTL"
+TENANT_MAX_SESSIONS = "TENANT_MAX_SESSIONS"
 SESSION_MARKER_TTL = "SESSION_MARKER_TTL"
 SESSION_SLIDE_ON_READ = "SESSION_SLIDE_ON_READ"
 SESSION_EXPIRY_GRACE = "SESSION_EXPIRY_GRACE_SECONDS"
@@ -299,6 +300,9 @@ class Settings:
     #: and its event id as deduplication id (chalicelib/pipeline/producer.py)
     queue_fifo: bool = _setting(SESSION_QUEUE_FIFO, _flag, False)
     session_ttl: int = _setting(SESSION_TTL, _bounded(int, MIN_TTL_SECONDS, MAX_TTL_SECONDS), 3600)
+    #: the live sessions a tenant may have at once (a create past it: 429
+    #: with Retry-After); 0: no cap, and no count kept (chalicelib/service/tenants.py)
+    tenant_max_sessions: int = _setting(TENANT_MAX_SESSIONS, _bounded(int, 0, 1_000_000_000), 0)
     #: how long the version marker outlives its session (recovery never
     #: serves an older version, a deleted id is never reused): 0, never, so
     #: that no volatile-* eviction policy can take it; seconds bound its

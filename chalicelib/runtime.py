@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the builders import these on first use (cold start)
     from chalicelib.adapters.postgres.migrations import DeployStep
     from chalicelib.adapters.redis.client import RedisClient
     from chalicelib.adapters.redis.store import SessionStore
+    from chalicelib.adapters.redis.tenant_counts import TenantCounts
     from chalicelib.api.auth import ApiKeys
     from chalicelib.api.health import Probe
     from chalicelib.domain.keys import Caller
@@ -258,7 +259,14 @@ def service() -> SessionService:
 def sessions(caller: Caller) -> TenantSessions:
     """The service as the caller's tenant sees it (its ids, its sessions)."""
     from chalicelib.service.tenants import TenantSessions
-    return TenantSessions(service(), caller.tenant)
+    cap = settings().tenant_max_sessions
+    return TenantSessions(service(), caller.tenant, counts=tenant_counts() if cap else None,
+                          max_sessions=cap)
+
+
+def tenant_counts() -> TenantCounts:
+    from chalicelib.adapters.redis.tenant_counts import TenantCounts
+    return _once("tenant_counts", lambda: TenantCounts(redis()))
 
 
 def expiry_sweep() -> ExpirySweep:

@@ -240,6 +240,22 @@ class IdempotencyKeyReused(SessionSyncError):
                          session_id=session_id, idempotency_key=key)
 
 
+class SessionLimitReached(SessionSyncError):
+    """The tenant has TENANT_MAX_SESSIONS live sessions: a create waits
+    until one ends (``retry_after_seconds``, the first lifetime to end) or
+    is deleted.  Nothing was written."""
+
+    code = "SessionLimitReached"
+    status = 429
+    retryable = True
+    limit: Detail[int] = Detail()
+
+    def __init__(self, tenant: str, *, limit: int, retry_after_seconds: float) -> None:
+        super().__init__(f"tenant {tenant!r} has {limit} live sessions, its limit; a place frees "
+                         f"up when one ends or is deleted (in {retry_after_seconds:.0f} s at most)",
+                         tenant=tenant, limit=limit, retry_after_seconds=retry_after_seconds)
+
+
 # --- dependency errors -----------------------------------------------------
 
 class ServiceUnavailable(SessionSyncError):

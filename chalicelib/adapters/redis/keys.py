@@ -24,6 +24,12 @@ and, in the owner's own slot (its id is the hash tag; owner ids have no braces):
                        the ids created with this owner, registered BEFORE
                        their create script runs (see the timeline above ``owner_index_key``)
 
+and, with TENANT_MAX_SESSIONS, in the tenant's own slot (tenant names have no braces)::
+
+    st:{<tenant>}:live  the tenant's live sessions: ZSET internal id -> when its
+                       lifetime ends (ms); entries past it are trimmed by
+                       the next reservation (scripts/tenant_count.lua)
+
 ``NNNN`` is a bucket, crc32(id) mod ``BUCKETS``: the outbox of a bucket lives
 beside its sessions, so the write and its outbox entry are one atomic script,
 and the relay scans a fixed set of ``BUCKETS`` outboxes instead of KEYS/SCAN.
@@ -102,3 +108,9 @@ def owner_index_key(owner_id: str) -> str:
     """The owner's index, in a slot of its own: owner ids have no braces,
     so the whole id is the hash tag."""
     return "so:{%s}:i" % owner_id
+
+
+def tenant_sessions_key(tenant: str) -> str:
+    """The tenant's count of live sessions (scripts/tenant_count.lua), in a
+    slot of its own: tenant names have no braces."""
+    return "st:{%s}:live" % tenant

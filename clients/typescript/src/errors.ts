@@ -184,6 +184,10 @@ export class ConfigurationError extends SessionSyncError {
   static readonly CODE: ErrorCode = "ConfigurationError";
 }
 /** 500: an unexpected error in the service. */
+/** 429: the key's tenant has as many live sessions as the server allows; a create succeeds once one ends. */
+export class SessionLimitReachedError extends SessionSyncError {
+  static readonly CODE: ErrorCode = "SessionLimitReached";
+}
 export class InternalServerError extends SessionSyncError {
   static readonly CODE: ErrorCode = "InternalError";
 }
@@ -198,7 +202,8 @@ export const ERROR_CLASSES: { readonly [code in ErrorCode]: Function } = {
   MethodNotAllowed: MethodNotAllowedError, UnsupportedMediaType: UnsupportedMediaTypeError,
   SessionNotFound: SessionNotFoundError, SessionExpired: SessionExpiredError, SessionExists: SessionExistsError,
   ConcurrencyError, PreconditionFailed: PreconditionFailedError,
-  IdempotencyKeyReused: IdempotencyKeyReusedError, ServiceUnavailable: ServiceUnavailableError,
+  IdempotencyKeyReused: IdempotencyKeyReusedError, SessionLimitReached: SessionLimitReachedError,
+  ServiceUnavailable: ServiceUnavailableError,
   RecoveryPending: RecoveryPendingError, ConfigurationError, InternalError: InternalServerError,
 };
 

@@ -30,6 +30,7 @@ from sessionsync_client.errors import (
     ServiceUnavailableError,
     SessionExistsError,
     SessionExpiredError,
+    SessionLimitReachedError,
     SessionNotFoundError,
     SessionSyncError,
     TransportError,
@@ -48,7 +49,8 @@ __all__ = [
     "MethodNotAllowedError", "MissingScopeError", "PayloadTooLargeError", "PreconditionFailedError",
     "PreconditionRequiredError", "RecoveryPendingError", "RetryPolicy", "RevokeResult",
     "RouteNotFoundError", "ServiceUnavailableError", "Session", "SessionExistsError",
-    "SessionExpiredError", "SessionNotFoundError", "SessionPage", "SessionSyncError",
+    "SessionExpiredError", "SessionLimitReachedError", "SessionNotFoundError", "SessionPage",
+    "SessionSyncError",
     "TransportError", "UnauthorizedError", "UnsupportedMediaTypeError", "ValidationError",
     "__version__",
 ]

@@ -188,6 +188,14 @@ class IdempotencyKeyReusedError(SessionSyncError):
     CODE = "IdempotencyKeyReused"
 
 
+class SessionLimitReachedError(SessionSyncError):
+    """429: the key's tenant has as many live sessions as the server allows
+    (``details["limit"]``); a create succeeds once one ends or is deleted
+    (``details["retry_after_seconds"]`` at most).  Nothing was written."""
+
+    CODE = "SessionLimitReached"
+
+
 class ServiceUnavailableError(SessionSyncError):
     """503: a dependency of the service is down or settling; the retry
     budget ran out.  ``retry_after`` is the server's Retry-After, seconds."""

@@ -503,7 +503,7 @@ export interface components {
                  * @description Stable and machine-readable; never renamed.
                  * @enum {string}
                  */
-                code: "ValidationError" | "PayloadTooLarge" | "PreconditionRequired" | "Unauthorized" | "Forbidden" | "MissingScope" | "RouteNotFound" | "MethodNotAllowed" | "UnsupportedMediaType" | "SessionNotFound" | "SessionExpired" | "SessionExists" | "ConcurrencyError" | "PreconditionFailed" | "IdempotencyKeyReused" | "ServiceUnavailable" | "RecoveryPending" | "ConfigurationError" | "InternalError";
+                code: "ValidationError" | "PayloadTooLarge" | "PreconditionRequired" | "Unauthorized" | "Forbidden" | "MissingScope" | "RouteNotFound" | "MethodNotAllowed" | "UnsupportedMediaType" | "SessionNotFound" | "SessionExpired" | "SessionExists" | "ConcurrencyError" | "PreconditionFailed" | "IdempotencyKeyReused" | "SessionLimitReached" | "ServiceUnavailable" | "RecoveryPending" | "ConfigurationError" | "InternalError";
                 message: string;
                 /**
                  * @description The error's data, e.g. `field` of a `ValidationError`, or
@@ -816,6 +816,23 @@ export interface components {
             };
         };
         /**
+         * @description `SessionLimitReached`: the key's tenant has `TENANT_MAX_SESSIONS`
+         *     live sessions (`details.limit`); a create succeeds once one of them
+         *     ends (`Retry-After`: when the first lifetime ends, at most) or is
+         *     deleted.  Nothing was written.
+         */
+        SessionLimitReached: {
+            headers: {
+                "X-Request-Id": components["headers"]["XRequestId"];
+                traceparent: components["headers"]["Traceparent"];
+                "Retry-After": components["headers"]["RetryAfter"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Error"];
+            };
+        };
+        /**
          * @description Retry after `Retry-After` seconds.  `ServiceUnavailable`: a dependency
          *     did not answer in time, or the settle time after Redis failed over or
          *     restarted (`details.retry_after_seconds`: the time left);
@@ -1019,6 +1036,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["IdempotencyKeyReused"];
+            429: components["responses"]["SessionLimitReached"];
             503: components["responses"]["ServiceUnavailable"];
         };
     };
@@ -1224,6 +1242,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["PreconditionRequiredError"];
                 };
             };
+            429: components["responses"]["SessionLimitReached"];
             503: components["responses"]["ServiceUnavailable"];
         };
     };
