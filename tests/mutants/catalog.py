@@ -88,6 +88,8 @@ T_PGBOUNCER = "tests/integration/lambda_zip/test_through_pgbouncer.py"
 T_TENANTS = "tests/functional/test_tenants.py"
 T_KEYS = "tests/unit/test_api_keys.py"
 TENANTS = "chalicelib/service/tenants.py"
+T_CAP = "tests/functional/test_tenant_cap.py"
+LUA_TENANT_COUNT = f"{REDIS}/scripts/tenant_count.lua"
 AUTH = "chalicelib/api/auth.py"
 REQUEST = "chalicelib/api/request.py"
 
@@ -521,4 +523,16 @@ MUTANTS: tuple[Mutant, ...] = (
         ((" and not record.expired(self._wall()):", ":"),),
         (f"{T_KEYS}::test_an_expired_key_is_refused",),
         "a key past its expiry (an old key after a rotation's grace) keeps working"),
+    mutant(
+        "tenant-cap-not-checked", 17, LUA_TENANT_COUNT,
+        (("if cap > 0 and live >= cap then", "if false then"),),
+        (f"{T_CAP}::test_a_tenant_at_its_cap_gets_429_with_retry_after_and_nothing_is_written",
+         f"{T_CAP}::test_creates_racing_for_the_last_places_never_pass_the_cap"),
+        "a tenant's creates pass TENANT_MAX_SESSIONS"),
+    mutant(
+        "deleted-session-keeps-its-place", 17, TENANTS,
+        (("                if ended:\n", "                if False:\n"),),
+        (f"{T_CAP}::test_a_deleted_session_and_a_failed_create_give_their_place_back",),
+        "a deleted session is counted until its lifetime would have ended: the tenant is refused "
+        "creates it is entitled to"),
 )
