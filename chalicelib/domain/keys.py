@@ -21,17 +21,22 @@ scope until API 2.0 (a deprecation is logged on each load of them).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.domain.errors import ValidationError
 from chalicelib.domain.tenants import DEFAULT_TENANT, TENANT_PATTERN, valid_tenant
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+# hashlib, secrets and datetime are imported where they are used, and the
+# patterns compiled on first use: config.py imports this module on every
+# function's cold start, and only the authorizer checks keys, only the CLI
+# makes them
 
 READ, WRITE, OWNER_ADMIN, ADMIN = "read", "write", "owner-admin", "admin"
 #: every scope, in the order they are listed
@@ -39,9 +44,10 @@ SCOPES = (READ, WRITE, OWNER_ADMIN, ADMIN)
 KEY_PREFIX = "ss_live_"
 #: the id of every plaintext key (they have none of their own)
 LEGACY_KEY_ID = "legacy"
-_KEY = re.compile(r"ss_live_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_ID = re.compile(r"[0-9a-f]{12}")
+# patterns, compiled (and cached by re) on first use, not on every cold start
+_KEY = r"ss_live_([0-9a-f]{12})_[A-Za-z0-9_-]{43}"
+_HEX64 = r"[0-9a-f]{64}"
+_ID = r"[0-9a-f]{12}"
 # compared when a token names no known id, so that a known and an unknown id
 # cost the same comparison
 NO_DIGEST = "0" * 64
@@ -108,9 +114,9 @@ class KeyRecord:
             raise ValidationError("a key record must be a JSON object")
         key_id, digest, tenant = doc.get("id"), doc.get("sha256"), doc.get("tenant", DEFAULT_TENANT)
         scopes, created, expires = doc.get("scopes"), doc.get("created"), doc.get("expires")
-        if not isinstance(key_id, str) or not _ID.fullmatch(key_id):
+        if not isinstance(key_id, str) or not re.fullmatch(_ID, key_id):
             raise ValidationError("a key record's id must be 12 lower-case hex digits", field="id")
-        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+        if not isinstance(digest, str) or not re.fullmatch(_HEX64, digest):
             raise ValidationError(f"key {key_id}: sha256 must be 64 lower-case hex digits",
                                   field="sha256")
         if not isinstance(tenant, str) or not valid_tenant(tenant):
@@ -127,18 +133,20 @@ class KeyRecord:
 
 
 def digest(key: str) -> str:
+    import hashlib
     return hashlib.sha256(key.encode()).hexdigest()
 
 
 def key_id(token: str) -> str | None:
     """The id a token of the ``ss_live_`` form names; None for any other."""
-    match = _KEY.fullmatch(token)
+    match = re.fullmatch(_KEY, token)
     return match[1] if match else None
 
 
 def new_key(tenant: str, scopes: Iterable[str], now: float,
             expires: float | None = None) -> tuple[str, KeyRecord]:
     """A new key (shown once) and its record (stored)."""
+    import secrets
     scopes = frozenset(scopes)
     if not valid_tenant(tenant):
         raise ValidationError(f"tenant must match {TENANT_PATTERN}", field="tenant")
@@ -152,10 +160,12 @@ def new_key(tenant: str, scopes: Iterable[str], now: float,
 
 
 def iso(seconds: float) -> str:
+    from datetime import UTC, datetime
     return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_time(text: str) -> datetime | None:
+    from datetime import UTC, datetime
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -21,13 +21,12 @@ import re
 #: plaintext keys still accepted): its ids carry no prefix
 DEFAULT_TENANT = "default"
 TENANT_PATTERN = r"[a-z0-9][a-z0-9-]{0,31}"
-_TENANT = re.compile(TENANT_PATTERN)
 #: between a tenant and a client's id: outside the id grammar
 SEPARATOR = "/"
 
 
 def valid_tenant(name: str) -> bool:
-    return bool(_TENANT.fullmatch(name))
+    return bool(re.fullmatch(TENANT_PATTERN, name))  # compiled on first use (cold start)
 
 
 def prefix(tenant: str) -> str:
