@@ -7,24 +7,16 @@ import json
 
 import pytest
 
-from chalicelib.adapters import aws
 from chalicelib.api.auth import SECRET_CACHE_SECONDS, ApiKeys
 from chalicelib.config import Settings
 from chalicelib.domain.keys import Caller
-from tests.support.constants import LOCALSTACK_URL
+from tests.support.constants import LOCALSTACK_URL, SECRET_PLAINTEXT_KEY
 from tests.support.ops import cli_env, run_cli
-from tests.support.secrets import FakeClock, temporary_secret
+from tests.support.secrets import FakeClock
 
 pytestmark = pytest.mark.localstack
 
-LEGACY = "plaintext-key-0123456789abcdef"
-
-
-@pytest.fixture
-def keys_secret(localstack_settings):
-    client = aws.client("secretsmanager", localstack_settings)
-    with temporary_secret(client, "sessionsync-test-keys-cli", {"api_keys": [LEGACY]}) as arn:
-        yield client, arn
+LEGACY = SECRET_PLAINTEXT_KEY  # what the keys_secret fixture's secret holds
 
 
 def _keys(arn: str, *args: str) -> dict:
