@@ -320,7 +320,7 @@ class Settings:
     aws_endpoint_url: str | None = _setting(AWS_ENDPOINT_URL, _http_url, None)
     aws_region: str = _setting(AWS_REGION, _text, "us-east-1", alternatives=(AWS_DEFAULT_REGION,))
     #: key records (or plaintext keys, deprecated; a tuple of them is taken too)
-    api_keys: KeySet = _setting(API_KEYS, _api_keys, NO_KEYS, secret=True)  # noqa: RUF009 (frozen)
+    api_keys: KeySet | tuple[str, ...] = _setting(API_KEYS, _api_keys, NO_KEYS, secret=True)  # noqa: RUF009
     api_keys_secret_arn: str | None = _setting(API_KEYS_SECRET_ARN, _text, None)
     #: the relay re-sends outbox entries older than this, seconds
     outbox_relay_age: float = _setting(OUTBOX_RELAY_AGE, _bounded(float, 0.0, 3600.0), 5.0)

@@ -59,7 +59,7 @@ class KeySecret:
             out.pop("api_keys", None)
         self.client.put_secret_value(SecretId=self.arn, SecretString=json.dumps(out))
 
-    def list(self) -> KeySet:
+    def records(self) -> KeySet:
         return self.read()[0]
 
     def create(self, tenant: str, scopes: list[str], expires_in: float | None = None) -> NewKey:

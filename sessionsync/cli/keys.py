@@ -101,7 +101,7 @@ def create(tenant: str, scopes: tuple[str, ...], expires_in_days: int | None, pr
 @exits_on_errors
 def list_keys(secret_arn: str | None, fmt: str) -> None:
     """The keys in the secret (never a key, nor its hash)."""
-    found = _secret(secret_arn).list()
+    found = _secret(secret_arn).records()
     if fmt == "json":
         echo_json({"keys": [_record(r) for r in found.records], "plaintext_keys": len(found.legacy)})
         return
