@@ -34,13 +34,8 @@ def prefix(tenant: str) -> str:
     return "" if tenant == DEFAULT_TENANT else tenant + SEPARATOR
 
 
-def internal_id(tenant: str, client_id: str) -> str:
-    """The id the store keeps for a client's (validated) session or owner id."""
-    return prefix(tenant) + client_id
-
-
 def client_id(tenant: str, internal: str) -> str:
-    """``internal_id``'s inverse for an id of ``tenant``."""
+    """The client's id of an internal id of ``tenant`` (``prefix(tenant) + id``)."""
     lead = prefix(tenant)
     return internal[len(lead):] if lead and internal.startswith(lead) else internal
 

@@ -27,7 +27,7 @@ from chalicelib.domain.validation import CreateRequest, MaxStale, PatchRequest, 
 from chalicelib.observability import metrics
 from chalicelib.service.sessions import HistoryPage, Read, SessionService
 
-if TYPE_CHECKING:  # imported by the routes, or the settings, that need them (cold start)
+if TYPE_CHECKING:  # imported where they are used (cold start)
     from chalicelib.adapters.redis.tenant_counts import Reservation, TenantCounts
     from chalicelib.service.owners import OwnerPage, RevokeResult
 
