@@ -18,7 +18,7 @@ from chalice import AuthResponse, Chalice, IAMAuthorizer, Rate
 from chalicelib import config, constants, runtime
 from chalicelib.api import headers, web
 from chalicelib.api.request import Request
-from chalicelib.domain import validation
+from chalicelib.domain import keys, validation
 from chalicelib.observability import logs
 
 # Chalice's own log handler prints plain text; logs.configure() makes every
@@ -42,13 +42,17 @@ def one_error_shape(event, get_response):
 # Not named api_key: Chalice names the API's security definition after the
 # authorizer and writes API Gateway's own usage-plan key check ("api_key",
 # x-api-key) over one of that name, which would deploy the routes without it.
-@app.authorizer(ttl_seconds=300)
+@app.authorizer(ttl_seconds=constants.AUTHORIZER_TTL_SECONDS)
 def authorizer(auth_request):
-    """Bearer API key; a wrong key is denied (403), a missing one is 401."""
-    from chalicelib.api import auth  # hmac and the key cache: the authorizer's only
+    """Bearer API key; a wrong key is denied (403), a missing one is 401.
+    The context names the key's tenant, id and scopes (routes check the
+    scope they need: chalicelib.api.request); the principal is the key id,
+    for the usage plan chosen per key."""
+    from chalicelib.api import auth  # hashlib, hmac and the key cache: the authorizer's only
 
-    if auth.accepts(runtime.api_keys, auth_request.token):
-        return AuthResponse(routes=["*"], principal_id="api-key")
+    caller = auth.identify(runtime.api_keys, auth_request.token)
+    if caller is not None:
+        return AuthResponse(routes=["*"], principal_id=caller.key_id, context=caller.to_context())
     return AuthResponse(routes=[], principal_id="anonymous")
 
 
@@ -60,10 +64,11 @@ session_auth = IAMAuthorizer() if config.auth_mode() == "iam" else authorizer
 @web.handles_errors
 def create_session():
     request = Request(app.current_request)
+    sessions = runtime.sessions(request.caller(keys.WRITE))
     keyed = request.idempotency("/sessions")
     create = validation.create_request(request.body, runtime.settings().max_state_bytes,
                                        default_id=keyed.session_id() if keyed else None)
-    session = runtime.service().create(create, keyed)
+    session = sessions.create(create, keyed)
     return web.session_response(session, 201,
                                 Location=web.session_url(request.context, 1, session.session_id))
 
@@ -72,8 +77,9 @@ def create_session():
 @web.handles_errors
 def get_session(session_id):
     request = Request(app.current_request)
+    sessions = runtime.sessions(request.caller(keys.READ))
     condition = request.if_none_match
-    read = runtime.service().get_accepting_stale(validation.session_id(session_id), request.max_stale)
+    read = sessions.get_accepting_stale(validation.session_id(session_id), request.max_stale)
     source = web.read_headers(read.recovered, read.stale_age)
     if condition is not None and condition.matches(read.session.version):
         return web.not_modified(read.session, **source)
@@ -84,17 +90,18 @@ def get_session(session_id):
 @web.handles_errors
 def update_session(session_id):
     request = Request(app.current_request)
+    sessions = runtime.sessions(request.caller(keys.WRITE))
     put = validation.put_request(session_id, request.body, if_match=request.if_match,
                                  if_none_match=request.if_none_match,
                                  max_state_bytes=runtime.settings().max_state_bytes)
     keyed = request.idempotency(f"/sessions/{put.session_id}", request.if_match, request.if_none_match)
     if isinstance(put, validation.CreateRequest):  # If-None-Match: *
         with web.precondition("If-None-Match: *", put.session_id, absent_fails=False):
-            session = runtime.service().create(put, keyed)
+            session = sessions.create(put, keyed)
         return web.session_response(session, 201,
                                     Location=web.session_url(request.context, 2, session.session_id))
     with web.if_match(put.if_match, put.session_id):
-        return web.session_response(runtime.service().update(put, keyed))
+        return web.session_response(sessions.update(put, keyed))
 
 
 # Chalice refuses (415) a body of another Content-Type before the view runs;
@@ -104,22 +111,24 @@ def update_session(session_id):
 @web.handles_errors
 def patch_session(session_id):
     request = Request(app.current_request)
+    sessions = runtime.sessions(request.caller(keys.WRITE))
     patch = validation.patch_request(session_id, request.merge_patch(), if_match=request.if_match,
                                      max_state_bytes=runtime.settings().max_state_bytes)
     keyed = request.idempotency(f"/sessions/{patch.session_id}", request.if_match)
     with web.if_match(patch.if_match, patch.session_id):
-        return web.session_response(runtime.service().patch(patch, keyed))
+        return web.session_response(sessions.patch(patch, keyed))
 
 
 @app.route("/sessions/{session_id}", methods=["DELETE"], authorizer=session_auth)
 @web.handles_errors
 def delete_session(session_id):
     request = Request(app.current_request)
+    sessions = runtime.sessions(request.caller(keys.WRITE))
     sid = validation.session_id(session_id)
     condition = request.if_match
     keyed = request.idempotency(f"/sessions/{sid}", condition)
     with web.if_match(condition, sid):
-        deleted = runtime.service().delete(sid, condition.version if condition else None, keyed)
+        deleted = sessions.delete(sid, condition.version if condition else None, keyed)
     return web.no_content(deleted)
 
 
@@ -127,20 +136,22 @@ def delete_session(session_id):
 @web.handles_errors
 def touch_session(session_id):
     request = Request(app.current_request)
+    sessions = runtime.sessions(request.caller(keys.WRITE))
     touch = validation.touch_request(session_id, request.body, request.if_match)
     keyed = request.idempotency(f"/sessions/{touch.session_id}/touch", touch.if_match)
     with web.if_match(touch.if_match, touch.session_id):
-        session = runtime.service().touch(touch.session_id,
-                                          touch.if_match.version if touch.if_match else None,
-                                          touch.ttl_seconds, keyed)
+        session = sessions.touch(touch.session_id, touch.if_match.version if touch.if_match else None,
+                                 touch.ttl_seconds, keyed)
     return web.session_response(session)
 
 
 @app.route("/sessions/{session_id}/events", methods=["GET"], authorizer=session_auth)
 @web.handles_errors
 def session_events(session_id):
+    request = Request(app.current_request)
+    sessions = runtime.sessions(request.caller(keys.ADMIN))
     params = app.current_request.query_params or {}
-    page = runtime.service().history(
+    page = sessions.history(
         validation.session_id(session_id),
         limit=validation.page_limit(params.get("limit")),
         before_version=validation.history_position(params.get("cursor"), params.get("before_version")))
@@ -150,12 +161,11 @@ def session_events(session_id):
 @app.route("/owners/{owner_id}/sessions", methods=["GET"], authorizer=session_auth)
 @web.handles_errors
 def owner_sessions(owner_id):
-    from chalicelib.service import owners
-
+    sessions = runtime.sessions(Request(app.current_request).caller(keys.OWNER_ADMIN))
     params = app.current_request.query_params or {}
-    page = owners.list_sessions(runtime.service(), validation.owner_id(owner_id),
-                                limit=validation.page_limit(params.get("limit")),
-                                after=validation.owner_cursor(params.get("cursor")))
+    page = sessions.owner_sessions(validation.owner_id(owner_id),
+                                   limit=validation.page_limit(params.get("limit")),
+                                   after=validation.owner_cursor(params.get("cursor")))
     cursor = validation.encode_owner_cursor(page.next_after) if page.next_after else None
     return web.sessions_page_response(page.owner_id, page.sessions, cursor)
 
@@ -166,8 +176,9 @@ def revoke_owner_sessions(owner_id):
     """Log out everywhere: ``remaining`` true means call again (time budget)."""
     from chalicelib.service import owners
 
-    result = owners.revoke_all(runtime.service(), validation.owner_id(owner_id),
-                               budget_seconds=owners.revoke_budget(app.lambda_context))
+    sessions = runtime.sessions(Request(app.current_request).caller(keys.OWNER_ADMIN))
+    result = sessions.revoke_owner(validation.owner_id(owner_id),
+                                   budget_seconds=owners.revoke_budget(app.lambda_context))
     return web.json_response({"owner_id": result.owner_id, "deleted": result.deleted,
                               "blocked": result.blocked, "remaining": result.remaining})
 

@@ -28,7 +28,8 @@ from chalicelib.constants import (
     MIN_TTL_SECONDS,
     SQS_MESSAGE_LIMIT,
 )
-from chalicelib.domain.errors import ConfigurationError
+from chalicelib.domain.errors import ConfigurationError, ValidationError
+from chalicelib.domain.keys import NO_KEYS, KeySet, parse_keys
 
 # The variables' names, for the modules that name one in a message or read
 # it themselves; what each one means is its declaration in ``Settings``.
@@ -56,6 +57,7 @@ SESSION_DLQ_URL = "SESSION_DLQ_URL"
 SESSION_DLQ_NAME = "SESSION_DLQ_NAME"
 SESSION_QUEUE_FIFO = "SESSION_QUEUE_FIFO"
 SESSION_TTL = "SESSION_TTL"
+TENANT_MAX_SESSIONS = "TENANT_MAX_SESSIONS"
 SESSION_MARKER_TTL = "SESSION_MARKER_TTL"
 SESSION_SLIDE_ON_READ = "SESSION_SLIDE_ON_READ"
 SESSION_EXPIRY_GRACE = "SESSION_EXPIRY_GRACE_SECONDS"
@@ -182,11 +184,13 @@ def _retention_days(raw: str, name: str) -> int:
     return _bounded(int, MIN_RETENTION_DAYS, MAX_RETENTION_DAYS)(raw, name)
 
 
-def _api_keys(raw: str, name: str) -> tuple[str, ...]:
-    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
-    if any(len(key) < 16 for key in keys):
-        raise ConfigurationError(name, "every key must have at least 16 characters")
-    return keys
+def _api_keys(raw: str, name: str) -> KeySet:
+    """Key records as JSON (chalicelib/domain/keys.py), or plaintext keys,
+    comma separated (deprecated)."""
+    try:
+        return parse_keys(raw)
+    except ValidationError as exc:
+        raise ConfigurationError(name, exc.message) from None
 
 
 def _http_url(raw: str, name: str) -> str:
@@ -297,6 +301,9 @@ class Settings:
     #: and its event id as deduplication id (chalicelib/pipeline/producer.py)
     queue_fifo: bool = _setting(SESSION_QUEUE_FIFO, _flag, False)
     session_ttl: int = _setting(SESSION_TTL, _bounded(int, MIN_TTL_SECONDS, MAX_TTL_SECONDS), 3600)
+    #: the live sessions a tenant may have at once (a create past it: 429
+    #: with Retry-After); 0: no cap, and no count kept (chalicelib/service/tenants.py)
+    tenant_max_sessions: int = _setting(TENANT_MAX_SESSIONS, _bounded(int, 0, 1_000_000_000), 0)
     #: how long the version marker outlives its session (recovery never
     #: serves an older version, a deleted id is never reused): 0, never, so
     #: that no volatile-* eviction policy can take it; seconds bound its
@@ -313,7 +320,8 @@ class Settings:
     log_level: str = _setting(LOG_LEVEL, _one_of(LOG_LEVELS, str.upper), "INFO")
     aws_endpoint_url: str | None = _setting(AWS_ENDPOINT_URL, _http_url, None)
     aws_region: str = _setting(AWS_REGION, _text, "us-east-1", alternatives=(AWS_DEFAULT_REGION,))
-    api_keys: tuple[str, ...] = _setting(API_KEYS, _api_keys, (), secret=True)
+    #: key records (or plaintext keys, deprecated; a tuple of them is taken too)
+    api_keys: KeySet | tuple[str, ...] = _setting(API_KEYS, _api_keys, NO_KEYS, secret=True)  # noqa: RUF009
     api_keys_secret_arn: str | None = _setting(API_KEYS_SECRET_ARN, _text, None)
     #: besides what its wake-ups bring, the relay's sweeps send outbox
     #: entries older than this, seconds (chalicelib/pipeline/outbox.py)

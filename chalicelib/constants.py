@@ -75,3 +75,9 @@ SCHEDULE_MIN_BUDGET_SECONDS = 1.0
 #: where a revoke-all that answered ``remaining`` stopped walking PostgreSQL
 #: is kept this long for the next call (which the client makes at once)
 REVOKE_POSITION_TTL_SECONDS = 24 * 3600
+
+# --- the API key authorizer ----------------------------------------------------
+
+#: how long API Gateway keeps the authorizer's answer for a token: with the
+#: keys' own cache, how long a revoked key may still work (chalicelib/api/auth.py)
+AUTHORIZER_TTL_SECONDS = 300

@@ -24,8 +24,10 @@ if TYPE_CHECKING:  # the builders import these on first use (cold start)
     from chalicelib.adapters.postgres.migrations import DeployStep
     from chalicelib.adapters.redis.client import RedisClient
     from chalicelib.adapters.redis.store import SessionStore
+    from chalicelib.adapters.redis.tenant_counts import TenantCounts
     from chalicelib.api.auth import ApiKeys
     from chalicelib.api.health import Probe
+    from chalicelib.domain.keys import Caller
     from chalicelib.pipeline.consumer import Consumer
     from chalicelib.pipeline.dead_letters import DeadLetterQueue
     from chalicelib.pipeline.expiry import ExpirySweep
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # the builders import these on first use (cold start)
     from chalicelib.pipeline.producer import SqsProducer
     from chalicelib.pipeline.retention import PurgeReport
     from chalicelib.service.sessions import SessionService
+    from chalicelib.service.tenants import TenantSessions
 
 T = TypeVar("T")
 _lock = threading.RLock()
@@ -232,6 +235,19 @@ def service() -> SessionService:
     return _once("service", lambda: SessionService(
         store(), durable=_OnFirstUse(database) if s.has_database else None, default_ttl=s.session_ttl,
         settle_seconds=s.redis_settle, slide_on_read=s.slide_on_read))
+
+
+def sessions(caller: Caller) -> TenantSessions:
+    """The service as the caller's tenant sees it (its ids, its sessions)."""
+    from chalicelib.service.tenants import TenantSessions
+    cap = settings().tenant_max_sessions
+    return TenantSessions(service(), caller.tenant, counts=tenant_counts() if cap else None,
+                          max_sessions=cap)
+
+
+def tenant_counts() -> TenantCounts:
+    from chalicelib.adapters.redis.tenant_counts import TenantCounts
+    return _once("tenant_counts", lambda: TenantCounts(redis()))
 
 
 def expiry_sweep() -> ExpirySweep:

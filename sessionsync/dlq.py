@@ -34,6 +34,7 @@ from typing import Any
 from chalicelib.adapters.aws import session_of, sqs_batches
 from chalicelib.constants import FIFO_SUFFIX
 from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.tenants import tenant_of
 from chalicelib.pipeline.dead_letters import (
     CONSTRAINT,
     ERROR_ATTRIBUTES,
@@ -111,7 +112,8 @@ class DeadLetterMessage:
                 "error_code": self.error_code, "sqlstate": self.sqlstate,
                 "constraint": self.constraint,
                 "error_message": self.attributes.get(ERROR_MESSAGE),
-                "session_id": self.session_id, "version": event.get("version"),
+                "session_id": self.session_id, "tenant": tenant_of(self.session_id) if self.session_id
+                else None, "version": event.get("version"),
                 "event_type": event.get("event_type"), "failed_at": self.attributes.get(FAILED_AT),
                 "receive_count": self.system.get("ApproximateReceiveCount")}
 

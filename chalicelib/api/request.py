@@ -9,8 +9,11 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
+from chalicelib import config
 from chalicelib.api import headers
+from chalicelib.domain.errors import MissingScope, Unauthorized
 from chalicelib.domain.idempotency import Idempotency, fingerprint
+from chalicelib.domain.keys import FULL_ACCESS, Caller
 from chalicelib.domain.validation import IfMatch, IfNoneMatch, MaxStale
 
 
@@ -24,6 +27,22 @@ class Request:
         #: API Gateway's request context (the stage in its ``path``)
         self.context: dict[str, Any] = request.context
         self._headers = request.headers  # case-insensitive
+
+    def caller(self, scope: str) -> Caller:
+        """Who sent the request (the authorizer's context: its key's tenant,
+        id and scopes), once it is known to hold ``scope``: MissingScope
+        (403) otherwise, before the route reads or writes anything.  Behind
+        IAM (SESSIONSYNC_AUTH=iam) there is no key: the caller is the
+        default tenant's, with every scope (IAM policies decide)."""
+        caller = Caller.from_context(self.context.get("authorizer") or {})
+        if caller is None:
+            if config.auth_mode() != "iam":
+                # the authorizer always sets it; without, nothing is known
+                raise Unauthorized("no API key identified this request")
+            caller = FULL_ACCESS
+        if scope not in caller.scopes:
+            raise MissingScope(scope, caller.scopes)
+        return caller
 
     @cached_property
     def if_match(self) -> IfMatch | None:

@@ -25,6 +25,7 @@ from chalicelib.domain.errors import (
     PreconditionFailed,
     ServiceUnavailable,
     SessionExists,
+    SessionLimitReached,
     SessionNotFound,
     SessionSyncError,
     UnsupportedMediaType,
@@ -159,8 +160,9 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 def error_response(exc: SessionSyncError) -> Response:
     headers: dict[str, str | list[str]] = {"Content-Type": PROBLEM_JSON}
-    if isinstance(exc, ServiceUnavailable):
-        # whole seconds (RFC 9110); a settle time says how long is left
+    if isinstance(exc, ServiceUnavailable | SessionLimitReached):
+        # whole seconds (RFC 9110); a settle time, or the first lifetime to
+        # end, says how long is left
         wait = exc.details.get("retry_after_seconds", 1)
         headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return Response(body=json.dumps(problem(exc.status, exc.to_dict())), status_code=exc.status,

@@ -92,6 +92,21 @@ class Forbidden(SessionSyncError):
     status = 403
 
 
+class MissingScope(Forbidden):
+    """The route needs a scope the caller's API key does not have (its
+    scopes: chalicelib/domain/keys.py).  Answered before anything is read,
+    so it says nothing about whether a session exists: another tenant's
+    sessions are 404s, never 403s."""
+
+    code = "MissingScope"
+    scope: Detail[str] = Detail()
+
+    def __init__(self, scope: str, granted: frozenset[str] | set[str]) -> None:
+        super().__init__(f"this API key lacks the {scope!r} scope this route needs "
+                         f"(it has: {', '.join(sorted(granted)) or 'none'})",
+                         scope=scope, granted=sorted(granted))
+
+
 class RouteNotFound(SessionSyncError):
     code = "RouteNotFound"
     status = 404
@@ -223,6 +238,22 @@ class IdempotencyKeyReused(SessionSyncError):
         super().__init__(f"Idempotency-Key {key!r} was already used for a different request on "
                          f"session {session_id!r}; send a new key for a new request",
                          session_id=session_id, idempotency_key=key)
+
+
+class SessionLimitReached(SessionSyncError):
+    """The tenant has TENANT_MAX_SESSIONS live sessions: a create waits
+    until one ends (``retry_after_seconds``, the first lifetime to end) or
+    is deleted.  Nothing was written."""
+
+    code = "SessionLimitReached"
+    status = 429
+    retryable = True
+    limit: Detail[int] = Detail()
+
+    def __init__(self, tenant: str, *, limit: int, retry_after_seconds: float) -> None:
+        super().__init__(f"tenant {tenant!r} has {limit} live sessions, its limit; a place frees "
+                         f"up when one ends or is deleted (in {retry_after_seconds:.0f} s at most)",
+                         tenant=tenant, limit=limit, retry_after_seconds=retry_after_seconds)
 
 
 # --- dependency errors -----------------------------------------------------

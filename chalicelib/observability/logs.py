@@ -113,6 +113,13 @@ def invocation_ids(event: Any) -> tuple[str, dict[str, Any]]:
             caller_id = caller_id or fields["trace_id"]
         if caller_id and api_id:
             fields["api_request_id"] = api_id
+        # the caller's key (the authorizer's context): its tenant and key id
+        # on every line of the request, never the key
+        authorizer = request_context.get("authorizer")
+        if isinstance(authorizer, Mapping):
+            for name in ("tenant", "key_id"):
+                if isinstance(authorizer.get(name), str):
+                    fields[name] = authorizer[name]
     else:
         api_id = None
         aws_id = getattr(request_context, "aws_request_id", None)

@@ -26,7 +26,15 @@ StaleReads              Count         SessionService: Redis down, a max-stale re
 PurgedEvents            Count         retention purge: sync_events rows older than the retention, deleted
 PatchRetries            Count         SessionService: a PATCH merged again after losing its compare-and-set
 SessionsExpired         Count         expiry sweep: session_expired events written
+TenantSessions          Count         a create under TENANT_MAX_SESSIONS: the tenant's live ones (dim: tenant)
+SessionLimitRefusals    Count         a create refused at TENANT_MAX_SESSIONS: 429 (dim: tenant)
 ======================  ============  =============================================
+
+Dimensions are bounded: ``operation`` has five values; ``tenant`` only
+comes from the key records an operator writes (never from a request), so
+it has as many values as the operator made tenants.  The key id is not a
+dimension (every rotation would start new series): it is a property of
+every line, as the tenant is, for CloudWatch Logs Insights.
 
 Why not ``aws_lambda_powertools.Metrics``: docs/decisions/no-powertools.md
 (its import at every cold start; this writer is a ``json.dumps`` and one
@@ -65,6 +73,8 @@ CATALOGUE: Mapping[str, str] = {
     "PatchRetries": "Count",
     "StaleReads": "Count",
     "PurgedEvents": "Count",
+    "TenantSessions": "Count",
+    "SessionLimitRefusals": "Count",
 }
 
 # The environment names powertools uses, so that .chalice/config.json and

@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from chalicelib.domain.keys import FULL_ACCESS
+
 API_ID = "a1b2c3d4e5"
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -93,7 +95,9 @@ def api_gateway_event(method: str, resource: str, path: str, *, api_key: str,
                          "accessKey": None, "apiKey": None, "apiKeyId": None},
             "domainName": f"{API_ID}.execute-api.{REGION}.amazonaws.com",
             "apiId": API_ID,
-            "authorizer": {"principalId": "api-key", "integrationLatency": 0},
+            # what the authorizer answered for a key of the default tenant with every scope
+            "authorizer": {"principalId": FULL_ACCESS.key_id, **FULL_ACCESS.to_context(),
+                           "integrationLatency": 0},
         },
         "body": body,
         "isBase64Encoded": False,

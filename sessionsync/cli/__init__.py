@@ -23,6 +23,7 @@ from sessionsync.cli.dlq import dlq
 from sessionsync.cli.health import health
 from sessionsync.cli.inspect import inspect_command
 from sessionsync.cli.key import key
+from sessionsync.cli.keys import keys
 from sessionsync.cli.migrate import migrate
 from sessionsync.cli.queue_metrics import queue_metrics
 from sessionsync.cli.relay import relay
@@ -74,5 +75,5 @@ def main(stage: str | None, project_dir: str | None) -> None:
 
 
 for command in (serve, watch, bootstrap, migrate, worker, relay, sweep, retention, bench, soak,
-                health, diagnose, queue_metrics, key, inspect_command, dlq):
+                health, diagnose, queue_metrics, key, keys, inspect_command, dlq):
     main.add_command(command)

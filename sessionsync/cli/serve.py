@@ -32,8 +32,8 @@ import json
 import logging
 import os
 import re
-import secrets
 import threading
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -41,6 +41,8 @@ import click
 
 from chalicelib.config import API_KEYS, AUTH_MODE, auth_mode, load_settings
 from chalicelib.domain.errors import ConfigurationError
+from chalicelib.domain.keys import SCOPES, KeySet, new_key
+from chalicelib.domain.tenants import DEFAULT_TENANT
 from sessionsync.cli._common import exit_on_errors
 from sessionsync.project import project_dir
 from sessionsync.serve_limits import BoundedHandler, BoundedServer, ServeLimits, refusal
@@ -222,8 +224,11 @@ def serve(host: str, port: int, pipeline: bool, max_connections: int, request_ti
           keepalive_timeout: float, queue_timeout: float) -> None:
     """Serve the API locally (chalice local, hardened) with the pipeline beside it."""
     if not os.environ.get(API_KEYS):
-        os.environ[API_KEYS] = secrets.token_urlsafe(24)
-        click.echo(f"API key (set {API_KEYS} to choose your own): {os.environ[API_KEYS]}")
+        # a key of the default tenant with every scope; only its record is kept
+        key, record = new_key(DEFAULT_TENANT, SCOPES, time.time())
+        os.environ[API_KEYS] = KeySet((record,)).to_json()
+        click.echo(f"API key (set {API_KEYS} to choose your own: sessionsync keys create "
+                   f"--print-record): {key}")
     with exit_on_errors():
         # the app reads the same settings on its first request: fail now,
         # with the setting's name, rather than answer every request with it

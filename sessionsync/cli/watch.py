@@ -8,6 +8,7 @@ import click
 
 from chalicelib import runtime
 from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.tenants import tenant_of
 from sessionsync.cli._common import exit_on_errors, fail
 from sessionsync.redis_views import subscribe
 
@@ -17,10 +18,15 @@ from sessionsync.redis_views import subscribe
               help="Stop after this many seconds (default: until Ctrl-C).")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Stop after this many updates.")
-def watch(seconds: float | None, count: int | None) -> None:
+@click.option("--tenant", default=None,
+              help="Only this tenant's changes (its session ids start with '<tenant>/'; the "
+                   "default tenant's with no '/').")
+def watch(seconds: float | None, count: int | None, tenant: str | None) -> None:
     """Print every session change published on Pub/Sub, one JSON line each.
 
     A stream for scripts as it is (JSON lines), so it takes no --format.
+    An event's ``session_id`` is the internal id: ``<tenant>/<id>`` for a
+    tenant other than the default one.
     """
     deadline = None if seconds is None else time.monotonic() + seconds
     seen = 0
@@ -28,7 +34,7 @@ def watch(seconds: float | None, count: int | None) -> None:
         updates = subscribe(runtime.store(), timeout=0.5)
     try:
         for event in updates:
-            if event is not None:
+            if event is not None and (tenant is None or tenant_of(str(event.get("session_id"))) == tenant):
                 click.echo(json.dumps(event, separators=(",", ":")))
                 seen += 1
                 if count is not None and seen >= count:

@@ -7,6 +7,7 @@ import pytest
 
 from chalicelib.adapters.redis.keys import session_keys
 from chalicelib.config import Settings
+from chalicelib.domain.keys import FULL_ACCESS
 from tests.functional.utils import RedisView, assert_error, body
 from tests.support.constants import API_KEY, AUTH
 
@@ -521,7 +522,8 @@ def _through_api_gateway(method: str, path: str, stage_path: str, raw: str, **he
         "pathParameters": None if path == "/sessions" else {"session_id": path.rsplit("/", 1)[1]},
         "stageVariables": None, "isBase64Encoded": False, "body": raw,
         "requestContext": {"resourcePath": resource, "httpMethod": method, "stage": "dev",
-                           "path": stage_path + path, "requestId": "test-request"},
+                           "path": stage_path + path, "requestId": "test-request",
+                           "authorizer": {"principalId": "legacy", **FULL_ACCESS.to_context()}},
     }
     return app(event, None)
 

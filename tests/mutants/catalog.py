@@ -94,6 +94,13 @@ PG_RETENTION = "chalicelib/adapters/postgres/retention.py"
 T_PGBOUNCER = "tests/integration/lambda_zip/test_through_pgbouncer.py"
 SERVE_LIMITS = "sessionsync/serve_limits.py"
 T_SERVE = "tests/integration/api/test_serve.py"
+T_TENANTS = "tests/functional/test_tenants.py"
+T_KEYS = "tests/unit/test_api_keys.py"
+TENANTS = "chalicelib/service/tenants.py"
+T_CAP = "tests/functional/test_tenant_cap.py"
+LUA_TENANT_COUNT = f"{REDIS}/scripts/tenant_count.lua"
+AUTH = "chalicelib/api/auth.py"
+REQUEST = "chalicelib/api/request.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # -- 1: compare-and-set -----------------------------------------------------
@@ -686,4 +693,39 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_SERVE}::test_idle_keep_alive_connections_give_their_places_to_new_clients_at_the_cap",),
         "at the cap, idle keep-alive connections keep their places: new clients get 503s while "
         "nothing is being served"),
+    # -- 20: tenants and scoped keys -------------------------------------------------
+    mutant(
+        "tenant-check-dropped", 20, TENANTS,
+        (("        return self._prefix + client_id\n", "        return client_id\n"),),
+        (f"{T_TENANTS}::test_the_same_id_in_two_tenants_is_two_sessions",
+         f"{T_TENANTS}::test_another_tenant_s_key_gets_404_on_every_route_of_a_session_and_changes_nothing"),
+        "a session id is taken as the client sent it, whatever the key's tenant: every tenant "
+        "reaches the default tenant's sessions"),
+    mutant(
+        "scope-check-dropped", 20, REQUEST,
+        (("        if scope not in caller.scopes:\n", "        if False:\n"),),
+        (f"{T_TENANTS}::test_a_read_only_key_reads_and_cannot_write",),
+        "any valid key may use any route: a read-only key writes"),
+    mutant(
+        "key-hash-not-compared", 20, AUTH,
+        (("        if matched and record is not None and", "        if record is not None and"),),
+        (f"{T_KEYS}::test_a_key_with_a_known_id_and_another_secret_is_refused",),
+        "a token naming a known key id is accepted whatever its secret"),
+    mutant(
+        "expired-key-accepted", 20, AUTH,
+        ((" and not record.expired(self._wall()):", ":"),),
+        (f"{T_KEYS}::test_an_expired_key_is_refused",),
+        "a key past its expiry (an old key after a rotation's grace) keeps working"),
+    mutant(
+        "tenant-cap-not-checked", 20, LUA_TENANT_COUNT,
+        (("if cap > 0 and live >= cap then", "if false then"),),
+        (f"{T_CAP}::test_a_tenant_at_its_cap_gets_429_with_retry_after_and_nothing_is_written",
+         f"{T_CAP}::test_creates_racing_for_the_last_places_never_pass_the_cap"),
+        "a tenant's creates pass TENANT_MAX_SESSIONS"),
+    mutant(
+        "deleted-session-keeps-its-place", 20, TENANTS,
+        (("                if ended:\n", "                if False:\n"),),
+        (f"{T_CAP}::test_a_deleted_session_and_a_failed_create_give_their_place_back",),
+        "a deleted session is counted until its lifetime would have ended: the tenant is refused "
+        "creates it is entitled to"),
 )

@@ -18,6 +18,8 @@ REDIS_TEST_URL = f"{_BASE}/{int(_DB) + _WORKER}"
 # one a developer's `sessionsync watch` reads.
 TEST_CHANNEL = f"sessionsync-test-{uuid.uuid4().hex[:8]}"
 API_KEY = "test-key-0123456789abcdef"
+#: the plaintext key in the keys secret of tests/fixtures/aws.py's keys_secret
+SECRET_PLAINTEXT_KEY = "localstack-key-0123456789abcdef"
 # The headers of an authenticated call to the app, and of one with a JSON body.
 BEARER = {"Authorization": f"Bearer {API_KEY}"}
 AUTH = {**BEARER, "Content-Type": "application/json"}

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from chalicelib.config import Settings
+from chalicelib.domain.keys import KeySet
 from tests.support.constants import PROJECT_DIR
 
 
@@ -38,7 +39,8 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
         "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
         "AWS_DEFAULT_REGION": settings.aws_region,
-        "SESSIONSYNC_API_KEYS": ",".join(settings.api_keys),
+        "SESSIONSYNC_API_KEYS": (settings.api_keys.to_json() if isinstance(settings.api_keys, KeySet)
+                                 else ",".join(settings.api_keys)),
         "SESSIONSYNC_CHANNEL": settings.channel,
         "LOG_LEVEL": "WARNING",
     })

@@ -74,7 +74,7 @@ def test_no_keys_at_all_is_a_configuration_error_naming_the_settings():
     (json.dumps([KEYS[1]]), (KEYS[1],)),
 ])
 def test_a_secret_holds_keys_as_json_or_comma_separated(secret, keys):
-    assert auth.parse_secret(secret) == keys
+    assert auth.parse_secret(secret).legacy == keys
 
 
 @pytest.mark.parametrize("secret", ['{"api_keys": []}', '{"other": 1}', "", " , "])
@@ -205,7 +205,8 @@ def test_each_failed_refresh_is_logged_and_counted_without_the_secret_s_arn(flak
     assert [line["ApiKeyRefreshFailures"] for line in counted] == [1, 1]
     assert counted[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"] == [
         {"Name": "ApiKeyRefreshFailures", "Unit": "Count"}]
-    warnings = [line for line in log_lines() if line.get("logger") == "sessionsync.auth"]
+    warnings = [line for line in log_lines() if line.get("logger") == "sessionsync.auth"
+                and line["message"].startswith("cannot read")]
     assert len(warnings) == 2
     assert warnings[0]["level"] == "WARNING" and "keeping the last good keys" in warnings[0]["message"]
     assert warnings[0]["error"] == "EndpointConnectionError"

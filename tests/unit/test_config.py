@@ -10,6 +10,7 @@ import pytest
 from chalicelib import config
 from chalicelib.config import Settings, check_database_url, load_settings
 from chalicelib.domain.errors import ConfigurationError
+from chalicelib.domain.keys import KeySet
 
 PASSWORD_WITH_AT = "p@ssw0rd"
 PASSWORD_WITH_SLASH = "ab/cd3f"
@@ -90,7 +91,7 @@ def test_a_malformed_setting_fails_with_a_message_naming_it(env, setting):
 def test_an_api_key_is_never_part_of_a_message_or_repr():
     key = "a-long-secret-api-key-0123456789"
     settings = load_settings({"SESSIONSYNC_API_KEYS": f"{key}, another-secret-key-9876543210"})
-    assert settings.api_keys == (key, "another-secret-key-9876543210")
+    assert settings.api_keys.legacy == (key, "another-secret-key-9876543210")
     assert key not in repr(settings)
     with pytest.raises(ConfigurationError) as caught:
         load_settings({"SESSIONSYNC_API_KEYS": f"{key},tiny"})
@@ -148,7 +149,7 @@ DEFAULTS_IN_WORDS = {"DB_SSL_ROOT_CERT": "the RDS CA bundle in the package", "PG
 
 
 def _shown(default) -> str:
-    if default is None or default == ():
+    if default is None or default == () or (isinstance(default, KeySet) and not default):
         return "—"
     if isinstance(default, bool):
         return f"`{str(default).lower()}`"

@@ -2,7 +2,8 @@
 live"): a layer imports only the layers below it.  runtime.py, the
 composition root, may import anything and only app.py imports it;
 config.py and constants.py are read by every layer: config imports only
-the domain's errors and constants, constants nothing of chalicelib."""
+the domain's errors, its key records (a setting's value) and constants,
+constants nothing of chalicelib."""
 from __future__ import annotations
 
 import ast
@@ -14,7 +15,8 @@ LIB = PROJECT_DIR / "chalicelib"
 #: top to bottom
 LAYERS = ("api", "service", "pipeline", "adapters", "observability", "domain")
 #: read by every layer: each may import only these
-READ_BY_ALL = {"config": {"chalicelib.domain.errors", "chalicelib.constants"}, "constants": set()}
+READ_BY_ALL = {"config": {"chalicelib.domain.errors", "chalicelib.domain.keys", "chalicelib.constants"},
+               "constants": set()}
 
 
 def _imports(path: Path) -> set[str]:

@@ -61,7 +61,8 @@ def test_a_dlq_message_nested_too_deep_to_decode_is_listed_without_its_event():
 #: the commands that report once and exit: each takes --format text|json
 REPORTING = {("health",), ("diagnose",), ("queue-metrics",), ("key",), ("inspect",), ("dlq", "list"),
              ("dlq", "redrive"), ("migrate",), ("bootstrap",), ("retention",), ("sweep",),
-             ("relay",), ("worker",), ("bench",), ("soak",)}
+             ("relay",), ("worker",), ("bench",), ("soak",), ("keys", "create"), ("keys", "list"),
+             ("keys", "revoke"), ("keys", "rotate")}
 #: the long ones: their progress goes to stderr, and --quiet turns it off
 LONG = {("migrate",), ("retention",), ("bench",), ("soak",)}
 

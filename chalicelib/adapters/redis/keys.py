@@ -42,6 +42,12 @@ and, in the owner's own slot (its id is the hash tag; owner ids have no braces):
     so:{<owner>}:p     where a revoke-all's walk of PostgreSQL stopped: the
                        last session id it dealt with (expires: a day)
 
+and, with TENANT_MAX_SESSIONS, in the tenant's own slot (tenant names have no braces)::
+
+    st:{<tenant>}:live  the tenant's live sessions: ZSET internal id -> when its
+                       lifetime ends (ms); entries past it are trimmed by
+                       the next reservation (scripts/tenant_count.lua)
+
 ``NNNN`` is a bucket, crc32(id) mod ``BUCKETS``: the outbox of a bucket lives
 beside its sessions, so the write and its outbox entry are one atomic script,
 and the relay scans a fixed set of ``BUCKETS`` outboxes instead of KEYS/SCAN.
@@ -152,3 +158,9 @@ def owner_revoke_keys(owner_id: str) -> tuple[str, str, str]:
     revoke, the position of its PostgreSQL walk (REVOKE_BEGIN_SCRIPT's KEYS)."""
     tag = "so:{%s}" % owner_id
     return f"{tag}:i", f"{tag}:r", f"{tag}:p"
+
+
+def tenant_sessions_key(tenant: str) -> str:
+    """The tenant's count of live sessions (scripts/tenant_count.lua), in a
+    slot of its own: tenant names have no braces."""
+    return "st:{%s}:live" % tenant

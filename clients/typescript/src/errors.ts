@@ -76,6 +76,13 @@ export class UnauthorizedError extends SessionSyncError {
 export class ForbiddenError extends SessionSyncError {
   static readonly CODE: ErrorCode = "Forbidden";
 }
+/** 403: the API key is valid but lacks the scope the operation needs (`scope`); nothing was read or written. */
+export class MissingScopeError extends ForbiddenError {
+  static override readonly CODE: ErrorCode = "MissingScope";
+  get scope(): string | undefined {
+    return typeof this.details.scope === "string" ? this.details.scope : undefined;
+  }
+}
 /** 404 of a path the API does not have (a stage such as /dev belongs in baseUrl). */
 export class RouteNotFoundError extends SessionSyncError {
   static readonly CODE: ErrorCode = "RouteNotFound";
@@ -177,6 +184,10 @@ export class ConfigurationError extends SessionSyncError {
   static readonly CODE: ErrorCode = "ConfigurationError";
 }
 /** 500: an unexpected error in the service. */
+/** 429: the key's tenant has as many live sessions as the server allows; a create succeeds once one ends. */
+export class SessionLimitReachedError extends SessionSyncError {
+  static readonly CODE: ErrorCode = "SessionLimitReached";
+}
 export class InternalServerError extends SessionSyncError {
   static readonly CODE: ErrorCode = "InternalError";
 }
@@ -186,11 +197,13 @@ type Plain = new (message: string, init?: ErrorInit) => SessionSyncError;
 /** The class of each code: a code docs/openapi.yaml adds fails the build here until it has one. */
 export const ERROR_CLASSES: { readonly [code in ErrorCode]: Function } = {
   ValidationError, PayloadTooLarge: PayloadTooLargeError, PreconditionRequired: PreconditionRequiredError,
-  Unauthorized: UnauthorizedError, Forbidden: ForbiddenError, RouteNotFound: RouteNotFoundError,
+  Unauthorized: UnauthorizedError, Forbidden: ForbiddenError, MissingScope: MissingScopeError,
+  RouteNotFound: RouteNotFoundError,
   MethodNotAllowed: MethodNotAllowedError, UnsupportedMediaType: UnsupportedMediaTypeError,
   SessionNotFound: SessionNotFoundError, SessionExpired: SessionExpiredError, SessionExists: SessionExistsError,
   ConcurrencyError, PreconditionFailed: PreconditionFailedError,
-  IdempotencyKeyReused: IdempotencyKeyReusedError, ServiceUnavailable: ServiceUnavailableError,
+  IdempotencyKeyReused: IdempotencyKeyReusedError, SessionLimitReached: SessionLimitReachedError,
+  ServiceUnavailable: ServiceUnavailableError,
   RecoveryPending: RecoveryPendingError, ConfigurationError, InternalError: InternalServerError,
 };
 

@@ -8,17 +8,11 @@ import pytest
 
 from chalicelib.adapters import aws
 from chalicelib.api.auth import REFRESH_BACKOFF_SECONDS, SECRET_CACHE_SECONDS, ApiKeys
-from tests.support.secrets import CountingClient, FakeClock, temporary_secret
+from tests.support.constants import SECRET_PLAINTEXT_KEY
+from tests.support.secrets import CountingClient, FakeClock
 from tests.support.servers import free_port
 
-KEY = "localstack-key-0123456789abcdef"
-
-
-@pytest.fixture
-def keys_secret(localstack_settings):
-    client = aws.client("secretsmanager", localstack_settings)
-    with temporary_secret(client, "sessionsync-test-keys", {"api_keys": [KEY]}) as arn:
-        yield client, arn
+KEY = SECRET_PLAINTEXT_KEY  # what the keys_secret fixture's secret holds
 
 
 @pytest.mark.localstack

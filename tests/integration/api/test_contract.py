@@ -12,6 +12,7 @@ queues of this module's own:
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -22,7 +23,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from chalicelib.domain.keys import KeySet
 from tests.support.constants import API_KEY, LOCALSTACK_URL, PG_TEST_ADMIN_URL, PROJECT_DIR, database_url
+from tests.support.keys import make_key
 from tests.support.pipeline import wait_until
 from tests.support.servers import RedisServer, serve_process
 
@@ -31,6 +34,10 @@ pytestmark = [pytest.mark.localstack, pytest.mark.slow]
 SPEC = PROJECT_DIR / "docs" / "openapi.yaml"
 BIN = Path(sys.executable).parent
 PHASES = ("Examples", "Coverage", "Fuzzing", "Stateful")
+
+
+#: a read-only key of the default tenant, beside the full API_KEY
+READER, _READER_RECORD = make_key("default", ("read",))
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +57,12 @@ def contract_server(tmp_path_factory, sqs):
         queues = provisioning.ensure_queues(sqs, name, provisioning.dlq_name_for(name))
         env = {**os.environ, "REDIS_URL": redis_server.url, "DATABASE_URL": dsn,
                "SESSION_QUEUE_URL": queues.url, "SESSION_DLQ_URL": queues.dlq_url,
-               "AWS_ENDPOINT_URL": LOCALSTACK_URL, "SESSIONSYNC_API_KEYS": API_KEY,
+               "AWS_ENDPOINT_URL": LOCALSTACK_URL,
+               "SESSIONSYNC_API_KEYS": KeySet((_READER_RECORD,), (API_KEY,)).to_json(),
                "OUTBOX_RELAY_AGE_SECONDS": "1", "LOG_LEVEL": "WARNING"}
         with serve_process(env, workdir) as (port, log):
-            yield f"http://127.0.0.1:{port}", log
+            yield SimpleNamespace(url=f"http://127.0.0.1:{port}", log=log, redis_url=redis_server.url,
+                                  dsn=dsn)
     finally:
         if queues is not None:
             provisioning.delete_queues(sqs, queues)
@@ -63,27 +72,60 @@ def contract_server(tmp_path_factory, sqs):
 
 def test_schemathesis_with_every_check_and_phase_finds_no_failure_and_no_server_error(
         contract_server, tmp_path):
-    url, log = contract_server
-    executable = BIN / "st"
-    assert executable.exists(), f"{executable} missing: pip install -r requirements-dev.txt"
-    # the command of schemathesis.toml, run outside the repository so that
-    # schemathesis's crash cache and hypothesis's files land in tmp_path
-    command = [str(executable), "--config-file", str(PROJECT_DIR / "schemathesis.toml"), "run",
-               str(SPEC), "--url", url, "--header", f"Authorization: Bearer {API_KEY}",
-               "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
-               "--request-timeout", "10", "--no-color"]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}  # the hooks: tests.support.schemathesis_hooks
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=400)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-8000:] + log.read_text()[-2000:]
-    summary = output.split("SUMMARY")[-1]
+    summary = _schemathesis(contract_server, API_KEY, tmp_path)
     for phase in PHASES:  # every phase ran and passed
         assert f"✅ {phase}" in summary, summary
     assert "Failures:" not in summary and "Errors:" not in summary, summary
     counts = re.search(r"(\d+) generated, (\d+) passed", summary)
     assert counts and counts[1] == counts[2] and int(counts[1]) > 300, summary
     assert "Filtered:" in summary, summary  # the hooks saw the rules they explain, and only those
+
+
+def _schemathesis(server: SimpleNamespace, key: str, workdir: Path, *extra: str,
+                  phases: tuple[str, ...] = PHASES) -> str:
+    """schemathesis.toml's command with every check, in ``phases``, as ``key``: its summary."""
+    executable = BIN / "st"
+    assert executable.exists(), f"{executable} missing: pip install -r requirements-dev.txt"
+    # the command of schemathesis.toml, run outside the repository so that
+    # schemathesis's crash cache and hypothesis's files land in workdir
+    command = [str(executable), "--config-file", str(PROJECT_DIR / "schemathesis.toml"), "run",
+               str(SPEC), "--url", server.url, "--header", f"Authorization: Bearer {key}",
+               "--checks", "all", "--phases", ",".join(p.lower() for p in phases),
+               "--request-timeout", "10", "--no-color", *extra]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}  # the hooks: tests.support.schemathesis_hooks
+    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True,
+                            timeout=400)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:] + server.log.read_text()[-2000:]
+    return output.split("SUMMARY")[-1]
+
+
+def test_schemathesis_with_a_read_only_key_finds_no_write_that_succeeds(contract_server, tmp_path):
+    # every write is answered 403 MissingScope (documented on every
+    # operation): the run passes every check, and the recording of every
+    # exchange shows no write answered otherwise
+    recording = tmp_path / "exchanges.har"
+    # no stateful phase: its links follow writes that succeed, and none does
+    summary = _schemathesis(contract_server, READER.token, tmp_path, "--report", "har",
+                            "--report-har-path", str(recording), "--max-examples", "15",
+                            phases=("Examples", "Coverage", "Fuzzing"))
+    assert "Failures:" not in summary and "Errors:" not in summary, summary
+    counts = re.search(r"(\d+) generated, (\d+) passed", summary)
+    assert counts and counts[1] == counts[2] and int(counts[1]) > 100, summary
+    entries = json.loads(recording.read_text())["log"]["entries"]
+    exchanges = [(e["request"]["method"], e["request"]["url"], e["response"]["status"]) for e in entries]
+    writes = [(m, u, s) for m, u, s in exchanges if m in ("POST", "PUT", "PATCH", "DELETE")]
+    assert len(writes) > 50, exchanges[:20]
+    # a write is refused (403), or refused before the scope is known (401
+    # without a usable key header, 404/405/415 for what no route takes)
+    assert [(m, u, s) for m, u, s in writes if s < 400 or s >= 500] == [], writes
+    missing = [e["request"]["method"] for e in entries
+               if "MissingScope" in (e["response"].get("content") or {}).get("text", "")]
+    assert "POST" in missing and "PUT" in missing and "DELETE" in missing, missing
+    # a GET of a session is the key's to make: never refused for its scope
+    assert [e["request"]["url"] for e in entries if e["request"]["method"] == "GET"
+            and re.search(r"/sessions/[^/?]+(\?|$)", e["request"]["url"])
+            and "MissingScope" in (e["response"].get("content") or {}).get("text", "")] == []
 
 
 # --- a client generated from docs/openapi.yaml ---------------------------------
@@ -123,8 +165,7 @@ def test_a_generated_client_drives_the_walk_through(contract_server, generated_c
                                           "patch_session", "delete_session", "list_session_events",
                                           "touch_session")})
     models = importlib.import_module("generated_client.models")
-    url, _log = contract_server
-    client = generated_client.AuthenticatedClient(base_url=url, token=API_KEY,
+    client = generated_client.AuthenticatedClient(base_url=contract_server.url, token=API_KEY,
                                                   raise_on_unexpected_status=True, timeout=10)
     sid = f"cart-{uuid.uuid4().hex[:8]}"
 

@@ -6,6 +6,7 @@ The formats alone are unit-tested in tests/unit/test_observability.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import uuid
@@ -20,20 +21,25 @@ from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.domain.errors import ConcurrencyError
 from chalicelib.domain.events import parse_event
+from chalicelib.domain.keys import KeySet
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.observability import logs, tracing
 from chalicelib.service.sessions import SessionService
 from tests.support.app import app_client
-from tests.support.constants import AUTH, PG_TEST_ADMIN_URL, REDIS_TEST_URL, TEST_CHANNEL
+from tests.support.constants import PG_TEST_ADMIN_URL, REDIS_TEST_URL, TEST_CHANNEL
+from tests.support.keys import make_key
 
 
 def test_every_log_line_of_a_request_is_json_and_carries_that_request_s_id(
         log_lines, use_settings, app_settings, session_id):
-    use_settings(app_settings)
+    # a key record (a plaintext key's deprecation is logged when the keys
+    # load, by the authorizer: in AWS an invocation of its own)
+    key, record = make_key("acme")
+    use_settings(dataclasses.replace(app_settings, api_keys=KeySet((record,))))
     with app_client() as http:
-        created = http.post("/sessions", headers=AUTH,
+        created = http.post("/sessions", headers=key.headers(),
                             body=json.dumps({"session_id": session_id, "state": {"a": 1}}))
-        fetched = http.get(f"/sessions/{session_id}", headers=AUTH)
+        fetched = http.get(f"/sessions/{session_id}", headers=key.headers())
     assert created.status_code == 201 and fetched.status_code == 200
     ids = [created.headers["X-Request-Id"], fetched.headers["X-Request-Id"]]
     assert ids[0] != ids[1]
@@ -48,6 +54,9 @@ def test_every_log_line_of_a_request_is_json_and_carries_that_request_s_id(
         assert all({"timestamp", "level", "logger", "message"} <= line.keys() for line in request_lines)
     post_done = next(line for line in by_request[ids[0]] if line["message"] == "invocation done")
     assert post_done["status"] == 201 and post_done["route"] == "POST /sessions"
+    # and the caller: its tenant and key id (never the key)
+    assert all((line["tenant"], line["key_id"]) == ("acme", key.key_id) for line in lines)
+    assert key.token not in json.dumps(lines)
 
 
 def test_the_request_id_is_api_gateway_s_and_lambda_s_id_is_kept_beside_it(

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.lambda_zip.utils import API_KEY
+from tests.integration.lambda_zip.utils import API_KEY, READER_RECORD
 from tests.support.constants import PG_TEST_ADMIN_URL, database_url
 from tests.support.lambda_runtime import LambdaFunction, function_environment, template_functions
 from tests.support.servers import RedisServer
@@ -172,7 +172,8 @@ def stack_of(template: dict[str, Any], task_root: Path, runtime_dir: Path, workd
     db_secret = {"engine": "postgres", "username": params.get("user", "postgres"), "password": "unused",
                  "host": params.get("host", "127.0.0.1"), "port": int(params.get("port", 5432)),
                  "dbname": params["dbname"], "sslmode": "disable"}
-    with temporary_secret(secrets, "sessionsync-zip-api-keys", {"api_keys": [API_KEY]}) as keys_arn, \
+    keys = {"api_keys": [API_KEY], "keys": [READER_RECORD.to_dict()]}
+    with temporary_secret(secrets, "sessionsync-zip-api-keys", keys) as keys_arn, \
             temporary_secret(secrets, "sessionsync-zip-db", db_secret) as db_arn:
         refs = stack_refs(template, redis_port=redis.port, queues=queues, api_keys_arn=keys_arn,
                           db_secret_arn=db_arn, db_host=db_host)

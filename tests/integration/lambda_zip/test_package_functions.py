@@ -27,6 +27,8 @@ import pytest
 from sessionsync.bench import events
 from tests.integration.lambda_zip.utils import (
     API_KEY,
+    READER,
+    READER_RECORD,
     RELAY_INVOCATION_SECONDS,
     allowed,
     authorize,
@@ -89,13 +91,40 @@ def test_the_migration_function_migrates_an_empty_database_and_reports_its_statu
 def test_the_authorizer_allows_a_key_of_the_secret_and_denies_any_other(authorizer):
     arn = "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/prod/PUT/sessions/s1"
     good = authorize(authorizer, f"Bearer {API_KEY}", "PUT", "/sessions/s1")
-    assert good["principalId"] == "api-key" and allowed(good, arn)
+    # a plaintext key (deprecated): the default tenant's, every scope
+    assert good["principalId"] == "legacy" and allowed(good, arn)
+    assert good["context"] == {"tenant": "default", "key_id": "legacy",
+                               "scopes": "read write owner-admin admin"}
+    # a key record: its tenant and scopes, its id the principal (per-key usage plans)
+    reader = authorize(authorizer, f"Bearer {READER.token}", "PUT", "/sessions/s1")
+    assert reader["principalId"] == READER.key_id and allowed(reader, arn)
+    assert reader["context"] == {"tenant": "zip", "key_id": READER.key_id, "scopes": "read"}
     # the keys came from Secrets Manager through the runtime's boto3
     assert authorizer.loaded_modules()["boto3"][0].startswith(str(authorizer.runtime_dir))
     # cached by API Gateway for the whole API: the policy must cover every route
     assert allowed(good, arn.replace("PUT/sessions/s1", "DELETE/owners/o1/sessions"))
-    for token in (f"Bearer {API_KEY}x", "Bearer ", API_KEY, "Basic dXNlcjpwYXNz"):
+    for token in (f"Bearer {API_KEY}x", "Bearer ", API_KEY, "Basic dXNlcjpwYXNz",
+                  f"Bearer {READER.token[:-1]}", f"Bearer {READER_RECORD.sha256}"):
         assert not allowed(authorize(authorizer, token, "PUT", "/sessions/s1"), arn), token
+
+
+def test_the_api_function_scopes_and_separates_tenants_by_the_authorizer_s_context(api, authorizer):
+    sid = f"zip-{uuid.uuid4().hex[:8]}"
+    legacy = authorize(authorizer, f"Bearer {API_KEY}")
+    reader = authorize(authorizer, f"Bearer {READER.token}")
+
+    def call(authorized, method, path, body=None):
+        invocation = api.invoke(gateway_event(method, path, {"Content-Type": "application/json"},
+                                              None if body is None else json.dumps(body), authorized))
+        assert invocation.ok, invocation.error
+        return invocation.result["statusCode"], json.loads(invocation.result.get("body") or "{}")
+
+    assert call(legacy, "POST", "/sessions", {"session_id": sid, "state": {}})[0] == 201
+    status, problem = call(reader, "PUT", f"/sessions/{sid}", {"state": {"x": 1}, "expected_version": 1})
+    assert (status, problem["code"], problem["error"]["details"]["scope"]) == (403, "MissingScope", "write")
+    status, problem = call(reader, "GET", f"/sessions/{sid}")  # the default tenant's: not the reader's
+    assert (status, problem["code"]) == (404, "SessionNotFound")
+    assert call(legacy, "GET", f"/sessions/{sid}")[0] == 200
 
 
 # --- the API function: as the app in process serves -------------------------------

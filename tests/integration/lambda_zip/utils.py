@@ -11,9 +11,12 @@ from urllib.parse import unquote
 import psycopg
 
 from sessionsync.bench import events
+from tests.support.keys import make_key
 from tests.support.lambda_runtime import EventSourceMapping, LambdaFunction
 
 API_KEY = "zip-tier-key-0123456789abcdef"
+#: a read-only key of tenant "zip", as a record in the stack's keys secret
+READER, READER_RECORD = make_key("zip", ("read",))
 
 
 def authorize(authorizer: LambdaFunction, token: str | None, method: str = "GET",

@@ -77,3 +77,22 @@ def test_watch_stops_after_seconds_when_nothing_changes(redis_single, channel, t
     # it waited its second; the upper bound only says it stopped by itself
     # (an interpreter starting on a busy machine takes a few seconds)
     assert 1.0 <= time.monotonic() - started < 30
+
+
+def test_watch_shows_the_tenant_of_each_change_and_filters_on_it(redis_single, channel, tmp_path):
+    # the events carry the tenant in their (internal) session id: a watcher
+    # of one tenant sees only its changes, the default tenant's ids have none
+    sid = f"w-{uuid.uuid4().hex[:8]}"
+    proc = watch(channel, "--tenant", "acme", "--count", "2", "--seconds", "60", cwd=tmp_path)
+    try:
+        wait_until_subscribed(redis_single, channel, proc)
+        store = SessionStore(redis_single, channel=channel)
+        store.create(f"beta/{sid}", "{}", 60)
+        store.create(sid, "{}", 60)
+        store.create(f"acme/{sid}", '{"t":"acme"}', 60)
+        store.update(f"acme/{sid}", '{"t":"acme2"}', 1)
+    finally:
+        out, err = finish(proc, timeout=90)
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(e["session_id"], e["version"]) for e in events] == [(f"acme/{sid}", 1), (f"acme/{sid}", 2)]

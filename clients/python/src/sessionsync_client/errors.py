@@ -83,6 +83,19 @@ class ForbiddenError(SessionSyncError):
     CODE = "Forbidden"
 
 
+class MissingScopeError(ForbiddenError):
+    """403: the API key is valid but lacks the scope the operation needs
+    (``scope``; ``details["granted"]`` lists the key's).  Nothing was read
+    or written."""
+
+    CODE = "MissingScope"
+
+    @property
+    def scope(self) -> str | None:
+        value = self.details.get("scope")
+        return value if isinstance(value, str) else None
+
+
 class RouteNotFoundError(SessionSyncError):
     """404 of a path the API does not have (check ``base_url``: a stage such
     as ``/dev`` belongs in it)."""
@@ -173,6 +186,14 @@ class IdempotencyKeyReusedError(SessionSyncError):
     session; nothing was written."""
 
     CODE = "IdempotencyKeyReused"
+
+
+class SessionLimitReachedError(SessionSyncError):
+    """429: the key's tenant has as many live sessions as the server allows
+    (``details["limit"]``); a create succeeds once one ends or is deleted
+    (``details["retry_after_seconds"]`` at most).  Nothing was written."""
+
+    CODE = "SessionLimitReached"
 
 
 class ServiceUnavailableError(SessionSyncError):

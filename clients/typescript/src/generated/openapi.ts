@@ -503,7 +503,7 @@ export interface components {
                  * @description Stable and machine-readable; never renamed.
                  * @enum {string}
                  */
-                code: "ValidationError" | "PayloadTooLarge" | "PreconditionRequired" | "Unauthorized" | "Forbidden" | "RouteNotFound" | "MethodNotAllowed" | "UnsupportedMediaType" | "SessionNotFound" | "SessionExpired" | "SessionExists" | "ConcurrencyError" | "PreconditionFailed" | "IdempotencyKeyReused" | "ServiceUnavailable" | "RecoveryPending" | "ConfigurationError" | "InternalError";
+                code: "ValidationError" | "PayloadTooLarge" | "PreconditionRequired" | "Unauthorized" | "Forbidden" | "MissingScope" | "RouteNotFound" | "MethodNotAllowed" | "UnsupportedMediaType" | "SessionNotFound" | "SessionExpired" | "SessionExists" | "ConcurrencyError" | "PreconditionFailed" | "IdempotencyKeyReused" | "SessionLimitReached" | "ServiceUnavailable" | "RecoveryPending" | "ConfigurationError" | "InternalError";
                 message: string;
                 /**
                  * @description The error's data, e.g. `field` of a `ValidationError`, or
@@ -737,7 +737,12 @@ export interface components {
                 "application/problem+json": components["schemas"]["Error"];
             };
         };
-        /** @description `Forbidden`: the API key is not valid. */
+        /**
+         * @description `Forbidden`: the API key is not valid (API Gateway's answer).
+         *     `MissingScope`: the key is valid but lacks the scope the operation
+         *     needs (its `x-scope`): `details.scope` names it, `details.granted`
+         *     lists the key's scopes; nothing was read or written.
+         */
         Forbidden: {
             headers: {
                 [name: string]: unknown;
@@ -808,6 +813,23 @@ export interface components {
             };
             content: {
                 "application/problem+json": components["schemas"]["ConcurrencyErrorBody"];
+            };
+        };
+        /**
+         * @description `SessionLimitReached`: the key's tenant has `TENANT_MAX_SESSIONS`
+         *     live sessions (`details.limit`); a create succeeds once one of them
+         *     ends (`Retry-After`: when the first lifetime ends, at most) or is
+         *     deleted.  Nothing was written.
+         */
+        SessionLimitReached: {
+            headers: {
+                "X-Request-Id": components["headers"]["XRequestId"];
+                traceparent: components["headers"]["Traceparent"];
+                "Retry-After": components["headers"]["RetryAfter"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Error"];
             };
         };
         /**
@@ -1014,6 +1036,7 @@ export interface operations {
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["IdempotencyKeyReused"];
+            429: components["responses"]["SessionLimitReached"];
             503: components["responses"]["ServiceUnavailable"];
         };
     };
@@ -1219,6 +1242,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["PreconditionRequiredError"];
                 };
             };
+            429: components["responses"]["SessionLimitReached"];
             503: components["responses"]["ServiceUnavailable"];
         };
     };
