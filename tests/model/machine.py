@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from chalicelib.domain import errors
 from chalicelib.service import owners
@@ -35,8 +35,8 @@ from tests.model.model import (
 )
 from tests.model.world import World
 
-SESSIONS = 3
-TTLS = (1, 2, 6)
+SESSIONS = 2
+TTLS = (1, 2, 8)
 PAUSES = (0.5, 1.5, 3.0)
 
 
@@ -88,6 +88,11 @@ class ModelMachine(RuleBasedStateMachine):
     promises: ClassVar[frozenset[str]] = frozenset(PROMISES)
     #: examples run so far in this process (the report says which one failed)
     examples: ClassVar[int] = 0
+    #: MODEL_SURVEY=1: report every violation and raise none (how many
+    #: examples the search takes to find each promise broken)
+    survey: ClassVar[bool] = False
+    #: promise -> the example that first broke it (survey)
+    found: ClassVar[dict[str, int]] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -109,21 +114,23 @@ class ModelMachine(RuleBasedStateMachine):
         return f"w{self.tokens}"
 
     def _judge(self, sid: str, call: Call, answer: Answer, promise: str | None = None) -> None:
-        if self.violation is not None:
+        if self.violation is not None and not self.survey:
             return
         try:
             self.models[sid].observe(call, answer)
         except Violation as exc:
             exc = Violation(promise, str(exc).split("] ", 1)[1]) if promise else exc
-            self.models[sid].lives = frozenset()
-            if exc.promise in self.promises:
-                self.violation = exc
-            else:
-                # not judged in this run: stop judging the session
-                self.models.pop(sid)
+            # the session's lives are unknown from here: it is judged no more
+            self.models.pop(sid)
+            self._violate(exc.promise, str(exc).split("] ", 1)[1])
 
     def _violate(self, promise: str, message: str) -> None:
-        if self.violation is None and promise in self.promises:
+        if promise not in self.promises:
+            return
+        if self.survey:
+            print(f"MODEL SURVEY example {self.example}: [{promise}] {message}")
+            self.found.setdefault(promise, self.example)
+        if self.violation is None:
             self.violation = Violation(promise, message)
 
     def _record(self, kind: str, sid: str, t0m: float, call: Call, answer: Answer) -> None:
@@ -158,12 +165,12 @@ class ModelMachine(RuleBasedStateMachine):
         call = Call(t0=t0, t1=t1, **call_args)
         answer = answer_of(reply)
         if sid in self.models:
-            if answer.status == 200 and call.op == "get" and answer.expires_at is not None:
-                # the answer's own lifetime, checked whatever the model's lives
-                if not answer.stale and answer.expires_at + 0.05 < t0:
-                    self._violate("lifetime", f"{sid}: GET at {t0:.3f} answered 200 v{answer.version}, "
-                                              f"its expires_at {answer.expires_at:.3f} already past")
             self._judge(sid, call, answer, promise)
+            if answer.status == 200 and call.op == "get" and not answer.stale \
+                    and answer.expires_at is not None and answer.expires_at + 0.05 < t0:
+                # the answer's own lifetime, whatever the model's lives
+                self._violate("lifetime", f"{sid}: GET at {t0:.3f} answered 200 v{answer.version}, "
+                                          f"its expires_at {answer.expires_at:.3f} already past")
         self._record({"get": "read", "put": "update"}.get(call.op, call.op)
                      if not (call.op == "put" and call.precondition == "if-none-match-star") else "create",
                      sid, t0m, call, answer)
@@ -303,9 +310,9 @@ class ModelMachine(RuleBasedStateMachine):
             for sid in later:
                 self.models[sid] = Possibilities(sid)
                 token = self._token()
-                self._send("create", sid, dict(op="create", token=token, ttl=6, owner=self.owner),
+                self._send("create", sid, dict(op="create", token=token, ttl=8, owner=self.owner),
                            "POST", "/sessions", {"session_id": sid, "state": {"w": token},
-                                                 "ttl_seconds": 6, "owner_id": self.owner})
+                                                 "ttl_seconds": 8, "owner_id": self.owner})
 
         real = store.owner_ids
 
@@ -426,6 +433,15 @@ class ModelMachine(RuleBasedStateMachine):
             {"flush": world.flush, "restart-without-persistence": world.restart,
              "failover": world.failover}[kind]()
 
+    # -- after every step -------------------------------------------------------------------
+
+    @invariant()
+    def every_session_reads_as_the_model_allows(self) -> None:
+        """A client reading each session after every step: a promise broken
+        shows at the step that broke it, not only if a later rule reads."""
+        for sid in list(self.models):
+            self._send("read", sid, dict(op="get"), "GET", f"/sessions/{sid}")
+
     # -- the end ---------------------------------------------------------------------------
 
     def teardown(self) -> None:
@@ -434,7 +450,7 @@ class ModelMachine(RuleBasedStateMachine):
         errors_seen = Counter(op.error for op in self.history.ops if op.error)
         print(f"model example {self.example}: {self.history.summary()} {dict(errors_seen)}"
               f"{'; ' + str(self.violation) if self.violation else ''}")
-        if self.violation is not None:
+        if self.violation is not None and not self.survey:
             raise self.violation
         if "history" not in self.promises:
             return
@@ -443,4 +459,6 @@ class ModelMachine(RuleBasedStateMachine):
         observed = world.stack.observe(ids)
         problems = check(self.history, observed)
         if problems:
-            raise Violation("history", "\n".join(problems[:10]))
+            self._violate("history", "\n".join(problems[:10]))
+            if self.violation is not None and not self.survey:
+                raise self.violation

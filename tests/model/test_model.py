@@ -5,7 +5,8 @@ the specification; docs/guarantees.md, "The model").
 The README test command runs a fixed budget, derandomized (the same
 examples every run: CI is deterministic); `make model` a long one
 (MODEL_EXAMPLES, MODEL_RANDOM=1 for new examples, MODEL_PROMISES to judge a
-subset of the promises).
+subset of the promises, MODEL_SURVEY=1 to report every violation, raise
+none, and say which example first broke each promise).
 """
 from __future__ import annotations
 
@@ -29,8 +30,12 @@ def test_every_answer_under_every_fault_is_one_the_model_allows(world):
     ModelMachine.world = world
     ModelMachine.promises = judged_promises()
     ModelMachine.examples = 0
+    ModelMachine.survey = os.environ.get("MODEL_SURVEY") == "1"
+    ModelMachine.found = {}
     run_state_machine_as_test(ModelMachine, settings=settings(
         max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, database=None,
         derandomize=os.environ.get("MODEL_RANDOM") != "1", print_blob=False,
         suppress_health_check=list(HealthCheck),
         phases=[Phase.explicit, Phase.generate, Phase.shrink]))
+    if ModelMachine.survey:
+        print(f"MODEL SURVEY: promise -> first example that broke it: {ModelMachine.found}")
