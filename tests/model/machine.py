@@ -72,7 +72,8 @@ def answer_of(reply: Any) -> Answer:
     return Answer(status, body.get("code"), body.get("version") if status < 300 else None,
                   state.get("w") if isinstance(state, dict) else None,
                   _iso(body.get("expires_at")) if status < 300 else None,
-                  retry_after="retry-after" in headers, stale="age" in headers, events=events)
+                  retry_after="retry-after" in headers, stale="age" in headers, events=events,
+                  deleted=bool(((body.get("error") or {}).get("details") or {}).get("deleted")))
 
 
 def _answer_of_error(exc: Exception) -> Answer:
@@ -142,7 +143,8 @@ class ModelMachine(RuleBasedStateMachine):
         if kind == "read":
             outcome = "ok" if ok or answer.status == 404 else "fail"
             if answer.status == 404:
-                absent = "expired" if answer.code == "SessionExpired" else "missing"
+                absent = "expired" if answer.code == "SessionExpired" else \
+                    "deleted" if answer.deleted else "missing"
             kind = "stale-read" if answer.stale else kind
             state = {"w": answer.token} if ok else None
         else:
@@ -424,8 +426,13 @@ class ModelMachine(RuleBasedStateMachine):
           i=st.integers(0, SESSIONS - 1))
     def redis_forgets(self, kind: str, i: int) -> None:
         world = self.world
-        if kind in ("key-evicted", "marker-evicted"):
-            world.evict(self.ids[i], marker=kind == "marker-evicted")
+        if kind == "key-evicted":
+            world.evict(self.ids[i])
+        elif kind == "marker-evicted":
+            # a marker lost before the session's first change was persisted
+            # lets its id be created again: a documented limit, not tested here
+            world.drain(self.models)
+            world.evict(self.ids[i], marker=True)
         elif kind == "replica-falls-behind":
             world.stop_replication()
         else:
@@ -455,6 +462,13 @@ class ModelMachine(RuleBasedStateMachine):
         if "history" not in self.promises:
             return
         ids = list(self.models) + [s for s in self.ids if s not in self.models]
+        world.drain(ids)
+        # the sessions whose lifetime ended get their session_expired row
+        # (rule f counts an expired session as over only with it)
+        try:
+            world.sweep()
+        except errors.ServiceUnavailable:
+            pass
         world.drain(ids)
         observed = world.stack.observe(ids)
         problems = check(self.history, observed)

@@ -113,6 +113,8 @@ class Answer:
     stale: bool = False
     #: GET events: [(version, event_type, token)] newest first
     events: tuple[tuple[int, str, Any], ...] = ()
+    #: a 404 that says the session was deleted
+    deleted: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,12 +212,13 @@ def delete(life: Life, call: Call) -> list[Allowed]:
 def get(life: Life, call: Call) -> list[Allowed]:
     if life.phase == LIVE:
         allowed = [Allowed(200, None, life, version=life.version, token=life.token)]
-        if call.max_stale:
-            # Redis unavailable, the client accepts a stale copy: any version
-            # the session went through (PostgreSQL's last), never a final one
-            allowed += [Allowed(200, "stale", life, version=v, token=t) for v, t in life.log if t is not None]
     else:
         allowed = [Allowed(s, c, life) for s, c in _gone(life)]
+    if call.max_stale:
+        # Redis unavailable, and the client accepts a stale copy: PostgreSQL's
+        # last, which may be behind acknowledged writes, a deletion or a
+        # shorter lifetime still in the queue (never a final one it persisted)
+        allowed += [Allowed(200, "stale", life, version=v, token=t) for v, t in life.log if t is not None]
     return allowed + _unknown(life, None)
 
 
@@ -235,6 +238,9 @@ def revoked(life: Life, call: Call) -> list[Life]:
         return [_written(life, call, phase=DELETED)]
     if life.phase == ABSENT:
         return [replace(life, phase=BLOCKED)]
+    if life.phase == EXPIRED:
+        # over by its lifetime already: either end may be the one a read reports
+        return [life, _written(life, call, phase=DELETED)]
     return [life]
 
 
@@ -292,6 +298,8 @@ def events_allowed(lives: Iterable[Life], events: tuple[tuple[int, str, Any], ..
 
 
 def _event_fits(known: dict[int, str | None], life: Life, version: int, kind: str, token: Any) -> bool:
+    if life.phase == BLOCKED:  # the revoke-all's tombstone of an id never created
+        return kind == "session_deleted"
     if kind == "session_expired":
         return version == life.version + 1 or (life.phase == EXPIRED and version <= life.version + 1)
     if version not in known:
