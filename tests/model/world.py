@@ -143,7 +143,17 @@ class World:
             time.sleep(0.15)
 
     def sweep(self) -> None:
-        self.sweeper.run(budget_seconds=5)
+        self.sweeper.run(budget_seconds=2)
+
+    def settled(self, session_ids: Iterable[str]) -> None:
+        """Wait out the settle time of these sessions' buckets (after a
+        failover or a restart, the first access of each bucket starts it)."""
+        store = self.stack.store
+        for _ in range(5):
+            left = max(store.settle(sid, SETTLE_SECONDS, unrecorded_settled=True)[0] for sid in session_ids)
+            if left <= 0:
+                return
+            time.sleep(left)
 
     # -- Redis forgetting ------------------------------------------------------------
 
