@@ -35,7 +35,8 @@ from tests.model.model import (
 )
 from tests.model.world import World
 
-SESSIONS = 2
+# sessions of an example: all but the last exist when it starts (``start``)
+SESSIONS = 3
 TTLS = (1, 2, 8)
 PAUSES = (0.5, 1.5, 3.0)
 
@@ -180,6 +181,10 @@ class ModelMachine(RuleBasedStateMachine):
                      sid, t0m, call, answer)
         return answer
 
+    def all_ids(self) -> list[str]:
+        """Every session of the example, judged or not (any more)."""
+        return [*self.ids, *(f"{self.ids[0]}-late{k}" for k in range(1, self.late + 1))]
+
     def _believed(self, sid: str) -> int:
         """The version a client would send: the newest it may have seen (at least 1)."""
         lives = self.models.get(sid)
@@ -187,14 +192,18 @@ class ModelMachine(RuleBasedStateMachine):
 
     # -- operations ----------------------------------------------------------------
 
-    @initialize()
-    def start(self) -> None:
+    @initialize(ttls=st.tuples(*[st.sampled_from(TTLS)] * (SESSIONS - 1)),
+                owned=st.tuples(*[st.booleans()] * (SESSIONS - 1)))
+    def start(self, ttls: tuple[int, ...] = (), owned: tuple[bool, ...] = ()) -> None:
         """A healed world whose buckets of this example's sessions have
-        settled after the last failover: an example starts from a steady
-        system."""
+        settled after the last failover (an example starts from a steady
+        system), and the example's sessions but the last created (most
+        operations need one that exists; the last starts absent)."""
         self.world.heal()
         late = [f"{self.ids[0]}-late{k}" for k in range(1, 7)]
         self.world.settled([*self.ids, *late])
+        for i, (ttl, mine) in enumerate(zip(ttls, owned, strict=True)):
+            self.create(i, ttl, mine, via_put=False)
 
     @rule(i=st.integers(0, SESSIONS - 1), ttl=st.sampled_from(TTLS), owned=st.booleans(),
           via_put=st.booleans())
@@ -377,7 +386,7 @@ class ModelMachine(RuleBasedStateMachine):
                     time.sleep(0.3)
                 if not finished:
                     # generous: whatever the pipeline had to persist, it has
-                    self.world.drain(self.models)
+                    self.world.drain(self.all_ids())
         finally:
             owners.REVOKE_BATCH = saved
         t1 = time.time()
@@ -402,7 +411,7 @@ class ModelMachine(RuleBasedStateMachine):
 
     @rule()
     def pipeline_catches_up(self) -> None:
-        self.world.drain(self.models)
+        self.world.drain(self.all_ids())
 
     # -- faults ---------------------------------------------------------------------------
     # Two rules, each a table of faults, so that operations outnumber faults
@@ -442,7 +451,7 @@ class ModelMachine(RuleBasedStateMachine):
         if kind == "replica-falls-behind":
             world.stop_replication()
             return
-        world.drain(self.models)
+        world.drain(self.all_ids())
         if kind == "marker-evicted":
             # (lost before the session's first change was persisted, its id
             # could be created again: a documented limit, not tested here)
@@ -473,7 +482,7 @@ class ModelMachine(RuleBasedStateMachine):
             raise self.violation
         if "history" not in self.promises:
             return
-        ids = list(self.models) + [s for s in self.ids if s not in self.models]
+        ids = self.all_ids()
         world.drain(ids)
         # the sessions whose lifetime ended get their session_expired row
         # (rule f counts an expired session as over only with it)
