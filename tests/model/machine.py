@@ -473,6 +473,9 @@ class ModelMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         world = self.world
+        # drained first: healing a lagging replica fails over to it, which
+        # would lose the example's last changes with their outbox entries
+        world.drain(self.all_ids())
         world.heal()
         errors_seen = Counter(op.error for op in self.history.ops if op.error)
         print(f"model example {self.example} ({time.monotonic() - self.began:.0f} s): "

@@ -21,8 +21,8 @@ from tests.model.machine import ModelMachine, judged_promises
 pytestmark = [pytest.mark.model, pytest.mark.localstack]
 
 # the fixed budget of the README test command: about a minute here
-EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "12"))
-STEPS = int(os.environ.get("MODEL_STEPS", "25"))
+EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "8"))
+STEPS = int(os.environ.get("MODEL_STEPS", "20"))
 SHRINK = os.environ.get("MODEL_SHRINK", "0") == "1"
 
 
