@@ -37,7 +37,7 @@ from tests.model.world import World
 
 # sessions of an example: all but the last exist when it starts (``start``)
 SESSIONS = 3
-TTLS = (1, 2, 8)
+TTLS = (1, 4, 8)
 PAUSES = (0.5, 1.5, 3.0)
 
 
