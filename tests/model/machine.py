@@ -368,8 +368,10 @@ class ModelMachine(RuleBasedStateMachine):
         and not counted, a bounded number of times)."""
         sessions = len(self.models)
         bound = 2 * sessions + 3
-        saved = owners.REVOKE_BATCH
-        owners.REVOKE_BATCH = 1
+        # one id a batch, where the batch is a setting of the module
+        saved = getattr(owners, "REVOKE_BATCH", None)
+        if saved is not None:
+            owners.REVOKE_BATCH = 1
         t0m, t0 = time.monotonic(), time.time()
         answers: list[str] = []
         finished = False
@@ -388,7 +390,8 @@ class ModelMachine(RuleBasedStateMachine):
                     # generous: whatever the pipeline had to persist, it has
                     self.world.drain(self.all_ids())
         finally:
-            owners.REVOKE_BATCH = saved
+            if saved is not None:
+                owners.REVOKE_BATCH = saved
         t1 = time.time()
         self._revoke_observed(t0, t1, finished=finished)
         self.history.add(Op(0, "revoke", self.owner, t0m, time.monotonic(),
