@@ -193,17 +193,21 @@ class ModelMachine(RuleBasedStateMachine):
     # -- operations ----------------------------------------------------------------
 
     @initialize(ttls=st.tuples(*[st.sampled_from(TTLS)] * (SESSIONS - 1)),
-                owned=st.tuples(*[st.booleans()] * (SESSIONS - 1)))
-    def start(self, ttls: tuple[int, ...] = (), owned: tuple[bool, ...] = ()) -> None:
+                owned=st.tuples(*[st.booleans()] * (SESSIONS - 1)), replica_lags=st.booleans())
+    def start(self, ttls: tuple[int, ...] = (), owned: tuple[bool, ...] = (),
+              replica_lags: bool = False) -> None:
         """A healed world whose buckets of this example's sessions have
         settled after the last failover (an example starts from a steady
         system), and the example's sessions but the last created (most
-        operations need one that exists; the last starts absent)."""
+        operations need one that exists; the last starts absent); with
+        ``replica_lags`` the replica copies nothing written after that."""
         self.world.heal()
         late = [f"{self.ids[0]}-late{k}" for k in range(1, 7)]
         self.world.settled([*self.ids, *late])
         for i, (ttl, mine) in enumerate(zip(ttls, owned, strict=True)):
             self.create(i, ttl, mine, via_put=False)
+        if replica_lags:
+            self.world.stop_replication()
 
     @rule(i=st.integers(0, SESSIONS - 1), ttl=st.sampled_from(TTLS), owned=st.booleans(),
           via_put=st.booleans())
@@ -402,11 +406,16 @@ class ModelMachine(RuleBasedStateMachine):
 
     # -- time and the pipeline ----------------------------------------------------------
 
-    @rule(seconds=st.sampled_from(PAUSES))
-    def time_passes(self, seconds: float) -> None:
+    @rule(seconds=st.sampled_from(PAUSES), memory_pressure=st.booleans())
+    def time_passes(self, seconds: float, memory_pressure: bool = False) -> None:
         """Time passes lifetimes, and the scheduled expiry sweep runs (every
-        minute in production: here after each pause)."""
+        minute in production: here after each pause).  Under memory
+        pressure Redis evicts the sessions' keys meanwhile (volatile-*
+        takes keys with a TTL: the sessions', never their markers)."""
         time.sleep(seconds)
+        if memory_pressure:
+            for sid in self.all_ids():
+                self.world.evict(sid)
         try:
             self.world.sweep()
         except errors.ServiceUnavailable:
