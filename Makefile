@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test unit chaos mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy deploy-check package policy node
+.PHONY: run test unit chaos model mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy deploy-check package policy node
 
 # The project and, for its tests, clients/python (a package of its own) editable.
 $(BIN)/.installed: requirements.txt requirements-dev.txt infra/lambda/python3.11-runtime.txt pyproject.toml clients/python/pyproject.toml
@@ -58,6 +58,16 @@ unit: venv
 # The fault-injection suite alone (also part of `make test`): docs/guarantees.md.
 chaos: venv services localstack
 	$(BIN)/python -m pytest -m chaos $(PYTEST_ARGS)
+
+# The model test alone with a long budget (docs/guarantees.md, "The model"):
+# MODEL_EXAMPLES examples (default 200) of new random steps each run
+# (MODEL_RANDOM=0: the fixed examples of `make test`); MODEL_PROMISES=a,b
+# judges only those promises (how fast each is found); a failure is shrunk
+# (replayed on the real servers: minutes).
+MODEL_EXAMPLES ?= 200
+MODEL_RANDOM ?= 1
+model: venv services localstack
+	MODEL_EXAMPLES=$(MODEL_EXAMPLES) MODEL_RANDOM=$(MODEL_RANDOM) MODEL_SHRINK=1 $(BIN)/python -m pytest -m model -s tests/model/test_model.py $(PYTEST_ARGS)
 
 # Named mutants: each breaks one guarantee on purpose in a scratch copy of the
 # tree, and its tests must catch it (docs/guarantees.md, "Mutants").

@@ -385,6 +385,12 @@ class TcpProxy:
             return
         self._cut.set()
 
+    def uncut(self) -> None:
+        """Disarm a cut that no request took."""
+        self._cut.clear()
+        with self._cut_lock:
+            self._cut_on = ()
+
     def _take_cut(self, request: bytes) -> bool:
         """Whether ``request`` is the one a ``cut_after_request(containing=...)`` waits for."""
         with self._cut_lock:

@@ -1,0 +1,21 @@
+"""The model test's world: a whole sessionsync, all real, for one test."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from sessionsync import provisioning
+from tests.model.world import World
+from tests.support.constants import LOCALSTACK_URL
+
+
+@pytest.fixture
+def world(replicated_redis, queue_pair, empty_dsn) -> Iterator[World]:
+    """A database of the world's own: the expiry sweep walks every session of it."""
+    provisioning.migrate(empty_dsn)
+    built = World(replicated_redis, empty_dsn, LOCALSTACK_URL, queue_pair,
+                  channel=f"model-{uuid.uuid4().hex[:8]}")
+    yield built
+    built.close()

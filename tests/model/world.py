@@ -1,0 +1,238 @@
+"""The real system the model is checked against, and the faults it can suffer.
+
+One world per test: a primary and a replica behind a proxy standing in for
+the endpoint's DNS name (tests/support/servers.ReplicatedRedis), SQS on
+LocalStack behind a proxy, a PostgreSQL database of the world's own (the
+expiry sweep walks every session of its database), consumer processes (to
+SIGKILL), the outbox relay, the expiry sweep, and the app in process
+(chalice.test) over HTTP.  Examples share it: each uses ids of its own, and
+``heal`` undoes every fault between examples.  Every loop is bounded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from contextlib import ExitStack
+from typing import Any
+
+import psycopg
+import redis
+
+from chalicelib import runtime
+from chalicelib.adapters.postgres.database import Database
+from chalicelib.adapters.redis.keys import session_keys
+from chalicelib.adapters.redis.scripts import (
+    CREATE_SCRIPT,
+    DELETE_SCRIPT,
+    TOUCH_SCRIPT,
+    UPDATE_SCRIPT,
+)
+from chalicelib.config import Settings
+from chalicelib.pipeline.expiry import ExpirySweep
+from tests.chaos.stack import ChaosStack
+from tests.support.app import app_client
+from tests.support.constants import API_KEY, BEARER
+from tests.support.servers import ReplicatedRedis, wait_for
+
+# The settle time after Redis went back in time.  Short, because every fault
+# that makes Redis forget waits for the pipeline to drain first (the settle
+# time's assumption: it exceeds the pipeline's lag; what a lag beyond it
+# loses is the chaos suite's subject, tests/chaos).
+SETTLE_SECONDS = 1.0
+# A consumer's messages come back this soon after it was killed.
+VISIBILITY_SECONDS = 2
+
+_CONSUMER = r"""
+import sys, threading
+from chalicelib.adapters import aws
+from chalicelib.adapters.postgres.database import Database
+from chalicelib.config import Settings
+from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
+from chalicelib.pipeline.dead_letters import DeadLetterQueue
+from sessionsync.worker import Worker
+queue_url, dlq_url, dsn, endpoint, visibility = sys.argv[1:]
+sqs = aws.client("sqs", Settings(aws_endpoint_url=endpoint, aws_region="us-east-1"))
+consumer = Consumer(Database.from_dsn(dsn), DeadLetterQueue(sqs, dlq_url), SqsRecordSource(sqs, queue_url))
+Worker(sqs, queue_url, consumer.handle, wait_seconds=1, visibility_timeout=int(visibility),
+       retry_delay=0.5, report_batch_item_failures=True).run(threading.Event())
+"""
+
+WRITE_SCRIPTS = [hashlib.sha1(s.encode()).hexdigest().encode()
+                 for s in (CREATE_SCRIPT, UPDATE_SCRIPT, DELETE_SCRIPT, TOUCH_SCRIPT)]
+
+
+class World:
+    def __init__(self, redis_pair: ReplicatedRedis, dsn: str, localstack_url: str, queues: Any,
+                 channel: str) -> None:
+        self.redis = redis_pair
+        self.dsn = dsn
+        self.stack = ChaosStack(redis_url=redis_pair.proxy_url, pg_dsn=dsn, localstack_url=localstack_url,
+                                queues=queues, channel=channel, consumers=0, relay_age=0.3,
+                                settle_seconds=SETTLE_SECONDS)
+        self.stack.start()
+        self.sweeper = ExpirySweep(self.stack.store, Database.from_dsn(dsn), settle_seconds=SETTLE_SECONDS,
+                                   grace_seconds=0.0, batch=10)
+        self.consumers: list[subprocess.Popen] = []
+        self.sqs_is_down = False
+        self.lagging = False
+        self._exit = ExitStack()
+        runtime.reset()
+        runtime.install(settings=Settings(redis_url=redis_pair.proxy_url, api_keys=(API_KEY,),
+                                          channel=channel),
+                        service=self.stack.service, store=self.stack.store,
+                        database=self.stack.database)
+        self.http = self._exit.enter_context(app_client())
+        self.start_consumer()
+
+    # -- calls -------------------------------------------------------------------
+
+    def call(self, method: str, path: str, body: Any = None, **headers: str) -> tuple[float, float, Any]:
+        """(sent, answered, response): wall-clock times, the server's clock."""
+        all_headers = {**BEARER, **headers}
+        if body is not None:
+            all_headers.setdefault("Content-Type", "application/json")
+        t0 = time.time()
+        reply = getattr(self.http, method.lower())(
+            path, headers=all_headers, body=json.dumps(body) if body is not None else b"")
+        return t0, time.time(), reply
+
+    # -- the pipeline --------------------------------------------------------------
+
+    def start_consumer(self) -> None:
+        endpoint = f"http://127.0.0.1:{self.stack.sqs_proxy.port}"
+        self.consumers.append(subprocess.Popen(
+            [sys.executable, "-c", _CONSUMER, self.stack.queues.url, self.stack.queues.dlq_url, self.dsn,
+             endpoint, str(VISIBILITY_SECONDS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def kill_consumer(self) -> None:
+        """SIGKILL the oldest consumer (mid-batch or not); Lambda starts another."""
+        victim = self.consumers.pop(0)
+        victim.kill()
+        victim.wait(10)
+        self.start_consumer()
+
+    def sqs_down(self) -> None:
+        self.stack.sqs_down()
+        self.sqs_is_down = True
+
+    def sqs_back(self) -> None:
+        self.stack.sqs_back()
+        self.sqs_is_down = False
+
+    def drain(self, session_ids: Iterable[str], timeout: float = 60.0) -> None:
+        """The pipeline has persisted (or dead-lettered) every change of these
+        sessions: their outbox entries are gone and the queue is empty, twice
+        in a row."""
+        if self.sqs_is_down:
+            self.sqs_back()
+        ids = list(session_ids)
+        deadline = time.monotonic() + timeout
+        quiet, last = 0, None
+        while quiet < 2:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pipeline not drained within {timeout}s: {last}")
+            try:
+                last = (len(self.stack.outbox_ids(ids)), self.stack.queue_depth())
+            except Exception as exc:  # Redis or SQS coming back
+                last = repr(exc)
+            quiet = quiet + 1 if last == (0, 0) else 0
+            time.sleep(0.15)
+
+    def sweep(self) -> None:
+        self.sweeper.run(budget_seconds=2)
+
+    def settled(self, session_ids: Iterable[str]) -> None:
+        """Wait out the settle time of these sessions' buckets (after a
+        failover or a restart, the first access of each bucket starts it)."""
+        store = self.stack.store
+        for _ in range(5):
+            left = max(store.settle(sid, SETTLE_SECONDS, unrecorded_settled=True)[0] for sid in session_ids)
+            if left <= 0:
+                return
+            time.sleep(left)
+
+    # -- Redis forgetting ------------------------------------------------------------
+
+    def admin(self) -> redis.Redis:
+        return ReplicatedRedis.admin(self.redis.primary)
+
+    def evict(self, session_id: str, *, marker: bool = False) -> None:
+        key, marker_key = session_keys(session_id)[:2]
+        with self.admin() as admin:
+            admin.delete(marker_key if marker else key)
+
+    def flush(self) -> None:
+        with self.admin() as admin:
+            admin.flushall()
+
+    def restart(self) -> None:
+        """The primary restarts without persistence: empty, and its replica
+        resynchronises from it (empty too)."""
+        self.redis.primary.stop()
+        self.redis.primary.start()
+        self.redis.move_endpoint()
+        with self.admin() as admin:
+            wait_for(lambda: _answers(admin), 20, "restarted primary")
+
+    def stop_replication(self) -> None:
+        if not self.lagging:
+            self.redis.stop_replication()
+            self.lagging = True
+
+    def failover(self) -> None:
+        """To a caught-up replica, or (after ``stop_replication``) to one
+        that lacks the writes made since."""
+        self.redis.failover(lose_unreplicated=self.lagging)
+        self.lagging = False
+
+    def cut_next_write_reply(self) -> None:
+        """The reply to the next write script is cut off: it ran, the client gets a 503."""
+        assert self.redis.proxy is not None
+        self.redis.proxy.cut_after_request(containing=WRITE_SCRIPTS)
+
+    # -- between examples and at the end ------------------------------------------------
+
+    def heal(self) -> None:
+        if self.sqs_is_down:
+            self.sqs_back()
+        assert self.redis.proxy is not None
+        self.redis.proxy.uncut()
+        if self.lagging:
+            self.failover()
+            self.failover()  # back to a pair that replicates, the history lost
+        while len(self.consumers) > 1:
+            victim = self.consumers.pop()
+            victim.kill()
+            victim.wait(10)
+        self.consumers = [proc for proc in self.consumers if proc.poll() is None]
+        if not self.consumers:
+            self.start_consumer()
+
+    def persisted(self, session_ids: Iterable[str]) -> dict[str, list[tuple[int, str]]]:
+        with psycopg.connect(self.dsn) as conn:
+            rows = conn.execute("SELECT session_id, version, event_type FROM sync_events "
+                                "WHERE session_id = ANY(%s) ORDER BY version", (list(session_ids),))
+            out: dict[str, list[tuple[int, str]]] = {}
+            for sid, version, kind in rows:
+                out.setdefault(sid, []).append((int(version), kind))
+            return out
+
+    def close(self) -> None:
+        for proc in self.consumers:
+            proc.kill()
+            proc.wait(10)
+        self._exit.close()
+        runtime.reset()
+        self.sweeper.durable.close()  # type: ignore[attr-defined]
+        self.stack.close()
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
