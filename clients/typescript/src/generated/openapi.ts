@@ -199,9 +199,12 @@ export interface paths {
          *     may hold fewer than `limit` sessions (even none) and still have a
          *     `next_cursor`: it reads a bounded part of the owner's index, where
          *     ids of expired sessions and of creates that did not complete are
-         *     skipped.  An owner with no sessions (or one never seen) has an
-         *     empty page.  The list is read from Redis; a session's own GET is
-         *     the authoritative read after a Redis failover.
+         *     skipped, and it stops before its response passes about 5 MB (a
+         *     Lambda response carries 6 MB: large states fill a page before
+         *     `limit` does; a page holds one session at least).  An owner with no
+         *     sessions (or one never seen) has an empty page.  The list is read
+         *     from Redis; a session's own GET is the authoritative read after a
+         *     Redis failover.
          */
         get: operations["listOwnerSessions"];
         put?: never;
@@ -213,11 +216,15 @@ export interface paths {
          *     persisted), and `deleted` counts them.  A create of this owner that
          *     was in progress when the call started fails with 409 (its id is
          *     tombstoned first: `blocked` counts those); a create that starts
-         *     after it is not affected.  When every session created before the
-         *     call is gone, `remaining` is false.  A call stops after about 20
-         *     seconds with `remaining: true`: call again until it is false.  Safe
-         *     to repeat: a call that failed (503) or was cut short is finished by
-         *     the next one.
+         *     after it is not affected, however many race it.  Its work is bounded
+         *     by the sessions created before it (sessions whose lifetime ended
+         *     cost next to nothing).  When every session created before the call
+         *     is gone, `remaining` is false.  A call stops after about 20 seconds
+         *     with `remaining: true`: call again until it is false; the next call
+         *     goes on where this one stopped (and also ends the sessions created
+         *     in between).  Sessions are ended one by one as the call reaches
+         *     them, not all at the instant it begins.  Safe to repeat: a call that
+         *     failed (503) or was cut short is finished by the next one.
          */
         delete: operations["revokeOwnerSessions"];
         options?: never;
