@@ -578,6 +578,11 @@ class ReplicatedRedis:
         the old primary alone: a failover that lost a few bytes, so a
         demoted node that needs a full resync."""
         with self.admin(old) as client:
+            def online() -> bool:  # as the primary sees it: the replica's link up is not enough
+                info = client.info("replication")
+                return any(isinstance(v, dict) and v.get("port") == new.port
+                           and v.get("state") == "online" for v in info.values())
+            wait_for(online, 20, f"replica {new.port} online at {old.port}")
             client.execute_command("FAILOVER", "TO", "127.0.0.1", str(new.port), "TIMEOUT", "10000")
 
             def handed_over() -> bool:

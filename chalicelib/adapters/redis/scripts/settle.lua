@@ -38,7 +38,9 @@ if string.find(info, 'role:slave', 1, true) then
   return redis.error_reply('READONLY the epoch record is written on the primary')
 end
 local ep = string.sub(string.match(info, 'master_replid:(%x+)'), 1, 8)
+-- all zeros: the node continues no other history (never a replica since it started)
 local replid2 = string.match(info, 'master_replid2:(%x+)') or ''
+if not string.find(replid2, '[^0]') then replid2 = '' end
 local second = tonumber(string.match(info, 'second_repl_offset:(%-?%d+)') or '-1')
 local prev = string.sub(replid2, 1, 8)
 local proven = false
@@ -66,7 +68,7 @@ if rep == ep then
   -- continued: values of the epoch it continues are current; older ones
   -- wait for the clock the old history carried over
   if from ~= '' then return {ARGV[4] == from and 0 or left(), 3, ep} end
-  return {left(), 0, ep, (from == '' and was_rep == prev) and 1 or 0}
+  return {left(), 0, ep, (prev ~= '' and from == '' and was_rep == prev) and 1 or 0}
 end
 if proven then
   -- the same history, continued: the bucket is as settled as it was in it
@@ -85,4 +87,4 @@ if not rec and ARGV[2] == '1' and (ARGV[3] == '' or ARGV[3] == ep) then
   return {0, 2, ep}
 end
 redis.call('SET', KEYS[1], ep .. '|' .. now .. '||' .. (rep and (rep .. '@' .. since) or ''))
-return {settle, rec and 1 or 2, ep, (rep and rep == prev) and 1 or 0}
+return {settle, rec and 1 or 2, ep, (prev ~= '' and rep == prev) and 1 or 0}
