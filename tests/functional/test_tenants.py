@@ -199,16 +199,25 @@ def test_the_spec_names_a_scope_for_every_authorized_operation():
 def test_a_key_without_the_route_s_scope_gets_403_naming_it_and_changes_nothing(
         use_settings, redis_single, path, method, scope):
     others = tuple(s for s in SCOPES if s != scope)
-    keyset, (full, lacking, only) = key_set(("acme", SCOPES), ("acme", others), ("acme", (scope,)))
+    tenant = f"t-{uuid.uuid4().hex[:8]}"  # its keys alone are looked at: the test Redis is shared
+    keyset, (full, lacking, only) = key_set((tenant, SCOPES), (tenant, others), (tenant, (scope,)))
     use_settings(Settings(redis_url=REDIS_TEST_URL, api_keys=keyset, channel=TEST_CHANNEL))
     sid, owner = _sid(), f"u-{uuid.uuid4().hex[:8]}"
+
+    def tenant_state():
+        """Every key of the tenant (sessions, markers, owner index,
+        idempotency records) and the session's outbox entries."""
+        keys = sorted(redis_single.scan_iter(match=f"*{tenant}/*", count=1000))
+        return [(k, redis_single.dump(k)) for k in keys], RedisView(redis_single).outbox(f"{tenant}/{sid}")
+
     with app_client() as http:
         _create(http, full, sid, owner)
-        before = sorted((k, redis_single.dump(k)) for k in redis_single.keys("*"))
+        before = tenant_state()
+        assert before[0], "the tenant's keys are found"
         refused = _call(http, lacking, path, method, sid, owner)
         error = assert_error(refused, 403, "MissingScope")
         assert error["details"] == {"scope": scope, "granted": sorted(others)}
-        assert sorted((k, redis_single.dump(k)) for k in redis_single.keys("*")) == before
+        assert tenant_state() == before
         allowed = _call(http, only, path, method, sid, owner)
         assert allowed.status_code != 403, allowed.body
 

@@ -184,7 +184,10 @@ def test_bad_rows_fail_loudly_with_a_named_constraint(pg_test_dsn, column_values
 
 
 @pytest.mark.parametrize("values, constraint", [
-    ("'bad/id', 1, '{}', false, 3600", "sync_sessions_session_id_format"),
+    ("'bad id', 1, '{}', false, 3600", "sync_sessions_session_id_format"),
+    # a tenant's prefix is lower-case letters, digits and '-', then one '/'
+    ("'Acme/id', 1, '{}', false, 3600", "sync_sessions_session_id_format"),
+    ("'acme/a/b', 1, '{}', false, 3600", "sync_sessions_session_id_format"),
     ("'ok', 0, '{}', false, 3600", "sync_sessions_version_positive"),
     ("'ok', 1, '{}', false, 0", "sync_sessions_ttl_positive"),
     ("'ok', 1, NULL, false, 3600", "sync_sessions_state_matches_deleted"),
