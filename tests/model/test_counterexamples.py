@@ -28,8 +28,6 @@ def machine(world):
     return make
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="defect: a session recovered from PostgreSQL gets a whole new lifetime")
 def test_a_session_recovered_after_its_key_was_evicted_ends_when_its_lifetime_ends(machine):
     state = machine()
     state.create(i=0, owned=False, ttl=8, via_put=False)
@@ -43,8 +41,6 @@ def test_a_session_recovered_after_its_key_was_evicted_ends_when_its_lifetime_en
     state.teardown()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="defect: a failover repair writes a session_expired row back as live, state null")
 def test_a_failover_repair_never_revives_an_expired_session(machine):
     state = machine()
     state.create(i=0, owned=False, ttl=8, via_put=False)
@@ -59,8 +55,6 @@ def test_a_failover_repair_never_revives_an_expired_session(machine):
     state.teardown()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="defect: revoke-all deletes sessions whose create began after it")
 def test_a_revoke_all_spares_a_session_created_after_it_began(machine):
     state = machine()
     state.create(i=0, owned=True, ttl=8, via_put=False)
@@ -68,8 +62,6 @@ def test_a_revoke_all_spares_a_session_created_after_it_began(machine):
     state.teardown()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="defect: revoke-all walks PostgreSQL from the first id, expired rows included")
 def test_a_revoke_all_of_an_owner_with_an_expired_session_finishes(machine):
     state = machine()
     state.create(i=0, owned=True, ttl=1, via_put=False)
