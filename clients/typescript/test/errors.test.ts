@@ -25,7 +25,7 @@ test("each code of the API becomes its own class, with its details", () => {
     assert.equal(error.constructor, cls, code);
     assert.deepEqual([error.code, error.requestId, error.details["session_id"]], [code, "r-1", "s"]);
   }
-  assert.equal(Object.keys(ERROR_CLASSES).length, 18);
+  assert.equal(Object.keys(ERROR_CLASSES).length, 20);
 });
 
 test("the classes follow the server's tree, and a ConcurrencyError names its versions", () => {
