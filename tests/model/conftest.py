@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from sessionsync import provisioning
+from tests.model.machine import ModelMachine
+from tests.model.model import PROMISES
 from tests.model.world import World
 from tests.support.constants import LOCALSTACK_URL
 
@@ -19,3 +21,16 @@ def world(replicated_redis, queue_pair, empty_dsn) -> Iterator[World]:
                   channel=f"model-{uuid.uuid4().hex[:8]}")
     yield built
     built.close()
+
+
+@pytest.fixture
+def machine(world):
+    """``machine()``: a machine on the world, started (a replay of steps)."""
+    ModelMachine.world = world
+    ModelMachine.promises = frozenset(PROMISES)
+
+    def make() -> ModelMachine:
+        state = ModelMachine()
+        state.start()
+        return state
+    return make

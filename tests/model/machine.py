@@ -17,23 +17,26 @@ import os
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ClassVar
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from chalicelib.domain import errors
+from chalicelib.domain import errors, tenants
 from chalicelib.service import owners
 from tests.chaos.history import History, Op, check
 from tests.model.model import (
+    ABSENT,
     PROMISES,
     Answer,
     Call,
     Possibilities,
     Violation,
 )
-from tests.model.world import World
+from tests.model.world import OTHER_TENANT, World
 
 # sessions of an example: all but the last exist when it starts (``start``)
 SESSIONS = 3
@@ -104,6 +107,13 @@ class ModelMachine(RuleBasedStateMachine):
         self.ids = [f"{prefix}-s{i}" for i in range(SESSIONS)]
         self.owner = f"{prefix}-o"
         self.models = {sid: Possibilities(sid) for sid in self.ids}
+        #: the other tenant's sessions of the same client ids: its own, absent
+        #: until its key creates them (``other_tenant``)
+        self.theirs = {sid: Possibilities(sid) for sid in self.ids}
+        #: the calls go with the other tenant's key, judged in its space
+        self.other = False
+        #: the last step was the other tenant's (a change it caused breaks "tenants")
+        self.after_other_tenant = False
         self.history = History()
         self.violation: Violation | None = None
         self.tokens = 0
@@ -117,15 +127,28 @@ class ModelMachine(RuleBasedStateMachine):
         self.tokens += 1
         return f"w{self.tokens}"
 
+    def _space(self) -> dict[str, Possibilities]:
+        """The sessions the calls reach: the example's, or the other tenant's."""
+        return self.theirs if self.other else self.models
+
+    @contextmanager
+    def _as_other_tenant(self) -> Iterator[None]:
+        self.other = True
+        try:
+            yield
+        finally:
+            self.other = False
+
     def _judge(self, sid: str, call: Call, answer: Answer, promise: str | None = None) -> None:
         if self.violation is not None and not self.survey:
             return
+        promise = "tenants" if self.other else promise
         try:
-            self.models[sid].observe(call, answer)
+            self._space()[sid].observe(call, answer)
         except Violation as exc:
             exc = Violation(promise, str(exc).split("] ", 1)[1]) if promise else exc
             # the session's lives are unknown from here: it is judged no more
-            self.models.pop(sid)
+            self._space().pop(sid)
             self._violate(exc.promise, str(exc).split("] ", 1)[1])
 
     def _violate(self, promise: str, message: str) -> None:
@@ -166,16 +189,19 @@ class ModelMachine(RuleBasedStateMachine):
     def _send(self, kind: str, sid: str, call_args: dict[str, Any], method: str, path: str,
               body: Any = None, promise: str | None = None, **headers: str) -> Answer:
         t0m = time.monotonic()
-        t0, t1, reply = self.world.call(method, path, body, **headers)
+        t0, t1, reply = self.world.call(method, path, body, other_tenant=self.other, **headers)
         call = Call(t0=t0, t1=t1, **call_args)
         answer = answer_of(reply)
-        if sid in self.models:
+        if sid in self._space():
             self._judge(sid, call, answer, promise)
             if answer.status == 200 and call.op == "get" and not answer.stale \
                     and answer.expires_at is not None and answer.expires_at + 0.05 < t0:
                 # the answer's own lifetime, whatever the model's lives
-                self._violate("lifetime", f"{sid}: GET at {t0:.3f} answered 200 v{answer.version}, "
-                                          f"its expires_at {answer.expires_at:.3f} already past")
+                self._violate("tenants" if self.other else "lifetime",
+                              f"{sid}: GET at {t0:.3f} answered 200 v{answer.version}, "
+                              f"its expires_at {answer.expires_at:.3f} already past")
+        if self.other:  # the history checker judges the example's sessions
+            return answer
         self._record({"get": "read", "put": "update"}.get(call.op, call.op)
                      if not (call.op == "put" and call.precondition == "if-none-match-star") else "create",
                      sid, t0m, call, answer)
@@ -185,9 +211,13 @@ class ModelMachine(RuleBasedStateMachine):
         """Every session of the example, judged or not (any more)."""
         return [*self.ids, *(f"{self.ids[0]}-late{k}" for k in range(1, self.late + 1))]
 
+    def stored_ids(self) -> list[str]:
+        """The ids the store holds: the example's and the other tenant's."""
+        return [*self.all_ids(), *(tenants.prefix(OTHER_TENANT) + sid for sid in self.theirs)]
+
     def _believed(self, sid: str) -> int:
         """The version a client would send: the newest it may have seen (at least 1)."""
-        lives = self.models.get(sid)
+        lives = self._space().get(sid)
         return max((lf.version for lf in lives.lives), default=1) if lives else 1
 
     # -- operations ----------------------------------------------------------------
@@ -203,7 +233,7 @@ class ModelMachine(RuleBasedStateMachine):
         ``replica_lags`` the replica copies nothing written after that."""
         self.world.heal()
         late = [f"{self.ids[0]}-late{k}" for k in range(1, 7)]
-        self.world.settled([*self.ids, *late])
+        self.world.settled([*self.ids, *late, *(tenants.prefix(OTHER_TENANT) + sid for sid in self.ids)])
         for i, (ttl, mine) in enumerate(zip(ttls, owned, strict=True)):
             self.create(i, ttl, mine, via_put=False)
         if replica_lags:
@@ -274,13 +304,14 @@ class ModelMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, SESSIONS - 1))
     def history_page(self, i: int) -> None:
         sid = self.ids[i]
-        t0, t1, reply = self.world.call("GET", f"/sessions/{sid}/events?limit=100")
-        if sid in self.models:
+        t0, t1, reply = self.world.call("GET", f"/sessions/{sid}/events?limit=100", other_tenant=self.other)
+        if sid in self._space():
             self._judge(sid, Call("history", t0, t1), answer_of(reply), "answers")
 
     @rule()
     def owner_listing(self) -> None:
-        t0, t1, reply = self.world.call("GET", f"/owners/{self.owner}/sessions?limit=100")
+        t0, t1, reply = self.world.call("GET", f"/owners/{self.owner}/sessions?limit=100",
+                                        other_tenant=self.other)
         answer = answer_of(reply)
         if answer.status == 503 and answer.retry_after:
             return
@@ -289,31 +320,35 @@ class ModelMachine(RuleBasedStateMachine):
             return
         for session in json.loads(reply.body)["sessions"]:
             sid = session["session_id"]
-            model = self.models.get(sid)
+            model = self._space().get(sid)
             if model is None:
                 if sid not in self.ids:
-                    self._violate("answers", f"owner listing of {self.owner} shows {sid}, not its session")
+                    self._violate("tenants" if self.other else "answers",
+                                  f"owner listing of {self.owner} shows {sid}, not its session")
                 continue
             shown = (session["version"], (session.get("state") or {}).get("w"))
             if shown not in model.owned_live(self.owner, t0, t1):
-                self._violate("final" if not model.may_be_live(t0, t1) else "answers",
+                self._violate("tenants" if self.other else
+                              "final" if not model.may_be_live(t0, t1) else "answers",
                               f"owner listing shows {sid} v{shown[0]} {shown[1]!r}; the model allows "
                               f"{sorted(model.owned_live(self.owner, t0, t1), key=str)}")
 
     def _revoke_observed(self, t0: float, t1: float, finished: bool) -> None:
         call = Call("revoke", t0, t1, owner=self.owner)
-        for model in self.models.values():
+        for model in self._space().values():
             model.revoke(call, finished)
 
     @rule()
     def revoke_all(self) -> None:
         t0m = time.monotonic()
-        t0, t1, reply = self.world.call("DELETE", f"/owners/{self.owner}/sessions")
+        t0, t1, reply = self.world.call("DELETE", f"/owners/{self.owner}/sessions", other_tenant=self.other)
         answer = answer_of(reply)
         remaining = json.loads(reply.body).get("remaining", True) if answer.status == 200 else True
         if answer.status not in (200, 503):
             self._violate("answers", f"revoke-all answered {answer.status} {answer.code}")
         self._revoke_observed(t0, t1, finished=not remaining)
+        if self.other:
+            return
         self.history.add(Op(0, "revoke", self.owner, t0m, time.monotonic(),
                             "ok" if answer.status == 200 else "info", state={"remaining": remaining}))
 
@@ -392,7 +427,7 @@ class ModelMachine(RuleBasedStateMachine):
                     time.sleep(0.3)
                 if not finished:
                     # generous: whatever the pipeline had to persist, it has
-                    self.world.drain(self.all_ids())
+                    self.world.drain(self.stored_ids())
         finally:
             if saved is not None:
                 owners.REVOKE_BATCH = saved
@@ -404,6 +439,36 @@ class ModelMachine(RuleBasedStateMachine):
             self._violate("revoke-ends", f"revoke-all of {self.owner} ({sessions} sessions) still "
                                          f"answered remaining after {len(answers)} calls: {answers}")
 
+    # -- the other tenant -----------------------------------------------------------------
+
+    #: each operation as the other tenant's client calls it: the rule and its
+    #: arguments (those of a session: its index too)
+    OTHER_TENANT_CALLS: ClassVar[dict[str, tuple[str, dict[str, Any] | None]]] = {
+        "get": ("get", dict(max_stale=False)),
+        "put-if-match": ("put", dict(precondition="if-match", stale=False, ttl=None)),
+        "put-body-version": ("put", dict(precondition="body-version", stale=False, ttl=4)),
+        "patch": ("patch", dict(if_match=False, stale=False)),
+        "touch": ("touch", dict(ttl=None)),
+        "delete": ("delete", dict(if_match=False, stale=False)),
+        "history": ("history_page", {}),
+        "create": ("create", dict(ttl=8, owned=True, via_put=False)),
+        "create-via-put": ("create", dict(ttl=4, owned=True, via_put=True)),
+        "owner-listing": ("owner_listing", None),
+        "revoke-all": ("revoke_all", None),
+    }
+
+    @rule(i=st.integers(0, SESSIONS - 1), call=st.sampled_from(sorted(OTHER_TENANT_CALLS)))
+    def other_tenant(self, i: int, call: str) -> None:
+        """Another tenant's key calls the example's session ids and owner:
+        it reaches sessions of its own, absent until it creates them (a read
+        or a conditional write answers 404, a create makes a session the
+        example's key never sees), judged in their own space; the example's
+        sessions are what they were (the reads after every step)."""
+        name, args = self.OTHER_TENANT_CALLS[call]
+        with self._as_other_tenant():
+            getattr(self, name)(**({} if args is None else {"i": i, **args}))
+        self.after_other_tenant = True
+
     # -- time and the pipeline ----------------------------------------------------------
 
     @rule(seconds=st.sampled_from(PAUSES), memory_pressure=st.booleans())
@@ -414,7 +479,7 @@ class ModelMachine(RuleBasedStateMachine):
         takes keys with a TTL: the sessions', never their markers)."""
         time.sleep(seconds)
         if memory_pressure:
-            for sid in self.all_ids():
+            for sid in self.stored_ids():
                 self.world.evict(sid)
         try:
             self.world.sweep()
@@ -423,7 +488,7 @@ class ModelMachine(RuleBasedStateMachine):
 
     @rule()
     def pipeline_catches_up(self) -> None:
-        self.world.drain(self.all_ids())
+        self.world.drain(self.stored_ids())
 
     # -- faults ---------------------------------------------------------------------------
     # Two rules, each a table of faults, so that operations outnumber faults
@@ -463,7 +528,7 @@ class ModelMachine(RuleBasedStateMachine):
         if kind == "replica-falls-behind":
             world.stop_replication()
             return
-        world.drain(self.all_ids())
+        world.drain(self.stored_ids())
         if kind == "marker-evicted":
             # (lost before the session's first change was persisted, its id
             # could be created again: a documented limit, not tested here)
@@ -478,8 +543,15 @@ class ModelMachine(RuleBasedStateMachine):
     def every_session_reads_as_the_model_allows(self) -> None:
         """A client reading each session after every step: a promise broken
         shows at the step that broke it, not only if a later rule reads."""
+        # what the other tenant's key did changed none of them
+        promise = "tenants" if self.after_other_tenant else None
+        self.after_other_tenant = False
         for sid in list(self.models):
-            self._send("read", sid, dict(op="get"), "GET", f"/sessions/{sid}")
+            self._send("read", sid, dict(op="get"), "GET", f"/sessions/{sid}", promise=promise)
+        with self._as_other_tenant():  # and the other tenant's, once it created them
+            for sid, lives in list(self.theirs.items()):
+                if any(life.phase != ABSENT for life in lives.lives):
+                    self._send("read", sid, dict(op="get"), "GET", f"/sessions/{sid}")
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -487,7 +559,7 @@ class ModelMachine(RuleBasedStateMachine):
         world = self.world
         # drained first: healing a lagging replica fails over to it, which
         # would lose the example's last changes with their outbox entries
-        world.drain(self.all_ids())
+        world.drain(self.stored_ids())
         world.heal()
         errors_seen = Counter(op.error for op in self.history.ops if op.error)
         print(f"model example {self.example} ({time.monotonic() - self.began:.0f} s): "
@@ -498,14 +570,14 @@ class ModelMachine(RuleBasedStateMachine):
         if "history" not in self.promises:
             return
         ids = self.all_ids()
-        world.drain(ids)
+        world.drain(self.stored_ids())
         # the sessions whose lifetime ended get their session_expired row
         # (rule f counts an expired session as over only with it)
         try:
             world.sweep()
         except errors.ServiceUnavailable:
             pass
-        world.drain(ids)
+        world.drain(self.stored_ids())
         observed = world.stack.observe(ids)
         problems = check(self.history, observed)
         if problems and self.survey:

@@ -53,6 +53,7 @@ PROMISES = {
     "revoke-spares-later": "a revoke-all spares sessions whose create began after it",
     "revoke-ends": "a revoke-all ends the owner's earlier sessions and finishes in bounded calls",
     "history": "after the pipeline drains, PostgreSQL and the DLQ satisfy the history checker",
+    "tenants": "another tenant's key reaches only its own sessions of the same ids, never these",
 }
 
 

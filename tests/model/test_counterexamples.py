@@ -9,23 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.model.machine import ModelMachine
-from tests.model.model import PROMISES
-
 pytestmark = [pytest.mark.model, pytest.mark.localstack]
-
-
-@pytest.fixture
-def machine(world):
-    """``machine()``: a machine on the world, started."""
-    ModelMachine.world = world
-    ModelMachine.promises = frozenset(PROMISES)
-
-    def make() -> ModelMachine:
-        state = ModelMachine()
-        state.start()
-        return state
-    return make
 
 
 def test_a_session_recovered_after_its_key_was_evicted_ends_when_its_lifetime_ends(machine):

@@ -41,3 +41,24 @@ def test_every_answer_under_every_fault_is_one_the_model_allows(world):
         phases=[Phase.explicit, Phase.generate, *([Phase.shrink] if SHRINK else [])]))
     if ModelMachine.survey:
         print(f"MODEL SURVEY: promise -> first example that broke it: {ModelMachine.found}")
+
+
+def test_another_tenant_s_key_reaches_only_sessions_of_its_own(machine):
+    """Every call of the other tenant's key on the example's ids and owner,
+    each followed by the reads of both tenants' sessions: the other tenant's
+    answers are those of its own (absent, then created) sessions, the
+    example's sessions are unchanged, and each tenant's revoke-all ends only
+    its own owner's sessions (the random search draws the rule too)."""
+    state = machine()
+    state.create(i=0, owned=True, ttl=8, via_put=False)
+    state.create(i=1, owned=True, ttl=8, via_put=False)
+    for i in (0, 2):
+        for call in sorted(ModelMachine.OTHER_TENANT_CALLS):
+            state.other_tenant(i=i, call=call)
+            state.every_session_reads_as_the_model_allows()
+    state.other_tenant(i=1, call="create")  # the other tenant's s0, s1, s2 live, owned
+    state.revoke_all()  # the example's owner: its s0, s1 end; the other tenant's stay
+    state.every_session_reads_as_the_model_allows()
+    state.other_tenant(i=0, call="revoke-all")
+    state.every_session_reads_as_the_model_allows()
+    state.teardown()

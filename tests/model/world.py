@@ -32,10 +32,12 @@ from chalicelib.adapters.redis.scripts import (
     UPDATE_SCRIPT,
 )
 from chalicelib.config import Settings
+from chalicelib.domain.keys import SCOPES
 from chalicelib.pipeline.expiry import ExpirySweep
 from tests.chaos.stack import ChaosStack
 from tests.support.app import app_client
-from tests.support.constants import API_KEY, BEARER
+from tests.support.constants import BEARER
+from tests.support.keys import key_set
 from tests.support.servers import ReplicatedRedis, wait_for
 
 # The settle time after Redis went back in time.  Short, because every fault
@@ -43,6 +45,10 @@ from tests.support.servers import ReplicatedRedis, wait_for
 # time's assumption: it exceeds the pipeline's lag; what a lag beyond it
 # loses is the chaos suite's subject, tests/chaos).
 SETTLE_SECONDS = 1.0
+# The second tenant: its key names the same client ids as the default
+# tenant's (the examples'), which must be other sessions.
+OTHER_TENANT = "model-b"
+
 # A consumer's messages come back this soon after it was killed.
 VISIBILITY_SECONDS = 2
 
@@ -51,6 +57,7 @@ import sys, threading
 from chalicelib.adapters import aws
 from chalicelib.adapters.postgres.database import Database
 from chalicelib.config import Settings
+from chalicelib.domain.keys import SCOPES
 from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
 from chalicelib.pipeline.dead_letters import DeadLetterQueue
 from sessionsync.worker import Worker
@@ -80,8 +87,11 @@ class World:
         self.sqs_is_down = False
         self.lagging = False
         self._exit = ExitStack()
+        # the default tenant's plaintext test key (BEARER), and a key of OTHER_TENANT
+        keys, (other,) = key_set((OTHER_TENANT, SCOPES))
+        self.other_tenant = {"Authorization": f"Bearer {other.token}"}
         runtime.reset()
-        runtime.install(settings=Settings(redis_url=redis_pair.proxy_url, api_keys=(API_KEY,),
+        runtime.install(settings=Settings(redis_url=redis_pair.proxy_url, api_keys=keys,
                                           channel=channel),
                         service=self.stack.service, store=self.stack.store,
                         database=self.stack.database)
@@ -90,9 +100,11 @@ class World:
 
     # -- calls -------------------------------------------------------------------
 
-    def call(self, method: str, path: str, body: Any = None, **headers: str) -> tuple[float, float, Any]:
-        """(sent, answered, response): wall-clock times, the server's clock."""
-        all_headers = {**BEARER, **headers}
+    def call(self, method: str, path: str, body: Any = None, *, other_tenant: bool = False,
+             **headers: str) -> tuple[float, float, Any]:
+        """(sent, answered, response): wall-clock times, the server's clock;
+        with the default tenant's key, or OTHER_TENANT's."""
+        all_headers = {**(self.other_tenant if other_tenant else BEARER), **headers}
         if body is not None:
             all_headers.setdefault("Content-Type", "application/json")
         t0 = time.time()
