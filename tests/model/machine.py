@@ -495,6 +495,7 @@ class ModelMachine(RuleBasedStateMachine):
     # whatever the number of faults (hypothesis picks a rule uniformly).
 
     @rule(kind=st.sampled_from(["sqs-down", "sqs-back", "consumer-killed", "second-consumer",
+                                "relay-killed", "relay-started", "second-relay",
                                 "reply-cut-after-the-script-ran"]))
     def pipeline_fault(self, kind: str) -> None:
         world = self.world
@@ -506,6 +507,12 @@ class ModelMachine(RuleBasedStateMachine):
             world.kill_consumer()
         elif kind == "second-consumer" and len(world.consumers) < 2:
             world.start_consumer()
+        elif kind == "relay-killed":
+            world.kill_relay()  # none ships until one is started (or the pipeline must catch up)
+        elif kind == "relay-started" and not world.relays:
+            world.start_relay()
+        elif kind == "second-relay" and len(world.relays) < 2:
+            world.start_relay()  # two at once: the lease lets one run
         elif kind == "reply-cut-after-the-script-ran":
             world.cut_next_write_reply()
 

@@ -68,6 +68,13 @@ Worker(sqs, queue_url, consumer.handle, wait_seconds=1, visibility_timeout=int(v
        retry_delay=0.5, report_batch_item_failures=True).run(threading.Event())
 """
 
+# A relay as the scheduled function runs it, in a process of its own (to SIGKILL).
+_RELAY = r"""
+import sys
+from tests.chaos.stack import relay_process_main
+relay_process_main(sys.argv[1:])
+"""
+
 WRITE_SCRIPTS = [hashlib.sha1(s.encode()).hexdigest().encode()
                  for s in (CREATE_SCRIPT, UPDATE_SCRIPT, DELETE_SCRIPT, TOUCH_SCRIPT)]
 
@@ -78,12 +85,14 @@ class World:
         self.redis = redis_pair
         self.dsn = dsn
         self.stack = ChaosStack(redis_url=redis_pair.proxy_url, pg_dsn=dsn, localstack_url=localstack_url,
-                                queues=queues, channel=channel, consumers=0, relay_age=0.3,
+                                queues=queues, channel=channel, consumers=0, relays=0, relay_age=0.3,
                                 settle_seconds=SETTLE_SECONDS)
         self.stack.start()
         self.sweeper = ExpirySweep(self.stack.store, Database.from_dsn(dsn), settle_seconds=SETTLE_SECONDS,
                                    grace_seconds=0.0, batch=10)
         self.consumers: list[subprocess.Popen] = []
+        #: the relays (the service has no publisher: they are the only shippers)
+        self.relays: list[subprocess.Popen] = []
         self.sqs_is_down = False
         self.lagging = False
         self._exit = ExitStack()
@@ -97,6 +106,7 @@ class World:
                         database=self.stack.database)
         self.http = self._exit.enter_context(app_client())
         self.start_consumer()
+        self.start_relay()
 
     # -- calls -------------------------------------------------------------------
 
@@ -127,6 +137,21 @@ class World:
         victim.wait(10)
         self.start_consumer()
 
+    def start_relay(self) -> None:
+        endpoint = f"http://127.0.0.1:{self.stack.sqs_proxy.port}"
+        self.relays.append(subprocess.Popen(
+            [sys.executable, "-c", _RELAY, self.redis.proxy_url, self.stack.queues.url, endpoint,
+             self.stack.channel, str(self.stack.relay_lease)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def kill_relay(self) -> None:
+        """SIGKILL the oldest relay (its lease left held, its sends cut);
+        the schedule starts another later (``start_relay``)."""
+        if self.relays:
+            victim = self.relays.pop(0)
+            victim.kill()
+            victim.wait(10)
+
     def sqs_down(self) -> None:
         self.stack.sqs_down()
         self.sqs_is_down = True
@@ -141,6 +166,8 @@ class World:
         in a row."""
         if self.sqs_is_down:
             self.sqs_back()
+        if not self.relays:
+            self.start_relay()
         ids = list(session_ids)
         deadline = time.monotonic() + timeout
         quiet, last = 0, None
@@ -223,6 +250,11 @@ class World:
         self.consumers = [proc for proc in self.consumers if proc.poll() is None]
         if not self.consumers:
             self.start_consumer()
+        while len(self.relays) > 1:
+            self.kill_relay()
+        self.relays = [proc for proc in self.relays if proc.poll() is None]
+        if not self.relays:
+            self.start_relay()
 
     def persisted(self, session_ids: Iterable[str]) -> dict[str, list[tuple[int, str]]]:
         with psycopg.connect(self.dsn) as conn:
@@ -234,7 +266,7 @@ class World:
             return out
 
     def close(self) -> None:
-        for proc in self.consumers:
+        for proc in [*self.consumers, *self.relays]:
             proc.kill()
             proc.wait(10)
         self._exit.close()
