@@ -3,8 +3,8 @@
 One world per test: a primary and a replica behind a proxy standing in for
 the endpoint's DNS name (tests/support/servers.ReplicatedRedis), SQS on
 LocalStack behind a proxy, a PostgreSQL database of the world's own (the
-expiry sweep walks every session of its database), consumer processes (to
-SIGKILL), the outbox relay, the expiry sweep, and the app in process
+expiry sweep walks every session of its database), consumer and outbox
+relay processes (to SIGKILL), the expiry sweep, and the app in process
 (chalice.test) over HTTP.  Examples share it: each uses ids of its own, and
 ``heal`` undoes every fault between examples.  Every loop is bounded.
 """
