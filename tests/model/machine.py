@@ -2,7 +2,9 @@
 with operations and faults, and every answer is judged by the model
 (tests/model/model.py).
 
-Each example uses sessions and an owner of its own.  The first violation
+Each example uses sessions and an owner of its own; a second tenant's key
+calling the same ids and owner reaches sessions of its own, judged by the
+same model in a space of their own (``theirs``).  The first violation
 is recorded and the example goes on without judging (the servers are
 real: a shrink that replays the steps may not meet the same timing, and
 raising mid-example would leave the faults in place); it is raised at
