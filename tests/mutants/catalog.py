@@ -609,9 +609,15 @@ MUTANTS: tuple[Mutant, ...] = (
          "[single]",),
         "an owner's page of large sessions passes what a Lambda response carries (a 502)"),
     # -- 16: a session ends when its lifetime ends ----------------------------------------
-    mutant(
-        "recovery-serves-an-expired-session", 16, SESSIONS,
-        (("        if persisted.expired_at(self.store.clock()):\n", "        if False:\n"),),
+    # Recovery refuses an ended lifetime twice: the service before it restores
+    # (no script call) and the restore script on Redis's clock (a lifetime
+    # that ends between the two).  Either alone keeps the promise, so the
+    # mutant takes both away; restore-revives-an-ended-lifetime the script's alone.
+    Mutant(
+        "recovery-serves-an-expired-session", 16,
+        (Edit(SESSIONS, "        if persisted.expired_at(self.store.clock()):\n", "        if False:\n"),
+         Edit(LUA_RESTORE, "if left and left <= 0 then\n", "if ARGV[7] == 'E' then\n"),
+         Edit(LUA_RESTORE, "if left then\n", "if left and left > 0 then\n")),
         (f"{T_LIFE}::test_a_session_whose_lifetime_ended_is_session_expired_on_get_put_delete_and_touch",),
         "recovery brings back a session whose lifetime ended, as if Redis had lost it"),
     mutant(
