@@ -26,7 +26,8 @@ from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.service.sessions import SessionService
 from tests.support.servers import ReplicatedRedis
 
-#: the most 503 a planned failover may cost a client (guarantee 14)
+#: the most 503s a planned failover may cost a client (the failover promise of
+#: docs/guarantees.md)
 PLANNED_BUDGET_SECONDS = 2.0
 
 
