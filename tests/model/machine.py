@@ -8,9 +8,12 @@ same model in a space of their own (``theirs``).  The first violation
 is recorded and the example goes on without judging (the servers are
 real: a shrink that replays the steps may not meet the same timing, and
 raising mid-example would leave the faults in place); it is raised at
-teardown, after the world is healed.  At teardown, with no violation, the
-pipeline drains and the chaos suite's history checker (tests/chaos/history.py)
-runs over what PostgreSQL, the DLQ and Pub/Sub hold for the example.
+teardown, after the world is healed.  At teardown the pipeline drains, the
+sweep runs, the world heals (a replica that lags takes over, as after a
+failover nobody planned), and once the settle time has passed every session
+reads as the model allows; then, with no violation, the chaos suite's
+history checker (tests/chaos/history.py) runs over what PostgreSQL, the DLQ
+and Pub/Sub hold for the example.
 """
 from __future__ import annotations
 
@@ -43,6 +46,10 @@ from tests.model.world import OTHER_TENANT, World
 # sessions of an example: all but the last exist when it starts (``start``)
 SESSIONS = 3
 TTLS = (1, 4, 8)
+# A lifetime an example's sessions may start with that outlives the example:
+# a copy the replica kept of it is still live when the replica takes over,
+# long after a write with a shorter one ended the session (TTLS).
+LONG_TTL = 60
 PAUSES = (0.5, 1.5, 3.0)
 
 
@@ -224,15 +231,18 @@ class ModelMachine(RuleBasedStateMachine):
 
     # -- operations ----------------------------------------------------------------
 
-    @initialize(ttls=st.tuples(*[st.sampled_from(TTLS)] * (SESSIONS - 1)),
+    @initialize(ttls=st.tuples(*[st.sampled_from((*TTLS, LONG_TTL))] * (SESSIONS - 1)),
                 owned=st.tuples(*[st.booleans()] * (SESSIONS - 1)), replica_lags=st.booleans())
     def start(self, ttls: tuple[int, ...] = (), owned: tuple[bool, ...] = (),
               replica_lags: bool = False) -> None:
         """A healed world whose buckets of this example's sessions have
         settled after the last failover (an example starts from a steady
         system), and the example's sessions but the last created (most
-        operations need one that exists; the last starts absent); with
-        ``replica_lags`` the replica copies nothing written after that."""
+        operations need one that exists; the last starts absent), each
+        with a short lifetime or one that outlives the example; with
+        ``replica_lags`` the replica copies nothing written after that (a
+        replica lagging for minutes: it takes over at teardown if no rule
+        failed over before)."""
         self.world.heal()
         late = [f"{self.ids[0]}-late{k}" for k in range(1, 7)]
         self.world.settled([*self.ids, *late, *(tenants.prefix(OTHER_TENANT) + sid for sid in self.ids)])
@@ -271,16 +281,18 @@ class ModelMachine(RuleBasedStateMachine):
                                        expected=None if precondition == "none" else expected),
                    "PUT", f"/sessions/{sid}", body, **headers)
 
-    @rule(i=st.integers(0, SESSIONS - 1), if_match=st.booleans(), stale=st.booleans())
-    def patch(self, i: int, if_match: bool, stale: bool) -> None:
+    @rule(i=st.integers(0, SESSIONS - 1), if_match=st.booleans(), stale=st.booleans(),
+          ttl=st.sampled_from([None, *TTLS]))
+    def patch(self, i: int, if_match: bool, stale: bool, ttl: int | None = None) -> None:
         sid, token = self.ids[i], self._token()
         expected = max(1, self._believed(sid) - (1 if stale else 0))
         headers = {"Content-Type": "application/merge-patch+json"}
         if if_match:
             headers["If-Match"] = f'"{expected}"'
-        self._send("patch", sid, dict(op="patch", token=token, expected=expected if if_match else None,
+        self._send("patch", sid, dict(op="patch", token=token, ttl=ttl, expected=expected if if_match else None,
                                       precondition="if-match" if if_match else "none"),
-                   "PATCH", f"/sessions/{sid}", {"state": {"w": token}}, **headers)
+                   "PATCH", f"/sessions/{sid}", {"state": {"w": token}, **({"ttl_seconds": ttl} if ttl else {})},
+                   **headers)
 
     @rule(i=st.integers(0, SESSIONS - 1), ttl=st.sampled_from([None, *TTLS]))
     def touch(self, i: int, ttl: int | None) -> None:
@@ -483,6 +495,9 @@ class ModelMachine(RuleBasedStateMachine):
         if memory_pressure:
             for sid in self.stored_ids():
                 self.world.evict(sid)
+        self._sweep()
+
+    def _sweep(self) -> None:
         try:
             self.world.sweep()
         except errors.ServiceUnavailable:
@@ -555,6 +570,9 @@ class ModelMachine(RuleBasedStateMachine):
         # what the other tenant's key did changed none of them
         promise = "tenants" if self.after_other_tenant else None
         self.after_other_tenant = False
+        self._read_every_session(promise)
+
+    def _read_every_session(self, promise: str | None = None) -> None:
         for sid in list(self.models):
             self._send("read", sid, dict(op="get"), "GET", f"/sessions/{sid}", promise=promise)
         with self._as_other_tenant():  # and the other tenant's, once it created them
@@ -569,7 +587,16 @@ class ModelMachine(RuleBasedStateMachine):
         # drained first: healing a lagging replica fails over to it, which
         # would lose the example's last changes with their outbox entries
         world.drain(self.stored_ids())
+        # the scheduled sweep records the lifetimes that ended by now: the
+        # replica that takes over may hold an older copy of such a session,
+        # still live, that the repair must not bring back
+        self._sweep()
+        world.drain(self.stored_ids())
         world.heal()
+        # a client back once the settle time passed: Redis repaired from
+        # PostgreSQL, every session reads as the model allows
+        world.settled(self.stored_ids())
+        self._read_every_session()
         errors_seen = Counter(op.error for op in self.history.ops if op.error)
         print(f"model example {self.example} ({time.monotonic() - self.began:.0f} s): "
               f"{self.history.summary()} {dict(errors_seen)}"
@@ -582,10 +609,7 @@ class ModelMachine(RuleBasedStateMachine):
         world.drain(self.stored_ids())
         # the sessions whose lifetime ended get their session_expired row
         # (rule f counts an expired session as over only with it)
-        try:
-            world.sweep()
-        except errors.ServiceUnavailable:
-            pass
+        self._sweep()
         world.drain(self.stored_ids())
         observed = world.stack.observe(ids)
         problems = check(self.history, observed)
