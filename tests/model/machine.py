@@ -24,6 +24,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -51,6 +52,9 @@ TTLS = (1, 4, 8)
 # long after a write with a shorter one ended the session (TTLS).
 LONG_TTL = 60
 PAUSES = (0.5, 1.5, 3.0)
+# Time passing at the end of an example, before the sweep: the shortest
+# lifetime (TTLS) a write gave late in the example has ended by then.
+END_PAUSE = 1.5
 
 
 def judged_promises() -> frozenset[str]:
@@ -124,6 +128,8 @@ class ModelMachine(RuleBasedStateMachine):
         #: the last step was the other tenant's (a change it caused breaks "tenants")
         self.after_other_tenant = False
         self.history = History()
+        #: the sync_events rows the retention purge removed: (id, version) -> (type, state)
+        self.purged: dict[tuple[str, int], tuple[str, Any]] = {}
         self.violation: Violation | None = None
         self.tokens = 0
         #: sessions created during a revoke-all so far
@@ -289,10 +295,11 @@ class ModelMachine(RuleBasedStateMachine):
         headers = {"Content-Type": "application/merge-patch+json"}
         if if_match:
             headers["If-Match"] = f'"{expected}"'
-        self._send("patch", sid, dict(op="patch", token=token, ttl=ttl, expected=expected if if_match else None,
+        body: dict[str, Any] = {"state": {"w": token}, **({"ttl_seconds": ttl} if ttl else {})}
+        self._send("patch", sid, dict(op="patch", token=token, ttl=ttl,
+                                      expected=expected if if_match else None,
                                       precondition="if-match" if if_match else "none"),
-                   "PATCH", f"/sessions/{sid}", {"state": {"w": token}, **({"ttl_seconds": ttl} if ttl else {})},
-                   **headers)
+                   "PATCH", f"/sessions/{sid}", body, **headers)
 
     @rule(i=st.integers(0, SESSIONS - 1), ttl=st.sampled_from([None, *TTLS]))
     def touch(self, i: int, ttl: int | None) -> None:
@@ -503,9 +510,30 @@ class ModelMachine(RuleBasedStateMachine):
         except errors.ServiceUnavailable:
             pass
 
-    @rule()
-    def pipeline_catches_up(self) -> None:
+    @rule(then_purge=st.booleans())
+    def pipeline_catches_up(self, then_purge: bool = False) -> None:
+        """The pipeline catches up; then, drawn, the audit retention's purge
+        runs with every row past its horizon (after the drain: the
+        retention's premise, no message for a row it removes can still
+        arrive).  It removes only rows a newer version of their session
+        replaced: every session's latest row stays (the history checker,
+        at teardown, counts what it removed as persisted)."""
         self.world.drain(self.stored_ids())
+        if then_purge:
+            self.retention_purge()
+
+    def retention_purge(self) -> None:
+        ids = self.stored_ids()
+        rows, _ = self.world.events(ids)
+        self.world.purge()
+        after, latest = self.world.events(ids)
+        gone = rows.keys() - after.keys()
+        wrong = sorted((sid, v) for sid, v in gone if v >= latest.get(sid, v + 1))
+        lost = sorted((sid, v) for sid, v in latest.items() if (sid, v) not in after)
+        if wrong or lost:
+            self._violate("retention", f"the purge removed {wrong or 'no'} latest rows; "
+                                       f"sessions without their latest row: {lost}")
+        self.purged.update({key: rows[key] for key in gone})
 
     # -- faults ---------------------------------------------------------------------------
     # Two rules, each a table of faults, so that operations outnumber faults
@@ -587,9 +615,11 @@ class ModelMachine(RuleBasedStateMachine):
         # drained first: healing a lagging replica fails over to it, which
         # would lose the example's last changes with their outbox entries
         world.drain(self.stored_ids())
-        # the scheduled sweep records the lifetimes that ended by now: the
-        # replica that takes over may hold an older copy of such a session,
-        # still live, that the repair must not bring back
+        # the example ends with time passing, long enough for the shortest
+        # lifetime to end, and the scheduled sweep recording the ended ones:
+        # the replica that takes over may hold an older copy of such a
+        # session, still live, that the repair must not bring back
+        time.sleep(END_PAUSE)
         self._sweep()
         world.drain(self.stored_ids())
         world.heal()
@@ -603,7 +633,7 @@ class ModelMachine(RuleBasedStateMachine):
               f"{'; ' + str(self.violation) if self.violation else ''}")
         if self.violation is not None and not self.survey:
             raise self.violation
-        if "history" not in self.promises:
+        if not {"history", "retention"} & self.promises:
             return
         ids = self.all_ids()
         world.drain(self.stored_ids())
@@ -612,6 +642,13 @@ class ModelMachine(RuleBasedStateMachine):
         self._sweep()
         world.drain(self.stored_ids())
         observed = world.stack.observe(ids)
+        # every session keeps its latest row, whatever the purge removed
+        lost = sorted((sid, v) for sid, (v, _) in observed.sessions.items() if (sid, v) not in observed.rows)
+        if lost:
+            self._violate("retention", f"sessions without their latest sync_events row: {lost}")
+        # what the purge removed was persisted: the audit trail's rows are
+        # promised for the retention, and the purge's horizon passed
+        observed = replace(observed, rows={**self.purged, **observed.rows})
         problems = check(self.history, observed)
         if problems and self.survey:
             accepted = sorted((sid, v) for sid, v, _ in world.stack.accepted if sid in ids)
@@ -620,5 +657,5 @@ class ModelMachine(RuleBasedStateMachine):
                   f"{[letter.get('error_code') for letter in observed.dead_letters]}")
         if problems:
             self._violate("history", "\n".join(problems[:10]))
-            if self.violation is not None and not self.survey:
-                raise self.violation
+        if self.violation is not None and not self.survey:
+            raise self.violation

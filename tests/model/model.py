@@ -54,6 +54,7 @@ PROMISES = {
     "revoke-ends": "a revoke-all ends the owner's earlier sessions and finishes in bounded calls",
     "history": "after the pipeline drains, PostgreSQL and the DLQ satisfy the history checker",
     "tenants": "another tenant's key reaches only its own sessions of the same ids, never these",
+    "retention": "the purge removes only rows a newer version replaced: each session keeps its latest",
 }
 
 

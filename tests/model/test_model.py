@@ -6,14 +6,15 @@ The README test command runs a fixed budget, derandomized (the same
 examples every run: CI is deterministic); `make model` a long one
 (MODEL_EXAMPLES, MODEL_RANDOM=1 for new examples, MODEL_PROMISES to judge a
 subset of the promises, MODEL_SURVEY=1 to report every violation, raise
-none, and say which example first broke each promise).
+none, and say which example first broke each promise; MODEL_PRINT_STEPS=1
+prints every example's steps as they run).
 """
 from __future__ import annotations
 
 import os
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, Verbosity, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from tests.model.machine import ModelMachine, judged_promises
@@ -37,6 +38,8 @@ def test_every_answer_under_every_fault_is_one_the_model_allows(world):
         max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, database=None,
         derandomize=os.environ.get("MODEL_RANDOM") != "1", print_blob=False,
         suppress_health_check=list(HealthCheck),
+        # every example's steps printed as they run: a survey's find, to replay
+        verbosity=Verbosity.debug if os.environ.get("MODEL_PRINT_STEPS") == "1" else Verbosity.normal,
         # shrinking replays on real servers for many minutes: `make model`'s
         phases=[Phase.explicit, Phase.generate, *([Phase.shrink] if SHRINK else [])]))
     if ModelMachine.survey:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterable
 from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -32,8 +33,10 @@ from chalicelib.adapters.redis.scripts import (
     UPDATE_SCRIPT,
 )
 from chalicelib.config import Settings
+from chalicelib.constants import MIN_RETENTION_DAYS
 from chalicelib.domain.keys import SCOPES
 from chalicelib.pipeline.expiry import ExpirySweep
+from chalicelib.pipeline.retention import purge_events
 from tests.chaos.stack import ChaosStack
 from tests.support.app import app_client
 from tests.support.constants import BEARER
@@ -57,6 +60,7 @@ import sys, threading
 from chalicelib.adapters import aws
 from chalicelib.adapters.postgres.database import Database
 from chalicelib.config import Settings
+from chalicelib.constants import MIN_RETENTION_DAYS
 from chalicelib.domain.keys import SCOPES
 from chalicelib.pipeline.consumer import Consumer, SqsRecordSource
 from chalicelib.pipeline.dead_letters import DeadLetterQueue
@@ -255,6 +259,28 @@ class World:
         self.relays = [proc for proc in self.relays if proc.poll() is None]
         if not self.relays:
             self.start_relay()
+
+    def purge(self) -> int:
+        """The audit retention's purge as it runs SYNC_EVENTS_RETENTION_DAYS
+        (the shortest allowed) from now: by its own clock (its ``now``) every
+        row persisted so far is past the retention.  Small batches: a run of
+        several statements, each resuming where the last stopped.  Returns
+        the rows it deleted."""
+        later = datetime.now(UTC) + timedelta(days=MIN_RETENTION_DAYS, seconds=1)
+        return purge_events(self.stack.database, MIN_RETENTION_DAYS, batch_size=7, now=later).purged
+
+    def events(self, session_ids: Iterable[str]) -> tuple[dict[tuple[str, int], tuple[str, Any]],
+                                                           dict[str, int]]:
+        """(the sync_events rows of these sessions: (id, version) -> (type,
+        state); each session's latest version in sync_sessions)."""
+        ids = list(session_ids)
+        with psycopg.connect(self.dsn) as conn:
+            rows = {(sid, int(v)): (kind, state) for sid, v, kind, state in conn.execute(
+                "SELECT session_id, version, event_type, state FROM sync_events "
+                "WHERE session_id = ANY(%s)", (ids,))}
+            latest = {sid: int(v) for sid, v in conn.execute(
+                "SELECT session_id, version FROM sync_sessions WHERE session_id = ANY(%s)", (ids,))}
+        return rows, latest
 
     def persisted(self, session_ids: Iterable[str]) -> dict[str, list[tuple[int, str]]]:
         with psycopg.connect(self.dsn) as conn:
