@@ -49,9 +49,10 @@ ECHO_SCRIPT = "return {'ok', ARGV[9]}"
 # changed script fails the run instead of timing something else.
 VARIANTS: tuple[tuple[str, str, str], ...] = (
     ("no_epoch_read",
-     "return string.sub(string.match(redis.call('INFO', 'replication'), "
-     "'master_replid:(%x+)'), 1, 8)",
-     "return '00000000'"),
+     "  local info = redis.call('INFO', 'replication')\n"
+     "  local at = string.find(info, 'master_replid:', 1, true) + 14\n"
+     "  return string.sub(info, at, at + 7)\n",
+     "  return '00000000'\n"),
     ("no_publish", "  redis.call('PUBLISH', CHANNEL, ev)\n", ""),
     ("no_outbox", "  redis.call('ZADD', KEYS[3], NOW_MS, eid)\n  redis.call('HSET', KEYS[4], eid, ev)\n",
      ""),
