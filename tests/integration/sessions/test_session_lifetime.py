@@ -427,8 +427,12 @@ def test_a_put_may_change_the_ttl_and_slides_the_lifetime(store, own_database, o
     assert session.expires_at == iso_plus_seconds(session.updated_at, 7200)
     assert 7000 < store.client.ttl(session_keys(sid)[0]) <= 7200
     assert store.get(sid).ttl_seconds == 7200
-    event = _outbox(store, sid)[2]
-    assert (event["ttl_seconds"], event["expires_at"]) == (7200, session.expires_at)
+    events = _outbox(store, sid)
+    assert (events[2]["ttl_seconds"], events[2]["occurred_at"]) == (7200, session.updated_at)
+    # PostgreSQL derives the lifetime the answer showed from the event
+    assert own_database.apply_events([parse_event(json.dumps(events[v])) for v in (1, 2)]).failures == {}
+    expires_at = _row(own_dsn, sid)[3]
+    assert expires_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" == session.expires_at
 
 
 def test_a_touch_bumps_the_version_keeps_the_state_and_records_session_touched(
@@ -458,9 +462,11 @@ def test_a_touch_bumps_the_version_keeps_the_state_and_records_session_touched(
     assert on_channel == event
     assert (event["event_type"], event["version"], event["state"]) == (
         "session_touched", 2, {"cart": ["book"], "é": "é"})
-    assert event["expires_at"] == touched.session.expires_at
+    assert (event["occurred_at"], event["ttl_seconds"]) == (touched.session.updated_at, 120)
     _persist(own_database, created, touched)
     assert _events(own_dsn, sid) == [(1, "session_created"), (2, "session_touched")]
+    expires_at = _row(own_dsn, sid)[3]
+    assert expires_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" == touched.session.expires_at
     assert own_database.latest(sid).state == {"cart": ["book"], "é": "é"}
     # a touch without a TTL keeps it; the service path writes the same way
     again = service.touch(sid)
