@@ -34,6 +34,7 @@ import redis
 
 from chalicelib.adapters.redis.codec import iso_utc
 from chalicelib.adapters.redis.keys import session_keys
+from chalicelib.adapters.redis import scripts
 from chalicelib.adapters.redis.scripts import UPDATE_SCRIPT
 from chalicelib.adapters.redis.store import SessionStore
 from sessionsync.bench.context import STATE_BYTES, BenchContext
@@ -83,11 +84,12 @@ def variant_script(name: str) -> str:
 
 
 def prelude_script() -> str:
-    """The scripts' shared prelude (its local functions) and nothing else."""
-    body = "\nreturn epoch()\n"
-    if not EPOCH_SCRIPT.endswith(body):
-        raise AssertionError("EPOCH_SCRIPT changed: update cas_split.prelude_script")
-    return EPOCH_SCRIPT[:-len(body)] + "\nreturn 1\n"
+    """The update script's prelude (the write prelude's locals and the
+    functions it calls: scripts.shake) and nothing else."""
+    body = scripts.read("update.lua")
+    if not UPDATE_SCRIPT.endswith(body):
+        raise AssertionError("UPDATE_SCRIPT changed: update cas_split.prelude_script")
+    return UPDATE_SCRIPT[:-len(body)] + "\nreturn 1\n"
 
 
 def split(p50: dict[str, float], server: dict[str, float], client: dict[str, float]

@@ -27,14 +27,15 @@ local TOUCHED, EXPIRED = '{TOUCHED}', '{EXPIRED}'
 """
 
 
-def _read(name: str) -> str:
+def read(name: str) -> str:
+    """The text of one file of the package, as it is."""
     return files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
 #: what every script starts with: the value's format and the epoch
-LIB = _read("lib.lua")
+LIB = read("lib.lua")
 #: what every write starts with: LIB, the event schema and the write protocol
-WRITE_PRELUDE = LIB + HEADER + _read("write.lua")
+WRITE_PRELUDE = LIB + HEADER + read("write.lua")
 
 
 # a prelude's top-level function, with the comment lines right above it; the
@@ -63,12 +64,12 @@ def shake(prelude: str, body: str) -> str:
 
 def load(name: str) -> str:
     """The whole text of read or repair script ``name``."""
-    return shake(LIB, _read(f"{name}.lua"))
+    return shake(LIB, read(f"{name}.lua"))
 
 
 def load_write(name: str) -> str:
     """The whole text of write script ``name`` (scripts/write.lua)."""
-    return shake(WRITE_PRELUDE, _read(f"{name}.lua"))
+    return shake(WRITE_PRELUDE, read(f"{name}.lua"))
 
 
 CREATE_SCRIPT = load_write("create")
@@ -84,4 +85,4 @@ VOUCH_SCRIPT = load("vouch")
 SETTLE_SCRIPT = load("settle")
 HOLD_SCRIPT = load("hold")
 REVOKE_BEGIN_SCRIPT = load("revoke_begin")
-LEASE_SCRIPT = _read("lease.lua")  # the relay's lease: none of lib.lua
+LEASE_SCRIPT = read("lease.lua")  # the relay's lease: none of lib.lua
