@@ -573,6 +573,25 @@ def test_two_sweeps_at_once_record_exactly_one_session_expired_per_session(store
     assert not set(again.expired_ids) & set(sids)
 
 
+def test_a_session_expired_event_keeps_the_end_that_passed_not_the_sweep_s_time_plus_the_ttl(
+        store, own_database, own_dsn):
+    """A write's event leaves its end out (PostgreSQL derives it from its
+    time and TTL); the sweep's, written later than that end, carries it."""
+    sid = _sid()
+    created = store.create(sid, '{"n":1}', 1)
+    _persist(own_database, created)
+    _wait_expired(store, sid)
+    time.sleep(1.1)  # the sweep's time + the TTL is past the end by now
+    assert sid in _sweep(store, own_database).run(budget_seconds=30).expired_ids
+
+    event = _outbox(store, sid)[2]
+    assert (event["event_type"], event["expires_at"]) == ("session_expired", created.session.expires_at)
+    own_database.apply_events([parse_event(json.dumps(event))])
+    version, _, expired, expires_at = _row(own_dsn, sid)
+    assert (version, expired) == (2, True)
+    assert expires_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" == created.session.expires_at
+
+
 def test_a_write_racing_the_sweep_is_never_lost_and_never_forks_a_version(store, own_database, own_dsn):
     service = _service(store, own_database)
     sid = _sid()
