@@ -32,9 +32,9 @@ from typing import Any, cast
 import hiredis
 import redis
 
+from chalicelib.adapters.redis import scripts
 from chalicelib.adapters.redis.codec import iso_utc
 from chalicelib.adapters.redis.keys import session_keys
-from chalicelib.adapters.redis import scripts
 from chalicelib.adapters.redis.scripts import UPDATE_SCRIPT
 from chalicelib.adapters.redis.store import SessionStore
 from sessionsync.bench.context import STATE_BYTES, BenchContext
