@@ -15,8 +15,9 @@ ended, which its ``occurred_at`` does not give).  A write's lifetime ends at
 ``occurred_at`` plus ``ttl_seconds``, which PostgreSQL derives (and
 ``Session.expires_at``): the scripts leave the sum out.  An event written by
 the previous release (an old outbox entry, a message still in the queue)
-carries it for every write, and is persisted with it: the same value.  ``session_touched`` carries the
-unchanged state; ``session_expired`` (written by the expiry sweep) none.
+carries it for every write, and is persisted with it: the same value.
+``session_touched`` carries the unchanged state; ``session_expired``
+(written by the expiry sweep) none.
 
 
 ``owner_id`` is optional (only a session created with an owner has it, on
