@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from sessionsync import cli, project
-from tests.support.packaging import PROJECT_DIR, closure, requirement_pins
+from tests.support.packaging import PROJECT_DIR, closure, load_deploy_stage, requirement_pins
 
 PYPROJECT = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
 RUNTIME = [Requirement(r) for r in PYPROJECT["dependencies"]]
@@ -135,22 +135,38 @@ def test_the_lambda_package_holds_app_chalicelib_and_the_pinned_dependencies_and
     assert {"redis", "hiredis", "psycopg", "psycopg_binary"} <= tops
     # the runtime's own copy serves: infra/lambda/python3.11-runtime.txt
     assert not tops & {"boto3", "botocore", "s3transfer", "urllib3", "dateutil", "jmespath"}
-    # the bytecode of every module, for this interpreter, checked by nothing
+    # the bytecode of every module, for the runtime's interpreter (not this
+    # one: the tests may run on another Python), checked by nothing
+    runtime = _packaged_runtime(chalice_packaged)
+    assert runtime == load_deploy_stage().default_runtime()
+    python = load_deploy_stage().interpreter(runtime)
     sources = [n for n in shipped if n.endswith(".py")]
-    tag = sys.implementation.cache_tag
+    tag = python.cache_tag
     for source in sources:
         folder, _, name = source.rpartition("/")
         pyc = f"{folder + '/' if folder else ''}__pycache__/{name[:-3]}.{tag}.pyc"
         assert pyc in shipped, pyc
     assert len([n for n in shipped if n.endswith(".pyc")]) == len(sources)
     with zipfile.ZipFile(chalice_packaged / "deployment.zip") as deployment:
-        header = deployment.read(f"chalicelib/__pycache__/runtime.{tag}.pyc")[:16]
-    flags = int.from_bytes(header[4:8], "little")
-    assert header[:4] == importlib.util.MAGIC_NUMBER and flags == 0b01  # hash-based, unchecked
+        headers = {n: deployment.read(n)[:16] for n in shipped if n.endswith(".pyc")}
+    # compiled by that interpreter (its magic number), hash-based and unchecked
+    wrong = {n: (h[:4], int.from_bytes(h[4:8], "little")) for n, h in headers.items()
+             if h[:4] != python.magic or int.from_bytes(h[4:8], "little") != 0b01}
+    assert not wrong, sorted(wrong.items())[:5]
+    # the binary wheels are the runtime's ABI (hiredis, psycopg-binary)
+    extensions = [n for n in shipped if n.endswith(".so") and ".cpython-" in n]
+    assert extensions and all(f".cpython-{python.version[0]}{python.version[1]}-" in n
+                              for n in extensions), extensions
     tools = {"sessionsync", "tests", "docs", "infra", "scripts", "bench-results", "click", "matplotlib",
              "pytest", "moto"}
     assert not tops & tools, sorted(tops & tools)
     assert not [n for n in shipped if "bench" in n.split("/") or n.startswith("sessionsync")]
+
+
+def _packaged_runtime(packaged) -> str:
+    """The runtime the packaged template says the functions run on."""
+    import json
+    return json.loads((packaged / "sam.json").read_text())["Parameters"]["LambdaRuntime"]["Default"]
 
 
 def test_the_python_client_imports_only_what_its_own_pyproject_declares_and_no_server_package():
