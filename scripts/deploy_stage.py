@@ -77,7 +77,8 @@ LAMBDA_WHEELS = PROJECT / ".lambda-wheels"
 # Run by the runtime's interpreter: what this module needs to know of it.
 _PROBE = ("import importlib.util, json, sys; print(json.dumps({'executable': sys.executable, "
           "'version': sys.version_info[:2], 'magic': importlib.util.MAGIC_NUMBER.hex(), "
-          "'cache_tag': sys.implementation.cache_tag, 'implementation': sys.implementation.name}))")
+          "'cache_tag': sys.implementation.cache_tag, 'implementation': sys.implementation.name, "
+          "'base_prefix': sys.base_prefix}))")
 
 
 def default_runtime() -> str:
@@ -119,6 +120,7 @@ class Interpreter(NamedTuple):
     version: tuple[int, int]
     magic: bytes
     cache_tag: str
+    base_prefix: str  # its standard library's installation
 
 
 def interpreter_variable(runtime: str) -> str:
@@ -175,7 +177,7 @@ def interpreter(runtime: str) -> Interpreter:
         raise StageError(f"the interpreter for {runtime} ({command}) is {facts['implementation']} "
                          f"{found[0]}.{found[1]}, not CPython {version[0]}.{version[1]}")
     return Interpreter(runtime, facts["executable"], version, bytes.fromhex(facts["magic"]),
-                       facts["cache_tag"])
+                       facts["cache_tag"], facts["base_prefix"])
 
 
 # --- check ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 this virtualenv), and what the Lambda runtime provides beside it."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 from pathlib import Path
@@ -47,6 +48,7 @@ def default_runtime() -> str:
     return _deploy_stage.default_runtime()
 
 
+@functools.cache
 def interpreter(runtime: str) -> Any:
     """The runtime's interpreter (executable, version, magic, cache_tag);
     AssertionError naming what to install when this machine has none: the
