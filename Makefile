@@ -9,7 +9,7 @@ PIP_QUIET := -q --disable-pip-version-check
 .PHONY: run test unit chaos model mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy deploy-check package policy node lambda-wheels
 
 # The project and, for its tests, clients/python (a package of its own) editable.
-$(BIN)/.installed: requirements.txt requirements-dev.txt infra/lambda/python3.11-runtime.txt pyproject.toml clients/python/pyproject.toml
+$(BIN)/.installed: requirements.txt requirements-dev.txt infra/lambda/runtime-provided.txt pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_QUIET) -r requirements-dev.txt -e '.[cli,bench,dev]' -e ./clients/python 2> >(grep -v '^WARNING: Location' >&2)
 	touch $@

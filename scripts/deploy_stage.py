@@ -39,7 +39,7 @@ CHALICE_CONFIG = PROJECT / ".chalice" / "config.json"
 # What the Lambda runtime provides beside the code (boto3 and its
 # dependencies): requirements.txt leaves them out, so the package does not
 # ship them; local runs install these versions (requirements-dev.txt).
-RUNTIME_PROVIDED = PROJECT / "infra" / "lambda" / "python3.11-runtime.txt"
+RUNTIME_PROVIDED = PROJECT / "infra" / "lambda" / "runtime-provided.txt"
 # Where Lambda unpacks the package: the path the bytecode names in tracebacks
 TASK_ROOT = "/var/task"
 # set by this script, never by the stage file

@@ -5,7 +5,6 @@ its runtime dependencies, none of the tools)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import sys
 import tomllib
 import zipfile
@@ -28,7 +27,7 @@ DEV_PINS = requirement_pins(PROJECT_DIR / "requirements-dev.txt")
 SHIPPED_BY_CHALICE = {"chalice"}
 # The Lambda runtime provides boto3 and its dependencies: requirements.txt
 # leaves them out of the package, and local runs pin them from this file.
-RUNTIME_CONSTRAINTS = PROJECT_DIR / "infra" / "lambda" / "python3.11-runtime.txt"
+RUNTIME_CONSTRAINTS = PROJECT_DIR / "infra" / "lambda" / "runtime-provided.txt"
 PROVIDED_BY_RUNTIME = requirement_pins(RUNTIME_CONSTRAINTS)
 # scripts/ import each other as top-level modules (their directory is on sys.path)
 FIRST_PARTY = {"app", "chalicelib", "sessionsync", "tests", "sessionsync_client"} | {
@@ -133,7 +132,7 @@ def test_the_lambda_package_holds_app_chalicelib_and_the_pinned_dependencies_and
         assert dist_info in shipped, f"{name} {dist.version} is not in the deployment package"
     tops = {name.split("/")[0] for name in shipped}
     assert {"redis", "hiredis", "psycopg", "psycopg_binary"} <= tops
-    # the runtime's own copy serves: infra/lambda/python3.11-runtime.txt
+    # the runtime's own copy serves: infra/lambda/runtime-provided.txt
     assert not tops & {"boto3", "botocore", "s3transfer", "urllib3", "dateutil", "jmespath"}
     # the bytecode of every module, for the runtime's interpreter (not this
     # one: the tests may run on another Python), checked by nothing

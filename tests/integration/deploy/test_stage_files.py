@@ -90,7 +90,8 @@ def test_a_runtime_without_its_interpreter_on_this_machine_is_refused_naming_wha
     assert "is cpython 3.13, not CPython 3.12" in str(refused.value)
 
 
-def test_a_stage_without_a_runtime_deploys_the_template_s_and_passes_it_to_the_stack(deploy_stage, stage_file):
+def test_a_stage_without_a_runtime_deploys_the_template_s_and_passes_it_to_the_stack(deploy_stage,
+                                                                                       stage_file):
     config = deploy_stage.check("t", stage_file(""))
     assert deploy_stage.parameter_overrides(config)["LambdaRuntime"] == deploy_stage.default_runtime()
     chosen = deploy_stage.check("t", stage_file('[parameters]\nLambdaRuntime = "python3.11"'))

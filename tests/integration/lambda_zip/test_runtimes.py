@@ -17,8 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.lambda_runtime import template_functions
-from tests.support.packaging import chalice_package, default_runtime, interpreter, load_deploy_stage, \
-    runtime_provided
+from tests.support.packaging import (
+    chalice_package,
+    default_runtime,
+    interpreter,
+    load_deploy_stage,
+    runtime_provided,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -79,7 +84,8 @@ def test_another_runtime_s_package_holds_its_bytecode_and_wheels_and_its_interpr
     result = subprocess.run([python.executable, "-I", "-S", "-B", "-c", IMPORTS, str(tmp_path / "task"),
                              str(runtime_dir), *handlers],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path / "task",
-                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "AWS_DEFAULT_REGION": "us-east-1"})
+                            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+                                 "AWS_DEFAULT_REGION": "us-east-1"})
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["psycopg_impl"] == "binary" and loaded["hiredis"], loaded
