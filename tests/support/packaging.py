@@ -48,11 +48,18 @@ def default_runtime() -> str:
     return _deploy_stage.default_runtime()
 
 
-@functools.cache
 def interpreter(runtime: str) -> Any:
     """The runtime's interpreter (executable, version, magic, cache_tag);
     AssertionError naming what to install when this machine has none: the
     zip tier fails, it does not skip."""
+    import os
+    return _interpreter(runtime, os.environ.get(_deploy_stage.interpreter_variable(runtime)),
+                        os.environ.get("PATH"), os.environ.get("PYENV_ROOT"))
+
+
+@functools.cache
+def _interpreter(runtime: str, *where: str | None) -> Any:
+    """Probed once per runtime and per environment that finds it (``where``)."""
     try:
         return _deploy_stage.interpreter(runtime)
     except _deploy_stage.StageError as exc:

@@ -162,6 +162,43 @@ def test_the_lambda_package_holds_app_chalicelib_and_the_pinned_dependencies_and
     assert not [n for n in shipped if "bench" in n.split("/") or n.startswith("sessionsync")]
 
 
+def test_a_runtime_s_wheels_are_its_abi_for_the_platforms_its_amazon_linux_loads():
+    stage = load_deploy_stage()
+    assert stage.runtime_abi("python3.13") == "cp313" and stage.runtime_abi("python3.11") == "cp311"
+    # Amazon Linux 2023 (glibc 2.34) for python3.12 and later, Amazon Linux 2 (2.26) for python3.11
+    assert stage.wheel_platforms("python3.13")[0] == "manylinux_2_34_x86_64"
+    assert stage.wheel_platforms("python3.11")[0] == "manylinux_2_26_x86_64"
+    assert stage.wheel_platforms("python3.13", "arm64")[0] == "manylinux_2_34_aarch64"
+    for runtime in stage.RUNTIME_GLIBC:
+        platforms = stage.wheel_platforms(runtime)
+        # every glibc down to manylinux2014's (pip takes each --platform literally)
+        assert platforms[-2:] == ["manylinux_2_17_x86_64", "manylinux2014_x86_64"], platforms
+        assert len(platforms) == stage.RUNTIME_GLIBC[runtime][1] - 17 + 2
+    with pytest.raises(stage.StageError, match="python3.10"):
+        stage.runtime_abi("python3.10")
+
+
+def test_a_runtime_whose_interpreter_is_missing_fails_naming_it_and_the_zip_tier_fails_not_skips(
+        monkeypatch, tmp_path):
+    from tests.support import lambda_runtime
+
+    stage = load_deploy_stage()
+    # nothing on PATH, no pyenv, no variable: nowhere to find python3.13
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    monkeypatch.delenv("LAMBDA_PYTHON3_13", raising=False)
+    with pytest.raises(stage.StageError) as missing:
+        stage.interpreter("python3.13")
+    assert "python3.13 is not on PATH" in str(missing.value)
+    assert "install CPython 3.13, or set LAMBDA_PYTHON3_13" in str(missing.value)
+    # the zip tier's function refuses to start on anything else: an assertion, not a skip
+    spec = lambda_runtime.FunctionSpec("APIHandler", "app.app", 30, 512, {}, "python3.13")
+    function = lambda_runtime.LambdaFunction(spec, tmp_path, tmp_path, {}, tmp_path / "log")
+    with pytest.raises(AssertionError, match="no interpreter for LambdaRuntime python3.13"):
+        function.start()
+    assert function.proc is None
+
+
 def _packaged_runtime(packaged) -> str:
     """The runtime the packaged template says the functions run on."""
     import json
