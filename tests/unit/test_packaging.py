@@ -174,7 +174,7 @@ def test_a_runtime_s_wheels_are_its_abi_for_the_platforms_its_amazon_linux_loads
         # every glibc down to manylinux2014's (pip takes each --platform literally)
         assert platforms[-2:] == ["manylinux_2_17_x86_64", "manylinux2014_x86_64"], platforms
         assert len(platforms) == stage.RUNTIME_GLIBC[runtime][1] - 17 + 2
-    with pytest.raises(stage.StageError, match="python3.10"):
+    with pytest.raises(stage.StageError, match=r"python3\.10"):
         stage.runtime_abi("python3.10")
 
 
@@ -194,7 +194,7 @@ def test_a_runtime_whose_interpreter_is_missing_fails_naming_it_and_the_zip_tier
     # the zip tier's function refuses to start on anything else: an assertion, not a skip
     spec = lambda_runtime.FunctionSpec("APIHandler", "app.app", 30, 512, {}, "python3.13")
     function = lambda_runtime.LambdaFunction(spec, tmp_path, tmp_path, {}, tmp_path / "log")
-    with pytest.raises(AssertionError, match="no interpreter for LambdaRuntime python3.13"):
+    with pytest.raises(AssertionError, match=r"no interpreter for LambdaRuntime python3\.13"):
         function.start()
     assert function.proc is None
 
