@@ -52,7 +52,7 @@ test: lint node services localstack policy lambda-wheels
 
 # The unit tier alone, in seconds, with no services: tests/unit does no I/O
 # (its conftest fails a test that opens a network connection).
-unit: venv
+unit: venv lambda-wheels
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # The fault-injection suite alone (also part of `make test`): docs/guarantees.md.
