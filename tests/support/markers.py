@@ -8,6 +8,7 @@ format (what an upgrade finds)."""
 from __future__ import annotations
 
 from chalicelib.adapters.redis.keys import LEGACY_MARKER_KEY_PATTERN, marker_key, session_keys
+from chalicelib.adapters.redis.store import SessionStore
 
 
 def raw_marker(client, sid: str) -> bytes | None:
@@ -41,3 +42,25 @@ def legacy_marker_keys(client) -> list[bytes]:
     nodes = ([client.get_redis_connection(n) for n in client.get_primaries()]
              if hasattr(client, "get_primaries") else [client])
     return sorted(k for node in nodes for k in node.scan_iter(match=LEGACY_MARKER_KEY_PATTERN, count=1000))
+
+
+class PreviousFormatStore(SessionStore):
+    """A store whose every write leaves its marker as the previous release
+    did, a key of its own: a dataset written before the upgrade, read and
+    written on by this release's scripts."""
+
+    def _write(self, script, session_id, idempotency, *fields):
+        reply = super()._write(script, session_id, idempotency, *fields)
+        _to_key(self.client, session_id)
+        return reply
+
+    def restore(self, session, *, repair=False):
+        try:
+            return super().restore(session, repair=repair)
+        finally:
+            _to_key(self.client, session.session_id)
+
+
+def _to_key(client, sid: str) -> None:
+    if client.hget(session_keys(sid)[1], sid) is not None:
+        to_previous_format(client, sid)

@@ -17,12 +17,15 @@ from chalicelib.domain.events import parse_event
 from chalicelib.domain.validation import CreateRequest
 from chalicelib.service.sessions import SessionService
 from tests.support.constants import TEST_CHANNEL
-from tests.support.markers import forget_marker
+from tests.support.markers import PreviousFormatStore, forget_marker
 
 
-@pytest.fixture
-def store(redis_single) -> SessionStore:
-    return SessionStore(redis_single, channel=TEST_CHANNEL)
+@pytest.fixture(params=["markers", "previous-format"])
+def store(request, redis_single) -> SessionStore:
+    """Each rule on markers as this release writes them, and on a dataset
+    whose markers the previous release wrote (keys of their own)."""
+    kind = SessionStore if request.param == "markers" else PreviousFormatStore
+    return kind(redis_single, channel=TEST_CHANNEL)
 
 
 def _service(store, database, settle_seconds=0.0) -> SessionService:
@@ -112,6 +115,7 @@ def test_a_session_redis_may_hold_stale_waits_for_the_settle_time_before_postgre
     # record: give it back (a bucket without a record does not wait)
     request.addfinalizer(lambda: store.client.delete(epoch_key(session_id)))
     store.client.set(key, f"2|{head[1]}|{head[2]}|{head[3]}|Ldeadbeef|" + '{"n":2}', ex=600)
+    forget_marker(store.client, session_id)
     store.client.hset(markers, session_id, "2|L")
 
     with pytest.raises(ServiceUnavailable) as settling:
