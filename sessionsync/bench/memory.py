@@ -120,7 +120,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             density = 0 if ctx.profile.name == "smoke" else MARKER_DENSITY
             _fill_markers(client, prefix + "-before", len(f"{prefix}-{SIZES[-1]}-{0:07d}"), density)
             sizes = {str(size): _measure(client, prefix, size, count) for size in SIZES}
-            encoding = cast(bytes, client.object("encoding", bucket_marker_key(0))).decode()
+            # the encoding of a hash the measured sessions wrote into
+            raw = cast("bytes | None", client.object(
+                "encoding", session_keys(f"{prefix}-{SIZES[0]}-{0:07d}")[1]))
+            encoding = raw.decode() if raw else None
             allocator = client.info("memory").get("mem_allocator")
         finally:
             client.close()
