@@ -117,7 +117,7 @@ def migrate(client: RedisClient, *, batch: int = 500, pause_seconds: float = 0.0
     with redis_errors():
         for name, node in primaries(client):
             progress.nodes.append(name)
-            sha = cast(str, node.script_load(scripts.MIGRATE_MARKERS_SCRIPT))
+            sha = node.script_load(scripts.MIGRATE_MARKERS_SCRIPT)
             for keys in _scan(node, batch):
                 progress.scanned += len(keys)
                 _move_page(node, sha, keys, batch, progress)
