@@ -24,6 +24,8 @@ C_CREATE_LIMIT = 1.4
 SCRIPT_SERVER_US = 25.0
 HANDLER_LIMIT = 2.0
 MEMORY_CLOSE = 1.5
+# a 1 KB session's bytes in Redis over its state's (markers as hash fields)
+MEMORY_1KB = 1.4
 # a drain whose per-entry cost grows with the backlog is not linear; the
 # margin is for noise, far below the backlog ratio a quadratic relay shows
 RELAY_LINEAR = 2.0
@@ -40,6 +42,18 @@ def _check(name: str, measured: Any, limit: Any, met: bool | None, unit: str, ho
 
 def _ok(section: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
     return section is not None and bool(section) and "error" not in section and "skipped" not in section
+
+
+def _memory_floor(data: dict[str, Any]) -> str:
+    """How the memory row is measured, with the same run's floor: the state
+    alone as a plain string under the session's key name, plus the same
+    keyspace bytes (no head, no marker)."""
+    how = "used_memory growth per session (session key, marker field, keyspace) / state bytes"
+    if "floor_plain_string_bytes" not in data or "keyspace_bytes" not in data:
+        return how
+    floor = (data["floor_plain_string_bytes"] + data["keyspace_bytes"]) / data["payload_bytes"]
+    return (f"{how}; the same run's floor (the state alone under the session's key name, the "
+            f"same keyspace bytes): {floor:.3f}x")
 
 
 def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
@@ -111,6 +125,9 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
             checks.append(_check(f"memory per session close to payload ({size} B state)", value,
                                  MEMORY_CLOSE, value <= MEMORY_CLOSE, "x",
                                  "used_memory growth per session (key, marker, keyspace) / state bytes"))
+            if size == "1024":
+                checks.append(_check(f"memory per 1 KB session <= {MEMORY_1KB}x its state", value,
+                                     MEMORY_1KB, value <= MEMORY_1KB, "x", _memory_floor(data)))
     relay = sections.get("relay")
     if _ok(relay):
         value = relay["linearity"]["per_entry_cost_ratio"]

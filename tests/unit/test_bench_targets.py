@@ -69,6 +69,7 @@ def test_each_target_at_its_limit_is_met_or_missed_as_its_wording_says():
         "cold start: import + first GET (median)": (80.0, None, None),
         "consumer >= 3,800 events/s per worker at batch >= 10": (3800.0, 3800, True),
         "memory per session close to payload (1024 B state)": (1.5, 1.5, True),
+        "memory per 1 KB session <= 1.4x its state": (1.5, 1.4, False),
         "relay drains linearly (1,000 -> 100,000 entries)": (2.0, 2.0, True),
         "get p99 flat from 10,000 to 1,000,000 sessions": (1.2, 1.2, True),
         "update p99 flat from 10,000 to 1,000,000 sessions": (1.2, 1.2, True),
@@ -87,7 +88,7 @@ def test_every_target_just_past_its_limit_is_missed():
     assert {name: met for name, (_, _, met) in verdicts.items() if met is not False} == {
         "cold start: import + first GET (median)": None,
         "CAS update over a bare round trip + its script's own server time (p50)": None}
-    assert len(verdicts) == 22
+    assert len(verdicts) == 23
 
 
 def test_every_target_well_within_its_limit_is_met():
@@ -96,6 +97,18 @@ def test_every_target_well_within_its_limit_is_met():
     assert {name for name, (_, _, met) in verdicts.items() if met is not True} == {
         "cold start: import + first GET (median)",
         "CAS update over a bare round trip + its script's own server time (p50)"}
+
+
+def test_the_1_kb_memory_target_is_met_at_1_4x_and_names_the_same_run_s_floor():
+    sections = _sections(memory=1.4)
+    sections["memory"]["by_state_bytes"]["1024"].update(
+        {"payload_bytes": 1024, "floor_plain_string_bytes": 1384, "keyspace_bytes": 56.0})
+
+    row = next(c for c in targets.evaluate(sections) if c["target"].startswith("memory per 1 KB"))
+
+    assert (row["measured"], row["limit"], row["met"]) == (1.4, 1.4, True)
+    assert row["how"].endswith("floor (the state alone under the session's key name, the same "
+                               "keyspace bytes): 1.406x")
 
 
 def test_a_failed_or_skipped_section_yields_no_verdict():
@@ -136,7 +149,7 @@ def test_the_cost_of_an_idempotency_key_is_reported_as_a_ratio_without_a_verdict
     verdicts = _verdicts(sections)
 
     assert verdicts["CAS update with an Idempotency-Key, ratio to one without (p50)"] == (1.07, None, None)
-    assert len(verdicts) == 23
+    assert len(verdicts) == 24
 
 
 def _persistence(*, write_read: float, lag_p50: float, lag_p99: float, relay_ratio: float,

@@ -42,6 +42,7 @@ from chalicelib.pipeline.expiry import ExpirySweep
 from chalicelib.service.sessions import SessionService
 from sessionsync.redis_views import subscribe
 from tests.support.constants import PG_TEST_ADMIN_URL, TEST_CHANNEL, database_url
+from tests.support.markers import forget_marker
 from tests.support.pipeline import event_body, wait_until
 
 
@@ -341,11 +342,11 @@ def test_a_write_that_read_its_clock_before_the_last_write_never_moves_the_lifet
 # marker, and the bucket's epoch record of that primary.
 
 def _left_behind(store, sid, session) -> None:
-    key, marker = session_keys(sid)[:2]
+    key, markers = session_keys(sid)[:2]
     store.client.set(epoch_key(sid), "deadbeef|0")
     store.client.set(key, f"{session.version}|{session.created_at}|{session.updated_at}|"
                           f"{session.ttl_seconds}|L|{session.state_json}", ex=600)
-    store.client.set(marker, f"{session.version}|L")
+    store.client.hset(markers, sid, f"{session.version}|L")
 
 
 def test_a_repair_after_a_failover_keeps_what_was_left_of_the_lifetime(store, own_database):
@@ -659,7 +660,7 @@ def test_a_session_redis_lost_entirely_is_expired_only_after_the_hold(store, own
     sid = _sid()
     _persist(own_database, store.create(sid, '{"n":1}', 1))
     _wait_expired(store, sid)
-    store.client.delete(session_keys(sid)[1])  # the marker too (a flush)
+    forget_marker(store.client, sid)  # the marker too (a flush)
     sweep = _sweep(store, own_database, settle_seconds=1.0)
 
     first = sweep.run(budget_seconds=30)
@@ -698,7 +699,7 @@ def test_a_sweep_run_through_the_pipeline_persists_session_expired_once(
         history = service.history(sid, limit=10, before_version=None)
         assert [e["event_type"] for e in history.events] == ["session_expired", "session_created"]
         # PostgreSQL's flag is final: no wait, even once Redis forgot the marker
-        pipeline.store.client.delete(session_keys(sid)[1])
+        forget_marker(pipeline.store.client, sid)
         with pytest.raises(SessionExpired):
             service.get(sid)
     finally:

@@ -86,3 +86,8 @@ SETTLE_SCRIPT = load("settle")
 HOLD_SCRIPT = load("hold")
 REVOKE_BEGIN_SCRIPT = load("revoke_begin")
 LEASE_SCRIPT = read("lease.lua")  # the relay's lease: none of lib.lua
+#: the previous release's marker keys moved into the marker hashes
+#: (sessionsync migrate-markers): an operator's, not the Lambda's
+MIGRATE_MARKERS_SCRIPT = read("migrate_markers.lua")
+#: a session's marker, as the scripts read it (SessionStore.marker)
+MARKER_SCRIPT = load("marker")
