@@ -52,9 +52,10 @@ TTLS = (1, 4, 8)
 # long after a write with a shorter one ended the session (TTLS).
 LONG_TTL = 60
 PAUSES = (0.5, 1.5, 3.0)
-# Time passing at the end of an example, before the sweep: the shortest
-# lifetime (TTLS) a write gave late in the example has ended by then.
-END_PAUSE = 1.5
+# Time passing at the end of an example, before the sweep (after a drain of
+# a few tenths of a second): the shortest lifetime (TTLS) a write gave late
+# in the example has ended by then.
+END_PAUSE = 1.0
 
 
 def judged_promises() -> frozenset[str]:
