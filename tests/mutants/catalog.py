@@ -730,6 +730,14 @@ MUTANTS: tuple[Mutant, ...] = (
          "leaves_no_lock",),
         "the purge's lock outlives its batch on a pooled server connection: later purges find "
         "it held and do nothing"),
+    mutant(
+        "purge-takes-the-latest-row", 13, PG_RETENTION,
+        (("    WHERE c.version < s.version\n", "    WHERE c.version <= s.version\n"),),
+        ("tests/integration/pipeline/test_retention.py::test_a_latest_row_is_kept_however_old_a_deletion_"
+         "included_so_its_history_is_never_empty",
+         "tests/model/test_model.py::test_the_retention_purge_leaves_every_session_its_latest_row"),
+        "the purge removes a session's latest row with the ones it replaced: a failover's re-issued "
+        "version is persisted as new, and the history of a session that stopped changing is empty"),
     # -- 18: slow clients cannot hold the local server ----------------------------------
     mutant(
         "serve-read-deadline-per-recv", 18, SERVE_LIMITS,
