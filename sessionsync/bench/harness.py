@@ -219,11 +219,13 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 @contextmanager
-def serve_process(workdir: Path, env: Mapping[str, str], *args: str
+def serve_process(workdir: Path, env: Mapping[str, str], *args: str,
+                  entry: Sequence[str] = ("-c", "from sessionsync.cli import main; main()")
                   ) -> Iterator[tuple[int, Path]]:
     """``sessionsync serve *args`` on a free port with ``env`` over this
     process's environment, on every CPU (the bench itself may be pinned);
-    (port, its log) once it answers, stopped on exit."""
+    (port, its log) once it answers, stopped on exit.  ``entry``: the
+    interpreter's arguments that run the CLI."""
     from sessionsync.project import project_dir
 
     environment = {**os.environ, **env}
@@ -239,8 +241,7 @@ def serve_process(workdir: Path, env: Mapping[str, str], *args: str
 
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from sessionsync.cli import main; main()", "serve",
-             *args, "--port", str(port)],
+            [sys.executable, *entry, "serve", *args, "--port", str(port)],
             cwd=workdir, env=environment, stdout=out, stderr=subprocess.STDOUT, preexec_fn=widen)
     try:
         deadline = time.monotonic() + 60
