@@ -425,6 +425,17 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_RELAY}::test_a_committed_write_wakes_the_relay_which_ships_it_without_a_sweep",),
         "the relay ignores the change events: a write waits for a sweep (seconds), not ms"),
     mutant(
+        "relay-waits-for-its-lanes", 2, OUTBOX,
+        (("        self.in_lanes.append(self.lanes.put(events))\n",
+          "        self.in_lanes.append(self.lanes.put(events))\n        self.in_lanes[-1].done.wait()\n"),),
+        (f"{T_RELAY}::test_a_slow_send_holds_only_its_own_lane_while_the_relay_ships_the_other_sessions",),
+        "the relay reads on only once every lane sent: one send stuck in SQS's tail holds every change"),
+    mutant(
+        "relay-lane-sends-past-a-refusal", 2, OUTBOX,
+        (("                    self.failed[lane] = True\n", "                    pass\n"),),
+        (f"{T_UNITS}::test_a_relay_lane_stops_at_the_first_chunk_sqs_refused_until_it_is_reset",),
+        "a lane whose send SQS refused sends the session's later changes: they reach SQS ahead of it"),
+    mutant(
         "relay-lease-ignores-its-holder", 2, LUA_LEASE,
         (("  if not holder or holder == token then", "  if true then"),),
         (f"{T_RELAY}::test_a_relay_that_died_holding_the_lease_is_taken_over_when_it_expires",
