@@ -6,8 +6,9 @@ steps wrapped so that each notes the wall-clock time it handled which
 change (the server's code is not touched, and a note costs a clock read and
 a line written: microseconds against milliseconds).  Per change:
 
-* ``read``: the relay has it in hand and starts sending (a wake-up's events
-  as it collected them, or a sweep's page), ``source`` saying which;
+* ``read``: the relay has it in hand and hands it to its lanes (a
+  wake-up's events as it collected them, or a sweep's page), ``source``
+  saying which;
 * ``send`` / ``sent``: its SendMessageBatch call started / SQS took it and
   the outbox entry was acked (``SqsProducer.send_many``);
 * ``received``: the consumer got it from the worker (the local stand-in for
@@ -35,7 +36,7 @@ from sessionsync.bench.stats import percentile
 TRACE_ENV = "SESSIONSYNC_BENCH_LAG_TRACE"
 #: the steps in order: (name, from note, to note)
 STEPS = (("ack_to_relay_read", "ack", "read"),
-         ("relay_read_to_send", "read", "send"),
+         ("relay_read_to_send", "read", "send"),  # waiting in its lane
          ("send_batch", "send", "sent"),
          ("sent_to_consumer_receive", "sent", "received"),
          ("consumer_transaction", "received", "committed"))
@@ -43,7 +44,8 @@ STEPS = (("ack_to_relay_read", "ack", "read"),
 
 class _Notes:
     def __init__(self, path: str) -> None:
-        self._out = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (the process's life)
+        # open for the served process's life: it is stopped by a signal
+        self._out = open(path, "a", buffering=1, encoding="utf-8")
         self._lock = threading.Lock()
         self.local = threading.local()
 
@@ -63,15 +65,21 @@ def install(path: str) -> None:
     from chalicelib.pipeline.producer import SqsProducer
 
     notes = _Notes(path)
-    send_in_lanes = outbox.send_in_lanes
+    lanes_send = outbox.Lanes.send
+    wake_send = outbox._Loop._send
     sweep = outbox._Loop._sweep
     send_many = SqsProducer.send_many
     process = Consumer.process
 
-    def traced_lanes(sender: Any, events: Sequence[tuple[str, str]], pool: Any, lanes: int) -> int:
-        source = "sweep" if getattr(notes.local, "sweeping", False) else "wake"
+    def traced_wake(loop: Any, events: Sequence[tuple[str, str]]) -> None:
+        notes.note("read", [eid for eid, _ in events], source="wake")
+        wake_send(loop, events)
+
+    def traced_lanes(lanes: Any, events: Sequence[tuple[str, str]]) -> int:
+        # a sweep's page (the wake-ups are handed over with put)
+        source = "sweep" if getattr(notes.local, "sweeping", False) else "drain"
         notes.note("read", [eid for eid, _ in events], source=source)
-        return send_in_lanes(sender, events, pool, lanes)
+        return lanes_send(lanes, events)
 
     def traced_sweep(loop: Any) -> None:
         notes.local.sweeping = True
@@ -100,10 +108,11 @@ def install(path: str) -> None:
         notes.note("committed", ids)
         return report
 
-    outbox.send_in_lanes = traced_lanes  # type: ignore[assignment]
-    outbox._Loop._sweep = traced_sweep  # type: ignore[method-assign]
-    SqsProducer.send_many = traced_send_many  # type: ignore[method-assign]
-    Consumer.process = traced_process  # type: ignore[method-assign]
+    for owner, name, traced in ((outbox.Lanes, "send", traced_lanes), (outbox._Loop, "_send", traced_wake),
+                                (outbox._Loop, "_sweep", traced_sweep),
+                                (SqsProducer, "send_many", traced_send_many),
+                                (Consumer, "process", traced_process)):
+        setattr(owner, name, traced)
 
 
 def main() -> None:

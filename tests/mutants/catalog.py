@@ -444,6 +444,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "a relay takes the lease whoever holds it: every scheduled run relays at once"),
     # -- 4: nothing silently dropped: the DLQ with its reason -------------------------
     mutant(
+        "operator-commands-on-the-request-budget", 4, "sessionsync/cli/_common.py",
+        (("        runtime.use_aws_budget(OPERATOR_AWS_BUDGET)\n", "        pass\n"),),
+        ("tests/integration/pipeline/test_dlq.py::test_an_operator_command_waits_out_an_sqs_slower_than_a"
+         "_request_s_budget",),
+        "an operator's dlq list gives up as a request would when SQS answers in more than 3 s"),
+    mutant(
         "dlq-messages-without-their-reasons", 4, DEAD_LETTERS,
         (("\"MessageAttributes\": dead_letter_attributes(letter, now=now)", "\"MessageAttributes\": {}"),),
         (f"{T_UNITS}::test_the_consumer_reports_retryable_failures_and_dead_letters_permanent_ones",),

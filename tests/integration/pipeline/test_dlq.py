@@ -222,7 +222,6 @@ def test_queue_metrics_shows_waiting_in_flight_and_delayed_for_the_queue_and_the
     assert table[1].split() == ["queue", "2", "1", "1"] and table[2].split() == ["dlq", "1", "0", "0"]
 
 
-@pytest.mark.xfail(strict=True, reason="operator commands share the request path's SQS budget")
 def test_an_operator_command_waits_out_an_sqs_slower_than_a_request_s_budget(
         sqs, queue_pair, queue_settings):
     """LocalStack on a loaded machine has answered a ReceiveMessage after

@@ -182,7 +182,8 @@ def test_a_slow_send_holds_only_its_own_lane_while_the_relay_ships_the_other_ses
         return zlib.crc32(sid.encode()) % RELAY_SENDERS
 
     slow = f"slow-{uuid.uuid4().hex[:8]}"
-    fast = next(sid for sid in (f"fast-{uuid.uuid4().hex[:8]}" for _ in range(200)) if lane(sid) != lane(slow))
+    fast = next(sid for sid in (f"fast-{uuid.uuid4().hex[:8]}" for _ in range(200))
+                if lane(sid) != lane(slow))
     held, release = threading.Event(), threading.Event()
 
     class SlowForOneSession:
