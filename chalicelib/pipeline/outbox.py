@@ -125,6 +125,8 @@ class Wakeups(Protocol):
 class RelayResult:
     found: int = 0
     sent: int = 0
+    #: a drain stopped by its time budget with more old entries waiting
+    more: bool = False
 
     def __iadd__(self, other: RelayResult) -> Self:
         self.found += other.found
@@ -218,6 +220,7 @@ class OutboxRelay:
             # a short page means nothing older is left; an incomplete send
             # means SQS is failing: stop and let the next pass retry
             if result.found < self.page or result.sent < result.found or self.clock() >= deadline:
+                total.more = result.found == self.page and result.sent == result.found
                 if total.sent and report:
                     metrics.emit({"OutboxRelayed": total.sent})
                 return total
@@ -481,8 +484,10 @@ class _Loop:
             if relay.clock() - self.swept < relay.sweep_seconds:
                 wait = min(wait, self.swept + relay.sweep_seconds - relay.clock())
             elif self.lanes.pending <= SQS_BATCH * relay.senders:
-                self._sweep()
-                wait = min(wait, relay.sweep_seconds)
+                # a backlog (SQS was down, a relay was away) is drained a
+                # budget at a time, with the wake-ups read in between, and
+                # no pause: the next sweep follows at once
+                wait = 0.0 if self._sweep() else min(wait, relay.sweep_seconds)
             else:
                 # the lanes are behind: a sweep would wait for all they hold
                 # (and read again what they hold, if it is old): soon
@@ -507,7 +512,8 @@ class _Loop:
                 pass
             self.wakeups = None
 
-    def _sweep(self) -> None:
+    def _sweep(self) -> bool:
+        """Whether it left old entries behind (its budget ran out)."""
         relay = self.relay
         if self.failing:
             # everything pending is read from here on, in commit order: the
@@ -524,6 +530,9 @@ class _Loop:
         self.relayed += result.sent
         if result.sent == result.found:
             self.failing = False
+        if result.more:
+            self.swept = float("-inf")
+        return result.more
 
     def _collect(self, timeout: float) -> list[tuple[str, str]]:
         """The events published until ``timeout`` passes without one: the
