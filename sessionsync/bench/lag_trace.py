@@ -123,20 +123,24 @@ def main() -> None:
     cli()
 
 
-def _first_times(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, int], list[int]]:
+def _first_times(path: Path
+                 ) -> tuple[dict[str, dict[str, float]], dict[str, int], list[int], list[int]]:
     """Per change id, the first time of each note; the reads by source;
-    the sizes of the wake-ups' reads."""
+    the sizes of the wake-ups' reads; the sizes of the SendMessageBatch calls."""
     first: dict[str, dict[str, float]] = {}
     sources: dict[str, int] = {}
     wake_sizes: list[int] = []
+    send_sizes: list[int] = []
     if not path.exists():
-        return first, sources, wake_sizes
+        return first, sources, wake_sizes, send_sizes
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             note = json.loads(line)
         except ValueError:
             continue  # the last line of a process stopped mid-write
         stage, at, ids = note["stage"], note["t"], note["ids"]
+        if stage == "send":
+            send_sizes.append(len(ids))
         if stage == "read":
             sources[note["source"]] = sources.get(note["source"], 0) + len(ids)
             if note["source"] == "wake":
@@ -149,7 +153,7 @@ def _first_times(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, int
                     # SQS's clocks, in ms (LocalStack: the same machine's)
                     times["sqs_sent"] = note["sqs_sent_ms"][n] / 1000
                     times["sqs_first_receive"] = note["sqs_first_receive_ms"][n] / 1000
-    return first, sources, wake_sizes
+    return first, sources, wake_sizes, send_sizes
 
 
 def _summary(values_ms: list[float]) -> dict[str, float]:
@@ -164,7 +168,7 @@ def split(path: Path, acks: Mapping[str, float],
     """The lag of each acknowledged change (id -> acknowledged at, epoch
     seconds) split into the steps of ``STEPS``: each step's distribution,
     and the mean split of the slowest 1% (what the p99 is made of)."""
-    first, sources, wake_sizes = _first_times(path)
+    first, sources, wake_sizes, send_sizes = _first_times(path)
     traced: list[tuple[float, dict[str, float]]] = []
     for eid, acked in acks.items():
         times = first.get(eid)
@@ -199,6 +203,9 @@ def split(path: Path, acks: Mapping[str, float],
         "wake_batch_size": ({"mean": round(sum(wake_sizes) / len(wake_sizes), 1),
                              "max": max(wake_sizes), "wakeups": len(wake_sizes)}
                             if wake_sizes else {}),
+        # every call of the run (the write/read part's too)
+        "send_calls": ({"calls": len(send_sizes), "mean_entries": round(sum(send_sizes) / len(send_sizes), 2)}
+                       if send_sizes else {}),
     }
     if persisted:
         # persisted_at is PostgreSQL's now(): the consumer transaction's start
