@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,11 +34,19 @@ def smoke(tmp_path_factory, pg_test_dsn) -> tuple[dict, list[Path]]:
     out = tmp_path_factory.mktemp("bench")
     # the consumer section writes to the test session's database, not to the
     # machine's shared bench database (another run may be using it)
-    proc = subprocess.run(
+    # in a session of its own: a bench past the timeout is killed with every
+    # process it started (its redis-servers, serve), not alone
+    proc = subprocess.Popen(
         [sys.executable, "-c", "from sessionsync.cli import main; main()", "bench", "--smoke",
          "--output-dir", str(out), "--database-url", pg_test_dsn],
-        cwd=out, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the bench took more than 300 s:\n{stdout[-3000:]}{stderr[-3000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     files = sorted(out.iterdir())
     results = json.loads(next(p for p in files if p.suffix == ".json").read_text())
     return results, files
