@@ -436,6 +436,11 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_UNITS}::test_a_relay_lane_stops_at_the_first_chunk_sqs_refused_until_it_is_reset",),
         "a lane whose send SQS refused sends the session's later changes: they reach SQS ahead of it"),
     mutant(
+        "relay-backlog-waits-a-sweep-interval", 2, OUTBOX,
+        (("        if result.more:\n            self.swept = float(\"-inf\")\n", ""),),
+        (f"{T_UNITS}::test_a_sweep_stopped_by_its_budget_with_a_backlog_left_is_followed_by_the_next_at_once",),
+        "a backlog is drained a sweep budget at a time with a sweep interval between: slower by a sixth"),
+    mutant(
         "relay-lease-ignores-its-holder", 2, LUA_LEASE,
         (("  if not holder or holder == token then", "  if true then"),),
         (f"{T_RELAY}::test_a_relay_that_died_holding_the_lease_is_taken_over_when_it_expires",

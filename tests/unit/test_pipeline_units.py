@@ -436,3 +436,58 @@ def test_a_relay_lane_holds_only_its_own_sessions_while_its_send_hangs():
     finally:
         release.set()
         lanes.close(10)
+
+
+def test_a_sweep_stopped_by_its_budget_with_a_backlog_left_is_followed_by_the_next_at_once():
+    from chalicelib.pipeline.outbox import OutboxRelay, RelayRun, _Loop
+
+    now = [0.0]
+
+    class Backlog:
+        """An outbox of 40 old entries; reading a page takes 3 s (time
+        moves only there, so a sweep's budget of 5 s ends after two pages)."""
+
+        def __init__(self):
+            self.pending = [(f"s{n}:1", "{}") for n in range(40)]
+
+        def outbox_pending(self, older_than_s, limit=500, start_bucket=0):
+            now[0] += 3.0
+            return list(self.pending[:limit])
+
+        def outbox_oldest_ms(self):
+            return None
+
+    class Acking:
+        def __init__(self, outbox):
+            self.outbox = outbox
+
+        def send_many(self, events):
+            ids = [eid for eid, _ in events]
+            self.outbox.pending = [p for p in self.outbox.pending if p[0] not in ids]
+            return ids
+
+    class Silent:
+        def raw(self, timeout):
+            return None
+
+        def close(self):
+            pass
+
+    outbox = Backlog()
+    relay = OutboxRelay(outbox, Acking(outbox), page=5, clock=lambda: now[0], sweep_seconds=1.0,
+                        senders=2, listen=Silent)
+    run = RelayRun()
+    loop = _Loop(relay, run, 0.0)
+    try:
+        for step in range(1, 5):
+            loop.step(1.0)  # no time passes between steps: only a sweep due at once runs
+            assert run.sweeps == step, f"step {step}: the backlog waited a sweep interval"
+        assert run.sent == 40 and outbox.pending == []
+        # the last drain stopped at its budget on a full page: it could not
+        # tell the outbox was empty, so one more sweep follows, finds nothing...
+        loop.step(1.0)
+        assert run.sweeps == 5 and run.found == 40
+        loop.step(1.0)
+        assert run.sweeps == 5  # ...and the next one waits its interval
+    finally:
+        loop.close()
