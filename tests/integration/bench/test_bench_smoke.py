@@ -86,8 +86,11 @@ def test_machine_and_versions_are_recorded(smoke):
 
 
 #: keys of figures that are differences of two measurements (the CAS split's
-#: parts and script steps, the bytes a memory lever saves)
-DIFFERENCES = ("_minus_", "overhead", "extra_", "step_", "saved_", "script_server_time")
+#: parts and script steps, the bytes a memory lever saves, the persistence
+#: lag's steps: two clocks' readings, and the relay may hold a change before
+#: its answer reached the client)
+DIFFERENCES = ("_minus_", "overhead", "extra_", "step_", "saved_", "script_server_time",
+               "persistence_lag.split.")
 
 
 def test_every_figure_is_a_finite_non_negative_number_and_latencies_are_positive(smoke):
@@ -239,3 +242,16 @@ def test_the_http_load_reports_each_route_and_names_every_error(smoke):
             assert sum(sum(r["statuses"].values()) for r in data["routes"].values()) <= data["requests"]
     assert section["errors_total"] == sum(
         w["errors"] for run in section["by_clients"] for w in run["workloads"].values())
+
+
+def test_the_persistence_lag_is_split_into_its_steps_and_its_load_recorded(smoke):
+    from sessionsync.bench.lag_trace import STEPS
+
+    lag = smoke[0]["sections"]["persistence"]["persistence_lag"]
+    split = lag["split"]
+    # every write followed from its answer to its transaction (a row may be
+    # read the moment before its transaction's last note: a few are allowed)
+    assert split["writes"] == lag["writes"] > 0 and split["traced"] >= 0.95 * split["writes"]
+    assert set(split["steps"]) == {name for name, _, _ in STEPS}
+    assert split["send_calls"]["calls"] > 0
+    assert len(lag["load_average"]["after_paced_writes"]) == 3
