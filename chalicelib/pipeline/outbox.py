@@ -11,9 +11,10 @@ for SQS.  The relay runs continuously (docs/decisions/relay-off-the-request-path
   hands over.  A relay that dies stops renewing, and the next one takes
   over when the lease expires;
 * while it holds the lease it listens on the channel: each event wakes it
-  the moment its write committed, and it sends what arrived meanwhile, in
-  SendMessageBatch calls of 10, several at once, then acks the entries SQS
-  took;
+  the moment its write committed, and it hands what arrived to its lanes
+  (``Lanes``: a session's changes always in one, in commit order), which
+  send in SendMessageBatch calls of up to 10, several at once, and ack the
+  entries SQS took, while it listens on;
 * Pub/Sub is fire-and-forget, so every ``sweep_interval`` it also reads the
   outbox itself for entries older than ``age_seconds`` (a wake-up missed
   while it reconnected, a send SQS refused), and all of it when it starts
