@@ -77,9 +77,11 @@ HANDOVER_CONFIRM_SECONDS = 2.0
 LANE_QUEUE_CHUNKS = 50
 #: a sweep due while the lanes hold more than a round of sends is tried again after this
 SWEEP_DEFER_SECONDS = 0.05
-#: a relay run that ends waits this long for its sends in flight (each is
-#: bounded by the SQS client's own timeouts; what is queued stays in the outbox)
-LANES_CLOSE_SECONDS = 15.0
+#: a relay run that ends waits at most this long for its sends in flight,
+#: within the margin it keeps before its Lambda's timeout
+#: (SCHEDULE_MARGIN_SECONDS); a send still in flight then finishes, or not,
+#: in the background: what is queued, or unacked, stays in the outbox
+LANES_CLOSE_SECONDS = 4.0
 #: after Redis failed the relay, it waits this long before listening again
 REDIS_RETRY_SECONDS = 0.5
 # the head of an event as write.lua builds it: the id comes second
