@@ -160,6 +160,10 @@ def test_cold_start_is_measured_from_the_package_with_and_without_bytecode_again
     # the app's package ships bytecode and no boto3; the bare app's is built the same way
     assert packaged["packages"]["app"]["pyc_files"] > 100 and packaged["packages"]["bare"]["pyc_files"] > 0
     assert packaged["packages"]["app"]["zip_bytes"] < 10_000_000
+    # built for the template's runtime and run by its interpreter, not the bench's
+    from tests.support.packaging import default_runtime, interpreter
+    assert packaged["lambda_runtime"] == default_runtime()
+    assert packaged["interpreter"] == interpreter(default_runtime()).executable
 
 
 def test_consumer_persisted_every_event_and_contention_lost_nothing(smoke):
