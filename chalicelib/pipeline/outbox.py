@@ -495,11 +495,12 @@ class _Loop:
                 # the lanes are behind: a sweep would wait for all they hold
                 # (and read again what they hold, if it is old): soon
                 wait = min(wait, SWEEP_DEFER_SECONDS)
-            if self.lanes.full(wait):
-                return  # the lease is renewed meanwhile: the loop comes back here
-            events = self._collect(wait)
-            if events and not self.failing:
-                self._send(events)
+            # lanes full: the lease is renewed meanwhile, and the loop comes back here
+            if not self.lanes.full(wait):
+                events = self._collect(wait)
+                if events and not self.failing:
+                    self._send(events)
+            # reported however far behind SQS is: the lag alarm needs the figure
             if relay.clock() - self.reported >= METRICS_SECONDS:
                 self._report()
         except ServiceUnavailable as exc:
