@@ -491,3 +491,27 @@ def test_a_sweep_stopped_by_its_budget_with_a_backlog_left_is_followed_by_the_ne
         assert run.sweeps == 5  # ...and the next one waits its interval
     finally:
         loop.close()
+
+
+def test_relay_lanes_that_hold_their_limit_are_full_until_sqs_takes_some():
+    import threading
+
+    from chalicelib.pipeline.outbox import Lanes
+
+    release = threading.Event()
+
+    class Hangs:
+        def send_many(self, chunk):
+            release.wait(30)
+            return [eid for eid, _ in chunk]
+
+    lanes = Lanes(Hangs(), 1, limit=3)
+    try:
+        batch = lanes.put([(f"s:{v}", "{}") for v in range(1, 4)])
+        assert lanes.full(0.0)  # the relay reads no more wake-ups: Redis buffers them
+        release.set()
+        assert batch.done.wait(10) and batch.sent == 3
+        assert not lanes.full(0.0)
+    finally:
+        release.set()
+        lanes.close(10)
