@@ -61,7 +61,9 @@ def test_a_bench_killed_mid_run_leaves_no_redis_server_and_no_serve_behind(tmp_p
         [sys.executable, "-c", "from sessionsync.cli import main; main()", "bench", "--smoke",
          "--sections", "persistence", "--no-chart", "--output-dir", str(tmp_path),
          "--database-url", pg_test_dsn],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # the servers' working directories, which a killed bench cannot remove: the test's own
+        env={**os.environ, "TMPDIR": str(tmp_path)})
     started: dict[int, str] = {}
     try:
         def running_both() -> bool:
