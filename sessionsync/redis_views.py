@@ -33,9 +33,9 @@ from chalicelib.domain.session import Session
 from chalicelib.domain.store import Marker
 
 #: the node's epoch read alone, the step every write script and verified read
-#: carries (``sessionsync bench`` times it), after the write scripts' prelude
-#: so that ``return 1`` in its place times the prelude alone
-EPOCH_SCRIPT = scripts.WRITE_PRELUDE + "\nreturn epoch()\n"
+#: carries (``sessionsync bench`` times it), with the write prelude it needs
+#: (its locals from ARGV and ``epoch``: scripts.shake)
+EPOCH_SCRIPT = scripts.shake(scripts.WRITE_PRELUDE, "\nreturn epoch()\n")
 
 
 def key_names(session_id: str) -> dict[str, str]:

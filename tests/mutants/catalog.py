@@ -680,6 +680,14 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_LIFE}::test_a_repair_after_a_failover_puts_an_expiry_back_as_final_not_as_a_live_session",),
         "a repair writes PostgreSQL's session_expired back as a live value (state null) that a PUT revives"),
     mutant(
+        "expired-event-without-its-end", 16, LUA_EXPIRE,
+        (("return {'ok', announce(EXPIRED, v, ARGV[13], ttl, 'null', o, ARGV[14])}",
+          "return {'ok', announce(EXPIRED, v, ARGV[13], ttl, 'null', o)}"),),
+        (f"{T_LIFE}::test_a_session_expired_event_keeps_the_end_that_passed_not_the_sweep_s_time"
+         "_plus_the_ttl",),
+        "the sweep's session_expired leaves its end out as a write's event does: PostgreSQL "
+        "records the sweep's time + the TTL, later than the lifetime that ended"),
+    mutant(
         "write-time-goes-back", 16, LUA_WRITE,
         (("  if u > NOW_ISO then NOW_ISO = u end\n", ""),),
         (f"{T_LIFE}::test_a_write_that_read_its_clock_before_the_last_write_never_moves_the_lifetime_back"

@@ -113,9 +113,9 @@ def test_ratios_to_the_floor_are_computed(smoke):
     for key in ("get/floor_get", "update/floor_evalsha", "update_keyed/update"):
         assert set(store["ratios"][key]) == {"p50", "p95", "p99"}
         assert all(v > 0 for v in store["ratios"][key].values())
-    for floor in ("c_get", "c_get_verified", "c_update"):  # the C client's, redis-benchmark
+    for floor in ("c_get", "c_get_verified", "c_update", "c_create"):  # the C client's, redis-benchmark
         assert store["c_client"][floor]["p50_us"] > 0, floor
-    for key in ("get_verified/c_get", "update/c_update"):
+    for key in ("get_verified/c_get", "update/c_update", "create/c_create"):
         assert store["ratios"][key]["p50"] > 0, key
     assert sections["handler"]["ratios"]["handler_get/store_get"] > 0
     assert sections["handler"]["ratios"]["handler_patch/handler_put"] > 0
