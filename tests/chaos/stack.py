@@ -111,12 +111,15 @@ class ChaosStack:
         self.sqs = aws.client("sqs", proxied, connect_timeout=1.0, read_timeout=3.0, attempts=2)
         self.direct_sqs = aws.client("sqs", Settings(aws_endpoint_url=self.localstack_url,
                                                      aws_region="us-east-1"))
-        self.store = SessionStore(connect_redis(Settings(redis_url=self.redis_url, redis_cluster=self.redis_cluster)), channel=self.channel)
+        self.store = SessionStore(connect_redis(self._redis_settings()), channel=self.channel)
         self.database = Database.from_dsn(self.pg_dsn)
         self.service = SessionService(self.store, durable=self.database,
                                       settle_seconds=self.settle_seconds)
         self.reports = ReportCollector()
         logging.getLogger("sessionsync").addHandler(self.reports)
+
+    def _redis_settings(self) -> Settings:
+        return Settings(redis_url=self.redis_url, redis_cluster=self.redis_cluster)
 
     # -- running ------------------------------------------------------------------
 
@@ -170,7 +173,7 @@ class ChaosStack:
                 time.sleep(0.2)
 
     def _subscribe(self) -> None:
-        listener = SessionStore(connect_redis(Settings(redis_url=self.redis_url, redis_cluster=self.redis_cluster)), channel=self.channel)
+        listener = SessionStore(connect_redis(self._redis_settings()), channel=self.channel)
         ready = threading.Event()
 
         def listen() -> None:

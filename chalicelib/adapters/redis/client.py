@@ -406,7 +406,9 @@ class _Cluster(_EndedHistories, RedisCluster):
                 if name in before and node.server_type != PRIMARY:
                     self._note_ended_history(node)
             return result
-        manager.move_slot, manager.initialize = moved, reloaded
+        # the map's two ways of changing (redis-py offers no hook that names the old owner)
+        manager.move_slot = moved  # type: ignore[method-assign,assignment]
+        manager.initialize = reloaded  # type: ignore[method-assign]
 
     def _masters(self) -> set[str]:
         return {name for name, node in list(self.nodes_manager.nodes_cache.items())
