@@ -301,12 +301,16 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_EVIDENCE}::test_a_demoted_node_reports_where_its_history_ended",),
         "a resynchronised demoted node's current (live) history is taken for the one that ended"),
     mutant(
-        "cluster-asks-no-demoted-master", 17, REDIS_CLIENT,
-        (("        manager.move_slot = moved  # type: ignore[method-assign,assignment]\n", ""),
-         ("        manager.initialize = reloaded  # type: ignore[method-assign]\n", "")),
-        (f"{T_CLUSTER_EVIDENCE}::test_a_planned_cluster_failover_is_proven_to_have_lost_nothing_and_costs_no_settle_time",),
-        "a cluster client follows MOVED without asking the demoted master where its history ended: "
-        "a planned CLUSTER FAILOVER costs the whole settle time"),
+        "cluster-moved-slot-asks-nobody", 17, REDIS_CLIENT,
+        (("        manager.move_slot = moved  # type: ignore[method-assign,assignment]\n", ""),),
+        (f"{T_CLUSTER_EVIDENCE}::test_a_planned_cluster_failover_is_proven_to_have_lost_nothing_and_costs_no_settle_time[slot-moved]",),
+        "a cluster client that moves a slot after MOVED does not ask the demoted master where its "
+        "history ended: a planned CLUSTER FAILOVER costs the whole settle time"),
+    mutant(
+        "cluster-reloaded-map-asks-nobody", 17, REDIS_CLIENT,
+        (("        manager.initialize = reloaded  # type: ignore[method-assign]\n", ""),),
+        (f"{T_CLUSTER_EVIDENCE}::test_a_planned_cluster_failover_is_proven_to_have_lost_nothing_and_costs_no_settle_time[map-reloaded]",),
+        "a cluster client that reloads its map after MOVED does not ask the masters it demoted"),
     mutant(
         "cluster-evidence-not-passed-on", 17, STORE,
         (("pipe.execute_command(\"EVALSHA\", self._settle.sha, 1,", "pipe.evalsha(self._settle.sha, 1,"),),

@@ -56,8 +56,13 @@ def _sid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.mark.parametrize("reload_every", [0, 1], ids=["slot-moved", "map-reloaded"])
 def test_a_planned_cluster_failover_is_proven_to_have_lost_nothing_and_costs_no_settle_time(
-        cluster, warm):
+        cluster, warm, reload_every):
+    """After MOVED redis-py moves the slot in its map, or, every
+    ``reinitialize_steps`` MOVED, reloads the whole map: either way the
+    demoted master is asked."""
+    warm.store.client.reinitialize_steps = reload_every
     sid = _sid("planned")
     warm.create(CreateRequest(sid, '{"n":1}', None))
     warm.update(UpdateRequest(sid, '{"n":2}', 1))  # the client's map names the master
@@ -103,6 +108,27 @@ def test_a_process_that_did_not_see_the_cluster_failover_trusts_the_evidence_ano
         assert (read.session.version, refusals) == (1, [])
         assert cold_store.client.ended_histories() == []
         assert cold_store.continuity_proven == 1  # the record's evidence, not its own
+    finally:
+        cold_store.client.close()
+
+
+def test_a_process_that_meets_the_cluster_failover_before_the_evidence_is_told_to_come_back_soon(
+        cluster, warm, database):
+    sid = _sid("early")
+    warm.create(CreateRequest(sid, '{"n":1}', None))
+    master = cluster.master_of(session_keys(sid)[0])
+    cluster.failover(master)
+    cold_store = SessionStore(connect_redis(Settings(redis_url=cluster.url, redis_cluster=True)))
+    cold = SessionService(cold_store, durable=database, settle_seconds=Settings.redis_settle)
+    try:
+        with pytest.raises(ServiceUnavailable) as early:
+            cold.get(sid)  # its map never named the demoted master: no evidence
+        # not the whole settle time: the evidence may come any moment
+        assert early.value.details["retry_after_seconds"] <= 1.0
+
+        warm.update(UpdateRequest(sid, '{"n":2}', 1))  # meets the demoted master: proves it
+        assert warm.store.continuity_proven >= 1
+        assert cold.get(sid).session.version == 2
     finally:
         cold_store.client.close()
 
