@@ -636,6 +636,8 @@ class ReplicatedRedisCluster:
                 "--cluster-announce-bus-port", str(port + 10000),
                 "--repl-diskless-sync-delay", "0", "--repl-diskless-load", "on-empty-db"))
         self.masters = masters
+        #: the replicas cut off from their master (stop_replication), by port
+        self.cut_off: set[int] = set()
 
     @property
     def url(self) -> str:
@@ -674,22 +676,35 @@ class ReplicatedRedisCluster:
 
     def healthy(self) -> bool:
         """Every node says the cluster is ok and agrees on the master of
-        each slot, and each master has a replica whose link is up.  (Which
-        replicas CLUSTER SLOTS lists follows the gossip seconds later: no
-        client here reads from a replica.)"""
+        each slot and on every node's role, and each master has a replica
+        whose link is up.  (Which replicas CLUSTER SLOTS lists follows the
+        gossip seconds later: no client here reads from a replica.)"""
+        return self.unhealthy() is None
+
+    def unhealthy(self) -> str | None:
+        """What is not healthy yet, or None."""
         maps = []
         for node in self.nodes:
             with self.admin(node) as client:
                 if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-                    return False
+                    return f"{node.port}: cluster state not ok"
                 maps.append(sorted((first, last, master[1]) for first, last, master, *_
                                    in client.execute_command("CLUSTER", "SLOTS")))
-        if any(m != maps[0] for m in maps) or len(set(self._views())) != 1:
-            return False
+        if any(m != maps[0] for m in maps):
+            return f"slot maps differ: {maps}"
+        if len(set(views := self._views())) != 1:
+            return "views differ:\n" + "\n--\n".join(views)
         roles = [self._role(n) for n in self.nodes]
-        followed = sorted(int(r["master_port"]) for r in roles
-                          if r["role"] == "slave" and r.get("master_link_status") == "up")
-        return followed == sorted(int(port) for *_, port in maps[0])
+        # a replica cut off on purpose (stop_replication) counts, its link down
+        followed = sorted(int(r["master_port"]) for n, r in zip(self.nodes, roles, strict=True)
+                          if r["role"] == "slave"
+                          and (r.get("master_link_status") == "up" or n.port in self.cut_off))
+        if followed != sorted(int(port) for *_, port in maps[0]):
+            links = [(n.port, r["role"], r.get("master_port"), r.get("master_link_status"))
+                     for n, r in zip(self.nodes, roles, strict=True)]
+            masters = sorted(int(port) for *_, port in maps[0])
+            return f"masters {masters}, replicas linked to {followed}: {links}"
+        return None
 
     def _views(self) -> list[str]:
         """Each node's view of every node's role (and master): gossip
@@ -706,7 +721,10 @@ class ReplicatedRedisCluster:
         return views
 
     def wait_healthy(self, timeout: float = 30) -> None:
-        wait_for(self.healthy, timeout, "redis cluster healthy")
+        try:
+            wait_for(self.healthy, timeout, "redis cluster healthy")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}: {self.unhealthy()}") from None
 
     def master_of(self, key: str) -> RedisServer:
         """The node serving ``key``'s slot now."""
@@ -743,12 +761,14 @@ class ReplicatedRedisCluster:
             client.execute_command("CLIENT", "KILL", "TYPE", "master")
             wait_for(lambda: client.info("replication")["master_link_status"] != "up", 10,
                      f"replica {replica.port} cut off")
+        self.cut_off.add(replica.port)
         return replica
 
     def resume_replication(self, replica: RedisServer) -> None:
         with self.admin(replica) as client:
             client.config_set("masteruser", "")
             client.config_set("masterauth", "")
+        self.cut_off.discard(replica.port)
 
     def failover(self, master: RedisServer, *, takeover: bool = False) -> RedisServer:
         """Promote ``master``'s replica; the old master becomes its replica.
