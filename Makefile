@@ -6,10 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: run test unit chaos model mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy deploy-check package policy node
+.PHONY: run test unit chaos model mutants perfdoc perfdoc-check capacity capacity-check venv services localstack bootstrap lint ruff typecheck bench clean stop deploy deploy-check package policy node lambda-wheels
 
 # The project and, for its tests, clients/python (a package of its own) editable.
-$(BIN)/.installed: requirements.txt requirements-dev.txt infra/lambda/python3.11-runtime.txt pyproject.toml clients/python/pyproject.toml
+$(BIN)/.installed: requirements.txt requirements-dev.txt infra/lambda/runtime-provided.txt pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_QUIET) -r requirements-dev.txt -e '.[cli,bench,dev]' -e ./clients/python 2> >(grep -v '^WARNING: Location' >&2)
 	touch $@
@@ -47,12 +47,12 @@ run: bootstrap
 # two on this 2-core machine; each worker flushes a Redis database of its
 # own (tests/support/constants.py).  PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= 3
-test: lint node services localstack policy
+test: lint node services localstack policy lambda-wheels
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The unit tier alone, in seconds, with no services: tests/unit does no I/O
 # (its conftest fails a test that opens a network connection).
-unit: venv
+unit: venv lambda-wheels
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # The fault-injection suite alone (also part of `make test`): docs/guarantees.md.
@@ -108,6 +108,17 @@ ruff: venv
 # mypy over app.py, chalicelib, sessionsync and the Python client ([tool.mypy] in pyproject.toml).
 typecheck: venv
 	$(BIN)/mypy
+
+# Each Lambda runtime's build of the binary wheels (hiredis, psycopg-binary)
+# at the pinned versions, for the platforms that runtime loads, downloaded
+# once into .lambda-wheels/: the tests and the bench build the package
+# offline from them (scripts/deploy_stage.py, "the Lambda runtime").
+LAMBDA_WHEELS_STAMP := .lambda-wheels/.fetched
+$(LAMBDA_WHEELS_STAMP): requirements.txt infra/chalice-merge.json | venv
+	$(BIN)/python scripts/deploy_stage.py wheels
+	touch $@
+
+lambda-wheels: $(LAMBDA_WHEELS_STAMP)
 
 # checkov's own virtualenv (scripts/policy.sh): the deploy tests scan the templates with it.
 policy:

@@ -29,7 +29,7 @@ import time
 import tomllib
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 PROJECT = Path(__file__).resolve().parents[1]
 MERGE_TEMPLATE = PROJECT / "infra" / "chalice-merge.json"
@@ -39,11 +39,14 @@ CHALICE_CONFIG = PROJECT / ".chalice" / "config.json"
 # What the Lambda runtime provides beside the code (boto3 and its
 # dependencies): requirements.txt leaves them out, so the package does not
 # ship them; local runs install these versions (requirements-dev.txt).
-RUNTIME_PROVIDED = PROJECT / "infra" / "lambda" / "python3.11-runtime.txt"
+RUNTIME_PROVIDED = PROJECT / "infra" / "lambda" / "runtime-provided.txt"
 # Where Lambda unpacks the package: the path the bytecode names in tracebacks
 TASK_ROOT = "/var/task"
 # set by this script, never by the stage file
 DERIVED = ("ApiStageName", "MigrationsChecksum")
+# The runtime the packages are built for when the stage file names none: the
+# merge template's LambdaRuntime Default, the one home of that setting.
+RUNTIME_PARAMETER = "LambdaRuntime"
 STACK_NAME = re.compile(r"^[a-z][a-z0-9-]{0,27}$")  # the nested stacks' NamePrefix
 REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -51,6 +54,130 @@ BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 class StageError(Exception):
     """What is wrong with a stage file, naming the key."""
+
+
+# --- the Lambda runtime ------------------------------------------------------------
+#
+# One setting: the merge template's LambdaRuntime (its Default; a stage file
+# may choose another of its AllowedValues).  The rest follows from it: the
+# interpreter that compiles the package's bytecode (and that the zip tier
+# and the bench run the package with), the ABI and manylinux platforms of
+# its binary wheels, and chalice's own idea of the runtime.
+
+#: The glibc of the Amazon Linux each runtime runs on (python3.11: Amazon
+#: Linux 2; python3.12 and later: Amazon Linux 2023): the newest manylinux
+#: wheel its functions can load.  Its keys are the template's AllowedValues.
+RUNTIME_GLIBC = {"python3.11": (2, 26), "python3.12": (2, 34), "python3.13": (2, 34)}
+#: LambdaArchitecture -> the wheels' machine
+MACHINES = {"x86_64": "x86_64", "arm64": "aarch64"}
+#: Where `make lambda-wheels` keeps each runtime's binary wheels for the
+#: offline builds (a directory per runtime and architecture).
+LAMBDA_WHEELS = PROJECT / ".lambda-wheels"
+
+# Run by the runtime's interpreter: what this module needs to know of it.
+_PROBE = ("import importlib.util, json, sys; print(json.dumps({'executable': sys.executable, "
+          "'version': sys.version_info[:2], 'magic': importlib.util.MAGIC_NUMBER.hex(), "
+          "'cache_tag': sys.implementation.cache_tag, 'implementation': sys.implementation.name, "
+          "'base_prefix': sys.base_prefix}))")
+
+
+def default_runtime() -> str:
+    """The runtime the functions run on unless a stage file chooses another."""
+    return str(json.loads(MERGE_TEMPLATE.read_text())["Parameters"][RUNTIME_PARAMETER]["Default"])
+
+
+def runtime_version(runtime: str) -> tuple[int, int]:
+    found = re.fullmatch(r"python(\d+)\.(\d+)", runtime)
+    if not found or runtime not in RUNTIME_GLIBC:
+        raise StageError(f"{RUNTIME_PARAMETER}: {runtime!r} is not one this package can be built for "
+                         f"({', '.join(RUNTIME_GLIBC)})")
+    return int(found[1]), int(found[2])
+
+
+def runtime_abi(runtime: str) -> str:
+    """cp313 for python3.13: the ABI of the binary wheels the package needs."""
+    major, minor = runtime_version(runtime)
+    return f"cp{major}{minor}"
+
+
+def wheel_platforms(runtime: str, architecture: str = "x86_64") -> list[str]:
+    """The manylinux platforms a function of ``runtime`` on ``architecture``
+    loads, newest first (pip takes each --platform literally)."""
+    runtime_version(runtime)
+    major, newest = RUNTIME_GLIBC[runtime]
+    machine = MACHINES[architecture]
+    return [f"manylinux_{major}_{minor}_{machine}" for minor in range(newest, 16, -1)] + \
+        [f"manylinux2014_{machine}"]
+
+
+class Interpreter(NamedTuple):
+    """The CPython a runtime's package is compiled by and run with (a
+    NamedTuple: the tests load this file without registering it as a module,
+    which a dataclass needs)."""
+
+    runtime: str
+    executable: str
+    version: tuple[int, int]
+    magic: bytes
+    cache_tag: str
+    base_prefix: str  # its standard library's installation
+
+
+def interpreter_variable(runtime: str) -> str:
+    """The environment variable that names the runtime's interpreter when
+    ``python3.X`` on PATH is not it: LAMBDA_PYTHON3_13 for python3.13."""
+    return f"LAMBDA_{runtime.upper().replace('.', '_')}"
+
+
+def _candidates(runtime: str) -> list[str]:
+    """Where ``python3.X`` may be: PATH, then pyenv's installations of that
+    version, newest first (pyenv's shim on PATH runs only the versions
+    pyenv has selected)."""
+    found = [p for p in [shutil.which(runtime)] if p]
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    version = ".".join(map(str, runtime_version(runtime)))
+
+    def newest(path: Path) -> list[int]:
+        return [int(n) for n in path.parents[1].name.split(".")]
+    found += [str(p) for p in sorted((p for p in root.glob(f"versions/{version}.*/bin/{runtime}")
+                                      if re.fullmatch(rf"{re.escape(version)}\.\d+", p.parents[1].name)),
+                                     key=newest, reverse=True)]
+    return found
+
+
+def _probe(command: str) -> dict[str, Any] | None:
+    try:
+        probe = subprocess.run([command, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=60)
+    except OSError:
+        return None
+    return json.loads(probe.stdout) if probe.returncode == 0 else None
+
+
+def interpreter(runtime: str) -> Interpreter:
+    """The runtime's interpreter: ``$LAMBDA_PYTHON3_13`` (for python3.13)
+    if set, else ``python3.13`` on PATH, else pyenv's 3.13.x, resolved to
+    the executable itself (a pyenv shim is a shell script that would add its
+    own start to every cold start run with it).  Raises StageError naming
+    what to install or set when there is none, or when it is another
+    version: never a silent fallback to another interpreter."""
+    version = runtime_version(runtime)
+    variable = interpreter_variable(runtime)
+    given = os.environ.get(variable)
+    tried = [given] if given else _candidates(runtime)
+    facts = next((f for f in map(_probe, tried) if f is not None), None)
+    if facts is None:
+        where = f"{variable}={given} does not run" if given else (
+            f"tried {', '.join(tried)}: none runs" if tried else f"{runtime} is not on PATH")
+        raise StageError(f"no interpreter for {RUNTIME_PARAMETER} {runtime} ({where}): install CPython "
+                         f"{version[0]}.{version[1]}, or set {variable} to its path (the package's "
+                         "bytecode is compiled by it, and the zip tier runs the package with it)")
+    command = given or facts["executable"]
+    found = tuple(facts["version"])
+    if found != version or facts["implementation"] != "cpython":
+        raise StageError(f"the interpreter for {runtime} ({command}) is {facts['implementation']} "
+                         f"{found[0]}.{found[1]}, not CPython {version[0]}.{version[1]}")
+    return Interpreter(runtime, facts["executable"], version, bytes.fromhex(facts["magic"]),
+                       facts["cache_tag"], facts["base_prefix"])
 
 
 # --- check ---------------------------------------------------------------------
@@ -170,11 +297,11 @@ def check(stage: str, path: str | None = None) -> dict[str, Any]:
             for assertion in rule["Assertions"]:
                 if not _evaluate(assertion["Assert"], values):
                     errors.append(f"rule {rule_name}: {assertion['AssertDescription']}")
-        runtime = given.get("LambdaRuntime", _text(specs["LambdaRuntime"]["Default"]))
-        built = _packaging_python()
-        if runtime != built:
-            errors.append(f"parameter LambdaRuntime: {runtime} but the package is built by {built} (its "
-                          "wheels and bytecode are for that interpreter: make venv PYTHON=... to match)")
+        # the package is compiled by the runtime's interpreter: name a missing one now
+        try:
+            interpreter(given.get(RUNTIME_PARAMETER, default_runtime()))
+        except StageError as exc:
+            errors.append(f"parameter {RUNTIME_PARAMETER}: {exc}")
         architecture = given.get("LambdaArchitecture", "x86_64")
         chosen = stages.get(chalice_stage, {}).get("lambda_architecture", "x86_64")
         if architecture != chosen:
@@ -187,16 +314,6 @@ def check(stage: str, path: str | None = None) -> dict[str, Any]:
     return config
 
 
-def _packaging_python() -> str:
-    """python3.X of the virtualenv that runs `chalice package` (pyvenv.cfg:
-    no interpreter start)."""
-    cfg = PROJECT / ".venv" / "pyvenv.cfg"
-    text = cfg.read_text() if cfg.is_file() else ""
-    found = re.search(r"^version(?:_info)?\s*=\s*(\d+)\.(\d+)", text, re.M)
-    major, minor = (found.groups() if found else (str(sys.version_info[0]), str(sys.version_info[1])))
-    return f"python{major}.{minor}"
-
-
 def migrations_checksum() -> str:
     """The release's migrations: the same digest as
     chalicelib.adapters.postgres.migrations.release_checksum (a unit test
@@ -207,9 +324,15 @@ def migrations_checksum() -> str:
     return digest.hexdigest()
 
 
+def stage_runtime(config: dict[str, Any]) -> str:
+    """The runtime a checked stage's package is built for."""
+    return str(config["parameters"].get(RUNTIME_PARAMETER, default_runtime()))
+
+
 def parameter_overrides(config: dict[str, Any]) -> dict[str, str]:
     stages = json.loads(CHALICE_CONFIG.read_text())["stages"]
-    return {**config["parameters"],
+    # the runtime always: the package is built for it, whatever the template's default becomes
+    return {**config["parameters"], RUNTIME_PARAMETER: stage_runtime(config),
             "ApiStageName": stages[config["chalice_stage"]]["api_gateway_stage"],
             "MigrationsChecksum": migrations_checksum()}
 
@@ -230,24 +353,52 @@ def package(stage: str, config: dict[str, Any]) -> Path:
     shutil.rmtree(out.parent, ignore_errors=True)
     out.parent.mkdir(parents=True)
     env = {**os.environ, "AWS_DEFAULT_REGION": config["region"]}
-    build(PROJECT, out, config["chalice_stage"], env=env, log=out.parent / "package.log")
+    build(PROJECT, out, config["chalice_stage"], env=env, log=out.parent / "package.log",
+          runtime=stage_runtime(config))
     shutil.copytree(STACKS, out / "stacks")
     (out / "parameters.json").write_text(json.dumps(parameter_overrides(config), indent=2) + "\n")
     return out
 
 
+# `chalice package` for a runtime: chalice takes the runtime from the
+# interpreter it runs in (its Config.lambda_python_version), and from it the
+# ABI and glibc of the wheels it downloads and the functions' Runtime.  It
+# runs in this virtualenv, told the stage's runtime instead; and its pip is
+# told the runtime's Python version (PIP_PYTHON_VERSION: the dependencies'
+# markers are evaluated for it, and its manylinux downloads, which name the
+# ABI but not the version, match the runtime's wheels) and to take wheels
+# only (PIP_ONLY_BINARY, which pip needs with it: an sdist would be built for
+# this interpreter, not the runtime's).
+CHALICE_FOR_RUNTIME = """
+import sys
+from chalice import config
+runtime = sys.argv.pop(1)
+config.Config.lambda_python_version = property(lambda self: runtime)
+from chalice.cli import main
+sys.exit(main())
+"""
+
+
 def build(project: Path, out: Path, chalice_stage: str, *, env: dict[str, str] | None = None,
-          merge_template: Path | None = MERGE_TEMPLATE, log: Path | None = None) -> Path:
+          merge_template: Path | None = MERGE_TEMPLATE, log: Path | None = None,
+          runtime: str | None = None) -> Path:
     """The Lambda package of ``project`` (app.py, chalicelib,
-    requirements.txt, .chalice/) into ``out``: `chalice package --stage
-    CHALICE_STAGE --merge-template ...` (sam.json, deployment.zip), then the
-    zip's bytecode (``compile_package``).  `make package` and the tests
-    (offline, from a wheelhouse: ``env``) both build with this.  Raises
-    StageError with chalice's output when it fails or cannot install a
-    dependency for Lambda's platform; ``log`` keeps chalice's output."""
-    chalice = Path(sys.executable).parent / "chalice"
+    requirements.txt, .chalice/) for ``runtime`` (default: the template's)
+    into ``out``: `chalice package --stage CHALICE_STAGE --merge-template
+    ...` (sam.json, deployment.zip), the template's runtime pinned to the
+    one built for (``pin_runtime``), then the zip's bytecode, compiled by
+    that runtime's interpreter (``compile_package``).  `make package` and
+    the tests (offline, from a wheelhouse: ``env``) both build with this.
+    Raises StageError when the runtime has no interpreter here, or with
+    chalice's output when it fails or cannot install a dependency for
+    Lambda's platform; ``log`` keeps chalice's output."""
+    runtime = runtime or default_runtime()
+    python = interpreter(runtime)  # before chalice's minute: a missing one fails now
     merge = ["--merge-template", str(merge_template)] if merge_template else []
-    result = subprocess.run([str(chalice if chalice.exists() else shutil.which("chalice")),
+    major, minor = python.version
+    env = {**(os.environ if env is None else env), "PIP_PYTHON_VERSION": f"{major}.{minor}",
+           "PIP_ONLY_BINARY": ":all:"}
+    result = subprocess.run([sys.executable, "-c", CHALICE_FOR_RUNTIME, runtime,
                              "--project-dir", str(project), "package", "--stage", chalice_stage,
                              *merge, str(out)],
                             capture_output=True, text=True, env=env, timeout=900)
@@ -260,11 +411,33 @@ def build(project: Path, out: Path, chalice_stage: str, *, env: dict[str, str] |
     # function would then fail when it imports the module
     if "Could not install dependencies" in output:
         raise StageError(f"chalice package could not install a dependency for Lambda:\n{output}")
-    compile_package(out / "deployment.zip")
+    if merge_template:
+        pin_runtime(out / "sam.json", runtime)
+    compile_package(out / "deployment.zip", python)
     return out
 
 
-def compile_package(path: Path) -> int:
+def pin_runtime(template_path: Path, runtime: str) -> None:
+    """The packaged template's LambdaRuntime: this package's runtime, the
+    only one it allows (its wheels and bytecode are that interpreter's)."""
+    template = json.loads(template_path.read_text())
+    parameter = template["Parameters"][RUNTIME_PARAMETER]
+    parameter["Default"], parameter["AllowedValues"] = runtime, [runtime]
+    template_path.write_text(json.dumps(template, indent=2) + "\n")
+
+
+# Run by the runtime's interpreter on the unpacked package (argv: the
+# directory, the path it is unpacked at on Lambda).
+COMPILE = """
+import compileall, py_compile, sys
+root, task_root = sys.argv[1], sys.argv[2]
+ok = compileall.compile_dir(root, quiet=1, workers=0, stripdir=root, prependdir=task_root,
+                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+sys.exit(0 if ok else 1)
+"""
+
+
+def compile_package(path: Path, python: Interpreter) -> int:
     """Add the bytecode of every module to the zip at ``path``; returns how
     many .pyc files it holds.
 
@@ -272,13 +445,11 @@ def compile_package(path: Path) -> int:
     again on every cold start (most of an import's time: docs/performance.md,
     "Cold start").  The .pyc files are ``unchecked-hash`` ones: the
     interpreter uses them without comparing them with the source's mtime,
-    which unzipping does not keep to the second.  They are this
-    interpreter's (``check`` makes it the stage's LambdaRuntime), and name
-    /var/task/... in tracebacks.
+    which unzipping does not keep to the second.  They are compiled by
+    ``python``, the runtime's interpreter (another version's would be
+    ignored and every module compiled again), and name /var/task/... in
+    tracebacks.
     """
-    import compileall
-    import py_compile
-
     with tempfile.TemporaryDirectory(prefix="sessionsync-package-") as tmp:
         root = Path(tmp)
         with zipfile.ZipFile(path) as package:
@@ -290,10 +461,11 @@ def compile_package(path: Path) -> int:
                 target = root / info.filename
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
-        ok = compileall.compile_dir(root, quiet=1, workers=0, stripdir=str(root), prependdir=TASK_ROOT,
-                                    invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-        if not ok:
-            raise StageError(f"compileall failed on a module of {path.name} (its error is above)")
+        result = subprocess.run([python.executable, "-I", "-c", COMPILE, str(root), TASK_ROOT],
+                                capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            raise StageError(f"{python.runtime}'s compileall failed on a module of {path.name}:\n"
+                             f"{(result.stdout + result.stderr)[-4000:]}")
         compiled = sorted(p for p in root.rglob("*.pyc"))
         replacement = path.with_suffix(".tmp")
         with zipfile.ZipFile(replacement, "w", zipfile.ZIP_DEFLATED) as package:
@@ -382,42 +554,108 @@ def repack(dist: Any, directory: Path) -> Path:
     return path
 
 
-def wheelhouse(requirements_file: Path, directory: Path) -> Path:
+def binary_distributions(requirements_file: Path) -> dict[str, Any]:
+    """name -> the installed distribution, of those in the requirements'
+    closure that are not pure Python (hiredis, psycopg-binary): a runtime
+    needs its own build of each."""
+    return {name: dist for name, dist in closure(list(requirement_pins(requirements_file).values())).items()
+            if "Root-Is-Purelib: false" in (dist.read_text("WHEEL") or "")}
+
+
+def lambda_wheels_dir(runtime: str, architecture: str = "x86_64") -> Path:
+    return LAMBDA_WHEELS / f"{runtime}-{architecture}"
+
+
+def fetch_lambda_wheels(runtime: str, architecture: str = "x86_64",
+                        requirements_file: Path = PROJECT / "requirements.txt") -> Path:
+    """Download (PyPI, once) the runtime's build of each binary distribution
+    the package needs, at this virtualenv's versions, for the platforms that
+    runtime loads (``wheel_platforms``), into ``lambda_wheels_dir``: what
+    the offline builds give chalice for that runtime (`make lambda-wheels`)."""
+    directory = lambda_wheels_dir(runtime, architecture)
     directory.mkdir(parents=True, exist_ok=True)
-    for dist in closure(list(requirement_pins(requirements_file).values())).values():
-        repack(dist, directory)
+    major, minor = runtime_version(runtime)
+    for dist in binary_distributions(requirements_file).values():
+        pin = f"{dist.metadata['Name']}=={dist.version}"
+        if _runtime_wheel(directory, dist) is not None:
+            continue
+        platforms = [arg for platform in wheel_platforms(runtime, architecture)
+                     for arg in ("--platform", platform)]
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+             "--only-binary=:all:", "--implementation", "cp", "--python-version", f"{major}.{minor}",
+             "--abi", runtime_abi(runtime), *platforms, "--dest", str(directory), pin],
+            capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            raise StageError(f"no {runtime} wheel of {pin} for {architecture}:\n{result.stderr[-2000:]}")
+    return directory
+
+
+def _runtime_wheel(directory: Path, dist: Any) -> Path | None:
+    from packaging.utils import canonicalize_name
+    name = canonicalize_name(dist.metadata["Name"]).replace("-", "_")
+    return next(iter(sorted(directory.glob(f"{name}-{dist.version}-*.whl"))), None)
+
+
+def wheelhouse(requirements_file: Path, directory: Path, runtime: str | None = None,
+               architecture: str = "x86_64") -> Path:
+    """The distributions the requirements need: the pure-Python ones
+    repacked from this virtualenv, and the runtime's build of each binary
+    one, from ``lambda_wheels_dir``."""
+    runtime = runtime or default_runtime()
+    directory.mkdir(parents=True, exist_ok=True)
+    binary = binary_distributions(requirements_file)
+    for name, dist in closure(list(requirement_pins(requirements_file).values())).items():
+        if name not in binary:
+            repack(dist, directory)
+    for dist in binary.values():
+        wheel = _runtime_wheel(lambda_wheels_dir(runtime, architecture), dist)
+        if wheel is None:
+            raise StageError(f"no {runtime} wheel of {dist.metadata['Name']} {dist.version} in "
+                             f"{lambda_wheels_dir(runtime, architecture)}: run `make lambda-wheels` "
+                             "(it downloads each runtime's, once)")
+        shutil.copy(wheel, directory)
     return directory
 
 
 def build_offline(project: Path, out: Path, workdir: Path, chalice_stage: str = "dev", *,
-                  merge_template: Path | None = MERGE_TEMPLATE) -> Path:
-    """``build`` of ``project`` with pip pointed at a wheelhouse repacked
-    from this virtualenv (in ``workdir``), fake credentials and no AWS_*,
-    SESSION_*, REDIS_*, DATABASE_*, DB_* or PIP_* variables of ours."""
-    wheels = wheelhouse(project / "requirements.txt", workdir / "wheels")
+                  merge_template: Path | None = MERGE_TEMPLATE, runtime: str | None = None) -> Path:
+    """``build`` of ``project`` for ``runtime`` (default: the template's)
+    with pip pointed at a wheelhouse (in ``workdir``: ``wheelhouse``), fake
+    credentials and no AWS_*, SESSION_*, REDIS_*, DATABASE_*, DB_* or PIP_*
+    variables of ours."""
+    runtime = runtime or default_runtime()
+    wheels = wheelhouse(project / "requirements.txt", workdir / "wheels", runtime)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "SESSION_", "REDIS_", "DATABASE_", "DB_", "PIP_"))}
     # chalice needs a region even to write a template (infra/README.md)
     env.update(AWS_ACCESS_KEY_ID="fake", AWS_SECRET_ACCESS_KEY="fake", AWS_DEFAULT_REGION="us-east-1",
                PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheels), PIP_DISABLE_PIP_VERSION_CHECK="1")
-    return build(project, out, chalice_stage, env=env, merge_template=merge_template)
+    return build(project, out, chalice_stage, env=env, merge_template=merge_template, runtime=runtime)
 
 
-def runtime_provided(directory: Path) -> Path:
+def runtime_provided(directory: Path, runtime: str | None = None) -> Path:
     """What the Lambda runtime provides beside the code (/var/runtime:
-    boto3 and its dependencies, RUNTIME_PROVIDED), copied from this
-    virtualenv's installed distributions into ``directory``, with their
-    bytecode (as the runtime ships it)."""
+    boto3 and its dependencies, RUNTIME_PROVIDED, pure Python), copied from
+    this virtualenv's installed distributions into ``directory``, with their
+    bytecode (as the runtime ships it) compiled by ``runtime``'s interpreter
+    (default: the template's)."""
     from packaging.requirements import Requirement
 
+    python = interpreter(runtime or default_runtime())
     for dist in closure([Requirement("boto3")]).values():
         for file in dist.files or []:
-            if file.parts[0] == "..":  # scripts, outside site-packages
+            # scripts, outside site-packages; bytecode: this interpreter's
+            if file.parts[0] == ".." or file.suffix == ".pyc":
                 continue
             target = directory / file.as_posix()
             target.parent.mkdir(parents=True, exist_ok=True)
-            # copy2 keeps the mtime the .pyc files were checked against
             shutil.copy2(file.locate(), target)
+    result = subprocess.run([python.executable, "-I", "-m", "compileall", "-q", "-j", "0", str(directory)],
+                            capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise StageError(f"{python.runtime}'s compileall failed on the runtime's boto3:\n"
+                         f"{(result.stdout + result.stderr)[-4000:]}")
     return directory
 
 
@@ -524,11 +762,23 @@ def deploy(stage: str, config: dict[str, Any], *, dry_run: bool, timeout: float 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["check", "package", "deploy", "parameters"])
-    parser.add_argument("stage")
+    parser.add_argument("command", choices=["check", "package", "deploy", "parameters", "wheels"])
+    parser.add_argument("stage", nargs="?", help="the stage (wheels: none)")
     parser.add_argument("--file", help="the stage file (default infra/stages/STAGE.toml)")
     parser.add_argument("--dry-run", action="store_true", help="deploy: stop once the change set is shown")
+    parser.add_argument("--runtime", action="append", choices=list(RUNTIME_GLIBC),
+                        help="wheels: a runtime to fetch the binary wheels of (default: every one)")
     args = parser.parse_args(argv)
+    if args.command == "wheels":
+        try:
+            for runtime in args.runtime or RUNTIME_GLIBC:
+                print(f"{runtime}: {fetch_lambda_wheels(runtime).relative_to(PROJECT)}")
+        except StageError as exc:
+            print(f"wheels: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if not args.stage:
+        parser.error(f"{args.command} needs a stage")
     try:
         config = check(args.stage, args.file)
         if args.command == "check":

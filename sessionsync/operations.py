@@ -220,8 +220,10 @@ def eviction_risk(policy: str, marker_ttl: int = 0) -> tuple[str, str]:
                         "with, and lets a deleted id be created again. Prefer noeviction (or "
                         "volatile-ttl) and size the node so it is never reached")
     if policy.startswith("allkeys-"):
-        return "fail", ("can evict ANY key, including outbox entries not yet sent to SQS: an "
-                        "acknowledged write could then never reach PostgreSQL. Use noeviction")
+        return "fail", ("can evict ANY key, including outbox entries not yet sent to SQS (an "
+                        "acknowledged write could then never reach PostgreSQL) and a bucket's "
+                        "marker hash (the version markers of 1/1024 of every session at once: "
+                        "deleted ids could come back). Use noeviction")
     return "warn", f"unknown policy {policy!r}"
 
 

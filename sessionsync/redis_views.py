@@ -24,6 +24,7 @@ from chalicelib.adapters.redis.keys import (
     SESSION_KEY_PATTERN,
     epoch_key,
     hold_key,
+    marker_key,
     outbox_keys,
     session_keys,
 )
@@ -33,9 +34,9 @@ from chalicelib.domain.session import Session
 from chalicelib.domain.store import Marker
 
 #: the node's epoch read alone, the step every write script and verified read
-#: carries (``sessionsync bench`` times it), after the write scripts' prelude
-#: so that ``return 1`` in its place times the prelude alone
-EPOCH_SCRIPT = scripts.WRITE_PRELUDE + "\nreturn epoch()\n"
+#: carries (``sessionsync bench`` times it), with the write prelude it needs
+#: (its locals from ARGV and ``epoch``: scripts.shake)
+EPOCH_SCRIPT = scripts.shake(scripts.WRITE_PRELUDE, "\nreturn epoch()\n")
 
 
 def key_names(session_id: str) -> dict[str, str]:
@@ -153,7 +154,7 @@ def stored(store: SessionStore, session_id: str) -> StoredSession:
     """Everything Redis holds for one session, read without changing
     anything: the value (a tombstone too) with its TTL, size and epoch, the
     marker, and the session's outbox entries still waiting."""
-    session_key, marker_key, index_key, _ = session_keys(session_id)
+    session_key, marker_hash, index_key, _ = session_keys(session_id)
     client = store.client
     with redis_errors():
         # the verified read's script: the value and whether it carries the
@@ -162,16 +163,23 @@ def stored(store: SessionStore, session_id: str) -> StoredSession:
         pipe = client.pipeline(transaction=False)
         pipe.ttl(session_key)
         pipe.memory_usage(session_key)
-        pipe.get(marker_key)
-        pipe.ttl(marker_key)
-        ttl, memory, marker_raw, marker_ttl = pipe.execute()
+        # the marker's two forms (keys.py): the hash field, and the key
+        # (with SESSION_MARKER_TTL, or the previous release's); the higher
+        # version is the marker, as the scripts read it
+        pipe.hget(marker_hash, session_id)
+        pipe.get(marker_key(session_id))
+        pipe.ttl(marker_key(session_id))
+        ttl, memory, field_raw, key_raw, key_ttl = pipe.execute()
         # the bucket's outbox is shared: only this session's entries
         # ("<id>:<version>"; ids have no glob characters)
         found = [(member.decode(), int(score)) for member, score
                  in client.zscan_iter(index_key, match=f"{session_id}:*", count=1000)]
     outbox = sorted((eid, int(eid.rsplit(":", 1)[1]), ms) for eid, ms in found
                     if eid.rsplit(":", 1)[0] == session_id)
-    marker = None if marker_raw is None else decode_marker(marker_raw)
+    field = None if field_raw is None else decode_marker(field_raw)
+    key = None if key_raw is None else decode_marker(key_raw)
+    marker, marker_ttl = (key, key_ttl) if key and (not field or key.version > field.version) \
+        else (field, -1)
     return StoredSession(
         session=decode_session(session_id, reply[0]) if reply else None,
         ttl_left=int(ttl) if reply else None, value_bytes=len(reply[0]) if reply else 0,

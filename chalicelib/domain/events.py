@@ -10,12 +10,14 @@ reads it back on the consumer side.  Schema version 1::
      "created_at": "2026-11-28T16:33:30.405Z", "occurred_at": "...",
      "expires_at": "...", "ttl_seconds": 3600, "owner_id": "u-42", "state": {...} | null}
 
-``expires_at`` (when the session's lifetime ends: ``occurred_at`` plus
-``ttl_seconds`` for a write; the lifetime that ended for
-``session_expired``) is optional: an event written before it existed (an old
-outbox entry, a message still in the queue) has none, and PostgreSQL derives
-it from ``occurred_at`` and ``ttl_seconds``.  ``session_touched`` carries the
-unchanged state; ``session_expired`` (written by the expiry sweep) none.
+``expires_at`` is carried by ``session_expired`` only (the lifetime that
+ended, which its ``occurred_at`` does not give).  A write's lifetime ends at
+``occurred_at`` plus ``ttl_seconds``, which PostgreSQL derives (and
+``Session.expires_at``): the scripts leave the sum out.  An event written by
+the previous release (an old outbox entry, a message still in the queue)
+carries it for every write, and is persisted with it: the same value.
+``session_touched`` carries the unchanged state; ``session_expired``
+(written by the expiry sweep) none.
 
 
 ``owner_id`` is optional (only a session created with an owner has it, on
@@ -55,7 +57,7 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "occurred_at": str,
     "ttl_seconds": int,
 }
-#: optional fields: an event written before they existed has none
+#: optional fields (see the module docstring)
 _OPTIONAL: dict[str, type] = {"expires_at": str}
 #: the fields of an event, in the order the store writes them (``owner_id``
 #: only when the session has an owner)
@@ -80,7 +82,8 @@ class ChangeEvent:
     state_json: str | None
     #: the session's owner, when it was created with one
     owner_id: str | None = None
-    #: None in an event written before it existed (derived by PostgreSQL)
+    #: None but in a session_expired (and a write's event of the previous
+    #: release): PostgreSQL derives it from occurred_at and ttl_seconds
     expires_at: str | None = None
 
     @property

@@ -16,8 +16,8 @@ def iso_to_ms(iso: str) -> int:
 
 def iso_plus_seconds(iso: str, seconds: int) -> str:
     """``iso`` plus ``seconds``, in the same format: how ``expires_at`` is
-    derived (the store's Lua ``iso_plus`` writes the same into the change
-    event)."""
+    derived (PostgreSQL derives the same from a change event's
+    ``occurred_at`` and ``ttl_seconds``)."""
     ms = iso_to_ms(iso) + seconds * 1000
     return "%s.%03dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)), ms % 1000)
 

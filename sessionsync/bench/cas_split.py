@@ -32,6 +32,7 @@ from typing import Any, cast
 import hiredis
 import redis
 
+from chalicelib.adapters.redis import scripts
 from chalicelib.adapters.redis.codec import iso_utc
 from chalicelib.adapters.redis.keys import session_keys
 from chalicelib.adapters.redis.scripts import UPDATE_SCRIPT
@@ -49,9 +50,10 @@ ECHO_SCRIPT = "return {'ok', ARGV[9]}"
 # changed script fails the run instead of timing something else.
 VARIANTS: tuple[tuple[str, str, str], ...] = (
     ("no_epoch_read",
-     "return string.sub(string.match(redis.call('INFO', 'replication'), "
-     "'master_replid:(%x+)'), 1, 8)",
-     "return '00000000'"),
+     "  local info = redis.call('INFO', 'replication')\n"
+     "  local at = string.find(info, 'master_replid:', 1, true) + 14\n"
+     "  return string.sub(info, at, at + 7)\n",
+     "  return '00000000'\n"),
     ("no_publish", "  redis.call('PUBLISH', CHANNEL, ev)\n", ""),
     ("no_outbox", "  redis.call('ZADD', KEYS[3], NOW_MS, eid)\n  redis.call('HSET', KEYS[4], eid, ev)\n",
      ""),
@@ -82,11 +84,12 @@ def variant_script(name: str) -> str:
 
 
 def prelude_script() -> str:
-    """The scripts' shared prelude (its local functions) and nothing else."""
-    body = "\nreturn epoch()\n"
-    if not EPOCH_SCRIPT.endswith(body):
-        raise AssertionError("EPOCH_SCRIPT changed: update cas_split.prelude_script")
-    return EPOCH_SCRIPT[:-len(body)] + "\nreturn 1\n"
+    """The update script's prelude (the write prelude's locals and the
+    functions it calls: scripts.shake) and nothing else."""
+    body = scripts.read("update.lua")
+    if not UPDATE_SCRIPT.endswith(body):
+        raise AssertionError("UPDATE_SCRIPT changed: update cas_split.prelude_script")
+    return UPDATE_SCRIPT[:-len(body)] + "\nreturn 1\n"
 
 
 def split(p50: dict[str, float], server: dict[str, float], client: dict[str, float]

@@ -134,13 +134,14 @@ ZIP_PREAMBLE = "import sys\nsys.path[:0] = sys.argv[1:3]\n"
 
 def _run_child(function: str, event: dict[str, Any], env: dict[str, str], *,
                cwd: Path | None = None, importtime: bool = False,
-               package: tuple[Path, Path] | None = None) -> tuple[dict[str, Any], float, str]:
-    """One fresh process: ``package`` (task root, runtime directory) runs
-    the bare interpreter on the unpacked zip, else this one in ``cwd``."""
+               package: tuple[Path, Path, str] | None = None) -> tuple[dict[str, Any], float, str]:
+    """One fresh process: ``package`` (task root, runtime directory, the
+    runtime's interpreter) runs that bare interpreter on the unpacked zip,
+    else this one in ``cwd``."""
     if package is not None:
-        python = getattr(sys, "_base_executable", sys.executable)
-        args = [python, "-I", "-S", "-B", "-c", ZIP_PREAMBLE + CHILD, *map(str, package)]
-        cwd = package[0]
+        task_root, runtime_dir, python = package
+        args = [python, "-I", "-S", "-B", "-c", ZIP_PREAMBLE + CHILD, str(task_root), str(runtime_dir)]
+        cwd = task_root
     else:
         args = [sys.executable, *(["-X", "importtime"] if importtime else []), "-c", CHILD]
     start = time.perf_counter()
@@ -208,7 +209,7 @@ def import_breakdown(rows: list[dict[str, Any]], top: int = 15) -> dict[str, Any
 
 def _scenarios(calls: dict[str, tuple[Any, ...]], env: dict[str, str]) -> dict[str, dict[str, Any]]:
     """name -> (function, one event per run, directory of its app.py[, the
-    package: task root, runtime directory]): each measured in fresh
+    package: task root, runtime directory, interpreter]): each measured in fresh
     processes, round-robin (run i of every call, then run i + 1), so that a
     machine getting busier mid-section shifts them all alike and their
     ratios stay fair."""
@@ -256,11 +257,11 @@ def _deploy_stage() -> Any:
     return module
 
 
-def build_packages(workdir: Path, *, with_boto3: bool) -> dict[str, Path]:
-    """name -> deployment.zip: ``app`` (what `make package` builds), ``bare``
-    (BARE_APP, packaged the same way), and with ``with_boto3`` ``app_boto3``
-    (the app with boto3 and its dependencies in the zip, at the versions
-    that stand in for the runtime's)."""
+def build_packages(workdir: Path, *, with_boto3: bool, runtime: str) -> dict[str, Path]:
+    """name -> deployment.zip for the Lambda ``runtime``: ``app`` (what
+    `make package` builds), ``bare`` (BARE_APP, packaged the same way), and
+    with ``with_boto3`` ``app_boto3`` (the app with boto3 and its
+    dependencies in the zip, at the versions that stand in for the runtime's)."""
     import shutil
     stage = _deploy_stage()
     root = project_dir()
@@ -287,7 +288,7 @@ def build_packages(workdir: Path, *, with_boto3: bool) -> dict[str, Path]:
         {"version": "2.0", "app_name": "bare", "stages": {"dev": {"api_gateway_stage": "dev"}}}))
     projects["bare"] = (bare, None)
     return {name: stage.build_offline(project, workdir / name / "out", workdir / name, "dev",
-                                      merge_template=merge) / "deployment.zip"
+                                      merge_template=merge, runtime=runtime) / "deployment.zip"
             for name, (project, merge) in projects.items()}
 
 
@@ -320,10 +321,15 @@ def from_zip(ctx: BenchContext, env: dict[str, str],
     with boto3 from the runtime and from the zip (``events``: a scenario's
     name -> its function and, per mode, one event per run; ``put_events``:
     twice the runs, a session each)."""
+    stage = _deploy_stage()
+    # the Lambda runtime: the template's unless the run names another (--lambda-runtime)
+    lambda_runtime = ctx.lambda_runtime or stage.default_runtime()
+    python = stage.interpreter(lambda_runtime)  # StageError: the section fails naming it
     with_boto3 = ctx.profile.name != "smoke"  # a third package: the smoke run proves the shape
-    packages = build_packages(workdir / "build", with_boto3=with_boto3)
-    runtime = _deploy_stage().runtime_provided(workdir / "var-runtime")
-    roots = {(name, mode): (unpack(path, workdir / f"{name}-{mode}", bytecode=mode == "bytecode"), runtime)
+    packages = build_packages(workdir / "build", with_boto3=with_boto3, runtime=lambda_runtime)
+    runtime = stage.runtime_provided(workdir / "var-runtime", lambda_runtime)
+    roots = {(name, mode): (unpack(path, workdir / f"{name}-{mode}", bytecode=mode == "bytecode"), runtime,
+                            python.executable)
              for name, path in packages.items() for mode in ("bytecode", "source")
              if name != "app_boto3" or mode == "bytecode"}
     runs = max(1, ctx.profile.coldstart_runs)
@@ -341,6 +347,8 @@ def from_zip(ctx: BenchContext, env: dict[str, str],
         by_mode[mode] = {"bare_chalice": bare, "by_function": with_ratios(functions, bare)}
     result: dict[str, Any] = {
         "runs": runs,
+        "lambda_runtime": lambda_runtime,
+        "interpreter": python.executable,
         "packages": {name: _package_facts(path) for name, path in packages.items()},
         **by_mode,
         # what the bytecode saves each function: its median without over with
@@ -357,8 +365,9 @@ def from_zip(ctx: BenchContext, env: dict[str, str],
             put["boto3_in_zip"]["median"]["import_plus_first_ms"]
             / put["boto3_from_runtime"]["median"]["import_plus_first_ms"], 2)}
     result["notes"] = (
-        "Each package unpacked as /var/task, run by `python -I -S -B` with the runtime's boto3 on a "
-        "path of its own (the versions of infra/lambda/python3.11-runtime.txt, with their bytecode). "
+        "Each package built for lambda_runtime, unpacked as /var/task, run by that runtime's interpreter "
+        "(`python3.X -I -S -B`) with the runtime's boto3 on a path of its own (the versions of "
+        "infra/lambda/runtime-provided.txt, with that interpreter's bytecode). "
         "bytecode: the package as `make package` builds it (unchecked-hash .pyc files); source: the "
         "same files without them, so every import compiles (-B: nothing is written, as on a read-only "
         "/var/task). ratio_to_bare: a function's median import + first call over the bare one-route "

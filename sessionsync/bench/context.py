@@ -99,6 +99,9 @@ class BenchContext:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     #: what provisioning the bench's database did, the first time a section asked
     provisioned: dict[str, Any] | None = None
+    #: the Lambda runtime the cold start's packages are built for and run on
+    #: (python3.13...); None: the template's LambdaRuntime
+    lambda_runtime: str | None = None
 
     @property
     def server_cpus(self) -> frozenset[int] | None:

@@ -57,12 +57,14 @@ def ack_all(store: SessionStore, event_ids: Sequence[str], chunk: int = ACK_CHUN
 def delete_session_keys(client: RedisClient, session_ids: Iterable[str]) -> None:
     """Remove sessions, their markers and their outbox entries (only needed
     on a Redis the run does not own: ``--redis-url``)."""
-    from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
+    from chalicelib.adapters.redis.keys import bucket_of, marker_key, outbox_keys, session_keys
 
     session_ids = set(session_ids)
     pipe = client.pipeline(transaction=False)
     for sid in session_ids:
-        pipe.unlink(*session_keys(sid)[:2])
+        session, markers = session_keys(sid)[:2]
+        pipe.unlink(session, marker_key(sid))
+        pipe.hdel(markers, sid)
     pipe.execute()
     # outbox entries are named "<id>:<version>"
     for bucket in {bucket_of(sid) for sid in session_ids}:

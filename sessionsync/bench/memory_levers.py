@@ -6,11 +6,12 @@ store writes it) in variants of that format, each on an emptied scratch
 redis-server of the bench's own, and reports ``used_memory`` growth per
 session (after a first fifth paid the one-off costs: hash tables, bucket
 keys, encodings) as a ratio to the state's bytes and to the current format.
-Nothing here changes the production format: these are figures to decide on.
+These are figures to decide on; the memory section measures the format in use.
 
 Variants (session key ``s``, marker ``m``):
 
-* ``current``        ``ss:{NNNN}:s:<id>`` value with EX + ``ss:{NNNN}:m:<id>`` "1|L"
+* ``current``        the previous release's format: ``ss:{NNNN}:s:<id>`` value with EX +
+  ``ss:{NNNN}:m:<id>`` "1|L" (this release's is ``marker_in_bucket_hash``)
 * ``no_marker``      the session key alone: the bound of every marker lever
 * ``marker_in_bucket_hash``  markers as fields of one hash per bucket
   (``HSET ss:{NNNN}:mk <id> 1|L``), at the density production reaches at
@@ -19,6 +20,10 @@ Variants (session key ``s``, marker ``m``):
 * ``marker_in_bucket_listpack``  the same with ``hash-max-listpack-entries``
   raised above the density (listpack encoding: less memory, O(n) access;
   its HGET p50 is reported beside the hashtable's)
+* ``marker_in_sub_hashes``  markers in ``SUB_HASHES`` hashes per bucket
+  (``ss:{NNNN}:mk:<h>``), each under the default listpack threshold at that
+  density: listpack's memory without the setting, for a while (the hashes
+  turn into hashtables as the markers pile up past 128 each)
 * ``short_prefix``   ``{NNNN}s<id>`` / ``{NNNN}m<id>``
 * ``compact_head``   the head's timestamps as epoch milliseconds instead of ISO
 * ``combined``       bucket-hash markers + short prefix + compact head
@@ -45,6 +50,8 @@ TTL = 3600
 MARKER = b"1|L"
 # markers per bucket hash at 1M sessions over BUCKETS buckets
 PRODUCTION_DENSITY = 1_000_000 // BUCKETS
+# hashes per bucket of the sub-hash variant: about 61 markers each at that density
+SUB_HASHES = 16
 SESSIONS = {"full": 50_000, "quick": 10_000, "smoke": 1_000}
 CHUNK = 1_000
 TARGET = 1.5
@@ -104,6 +111,13 @@ def _variants(value: bytes, state: bytes, density_buckets: int
         pipe.set(b"ss:{%04d}:s:" % b + sid.encode(), value, ex=TTL)
         pipe.hset(b"ss:{%04d}:mk" % bucket(sid, density_buckets), sid, MARKER)
 
+    def sub_hash(pipe: Any, sid: str, b: int) -> None:
+        # SUB_HASHES hashes per bucket: each under hash-max-listpack-entries'
+        # default 128 at the production density, so listpacks with no setting
+        h = zlib.crc32(sid.encode()[::-1]) % SUB_HASHES
+        pipe.set(b"ss:{%04d}:s:" % b + sid.encode(), value, ex=TTL)
+        pipe.hset(b"ss:{%04d}:mk:%x" % (bucket(sid, density_buckets), h), sid, MARKER)
+
     def short_prefix(pipe: Any, sid: str, b: int) -> None:
         tag = b"{%04d}" % b
         pipe.set(tag + b"s" + sid.encode(), value, ex=TTL)
@@ -126,6 +140,7 @@ def _variants(value: bytes, state: bytes, density_buckets: int
     return {"current": (current, no_config), "no_marker": (no_marker, no_config),
             "marker_in_bucket_hash": (bucket_hash, no_config),
             "marker_in_bucket_listpack": (bucket_hash, listpack),
+            "marker_in_sub_hashes": (sub_hash, no_config),
             "short_prefix": (short_prefix, no_config), "compact_head": (compact_head, no_config),
             "combined": (combined, no_config), "combined_listpack": (combined, listpack),
             "floor": (floor, no_config)}
@@ -194,8 +209,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             for name, (writer, config) in _variants(value, state, density_buckets).items():
                 results[name] = _measure(client, writer, config, warm, timed)
                 results[name]["config"] = config
-                if "bucket" in name or name.startswith("combined"):
-                    key = (b"{%04d}mk" if name.startswith("combined") else b"ss:{%04d}:mk") % 0
+                if "bucket" in name or name.startswith("combined") or name == "marker_in_sub_hashes":
+                    key = (b"{%04d}mk" if name.startswith("combined") else b"ss:{%04d}:mk:0"
+                           if name == "marker_in_sub_hashes" else b"ss:{%04d}:mk") % 0
                     results[name]["encoding"] = cast(bytes, client.object("encoding", key)).decode()
                     results[name]["fields_per_hash"] = int(client.hlen(key))
                     fields = cast(list[bytes], client.hkeys(key))

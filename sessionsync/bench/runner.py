@@ -39,6 +39,7 @@ class BenchOptions:
     aws_endpoint_url: str | None = None    # LocalStack, for the SQS figures
     chart: bool = True
     pin_cpus: bool = True                  # see context.Placement
+    lambda_runtime: str | None = None      # the cold start's packages; None: the template's
 
 
 def run_bench(options: BenchOptions, log: Callable[[str], None] = print,
@@ -83,7 +84,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print,
         ctx = BenchContext(profile=profile, redis_url=redis_url, redis_is_own=own,
                            database_url=options.database_url,
                            aws_endpoint_url=options.aws_endpoint_url, log=log,
-                           placement=placement)
+                           placement=placement, lambda_runtime=options.lambda_runtime)
         results: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "profile": profile.name,
@@ -92,7 +93,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print,
                          "cpu_placement": None if placement is None else {
                              "redis_servers": sorted(placement.server_cpus),
                              "bench": sorted(placement.client_cpus)},
-                         "sections": sections, "iterations": profile.__dict__},
+                         "sections": sections, "iterations": profile.__dict__,
+                         "lambda_runtime": options.lambda_runtime or "the template's"},
             "sections": {},
         }
         quiet_telemetry(stack)

@@ -39,8 +39,13 @@ def _set_command(key: bytes, value: bytes) -> bytes:
         len(key), key, len(value), value, len(str(TTL)), TTL)
 
 
+def _hset_command(key: bytes, field: bytes, value: bytes) -> bytes:
+    return b"*4\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(key), key, len(field), field, len(value), value)
+
+
 def load_sessions(host: str, port: int, prefix: str, start: int, stop: int, value: bytes) -> None:
-    """SET session and marker for ids ``<prefix>-<start..stop-1>``.
+    """SET session, HSET marker for ids ``<prefix>-<start..stop-1>``.
 
     One socket; a reader thread drains the +OK replies while the writer
     keeps sending, so Redis never waits for Python to read.
@@ -49,7 +54,7 @@ def load_sessions(host: str, port: int, prefix: str, start: int, stop: int, valu
     tags = [bucket_tag(b).encode() for b in range(BUCKETS)]
     probe = f"{prefix}-0"
     probe_tag = tags[zlib.crc32(probe.encode()) % BUCKETS].decode()
-    if session_keys(probe)[:2] != [f"{probe_tag}:s:{probe}", f"{probe_tag}:m:{probe}"]:
+    if session_keys(probe)[:2] != [f"{probe_tag}:s:{probe}", f"{probe_tag}:m"]:
         raise AssertionError("the key layout changed: update scale.load_sessions")
     expected = 2 * (stop - start)
     errors: list[bytes] = []
@@ -62,7 +67,7 @@ def load_sessions(host: str, port: int, prefix: str, start: int, stop: int, valu
             if not chunk:
                 errors.append(b"connection closed")
                 return
-            seen += chunk.count(b"\n")  # one line per +OK or -ERR reply
+            seen += chunk.count(b"\n")  # one line per +OK, :1 or -ERR reply
             if b"-" in chunk and (chunk.startswith(b"-") or b"\n-" in chunk):
                 errors.append(chunk[:200])
 
@@ -76,7 +81,7 @@ def load_sessions(host: str, port: int, prefix: str, start: int, stop: int, valu
                 sid = b"%s-%d" % (prefix.encode(), i)
                 tag = tags[crc32(sid) % BUCKETS]
                 parts.append(_set_command(tag + b":s:" + sid, value))
-                parts.append(_set_command(tag + b":m:" + sid, marker))
+                parts.append(_hset_command(tag + b":m", sid, marker))
             sock.sendall(b"".join(parts))
         reader.join(timeout=600)
     finally:

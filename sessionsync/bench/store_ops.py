@@ -32,7 +32,7 @@ RATIOS = (("get", "floor_get"), ("get_verified", "floor_get"), ("get_verified", 
           ("create_owned", "create"), ("get_owned", "get"))
 # op / the C client's floor, at p50 (its slices are merged by their p50)
 C_RATIOS = (("get", "c_get"), ("get_verified", "c_get"), ("get_verified", "c_get_verified"),
-            ("update", "c_update"), ("floor_get", "c_get"))
+            ("update", "c_update"), ("create", "c_create"), ("floor_get", "c_get"))
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -198,7 +198,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                  "p50 minus it is network + client; "
                  "c_client = redis-benchmark -c 1 (C, hiredis) on the same server: c_get the same "
                  "GET, c_get_verified EVALSHA of GET_SCRIPT on the same key, c_update EVALSHA of "
-                 "UPDATE_SCRIPT minus its version check with the store's keys and arguments; "
+                 "UPDATE_SCRIPT minus its version check with the store's keys and arguments, "
+                 "c_create EVALSHA of CREATE_SCRIPT with the store's arguments and new random "
+                 "ids (redis-benchmark's __rand_int__); "
                  "p50 = median of the slices' p50 (whole microseconds).",
     }
 

@@ -15,11 +15,17 @@ NODE = {"read_p50_ms": 0.12, "update_p50_ms": (0.34, 0.38), "queue_events_per_s"
 # another machine (not measured by this bench): its get (ioredis) and its
 # version-checked update (three round trips), p50 in microseconds.
 NODE_WIRE = {"get_p50_us": (45, 58), "update_p50_us": (138, 183)}
-# the hot path's limits against the C client and the store
+# the hot path's limits against the C client and the store: the verified
+# get against its GET, update and create against its EVALSHA of the same script
 C_GET_LIMIT = 1.5
-C_UPDATE_LIMIT = 1.5
+C_UPDATE_LIMIT = 1.4
+C_CREATE_LIMIT = 1.4
+# the update script's own server time (INFO commandstats), microseconds
+SCRIPT_SERVER_US = 25.0
 HANDLER_LIMIT = 2.0
 MEMORY_CLOSE = 1.5
+# a 1 KB session's bytes in Redis over its state's (markers as hash fields)
+MEMORY_1KB = 1.4
 # a drain whose per-entry cost grows with the backlog is not linear; the
 # margin is for noise, far below the backlog ratio a quadratic relay shows
 RELAY_LINEAR = 2.0
@@ -36,6 +42,18 @@ def _check(name: str, measured: Any, limit: Any, met: bool | None, unit: str, ho
 
 def _ok(section: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
     return section is not None and bool(section) and "error" not in section and "skipped" not in section
+
+
+def _memory_floor(data: dict[str, Any]) -> str:
+    """How the memory row is measured, with the same run's floor: the state
+    alone as a plain string under the session's key name, plus the same
+    keyspace bytes (no head, no marker)."""
+    how = "used_memory growth per session (session key, marker field, keyspace) / state bytes"
+    if "floor_plain_string_bytes" not in data or "keyspace_bytes" not in data:
+        return how
+    floor = (data["floor_plain_string_bytes"] + data["keyspace_bytes"]) / data["payload_bytes"]
+    return (f"{how}; the same run's floor (the state alone under the session's key name, the "
+            f"same keyspace bytes): {floor:.3f}x")
 
 
 def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
@@ -107,6 +125,9 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
             checks.append(_check(f"memory per session close to payload ({size} B state)", value,
                                  MEMORY_CLOSE, value <= MEMORY_CLOSE, "x",
                                  "used_memory growth per session (key, marker, keyspace) / state bytes"))
+            if size == "1024":
+                checks.append(_check(f"memory per 1 KB session <= {MEMORY_1KB}x its state", value,
+                                     MEMORY_1KB, value <= MEMORY_1KB, "x", _memory_floor(data)))
     relay = sections.get("relay")
     if _ok(relay):
         value = relay["linearity"]["per_entry_cost_ratio"]
@@ -198,6 +219,14 @@ def _scale_out_redis(sections: dict[str, Any]) -> list[dict[str, Any]]:
                                  f"{shard['server_cpu_utilisation']:.0%} of the server's core"))
     split = sections.get("cas_split")
     if _ok(split):
+        own = split["server_usec_per_call"]["update"]
+        steps = split["script_steps_server_usec"]
+        checks.append(_check(f"update script's own server time < {SCRIPT_SERVER_US:g} us",
+                             own, SCRIPT_SERVER_US, own < SCRIPT_SERVER_US, "us",
+                             f"INFO commandstats usec per EVALSHA of UPDATE_SCRIPT; a minimal "
+                             f"CAS (GET, compare, SET) {steps['minimal_cas_script']} us, a bare "
+                             f"EVALSHA {split['server_usec_per_call']['floor_evalsha']} us, same "
+                             f"run ({steps['full/minimal_cas']}x the minimal CAS)"))
         checks.append(_check("CAS update over a bare round trip + its script's own server time "
                              "(p50)", split["ratios"]["update/(floor_evalsha+script_server_time)"],
                              None, None, "x",
@@ -290,6 +319,12 @@ def _wire_speed(store: dict[str, Any]) -> list[dict[str, Any]]:
                              "same script (p50)", value, C_UPDATE_LIMIT, value <= C_UPDATE_LIMIT,
                              "x", "SessionStore.update p50 / redis-benchmark -c 1 EVALSHA of "
                              "UPDATE_SCRIPT (minus its version check), same keys and arguments"))
+    if "create/c_create" in ratios:
+        value = ratios["create/c_create"]["p50"]
+        checks.append(_check(f"create <= {C_CREATE_LIMIT}x the C client's EVALSHA of the same "
+                             "script (p50)", value, C_CREATE_LIMIT, value <= C_CREATE_LIMIT, "x",
+                             "SessionStore.create p50 / redis-benchmark -c 1 EVALSHA of "
+                             "CREATE_SCRIPT, same arguments, a new random id each call"))
     latency = store["latency"]
     for op, node, what in (("get_verified", "get_p50_us", "get"),
                            ("update", "update_p50_us", "CAS update")):

@@ -25,6 +25,7 @@ from sessionsync.cli.inspect import inspect_command
 from sessionsync.cli.key import key
 from sessionsync.cli.keys import keys
 from sessionsync.cli.migrate import migrate
+from sessionsync.cli.migrate_markers import migrate_markers
 from sessionsync.cli.queue_metrics import queue_metrics
 from sessionsync.cli.relay import relay
 from sessionsync.cli.retention import retention
@@ -74,6 +75,6 @@ def main(stage: str | None, project_dir: str | None) -> None:
     metrics.configure(stream=cast(TextIO, _CurrentStderr()))
 
 
-for command in (serve, watch, bootstrap, migrate, worker, relay, sweep, retention, bench, soak,
-                health, diagnose, queue_metrics, key, keys, inspect_command, dlq):
+for command in (serve, watch, bootstrap, migrate, migrate_markers, worker, relay, sweep, retention,
+                bench, soak, health, diagnose, queue_metrics, key, keys, inspect_command, dlq):
     main.add_command(command)

@@ -44,11 +44,14 @@ def _sections(value: str | None) -> tuple[str, ...]:
 @click.option("--pin/--no-pin", default=True, show_default=True,
               help="Pin the bench's redis-servers to the last CPU and the bench to the others, "
                    "so that every round trip crosses CPUs (reproducible on VMs).")
+@click.option("--lambda-runtime", default=None, metavar="python3.X",
+              help="The Lambda runtime the coldstart section builds the package for and runs it with "
+                   "(its interpreter must be installed; default: the template's LambdaRuntime).")
 @output_format()
 @quiet_option
 def bench(profile: str, output_dir: Path, sections: str | None, redis_url: str | None,
           database_url: str | None, aws_endpoint_url: str | None, chart: bool, pin: bool,
-          fmt: str, quiet: bool) -> None:
+          lambda_runtime: str | None, fmt: str, quiet: bool) -> None:
     """Benchmark the store, handler, cold start, consumer, memory, scale and contention.
 
     Writes bench-<profile>-<time>.json and .png to --output-dir and prints
@@ -61,7 +64,7 @@ def bench(profile: str, output_dir: Path, sections: str | None, redis_url: str |
         sections=_sections(sections), redis_url=redis_url, database_url=database_url,
         aws_endpoint_url=aws_endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
         or "http://127.0.0.1:4566",
-        chart=chart, pin_cpus=pin)
+        chart=chart, pin_cpus=pin, lambda_runtime=lambda_runtime)
     progress = Progress(quiet)
 
     def note(line: str) -> None:

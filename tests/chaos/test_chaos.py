@@ -585,3 +585,60 @@ def test_sessions_expiring_under_the_workload_end_once_and_only_when_due(
     assert expired and all(len(versions) == 1 for versions in per_session.values()), per_session
     print(f"expired: {len(expired)} sessions; reads answered expired: "
           f"{sum(1 for op in history.ops if op.absent == 'expired')}")
+
+
+# -- an upgrade of the data format under the workload ---------------------------------
+
+# What a process of the previous release does to every marker it writes: a
+# key of its own, no TTL; here each bucket's hash is moved into such keys in
+# one step (one script: a write of this release never interleaves with it)
+_AS_THE_PREVIOUS_RELEASE = """
+local ids = redis.call('HKEYS', KEYS[1])
+for _, id in ipairs(ids) do
+  redis.call('SET', KEYS[1] .. ':' .. id, redis.call('HGET', KEYS[1], id))
+end
+redis.call('DEL', KEYS[1])
+return #ids
+"""
+
+
+def test_markers_migrated_while_the_workload_runs_never_fork_a_session(
+        make_stack, throwaway_redis, pg_test_dsn):
+    """The dataset starts in the previous format and the previous release
+    keeps writing it for the first seconds (every marker moved back into a
+    key of its own, again and again), while session keys are lost at random
+    (so that recovery leans on the markers in either form); then
+    ``migrate-markers`` runs in small batches in the middle of the run, the
+    workload going on.  No version older than an acknowledged one is served,
+    no deleted session comes back, and no marker key is left."""
+    from sessionsync import marker_migration
+
+    stack = make_stack(redis_url=throwaway_redis.url, pg_dsn=pg_test_dsn)
+    admin = redis.Redis.from_url(throwaway_redis.url)
+    as_previous = admin.register_script(_AS_THE_PREVIOUS_RELEASE)
+    done: dict[str, object] = {"moved_back": 0, "evicted": 0}
+
+    def upgrade(stop: threading.Event) -> None:
+        started = time.monotonic()
+        while not stop.wait(0.1):
+            if time.monotonic() - started < 3.0:  # the previous release still writes
+                for markers in admin.scan_iter(match="ss:{????}:m", count=1000):
+                    done["moved_back"] = int(done["moved_back"]) + int(as_previous(keys=[markers]))
+            elif "migration" not in done:
+                done["migration"] = marker_migration.migrate(admin, batch=2)
+            doomed = list(admin.scan_iter(match="ss:*:s:*", count=1000))[::4]
+            if doomed:
+                done["evicted"] = int(done["evicted"]) + admin.delete(*doomed)
+
+    try:
+        history, workload = run(stack, upgrade, seconds=WORKLOAD_SECONDS)
+        left = sorted(admin.scan_iter(match="ss:{????}:m:*", count=1000))
+    finally:
+        admin.close()
+    migration = done.get("migration")
+    assert isinstance(migration, marker_migration.MigrationProgress), done
+    print(f"moved back {done['moved_back']}, evicted {done['evicted']}, migration {migration.to_dict()}")
+    assert int(done["moved_back"]) > 0 and int(done["evicted"]) > 0, done  # else it proved nothing
+    assert migration.moved > 0 and migration.batches > 1 and migration.remaining == 0
+    assert left == []
+    assert_clean(stack, history, workload)

@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema_rs
 
 from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
+from tests.support.markers import raw_marker
 
 
 def body(doc) -> str:
@@ -38,7 +39,7 @@ class RedisView:
         return self.client.get(session_keys(sid)[0])
 
     def marker(self, sid: str) -> bytes | None:
-        return self.client.get(session_keys(sid)[1])
+        return raw_marker(self.client, sid)
 
     def outbox(self, sid: str) -> list[bytes]:
         data = outbox_keys(bucket_of(sid))[1]

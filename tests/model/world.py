@@ -40,6 +40,7 @@ from tests.chaos.stack import ChaosStack
 from tests.support.app import app_client
 from tests.support.constants import BEARER
 from tests.support.keys import key_set
+from tests.support.markers import forget_marker
 from tests.support.servers import ReplicatedRedis, ReplicatedRedisCluster, wait_for
 
 # The settle time after Redis went back in time.  Short, because every fault
@@ -240,9 +241,11 @@ class World:
         return ReplicatedRedis.admin(self.redis.primary)
 
     def evict(self, session_id: str, *, marker: bool = False) -> None:
-        key, marker_key = session_keys(session_id)[:2]
         with self.admin() as admin:
-            admin.delete(marker_key if marker else key)
+            if marker:
+                forget_marker(admin, session_id)
+            else:
+                admin.delete(session_keys(session_id)[0])
 
     def flush(self) -> None:
         with self.admin() as admin:
@@ -342,9 +345,11 @@ class ClusterWorld(World):
         return self.redis.master_of(session_keys(session_id)[0])
 
     def evict(self, session_id: str, *, marker: bool = False) -> None:
-        key, marker_key = session_keys(session_id)[:2]
         with self.redis.admin(self._master(session_id)) as admin:
-            admin.delete(marker_key if marker else key)
+            if marker:
+                forget_marker(admin, session_id)  # its forms are in the session's slot
+            else:
+                admin.delete(session_keys(session_id)[0])
 
     def flush(self) -> None:
         self.redis.flush()

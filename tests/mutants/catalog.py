@@ -58,6 +58,7 @@ LUA_GET = f"{REDIS}/scripts/get.lua"
 LUA_EXPIRE = f"{REDIS}/scripts/expire.lua"
 LUA_SETTLE = f"{REDIS}/scripts/settle.lua"
 LUA_LEASE = f"{REDIS}/scripts/lease.lua"
+LUA_MIGRATE_MARKERS = f"{REDIS}/scripts/migrate_markers.lua"
 SESSIONS = "chalicelib/service/sessions.py"
 PERSISTENCE = "chalicelib/adapters/postgres/database.py"
 CONSUMER = "chalicelib/pipeline/consumer.py"
@@ -71,6 +72,8 @@ T_STORE = "tests/integration/store/test_store.py"
 T_CAS_LATENCY = "tests/integration/store/test_cas_latency.py"
 T_EPOCHS = "tests/integration/store/test_store_epochs.py"
 T_MARKERS = "tests/integration/store/test_markers.py"
+T_FORMATS = "tests/integration/store/test_marker_formats.py"
+T_MIGRATION = "tests/integration/ops/test_marker_migration.py"
 T_RULES = "tests/integration/recovery/test_recovery_rules.py"
 T_CONFLICTS = "tests/integration/pipeline/test_version_conflicts.py"
 T_PERSISTENCE = "tests/integration/pipeline/test_persistence.py"
@@ -165,8 +168,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "a delete leaves the marker live: the id could come back"),
     mutant(
         "marker-ttl-shorter-than-the-session", 8, LUA_LIB,
-        (("redis.call('SET', KEYS[2], value, 'EX', math.max(marker_ttl, ttl))",
-          "redis.call('SET', KEYS[2], value, 'EX', marker_ttl)"),),
+        (("redis.call('SET', key, value, 'EX', math.max(marker_ttl, ttl))",
+          "redis.call('SET', key, value, 'EX', marker_ttl)"),),
         (f"{T_STORE}::test_the_version_marker_outlives_its_session_even_when_configured_shorter[single]",),
         "a configured marker TTL shorter than the session's is used as is"),
     mutant(
@@ -174,6 +177,47 @@ MUTANTS: tuple[Mutant, ...] = (
         (("if marker_ttl > 0 then", "if true then"),),
         (f"{T_MARKERS}::test_the_marker_holds_the_last_acknowledged_version_after_every_write[single]",),
         "markers get a TTL even with SESSION_MARKER_TTL=0: volatile-* eviction may take them"),
+    mutant(
+        "marker-key-form-not-read", 8, LUA_LIB,
+        (("  local k = redis.call('GET', key)\n", "  local k = false\n"),),
+        (f"{T_FORMATS}::test_a_deletion_in_a_marker_key_stays_final[single]",
+         f"{T_RULES}::test_a_read_while_postgresql_is_behind_the_marker_is_a_503_until_it_catches_up"
+         "[previous-format]"),
+        "a marker the previous release wrote (a key) is not read: after an upgrade a deleted id "
+        "can be created again and recovery can serve an older version"),
+    mutant(
+        "marker-field-wins-over-a-newer-key", 8, LUA_LIB,
+        (("  if not f or tonumber(string.match(k, '^(%d+)')) > tonumber(string.match(f, '^(%d+)')) "
+          "then return k end\n", "  if not f then return k end\n"),),
+        (f"{T_FORMATS}::test_during_a_rollout_the_higher_version_of_the_two_forms_is_the_marker[single]",),
+        "during a rollout the field's older marker hides a deletion the previous release wrote "
+        "in the key"),
+    mutant(
+        "marker-key-kept-on-write", 8, LUA_LIB,
+        (("    redis.call('HSET', KEYS[2], id, value)\n    redis.call('DEL', key)\n",
+          "    redis.call('HSET', KEYS[2], id, value)\n"),),
+        (f"{T_FORMATS}::test_a_marker_key_is_read_as_the_marker_and_the_first_write_moves_it_into_the_hash"
+         "[single]",),
+        "a write leaves the previous release's marker key beside the field: two markers, and the "
+        "memory the hash was to save"),
+    mutant(
+        "marker-field-kept-with-a-ttl", 8, LUA_LIB,
+        (("    redis.call('HDEL', KEYS[2], id)\n", ""),),
+        (f"{T_FORMATS}::test_with_a_marker_ttl_the_marker_is_a_key_and_the_field_goes[single]",),
+        "with SESSION_MARKER_TTL the field stays beside the key: the marker outlives its TTL"),
+    mutant(
+        "migration-moves-over-a-newer-marker", 8, LUA_MIGRATE_MARKERS,
+        (("    if f and tonumber(string.match(f, '^(%d+)')) >= tonumber(string.match(k, '^(%d+)')) then",
+          "    if false then"),),
+        (f"{T_MIGRATION}::test_a_migration_moves_every_marker_key_in_batches_and_a_second_run_finds_nothing",
+         f"{T_MIGRATION}::test_a_migration_beside_live_writes_never_moves_a_marker_back"),
+        "the migration writes a marker key over the newer version a write left in the hash: "
+        "recovery may then serve an older version, a deleted session come back"),
+    mutant(
+        "migration-moves-markers-with-a-ttl", 8, LUA_MIGRATE_MARKERS,
+        (("  elseif redis.call('PTTL', KEYS[i]) >= 0 then\n    kept = kept + 1\n", ""),),
+        (f"{T_MIGRATION}::test_a_migration_moves_every_marker_key_in_batches_and_a_second_run_finds_nothing",),
+        "the migration moves SESSION_MARKER_TTL's markers into the hash, where they never expire"),
     mutant(
         "create-ignores-the-marker", 8, LUA_WRITE,
         (("  local mv, mflag = marker()\n"
@@ -675,6 +719,14 @@ MUTANTS: tuple[Mutant, ...] = (
           'ends = "" if session.deleted else session.expires_ms'),),
         (f"{T_LIFE}::test_a_repair_after_a_failover_puts_an_expiry_back_as_final_not_as_a_live_session",),
         "a repair writes PostgreSQL's session_expired back as a live value (state null) that a PUT revives"),
+    mutant(
+        "expired-event-without-its-end", 16, LUA_EXPIRE,
+        (("return {'ok', announce(EXPIRED, v, ARGV[13], ttl, 'null', o, ARGV[14])}",
+          "return {'ok', announce(EXPIRED, v, ARGV[13], ttl, 'null', o)}"),),
+        (f"{T_LIFE}::test_a_session_expired_event_keeps_the_end_that_passed_not_the_sweep_s_time"
+         "_plus_the_ttl",),
+        "the sweep's session_expired leaves its end out as a write's event does: PostgreSQL "
+        "records the sweep's time + the TTL, later than the lifetime that ended"),
     mutant(
         "write-time-goes-back", 16, LUA_WRITE,
         (("  if u > NOW_ISO then NOW_ISO = u end\n", ""),),

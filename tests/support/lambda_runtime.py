@@ -34,12 +34,13 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.support.packaging import interpreter
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -143,10 +144,14 @@ class FunctionSpec:
     timeout: int
     memory: int
     environment: dict[str, Any]
+    runtime: str  # python3.13: the interpreter it runs on
 
 
 def template_functions(template: dict[str, Any]) -> dict[str, FunctionSpec]:
-    """logical id -> FunctionSpec of every AWS::Serverless::Function."""
+    """logical id -> FunctionSpec of every AWS::Serverless::Function (its
+    Runtime as the template's parameters default it: the packaged template
+    allows only the runtime the package was built for)."""
+    defaults = {name: spec.get("Default") for name, spec in template.get("Parameters", {}).items()}
     found = {}
     for logical_id, resource in template["Resources"].items():
         if resource["Type"] != "AWS::Serverless::Function":
@@ -154,7 +159,8 @@ def template_functions(template: dict[str, Any]) -> dict[str, FunctionSpec]:
         props = resource["Properties"]
         found[logical_id] = FunctionSpec(logical_id, props["Handler"], int(props["Timeout"]),
                                          int(props["MemorySize"]),
-                                         dict(props.get("Environment", {}).get("Variables", {})))
+                                         dict(props.get("Environment", {}).get("Variables", {})),
+                                         str(resolve(props["Runtime"], template, defaults)))
     return found
 
 
@@ -236,7 +242,8 @@ class LambdaFunction:
             # what the runtime sets (the function's own variables come after and may not override these)
             "PATH": "/usr/local/bin:/usr/bin/:/bin", "LANG": "en_US.UTF-8", "TZ": ":UTC",
             "LAMBDA_TASK_ROOT": str(task_root), "LAMBDA_RUNTIME_DIR": str(runtime_dir),
-            "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11", "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}", "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
             "AWS_LAMBDA_FUNCTION_NAME": self.name, "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
@@ -260,8 +267,9 @@ class LambdaFunction:
         returns the init report (init_ms, sys_path, modules)."""
         request_read, request_write = os.pipe()
         reply_read, reply_write = os.pipe()
+        # the runtime's interpreter, not this test's: AssertionError if the machine has none
+        python = interpreter(self.spec.runtime).executable
         log = self.log_path.open("ab")
-        python = getattr(sys, "_base_executable", sys.executable)
         try:
             self.proc = subprocess.Popen(
                 # -B: /var/task is read-only, a module without its .pyc is compiled on every start

@@ -116,7 +116,9 @@ def _sections(crossslot: int, lever_ratio: float) -> dict:
                                             "buckets_crossing_slots": 0},
                     "per_shard_capacity": {"get": shard, "update": shard}},
         "cas_split": {"ratios": {"update/(floor_evalsha+script_server_time)": 1.2},
-                      "server_usec_per_call": {"update": 40.0}},
+                      "server_usec_per_call": {"update": 40.0, "floor_evalsha": 2.0},
+                      "script_steps_server_usec": {"minimal_cas_script": 15.0,
+                                                   "full/minimal_cas": 2.667}},
         "memory_levers": {"best_lever": "combined_listpack",
                           "best_lever_ratio_to_payload": lever_ratio},
     }
@@ -128,6 +130,9 @@ def test_the_scale_out_targets_judge_crossslot_errors_and_the_best_memory_lever(
     lever = checks["memory per 1 KB session with the best lever (combined_listpack), scratch server"]
     assert slot["met"] is True and lever["met"] is True
     assert checks["per-shard capacity, update (one Redis core)"]["met"] is None
+    own = checks["update script's own server time < 25 us"]
+    assert (own["measured"], own["limit"], own["met"]) == (40.0, 25.0, False)
+    assert "minimal CAS (GET, compare, SET) 15.0 us" in own["how"]
 
     failing = {c["target"]: c for c in targets.evaluate(_sections(2, 1.6))}
     assert failing["no script crosses a hash slot (3-master cluster)"]["met"] is False

@@ -5,7 +5,6 @@ its runtime dependencies, none of the tools)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import sys
 import tomllib
 import zipfile
@@ -16,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from sessionsync import cli, project
-from tests.support.packaging import PROJECT_DIR, closure, requirement_pins
+from tests.support.packaging import PROJECT_DIR, closure, load_deploy_stage, requirement_pins
 
 PYPROJECT = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
 RUNTIME = [Requirement(r) for r in PYPROJECT["dependencies"]]
@@ -28,7 +27,7 @@ DEV_PINS = requirement_pins(PROJECT_DIR / "requirements-dev.txt")
 SHIPPED_BY_CHALICE = {"chalice"}
 # The Lambda runtime provides boto3 and its dependencies: requirements.txt
 # leaves them out of the package, and local runs pin them from this file.
-RUNTIME_CONSTRAINTS = PROJECT_DIR / "infra" / "lambda" / "python3.11-runtime.txt"
+RUNTIME_CONSTRAINTS = PROJECT_DIR / "infra" / "lambda" / "runtime-provided.txt"
 PROVIDED_BY_RUNTIME = requirement_pins(RUNTIME_CONSTRAINTS)
 # scripts/ import each other as top-level modules (their directory is on sys.path)
 FIRST_PARTY = {"app", "chalicelib", "sessionsync", "tests", "sessionsync_client"} | {
@@ -133,24 +132,77 @@ def test_the_lambda_package_holds_app_chalicelib_and_the_pinned_dependencies_and
         assert dist_info in shipped, f"{name} {dist.version} is not in the deployment package"
     tops = {name.split("/")[0] for name in shipped}
     assert {"redis", "hiredis", "psycopg", "psycopg_binary"} <= tops
-    # the runtime's own copy serves: infra/lambda/python3.11-runtime.txt
+    # the runtime's own copy serves: infra/lambda/runtime-provided.txt
     assert not tops & {"boto3", "botocore", "s3transfer", "urllib3", "dateutil", "jmespath"}
-    # the bytecode of every module, for this interpreter, checked by nothing
+    # the bytecode of every module, for the runtime's interpreter (not this
+    # one: the tests may run on another Python), checked by nothing
+    runtime = _packaged_runtime(chalice_packaged)
+    assert runtime == load_deploy_stage().default_runtime()
+    python = load_deploy_stage().interpreter(runtime)
     sources = [n for n in shipped if n.endswith(".py")]
-    tag = sys.implementation.cache_tag
+    tag = python.cache_tag
     for source in sources:
         folder, _, name = source.rpartition("/")
         pyc = f"{folder + '/' if folder else ''}__pycache__/{name[:-3]}.{tag}.pyc"
         assert pyc in shipped, pyc
     assert len([n for n in shipped if n.endswith(".pyc")]) == len(sources)
     with zipfile.ZipFile(chalice_packaged / "deployment.zip") as deployment:
-        header = deployment.read(f"chalicelib/__pycache__/runtime.{tag}.pyc")[:16]
-    flags = int.from_bytes(header[4:8], "little")
-    assert header[:4] == importlib.util.MAGIC_NUMBER and flags == 0b01  # hash-based, unchecked
+        headers = {n: deployment.read(n)[:16] for n in shipped if n.endswith(".pyc")}
+    # compiled by that interpreter (its magic number), hash-based and unchecked
+    wrong = {n: (h[:4], int.from_bytes(h[4:8], "little")) for n, h in headers.items()
+             if h[:4] != python.magic or int.from_bytes(h[4:8], "little") != 0b01}
+    assert not wrong, sorted(wrong.items())[:5]
+    # the binary wheels are the runtime's ABI (hiredis, psycopg-binary)
+    extensions = [n for n in shipped if n.endswith(".so") and ".cpython-" in n]
+    assert extensions and all(f".cpython-{python.version[0]}{python.version[1]}-" in n
+                              for n in extensions), extensions
     tools = {"sessionsync", "tests", "docs", "infra", "scripts", "bench-results", "click", "matplotlib",
              "pytest", "moto"}
     assert not tops & tools, sorted(tops & tools)
     assert not [n for n in shipped if "bench" in n.split("/") or n.startswith("sessionsync")]
+
+
+def test_a_runtime_s_wheels_are_its_abi_for_the_platforms_its_amazon_linux_loads():
+    stage = load_deploy_stage()
+    assert stage.runtime_abi("python3.13") == "cp313" and stage.runtime_abi("python3.11") == "cp311"
+    # Amazon Linux 2023 (glibc 2.34) for python3.12 and later, Amazon Linux 2 (2.26) for python3.11
+    assert stage.wheel_platforms("python3.13")[0] == "manylinux_2_34_x86_64"
+    assert stage.wheel_platforms("python3.11")[0] == "manylinux_2_26_x86_64"
+    assert stage.wheel_platforms("python3.13", "arm64")[0] == "manylinux_2_34_aarch64"
+    for runtime in stage.RUNTIME_GLIBC:
+        platforms = stage.wheel_platforms(runtime)
+        # every glibc down to manylinux2014's (pip takes each --platform literally)
+        assert platforms[-2:] == ["manylinux_2_17_x86_64", "manylinux2014_x86_64"], platforms
+        assert len(platforms) == stage.RUNTIME_GLIBC[runtime][1] - 17 + 2
+    with pytest.raises(stage.StageError, match=r"python3\.10"):
+        stage.runtime_abi("python3.10")
+
+
+def test_a_runtime_whose_interpreter_is_missing_fails_naming_it_and_the_zip_tier_fails_not_skips(
+        monkeypatch, tmp_path):
+    from tests.support import lambda_runtime
+
+    stage = load_deploy_stage()
+    # nothing on PATH, no pyenv, no variable: nowhere to find python3.13
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    monkeypatch.delenv("LAMBDA_PYTHON3_13", raising=False)
+    with pytest.raises(stage.StageError) as missing:
+        stage.interpreter("python3.13")
+    assert "python3.13 is not on PATH" in str(missing.value)
+    assert "install CPython 3.13, or set LAMBDA_PYTHON3_13" in str(missing.value)
+    # the zip tier's function refuses to start on anything else: an assertion, not a skip
+    spec = lambda_runtime.FunctionSpec("APIHandler", "app.app", 30, 512, {}, "python3.13")
+    function = lambda_runtime.LambdaFunction(spec, tmp_path, tmp_path, {}, tmp_path / "log")
+    with pytest.raises(AssertionError, match=r"no interpreter for LambdaRuntime python3\.13"):
+        function.start()
+    assert function.proc is None
+
+
+def _packaged_runtime(packaged) -> str:
+    """The runtime the packaged template says the functions run on."""
+    import json
+    return json.loads((packaged / "sam.json").read_text())["Parameters"]["LambdaRuntime"]["Default"]
 
 
 def test_the_python_client_imports_only_what_its_own_pyproject_declares_and_no_server_package():

@@ -81,9 +81,9 @@ def owner_suffix(owner_id: str | None) -> str:
 
 
 # The event as the scripts write it (scripts/write.lua, event(); the order of
-# EVENT_FIELDS), the state last; expires_at and owner_id may be missing (an
-# event recorded before they existed).  No id, time or number in it holds a
-# quote.
+# EVENT_FIELDS), the state last; expires_at only in a session_expired (and
+# in a write's event of the previous release), owner_id only with an
+# owner.  No id, time or number in it holds a quote.
 _HEAD = re.compile(r'\{"schema_version":\d+,"event_id":"[^"]*","event_type":"([^"]*)",'
                    r'"session_id":"([^"]*)","version":(\d+),"created_at":"([^"]*)",'
                    r'"occurred_at":"([^"]*)",(?:"expires_at":"[^"]*",)?"ttl_seconds":(\d+)'

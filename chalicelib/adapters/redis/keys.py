@@ -8,9 +8,20 @@ touches one hash slot and runs unchanged on Redis Cluster)::
                        the epoch is 8 hex digits, see scripts/lib.lua; "@<owner>"
                        only for a session created with an owner, so values
                        written before owners existed read unchanged)
-    ss:{NNNN}:m:<id>   version marker "<version>|<L|D|E>", outlives the session
-                       (recovery never serves an older version; ids are not reused;
-                       E: the lifetime ended, EXPIRE_SCRIPT)
+    ss:{NNNN}:m        the bucket's version markers: HASH <id> -> "<version>|<L|D|E>",
+                       each outlives its session (recovery never serves an
+                       older version; ids are not reused; E: the lifetime
+                       ended, EXPIRE_SCRIPT).  No TTL, so volatile-* eviction
+                       never takes it; allkeys-* could, and would take a
+                       whole bucket's markers at once (1/1024 of every
+                       session's; ``sessionsync diagnose`` fails allkeys-*)
+    ss:{NNNN}:m:<id>   the same marker as a key of its own: with
+                       SESSION_MARKER_TTL (a hash field has no TTL before
+                       Redis 7.4), and as the previous release wrote every
+                       marker.  Scripts read both and take the higher version;
+                       a write writes one form and deletes the other
+                       (scripts/lib.lua).  ``sessionsync migrate-markers``
+                       moves the previous release's into the hashes
     ss:{NNNN}:ob       outbox index: ZSET event id -> enqueue time (ms)
     ss:{NNNN}:od       outbox data:  HASH event id -> event JSON
     ss:{NNNN}:e        epoch record "<epoch>|<ms first seen>[|<epoch it continues>]" (SETTLE_SCRIPT)
@@ -72,10 +83,30 @@ def bucket_tag(bucket: int) -> str:
 SESSION_KEY_PATTERN = "ss:*:s:*"
 
 
+# the previous release's marker keys, on whichever node (sessionsync
+# migrate-markers): '{' and '}' are no glob characters, '?' one character,
+# so no session key ("ss:{NNNN}:s:<id>", whatever its id holds) matches
+LEGACY_MARKER_KEY_PATTERN = "ss:{????}:m:*"
+
+
 def session_keys(session_id: str) -> list[str]:
-    """KEYS for the mutation scripts: session, marker, outbox index, outbox data."""
+    """KEYS for the mutation scripts: session, the bucket's marker hash
+    (the session's marker is its field ``session_id``), outbox index,
+    outbox data.  The scripts name the marker's key form from the first
+    two (scripts/lib.lua): keep them in step with ``marker_key``."""
     tag = bucket_tag(bucket_of(session_id))
-    return [f"{tag}:s:{session_id}", f"{tag}:m:{session_id}", f"{tag}:ob", f"{tag}:od"]
+    return [f"{tag}:s:{session_id}", f"{tag}:m", f"{tag}:ob", f"{tag}:od"]
+
+
+def bucket_marker_key(bucket: int) -> str:
+    """The hash of ``bucket``'s version markers: field <id> -> marker."""
+    return f"{bucket_tag(bucket)}:m"
+
+
+def marker_key(session_id: str) -> str:
+    """The marker as a key of its own (SESSION_MARKER_TTL, and the previous
+    release's format): the marker hash's name, ':', the id."""
+    return f"{bucket_marker_key(bucket_of(session_id))}:{session_id}"
 
 
 def hold_key(session_id: str) -> str:

@@ -119,6 +119,7 @@ class SessionStore:
         self._expire = client.register_script(scripts.EXPIRE_SCRIPT)
         self._slide_get = client.register_script(scripts.SLIDE_GET_SCRIPT)
         self._revoke_begin = client.register_script(scripts.REVOKE_BEGIN_SCRIPT)
+        self._marker = client.register_script(scripts.MARKER_SCRIPT)
         # node -> the first epoch this process saw it in (SETTLE_SCRIPT)
         self._epochs_seen: dict[str, str] = {}
         #: settles that found the node continuing the value's history
@@ -272,7 +273,7 @@ class SessionStore:
     def marker(self, session_id: str) -> Marker | None:
         """The session's long-lived version marker, or None."""
         with redis_errors():
-            raw = cast("bytes | None", self.client.get(session_keys(session_id)[1]))
+            raw = self._run(self._marker, session_keys(session_id)[:2], [])
         return None if raw is None else decode_marker(raw)
 
     # -- writes: one protocol (scripts/write.lua) ---------------------------

@@ -32,7 +32,7 @@ def test_the_steps_run_measures_every_variant_and_the_c_client_floors(tmp_path):
     assert set(results["latency"]) == ops
     assert all(results["latency"][op]["p50_us"] > 0 for op in ops)
     floors = results["c_client"]
-    assert set(floors) == {"c_get", "c_get_verified", "c_update"}
+    assert set(floors) == {"c_get", "c_get_verified", "c_update", "c_create"}
     assert all(len(floor["slices"]) == 3 and floor["p50_us"] > 0 for floor in floors.values())
     assert results["ratios"]["hot.store_update/c_update"] > 0
     assert results["ratios"]["hot.handler_get/hot.store_get"] > 0

@@ -53,7 +53,7 @@ def test_the_cluster_run_crossed_no_slot_and_spread_keys_and_calls_over_every_ma
     assert slots["crossslot_errors"] == 0 and slots["buckets_crossing_slots"] == 0
     assert sum(slots["slots_per_master"]) == 16384
     assert sum(slots["buckets_per_master"]) == 1024 and min(slots["buckets_per_master"]) > 0
-    # every session of the run is a session key and a marker, on some master
+    # every session of the run is a session key, and its marker a field of its bucket's hash, on some master
     sessions = cluster_section.SESSIONS_PER_CLIENT * max(section["client_processes"])
     assert sum(slots["keys_per_master"]) >= 2 * sessions
     assert min(slots["keys_per_master"]) > 0

@@ -100,9 +100,9 @@ def test_ratios_to_the_floor_are_computed(smoke):
     for key in ("get/floor_get", "update/floor_evalsha", "update_keyed/update"):
         assert set(store["ratios"][key]) == {"p50", "p95", "p99"}
         assert all(v > 0 for v in store["ratios"][key].values())
-    for floor in ("c_get", "c_get_verified", "c_update"):  # the C client's, redis-benchmark
+    for floor in ("c_get", "c_get_verified", "c_update", "c_create"):  # the C client's, redis-benchmark
         assert store["c_client"][floor]["p50_us"] > 0, floor
-    for key in ("get_verified/c_get", "update/c_update"):
+    for key in ("get_verified/c_get", "update/c_update", "create/c_create"):
         assert store["ratios"][key]["p50"] > 0, key
     assert sections["handler"]["ratios"]["handler_get/store_get"] > 0
     assert sections["handler"]["ratios"]["handler_patch/handler_put"] > 0
@@ -147,6 +147,10 @@ def test_cold_start_is_measured_from_the_package_with_and_without_bytecode_again
     # the app's package ships bytecode and no boto3; the bare app's is built the same way
     assert packaged["packages"]["app"]["pyc_files"] > 100 and packaged["packages"]["bare"]["pyc_files"] > 0
     assert packaged["packages"]["app"]["zip_bytes"] < 10_000_000
+    # built for the template's runtime and run by its interpreter, not the bench's
+    from tests.support.packaging import default_runtime, interpreter
+    assert packaged["lambda_runtime"] == default_runtime()
+    assert packaged["interpreter"] == interpreter(default_runtime()).executable
 
 
 def test_consumer_persisted_every_event_and_contention_lost_nothing(smoke):

@@ -63,8 +63,8 @@ def stage_file(tmp_path):
     ('[parameters]\nVpcMode = "existing"', "rule ExistingVpcNeedsItsIds: VpcMode existing needs SubnetIds"),
     ('[parameters]\nVpcMode = "none"', "VpcMode none needs CacheMode external"),
     ('[parameters]\nDbSecretArn = "secret-7"', "parameter DbSecretArn: 'secret-7' does not match"),
-    ('[parameters]\nLambdaRuntime = "python3.12"', "parameter LambdaRuntime: python3.12 but the package is "
-                                                   "built by python3.11"),
+    ('[parameters]\nLambdaRuntime = "python3.10"', "parameter LambdaRuntime: 'python3.10' is not one of "
+                                                   "python3.11, python3.12, python3.13"),
     ('[parameters]\nLambdaArchitecture = "arm64"', "the stage dev's lambda_architecture in "
                                                    ".chalice/config.json is x86_64"),
 ])
@@ -73,6 +73,29 @@ def test_a_malformed_or_inconsistent_parameter_is_refused_by_name(deploy_stage, 
     with pytest.raises(deploy_stage.StageError) as refused:
         deploy_stage.check("t", stage_file(parameters))
     assert named in str(refused.value)
+
+
+def test_a_runtime_without_its_interpreter_on_this_machine_is_refused_naming_what_to_install(
+        deploy_stage, stage_file, monkeypatch, tmp_path):
+    # the package's bytecode is compiled by the runtime's interpreter: none, no package
+    monkeypatch.setenv("LAMBDA_PYTHON3_12", str(tmp_path / "no-python3.12"))
+    with pytest.raises(deploy_stage.StageError) as refused:
+        deploy_stage.check("t", stage_file('[parameters]\nLambdaRuntime = "python3.12"'))
+    assert "parameter LambdaRuntime: no interpreter for LambdaRuntime python3.12" in str(refused.value)
+    assert "install CPython 3.12, or set LAMBDA_PYTHON3_12" in str(refused.value)
+    # nor another version standing in for it
+    monkeypatch.setenv("LAMBDA_PYTHON3_12", deploy_stage.interpreter("python3.13").executable)
+    with pytest.raises(deploy_stage.StageError) as refused:
+        deploy_stage.check("t", stage_file('[parameters]\nLambdaRuntime = "python3.12"'))
+    assert "is cpython 3.13, not CPython 3.12" in str(refused.value)
+
+
+def test_a_stage_without_a_runtime_deploys_the_template_s_and_passes_it_to_the_stack(deploy_stage,
+                                                                                       stage_file):
+    config = deploy_stage.check("t", stage_file(""))
+    assert deploy_stage.parameter_overrides(config)["LambdaRuntime"] == deploy_stage.default_runtime()
+    chosen = deploy_stage.check("t", stage_file('[parameters]\nLambdaRuntime = "python3.11"'))
+    assert deploy_stage.parameter_overrides(chosen)["LambdaRuntime"] == "python3.11"
 
 
 def test_a_complete_stage_passes_with_the_derived_parameters(deploy_stage, stage_file):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -39,6 +38,7 @@ from tests.integration.lambda_zip.utils import (
     sync_events,
 )
 from tests.support.lambda_runtime import EventSourceMapping, LambdaFunction
+from tests.support.packaging import default_runtime, interpreter
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -60,10 +60,14 @@ def mapping(lambda_stack, sqs) -> EventSourceMapping:
 
 def test_each_function_runs_from_the_package_the_runtime_s_boto3_and_the_standard_library_alone(lambda_stack):
     task, runtime = str(lambda_stack.task_root), str(lambda_stack.runtime_dir)
-    stdlib = str(Path(sys.base_prefix) / "lib")
-    for logical_id in lambda_stack.specs:
+    for logical_id, spec in lambda_stack.specs.items():
+        # on the interpreter of the runtime the package was built for (not this test's)
+        assert spec.runtime == default_runtime(), logical_id
+        python = interpreter(spec.runtime)
+        stdlib = str(Path(python.base_prefix) / "lib")
         function = lambda_stack.function(logical_id)
         init = function.init
+        assert init["executable"] == python.executable, (logical_id, init["executable"])
         assert init["flags"] == {"isolated": 1, "no_site": 1}, logical_id
         assert init["sys_path"][:2] == [task, runtime], logical_id
         rest = init["sys_path"][2:]

@@ -12,6 +12,7 @@ from chalice.test import Client
 from app import app
 from chalicelib.adapters.redis.keys import session_keys
 from tests.support.constants import API_KEY
+from tests.support.markers import forget_marker
 
 pytestmark = pytest.mark.localstack
 
@@ -73,10 +74,10 @@ def test_a_deleted_session_is_not_resurrected_from_postgresql(client, pipeline):
     assert pipeline.session_rows([sid]) == {sid: (3, None, True)}
     assert pipeline.event_rows([sid]) == [(sid, 1), (sid, 2), (sid, 3)]
 
-    session_key, marker_key = session_keys(sid)[:2]
+    session_key = session_keys(sid)[0]
     pipeline.store.client.delete(session_key)  # the tombstone expired
     assert _get(client, sid).status_code == 404
-    pipeline.store.client.delete(marker_key)  # and the marker too: only PostgreSQL knows
+    forget_marker(pipeline.store.client, sid)  # and the marker too: only PostgreSQL knows
     reply = _get(client, sid)
 
     assert reply.status_code == 404

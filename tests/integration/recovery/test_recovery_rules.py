@@ -17,11 +17,15 @@ from chalicelib.domain.events import parse_event
 from chalicelib.domain.validation import CreateRequest
 from chalicelib.service.sessions import SessionService
 from tests.support.constants import TEST_CHANNEL
+from tests.support.markers import PreviousFormatStore, forget_marker
 
 
-@pytest.fixture
-def store(redis_single) -> SessionStore:
-    return SessionStore(redis_single, channel=TEST_CHANNEL)
+@pytest.fixture(params=["markers", "previous-format"])
+def store(request, redis_single) -> SessionStore:
+    """Each rule on markers as this release writes them, and on a dataset
+    whose markers the previous release wrote (keys of their own)."""
+    kind = SessionStore if request.param == "markers" else PreviousFormatStore
+    return kind(redis_single, channel=TEST_CHANNEL)
 
 
 def _service(store, database, settle_seconds=0.0) -> SessionService:
@@ -85,7 +89,8 @@ def test_a_create_of_an_id_only_postgresql_remembers_is_refused(store, database,
     service = _service(store, database)
     v1 = store.create(session_id, '{"owner":"alice"}', 600)
     _persist(database, v1, store.update(session_id, '{"owner":"alice","n":2}', 1))
-    store.client.delete(*session_keys(session_id)[:2])  # Redis forgot key and marker
+    store.client.delete(session_keys(session_id)[0])  # Redis forgot key and marker
+    forget_marker(store.client, session_id)
 
     with pytest.raises(SessionExists) as exists:
         service.create(CreateRequest(session_id, '{"owner":"bob"}', None))
@@ -103,14 +108,15 @@ def test_a_session_redis_may_hold_stale_waits_for_the_settle_time_before_postgre
     writes = [store.create(session_id, '{"n":1}', 600)]
     writes += [store.update(session_id, '{"n":%d}' % v, v - 1) for v in (2, 3)]
     _persist(database, *writes)
-    key, marker = session_keys(session_id)[:2]
+    key, markers = session_keys(session_id)[:2]
     head = store.client.get(key).decode().split("|")
     store.client.set(epoch_key(session_id), "deadbeef|0")  # the previous primary's record
     # the bucket is shared with other tests' sessions, and settles from this
     # record: give it back (a bucket without a record does not wait)
     request.addfinalizer(lambda: store.client.delete(epoch_key(session_id)))
     store.client.set(key, f"2|{head[1]}|{head[2]}|{head[3]}|Ldeadbeef|" + '{"n":2}', ex=600)
-    store.client.set(marker, "2|L")
+    forget_marker(store.client, session_id)
+    store.client.hset(markers, session_id, "2|L")
 
     with pytest.raises(ServiceUnavailable) as settling:
         service.get(session_id)

@@ -22,6 +22,7 @@ from chalicelib.adapters.redis.keys import epoch_key, session_keys
 from chalicelib.domain.errors import ConcurrencyError, ServiceUnavailable, SessionExists, SessionNotFound
 from chalicelib.domain.validation import CreateRequest, UpdateRequest
 from chalicelib.service.sessions import SessionService
+from tests.support.markers import forget_marker
 
 
 @pytest.fixture
@@ -64,8 +65,8 @@ def _persisted(pipeline, service, sid, versions):
 
 
 def _forget(pipeline, sid):
-    key, marker = session_keys(sid)[:2]
-    pipeline.store.client.delete(key, marker)
+    pipeline.store.client.delete(session_keys(sid)[0])
+    forget_marker(pipeline.store.client, sid)
 
 
 def _go_back_in_time(pipeline, sid, version, state):
@@ -73,11 +74,11 @@ def _go_back_in_time(pipeline, sid, version, state):
     version, written by the previous primary (a value of another epoch; the
     format before epochs existed is such a value too), and the bucket's
     epoch record of that primary."""
-    key, marker = session_keys(sid)[:2]
+    key, markers = session_keys(sid)[:2]
     pipeline.store.client.set(epoch_key(sid), "deadbeef|0")
     old = pipeline.store.client.get(key).decode().split("|")
     pipeline.store.client.set(key, f"{version}|{old[1]}|{old[2]}|{old[3]}|L|{state}", ex=600)
-    pipeline.store.client.set(marker, f"{version}|L", ex=600)
+    pipeline.store.client.hset(markers, sid, f"{version}|L")
 
 
 def test_a_create_of_a_persisted_id_that_redis_forgot_is_refused(pipeline, service):

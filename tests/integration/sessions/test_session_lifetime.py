@@ -42,6 +42,7 @@ from chalicelib.pipeline.expiry import ExpirySweep
 from chalicelib.service.sessions import SessionService
 from sessionsync.redis_views import subscribe
 from tests.support.constants import PG_TEST_ADMIN_URL, TEST_CHANNEL, database_url
+from tests.support.markers import forget_marker
 from tests.support.pipeline import event_body, wait_until
 
 
@@ -123,8 +124,10 @@ def _events(dsn, sid) -> list[tuple[int, str]]:
 
 # --- expires_at ---------------------------------------------------------------
 
-def test_expires_at_is_the_last_write_plus_the_ttl_in_the_session_the_event_and_postgresql(
+def test_expires_at_is_the_last_write_plus_the_ttl_in_the_session_and_in_postgresql(
         store, own_database, own_dsn):
+    """The event carries the write's time and TTL, not their sum: PostgreSQL
+    derives the same expires_at the session answers."""
     sid = _sid()
     created = store.create(sid, '{"n":1}', 600)
     updated = store.update(sid, '{"n":2}', 1)
@@ -132,15 +135,16 @@ def test_expires_at_is_the_last_write_plus_the_ttl_in_the_session_the_event_and_
 
     assert updated.session.expires_at == iso_plus_seconds(updated.session.updated_at, 600)
     assert json.loads(updated.session.to_json())["expires_at"] == updated.session.expires_at
-    assert json.loads(updated.event_json)["expires_at"] == updated.session.expires_at
-    assert parse_event(updated.event_json).expires_at == updated.session.expires_at
+    event = json.loads(updated.event_json)
+    assert "expires_at" not in event
+    assert (event["occurred_at"], event["ttl_seconds"]) == (updated.session.updated_at, 600)
     version, _, expired, expires_at = _row(own_dsn, sid)
     assert (version, expired) == (2, False)
     assert expires_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" == updated.session.expires_at
 
 
 def test_an_event_without_expires_at_is_persisted_with_its_time_plus_its_ttl(own_database, own_dsn):
-    """An outbox entry or a queued message from before events carried it."""
+    """What the scripts write (and wrote before events first carried it)."""
     sid = _sid()
     body = event_body(sid, 1, occurred_at="2026-11-28T16:33:31.000Z")
     assert "expires_at" not in json.loads(body)
@@ -151,20 +155,53 @@ def test_an_event_without_expires_at_is_persisted_with_its_time_plus_its_ttl(own
     assert expires_at.isoformat() == "2026-11-28T17:33:31+00:00"  # + ttl_seconds 3600
 
 
-def test_the_scripts_and_python_compute_the_same_expires_at(redis_single):
-    """The change event's expires_at (Lua) and the session's (Python) are
-    one value: month, year and leap-day boundaries, and random times."""
+def test_an_event_of_the_previous_release_with_expires_at_is_persisted_with_it(own_database, own_dsn):
+    """The release before wrote each write's expires_at into its event (Lua
+    date arithmetic): such an event, still in the outbox or the queue
+    during an upgrade, is persisted with the expires_at it carries."""
+    sid = _sid()
+    doc = json.loads(event_body(sid, 1, occurred_at="2026-11-28T16:33:31.000Z"))
+    # its exact field order (expires_at after occurred_at), as its scripts wrote it
+    old = {k: doc[k] for k in ("schema_version", "event_id", "event_type", "session_id", "version",
+                              "created_at", "occurred_at")}
+    old["expires_at"] = "2026-11-28T17:33:31.000Z"
+    old.update({k: doc[k] for k in ("ttl_seconds", "state")})
+    body = json.dumps(old, separators=(",", ":"))
+
+    event = parse_event(body)
+    assert event.expires_at == "2026-11-28T17:33:31.000Z"
+    assert own_database.apply_events([event]).failures == {}
+    version, deleted, expired, expires_at = _row(own_dsn, sid)
+    assert (version, deleted, expired) == (1, False, False)
+    assert expires_at.isoformat() == "2026-11-28T17:33:31+00:00"
+
+
+def test_postgresql_and_python_derive_the_same_expires_at(own_database, own_dsn):
+    """The expires_at PostgreSQL derives from an event (its time + its TTL)
+    and the session's (Python) are one value: month, year and leap-day
+    boundaries, and random times."""
     import random
 
     from chalicelib.adapters.redis.codec import iso_utc
-    from chalicelib.adapters.redis.scripts import WRITE_PRELUDE
-    plus = redis_single.register_script(WRITE_PRELUDE + "return iso_plus(ARGV[1], tonumber(ARGV[2]))")
     rng = random.Random(12)
     cases = [("2026-12-31T23:59:59.999Z", 1), ("2028-02-28T23:00:00.000Z", 3600),
              ("2100-02-28T23:59:59.000Z", 1), ("2000-02-29T00:00:00.001Z", 30 * 24 * 3600)]
-    cases += [(iso_utc(rng.uniform(0, 4_102_444_800)), rng.randint(1, 30 * 24 * 3600)) for _ in range(500)]
+    cases += [(iso_utc(rng.uniform(0, 4_102_444_800)), rng.randint(1, 30 * 24 * 3600)) for _ in range(300)]
+    events = {}
     for iso, seconds in cases:
-        assert plus(args=[iso, seconds]).decode() == iso_plus_seconds(iso, seconds), (iso, seconds)
+        doc = json.loads(event_body(_sid(), 1, occurred_at=iso))
+        doc["ttl_seconds"] = seconds
+        events[doc["session_id"]] = (iso, seconds, json.dumps(doc))
+    assert own_database.apply_events([parse_event(body) for *_, body in events.values()]).failures == {}
+
+    with psycopg.connect(own_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            """SELECT session_id, to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+               FROM sync_sessions WHERE session_id = ANY(%s)""", (list(events),)).fetchall()
+    assert len(rows) == len(cases)
+    for sid, derived in rows:
+        iso, seconds, _ = events[sid]
+        assert derived == iso_plus_seconds(iso, seconds), (iso, seconds)
 
 
 # --- recovery never serves an expired session ----------------------------------
@@ -305,11 +342,11 @@ def test_a_write_that_read_its_clock_before_the_last_write_never_moves_the_lifet
 # marker, and the bucket's epoch record of that primary.
 
 def _left_behind(store, sid, session) -> None:
-    key, marker = session_keys(sid)[:2]
+    key, markers = session_keys(sid)[:2]
     store.client.set(epoch_key(sid), "deadbeef|0")
     store.client.set(key, f"{session.version}|{session.created_at}|{session.updated_at}|"
                           f"{session.ttl_seconds}|L|{session.state_json}", ex=600)
-    store.client.set(marker, f"{session.version}|L")
+    store.client.hset(markers, sid, f"{session.version}|L")
 
 
 def test_a_repair_after_a_failover_keeps_what_was_left_of_the_lifetime(store, own_database):
@@ -391,8 +428,12 @@ def test_a_put_may_change_the_ttl_and_slides_the_lifetime(store, own_database, o
     assert session.expires_at == iso_plus_seconds(session.updated_at, 7200)
     assert 7000 < store.client.ttl(session_keys(sid)[0]) <= 7200
     assert store.get(sid).ttl_seconds == 7200
-    event = _outbox(store, sid)[2]
-    assert (event["ttl_seconds"], event["expires_at"]) == (7200, session.expires_at)
+    events = _outbox(store, sid)
+    assert (events[2]["ttl_seconds"], events[2]["occurred_at"]) == (7200, session.updated_at)
+    # PostgreSQL derives the lifetime the answer showed from the event
+    assert own_database.apply_events([parse_event(json.dumps(events[v])) for v in (1, 2)]).failures == {}
+    expires_at = _row(own_dsn, sid)[3]
+    assert expires_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" == session.expires_at
 
 
 def test_a_touch_bumps_the_version_keeps_the_state_and_records_session_touched(
@@ -422,9 +463,11 @@ def test_a_touch_bumps_the_version_keeps_the_state_and_records_session_touched(
     assert on_channel == event
     assert (event["event_type"], event["version"], event["state"]) == (
         "session_touched", 2, {"cart": ["book"], "é": "é"})
-    assert event["expires_at"] == touched.session.expires_at
+    assert (event["occurred_at"], event["ttl_seconds"]) == (touched.session.updated_at, 120)
     _persist(own_database, created, touched)
     assert _events(own_dsn, sid) == [(1, "session_created"), (2, "session_touched")]
+    expires_at = _row(own_dsn, sid)[3]
+    assert expires_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" == touched.session.expires_at
     assert own_database.latest(sid).state == {"cart": ["book"], "é": "é"}
     # a touch without a TTL keeps it; the service path writes the same way
     again = service.touch(sid)
@@ -531,6 +574,25 @@ def test_two_sweeps_at_once_record_exactly_one_session_expired_per_session(store
     assert not set(again.expired_ids) & set(sids)
 
 
+def test_a_session_expired_event_keeps_the_end_that_passed_not_the_sweep_s_time_plus_the_ttl(
+        store, own_database, own_dsn):
+    """A write's event leaves its end out (PostgreSQL derives it from its
+    time and TTL); the sweep's, written later than that end, carries it."""
+    sid = _sid()
+    created = store.create(sid, '{"n":1}', 1)
+    _persist(own_database, created)
+    _wait_expired(store, sid)
+    time.sleep(1.1)  # the sweep's time + the TTL is past the end by now
+    assert sid in _sweep(store, own_database).run(budget_seconds=30).expired_ids
+
+    event = _outbox(store, sid)[2]
+    assert (event["event_type"], event["expires_at"]) == ("session_expired", created.session.expires_at)
+    own_database.apply_events([parse_event(json.dumps(event))])
+    version, _, expired, expires_at = _row(own_dsn, sid)
+    assert (version, expired) == (2, True)
+    assert expires_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" == created.session.expires_at
+
+
 def test_a_write_racing_the_sweep_is_never_lost_and_never_forks_a_version(store, own_database, own_dsn):
     service = _service(store, own_database)
     sid = _sid()
@@ -598,7 +660,7 @@ def test_a_session_redis_lost_entirely_is_expired_only_after_the_hold(store, own
     sid = _sid()
     _persist(own_database, store.create(sid, '{"n":1}', 1))
     _wait_expired(store, sid)
-    store.client.delete(session_keys(sid)[1])  # the marker too (a flush)
+    forget_marker(store.client, sid)  # the marker too (a flush)
     sweep = _sweep(store, own_database, settle_seconds=1.0)
 
     first = sweep.run(budget_seconds=30)
@@ -637,7 +699,7 @@ def test_a_sweep_run_through_the_pipeline_persists_session_expired_once(
         history = service.history(sid, limit=10, before_version=None)
         assert [e["event_type"] for e in history.events] == ["session_expired", "session_created"]
         # PostgreSQL's flag is final: no wait, even once Redis forgot the marker
-        pipeline.store.client.delete(session_keys(sid)[1])
+        forget_marker(pipeline.store.client, sid)
         with pytest.raises(SessionExpired):
             service.get(sid)
     finally:

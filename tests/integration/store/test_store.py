@@ -19,7 +19,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from chalicelib.adapters.redis.client import connect_redis
-from chalicelib.adapters.redis.keys import bucket_of, outbox_keys, session_keys
+from chalicelib.adapters.redis.keys import bucket_of, marker_key, outbox_keys, session_keys
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ConcurrencyError, SessionExists, SessionNotFound
@@ -28,6 +28,7 @@ from chalicelib.domain.store import KeyMissing
 from chalicelib.service.sessions import SessionService
 from sessionsync.redis_views import subscribe
 from tests.support.constants import TEST_CHANNEL
+from tests.support.markers import marker_forms
 from tests.support.pipeline import wait_until
 
 
@@ -197,13 +198,15 @@ def test_an_expired_session_reads_as_not_found(store, session_id):
 
 def test_the_version_marker_outlives_its_session_even_when_configured_shorter(any_redis, session_id):
     store = SessionStore(any_redis, marker_ttl=60, channel=TEST_CHANNEL)
-    marker = session_keys(session_id)[1]
+    # with a TTL the marker is a key of its own (a hash field has none)
+    marker = marker_key(session_id)
     store.create(session_id, "{}", 3600)
     assert any_redis.ttl(marker) >= 3600
     store.update(session_id, "{}", 1)
     assert any_redis.ttl(marker) >= 3600
     store.delete(session_id)
     assert any_redis.ttl(marker) >= 3600
+    assert marker_forms(any_redis, session_id) == (None, b"3|D")
 
 
 # -- Pub/Sub -----------------------------------------------------------------
@@ -256,10 +259,10 @@ def test_a_delete_leaves_a_tombstone_an_in_flight_update_cannot_pass(store, any_
     with pytest.raises(SessionNotFound):
         store.delete(session_id)
 
-    session_key, marker_key = session_keys(session_id)[:2]
+    session_key, marker_hash = session_keys(session_id)[:2]
     assert any_redis.ttl(session_key) >= 119  # the tombstone lives at least the session TTL
-    assert any_redis.ttl(marker_key) == -1  # never expires (SESSION_MARKER_TTL 0, the default)
-    assert any_redis.get(marker_key) == b"3|D"
+    assert any_redis.ttl(marker_hash) == -1  # never expires (SESSION_MARKER_TTL 0, the default)
+    assert marker_forms(any_redis, session_id) == (b"3|D", None)
 
 
 def test_a_deleted_id_stays_unusable_after_its_tombstone_expired(store, any_redis, session_id):

@@ -7,9 +7,15 @@ write, the commit and its reply), and the header is generated from the
 event schema (chalicelib.domain.events), so the scripts cannot drift from
 the reader.  Each ``<name>.lua`` starts with its KEYS / ARGV / returns
 comment.
+
+Each script carries only the prelude's functions it calls (``shake``):
+Redis runs a script's whole text on every call, and each ``local
+function`` is a closure built anew each time (docs/performance.md, "Where
+a write's server time goes").
 """
 from __future__ import annotations
 
+import re
 from importlib.resources import files
 
 from chalicelib.domain.events import CREATED, DELETED, EVENT_SCHEMA_VERSION, EXPIRED, TOUCHED, UPDATED
@@ -21,24 +27,49 @@ local TOUCHED, EXPIRED = '{TOUCHED}', '{EXPIRED}'
 """
 
 
-def _read(name: str) -> str:
+def read(name: str) -> str:
+    """The text of one file of the package, as it is."""
     return files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
 #: what every script starts with: the value's format and the epoch
-LIB = _read("lib.lua")
+LIB = read("lib.lua")
 #: what every write starts with: LIB, the event schema and the write protocol
-WRITE_PRELUDE = LIB + HEADER + _read("write.lua")
+WRITE_PRELUDE = LIB + HEADER + read("write.lua")
+
+
+# a prelude's top-level function, with the comment lines right above it; the
+# prelude's functions end with an ``end`` at the start of a line, and only
+# they do (their bodies are indented)
+_FUNCTION = re.compile(r"(?:^--[^\n]*\n)*^local function (\w+)\(.*?^end\n", re.M | re.S)
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+def shake(prelude: str, body: str) -> str:
+    """``prelude + body`` without the prelude's functions that ``body``
+    never calls, directly or through another kept function.  The rest of
+    the prelude (its locals from ARGV, the header) stays as it is, and the
+    kept functions keep their order (a local is defined before its use)."""
+    functions = {m.group(1): m.group(0) for m in _FUNCTION.finditer(prelude)}
+    kept: set[str] = set()
+    todo = [_COMMENT.sub("", _FUNCTION.sub("", prelude) + body)]
+    while todo:
+        code = todo.pop()
+        for name, text in functions.items():
+            if name not in kept and re.search(rf"\b{name}\b", code):
+                kept.add(name)
+                todo.append(_COMMENT.sub("", text))
+    return _FUNCTION.sub(lambda m: m.group(0) if m.group(1) in kept else "", prelude) + body
 
 
 def load(name: str) -> str:
     """The whole text of read or repair script ``name``."""
-    return LIB + _read(f"{name}.lua")
+    return shake(LIB, read(f"{name}.lua"))
 
 
 def load_write(name: str) -> str:
     """The whole text of write script ``name`` (scripts/write.lua)."""
-    return WRITE_PRELUDE + _read(f"{name}.lua")
+    return shake(WRITE_PRELUDE, read(f"{name}.lua"))
 
 
 CREATE_SCRIPT = load_write("create")
@@ -54,4 +85,9 @@ VOUCH_SCRIPT = load("vouch")
 SETTLE_SCRIPT = load("settle")
 HOLD_SCRIPT = load("hold")
 REVOKE_BEGIN_SCRIPT = load("revoke_begin")
-LEASE_SCRIPT = _read("lease.lua")  # the relay's lease: none of lib.lua
+LEASE_SCRIPT = read("lease.lua")  # the relay's lease: none of lib.lua
+#: the previous release's marker keys moved into the marker hashes
+#: (sessionsync migrate-markers): an operator's, not the Lambda's
+MIGRATE_MARKERS_SCRIPT = read("migrate_markers.lua")
+#: a session's marker, as the scripts read it (SessionStore.marker)
+MARKER_SCRIPT = load("marker")

@@ -8,8 +8,12 @@
 -- (after its L/D flag); a value from another epoch may be older than what
 -- PostgreSQL holds, so it is served or written again only once PostgreSQL
 -- confirmed it (the persisted version: the version PostgreSQL holds).
+-- (a plain find and a fixed cut: the id is 40 hex digits, and no pattern
+-- to compile and match on every write)
 local function epoch()
-  return string.sub(string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)'), 1, 8)
+  local info = redis.call('INFO', 'replication')
+  local at = string.find(info, 'master_replid:', 1, true) + 14
+  return string.sub(info, at, at + 7)
 end
 -- a stored value "<version>|<created>|<updated>|<ttl>|<L|D><epoch>[@<owner>]|<state>"
 -- (keys.py): o is the owner suffix "@<owner>", '' when none
@@ -25,18 +29,41 @@ end
 local function head(v, c, u, t, f)
   return v .. '|' .. c .. '|' .. u .. '|' .. t .. '|' .. f
 end
--- the version marker "<version>|<L|D|E>": its version and flag, or nil
+-- The version marker "<version>|<L|D|E>" (keys.py): field <id> of the
+-- bucket's marker hash KEYS[2], or, with a marker TTL (a hash field has none
+-- before Redis 7.4) and in the previous release's format, a key of its own
+-- "<KEYS[2]>:<id>", in the same slot.  Both are read and the higher version
+-- wins: a process of the previous release, still running during a rollout,
+-- writes the key alone (docs/decisions/marker-hash.md).  KEYS[1] is the
+-- session key "ss:{NNNN}:s:<id>": the id is what follows its 12 characters.
+local function marker_names()
+  local id = string.sub(KEYS[1], 13)
+  return id, KEYS[2] .. ':' .. id
+end
+local function marker_raw()
+  local id, key = marker_names()
+  local f = redis.call('HGET', KEYS[2], id)
+  local k = redis.call('GET', key)
+  if not k then return f end
+  if not f or tonumber(string.match(k, '^(%d+)')) > tonumber(string.match(f, '^(%d+)')) then return k end
+  return f
+end
+-- its version and flag, or nil
 local function marker()
-  local m = redis.call('GET', KEYS[2])
+  local m = marker_raw()
   if not m then return nil end
   return tonumber(string.match(m, '^(%d+)')), string.sub(m, -1)
 end
--- a marker TTL of 0 means none: volatile-* eviction policies never take a
--- key without one (SESSION_MARKER_TTL)
+-- One marker per session, in one place: writing it in one form deletes the
+-- other.  A marker TTL of 0 means none (the hash field): volatile-* eviction
+-- policies never take a key without one (SESSION_MARKER_TTL)
 local function set_marker(value, marker_ttl, ttl)
+  local id, key = marker_names()
   if marker_ttl > 0 then
-    redis.call('SET', KEYS[2], value, 'EX', math.max(marker_ttl, ttl))
+    redis.call('SET', key, value, 'EX', math.max(marker_ttl, ttl))
+    redis.call('HDEL', KEYS[2], id)
   else
-    redis.call('SET', KEYS[2], value)
+    redis.call('HSET', KEYS[2], id, value)
+    redis.call('DEL', key)
   end
 end

@@ -25,51 +25,19 @@ local SID, NOW_ISO, NOW_MS = ARGV[1], ARGV[2], ARGV[3]
 local MARKER_TTL, CHANNEL = tonumber(ARGV[4]), ARGV[5]
 local EXPECTED, PERSISTED = ARGV[6] or '', ARGV[7] or ''
 local TTL, STATE, OWNER = ARGV[8] or '', ARGV[9] or '', ARGV[10] or ''
--- days since 1970-01-01 of a civil date, and back (H. Hinnant's
--- algorithms): Lua in Redis has no os.date
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = m > 2 and m - 3 or m + 9
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + math.floor((153 * mp + 2) / 5) + d - 1
-  return era * 146097 + doe - 719468
-end
-local function civil_from_days(z)
-  z = z + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-                          - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400
-  if m <= 2 then y = y + 1 end
-  return y, m, doy - math.floor((153 * mp + 2) / 5) + 1
-end
--- an ISO UTC time "YYYY-MM-DDTHH:MM:SS.mmmZ" plus whole seconds, in the
--- same format: expires_at = the write's time + its TTL (domain.session's
--- iso_plus_seconds computes the same)
-local function iso_plus(iso, secs)
-  local y, mo, d, h, mi, s, ms = string.match(iso, '^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)%.(%d+)Z$')
-  local t = ((days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 24 + tonumber(h)) * 60
-             + tonumber(mi)) * 60 + tonumber(s) + secs
-  local day = math.floor(t / 86400)
-  local r = t - day * 86400
-  local yy, mm, dd = civil_from_days(day)
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.', yy, mm, dd, math.floor(r / 3600),
-                       math.floor((r % 3600) / 60), r % 60) .. ms .. 'Z'
-end
 -- The change event (chalicelib/domain/events.py): the same bytes go to
 -- Pub/Sub, the outbox and SQS, and codec.session_from_event reads them
 -- back.  The state comes last, as the client sent it.  o: the owner suffix
--- ("@<owner>" or ''); expires: when the lifetime ends, nil for now + ttl
+-- ("@<owner>" or ''); expires: when the lifetime ended, for a
+-- session_expired only.  A write's own lifetime (its time + TTL) is not
+-- written: the readers derive it from occurred_at and ttl_seconds
+-- (PostgreSQL's apply, Session.expires_at), which saves every write a
+-- civil-date conversion Redis's Lua (no os.date) would do by hand.
 local function event(kind, version, created, ttl, state, o, expires)
   return '{"schema_version":' .. EVENT_SCHEMA_VERSION .. ',"event_id":"' .. SID .. ':' .. version ..
     '","event_type":"' .. kind .. '","session_id":"' .. SID ..
     '","version":' .. version .. ',"created_at":"' .. created ..
-    '","occurred_at":"' .. NOW_ISO .. '","expires_at":"' .. (expires or iso_plus(NOW_ISO, ttl)) ..
+    '","occurred_at":"' .. NOW_ISO .. (expires and ('","expires_at":"' .. expires) or '') ..
     '","ttl_seconds":' .. ttl ..
     (o ~= '' and (',"owner_id":"' .. string.sub(o, 2) .. '"') or '') ..
     ',"state":' .. state .. '}'
