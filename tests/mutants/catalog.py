@@ -85,6 +85,7 @@ T_FAILOVER = "tests/integration/redis/test_redis_failover.py"
 T_HOT = "tests/integration/store/test_redis_hot_path.py"
 T_IDEMPOTENCY = "tests/integration/sessions/test_idempotency.py"
 T_EVIDENCE = "tests/integration/redis/test_failover_evidence.py"
+T_CLUSTER_EVIDENCE = "tests/integration/redis/test_cluster_failover_evidence.py"
 T_WAIT = "tests/integration/redis/test_wait_replicas.py"
 T_LIFE = "tests/integration/sessions/test_session_lifetime.py"
 T_LIFE_UNITS = "tests/unit/test_session_lifetime_units.py"
@@ -343,6 +344,23 @@ MUTANTS: tuple[Mutant, ...] = (
         (("    if info.get(\"master_link_status\") != \"up\":\n", "    if True:\n"),),
         (f"{T_EVIDENCE}::test_a_demoted_node_reports_where_its_history_ended",),
         "a resynchronised demoted node's current (live) history is taken for the one that ended"),
+    mutant(
+        "cluster-moved-slot-asks-nobody", 17, REDIS_CLIENT,
+        (("        manager.move_slot = moved  # type: ignore[method-assign,assignment]\n", ""),),
+        (f"{T_CLUSTER_EVIDENCE}::test_a_planned_cluster_failover_is_proven_to_have_lost_nothing_and_costs_no_settle_time[slot-moved]",),
+        "a cluster client that moves a slot after MOVED does not ask the demoted master where its "
+        "history ended: a planned CLUSTER FAILOVER costs the whole settle time"),
+    mutant(
+        "cluster-reloaded-map-asks-nobody", 17, REDIS_CLIENT,
+        (("        manager.initialize = reloaded  # type: ignore[method-assign]\n", ""),),
+        (f"{T_CLUSTER_EVIDENCE}::test_a_planned_cluster_failover_is_proven_to_have_lost_nothing_and_costs_no_settle_time[map-reloaded]",),
+        "a cluster client that reloads its map after MOVED does not ask the masters it demoted"),
+    mutant(
+        "cluster-evidence-not-passed-on", 17, STORE,
+        (("pipe.execute_command(\"EVALSHA\", self._settle.sha, 1,", "pipe.evalsha(self._settle.sha, 1,"),),
+        (f"{T_CLUSTER_EVIDENCE}::test_a_process_that_did_not_see_the_cluster_failover_trusts_the_evidence_another_found",),
+        "on a cluster the evidence is not passed on (its pipeline refuses evalsha): only the process "
+        "that met the demoted master skips the settle time"),
     mutant(
         "wait-for-replicas-skipped", 17, STORE,
         (("            if self.wait_replicas:\n                return self._run_replicated(",
