@@ -167,8 +167,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "a delete leaves the marker live: the id could come back"),
     mutant(
         "marker-ttl-shorter-than-the-session", 8, LUA_LIB,
-        (("redis.call('SET', key, value, 'EX', math.max(marker_ttl, ttl))",
-          "redis.call('SET', key, value, 'EX', marker_ttl)"),),
+        (("key_form('SET', key, value, 'EX', math.max(marker_ttl, ttl))",
+          "key_form('SET', key, value, 'EX', marker_ttl)"),),
         (f"{T_STORE}::test_the_version_marker_outlives_its_session_even_when_configured_shorter[single]",),
         "a configured marker TTL shorter than the session's is used as is"),
     mutant(
@@ -178,7 +178,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "markers get a TTL even with SESSION_MARKER_TTL=0: volatile-* eviction may take them"),
     mutant(
         "marker-key-form-not-read", 8, LUA_LIB,
-        (("  local k = redis.call('GET', key)\n", "  local k = false\n"),),
+        (("  local k = key_form('GET', key)\n", "  local k = false\n"),),
         (f"{T_FORMATS}::test_a_deletion_in_a_marker_key_stays_final[single]",
          f"{T_RULES}::test_a_read_while_postgresql_is_behind_the_marker_is_a_503_until_it_catches_up"
          "[previous-format]"),
@@ -193,7 +193,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "in the key"),
     mutant(
         "marker-key-kept-on-write", 8, LUA_LIB,
-        (("    redis.call('HSET', KEYS[2], id, value)\n    redis.call('DEL', key)\n",
+        (("    key_form('DEL', key)\n    redis.call('HSET', KEYS[2], id, value)\n",
           "    redis.call('HSET', KEYS[2], id, value)\n"),),
         (f"{T_FORMATS}::test_a_marker_key_is_read_as_the_marker_and_the_first_write_moves_it_into_the_hash"
          "[single]",),
@@ -204,6 +204,30 @@ MUTANTS: tuple[Mutant, ...] = (
         (("    redis.call('HDEL', KEYS[2], id)\n", ""),),
         (f"{T_FORMATS}::test_with_a_marker_ttl_the_marker_is_a_key_and_the_field_goes[single]",),
         "with SESSION_MARKER_TTL the field stays beside the key: the marker outlives its TTL"),
+    mutant(
+        "marker-key-form-refusal-not-tryagain", 6, LUA_LIB,
+        (("error({err = 'TRYAGAIN ' .. r.err})", "error(r)"),),
+        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
+        "the marker key form refused during a slot migration is a script error (a 500), not a "
+        "TRYAGAIN the cluster client tries again"),
+    mutant(
+        "marker-written-after-the-session", 6, LUA_WRITE,
+        (("  set_marker(v .. '|' .. flag, MARKER_TTL, ttl)\n"
+          "  redis.call('SET', KEYS[1], head(v, created, NOW_ISO, ttl, flag) .. ep .. o .. '|' .. state, "
+          "'EX', ttl)\n",
+          "  redis.call('SET', KEYS[1], head(v, created, NOW_ISO, ttl, flag) .. ep .. o .. '|' .. state, "
+          "'EX', ttl)\n"
+          "  set_marker(v .. '|' .. flag, MARKER_TTL, ttl)\n"),),
+        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
+        "a write sets the session before its marker: a slot migration refusing the marker's key "
+        "form leaves the new version in Redis without its event (never persisted) and a 500"),
+    mutant(
+        "marker-field-written-before-the-key-form", 6, LUA_LIB,
+        (("    key_form('DEL', key)\n    redis.call('HSET', KEYS[2], id, value)\n",
+          "    redis.call('HSET', KEYS[2], id, value)\n    key_form('DEL', key)\n"),),
+        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
+        "the marker field is written before the key form's DEL: a slot migration refusing the "
+        "DEL leaves a marker ahead of the session and of PostgreSQL"),
     mutant(
         "migration-moves-over-a-newer-marker", 8, LUA_MIGRATE_MARKERS,
         (("    if f and tonumber(string.match(f, '^(%d+)')) >= tonumber(string.match(k, '^(%d+)')) then",
