@@ -59,6 +59,7 @@ LUA_EXPIRE = f"{REDIS}/scripts/expire.lua"
 LUA_SETTLE = f"{REDIS}/scripts/settle.lua"
 LUA_LEASE = f"{REDIS}/scripts/lease.lua"
 LUA_MIGRATE_MARKERS = f"{REDIS}/scripts/migrate_markers.lua"
+SCRIPTS_INIT = f"{REDIS}/scripts/__init__.py"
 SESSIONS = "chalicelib/service/sessions.py"
 PERSISTENCE = "chalicelib/adapters/postgres/database.py"
 CONSUMER = "chalicelib/pipeline/consumer.py"
@@ -78,6 +79,7 @@ T_RULES = "tests/integration/recovery/test_recovery_rules.py"
 T_CONFLICTS = "tests/integration/pipeline/test_version_conflicts.py"
 T_PERSISTENCE = "tests/integration/pipeline/test_persistence.py"
 T_UNITS = "tests/unit/test_pipeline_units.py"
+T_SCRIPTS = "tests/unit/test_redis_scripts.py"
 T_SHIP = "tests/integration/pipeline/test_producer_acks.py"
 T_RELAY = "tests/integration/pipeline/test_relay_continuous.py"
 T_OUTAGE = "tests/integration/redis/test_redis_outage.py"
@@ -204,30 +206,6 @@ MUTANTS: tuple[Mutant, ...] = (
         (("    redis.call('HDEL', KEYS[2], id)\n", ""),),
         (f"{T_FORMATS}::test_with_a_marker_ttl_the_marker_is_a_key_and_the_field_goes[single]",),
         "with SESSION_MARKER_TTL the field stays beside the key: the marker outlives its TTL"),
-    mutant(
-        "marker-key-form-refusal-not-tryagain", 6, LUA_LIB,
-        (("error({err = 'TRYAGAIN ' .. r.err})", "error(r)"),),
-        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
-        "the marker key form refused during a slot migration is a script error (a 500), not a "
-        "TRYAGAIN the cluster client tries again"),
-    mutant(
-        "marker-written-after-the-session", 6, LUA_WRITE,
-        (("  set_marker(v .. '|' .. flag, MARKER_TTL, ttl)\n"
-          "  redis.call('SET', KEYS[1], head(v, created, NOW_ISO, ttl, flag) .. ep .. o .. '|' .. state, "
-          "'EX', ttl)\n",
-          "  redis.call('SET', KEYS[1], head(v, created, NOW_ISO, ttl, flag) .. ep .. o .. '|' .. state, "
-          "'EX', ttl)\n"
-          "  set_marker(v .. '|' .. flag, MARKER_TTL, ttl)\n"),),
-        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
-        "a write sets the session before its marker: a slot migration refusing the marker's key "
-        "form leaves the new version in Redis without its event (never persisted) and a 500"),
-    mutant(
-        "marker-field-written-before-the-key-form", 6, LUA_LIB,
-        (("    key_form('DEL', key)\n    redis.call('HSET', KEYS[2], id, value)\n",
-          "    redis.call('HSET', KEYS[2], id, value)\n    key_form('DEL', key)\n"),),
-        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
-        "the marker field is written before the key form's DEL: a slot migration refusing the "
-        "DEL leaves a marker ahead of the session and of PostgreSQL"),
     mutant(
         "migration-moves-over-a-newer-marker", 8, LUA_MIGRATE_MARKERS,
         (("    if f and tonumber(string.match(f, '^(%d+)')) >= tonumber(string.match(k, '^(%d+)')) then",
@@ -413,6 +391,43 @@ MUTANTS: tuple[Mutant, ...] = (
         (("return \"ss:{%04d}\" % bucket", "return \"ss:%04d\" % bucket"),),
         (f"{T_STORE}::test_every_key_of_a_script_is_in_one_hash_slot",),
         "a session's keys spread over hash slots: its scripts fail on a cluster (CROSSSLOT)"),
+    mutant(
+        "marker-key-form-refusal-not-tryagain", 6, LUA_LIB,
+        (("error({err = 'TRYAGAIN ' .. r.err})", "error(r)"),),
+        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
+        "the marker key form refused during a slot migration is a script error (a 500), not a "
+        "TRYAGAIN the cluster client tries again"),
+    mutant(
+        "marker-written-after-the-session", 6, LUA_WRITE,
+        (("  set_marker(v .. '|' .. flag, MARKER_TTL, ttl)\n"
+          "  redis.call('SET', KEYS[1], head(v, created, NOW_ISO, ttl, flag) .. ep .. o .. '|' .. state, "
+          "'EX', ttl)\n",
+          "  redis.call('SET', KEYS[1], head(v, created, NOW_ISO, ttl, flag) .. ep .. o .. '|' .. state, "
+          "'EX', ttl)\n"
+          "  set_marker(v .. '|' .. flag, MARKER_TTL, ttl)\n"),),
+        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
+        "a write sets the session before its marker: a slot migration refusing the marker's key "
+        "form leaves the new version in Redis without its event (never persisted) and a 500"),
+    mutant(
+        "marker-field-written-before-the-key-form", 6, LUA_LIB,
+        (("    key_form('DEL', key)\n    redis.call('HSET', KEYS[2], id, value)\n",
+          "    redis.call('HSET', KEYS[2], id, value)\n    key_form('DEL', key)\n"),),
+        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
+        "the marker field is written before the key form's DEL: a slot migration refusing the "
+        "DEL leaves a marker ahead of the session and of PostgreSQL"),
+    mutant(
+        "shake-strips-comments-inside-strings", 6, SCRIPTS_INIT,
+        (("    return _COMMENT.sub(lambda m: m.group(1) or \"\", text)\n",
+          "    return re.sub(r\"--[^\\n]*\", \"\", text)\n"),),
+        (f"{T_SCRIPTS}::test_a_call_after_a_double_dash_in_a_string_keeps_its_function",),
+        "a '--' inside a string hides the calls after it on its line: their function is left out "
+        "of the script, which fails (a nil global) on that path only"),
+    mutant(
+        "shake-takes-a-one-line-function-unchecked", 6, SCRIPTS_INIT,
+        (("    if list(functions) != _DEFINED.findall(prelude):\n", "    if False:\n"),),
+        (f"{T_SCRIPTS}::test_a_one_line_prelude_function_is_refused_rather_than_take_the_next_one_with_it",),
+        "a one-line prelude function takes the functions after it out of every script that does "
+        "not call it, silently"),
     # -- 9: a failover heals by itself ------------------------------------------------
     mutant(
         "not-run-replies-not-retried", 9, REDIS_CLIENT,

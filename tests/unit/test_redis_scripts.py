@@ -68,19 +68,14 @@ def test_each_script_carries_the_prelude_functions_it_calls_and_no_other():
     assert _functions(scripts.GET_SCRIPT) == ["epoch", "parse"]
 
 
-@pytest.mark.xfail(strict=True, reason="shake strips '--' to the end of the line inside a string "
-                   "literal too: the call after it is not seen and its function is dropped")
 def test_a_call_after_a_double_dash_in_a_string_keeps_its_function():
     text = scripts.shake(PRELUDE, "return '--' .. b()\n")
 
     assert _functions(text) == ["a", "b"]
 
 
-@pytest.mark.xfail(strict=True, reason="shake takes a one-line prelude function to the next line "
-                   "that starts with 'end': the function after it is dropped with it, silently")
-def test_a_one_line_prelude_function_does_not_take_the_next_one_with_it():
+def test_a_one_line_prelude_function_is_refused_rather_than_take_the_next_one_with_it():
     prelude = "local function one() return 1 end\nlocal function two()\n  return 2\nend\n"
 
-    text = scripts.shake(prelude, "return two()\n")
-
-    assert "local function two()" in text
+    with pytest.raises(ValueError, match="two"):
+        scripts.shake(prelude, "return two()\n")
