@@ -423,6 +423,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "a '--' inside a string hides the calls after it on its line: their function is left out "
         "of the script, which fails (a nil global) on that path only"),
     mutant(
+        "shake-keeps-no-callee-of-a-kept-function", 6, SCRIPTS_INIT,
+        (("                todo.append(_code(text))\n", "                pass\n"),),
+        ("tests/integration/store/test_scripts_whole.py::"
+         "test_every_function_a_script_calls_is_defined_before_the_call[UPDATE_SCRIPT]",),
+        "a function only a kept function calls is left out: the script fails (a nil global) "
+        "when that path runs"),
+    mutant(
         "shake-takes-a-one-line-function-unchecked", 6, SCRIPTS_INIT,
         (("    if list(functions) != _DEFINED.findall(prelude):\n", "    if False:\n"),),
         (f"{T_SCRIPTS}::test_a_one_line_prelude_function_is_refused_rather_than_take_the_next_one_with_it",),
