@@ -215,6 +215,20 @@ MUTANTS: tuple[Mutant, ...] = (
         "the migration writes a marker key over the newer version a write left in the hash: "
         "recovery may then serve an older version, a deleted session come back"),
     mutant(
+        "migration-stops-on-a-moving-slot", 8, "sessionsync/marker_migration.py",
+        (("            except (redis.exceptions.AskError, redis.exceptions.TryAgainError):\n",
+          "            except ZeroDivisionError:\n"),),
+        (f"{T_MIGRATION}::test_a_migration_during_a_resharding_skips_what_moves_and_says_to_run_again",),
+        "migrate-markers during a resharding stops on the first key whose slot is moving (MOVED), "
+        "a traceback half way through"),
+    mutant(
+        "migration-counts-no-moving-key-as-remaining", 8, "sessionsync/marker_migration.py",
+        (("                             if ttl == -1 or isinstance(ttl, redis.ResponseError))\n",
+          "                             if ttl == -1)\n"),),
+        (f"{T_MIGRATION}::test_a_migration_during_a_resharding_skips_what_moves_and_says_to_run_again",),
+        "a marker key whose slot is moving is not counted: migrate-markers reports nothing left "
+        "and exits 0 while the key is still to move"),
+    mutant(
         "migration-moves-markers-with-a-ttl", 8, LUA_MIGRATE_MARKERS,
         (("  elseif redis.call('PTTL', KEYS[i]) >= 0 then\n    kept = kept + 1\n", ""),),
         (f"{T_MIGRATION}::test_a_migration_moves_every_marker_key_in_batches_and_a_second_run_finds_nothing",),
