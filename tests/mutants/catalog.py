@@ -437,6 +437,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "a '--' inside a string hides the calls after it on its line: their function is left out "
         "of the script, which fails (a nil global) on that path only"),
     mutant(
+        "acl-without-tenant-keys", 7, "infra/stacks/cache.yaml",
+        (("~ss:* ~so:* ~st:* &session-updates*", "~ss:* ~so:* &session-updates*"),),
+        ("tests/integration/redis/test_redis_acl.py::test_the_app_user_keeps_a_tenant_s_count",),
+        "the deployed app user may not touch a tenant's count (st:{<tenant>}:live): with "
+        "TENANT_MAX_SESSIONS every create is refused (NOPERM)"),
+    mutant(
         "shake-keeps-no-callee-of-a-kept-function", 6, SCRIPTS_INIT,
         (("                todo.append(_code(text))\n", "                pass\n"),),
         ("tests/integration/store/test_scripts_whole.py::"

@@ -12,7 +12,9 @@ from cfnlint.decode import cfn_yaml
 
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.adapters.redis.tenant_counts import TenantCounts
+from sessionsync import marker_migration
 from tests.support.constants import PROJECT_DIR
+from tests.support.markers import to_previous_format
 
 USER, PASSWORD = "app", "app-password-1"
 
@@ -43,12 +45,20 @@ def test_the_app_user_runs_every_session_script(app_client):
     assert created.session.version == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the app user's AccessString allows ~ss:* ~so:* only: TENANT_MAX_SESSIONS's "
-    "st:{<tenant>}:live key is refused (NOPERM)"))
 def test_the_app_user_keeps_a_tenant_s_count(app_client):
     counts = TenantCounts(app_client)
 
     reservation = counts.reserve("acme", f"acme/{uuid.uuid4().hex[:8]}", int(time.time() * 1000) + 60_000, 10)
 
     assert reservation.reserved
+
+
+def test_the_app_user_migrates_markers(app_client):
+    store = SessionStore(app_client)
+    sid = f"acl-{uuid.uuid4().hex[:8]}"
+    store.create(sid, '{"n":0}', 60)
+    to_previous_format(app_client, sid)
+
+    result = marker_migration.migrate(app_client, batch=10)
+
+    assert (result.moved, result.remaining) == (1, 0)
