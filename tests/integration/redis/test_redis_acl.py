@@ -21,8 +21,8 @@ USER, PASSWORD = "app", "app-password-1"
 
 def _access_string() -> str:
     cache = cfn_yaml.loads((PROJECT_DIR / "infra/stacks/cache.yaml").read_text())["Resources"]
-    return next(r["Properties"]["AccessString"] for r in cache.values()
-                if r["Type"] == "AWS::ElastiCache::User" and r["Properties"]["AccessString"].startswith("on "))
+    users = [r["Properties"]["AccessString"] for r in cache.values() if r["Type"] == "AWS::ElastiCache::User"]
+    return next(access for access in users if access.startswith("on "))
 
 
 @pytest.fixture
