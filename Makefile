@@ -60,14 +60,20 @@ chaos: venv services localstack
 	$(BIN)/python -m pytest -m chaos $(PYTEST_ARGS)
 
 # The model test alone with a long budget (docs/guarantees.md, "The model"):
-# MODEL_EXAMPLES examples (default 200) of new random steps each run
-# (MODEL_RANDOM=0: the fixed examples of `make test`); MODEL_PROMISES=a,b
+# MODEL_EXAMPLES examples (default 200) of new random steps each run, on the
+# single Redis endpoint and on a Redis Cluster (MODEL_REDIS=single or
+# MODEL_REDIS=cluster: that one alone; `make test` runs 8 and 3 fixed ones);
+# MODEL_RANDOM=0: the fixed examples of `make test`; MODEL_PROMISES=a,b
 # judges only those promises (how fast each is found); a failure is shrunk
 # (replayed on the real servers: minutes).
 MODEL_EXAMPLES ?= 200
 MODEL_RANDOM ?= 1
+MODEL_REDIS ?= single cluster
+MODEL_FILES = $(if $(filter single,$(MODEL_REDIS)),tests/model/test_model.py) \
+              $(if $(filter cluster,$(MODEL_REDIS)),tests/model/test_model_cluster.py)
 model: venv services localstack
-	MODEL_EXAMPLES=$(MODEL_EXAMPLES) MODEL_RANDOM=$(MODEL_RANDOM) MODEL_SHRINK=1 $(BIN)/python -m pytest -m model -s tests/model/test_model.py $(PYTEST_ARGS)
+	MODEL_EXAMPLES=$(MODEL_EXAMPLES) MODEL_CLUSTER_EXAMPLES=$(MODEL_EXAMPLES) MODEL_RANDOM=$(MODEL_RANDOM) MODEL_SHRINK=1 \
+	  $(BIN)/python -m pytest -m model -s $(MODEL_FILES) $(PYTEST_ARGS)
 
 # Named mutants: each breaks one guarantee on purpose in a scratch copy of the
 # tree, and its tests must catch it (docs/guarantees.md, "Mutants").

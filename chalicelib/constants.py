@@ -58,7 +58,7 @@ RELAY_TIMEOUT_SECONDS = 180
 RELAY_RESERVED_CONCURRENCY = 2
 #: a relay that stopped renewing its lease is taken over after this long
 RELAY_LEASE_SECONDS = 5.0
-#: SendMessageBatch calls a relay keeps in flight at once (10 entries each;
+#: the relay's lanes: SendMessageBatch calls it keeps in flight at once (up to 10 entries each;
 #: docs/decisions/relay-off-the-request-path.md: 8 drained LocalStack 1.4x
 #: faster than 4, within boto3's pool of 10 connections)
 RELAY_SENDERS = 8

@@ -20,6 +20,7 @@ from chalicelib.constants import (
 )
 
 if TYPE_CHECKING:  # the builders import these on first use (cold start)
+    from chalicelib.adapters.aws import Budget
     from chalicelib.adapters.postgres.database import Database
     from chalicelib.adapters.postgres.migrations import DeployStep
     from chalicelib.adapters.redis.client import RedisClient
@@ -43,6 +44,10 @@ _cache: dict[str, Any] = {}
 
 
 _building: dict[str, threading.RLock] = {}
+#: the AWS clients' budget when not the request path's (``use_aws_budget``)
+_aws_budget: Budget | None = None
+#: the objects built on that budget
+_AWS_CLIENTS = ("sqs", "secretsmanager")
 
 
 def _once(name: str, build: Callable[[], T]) -> T:
@@ -67,6 +72,22 @@ def reset() -> None:
         if db is not None:
             db.close()
         _cache.clear()
+
+
+def use_aws_budget(budget: Budget) -> None:
+    """Build the AWS clients on ``budget`` from now on, not the request
+    path's (``aws.REQUEST_BUDGET``): an operator's command is no request
+    (``sessionsync.cli``).  The Lambda functions never call this."""
+    global _aws_budget
+    with _lock:
+        _aws_budget = budget
+        for name in _AWS_CLIENTS:
+            _cache.pop(name, None)
+
+
+def _aws_client(service: str) -> Any:
+    from chalicelib.adapters import aws
+    return aws.client(service, settings(), budget=_aws_budget or aws.REQUEST_BUDGET)
 
 
 def install(**objects: Any) -> None:
@@ -102,8 +123,7 @@ def store() -> SessionStore:
 
 
 def sqs() -> Any:
-    from chalicelib.adapters import aws
-    return _once("sqs", lambda: aws.client("sqs", settings()))
+    return _once("sqs", lambda: _aws_client("sqs"))
 
 
 def queue_url() -> str:
@@ -199,8 +219,7 @@ def relay_producer() -> SqsProducer:
 
 
 def secrets_client() -> Any:
-    from chalicelib.adapters import aws
-    return _once("secretsmanager", lambda: aws.client("secretsmanager", settings()))
+    return _once("secretsmanager", lambda: _aws_client("secretsmanager"))
 
 
 def api_keys() -> ApiKeys:

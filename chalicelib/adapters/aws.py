@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from chalicelib.config import Settings
@@ -17,15 +18,35 @@ from chalicelib.config import Settings
 T = TypeVar("T")
 
 
-def client(service: str, settings: Settings, *, connect_timeout: float = 1.0,
-           read_timeout: float = 3.0, attempts: int = 2, max_pool_connections: int = 10) -> Any:
+@dataclass(frozen=True)
+class Budget:
+    """How long an AWS call may take: seconds to connect, seconds to wait for
+    each reply, and requests in all (the first and its retries)."""
+
+    connect_timeout: float
+    read_timeout: float
+    attempts: int
+
+
+#: a request's, and the pipeline functions': give up within seconds (a
+#: Lambda that hangs on SQS holds its caller; the outbox catches up later)
+REQUEST_BUDGET = Budget(connect_timeout=1.0, read_timeout=3.0, attempts=2)
+
+
+def client(service: str, settings: Settings, *, budget: Budget = REQUEST_BUDGET,
+           read_timeout: float | None = None, connect_timeout: float | None = None,
+           attempts: int | None = None, max_pool_connections: int = 10) -> Any:
+    """A boto3 client of ``service`` with ``budget`` (each of its parts
+    overridable on its own)."""
     import boto3
     from botocore.config import Config
 
     # total_max_attempts counts the first request; botocore's max_attempts
     # counts only the retries (attempts=1 would make two requests)
-    config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
-                    retries={"total_max_attempts": attempts, "mode": "standard"},
+    config = Config(connect_timeout=budget.connect_timeout if connect_timeout is None else connect_timeout,
+                    read_timeout=budget.read_timeout if read_timeout is None else read_timeout,
+                    retries={"total_max_attempts": budget.attempts if attempts is None else attempts,
+                             "mode": "standard"},
                     region_name=settings.aws_region, max_pool_connections=max_pool_connections)
     return boto3.session.Session().client(
         service, endpoint_url=settings.aws_endpoint_url, config=config)

@@ -11,9 +11,10 @@ for SQS.  The relay runs continuously (docs/decisions/relay-off-the-request-path
   hands over.  A relay that dies stops renewing, and the next one takes
   over when the lease expires;
 * while it holds the lease it listens on the channel: each event wakes it
-  the moment its write committed, and it sends what arrived meanwhile, in
-  SendMessageBatch calls of 10, several at once, then acks the entries SQS
-  took;
+  the moment its write committed, and it hands what arrived to its lanes
+  (``Lanes``: a session's changes always in one, in commit order), which
+  send in SendMessageBatch calls of up to 10, several at once, and ack the
+  entries SQS took, while it listens on;
 * Pub/Sub is fire-and-forget, so every ``sweep_interval`` it also reads the
   outbox itself for entries older than ``age_seconds`` (a wake-up missed
   while it reconnected, a send SQS refused), and all of it when it starts
@@ -43,8 +44,8 @@ import threading
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, Self
 
@@ -71,6 +72,16 @@ METRICS_SECONDS = 10.0
 #: after handing over, how long a relay waits to see the successor hold the
 #: lease before it takes it back (a successor that died as it was handed it)
 HANDOVER_CONFIRM_SECONDS = 2.0
+#: a lane holds at most this many SendMessageBatch calls' worth of changes;
+#: beyond, the relay stops reading and Pub/Sub buffers (SQS slower than the writes)
+LANE_QUEUE_CHUNKS = 50
+#: a sweep due while the lanes hold more than a round of sends is tried again after this
+SWEEP_DEFER_SECONDS = 0.05
+#: a relay run that ends waits at most this long for its sends in flight,
+#: within the margin it keeps before its Lambda's timeout
+#: (SCHEDULE_MARGIN_SECONDS); a send still in flight then finishes, or not,
+#: in the background: what is queued, or unacked, stays in the outbox
+LANES_CLOSE_SECONDS = 4.0
 #: after Redis failed the relay, it waits this long before listening again
 REDIS_RETRY_SECONDS = 0.5
 # the head of an event as write.lua builds it: the id comes second
@@ -117,6 +128,8 @@ class Wakeups(Protocol):
 class RelayResult:
     found: int = 0
     sent: int = 0
+    #: a drain stopped by its time budget with more old entries waiting
+    more: bool = False
 
     def __iadd__(self, other: RelayResult) -> Self:
         self.found += other.found
@@ -171,9 +184,9 @@ class OutboxRelay:
     # -- one pass over what is pending -----------------------------------------
 
     def run_once(self, *, age_seconds: float | None = None,
-                 pool: ThreadPoolExecutor | None = None) -> RelayResult:
+                 lanes: Lanes | None = None) -> RelayResult:
         """One page: up to ``page`` entries older than ``age_seconds``
-        (default ``self.age_seconds``), sent in SQS batches (with ``pool``,
+        (default ``self.age_seconds``), sent in SQS batches (with ``lanes``,
         several at once).
 
         Raises ServiceUnavailable when Redis cannot be read; SQS failures
@@ -186,8 +199,7 @@ class OutboxRelay:
         # next time, start after the last bucket read: entries SQS keeps
         # refusing cannot fill every page and starve the other buckets
         self._start_bucket = (bucket_of(pending[-1][0].rsplit(":", 1)[0]) + 1) % BUCKETS
-        sent = (len(self.sender.send_many(pending)) if pool is None
-                else send_in_lanes(self.sender, pending, pool, self.senders))
+        sent = len(self.sender.send_many(pending)) if lanes is None else lanes.send(pending)
         result = RelayResult(found=len(pending), sent=sent)
         if result.sent < result.found:
             metrics.emit({"ShipFailures": result.found - result.sent})
@@ -196,7 +208,7 @@ class OutboxRelay:
         return result
 
     def drain(self, *, budget_seconds: float, age_seconds: float | None = None,
-              report: bool = True, pool: ThreadPoolExecutor | None = None) -> RelayResult:
+              report: bool = True, lanes: Lanes | None = None) -> RelayResult:
         """Pages until the outbox has nothing old left, a send fails, or the
         time budget is spent; ``report``: emit OutboxRelayed (a continuous
         relay reports its sweeps with its wake-ups instead).
@@ -206,11 +218,12 @@ class OutboxRelay:
         deadline = self.clock() + budget_seconds
         total = RelayResult()
         while True:
-            result = self.run_once(age_seconds=age_seconds, pool=pool)
+            result = self.run_once(age_seconds=age_seconds, lanes=lanes)
             total += result
             # a short page means nothing older is left; an incomplete send
             # means SQS is failing: stop and let the next pass retry
             if result.found < self.page or result.sent < result.found or self.clock() >= deadline:
+                total.more = result.found == self.page and result.sent == result.found
                 if total.sent and report:
                     metrics.emit({"OutboxRelayed": total.sent})
                 return total
@@ -264,30 +277,28 @@ class OutboxRelay:
         assert self.lease is not None
         renewed = self.clock()
         loop = _Loop(self, run, started)
-        with ThreadPoolExecutor(self.senders, thread_name_prefix="relay-send") as pool:
-            loop.pool = pool
-            try:
-                while not stop.is_set() and self.clock() < deadline:
-                    if self.clock() - renewed >= RENEW_SECONDS:
-                        try:
-                            held, successor = self.lease.renew(token)
-                        except ServiceUnavailable as exc:
-                            log.warning("relay cannot renew its lease", extra={"error": exc.message})
-                            loop.redis_failed()
-                            stop.wait(REDIS_RETRY_SECONDS)
-                            continue
-                        renewed = self.clock()
-                        if not held:
-                            log.warning("relay lost its lease (paused past it); another relay runs")
-                            return "lease lost"
-                        try:
-                            if successor and self._hand_over(token, stop):
-                                return "handed over"
-                        except ServiceUnavailable:
-                            continue  # the next renewal says whether it is still ours
-                    loop.step(min(RENEW_SECONDS, max(0.0, deadline - self.clock())))
-            finally:
-                loop.close()
+        try:
+            while not stop.is_set() and self.clock() < deadline:
+                if self.clock() - renewed >= RENEW_SECONDS:
+                    try:
+                        held, successor = self.lease.renew(token)
+                    except ServiceUnavailable as exc:
+                        log.warning("relay cannot renew its lease", extra={"error": exc.message})
+                        loop.redis_failed()
+                        stop.wait(REDIS_RETRY_SECONDS)
+                        continue
+                    renewed = self.clock()
+                    if not held:
+                        log.warning("relay lost its lease (paused past it); another relay runs")
+                        return "lease lost"
+                    try:
+                        if successor and self._hand_over(token, stop):
+                            return "handed over"
+                    except ServiceUnavailable:
+                        continue  # the next renewal says whether it is still ours
+                loop.step(min(RENEW_SECONDS, max(0.0, deadline - self.clock())))
+        finally:
+            loop.close()
         return "stopped" if stop.is_set() else "budget"
 
     def _hand_over(self, token: str, stop: threading.Event) -> bool:
@@ -306,45 +317,158 @@ class OutboxRelay:
         return not self.lease.take(token)
 
 
-def send_in_lanes(sender: Sender, events: Sequence[tuple[str, str]], pool: ThreadPoolExecutor,
-                  lanes: int) -> int:
-    """Send ``events`` (event id, body) in ``lanes`` lanes at once, a
-    session's events always in the same lane, each lane's in order, in
-    SendMessageBatch chunks of SQS_BATCH; a lane stops at its first chunk
-    SQS did not take whole.  Returns how many were sent (and acked).
+def lane_of(event_id: str, lanes: int) -> int:
+    """The lane of a change: its session's, whatever its version."""
+    return zlib.crc32(session_of(event_id).encode()) % lanes
 
-    One session's changes are never sent concurrently, so they reach SQS in
-    the order they committed: a FIFO queue (SESSION_QUEUE_FIFO) delivers
-    each session's events in that order, as the relay read them.
+
+class Batch:
+    """Changes handed to the lanes together: ``done`` once each was sent
+    (``sent`` counts those SQS took) or left in the outbox."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.left = size
+        self.sent = 0
+        self.done = threading.Event()
+        if size == 0:
+            self.done.set()
+
+
+class Lanes:
+    """``lanes`` senders beside the relay's loop, each a thread sending its
+    lane's changes in the order they were handed over, SQS_BATCH per
+    SendMessageBatch, the moment it is free: the loop hands a wake-up's
+    changes over and goes back to listening, so a send stuck in SQS's tail
+    holds its own lane only, not the next wake-up (the relay used to wait
+    for every lane's send before it read on: the slowest call of each round
+    became every change's wait).
+
+    A session's changes always go to the same lane, so they are never sent
+    concurrently and reach SQS in the order they committed: a FIFO queue
+    (SESSION_QUEUE_FIFO) delivers each session's events in that order.  A
+    lane whose chunk SQS did not take whole stops: what it held, and what
+    it is handed until ``reset``, stays in the outbox, in order, for a
+    sweep.  ``close`` leaves what is queued (it is in the outbox) and waits
+    for the sends in flight.
     """
-    by_lane: list[list[tuple[str, str]]] = [[] for _ in range(lanes)]
-    for event in events:
-        by_lane[zlib.crc32(session_of(event[0]).encode()) % lanes].append(event)
 
-    def lane(mine: list[tuple[str, str]]) -> int:
-        sent = 0
-        for i in range(0, len(mine), SQS_BATCH):
-            chunk = mine[i:i + SQS_BATCH]
-            took = len(sender.send_many(chunk))
-            sent += took
-            if took < len(chunk):
-                break  # SQS is failing: the rest waits in the outbox, in order
-        return sent
-    return sum(pool.map(lane, [mine for mine in by_lane if mine]))
+    def __init__(self, sender: Sender, lanes: int, *, limit: int | None = None) -> None:
+        self.sender = sender
+        self.queues: list[deque[tuple[str, str, Batch]]] = [deque() for _ in range(lanes)]
+        self.failed = [False] * lanes
+        #: changes queued or in flight; ``full`` at ``limit``
+        self.pending = 0
+        self.limit = limit if limit is not None else LANE_QUEUE_CHUNKS * SQS_BATCH * lanes
+        self._cond = threading.Condition()
+        self._closing = False
+        self._threads = [threading.Thread(target=self._lane, args=(i,), daemon=True,
+                                          name=f"relay-lane-{i}") for i in range(lanes)]
+        for thread in self._threads:
+            thread.start()
+
+    def put(self, events: Sequence[tuple[str, str]]) -> Batch:
+        """Hand ``events`` over, each to its session's lane; returns at once."""
+        batch = Batch(len(events))
+        with self._cond:
+            dropped = 0
+            for event in events:
+                lane = lane_of(event[0], len(self.queues))
+                if self.failed[lane] or self._closing:
+                    dropped += 1  # it stays in the outbox, behind the change SQS refused
+                    continue
+                self.queues[lane].append((event[0], event[1], batch))
+                self.pending += 1
+            self._settle(batch, dropped)
+            self._cond.notify_all()
+        return batch
+
+    def send(self, events: Sequence[tuple[str, str]]) -> int:
+        """Hand ``events`` over and wait until each was sent or left: how
+        many SQS took (a sweep's page)."""
+        batch = self.put(events)
+        batch.done.wait()
+        return batch.sent
+
+    def any_failed(self) -> bool:
+        return any(self.failed)
+
+    def full(self, wait: float) -> bool:
+        """Whether the lanes hold ``limit`` changes, waiting up to ``wait``
+        seconds for room (SQS slower than the writes: the relay reads no
+        more meanwhile and Redis buffers the wake-ups)."""
+        with self._cond:
+            if self.pending >= self.limit:
+                self._cond.wait(wait)
+            return self.pending >= self.limit
+
+    def reset(self) -> None:
+        """Let the lanes that stopped send again (a sweep sent everything
+        pending: what they left is in SQS now)."""
+        with self._cond:
+            self.failed = [False] * len(self.failed)
+
+    def close(self, timeout: float) -> None:
+        with self._cond:
+            self._closing = True
+            for queue in self.queues:
+                while queue:
+                    self._settle(queue.popleft()[2], 1)
+                    self.pending -= 1
+            self._cond.notify_all()
+        until = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, until - time.monotonic()))
+
+    def _settle(self, batch: Batch, count: int, sent: int = 0) -> None:
+        batch.left -= count
+        batch.sent += sent
+        if batch.left <= 0:
+            batch.done.set()
+
+    def _lane(self, lane: int) -> None:
+        queue = self.queues[lane]
+        while True:
+            with self._cond:
+                while not queue and not self._closing:
+                    self._cond.wait()
+                if not queue:
+                    return
+                chunk = [queue.popleft() for _ in range(min(SQS_BATCH, len(queue)))]
+            try:
+                took = set(self.sender.send_many([(eid, body) for eid, body, _ in chunk]))
+            except Exception:  # the lane must survive anything; the outbox keeps the changes
+                log.exception("relay send failed")
+                took = set()
+            with self._cond:
+                left: list[tuple[str, str, Batch]] = []
+                if not all(eid in took for eid, _, _ in chunk):
+                    # SQS is failing: the rest of the lane waits in the outbox, in order
+                    self.failed[lane] = True
+                    left = list(queue)
+                    queue.clear()
+                for eid, _, batch in chunk:
+                    self._settle(batch, 1, int(eid in took))
+                for _, _, batch in left:
+                    self._settle(batch, 1)
+                self.pending -= len(chunk) + len(left)
+                self._cond.notify_all()
 
 
 class _Loop:
-    """The body of a held lease: listen, send what wakes it, sweep."""
+    """The body of a held lease: listen, hand what wakes it to the lanes, sweep."""
 
     def __init__(self, relay: OutboxRelay, run: RelayRun, started: float) -> None:
         self.relay = relay
         self.run = run
         self.started = started
-        self.pool: ThreadPoolExecutor | None = None
+        self.lanes = Lanes(relay.sender, relay.senders)
         self.wakeups: Wakeups | None = None
         self.swept = float("-inf")
         self.reported = relay.clock()
         self.relayed = 0
+        # wake-ups handed to the lanes, until they are sent (or left)
+        self.in_lanes: deque[Batch] = deque()
         # a send failed: wake-ups are left to the sweeps (which then take
         # every entry, not only old ones) until one sends all it found
         self.failing = False
@@ -359,12 +483,24 @@ class _Loop:
                 self.wakeups = relay.listen()
                 self.swept = float("-inf")
                 self.failing = True  # the first sweep takes everything pending
-            if relay.clock() - self.swept >= relay.sweep_seconds:
-                self._sweep()
-                wait = min(wait, relay.sweep_seconds)
-            events = self._collect(min(wait, max(0.0, self.swept + relay.sweep_seconds - relay.clock())))
-            if events and not self.failing:
-                self._send(events)
+            self._settle()
+            if relay.clock() - self.swept < relay.sweep_seconds:
+                wait = min(wait, self.swept + relay.sweep_seconds - relay.clock())
+            elif self.lanes.pending <= SQS_BATCH * relay.senders:
+                # a backlog (SQS was down, a relay was away) is drained a
+                # budget at a time, with the wake-ups read in between, and
+                # no pause: the next sweep follows at once
+                wait = 0.0 if self._sweep() else min(wait, relay.sweep_seconds)
+            else:
+                # the lanes are behind: a sweep would wait for all they hold
+                # (and read again what they hold, if it is old): soon
+                wait = min(wait, SWEEP_DEFER_SECONDS)
+            # lanes full: the lease is renewed meanwhile, and the loop comes back here
+            if not self.lanes.full(wait):
+                events = self._collect(wait)
+                if events and not self.failing:
+                    self._send(events)
+            # reported however far behind SQS is: the lag alarm needs the figure
             if relay.clock() - self.reported >= METRICS_SECONDS:
                 self._report()
         except ServiceUnavailable as exc:
@@ -380,11 +516,16 @@ class _Loop:
                 pass
             self.wakeups = None
 
-    def _sweep(self) -> None:
+    def _sweep(self) -> bool:
+        """Whether it left old entries behind (its budget ran out)."""
         relay = self.relay
+        if self.failing:
+            # everything pending is read from here on, in commit order: the
+            # lanes that stopped at a refused change may send again
+            self.lanes.reset()
         age = 0.0 if self.failing else relay.age_seconds
         result = relay.drain(budget_seconds=relay.sweep_seconds * 5, age_seconds=age, report=False,
-                             pool=self.pool)
+                             lanes=self.lanes)
         self.swept = relay.clock()
         self.run += result
         self.run.sweeps += 1
@@ -393,6 +534,9 @@ class _Loop:
         self.relayed += result.sent
         if result.sent == result.found:
             self.failing = False
+        if result.more:
+            self.swept = float("-inf")
+        return result.more
 
     def _collect(self, timeout: float) -> list[tuple[str, str]]:
         """The events published until ``timeout`` passes without one: the
@@ -412,17 +556,24 @@ class _Loop:
         return events
 
     def _send(self, events: Sequence[tuple[str, str]]) -> None:
-        """Send in lanes, ``senders`` at once (``send_in_lanes``)."""
-        assert self.pool is not None
-        sent = send_in_lanes(self.relay.sender, events, self.pool, self.relay.senders)
-        self.run += RelayResult(found=len(events), sent=sent)
-        self.run.woken += sent
-        self.relayed += sent
-        if sent < len(events):
-            # the entries stay in the outbox: the sweeps retry them
-            metrics.emit({"ShipFailures": len(events) - sent})
-            log.warning("SQS refused changes; the relay retries them from the outbox",
-                        extra={"unsent": len(events) - sent})
+        """Hand the events to the lanes, and listen on at once."""
+        self.run.found += len(events)
+        self.in_lanes.append(self.lanes.put(events))
+        self._settle()
+
+    def _settle(self, *, closing: bool = False) -> None:
+        """Count what the lanes sent of the wake-ups; a refusal leaves the
+        changes to the sweeps, from the outbox."""
+        while self.in_lanes and self.in_lanes[0].done.is_set():
+            batch = self.in_lanes.popleft()
+            self.run.sent += batch.sent
+            self.run.woken += batch.sent
+            self.relayed += batch.sent
+            if batch.sent < batch.size and not closing:
+                metrics.emit({"ShipFailures": batch.size - batch.sent})
+                log.warning("SQS refused changes; the relay retries them from the outbox",
+                            extra={"unsent": batch.size - batch.sent})
+        if self.lanes.any_failed():
             self.failing = True
 
     def _report(self) -> None:
@@ -437,3 +588,7 @@ class _Loop:
 
     def close(self) -> None:
         self.redis_failed()
+        # what is queued stays in the outbox for the next run; the sends in
+        # flight are waited for (each bounded by the SQS client's timeouts)
+        self.lanes.close(LANES_CLOSE_SECONDS)
+        self._settle(closing=True)

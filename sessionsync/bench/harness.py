@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -208,6 +209,37 @@ def free_port() -> int:
     raise RuntimeError(f"no free port at or below {_HIGHEST_PORT} in 100 tries")
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def child_setup(*, cpus: Iterable[int] | None = None) -> Callable[[], None]:
+    """A ``preexec_fn`` for a process the bench starts: it dies with the
+    bench, even one killed by SIGKILL (a test's timeout, an operator's
+    ``kill -9``), where ``stop_process`` never runs and a redis-server or a
+    ``serve`` would be left behind.  Linux sends the child SIGKILL when the
+    thread that started it ends (PR_SET_PDEATHSIG): only a child of the main
+    thread gets it, as a child of a worker thread would die with that thread.
+    Elsewhere, and for those, the bench's process group still reaches them
+    (``os.killpg`` of a bench started in a session of its own).
+    ``cpus``: the child's CPUs."""
+    parent = os.getpid()
+    prctl = None
+    if threading.current_thread() is threading.main_thread() and sys.platform.startswith("linux"):
+        import ctypes
+        # looked up before the fork: the child only calls it (no import, no lock)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    cpu_set = None if cpus is None else set(cpus)
+
+    def setup() -> None:
+        if cpu_set is not None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, cpu_set)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the bench died before prctl took effect
+                os._exit(1)
+    return setup
+
+
 def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop a process the bench started, by its PID: SIGTERM, SIGKILL after ``grace``."""
     if proc.poll() is not None:
@@ -221,11 +253,13 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 @contextmanager
-def serve_process(workdir: Path, env: Mapping[str, str], *args: str
+def serve_process(workdir: Path, env: Mapping[str, str], *args: str,
+                  entry: Sequence[str] = ("-c", "from sessionsync.cli import main; main()")
                   ) -> Iterator[tuple[int, Path]]:
     """``sessionsync serve *args`` on a free port with ``env`` over this
     process's environment, on every CPU (the bench itself may be pinned);
-    (port, its log) once it answers, stopped on exit."""
+    (port, its log) once it answers, stopped on exit.  ``entry``: the
+    interpreter's arguments that run the CLI."""
     from sessionsync.project import project_dir
 
     environment = {**os.environ, **env}
@@ -233,17 +267,11 @@ def serve_process(workdir: Path, env: Mapping[str, str], *args: str
         filter(None, [str(project_dir()), environment.get("PYTHONPATH")]))
     port = free_port()
     log = workdir / f"serve-{port}.log"
-    cpus = range(os.cpu_count() or 1)
-
-    def widen() -> None:
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, cpus)
-
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from sessionsync.cli import main; main()", "serve",
-             *args, "--port", str(port)],
-            cwd=workdir, env=environment, stdout=out, stderr=subprocess.STDOUT, preexec_fn=widen)
+            [sys.executable, *entry, "serve", *args, "--port", str(port)],
+            cwd=workdir, env=environment, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=child_setup(cpus=range(os.cpu_count() or 1)))
     try:
         deadline = time.monotonic() + 60
         while True:

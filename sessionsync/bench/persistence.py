@@ -27,6 +27,7 @@ local stack, not a deployment.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -35,10 +36,12 @@ from typing import Any
 
 import psycopg
 
+from sessionsync.bench import lag_trace
 from sessionsync.bench.aws_local import localstack_sqs_unavailable, sqs_client, temporary_queue
 from sessionsync.bench.context import STATE_BYTES, BenchContext, state_document
 from sessionsync.bench.harness import delete_rows, in_threads, serve_process
 from sessionsync.bench.http_client import HttpClient, RouteStats, TransportError
+from sessionsync.bench.machine import load_average
 from sessionsync.bench.redis_server import ThrowawayRedis
 from sessionsync.bench.stats import percentile, ratio, summarize_ns
 
@@ -156,8 +159,10 @@ def _paced_writes(port: int, prefix: str, seconds: float) -> tuple[list[tuple[st
     return [a for per in acks for a in per], sum(late)
 
 
-def _lags(dsn: str, prefix: str, acks: list[tuple[str, int, float]]) -> dict[str, Any]:
-    """persisted_at - acknowledged, per write, once every row is there."""
+def _lags(dsn: str, prefix: str, acks: list[tuple[str, int, float]]
+          ) -> tuple[dict[str, Any], dict[str, float]]:
+    """persisted_at - acknowledged, per write, once every row is there; and
+    each row's persisted_at by event id (epoch seconds)."""
     wanted = {(sid, v): at for sid, v, at in acks}
     rows: dict[tuple[str, int], float] = {}
     deadline = time.monotonic() + PERSIST_TIMEOUT_SECONDS
@@ -171,13 +176,14 @@ def _lags(dsn: str, prefix: str, acks: list[tuple[str, int, float]]) -> dict[str
             time.sleep(0.5)
     lags = sorted((rows[key] - at) * 1000 for key, at in wanted.items() if key in rows)
     missing = sum(1 for key in wanted if key not in rows)
+    persisted = {f"{sid}:{v}": at for (sid, v), at in rows.items()}
     if not lags:
-        return {"writes": len(wanted), "missing": missing}
+        return {"writes": len(wanted), "missing": missing}, persisted
     return {"writes": len(wanted), "missing": missing,
             "p50_ms": round(percentile(lags, 50), 1), "p90_ms": round(percentile(lags, 90), 1),
             "p99_ms": round(percentile(lags, 99), 1), "max_ms": round(lags[-1], 1),
             # a row may be in before its answer reached the client
-            "persisted_before_the_answer": sum(1 for lag in lags if lag < 0)}
+            "persisted_before_the_answer": sum(1 for lag in lags if lag < 0)}, persisted
 
 
 def _relay_drain(ctx: BenchContext, backlog: int) -> dict[str, Any]:
@@ -187,7 +193,7 @@ def _relay_drain(ctx: BenchContext, backlog: int) -> dict[str, Any]:
     from chalicelib.adapters.redis.store import SessionStore
     from chalicelib.adapters.redis.subscription import Subscription
     from chalicelib.constants import RELAY_LEASE_SECONDS, RELAY_SENDERS
-    from chalicelib.pipeline.outbox import LEASE_POLL_SECONDS, OutboxRelay
+    from chalicelib.pipeline.outbox import LEASE_POLL_SECONDS, OutboxRelay, RelayRun
     from chalicelib.pipeline.producer import SqsProducer
     from sessionsync.bench.harness import local_queue
     from sessionsync.bench.relay import fill_outbox
@@ -204,13 +210,29 @@ def _relay_drain(ctx: BenchContext, backlog: int) -> dict[str, Any]:
                                                  poll_seconds=LEASE_POLL_SECONDS),
                                 listen=lambda: Subscription(client, store.channel))
             stop = threading.Event()
+            run = RelayRun()
+
+            def serve() -> None:
+                # the relay is a function of its own in AWS: on every CPU,
+                # not on the one the bench pinned itself to (its lanes'
+                # threads inherit this thread's CPUs)
+                if hasattr(os, "sched_setaffinity"):
+                    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+                relay.serve(budget_seconds=600, stop=stop, run=run)
+
             start = time.perf_counter()
-            thread = threading.Thread(target=relay.serve, kwargs={"budget_seconds": 600, "stop": stop},
-                                      daemon=True)
+            thread = threading.Thread(target=serve, daemon=True)
             thread.start()
+            # the run's own count of what SQS took: reading the outbox's
+            # 1,024 buckets every few ms would take the relay's interpreter
+            # from it; the outbox is read once the count is reached
             deadline = time.monotonic() + 600
-            while outbox_depth(store) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            while time.monotonic() < deadline:
+                while run.sent < backlog and thread.is_alive() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if not outbox_depth(store) or not thread.is_alive():
+                    break
+                time.sleep(0.1)  # duplicates counted: some entries are still there
             seconds = time.perf_counter() - start
             left = outbox_depth(store)
             stop.set()
@@ -234,19 +256,24 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             tempfile.TemporaryDirectory(prefix="sessionsync-bench-persistence-") as tmp, \
             temporary_queue(sqs, f"sessionsync-bench-persistence-{ctx.run_id}") as url, \
             temporary_queue(sqs, f"sessionsync-bench-persistence-dlq-{ctx.run_id}") as dlq:
-        with serve_process(Path(tmp), _environment(ctx, redis_server.url, url, dlq)) as (port, _):
+        trace = Path(tmp) / "lag-trace.jsonl"
+        environment = {**_environment(ctx, redis_server.url, url, dlq), lag_trace.TRACE_ENV: str(trace)}
+        with serve_process(Path(tmp), environment, entry=lag_trace.entry_command()) as (port, _):
             try:
                 write_read = _write_read(port, f"{prefix}-wr", rounds)
+                load = {"before_paced_writes": load_average()}
                 acks, late = _paced_writes(port, f"{prefix}-paced", seconds)
-                lag = _lags(dsn, f"{prefix}-paced", acks)
+                load["after_paced_writes"] = load_average()
+                lag, persisted = _lags(dsn, f"{prefix}-paced", acks)
             except TransportError as exc:
                 raise RuntimeError(f"sessionsync serve did not answer: {exc}") from exc
+        lag["split"] = lag_trace.split(trace, {f"{sid}:{v}": at for sid, v, at in acks}, persisted)
     with psycopg.connect(dsn) as conn:
         delete_rows(conn, prefix)
     relay = _relay_drain(ctx, backlog)
     one_function = write_read["writes_per_second_one_client"]
     lag.update({"rate_per_second": WRITE_RATE, "writers": WRITERS, "seconds": seconds,
-                "writes_late_by_more_than_a_period": late})
+                "writes_late_by_more_than_a_period": late, "load_average": load})
     relay["ratio_to_one_api_function"] = ratio(relay["entries_per_second"], one_function)
     return {
         "server": "sessionsync serve with its pipeline (the relay as scheduled, the SQS worker), "

@@ -4,7 +4,8 @@ The scale section loads a million sessions and the memory section reads
 MEMORY USAGE of a known keyspace: neither may touch the machine's shared
 Redis.  This starts ``redis-server`` on a free loopback port with
 persistence off and a temporary working directory, and stops exactly that
-process (by its PID) afterwards.
+process (by its PID) afterwards; a bench killed before it could is
+followed by its servers (``harness.child_setup``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import redis
 
-from sessionsync.bench.harness import free_port, stop_process
+from sessionsync.bench.harness import child_setup, free_port, stop_process
 
 
 class RedisServerUnavailable(RuntimeError):
@@ -62,7 +63,7 @@ class ThrowawayRedis:
                 [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
                  "--appendonly", "no", "--dir", self._workdir, "--daemonize", "no",
                  *self.extra_args],
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=child_setup())
             try:
                 if self.cpus:
                     os.sched_setaffinity(self.proc.pid, self.cpus)

@@ -20,8 +20,17 @@ from typing import IO, Any
 
 import click
 
+from chalicelib.adapters.aws import Budget
 from chalicelib.domain.errors import ConfigurationError, SessionSyncError
 from sessionsync.project import chalice_config
+
+#: the AWS calls of an operator's command (``operator_command``): an
+#: operator waits for an answer where a request must give up within seconds
+#: (``aws.REQUEST_BUDGET``, which the API, the pipeline functions and
+#: ``sessionsync serve``/``worker``/``relay`` keep).  LocalStack on a loaded
+#: machine has taken more than the request's 3 s to answer a ReceiveMessage,
+#: twice in a row (docs/troubleshooting.md).
+OPERATOR_AWS_BUDGET = Budget(connect_timeout=5.0, read_timeout=20.0, attempts=4)
 
 # 0 ok; 1 the check failed / something is unhealthy; 2 a configuration
 # error (click uses 2 for usage errors too)
@@ -63,6 +72,17 @@ def database_dsn() -> str:
     if not settings.has_database:
         raise ConfigurationError("DATABASE_URL", "is not set (nor DB_SECRET_ARN, nor PG* variables)")
     return connection.resolve_dsn(settings, runtime.secrets_client)
+
+
+def operator_command(command: Callable[..., Any]) -> Callable[..., Any]:
+    """An operator's command (or group): its AWS clients get
+    OPERATOR_AWS_BUDGET, not the request path's."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from chalicelib import runtime
+        runtime.use_aws_budget(OPERATOR_AWS_BUDGET)
+        return command(*args, **kwargs)
+    return run
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:

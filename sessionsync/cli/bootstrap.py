@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from chalicelib import runtime
-from sessionsync.cli._common import database_dsn, echo_json, exit_on_errors, output_format
+from sessionsync.cli._common import database_dsn, echo_json, exit_on_errors, operator_command, output_format
 
 
 @click.command()
@@ -13,6 +13,7 @@ from sessionsync.cli._common import database_dsn, echo_json, exit_on_errors, out
 @click.option("--database/--no-database", default=True, show_default=True,
               help="Create the database if missing and run the migrations.")
 @output_format()
+@operator_command
 def bootstrap(queues: bool, database: bool, fmt: str) -> None:
     """Create the queue, the DLQ, the database and its schema (idempotent)."""
     from sessionsync import provisioning

@@ -7,7 +7,15 @@ import sys
 import click
 
 from chalicelib import runtime
-from sessionsync.cli._common import EXIT_CONFIG, EXIT_FAILED, MARKS, echo_json, exits_on_errors, output_format
+from sessionsync.cli._common import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    MARKS,
+    echo_json,
+    exits_on_errors,
+    operator_command,
+    output_format,
+)
 
 
 @click.command()
@@ -18,6 +26,7 @@ from sessionsync.cli._common import EXIT_CONFIG, EXIT_FAILED, MARKS, echo_json, 
 @output_format()
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too.")
 @exits_on_errors
+@operator_command
 def diagnose(pings: int, sample: int, fmt: str, strict: bool) -> None:
     """Check the configuration and every dependency in depth.
 

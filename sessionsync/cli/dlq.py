@@ -9,10 +9,11 @@ import click
 
 from chalicelib import runtime
 from chalicelib.config import SESSION_DLQ_URL
-from sessionsync.cli._common import echo_json, exits_on_errors, output_format, table
+from sessionsync.cli._common import echo_json, exits_on_errors, operator_command, output_format, table
 
 
 @click.group()
+@operator_command
 def dlq() -> None:
     """Inspect the dead-letter queue and send its messages back."""
 

@@ -7,7 +7,15 @@ from typing import Any
 import click
 
 from chalicelib import runtime
-from sessionsync.cli._common import EXIT_FAILED, MARKS, SESSION_ID, echo_json, exits_on_errors, output_format
+from sessionsync.cli._common import (
+    EXIT_FAILED,
+    MARKS,
+    SESSION_ID,
+    echo_json,
+    exits_on_errors,
+    operator_command,
+    output_format,
+)
 
 
 @click.command("inspect")
@@ -18,6 +26,7 @@ from sessionsync.cli._common import EXIT_FAILED, MARKS, SESSION_ID, echo_json, e
 @click.option("--dlq-max", type=click.IntRange(1, 100_000), default=1000, show_default=True,
               help="Read at most this many DLQ messages, looking for the session's.")
 @exits_on_errors
+@operator_command
 def inspect_command(session_id: str, fmt: str, events: int, dlq_max: int) -> None:
     """Everything about one session, and what is wrong with it, in words.
 

@@ -15,7 +15,7 @@ from chalicelib import runtime
 from chalicelib.domain.errors import ConfigurationError
 from chalicelib.domain.keys import SCOPES, KeyRecord
 from chalicelib.domain.tenants import DEFAULT_TENANT
-from sessionsync.cli._common import echo_json, exits_on_errors, output_format, table
+from sessionsync.cli._common import echo_json, exits_on_errors, operator_command, output_format, table
 
 SECRET_ARN_HELP = "The keys secret (default: SESSIONSYNC_API_KEYS_SECRET_ARN)."
 
@@ -56,6 +56,7 @@ secret_option = click.option("--secret-arn", default=None, help=SECRET_ARN_HELP)
 
 
 @click.group()
+@operator_command
 def keys() -> None:
     """API keys: each of a tenant, with scopes (read, write, owner-admin, admin)."""
 

@@ -8,7 +8,7 @@ import click
 from chalicelib import runtime
 from chalicelib.config import SESSION_QUEUE_URL
 from chalicelib.domain.errors import ConfigurationError, SessionSyncError
-from sessionsync.cli._common import echo_json, exits_on_errors, fail, output_format, table
+from sessionsync.cli._common import echo_json, exits_on_errors, fail, operator_command, output_format, table
 
 
 @click.command("queue-metrics")
@@ -16,6 +16,7 @@ from sessionsync.cli._common import echo_json, exits_on_errors, fail, output_for
 @click.option("--minutes", type=click.IntRange(1, 7 * 24 * 60), default=5, show_default=True,
               help="The window of `completed`: events persisted in the last N minutes.")
 @exits_on_errors
+@operator_command
 def queue_metrics(fmt: str, minutes: int) -> None:
     """Messages waiting, in flight and delayed on the queue and the DLQ;
     completed (events persisted in PostgreSQL in the last --minutes) and

@@ -95,6 +95,8 @@ class ChaosStack:
     relay_lease: float = 2.0
     #: longer than the pipeline's lag under the workload (see Workload.think_seconds)
     settle_seconds: float = 5.0
+    #: ``redis_url`` names a seed node of a Redis Cluster (REDIS_CLUSTER)
+    redis_cluster: bool = False
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     published: list[dict[str, Any]] = field(default_factory=list)
@@ -109,12 +111,15 @@ class ChaosStack:
         self.sqs = aws.client("sqs", proxied, connect_timeout=1.0, read_timeout=3.0, attempts=2)
         self.direct_sqs = aws.client("sqs", Settings(aws_endpoint_url=self.localstack_url,
                                                      aws_region="us-east-1"))
-        self.store = SessionStore(connect_redis(Settings(redis_url=self.redis_url)), channel=self.channel)
+        self.store = SessionStore(connect_redis(self._redis_settings()), channel=self.channel)
         self.database = Database.from_dsn(self.pg_dsn)
         self.service = SessionService(self.store, durable=self.database,
                                       settle_seconds=self.settle_seconds)
         self.reports = ReportCollector()
         logging.getLogger("sessionsync").addHandler(self.reports)
+
+    def _redis_settings(self) -> Settings:
+        return Settings(redis_url=self.redis_url, redis_cluster=self.redis_cluster)
 
     # -- running ------------------------------------------------------------------
 
@@ -168,7 +173,7 @@ class ChaosStack:
                 time.sleep(0.2)
 
     def _subscribe(self) -> None:
-        listener = SessionStore(connect_redis(Settings(redis_url=self.redis_url)), channel=self.channel)
+        listener = SessionStore(connect_redis(self._redis_settings()), channel=self.channel)
         ready = threading.Event()
 
         def listen() -> None:
@@ -293,10 +298,11 @@ def consumer_process_main(argv: list[str]) -> None:
 
 def relay_process_main(argv: list[str]) -> None:
     """A relay in a process of its own, for the nemesis to SIGKILL:
-    ``redis_url queue_url endpoint channel lease_seconds``.  It runs as
-    the scheduled function does, until killed."""
-    redis_url, queue_url, endpoint, channel, lease = argv
-    store = SessionStore(connect_redis(Settings(redis_url=redis_url)), channel=channel)
+    ``redis_url queue_url endpoint channel lease_seconds [cluster]``.  It
+    runs as the scheduled function does, until killed."""
+    redis_url, queue_url, endpoint, channel, lease, *cluster = argv
+    store = SessionStore(connect_redis(Settings(redis_url=redis_url, redis_cluster=cluster == ["cluster"])),
+                         channel=channel)
     sqs = aws.client("sqs", Settings(aws_endpoint_url=endpoint, aws_region="us-east-1"))
     relay = OutboxRelay(store, SqsProducer(sqs, queue_url, store), age_seconds=0.5,
                         lease=RelayLease(store.client, ttl_seconds=float(lease),

@@ -38,7 +38,14 @@ from tests.model.model import (
     Possibilities,
     Violation,
 )
-from tests.model.world import OTHER_TENANT, World
+from tests.model.world import OTHER_TENANT, REDIS_FAULTS, World
+
+# The faults of Redis that make it forget more than a key (``redis_forgets``).
+# Each applies on the single node and on the cluster: what each is on either,
+# world.REDIS_FAULTS (with key-evicted and the reply cut, the other rules').
+FORGETTING = ["replica-falls-behind", "failover", "marker-evicted", "flush",
+              "restart-without-persistence"]
+assert {*FORGETTING, "key-evicted", "reply-cut-after-the-script-ran"} == set(REDIS_FAULTS)
 
 # sessions of an example: all but the last exist when it starts (``start``)
 SESSIONS = 3
@@ -526,25 +533,26 @@ class ModelMachine(RuleBasedStateMachine):
         """What eviction takes (volatile-*: the session key, which has a TTL)."""
         self.world.evict(self.ids[i])
 
-    @rule(kind=st.sampled_from(["replica-falls-behind", "failover", "marker-evicted", "flush",
-                                "restart-without-persistence"]),
+    @rule(kind=st.sampled_from(FORGETTING),
           i=st.integers(0, SESSIONS - 1))
     def redis_forgets(self, kind: str, i: int) -> None:
         """Redis forgets more than a key, after the pipeline drained.  A
         failover after the replica fell behind goes to one that lacks what
         was written since."""
         world = self.world
+        # on a cluster, the node or shard is that of session i (world.REDIS_FAULTS)
         if kind == "replica-falls-behind":
-            world.stop_replication()
+            world.stop_replication(self.ids[i])
             return
         world.drain(self.stored_ids())
         if kind == "marker-evicted":
             # (lost before the session's first change was persisted, its id
             # could be created again: a documented limit, not tested here)
             world.evict(self.ids[i], marker=True)
+        elif kind == "flush":
+            world.flush()
         else:
-            {"flush": world.flush, "restart-without-persistence": world.restart,
-             "failover": world.failover}[kind]()
+            {"restart-without-persistence": world.restart, "failover": world.failover}[kind](self.ids[i])
 
     # -- after every step -------------------------------------------------------------------
 

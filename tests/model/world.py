@@ -1,7 +1,9 @@
 """The real system the model is checked against, and the faults it can suffer.
 
 One world per test: a primary and a replica behind a proxy standing in for
-the endpoint's DNS name (tests/support/servers.ReplicatedRedis), SQS on
+the endpoint's DNS name (tests/support/servers.ReplicatedRedis), or, in
+``ClusterWorld``, a Redis Cluster of three shards of a master and a replica
+(tests/support/servers.ReplicatedRedisCluster); SQS on
 LocalStack behind a proxy, a PostgreSQL database of the world's own (the
 expiry sweep walks every session of its database), consumer and outbox
 relay processes (to SIGKILL), the expiry sweep, and the app in process
@@ -39,7 +41,7 @@ from tests.support.app import app_client
 from tests.support.constants import BEARER
 from tests.support.keys import key_set
 from tests.support.markers import forget_marker
-from tests.support.servers import ReplicatedRedis, wait_for
+from tests.support.servers import ReplicatedRedis, ReplicatedRedisCluster, wait_for
 
 # The settle time after Redis went back in time.  Short, because every fault
 # that makes Redis forget waits for the pipeline to drain first (the settle
@@ -76,18 +78,52 @@ from tests.chaos.stack import relay_process_main
 relay_process_main(sys.argv[1:])
 """
 
+# The faults of Redis the machine's rules draw, and what each is on either
+# world: (on the single node, on the cluster).  Every one applies to both.
+REDIS_FAULTS: dict[str, tuple[str, str]] = {
+    "key-evicted": ("the session's key deleted on the primary",
+                    "the session's key deleted on the master of its slot"),
+    "marker-evicted": ("the session's marker deleted on the primary", "likewise, on its master"),
+    "flush": ("FLUSHALL on the primary (the replica follows)", "FLUSHALL on every master"),
+    "restart-without-persistence": (
+        "the primary restarts empty; its replica resynchronises, empty too",
+        "the master of the session's slot restarts empty with its nodes.conf (the same node "
+        "with its slots: an ElastiCache node replaced without a snapshot); its replica "
+        "resynchronises, empty too"),
+    "replica-falls-behind": (
+        "the replica stops copying the primary",
+        "the replica of the session's shard stops copying its master (its link's AUTH "
+        "refused); at an example's start, every shard's"),
+    "failover": (
+        "FAILOVER to the caught-up replica, or, after replica-falls-behind, the replica "
+        "promoted as it is; the endpoint's name moves, pooled connections stay",
+        "CLUSTER FAILOVER of the session's shard (the master pauses until its replica has "
+        "every write), or, after replica-falls-behind, CLUSTER FAILOVER TAKEOVER of the "
+        "replica as it is; clients follow MOVED"),
+    "reply-cut-after-the-script-ran": (
+        "the proxy standing in for the endpoint's name resets the connection of the next "
+        "write script after passing it on",
+        "the proxy each node announces (cluster-announce-port) does so for the next write "
+        "script on each master"),
+}
+
 WRITE_SCRIPTS = [hashlib.sha1(s.encode()).hexdigest().encode()
                  for s in (CREATE_SCRIPT, UPDATE_SCRIPT, DELETE_SCRIPT, TOUCH_SCRIPT)]
 
 
 class World:
-    def __init__(self, redis_pair: ReplicatedRedis, dsn: str, localstack_url: str, queues: Any,
+    """The world on a single Redis endpoint (a primary and its replica)."""
+
+    #: Redis is a cluster (REDIS_CLUSTER)
+    CLUSTER = False
+
+    def __init__(self, redis_pair: Any, dsn: str, localstack_url: str, queues: Any,
                  channel: str) -> None:
         self.redis = redis_pair
         self.dsn = dsn
-        self.stack = ChaosStack(redis_url=redis_pair.proxy_url, pg_dsn=dsn, localstack_url=localstack_url,
+        self.stack = ChaosStack(redis_url=self.redis_url(), pg_dsn=dsn, localstack_url=localstack_url,
                                 queues=queues, channel=channel, consumers=0, relays=0, relay_age=0.3,
-                                settle_seconds=SETTLE_SECONDS)
+                                settle_seconds=SETTLE_SECONDS, redis_cluster=self.CLUSTER)
         self.stack.start()
         self.sweeper = ExpirySweep(self.stack.store, Database.from_dsn(dsn), settle_seconds=SETTLE_SECONDS,
                                    grace_seconds=0.0, batch=10)
@@ -101,13 +137,17 @@ class World:
         keys, (other,) = key_set((OTHER_TENANT, SCOPES))
         self.other_tenant = {"Authorization": f"Bearer {other.token}"}
         runtime.reset()
-        runtime.install(settings=Settings(redis_url=redis_pair.proxy_url, api_keys=keys,
-                                          channel=channel),
+        runtime.install(settings=Settings(redis_url=self.redis_url(), redis_cluster=self.CLUSTER,
+                                          api_keys=keys, channel=channel),
                         service=self.stack.service, store=self.stack.store,
                         database=self.stack.database)
         self.http = self._exit.enter_context(app_client())
         self.start_consumer()
         self.start_relay()
+
+    def redis_url(self) -> str:
+        """The endpoint the service and its processes use."""
+        return str(self.redis.proxy_url)
 
     # -- calls -------------------------------------------------------------------
 
@@ -141,8 +181,8 @@ class World:
     def start_relay(self) -> None:
         endpoint = f"http://127.0.0.1:{self.stack.sqs_proxy.port}"
         self.relays.append(subprocess.Popen(
-            [sys.executable, "-c", _RELAY, self.redis.proxy_url, self.stack.queues.url, endpoint,
-             self.stack.channel, str(self.stack.relay_lease)],
+            [sys.executable, "-c", _RELAY, self.redis_url(), self.stack.queues.url, endpoint,
+             self.stack.channel, str(self.stack.relay_lease), *(["cluster"] if self.CLUSTER else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def kill_relay(self) -> None:
@@ -211,21 +251,24 @@ class World:
         with self.admin() as admin:
             admin.flushall()
 
-    def restart(self) -> None:
+    def restart(self, session_id: str | None = None) -> None:
         """The primary restarts without persistence: empty, and its replica
         resynchronises from it (empty too)."""
         self.redis.primary.stop()
+        # a node that was a replica keeps the snapshot of its last full
+        # sync (dump.rdb), which a start would load: gone with the machine
+        (self.redis.primary.workdir / "dump.rdb").unlink(missing_ok=True)
         self.redis.primary.start()
         self.redis.move_endpoint()
         with self.admin() as admin:
             wait_for(lambda: _answers(admin), 20, "restarted primary")
 
-    def stop_replication(self) -> None:
+    def stop_replication(self, session_id: str | None = None) -> None:
         if not self.lagging:
             self.redis.stop_replication()
             self.lagging = True
 
-    def failover(self) -> None:
+    def failover(self, session_id: str | None = None) -> None:
         """To a caught-up replica, or (after ``stop_replication``) to one
         that lacks the writes made since."""
         self.redis.failover(lose_unreplicated=self.lagging)
@@ -238,14 +281,17 @@ class World:
 
     # -- between examples and at the end ------------------------------------------------
 
-    def heal(self) -> None:
-        if self.sqs_is_down:
-            self.sqs_back()
+    def heal_redis(self) -> None:
         assert self.redis.proxy is not None
         self.redis.proxy.uncut()
         if self.lagging:
             self.failover()
             self.failover()  # back to a pair that replicates, the history lost
+
+    def heal(self) -> None:
+        if self.sqs_is_down:
+            self.sqs_back()
+        self.heal_redis()
         while len(self.consumers) > 1:
             victim = self.consumers.pop()
             victim.kill()
@@ -276,6 +322,79 @@ class World:
         runtime.reset()
         self.sweeper.durable.close()  # type: ignore[attr-defined]
         self.stack.close()
+
+
+class ClusterWorld(World):
+    """The world on a Redis Cluster (REDIS_CLUSTER=true): three shards of a
+    master and a replica, every node behind a proxy it announces
+    (tests/support/servers.ReplicatedRedisCluster).  A fault of one node
+    hits the shard of the session the rule names; the others go on."""
+
+    CLUSTER = True
+    redis: ReplicatedRedisCluster
+
+    def __init__(self, cluster: ReplicatedRedisCluster, *args: Any, **kwargs: Any) -> None:
+        #: master (by port) -> its replica, cut off (``stop_replication``)
+        self.cut_off: dict[int, Any] = {}
+        super().__init__(cluster, *args, **kwargs)
+
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    def _master(self, session_id: str) -> Any:
+        return self.redis.master_of(session_keys(session_id)[0])
+
+    def evict(self, session_id: str, *, marker: bool = False) -> None:
+        with self.redis.admin(self._master(session_id)) as admin:
+            if marker:
+                forget_marker(admin, session_id)  # its forms are in the session's slot
+            else:
+                admin.delete(session_keys(session_id)[0])
+
+    def flush(self) -> None:
+        self.redis.flush()
+
+    def restart(self, session_id: str | None = None) -> None:
+        """The master of the session's slot restarts without its data,
+        nodes.conf kept: the same node, serving the same slots, empty."""
+        assert session_id is not None
+        node = self._master(session_id)
+        replica = self.cut_off.pop(node.port, None)
+        if replica is not None:  # a cut-off replica would wait for its link for ever
+            self.redis.resume_replication(replica)
+        self.redis.restart(node)
+        self.lagging = bool(self.cut_off)
+
+    def stop_replication(self, session_id: str | None = None) -> None:
+        """The replica of the session's shard (of every shard: None) stops copying."""
+        masters = self.redis.master_nodes() if session_id is None else [self._master(session_id)]
+        for master in masters:
+            if master.port not in self.cut_off:
+                self.cut_off[master.port] = self.redis.stop_replication(master)
+        self.lagging = bool(self.cut_off)
+
+    def failover(self, session_id: str | None = None) -> None:
+        """CLUSTER FAILOVER of the session's shard to its caught-up replica,
+        or, when that replica was cut off, TAKEOVER by it as it is."""
+        assert session_id is not None
+        master = self._master(session_id)
+        lagging = self.cut_off.pop(master.port, None) is not None
+        self.redis.failover(master, takeover=lagging)
+        self.lagging = bool(self.cut_off)
+
+    def cut_next_write_reply(self) -> None:
+        """The reply to the next write script on each master is cut off."""
+        for master in self.redis.master_nodes():
+            self.redis.proxy_of(master).cut_after_request(containing=WRITE_SCRIPTS)
+
+    def heal_redis(self) -> None:
+        for proxy in self.redis.proxies:
+            proxy.uncut()
+        for replica in self.cut_off.values():  # it catches up: nothing is lost
+            self.redis.resume_replication(replica)
+        self.cut_off.clear()
+        self.lagging = False
+        self.redis.wait_healthy()
 
 
 def _answers(client: redis.Redis) -> bool:

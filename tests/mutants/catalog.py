@@ -87,6 +87,7 @@ T_FAILOVER = "tests/integration/redis/test_redis_failover.py"
 T_HOT = "tests/integration/store/test_redis_hot_path.py"
 T_IDEMPOTENCY = "tests/integration/sessions/test_idempotency.py"
 T_EVIDENCE = "tests/integration/redis/test_failover_evidence.py"
+T_CLUSTER_EVIDENCE = "tests/integration/redis/test_cluster_failover_evidence.py"
 T_WAIT = "tests/integration/redis/test_wait_replicas.py"
 T_LIFE = "tests/integration/sessions/test_session_lifetime.py"
 T_LIFE_UNITS = "tests/unit/test_session_lifetime_units.py"
@@ -360,6 +361,23 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_EVIDENCE}::test_a_demoted_node_reports_where_its_history_ended",),
         "a resynchronised demoted node's current (live) history is taken for the one that ended"),
     mutant(
+        "cluster-moved-slot-asks-nobody", 17, REDIS_CLIENT,
+        (("        manager.move_slot = moved  # type: ignore[method-assign,assignment]\n", ""),),
+        (f"{T_CLUSTER_EVIDENCE}::test_a_planned_cluster_failover_is_proven_to_have_lost_nothing_and_costs_no_settle_time[slot-moved]",),
+        "a cluster client that moves a slot after MOVED does not ask the demoted master where its "
+        "history ended: a planned CLUSTER FAILOVER costs the whole settle time"),
+    mutant(
+        "cluster-reloaded-map-asks-nobody", 17, REDIS_CLIENT,
+        (("        manager.initialize = reloaded  # type: ignore[method-assign]\n", ""),),
+        (f"{T_CLUSTER_EVIDENCE}::test_a_planned_cluster_failover_is_proven_to_have_lost_nothing_and_costs_no_settle_time[map-reloaded]",),
+        "a cluster client that reloads its map after MOVED does not ask the masters it demoted"),
+    mutant(
+        "cluster-evidence-not-passed-on", 17, STORE,
+        (("pipe.execute_command(\"EVALSHA\", self._settle.sha, 1,", "pipe.evalsha(self._settle.sha, 1,"),),
+        (f"{T_CLUSTER_EVIDENCE}::test_a_process_that_did_not_see_the_cluster_failover_trusts_the_evidence_another_found",),
+        "on a cluster the evidence is not passed on (its pipeline refuses evalsha): only the process "
+        "that met the demoted master skips the settle time"),
+    mutant(
         "wait-for-replicas-skipped", 17, STORE,
         (("            if self.wait_replicas:\n                return self._run_replicated(",
           "            if False:\n                return self._run_replicated("),),
@@ -535,6 +553,22 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{T_RELAY}::test_a_committed_write_wakes_the_relay_which_ships_it_without_a_sweep",),
         "the relay ignores the change events: a write waits for a sweep (seconds), not ms"),
     mutant(
+        "relay-waits-for-its-lanes", 2, OUTBOX,
+        (("        self.in_lanes.append(self.lanes.put(events))\n",
+          "        self.in_lanes.append(self.lanes.put(events))\n        self.in_lanes[-1].done.wait()\n"),),
+        (f"{T_RELAY}::test_a_slow_send_holds_only_its_own_lane_while_the_relay_ships_the_other_sessions",),
+        "the relay reads on only once every lane sent: one send stuck in SQS's tail holds every change"),
+    mutant(
+        "relay-lane-sends-past-a-refusal", 2, OUTBOX,
+        (("                    self.failed[lane] = True\n", "                    pass\n"),),
+        (f"{T_UNITS}::test_a_relay_lane_stops_at_the_first_chunk_sqs_refused_until_it_is_reset",),
+        "a lane whose send SQS refused sends the session's later changes: they reach SQS ahead of it"),
+    mutant(
+        "relay-backlog-waits-a-sweep-interval", 2, OUTBOX,
+        (("        if result.more:\n            self.swept = float(\"-inf\")\n", ""),),
+        (f"{T_UNITS}::test_a_sweep_stopped_by_its_budget_with_a_backlog_left_is_followed_by_the_next_at_once",),
+        "a backlog is drained a sweep budget at a time with a sweep interval between: slower by a sixth"),
+    mutant(
         "relay-lease-ignores-its-holder", 2, LUA_LEASE,
         (("  if not holder or holder == token then", "  if true then"),),
         (f"{T_RELAY}::test_a_relay_that_died_holding_the_lease_is_taken_over_when_it_expires",
@@ -542,6 +576,12 @@ MUTANTS: tuple[Mutant, ...] = (
          "_hand_over"),
         "a relay takes the lease whoever holds it: every scheduled run relays at once"),
     # -- 4: nothing silently dropped: the DLQ with its reason -------------------------
+    mutant(
+        "operator-commands-on-the-request-budget", 4, "sessionsync/cli/_common.py",
+        (("        runtime.use_aws_budget(OPERATOR_AWS_BUDGET)\n", "        pass\n"),),
+        ("tests/integration/pipeline/test_dlq.py::test_an_operator_command_waits_out_an_sqs_slower_than_a"
+         "_request_s_budget",),
+        "an operator's dlq list gives up as a request would when SQS answers in more than 3 s"),
     mutant(
         "dlq-messages-without-their-reasons", 4, DEAD_LETTERS,
         (("\"MessageAttributes\": dead_letter_attributes(letter, now=now)", "\"MessageAttributes\": {}"),),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 
 def free_port() -> int:
@@ -598,3 +599,215 @@ class ReplicatedRedis:
             target = lead.info("replication")["master_repl_offset"]
             wait_for(lambda: follow.info("replication")["master_repl_offset"] >= target, 20,
                      f"replica {follower.port} catching up")
+
+
+class ReplicatedRedisCluster:
+    """A real Redis Cluster of ``masters`` shards, each a master and a
+    replica, every node behind a TcpProxy of its own that it announces
+    (``cluster-announce-port``): clients, redirections (MOVED) and the
+    replicas' links all go through the proxies, so a proxy can cut a reply
+    after the script ran, as in front of a single endpoint.  The cluster
+    bus goes direct (``cluster-announce-bus-port``).
+
+    The faults a shard can suffer: ``failover`` (CLUSTER FAILOVER: the
+    master pauses its clients until the replica has every write, then hands
+    over; or, after ``stop_replication``, CLUSTER FAILOVER TAKEOVER of a
+    replica that lacks the writes made since), ``restart`` (a node replaced
+    without a snapshot: its data gone, its nodes.conf kept, so it keeps its
+    identity and slots), and ``flush``.  Roles are always read from the
+    servers (a restart may let the cluster fail over by itself).
+    """
+
+    def __init__(self, workdir: Path, masters: int = 3, node_timeout_ms: int = 2000) -> None:
+        self.proxies: list[TcpProxy] = []
+        self.nodes: list[RedisServer] = []
+        for i in range(2 * masters):
+            port = free_port()
+            proxy = TcpProxy(port)
+            self.proxies.append(proxy)
+            # a replica's full sync loads from the socket (no dump.rdb on its
+            # disk: a restart without persistence must find nothing to load)
+            self.nodes.append(RedisServer(
+                workdir / f"node{i}", port, "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                # short: gossip (which a manual failover needs) converges in about a second
+                "--cluster-node-timeout", str(node_timeout_ms),
+                "--cluster-announce-port", str(proxy.port),
+                "--cluster-announce-bus-port", str(port + 10000),
+                "--repl-diskless-sync-delay", "0", "--repl-diskless-load", "on-empty-db"))
+        self.masters = masters
+        #: the replicas cut off from their master (stop_replication), by port
+        self.cut_off: set[int] = set()
+
+    @property
+    def url(self) -> str:
+        """A seed node, through its proxy (the client reads the map from it)."""
+        return f"redis://127.0.0.1:{self.proxies[0].port}"
+
+    @staticmethod
+    def admin(node: RedisServer) -> redis.Redis:
+        """A direct connection to one node, bypassing its proxy."""
+        return redis.Redis(port=node.port, socket_timeout=5)
+
+    def proxy_of(self, node: RedisServer) -> TcpProxy:
+        return self.proxies[self.nodes.index(node)]
+
+    def _by_announced(self, port: int) -> RedisServer:
+        return next(n for n, p in zip(self.nodes, self.proxies, strict=True) if p.port == port)
+
+    def start(self) -> ReplicatedRedisCluster:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p.port}" for p in self.proxies),
+                        "--cluster-replicas", "1", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, timeout=60)
+        self.wait_healthy()
+        return self
+
+    def stop(self) -> None:
+        for proxy in self.proxies:
+            proxy.close()
+        for node in self.nodes:
+            node.stop()
+
+    def _role(self, node: RedisServer) -> dict[str, Any]:
+        with self.admin(node) as client:
+            return client.info("replication")
+
+    def healthy(self) -> bool:
+        """Every node says the cluster is ok and agrees on the master of
+        each slot and on every node's role, and each master has a replica
+        whose link is up.  (Which replicas CLUSTER SLOTS lists follows the
+        gossip seconds later: no client here reads from a replica.)"""
+        return self.unhealthy() is None
+
+    def unhealthy(self) -> str | None:
+        """What is not healthy yet, or None."""
+        maps = []
+        for node in self.nodes:
+            with self.admin(node) as client:
+                if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    return f"{node.port}: cluster state not ok"
+                maps.append(sorted((first, last, master[1]) for first, last, master, *_
+                                   in client.execute_command("CLUSTER", "SLOTS")))
+        if any(m != maps[0] for m in maps):
+            return f"slot maps differ: {maps}"
+        if len(set(views := self._views())) != 1:
+            return "views differ:\n" + "\n--\n".join(views)
+        roles = [self._role(n) for n in self.nodes]
+        # a replica cut off on purpose (stop_replication) counts, its link down
+        followed = sorted(int(r["master_port"]) for n, r in zip(self.nodes, roles, strict=True)
+                          if r["role"] == "slave"
+                          and (r.get("master_link_status") == "up" or n.port in self.cut_off))
+        if followed != sorted(int(port) for *_, port in maps[0]):
+            links = [(n.port, r["role"], r.get("master_port"), r.get("master_link_status"))
+                     for n, r in zip(self.nodes, roles, strict=True)]
+            masters = sorted(int(port) for *_, port in maps[0])
+            return f"masters {masters}, replicas linked to {followed}: {links}"
+        return None
+
+    def _views(self) -> list[str]:
+        """Each node's view of every node's role (and master): gossip
+        converged when they are all the same.  A manual failover needs the
+        masters' votes, which they give only to a replica they know is one."""
+        views = []
+        for node in self.nodes:
+            with self.admin(node) as client:
+                text = client.execute_command("CLUSTER", "NODES")
+            text = text.decode() if isinstance(text, bytes) else str(text)
+            views.append("\n".join(sorted(
+                " ".join([fields[0], fields[2].replace("myself,", ""), fields[3]])
+                for fields in (line.split() for line in text.strip().splitlines()))))
+        return views
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        try:
+            wait_for(self.healthy, timeout, "redis cluster healthy")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}: {self.unhealthy()}") from None
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node serving ``key``'s slot now."""
+        slot = _key_slot(key)
+        with self.admin(self.nodes[0]) as client:
+            for first, last, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if first <= slot <= last:
+                    return self._by_announced(int(master[1]))
+        raise AssertionError(f"slot {slot} is not served")
+
+    def master_nodes(self) -> list[RedisServer]:
+        return [n for n in self.nodes if self._role(n)["role"] == "master"]
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        port = self.proxy_of(master).port
+        return next(n for n in self.nodes if (r := self._role(n))["role"] == "slave"
+                    and int(r["master_port"]) == port)
+
+    def catch_up(self, master: RedisServer) -> None:
+        replica = self.replica_of(master)
+        target = self._role(master)["master_repl_offset"]
+        wait_for(lambda: self._role(replica)["slave_repl_offset"] >= target, 20,
+                 f"replica {replica.port} catching up")
+
+    def stop_replication(self, master: RedisServer) -> RedisServer:
+        """``master``'s replica stops copying it, from now on (after it
+        caught up): its link's AUTH is refused, so it stays down until
+        ``resume_replication``.  Returns the replica."""
+        replica = self.replica_of(master)
+        self.catch_up(master)
+        with self.admin(replica) as client:
+            client.config_set("masteruser", "sessionsync-cut-off")
+            client.config_set("masterauth", "no-such-password")
+            client.execute_command("CLIENT", "KILL", "TYPE", "master")
+            wait_for(lambda: client.info("replication")["master_link_status"] != "up", 10,
+                     f"replica {replica.port} cut off")
+        self.cut_off.add(replica.port)
+        return replica
+
+    def resume_replication(self, replica: RedisServer) -> None:
+        with self.admin(replica) as client:
+            client.config_set("masteruser", "")
+            client.config_set("masterauth", "")
+        self.cut_off.discard(replica.port)
+
+    def failover(self, master: RedisServer, *, takeover: bool = False) -> RedisServer:
+        """Promote ``master``'s replica; the old master becomes its replica.
+        CLUSTER FAILOVER: planned, nothing lost.  ``takeover``: CLUSTER
+        FAILOVER TAKEOVER, the replica promoted as it is (what it lacks is
+        lost: the old master resynchronises from it).  Returns when every
+        node agrees (no client can reach the old master as a master)."""
+        replica = self.replica_of(master)
+        with self.admin(replica) as client:
+            # a master votes for one replica of a shard per two node
+            # timeouts: a failover soon after another waits for that, and asks again
+            for attempt in range(6):
+                client.execute_command("CLUSTER", "FAILOVER", *(["TAKEOVER"] if takeover else []))
+                try:
+                    wait_for(lambda: client.info("replication")["role"] == "master", 5,
+                             f"{replica.port} promoted")
+                    break
+                except TimeoutError:
+                    if attempt == 5:
+                        raise
+        if takeover:
+            self.resume_replication(replica)  # its settings, for when it is a replica again
+        self.wait_healthy()
+        return replica
+
+    def restart(self, node: RedisServer) -> None:
+        """``node`` restarts without its data (a replacement without a
+        snapshot): nodes.conf is kept, so it is the same node with its slots."""
+        node.stop()
+        for leftover in ("dump.rdb", "appendonly.aof"):
+            (node.workdir / leftover).unlink(missing_ok=True)
+        node.start()
+        self.wait_healthy()
+
+    def flush(self) -> None:
+        for node in self.master_nodes():
+            with self.admin(node) as client:
+                client.flushall()
+
+
+def _key_slot(key: str) -> int:
+    return key_slot(key.encode())

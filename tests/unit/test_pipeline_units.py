@@ -356,9 +356,8 @@ class _Source:
 
 def test_the_relay_sends_one_session_s_changes_in_one_lane_in_the_order_they_committed():
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
-    from chalicelib.pipeline.outbox import send_in_lanes
+    from chalicelib.pipeline.outbox import Lanes
 
     class Recording:
         def __init__(self):
@@ -372,8 +371,14 @@ def test_the_relay_sends_one_session_s_changes_in_one_lane_in_the_order_they_com
 
     events = [(f"s{n % 7}:{n // 7 + 1}", "{}") for n in range(140)]  # 7 sessions, 20 versions each
     sender = Recording()
-    with ThreadPoolExecutor(4) as pool:
-        assert send_in_lanes(sender, events, pool, 4) == 140
+    lanes = Lanes(sender, 4)
+    try:
+        # handed over in several wake-ups, as the relay reads them
+        batches = [lanes.put(events[i:i + 13]) for i in range(0, len(events), 13)]
+        assert all(batch.done.wait(10) for batch in batches)
+    finally:
+        lanes.close(10)
+    assert sum(batch.sent for batch in batches) == 140
     assert all(len(ids) <= 10 for _, ids in sender.calls)
     for session in range(7):
         calls = [(thread, [i for i in ids if i.startswith(f"s{session}:")]) for thread, ids in sender.calls]
@@ -383,10 +388,8 @@ def test_the_relay_sends_one_session_s_changes_in_one_lane_in_the_order_they_com
         assert versions == list(range(1, 21))  # in the order they committed
 
 
-def test_a_relay_lane_stops_at_the_first_chunk_sqs_refused():
-    from concurrent.futures import ThreadPoolExecutor
-
-    from chalicelib.pipeline.outbox import send_in_lanes
+def test_a_relay_lane_stops_at_the_first_chunk_sqs_refused_until_it_is_reset():
+    from chalicelib.pipeline.outbox import Lanes
 
     class RefusesTheFirst:
         def __init__(self):
@@ -397,7 +400,119 @@ def test_a_relay_lane_stops_at_the_first_chunk_sqs_refused():
             return [] if self.chunks == 1 else [eid for eid, _ in chunk]
 
     sender = RefusesTheFirst()
-    with ThreadPoolExecutor(1) as pool:
+    lanes = Lanes(sender, 1)
+    try:
         # one session, 30 changes, one lane: the later ones must wait behind the first
-        assert send_in_lanes(sender, [(f"s:{v}", "{}") for v in range(1, 31)], pool, 1) == 0
-    assert sender.chunks == 1
+        assert lanes.send([(f"s:{v}", "{}") for v in range(1, 31)]) == 0
+        assert sender.chunks == 1 and lanes.any_failed()
+        # handed over after the refusal: left in the outbox too, never sent ahead of it
+        assert lanes.send([("s:31", "{}")]) == 0 and sender.chunks == 1
+        lanes.reset()  # a sweep takes everything pending from here, in order
+        assert lanes.send([(f"s:{v}", "{}") for v in range(1, 32)]) == 31
+    finally:
+        lanes.close(10)
+
+
+def test_a_relay_lane_holds_only_its_own_sessions_while_its_send_hangs():
+    import threading
+
+    from chalicelib.pipeline.outbox import Lanes, lane_of
+
+    release = threading.Event()
+
+    class HangsForOne:
+        def send_many(self, chunk):
+            if any(eid.startswith("slow:") for eid, _ in chunk):
+                release.wait(30)
+            return [eid for eid, _ in chunk]
+
+    fast = next(f"fast{n}" for n in range(100) if lane_of(f"fast{n}:1", 4) != lane_of("slow:1", 4))
+    lanes = Lanes(HangsForOne(), 4)
+    try:
+        slow_batch = lanes.put([("slow:1", "{}")])
+        assert lanes.send([(f"{fast}:1", "{}")]) == 1  # returns while the slow lane hangs
+        assert not slow_batch.done.is_set()
+        release.set()
+        assert slow_batch.done.wait(10) and slow_batch.sent == 1
+    finally:
+        release.set()
+        lanes.close(10)
+
+
+def test_a_sweep_stopped_by_its_budget_with_a_backlog_left_is_followed_by_the_next_at_once():
+    from chalicelib.pipeline.outbox import OutboxRelay, RelayRun, _Loop
+
+    now = [0.0]
+
+    class Backlog:
+        """An outbox of 40 old entries; reading a page takes 3 s (time
+        moves only there, so a sweep's budget of 5 s ends after two pages)."""
+
+        def __init__(self):
+            self.pending = [(f"s{n}:1", "{}") for n in range(40)]
+
+        def outbox_pending(self, older_than_s, limit=500, start_bucket=0):
+            now[0] += 3.0
+            return list(self.pending[:limit])
+
+        def outbox_oldest_ms(self):
+            return None
+
+    class Acking:
+        def __init__(self, outbox):
+            self.outbox = outbox
+
+        def send_many(self, events):
+            ids = [eid for eid, _ in events]
+            self.outbox.pending = [p for p in self.outbox.pending if p[0] not in ids]
+            return ids
+
+    class Silent:
+        def raw(self, timeout):
+            return None
+
+        def close(self):
+            pass
+
+    outbox = Backlog()
+    relay = OutboxRelay(outbox, Acking(outbox), page=5, clock=lambda: now[0], sweep_seconds=1.0,
+                        senders=2, listen=Silent)
+    run = RelayRun()
+    loop = _Loop(relay, run, 0.0)
+    try:
+        for step in range(1, 5):
+            loop.step(1.0)  # no time passes between steps: only a sweep due at once runs
+            assert run.sweeps == step, f"step {step}: the backlog waited a sweep interval"
+        assert run.sent == 40 and outbox.pending == []
+        # the last drain stopped at its budget on a full page: it could not
+        # tell the outbox was empty, so one more sweep follows, finds nothing...
+        loop.step(1.0)
+        assert run.sweeps == 5 and run.found == 40
+        loop.step(1.0)
+        assert run.sweeps == 5  # ...and the next one waits its interval
+    finally:
+        loop.close()
+
+
+def test_relay_lanes_that_hold_their_limit_are_full_until_sqs_takes_some():
+    import threading
+
+    from chalicelib.pipeline.outbox import Lanes
+
+    release = threading.Event()
+
+    class Hangs:
+        def send_many(self, chunk):
+            release.wait(30)
+            return [eid for eid, _ in chunk]
+
+    lanes = Lanes(Hangs(), 1, limit=3)
+    try:
+        batch = lanes.put([(f"s:{v}", "{}") for v in range(1, 4)])
+        assert lanes.full(0.0)  # the relay reads no more wake-ups: Redis buffers them
+        release.set()
+        assert batch.done.wait(10) and batch.sent == 3
+        assert not lanes.full(0.0)
+    finally:
+        release.set()
+        lanes.close(10)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import hiredis
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.cluster import ClusterPipeline, RedisCluster
+from redis.cluster import PRIMARY, ClusterPipeline, RedisCluster
 from redis.exceptions import BusyLoadingError, MasterDownError, ReadOnlyError, RedisClusterException
 from redis.retry import Retry
 
@@ -123,7 +123,35 @@ HOT_COMMANDS = frozenset({"GET", "EVALSHA", "EVAL", "SCRIPT LOAD"})
 _KEYS_ONLY = frozenset({"keys"})
 
 
-class _Redis(redis.Redis):
+class _EndedHistories:
+    """The histories a client saw end (a demoted primary's account of where
+    its history as the primary ended): the evidence SETTLE_SCRIPT weighs
+    after a failover.  Kept ENDED_HISTORY_SECONDS, ENDED_HISTORIES_KEPT at most."""
+
+    def _init_ended(self) -> None:
+        #: replication id -> (offset its history ended at, when seen)
+        self._ended: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._ended_lock = threading.Lock()
+
+    def ended_histories(self) -> list[tuple[str, int]]:
+        """(replication id, offset) of each history this client saw end lately."""
+        cutoff = time.monotonic() - ENDED_HISTORY_SECONDS
+        with self._ended_lock:
+            return [(replid, offset) for replid, (offset, seen) in self._ended.items()
+                    if seen > cutoff]
+
+    def _keep_ended(self, ended: tuple[str, int] | None) -> None:
+        if ended is None:
+            return
+        replid, offset = ended
+        with self._ended_lock:  # the threaded local server's threads share the client
+            self._ended[replid] = (offset, time.monotonic())
+            self._ended.move_to_end(replid)
+            while len(self._ended) > ENDED_HISTORIES_KEPT:
+                self._ended.popitem(last=False)
+
+
+class _Redis(_EndedHistories, redis.Redis):
     """redis.Redis that sends GET and EVALSHA on one connection of its own.
 
     A warm Lambda serves one request at a time, so checking a connection out
@@ -145,9 +173,7 @@ class _Redis(redis.Redis):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: replication id -> (offset its history ended at, when seen): see ended_histories
-        self._ended: OrderedDict[str, tuple[int, float]] = OrderedDict()
-        self._ended_lock = threading.Lock()
+        self._init_ended()
         self._forget_hot_connection()
         # a forked child must not talk on its parent's socket (the pool
         # resets itself likewise); the weak reference lets the client go
@@ -159,14 +185,6 @@ class _Redis(redis.Redis):
         encoder = self.get_encoder()
         self._hot = (encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
                      and self.get_cache() is None)
-
-    def ended_histories(self) -> list[tuple[str, int]]:
-        """(replication id, offset) of each history this client saw end
-        lately: the evidence SETTLE_SCRIPT weighs after a failover."""
-        cutoff = time.monotonic() - ENDED_HISTORY_SECONDS
-        with self._ended_lock:
-            return [(replid, offset) for replid, (offset, seen) in self._ended.items()
-                    if seen > cutoff]
 
     def _close_connection(self, conn: Any, error: Exception | None = None,
                           *args: Any, **kwargs: Any) -> None:
@@ -199,14 +217,7 @@ class _Redis(redis.Redis):
                                        if ":" in line))
         except Exception:  # deliberately broad: evidence is optional, the retry is not
             return
-        if ended is None:
-            return
-        replid, offset = ended
-        with self._ended_lock:  # the threaded local server's threads share the client
-            self._ended[replid] = (offset, time.monotonic())
-            self._ended.move_to_end(replid)
-            while len(self._ended) > ENDED_HISTORIES_KEPT:
-                self._ended.popitem(last=False)
+        self._keep_ended(ended)
 
     def _forget_hot_connection(self) -> None:
         self._hot_lock = threading.Lock()
@@ -339,9 +350,25 @@ def _pack(args: tuple[Any, ...]) -> list[bytes] | None:
         return None
 
 
-class _Cluster(RedisCluster):
+class _Cluster(_EndedHistories, RedisCluster):
     """RedisCluster that does not re-send a command after a timeout or a
-    connection error (see above).
+    connection error (see above), and hears where a demoted master's
+    history ended.
+
+    After a failover the demoted master answers MOVED (not READONLY, as a
+    single endpoint's does): redis-py then moves the slot to its new master
+    in its map, or reloads the whole map.  The masters it knew that are
+    replicas after that are the demoted ones: each is asked, once, where
+    its history as the master ended (``ended_history``), the evidence
+    SETTLE_SCRIPT weighs on the promoted node, as for a single endpoint::
+
+        t0  CLUSTER FAILOVER: the master pauses writes, its replica catches up
+            (history A, offset F) and is promoted (master_replid2 A,
+            second_repl_offset F+1); the old master follows it
+        t1  a command for the slot reaches the old master: MOVED
+        t2  the map changes; the old master, a replica now, says A ended at F
+        t3  the command runs on the new master; its settle finds F+1 <= F+1:
+            nothing acknowledged in A was lost, no settle time
 
     What it does retry, as redis-py does, since the command did not run:
     MOVED and ASK are followed at once; TRYAGAIN (a slot migrating) is tried
@@ -355,6 +382,51 @@ class _Cluster(RedisCluster):
     ERRORS_ALLOW_RETRY = (*(e for e in RedisCluster.ERRORS_ALLOW_RETRY
                             if not issubclass(e, (redis.TimeoutError, redis.ConnectionError))),
                           BusyLoadingError)  # type: ignore[assignment]  # redis-py types it as its own four
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._init_ended()
+        super().__init__(*args, **kwargs)
+        manager = self.nodes_manager
+        move_slot, initialize = manager.move_slot, manager.initialize
+
+        def moved(error: Any) -> Any:
+            # MOVED (or ASK): the slot's owner in the map before is asked,
+            # whether the map knew its replica (redis-py then marks the old
+            # master a replica) or not (it stays a master in the map)
+            slot = manager.slots_cache.get(error.slot_id) or []
+            result = move_slot(error)
+            if slot and manager.slots_cache.get(error.slot_id, [None])[0] is not slot[0]:
+                self._note_ended_history(slot[0])
+            return result
+
+        def reloaded(*args: Any, **kwargs: Any) -> Any:
+            before = self._masters()
+            result = initialize(*args, **kwargs)
+            for name, node in list(manager.nodes_cache.items()):
+                if name in before and node.server_type != PRIMARY:
+                    self._note_ended_history(node)
+            return result
+        # the map's two ways of changing (redis-py offers no hook that names the old owner)
+        manager.move_slot = moved  # type: ignore[method-assign,assignment]
+        manager.initialize = reloaded  # type: ignore[method-assign]
+
+    def _masters(self) -> set[str]:
+        return {name for name, node in list(self.nodes_manager.nodes_cache.items())
+                if node.server_type == PRIMARY}
+
+    def _note_ended_history(self, node: Any) -> None:
+        """Ask ``node`` (a master the map no longer names for a slot) where
+        its history as the master ended: nothing when it is still a master
+        (a slot migrated).  Best effort: a node that does not answer or says
+        nothing proves nothing, and the wait is the settle time."""
+        client = node.redis_connection
+        if client is None:
+            return
+        try:
+            info = client.info("replication")
+        except Exception:  # deliberately broad: evidence is optional
+            return
+        self._keep_ended(ended_history({k: str(v) for k, v in info.items()}))
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         # A pipeline retries with its own, wider list (timeouts included) and

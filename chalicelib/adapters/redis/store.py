@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from chalicelib.adapters.redis import scripts
 from chalicelib.adapters.redis.client import RedisClient
@@ -233,16 +234,17 @@ class SessionStore:
         """Pass evidence that the node continues a history on to every
         bucket's epoch record (SETTLE_SCRIPT 'spread', one pipelined round
         trip), so that processes that did not see that history end trust
-        its values too.  Only a single node gets here (client.py: the
-        evidence comes from a demoted node behind the primary endpoint).
-        Best effort: a bucket it misses waits as it would have."""
+        its values too.  On a cluster the pipeline reaches every master:
+        only the one that continues the history takes it.  Best effort: a
+        bucket it misses waits as it would have."""
         try:
             pipe = self.client.pipeline(transaction=False)
             for bucket in range(BUCKETS):
-                pipe.evalsha(self._settle.sha, 1, bucket_epoch_key(bucket), 0, "spread", "", "",
-                             *evidence)
+                # execute_command: a cluster's pipeline refuses its evalsha method
+                pipe.execute_command("EVALSHA", self._settle.sha, 1, bucket_epoch_key(bucket), 0,
+                                     "spread", "", "", *evidence)
             pipe.execute(raise_on_error=False)
-        except redis.RedisError:
+        except (redis.RedisError, RedisClusterException):
             pass
 
     def hold(self, session_id: str, seconds: float) -> float:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,11 +34,19 @@ def smoke(tmp_path_factory, pg_test_dsn) -> tuple[dict, list[Path]]:
     out = tmp_path_factory.mktemp("bench")
     # the consumer section writes to the test session's database, not to the
     # machine's shared bench database (another run may be using it)
-    proc = subprocess.run(
+    # in a session of its own: a bench past the timeout is killed with every
+    # process it started (its redis-servers, serve), not alone
+    proc = subprocess.Popen(
         [sys.executable, "-c", "from sessionsync.cli import main; main()", "bench", "--smoke",
          "--output-dir", str(out), "--database-url", pg_test_dsn],
-        cwd=out, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the bench took more than 300 s:\n{stdout[-3000:]}{stderr[-3000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     files = sorted(out.iterdir())
     results = json.loads(next(p for p in files if p.suffix == ".json").read_text())
     return results, files
@@ -76,8 +86,11 @@ def test_machine_and_versions_are_recorded(smoke):
 
 
 #: keys of figures that are differences of two measurements (the CAS split's
-#: parts and script steps, the bytes a memory lever saves)
-DIFFERENCES = ("_minus_", "overhead", "extra_", "step_", "saved_", "script_server_time")
+#: parts and script steps, the bytes a memory lever saves, the persistence
+#: lag's steps: two clocks' readings, and the relay may hold a change before
+#: its answer reached the client)
+DIFFERENCES = ("_minus_", "overhead", "extra_", "step_", "saved_", "script_server_time",
+               "persistence_lag.split.")
 
 
 def test_every_figure_is_a_finite_non_negative_number_and_latencies_are_positive(smoke):
@@ -233,3 +246,16 @@ def test_the_http_load_reports_each_route_and_names_every_error(smoke):
             assert sum(sum(r["statuses"].values()) for r in data["routes"].values()) <= data["requests"]
     assert section["errors_total"] == sum(
         w["errors"] for run in section["by_clients"] for w in run["workloads"].values())
+
+
+def test_the_persistence_lag_is_split_into_its_steps_and_its_load_recorded(smoke):
+    from sessionsync.bench.lag_trace import STEPS
+
+    lag = smoke[0]["sections"]["persistence"]["persistence_lag"]
+    split = lag["split"]
+    # every write followed from its answer to its transaction (a row may be
+    # read the moment before its transaction's last note: a few are allowed)
+    assert split["writes"] == lag["writes"] > 0 and split["traced"] >= 0.95 * split["writes"]
+    assert set(split["steps"]) == {name for name, _, _ in STEPS}
+    assert split["send_calls"]["calls"] > 0
+    assert len(lag["load_average"]["after_paced_writes"]) == 3

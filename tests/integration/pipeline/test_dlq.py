@@ -220,3 +220,39 @@ def test_queue_metrics_shows_waiting_in_flight_and_delayed_for_the_queue_and_the
     table = run_cli("queue-metrics", env=cli_env(queue_settings)).stdout.splitlines()
     assert table[0].split() == ["QUEUE", "WAITING", "IN_FLIGHT", "DELAYED"]
     assert table[1].split() == ["queue", "2", "1", "1"] and table[2].split() == ["dlq", "1", "0", "0"]
+
+
+def test_an_operator_command_waits_out_an_sqs_slower_than_a_request_s_budget(
+        sqs, queue_pair, queue_settings):
+    """LocalStack on a loaded machine has answered a ReceiveMessage after
+    more than the request path's read timeout, twice in a row: a request
+    must give up (the outbox keeps the change), an operator's command is no
+    request and must wait.  Every SQS reply is held back past the request
+    path's read timeout by a proxy in front of LocalStack."""
+    from urllib.parse import urlsplit
+
+    from botocore.exceptions import ReadTimeoutError
+
+    from chalicelib.adapters import aws
+    from tests.support.servers import TcpProxy
+
+    send(sqs, queue_pair.dlq_url, "not json", NOT_JSON)
+    wait_until(lambda: depth(sqs, queue_pair.dlq_url)[0] == 1, timeout=30, what="the DLQ message")
+    endpoint = urlsplit(LOCALSTACK_URL)
+    proxy = TcpProxy(endpoint.port or 80, endpoint.hostname or "127.0.0.1")
+    try:
+        slow = f"http://127.0.0.1:{proxy.port}"
+        proxy.reply_delay = aws.REQUEST_BUDGET.read_timeout + 1.0
+        # the request path's client (the service's, the pipeline functions') gives up
+        request_client = aws.client("sqs", Settings(aws_endpoint_url=slow, aws_region="us-east-1"))
+        with pytest.raises(ReadTimeoutError):
+            request_client.get_queue_attributes(QueueUrl=queue_pair.dlq_url, AttributeNames=["All"])
+        # the operator's command, on the same slow SQS, waits and answers
+        settings = Settings(redis_url=REDIS_TEST_URL, queue_url=queue_pair.url, dlq_url=queue_pair.dlq_url,
+                            aws_endpoint_url=slow, aws_region="us-east-1", channel=TEST_CHANNEL)
+        result = run_cli("dlq", "list", "--format", "json", env=cli_env(settings), timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["read"] == 1
+    finally:
+        proxy.close()
+    assert depth(sqs, queue_pair.dlq_url) == (1, 0)  # peeked, left in place

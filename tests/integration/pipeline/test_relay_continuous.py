@@ -170,3 +170,47 @@ def test_changes_sqs_refuses_stay_in_the_outbox_and_the_relay_ships_them_once_sq
     wait_until(lambda: outbox_entries_of(pipeline.store, [sid]) == [], timeout=10,
                what="the entries acked")
     serving.end()
+
+
+def test_a_slow_send_holds_only_its_own_lane_while_the_relay_ships_the_other_sessions(pipeline):
+    import zlib
+
+    from chalicelib.adapters.aws import session_of
+    from chalicelib.constants import RELAY_SENDERS
+
+    def lane(sid: str) -> int:
+        return zlib.crc32(sid.encode()) % RELAY_SENDERS
+
+    slow = f"slow-{uuid.uuid4().hex[:8]}"
+    fast = next(sid for sid in (f"fast-{uuid.uuid4().hex[:8]}" for _ in range(200))
+                if lane(sid) != lane(slow))
+    held, release = threading.Event(), threading.Event()
+
+    class SlowForOneSession:
+        """SQS taking one session's send only once released (a call stuck
+        in SQS's tail), every other at once."""
+
+        def send_many(self, events):
+            events = list(events)
+            if any(session_of(eid) == slow for eid, _ in events):
+                held.set()
+                release.wait(30)
+            return pipeline.producer.send_many(events)
+
+    relay = pipeline.continuous_relay(sender=SlowForOneSession(), sweep_seconds=NO_SWEEP,
+                                      age_seconds=NO_SWEEP)
+    serving = Serving(relay)
+    try:
+        wait_until(lambda: serving.live.sweeps == 1, timeout=10, what="the relay's first sweep")
+        pipeline.store.create(slow, '{"n":1}', 600)
+        wait_until(held.is_set, timeout=10, what="the slow session's send to start")
+        pipeline.store.create(fast, '{"n":1}', 600)
+        # woken while the other lane's send hangs: shipped all the same
+        assert f"{fast}:1" in queued_ids(pipeline, f"{fast}:1", timeout=10)
+        assert outbox_entries_of(pipeline.store, [slow]) == [f"{slow}:1"]  # not acked: not sent yet
+    finally:
+        release.set()
+    assert f"{slow}:1" in queued_ids(pipeline, f"{slow}:1")
+    wait_until(lambda: outbox_entries_of(pipeline.store, [slow, fast]) == [], timeout=10,
+               what="both entries acked")
+    assert serving.end().ended == "stopped"
