@@ -59,6 +59,7 @@ LUA_EXPIRE = f"{REDIS}/scripts/expire.lua"
 LUA_SETTLE = f"{REDIS}/scripts/settle.lua"
 LUA_LEASE = f"{REDIS}/scripts/lease.lua"
 LUA_MIGRATE_MARKERS = f"{REDIS}/scripts/migrate_markers.lua"
+SCRIPTS_INIT = f"{REDIS}/scripts/__init__.py"
 SESSIONS = "chalicelib/service/sessions.py"
 PERSISTENCE = "chalicelib/adapters/postgres/database.py"
 CONSUMER = "chalicelib/pipeline/consumer.py"
@@ -78,6 +79,7 @@ T_RULES = "tests/integration/recovery/test_recovery_rules.py"
 T_CONFLICTS = "tests/integration/pipeline/test_version_conflicts.py"
 T_PERSISTENCE = "tests/integration/pipeline/test_persistence.py"
 T_UNITS = "tests/unit/test_pipeline_units.py"
+T_SCRIPTS = "tests/unit/test_redis_scripts.py"
 T_SHIP = "tests/integration/pipeline/test_producer_acks.py"
 T_RELAY = "tests/integration/pipeline/test_relay_continuous.py"
 T_OUTAGE = "tests/integration/redis/test_redis_outage.py"
@@ -168,8 +170,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "a delete leaves the marker live: the id could come back"),
     mutant(
         "marker-ttl-shorter-than-the-session", 8, LUA_LIB,
-        (("redis.call('SET', key, value, 'EX', math.max(marker_ttl, ttl))",
-          "redis.call('SET', key, value, 'EX', marker_ttl)"),),
+        (("key_form('SET', key, value, 'EX', math.max(marker_ttl, ttl))",
+          "key_form('SET', key, value, 'EX', marker_ttl)"),),
         (f"{T_STORE}::test_the_version_marker_outlives_its_session_even_when_configured_shorter[single]",),
         "a configured marker TTL shorter than the session's is used as is"),
     mutant(
@@ -179,7 +181,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "markers get a TTL even with SESSION_MARKER_TTL=0: volatile-* eviction may take them"),
     mutant(
         "marker-key-form-not-read", 8, LUA_LIB,
-        (("  local k = redis.call('GET', key)\n", "  local k = false\n"),),
+        (("  local k = key_form('GET', key)\n", "  local k = false\n"),),
         (f"{T_FORMATS}::test_a_deletion_in_a_marker_key_stays_final[single]",
          f"{T_RULES}::test_a_read_while_postgresql_is_behind_the_marker_is_a_503_until_it_catches_up"
          "[previous-format]"),
@@ -194,7 +196,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "in the key"),
     mutant(
         "marker-key-kept-on-write", 8, LUA_LIB,
-        (("    redis.call('HSET', KEYS[2], id, value)\n    redis.call('DEL', key)\n",
+        (("    key_form('DEL', key)\n    redis.call('HSET', KEYS[2], id, value)\n",
           "    redis.call('HSET', KEYS[2], id, value)\n"),),
         (f"{T_FORMATS}::test_a_marker_key_is_read_as_the_marker_and_the_first_write_moves_it_into_the_hash"
          "[single]",),
@@ -213,6 +215,20 @@ MUTANTS: tuple[Mutant, ...] = (
          f"{T_MIGRATION}::test_a_migration_beside_live_writes_never_moves_a_marker_back"),
         "the migration writes a marker key over the newer version a write left in the hash: "
         "recovery may then serve an older version, a deleted session come back"),
+    mutant(
+        "migration-stops-on-a-moving-slot", 8, "sessionsync/marker_migration.py",
+        (("            except (redis.exceptions.AskError, redis.exceptions.TryAgainError):\n",
+          "            except ZeroDivisionError:\n"),),
+        (f"{T_MIGRATION}::test_a_migration_during_a_resharding_skips_what_moves_and_says_to_run_again",),
+        "migrate-markers during a resharding stops on the first key whose slot is moving (MOVED), "
+        "a traceback half way through"),
+    mutant(
+        "migration-counts-no-moving-key-as-remaining", 8, "sessionsync/marker_migration.py",
+        (("                             if ttl == -1 or isinstance(ttl, redis.ResponseError))\n",
+          "                             if ttl == -1)\n"),),
+        (f"{T_MIGRATION}::test_a_migration_during_a_resharding_skips_what_moves_and_says_to_run_again",),
+        "a marker key whose slot is moving is not counted: migrate-markers reports nothing left "
+        "and exits 0 while the key is still to move"),
     mutant(
         "migration-moves-markers-with-a-ttl", 8, LUA_MIGRATE_MARKERS,
         (("  elseif redis.call('PTTL', KEYS[i]) >= 0 then\n    kept = kept + 1\n", ""),),
@@ -407,6 +423,56 @@ MUTANTS: tuple[Mutant, ...] = (
         (("return \"ss:{%04d}\" % bucket", "return \"ss:%04d\" % bucket"),),
         (f"{T_STORE}::test_every_key_of_a_script_is_in_one_hash_slot",),
         "a session's keys spread over hash slots: its scripts fail on a cluster (CROSSSLOT)"),
+    mutant(
+        "marker-key-form-refusal-not-tryagain", 6, LUA_LIB,
+        (("error({err = 'TRYAGAIN ' .. r.err})", "error(r)"),),
+        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
+        "the marker key form refused during a slot migration is a script error (a 500), not a "
+        "TRYAGAIN the cluster client tries again"),
+    mutant(
+        "marker-written-after-the-session", 6, LUA_WRITE,
+        (("  set_marker(v .. '|' .. flag, MARKER_TTL, ttl)\n"
+          "  redis.call('SET', KEYS[1], head(v, created, NOW_ISO, ttl, flag) .. ep .. o .. '|' .. state, "
+          "'EX', ttl)\n",
+          "  redis.call('SET', KEYS[1], head(v, created, NOW_ISO, ttl, flag) .. ep .. o .. '|' .. state, "
+          "'EX', ttl)\n"
+          "  set_marker(v .. '|' .. flag, MARKER_TTL, ttl)\n"),),
+        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
+        "a write sets the session before its marker: a slot migration refusing the marker's key "
+        "form leaves the new version in Redis without its event (never persisted) and a 500"),
+    mutant(
+        "marker-field-written-before-the-key-form", 6, LUA_LIB,
+        (("    key_form('DEL', key)\n    redis.call('HSET', KEYS[2], id, value)\n",
+          "    redis.call('HSET', KEYS[2], id, value)\n    key_form('DEL', key)\n"),),
+        (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
+        "the marker field is written before the key form's DEL: a slot migration refusing the "
+        "DEL leaves a marker ahead of the session and of PostgreSQL"),
+    mutant(
+        "shake-strips-comments-inside-strings", 6, SCRIPTS_INIT,
+        (("    return _COMMENT.sub(lambda m: m.group(1) or \"\", text)\n",
+          "    return re.sub(r\"--[^\\n]*\", \"\", text)\n"),),
+        (f"{T_SCRIPTS}::test_a_call_after_a_double_dash_in_a_string_keeps_its_function",),
+        "a '--' inside a string hides the calls after it on its line: their function is left out "
+        "of the script, which fails (a nil global) on that path only"),
+    mutant(
+        "acl-without-tenant-keys", 7, "infra/stacks/cache.yaml",
+        (("~ss:* ~so:* ~st:* &session-updates*", "~ss:* ~so:* &session-updates*"),),
+        ("tests/integration/redis/test_redis_acl.py::test_the_app_user_keeps_a_tenant_s_count",),
+        "the deployed app user may not touch a tenant's count (st:{<tenant>}:live): with "
+        "TENANT_MAX_SESSIONS every create is refused (NOPERM)"),
+    mutant(
+        "shake-keeps-no-callee-of-a-kept-function", 6, SCRIPTS_INIT,
+        (("                todo.append(_code(text))\n", "                pass\n"),),
+        ("tests/integration/store/test_scripts_whole.py::"
+         "test_every_function_a_script_calls_is_defined_before_the_call[UPDATE_SCRIPT]",),
+        "a function only a kept function calls is left out: the script fails (a nil global) "
+        "when that path runs"),
+    mutant(
+        "shake-takes-a-one-line-function-unchecked", 6, SCRIPTS_INIT,
+        (("    if list(functions) != _DEFINED.findall(prelude):\n", "    if False:\n"),),
+        (f"{T_SCRIPTS}::test_a_one_line_prelude_function_is_refused_rather_than_take_the_next_one_with_it",),
+        "a one-line prelude function takes the functions after it out of every script that does "
+        "not call it, silently"),
     # -- 9: a failover heals by itself ------------------------------------------------
     mutant(
         "not-run-replies-not-retried", 9, REDIS_CLIENT,

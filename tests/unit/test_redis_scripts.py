@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from chalicelib.adapters.redis import scripts
 
 
@@ -64,3 +66,16 @@ def test_each_script_carries_the_prelude_functions_it_calls_and_no_other():
     assert {"epoch", "parse", "open_live", "commit", "event"} <= set(update)
     assert not {"open_new", "now_ms"} & set(update)  # create's, restore's and settle's
     assert _functions(scripts.GET_SCRIPT) == ["epoch", "parse"]
+
+
+def test_a_call_after_a_double_dash_in_a_string_keeps_its_function():
+    text = scripts.shake(PRELUDE, "return '--' .. b()\n")
+
+    assert _functions(text) == ["a", "b"]
+
+
+def test_a_one_line_prelude_function_is_refused_rather_than_take_the_next_one_with_it():
+    prelude = "local function one() return 1 end\nlocal function two()\n  return 2\nend\n"
+
+    with pytest.raises(ValueError, match="two"):
+        scripts.shake(prelude, "return two()\n")

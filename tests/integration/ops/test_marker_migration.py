@@ -9,7 +9,10 @@ import re
 import threading
 import uuid
 
+import pytest
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from chalicelib.adapters.redis.keys import marker_key, session_keys
 from chalicelib.adapters.redis.store import SessionStore
@@ -19,6 +22,7 @@ from chalicelib.domain.store import Marker
 from sessionsync import marker_migration
 from tests.support.markers import legacy_marker_keys, marker_forms, to_previous_format
 from tests.support.ops import cli_env, run_cli, run_cli_on_terminal
+from tests.support.servers import RedisClusterServers, running
 
 
 def _client(server) -> redis.Redis:
@@ -163,3 +167,42 @@ def test_sessionsync_migrate_markers_says_so_when_redis_is_unreachable():
     assert result.returncode == 1 and "migrate-markers failed" in result.stderr, result
     assert result.stdout == ""
 
+
+
+@pytest.fixture(scope="module")
+def resharded_cluster(tmp_path_factory):
+    """A cluster of this module's own, whose slots the test migrates."""
+    with running(RedisClusterServers(tmp_path_factory.mktemp("migrate-reshard"))) as servers:
+        yield servers
+
+
+def test_a_migration_during_a_resharding_skips_what_moves_and_says_to_run_again(resharded_cluster):
+    cluster = RedisCluster.from_url(resharded_cluster.url, socket_timeout=5)
+    store = SessionStore(cluster, channel="migrate")
+    sid = f"reshard-{uuid.uuid4().hex[:8]}"
+    store.create(sid, '{"n":1}', 600)
+    store.update(sid, '{"n":2}', 1)
+    to_previous_format(cluster, sid)
+    slot = key_slot(marker_key(sid).encode())
+    source = cluster.get_redis_connection(cluster.get_node_from_key(marker_key(sid)))
+    target_node = next(n for n in cluster.get_primaries()
+                       if n.name != cluster.get_node_from_key(marker_key(sid)).name)
+    target = cluster.get_redis_connection(target_node)
+    source_id, target_id = (n.execute_command("CLUSTER", "MYID") for n in (source, target))
+    # a resharding half way: the slot migrating, the marker key moved, its hash not yet
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    try:
+        source.execute_command("MIGRATE", target_node.host, target_node.port, marker_key(sid), 0, 5000)
+        result = marker_migration.migrate(cluster, batch=10)
+        # nothing lost, nothing moved over: the key is what is left, for a run after the resharding
+        assert result.remaining == 1
+        probe = redis.Redis(host=target_node.host, port=target_node.port, socket_timeout=5,
+                            single_connection_client=True)
+        probe.execute_command("ASKING")  # the slot is importing there
+        assert probe.get(marker_key(sid)) == b"2|L"
+        probe.close()
+    finally:
+        for node in (source, target):
+            node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        cluster.close()

@@ -26,6 +26,7 @@ from chalicelib.adapters.redis.keys import session_keys
 from chalicelib.adapters.redis.store import SessionStore
 from chalicelib.config import Settings
 from chalicelib.domain.errors import ServiceUnavailable
+from tests.support.markers import marker_forms
 from tests.support.servers import RedisClusterServers, RedisServer, ReplicatedRedis, running, wait_for
 
 BUDGET_SECONDS = 1.5  # the one-second budget of a 503, with a margin for a busy machine
@@ -280,3 +281,39 @@ def test_a_cluster_script_that_timed_out_is_not_sent_again(
     assert calls - calls_before == 1
     admin.close()
     wait_for(lambda: cluster_ok(own_cluster), 20, "cluster ok")
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("write", ["update", "delete", "touch"])
+def test_a_write_during_a_slot_migration_commits_whole_or_not_at_all(
+        own_cluster, cluster_store, session_id, write):
+    # the create's event is still in the outbox: the slot holds all 4 of the
+    # write's declared keys, so the script runs on the migrating node (no
+    # TRYAGAIN before it); the marker's key form (not declared) is on no node
+    cluster_store.create(session_id, '{"n":0}', 60)
+    owner, slot, others = node_of(own_cluster, session_id)
+    source = redis.Redis(port=owner.port, socket_timeout=5)
+    target = redis.Redis(port=others[0].port, socket_timeout=5)
+    refused_before = error_count(source, "TRYAGAIN")
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING",
+                           source.execute_command("CLUSTER", "MYID"))
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING",
+                           target.execute_command("CLUSTER", "MYID"))
+    calls = {"update": lambda: cluster_store.update(session_id, '{"n":1}', 1),
+             "delete": lambda: cluster_store.delete(session_id, 1),
+             "touch": lambda: cluster_store.touch(session_id, 1)}
+    try:
+        error, seconds = timed_failure(calls[write])
+    finally:
+        for node in (source, target):
+            node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    # refused as a declared key is (TRYAGAIN, retried, bounded: a 503), and
+    # nothing written: no version 2 without its event
+    assert error.dependency == "redis"
+    assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
+    assert error_count(source, "TRYAGAIN") - refused_before > 1
+    assert cluster_store.get(session_id).version == 1
+    assert marker_forms(source, session_id) == (b"1|L", None)
+    assert source.hkeys(session_keys(session_id)[3]) == [f"{session_id}:1".encode()]
+    source.close()
+    target.close()

@@ -42,7 +42,14 @@ WRITE_PRELUDE = LIB + HEADER + read("write.lua")
 # prelude's functions end with an ``end`` at the start of a line, and only
 # they do (their bodies are indented)
 _FUNCTION = re.compile(r"(?:^--[^\n]*\n)*^local function (\w+)\(.*?^end\n", re.M | re.S)
-_COMMENT = re.compile(r"--[^\n]*")
+_DEFINED = re.compile(r"^local function (\w+)\(", re.M)
+# a comment, or a quoted string (kept whole: a '--' in it starts no comment)
+_COMMENT = re.compile(r"""('(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*")|--[^\n]*""")
+
+
+def _code(text: str) -> str:
+    """``text`` without its comments (what a call can be in)."""
+    return _COMMENT.sub(lambda m: m.group(1) or "", text)
 
 
 def shake(prelude: str, body: str) -> str:
@@ -51,14 +58,19 @@ def shake(prelude: str, body: str) -> str:
     the prelude (its locals from ARGV, the header) stays as it is, and the
     kept functions keep their order (a local is defined before its use)."""
     functions = {m.group(1): m.group(0) for m in _FUNCTION.finditer(prelude)}
+    if list(functions) != _DEFINED.findall(prelude):
+        # a function _FUNCTION cannot tell apart (one on a single line, one
+        # whose ``end`` is indented) would take the next ones with it
+        raise ValueError("each prelude function must end with an 'end' line of its own: "
+                         f"{sorted(set(_DEFINED.findall(prelude)) - set(functions))} do not")
     kept: set[str] = set()
-    todo = [_COMMENT.sub("", _FUNCTION.sub("", prelude) + body)]
+    todo = [_code(_FUNCTION.sub("", prelude) + body)]
     while todo:
         code = todo.pop()
         for name, text in functions.items():
             if name not in kept and re.search(rf"\b{name}\b", code):
                 kept.add(name)
-                todo.append(_COMMENT.sub("", text))
+                todo.append(_code(text))
     return _FUNCTION.sub(lambda m: m.group(0) if m.group(1) in kept else "", prelude) + body
 
 

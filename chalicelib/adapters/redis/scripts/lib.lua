@@ -40,10 +40,25 @@ local function marker_names()
   local id = string.sub(KEYS[1], 13)
   return id, KEYS[2] .. ':' .. id
 end
+-- A command on the key form, which is not in KEYS: while the slot migrates
+-- to another node, Redis refuses it inside the script when the key is not
+-- on this node (an ASK the script cannot follow).  Refused as a declared key
+-- is refused before the script runs: TRYAGAIN (the cluster client tries it
+-- again, then a 503).  Every script reaches the key form before it writes
+-- anything (a write's set_marker comes first, its key command first), so
+-- the refusal leaves nothing half written.
+local function key_form(...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'non local key', 1, true) then error({err = 'TRYAGAIN ' .. r.err}) end
+    error(r)
+  end
+  return r
+end
 local function marker_raw()
   local id, key = marker_names()
   local f = redis.call('HGET', KEYS[2], id)
-  local k = redis.call('GET', key)
+  local k = key_form('GET', key)
   if not k then return f end
   if not f or tonumber(string.match(k, '^(%d+)')) > tonumber(string.match(f, '^(%d+)')) then return k end
   return f
@@ -60,10 +75,10 @@ end
 local function set_marker(value, marker_ttl, ttl)
   local id, key = marker_names()
   if marker_ttl > 0 then
-    redis.call('SET', key, value, 'EX', math.max(marker_ttl, ttl))
+    key_form('SET', key, value, 'EX', math.max(marker_ttl, ttl))
     redis.call('HDEL', KEYS[2], id)
   else
+    key_form('DEL', key)
     redis.call('HSET', KEYS[2], id, value)
-    redis.call('DEL', key)
   end
 end

@@ -130,8 +130,9 @@ end
 -- The write: the value (version, lifetime, state), the marker, the event,
 -- the idempotency record, in this one atomic step.
 local function commit(kind, v, created, ttl, flag, ep, o, state)
-  redis.call('SET', KEYS[1], head(v, created, NOW_ISO, ttl, flag) .. ep .. o .. '|' .. state, 'EX', ttl)
+  -- the marker first: its key form may be refused (lib.lua's key_form)
   set_marker(v .. '|' .. flag, MARKER_TTL, ttl)
+  redis.call('SET', KEYS[1], head(v, created, NOW_ISO, ttl, flag) .. ep .. o .. '|' .. state, 'EX', ttl)
   local ev = announce(kind, v, created, ttl, state, o)
   remember(ev)
   return {'ok', ev}
