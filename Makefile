@@ -78,7 +78,7 @@ model: venv services localstack
 # Named mutants: each breaks one guarantee on purpose in a scratch copy of the
 # tree, and its tests must catch it (docs/guarantees.md, "Mutants").
 # MUTANTS_ARGS="--only NAME" runs one; "--list" lists them.
-mutants: venv services
+mutants: venv services lambda-wheels
 	$(BIN)/python -m tests.mutants $(MUTANTS_ARGS)
 
 # Whether docs/performance.* were measured at the code they describe.  Not in
@@ -124,7 +124,7 @@ lambda-wheels: $(LAMBDA_WHEELS_STAMP)
 policy:
 	scripts/policy.sh install
 
-bench: bootstrap
+bench: bootstrap lambda-wheels
 	$(BIN)/sessionsync bench
 
 stop:
