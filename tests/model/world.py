@@ -95,7 +95,8 @@ REDIS_FAULTS: dict[str, tuple[str, str]] = {
         "with its slots: an ElastiCache node replaced without a snapshot); its replica "
         "resynchronises, empty too"),
     "replica-falls-behind": (
-        "the replica stops copying the primary",
+        "the replica stops copying the primary (its link's AUTH refused): still a "
+        "read-only replica, so a pooled connection on it after a failover meets READONLY",
         "the replica of the session's shard stops copying its master (its link's AUTH "
         "refused); at an example's start, every shard's"),
     "failover": (
@@ -269,7 +270,10 @@ class World:
 
     def stop_replication(self, session_id: str | None = None) -> None:
         if not self.lagging:
-            self.redis.stop_replication()
+            # it stays a replica: after a failover it is the demoted node the
+            # pooled connections still reach; a master of its own there
+            # would take their writes (two masters), not lag
+            self.redis.stop_replication(stays_replica=True)
             self.lagging = True
 
     def failover(self, session_id: str | None = None) -> None:

@@ -523,14 +523,35 @@ class ReplicatedRedis:
         for node in self.nodes:
             node.stop()
 
-    def stop_replication(self) -> None:
+    def stop_replication(self, *, stays_replica: bool = False) -> None:
         """The replica stops copying the primary, from now on: it first
         catches up with what the primary acknowledged before this call (a
-        busy machine can leave the last write in flight), then keeps it."""
+        busy machine can leave the last write in flight), then keeps it.
+
+        ``stays_replica``: it stays a read-only replica whose link is down
+        (its AUTH refused, as on the cluster), as a replica that falls
+        behind does.  Without it, the replica becomes a master of its own:
+        after a ``failover()`` that is the demoted node, which the pooled
+        connections still reach, and which would then take their writes (two
+        masters: a split brain, not a lagging replica)."""
         if self.replicating:
             self._catch_up(self.replica, self.primary)
         with self.admin(self.replica) as replica:
-            replica.execute_command("REPLICAOF", "NO", "ONE")
+            if stays_replica:
+                replica.config_set("masteruser", "sessionsync-cut-off")
+                replica.config_set("masterauth", "no-such-password")
+                replica.execute_command("CLIENT", "KILL", "TYPE", "master")
+                wait_for(lambda: replica.info("replication")["master_link_status"] != "up", 10,
+                         f"replica {self.replica.port} cut off")
+                # After a failover the replica is the demoted node, and the
+                # pooled connections still on it would read what it keeps
+                # from now on, for good (the service reads the primary only;
+                # ElastiCache reboots a demoted node): they are dropped, so
+                # clients come back through the endpoint's name.
+                for kind in ("normal", "pubsub"):
+                    replica.execute_command("CLIENT", "KILL", "TYPE", kind)
+            else:
+                replica.execute_command("REPLICAOF", "NO", "ONE")
         self.replicating = False
 
     def failover(self, *, lose_unreplicated: bool = False, move_endpoint: bool = True) -> None:
@@ -549,6 +570,10 @@ class ReplicatedRedis:
             self._hand_over(old, new)
         else:
             with self.admin(new) as client:
+                # cut off before (stop_replication(stays_replica=True)): its
+                # link's settings back, for when it follows again
+                client.config_set("masteruser", "")
+                client.config_set("masterauth", "")
                 client.execute_command("REPLICAOF", "NO", "ONE")
         self._follow(old, new)
         self.replicating = True
@@ -564,6 +589,9 @@ class ReplicatedRedis:
 
     def _follow(self, follower: RedisServer, leader: RedisServer) -> None:
         with self.admin(follower) as client:
+            # a node cut off before (stop_replication(stays_replica=True)) links again
+            client.config_set("masteruser", "")
+            client.config_set("masterauth", "")
             client.execute_command("REPLICAOF", "127.0.0.1", str(leader.port))
 
             def linked() -> bool:
