@@ -153,13 +153,18 @@ def test_a_failover_to_a_replica_that_lacked_writes_is_not_trusted_and_waits(
     new = _replication(replicated_redis.primary)
     assert new["second_repl_offset"] - 1 < lost_at  # the new primary holds less
 
+    assert_proved_nothing(warm, sid, lost_at)
+
+
+def assert_proved_nothing(warm: SessionService, sid: str, lost_at: int) -> None:
+    """After a failover to a node that lacks writes (acknowledged up to
+    ``lost_at``): whatever the demoted node said (where its history ended,
+    beyond what the new primary holds, or nothing after its full resync),
+    it proved nothing: the bucket's clock runs, past the planned failover's
+    budget, and no write is served meanwhile."""
     start = time.monotonic()
     with pytest.raises(ServiceUnavailable):
         warm.update(UpdateRequest(sid, '{"n":"forked"}', 1))
-
-    # whatever the demoted node said (where its history ended, beyond what
-    # the new primary holds, or nothing after its full resync), it proved
-    # nothing: the bucket's clock runs, past the planned failover's budget
     assert warm.store.continuity_proven == 0
     assert all(offset >= lost_at for _, offset in warm.store.client.ended_histories())
     assert warm.store.client.get(epoch_key(sid)).decode().split("|")[2] == ""  # continues nothing

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -232,26 +234,35 @@ def test_a_cluster_that_stays_down_is_a_503_within_the_budget_after_a_bounded_re
     assert cluster_store.update(session_id, '{"n":1}', 1).session.version == 2
 
 
-@pytest.mark.cluster
-def test_a_cluster_write_that_keeps_getting_tryagain_during_a_migration_is_a_503_not_a_500(
-        own_cluster, cluster_store, session_id):
-    created = cluster_store.create(session_id, '{"n":0}', 60)
-    cluster_store.outbox_ack([created.event_id])  # the slot now holds 2 of the script's 4 keys
+@contextmanager
+def _slot_migrating(own_cluster, session_id: str) -> Iterator[tuple[redis.Redis, redis.Redis, int]]:
+    """The session's slot MIGRATING from its node (source) to another
+    (target), no key moved yet; STABLE again after.  Yields both nodes and
+    the source's TRYAGAIN refusals so far."""
     owner, slot, others = node_of(own_cluster, session_id)
     source = redis.Redis(port=owner.port, socket_timeout=5)
     target = redis.Redis(port=others[0].port, socket_timeout=5)
     refused_before = error_count(source, "TRYAGAIN")
-    # slot migrating from source to target, keys not moved yet: a script over
-    # keys of which some exist is refused with TRYAGAIN until it ends
     target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING",
                            source.execute_command("CLUSTER", "MYID"))
     source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING",
                            target.execute_command("CLUSTER", "MYID"))
     try:
-        error, seconds = timed_failure(lambda: cluster_store.update(session_id, '{"n":1}', 1))
+        yield source, target, refused_before
     finally:
         for node in (source, target):
             node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+
+
+@pytest.mark.cluster
+def test_a_cluster_write_that_keeps_getting_tryagain_during_a_migration_is_a_503_not_a_500(
+        own_cluster, cluster_store, session_id):
+    created = cluster_store.create(session_id, '{"n":0}', 60)
+    cluster_store.outbox_ack([created.event_id])  # the slot now holds 2 of the script's 4 keys
+    # slot migrating from source to target, keys not moved yet: a script over
+    # keys of which some exist is refused with TRYAGAIN until it ends
+    with _slot_migrating(own_cluster, session_id) as (source, target, refused_before):
+        error, seconds = timed_failure(lambda: cluster_store.update(session_id, '{"n":1}', 1))
     assert error.dependency == "redis"
     assert seconds < BUDGET_SECONDS, f"took {seconds:.2f}s"
     assert error_count(source, "TRYAGAIN") - refused_before > 1  # retried, and bounded
@@ -291,22 +302,11 @@ def test_a_write_during_a_slot_migration_commits_whole_or_not_at_all(
     # write's declared keys, so the script runs on the migrating node (no
     # TRYAGAIN before it); the marker's key form (not declared) is on no node
     cluster_store.create(session_id, '{"n":0}', 60)
-    owner, slot, others = node_of(own_cluster, session_id)
-    source = redis.Redis(port=owner.port, socket_timeout=5)
-    target = redis.Redis(port=others[0].port, socket_timeout=5)
-    refused_before = error_count(source, "TRYAGAIN")
-    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING",
-                           source.execute_command("CLUSTER", "MYID"))
-    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING",
-                           target.execute_command("CLUSTER", "MYID"))
     calls = {"update": lambda: cluster_store.update(session_id, '{"n":1}', 1),
              "delete": lambda: cluster_store.delete(session_id, 1),
              "touch": lambda: cluster_store.touch(session_id, 1)}
-    try:
+    with _slot_migrating(own_cluster, session_id) as (source, target, refused_before):
         error, seconds = timed_failure(calls[write])
-    finally:
-        for node in (source, target):
-            node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
     # refused as a declared key is (TRYAGAIN, retried, bounded: a 503), and
     # nothing written: no version 2 without its event
     assert error.dependency == "redis"
