@@ -196,7 +196,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "in the key"),
     mutant(
         "marker-key-kept-on-write", 8, LUA_LIB,
-        (("    key_form('DEL', key)\n    redis.call('HSET', KEYS[2], id, value)\n",
+        (("    redis.call('HSET', KEYS[2], id, value)\n    redis.call('DEL', key)\n",
           "    redis.call('HSET', KEYS[2], id, value)\n"),),
         (f"{T_FORMATS}::test_a_marker_key_is_read_as_the_marker_and_the_first_write_moves_it_into_the_hash"
          "[single]",),
@@ -442,11 +442,20 @@ MUTANTS: tuple[Mutant, ...] = (
         "form leaves the new version in Redis without its event (never persisted) and a 500"),
     mutant(
         "marker-field-written-before-the-key-form", 6, LUA_LIB,
-        (("    key_form('DEL', key)\n    redis.call('HSET', KEYS[2], id, value)\n",
-          "    redis.call('HSET', KEYS[2], id, value)\n    key_form('DEL', key)\n"),),
+        (("    key_form('EXISTS', key)\n", ""),
+         ("    redis.call('DEL', key)\n", "    key_form('DEL', key)\n")),
         (f"{T_FAILOVER}::test_a_write_during_a_slot_migration_commits_whole_or_not_at_all[update]",),
-        "the marker field is written before the key form's DEL: a slot migration refusing the "
-        "DEL leaves a marker ahead of the session and of PostgreSQL"),
+        "the marker field is written before the key form is reached: a slot migration refusing "
+        "the DEL leaves a marker ahead of the session and of PostgreSQL"),
+    mutant(
+        "marker-key-deleted-before-the-field", 5, LUA_LIB,
+        (("    key_form('EXISTS', key)\n    redis.call('HSET', KEYS[2], id, value)\n"
+          "    redis.call('DEL', key)\n",
+          "    key_form('DEL', key)\n    redis.call('HSET', KEYS[2], id, value)\n"),),
+        ("tests/integration/redis/test_redis_outage.py::"
+         "test_a_full_redis_answers_writes_with_503_and_still_serves_reads",),
+        "a write's first command is the marker key form's DEL, a write Redis allows when full: "
+        "after it the script runs past maxmemory and a full Redis takes every write"),
     mutant(
         "shake-strips-comments-inside-strings", 6, SCRIPTS_INIT,
         (("    return _COMMENT.sub(lambda m: m.group(1) or \"\", text)\n",

@@ -45,8 +45,8 @@ end
 -- on this node (an ASK the script cannot follow).  Refused as a declared key
 -- is refused before the script runs: TRYAGAIN (the cluster client tries it
 -- again, then a 503).  Every script reaches the key form before it writes
--- anything (a write's set_marker comes first, its key command first), so
--- the refusal leaves nothing half written.
+-- anything (a write's set_marker comes first, and reads the key form
+-- first), so the refusal leaves nothing half written.
 local function key_form(...)
   local r = redis.pcall(...)
   if type(r) == 'table' and r.err then
@@ -78,7 +78,12 @@ local function set_marker(value, marker_ttl, ttl)
     key_form('SET', key, value, 'EX', math.max(marker_ttl, ttl))
     redis.call('HDEL', KEYS[2], id)
   else
-    key_form('DEL', key)
+    -- a read first: a migrating slot refuses it as it would the DEL, with
+    -- nothing written yet; and the script's first write stays the HSET, which
+    -- a full Redis refuses (deny-oom: a DEL first would be a write already
+    -- made, after which Redis lets the script run past maxmemory)
+    key_form('EXISTS', key)
     redis.call('HSET', KEYS[2], id, value)
+    redis.call('DEL', key)
   end
 end
